@@ -1,0 +1,36 @@
+# gpuguard: every target installs what it needs first (scripts/setup.sh is idempotent).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-unit lint proto demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+## run: collector + agent on this host, live events on stdout (Ctrl-C stops both)
+run: setup
+	$(VENV)/bin/gpuguard up --data-dir /var/lib/gpuguard
+
+## test: install everything, then the whole suite (real-kernel tests must run, not skip)
+test: setup
+	GPUGUARD_REQUIRE_BPF=1 $(PY) -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/ruff check .
+
+test-unit: setup
+	$(PY) -m pytest -q -m "not kernel"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+proto: setup
+	bash scripts/gen_proto.sh
+
+demo: setup
+	$(PY) -m bench.rome_demo
+
+bench: setup
+	$(PY) bench/overhead.py
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,61 @@
+"""Agent configuration: defaults, then a TOML file, then command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from agent.jobs import JobPattern
+
+
+class ConfigError(ValueError):
+    """A bad config file or value; the message names the file and the key."""
+
+
+@dataclass
+class AgentConfig:
+    collector: str = ""                      # host:port; empty = print locally only
+    spool_dir: str = "/var/lib/gpuguard/spool"
+    spool_max_bytes: int = 1 << 30
+    batch_max_events: int = 512
+    batch_max_delay_ms: int = 200
+    ringbuf_pages: int = 4096
+    status_interval_s: float = 10.0
+    host_id: str = ""
+    token: str = ""                          # shared secret sent to the collector
+    hash_executables: bool = True
+    enforce: bool = False                    # apply policy pushed by the collector
+    job_patterns: list[dict] = field(default_factory=list)   # [{kind=..., regex=...}]
+
+    def patterns(self) -> tuple[JobPattern, ...]:
+        out = []
+        for i, item in enumerate(self.job_patterns):
+            try:
+                out.append(JobPattern.of(item["kind"], item["regex"]))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ConfigError(f"job_patterns[{i}]: {exc}") from exc
+        return tuple(out)
+
+
+def load_config(path: str | None, overrides: dict) -> AgentConfig:
+    cfg = AgentConfig()
+    known = {f.name: f for f in fields(AgentConfig)}
+    values: dict = {}
+    if path:
+        try:
+            values = tomllib.loads(Path(path).read_text()).get("agent", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path or 'flags'}: unknown agent setting {key!r}")
+        default = getattr(cfg, key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{path or 'flags'}: {key} must be true or false")
+        if isinstance(default, int | float) and not isinstance(default, bool) and not isinstance(value, int | float):
+            raise ConfigError(f"{path or 'flags'}: {key} must be a number, got {value!r}")
+        setattr(cfg, key, value)
+    cfg.patterns()
+    return cfg

@@ -1,0 +1,116 @@
+"""Raw ring-buffer bytes -> typed events (agent/events.py).
+
+The struct formats mirror probes/gpuguard.h; tests/test_decode.py checks them
+against sizes compiled from the header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+
+from agent.events import (
+    ConnectEvent,
+    DecodeStats,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    GpuOpenEvent,
+    Header,
+    KernelEvent,
+)
+
+log = logging.getLogger(__name__)
+
+EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN = 1, 2, 3, 4, 5
+KIND_NAMES = {EV_EXEC: "exec", EV_FORK: "fork", EV_EXIT: "exit", EV_CONNECT: "connect", EV_GPU_OPEN: "gpu_open"}
+
+HEADER = struct.Struct("<QQIIIIIi16s")
+EXEC_TAIL = struct.Struct("<IIII256s32s2048s")
+FORK_TAIL = struct.Struct("<II")
+CONNECT_TAIL = struct.Struct("<HHI16sII")
+GPU_OPEN_TAIL = struct.Struct("<iI64s")
+
+SIZES = {
+    EV_EXEC: HEADER.size + EXEC_TAIL.size,
+    EV_FORK: HEADER.size + FORK_TAIL.size,
+    EV_EXIT: HEADER.size,
+    EV_CONNECT: HEADER.size + CONNECT_TAIL.size,
+    EV_GPU_OPEN: HEADER.size + GPU_OPEN_TAIL.size,
+}
+
+EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
+AF_INET, AF_INET6 = 2, 10
+
+
+class MalformedEvent(ValueError):
+    """Bytes that do not match any event layout."""
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _header(raw: bytes) -> tuple[int, Header]:
+    ts, cgid, kind, tid, tgid, uid, gid, result, comm = HEADER.unpack_from(raw)
+    return kind, Header(ts, cgid, tid, tgid, uid, gid, result, _cstr(comm))
+
+
+def _exec(hdr: Header, raw: bytes) -> ExecEvent:
+    argc, args_len, flags, _, filename, job_env, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+    argv = [a.decode("utf-8", "replace") for a in args[:args_len].split(b"\0")[:argc]]
+    return ExecEvent(
+        hdr,
+        _cstr(filename),
+        argv,
+        argv_truncated=bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARG_CLIPPED)),
+        argv_fault=bool(flags & EXEC_ARGV_FAULT),
+        slurm_job_env=_cstr(job_env),
+    )
+
+
+def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
+    family, dport, sock_type, addr, _fd, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
+    if family == AF_INET:
+        daddr = str(ipaddress.IPv4Address(addr[:4]))
+    else:
+        v6 = ipaddress.IPv6Address(addr)
+        daddr = str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
+    return ConnectEvent(hdr, family, sock_type, daddr, dport)
+
+
+def decode(raw: bytes) -> KernelEvent:
+    if len(raw) < HEADER.size:
+        raise MalformedEvent(f"{len(raw)} bytes is shorter than an event header")
+    kind, hdr = _header(raw)
+    expected = SIZES.get(kind)
+    if expected is None:
+        raise MalformedEvent(f"unknown event kind {kind}")
+    if len(raw) < expected:
+        raise MalformedEvent(f"{KIND_NAMES[kind]} event of {len(raw)} bytes, expected {expected}")
+    if kind == EV_EXEC:
+        return _exec(hdr, raw)
+    if kind == EV_FORK:
+        return ForkEvent(hdr, FORK_TAIL.unpack_from(raw, HEADER.size)[0])
+    if kind == EV_EXIT:
+        return ExitEvent(hdr)
+    if kind == EV_CONNECT:
+        return _connect(hdr, raw)
+    flags, _, path = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
+    return GpuOpenEvent(hdr, _cstr(path), flags)
+
+
+def decode_batch(batch: list[bytes], stats: DecodeStats) -> list[KernelEvent]:
+    """Decode a poll's worth of events; malformed ones are counted and logged, never raised."""
+    out: list[KernelEvent] = []
+    for raw in batch:
+        try:
+            ev = decode(raw)
+        except MalformedEvent as exc:
+            stats.malformed += 1
+            log.warning("dropped malformed kernel event: %s", exc)
+            continue
+        out.append(ev)
+    stats.decoded += len(out)
+    return out

@@ -1,0 +1,93 @@
+"""Typed kernel events -> enriched records (process, ancestry, job, wall time).
+
+A record is a plain dict (msgpack-friendly); its shape mirrors the protobuf
+``gpuguard.v1.Event`` so the shipper converts it field by field. Fork events
+only feed the process table; they are not shipped.
+"""
+
+from __future__ import annotations
+
+from agent.events import ConnectEvent, ExecEvent, ExitEvent, ForkEvent, GpuOpenEvent, Header, KernelEvent
+from agent.exe_hash import ExeHasher
+from agent.identity import BootClock, HostIdentity
+from agent.jobs import HOST_JOB, Job, JobResolver, job_from_environ
+from agent.process_table import Process, ProcessTable
+
+SOCK_TYPES = {1: "tcp", 2: "udp"}
+
+
+class Enricher:
+    def __init__(self, identity: HostIdentity, table: ProcessTable, jobs: JobResolver,
+                 hasher: ExeHasher | None = None, clock: BootClock | None = None) -> None:
+        self.identity = identity
+        self.table = table
+        self.jobs = jobs
+        self.hasher = hasher
+        self.clock = clock or BootClock()
+
+    def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
+        """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
+        job = self.jobs.job_of(hdr.cgroup_id)
+        if job is HOST_JOB or job.kind in ("host", "systemd"):
+            if env_job:
+                job = Job("slurm", env_job)
+            elif p.job is not None and p.job.kind not in ("host", "systemd"):
+                job = p.job
+            elif p.job is None:
+                job = job_from_environ(hdr.pid) or job
+        p.job = job
+        p.cgroup_id = hdr.cgroup_id
+        return job
+
+    def _process(self, hdr: Header) -> Process:
+        p = self.table.get(hdr.pid)
+        if p is None:  # gone before we could look: keep what the kernel told us
+            p = self.table.on_fork(0, hdr.pid, hdr.ts_boot_ns)
+            p.comm = hdr.comm
+        p.uid = hdr.uid
+        return p
+
+    def _record(self, kind: str, hdr: Header, p: Process, job: Job, with_ancestry: bool = True) -> dict:
+        proc = {
+            "key": p.key, "pid": hdr.pid, "tid": hdr.tid, "ppid": p.ppid,
+            "parent_key": self.table.parent_key(p), "comm": hdr.comm or p.comm, "exe": p.exe,
+            "argv": p.argv, "uid": hdr.uid, "gid": hdr.gid, "cgroup_id": hdr.cgroup_id,
+            "cgroup": self.jobs.path_of(hdr.cgroup_id),
+            "exe_sha256": self.hasher.lookup(p.exe) if (self.hasher and p.exe) else "",
+        }
+        if with_ancestry:
+            proc["ancestors"] = [a.summary() for a in self.table.ancestors(hdr.pid)]
+        return {"kind": kind, "ts_ns": self.clock.to_wall(hdr.ts_boot_ns), "boot_id": self.identity.boot_id,
+                "proc": proc, "job": job.as_dict()}
+
+    def enrich(self, ev: KernelEvent) -> dict | None:
+        hdr = ev.hdr
+        if isinstance(ev, ForkEvent):
+            self.table.on_fork(hdr.pid, ev.child_pid, hdr.ts_boot_ns)
+            return None
+        p = self._process(hdr)
+        if isinstance(ev, ExecEvent):
+            if hdr.result == 0:
+                p.exe, p.argv, p.comm = ev.filename, ev.argv, hdr.comm
+            job = self._job_for(p, hdr, ev.slurm_job_env)
+            rec = self._record("exec", hdr, p, job)
+            rec["exec"] = {"filename": ev.filename, "argv": ev.argv, "argv_truncated": ev.argv_truncated,
+                           "result": hdr.result}
+            return rec
+        job = self._job_for(p, hdr)
+        if isinstance(ev, ExitEvent):
+            rec = self._record("exit", hdr, p, job, with_ancestry=False)
+            rec["exit"] = {"code": hdr.result}
+            self.table.on_exit(hdr.pid)
+            return rec
+        if isinstance(ev, ConnectEvent):
+            rec = self._record("connect", hdr, p, job)
+            rec["connect"] = {"family": "inet6" if ev.family == 10 else "inet", "daddr": ev.daddr,
+                              "dport": ev.dport, "proto": SOCK_TYPES.get(ev.sock_type, "unknown"),
+                              "result": hdr.result}
+            return rec
+        if isinstance(ev, GpuOpenEvent):
+            rec = self._record("gpu_open", hdr, p, job)
+            rec["gpu_open"] = {"path": ev.path, "flags": ev.flags, "result": hdr.result}
+            return rec
+        raise TypeError(f"unhandled event type {type(ev).__name__}")

@@ -1,0 +1,166 @@
+"""cgroup id -> cgroup path -> job identity (Slurm job, Kubernetes pod, container, systemd unit).
+
+The kernel gives a cgroup v2 id, which is the inode number of the cgroup's
+directory. The resolver maps ids back to paths with a cached walk of the
+cgroup2 tree (refreshed on a miss), then matches the path against a small
+table of patterns that users extend in config (``job_patterns``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+UUID_RE = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    kind: str          # slurm | k8s | container | systemd | host
+    id: str
+    name: str = ""     # step, container id, unit name...
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "id": self.id, "name": self.name}
+
+
+HOST_JOB = Job("host", "host")
+
+
+@dataclass(frozen=True)
+class JobPattern:
+    """A regex over the cgroup path; group ``id`` is the job id, ``name`` an optional detail."""
+
+    kind: str
+    regex: re.Pattern
+
+    @classmethod
+    def of(cls, kind: str, regex: str) -> JobPattern:
+        compiled = re.compile(regex)
+        if "id" not in compiled.groupindex:
+            raise ValueError(f"job pattern for {kind!r} needs a named group 'id': {regex!r}")
+        return cls(kind, compiled)
+
+    def match(self, path: str) -> Job | None:
+        m = self.regex.search(path)
+        if not m:
+            return None
+        job_id = m.group("id").replace("_", "-") if self.kind == "k8s" else m.group("id")
+        name = m.groupdict().get("name") or ""
+        return Job(self.kind, job_id, name)
+
+
+DEFAULT_PATTERNS = (
+    JobPattern.of("slurm", r"/job_(?P<id>\d+)(?:/(?P<name>step_[^/]+))?"),
+    JobPattern.of(
+        "k8s",
+        rf"kubepods.*?pod(?P<id>{UUID_RE})(?:\.slice)?(?:/(?:cri-containerd-|docker-|crio-)?(?P<name>[0-9a-f]{{64}}))?",
+    ),
+    JobPattern.of("container", r"(?:docker[-/]|cri-containerd-|containerd/|libpod-|crio-)(?P<id>[0-9a-f]{64})"),
+    JobPattern.of("systemd", r"/(?P<id>[^/]+\.(?:service|scope))(?:/|$)"),
+)
+
+# Environment variables that name a job when the cgroup says nothing.
+ENV_JOB_VARS = (("SLURM_JOB_ID", "slurm"), ("KUBERNETES_POD_UID", "k8s"))
+
+
+def match_job(path: str, patterns: tuple[JobPattern, ...] = DEFAULT_PATTERNS) -> Job:
+    """The first pattern that matches the cgroup path names the job; else the host."""
+    for pattern in patterns:
+        job = pattern.match(path)
+        if job:
+            return job
+    return HOST_JOB
+
+
+def find_cgroup2_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path | None:
+    """The cgroup2 mount point (``/sys/fs/cgroup`` or, on hybrid hosts, ``.../unified``)."""
+    for line in mountinfo.read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split()[4])
+    return None
+
+
+def ensure_cgroup2_mount(fallback: Path = Path("/sys/fs/cgroup/unified")) -> Path:
+    """Find the cgroup2 mount, mounting one at ``fallback`` when the host has none."""
+    found = find_cgroup2_mount()
+    if found:
+        return found
+    fallback.mkdir(parents=True, exist_ok=True)
+    if os.system(f"mount -t cgroup2 none {fallback}") != 0:
+        raise RuntimeError(f"no cgroup2 mount and mounting one at {fallback} failed")
+    return fallback
+
+
+class JobResolver:
+    """cgroup id -> (path, Job), cached.
+
+    A new id triggers one tree walk right away; an id still unknown after that
+    walk (a cgroup already removed) is retried at most once per walk_interval.
+    """
+
+    def __init__(self, root: Path | None = None, patterns: tuple[JobPattern, ...] = (), walk_interval: float = 1.0):
+        self.root = root or find_cgroup2_mount()
+        self.patterns = tuple(patterns) + DEFAULT_PATTERNS
+        self.walk_interval = walk_interval
+        self._paths: dict[int, str] = {}
+        self._jobs: dict[int, Job] = {}
+        self._last_walk = 0.0
+        self._missing: dict[int, float] = {}
+        if self.root:
+            self._walk()
+
+    def _walk(self) -> None:
+        self._last_walk = time.monotonic()
+        paths = {}
+        for dirpath, _dirs, _files in os.walk(self.root):
+            try:
+                paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
+            except OSError:
+                continue
+        paths.setdefault(1, "/")
+        self._paths = paths
+
+    def path_of(self, cgroup_id: int) -> str:
+        path = self._paths.get(cgroup_id)
+        if path is None and self.root:
+            now = time.monotonic()
+            if now - self._missing.get(cgroup_id, -self.walk_interval) >= self.walk_interval:
+                self._walk()
+                path = self._paths.get(cgroup_id)
+                if path is None:
+                    self._missing[cgroup_id] = now
+        return path or f"cgroup:{cgroup_id}"
+
+    def job_of_path(self, path: str) -> Job:
+        return match_job(path, self.patterns)
+
+    def job_of(self, cgroup_id: int) -> Job:
+        job = self._jobs.get(cgroup_id)
+        if job is None:
+            path = self.path_of(cgroup_id)
+            job = self.job_of_path(path)
+            if not path.startswith("cgroup:"):
+                self._jobs[cgroup_id] = job
+        return job
+
+
+def job_from_environ(pid: int) -> Job | None:
+    """Fallback for processes whose cgroup names no job (may be gone for short-lived ones)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    for var, kind in ENV_JOB_VARS:
+        value = env.get(var.encode())
+        if value:
+            return Job(kind, value.decode(errors="replace"))
+    return None

@@ -1,0 +1,150 @@
+"""Compile, attach and poll the capture probes (probes/*.c) with BCC.
+
+One BPF object carries every capture probe; all events go through a single
+BPF ring buffer. The ring buffer is drained in batches: the BCC callback only
+copies bytes, decoding happens after each poll (agent/decode.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
+
+log = logging.getLogger(__name__)
+
+PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c")
+TRACEFS = Path("/sys/kernel/tracing")
+KIND_NAMES = {1: "exec", 2: "fork", 3: "exit", 4: "connect", 5: "gpu_open"}
+
+
+class LoaderError(RuntimeError):
+    """A missing piece (root, bcc, tracefs, headers, BPF): the message says which."""
+
+
+def _is_mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == str(path) for line in mounts)
+
+
+def ensure_tracefs(path: Path = TRACEFS) -> None:
+    """BCC resolves tracepoints through tracefs; fresh machines may not mount it."""
+    if _is_mounted(path):
+        return
+    rc = os.system(f"mount -t tracefs tracefs {path} 2>/dev/null")
+    if rc != 0 or not _is_mounted(path):
+        raise LoaderError(f"tracefs is not mounted at {path} and mounting it failed")
+
+
+def import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - Debian's python3-bpfcc, only importable on the agent host
+    except ImportError as exc:
+        raise LoaderError(
+            "python module 'bcc' not found: apt-get install python3-bpfcc and run from a "
+            "virtualenv made with '/usr/bin/python3 -m venv --system-site-packages' "
+            "(never 'pip install bcc': that is an unrelated package)"
+        ) from exc
+    return bcc
+
+
+def check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise LoaderError("the agent must run as root (loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN)")
+
+
+SHARED_HEADER = "gpuguard.h"
+INCLUDE_LINE = f'#include "{SHARED_HEADER}"'
+
+
+def probe_source(names: tuple[str, ...] = CAPTURE_PROBES, probes_dir: Path = PROBES_DIR) -> str:
+    """One C text: the shared header, then each probe without its #include.
+
+    BCC rewrites map calls (``events.ringbuf_output``) only in the main text,
+    never inside included headers, so the header is inlined rather than included.
+    """
+    parts = [(probes_dir / SHARED_HEADER).read_text()]
+    for name in names:
+        text = (probes_dir / name).read_text()
+        parts.append(f'#line 1 "{name}"\n' + text.replace(INCLUDE_LINE, ""))
+    return "\n".join(parts)
+
+
+@dataclass
+class CaptureProbes:
+    """The loaded capture programs and their ring buffer."""
+
+    ringbuf_pages: int = 4096
+    headers: KernelHeaders | None = None
+    bpf: object = None
+    _pending: list[bytes] = field(default_factory=list)
+
+    def load(self) -> None:
+        check_privileges()
+        bcc = import_bcc()
+        ensure_tracefs()
+        try:
+            self.headers = resolve_kernel_headers()
+        except HeadersError as exc:
+            raise LoaderError(str(exc)) from exc
+        log.info("kernel headers: %s (%s)", self.headers.path, self.headers.reason)
+        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-Wno-comment"]
+        try:
+            self.bpf = bcc.BPF(text=probe_source().encode(), cflags=cflags)
+        except Exception as exc:  # BCC raises bare Exception on compile/load failure
+            raise LoaderError(f"loading the capture probes failed: {exc}") from exc
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        log.info("capture probes attached: %d tracepoints", self.bpf.num_open_tracepoints())
+
+    def _on_event(self, _ctx, data, size) -> None:
+        self._pending.append(ctypes.string_at(data, size))
+
+    def poll(self, timeout_ms: int = 100) -> list[bytes]:
+        """Wait up to timeout_ms, then return every raw event available."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        batch, self._pending = self._pending, []
+        return batch
+
+    def drain(self) -> list[bytes]:
+        self.bpf.ring_buffer_consume()
+        batch, self._pending = self._pending, []
+        return batch
+
+    def lost_counts(self) -> dict[str, int]:
+        """Events the kernel could not hand over (ring buffer or pending map full)."""
+        table = self.bpf[b"lost"]
+        counts = {}
+        for key, per_cpu in table.items():
+            total = sum(per_cpu)
+            if total:
+                counts[KIND_NAMES.get(key.value, str(key.value))] = total
+        return counts
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> CaptureProbes:
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def on_each(probes: CaptureProbes, handle: Callable[[list[bytes]], None], should_stop: Callable[[], bool]) -> None:
+    """Poll until should_stop(), handing each non-empty raw batch to handle."""
+    while not should_stop():
+        batch = probes.poll(100)
+        if batch:
+            handle(batch)
+    batch = probes.drain()
+    if batch:
+        handle(batch)

@@ -1,0 +1,150 @@
+"""``gpuguard agent``: capture on this host, print and/or ship to a collector."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from agent.config import AgentConfig
+from agent.identity import HostIdentity
+from agent.loader import LoaderError
+from agent.output import HEADER_LINE, format_json, format_line
+from agent.runtime import Capture
+
+log = logging.getLogger("gpuguard.agent")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ = 0, 1, 2, 3
+
+
+def printer(mode: str):
+    fmt = format_json if mode == "json" else format_line
+    if mode == "human":
+        print(HEADER_LINE, flush=True)
+
+    def sink(records: list[dict]) -> None:
+        out = "\n".join(fmt(r) for r in records if r["kind"] != "status")
+        if out:
+            try:
+                sys.stdout.write(out + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                pass
+    return sink
+
+
+class Agent:
+    """Capture + (spool -> shipper) + (enforcer), with periodic status."""
+
+    def __init__(self, cfg: AgentConfig, print_mode: str = "") -> None:
+        self.cfg = cfg
+        self.identity = HostIdentity.current(cfg.host_id or None)
+        self.capture = Capture(self.identity, cfg.patterns(), cfg.ringbuf_pages, cfg.hash_executables)
+        self.spool = None
+        self.shipper = None
+        self.enforcer = None
+        self.print_mode = print_mode
+        self._last_status = time.monotonic()
+        self._last_records = 0
+
+    def start(self) -> None:
+        self.capture.ignore_pids.add(os.getpid())
+        self.capture.start()
+        headers = self.capture.probes.headers
+        log.info("kernel headers: %s — %s", headers.path, headers.reason)
+        if self.print_mode:
+            self.capture.sinks.append(printer(self.print_mode))
+        if self.cfg.enforce:
+            from agent.enforce import Enforcer  # noqa: PLC0415
+
+            self.enforcer = Enforcer(self.capture, state_dir=self.cfg.spool_dir + "/../enforce")
+            self.enforcer.start()
+            self.capture.sinks.append(self.enforcer.on_records)
+        if self.cfg.collector:
+            from agent.shipper import Shipper  # noqa: PLC0415
+            from agent.spool import Spool  # noqa: PLC0415
+
+            self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes)
+            self.capture.sinks.append(self.spool.append)
+            self.shipper = Shipper(
+                self.cfg.collector, self.spool, self.identity, self.cfg.token, self.cfg.batch_max_events,
+                self.cfg.batch_max_delay_ms / 1000,
+                on_command=self.enforcer.on_command if self.enforcer else None,
+                policy_version=(lambda: self.enforcer.policy_version) if self.enforcer else (lambda: 0),
+            )
+            self.capture.sinks.append(self.shipper.notify)
+            threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
+            log.info("shipping to %s (spool %s, %d events waiting)", self.cfg.collector, self.cfg.spool_dir,
+                     self.spool.depth())
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        rate = (self.capture.stats.records - self._last_records) / max(now - self._last_status, 1e-9)
+        self._last_status, self._last_records = now, self.capture.stats.records
+        return {
+            "events_per_sec": round(rate, 1), "events_total": self.capture.stats.records,
+            "kernel_lost": self.capture.kernel_lost(),
+            "spool_depth": self.spool.depth() if self.spool else 0,
+            "spool_bytes": self.spool.size_bytes() if self.spool else 0,
+            "dropped": self.spool.stats.dropped if self.spool else 0,
+            "policy_version": self.enforcer.policy_version if self.enforcer else 0,
+        }
+
+    def emit_status(self) -> None:
+        st = self.status()
+        log.info("status: %.0f ev/s, %d total, kernel lost %s, spool depth %d, dropped %d, connected %s",
+                 st["events_per_sec"], st["events_total"], st["kernel_lost"] or 0, st["spool_depth"],
+                 st["dropped"], self.shipper.connected.is_set() if self.shipper else "-")
+        if self.spool:
+            rec = {"kind": "status", "ts_ns": time.time_ns(), "boot_id": self.identity.boot_id, "status": st}
+            self.spool.append([rec])
+            self.shipper.notify()
+
+    def run(self) -> None:
+        stop = self.capture.stop_event
+        while not stop.is_set():
+            self.capture.poll_once(100)
+            if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
+                self.emit_status()
+        self.capture.process(self.capture.probes.drain())
+
+    def close(self) -> None:
+        if self.shipper:
+            deadline = time.monotonic() + 2
+            while self.spool.depth() and self.shipper.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.shipper.stop()
+        if self.enforcer:
+            self.enforcer.close()
+        self.capture.close()
+        if self.spool:
+            self.spool.close()
+
+
+def run_agent(cfg: AgentConfig, print_mode: str) -> int:
+    try:
+        agent = Agent(cfg, print_mode)
+        agent.start()
+    except LoaderError as exc:
+        log.error("cannot start capture: %s", exc)
+        return EXIT_PREREQ
+    except OSError as exc:
+        log.error("cannot start agent: %s", exc)
+        return EXIT_FAILURE
+
+    def on_signal(signum, _frame):
+        log.info("received %s, detaching probes", signal.Signals(signum).name)
+        agent.capture.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        agent.run()
+    finally:
+        lost = agent.capture.kernel_lost()
+        agent.close()
+        log.info("agent stopped: %d events captured, kernel lost %s", agent.capture.stats.records, lost or 0)
+    return EXIT_OK

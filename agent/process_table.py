@@ -1,0 +1,132 @@
+"""The host's process tree, kept from fork/exec/exit events and seeded from /proc.
+
+Every event is tied to a Process with a key that survives pid reuse
+(``boot:pid:start_ticks``) and to its ancestry up to PID 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.jobs import Job
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NS_PER_TICK = 1_000_000_000 // CLK_TCK
+MAX_DEPTH = 64
+EXITED_KEEP = 4096   # exited processes kept for late events and trees
+
+
+@dataclass(slots=True)
+class Process:
+    pid: int
+    ppid: int
+    start_ticks: int
+    key: str
+    comm: str = ""
+    exe: str = ""
+    argv: list[str] = field(default_factory=list)
+    uid: int = 0
+    cgroup_id: int = 0
+    job: Job | None = None
+    exited: bool = False
+
+    def summary(self) -> dict:
+        return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": self.exe, "argv": self.argv[:8]}
+
+
+def read_proc(pid: int, proc: Path = Path("/proc")) -> dict | None:
+    """ppid, start time, comm, exe, argv, uid of a live process, or None when it is gone."""
+    base = proc / str(pid)
+    try:
+        stat = (base / "stat").read_text()
+    except OSError:
+        return None
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    info = {"ppid": int(fields[1]), "start_ticks": int(fields[19]), "comm": comm, "exe": "", "argv": [], "uid": 0}
+    try:
+        info["exe"] = os.readlink(base / "exe")
+    except OSError:
+        pass
+    try:
+        info["argv"] = [a.decode(errors="replace") for a in (base / "cmdline").read_bytes().split(b"\0")[:-1]]
+        info["uid"] = (base / "status").stat().st_uid
+    except OSError:
+        pass
+    return info
+
+
+class ProcessTable:
+    def __init__(self, boot_id: str, proc: Path = Path("/proc")) -> None:
+        self.boot_prefix = boot_id.replace("-", "")[:8]
+        self.proc = proc
+        self.live: dict[int, Process] = {}
+        self.exited: OrderedDict[int, Process] = OrderedDict()
+
+    def make_key(self, pid: int, start_ticks: int) -> str:
+        return f"{self.boot_prefix}:{pid}:{start_ticks}"
+
+    def _from_proc(self, pid: int) -> Process | None:
+        info = read_proc(pid, self.proc)
+        if info is None:
+            return None
+        p = Process(pid, info["ppid"], info["start_ticks"], self.make_key(pid, info["start_ticks"]),
+                    info["comm"], info["exe"], info["argv"], info["uid"])
+        self.live[pid] = p
+        return p
+
+    def seed(self) -> int:
+        for entry in os.listdir(self.proc):
+            if entry.isdigit():
+                self._from_proc(int(entry))
+        return len(self.live)
+
+    def get(self, pid: int) -> Process | None:
+        """A live process, else a recently exited one, else whatever /proc still shows."""
+        return self.live.get(pid) or self.exited.get(pid) or self._from_proc(pid)
+
+    def on_fork(self, parent_pid: int, child_pid: int, ts_boot_ns: int) -> Process:
+        parent = self.get(parent_pid)
+        start = ts_boot_ns // NS_PER_TICK
+        child = Process(child_pid, parent_pid, start, self.make_key(child_pid, start))
+        if parent:
+            child.comm, child.exe, child.argv = parent.comm, parent.exe, parent.argv
+            child.uid, child.cgroup_id, child.job = parent.uid, parent.cgroup_id, parent.job
+        self.live[child_pid] = child
+        return child
+
+    def on_exec(self, pid: int, exe: str, argv: list[str], comm: str) -> Process | None:
+        p = self.get(pid)
+        if p is None:
+            return None
+        p.exe, p.argv, p.comm = exe, argv, comm
+        return p
+
+    def on_exit(self, pid: int) -> Process | None:
+        p = self.live.pop(pid, None)
+        if p is None:
+            return None
+        p.exited = True
+        self.exited[pid] = p
+        while len(self.exited) > EXITED_KEEP:
+            self.exited.popitem(last=False)
+        return p
+
+    def ancestors(self, pid: int) -> list[Process]:
+        """Parent, grandparent, ... up to PID 1 (bounded, cycle-safe)."""
+        chain: list[Process] = []
+        seen = {pid}
+        p = self.get(pid)
+        while p and p.ppid and p.ppid not in seen and len(chain) < MAX_DEPTH:
+            seen.add(p.ppid)
+            p = self.get(p.ppid)
+            if p:
+                chain.append(p)
+        return chain
+
+    def parent_key(self, p: Process) -> str:
+        parent = self.get(p.ppid) if p.ppid else None
+        return parent.key if parent else ""

@@ -1,0 +1,95 @@
+"""The agent's straight line: probe -> decode -> enrich -> sinks (printer, spool).
+
+Runs the ring-buffer poll loop in the calling thread. Each poll's events are
+decoded and enriched as one batch and handed to every sink as one list.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.decode import decode_batch
+from agent.enrich import Enricher
+from agent.events import DecodeStats
+from agent.exe_hash import ExeHasher
+from agent.identity import HostIdentity
+from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
+from agent.loader import CaptureProbes
+from agent.process_table import ProcessTable
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[dict]], None]
+
+
+@dataclass
+class CaptureStats:
+    started: float = field(default_factory=time.monotonic)
+    records: int = 0
+    decode: DecodeStats = field(default_factory=DecodeStats)
+    kernel_lost: dict[str, int] = field(default_factory=dict)
+
+    def rate(self) -> float:
+        return self.records / max(time.monotonic() - self.started, 1e-9)
+
+
+class Capture:
+    """Loads the probes and turns ring-buffer batches into enriched records."""
+
+    def __init__(self, identity: HostIdentity | None = None, job_patterns: tuple[JobPattern, ...] = (),
+                 ringbuf_pages: int = 4096, hash_executables: bool = True) -> None:
+        self.identity = identity or HostIdentity.current()
+        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages)
+        self.table = ProcessTable(self.identity.boot_id)
+        self.hasher = ExeHasher() if hash_executables else None
+        self.jobs = JobResolver(ensure_cgroup2_mount(), job_patterns)
+        self.enricher = Enricher(self.identity, self.table, self.jobs, self.hasher)
+        self.stats = CaptureStats()
+        self.sinks: list[Sink] = []
+        self.stop_event = threading.Event()
+        self.ignore_pids: set[int] = set()   # the agent's own pid: its gRPC connects are not evidence
+
+    def start(self) -> None:
+        self.probes.load()  # attach first, then seed: nothing falls between the two
+        seeded = self.table.seed()
+        log.info("process table seeded with %d processes from /proc", seeded)
+
+    def process(self, raw_batch: list[bytes]) -> list[dict]:
+        records = []
+        for ev in decode_batch(raw_batch, self.stats.decode):
+            rec = self.enricher.enrich(ev)
+            if rec is not None and rec["proc"]["pid"] not in self.ignore_pids:
+                records.append(rec)
+        self.stats.records += len(records)
+        if records:
+            for sink in self.sinks:
+                sink(records)
+        return records
+
+    def poll_once(self, timeout_ms: int = 100) -> list[dict]:
+        return self.process(self.probes.poll(timeout_ms))
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.poll_once(100)
+        self.process(self.probes.drain())
+
+    def kernel_lost(self) -> dict[str, int]:
+        self.stats.kernel_lost = self.probes.lost_counts()
+        return self.stats.kernel_lost
+
+    def close(self) -> None:
+        self.probes.close()
+        if self.hasher:
+            self.hasher.close()
+
+    def __enter__(self) -> Capture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,177 @@
+"""Spool -> collector over one long-lived gRPC stream, with acks, replay and backoff.
+
+Protocol (proto/gpuguard/v1/collector.proto): the agent says Hello, the
+collector answers with the highest seq it already stored for this host, the
+agent sends EventBatches read from the spool after that point, and the
+collector acks each batch once it is committed. Acked records leave the spool.
+On any stream error the shipper reconnects with exponential backoff and
+jitter and replays everything unacked; the collector drops duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from agent.identity import HostIdentity
+from agent.spool import Spool
+from agent.wire import to_event
+from gpuguard import __version__
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import collector_pb2_grpc as cgrpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 16 << 20),
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+CommandHandler = Callable[[cpb.CollectorMessage], cpb.AgentMessage | None]
+
+
+class Shipper:
+    def __init__(self, target: str, spool: Spool, identity: HostIdentity, token: str = "",
+                 batch_max_events: int = 512, batch_max_delay_s: float = 0.2, window_batches: int = 8,
+                 on_command: CommandHandler | None = None, policy_version: Callable[[], int] = lambda: 0,
+                 backoff_max_s: float = 10.0) -> None:
+        self.target = target
+        self.spool = spool
+        self.identity = identity
+        self.token = token
+        self.batch_max_events = batch_max_events
+        self.batch_max_delay_s = batch_max_delay_s
+        self.window_events = window_batches * batch_max_events
+        self.on_command = on_command
+        self.policy_version = policy_version
+        self.backoff_max_s = backoff_max_s
+        self.stop_event = threading.Event()
+        self.new_data = threading.Event()
+        self.connected = threading.Event()
+        self.sent_batches = 0
+        self.reconnects = 0
+        self._outbox: queue.Queue | None = None
+
+    def notify(self, _records: list[dict] | None = None) -> None:
+        """Sink hook: the spool has new records."""
+        self.new_data.set()
+
+    def send(self, msg: cpb.AgentMessage) -> None:
+        """Queue a control message (policy ack) on the current stream, if any."""
+        if self._outbox is not None:
+            self._outbox.put(msg)
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                self._session()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                log.warning("collector %s: stream ended: %s %s", self.target, code,
+                            exc.details() if hasattr(exc, "details") else exc)
+            except Exception:  # never let the shipper thread die: log and reconnect
+                log.exception("shipper session failed")
+            finally:
+                self.connected.clear()
+                self._outbox = None
+            if self.stop_event.is_set():
+                break
+            if time.monotonic() - started > 30:
+                backoff = 0.2
+            delay = backoff * (0.5 + random.random())
+            log.info("reconnecting to %s in %.1fs (%d events waiting in the spool)",
+                     self.target, delay, self.spool.depth())
+            self.reconnects += 1
+            self.stop_event.wait(delay)
+            backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _requests(self, outbox: queue.Queue):
+        while True:
+            msg = outbox.get()
+            if msg is None:
+                return
+            yield msg
+
+    def _session(self) -> None:
+        outbox: queue.Queue = queue.Queue()
+        self._outbox = outbox
+        hello = cpb.Hello(agent_version=__version__, first_unacked_seq=self.spool.acked + 1,
+                          policy_version=self.policy_version(), token=self.token)
+        hello.host.host_id = self.identity.host_id
+        hello.host.hostname = self.identity.hostname
+        hello.host.boot_id = self.identity.boot_id
+        outbox.put(cpb.AgentMessage(hello=hello))
+        with grpc.insecure_channel(self.target, options=GRPC_OPTIONS) as channel:
+            call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox))
+            state = {"acked": self.spool.acked, "error": None}
+            try:
+                first = next(call)
+                if not first.HasField("hello"):
+                    raise RuntimeError(f"collector answered {first.WhichOneof('msg')} instead of hello")
+                stored = first.hello.stored_through_seq
+                if stored > self.spool.acked:
+                    self.spool.ack(min(stored, self.spool.last_seq))
+                state["acked"] = self.spool.acked
+                log.info("connected to collector %s (stored through seq %d, replaying %d)",
+                         self.target, stored, self.spool.depth())
+                self.connected.set()
+                reader = threading.Thread(target=self._read_responses, args=(call, state), daemon=True)
+                reader.start()
+                self._send_loop(outbox, state, reader)
+            finally:
+                outbox.put(None)
+                call.cancel()
+            if state["error"]:
+                raise state["error"]
+
+    def _read_responses(self, call, state: dict) -> None:
+        try:
+            for msg in call:
+                kind = msg.WhichOneof("msg")
+                if kind == "ack":
+                    self.spool.ack(msg.ack.seq)
+                    state["acked"] = max(state["acked"], msg.ack.seq)
+                    self.new_data.set()
+                elif kind == "error":
+                    log.error("collector rejected a message: %s: %s", msg.error.code, msg.error.message)
+                elif self.on_command:
+                    reply = self.on_command(msg)
+                    if reply is not None:
+                        self.send(reply)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                state["error"] = exc
+        finally:
+            self.new_data.set()
+
+    def _send_loop(self, outbox: queue.Queue, state: dict, reader: threading.Thread) -> None:
+        cursor = state["acked"]
+        while not self.stop_event.is_set() and reader.is_alive():
+            if cursor - state["acked"] >= self.window_events:
+                self.new_data.wait(self.batch_max_delay_s)
+                self.new_data.clear()
+                continue
+            records = self.spool.read_after(max(cursor, state["acked"]), self.batch_max_events)
+            if not records:
+                self.new_data.wait(self.batch_max_delay_s)
+                self.new_data.clear()
+                continue
+            batch = cpb.EventBatch(events=[to_event(r) for r in records])
+            outbox.put(cpb.AgentMessage(batch=batch))
+            cursor = records[-1]["seq"]
+            self.sent_batches += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.new_data.set()

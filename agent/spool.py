@@ -1,0 +1,252 @@
+"""Durable on-disk queue of records not yet acknowledged by the collector.
+
+Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames
+``[u32 length][u32 crc32][msgpack [seq, record]]`` and ``DIR/acked`` holding
+the highest acknowledged seq. Sequence numbers are per agent, monotonic and
+never reused (they survive restarts: the last one is recovered from disk).
+
+fsync policy: ``append`` writes and fsyncs once per batch (the capture loop
+appends one batch per ring-buffer poll, so at most one fsync per poll); the
+ack file is replaced atomically (write, fsync, rename). A torn or corrupt
+tail found at start-up is truncated and logged.
+
+Bounded: when the spool would exceed ``max_bytes`` (or the disk is full) new
+records are dropped but still consume sequence numbers; once space is back a
+``gap`` record names the exact dropped range, so the collector knows what is
+missing rather than silently missing it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+FRAME = struct.Struct("<II")
+MAX_FRAME = 8 << 20
+
+
+@dataclass
+class SpoolStats:
+    appended: int = 0
+    dropped: int = 0
+    corrupt_truncated: int = 0
+
+
+class Spool:
+    def __init__(self, directory: str | Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
+                 fsync: bool = True) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.stats = SpoolStats()
+        self._lock = threading.Lock()
+        self.acked = self._read_acked()
+        self.last_seq = self.acked
+        self._gap: tuple[int, int, str] | None = None
+        self._segments: list[tuple[int, Path]] = []   # (first_seq, path), ascending
+        self._active = None
+        self._active_size = 0
+        self._reason = "spool full"
+        self._recover()
+        self._cursor: tuple[Path | None, int, int] = (None, 0, 0)   # (segment, byte offset, seq there)
+
+    # -- start-up --------------------------------------------------------------
+    def _read_acked(self) -> int:
+        try:
+            return int((self.dir / "acked").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _recover(self) -> None:
+        for path in sorted(self.dir.glob("seg-*.log")):
+            self._segments.append((int(path.stem[4:]), path))
+        for _first, path in self._segments:
+            good_end, last = self._scan(path)
+            if last:
+                self.last_seq = max(self.last_seq, last)
+            if good_end < path.stat().st_size:
+                log.warning("spool %s: truncating corrupt tail at byte %d", path.name, good_end)
+                self.stats.corrupt_truncated += 1
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+        self._drop_acked_segments()
+
+    @staticmethod
+    def _frames(path: Path, offset: int = 0):
+        """Yield (end_offset, seq, record) for each intact frame; stop at the first bad one."""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            pos = offset
+            while True:
+                head = f.read(FRAME.size)
+                if len(head) < FRAME.size:
+                    return
+                length, crc = FRAME.unpack(head)
+                if length > MAX_FRAME:
+                    return
+                body = f.read(length)
+                if len(body) < length or zlib.crc32(body) != crc:
+                    return
+                pos += FRAME.size + length
+                seq, record = msgpack.unpackb(body, raw=False)
+                yield pos, seq, record
+
+    def _scan(self, path: Path) -> tuple[int, int]:
+        good_end, last = 0, 0
+        for end, seq, _rec in self._frames(path):
+            good_end, last = end, seq
+        return good_end, last
+
+    # -- writing -----------------------------------------------------------------
+    def size_bytes(self) -> int:
+        total = 0
+        for _first, path in self._segments:
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def _open_segment(self, first_seq: int) -> None:
+        if self._active:
+            self._active.close()
+        path = self.dir / f"seg-{first_seq:020d}.log"
+        self._active = open(path, "ab")  # noqa: SIM115 - kept open across appends
+        self._active_size = self._active.tell()
+        self._segments.append((first_seq, path))
+
+    def _frame(self, seq: int, record: dict) -> bytes:
+        body = msgpack.packb([seq, record], use_bin_type=True)
+        return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+    def append(self, records: list[dict]) -> int:
+        """Append records; returns how many were stored (the rest were dropped and counted)."""
+        with self._lock:
+            if self._gap:
+                if not self._try_write([self._gap_record()]):
+                    return self._drop(records)
+                self._gap = None
+            return self._try_write(records) or self._drop(records)
+
+    def _gap_record(self) -> dict:
+        first, last, reason = self._gap
+        return {"kind": "gap", "gap": {"from_seq": first, "to_seq": last, "reason": reason}}
+
+    def _try_write(self, records: list[dict]) -> int:
+        seqs = []
+        frames = []
+        next_seq = self.last_seq
+        for rec in records:
+            next_seq += 1
+            seq = rec["seq"] = next_seq
+            seqs.append(seq)
+            frames.append(self._frame(seq, rec))
+        blob = b"".join(frames)
+        if self.size_bytes() + len(blob) > self.max_bytes:
+            self._reason = "spool full"
+            for rec in records:
+                rec.pop("seq", None)
+            return 0
+        if self._active is None or self._active_size >= self.segment_bytes:
+            self._open_segment(seqs[0])
+        start = self._active_size
+        try:
+            self._active.write(blob)
+            self._active.flush()
+            if self.fsync:
+                os.fsync(self._active.fileno())
+        except OSError as exc:
+            self._active.truncate(start)
+            self._active.seek(start)
+            self._reason = f"disk error: {errno.errorcode.get(exc.errno, exc.errno)}"
+            log.error("spool write failed (%s); dropping %d records", exc, len(records))
+            return 0
+        self._active_size = start + len(blob)
+        self.last_seq = next_seq
+        self.stats.appended += len(records)
+        return len(records)
+
+    def _drop(self, records: list[dict]) -> int:
+        if not records:
+            return 0
+        first = self.last_seq + 1
+        self.last_seq += len(records)
+        reason = self._reason
+        self._gap = (self._gap[0] if self._gap else first, self.last_seq, reason)
+        self.stats.dropped += len(records)
+        return 0
+
+    # -- reading and acks ------------------------------------------------------------
+    def read_after(self, seq: int, max_records: int) -> list[dict]:
+        """Records with seq > given seq, in order, at most max_records.
+
+        Sequential readers (the shipper) resume from a remembered byte offset,
+        so reading a segment costs O(records read), not O(segment).
+        """
+        with self._lock:
+            segments = list(self._segments)
+            if self._active:
+                self._active.flush()
+        cursor_path, cursor_off, cursor_seq = self._cursor
+        out: list[dict] = []
+        for i, (_first, path) in enumerate(segments):
+            next_first = segments[i + 1][0] if i + 1 < len(segments) else None
+            if next_first is not None and next_first <= seq + 1:
+                continue
+            offset = cursor_off if (path == cursor_path and cursor_seq <= seq) else 0
+            try:
+                for end, s, rec in self._frames(path, offset):
+                    if s > seq:
+                        out.append(rec)
+                        self._cursor = (path, end, s)
+                        if len(out) >= max_records:
+                            return out
+            except FileNotFoundError:
+                continue
+        return out
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            if seq <= self.acked:
+                return
+            self.acked = seq
+            tmp = self.dir / "acked.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(seq))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / "acked")
+            self._drop_acked_segments()
+
+    def _drop_acked_segments(self) -> None:
+        """Delete whole segments whose every record is acknowledged (never the active one)."""
+        keep = []
+        for i, (first, path) in enumerate(self._segments):
+            next_first = self._segments[i + 1][0] if i + 1 < len(self._segments) else None
+            active = self._active is not None and path == Path(self._active.name)
+            if next_first is not None and next_first - 1 <= self.acked and not active:
+                path.unlink(missing_ok=True)
+            else:
+                keep.append((first, path))
+        self._segments = keep
+
+    def depth(self) -> int:
+        return max(self.last_seq - self.acked, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._active:
+                self._active.close()
+                self._active = None

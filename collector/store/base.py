@@ -1,0 +1,64 @@
+"""The storage interface. Ingest, queries and detection only talk to this.
+
+A second backend (PostgreSQL, for several collectors sharing one store)
+implements the same methods; nothing above this layer changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.v1 import policy_pb2 as ppb
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    stored_through: int = 0      # highest seq now stored for the host
+    holes: list[tuple[int, int]] = field(default_factory=list)   # seq ranges skipped without a gap event
+
+
+@dataclass
+class StoredRow:
+    host_id: str
+    event: pb.Event
+
+
+@dataclass
+class TimelineFilter:
+    job_id: str
+    host: str = ""
+    since_ns: int = 0
+    until_ns: int = 0
+    kinds: tuple[str, ...] = ()
+    process_keys: tuple[str, ...] = ()
+    limit: int = 10_000
+
+
+class Store(Protocol):
+    def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
+        """Record a connecting agent; return the highest seq stored for it."""
+
+    def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
+        """Store a batch atomically and durably; duplicates (host, seq) are ignored."""
+
+    def set_agent_state(self, host_id: str, **fields) -> None: ...
+
+    def agents(self) -> list[dict]: ...
+
+    def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]: ...
+
+    def timeline(self, flt: TimelineFilter) -> list[StoredRow]: ...
+
+    def processes(self, job_id: str, host: str = "") -> list[dict]: ...
+
+    def add_alert(self, alert: ppb.Alert) -> None: ...
+
+    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]: ...
+
+    def purge_before(self, ts_ns: int) -> int: ...
+
+    def close(self) -> None: ...

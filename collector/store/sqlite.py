@@ -1,0 +1,225 @@
+"""SQLite (WAL) store: the embedded default.
+
+Events are kept as their wire bytes (one serialisation) next to the columns
+that queries filter on, indexed by (job, time) and (host, time). A batch is
+one transaction with ``synchronous=FULL``: when ``ingest`` returns, the batch
+is on disk, and only then does the server ack it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from collector.store.base import IngestResult, StoredRow, TimelineFilter
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.v1 import policy_pb2 as ppb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    host_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL, kind TEXT NOT NULL,
+    job_kind TEXT NOT NULL, job_id TEXT NOT NULL, pid INTEGER, proc_key TEXT, body BLOB NOT NULL,
+    PRIMARY KEY (host_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_job_ts ON events (job_id, ts_ns);
+CREATE INDEX IF NOT EXISTS events_host_ts ON events (host_id, ts_ns);
+CREATE TABLE IF NOT EXISTS processes (
+    host_id TEXT NOT NULL, key TEXT NOT NULL, parent_key TEXT, job_id TEXT, pid INTEGER, comm TEXT,
+    exe TEXT, argv TEXT, first_ts_ns INTEGER, used_gpu INTEGER DEFAULT 0,
+    PRIMARY KEY (host_id, key)
+);
+CREATE INDEX IF NOT EXISTS processes_job ON processes (job_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT NOT NULL, job_kind TEXT NOT NULL, host_id TEXT NOT NULL,
+    first_ts_ns INTEGER, last_ts_ns INTEGER, events INTEGER DEFAULT 0,
+    PRIMARY KEY (job_id, job_kind, host_id)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    host_id TEXT PRIMARY KEY, hostname TEXT, boot_id TEXT, stored_through INTEGER DEFAULT 0,
+    last_seen_ns INTEGER, policy_version INTEGER DEFAULT 0, policy_error TEXT DEFAULT '',
+    connected INTEGER DEFAULT 0, status TEXT DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, ts_ns INTEGER, rule_id TEXT, job_id TEXT, host_id TEXT, body BLOB
+);
+CREATE INDEX IF NOT EXISTS alerts_job ON alerts (job_id, ts_ns);
+CREATE TABLE IF NOT EXISTS gaps (
+    host_id TEXT, from_seq INTEGER, to_seq INTEGER, reason TEXT, ts_ns INTEGER
+);
+"""
+
+AGENT_FIELDS = {"hostname", "boot_id", "last_seen_ns", "policy_version", "policy_error", "connected", "status"}
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()   # one writer; callers may come from several threads
+
+    # -- agents ----------------------------------------------------------------
+    def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
+        with self._lock:
+            self.db.execute(
+                "INSERT INTO agents (host_id, hostname, boot_id, last_seen_ns, policy_version, connected) "
+                "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(host_id) DO UPDATE SET hostname=excluded.hostname, "
+                "boot_id=excluded.boot_id, last_seen_ns=excluded.last_seen_ns, "
+                "policy_version=excluded.policy_version, connected=1",
+                (host_id, hostname, boot_id, time.time_ns(), policy_version),
+            )
+            row = self.db.execute("SELECT MAX(seq) FROM events WHERE host_id=?", (host_id,)).fetchone()
+            return row[0] or 0
+
+    def set_agent_state(self, host_id: str, **fields) -> None:
+        bad = set(fields) - AGENT_FIELDS
+        if bad:
+            raise ValueError(f"unknown agent fields {bad}")
+        if "status" in fields:
+            fields["status"] = json.dumps(fields["status"])
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self._lock:
+            self.db.execute(f"UPDATE agents SET {cols} WHERE host_id=?", (*fields.values(), host_id))
+
+    def agents(self) -> list[dict]:
+        cur = self.db.execute("SELECT host_id, hostname, boot_id, stored_through, last_seen_ns, policy_version, "
+                              "policy_error, connected, status FROM agents ORDER BY host_id")
+        cols = [c[0] for c in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(cols, row, strict=True))
+            item["status"] = json.loads(item["status"] or "{}")
+            out.append(item)
+        return out
+
+    # -- ingest -----------------------------------------------------------------
+    def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
+        result = IngestResult()
+        rows, procs, jobs, gaps = [], {}, {}, []
+        for ev in events:
+            kind = ev.WhichOneof("body") or "unknown"
+            rows.append((host_id, ev.seq, ev.ts_ns, kind, ev.job.kind, ev.job.id, ev.process.pid,
+                         ev.process.key, ev.SerializeToString()))
+            if ev.process.key and kind in ("exec", "connect", "gpu_open"):
+                p = ev.process
+                prev = procs.get(p.key)
+                used_gpu = int(kind == "gpu_open") | (prev[-1] if prev else 0)
+                if prev is None or kind == "exec":
+                    procs[p.key] = (host_id, p.key, p.parent_key, ev.job.id, p.pid, p.comm, p.exe,
+                                    json.dumps(list(p.argv)), ev.ts_ns, used_gpu)
+                else:
+                    procs[p.key] = (*prev[:-1], used_gpu)
+            if ev.job.id:
+                key = (ev.job.id, ev.job.kind)
+                first, last, n = jobs.get(key, (ev.ts_ns, ev.ts_ns, 0))
+                jobs[key] = (min(first, ev.ts_ns), max(last, ev.ts_ns), n + 1)
+            if kind == "gap":
+                gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ev.ts_ns))
+        with self._lock:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                before = self.db.total_changes
+                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                result.stored = self.db.total_changes - before
+                result.duplicates = len(rows) - result.stored
+                cur.executemany(
+                    "INSERT INTO processes VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(host_id, key) DO UPDATE SET "
+                    "used_gpu = MAX(used_gpu, excluded.used_gpu), "
+                    "comm = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.comm ELSE comm END, "
+                    "exe = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.exe ELSE exe END, "
+                    "argv = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.argv ELSE argv END, "
+                    "first_ts_ns = MIN(first_ts_ns, excluded.first_ts_ns)",
+                    list(procs.values()),
+                )
+                cur.executemany(
+                    "INSERT INTO jobs VALUES (?,?,?,?,?,?) ON CONFLICT(job_id, job_kind, host_id) DO UPDATE SET "
+                    "first_ts_ns=MIN(first_ts_ns, excluded.first_ts_ns), last_ts_ns=MAX(last_ts_ns, "
+                    "excluded.last_ts_ns), events=events+excluded.events",
+                    [(jid, jkind, host_id, f, la, n) for (jid, jkind), (f, la, n) in jobs.items()],
+                )
+                cur.executemany("INSERT INTO gaps VALUES (?,?,?,?,?)", gaps)
+                top = self.db.execute("SELECT MAX(seq) FROM events WHERE host_id=?", (host_id,)).fetchone()[0] or 0
+                cur.execute("UPDATE agents SET stored_through=?, last_seen_ns=? WHERE host_id=?",
+                            (top, time.time_ns(), host_id))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        result.stored_through = top
+        return result
+
+    # -- queries -------------------------------------------------------------------
+    def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
+        cur = self.db.execute(
+            "SELECT j.job_id, j.job_kind, GROUP_CONCAT(j.host_id), MIN(j.first_ts_ns), MAX(j.last_ts_ns), "
+            "SUM(j.events), (SELECT COUNT(*) FROM alerts a WHERE a.job_id = j.job_id) "
+            "FROM jobs j WHERE j.last_ts_ns >= ? GROUP BY j.job_id, j.job_kind "
+            "ORDER BY MAX(j.last_ts_ns) DESC LIMIT ?", (since_ns, limit))
+        return [{"job_id": r[0], "job_kind": r[1], "hosts": sorted(set(r[2].split(","))), "first_ts_ns": r[3],
+                 "last_ts_ns": r[4], "events": r[5], "alerts": r[6]} for r in cur.fetchall()]
+
+    def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
+        sql = ["SELECT host_id, body FROM events WHERE job_id = ?"]
+        params: list = [flt.job_id]
+        if flt.host:
+            sql.append("AND host_id = ?")
+            params.append(flt.host)
+        if flt.since_ns:
+            sql.append("AND ts_ns >= ?")
+            params.append(flt.since_ns)
+        if flt.until_ns:
+            sql.append("AND ts_ns <= ?")
+            params.append(flt.until_ns)
+        if flt.kinds:
+            sql.append(f"AND kind IN ({','.join('?' * len(flt.kinds))})")
+            params.extend(flt.kinds)
+        if flt.process_keys:
+            sql.append(f"AND proc_key IN ({','.join('?' * len(flt.process_keys))})")
+            params.extend(flt.process_keys)
+        sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
+        params.append(flt.limit)
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self.db.execute(" ".join(sql), params)]
+
+    def processes(self, job_id: str, host: str = "") -> list[dict]:
+        sql = ("SELECT host_id, key, parent_key, pid, comm, exe, argv, first_ts_ns, used_gpu FROM processes "
+               "WHERE job_id = ?" + (" AND host_id = ?" if host else "") + " ORDER BY first_ts_ns")
+        params = (job_id, host) if host else (job_id,)
+        cols = ["host_id", "key", "parent_key", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu"]
+        out = []
+        for row in self.db.execute(sql, params):
+            item = dict(zip(cols, row, strict=True))
+            item["argv"] = json.loads(item["argv"] or "[]")
+            item["used_gpu"] = bool(item["used_gpu"])
+            out.append(item)
+        return out
+
+    def add_alert(self, alert: ppb.Alert) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?)",
+                            (alert.id, alert.ts_ns, alert.rule_id, alert.job.id, alert.host_id,
+                             alert.SerializeToString()))
+
+    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]:
+        sql = "SELECT body FROM alerts WHERE ts_ns >= ?" + (" AND job_id = ?" if job_id else "")
+        params = (since_ns, job_id) if job_id else (since_ns,)
+        rows = self.db.execute(sql + " ORDER BY ts_ns LIMIT ?", (*params, limit))
+        return [ppb.Alert.FromString(b) for (b,) in rows]
+
+    def purge_before(self, ts_ns: int) -> int:
+        with self._lock:
+            cur = self.db.execute("DELETE FROM events WHERE ts_ns < ?", (ts_ns,))
+            self.db.execute("DELETE FROM alerts WHERE ts_ns < ?", (ts_ns,))
+            self.db.execute("DELETE FROM processes WHERE first_ts_ns < ? AND key NOT IN "
+                            "(SELECT proc_key FROM events)", (ts_ns,))
+            return cur.rowcount
+
+    def close(self) -> None:
+        self.db.close()

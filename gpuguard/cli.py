@@ -1,0 +1,311 @@
+"""``gpuguard``: one command for the agent, the collector and incident-response queries.
+
+Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 missing prerequisite
+(root, BPF, headers, tracefs), 4 collector unreachable, 5 nothing found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4, 5
+DEFAULT_COLLECTOR = "127.0.0.1:50051"
+
+log = logging.getLogger("gpuguard")
+
+
+def parse_time(text: str) -> int:
+    """'10m', '2h', '3d' ago; epoch seconds; or an ISO date-time -> wall-clock ns."""
+    if not text:
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if m:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time_ns() - int(float(m.group(1)) * mult * 1e9)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return int(float(text) * 1e9)
+    from datetime import datetime  # noqa: PLC0415
+
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1e9)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read time {text!r}: use 10m, 2h, epoch seconds or ISO") from exc
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+# -- agent / collector -----------------------------------------------------------
+def cmd_agent(args) -> int:
+    from agent.config import ConfigError, load_config  # noqa: PLC0415
+    from agent.main import run_agent  # noqa: PLC0415
+
+    overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "host_id": args.host_id,
+                 "token": args.token, "status_interval_s": args.status_interval}
+    if args.no_enforce:
+        overrides["enforce"] = False
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        log.error("config: %s", exc)
+        return EXIT_CONFIG
+    mode = "" if args.quiet else ("json" if args.json else "human")
+    if not cfg.collector and args.quiet:
+        log.warning("--quiet without --collector: events go nowhere")
+    return run_agent(cfg, mode)
+
+
+def collector_config(args):
+    from collector.app import CollectorConfig  # noqa: PLC0415
+
+    values = {}
+    if args.config:
+        try:
+            values = tomllib.loads(Path(args.config).read_text()).get("collector", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"gpuguard collector: config {args.config}: {exc}") from exc
+    for key in ("listen", "store", "retention_days", "rules_dir"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    if args.token:
+        values["tokens"] = (args.token,)
+    if "tokens" in values:
+        values["tokens"] = tuple(values["tokens"])
+    try:
+        return CollectorConfig(**values)
+    except TypeError as exc:
+        raise SystemExit(f"gpuguard collector: bad setting: {exc}") from exc
+
+
+def cmd_collector(args) -> int:
+    from collector.app import CollectorApp  # noqa: PLC0415
+
+    try:
+        app = CollectorApp(collector_config(args))
+    except (OSError, ValueError) as exc:
+        log.error("cannot start collector: %s", exc)
+        return EXIT_FAILURE
+    asyncio.run(app.serve())
+    return EXIT_OK
+
+
+def cmd_up(args) -> int:
+    """Collector in the background + agent in the foreground on this host."""
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "gpuguard.cli"]
+    log_path = data / "collector.log"
+    with open(log_path, "ab") as log_file:
+        collector = subprocess.Popen([*exe, "collector", "--listen", args.listen, "--store",
+                                      str(data / "collector.db")], stdout=log_file, stderr=log_file)
+    print(f"collector: pid {collector.pid}, listening on {args.listen}, store {data / 'collector.db'}, "
+          f"log {log_path}", file=sys.stderr)
+    print("agent: starting; live events follow. In another terminal try:\n"
+          f"  gpuguard jobs --collector {args.listen}\n"
+          f"  gpuguard timeline host --collector {args.listen}\n"
+          "Press Ctrl-C to stop both.\n", file=sys.stderr)
+    agent_args = [*exe, "agent", "--collector", args.listen, "--spool-dir", str(data / "spool")]
+    if args.json:
+        agent_args.append("--json")
+    agent = subprocess.Popen(agent_args)
+    try:
+        rc = agent.wait()
+    except KeyboardInterrupt:
+        agent.terminate()
+        rc = agent.wait()
+    finally:
+        collector.terminate()
+        collector.wait(10)
+    return rc
+
+
+# -- queries ----------------------------------------------------------------------
+def _stub(args):
+    import grpc  # noqa: PLC0415
+
+    from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
+
+    channel = grpc.insecure_channel(args.collector)
+    return cgrpc.QueryStub(channel), grpc
+
+
+def _call(args, method: str, request):
+    stub, grpc = _stub(args)
+    try:
+        return getattr(stub, method)(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"gpuguard: collector {args.collector}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE) from exc
+
+
+def _print(args, reply, human) -> None:
+    from gpuguard.render import to_json  # noqa: PLC0415
+
+    if args.json:
+        print(json.dumps(to_json(reply), indent=2))
+    else:
+        print(human(reply))
+
+
+def cmd_jobs(args) -> int:
+    from gpuguard.render import jobs_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "ListJobs", cpb.ListJobsRequest(since_ns=args.since, limit=args.limit))
+    _print(args, reply, jobs_table)
+    return EXIT_OK if reply.jobs else EXIT_NOT_FOUND
+
+
+def cmd_timeline(args) -> int:
+    from gpuguard.render import timeline_view  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    req = cpb.TimelineRequest(job_id=args.job, host=args.host or "", since_ns=args.since, until_ns=args.until,
+                              kinds=args.kind or [], subtree_key=args.subtree or "", limit=args.limit)
+    reply = _call(args, "Timeline", req)
+    _print(args, reply, lambda r: timeline_view(args.job, r))
+    return EXIT_OK if reply.events else EXIT_NOT_FOUND
+
+
+def cmd_tree(args) -> int:
+    from gpuguard.render import tree_view  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "ProcessTree", cpb.TreeRequest(job_id=args.job, host=args.host or ""))
+    _print(args, reply, tree_view)
+    return EXIT_OK if reply.nodes else EXIT_NOT_FOUND
+
+
+def cmd_alerts(args) -> int:
+    from gpuguard.render import alerts_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit))
+    _print(args, reply, lambda r: alerts_table(r.alerts))
+    return EXIT_OK
+
+
+def cmd_policy(args) -> int:
+    from gpuguard.render import table, to_json  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    if args.action == "apply":
+        try:
+            text = Path(args.file).read_text()
+        except OSError as exc:
+            print(f"gpuguard policy apply: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        reply = _call(args, "ApplyPolicy", cpb.ApplyPolicyRequest(rules_yaml=text))
+        if reply.error:
+            print(f"gpuguard policy apply: rejected: {reply.error}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(json.dumps(to_json(reply), indent=2) if args.json else
+              f"policy version {reply.policy.version} applied; {len(reply.policy.rules)} rules in force")
+        return EXIT_OK
+    reply = _call(args, "GetPolicy", cpb.PolicyRequest())
+    if args.json:
+        print(json.dumps(to_json(reply), indent=2))
+        return EXIT_OK
+    p = reply.policy
+    print(f"policy version {p.version}: {len(p.rules)} rules, {len(p.deny)} deny destinations, "
+          f"{len(p.kill)} kill-at-exec binaries")
+    rows = [[a.host_id[:12], a.version, "yes" if a.connected else "no",
+             "current" if a.version == p.version else f"BEHIND ({p.version - a.version})", a.error or "-"]
+            for a in reply.agents]
+    print(table(rows, ["HOST", "VERSION", "CONNECTED", "STATE", "ERROR"]))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpuguard",
+        description="eBPF security for GPU nodes. The agent watches execve, connect and GPU device opens, "
+                    "ties each to its process tree and job, and ships them to a collector that builds per-job "
+                    "timelines, detects tunnels and miners, and pushes blocking policy back to agents.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage/config, 3 missing prerequisite, "
+               "4 collector unreachable, 5 nothing found.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run the capture agent on this host (root)",
+                       description="Load the eBPF probes, print events and/or ship them to a collector. "
+                                   "Without --collector, events are only printed.")
+    a.add_argument("--config", help="TOML file with an [agent] table (flags win)")
+    a.add_argument("--collector", help="collector address HOST:PORT; events are spooled on disk until acked")
+    a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
+    a.add_argument("--host-id", help="host id (default /etc/machine-id)")
+    a.add_argument("--token", help="shared secret the collector expects")
+    a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")
+    a.add_argument("--json", action="store_true", help="print JSON lines instead of one-liners")
+    a.add_argument("--quiet", action="store_true", help="do not print events")
+    a.add_argument("--no-enforce", action="store_true", help="ignore blocking policy from the collector")
+    a.set_defaults(func=cmd_agent)
+
+    c = sub.add_parser("collector", help="run the collector (gRPC ingest + queries)",
+                       description="Receive agent streams, store events (SQLite by default), detect, push policy.")
+    c.add_argument("--config", help="TOML file with a [collector] table (flags win)")
+    c.add_argument("--listen", help=f"address to listen on (default {DEFAULT_COLLECTOR})")
+    c.add_argument("--store", help="SQLite file or sqlite:///PATH (default /var/lib/gpuguard/collector.db)")
+    c.add_argument("--retention-days", type=float, help="drop events older than this (default 30)")
+    c.add_argument("--rules-dir", help="directory of extra rule YAML files")
+    c.add_argument("--token", help="require this shared secret from agents")
+    c.set_defaults(func=cmd_collector)
+
+    u = sub.add_parser("up", help="collector + agent on this host, printing live events")
+    u.add_argument("--data-dir", default="/var/lib/gpuguard", help="store, spool and logs (default %(default)s)")
+    u.add_argument("--listen", default=DEFAULT_COLLECTOR)
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_up)
+
+    def query(name: str, help_text: str, func, job: bool = False):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        if job:
+            q.add_argument("job", help="job id (Slurm job id, pod UID, container id, unit, or 'host')")
+            q.add_argument("--host", help="only this host")
+        q.add_argument("--collector", default=DEFAULT_COLLECTOR, help="collector address (default %(default)s)")
+        q.add_argument("--json", action="store_true", help="stable JSON for scripts")
+        q.add_argument("--since", type=parse_time, default=0, help="10m, 2h, 1d, epoch seconds or ISO time")
+        q.add_argument("--limit", type=int, default=10_000)
+        q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the collector")
+        q.set_defaults(func=func)
+        return q
+
+    query("jobs", "list jobs seen, most recent first", cmd_jobs)
+    t = query("timeline", "what a job did, on which hosts, in what order", cmd_timeline, job=True)
+    t.add_argument("--until", type=parse_time, default=0)
+    t.add_argument("--kind", action="append", choices=["exec", "connect", "gpu_open", "exit", "enforcement", "gap"],
+                   help="only these event kinds (repeatable)")
+    t.add_argument("--subtree", help="only this process key and its descendants")
+    query("tree", "a job's process tree", cmd_tree, job=True)
+    al = query("alerts", "alerts raised by detection rules", cmd_alerts)
+    al.add_argument("--job", help="only this job")
+    pol = query("policy", "show the policy in force, or apply a rules file", cmd_policy)
+    pol.add_argument("action", choices=["show", "apply"])
+    pol.add_argument("file", nargs="?", help="rules YAML (for apply)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if getattr(args, "action", None) == "apply" and not args.file:
+        parser.error("policy apply needs a FILE")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

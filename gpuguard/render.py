@@ -1,0 +1,119 @@
+"""Human rendering of query replies: aligned tables, trees and timelines (greppable)."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from google.protobuf.json_format import MessageToDict
+
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
+
+
+def ts(ns: int) -> str:
+    if not ns:
+        return "-"
+    s = ns / 1e9
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s)) + f".{int(s * 1000) % 1000:03d}"
+
+
+def result(code: int) -> str:
+    return "ok" if code >= 0 else errno.errorcode.get(-code, str(code))
+
+
+def to_json(msg) -> dict:
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def jobs_table(reply: cpb.ListJobsReply) -> str:
+    rows = [[f"{j.job.kind}", j.job.id, ",".join(j.hosts), ts(j.first_ts_ns), ts(j.last_ts_ns), j.events, j.alerts]
+            for j in reply.jobs]
+    return table(rows, ["KIND", "JOB", "HOSTS", "FIRST", "LAST", "EVENTS", "ALERTS"])
+
+
+def describe_event(ev: pb.Event) -> str:
+    kind = ev.WhichOneof("body")
+    if kind == "exec":
+        argv = " ".join(ev.exec.argv) + (" …" if ev.exec.argv_truncated else "")
+        return f"exec     {ev.exec.filename} [{argv}] {result(ev.exec.result)}"
+    if kind == "connect":
+        c = ev.connect
+        addr = f"[{c.daddr}]" if ":" in c.daddr else c.daddr
+        return f"connect  {c.proto} {addr}:{c.dport} {result(c.result)}"
+    if kind == "gpu_open":
+        return f"gpu_open {ev.gpu_open.path} {result(ev.gpu_open.result)}"
+    if kind == "exit":
+        return f"exit     code={ev.exit.code}"
+    if kind == "gap":
+        return f"GAP      seq {ev.gap.from_seq}..{ev.gap.to_seq} lost ({ev.gap.reason})"
+    if kind == "enforcement":
+        return f"BLOCKED  {ev.enforcement.action} by {ev.enforcement.rule_id}: {ev.enforcement.detail}"
+    return kind or "?"
+
+
+def timeline_view(job_id: str, reply: cpb.TimelineReply) -> str:
+    hosts = sorted({e.host_id for e in reply.events})
+    out = [f"Job {job_id}: {len(reply.events)} events on {len(hosts)} host(s): {', '.join(hosts) or '-'}"]
+    if reply.truncated:
+        out.append("(truncated: narrow with --since/--until/--kind or raise --limit)")
+    items: list[tuple[int, str]] = []
+    for se in reply.events:
+        ev = se.event
+        p = ev.process
+        items.append((ev.ts_ns, f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  "
+                                f"{describe_event(ev)}"))
+    for a in reply.alerts:
+        items.append((a.ts_ns, f"{ts(a.ts_ns)}  {a.host_id[:12]:<12}  {a.process.pid:>7}  {a.process.comm[:16]:<16}  "
+                               f"ALERT    [{a.severity}] {a.rule_id}: {a.description} -> {a.outcome}"))
+    out.append("")
+    out.append(f"{'TIME':<23}  {'HOST':<12}  {'PID':>7}  {'COMM':<16}  EVENT")
+    out += [line for _, line in sorted(items, key=lambda x: x[0])]
+    if reply.first_gpu_use:
+        out.append("")
+        out.append("First GPU use per process:")
+        out += [f"  {ts(g.ts_ns)}  {g.host_id[:12]}  {g.process_key}  {g.path}" for g in reply.first_gpu_use]
+    if reply.destinations:
+        out.append("")
+        out.append("Network destinations:")
+        out += [f"  {d.proto:<4} {d.daddr}:{d.dport}  x{d.count}  last={result(d.last_result)}"
+                for d in reply.destinations]
+    return "\n".join(out)
+
+
+def tree_view(reply: cpb.TreeReply) -> str:
+    nodes = {n.key: n for n in reply.nodes}
+    children: dict[str, list] = {}
+    roots = []
+    for n in reply.nodes:
+        if n.parent_key in nodes:
+            children.setdefault(n.parent_key, []).append(n)
+        else:
+            roots.append(n)
+    lines: list[str] = []
+
+    def walk(n, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└─ " if last else "├─ ")
+        gpu = "  [GPU]" if n.used_gpu else ""
+        argv = " ".join(n.argv[:8])
+        lines.append(f"{prefix}{branch}{n.pid} {n.comm} ({n.host_id[:12]}) {argv}{gpu}")
+        kids = sorted(children.get(n.key, []), key=lambda c: c.first_ts_ns)
+        for i, c in enumerate(kids):
+            walk(c, prefix + ("" if top else ("   " if last else "│  ")), i == len(kids) - 1, False)
+
+    for r in sorted(roots, key=lambda c: c.first_ts_ns):
+        walk(r, "", True, True)
+    return "\n".join(lines) or "(no processes)"
+
+
+def alerts_table(alerts) -> str:
+    rows = [[ts(a.ts_ns), a.severity, a.rule_id, f"{a.job.kind}:{a.job.id}", a.host_id[:12], a.process.pid,
+             a.process.comm, a.outcome] for a in alerts]
+    return table(rows, ["TIME", "SEVERITY", "RULE", "JOB", "HOST", "PID", "COMM", "OUTCOME"])

@@ -1,0 +1,118 @@
+/* gpuguard.h - event structs shared by every probe and by agent/decode.py.
+ *
+ * RULE FOR EVERY FILE IN probes/: read only tracepoint fields (args->...),
+ * BPF helpers (pid/tgid, uid/gid, comm, cgroup id, time) and user memory
+ * (bpf_probe_read_user*). Never dereference a kernel-internal struct
+ * (task_struct, sock, file, inode, ...). The agent may compile these
+ * programs against generic distro headers that do not match the running
+ * kernel; the stable-ABI-only rule is what makes that safe.
+ * tests/test_probe_rules.py fails when a probe names a kernel-internal struct.
+ *
+ * Layout changes here must be mirrored in agent/decode.py (checked by
+ * tests/test_decode.py against the compiled sizes).
+ */
+#ifndef GPUGUARD_H
+#define GPUGUARD_H
+
+#define EV_EXEC     1
+#define EV_FORK     2
+#define EV_EXIT     3
+#define EV_CONNECT  4
+#define EV_GPU_OPEN 5
+#define EV_KINDS    8
+
+#define TASK_COMM_LEN 16
+#define FILENAME_LEN 256
+#define JOB_ENV_LEN 32
+#define MAX_ARGS 20
+#define ARG_LEN 256
+#define ARGS_BUF 2048
+#define GPU_PATH_LEN 64
+#define MAX_ENV_SCAN 64
+
+/* exec flags */
+#define EXEC_ARGS_TRUNCATED 1   /* more args than MAX_ARGS or buffer full */
+#define EXEC_ARG_CLIPPED    2   /* one arg longer than ARG_LEN */
+#define EXEC_ARGV_FAULT     4   /* a user-memory read of argv failed */
+
+/* Build a little-endian u64 from 8 chars: compare 8 path bytes at once. */
+#define STR8(a, b, c, d, e, f, g, h)                                       \
+    ((u64)(a) | (u64)(b) << 8 | (u64)(c) << 16 | (u64)(d) << 24 |          \
+     (u64)(e) << 32 | (u64)(f) << 40 | (u64)(g) << 48 | (u64)(h) << 56)
+
+struct event_header {
+    u64 ts_ns;        /* bpf_ktime_get_boot_ns() */
+    u64 cgroup_id;    /* cgroup v2 id == inode of the cgroup dir */
+    u32 kind;
+    u32 tid;
+    u32 tgid;
+    u32 uid;
+    u32 gid;
+    s32 result;       /* syscall return value: 0 / fd / -errno */
+    char comm[TASK_COMM_LEN];
+};
+
+struct exec_event {
+    struct event_header hdr;
+    u32 argc;
+    u32 args_len;
+    u32 flags;
+    u32 _pad;
+    char filename[FILENAME_LEN];
+    char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from envp */
+    char args[ARGS_BUF];           /* NUL-separated argv */
+};
+
+struct fork_event {
+    struct event_header hdr;       /* the parent */
+    u32 child_tgid;
+    u32 _pad;
+};
+
+struct exit_event {
+    struct event_header hdr;       /* result = exit_group() code, or -1 */
+};
+
+struct connect_event {
+    struct event_header hdr;
+    u16 family;
+    u16 dport;                     /* host byte order */
+    u32 sock_type;                 /* SOCK_STREAM=1, SOCK_DGRAM=2, 0=unknown */
+    u8 daddr[16];                  /* v4 in the first 4 bytes */
+    u32 fd;
+    u32 _pad;
+};
+
+struct gpu_open_event {
+    struct event_header hdr;
+    s32 flags;
+    u32 _pad;
+    char path[GPU_PATH_LEN];
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, u64, EV_KINDS);
+
+static __always_inline void count_lost(u32 kind)
+{
+    u64 *n = lost.lookup(&kind);
+    if (n)
+        (*n)++;
+}
+
+static __always_inline void fill_header(struct event_header *h, u32 kind)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    h->ts_ns = bpf_ktime_get_boot_ns();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->kind = kind;
+    h->tid = (u32)id;
+    h->tgid = id >> 32;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->result = 0;
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+#endif
