@@ -1,13 +1,10 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-
 from gpuguard.v1 import events_pb2 as _events_pb2
 from gpuguard.v1 import policy_pb2 as _policy_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,13 +20,13 @@ class Hello(_message.Message):
     first_unacked_seq: int
     policy_version: int
     token: str
-    def __init__(self, host: _events_pb2.Host | _Mapping | None = ..., agent_version: str | None = ..., first_unacked_seq: int | None = ..., policy_version: int | None = ..., token: str | None = ...) -> None: ...
+    def __init__(self, host: _Optional[_Union[_events_pb2.Host, _Mapping]] = ..., agent_version: _Optional[str] = ..., first_unacked_seq: _Optional[int] = ..., policy_version: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
-    def __init__(self, events: _Iterable[_events_pb2.Event | _Mapping] | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
 
 class PolicyAck(_message.Message):
     __slots__ = ("version", "error")
@@ -37,7 +34,7 @@ class PolicyAck(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     version: int
     error: str
-    def __init__(self, version: int | None = ..., error: str | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "batch", "policy_ack")
@@ -47,7 +44,7 @@ class AgentMessage(_message.Message):
     hello: Hello
     batch: EventBatch
     policy_ack: PolicyAck
-    def __init__(self, hello: Hello | _Mapping | None = ..., batch: EventBatch | _Mapping | None = ..., policy_ack: PolicyAck | _Mapping | None = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EventBatch, _Mapping]] = ..., policy_ack: _Optional[_Union[PolicyAck, _Mapping]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("stored_through_seq", "collector_version")
@@ -55,13 +52,13 @@ class HelloReply(_message.Message):
     COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     stored_through_seq: int
     collector_version: str
-    def __init__(self, stored_through_seq: int | None = ..., collector_version: str | None = ...) -> None: ...
+    def __init__(self, stored_through_seq: _Optional[int] = ..., collector_version: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
     SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
-    def __init__(self, seq: int | None = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class StreamError(_message.Message):
     __slots__ = ("code", "message")
@@ -69,7 +66,7 @@ class StreamError(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    def __init__(self, code: str | None = ..., message: str | None = ...) -> None: ...
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class KillProcess(_message.Message):
     __slots__ = ("pid", "process_key", "rule_id", "tree")
@@ -81,7 +78,7 @@ class KillProcess(_message.Message):
     process_key: str
     rule_id: str
     tree: bool
-    def __init__(self, pid: int | None = ..., process_key: str | None = ..., rule_id: str | None = ..., tree: bool | None = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., process_key: _Optional[str] = ..., rule_id: _Optional[str] = ..., tree: _Optional[bool] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
     __slots__ = ("hello", "ack", "error", "policy", "kill")
@@ -95,7 +92,7 @@ class CollectorMessage(_message.Message):
     error: StreamError
     policy: _policy_pb2.Policy
     kill: KillProcess
-    def __init__(self, hello: HelloReply | _Mapping | None = ..., ack: Ack | _Mapping | None = ..., error: StreamError | _Mapping | None = ..., policy: _policy_pb2.Policy | _Mapping | None = ..., kill: KillProcess | _Mapping | None = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[HelloReply, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., kill: _Optional[_Union[KillProcess, _Mapping]] = ...) -> None: ...
 
 class JobSummary(_message.Message):
     __slots__ = ("job", "hosts", "first_ts_ns", "last_ts_ns", "events", "alerts")
@@ -111,7 +108,7 @@ class JobSummary(_message.Message):
     last_ts_ns: int
     events: int
     alerts: int
-    def __init__(self, job: _events_pb2.Job | _Mapping | None = ..., hosts: _Iterable[str] | None = ..., first_ts_ns: int | None = ..., last_ts_ns: int | None = ..., events: int | None = ..., alerts: int | None = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[_events_pb2.Job, _Mapping]] = ..., hosts: _Optional[_Iterable[str]] = ..., first_ts_ns: _Optional[int] = ..., last_ts_ns: _Optional[int] = ..., events: _Optional[int] = ..., alerts: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("since_ns", "limit")
@@ -119,13 +116,13 @@ class ListJobsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     since_ns: int
     limit: int
-    def __init__(self, since_ns: int | None = ..., limit: int | None = ...) -> None: ...
+    def __init__(self, since_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListJobsReply(_message.Message):
     __slots__ = ("jobs",)
     JOBS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
-    def __init__(self, jobs: _Iterable[JobSummary | _Mapping] | None = ...) -> None: ...
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ...) -> None: ...
 
 class TimelineRequest(_message.Message):
     __slots__ = ("job_id", "host", "since_ns", "until_ns", "kinds", "subtree_key", "limit")
@@ -143,7 +140,7 @@ class TimelineRequest(_message.Message):
     kinds: _containers.RepeatedScalarFieldContainer[str]
     subtree_key: str
     limit: int
-    def __init__(self, job_id: str | None = ..., host: str | None = ..., since_ns: int | None = ..., until_ns: int | None = ..., kinds: _Iterable[str] | None = ..., subtree_key: str | None = ..., limit: int | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., subtree_key: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class StoredEvent(_message.Message):
     __slots__ = ("host_id", "event")
@@ -151,7 +148,7 @@ class StoredEvent(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     event: _events_pb2.Event
-    def __init__(self, host_id: str | None = ..., event: _events_pb2.Event | _Mapping | None = ...) -> None: ...
+    def __init__(self, host_id: _Optional[str] = ..., event: _Optional[_Union[_events_pb2.Event, _Mapping]] = ...) -> None: ...
 
 class FirstGpuUse(_message.Message):
     __slots__ = ("process_key", "host_id", "ts_ns", "path")
@@ -163,7 +160,7 @@ class FirstGpuUse(_message.Message):
     host_id: str
     ts_ns: int
     path: str
-    def __init__(self, process_key: str | None = ..., host_id: str | None = ..., ts_ns: int | None = ..., path: str | None = ...) -> None: ...
+    def __init__(self, process_key: _Optional[str] = ..., host_id: _Optional[str] = ..., ts_ns: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Destination(_message.Message):
     __slots__ = ("daddr", "dport", "proto", "count", "last_result")
@@ -177,7 +174,7 @@ class Destination(_message.Message):
     proto: str
     count: int
     last_result: int
-    def __init__(self, daddr: str | None = ..., dport: int | None = ..., proto: str | None = ..., count: int | None = ..., last_result: int | None = ...) -> None: ...
+    def __init__(self, daddr: _Optional[str] = ..., dport: _Optional[int] = ..., proto: _Optional[str] = ..., count: _Optional[int] = ..., last_result: _Optional[int] = ...) -> None: ...
 
 class TimelineReply(_message.Message):
     __slots__ = ("events", "first_gpu_use", "destinations", "alerts", "truncated")
@@ -191,7 +188,7 @@ class TimelineReply(_message.Message):
     destinations: _containers.RepeatedCompositeFieldContainer[Destination]
     alerts: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Alert]
     truncated: bool
-    def __init__(self, events: _Iterable[StoredEvent | _Mapping] | None = ..., first_gpu_use: _Iterable[FirstGpuUse | _Mapping] | None = ..., destinations: _Iterable[Destination | _Mapping] | None = ..., alerts: _Iterable[_policy_pb2.Alert | _Mapping] | None = ..., truncated: bool | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., first_gpu_use: _Optional[_Iterable[_Union[FirstGpuUse, _Mapping]]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class TreeNode(_message.Message):
     __slots__ = ("key", "parent_key", "host_id", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu")
@@ -213,7 +210,7 @@ class TreeNode(_message.Message):
     argv: _containers.RepeatedScalarFieldContainer[str]
     first_ts_ns: int
     used_gpu: bool
-    def __init__(self, key: str | None = ..., parent_key: str | None = ..., host_id: str | None = ..., pid: int | None = ..., comm: str | None = ..., exe: str | None = ..., argv: _Iterable[str] | None = ..., first_ts_ns: int | None = ..., used_gpu: bool | None = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., host_id: _Optional[str] = ..., pid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., first_ts_ns: _Optional[int] = ..., used_gpu: _Optional[bool] = ...) -> None: ...
 
 class TreeRequest(_message.Message):
     __slots__ = ("job_id", "host")
@@ -221,13 +218,13 @@ class TreeRequest(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     host: str
-    def __init__(self, job_id: str | None = ..., host: str | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class TreeReply(_message.Message):
     __slots__ = ("nodes",)
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[TreeNode]
-    def __init__(self, nodes: _Iterable[TreeNode | _Mapping] | None = ...) -> None: ...
+    def __init__(self, nodes: _Optional[_Iterable[_Union[TreeNode, _Mapping]]] = ...) -> None: ...
 
 class AlertsRequest(_message.Message):
     __slots__ = ("job_id", "since_ns", "limit")
@@ -237,13 +234,13 @@ class AlertsRequest(_message.Message):
     job_id: str
     since_ns: int
     limit: int
-    def __init__(self, job_id: str | None = ..., since_ns: int | None = ..., limit: int | None = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class AlertsReply(_message.Message):
     __slots__ = ("alerts",)
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     alerts: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Alert]
-    def __init__(self, alerts: _Iterable[_policy_pb2.Alert | _Mapping] | None = ...) -> None: ...
+    def __init__(self, alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ()
@@ -261,7 +258,7 @@ class AgentPolicyState(_message.Message):
     connected: bool
     error: str
     last_seen_ns: int
-    def __init__(self, host_id: str | None = ..., version: int | None = ..., connected: bool | None = ..., error: str | None = ..., last_seen_ns: int | None = ...) -> None: ...
+    def __init__(self, host_id: _Optional[str] = ..., version: _Optional[int] = ..., connected: _Optional[bool] = ..., error: _Optional[str] = ..., last_seen_ns: _Optional[int] = ...) -> None: ...
 
 class PolicyReply(_message.Message):
     __slots__ = ("policy", "agents")
@@ -269,13 +266,13 @@ class PolicyReply(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     policy: _policy_pb2.Policy
     agents: _containers.RepeatedCompositeFieldContainer[AgentPolicyState]
-    def __init__(self, policy: _policy_pb2.Policy | _Mapping | None = ..., agents: _Iterable[AgentPolicyState | _Mapping] | None = ...) -> None: ...
+    def __init__(self, policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., agents: _Optional[_Iterable[_Union[AgentPolicyState, _Mapping]]] = ...) -> None: ...
 
 class ApplyPolicyRequest(_message.Message):
     __slots__ = ("rules_yaml",)
     RULES_YAML_FIELD_NUMBER: _ClassVar[int]
     rules_yaml: str
-    def __init__(self, rules_yaml: str | None = ...) -> None: ...
+    def __init__(self, rules_yaml: _Optional[str] = ...) -> None: ...
 
 class ApplyPolicyReply(_message.Message):
     __slots__ = ("policy", "error")
@@ -283,4 +280,4 @@ class ApplyPolicyReply(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     policy: _policy_pb2.Policy
     error: str
-    def __init__(self, policy: _policy_pb2.Policy | _Mapping | None = ..., error: str | None = ...) -> None: ...
+    def __init__(self, policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...

@@ -1,10 +1,8 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -16,7 +14,7 @@ class Host(_message.Message):
     host_id: str
     hostname: str
     boot_id: str
-    def __init__(self, host_id: str | None = ..., hostname: str | None = ..., boot_id: str | None = ...) -> None: ...
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("kind", "id", "name")
@@ -26,7 +24,7 @@ class Job(_message.Message):
     kind: str
     id: str
     name: str
-    def __init__(self, kind: str | None = ..., id: str | None = ..., name: str | None = ...) -> None: ...
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ProcessRef(_message.Message):
     __slots__ = ("pid", "key", "comm", "exe", "argv")
@@ -40,7 +38,7 @@ class ProcessRef(_message.Message):
     comm: str
     exe: str
     argv: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pid: int | None = ..., key: str | None = ..., comm: str | None = ..., exe: str | None = ..., argv: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., key: _Optional[str] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Process(_message.Message):
     __slots__ = ("key", "parent_key", "pid", "tid", "ppid", "comm", "exe", "argv", "uid", "gid", "cgroup_id", "cgroup", "exe_sha256", "ancestors")
@@ -72,7 +70,7 @@ class Process(_message.Message):
     cgroup: str
     exe_sha256: str
     ancestors: _containers.RepeatedCompositeFieldContainer[ProcessRef]
-    def __init__(self, key: str | None = ..., parent_key: str | None = ..., pid: int | None = ..., tid: int | None = ..., ppid: int | None = ..., comm: str | None = ..., exe: str | None = ..., argv: _Iterable[str] | None = ..., uid: int | None = ..., gid: int | None = ..., cgroup_id: int | None = ..., cgroup: str | None = ..., exe_sha256: str | None = ..., ancestors: _Iterable[ProcessRef | _Mapping] | None = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Exec(_message.Message):
     __slots__ = ("filename", "argv", "argv_truncated", "result")
@@ -84,7 +82,7 @@ class Exec(_message.Message):
     argv: _containers.RepeatedScalarFieldContainer[str]
     argv_truncated: bool
     result: int
-    def __init__(self, filename: str | None = ..., argv: _Iterable[str] | None = ..., argv_truncated: bool | None = ..., result: int | None = ...) -> None: ...
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("family", "proto", "daddr", "dport", "result")
@@ -98,7 +96,7 @@ class Connect(_message.Message):
     daddr: str
     dport: int
     result: int
-    def __init__(self, family: str | None = ..., proto: str | None = ..., daddr: str | None = ..., dport: int | None = ..., result: int | None = ...) -> None: ...
+    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
 
 class GpuOpen(_message.Message):
     __slots__ = ("path", "flags", "result")
@@ -108,13 +106,13 @@ class GpuOpen(_message.Message):
     path: str
     flags: int
     result: int
-    def __init__(self, path: str | None = ..., flags: int | None = ..., result: int | None = ...) -> None: ...
+    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
 
 class Exit(_message.Message):
     __slots__ = ("code",)
     CODE_FIELD_NUMBER: _ClassVar[int]
     code: int
-    def __init__(self, code: int | None = ...) -> None: ...
+    def __init__(self, code: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version")
@@ -124,7 +122,7 @@ class AgentStatus(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: int
-        def __init__(self, key: str | None = ..., value: int | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     EVENTS_PER_SEC_FIELD_NUMBER: _ClassVar[int]
     EVENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
@@ -139,7 +137,7 @@ class AgentStatus(_message.Message):
     spool_bytes: int
     dropped: int
     policy_version: int
-    def __init__(self, events_per_sec: float | None = ..., events_total: int | None = ..., kernel_lost: _Mapping[str, int] | None = ..., spool_depth: int | None = ..., spool_bytes: int | None = ..., dropped: int | None = ..., policy_version: int | None = ...) -> None: ...
+    def __init__(self, events_per_sec: _Optional[float] = ..., events_total: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("from_seq", "to_seq", "reason")
@@ -149,7 +147,7 @@ class Gap(_message.Message):
     from_seq: int
     to_seq: int
     reason: str
-    def __init__(self, from_seq: int | None = ..., to_seq: int | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Enforcement(_message.Message):
     __slots__ = ("rule_id", "action", "detail")
@@ -159,7 +157,7 @@ class Enforcement(_message.Message):
     rule_id: str
     action: str
     detail: str
-    def __init__(self, rule_id: str | None = ..., action: str | None = ..., detail: str | None = ...) -> None: ...
+    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement")
@@ -187,4 +185,4 @@ class Event(_message.Message):
     status: AgentStatus
     gap: Gap
     enforcement: Enforcement
-    def __init__(self, seq: int | None = ..., ts_ns: int | None = ..., boot_id: str | None = ..., process: Process | _Mapping | None = ..., job: Job | _Mapping | None = ..., exec: Exec | _Mapping | None = ..., connect: Connect | _Mapping | None = ..., gpu_open: GpuOpen | _Mapping | None = ..., exit: Exit | _Mapping | None = ..., status: AgentStatus | _Mapping | None = ..., gap: Gap | _Mapping | None = ..., enforcement: Enforcement | _Mapping | None = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ...) -> None: ...

@@ -1,12 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from gpuguard.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-
-from gpuguard.v1 import events_pb2 as _events_pb2
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -16,7 +13,7 @@ class Scope(_message.Message):
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     host_wide: bool
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host_wide: bool | None = ..., job_ids: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, host_wide: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DenyDestination(_message.Message):
     __slots__ = ("rule_id", "cidr", "port", "scope")
@@ -28,7 +25,7 @@ class DenyDestination(_message.Message):
     cidr: str
     port: int
     scope: Scope
-    def __init__(self, rule_id: str | None = ..., cidr: str | None = ..., port: int | None = ..., scope: Scope | _Mapping | None = ...) -> None: ...
+    def __init__(self, rule_id: _Optional[str] = ..., cidr: _Optional[str] = ..., port: _Optional[int] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class KillBinary(_message.Message):
     __slots__ = ("rule_id", "comm", "sha256", "scope")
@@ -40,7 +37,7 @@ class KillBinary(_message.Message):
     comm: str
     sha256: str
     scope: Scope
-    def __init__(self, rule_id: str | None = ..., comm: str | None = ..., sha256: str | None = ..., scope: Scope | _Mapping | None = ...) -> None: ...
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("version", "deny", "kill", "drop_stratum", "rules")
@@ -54,7 +51,7 @@ class Policy(_message.Message):
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
     drop_stratum: Scope
     rules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: int | None = ..., deny: _Iterable[DenyDestination | _Mapping] | None = ..., kill: _Iterable[KillBinary | _Mapping] | None = ..., drop_stratum: Scope | _Mapping | None = ..., rules: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., drop_stratum: _Optional[_Union[Scope, _Mapping]] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched")
@@ -64,7 +61,7 @@ class Alert(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -89,4 +86,4 @@ class Alert(_message.Message):
     evidence_seqs: _containers.RepeatedScalarFieldContainer[int]
     ts_ns: int
     matched: _containers.ScalarMap[str, str]
-    def __init__(self, id: str | None = ..., rule_id: str | None = ..., description: str | None = ..., severity: str | None = ..., action: str | None = ..., outcome: str | None = ..., host_id: str | None = ..., job: _events_pb2.Job | _Mapping | None = ..., process: _events_pb2.Process | _Mapping | None = ..., evidence_seqs: _Iterable[int] | None = ..., ts_ns: int | None = ..., matched: _Mapping[str, str] | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., rule_id: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[str] = ..., host_id: _Optional[str] = ..., job: _Optional[_Union[_events_pb2.Job, _Mapping]] = ..., process: _Optional[_Union[_events_pb2.Process, _Mapping]] = ..., evidence_seqs: _Optional[_Iterable[int]] = ..., ts_ns: _Optional[int] = ..., matched: _Optional[_Mapping[str, str]] = ...) -> None: ...

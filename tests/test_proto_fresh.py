@@ -1,0 +1,20 @@
+"""Generated protobuf code must match proto/: regenerate with `make proto`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_code_is_fresh(tmp_path):
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
+                    f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", *protos], cwd=ROOT, check=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
+    assert generated, "protoc produced nothing"
+    stale = [str(rel) for rel in generated
+             if (tmp_path / rel).read_text() != (ROOT / rel).read_text()]
+    assert not stale, f"stale generated files (run `make proto`): {stale}"
