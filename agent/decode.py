@@ -6,8 +6,8 @@ against sizes compiled from the header.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import socket
 import struct
 
 from agent.events import (
@@ -42,6 +42,7 @@ SIZES = {
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 AF_INET, AF_INET6 = 2, 10
+V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 class MalformedEvent(ValueError):
@@ -73,10 +74,11 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
 def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
     family, dport, sock_type, addr, _fd, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
     if family == AF_INET:
-        daddr = str(ipaddress.IPv4Address(addr[:4]))
+        daddr = socket.inet_ntop(socket.AF_INET, addr[:4])
+    elif addr[:12] == V4_MAPPED_PREFIX:
+        daddr = socket.inet_ntop(socket.AF_INET, addr[12:])
     else:
-        v6 = ipaddress.IPv6Address(addr)
-        daddr = str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
+        daddr = socket.inet_ntop(socket.AF_INET6, addr)
     return ConnectEvent(hdr, family, sock_type, daddr, dport)
 
 

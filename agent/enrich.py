@@ -56,7 +56,7 @@ class Enricher:
             "exe_sha256": self.hasher.lookup(p.exe) if (self.hasher and p.exe) else "",
         }
         if with_ancestry:
-            proc["ancestors"] = [a.summary() for a in self.table.ancestors(hdr.pid)]
+            proc["ancestors"] = self.table.lineage(p)
         return {"kind": kind, "ts_ns": self.clock.to_wall(hdr.ts_boot_ns), "boot_id": self.identity.boot_id,
                 "proc": proc, "job": job.as_dict()}
 
@@ -68,7 +68,7 @@ class Enricher:
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
             if hdr.result == 0:
-                p.exe, p.argv, p.comm = ev.filename, ev.argv, hdr.comm
+                self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm)
             job = self._job_for(p, hdr, ev.slurm_job_env)
             rec = self._record("exec", hdr, p, job)
             rec["exec"] = {"filename": ev.filename, "argv": ev.argv, "argv_truncated": ev.argv_truncated,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,11 +105,14 @@ class CaptureProbes:
     def _on_event(self, _ctx, data, size) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
-    def poll(self, timeout_ms: int = 100) -> list[bytes]:
-        """Wait up to timeout_ms, then return every raw event available."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        batch, self._pending = self._pending, []
-        return batch
+    def poll(self, timeout_ms: int = 50) -> list[bytes]:
+        """Sleep timeout_ms, then return every raw event available.
+
+        Probes submit with BPF_RB_NO_WAKEUP (no wakeup per event), so the ring
+        is drained on this timer instead of waiting for a notification.
+        """
+        time.sleep(timeout_ms / 1000)
+        return self.drain()
 
     def drain(self) -> list[bytes]:
         self.bpf.ring_buffer_consume()
@@ -137,14 +140,3 @@ class CaptureProbes:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def on_each(probes: CaptureProbes, handle: Callable[[list[bytes]], None], should_stop: Callable[[], bool]) -> None:
-    """Poll until should_stop(), handing each non-empty raw batch to handle."""
-    while not should_stop():
-        batch = probes.poll(100)
-        if batch:
-            handle(batch)
-    batch = probes.drain()
-    if batch:
-        handle(batch)

@@ -106,7 +106,7 @@ class Agent:
     def run(self) -> None:
         stop = self.capture.stop_event
         while not stop.is_set():
-            self.capture.poll_once(100)
+            self.capture.poll_once(50)
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
                 self.emit_status()
         self.capture.process(self.capture.probes.drain())

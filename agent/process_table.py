@@ -32,6 +32,7 @@ class Process:
     cgroup_id: int = 0
     job: Job | None = None
     exited: bool = False
+    lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
 
     def summary(self) -> dict:
         return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": self.exe, "argv": self.argv[:8]}
@@ -103,6 +104,7 @@ class ProcessTable:
         if p is None:
             return None
         p.exe, p.argv, p.comm = exe, argv, comm
+        p.lineage = None
         return p
 
     def on_exit(self, pid: int) -> Process | None:
@@ -126,6 +128,12 @@ class ProcessTable:
             if p:
                 chain.append(p)
         return chain
+
+    def lineage(self, p: Process) -> list[dict]:
+        """Ancestor summaries, computed once per process: events on a hot path reuse them."""
+        if p.lineage is None:
+            p.lineage = [a.summary() for a in self.ancestors(p.pid)]
+        return p.lineage
 
     def parent_key(self, p: Process) -> str:
         parent = self.get(p.ppid) if p.ppid else None

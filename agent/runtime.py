@@ -70,13 +70,8 @@ class Capture:
                 sink(records)
         return records
 
-    def poll_once(self, timeout_ms: int = 100) -> list[dict]:
+    def poll_once(self, timeout_ms: int = 50) -> list[dict]:
         return self.process(self.probes.poll(timeout_ms))
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.poll_once(100)
-        self.process(self.probes.drain())
 
     def kernel_lost(self) -> dict[str, int]:
         self.stats.kernel_lost = self.probes.lost_counts()

@@ -97,8 +97,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (!e)
         return 0;
     e->hdr.result = args->ret;
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
-        count_lost(EV_CONNECT);
+    emit(e, sizeof(*e), EV_CONNECT);
     connect_pending.delete(&id);
     return 0;
 }

@@ -101,8 +101,7 @@ static __always_inline int exec_exit(long ret)
     e->hdr.result = ret;
     if (ret == 0)
         bpf_get_current_comm(&e->hdr.comm, sizeof(e->hdr.comm));
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
-        count_lost(EV_EXEC);
+    emit(e, sizeof(*e), EV_EXEC);
     exec_pending.delete(&id);
     return 0;
 }

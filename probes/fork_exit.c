@@ -52,8 +52,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     struct fork_event e = {};
     fill_header(&e.hdr, EV_FORK);
     e.child_tgid = args->child_pid;
-    if (events.ringbuf_output(&e, sizeof(e), 0) != 0)
-        count_lost(EV_FORK);
+    emit(&e, sizeof(e), EV_FORK);
     return 0;
 }
 
@@ -77,7 +76,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     e.hdr.result = code ? *code : -1;
     if (code)
         exit_codes.delete(&tgid);
-    if (events.ringbuf_output(&e, sizeof(e), 0) != 0)
-        count_lost(EV_EXIT);
+    emit(&e, sizeof(e), EV_EXIT);
     return 0;
 }

@@ -61,8 +61,7 @@ static __always_inline int gpu_open_exit(long ret)
     if (!e)
         return 0;
     e->hdr.result = ret;
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
-        count_lost(EV_GPU_OPEN);
+    emit(e, sizeof(*e), EV_GPU_OPEN);
     gpu_pending.delete(&id);
     return 0;
 }
