@@ -121,11 +121,15 @@ class Auditd(Tracer):
         self.logf = Path(self.tmp) / "audit.log"
         conf = Path(self.tmp) / "auditd.conf"
         conf.write_text(f"log_file = {self.logf}\nlog_format = RAW\nflush = INCREMENTAL_ASYNC\nfreq = 50\n"
-                        "max_log_file = 1024\nmax_log_file_action = IGNORE\nspace_left = 1\n"
+                        "max_log_file = 1024\nmax_log_file_action = IGNORE\nspace_left = 2\n"
                         "admin_space_left = 1\ndisk_full_action = IGNORE\ndisk_error_action = IGNORE\n")
         self.proc = subprocess.Popen(["auditd", "-n", "-c", self.tmp], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 10
+        while self._daemon_pid() == 0 and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("auditd exited at start (see auditd -f -c DIR)")
+            time.sleep(0.1)
         subprocess.run(["auditctl", "-b", "8192"], capture_output=True)
         subprocess.run(["auditctl", "-a", *self.RULE], check=True, capture_output=True)
         subprocess.run(["auditctl", "-e", "1"], check=True, capture_output=True)
@@ -141,6 +145,12 @@ class Auditd(Tracer):
         captured = sum(1 for line in text.splitlines() if "type=SYSCALL" in line and TAG in line)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return captured, lost_before
+
+    @staticmethod
+    def _daemon_pid() -> int:
+        out = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+        m = re.search(r"^pid (\d+)", out, re.M)
+        return int(m.group(1)) if m else 0
 
     @staticmethod
     def _lost() -> int | None:
