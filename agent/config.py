@@ -25,7 +25,8 @@ class AgentConfig:
     host_id: str = ""
     token: str = ""                          # shared secret sent to the collector
     hash_executables: bool = True
-    enforce: bool = False                    # apply policy pushed by the collector
+    enforce: bool = True                     # apply policy pushed by the collector
+    state_dir: str = "/var/lib/gpuguard/agent"   # last policy and cgroup attachments, for restarts
     job_patterns: list[dict] = field(default_factory=list)   # [{kind=..., regex=...}]
 
     def patterns(self) -> tuple[JobPattern, ...]:

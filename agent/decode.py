@@ -11,8 +11,10 @@ import socket
 import struct
 
 from agent.events import (
+    CgroupEvent,
     ConnectEvent,
     DecodeStats,
+    EnforceEvent,
     ExecEvent,
     ExitEvent,
     ForkEvent,
@@ -23,14 +25,17 @@ from agent.events import (
 
 log = logging.getLogger(__name__)
 
-EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN = 1, 2, 3, 4, 5
-KIND_NAMES = {EV_EXEC: "exec", EV_FORK: "fork", EV_EXIT: "exit", EV_CONNECT: "connect", EV_GPU_OPEN: "gpu_open"}
+EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP = 1, 2, 3, 4, 5, 6, 7
+KIND_NAMES = {EV_EXEC: "exec", EV_FORK: "fork", EV_EXIT: "exit", EV_CONNECT: "connect", EV_GPU_OPEN: "gpu_open",
+              EV_ENFORCE: "enforcement", EV_CGROUP: "cgroup"}
 
 HEADER = struct.Struct("<QQIIIIIi16s")
-EXEC_TAIL = struct.Struct("<IIII256s32s2048s")
+EXEC_TAIL = struct.Struct("<IIII256s32sQ2048s")
 FORK_TAIL = struct.Struct("<II")
 CONNECT_TAIL = struct.Struct("<HHI16sII")
 GPU_OPEN_TAIL = struct.Struct("<iI64s")
+ENFORCE_TAIL = struct.Struct("<IIHHI16s")
+CGROUP_TAIL = struct.Struct("<Qii192s")
 
 SIZES = {
     EV_EXEC: HEADER.size + EXEC_TAIL.size,
@@ -38,7 +43,10 @@ SIZES = {
     EV_EXIT: HEADER.size,
     EV_CONNECT: HEADER.size + CONNECT_TAIL.size,
     EV_GPU_OPEN: HEADER.size + GPU_OPEN_TAIL.size,
+    EV_ENFORCE: HEADER.size + ENFORCE_TAIL.size,
+    EV_CGROUP: HEADER.size + CGROUP_TAIL.size,
 }
+ACTION_NAMES = {1: "kill_exec", 2: "deny_connect", 3: "drop_stratum", 4: "seen_stratum"}
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 AF_INET, AF_INET6 = 2, 10
@@ -59,7 +67,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+    argc, args_len, flags, _, filename, job_env, _optmask, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [a.decode("utf-8", "replace") for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
@@ -71,15 +79,23 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
     )
 
 
+def _addr(family: int, addr: bytes) -> str:
+    if family == AF_INET and addr[:12] != V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, addr[:4])
+    if addr[:12] == V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, addr[12:])
+    return socket.inet_ntop(socket.AF_INET6, addr)
+
+
 def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
     family, dport, sock_type, addr, _fd, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
-    if family == AF_INET:
-        daddr = socket.inet_ntop(socket.AF_INET, addr[:4])
-    elif addr[:12] == V4_MAPPED_PREFIX:
-        daddr = socket.inet_ntop(socket.AF_INET, addr[12:])
-    else:
-        daddr = socket.inet_ntop(socket.AF_INET6, addr)
-    return ConnectEvent(hdr, family, sock_type, daddr, dport)
+    return ConnectEvent(hdr, family, sock_type, _addr(family, addr), dport)
+
+
+def _enforce(hdr: Header, raw: bytes) -> EnforceEvent:
+    action, rule, family, dport, _, addr = ENFORCE_TAIL.unpack_from(raw, HEADER.size)
+    daddr = _addr(family, addr) if family else ""
+    return EnforceEvent(hdr, ACTION_NAMES.get(action, str(action)), rule, daddr, dport)
 
 
 def decode(raw: bytes) -> KernelEvent:
@@ -99,6 +115,11 @@ def decode(raw: bytes) -> KernelEvent:
         return ExitEvent(hdr)
     if kind == EV_CONNECT:
         return _connect(hdr, raw)
+    if kind == EV_ENFORCE:
+        return _enforce(hdr, raw)
+    if kind == EV_CGROUP:
+        cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
+        return CgroupEvent(hdr, cg_id, level, _cstr(path))
     flags, _, path = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
     return GpuOpenEvent(hdr, _cstr(path), flags)
 

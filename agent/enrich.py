@@ -7,7 +7,19 @@ only feed the process table; they are not shipped.
 
 from __future__ import annotations
 
-from agent.events import ConnectEvent, ExecEvent, ExitEvent, ForkEvent, GpuOpenEvent, Header, KernelEvent
+from collections.abc import Callable
+
+from agent.events import (
+    CgroupEvent,
+    ConnectEvent,
+    EnforceEvent,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    GpuOpenEvent,
+    Header,
+    KernelEvent,
+)
 from agent.exe_hash import ExeHasher
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import HOST_JOB, Job, JobResolver, job_from_environ
@@ -24,6 +36,8 @@ class Enricher:
         self.jobs = jobs
         self.hasher = hasher
         self.clock = clock or BootClock()
+        self.rule_name: Callable[[int], str] = lambda index: f"rule#{index}"   # set by the enforcer
+        self.cgroup_listeners: list[Callable[[int, str], None]] = []
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -40,7 +54,7 @@ class Enricher:
         return job
 
     def _process(self, hdr: Header) -> Process:
-        p = self.table.get(hdr.pid)
+        p = self.table.get(hdr.pid) if hdr.pid else None
         if p is None:  # gone before we could look: keep what the kernel told us
             p = self.table.on_fork(0, hdr.pid, hdr.ts_boot_ns)
             p.comm = hdr.comm
@@ -64,6 +78,11 @@ class Enricher:
         hdr = ev.hdr
         if isinstance(ev, ForkEvent):
             self.table.on_fork(hdr.pid, ev.child_pid, hdr.ts_boot_ns)
+            return None
+        if isinstance(ev, CgroupEvent):
+            if self.jobs.learn(ev.cgroup_id, ev.path):
+                for listener in self.cgroup_listeners:
+                    listener(ev.cgroup_id, ev.path)
             return None
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
@@ -90,4 +109,22 @@ class Enricher:
             rec = self._record("gpu_open", hdr, p, job)
             rec["gpu_open"] = {"path": ev.path, "flags": ev.flags, "result": hdr.result}
             return rec
+        if isinstance(ev, EnforceEvent):
+            rec = self._record("enforcement", hdr, p, job)
+            rec["enforcement"] = {"rule_id": self.rule_name(ev.rule_index), "action": ev.action,
+                                  "detail": enforcement_detail(ev, p)}
+            return rec
         raise TypeError(f"unhandled event type {type(ev).__name__}")
+
+
+def enforcement_detail(ev: EnforceEvent, p: Process) -> str:
+    dest = f"[{ev.daddr}]:{ev.dport}" if ":" in ev.daddr else f"{ev.daddr}:{ev.dport}"
+    if ev.action == "kill_exec":
+        return f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel"
+    if ev.action == "deny_connect":
+        return f"connect/sendmsg to {dest} denied in the kernel (EPERM)"
+    if ev.action == "drop_stratum":
+        return f"stratum handshake to {dest} dropped in the kernel"
+    if ev.action == "seen_stratum":
+        return f"stratum handshake to {dest} seen (monitor mode, not dropped)"
+    return ev.action

@@ -54,7 +54,24 @@ class GpuOpenEvent:
     flags: int
 
 
-KernelEvent = ExecEvent | ForkEvent | ExitEvent | ConnectEvent | GpuOpenEvent
+@dataclass(slots=True)
+class EnforceEvent:
+    hdr: Header
+    action: str       # kill_exec | deny_connect | drop_stratum | seen_stratum
+    rule_index: int
+    daddr: str
+    dport: int
+
+
+@dataclass(slots=True)
+class CgroupEvent:
+    hdr: Header
+    cgroup_id: int
+    level: int
+    path: str         # relative to its hierarchy's root
+
+
+KernelEvent = ExecEvent | ForkEvent | ExitEvent | ConnectEvent | GpuOpenEvent | EnforceEvent | CgroupEvent
 
 
 @dataclass(slots=True)

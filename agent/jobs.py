@@ -139,6 +139,25 @@ class JobResolver:
                     self._missing[cgroup_id] = now
         return path or f"cgroup:{cgroup_id}"
 
+    def learn(self, cgroup_id: int, path: str) -> bool:
+        """A cgroup just created (cgroup_mkdir): cache it if it is in our cgroup2 tree."""
+        if not self.root:
+            return False
+        try:
+            if os.stat(self.root / path.lstrip("/")).st_ino != cgroup_id:
+                return False
+        except OSError:
+            return False
+        self._paths[cgroup_id] = "/" + path.strip("/")
+        self._missing.pop(cgroup_id, None)
+        return True
+
+    def job_paths(self) -> dict[int, str]:
+        """Every known cgroup id -> path (refreshed by a walk)."""
+        if self.root:
+            self._walk()
+        return dict(self._paths)
+
     def job_of_path(self, path: str) -> Job:
         return match_job(path, self.patterns)
 

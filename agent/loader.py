@@ -19,9 +19,11 @@ from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
 log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c")
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c", "cgroup.c")
+ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_stratum.c")
+ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
-KIND_NAMES = {1: "exec", 2: "fork", 3: "exit", 4: "connect", 5: "gpu_open"}
+KIND_NAMES = {1: "exec", 2: "fork", 3: "exit", 4: "connect", 5: "gpu_open", 6: "enforcement", 7: "cgroup"}
 
 
 class LoaderError(RuntimeError):
@@ -63,7 +65,7 @@ SHARED_HEADER = "gpuguard.h"
 INCLUDE_LINE = f'#include "{SHARED_HEADER}"'
 
 
-def probe_source(names: tuple[str, ...] = CAPTURE_PROBES, probes_dir: Path = PROBES_DIR) -> str:
+def probe_source(names: tuple[str, ...] = ALL_PROBES, probes_dir: Path = PROBES_DIR) -> str:
     """One C text: the shared header, then each probe without its #include.
 
     BCC rewrites map calls (``events.ringbuf_output``) only in the main text,

@@ -60,9 +60,10 @@ class Agent:
         if self.cfg.enforce:
             from agent.enforce import Enforcer  # noqa: PLC0415
 
-            self.enforcer = Enforcer(self.capture, state_dir=self.cfg.spool_dir + "/../enforce")
+            self.enforcer = Enforcer(self.capture, state_dir=self.cfg.state_dir)
             self.enforcer.start()
             self.capture.sinks.append(self.enforcer.on_records)
+            self.capture.injected.append(self.enforcer.injected)
         if self.cfg.collector:
             from agent.shipper import Shipper  # noqa: PLC0415
             from agent.spool import Spool  # noqa: PLC0415

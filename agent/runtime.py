@@ -52,6 +52,7 @@ class Capture:
         self.sinks: list[Sink] = []
         self.stop_event = threading.Event()
         self.ignore_pids: set[int] = set()   # the agent's own pid: its gRPC connects are not evidence
+        self.injected: list = []             # deques of records made in user space (enforcement)
 
     def start(self) -> None:
         self.probes.load()  # attach first, then seed: nothing falls between the two
@@ -64,6 +65,9 @@ class Capture:
             rec = self.enricher.enrich(ev)
             if rec is not None and rec["proc"]["pid"] not in self.ignore_pids:
                 records.append(rec)
+        for source in self.injected:
+            while source:
+                records.append(source.popleft())
         self.stats.records += len(records)
         if records:
             for sink in self.sinks:

@@ -52,7 +52,8 @@ def cmd_agent(args) -> int:
     from agent.config import ConfigError, load_config  # noqa: PLC0415
     from agent.main import run_agent  # noqa: PLC0415
 
-    overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "host_id": args.host_id,
+    overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
+                 "host_id": args.host_id,
                  "token": args.token, "status_interval_s": args.status_interval}
     if args.no_enforce:
         overrides["enforce"] = False
@@ -116,7 +117,8 @@ def cmd_up(args) -> int:
           f"  gpuguard jobs --collector {args.listen}\n"
           f"  gpuguard timeline host --collector {args.listen}\n"
           "Press Ctrl-C to stop both.\n", file=sys.stderr)
-    agent_args = [*exe, "agent", "--collector", args.listen, "--spool-dir", str(data / "spool")]
+    agent_args = [*exe, "agent", "--collector", args.listen, "--spool-dir", str(data / "spool"),
+                  "--state-dir", str(data / "agent")]
     if args.json:
         agent_args.append("--json")
     agent = subprocess.Popen(agent_args)
@@ -245,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--config", help="TOML file with an [agent] table (flags win)")
     a.add_argument("--collector", help="collector address HOST:PORT; events are spooled on disk until acked")
     a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
+    a.add_argument("--state-dir", help="saved policy and attachments (default /var/lib/gpuguard/agent)")
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
     a.add_argument("--token", help="shared secret the collector expects")
     a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")

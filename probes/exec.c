@@ -17,6 +17,40 @@ BPF_HASH(exec_pending, u64, struct exec_event, 4096);
 #define SLURM_W1_MASK 0xFFFFFFFFFFULL
 #define SLURM_PREFIX_LEN 13
 
+/* Option letters, so a kill rule can say "ssh, but only with -R/-D/-w".
+ * The first letter of a short-option cluster always counts ("-R8080:h:22",
+ * "-oExitOnForwardFailure" -> R, o); further letters only when the whole
+ * cluster is at most 4 letters ("-NfR" -> N, f, R), since longer clusters are
+ * usually an option glued to its value. */
+static __always_inline u64 letter_bit(char c)
+{
+    if (c >= 'a' && c <= 'z')
+        return 1ULL << (c - 'a');
+    if (c >= 'A' && c <= 'Z')
+        return 1ULL << (26 + c - 'A');
+    return 0;
+}
+
+static __always_inline u64 option_letters(const char *p, int n)
+{
+    if (n < 3 || p[0] != '-' || p[1] == '-')
+        return 0;
+    u64 first = letter_bit(p[1]);
+    if (n - 2 > 4)
+        return first;
+    u64 rest = 0;
+#pragma unroll
+    for (int k = 2; k < 5; k++) {
+        if (k >= n - 1)
+            break;
+        u64 b = letter_bit(p[k]);
+        if (!b)
+            return first;
+        rest |= b;
+    }
+    return first | rest;
+}
+
 static __always_inline void scan_env(struct exec_event *e, const char *const *envp)
 {
     for (int i = 0; i < MAX_ENV_SCAN; i++) {
@@ -45,6 +79,7 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
     e->flags = 0;
     e->job_env[0] = 0;
     e->filename[0] = 0;
+    e->optmask = 0;
     bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
 
     u32 off = 0;
@@ -74,6 +109,8 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
         }
         if (n == ARG_LEN)
             e->flags |= EXEC_ARG_CLIPPED;
+        if (i > 0)
+            e->optmask |= option_letters(&e->args[off], n);
         off += n;
         e->argc++;
     }

@@ -19,7 +19,18 @@
 #define EV_EXIT     3
 #define EV_CONNECT  4
 #define EV_GPU_OPEN 5
+#define EV_ENFORCE  6
+#define EV_CGROUP   7
 #define EV_KINDS    8
+
+/* enforcement actions (enforce_event.action) */
+#define ACT_KILL_EXEC    1
+#define ACT_DENY_CONNECT 2
+#define ACT_DROP_STRATUM 3
+#define ACT_SEEN_STRATUM 4   /* monitor mode: stratum seen, not dropped */
+
+#define MAX_CGROUP_LEVELS 16
+#define CGROUP_PATH_LEN 192
 
 #define TASK_COMM_LEN 16
 #define FILENAME_LEN 256
@@ -60,6 +71,7 @@ struct exec_event {
     u32 _pad;
     char filename[FILENAME_LEN];
     char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from envp */
+    u64 optmask;                   /* short option letters in argv (a-z: bits 0-25, A-Z: 26-51) */
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
@@ -88,6 +100,26 @@ struct gpu_open_event {
     s32 flags;
     u32 _pad;
     char path[GPU_PATH_LEN];
+};
+
+/* Something enforcement did or saw. For stratum events the header's pid may
+ * be 0 (packet sent outside process context); cgroup_id is the socket's. */
+struct enforce_event {
+    struct event_header hdr;
+    u32 action;
+    u32 rule;                      /* index into the policy's rule list */
+    u16 family;
+    u16 dport;
+    u32 _pad;
+    u8 daddr[16];
+};
+
+struct cgroup_event {
+    struct event_header hdr;
+    u64 id;
+    s32 level;
+    s32 root;
+    char path[CGROUP_PATH_LEN];
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);

@@ -73,6 +73,7 @@ def collector(tmp: Path, port: int, *extra: str) -> Service:
 
 def agent(tmp: Path, port: int, host_id: str, *extra: str) -> Service:
     return Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
+                    "--state-dir", str(tmp / "agent-state"),
                     "--host-id", host_id, "--quiet", "--status-interval", "1", *extra],
                    tmp / "agent.log", "capture probes attached")
 

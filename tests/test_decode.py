@@ -29,14 +29,14 @@ def header(kind: int, result: int = 0, comm: bytes = b"prog") -> bytes:
 def test_decoder_constants_match_the_c_header():
     text = HEADER_H.read_text()
     consts = dict(re.findall(r"#define (\w+) (\d+)\b", text))
-    assert EXEC_TAIL.size == 16 + int(consts["FILENAME_LEN"]) + int(consts["JOB_ENV_LEN"]) + int(consts["ARGS_BUF"])
+    assert EXEC_TAIL.size == 16 + int(consts["FILENAME_LEN"]) + int(consts["JOB_ENV_LEN"]) + 8 + int(consts["ARGS_BUF"])
     assert HEADER.size == 8 + 8 + 6 * 4 + int(consts["TASK_COMM_LEN"])
     assert SIZES[5] == HEADER.size + 8 + int(consts["GPU_PATH_LEN"])
 
 
 def test_exec_argv_and_flags():
     args = b"python\0train.py\0--lr\0"
-    raw = header(1) + EXEC_TAIL.pack(3, len(args), 1, 0, b"/usr/bin/python", b"4242", args)
+    raw = header(1) + EXEC_TAIL.pack(3, len(args), 1, 0, b"/usr/bin/python", b"4242", 0, args)
     ev = decode(raw)
     assert isinstance(ev, ExecEvent)
     assert ev.argv == ["python", "train.py", "--lr"]

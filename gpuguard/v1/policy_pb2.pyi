@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Scope(_message.Message):
-    __slots__ = ("host_wide", "job_ids")
+    __slots__ = ("host_wide", "job_ids", "job_kinds")
     HOST_WIDE_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    JOB_KINDS_FIELD_NUMBER: _ClassVar[int]
     host_wide: bool
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host_wide: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    job_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_wide: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ..., job_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DenyDestination(_message.Message):
     __slots__ = ("rule_id", "cidr", "port", "scope")
@@ -28,30 +30,42 @@ class DenyDestination(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidr: _Optional[str] = ..., port: _Optional[int] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class KillBinary(_message.Message):
-    __slots__ = ("rule_id", "comm", "sha256", "scope")
+    __slots__ = ("rule_id", "comm", "sha256", "scope", "options")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     comm: str
     sha256: str
     scope: Scope
-    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
+    options: str
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ...) -> None: ...
+
+class StratumWatch(_message.Message):
+    __slots__ = ("rule_id", "scope", "drop")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    drop: bool
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "drop_stratum", "rules")
+    __slots__ = ("version", "deny", "kill", "stratum", "rules")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
-    DROP_STRATUM_FIELD_NUMBER: _ClassVar[int]
+    STRATUM_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
-    drop_stratum: Scope
+    stratum: _containers.RepeatedCompositeFieldContainer[StratumWatch]
     rules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., drop_stratum: _Optional[_Union[Scope, _Mapping]] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched")

@@ -1,0 +1,329 @@
+"""Policy from the collector -> BPF maps and cgroup attachments; userspace kills where the kernel cannot.
+
+In the kernel (probes/enforce_*.c):
+- kill at exec: ``kill_comms`` (scope cgroup, comm) -> (rule, option letters);
+- deny connect / UDP sendmsg: ``deny_dest`` LPM trie, programs attached to the scope cgroups;
+- stratum payload hook: ``stratum_scopes``, cgroup_skb egress attached to the scope cgroups.
+In user space: kill by executable sha256 after exec, kill the sender of a
+dropped stratum handshake, and KillProcess commands (correlations).
+
+A scope (host-wide, job ids, job kinds) resolves to the shallowest cgroups of
+the matching jobs; new cgroups (cgroup_mkdir) are resolved as they appear.
+Updates are differential — new entries and attachments first, stale ones
+removed after — so applying a policy never opens a window. The last policy is
+saved and re-applied at start, before the collector is reachable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import struct
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, detach_by_id, prog_id
+from agent.jobs import Job
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import policy_pb2 as ppb
+
+log = logging.getLogger(__name__)
+
+# attach types (uapi enum bpf_attach_type)
+INET_EGRESS, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 10, 11, 14, 15
+DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CONNECT),
+                 (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
+STRATUM_PROGRAM = (b"stratum_egress", INET_EGRESS)
+MODE_MONITOR, MODE_ENFORCE = 1, 2
+V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def option_mask(letters: str) -> int:
+    """Mirror of option_letters() in probes/exec.c: a-z -> bits 0-25, A-Z -> 26-51."""
+    mask = 0
+    for c in letters:
+        if "a" <= c <= "z":
+            mask |= 1 << (ord(c) - ord("a"))
+        elif "A" <= c <= "Z":
+            mask |= 1 << (26 + ord(c) - ord("A"))
+        else:
+            raise ValueError(f"option letters must be a-z/A-Z, got {c!r}")
+    return mask
+
+
+def kill_key(scope: int, comm: str) -> bytes:
+    return struct.pack("<Q16s", scope, comm.encode()[:15])
+
+
+def deny_key(scope: int, cidr: str, port: int) -> bytes:
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.version == 4:
+        addr, bits = V4_MAPPED + net.network_address.packed, 96 + net.prefixlen
+    else:
+        addr, bits = net.network_address.packed, net.prefixlen
+    data = struct.pack("<Q", scope) + struct.pack("!H", port) + addr + b"\0\0"
+    return struct.pack("<I", 64 + 16 + bits) + data
+
+
+def scope_matches(scope: ppb.Scope, job: Job) -> bool:
+    if scope.host_wide:
+        return True
+    if job.kind == "host":
+        return False
+    return job.id in scope.job_ids or job.kind in scope.job_kinds
+
+
+class Enforcer:
+    def __init__(self, capture, state_dir: str | Path) -> None:
+        self.capture = capture
+        self.bpf = capture.probes.bpf
+        self.jobs = capture.jobs
+        self.state_dir = Path(state_dir)
+        self.policy = ppb.Policy()
+        self.lock = threading.RLock()
+        self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
+        self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
+        self._entries: dict[str, dict[bytes, bytes]] = {"kill_comms": {}, "deny_dest": {}, "stratum_scopes": {}}
+        self._recent_connects: deque = deque(maxlen=4096)
+        self.injected: deque = deque()
+        capture.enricher.rule_name = self.rule_name
+        capture.enricher.cgroup_listeners.append(self.on_cgroup)
+        self.kills = 0
+        self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def policy_version(self) -> int:
+        return self.policy.version
+
+    def start(self) -> None:
+        """Re-apply the saved policy, then detach what a previous (killed) agent left attached."""
+        leftovers = self.ledger.load()
+        saved = self.state_dir / "policy.pb"
+        if saved.exists():
+            try:
+                policy = ppb.Policy.FromString(saved.read_bytes())
+                self.apply(policy, persist=False)
+                log.info("re-applied saved policy version %d before contacting the collector", policy.version)
+            except Exception as exc:  # a bad state file must not stop the agent
+                log.error("saved policy %s unusable: %s", saved, exc)
+        self._detach_leftovers(leftovers)
+
+    def _detach_leftovers(self, leftovers: list[Attachment]) -> None:
+        ours = {prog_id(fn.fd) for fn, _cfd in self.attached.values()}
+        for att in leftovers:
+            if att.prog_id not in ours and detach_by_id(att):
+                log.info("detached program %d left on %s by a previous agent", att.prog_id, att.cgroup)
+        self._save_ledger()
+
+    def _save_ledger(self) -> None:
+        self.ledger.save([Attachment(self._full_path(c), t, prog_id(fn.fd))
+                          for (c, t), (fn, _cfd) in self.attached.items()])
+
+    def _full_path(self, cgroup: str) -> str:
+        return str(self.jobs.root / cgroup.lstrip("/"))
+
+    def close(self, detach: bool = True) -> None:
+        """Detach everything (a clean stop); detach=False leaves enforcement running in the kernel."""
+        with self.lock:
+            if self.on_cgroup in self.capture.enricher.cgroup_listeners:
+                self.capture.enricher.cgroup_listeners.remove(self.on_cgroup)
+            if detach:
+                for (cgroup, attach_type), (fn, cfd) in list(self.attached.items()):
+                    self._detach(cgroup, attach_type, fn, cfd)
+                self.attached.clear()
+                self.ledger.save([])
+
+    # -- policy ---------------------------------------------------------------------
+    def rule_name(self, index: int) -> str:
+        return self.rule_ids[index] if 0 <= index < len(self.rule_ids) else f"rule#{index}"
+
+    def _rule_index(self, rule_id: str, rules: list[str]) -> int:
+        if rule_id not in rules:
+            rules.append(rule_id)
+        if rule_id not in self.rule_ids:
+            self.rule_ids.append(rule_id)
+        return self.rule_ids.index(rule_id)
+
+    def apply(self, policy: ppb.Policy, persist: bool = True) -> None:
+        with self.lock:
+            rules = list(policy.rules)
+            paths = self.jobs.job_paths()
+            kill, deny, stratum = {}, {}, {}
+            attach: set[tuple[str, int]] = set()
+            for kb in policy.kill:
+                if not kb.comm:
+                    continue
+                val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), 0, option_mask(kb.options))
+                for cgid in self._scope_ids(kb.scope, paths):
+                    kill[kill_key(cgid, kb.comm)] = val
+            for d in policy.deny:
+                val = struct.pack("<I", self._rule_index(d.rule_id, rules))
+                for cgid in self._scope_ids(d.scope, paths):
+                    deny[deny_key(cgid, d.cidr, d.port)] = val
+                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
+            for sw in policy.stratum:
+                val = struct.pack("<II", MODE_ENFORCE if sw.drop else MODE_MONITOR,
+                                  self._rule_index(sw.rule_id, rules))
+                for cgid in self._scope_ids(sw.scope, paths):
+                    stratum[struct.pack("<Q", cgid)] = val
+                    attach.add((paths[cgid], STRATUM_PROGRAM[1]))
+            del policy.rules[:]
+            policy.rules.extend(rules)
+            self.policy = policy
+            self._sync_attachments(attach)
+            self._sync_map("kill_comms", kill)
+            self._sync_map("deny_dest", deny)
+            self._sync_map("stratum_scopes", stratum)
+            if persist:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.state_dir / "policy.pb.tmp"
+                tmp.write_bytes(policy.SerializeToString())
+                os.replace(tmp, self.state_dir / "policy.pb")
+            log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d stratum scopes, "
+                     "%d cgroup attachments", policy.version, len(kill), len(deny), len(stratum), len(self.attached))
+
+    def _scope_ids(self, scope: ppb.Scope, paths: dict[int, str]) -> list[int]:
+        """Shallowest cgroups of the jobs in scope (the cgroup2 root for host-wide)."""
+        if scope.host_wide:
+            return [min(paths, key=lambda i: len(paths[i]))] if paths else []
+        chosen: list[tuple[int, str]] = []
+        for cgid, path in sorted(paths.items(), key=lambda kv: kv[1].count("/")):
+            if path == "/" or any(path.startswith(p.rstrip("/") + "/") for _i, p in chosen):
+                continue
+            if scope_matches(scope, self.jobs.job_of_path(path)):
+                chosen.append((cgid, path))
+        return [cgid for cgid, _p in chosen]
+
+    def _sync_map(self, name: str, desired: dict[bytes, bytes]) -> None:
+        table = self.bpf[name.encode()]
+        current = self._entries[name]
+        for key, val in desired.items():
+            if current.get(key) != val:
+                table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(val)
+        for key in set(current) - set(desired):
+            try:
+                del table[table.Key.from_buffer_copy(key)]
+            except KeyError:
+                pass
+        self._entries[name] = desired
+
+    def _sync_attachments(self, desired: set[tuple[str, int]]) -> None:
+        from bcc import BPF  # noqa: PLC0415
+
+        names = dict((t, n) for n, t in DENY_PROGRAMS)
+        names[STRATUM_PROGRAM[1]] = STRATUM_PROGRAM[0]
+        for cgroup, attach_type in sorted(desired - set(self.attached)):
+            prog_type = BPF.CGROUP_SKB if attach_type == INET_EGRESS else BPF.CGROUP_SOCK_ADDR
+            fn = self.bpf.load_func(names[attach_type], prog_type, attach_type=attach_type)
+            full = self._full_path(cgroup)
+            try:
+                cfd = os.open(full, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                log.warning("cannot attach to %s: %s", full, exc)
+                continue
+            self.bpf.attach_func(fn, cfd, attach_type, BPF_F_ALLOW_MULTI)
+            self.attached[(cgroup, attach_type)] = (fn, cfd)
+            log.info("attached %s to %s", names[attach_type].decode(), full)
+        for cgroup, attach_type in set(self.attached) - desired:
+            fn, cfd = self.attached.pop((cgroup, attach_type))
+            self._detach(cgroup, attach_type, fn, cfd)
+        self._save_ledger()
+
+    def _detach(self, cgroup: str, attach_type: int, fn, cfd: int) -> None:
+        try:
+            self.bpf.detach_func(fn, cfd, attach_type)
+        except Exception as exc:  # cgroup already removed: the kernel dropped the program
+            log.debug("detach %s from %s: %s", attach_type, cgroup, exc)
+        os.close(cfd)
+
+    def on_cgroup(self, cgroup_id: int, path: str) -> None:
+        """A new cgroup: if a scope covers its job, extend the policy to it right away."""
+        job = self.jobs.job_of_path(path)
+        if job.kind == "host":
+            return
+        scopes = [k.scope for k in self.policy.kill] + [d.scope for d in self.policy.deny] + \
+                 [s.scope for s in self.policy.stratum]
+        if any(scope_matches(s, job) for s in scopes):
+            self.apply(self.policy, persist=False)
+
+    # -- userspace enforcement ----------------------------------------------------------
+    def on_records(self, records: list[dict]) -> None:
+        for rec in records:
+            kind = rec["kind"]
+            if kind == "connect":
+                self._recent_connects.append(rec)
+            elif kind == "exec" and rec["exec"]["result"] == 0:
+                self._check_hash(rec)
+            elif kind == "enforcement" and rec["enforcement"]["action"] == "drop_stratum":
+                self._kill_stratum_sender(rec)
+
+    def _check_hash(self, rec: dict) -> None:
+        hashed = [k for k in self.policy.kill if k.sha256]
+        if not hashed:
+            return
+        job = Job(**rec["job"])
+        exe = rec["proc"]["exe"]
+        if not exe or not self.capture.hasher:
+            return
+        digest = self.capture.hasher.hash_now(exe)
+        for kb in hashed:
+            if kb.sha256 == digest and scope_matches(kb.scope, job):
+                self.kill(rec["proc"]["pid"], rec["proc"]["key"], kb.rule_id, tree=False,
+                          why=f"executable sha256 {digest[:12]}… is known bad")
+
+    def _kill_stratum_sender(self, rec: dict) -> None:
+        pid = rec["proc"]["pid"]
+        if pid:
+            self.kill(pid, rec["proc"]["key"], rec["enforcement"]["rule_id"], tree=False,
+                      why="sent a stratum handshake")
+
+    def on_command(self, msg: cpb.CollectorMessage) -> cpb.AgentMessage | None:
+        kind = msg.WhichOneof("msg")
+        if kind == "policy":
+            try:
+                self.apply(msg.policy)
+                return cpb.AgentMessage(policy_ack=cpb.PolicyAck(version=msg.policy.version))
+            except Exception as exc:
+                log.exception("policy %d failed", msg.policy.version)
+                return cpb.AgentMessage(policy_ack=cpb.PolicyAck(version=self.policy.version, error=str(exc)))
+        if kind == "kill":
+            k = msg.kill
+            self.kill(k.pid, k.process_key, k.rule_id, tree=k.tree, why="ordered by the collector")
+        return None
+
+    def kill(self, pid: int, key: str, rule_id: str, tree: bool, why: str) -> int:
+        """SIGKILL pid (and its descendants) if it is still the process we mean."""
+        table = self.capture.table
+        p = table.get(pid)
+        if p is None or (key and p.key != key):
+            log.info("not killing pid %d: it is gone or is another process now", pid)
+            return 0
+        victims = [pid]
+        if tree:
+            victims += [c.pid for c in list(table.live.values()) if pid in
+                        [a.pid for a in table.ancestors(c.pid)]]
+        killed = 0
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        self.kills += killed
+        log.warning("rule %s: killed %s (pid %d%s): %s", rule_id, p.comm, pid,
+                    f" and {killed - 1} descendants" if tree else "", why)
+        self.injected.append({
+            "kind": "enforcement", "ts_ns": time.time_ns(), "boot_id": self.capture.identity.boot_id,
+            "proc": {"key": p.key, "pid": pid, "tid": pid, "ppid": p.ppid, "parent_key": table.parent_key(p),
+                     "comm": p.comm, "exe": p.exe, "argv": p.argv, "uid": p.uid, "gid": 0,
+                     "cgroup_id": p.cgroup_id, "cgroup": self.jobs.path_of(p.cgroup_id), "exe_sha256": ""},
+            "job": (p.job or Job("host", "host")).as_dict(),
+            "enforcement": {"rule_id": rule_id, "action": "kill_tree" if tree else "kill",
+                            "detail": f"{p.comm} (pid {pid}) killed by the agent: {why}"},
+        })
+        return killed

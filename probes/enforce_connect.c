@@ -1,0 +1,78 @@
+/* enforce_connect.c - deny connect() and UDP sendmsg() by destination, in the kernel.
+ *
+ * cgroup/connect4|6 and cgroup/sendmsg4|6 programs, attached by the agent to
+ * job cgroups (or the root for host-wide rules) only. The deny set is one LPM
+ * trie keyed by (scope cgroup id, port, IPv6 address); IPv4 destinations are
+ * stored and looked up as v4-mapped IPv6, so an AF_INET6 socket connecting to
+ * ::ffff:a.b.c.d meets the same rule as an AF_INET one. Port 0 in a rule means
+ * any port. Returning 0 makes the syscall fail with EPERM. */
+#include "gpuguard.h"
+
+/* data = scope cgroup id (8 bytes, little-endian) | port (2, network order,
+ * 0 = any) | IPv6 address (16) | 2 bytes zero. prefixlen counts data bits:
+ * 64 + 16 + address prefix bits (96 + n for an IPv4 /n). */
+struct deny_key {
+    u32 prefixlen;
+    u8 data[28];
+};
+
+BPF_LPM_TRIE(deny_dest, struct deny_key, u32, 16384);   /* -> rule index */
+
+static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 port)
+{
+    struct deny_key k = {};
+    __builtin_memcpy(&k.data[10], addr, 16);
+    k.prefixlen = 64 + 16 + 128;
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 scope = bpf_get_current_ancestor_cgroup_id(level);
+        if (!scope)
+            break;
+        __builtin_memcpy(&k.data[0], &scope, 8);
+        __builtin_memcpy(&k.data[8], &port, 2);
+        u32 *rule = deny_dest.lookup(&k);
+        if (!rule) {
+            u16 any = 0;
+            __builtin_memcpy(&k.data[8], &any, 2);
+            rule = deny_dest.lookup(&k);
+        }
+        if (rule) {
+            struct enforce_event e = {};
+            fill_header(&e.hdr, EV_ENFORCE);
+            e.hdr.result = -1;   /* EPERM */
+            e.action = ACT_DENY_CONNECT;
+            e.rule = *rule;
+            e.family = ctx->user_family;
+            e.dport = bpf_ntohs(port);
+            __builtin_memcpy(e.daddr, addr, 16);
+            emit(&e, sizeof(e), EV_ENFORCE);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static __always_inline int deny_v4(struct bpf_sock_addr *ctx)
+{
+    u8 addr[16] = {};
+    u32 ip = ctx->user_ip4;
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    __builtin_memcpy(&addr[12], &ip, 4);
+    return deny_check(ctx, addr, (u16)ctx->user_port);
+}
+
+static __always_inline int deny_v6(struct bpf_sock_addr *ctx)
+{
+    u8 addr[16];
+    u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+    __builtin_memcpy(&addr[0], &w0, 4);
+    __builtin_memcpy(&addr[4], &w1, 4);
+    __builtin_memcpy(&addr[8], &w2, 4);
+    __builtin_memcpy(&addr[12], &w3, 4);
+    return deny_check(ctx, addr, (u16)ctx->user_port);
+}
+
+int deny_connect4(struct bpf_sock_addr *ctx) { return deny_v4(ctx); }
+int deny_connect6(struct bpf_sock_addr *ctx) { return deny_v6(ctx); }
+int deny_sendmsg4(struct bpf_sock_addr *ctx) { return deny_v4(ctx); }
+int deny_sendmsg6(struct bpf_sock_addr *ctx) { return deny_v6(ctx); }

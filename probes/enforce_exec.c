@@ -1,0 +1,48 @@
+/* enforce_exec.c - kill at exec, in the kernel, before the first instruction.
+ *
+ * At sched_process_exec the new comm is set; the policy map kill_comms holds
+ * (scope cgroup id, comm) -> (rule, required option letters). The scope is
+ * the cgroup v2 id of a job's cgroup, or of the root for host-wide rules; the
+ * current task matches when that cgroup is one of its ancestors. A match gets
+ * SIGKILL from bpf_send_signal and an enforce_event on the ring buffer.
+ * Names are trivially renamed: the agent also kills by executable hash and the
+ * payload hook catches renamed miners on the wire. */
+#include "gpuguard.h"
+
+struct kill_key {
+    u64 scope;
+    char comm[TASK_COMM_LEN];
+};
+
+struct kill_val {
+    u32 rule;
+    u32 _pad;
+    u64 optmask;   /* 0: any argv; else kill only if argv has one of these option letters */
+};
+
+BPF_HASH(kill_comms, struct kill_key, struct kill_val, 4096);
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    struct kill_key k = {};
+    bpf_get_current_comm(&k.comm, sizeof(k.comm));
+    u64 id = bpf_get_current_pid_tgid();
+    struct exec_event *pending = exec_pending.lookup(&id);
+    u64 opts = pending ? pending->optmask : 0;
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        k.scope = bpf_get_current_ancestor_cgroup_id(level);
+        if (!k.scope)
+            break;
+        struct kill_val *v = kill_comms.lookup(&k);
+        if (!v || (v->optmask && !(v->optmask & opts)))
+            continue;
+        bpf_send_signal(9);
+        struct enforce_event e = {};
+        fill_header(&e.hdr, EV_ENFORCE);
+        e.action = ACT_KILL_EXEC;
+        e.rule = v->rule;
+        emit(&e, sizeof(e), EV_ENFORCE);
+        break;
+    }
+    return 0;
+}

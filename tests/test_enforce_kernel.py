@@ -1,0 +1,254 @@
+"""Every block, loaded and triggered for real, scoped to cgroups the test created."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from agent.enforce import Enforcer, option_mask
+from gpuguard.v1 import policy_pb2 as ppb
+from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def enforcer(capture, tmp_path):
+    enf = Enforcer(capture, tmp_path / "state")
+    capture.injected.append(enf.injected)
+    yield enf
+    enf.apply(ppb.Policy(version=0), persist=False)   # empty maps
+    enf.close()
+    capture.injected.remove(enf.injected)
+
+
+def job_scope(job_id: str) -> ppb.Scope:
+    return ppb.Scope(job_ids=[job_id])
+
+
+def fake_binary(tmp_path, name: str, source: str = "/bin/sleep") -> str:
+    path = tmp_path / name
+    shutil.copy(source, path)
+    return str(path)
+
+
+def test_option_mask_matches_probe_bits():
+    assert option_mask("a") == 1 and option_mask("R") == 1 << (26 + 17)
+    with pytest.raises(ValueError):
+        option_mask("-")
+
+
+def test_kill_at_exec_in_scope_only(capture, enforcer, test_cgroup, tmp_path):
+    job = str(9000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}/step_0")
+    miner = fake_binary(tmp_path, "gg-fakeminer")
+    enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-kill", comm="gg-fakeminer",
+                                                              scope=job_scope(job))]), persist=False)
+    inside = run_in_cgroup(cg, [miner, "0.2"])
+    assert inside.returncode == -9                    # SIGKILL before its first instruction
+    outside = subprocess.run([miner, "0.01"])
+    assert outside.returncode == 0                    # same binary outside the job: untouched
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-kill")
+    assert hits and hits[0]["enforcement"]["action"] == "kill_exec"
+    assert hits[0]["job"]["id"] == job
+
+
+def test_kill_at_exec_only_with_the_named_options(capture, enforcer, test_cgroup, tmp_path):
+    job = str(8000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    tunnel = fake_binary(tmp_path, "gg-tunnel", "/bin/true")
+    enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-fwd", comm="gg-tunnel", options="RDw",
+                                                              scope=job_scope(job))]), persist=False)
+    outcomes = {argv: run_in_cgroup(cg, [tunnel, *argv.split()]).returncode for argv in
+                ("-R 2222:localhost:22 host", "-NfR 1:h:2 host", "-R8080:h:22 host", "-D 1080 host",
+                 "-L 8888:localhost:8888 host", "-oRemoteForwardX=1 host", "-N host", "host uptime")}
+    assert outcomes == {"-R 2222:localhost:22 host": -9, "-NfR 1:h:2 host": -9, "-R8080:h:22 host": -9,
+                        "-D 1080 host": -9, "-L 8888:localhost:8888 host": 0, "-oRemoteForwardX=1 host": 0,
+                        "-N host": 0, "host uptime": 0}
+
+
+def _connect_script(addr: str, port: int, family: str = "AF_INET", kind: str = "SOCK_STREAM") -> str:
+    return (f"import socket, sys\ns = socket.socket(socket.{family}, socket.{kind})\n"
+            f"try:\n    s.connect(({addr!r}, {port}))\n    print('ok')\n"
+            f"except OSError as e:\n    print(e.errno)\n")
+
+
+def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_cgroup):
+    job = str(7000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}/step_0")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        enforcer.apply(ppb.Policy(version=2, deny=[ppb.DenyDestination(rule_id="t-deny", cidr="127.0.0.0/8",
+                                                                         port=port, scope=job_scope(job))]),
+                       persist=False)
+        run = lambda script: run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True,  # noqa: E731
+                                           text=True).stdout.strip()
+        assert run(_connect_script("127.0.0.1", port)) == str(errno.EPERM)
+        assert run(_connect_script("::ffff:127.0.0.1", port, "AF_INET6")) == str(errno.EPERM)
+        assert run(_connect_script("127.0.0.1", port, kind="SOCK_DGRAM")) == str(errno.EPERM)
+        assert run(_connect_script("127.0.0.1", port + 1 if port < 65535 else port - 1)) != str(errno.EPERM)
+        outside = subprocess.run([PYTHON, "-c", _connect_script("127.0.0.1", port)], capture_output=True, text=True)
+        assert outside.stdout.strip() == "ok"
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-deny"
+                    and r["enforcement"]["action"] == "deny_connect")
+    assert hits and f"127.0.0.1:{port}" in hits[0]["enforcement"]["detail"]
+
+
+STRATUM_CLIENT = (
+    "import socket, sys, time\n"
+    "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+    "s.sendall(sys.argv[2].encode() + b'\\n')\n"
+    "time.sleep(0.5)\n"
+)
+SUBSCRIBE = '{"id": 1, "method": "mining.subscribe", "params": ["fakeminer/1.0"]}'
+XMR_LOGIN = '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4Abc","pass":"x","agent":"XMRig/6.21"}}'
+HTTP = "GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pip/24.0\r\n\r\n"
+
+
+class Listener:
+    """Collects what clients manage to send to a loopback port."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(10)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        conn.settimeout(1.0)
+        data = b""
+        try:
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        self.received.append(data)
+        conn.close()
+
+    def wait_for(self, needle: bytes, timeout: float = 3.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(needle in r for r in self.received):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["enforce", "monitor"])
+def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
+    job = str(6000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    enforcer.apply(ppb.Policy(version=3, stratum=[ppb.StratumWatch(rule_id="t-stratum", scope=job_scope(job),
+                                                                   drop=drop)]), persist=False)
+    pool = Listener()
+    try:
+        for payload in (SUBSCRIBE, XMR_LOGIN, HTTP):
+            run_in_cgroup(cg, [PYTHON, "-c", STRATUM_CLIENT, str(pool.port), payload], timeout=20)
+        pool.wait_for(b"GET /simple/")
+        time.sleep(1.2)                                   # let the other readers finish
+    finally:
+        pool.close()
+        pool.thread.join(5)
+    got = b"".join(pool.received)
+    assert b"GET /simple/" in got                         # ordinary traffic passes either way
+    if drop:
+        assert b"mining.subscribe" not in got and b'"login"' not in got
+    else:
+        assert b"mining.subscribe" in got and b'"login"' in got
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-stratum"
+                    and r["job"]["id"] == job)
+    actions = {r["enforcement"]["action"] for r in hits}
+    assert actions == ({"drop_stratum"} if drop else {"seen_stratum"})
+    assert all(r["job"]["id"] == job for r in hits if r["proc"]["pid"])
+
+
+def test_new_job_cgroup_is_covered_as_it_appears(capture, enforcer, test_cgroup, tmp_path):
+    job = str(5000 + uuid.uuid4().int % 999)
+    miner = fake_binary(tmp_path, "gg-lateminer")
+    enforcer.apply(ppb.Policy(version=4, kill=[ppb.KillBinary(rule_id="t-late", comm="gg-lateminer",
+                                                              scope=ppb.Scope(job_kinds=["slurm"]))],
+                              deny=[ppb.DenyDestination(rule_id="t-late-deny", cidr="127.0.0.2/32", port=9,
+                                                        scope=ppb.Scope(job_ids=[job]))]), persist=False)
+    cg = test_cgroup(f"slurm/job_{job}")                  # created after the policy
+    wait_for(capture, lambda r: False, timeout=0.3)        # the agent sees cgroup_mkdir
+    assert any(c.endswith(f"job_{job}") for c, _t in enforcer.attached)
+    assert run_in_cgroup(cg, [miner, "0.1"]).returncode == -9
+    out = run_in_cgroup(cg, [PYTHON, "-c", _connect_script("127.0.0.2", 9)], capture_output=True, text=True)
+    assert out.stdout.strip() == str(errno.EPERM)
+
+
+def test_close_detaches_and_connects_work_again(capture, tmp_path, test_cgroup):
+    job = str(4000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    enf = Enforcer(capture, tmp_path / "state")
+    enf.apply(ppb.Policy(version=5, deny=[ppb.DenyDestination(rule_id="t-det", cidr="127.0.0.3/32", port=0,
+                                                              scope=job_scope(job))]))
+    script = _connect_script("127.0.0.3", 9, kind="SOCK_DGRAM")
+    assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == "1"
+    enf.apply(ppb.Policy(version=6), persist=False)
+    enf.close()
+    assert not enf.attached
+    assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+FIRST_AGENT = """
+import os, sys
+sys.path.insert(0, {root!r})
+from agent.runtime import Capture
+from agent.enforce import Enforcer
+from gpuguard.v1 import policy_pb2 as ppb
+cap = Capture(hash_executables=False)
+cap.start()
+Enforcer(cap, {state!r}).apply(ppb.Policy.FromString(bytes.fromhex({policy!r})))
+os._exit(0)   # die like a killed agent: no detach, programs stay attached
+"""
+
+
+def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp_path, test_cgroup):
+    job = str(3000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    state = tmp_path / "state"
+    policy = ppb.Policy(version=7, deny=[ppb.DenyDestination(rule_id="t-keep", cidr="127.0.0.4/32",
+                                                              scope=job_scope(job))])
+    code = FIRST_AGENT.format(root=str(ROOT), state=str(state), policy=policy.SerializeToString().hex())
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    script = _connect_script("127.0.0.4", 9, kind="SOCK_DGRAM")
+    still = run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip()
+    assert still == str(errno.EPERM)                      # enforcement outlived the dead agent
+    from agent.bpf_links import AttachmentLedger  # noqa: PLC0415
+
+    old_ids = {a.prog_id for a in AttachmentLedger(state / "attachments.json").load()}
+    assert old_ids
+    second = Enforcer(capture, state)
+    second.start()                                        # re-applies policy.pb, then drops the leftovers
+    try:
+        assert second.policy_version == 7
+        new_ids = {a.prog_id for a in second.ledger.load()}
+        assert new_ids and not (new_ids & old_ids)
+        assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == "1"
+    finally:
+        second.apply(ppb.Policy(version=8), persist=False)
+        second.close()
+    after = run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip()
+    assert after == "ok"                                  # old programs gone too, not just the new ones
