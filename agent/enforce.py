@@ -72,7 +72,7 @@ def deny_key(scope: int, cidr: str, port: int) -> bytes:
 def scope_matches(scope: ppb.Scope, job: Job) -> bool:
     if scope.host_wide:
         return True
-    if job.kind == "host":
+    if job.kind == "host" or job.id in scope.exclude_job_ids:
         return False
     return job.id in scope.job_ids or job.kind in scope.job_kinds
 

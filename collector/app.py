@@ -23,7 +23,7 @@ class CollectorConfig:
     retention_days: float = 30.0
     tokens: tuple[str, ...] = ()
     rules_dir: str = ""                 # extra rule files, on top of the built-in ones
-    detection: bool = False
+    detection: bool = True
     extra: dict = field(default_factory=dict)
 
 

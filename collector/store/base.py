@@ -59,6 +59,12 @@ class Store(Protocol):
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]: ...
 
+    def save_policy(self, version: int, rules_yaml: str) -> None:
+        """Keep the user rules layer of each policy version."""
+
+    def load_policy(self) -> tuple[int, str]:
+        """(latest version, its user rules YAML), or (0, "")."""
+
     def purge_before(self, ts_ns: int) -> int: ...
 
     def close(self) -> None: ...

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, ts_ns INTEGER, rule_id TEXT, job_id TEXT, host_id TEXT, body BLOB
 );
 CREATE INDEX IF NOT EXISTS alerts_job ON alerts (job_id, ts_ns);
+CREATE TABLE IF NOT EXISTS policy (
+    version INTEGER PRIMARY KEY, rules_yaml TEXT NOT NULL, ts_ns INTEGER
+);
 CREATE TABLE IF NOT EXISTS gaps (
     host_id TEXT, from_seq INTEGER, to_seq INTEGER, reason TEXT, ts_ns INTEGER
 );
@@ -212,6 +215,14 @@ class SqliteStore:
         params = (since_ns, job_id) if job_id else (since_ns,)
         rows = self.db.execute(sql + " ORDER BY ts_ns LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
+
+    def save_policy(self, version: int, rules_yaml: str) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO policy VALUES (?,?,?)", (version, rules_yaml, time.time_ns()))
+
+    def load_policy(self) -> tuple[int, str]:
+        row = self.db.execute("SELECT version, rules_yaml FROM policy ORDER BY version DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, "")
 
     def purge_before(self, ts_ns: int) -> int:
         with self._lock:

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Scope(_message.Message):
-    __slots__ = ("host_wide", "job_ids", "job_kinds")
+    __slots__ = ("host_wide", "job_ids", "job_kinds", "exclude_job_ids")
     HOST_WIDE_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     JOB_KINDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     host_wide: bool
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     job_kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host_wide: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ..., job_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    exclude_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_wide: _Optional[bool] = ..., job_ids: _Optional[_Iterable[str]] = ..., job_kinds: _Optional[_Iterable[str]] = ..., exclude_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DenyDestination(_message.Message):
     __slots__ = ("rule_id", "cidr", "port", "scope")

@@ -1,0 +1,280 @@
+"""Rules -> alerts and kill orders (as events arrive) and -> the Policy agents enforce.
+
+Layers of rules, later ones overriding earlier ones: the built-in file, the
+collector's rules_dir (hot-reloaded), and the file applied with
+``gpuguard policy apply`` (kept in the store with its version). Each change
+makes a new policy version, pushed to every connected agent; agents ack the
+version they run, and ``gpuguard policy show`` lists who is behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from collector.correlate import Correlator, Hit
+from collector.ingest import AgentSession
+from collector.rules.engine import Engine, RuleMatch
+from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_ruleset, rule_texts
+from collector.server import AgentHub
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.v1 import policy_pb2 as ppb
+
+log = logging.getLogger(__name__)
+
+KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in"}
+KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
+ACTION_NAMES = {"kill_exec": "killed at exec in the kernel", "deny_connect": "connect denied in the kernel",
+                "drop_stratum": "stratum handshake dropped in the kernel", "kill": "killed by the agent",
+                "kill_tree": "process tree killed by the agent", "seen_stratum": "stratum seen (monitor mode)"}
+CONFIRMED = "confirmed"
+
+
+def kernel_enforceable(rule: Rule) -> bool:
+    keys = set(rule.match)
+    if rule.event == "exec":
+        return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
+    if rule.event == "connect":
+        return bool(keys) and keys <= KERNEL_CONNECT_KEYS and not rule.unless
+    return rule.event == "payload"
+
+
+def _scopes(rs: RuleSet, rule: Rule) -> tuple[ppb.Scope | None, ppb.Scope | None]:
+    """(scope where the rule enforces, scope where it only monitors)."""
+    base = ppb.Scope(job_kinds=rule.scope.get("job_kinds", []), job_ids=rule.scope.get("job_ids", []))
+    if not rule.scope:
+        base.host_wide = True
+    overridden = {j: m for j, m in rs.job_modes.items()}
+    default = rule.mode or rs.default_mode
+    other = [j for j, m in overridden.items() if m != default]
+    main = ppb.Scope()
+    main.CopyFrom(base)
+    main.exclude_job_ids.extend(other)
+    flipped = ppb.Scope(job_ids=other) if other else None
+    if default == "enforce":
+        return main, flipped
+    return flipped, main
+
+
+def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
+    policy = ppb.Policy(version=version, rules=sorted(rs.rules))
+    for rule in rs.rules.values():
+        if rule.action not in ("block", "kill") or not kernel_enforceable(rule):
+            continue
+        enforce, monitor = _scopes(rs, rule)
+        if rule.event == "payload":
+            if enforce:
+                policy.stratum.add(rule_id=rule.id, scope=enforce, drop=True)
+            if monitor:
+                policy.stratum.add(rule_id=rule.id, scope=monitor, drop=False)
+            continue
+        if enforce is None:
+            continue
+        if rule.event == "exec":
+            for name in rule.match["exe_name_in"]:
+                policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
+                                options=rule.match.get("argv_short_option_in", ""))
+        elif rule.event == "connect":
+            ports = rule.match.get("dport_in", [0])
+            cidrs = rule.match.get("daddr_cidr_in", ["0.0.0.0/0", "::/0"])
+            for cidr in cidrs:
+                for port in ports:
+                    policy.deny.add(rule_id=rule.id, cidr=cidr, port=port, scope=enforce)
+    for rule in rs.rules.values():
+        if rule.event == "exec" and rule.action == "kill" and "sha256_in" in rule.match:
+            enforce, _ = _scopes(rs, rule)
+            if enforce:
+                for digest in rule.match["sha256_in"]:
+                    policy.kill.add(rule_id=rule.id, sha256=digest, scope=enforce)
+    return policy
+
+
+class PolicyManager:
+    def __init__(self, store, hub: AgentHub, rules_dir: str = "") -> None:
+        self.store = store
+        self.hub = hub
+        self.rules_dir = rules_dir
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.lock = threading.RLock()
+        self.version, self.user_yaml = store.load_policy()
+        self._dir_stamp = self._stamp()
+        self.alerts: OrderedDict[str, ppb.Alert] = OrderedDict()
+        self.ruleset = self._load(self.user_yaml)
+        self._install(self.ruleset, bump=self.version == 0)
+
+    # -- rules ------------------------------------------------------------------------
+    def _load(self, user_yaml: str) -> RuleSet:
+        extra = (("applied policy", user_yaml),) if user_yaml else ()
+        return load_ruleset(rule_texts(self.rules_dir, extra))
+
+    def _install(self, rs: RuleSet, bump: bool = True) -> None:
+        with self.lock:
+            if bump:
+                self.version += 1
+                self.store.save_policy(self.version, self.user_yaml)
+            self.ruleset = rs
+            self.engine = Engine(rs)
+            self.correlator = Correlator(rs)
+            self.policy = compile_policy(rs, self.version)
+        log.info("policy version %d: %d rules, %d correlations (%s); kernel: %d kill-at-exec, %d deny, "
+                 "%d stratum", self.version, len(rs.rules), len(rs.correlations), ", ".join(rs.sources),
+                 len(self.policy.kill), len(self.policy.deny), len(self.policy.stratum))
+
+    def _push_policy(self) -> None:
+        msg = cpb.CollectorMessage(policy=self.policy)
+        self._push(None, msg)
+
+    def _push(self, host: str | None, msg: cpb.CollectorMessage) -> None:
+        if self.loop is None:
+            return
+        self.loop.call_soon_threadsafe(self.hub.push, host, msg)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        if self.rules_dir:
+            loop.create_task(self._watch_rules_dir())
+
+    def apply_yaml(self, text: str) -> cpb.ApplyPolicyReply:
+        try:
+            rs = self._load(text)
+        except RuleError as exc:
+            return cpb.ApplyPolicyReply(error=str(exc))
+        with self.lock:
+            self.user_yaml = text
+            self._install(rs)
+        self._push_policy()
+        return cpb.ApplyPolicyReply(policy=self.policy)
+
+    def _stamp(self) -> tuple:
+        if not self.rules_dir:
+            return ()
+        return tuple((p.name, p.stat().st_mtime_ns) for p in sorted(Path(self.rules_dir).glob("*.y*ml")))
+
+    async def _watch_rules_dir(self) -> None:
+        while True:
+            await asyncio.sleep(2)
+            stamp = await asyncio.to_thread(self._stamp)
+            if stamp == self._dir_stamp:
+                continue
+            self._dir_stamp = stamp
+            try:
+                rs = await asyncio.to_thread(self._load, self.user_yaml)
+            except RuleError as exc:
+                log.error("rules_dir changed but the rules are invalid, keeping version %d: %s", self.version, exc)
+                continue
+            await asyncio.to_thread(self._install, rs)
+            self._push_policy()
+
+    def describe(self) -> cpb.PolicyReply:
+        reply = cpb.PolicyReply(policy=self.policy)
+        for a in self.store.agents():
+            reply.agents.add(host_id=a["host_id"], version=a["policy_version"] or 0, connected=bool(a["connected"]),
+                             error=a["policy_error"] or "", last_seen_ns=a["last_seen_ns"] or 0)
+        return reply
+
+    # -- agents ---------------------------------------------------------------------------
+    def on_connect(self, session: AgentSession) -> list[cpb.CollectorMessage]:
+        if session.policy_version == self.policy.version:
+            return []
+        return [cpb.CollectorMessage(policy=self.policy)]
+
+    def on_policy_ack(self, session: AgentSession, ack: cpb.PolicyAck) -> None:
+        self.store.set_agent_state(session.host_id, policy_version=ack.version, policy_error=ack.error)
+        if ack.error:
+            log.error("agent %s failed to apply policy %d: %s", session.host_id, self.policy.version, ack.error)
+
+    # -- detection -------------------------------------------------------------------------
+    def on_events(self, session: AgentSession, events: list[pb.Event]) -> None:
+        host = session.host_id
+        with self.lock:
+            for ev in events:
+                kind = ev.WhichOneof("body")
+                if kind == "enforcement":
+                    self._confirm(host, ev)
+                matches = self.engine.evaluate(host, ev, self.correlator.context(host, ev))
+                self.correlator.observe(host, ev)
+                if not matches:
+                    continue
+                for m in matches:
+                    if m.rule.action != "signal":
+                        self._alert_for_rule(host, ev, m)
+                for corr, evidence in self.correlator.record(host, ev, matches):
+                    self._alert_for_correlation(host, ev, corr, evidence)
+
+    def _mode(self, rule_mode: str, job_id: str) -> str:
+        return self.ruleset.mode_for(rule_mode, job_id)
+
+    def _alert_for_rule(self, host: str, ev: pb.Event, m: RuleMatch) -> None:
+        rule = m.rule
+        mode = self._mode(rule.mode, ev.job.id)
+        if mode == "monitor" or rule.action == "alert":
+            outcome = "alerted (monitor mode)" if mode == "monitor" else "alerted"
+        elif ev.WhichOneof("body") == "enforcement":
+            outcome = ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
+        elif kernel_enforceable(rule):
+            outcome = "block expected in the kernel (awaiting the agent's confirmation)"
+        else:
+            outcome = "kill ordered from the agent"
+            self._push(host, cpb.CollectorMessage(kill=cpb.KillProcess(
+                pid=ev.process.pid, process_key=ev.process.key, rule_id=rule.id, tree=False)))
+        self._upsert(self._alert(host, ev, rule.id, rule.description, rule.severity, rule.action, outcome,
+                                 m.matched, [ev.seq]))
+
+    def _alert_for_correlation(self, host: str, ev: pb.Event, corr: Correlation, evidence: list[Hit]) -> None:
+        mode = self._mode(corr.mode, ev.job.id)
+        outcome = "alerted (monitor mode)" if mode == "monitor" or corr.action == "alert" else \
+            "process trees killed by order of the collector"
+        if outcome.startswith("process trees"):
+            for hit in evidence:
+                self._push(hit.host, cpb.CollectorMessage(kill=cpb.KillProcess(
+                    pid=hit.event.process.pid, process_key=hit.event.process.key, rule_id=corr.id, tree=True)))
+        matched = {f"step{i + 1}": f"{h.rule_id} @ {h.host} pid {h.event.process.pid} {h.event.process.comm}"
+                   for i, h in enumerate(evidence)}
+        self._upsert(self._alert(host, ev, corr.id, corr.description, corr.severity, corr.action, outcome,
+                                 matched, [h.event.seq for h in evidence]))
+
+    def _confirm(self, host: str, ev: pb.Event) -> None:
+        """An enforcement event from an agent: the alert it belongs to now says what was done."""
+        e = ev.enforcement
+        meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)
+        alert = self._alert(host, ev, e.rule_id, meta.description if meta else f"enforcement by {e.rule_id}",
+                            meta.severity if meta else "high", meta.action if meta else "kill",
+                            f"{CONFIRMED}: {e.detail}", {"action": e.action}, [ev.seq])
+        self._upsert(alert, confirmation=True)
+
+    @staticmethod
+    def _alert(host, ev, rule_id, description, severity, action, outcome, matched, seqs) -> ppb.Alert:
+        aid = hashlib.sha1(f"{host}|{rule_id}|{ev.process.key}".encode()).hexdigest()[:16]
+        a = ppb.Alert(id=aid, rule_id=rule_id, description=description, severity=severity, action=action,
+                      outcome=outcome, host_id=host, evidence_seqs=seqs, ts_ns=ev.ts_ns or time.time_ns())
+        a.job.CopyFrom(ev.job)
+        a.process.CopyFrom(ev.process)
+        a.matched.update({k: str(v) for k, v in matched.items()})
+        return a
+
+    def _upsert(self, alert: ppb.Alert, confirmation: bool = False) -> None:
+        old = self.alerts.get(alert.id)
+        if old is not None:
+            merged = ppb.Alert()
+            merged.CopyFrom(old)
+            merged.evidence_seqs.extend(s for s in alert.evidence_seqs if s not in old.evidence_seqs)
+            merged.matched.update({k: v for k, v in alert.matched.items() if k not in old.matched})
+            if confirmation or not old.outcome.startswith(CONFIRMED):
+                merged.outcome = alert.outcome   # a confirmation from the agent is never downgraded
+            merged.ts_ns = min(old.ts_ns, alert.ts_ns)
+            alert = merged
+        else:
+            log.warning("ALERT [%s] %s job %s:%s host %s pid %d %s: %s -> %s", alert.severity, alert.rule_id,
+                        alert.job.kind, alert.job.id, alert.host_id, alert.process.pid, alert.process.comm,
+                        dict(alert.matched), alert.outcome)
+        self.alerts[alert.id] = alert
+        self.alerts.move_to_end(alert.id)
+        while len(self.alerts) > 20_000:
+            self.alerts.popitem(last=False)
+        self.store.add_alert(alert)

