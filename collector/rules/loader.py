@@ -279,7 +279,10 @@ def load_ruleset(texts: list[tuple[str, str]]) -> RuleSet:
     ``miner_names`` changes the built-in rules that use it too.
     """
     rs = RuleSet()
-    parsed = [(p, p.parse(text)) for p in (_Parser(source, rs) for source, text in texts)]
+    parsed = []
+    for source, text in texts:
+        parser = _Parser(source, rs)
+        parsed.append((parser, parser.parse(text)))
     for parser, doc in parsed:
         if doc is not None:
             parser.parse_rules(doc)
