@@ -47,7 +47,8 @@ def test_builtin_rules_load(builtin):
 @pytest.mark.parametrize("text,expected", [
     ("rules:\n  - id: x\n    description: d\n    event: exec\n    match:\n      argv_regex: '('\n",
      "bad.yaml:6: rule x.match.argv_regex: bad regex"),
-    ("rules:\n  - id: x\n    description: d\n    event: connect\n    match:\n      dport_in: [22]\n    action: explode\n",
+    ("rules:\n  - id: x\n    description: d\n    event: connect\n    match:\n      dport_in: [22]\n"
+     "    action: explode\n",
      "bad.yaml:7: rule x.action: 'explode' is not one of"),
     ("rules:\n  - id: x\n    description: d\n    event: connect\n    match:\n      dport_in: $nope\n",
      "bad.yaml:6: rule x.match.dport_in: unknown list '$nope'"),
