@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 
 from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, detach_by_id, prog_id
-from agent.jobs import Job
+from agent.jobs import KIND_ROOTS, Job
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -87,7 +87,8 @@ class Enforcer:
         self.lock = threading.RLock()
         self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
-        self._entries: dict[str, dict[bytes, bytes]] = {"kill_comms": {}, "deny_dest": {}, "stratum_scopes": {}}
+        self._entries: dict[str, dict[bytes, bytes]] = {"kill_comms": {}, "deny_dest": {}, "stratum_scopes": {},
+                                                        "exempt_scopes": {}}
         self._recent_connects: deque = deque(maxlen=4096)
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
@@ -153,28 +154,33 @@ class Enforcer:
         with self.lock:
             rules = list(policy.rules)
             paths = self.jobs.job_paths()
+            roots = self._job_roots(paths)
             kill, deny, stratum = {}, {}, {}
             attach: set[tuple[str, int]] = set()
             for kb in policy.kill:
                 if not kb.comm:
                     continue
                 val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), 0, option_mask(kb.options))
-                for cgid in self._scope_ids(kb.scope, paths):
+                for cgid in self._scope_ids(kb.scope, paths, roots):
                     kill[kill_key(cgid, kb.comm)] = val
             for d in policy.deny:
                 val = struct.pack("<I", self._rule_index(d.rule_id, rules))
-                for cgid in self._scope_ids(d.scope, paths):
+                for cgid in self._scope_ids(d.scope, paths, roots):
                     deny[deny_key(cgid, d.cidr, d.port)] = val
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             for sw in policy.stratum:
                 val = struct.pack("<II", MODE_ENFORCE if sw.drop else MODE_MONITOR,
                                   self._rule_index(sw.rule_id, rules))
-                for cgid in self._scope_ids(sw.scope, paths):
+                for cgid in self._scope_ids(sw.scope, paths, roots):
                     stratum[struct.pack("<Q", cgid)] = val
                     attach.add((paths[cgid], STRATUM_PROGRAM[1]))
+            excluded = {j for sc in self._scopes(policy) for j in sc.exclude_job_ids}
+            exempt = {struct.pack("<Q", cgid): struct.pack("<I", 1)
+                      for cgid, (_p, job) in roots.items() if job.id in excluded}
             del policy.rules[:]
             policy.rules.extend(rules)
             self.policy = policy
+            self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
             self._sync_attachments(attach)
             self._sync_map("kill_comms", kill)
             self._sync_map("deny_dest", deny)
@@ -187,17 +193,47 @@ class Enforcer:
             log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d stratum scopes, "
                      "%d cgroup attachments", policy.version, len(kill), len(deny), len(stratum), len(self.attached))
 
-    def _scope_ids(self, scope: ppb.Scope, paths: dict[int, str]) -> list[int]:
-        """Shallowest cgroups of the jobs in scope (the cgroup2 root for host-wide)."""
-        if scope.host_wide:
-            return [min(paths, key=lambda i: len(paths[i]))] if paths else []
-        chosen: list[tuple[int, str]] = []
-        for cgid, path in sorted(paths.items(), key=lambda kv: kv[1].count("/")):
-            if path == "/" or any(path.startswith(p.rstrip("/") + "/") for _i, p in chosen):
+    def _job_roots(self, paths: dict[int, str]) -> dict[int, tuple[str, Job]]:
+        """The shallowest cgroup of every job: its parent belongs to another job, or to none."""
+        by_path = {path: cgid for cgid, path in paths.items()}
+        roots = {}
+        for cgid, path in paths.items():
+            job = self.jobs.job_of_path(path)
+            if job.kind == "host":
                 continue
-            if scope_matches(scope, self.jobs.job_of_path(path)):
-                chosen.append((cgid, path))
-        return [cgid for cgid, _p in chosen]
+            parent = path.rsplit("/", 1)[0] or "/"
+            if parent == "/" or self.jobs.job_of_path(parent) != job or parent not in by_path:
+                roots[cgid] = (path, job)
+        return roots
+
+    def _scope_ids(self, scope: ppb.Scope, paths: dict[int, str], roots: dict) -> set[int]:
+        """Cgroups where a scope's entries live.
+
+        host-wide: the cgroup2 root. job ids: each job's shallowest cgroup.
+        job kinds: the *parent* of those cgroups (/slurm/uid_0, kubepods-besteffort.slice, ...),
+        so a job created later is covered from its first instruction, with no race against
+        the agent; jobs in monitor mode are exempted by exempt_scopes instead. A kind whose
+        jobs sit right under the root falls back to per-job cgroups (never the whole host).
+        """
+        if scope.host_wide:
+            return {min(paths, key=lambda i: len(paths[i]))} if paths else set()
+        by_path = {path: cgid for cgid, path in paths.items()}
+        out: set[int] = set()
+        kind_roots: set[str] = {path for path in paths.values()
+                                for kind in scope.job_kinds if kind in KIND_ROOTS and KIND_ROOTS[kind].search(path)}
+        for cgid, (path, job) in roots.items():
+            if job.id in scope.job_ids:
+                out.add(cgid)
+            elif job.kind in scope.job_kinds:
+                parent = path.rsplit("/", 1)[0]
+                if parent:
+                    kind_roots.add(parent)
+                else:
+                    out.add(cgid)
+        for path in kind_roots:   # the outermost of nested candidates only
+            if path in by_path and not any(path.startswith(other + "/") for other in kind_roots):
+                out.add(by_path[path])
+        return out
 
     def _sync_map(self, name: str, desired: dict[bytes, bytes]) -> None:
         table = self.bpf[name.encode()]
@@ -244,12 +280,17 @@ class Enforcer:
     def on_cgroup(self, cgroup_id: int, path: str) -> None:
         """A new cgroup: if a scope covers its job, extend the policy to it right away."""
         job = self.jobs.job_of_path(path)
+        scopes = self._scopes(self.policy)
         if job.kind == "host":
+            if any(KIND_ROOTS[k].search(path) for sc in scopes for k in sc.job_kinds if k in KIND_ROOTS):
+                self.apply(self.policy, persist=False)   # a new place where jobs will be created
             return
-        scopes = [k.scope for k in self.policy.kill] + [d.scope for d in self.policy.deny] + \
-                 [s.scope for s in self.policy.stratum]
-        if any(scope_matches(s, job) for s in scopes):
+        if any(scope_matches(s, job) or job.id in s.exclude_job_ids for s in scopes):
             self.apply(self.policy, persist=False)
+
+    @staticmethod
+    def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
+        return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [s.scope for s in policy.stratum]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[dict]) -> None:
@@ -315,6 +356,9 @@ class Enforcer:
             except ProcessLookupError:
                 pass
         self.kills += killed
+        if not killed:
+            log.info("rule %s: %s (pid %d) already gone", rule_id, p.comm, pid)
+            return 0
         log.warning("rule %s: killed %s (pid %d%s): %s", rule_id, p.comm, pid,
                     f" and {killed - 1} descendants" if tree else "", why)
         self.injected.append({

@@ -66,6 +66,14 @@ DEFAULT_PATTERNS = (
     JobPattern.of("systemd", r"/(?P<id>[^/]+\.(?:service|scope))(?:/|$)"),
 )
 
+# Where a workload manager creates its jobs' cgroups. Enforcement scoped to a
+# job kind lives on these parents, so a job created later is covered from its
+# first instruction (agent/enforce.py).
+KIND_ROOTS = {
+    "slurm": re.compile(r"(^|/)(slurm|slurmstepd\.scope)(/uid_\d+)?$"),
+    "k8s": re.compile(r"(^|/)kubepods(\.slice)?(/kubepods-(besteffort|burstable)\.slice|/(besteffort|burstable))?$"),
+}
+
 # Environment variables that name a job when the cgroup says nothing.
 ENV_JOB_VARS = (("SLURM_JOB_ID", "slurm"), ("KUBERNETES_POD_UID", "k8s"))
 

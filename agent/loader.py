@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,13 +107,17 @@ class CaptureProbes:
         self._pending.append(ctypes.string_at(data, size))
 
     def poll(self, timeout_ms: int = 50) -> list[bytes]:
-        """Sleep timeout_ms, then return every raw event available.
+        """Wait up to timeout_ms, then return every raw event available.
 
-        Probes submit with BPF_RB_NO_WAKEUP (no wakeup per event), so the ring
-        is drained on this timer instead of waiting for a notification.
+        Most probes submit with BPF_RB_NO_WAKEUP (no wakeup per event), so this
+        normally drains on the timer; rare urgent events (new cgroups) force a
+        wakeup and are handled at once.
         """
-        time.sleep(timeout_ms / 1000)
-        return self.drain()
+        self.bpf.ring_buffer_poll(timeout_ms)
+        # libbpf's poll only reads rings that signalled; NO_WAKEUP records never do
+        self.bpf.ring_buffer_consume()
+        batch, self._pending = self._pending, []
+        return batch
 
     def drain(self) -> list[bytes]:
         self.bpf.ring_buffer_consume()

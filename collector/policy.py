@@ -265,7 +265,11 @@ class PolicyManager:
             merged.CopyFrom(old)
             merged.evidence_seqs.extend(s for s in alert.evidence_seqs if s not in old.evidence_seqs)
             merged.matched.update({k: v for k, v in alert.matched.items() if k not in old.matched})
-            if confirmation or not old.outcome.startswith(CONFIRMED):
+            if confirmation and old.outcome.startswith(CONFIRMED):
+                detail = alert.outcome[len(CONFIRMED) + 2:]
+                if detail not in old.outcome:
+                    merged.outcome = f"{old.outcome}; then {detail}"   # e.g. dropped, then killed
+            elif confirmation or not old.outcome.startswith(CONFIRMED):
                 merged.outcome = alert.outcome   # a confirmation from the agent is never downgraded
             merged.ts_ns = min(old.ts_ns, alert.ts_ns)
             alert = merged

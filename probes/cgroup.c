@@ -16,6 +16,8 @@ TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
     e->level = args->level;
     e->root = args->root;
     TP_DATA_LOC_READ_STR(e->path, path, sizeof(e->path));
-    emit(e, sizeof(*e), EV_CGROUP);
+    /* wake the agent now: a new job cgroup may need enforcement before its first exec */
+    if (events.ringbuf_output(e, sizeof(*e), BPF_RB_FORCE_WAKEUP) != 0)
+        count_lost(EV_CGROUP);
     return 0;
 }

@@ -36,6 +36,8 @@ static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
             rule = deny_dest.lookup(&k);
         }
         if (rule) {
+            if (task_exempt())
+                return 1;
             struct enforce_event e = {};
             fill_header(&e.hdr, EV_ENFORCE);
             e.hdr.result = -1;   /* EPERM */

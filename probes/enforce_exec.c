@@ -36,6 +36,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         struct kill_val *v = kill_comms.lookup(&k);
         if (!v || (v->optmask && !(v->optmask & opts)))
             continue;
+        if (task_exempt())
+            return 0;
         bpf_send_signal(9);
         struct enforce_event e = {};
         fill_header(&e.hdr, EV_ENFORCE);

