@@ -7,14 +7,14 @@ Without root/BPF they skip with the reason; with GPUGUARD_REQUIRE_BPF=1 (set by
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from gpuguard.lab import remove_cgroup_tree, run_in_cgroup  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,37 +88,3 @@ def test_cgroup(cgroup2_root):
 
     yield make
     remove_cgroup_tree(base)
-
-
-def remove_cgroup_tree(base: Path) -> None:
-    if not base.exists():
-        return
-    for dirpath in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        _empty_and_rmdir(dirpath)
-    _empty_and_rmdir(base)
-
-
-def _empty_and_rmdir(path: Path) -> None:
-    procs = path / "cgroup.procs"
-    for _ in range(50):
-        try:
-            pids = procs.read_text().split()
-        except OSError:
-            pids = []
-        if not pids:
-            break
-        time.sleep(0.05)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
-
-
-def run_in_cgroup(cg: Path, argv: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Start argv inside cgroup cg: the child moves itself in, then execs."""
-    script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'
-    return subprocess.run(["/bin/sh", "-c", script, "sh", *argv], env=env, **kw)
-
-
-def have(tool: str) -> bool:
-    return shutil.which(tool) is not None

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 import zipfile
@@ -20,71 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, require_bpf, run_in_cgroup
-from tests.remote_host import remote_host
+from gpuguard.lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup
+from tests.conftest import PYTHON, require_bpf
 from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
 
 pytestmark = pytest.mark.kernel
-
-FAKE_MINER = textwrap.dedent("""\
-    #!/usr/bin/python3
-    # A harmless stand-in for a miner: a stratum handshake to a local fake pool, then idle. No hashing.
-    import json, os, socket, sys, time
-    url = next((a for a in sys.argv if "://" in a), None)
-    port = int(os.environ.get("POOL_PORT", "0")) or int(url.rsplit(":", 1)[1])
-    for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
-        try:
-            os.close(os.open(dev, os.O_RDWR))
-        except OSError:
-            pass
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(json.dumps({"id": 1, "method": "mining.subscribe", "params": ["fake/1.0"]}).encode() + b"\\n")
-    time.sleep(1.5)
-""")
-
-
-class FakePool:
-    """Loopback listener recording what each client sent."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn) -> None:
-        conn.settimeout(3)
-        data = b""
-        try:
-            while chunk := conn.recv(4096):
-                data += chunk
-        except OSError:
-            pass
-        self.received.append(data)
-        conn.close()
-
-    def got(self, needle: bytes) -> bool:
-        return any(needle in r for r in self.received)
-
-    def settle(self, timeout: float = 6.0) -> None:
-        """Wait until every accepted connection has been read to its end (or its read timed out)."""
-        deadline = time.monotonic() + timeout
-        while len(self.received) < self.accepted and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 @pytest.fixture
 def stack(tmp_path, test_cgroup):
@@ -142,14 +81,6 @@ def alerts(st, job: str, want: set[str] = frozenset(), timeout: float = 15) -> l
         if want <= confirmed or time.monotonic() > deadline:
             return got
         time.sleep(0.3)
-
-
-def install_miner(tmp: Path, name: str) -> str:
-    path = tmp / "bin" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(FAKE_MINER)
-    path.chmod(0o755)
-    return str(path)
 
 
 def new_job() -> str:
@@ -213,8 +144,7 @@ def test_reverse_ssh_tunnel_to_netns_sshd(stack, mode):
         apply_policy(stack, f"job_modes: {{'{job}': monitor}}\n")
     with remote_host(stack["tmp"]) as remote:
         argv = ["/usr/bin/ssh", *remote.ssh_args(), "-N", "-R", "127.0.0.1:2222:127.0.0.1:22", f"root@{remote.addr}"]
-        script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'
-        tunnel = subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], stderr=subprocess.PIPE)
+        tunnel = popen_in_cgroup(cg, argv, stderr=subprocess.PIPE)
         try:
             if mode == "enforce":
                 assert tunnel.wait(15) == -9                    # ssh -R never ran
@@ -288,8 +218,7 @@ def test_benign_gpu_node_traffic_raises_nothing(stack):
             ssh = ["/usr/bin/ssh", *remote.ssh_args()]
             subprocess.run(["git", "init", "-q", "--bare", str(tmp / "repo.git")], check=True)
             # 1. ssh -L port-forward for a notebook
-            fwd = subprocess.Popen(["/bin/sh", "-c", f'echo $$ > "{cg}/cgroup.procs" && exec "$@"', "sh", *ssh, "-N",
-                                    "-L", "127.0.0.1:18888:127.0.0.1:8888", f"root@{remote.addr}"])
+            fwd = popen_in_cgroup(cg, [*ssh, "-N", "-L", "127.0.0.1:18888:127.0.0.1:8888", f"root@{remote.addr}"])
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 with socket.socket() as s:

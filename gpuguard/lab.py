@@ -1,0 +1,193 @@
+"""A lab for tests and the demo: fake remote hosts, fake pools, fake miners, job cgroups.
+
+Everything here is harmless and local: the "remote host" is a network namespace
+this process creates (veth link, its own sshd), the "pool" listens on loopback,
+the "miner" only sends a stratum handshake and never hashes. Every helper
+removes what it created, by PID and by name, also when the caller fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+FAKE_MINER = textwrap.dedent("""\
+    #!/usr/bin/python3
+    # A harmless stand-in for a miner: a stratum handshake to a local fake pool, then idle. No hashing.
+    import json, os, socket, sys, time
+    url = next((a for a in sys.argv if "://" in a), None)
+    port = int(os.environ.get("POOL_PORT", "0")) or int(url.rsplit(":", 1)[1])
+    for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
+        try:
+            os.close(os.open(dev, os.O_RDWR))
+        except OSError:
+            pass
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(json.dumps({"id": 1, "method": "mining.subscribe", "params": ["fake/1.0"]}).encode() + b"\\n")
+    time.sleep(1.5)
+""")
+
+
+def install_miner(directory: Path, name: str) -> str:
+    """Write the fake miner as an executable called ``name`` (comm becomes the name, as with a real binary)."""
+    path = directory / "bin" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(FAKE_MINER)
+    path.chmod(0o755)
+    return str(path)
+
+
+class FakePool:
+    """Loopback listener recording what each client sent."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn) -> None:
+        conn.settimeout(3)
+        data = b""
+        try:
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        self.received.append(data)
+        conn.close()
+
+    def got(self, needle: bytes) -> bool:
+        return any(needle in r for r in self.received)
+
+    def settle(self, timeout: float = 6.0) -> None:
+        """Wait until every accepted connection has been read to its end (or its read timed out)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < self.accepted and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run_in_cgroup(cg: Path, argv: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Start argv inside cgroup cg: the child moves itself in, then execs."""
+    script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'
+    return subprocess.run(["/bin/sh", "-c", script, "sh", *argv], env=env, check=kw.pop("check", False), **kw)
+
+
+def popen_in_cgroup(cg: Path, argv: list[str], **kw) -> subprocess.Popen:
+    script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'
+    return subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], **kw)
+
+
+def remove_cgroup_tree(base: Path) -> None:
+    """rmdir a cgroup subtree, deepest first, waiting briefly for exiting processes."""
+    if not base.exists():
+        return
+    dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for path in [*dirs, base]:
+        for _ in range(50):
+            try:
+                if not (path / "cgroup.procs").read_text().split():
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+@dataclass
+class RemoteHost:
+    netns: str
+    addr: str
+    key: Path
+    proc: subprocess.Popen
+
+    def ssh_args(self) -> list[str]:
+        return ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
+
+    def in_ns(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], capture_output=True, text=True,
+                              check=False, **kw)
+
+    def listening(self, port: int) -> bool:
+        out = self.in_ns("ss", "-ltnH").stdout
+        return any(line.split()[3].endswith(f":{port}") for line in out.splitlines() if len(line.split()) > 3)
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def remote_host(tmp: Path):
+    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
+        raise RuntimeError("openssh-server is not installed (scripts/setup.sh installs it)")
+    tag = uuid.uuid4().hex[:6]
+    netns, host_if, ns_if = f"gg{tag}", f"gg{tag}h", f"gg{tag}n"
+    octet = random.randint(1, 250)
+    host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    proc = None
+    try:
+        _run("ip", "netns", "add", netns)
+        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _run("ip", "link", "set", ns_if, "netns", netns)
+        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+        _run("ip", "link", "set", host_if, "up")
+        _run("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        _run("ip", "netns", "exec", netns, "ip", "link", "set", ns_if, "up")
+        _run("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+        d = tmp / "sshd"
+        d.mkdir()
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key"))
+        (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+        os.chmod(d / "authorized_keys", 0o600)
+        (d / "sshd_config").write_text(
+            f"ListenAddress {ns_ip}\nPort 22\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+            f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n"
+            "GatewayPorts no\nLogLevel VERBOSE\n")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        log = open(d / "sshd.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, "/usr/sbin/sshd", "-D", "-e", "-f",
+                                 str(d / "sshd_config")], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex((ns_ip, 22)) == 0:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(d / 'sshd.log').read_text()}")
+            time.sleep(0.1)
+        yield RemoteHost(netns, ns_ip, d / "client_key", proc)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
