@@ -26,7 +26,7 @@ proto: setup
 	bash scripts/gen_proto.sh
 
 demo: setup
-	$(PY) -m bench.rome_demo
+	$(VENV)/bin/gpuguard demo
 
 bench: setup
 	$(PY) bench/overhead.py

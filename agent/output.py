@@ -18,7 +18,7 @@ def describe(rec: dict) -> str:
     kind = rec["kind"]
     if kind == "exec":
         e = rec["exec"]
-        argv = " ".join(e["argv"]) + (" ..." if e["argv_truncated"] else "")
+        argv = " ".join(e["argv"]).replace("\n", "\\n") + (" ..." if e["argv_truncated"] else "")
         return f"{e['filename']} [{argv}] -> {_result(e['result'])}"
     if kind == "connect":
         c = rec["connect"]

@@ -105,6 +105,7 @@ class PolicyManager:
         self.version, self.user_yaml = store.load_policy()
         self._dir_stamp = self._stamp()
         self.alerts: OrderedDict[str, ppb.Alert] = OrderedDict()
+        self.killed: OrderedDict[tuple[str, str], str] = OrderedDict()   # (host, process key) -> by which rule
         self.ruleset = self._load(self.user_yaml)
         self._install(self.ruleset, bump=self.version == 0)
 
@@ -219,6 +220,8 @@ class PolicyManager:
             outcome = ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
         elif kernel_enforceable(rule):
             outcome = "block expected in the kernel (awaiting the agent's confirmation)"
+        elif (host, ev.process.key) in self.killed:
+            outcome = f"process already killed ({self.killed[(host, ev.process.key)]})"
         else:
             outcome = "kill ordered from the agent"
             self._push(host, cpb.CollectorMessage(kill=cpb.KillProcess(
@@ -242,6 +245,10 @@ class PolicyManager:
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
         e = ev.enforcement
+        if e.action in ("kill_exec", "kill", "kill_tree"):
+            self.killed[(host, ev.process.key)] = f"{e.rule_id}: {ACTION_NAMES.get(e.action, e.action)}"
+            while len(self.killed) > 20_000:
+                self.killed.popitem(last=False)
         meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)
         alert = self._alert(host, ev, e.rule_id, meta.description if meta else f"enforcement by {e.rule_id}",
                             meta.severity if meta else "high", meta.action if meta else "kill",

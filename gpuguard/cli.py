@@ -133,6 +133,12 @@ def cmd_up(args) -> int:
     return rc
 
 
+def cmd_demo(args) -> int:
+    from gpuguard.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args.monitor)
+
+
 # -- queries ----------------------------------------------------------------------
 def _stub(args):
     import grpc  # noqa: PLC0415
@@ -271,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--listen", default=DEFAULT_COLLECTOR)
     u.add_argument("--json", action="store_true")
     u.set_defaults(func=cmd_up)
+
+    d = sub.add_parser("demo", help="replay the ROME incident on this host (harmless), with the final timeline",
+                       description="A Slurm-like job trains on the GPU, then opens a reverse SSH tunnel to a "
+                                   "namespace-local sshd and starts a fake miner; gpuguard blocks both.")
+    d.add_argument("--monitor", action="store_true", help="only report: let the tunnel and the miner run")
+    d.set_defaults(func=cmd_demo)
 
     def query(name: str, help_text: str, func, job: bool = False):
         q = sub.add_parser(name, help=help_text, description=help_text)

@@ -39,10 +39,16 @@ def jobs_table(reply: cpb.ListJobsReply) -> str:
     return table(rows, ["KIND", "JOB", "HOSTS", "FIRST", "LAST", "EVENTS", "ALERTS"])
 
 
+def argv_text(argv, limit: int = 160) -> str:
+    """One line, whatever the argv holds: newlines shown as \\n, long text cut with …."""
+    text = " ".join(argv).replace("\n", "\\n").replace("\t", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def describe_event(ev: pb.Event) -> str:
     kind = ev.WhichOneof("body")
     if kind == "exec":
-        argv = " ".join(ev.exec.argv) + (" …" if ev.exec.argv_truncated else "")
+        argv = argv_text(ev.exec.argv) + (" …" if ev.exec.argv_truncated else "")
         return f"exec     {ev.exec.filename} [{argv}] {result(ev.exec.result)}"
     if kind == "connect":
         c = ev.connect
@@ -102,7 +108,7 @@ def tree_view(reply: cpb.TreeReply) -> str:
     def walk(n, prefix: str, last: bool, top: bool) -> None:
         branch = "" if top else ("└─ " if last else "├─ ")
         gpu = "  [GPU]" if n.used_gpu else ""
-        argv = " ".join(n.argv[:8])
+        argv = argv_text(n.argv, 100)
         lines.append(f"{prefix}{branch}{n.pid} {n.comm} ({n.host_id[:12]}) {argv}{gpu}")
         kids = sorted(children.get(n.key, []), key=lambda c: c.first_ts_ns)
         for i, c in enumerate(kids):

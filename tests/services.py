@@ -2,68 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "gpuguard.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_text(path: Path, text: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}) before logging {text!r}:\n{path.read_text()}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{text!r} not in {path} after {timeout}s:\n{path.read_text() if path.exists() else ''}")
-
-
-class Service:
-    def __init__(self, argv: list[str], log: Path, ready: str) -> None:
-        self.argv, self.log, self.ready = argv, log, ready
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: bool = True) -> Service:
-        start_mark = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out, cwd=ROOT)
-        if wait:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if self.ready in self.log.read_text(errors="replace")[start_mark:]:
-                    return self
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.argv[3]} exited {self.proc.returncode}:\n{self.log.read_text()}")
-                time.sleep(0.05)
-            raise TimeoutError(f"{self.argv[3]} not ready:\n{self.log.read_text()}")
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.kill(signal.SIGTERM)
-        with contextlib.suppress(Exception):
-            self.kill(signal.SIGKILL)
+from gpuguard.lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
 
 
 def collector(tmp: Path, port: int, *extra: str) -> Service:

