@@ -8,7 +8,6 @@ say exactly what it saw. Per-job state needed by stateful fields
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from collector.rules.loader import Rule, RuleSet
 from gpuguard.v1 import events_pb2 as pb
 
-Matcher = Callable[[pb.Event, "JobContext"], str | None]
+Matcher = Callable[["EventView", "JobContext"], str | None]
 STRATUM_ACTIONS = ("drop_stratum", "seen_stratum")
 
 
@@ -43,72 +42,98 @@ def short_options(argv: list[str]) -> set[str]:
     return letters
 
 
-def _names(ev: pb.Event) -> list[str]:
-    names = [ev.process.comm]
-    if ev.HasField("exec"):
-        names.append(os.path.basename(ev.exec.filename))
-    if ev.process.exe:
-        names.append(os.path.basename(ev.process.exe))
-    return [n for n in names if n]
+class EventView:
+    """One event with the derived fields rules look at, each computed at most once."""
 
+    __slots__ = ("ev", "_names", "_argv", "_argv_text")
 
-def _argv(ev: pb.Event) -> list[str]:
-    return list(ev.exec.argv) if ev.HasField("exec") else list(ev.process.argv)
+    def __init__(self, ev: pb.Event) -> None:
+        self.ev = ev
+        self._names: list[str] | None = None
+        self._argv: list[str] | None = None
+        self._argv_text: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """comm, and the basenames of the exec'd file and the executable, as written."""
+        if self._names is None:
+            ev = self.ev
+            names = [ev.process.comm]
+            if ev.HasField("exec"):
+                names.append(ev.exec.filename.rsplit("/", 1)[-1])
+            if ev.process.exe:
+                names.append(ev.process.exe.rsplit("/", 1)[-1])
+            self._names = [n for n in names if n]
+        return self._names
+
+    @property
+    def argv(self) -> list[str]:
+        if self._argv is None:
+            ev = self.ev
+            self._argv = list(ev.exec.argv) if ev.HasField("exec") else list(ev.process.argv)
+        return self._argv
+
+    @property
+    def argv_text(self) -> str:
+        if self._argv_text is None:
+            self._argv_text = " ".join(self.argv)
+        return self._argv_text
 
 
 def compile_matcher(key: str, value, rule: Rule) -> Matcher:
     if key == "exe_name_in":
         wanted = {str(v).lower() for v in value}
-        return lambda ev, _c: next((n for n in _names(ev) if n.lower() in wanted), None)
+        return lambda v, _c: next((n for n in v.names if n.lower() in wanted), None)
     if key == "argv_regex":
         rx = re.compile(value)
 
-        def argv_regex(ev, _c):
-            m = rx.search(" ".join(_argv(ev)))
+        def argv_regex(v, _c):
+            m = rx.search(v.argv_text)
             return m.group(0).strip() or m.group(0) if m else None
         return argv_regex
     if key == "argv_short_option_in":
         wanted = set(value)
 
-        def short_opts(ev, _c):
-            hit = sorted(short_options(_argv(ev)) & wanted)
+        def short_opts(v, _c):
+            hit = sorted(short_options(v.argv) & wanted)
             return "-" + "".join(hit) if hit else None
         return short_opts
     if key == "exe_prefix_in":
         prefixes = tuple(str(v) for v in value)
 
-        def exe_prefix(ev, _c):
+        def exe_prefix(v, _c):
+            ev = v.ev
             path = ev.exec.filename if ev.HasField("exec") else ev.process.exe
             return path if path.startswith(prefixes) or ev.process.exe.startswith(prefixes) else None
         return exe_prefix
     if key == "sha256_in":
-        hashes = {v.lower() for v in value}
-        return lambda ev, _c: ev.process.exe_sha256 if ev.process.exe_sha256 in hashes else None
+        hashes = {h.lower() for h in value}
+        return lambda v, _c: v.ev.process.exe_sha256 if v.ev.process.exe_sha256 in hashes else None
     if key == "dport_in":
         ports = set(value)
-        return lambda ev, _c: str(ev.connect.dport) if ev.connect.dport in ports else None
+        return lambda v, _c: str(v.ev.connect.dport) if v.ev.connect.dport in ports else None
     if key in ("daddr_cidr_in", "daddr_not_in"):
-        nets = [ipaddress.ip_network(v, strict=False) for v in value]
+        nets = [ipaddress.ip_network(n, strict=False) for n in value]
         inside = key == "daddr_cidr_in"
 
-        def daddr(ev, _c):
+        def daddr(v, _c):
             try:
-                addr = ipaddress.ip_address(ev.connect.daddr)
+                addr = ipaddress.ip_address(v.ev.connect.daddr)
             except ValueError:
                 return None
             hit = any(addr in n for n in nets if n.version == addr.version)
-            return ev.connect.daddr if hit == inside else None
+            return v.ev.connect.daddr if hit == inside else None
         return daddr
     if key == "proto_in":
         protos = set(value)
-        return lambda ev, _c: ev.connect.proto if ev.connect.proto in protos else None
+        return lambda v, _c: v.ev.connect.proto if v.ev.connect.proto in protos else None
     if key == "path_regex":
         rx = re.compile(value)
-        return lambda ev, _c: ev.gpu_open.path if rx.search(ev.gpu_open.path) else None
+        return lambda v, _c: v.ev.gpu_open.path if rx.search(v.ev.gpu_open.path) else None
     if key == "gpu_new_binary":
-        return gpu_new_binary
+        return lambda v, ctx: gpu_new_binary(v.ev, ctx)
     if key == "stratum":
-        return lambda ev, _c: ev.enforcement.action if ev.enforcement.action in STRATUM_ACTIONS else None
+        return lambda v, _c: v.ev.enforcement.action if v.ev.enforcement.action in STRATUM_ACTIONS else None
     raise ValueError(f"{rule.source}:{rule.line}: no matcher for {key}")
 
 
@@ -134,15 +159,16 @@ class CompiledRule:
     match: list[tuple[str, Matcher]]
     unless: list[tuple[str, Matcher]]
 
-    def in_scope(self, host: str, ev: pb.Event) -> bool:
+    def __post_init__(self) -> None:
         sc = self.rule.scope
-        if not sc:
-            return True
-        if "hosts" in sc and host not in sc["hosts"]:
+        self.hosts = frozenset(sc["hosts"]) if "hosts" in sc else None
+        self.jobs = frozenset(sc.get("job_ids", ())) | frozenset(sc.get("job_kinds", ()))
+        self.any_job = "job_ids" not in sc and "job_kinds" not in sc
+
+    def in_scope(self, host: str, job: pb.Job) -> bool:
+        if self.hosts is not None and host not in self.hosts:
             return False
-        if "job_ids" in sc or "job_kinds" in sc:
-            return ev.job.id in sc.get("job_ids", ()) or ev.job.kind in sc.get("job_kinds", ())
-        return True
+        return self.any_job or job.id in self.jobs or job.kind in self.jobs
 
 
 @dataclass
@@ -174,16 +200,18 @@ class Engine:
         if cls == "exec" and ev.exec.result != 0:
             return []          # a failed exec ran nothing
         out = []
+        view = EventView(ev)
+        job = ev.job
         for cr in self.by_event.get(cls, ()):
-            if not cr.in_scope(host, ev):
+            if not cr.in_scope(host, job):
                 continue
             matched = {}
             for key, fn in cr.match:
-                value = fn(ev, ctx)
+                value = fn(view, ctx)
                 if value is None:
                     break
                 matched[key] = value
             else:
-                if not any(fn(ev, ctx) is not None for _k, fn in cr.unless):
+                if not any(fn(view, ctx) is not None for _k, fn in cr.unless):
                     out.append(RuleMatch(cr.rule, matched))
         return out

@@ -22,6 +22,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     host_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL, kind TEXT NOT NULL,
     job_kind TEXT NOT NULL, job_id TEXT NOT NULL, pid INTEGER, proc_key TEXT, body BLOB NOT NULL,
+    ingested_ns INTEGER,
     PRIMARY KEY (host_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_job_ts ON events (job_id, ts_ns);
@@ -106,19 +107,20 @@ class SqliteStore:
     def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
         result = IngestResult()
         rows, procs, jobs, gaps = [], {}, {}, []
+        now = time.time_ns()
         for ev in events:
             kind = ev.WhichOneof("body") or "unknown"
             rows.append((host_id, ev.seq, ev.ts_ns, kind, ev.job.kind, ev.job.id, ev.process.pid,
-                         ev.process.key, ev.SerializeToString()))
-            if ev.process.key and kind in ("exec", "connect", "gpu_open"):
+                         ev.process.key, ev.SerializeToString(), now))
+            if kind in ("exec", "connect", "gpu_open") and ev.process.key:
                 p = ev.process
                 prev = procs.get(p.key)
-                used_gpu = int(kind == "gpu_open") | (prev[-1] if prev else 0)
                 if prev is None or kind == "exec":
+                    used_gpu = int(kind == "gpu_open") | (prev[-1] if prev else 0)
                     procs[p.key] = (host_id, p.key, p.parent_key, ev.job.id, p.pid, p.comm, p.exe,
                                     json.dumps(list(p.argv)), ev.ts_ns, used_gpu)
-                else:
-                    procs[p.key] = (*prev[:-1], used_gpu)
+                elif kind == "gpu_open" and not prev[-1]:
+                    procs[p.key] = (*prev[:-1], 1)
             if ev.job.id:
                 key = (ev.job.id, ev.job.kind)
                 first, last, n = jobs.get(key, (ev.ts_ns, ev.ts_ns, 0))
@@ -130,7 +132,7 @@ class SqliteStore:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 before = self.db.total_changes
-                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
                 result.stored = self.db.total_changes - before
                 result.duplicates = len(rows) - result.stored
                 cur.executemany(
