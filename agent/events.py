@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -78,4 +78,3 @@ KernelEvent = ExecEvent | ForkEvent | ExitEvent | ConnectEvent | GpuOpenEvent | 
 class DecodeStats:
     decoded: int = 0
     malformed: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)

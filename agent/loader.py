@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.decode import KIND_NAMES
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,6 @@ CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c", "cgroup.c"
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_stratum.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
-KIND_NAMES = {1: "exec", 2: "fork", 3: "exit", 4: "connect", 5: "gpu_open", 6: "enforcement", 7: "cgroup"}
 
 
 class LoaderError(RuntimeError):

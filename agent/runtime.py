@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,13 +27,9 @@ Sink = Callable[[list[dict]], None]
 
 @dataclass
 class CaptureStats:
-    started: float = field(default_factory=time.monotonic)
     records: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
     kernel_lost: dict[str, int] = field(default_factory=dict)
-
-    def rate(self) -> float:
-        return self.records / max(time.monotonic() - self.started, 1e-9)
 
 
 class Capture:

@@ -7,13 +7,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 import uuid
 
 import pytest
 
 from agent.enforce import Enforcer, option_mask
+from gpuguard.lab import FakePool
 from gpuguard.v1 import policy_pb2 as ppb
 from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
 
@@ -113,63 +112,20 @@ XMR_LOGIN = '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4Abc","
 HTTP = "GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pip/24.0\r\n\r\n"
 
 
-class Listener:
-    """Collects what clients manage to send to a loopback port."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(10)
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        conn.settimeout(1.0)
-        data = b""
-        try:
-            while chunk := conn.recv(4096):
-                data += chunk
-        except OSError:
-            pass
-        self.received.append(data)
-        conn.close()
-
-    def wait_for(self, needle: bytes, timeout: float = 3.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(needle in r for r in self.received):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("drop", [True, False], ids=["enforce", "monitor"])
 def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
     job = str(6000 + uuid.uuid4().int % 999)
     cg = test_cgroup(f"slurm/job_{job}")
     enforcer.apply(ppb.Policy(version=3, stratum=[ppb.StratumWatch(rule_id="t-stratum", scope=job_scope(job),
                                                                    drop=drop)]), persist=False)
-    pool = Listener()
+    pool = FakePool()
     try:
         for payload in (SUBSCRIBE, XMR_LOGIN, HTTP):
             run_in_cgroup(cg, [PYTHON, "-c", STRATUM_CLIENT, str(pool.port), payload], timeout=20)
-        pool.wait_for(b"GET /simple/")
-        time.sleep(1.2)                                   # let the other readers finish
+        pool.settle()
     finally:
         pool.close()
-        pool.thread.join(5)
+    assert pool.accepted == 3
     got = b"".join(pool.received)
     assert b"GET /simple/" in got                         # ordinary traffic passes either way
     if drop:
