@@ -29,8 +29,11 @@ demo: setup
 	$(VENV)/bin/gpuguard demo
 
 bench: setup
+	@command -v bpftrace >/dev/null && command -v auditctl >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace auditd >/dev/null
 	$(PY) bench/overhead.py
 	$(PY) bench/ingest.py
+	$(PY) bench/enforce.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 
 import grpc
 import pytest
@@ -152,4 +153,50 @@ def test_unknown_agent_is_refused(server):
         s.recv()
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "h1" in info.value.details()
+    s.close()
+
+
+@pytest.fixture
+def detecting_server(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), rules_dir=str(rules))
+    app = CollectorApp(cfg)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready = threading.Event()
+
+    async def main():
+        await app.start()
+        app.policy.bind_loop(asyncio.get_running_loop())
+        ready.set()
+        await stop.wait()
+        await app.server.stop(0)
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    yield app, rules
+    loop.call_soon_threadsafe(stop.set)
+    t.join(10)
+
+
+def test_rules_dir_is_hot_reloaded_and_pushed(detecting_server):
+    app, rules = detecting_server
+    s = RawStream(app.port)
+    s.send(hello())
+    assert s.recv().HasField("hello")
+    first = s.recv()
+    assert first.HasField("policy") and first.policy.version == app.policy.version
+    before = app.policy.version
+    (rules / "site.yaml").write_text(
+        "rules:\n  - id: site-no-db\n    description: no prod DB from jobs\n    event: connect\n"
+        "    match: {daddr_cidr_in: [198.51.100.0/24], dport_in: [5432]}\n    scope: {job_kinds: [slurm]}\n"
+        "    action: block\n")
+    pushed = s.recv()                                # arrives without asking
+    assert pushed.HasField("policy") and pushed.policy.version == before + 1
+    assert [(d.cidr, d.port) for d in pushed.policy.deny if d.rule_id == "site-no-db"] == [("198.51.100.0/24", 5432)]
+    (rules / "broken.yaml").write_text("rules:\n  - id: x\n    event: nope\n")
+    time.sleep(3)
+    assert app.policy.version == before + 1          # an invalid file never replaces a good policy
     s.close()
