@@ -43,7 +43,8 @@ def synthetic(seq: int, job: str, ts: int) -> pb.Event:
     ev = pb.Event(seq=seq, ts_ns=ts, boot_id="bench")
     ev.job.kind, ev.job.id = "slurm", job
     p = ev.process
-    p.key, p.pid, p.ppid, p.comm, p.exe = f"b:{seq % 5000}:1", seq % 5000, 1, "python3", "/usr/bin/python3"
+    proc = (seq // 40) % 5000          # a process emits bursts of events, not one each
+    p.key, p.pid, p.ppid, p.comm, p.exe = f"b:{proc}:1", proc, 1, "python3", "/usr/bin/python3"
     p.argv.extend(["python3", "train.py", "--epochs", "3"])
     p.ancestors.add(pid=1, key="b:1:1", comm="slurmstepd", exe="/usr/sbin/slurmstepd")
     r = seq % 10

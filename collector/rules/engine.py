@@ -184,14 +184,46 @@ def event_class(ev: pb.Event) -> str | None:
     return kind if kind in ("exec", "connect", "gpu_open") else None
 
 
+@dataclass
+class RuleIndex:
+    """One event class's rules, indexed so an event only meets rules that can match it.
+
+    A rule with ``exe_name_in`` can only fire for those names, one with ``dport_in`` only
+    for those ports: most events then skip most rules without running a matcher.
+    """
+
+    always: list[CompiledRule] = field(default_factory=list)
+    by_name: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    by_port: dict[int, list[CompiledRule]] = field(default_factory=dict)
+
+    def add(self, cr: CompiledRule) -> None:
+        if "exe_name_in" in cr.rule.match:
+            for name in cr.rule.match["exe_name_in"]:
+                self.by_name.setdefault(str(name).lower(), []).append(cr)
+        elif "dport_in" in cr.rule.match:
+            for port in cr.rule.match["dport_in"]:
+                self.by_port.setdefault(port, []).append(cr)
+        else:
+            self.always.append(cr)
+
+    def candidates(self, view: EventView) -> list[CompiledRule]:
+        out = list(self.always)
+        if self.by_name:
+            for name in {n.lower() for n in view.names}:
+                out.extend(cr for cr in self.by_name.get(name, ()) if cr not in out)
+        if self.by_port and view.ev.HasField("connect"):
+            out.extend(self.by_port.get(view.ev.connect.dport, ()))
+        return out
+
+
 class Engine:
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        self.by_event: dict[str, list[CompiledRule]] = {}
+        self.by_event: dict[str, RuleIndex] = {}
         for rule in ruleset.rules.values():
             cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule)) for k, v in rule.match.items()],
                               [(k, compile_matcher(k, v, rule)) for k, v in rule.unless.items()])
-            self.by_event.setdefault(rule.event, []).append(cr)
+            self.by_event.setdefault(rule.event, RuleIndex()).add(cr)
 
     def evaluate(self, host: str, ev: pb.Event, ctx: JobContext) -> list[RuleMatch]:
         cls = event_class(ev)
@@ -199,10 +231,13 @@ class Engine:
             return []
         if cls == "exec" and ev.exec.result != 0:
             return []          # a failed exec ran nothing
+        index = self.by_event.get(cls)
+        if index is None:
+            return []
         out = []
         view = EventView(ev)
         job = ev.job
-        for cr in self.by_event.get(cls, ()):
+        for cr in index.candidates(view):
             if not cr.in_scope(host, job):
                 continue
             matched = {}

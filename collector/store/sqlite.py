@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS gaps (
 );
 """
 
+PROCESS_KINDS = frozenset(("exec", "connect", "gpu_open"))
 AGENT_FIELDS = {"hostname", "boot_id", "last_seen_ns", "policy_version", "policy_error", "connected", "status"}
 
 
@@ -110,23 +111,23 @@ class SqliteStore:
         now = time.time_ns()
         for ev in events:
             kind = ev.WhichOneof("body") or "unknown"
-            rows.append((host_id, ev.seq, ev.ts_ns, kind, ev.job.kind, ev.job.id, ev.process.pid,
-                         ev.process.key, ev.SerializeToString(), now))
-            if kind in ("exec", "connect", "gpu_open") and ev.process.key:
-                p = ev.process
-                prev = procs.get(p.key)
+            p, job, ts = ev.process, ev.job, ev.ts_ns   # upb fields: read each once
+            key, job_id = p.key, job.id
+            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now))
+            if key and kind in PROCESS_KINDS:
+                prev = procs.get(key)
                 if prev is None or kind == "exec":
                     used_gpu = int(kind == "gpu_open") | (prev[-1] if prev else 0)
-                    procs[p.key] = (host_id, p.key, p.parent_key, ev.job.id, p.pid, p.comm, p.exe,
-                                    json.dumps(list(p.argv)), ev.ts_ns, used_gpu)
+                    procs[key] = (host_id, key, p.parent_key, job_id, p.pid, p.comm, p.exe,
+                                  json.dumps(list(p.argv)), ts, used_gpu)
                 elif kind == "gpu_open" and not prev[-1]:
-                    procs[p.key] = (*prev[:-1], 1)
-            if ev.job.id:
-                key = (ev.job.id, ev.job.kind)
-                first, last, n = jobs.get(key, (ev.ts_ns, ev.ts_ns, 0))
-                jobs[key] = (min(first, ev.ts_ns), max(last, ev.ts_ns), n + 1)
+                    procs[key] = (*prev[:-1], 1)
+            if job_id:
+                jkey = (job_id, job.kind)
+                agg = jobs.get(jkey)
+                jobs[jkey] = (min(agg[0], ts), max(agg[1], ts), agg[2] + 1) if agg else (ts, ts, 1)
             if kind == "gap":
-                gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ev.ts_ns))
+                gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ts))
         with self._lock:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")
