@@ -27,6 +27,7 @@ from collections import deque
 from pathlib import Path
 
 from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, detach_by_id, prog_id
+from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -93,6 +94,7 @@ class Enforcer:
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
         capture.enricher.cgroup_listeners.append(self.on_cgroup)
+        self.hasher = capture.hasher or ExeHasher()
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
 
@@ -309,9 +311,9 @@ class Enforcer:
             return
         job = Job(**rec["job"])
         exe = rec["proc"]["exe"]
-        if not exe or not self.capture.hasher:
+        if not exe:
             return
-        digest = self.capture.hasher.hash_now(exe)
+        digest = self.hasher.hash_now(exe)
         for kb in hashed:
             if kb.sha256 == digest and scope_matches(kb.scope, job):
                 self.kill(rec["proc"]["pid"], rec["proc"]["key"], kb.rule_id, tree=False,

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from agent.enforce import Enforcer, option_mask
-from gpuguard.lab import FakePool
+from gpuguard.lab import FakePool, popen_in_cgroup
 from gpuguard.v1 import policy_pb2 as ppb
 from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
 
@@ -72,6 +72,29 @@ def test_kill_at_exec_only_with_the_named_options(capture, enforcer, test_cgroup
     assert outcomes == {"-R 2222:localhost:22 host": -9, "-NfR 1:h:2 host": -9, "-R8080:h:22 host": -9,
                         "-D 1080 host": -9, "-L 8888:localhost:8888 host": 0, "-oRemoteForwardX=1 host": 0,
                         "-N host": 0, "host uptime": 0}
+
+
+def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgroup, tmp_path):
+    from agent.exe_hash import sha256_file  # noqa: PLC0415
+
+    job = str(2000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    renamed = fake_binary(tmp_path, "innocent-helper")       # a copy of sleep under a harmless name
+    digest = sha256_file(renamed)
+    enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-hash", sha256=digest,
+                                                              scope=job_scope(job))]), persist=False)
+    capture.sinks.append(enforcer.on_records)
+    try:
+        proc = popen_in_cgroup(cg, [renamed, "30"])
+        wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-hash",
+                 timeout=10)
+        assert proc.wait(10) == -9
+    finally:
+        capture.sinks.remove(enforcer.on_records)
+        if proc.poll() is None:
+            proc.kill()
+    outside = subprocess.run([renamed, "0.01"])
+    assert outside.returncode == 0                           # out of scope: untouched
 
 
 def _connect_script(addr: str, port: int, family: str = "AF_INET", kind: str = "SOCK_STREAM") -> str:
