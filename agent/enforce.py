@@ -88,8 +88,9 @@ class Enforcer:
         self.lock = threading.RLock()
         self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
-        self._entries: dict[str, dict[bytes, bytes]] = {"kill_comms": {}, "deny_dest": {}, "stratum_scopes": {},
-                                                        "exempt_scopes": {}}
+        self._entries: dict[str, dict[bytes, bytes]] = {
+            name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "stratum_scopes",
+                                  "exempt_scopes")}
         self._recent_connects: deque = deque(maxlen=4096)
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
@@ -170,6 +171,15 @@ class Enforcer:
                 for cgid in self._scope_ids(d.scope, paths, roots):
                     deny[deny_key(cgid, d.cidr, d.port)] = val
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
+            allow_scopes, allow = {}, {}
+            for al in policy.allow:
+                idx = struct.pack("<I", self._rule_index(al.rule_id, rules))
+                for cgid in self._scope_ids(al.scope, paths, roots):
+                    allow_scopes[struct.pack("<Q", cgid)] = idx
+                    for cidr in al.cidrs:
+                        for port in al.ports or [0]:
+                            allow[deny_key(cgid, cidr, port)] = idx
+                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             for sw in policy.stratum:
                 val = struct.pack("<II", MODE_ENFORCE if sw.drop else MODE_MONITOR,
                                   self._rule_index(sw.rule_id, rules))
@@ -186,14 +196,17 @@ class Enforcer:
             self._sync_attachments(attach)
             self._sync_map("kill_comms", kill)
             self._sync_map("deny_dest", deny)
+            self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
+            self._sync_map("allow_scopes", allow_scopes)
             self._sync_map("stratum_scopes", stratum)
             if persist:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.state_dir / "policy.pb.tmp"
                 tmp.write_bytes(policy.SerializeToString())
                 os.replace(tmp, self.state_dir / "policy.pb")
-            log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d stratum scopes, "
-                     "%d cgroup attachments", policy.version, len(kill), len(deny), len(stratum), len(self.attached))
+            log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d egress allowlists, "
+                     "%d stratum scopes, %d cgroup attachments", policy.version, len(kill), len(deny),
+                     len(allow_scopes), len(stratum), len(self.attached))
 
     def _job_roots(self, paths: dict[int, str]) -> dict[int, tuple[str, Job]]:
         """The shallowest cgroup of every job: its parent belongs to another job, or to none."""
@@ -292,7 +305,8 @@ class Enforcer:
 
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
-        return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [s.scope for s in policy.stratum]
+        return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
+            [s.scope for s in policy.stratum]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[dict]) -> None:

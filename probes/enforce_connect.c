@@ -17,6 +17,52 @@ struct deny_key {
 };
 
 BPF_LPM_TRIE(deny_dest, struct deny_key, u32, 16384);   /* -> rule index */
+/* Egress allowlists: in a scope listed in allow_scopes, only destinations in
+ * allow_dest (same key layout) may be reached; anything else gets EPERM. */
+BPF_HASH(allow_scopes, u64, u32, 1024);                  /* scope cgroup id -> rule index */
+BPF_LPM_TRIE(allow_dest, struct deny_key, u32, 16384);
+
+static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule)
+{
+    struct enforce_event e = {};
+    fill_header(&e.hdr, EV_ENFORCE);
+    e.hdr.result = -1;   /* EPERM */
+    e.action = ACT_DENY_CONNECT;
+    e.rule = rule;
+    e.family = ctx->user_family;
+    e.dport = bpf_ntohs(port);
+    __builtin_memcpy(e.daddr, addr, 16);
+    emit(&e, sizeof(e), EV_ENFORCE);
+    return 0;
+}
+
+/* Look up (scope, port, addr), then (scope, any port, addr). One function per
+ * trie: BCC rewrites map calls by name and cannot take a map as a parameter. */
+static __always_inline void key_scope_port(struct deny_key *k, u64 scope, u16 port)
+{
+    __builtin_memcpy(&k->data[0], &scope, 8);
+    __builtin_memcpy(&k->data[8], &port, 2);
+}
+
+static __always_inline u32 *deny_lookup(struct deny_key *k, u64 scope, u16 port)
+{
+    key_scope_port(k, scope, port);
+    u32 *rule = deny_dest.lookup(k);
+    if (rule)
+        return rule;
+    key_scope_port(k, scope, 0);
+    return deny_dest.lookup(k);
+}
+
+static __always_inline u32 *allow_lookup(struct deny_key *k, u64 scope, u16 port)
+{
+    key_scope_port(k, scope, port);
+    u32 *rule = allow_dest.lookup(k);
+    if (rule)
+        return rule;
+    key_scope_port(k, scope, 0);
+    return allow_dest.lookup(k);
+}
 
 static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 port)
 {
@@ -27,28 +73,12 @@ static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
         u64 scope = bpf_get_current_ancestor_cgroup_id(level);
         if (!scope)
             break;
-        __builtin_memcpy(&k.data[0], &scope, 8);
-        __builtin_memcpy(&k.data[8], &port, 2);
-        u32 *rule = deny_dest.lookup(&k);
-        if (!rule) {
-            u16 any = 0;
-            __builtin_memcpy(&k.data[8], &any, 2);
-            rule = deny_dest.lookup(&k);
-        }
-        if (rule) {
-            if (task_exempt())
-                return 1;
-            struct enforce_event e = {};
-            fill_header(&e.hdr, EV_ENFORCE);
-            e.hdr.result = -1;   /* EPERM */
-            e.action = ACT_DENY_CONNECT;
-            e.rule = *rule;
-            e.family = ctx->user_family;
-            e.dport = bpf_ntohs(port);
-            __builtin_memcpy(e.daddr, addr, 16);
-            emit(&e, sizeof(e), EV_ENFORCE);
-            return 0;
-        }
+        u32 *rule = deny_lookup(&k, scope, port);
+        if (rule)
+            return task_exempt() ? 1 : refuse(ctx, addr, port, *rule);
+        u32 *allow_rule = allow_scopes.lookup(&scope);
+        if (allow_rule && !allow_lookup(&k, scope, port))
+            return task_exempt() ? 1 : refuse(ctx, addr, port, *allow_rule);
     }
     return 1;
 }

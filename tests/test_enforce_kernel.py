@@ -124,6 +124,25 @@ def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_
     assert hits and f"127.0.0.1:{port}" in hits[0]["enforcement"]["detail"]
 
 
+def test_egress_allowlist_in_scope_only(capture, enforcer, test_cgroup):
+    job = str(1000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        enforcer.apply(ppb.Policy(version=9, allow=[ppb.EgressAllowlist(rule_id="t-allow", cidrs=["127.0.0.1/32"],
+                                                                        scope=job_scope(job))]), persist=False)
+        run = lambda script: run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True,  # noqa: E731
+                                           text=True).stdout.strip()
+        assert run(_connect_script("127.0.0.1", port)) == "ok"                       # on the list
+        assert run(_connect_script("127.0.0.2", port)) == str(errno.EPERM)           # off the list
+        assert run(_connect_script("127.0.0.3", 53, kind="SOCK_DGRAM")) == str(errno.EPERM)
+        assert run(_connect_script("::1", port, "AF_INET6")) == str(errno.EPERM)
+        outside = subprocess.run([PYTHON, "-c", _connect_script("127.0.0.2", port)], capture_output=True, text=True)
+        assert outside.stdout.strip() != str(errno.EPERM)                            # other cgroups untouched
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-allow")
+    assert hits and "127.0.0.2" in hits[0]["enforcement"]["detail"]
+
+
 STRATUM_CLIENT = (
     "import socket, sys, time\n"
     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"

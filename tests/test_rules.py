@@ -166,3 +166,14 @@ def test_user_file_overrides_and_extends(builtin):
     assert rule_ids(Engine(rs), connect_event(5432, "198.51.100.20")) >= {"no-egress-to-prod-db"}
     assert rule_ids(Engine(rs), exec_event(["/opt/my-internal-miner"])) == {"miner-binary"}   # list override
     assert not any(k.comm == "lolMiner" for k in policy.kill)
+
+
+def test_egress_allowlist_rule_compiles_to_kernel_allowlist():
+    user = ("rules:\n  - id: job-egress\n    description: jobs reach only the cluster and the mirror\n"
+            "    event: connect\n    match: {daddr_not_in: [10.0.0.0/8, 127.0.0.0/8]}\n"
+            "    scope: {job_kinds: [slurm]}\n    action: block\n")
+    rs = load_ruleset(rule_texts(extra=(("user.yaml", user),)))
+    allow = [a for a in compile_policy(rs, 3).allow if a.rule_id == "job-egress"]
+    assert [list(a.cidrs) for a in allow] == [["10.0.0.0/8", "127.0.0.0/8"]]
+    assert rule_ids(Engine(rs), connect_event(443, "203.0.113.5")) >= {"job-egress"}
+    assert "job-egress" not in rule_ids(Engine(rs), connect_event(443, "10.1.2.3"))

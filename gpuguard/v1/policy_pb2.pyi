@@ -45,6 +45,18 @@ class KillBinary(_message.Message):
     options: str
     def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ...) -> None: ...
 
+class EgressAllowlist(_message.Message):
+    __slots__ = ("rule_id", "cidrs", "ports", "scope")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    scope: Scope
+    def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
+
 class StratumWatch(_message.Message):
     __slots__ = ("rule_id", "scope", "drop")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,18 +68,20 @@ class StratumWatch(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "stratum", "rules")
+    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
     STRATUM_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
     stratum: _containers.RepeatedCompositeFieldContainer[StratumWatch]
     rules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ...) -> None: ...
+    allow: _containers.RepeatedCompositeFieldContainer[EgressAllowlist]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched")
