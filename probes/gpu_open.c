@@ -5,7 +5,8 @@
  * user space: /dev/nvidia* (nvidiactl, nvidia-uvm*, nvidia-caps/*),
  * /dev/dri/card*, /dev/dri/renderD*, /dev/kfd, /dev/accel/*.
  * Known blind spot: relative opens through a dirfd of /dev and device nodes
- * made elsewhere; the cgroup/dev hook (enforce) sees those by device number.
+ * made elsewhere. A cgroup/dev program would see those by device number
+ * (major 195/226 and the dynamic ones from /proc/devices); not built yet.
  */
 #include "gpuguard.h"
 
