@@ -33,7 +33,7 @@ HEADER = struct.Struct("<QQIIIIIi16s")
 EXEC_TAIL = struct.Struct("<IIII256s32sQ2048s")
 FORK_TAIL = struct.Struct("<II")
 CONNECT_TAIL = struct.Struct("<HHI16sII")
-GPU_OPEN_TAIL = struct.Struct("<iI64s")
+GPU_OPEN_TAIL = struct.Struct("<iIII64s")
 ENFORCE_TAIL = struct.Struct("<IIHHI16s")
 CGROUP_TAIL = struct.Struct("<Qii192s")
 
@@ -120,8 +120,8 @@ def decode(raw: bytes) -> KernelEvent:
     if kind == EV_CGROUP:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))
-    flags, _, path = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
-    return GpuOpenEvent(hdr, _cstr(path), flags)
+    flags, major, minor, _, path = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
+    return GpuOpenEvent(hdr, _cstr(path), flags, major, minor)
 
 
 def decode_batch(batch: list[bytes], stats: DecodeStats) -> list[KernelEvent]:

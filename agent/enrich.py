@@ -107,7 +107,9 @@ class Enricher:
             return rec
         if isinstance(ev, GpuOpenEvent):
             rec = self._record("gpu_open", hdr, p, job)
-            rec["gpu_open"] = {"path": ev.path, "flags": ev.flags, "result": hdr.result}
+            path = ev.path or f"<char device {ev.major}:{ev.minor}>"
+            rec["gpu_open"] = {"path": path, "flags": ev.flags, "result": hdr.result, "major": ev.major,
+                               "minor": ev.minor}
             return rec
         if isinstance(ev, EnforceEvent):
             rec = self._record("enforcement", hdr, p, job)

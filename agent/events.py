@@ -50,8 +50,10 @@ class ConnectEvent:
 @dataclass(slots=True)
 class GpuOpenEvent:
     hdr: Header
-    path: str
+    path: str         # "" when only the device number matched (cgroup/dev hook)
     flags: int
+    major: int = 0
+    minor: int = 0
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
 log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c", "cgroup.c")
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c", "gpu_dev.c", "cgroup.c")
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_stratum.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")

@@ -89,6 +89,10 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
             for cidr in cidrs:
                 for port in ports:
                     policy.deny.add(rule_id=rule.id, cidr=cidr, port=port, scope=enforce)
+    watch_kinds = sorted({k for r in rs.rules.values() if r.event == "gpu_open" for k in r.scope.get("job_kinds", [])})
+    watch_ids = sorted({j for r in rs.rules.values() if r.event == "gpu_open" for j in r.scope.get("job_ids", [])})
+    if watch_kinds or watch_ids:    # GPU rules see opens by device number too (gpu_dev.c)
+        policy.gpu_watch.CopyFrom(ppb.Scope(job_kinds=watch_kinds, job_ids=watch_ids))
     for rule in rs.rules.values():
         if rule.event == "exec" and rule.action == "kill" and "sha256_in" in rule.match:
             enforce, _ = _scopes(rs, rule)

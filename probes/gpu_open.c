@@ -4,9 +4,8 @@
  * costs one 8-byte user read and four compares per call and never reaches
  * user space: /dev/nvidia* (nvidiactl, nvidia-uvm*, nvidia-caps/*),
  * /dev/dri/card*, /dev/dri/renderD*, /dev/kfd, /dev/accel/*.
- * Known blind spot: relative opens through a dirfd of /dev and device nodes
- * made elsewhere. A cgroup/dev program would see those by device number
- * (major 195/226 and the dynamic ones from /proc/devices); not built yet.
+ * Relative opens through a dirfd of /dev and device nodes made elsewhere do
+ * not match a path: gpu_dev.c catches those by device number in job cgroups.
  */
 #include "gpuguard.h"
 

@@ -98,8 +98,10 @@ struct connect_event {
 struct gpu_open_event {
     struct event_header hdr;
     s32 flags;
+    u32 major;                     /* device number, from the cgroup/dev hook where attached */
+    u32 minor;
     u32 _pad;
-    char path[GPU_PATH_LEN];
+    char path[GPU_PATH_LEN];       /* empty when only the device number matched */
 };
 
 /* Something enforcement did or saw. For stratum events the header's pid may

@@ -31,7 +31,7 @@ def test_decoder_constants_match_the_c_header():
     consts = dict(re.findall(r"#define (\w+) (\d+)\b", text))
     assert EXEC_TAIL.size == 16 + int(consts["FILENAME_LEN"]) + int(consts["JOB_ENV_LEN"]) + 8 + int(consts["ARGS_BUF"])
     assert HEADER.size == 8 + 8 + 6 * 4 + int(consts["TASK_COMM_LEN"])
-    assert SIZES[5] == HEADER.size + 8 + int(consts["GPU_PATH_LEN"])
+    assert SIZES[5] == HEADER.size + 16 + int(consts["GPU_PATH_LEN"])
 
 
 def test_exec_argv_and_flags():
@@ -56,8 +56,9 @@ def test_connect_v4_v6_and_mapped():
 
 
 def test_gpu_open():
-    ev = decode(header(5, -6) + struct.pack("<iI64s", 2, 0, b"/dev/nvidia0"))
+    ev = decode(header(5, -6) + struct.pack("<iIII64s", 2, 195, 0, 0, b"/dev/nvidia0"))
     assert isinstance(ev, GpuOpenEvent) and ev.path == "/dev/nvidia0" and ev.hdr.result == -6
+    assert (ev.major, ev.minor) == (195, 0)
 
 
 def test_malformed_events_are_counted_not_raised():

@@ -99,14 +99,18 @@ class Connect(_message.Message):
     def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
 
 class GpuOpen(_message.Message):
-    __slots__ = ("path", "flags", "result")
+    __slots__ = ("path", "flags", "result", "major", "minor")
     PATH_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
     path: str
     flags: int
     result: int
-    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+    major: int
+    minor: int
+    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ...) -> None: ...
 
 class Exit(_message.Message):
     __slots__ = ("code",)
