@@ -61,16 +61,35 @@ class Enricher:
         p.uid = hdr.uid
         return p
 
+    def _proc_base(self, hdr: Header, p: Process) -> dict:
+        """The per-process part of a record, built once per (process image, cgroup, uid, gid).
+
+        A storm of events from one process then costs a dict copy, not a rebuild.
+        """
+        ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
+        base = p.record_base
+        if base is None or base["_ident"] != ident:
+            base = p.record_base = {
+                "_ident": ident, "key": p.key, "pid": hdr.pid, "ppid": p.ppid,
+                "parent_key": self.table.parent_key(p), "exe": p.exe, "argv": p.argv, "uid": hdr.uid,
+                "gid": hdr.gid, "cgroup_id": hdr.cgroup_id, "cgroup": self.jobs.path_of(hdr.cgroup_id),
+                "exe_sha256": "", "ancestors": self.table.lineage(p),
+            }
+        if not base["exe_sha256"] and self.hasher and p.exe:
+            base["exe_sha256"] = self.hasher.lookup(p.exe)   # computed in the background; "" until then
+        return base
+
     def _record(self, kind: str, hdr: Header, p: Process, job: Job, with_ancestry: bool = True) -> dict:
-        proc = {
-            "key": p.key, "pid": hdr.pid, "tid": hdr.tid, "ppid": p.ppid,
-            "parent_key": self.table.parent_key(p), "comm": hdr.comm or p.comm, "exe": p.exe,
-            "argv": p.argv, "uid": hdr.uid, "gid": hdr.gid, "cgroup_id": hdr.cgroup_id,
-            "cgroup": self.jobs.path_of(hdr.cgroup_id),
-            "exe_sha256": self.hasher.lookup(p.exe) if (self.hasher and p.exe) else "",
-        }
-        if with_ancestry:
-            proc["ancestors"] = self.table.lineage(p)
+        """One record. The ancestry rides on a process image's first record only (and on every exec):
+        later records carry the parent key, which ties them to the same tree at a fraction of the size."""
+        proc = dict(self._proc_base(hdr, p))
+        del proc["_ident"]
+        proc["tid"] = hdr.tid
+        proc["comm"] = hdr.comm or p.comm
+        if not with_ancestry or (p.ancestry_sent and kind != "exec"):
+            del proc["ancestors"]
+        else:
+            p.ancestry_sent = True
         return {"kind": kind, "ts_ns": self.clock.to_wall(hdr.ts_boot_ns), "boot_id": self.identity.boot_id,
                 "proc": proc, "job": job.as_dict()}
 

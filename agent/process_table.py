@@ -33,6 +33,8 @@ class Process:
     job: Job | None = None
     exited: bool = False
     lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
+    record_base: dict | None = None     # cached per-process part of records (agent/enrich.py)
+    ancestry_sent: bool = False         # this image's ancestry already went out with a record
 
     def summary(self) -> dict:
         return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": self.exe, "argv": self.argv[:8]}
@@ -105,6 +107,8 @@ class ProcessTable:
             return None
         p.exe, p.argv, p.comm = exe, argv, comm
         p.lineage = None
+        p.record_base = None
+        p.ancestry_sent = False
         return p
 
     def on_exit(self, pid: int) -> Process | None:

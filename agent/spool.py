@@ -59,6 +59,7 @@ class Spool:
         self._active = None
         self._active_size = 0
         self._reason = "spool full"
+        self._packer = msgpack.Packer(use_bin_type=True)   # reused: packb builds one per call
         self._recover()
         self._cursor: tuple[Path | None, int, int] = (None, 0, 0)   # (segment, byte offset, seq there)
 
@@ -128,7 +129,7 @@ class Spool:
         self._segments.append((first_seq, path))
 
     def _frame(self, seq: int, record: dict) -> bytes:
-        body = msgpack.packb([seq, record], use_bin_type=True)
+        body = self._packer.pack([seq, record])
         return FRAME.pack(len(body), zlib.crc32(body)) + body
 
     def append(self, records: list[dict]) -> int:

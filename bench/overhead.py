@@ -64,15 +64,26 @@ class Tracer:
 
 
 class GpuguardAgent(Tracer):
+    """The agent as deployed: decode, enrich, spool to disk for a collector (here an unreachable one,
+    so shipping costs nothing on this host); ``--agent-mode json`` prints JSON lines instead."""
+
     name = "gpuguard"
+
+    def __init__(self, mode: str = "spool") -> None:
+        self.mode = mode
 
     def start(self) -> None:
         self.tmp = tempfile.mkdtemp(prefix="gg-bench-")
         self.log = Path(self.tmp) / "agent.log"
         self.out = open(os.devnull, "wb")  # noqa: SIM115
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+        output = ["--json"] if self.mode == "json" else ["--quiet", "--collector", nowhere]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuguard.cli", "agent", "--json", "--spool-dir", f"{self.tmp}/spool",
-             "--status-interval", "3600"], stdout=self.out, stderr=open(self.log, "wb"), cwd=ROOT)  # noqa: SIM115
+            [sys.executable, "-m", "gpuguard.cli", "agent", *output, "--spool-dir", f"{self.tmp}/spool",
+             "--state-dir", f"{self.tmp}/state", "--status-interval", "3600"], stdout=self.out,
+            stderr=open(self.log, "wb"), cwd=ROOT)  # noqa: SIM115
         wait_text(self.log, "process table seeded", self.proc)
 
     def stop(self):
@@ -176,11 +187,13 @@ def main() -> int:
     ap.add_argument("--connects", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=3, help="runs per tracer; the median is reported")
     ap.add_argument("--only", nargs="*", help="subset of: untraced gpuguard bpftrace auditd")
+    ap.add_argument("--agent-mode", choices=["spool", "json"], default="spool",
+                    help="gpuguard as deployed (spool for a collector) or printing JSON lines")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/overhead.py needs root", file=sys.stderr)
         return 3
-    tracers = [Tracer(), GpuguardAgent(), Bpftrace(), Auditd()]
+    tracers = [Tracer(), GpuguardAgent(args.agent_mode), Bpftrace(), Auditd()]
     tracers = [t for t in tracers if not args.only or t.name in args.only]
     results = {}
     exec_storm(50)
