@@ -22,7 +22,9 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
-def enforcer(capture, tmp_path):
+def enforcer(capture, tmp_path, test_cgroup):
+    """Depends on test_cgroup so it is torn down first: detach, then rmdir (a cgroup removed with a
+    program still attached lingers as a dying cgroup while its sockets time out)."""
     enf = Enforcer(capture, tmp_path / "state")
     capture.injected.append(enf.injected)
     yield enf
