@@ -105,8 +105,8 @@ def install_miner(directory: Path, name: str) -> str:
 class FakePool:
     """Loopback listener recording what each client sent."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []
         self.accepted = 0

@@ -165,6 +165,74 @@ def test_reverse_ssh_tunnel_to_netns_sshd(stack, mode):
     assert ("killed at exec in the kernel" in a["outcome"]) == (mode == "enforce")
 
 
+TLS_MINER = textwrap.dedent("""\
+    #!/usr/bin/python3
+    # A stand-in for a TLS miner under an innocent name: uses the GPU, talks to a pool port, shows no
+    # stratum on the wire (it is "encrypted"), and keeps a helper child. No hashing.
+    import os, socket, subprocess, sys, time
+    helper = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        os.close(os.open("/dev/nvidia0", os.O_RDWR))
+    except OSError:
+        pass
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    s.sendall(os.urandom(64))
+    print(helper.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_correlation_kills_the_process_tree(stack):
+    """No single event is damning: a binary new to the job's GPU, then a pool-port connect (TLS, so no
+    stratum to see). The correlation fires and the collector has the whole tree killed."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    tmp = stack["tmp"]
+    port = next(p for p in (14444, 14433, 45700, 45560) if _free(p))
+    pool = FakePool(port)
+    helper = tmp / "bin" / "kworker-cache"
+    helper.parent.mkdir(exist_ok=True)
+    helper.write_text(TLS_MINER)
+    helper.chmod(0o755)
+    trainer = ("import os, subprocess, sys, time\n"
+               "try: os.close(os.open('/dev/nvidia0', os.O_RDWR))\nexcept OSError: pass\n"
+               "time.sleep(0.5)\n"
+               f"p = subprocess.Popen([{str(helper)!r}, '{port}'], stdout=subprocess.PIPE, text=True)\n"
+               "child = p.stdout.readline().strip()\n"
+               "print('helper', p.wait(), 'child', child, flush=True)\n"
+               "print('trainer alive', flush=True)\n")
+    script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 "
+              f'&& exec {PYTHON} -c "$0"')
+    try:
+        run = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, trainer], capture_output=True,
+                            text=True, timeout=60)
+    finally:
+        pool.close()
+    assert run.returncode == 0, run.stderr
+    words = run.stdout.split()
+    assert words[:2] == ["helper", "-9"], run.stdout                  # killed long before its 60 s
+    child = int(words[3])
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert "trainer alive" in run.stdout
+    got = alerts(stack, job)
+    deadline = time.monotonic() + 15
+    while not any(a["rule_id"] == "new-gpu-binary-to-pool-port" for a in got) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        got = alerts(stack, job, timeout=0)
+    corr = next(a for a in got if a["rule_id"] == "new-gpu-binary-to-pool-port")
+    assert {"step1", "step2"} <= set(corr["matched"])
+    assert "killed by the agent" in corr["outcome"]
+    assert "gpu-open-new-binary" in corr["matched"]["step1"] and "connect-pool-port" in corr["matched"]["step2"]
+    timeline = cli_json(stack["port"], "timeline", job, "--kind", "enforcement")
+    actions = {e["event"]["enforcement"]["action"] for e in timeline["events"]}
+    assert "kill_tree" in actions
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _wheel(dist: Path) -> str:
     name = "gpuguard_demo_pkg-0.1-py3-none-any.whl"
     info = "gpuguard_demo_pkg-0.1.dist-info"
