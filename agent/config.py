@@ -24,6 +24,9 @@ class AgentConfig:
     status_interval_s: float = 10.0
     host_id: str = ""
     token: str = ""                          # shared secret sent to the collector
+    tls_ca: str = ""                         # CA of the collector's certificate: TLS on
+    tls_cert: str = ""                       # this agent's certificate and key, for mTLS
+    tls_key: str = ""
     hash_executables: bool = True
     enforce: bool = True                     # apply policy pushed by the collector
     state_dir: str = "/var/lib/gpuguard/agent"   # last policy and cgroup attachments, for restarts

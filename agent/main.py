@@ -75,6 +75,7 @@ class Agent:
                 self.cfg.batch_max_delay_ms / 1000,
                 on_command=self.enforcer.on_command if self.enforcer else None,
                 policy_version=(lambda: self.enforcer.policy_version) if self.enforcer else (lambda: 0),
+                tls=(self.cfg.tls_ca, self.cfg.tls_cert, self.cfg.tls_key),
             )
             self.capture.sinks.append(self.shipper.notify)
             threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()

@@ -23,6 +23,7 @@ from agent.identity import HostIdentity
 from agent.spool import Spool
 from agent.wire import to_event
 from gpuguard import __version__
+from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 
@@ -43,7 +44,7 @@ class Shipper:
     def __init__(self, target: str, spool: Spool, identity: HostIdentity, token: str = "",
                  batch_max_events: int = 512, batch_max_delay_s: float = 0.2, window_batches: int = 8,
                  on_command: CommandHandler | None = None, policy_version: Callable[[], int] = lambda: 0,
-                 backoff_max_s: float = 10.0) -> None:
+                 backoff_max_s: float = 10.0, tls: tuple[str, str, str] = ("", "", "")) -> None:
         self.target = target
         self.spool = spool
         self.identity = identity
@@ -54,6 +55,7 @@ class Shipper:
         self.on_command = on_command
         self.policy_version = policy_version
         self.backoff_max_s = backoff_max_s
+        self.tls = tls   # (ca, cert, key); plaintext when ca is empty
         self.stop_event = threading.Event()
         self.new_data = threading.Event()
         self.connected = threading.Event()
@@ -112,7 +114,7 @@ class Shipper:
         hello.host.hostname = self.identity.hostname
         hello.host.boot_id = self.identity.boot_id
         outbox.put(cpb.AgentMessage(hello=hello))
-        with grpc.insecure_channel(self.target, options=GRPC_OPTIONS) as channel:
+        with open_channel(self.target, *self.tls, options=GRPC_OPTIONS) as channel:
             call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox))
             state = {"acked": self.spool.acked, "error": None}
             try:

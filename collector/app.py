@@ -23,6 +23,9 @@ class CollectorConfig:
     retention_days: float = 30.0
     tokens: tuple[str, ...] = ()
     rules_dir: str = ""                 # extra rule files, on top of the built-in ones
+    tls_cert: str = ""                  # server certificate and key: TLS on (recommended off-host)
+    tls_key: str = ""
+    tls_client_ca: str = ""             # require agent/CLI certificates signed by this CA (mTLS)
     detection: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -56,7 +59,12 @@ class CollectorApp:
 
     async def start(self) -> int:
         """Build and start the gRPC server (it must be created inside the running loop)."""
-        self.server, self.port = build_server(self.ingestor, self.query, self.hub, self.cfg.listen,
+        creds = None
+        if self.cfg.tls_cert:
+            from gpuguard.tls import server_credentials  # noqa: PLC0415
+
+            creds = server_credentials(self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_client_ca)
+        self.server, self.port = build_server(self.ingestor, self.query, self.hub, self.cfg.listen, creds,
                                               **self._servicer_kw)
         await self.server.start()
         return self.port
@@ -72,8 +80,8 @@ class CollectorApp:
             except (RuntimeError, ValueError):
                 pass   # not the main thread (tests)
         await self.start()
-        log.info("collector listening on %s (store %s)", self.cfg.listen.rsplit(":", 1)[0] + f":{self.port}",
-                 self.cfg.store)
+        log.info("collector listening on %s (store %s, %s)", self.cfg.listen.rsplit(":", 1)[0] + f":{self.port}",
+                 self.cfg.store, ("mTLS" if self.cfg.tls_client_ca else "TLS") if self.cfg.tls_cert else "plaintext")
         retention = asyncio.create_task(self._retention())
         await stop.wait()
         retention.cancel()

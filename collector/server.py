@@ -135,7 +135,7 @@ class CollectorServicer:
 
 
 def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, address: str,
-                 **servicer_kw) -> tuple[grpc.aio.Server, int]:
+                 credentials: grpc.ServerCredentials | None = None, **servicer_kw) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", HARD_MESSAGE_LIMIT),
         ("grpc.max_send_message_length", HARD_MESSAGE_LIMIT),
@@ -150,7 +150,7 @@ def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, address
     })
     server.add_generic_rpc_handlers((handler,))
     cgrpc.add_QueryServicer_to_server(query, server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port

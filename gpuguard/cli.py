@@ -53,7 +53,7 @@ def cmd_agent(args) -> int:
     from agent.main import run_agent  # noqa: PLC0415
 
     overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
-                 "host_id": args.host_id,
+                 "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                  "token": args.token, "status_interval_s": args.status_interval}
     if args.no_enforce:
         overrides["enforce"] = False
@@ -77,7 +77,7 @@ def collector_config(args):
             values = tomllib.loads(Path(args.config).read_text()).get("collector", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"gpuguard collector: config {args.config}: {exc}") from exc
-    for key in ("listen", "store", "retention_days", "rules_dir"):
+    for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.token:
@@ -143,9 +143,10 @@ def cmd_demo(args) -> int:
 def _stub(args):
     import grpc  # noqa: PLC0415
 
+    from gpuguard.tls import open_channel  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
 
-    channel = grpc.insecure_channel(args.collector)
+    channel = open_channel(args.collector, args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
     return cgrpc.QueryStub(channel), grpc
 
 
@@ -236,6 +237,12 @@ def cmd_policy(args) -> int:
     return EXIT_OK
 
 
+def tls_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", help="CA certificate of the collector (PEM): connect with TLS")
+    p.add_argument("--tls-cert", help="client certificate (PEM), for a collector that requires mTLS")
+    p.add_argument("--tls-key", help="client private key (PEM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpuguard",
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--state-dir", help="saved policy and attachments (default /var/lib/gpuguard/agent)")
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
     a.add_argument("--token", help="shared secret the collector expects")
+    tls_client_flags(a)
     a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")
     a.add_argument("--json", action="store_true", help="print JSON lines instead of one-liners")
     a.add_argument("--quiet", action="store_true", help="do not print events")
@@ -270,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--retention-days", type=float, help="drop events older than this (default 30)")
     c.add_argument("--rules-dir", help="directory of extra rule YAML files")
     c.add_argument("--token", help="require this shared secret from agents")
+    c.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
+    c.add_argument("--tls-key", help="server private key (PEM)")
+    c.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
     c.set_defaults(func=cmd_collector)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")
@@ -294,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--since", type=parse_time, default=0, help="10m, 2h, 1d, epoch seconds or ISO time")
         q.add_argument("--limit", type=int, default=10_000)
         q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the collector")
+        tls_client_flags(q)
         q.set_defaults(func=func)
         return q
 
