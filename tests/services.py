@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
+from collector.app import CollectorApp, CollectorConfig
 from gpuguard.lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
 
 
@@ -35,3 +39,30 @@ def cli_json(port: int, *args: str) -> dict:
                          text=True, cwd=ROOT, timeout=60)
     assert out.returncode in (0, 5), out.stderr
     return json.loads(out.stdout)
+
+
+@contextlib.contextmanager
+def collector_in_thread(cfg: CollectorConfig):
+    """A collector on its own event loop in this process, for tests that talk to it directly."""
+    app = CollectorApp(cfg)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready = threading.Event()
+
+    async def main():
+        await app.start()
+        if app.policy:
+            app.policy.bind_loop(asyncio.get_running_loop())
+        ready.set()
+        await stop.wait()
+        await app.server.stop(0)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise TimeoutError("collector did not start")
+    try:
+        yield app
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import queue
-import threading
 import time
 
 import grpc
 import pytest
 
-from collector.app import CollectorApp, CollectorConfig
+from collector.app import CollectorConfig
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
+from tests.services import collector_in_thread
 
 STREAM = "/gpuguard.v1.Collector/Stream"
 
@@ -20,23 +19,8 @@ STREAM = "/gpuguard.v1.Collector/Stream"
 @pytest.fixture
 def server(tmp_path):
     cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), tokens=("s3cret",), detection=False)
-    app = CollectorApp(cfg)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def main():
-        await app.start()
-        ready.set()
-        await stop.wait()
-        await app.server.stop(0)
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield app
-    loop.call_soon_threadsafe(stop.set)
-    t.join(10)
+    with collector_in_thread(cfg) as app:
+        yield app
 
 
 class RawStream:
@@ -161,24 +145,8 @@ def detecting_server(tmp_path):
     rules = tmp_path / "rules"
     rules.mkdir()
     cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), rules_dir=str(rules))
-    app = CollectorApp(cfg)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def main():
-        await app.start()
-        app.policy.bind_loop(asyncio.get_running_loop())
-        ready.set()
-        await stop.wait()
-        await app.server.stop(0)
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield app, rules
-    loop.call_soon_threadsafe(stop.set)
-    t.join(10)
+    with collector_in_thread(cfg) as app:
+        yield app, rules
 
 
 def test_rules_dir_is_hot_reloaded_and_pushed(detecting_server):

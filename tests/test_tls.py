@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import threading
 import time
@@ -14,10 +13,11 @@ import pytest
 from agent.identity import HostIdentity
 from agent.shipper import Shipper
 from agent.spool import Spool
-from collector.app import CollectorApp, CollectorConfig
+from collector.app import CollectorConfig
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
+from tests.services import collector_in_thread
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -38,29 +38,10 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-def serve(tmp_path: Path, pki: Path, mutual: bool):
-    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), detection=False,
-                          tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                          tls_client_ca=str(pki / "ca.crt") if mutual else "")
-    app = CollectorApp(cfg)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def main():
-        await app.start()
-        ready.set()
-        await stop.wait()
-        await app.server.stop(0)
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    t.start()
-    assert ready.wait(10)
-
-    def close():
-        loop.call_soon_threadsafe(stop.set)
-        t.join(10)
-    return app, close
+def tls_config(tmp_path: Path, pki: Path, mutual: bool) -> CollectorConfig:
+    return CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), detection=False,
+                           tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
+                           tls_client_ca=str(pki / "ca.crt") if mutual else "")
 
 
 def list_jobs(port: int, **tls) -> cpb.ListJobsReply:
@@ -69,8 +50,7 @@ def list_jobs(port: int, **tls) -> cpb.ListJobsReply:
 
 
 def test_tls_agent_ships_and_plaintext_is_refused(tmp_path, pki):
-    app, close = serve(tmp_path, pki, mutual=False)
-    try:
+    with collector_in_thread(tls_config(tmp_path, pki, mutual=False)) as app:
         spool = Spool(tmp_path / "spool")
         spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": 0},
                        "job": {"kind": "slurm", "id": "77", "name": ""},
@@ -89,17 +69,12 @@ def test_tls_agent_ships_and_plaintext_is_refused(tmp_path, pki):
         with pytest.raises(grpc.RpcError) as info:
             list_jobs(app.port)                                     # plaintext client
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        close()
 
 
 def test_mutual_tls_requires_a_client_certificate(tmp_path, pki):
-    app, close = serve(tmp_path, pki, mutual=True)
-    try:
+    with collector_in_thread(tls_config(tmp_path, pki, mutual=True)) as app:
         ok = list_jobs(app.port, ca=str(pki / "ca.crt"), cert=str(pki / "agent.crt"), key=str(pki / "agent.key"))
         assert list(ok.jobs) == []
         with pytest.raises(grpc.RpcError) as info:
             list_jobs(app.port, ca=str(pki / "ca.crt"))              # TLS, but no client certificate
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        close()
