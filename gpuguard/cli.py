@@ -113,9 +113,11 @@ def cmd_up(args) -> int:
                                       str(data / "collector.db")], stdout=log_file, stderr=log_file)
     print(f"collector: pid {collector.pid}, listening on {args.listen}, store {data / 'collector.db'}, "
           f"log {log_path}", file=sys.stderr)
+    gg = Path(sys.executable).parent / "gpuguard"
     print("agent: starting; live events follow. In another terminal try:\n"
-          f"  gpuguard jobs --collector {args.listen}\n"
-          f"  gpuguard timeline host --collector {args.listen}\n"
+          f"  {gg} jobs --collector {args.listen}\n"
+          f"  {gg} timeline host --since 5m --collector {args.listen}\n"
+          f"  {gg} alerts --collector {args.listen}\n"
           "Press Ctrl-C to stop both.\n", file=sys.stderr)
     agent_args = [*exe, "agent", "--collector", args.listen, "--spool-dir", str(data / "spool"),
                   "--state-dir", str(data / "agent")]

