@@ -26,6 +26,7 @@ class CollectorConfig:
     tls_cert: str = ""                  # server certificate and key: TLS on (recommended off-host)
     tls_key: str = ""
     tls_client_ca: str = ""             # require agent/CLI certificates signed by this CA (mTLS)
+    resolve_domains: bool = False       # resolve pool domains named in rules (DNS traffic: opt in)
     detection: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -40,8 +41,9 @@ class CollectorApp:
         servicer_kw = {}
         if cfg.detection:
             from collector.policy import PolicyManager  # noqa: PLC0415 - detection is optional
+            from collector.resolve import DomainResolver  # noqa: PLC0415
 
-            self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir)
+            self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir, DomainResolver(cfg.resolve_domains))
             self.ingestor.listeners.append(self.policy.on_events)
             servicer_kw = {"on_connect": self.policy.on_connect, "on_policy_ack": self.policy.on_policy_ack}
         self.query = QueryService(self.store, self.policy)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from collector.correlate import Correlator, Hit
 from collector.ingest import AgentSession
+from collector.resolve import DomainResolver
 from collector.rules.engine import Engine, RuleMatch
 from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_ruleset, rule_texts
 from collector.server import AgentHub
@@ -103,8 +104,9 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
 
 
 class PolicyManager:
-    def __init__(self, store, hub: AgentHub, rules_dir: str = "") -> None:
+    def __init__(self, store, hub: AgentHub, rules_dir: str = "", resolver: DomainResolver | None = None) -> None:
         self.store = store
+        self.resolver = resolver or DomainResolver(enabled=False)
         self.hub = hub
         self.rules_dir = rules_dir
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +129,7 @@ class PolicyManager:
                 self.version += 1
                 self.store.save_policy(self.version, self.user_yaml)
             self.ruleset = rs
-            self.engine = Engine(rs)
+            self.engine = Engine(rs, self.resolver)
             self.correlator = Correlator(rs)
             self.policy = compile_policy(rs, self.version)
         log.info("policy version %d: %d rules, %d correlations (%s); kernel: %d kill-at-exec, %d deny, "

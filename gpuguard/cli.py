@@ -82,6 +82,8 @@ def collector_config(args):
             values[key] = getattr(args, key)
     if args.token:
         values["tokens"] = (args.token,)
+    if args.resolve_domains:
+        values["resolve_domains"] = True
     if "tokens" in values:
         values["tokens"] = tuple(values["tokens"])
     try:
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--retention-days", type=float, help="drop events older than this (default 30)")
     c.add_argument("--rules-dir", help="directory of extra rule YAML files")
     c.add_argument("--token", help="require this shared secret from agents")
+    c.add_argument("--resolve-domains", action="store_true",
+                   help="resolve the pool domains named in rules (makes DNS queries; off by default)")
     c.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
     c.add_argument("--tls-key", help="server private key (PEM)")
     c.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")

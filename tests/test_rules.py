@@ -178,3 +178,21 @@ def test_egress_allowlist_rule_compiles_to_kernel_allowlist():
     assert [list(a.cidrs) for a in allow] == [["10.0.0.0/8", "127.0.0.0/8"]]
     assert rule_ids(Engine(rs), connect_event(443, "203.0.113.5")) >= {"job-egress"}
     assert "job-egress" not in rule_ids(Engine(rs), connect_event(443, "10.1.2.3"))
+
+
+def test_pool_domains_resolved_by_the_collector_only_when_enabled():
+    from collector.resolve import DomainResolver  # noqa: PLC0415
+
+    user = "lists:\n  pool_domains: [localhost]\n"    # /etc/hosts only: no DNS traffic from tests
+    rs = load_ruleset(rule_texts(extra=(("user.yaml", user),)))
+    off = DomainResolver(enabled=False)
+    assert rule_ids(Engine(rs, off), connect_event(443, "127.0.0.1")) == set()
+    on = DomainResolver(enabled=True)
+    engine = Engine(rs, on)
+    assert on.names == {"localhost"}
+    on.resolve_now()
+    hits = engine.evaluate("h1", connect_event(443, "127.0.0.1"), JobContext())
+    assert [(m.rule.id, m.matched["daddr_domain_in"]) for m in hits] == [("connect-pool-domain",
+                                                                           "127.0.0.1 (localhost)")]
+    with pytest.raises(RuleError, match="host names"):
+        load_ruleset(rule_texts(extra=(("bad.yaml", "lists:\n  pool_domains: ['*.nanopool.org']\n"),)))

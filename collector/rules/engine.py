@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from collector.resolve import DomainResolver
 from collector.rules.loader import Rule, RuleSet
 from gpuguard.v1 import events_pb2 as pb
 
@@ -80,7 +81,7 @@ class EventView:
         return self._argv_text
 
 
-def compile_matcher(key: str, value, rule: Rule) -> Matcher:
+def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None = None) -> Matcher:
     if key == "exe_name_in":
         wanted = {str(v).lower() for v in value}
         return lambda v, _c: next((n for n in v.names if n.lower() in wanted), None)
@@ -124,6 +125,13 @@ def compile_matcher(key: str, value, rule: Rule) -> Matcher:
             hit = any(addr in n for n in nets if n.version == addr.version)
             return v.ev.connect.daddr if hit == inside else None
         return daddr
+    if key == "daddr_domain_in":
+        wanted = {str(n).lower().rstrip(".") for n in value}
+
+        def domain(v, _c):
+            name = resolver.name_of(v.ev.connect.daddr) if resolver else None
+            return f"{v.ev.connect.daddr} ({name})" if name in wanted else None
+        return domain
     if key == "proto_in":
         protos = set(value)
         return lambda v, _c: v.ev.connect.proto if v.ev.connect.proto in protos else None
@@ -217,13 +225,16 @@ class RuleIndex:
 
 
 class Engine:
-    def __init__(self, ruleset: RuleSet) -> None:
+    def __init__(self, ruleset: RuleSet, resolver: DomainResolver | None = None) -> None:
         self.ruleset = ruleset
         self.by_event: dict[str, RuleIndex] = {}
         for rule in ruleset.rules.values():
-            cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule)) for k, v in rule.match.items()],
-                              [(k, compile_matcher(k, v, rule)) for k, v in rule.unless.items()])
+            cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.match.items()],
+                              [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.unless.items()])
             self.by_event.setdefault(rule.event, RuleIndex()).add(cr)
+        if resolver is not None:
+            resolver.watch({str(n) for r in ruleset.rules.values() for key in ("match", "unless")
+                            for n in getattr(r, key).get("daddr_domain_in", [])})
 
     def evaluate(self, host: str, ev: pb.Event, ctx: JobContext) -> list[RuleMatch]:
         cls = event_class(ev)

@@ -23,6 +23,7 @@ MATCH_KEYS = {
     "dport_in": ("connect",),
     "daddr_cidr_in": ("connect",),
     "daddr_not_in": ("connect",),
+    "daddr_domain_in": ("connect",),
     "proto_in": ("connect",),
     "path_regex": ("gpu_open",),
     "gpu_new_binary": ("gpu_open",),
@@ -179,6 +180,8 @@ class _Parser:
         if k == "dport_in":
             if not all(isinstance(p, int) and 0 < p < 65536 for p in v):
                 raise self.err(d, k, where, "ports must be integers 1-65535")
+        if k == "daddr_domain_in" and not all(re.fullmatch(r"[A-Za-z0-9.-]+", str(n)) for n in v):
+            raise self.err(d, k, where, "must be host names (no wildcards: they are resolved to addresses)")
         if k in ("daddr_cidr_in", "daddr_not_in"):
             for c in v:
                 try:
