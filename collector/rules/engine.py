@@ -203,9 +203,13 @@ class RuleIndex:
     always: list[CompiledRule] = field(default_factory=list)
     by_name: dict[str, list[CompiledRule]] = field(default_factory=dict)
     by_port: dict[int, list[CompiledRule]] = field(default_factory=dict)
+    by_domain: list[CompiledRule] = field(default_factory=list)   # only for resolved pool addresses
+    resolver: DomainResolver | None = None
 
     def add(self, cr: CompiledRule) -> None:
-        if "exe_name_in" in cr.rule.match:
+        if "daddr_domain_in" in cr.rule.match:
+            self.by_domain.append(cr)
+        elif "exe_name_in" in cr.rule.match:
             for name in cr.rule.match["exe_name_in"]:
                 self.by_name.setdefault(str(name).lower(), []).append(cr)
         elif "dport_in" in cr.rule.match:
@@ -219,8 +223,10 @@ class RuleIndex:
         if self.by_name:
             for name in {n.lower() for n in view.names}:
                 out.extend(cr for cr in self.by_name.get(name, ()) if cr not in out)
-        if self.by_port and view.ev.HasField("connect"):
+        if (self.by_port or self.by_domain) and view.ev.HasField("connect"):
             out.extend(self.by_port.get(view.ev.connect.dport, ()))
+            if self.by_domain and self.resolver and self.resolver.name_of(view.ev.connect.daddr):
+                out.extend(self.by_domain)
         return out
 
 
@@ -231,7 +237,7 @@ class Engine:
         for rule in ruleset.rules.values():
             cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.match.items()],
                               [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.unless.items()])
-            self.by_event.setdefault(rule.event, RuleIndex()).add(cr)
+            self.by_event.setdefault(rule.event, RuleIndex(resolver=resolver)).add(cr)
         if resolver is not None:
             resolver.watch({str(n) for r in ruleset.rules.values() for key in ("match", "unless")
                             for n in getattr(r, key).get("daddr_domain_in", [])})
