@@ -129,12 +129,18 @@ class Agent:
 def run_agent(cfg: AgentConfig, print_mode: str) -> int:
     try:
         agent = Agent(cfg, print_mode)
+    except (OSError, RuntimeError) as exc:     # no cgroup2 mount and none could be made, ...
+        log.error("cannot start agent: %s", exc)
+        return EXIT_PREREQ
+    try:
         agent.start()
     except LoaderError as exc:
         log.error("cannot start capture: %s", exc)
+        agent.close()
         return EXIT_PREREQ
     except OSError as exc:
         log.error("cannot start agent: %s", exc)
+        agent.close()                           # detach whatever was attached before the failure
         return EXIT_FAILURE
 
     def on_signal(signum, _frame):
