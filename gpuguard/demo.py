@@ -11,7 +11,6 @@ training alone; with --monitor it only reports. Everything the demo creates
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from gpuguard.lab import (
     remote_host,
     remove_cgroup_tree,
     run_in_cgroup,
+    wait_policy_acked,
 )
 
 PYTHON = "/usr/bin/python3"
@@ -44,19 +44,6 @@ def say(step: str, text: str = "") -> None:
 def cli(port: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args, "--collector", f"127.0.0.1:{port}"], capture_output=True, text=True,
                           cwd=ROOT, check=False)
-
-
-def wait_policy(port: int, host: str, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = cli(port, "policy", "show", "--json")
-        if out.returncode == 0:
-            reply = json.loads(out.stdout)
-            version = int(reply["policy"]["version"])
-            if any(a["host_id"] == host and int(a["version"]) == version for a in reply["agents"]):
-                return version
-        time.sleep(0.3)
-    raise TimeoutError("the agent did not confirm the policy")
 
 
 def training_program(rogue: str, ps_port: int) -> str:
@@ -95,7 +82,7 @@ def run_demo(monitor: bool) -> int:
         say("1/5", f"starting a collector (127.0.0.1:{port}, SQLite in {tmp}) and the agent")
         col.start()
         agent.start()
-        wait_policy(port, host)
+        wait_policy_acked(port, host)
         slurm = cg_base / "slurm" / "uid_0"
         slurm.mkdir(parents=True)
         time.sleep(0.5)
@@ -103,7 +90,7 @@ def run_demo(monitor: bool) -> int:
             (cg_base / "slurm" / "uid_0" / f"job_{JOB}").mkdir()
             (tmp / "monitor.yaml").write_text(f"job_modes: {{'{JOB}': monitor}}\n")
             cli(port, "policy", "apply", str(tmp / "monitor.yaml"))
-            wait_policy(port, host)
+            wait_policy_acked(port, host)
         print(f"   built-in rules in force ({'monitor' if monitor else 'enforce'} mode for job {JOB})")
         say("2/5", "making an 'outside' host: network namespace + sshd, and a fake mining pool on loopback")
         with remote_host(tmp) as remote:

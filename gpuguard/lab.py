@@ -9,6 +9,7 @@ removes what it created, by PID and by name, also when the caller fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -74,6 +75,22 @@ class Service:
             self.kill(signal.SIGTERM)
         with contextlib.suppress(Exception):
             self.kill(signal.SIGKILL)
+
+
+def wait_policy_acked(port: int, host: str, version: int | None = None, timeout: float = 20) -> int:
+    """Wait until the agent on ``host`` runs ``version`` (default: the collector's current policy)."""
+    reply: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([*CLI, "policy", "show", "--json", "--collector", f"127.0.0.1:{port}"],
+                             capture_output=True, text=True, cwd=ROOT, check=False)
+        if out.returncode == 0:
+            reply = json.loads(out.stdout)
+            want = version or int(reply["policy"]["version"])
+            if any(a["host_id"] == host and int(a["version"]) == want for a in reply["agents"]):
+                return want
+        time.sleep(0.2)
+    raise TimeoutError(f"agent {host} never acked policy {version or 'current'}: {reply}")
 
 
 FAKE_MINER = textwrap.dedent("""\

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuguard.lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup
+from gpuguard.lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup, wait_policy_acked
 from tests.conftest import PYTHON, require_bpf
 from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
 
@@ -62,15 +62,8 @@ def apply_policy(st, text: str) -> int:
     return version
 
 
-def wait_policy(st, version: int | None = None, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = cli_json(st["port"], "policy", "show")
-        want = version or int(reply["policy"]["version"])
-        if any(a["host_id"] == st["host"] and int(a["version"]) == want for a in reply["agents"]):
-            return want
-        time.sleep(0.2)
-    raise TimeoutError(f"agent never acked policy {version}: {reply}")
+def wait_policy(st, version: int | None = None) -> int:
+    return wait_policy_acked(st["port"], st["host"], version)
 
 
 def alerts(st, job: str, want: set[str] = frozenset(), timeout: float = 15) -> list[dict]:
