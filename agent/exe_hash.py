@@ -26,7 +26,7 @@ class ExeHasher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exe-hash")
         self.max_entries = max_entries
 
-    def _compute(self, key: tuple[int, int, int], path: str) -> None:
+    def _compute(self, key: tuple[int, int, int], path: str) -> str:
         try:
             digest = sha256_file(path)
         except OSError:
@@ -37,13 +37,20 @@ class ExeHasher:
                 if len(self._cache) >= self.max_entries:
                     self._cache.clear()
                 self._cache[key] = digest
+        return digest
 
-    def lookup(self, path: str) -> str:
+    @staticmethod
+    def _key(path: str) -> tuple[int, int, int] | None:
         try:
             st = os.stat(path)
         except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+    def lookup(self, path: str) -> str:
+        key = self._key(path)
+        if key is None:
             return ""
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         with self._lock:
             digest = self._cache.get(key)
             if digest is not None:
@@ -55,9 +62,13 @@ class ExeHasher:
         return ""
 
     def hash_now(self, path: str) -> str:
-        """Blocking variant for callers off the event path (enforcement, CLI)."""
-        digest = self.lookup(path)
-        return digest or (sha256_file(path) if os.path.exists(path) else "")
+        """Blocking variant for callers off the event path (enforcement): hashes once, caches it."""
+        key = self._key(path)
+        if key is None:
+            return ""
+        with self._lock:
+            digest = self._cache.get(key)
+        return digest if digest is not None else self._compute(key, path)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
