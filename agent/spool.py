@@ -60,6 +60,7 @@ class Spool:
         self._active_size = 0
         self._reason = "spool full"
         self._packer = msgpack.Packer(use_bin_type=True)   # reused: packb builds one per call
+        self._bytes = 0                                     # kept up to date: no stat per append
         self._recover()
         self._cursor: tuple[Path | None, int, int] = (None, 0, 0)   # (segment, byte offset, seq there)
 
@@ -82,6 +83,7 @@ class Spool:
                 self.stats.corrupt_truncated += 1
                 with open(path, "r+b") as f:
                     f.truncate(good_end)
+            self._bytes += good_end
         self._drop_acked_segments()
 
     @staticmethod
@@ -112,13 +114,7 @@ class Spool:
 
     # -- writing -----------------------------------------------------------------
     def size_bytes(self) -> int:
-        total = 0
-        for _first, path in self._segments:
-            try:
-                total += path.stat().st_size
-            except OSError:
-                pass
-        return total
+        return self._bytes
 
     def _open_segment(self, first_seq: int) -> None:
         if self._active:
@@ -175,6 +171,7 @@ class Spool:
             log.error("spool write failed (%s); dropping %d records", exc, len(records))
             return 0
         self._active_size = start + len(blob)
+        self._bytes += len(blob)
         self.last_seq = next_seq
         self.stats.appended += len(records)
         return len(records)
@@ -238,7 +235,11 @@ class Spool:
             next_first = self._segments[i + 1][0] if i + 1 < len(self._segments) else None
             active = self._active is not None and path == Path(self._active.name)
             if next_first is not None and next_first - 1 <= self.acked and not active:
-                path.unlink(missing_ok=True)
+                try:
+                    self._bytes -= path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
             else:
                 keep.append((first, path))
         self._segments = keep

@@ -93,3 +93,14 @@ def test_disk_error_drops_without_corrupting(tmp_path, monkeypatch):
     assert got[2]["kind"] == "gap" and got[2]["gap"]["from_seq"] == 3 and got[2]["gap"]["to_seq"] == 5
     assert "ENOSPC" in got[2]["gap"]["reason"]
     assert got[3]["n"] == 50
+
+
+def test_tracked_size_matches_the_files_on_disk(tmp_path):
+    sp = Spool(tmp_path, segment_bytes=150)
+    for i in range(12):
+        sp.append(recs(2, i * 2))
+    sp.ack(15)
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("seg-*.log"))
+    assert sp.size_bytes() == on_disk > 0
+    sp.close()
+    assert Spool(tmp_path, segment_bytes=150).size_bytes() == on_disk
