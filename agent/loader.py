@@ -114,10 +114,7 @@ class CaptureProbes:
         wakeup and are handled at once.
         """
         self.bpf.ring_buffer_poll(timeout_ms)
-        # libbpf's poll only reads rings that signalled; NO_WAKEUP records never do
-        self.bpf.ring_buffer_consume()
-        batch, self._pending = self._pending, []
-        return batch
+        return self.drain()   # libbpf's poll only reads rings that signalled; NO_WAKEUP records never do
 
     def drain(self) -> list[bytes]:
         self.bpf.ring_buffer_consume()
