@@ -49,15 +49,10 @@ def kernel_enforceable(rule: Rule) -> bool:
 
 def _scopes(rs: RuleSet, rule: Rule) -> tuple[ppb.Scope | None, ppb.Scope | None]:
     """(scope where the rule enforces, scope where it only monitors)."""
-    base = ppb.Scope(job_kinds=rule.scope.get("job_kinds", []), job_ids=rule.scope.get("job_ids", []))
-    if not rule.scope:
-        base.host_wide = True
-    overridden = {j: m for j, m in rs.job_modes.items()}
     default = rule.mode or rs.default_mode
-    other = [j for j, m in overridden.items() if m != default]
-    main = ppb.Scope()
-    main.CopyFrom(base)
-    main.exclude_job_ids.extend(other)
+    other = [j for j, m in rs.job_modes.items() if m != default]
+    main = ppb.Scope(job_kinds=rule.scope.get("job_kinds", []), job_ids=rule.scope.get("job_ids", []),
+                     host_wide=not rule.scope, exclude_job_ids=other)
     flipped = ppb.Scope(job_ids=other) if other else None
     if default == "enforce":
         return main, flipped
