@@ -235,9 +235,9 @@ class PolicyManager:
 
     def _alert_for_correlation(self, host: str, ev: pb.Event, corr: Correlation, evidence: list[Hit]) -> None:
         mode = self._mode(corr.mode, ev.job.id)
-        outcome = "alerted (monitor mode)" if mode == "monitor" or corr.action == "alert" else \
-            "process trees killed by order of the collector"
-        if outcome.startswith("process trees"):
+        kill = mode != "monitor" and corr.action != "alert"
+        outcome = "process trees killed by order of the collector" if kill else "alerted (monitor mode)"
+        if kill:
             for hit in evidence:
                 self._push(hit.host, cpb.CollectorMessage(kill=cpb.KillProcess(
                     pid=hit.event.process.pid, process_key=hit.event.process.key, rule_id=corr.id, tree=True)))
