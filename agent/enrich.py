@@ -22,7 +22,7 @@ from agent.events import (
 )
 from agent.exe_hash import ExeHasher
 from agent.identity import BootClock, HostIdentity
-from agent.jobs import HOST_JOB, Job, JobResolver, job_from_environ
+from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 
 SOCK_TYPES = {1: "tcp", 2: "udp"}
@@ -42,7 +42,7 @@ class Enricher:
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
         job = self.jobs.job_of(hdr.cgroup_id)
-        if job is HOST_JOB or job.kind in ("host", "systemd"):
+        if job.kind in ("host", "systemd"):
             if env_job:
                 job = Job("slurm", env_job)
             elif p.job is not None and p.job.kind not in ("host", "systemd"):
@@ -133,12 +133,12 @@ class Enricher:
         if isinstance(ev, EnforceEvent):
             rec = self._record("enforcement", hdr, p, job)
             rec["enforcement"] = {"rule_id": self.rule_name(ev.rule_index), "action": ev.action,
-                                  "detail": enforcement_detail(ev, p)}
+                                  "detail": enforcement_detail(ev)}
             return rec
         raise TypeError(f"unhandled event type {type(ev).__name__}")
 
 
-def enforcement_detail(ev: EnforceEvent, p: Process) -> str:
+def enforcement_detail(ev: EnforceEvent) -> str:
     dest = f"[{ev.daddr}]:{ev.dport}" if ":" in ev.daddr else f"{ev.daddr}:{ev.dport}"
     if ev.action == "kill_exec":
         return f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel"
