@@ -77,6 +77,7 @@ class Ingestor:
             raise StreamProblem("INVALID_ARGUMENT", f"batch seqs not strictly ascending: {seqs[:10]}...")
         problems = []
         fresh = [e for e in events if e.seq > session.stored_through]
+        new = list(fresh)   # what detection has not seen yet (before a gap record is prepended)
         if fresh and fresh[0].seq > session.stored_through + 1 and not fresh[0].HasField("gap"):
             hole = (session.stored_through + 1, fresh[0].seq - 1)
             session.holes.append(hole)
@@ -88,7 +89,6 @@ class Ingestor:
         result: IngestResult = self.store.ingest(session.host_id, events if not problems else fresh)
         session.events += result.stored
         session.duplicates += result.duplicates
-        new = [e for e in events if e.seq > session.stored_through]
         session.stored_through = max(session.stored_through, result.stored_through, seqs[-1])
         for listener in self.listeners:
             try:
