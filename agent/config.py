@@ -23,7 +23,8 @@ class AgentConfig:
     ringbuf_pages: int = 4096
     status_interval_s: float = 10.0
     host_id: str = ""
-    token: str = ""                          # shared secret sent to the collector
+    token_file: str = ""                     # this agent's credential; default AUTH_DIR/credentials/agent[-HOST].token
+    auth_dir: str = ""                       # default /etc/gpuguard (or $GPUGUARD_AUTH_DIR)
     tls_ca: str = ""                         # CA of the collector's certificate: TLS on
     tls_cert: str = ""                       # this agent's certificate and key, for mTLS
     tls_key: str = ""

@@ -22,6 +22,7 @@ from agent.events import (
     Header,
     KernelEvent,
 )
+from agent.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class MalformedEvent(ValueError):
 
 
 def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return clean(raw.split(b"\0", 1)[0])
 
 
 def _header(raw: bytes) -> tuple[int, Header]:
@@ -68,7 +69,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
     argc, args_len, flags, _, filename, job_env, _optmask, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
-    argv = [a.decode("utf-8", "replace") for a in args[:args_len].split(b"\0")[:argc]]
+    argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
         _cstr(filename),

@@ -43,6 +43,8 @@ GPU_WATCH_PROGRAM = (b"gpu_device_watch", CGROUP_DEVICE)
 FIXED_GPU_MAJORS = (195, 226)        # nvidia, drm; the rest are dynamic (see gpu_majors())
 GPU_DEVICE_NAMES = ("nvidia", "drm", "kfd", "accel")
 MODE_MONITOR, MODE_ENFORCE = 1, 2
+PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", CGROUP_DEVICE: "gpu_device_watch", INET4_CONNECT: "deny_connect4",
+                 INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
@@ -126,6 +128,14 @@ class Enforcer:
     @property
     def policy_version(self) -> int:
         return self.policy.version
+
+    def programs(self) -> list[str]:
+        """Enforcement programs in force now, for the heartbeat (the collector checks them against policy)."""
+        with self.lock:
+            types = {t for (_c, t) in self.attached}
+        names = {"kill_exec"}      # the exec tracepoint program lives as long as the capture probes
+        names.update(PROGRAM_NAMES.get(t, f"attach_type_{t}") for t in types)
+        return sorted(names)
 
     def start(self) -> None:
         """Re-apply the saved policy, then detach what a previous (killed) agent left attached."""

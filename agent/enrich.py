@@ -72,7 +72,7 @@ class Enricher:
             base = p.record_base = {
                 "_ident": ident, "key": p.key, "pid": hdr.pid, "ppid": p.ppid,
                 "parent_key": self.table.parent_key(p), "exe": p.exe, "argv": p.argv, "uid": hdr.uid,
-                "gid": hdr.gid, "cgroup_id": hdr.cgroup_id, "cgroup": self.jobs.path_of(hdr.cgroup_id),
+                "gid": hdr.gid, "cgroup_id": hdr.cgroup_id, "cgroup": self.jobs.path_of(hdr.cgroup_id)[:4096],
                 "exe_sha256": "", "ancestors": self.table.lineage(p),
             }
         if not base["exe_sha256"] and self.hasher and p.exe:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.text import clean
+
 log = logging.getLogger(__name__)
 
 UUID_RE = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
@@ -130,7 +132,7 @@ class JobResolver:
         paths = {}
         for dirpath, _dirs, _files in os.walk(self.root):
             try:
-                paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
+                paths[os.stat(dirpath).st_ino] = clean("/" + os.path.relpath(dirpath, self.root).lstrip("."))
             except OSError:
                 continue
         paths.setdefault(1, "/")
@@ -189,5 +191,5 @@ def job_from_environ(pid: int) -> Job | None:
     for var, kind in ENV_JOB_VARS:
         value = env.get(var.encode())
         if value:
-            return Job(kind, value.decode(errors="replace"))
+            return Job(kind, clean(value[:128]))
     return None

@@ -14,6 +14,7 @@ from agent.identity import HostIdentity
 from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
 from agent.runtime import Capture
+from gpuguard.credentials import CredentialStore, find_token
 
 log = logging.getLogger("gpuguard.agent")
 
@@ -68,14 +69,21 @@ class Agent:
             from agent.shipper import Shipper  # noqa: PLC0415
             from agent.spool import Spool  # noqa: PLC0415
 
+            def token() -> str:
+                return find_token(self.cfg.token_file, "agent", self.identity.host_id, self.cfg.auth_dir or None)
+
+            if not token():
+                log.warning("no agent credential found (--token-file, or %s): the collector will refuse the stream "
+                            "unless it authenticates this agent by its TLS certificate",
+                            CredentialStore(self.cfg.auth_dir or None).token_path("agent"))
             self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes)
             self.capture.sinks.append(self.spool.append)
             self.shipper = Shipper(
-                self.cfg.collector, self.spool, self.identity, self.cfg.token, self.cfg.batch_max_events,
+                self.cfg.collector, self.spool, self.identity, token, self.cfg.batch_max_events,
                 self.cfg.batch_max_delay_ms / 1000,
                 on_command=self.enforcer.on_command if self.enforcer else None,
                 policy_version=(lambda: self.enforcer.policy_version) if self.enforcer else (lambda: 0),
-                tls=(self.cfg.tls_ca, self.cfg.tls_cert, self.cfg.tls_key),
+                tls=(self.cfg.tls_ca, self.cfg.tls_cert, self.cfg.tls_key), heartbeat_s=self.cfg.status_interval_s,
             )
             self.capture.sinks.append(self.shipper.notify)
             threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
@@ -85,14 +93,22 @@ class Agent:
     def status(self) -> dict:
         now = time.monotonic()
         rate = (self.capture.stats.records - self._last_records) / max(now - self._last_status, 1e-9)
+        lost = dict(self.capture.kernel_lost())
+        if self.capture.stats.enrich_failed:
+            lost["agent_enrich_failed"] = self.capture.stats.enrich_failed
         self._last_status, self._last_records = now, self.capture.stats.records
         return {
             "events_per_sec": round(rate, 1), "events_total": self.capture.stats.records,
-            "kernel_lost": self.capture.kernel_lost(),
+            "kernel_lost": lost,
             "spool_depth": self.spool.depth() if self.spool else 0,
             "spool_bytes": self.spool.size_bytes() if self.spool else 0,
             "dropped": self.spool.stats.dropped if self.spool else 0,
             "policy_version": self.enforcer.policy_version if self.enforcer else 0,
+            "agent_started_ns": self.shipper.started_ns if self.shipper else 0,
+            "heartbeat_s": self.cfg.status_interval_s,
+            "programs": self.enforcer.programs() if self.enforcer else [],
+            "quarantined": self.shipper.quarantine.count if self.shipper else 0,
+            "enforcing": self.enforcer is not None,
         }
 
     def emit_status(self) -> None:

@@ -6,6 +6,8 @@ import errno
 import json
 import time
 
+from gpuguard.render import safe
+
 
 def _result(code: int) -> str:
     if code >= 0:
@@ -37,7 +39,8 @@ def format_line(rec: dict) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
     p, job = rec["proc"], rec["job"]
     job_label = job["id"] if job["kind"] == "host" else f"{job['kind']}:{job['id']}"
-    return f"{stamp} {rec['kind']:<8} {job_label:<20} {p['pid']:>7} {p['ppid']:>7} {p['comm']:<16} {describe(rec)}"
+    return safe(f"{stamp} {rec['kind']:<8} {job_label:<20} {p['pid']:>7} {p['ppid']:>7} {p['comm']:<16} "
+                f"{describe(rec)}")
 
 
 HEADER_LINE = f"{'TIME':<12} {'KIND':<8} {'JOB':<20} {'PID':>7} {'PPID':>7} {'COMM':<16} DETAIL"

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.jobs import Job
+from agent.text import budget_argv, clean, clip
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PER_TICK = 1_000_000_000 // CLK_TCK
 MAX_DEPTH = 64
 EXITED_KEEP = 4096   # exited processes kept for late events and trees
+CMDLINE_READ_MAX = 64 << 10
+ARGV_CHARS = 16 << 10        # a process's own argv in its records
+ARG_CHARS = 4096             # one argument
+ANCESTOR_ARGV_CHARS = 1024   # one ancestor's argv in a record's ancestry
+LINEAGE_ARGV_CHARS = 8192    # all ancestors' argv together
 
 
 @dataclass(slots=True)
@@ -36,26 +42,39 @@ class Process:
     record_base: dict | None = None     # cached per-process part of records (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
 
-    def summary(self) -> dict:
-        return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": self.exe, "argv": self.argv[:8]}
+    def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
+        """What an ancestor contributes to a record: bounded, whatever its command line was."""
+        argv = budget_argv(self.argv[:8], argv_budget, 256)[0] if argv_budget > 0 else []
+        return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": clip(self.exe, 1024)[0], "argv": argv}
 
 
 def read_proc(pid: int, proc: Path = Path("/proc")) -> dict | None:
-    """ppid, start time, comm, exe, argv, uid of a live process, or None when it is gone."""
+    """ppid, start time, comm, exe, argv, uid of a live process, or None when it is gone.
+
+    Everything is read as bytes and cleaned (agent/text.py): a process chooses its
+    own name and command line, and neither may stop the agent. The command line is
+    read up to ``CMDLINE_READ_MAX`` bytes (the rest is flagged by the enricher's budget).
+    """
     base = proc / str(pid)
     try:
-        stat = (base / "stat").read_text()
+        stat = (base / "stat").read_bytes()
     except OSError:
         return None
-    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()
-    info = {"ppid": int(fields[1]), "start_ticks": int(fields[19]), "comm": comm, "exe": "", "argv": [], "uid": 0}
     try:
-        info["exe"] = os.readlink(base / "exe")
+        comm = clean(stat[stat.index(b"(") + 1 : stat.rindex(b")")])
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        info = {"ppid": int(fields[1]), "start_ticks": int(fields[19]), "comm": comm, "exe": "", "argv": [],
+                "uid": 0}
+    except (ValueError, IndexError):
+        return None
+    try:
+        info["exe"] = clean(os.readlink(base / "exe"))
     except OSError:
         pass
     try:
-        info["argv"] = [a.decode(errors="replace") for a in (base / "cmdline").read_bytes().split(b"\0")[:-1]]
+        with open(base / "cmdline", "rb") as f:
+            raw = f.read(CMDLINE_READ_MAX)
+        info["argv"] = [clean(a) for a in raw.split(b"\0")[:-1]] or ([clean(raw)] if raw else [])
         info["uid"] = (base / "status").stat().st_uid
     except OSError:
         pass
@@ -76,8 +95,9 @@ class ProcessTable:
         info = read_proc(pid, self.proc)
         if info is None:
             return None
+        argv = budget_argv(info["argv"], ARGV_CHARS, ARG_CHARS)[0]
         p = Process(pid, info["ppid"], info["start_ticks"], self.make_key(pid, info["start_ticks"]),
-                    info["comm"], info["exe"], info["argv"], info["uid"])
+                    info["comm"], info["exe"], argv, info["uid"])
         self.live[pid] = p
         return p
 
@@ -136,7 +156,12 @@ class ProcessTable:
     def lineage(self, p: Process) -> list[dict]:
         """Ancestor summaries, computed once per process: events on a hot path reuse them."""
         if p.lineage is None:
-            p.lineage = [a.summary() for a in self.ancestors(p.pid)]
+            lineage, budget = [], LINEAGE_ARGV_CHARS
+            for a in self.ancestors(p.pid):
+                item = a.summary(min(budget, ANCESTOR_ARGV_CHARS))
+                budget -= sum(len(x) + 1 for x in item["argv"])
+                lineage.append(item)
+            p.lineage = lineage
         return p.lineage
 
     def parent_key(self, p: Process) -> str:

@@ -30,6 +30,7 @@ class CaptureStats:
     records: int = 0
     decode: DecodeStats = field(default_factory=DecodeStats)
     kernel_lost: dict[str, int] = field(default_factory=dict)
+    enrich_failed: int = 0
 
 
 class Capture:
@@ -57,7 +58,14 @@ class Capture:
     def process(self, raw_batch: list[bytes]) -> list[dict]:
         records = []
         for ev in decode_batch(raw_batch, self.stats.decode):
-            rec = self.enricher.enrich(ev)
+            try:
+                rec = self.enricher.enrich(ev)
+            except Exception as exc:   # an observed process must never stop the capture loop
+                self.stats.enrich_failed += 1
+                if self.stats.enrich_failed & (self.stats.enrich_failed - 1) == 0:   # 1st, 2nd, 4th, 8th...
+                    log.exception("could not enrich a %s event of pid %d (%d so far): %s", type(ev).__name__,
+                                  ev.hdr.pid, self.stats.enrich_failed, exc)
+                continue
             if rec is not None and rec["proc"]["pid"] not in self.ignore_pids:
                 records.append(rec)
         for source in self.injected:

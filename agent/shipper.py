@@ -6,6 +6,13 @@ agent sends EventBatches read from the spool after that point, and the
 collector acks each batch once it is committed. Acked records leave the spool.
 On any stream error the shipper reconnects with exponential backoff and
 jitter and replays everything unacked; the collector drops duplicates.
+
+Trust: the agent's credential travels as call metadata. Acks are believed
+only up to the highest seq this stream actually sent, so no reply can make the
+agent delete records it never shipped. Every batch stays under
+``MAX_BATCH_BYTES`` and every record under ``MAX_RECORD_BYTES``; a record that
+cannot be encoded or is still too large is quarantined on disk and replaced by
+a gap naming its seq, so one record can never block the stream.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
+import msgpack
 
 from agent.identity import HostIdentity
 from agent.spool import Spool
@@ -26,6 +35,7 @@ from gpuguard import __version__
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
+from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +49,41 @@ GRPC_OPTIONS = [
 
 CommandHandler = Callable[[cpb.CollectorMessage], cpb.AgentMessage | None]
 
+MAX_RECORD_BYTES = 1 << 20
+MAX_BATCH_BYTES = 4 << 20          # well under the collector's 8 MiB soft limit
+QUARANTINE_KEEP = 1000
+
+
+class Quarantine:
+    """Records that could not be sent, kept on disk for forensics (bounded), each replaced by a gap."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.count = 0
+
+    def put(self, rec: dict, reason: str) -> pb.Event:
+        seq = rec["seq"]
+        self.count += 1
+        log.error("quarantined record seq %d (%s): %s", seq, rec.get("kind", "?"), reason)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            kept = sorted(self.dir.glob("seq-*.bin"))
+            for old in kept[: max(len(kept) - QUARANTINE_KEEP + 1, 0)]:
+                old.unlink()
+            (self.dir / f"seq-{seq:020d}.bin").write_bytes(msgpack.packb(rec, default=repr,
+                                                                         unicode_errors="surrogateescape"))
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("could not keep quarantined record %d on disk: %s", seq, exc)
+        return pb.Event(seq=seq, ts_ns=rec.get("ts_ns", 0) if isinstance(rec.get("ts_ns"), int) else 0,
+                        gap=pb.Gap(from_seq=seq, to_seq=seq, reason=f"quarantined by the agent: {reason}"[:300]))
+
 
 class Shipper:
-    def __init__(self, target: str, spool: Spool, identity: HostIdentity, token: str = "",
+    def __init__(self, target: str, spool: Spool, identity: HostIdentity, token: str | Callable[[], str] = "",
                  batch_max_events: int = 512, batch_max_delay_s: float = 0.2, window_batches: int = 8,
                  on_command: CommandHandler | None = None, policy_version: Callable[[], int] = lambda: 0,
-                 backoff_max_s: float = 10.0, tls: tuple[str, str, str] = ("", "", "")) -> None:
+                 backoff_max_s: float = 10.0, tls: tuple[str, str, str] = ("", "", ""),
+                 heartbeat_s: float = 10.0) -> None:
         self.target = target
         self.spool = spool
         self.identity = identity
@@ -56,6 +95,10 @@ class Shipper:
         self.policy_version = policy_version
         self.backoff_max_s = backoff_max_s
         self.tls = tls   # (ca, cert, key); plaintext when ca is empty
+        self.heartbeat_s = heartbeat_s
+        self.started_ns = time.time_ns()
+        self.quarantine = Quarantine(Path(spool.dir) / "quarantine")
+        self.retry_after_s = 0.0
         self.stop_event = threading.Event()
         self.new_data = threading.Event()
         self.connected = threading.Event()
@@ -91,7 +134,8 @@ class Shipper:
                 break
             if time.monotonic() - started > 30:
                 backoff = 0.2
-            delay = backoff * (0.5 + random.random())
+            delay = max(backoff * (0.5 + random.random()), self.retry_after_s)
+            self.retry_after_s = 0.0
             log.info("reconnecting to %s in %.1fs (%d events waiting in the spool)",
                      self.target, delay, self.spool.depth())
             self.reconnects += 1
@@ -109,22 +153,31 @@ class Shipper:
         outbox: queue.Queue = queue.Queue()
         self._outbox = outbox
         hello = cpb.Hello(agent_version=__version__, first_unacked_seq=self.spool.acked + 1,
-                          policy_version=self.policy_version(), token=self.token)
+                          policy_version=self.policy_version(), agent_started_ns=self.started_ns,
+                          heartbeat_s=self.heartbeat_s)
         hello.host.host_id = self.identity.host_id
         hello.host.hostname = self.identity.hostname
         hello.host.boot_id = self.identity.boot_id
         outbox.put(cpb.AgentMessage(hello=hello))
         with open_channel(self.target, *self.tls, options=GRPC_OPTIONS) as channel:
-            call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox))
-            state = {"acked": self.spool.acked, "error": None}
+            token = self.token() if callable(self.token) else self.token   # re-read: a credential may be new
+            metadata = [("authorization", f"Bearer {token}")] if token else None
+            call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox), metadata=metadata)
+            state = {"acked": self.spool.acked, "sent": self.spool.acked, "error": None}
             try:
                 first = next(call)
                 if not first.HasField("hello"):
                     raise RuntimeError(f"collector answered {first.WhichOneof('msg')} instead of hello")
                 stored = first.hello.stored_through_seq
-                if stored > self.spool.acked:
-                    self.spool.ack(min(stored, self.spool.last_seq))
-                state["acked"] = self.spool.acked
+                if stored > self.spool.last_seq:
+                    # The collector holds seqs this spool never made (the spool was lost or reset):
+                    # continue numbering after them, or new records would be dropped as duplicates.
+                    log.warning("collector holds seq %d for this host, beyond this spool's %d: numbering "
+                                "resumes after it", stored, self.spool.last_seq)
+                    self.spool.skip_to(stored)
+                elif stored > self.spool.acked:
+                    self.spool.ack(stored)
+                state["acked"] = state["sent"] = self.spool.acked
                 log.info("connected to collector %s (stored through seq %d, replaying %d)",
                          self.target, stored, self.spool.depth())
                 self.connected.set()
@@ -142,11 +195,17 @@ class Shipper:
             for msg in call:
                 kind = msg.WhichOneof("msg")
                 if kind == "ack":
-                    self.spool.ack(msg.ack.seq)
-                    state["acked"] = max(state["acked"], msg.ack.seq)
+                    seq = min(msg.ack.seq, state["sent"])    # never believe an ack for what was not sent
+                    if seq < msg.ack.seq:
+                        log.error("collector acked seq %d but this stream only sent up to %d: ignored beyond",
+                                  msg.ack.seq, state["sent"])
+                    self.spool.ack(seq)
+                    state["acked"] = max(state["acked"], seq)
                     self.new_data.set()
                 elif kind == "error":
                     log.error("collector rejected a message: %s: %s", msg.error.code, msg.error.message)
+                    if msg.error.code == "UNAVAILABLE":
+                        self.retry_after_s = min(msg.error.retry_after_ms / 1000, 300.0)
                 elif self.on_command:
                     reply = self.on_command(msg)
                     if reply is not None:
@@ -169,10 +228,32 @@ class Shipper:
                 self.new_data.wait(self.batch_max_delay_s)
                 self.new_data.clear()
                 continue
-            batch = cpb.EventBatch(events=[to_event(r) for r in records])
+            batch = self.build_batch(records)
+            last = batch.events[-1].seq
+            state["sent"] = max(state["sent"], last)
             outbox.put(cpb.AgentMessage(batch=batch))
-            cursor = records[-1]["seq"]
+            cursor = last
             self.sent_batches += 1
+
+    def build_batch(self, records: list[dict]) -> cpb.EventBatch:
+        """Records -> one batch under MAX_BATCH_BYTES (stops early; the rest go in the next batch)."""
+        batch = cpb.EventBatch()
+        size = 0
+        for rec in records:
+            try:
+                ev = to_event(rec)
+                n = ev.ByteSize()
+                if n > MAX_RECORD_BYTES:
+                    ev = self.quarantine.put(rec, f"record of {n} bytes exceeds {MAX_RECORD_BYTES}")
+                    n = ev.ByteSize()
+            except Exception as exc:   # anything a record can hold must not stop the stream
+                ev = self.quarantine.put(rec, f"cannot encode: {type(exc).__name__}: {str(exc)[:200]}")
+                n = ev.ByteSize()
+            if batch.events and size + n > MAX_BATCH_BYTES:
+                break
+            batch.events.append(ev)
+            size += n
+        return batch
 
     def stop(self) -> None:
         self.stop_event.set()

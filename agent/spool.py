@@ -40,6 +40,7 @@ class SpoolStats:
     appended: int = 0
     dropped: int = 0
     corrupt_truncated: int = 0
+    unpackable: int = 0
 
 
 class Spool:
@@ -128,6 +129,20 @@ class Spool:
         body = self._packer.pack([seq, record])
         return FRAME.pack(len(body), zlib.crc32(body)) + body
 
+    def _frame_or_gap(self, seq: int, record: dict) -> bytes:
+        """A record msgpack cannot take (it never should: agent/text.py cleans every string) becomes a gap
+        record naming its seq, so one odd record never costs the rest of the poll."""
+        try:
+            return self._frame(seq, record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer = msgpack.Packer(use_bin_type=True)    # a failed pack may leave the packer mid-buffer
+            self.stats.unpackable += 1
+            log.error("spool: record seq %d (%s) cannot be encoded (%s); stored as a gap", seq,
+                      record.get("kind", "?"), exc)
+            gap = {"kind": "gap", "seq": seq,
+                   "gap": {"from_seq": seq, "to_seq": seq, "reason": f"unencodable record: {str(exc)[:200]}"}}
+            return self._frame(seq, gap)
+
     def append(self, records: list[dict]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
         with self._lock:
@@ -149,7 +164,7 @@ class Spool:
             next_seq += 1
             seq = rec["seq"] = next_seq
             seqs.append(seq)
-            frames.append(self._frame(seq, rec))
+            frames.append(self._frame_or_gap(seq, rec))
         blob = b"".join(frames)
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
@@ -215,8 +230,18 @@ class Spool:
                 continue
         return out
 
+    def skip_to(self, seq: int) -> None:
+        """Number new records after ``seq`` (the collector already holds seqs up to it for this host).
+
+        Used when the spool was lost or reset: records already spooled under lower
+        seqs are still sent, and the collector answers them as duplicates.
+        """
+        with self._lock:
+            self.last_seq = max(self.last_seq, seq)
+
     def ack(self, seq: int) -> None:
         with self._lock:
+            seq = min(seq, self.last_seq)     # never past what this spool made
             if seq <= self.acked:
                 return
             self.acked = seq

@@ -1,15 +1,22 @@
-"""Per-job state across hosts: rule hits in a time window, and correlations over them."""
+"""Per-job state across hosts: rule hits in a time window, and correlations over them.
+
+Bounded under hostile load: a hit keeps only what a correlation needs (a slim
+copy of the event), repeated hits of one rule by one process refresh a single
+entry, each job keeps at most ``per_job`` hits and a few facts, and the whole
+correlator at most ``max_hits`` hits and ``max_jobs`` jobs; evictions are counted.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from collector.rules.engine import JobContext, RuleMatch
 from collector.rules.loader import Correlation, RuleSet
 from gpuguard.v1 import events_pb2 as pb
 
-WINDOW_KEEP = 4096
+PER_JOB_HITS = 256
+MAX_FACTS = 1024          # GPU binaries / hosts remembered per job
 
 
 @dataclass
@@ -17,21 +24,35 @@ class Hit:
     ts_ns: int
     rule_id: str
     host: str
-    event: pb.Event
+    event: pb.Event       # slim: seq, ts, job, process pid/key/comm/exe
 
 
 @dataclass
 class JobState:
     ctx: JobContext = field(default_factory=JobContext)
-    hits: deque = field(default_factory=lambda: deque(maxlen=WINDOW_KEEP))
+    hits: OrderedDict = field(default_factory=OrderedDict)   # (rule, host, process key) -> Hit, oldest first
     fired: set[str] = field(default_factory=set)
 
 
+def slim(ev: pb.Event) -> pb.Event:
+    out = pb.Event(seq=ev.seq, ts_ns=ev.ts_ns)
+    out.job.CopyFrom(ev.job)
+    p = ev.process
+    out.process.pid, out.process.key, out.process.comm, out.process.exe = p.pid, p.key, p.comm, p.exe[:4096]
+    return out
+
+
 class Correlator:
-    def __init__(self, ruleset: RuleSet, max_jobs: int = 10_000) -> None:
+    def __init__(self, ruleset: RuleSet, max_jobs: int = 10_000, max_hits: int = 200_000,
+                 per_job: int = PER_JOB_HITS) -> None:
         self.ruleset = ruleset
-        self.jobs: dict[str, JobState] = {}
+        self.jobs: OrderedDict[str, JobState] = OrderedDict()
         self.max_jobs = max_jobs
+        self.max_hits = max_hits
+        self.per_job = per_job
+        self.total_hits = 0
+        self.evicted_hits = 0
+        self.evicted_jobs = 0
         self.by_rule: dict[str, list[Correlation]] = {}
         for c in ruleset.correlations.values():
             for rid in c.requires:
@@ -41,9 +62,17 @@ class Correlator:
         st = self.jobs.get(job_id)
         if st is None:
             if len(self.jobs) >= self.max_jobs:
-                self.jobs.pop(next(iter(self.jobs)))
+                self._evict_job()
             st = self.jobs[job_id] = JobState()
+        else:
+            self.jobs.move_to_end(job_id)
         return st
+
+    def _evict_job(self) -> None:
+        _job, old = self.jobs.popitem(last=False)
+        self.total_hits -= len(old.hits)
+        self.evicted_hits += len(old.hits)
+        self.evicted_jobs += 1
 
     def context(self, host: str, ev: pb.Event) -> JobContext:
         ctx = self.state(ev.job.id).ctx
@@ -54,17 +83,34 @@ class Correlator:
         """Update job facts after the rules saw the event (first exec, GPU binaries)."""
         ctx = self.state(ev.job.id).ctx
         kind = ev.WhichOneof("body")
-        if kind == "exec" and ev.exec.result == 0 and host not in ctx.main_keys:
+        if kind == "exec" and ev.exec.result == 0 and host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:
             ctx.main_keys[host] = ev.process.key
-        elif kind == "gpu_open":
+        elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
+
+    def _remember(self, st: JobState, hit: Hit) -> None:
+        key = (hit.rule_id, hit.host, hit.event.process.key)
+        if key in st.hits:
+            st.hits.pop(key)
+        else:
+            self.total_hits += 1
+        st.hits[key] = hit
+        if len(st.hits) > self.per_job:
+            st.hits.popitem(last=False)
+            self.total_hits -= 1
+            self.evicted_hits += 1
+        while self.total_hits > self.max_hits and len(self.jobs) > 1:
+            self._evict_job()
 
     def record(self, host: str, ev: pb.Event, matches: list[RuleMatch]) -> list[tuple[Correlation, list[Hit]]]:
         """Remember the hits; return correlations that this event completes (once per job)."""
+        if not matches:
+            return []
         st = self.state(ev.job.id)
-        fired = []
+        small = slim(ev)
         for m in matches:
-            st.hits.append(Hit(ev.ts_ns, m.rule.id, host, ev))
+            self._remember(st, Hit(ev.ts_ns, m.rule.id, host, small))
+        fired = []
         for m in matches:
             for corr in self.by_rule.get(m.rule.id, ()):
                 if corr.id in st.fired:
@@ -81,7 +127,7 @@ class Correlator:
         evidence = []
         for rid in corr.requires:
             found = None
-            for hit in reversed(st.hits):
+            for hit in reversed(st.hits.values()):
                 if hit.rule_id != rid or hit.ts_ns < since:
                     continue
                 if corr.same_process and hit.event.process.key != ev.process.key:

@@ -1,21 +1,28 @@
 """Agent messages -> validated, stored batches -> acks. No gRPC here: tests call it directly.
 
 Every problem with a message becomes a ``StreamProblem`` with a gRPC-style code
-and a message that says what was wrong; the stream and the server go on.
+and a message that says what was wrong; the stream and the server go on. An
+agent speaks only for the host of its identity, and is acked only for what
+was stored: a seq jump is stored as an explicit gap, never acked as data.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from collector.store.base import IngestResult, Store
+from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+MAX_SEQ = (1 << 63) - 1            # stores keep seqs as signed 64-bit integers
+CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from now are flagged
 
 
 class StreamProblem(Exception):
@@ -26,7 +33,15 @@ class StreamProblem(Exception):
 
 
 class Unauthenticated(StreamProblem):
-    """Ends the stream: the agent is not one we know."""
+    """Ends the stream: the identity may not speak for this host."""
+
+
+class StoreUnavailable(StreamProblem):
+    """Nothing was stored (corruption, disk full, locked): the agent keeps its spool and backs off."""
+
+    def __init__(self, message: str, retry_after_ms: int = 5000) -> None:
+        super().__init__("UNAVAILABLE", message)
+        self.retry_after_ms = retry_after_ms
 
 
 @dataclass
@@ -38,29 +53,52 @@ class AgentSession:
     policy_version: int = 0
     events: int = 0
     duplicates: int = 0
-    holes: list[tuple[int, int]] = field(default_factory=list)
+    identity: str = ""
+    agent_started_ns: int = 0
+    heartbeat_s: float = 0.0
 
 
 EventListener = Callable[[AgentSession, list[pb.Event]], None]
 
 
 class Ingestor:
-    def __init__(self, store: Store, tokens: tuple[str, ...] = (), max_batch_events: int = 10_000) -> None:
+    def __init__(self, store: Store, max_batch_events: int = 10_000) -> None:
         self.store = store
-        self.tokens = tokens
         self.max_batch_events = max_batch_events
         self.listeners: list[EventListener] = []
+        self.clock_suspect = 0
+        self._store_error_logged = ""
 
-    def hello(self, msg: cpb.Hello) -> AgentSession:
-        if not msg.host.host_id:
+    def hello(self, msg: cpb.Hello, who: Identity) -> AgentSession:
+        host = msg.host.host_id
+        if not host:
             raise StreamProblem("INVALID_ARGUMENT", "hello without host.host_id")
-        if self.tokens and not any(hmac.compare_digest(msg.token, t) for t in self.tokens):
-            raise Unauthenticated("UNAUTHENTICATED", f"unknown agent {msg.host.host_id!r}: token not accepted")
-        stored = self.store.register_agent(msg.host.host_id, msg.host.hostname, msg.host.boot_id,
-                                           msg.policy_version)
-        log.info("agent %s (%s) connected, version %s, stored through %d, agent spool starts at %d",
-                 msg.host.host_id, msg.host.hostname, msg.agent_version, stored, msg.first_unacked_seq)
-        return AgentSession(msg.host.host_id, msg.host.hostname, msg.host.boot_id, stored, msg.policy_version)
+        if who.role != "agent" or host != who.host:
+            log.warning("refused hello from identity %s (host %s) claiming host %r", who.name, who.host, host[:128])
+            raise Unauthenticated("PERMISSION_DENIED",
+                                  f"identity {who.name!r} may stream only for host {who.host!r}, not {host[:128]!r}")
+        stored = self._guarded(self.store.register_agent, host, msg.host.hostname, msg.host.boot_id,
+                               msg.policy_version)
+        log.info("agent %s (%s) connected as %s, version %s, stored through %d, agent spool starts at %d",
+                 host, msg.host.hostname, who.name, msg.agent_version, stored, msg.first_unacked_seq)
+        return AgentSession(host, msg.host.hostname, msg.host.boot_id, stored, msg.policy_version,
+                            identity=who.name, agent_started_ns=msg.agent_started_ns, heartbeat_s=msg.heartbeat_s)
+
+    def _guarded(self, fn, *args):
+        """Run a store call; turn its failures into StoreUnavailable, logged once per distinct cause."""
+        try:
+            result = fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+            if cause != self._store_error_logged:
+                log.error("store error, agents told to keep their spool and retry: %s", cause)
+                self._store_error_logged = cause
+            raise StoreUnavailable(f"collector store unavailable ({cause}); nothing stored, "
+                                   "keep the spool and retry") from exc
+        if self._store_error_logged:
+            log.info("store works again")
+            self._store_error_logged = ""
+        return result
 
     def batch(self, session: AgentSession, batch: cpb.EventBatch) -> tuple[int, list[StreamProblem]]:
         """Store one batch; return (ack seq, non-fatal problems). Raises StreamProblem to reject it whole."""
@@ -73,26 +111,42 @@ class Ingestor:
         seqs = [e.seq for e in events]
         if seqs[0] == 0:
             raise StreamProblem("INVALID_ARGUMENT", "event with seq 0 (sequence numbers start at 1)")
+        if seqs[-1] > MAX_SEQ:
+            raise StreamProblem("OUT_OF_RANGE", f"seq {seqs[-1]} exceeds the maximum {MAX_SEQ}")
         if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
             raise StreamProblem("INVALID_ARGUMENT", f"batch seqs not strictly ascending: {seqs[:10]}...")
         problems = []
         fresh = [e for e in events if e.seq > session.stored_through]
+        self._flag_clock(fresh, session.host_id)
         new = list(fresh)   # what detection has not seen yet (before a gap record is prepended)
         if fresh and fresh[0].seq > session.stored_through + 1 and not fresh[0].HasField("gap"):
             hole = (session.stored_through + 1, fresh[0].seq - 1)
-            session.holes.append(hole)
             problems.append(StreamProblem(
                 "OUT_OF_RANGE", f"seq jumped from {session.stored_through} to {fresh[0].seq}: "
-                f"events {hole[0]}..{hole[1]} never arrived (stored what came, recorded the hole)"))
+                f"events {hole[0]}..{hole[1]} never arrived (stored what came, recorded the hole as a gap)"))
             fresh.insert(0, pb.Event(seq=hole[0], ts_ns=fresh[0].ts_ns,
                                      gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
-        result: IngestResult = self.store.ingest(session.host_id, events if not problems else fresh)
+        result: IngestResult = self._guarded(self.store.ingest, session.host_id, fresh)
         session.events += result.stored
-        session.duplicates += result.duplicates
-        session.stored_through = max(session.stored_through, result.stored_through, seqs[-1])
+        session.duplicates += result.duplicates + len(events) - len(new)
+        session.stored_through = max(session.stored_through, seqs[-1])
         for listener in self.listeners:
             try:
                 listener(session, new)
             except Exception:  # detection must never stop ingest
                 log.exception("event listener failed")
         return seqs[-1], problems
+
+    def _flag_clock(self, events: list[pb.Event], host: str) -> None:
+        """Stamped more than a day from our clock: stored as sent, flagged ``clock_suspect`` (a clock
+        the timeline should not trust blindly), counted, logged on the first of each power of two."""
+        now = time.time_ns()
+        odd = [e for e in events if abs(e.ts_ns - now) > CLOCK_SKEW_NS]
+        for e in odd:
+            e.clock_suspect = True
+        if odd:
+            before = self.clock_suspect
+            self.clock_suspect += len(odd)
+            if before.bit_length() != self.clock_suspect.bit_length():
+                log.warning("%s: %d event(s) stamped more than 24 h from this collector's clock (first seq %d); "
+                            "stored with clock_suspect (%d so far)", host, len(odd), odd[0].seq, self.clock_suspect)

@@ -18,11 +18,11 @@ from collections import OrderedDict
 from pathlib import Path
 
 from collector.correlate import Correlator, Hit
+from collector.hub import AgentHub
 from collector.ingest import AgentSession
 from collector.resolve import DomainResolver
 from collector.rules.engine import Engine, RuleMatch
 from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_ruleset, rule_texts
-from collector.server import AgentHub
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -35,6 +35,7 @@ ACTION_NAMES = {"kill_exec": "killed at exec in the kernel", "deny_connect": "co
                 "drop_stratum": "stratum handshake dropped in the kernel", "kill": "killed by the agent",
                 "kill_tree": "process tree killed by the agent", "seen_stratum": "stratum seen (monitor mode)"}
 CONFIRMED = "confirmed"
+MAX_EVIDENCE = 100
 
 
 def kernel_enforceable(rule: Rule) -> bool:
@@ -108,6 +109,7 @@ class PolicyManager:
         self.lock = threading.RLock()
         self.version, self.user_yaml = store.load_policy()
         self._dir_stamp = self._stamp()
+        self.rejected_reloads = 0
         self.alerts: OrderedDict[str, ppb.Alert] = OrderedDict()
         self.killed: OrderedDict[tuple[str, str], str] = OrderedDict()   # (host, process key) -> by which rule
         self.ruleset = self._load(self.user_yaml)
@@ -172,8 +174,11 @@ class PolicyManager:
                 rs = await asyncio.to_thread(self._load, self.user_yaml)
             except RuleError as exc:
                 log.error("rules_dir changed but the rules are invalid, keeping version %d: %s", self.version, exc)
+                self.rejected_reloads += 1
                 continue
             await asyncio.to_thread(self._install, rs)
+            await asyncio.to_thread(self.store.add_audit, "rules_dir", "system", self.rules_dir, "policy.reload",
+                                    f"version {self.version}, {len(rs.rules)} rules", True)
             self._push_policy()
 
     def describe(self) -> cpb.PolicyReply:
@@ -195,8 +200,7 @@ class PolicyManager:
             log.error("agent %s failed to apply policy %d: %s", session.host_id, self.policy.version, ack.error)
 
     # -- detection -------------------------------------------------------------------------
-    def on_events(self, session: AgentSession, events: list[pb.Event]) -> None:
-        host = session.host_id
+    def on_events(self, host: str, events: list[pb.Event]) -> None:
         with self.lock:
             for ev in events:
                 kind = ev.WhichOneof("body")
@@ -228,8 +232,7 @@ class PolicyManager:
             outcome = f"process already killed ({self.killed[(host, ev.process.key)]})"
         else:
             outcome = "kill ordered from the agent"
-            self._push(host, cpb.CollectorMessage(kill=cpb.KillProcess(
-                pid=ev.process.pid, process_key=ev.process.key, rule_id=rule.id, tree=False)))
+            self._order_kill(host, ev, rule.id, tree=False)
         self._upsert(self._alert(host, ev, rule.id, rule.description, rule.severity, rule.action, outcome,
                                  m.matched, [ev.seq]))
 
@@ -239,12 +242,20 @@ class PolicyManager:
         outcome = "process trees killed by order of the collector" if kill else "alerted (monitor mode)"
         if kill:
             for hit in evidence:
-                self._push(hit.host, cpb.CollectorMessage(kill=cpb.KillProcess(
-                    pid=hit.event.process.pid, process_key=hit.event.process.key, rule_id=corr.id, tree=True)))
+                self._order_kill(hit.host, hit.event, corr.id, tree=True)
         matched = {f"step{i + 1}": f"{h.rule_id} @ {h.host} pid {h.event.process.pid} {h.event.process.comm}"
                    for i, h in enumerate(evidence)}
         self._upsert(self._alert(host, ev, corr.id, corr.description, corr.severity, corr.action, outcome,
                                  matched, [h.event.seq for h in evidence]))
+
+    def _order_kill(self, host: str, ev: pb.Event, rule_id: str, tree: bool) -> None:
+        """A kill order to one agent, written to the audit log first (who: detection, why: the rule)."""
+        p = ev.process
+        self.store.add_audit("detection", "system", "", "kill.order",
+                             f"host {host} pid {p.pid} key {p.key} comm {p.comm[:64]!r} rule {rule_id}"
+                             f"{' (tree)' if tree else ''}", True)
+        self._push(host, cpb.CollectorMessage(kill=cpb.KillProcess(pid=p.pid, process_key=p.key, rule_id=rule_id,
+                                                                   tree=tree)))
 
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
@@ -274,7 +285,10 @@ class PolicyManager:
         if old is not None:
             merged = ppb.Alert()
             merged.CopyFrom(old)
-            merged.evidence_seqs.extend(s for s in alert.evidence_seqs if s not in old.evidence_seqs)
+            room = MAX_EVIDENCE - len(old.evidence_seqs)     # bounded: a storm of hits is one alert
+            if room > 0:
+                seen = set(old.evidence_seqs)
+                merged.evidence_seqs.extend([s for s in alert.evidence_seqs if s not in seen][:room])
             merged.matched.update({k: v for k, v in alert.matched.items() if k not in old.matched})
             if confirmation and old.outcome.startswith(CONFIRMED):
                 detail = alert.outcome[len(CONFIRMED) + 2:]

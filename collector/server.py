@@ -1,8 +1,13 @@
-"""gRPC servicers (grpc.aio), kept thin: parse, hand to the core, answer.
+"""gRPC servicers (grpc.aio), kept thin: authenticate, parse, hand to the core, answer.
 
-The agent stream takes raw bytes and parses them itself, so a malformed
-message gets a StreamError reply instead of killing the stream. Messages over
-the hard gRPC limit are refused by gRPC with RESOURCE_EXHAUSTED.
+Every call is authenticated first (collector/auth.py): the agent stream needs the
+``agent`` role and is bound to that identity's host; queries need ``reader``;
+policy changes need ``admin``. The agent stream takes raw bytes and parses them
+itself, so a malformed message gets a StreamError reply instead of killing the
+stream. Messages over the hard gRPC limit are refused by gRPC with
+RESOURCE_EXHAUSTED. Each stream is bounded: a hello within ``hello_timeout_s``,
+at most ``outbox`` replies queued (an agent that does not read stops being
+read), and at most ``max_streams`` streams at once.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from collector.ingest import Ingestor, StreamProblem, Unauthenticated
-from collector.query import QueryService
+from collector.auth import Authenticator, peer_of, require
+from collector.hub import AgentHub
+from collector.ingest import Ingestor, StoreUnavailable, StreamProblem, Unauthenticated
+from collector.query import QUERY_ROLES, QueryService
 from gpuguard import __version__
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
@@ -26,130 +34,181 @@ HARD_MESSAGE_LIMIT = 16 << 20      # gRPC refuses anything larger
 SOFT_MESSAGE_LIMIT = 8 << 20       # we answer with a StreamError above this
 
 
-def _error(code: str, message: str) -> cpb.CollectorMessage:
-    return cpb.CollectorMessage(error=cpb.StreamError(code=code, message=message))
+@dataclass(frozen=True)
+class StreamLimits:
+    soft_message_bytes: int = SOFT_MESSAGE_LIMIT
+    max_streams: int = 4096
+    outbox: int = 256
+    hello_timeout_s: float = 10.0
 
 
-class AgentHub:
-    """Connected agents' outgoing queues, so policy and kill commands can be pushed."""
+def _error(code: str, message: str, retry_after_ms: int = 0) -> cpb.CollectorMessage:
+    return cpb.CollectorMessage(error=cpb.StreamError(code=code, message=message[:2000],
+                                                      retry_after_ms=retry_after_ms))
 
-    def __init__(self) -> None:
-        self.queues: dict[str, asyncio.Queue] = {}
 
-    def push(self, host_id: str | None, msg: cpb.CollectorMessage) -> int:
-        targets = [host_id] if host_id else list(self.queues)
-        n = 0
-        for h in targets:
-            q = self.queues.get(h)
-            if q is not None:
-                q.put_nowait(msg)
-                n += 1
-        return n
+class _End(Exception):
+    """Ends a stream with a gRPC status (after the replies queued before it)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class CollectorServicer:
-    def __init__(self, ingestor: Ingestor, hub: AgentHub, on_connect=None, on_policy_ack=None,
-                 soft_limit: int = SOFT_MESSAGE_LIMIT) -> None:
+    def __init__(self, ingestor: Ingestor, hub: AgentHub, auth: Authenticator, on_connect=None,
+                 on_policy_ack=None, on_disconnect=None, limits: StreamLimits | None = None) -> None:
         self.ingestor = ingestor
         self.hub = hub
+        self.auth = auth
         self.on_connect = on_connect
         self.on_policy_ack = on_policy_ack
-        self.soft_limit = soft_limit
+        self.on_disconnect = on_disconnect
+        self.limits = limits or StreamLimits()
+        self.active_streams = 0
 
     async def Stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext):  # noqa: N802
-        outq: asyncio.Queue = asyncio.Queue()
+        who = self.auth.identify(context)
+        peer = peer_of(context)
+        if who is None:
+            self.auth.warn_once(f"{peer}|stream", "refused agent stream from %s: no valid credential", peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid agent credential")
+        if not who.can("agent"):
+            self.auth.warn_once(f"{who.name}|stream", "refused agent stream for %s (role %s)", who.name, who.role)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"identity {who.name!r} has role {who.role}; streaming events needs role agent")
+        if self.active_streams >= self.limits.max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"collector already serves {self.active_streams} agent streams; retry later")
+        self.active_streams += 1
+        outq: asyncio.Queue = asyncio.Queue(maxsize=self.limits.outbox)
         session = None
-        reader = asyncio.create_task(self._read(requests, context, outq))
+        reader = asyncio.create_task(self._read(requests, who, outq))
         try:
             while True:
                 msg = await outq.get()
                 if msg is None:
                     break
-                if isinstance(msg, tuple) and msg[0] == "session":
+                if isinstance(msg, tuple):
                     session = msg[1]
-                    self.hub.queues[session.host_id] = outq
+                    self.hub.attach(session.host_id, outq)
                     continue
-                if isinstance(msg, tuple) and msg[0] == "abort":
-                    await context.abort(msg[1], msg[2])
+                if isinstance(msg, _End):
+                    await context.abort(msg.code, msg.message)
                 yield msg
         finally:
+            self.active_streams -= 1
             reader.cancel()
             if session is not None:
-                if self.hub.queues.get(session.host_id) is outq:
-                    del self.hub.queues[session.host_id]
-                await asyncio.to_thread(self.ingestor.store.set_agent_state, session.host_id, connected=0)
+                self.hub.detach(session.host_id, outq)
+                if self.on_disconnect:
+                    self.on_disconnect(session)
+                try:
+                    await asyncio.to_thread(self.ingestor.store.set_agent_state, session.host_id, connected=0)
+                except Exception as exc:   # the store may be the reason the stream ended
+                    log.warning("agent %s: could not record the disconnect: %s", session.host_id, exc)
                 log.info("agent %s disconnected (%d events stored, %d duplicates this stream)",
                          session.host_id, session.events, session.duplicates)
 
-    async def _read(self, requests, context, outq: asyncio.Queue) -> None:
+    async def _read(self, requests, who, outq: asyncio.Queue) -> None:
         session = None
+        it = requests.__aiter__()
         try:
-            async for raw in requests:
-                if len(raw) > self.soft_limit:
-                    outq.put_nowait(_error("RESOURCE_EXHAUSTED",
-                                           f"message of {len(raw)} bytes exceeds {self.soft_limit}; split the batch"))
-                    continue
+            while True:
+                timeout = None if session else self.limits.hello_timeout_s
                 try:
-                    msg = cpb.AgentMessage.FromString(raw)
-                except DecodeError as exc:
-                    outq.put_nowait(_error("INVALID_ARGUMENT", f"malformed AgentMessage ({len(raw)} bytes): {exc}"))
-                    continue
-                kind = msg.WhichOneof("msg")
-                try:
-                    if kind == "hello":
-                        if session is not None:
-                            raise StreamProblem("FAILED_PRECONDITION", "second hello on one stream")
-                        session = await asyncio.to_thread(self.ingestor.hello, msg.hello)
-                        outq.put_nowait(("session", session))
-                        outq.put_nowait(cpb.CollectorMessage(hello=cpb.HelloReply(
-                            stored_through_seq=session.stored_through, collector_version=__version__)))
-                        if self.on_connect:
-                            for m in self.on_connect(session):
-                                outq.put_nowait(m)
-                    elif session is None:
-                        raise StreamProblem("FAILED_PRECONDITION", f"{kind or 'empty message'} before hello")
-                    elif kind == "batch":
-                        ack, problems = await asyncio.to_thread(self.ingestor.batch, session, msg.batch)
-                        for p in problems:
-                            outq.put_nowait(_error(p.code, p.message))
-                        outq.put_nowait(cpb.CollectorMessage(ack=cpb.Ack(seq=ack)))
-                    elif kind == "policy_ack":
-                        session.policy_version = msg.policy_ack.version
-                        if self.on_policy_ack:
-                            await asyncio.to_thread(self.on_policy_ack, session, msg.policy_ack)
-                    else:
-                        raise StreamProblem("INVALID_ARGUMENT", "AgentMessage with no body")
-                except Unauthenticated as exc:
-                    log.warning("refused agent: %s", exc.message)
-                    outq.put_nowait(("abort", grpc.StatusCode.UNAUTHENTICATED, exc.message))
+                    raw = await asyncio.wait_for(it.__anext__(), timeout)
+                except StopAsyncIteration:
                     return
-                except StreamProblem as exc:
-                    log.warning("agent %s: %s: %s", session.host_id if session else "?", exc.code, exc.message)
-                    outq.put_nowait(_error(exc.code, exc.message))
+                except TimeoutError:
+                    raise _End(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"no hello within {self.limits.hello_timeout_s:.0f}s") from None
+                session = await self._handle(raw, who, session, outq)
         except asyncio.CancelledError:
             raise
+        except _End as end:
+            log.warning("agent stream %s ended: %s", who.name, end.message)
+            await outq.put(end)
         except Exception as exc:
-            log.warning("agent stream read ended: %s", exc)
+            log.warning("agent stream %s: read ended: %s", who.name, exc)
         finally:
-            outq.put_nowait(None)
+            try:
+                outq.put_nowait(None)
+            except asyncio.QueueFull:       # the writer is stuck on a peer that does not read
+                pass
+
+    async def _handle(self, raw: bytes, who, session, outq: asyncio.Queue):
+        if len(raw) > self.limits.soft_message_bytes:
+            await outq.put(_error("RESOURCE_EXHAUSTED", f"message of {len(raw)} bytes exceeds "
+                                  f"{self.limits.soft_message_bytes}; split the batch"))
+            return session
+        try:
+            msg = cpb.AgentMessage.FromString(raw)
+        except DecodeError as exc:
+            await outq.put(_error("INVALID_ARGUMENT", f"malformed AgentMessage ({len(raw)} bytes): {exc}"))
+            return session
+        kind = msg.WhichOneof("msg")
+        try:
+            if kind == "hello":
+                if session is not None:
+                    raise StreamProblem("FAILED_PRECONDITION", "second hello on one stream")
+                session = await asyncio.to_thread(self.ingestor.hello, msg.hello, who)
+                await outq.put(("session", session))
+                await outq.put(cpb.CollectorMessage(hello=cpb.HelloReply(
+                    stored_through_seq=session.stored_through, collector_version=__version__)))
+                if self.on_connect:
+                    for m in self.on_connect(session, msg.hello):
+                        await outq.put(m)
+            elif session is None:
+                raise StreamProblem("FAILED_PRECONDITION", f"{kind or 'empty message'} before hello")
+            elif kind == "batch":
+                ack, problems = await asyncio.to_thread(self.ingestor.batch, session, msg.batch)
+                for p in problems:
+                    await outq.put(_error(p.code, p.message))
+                await outq.put(cpb.CollectorMessage(ack=cpb.Ack(seq=ack)))
+            elif kind == "policy_ack":
+                session.policy_version = msg.policy_ack.version
+                if self.on_policy_ack:
+                    await asyncio.to_thread(self.on_policy_ack, session, msg.policy_ack)
+            else:
+                raise StreamProblem("INVALID_ARGUMENT", "AgentMessage with no body")
+        except Unauthenticated as exc:
+            raise _End(grpc.StatusCode.PERMISSION_DENIED, exc.message) from None
+        except StoreUnavailable as exc:
+            await outq.put(_error(exc.code, exc.message, exc.retry_after_ms))
+            raise _End(grpc.StatusCode.UNAVAILABLE, exc.message) from None
+        except StreamProblem as exc:
+            self.auth.warn_once(f"{who.name}|{exc.code}", "agent %s: %s: %s",
+                                session.host_id if session else who.name, exc.code, exc.message)
+            await outq.put(_error(exc.code, exc.message))
+        return session
 
 
-def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, address: str,
+def guarded_query(query: QueryService, auth: Authenticator) -> cgrpc.QueryServicer:
+    """The Query servicer with every method behind its role check (QUERY_ROLES)."""
+    guarded = cgrpc.QueryServicer()
+    for name, role in QUERY_ROLES.items():
+        setattr(guarded, name, require(role, auth, getattr(query, name)))
+    return guarded
+
+
+def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, auth: Authenticator, address: str,
                  credentials: grpc.ServerCredentials | None = None, **servicer_kw) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", HARD_MESSAGE_LIMIT),
         ("grpc.max_send_message_length", HARD_MESSAGE_LIMIT),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_concurrent_streams", 64),          # per connection
     ])
-    servicer = CollectorServicer(ingestor, hub, **servicer_kw)
+    servicer = CollectorServicer(ingestor, hub, auth, **servicer_kw)
     handler = grpc.method_handlers_generic_handler("gpuguard.v1.Collector", {
         "Stream": grpc.stream_stream_rpc_method_handler(
             servicer.Stream, request_deserializer=None,
             response_serializer=cpb.CollectorMessage.SerializeToString),
     })
     server.add_generic_rpc_handlers((handler,))
-    cgrpc.add_QueryServicer_to_server(query, server)
+    cgrpc.add_QueryServicer_to_server(guarded_query(query, auth), server)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -1,7 +1,9 @@
 """``gpuguard``: one command for the agent, the collector and incident-response queries.
 
 Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 missing prerequisite
-(root, BPF, headers, tracefs), 4 collector unreachable, 5 nothing found.
+(root, BPF, headers, tracefs), 4 collector unreachable, 5 nothing found,
+6 not authorised (no or wrong credential, or a role without the right), 7 store
+unusable (corrupt or unreadable database).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import tomllib
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4, 5
+EXIT_DENIED, EXIT_STORE = 6, 7
+EXIT_CODES_TEXT = ("Exit codes: 0 ok, 1 failure, 2 bad usage/config, 3 missing prerequisite, 4 collector unreachable, "
+                   "5 nothing found, 6 not authorised, 7 store unusable.")
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
 
 log = logging.getLogger("gpuguard")
@@ -54,7 +59,7 @@ def cmd_agent(args) -> int:
 
     overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
                  "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-                 "token": args.token, "status_interval_s": args.status_interval}
+                 "token_file": args.token_file, "auth_dir": args.auth_dir, "status_interval_s": args.status_interval}
     if args.no_enforce:
         overrides["enforce"] = False
     try:
@@ -68,6 +73,10 @@ def cmd_agent(args) -> int:
     return run_agent(cfg, mode)
 
 
+class ConfigProblem(ValueError):
+    """A bad collector config file or setting (exit code 2)."""
+
+
 def collector_config(args):
     from collector.app import CollectorConfig  # noqa: PLC0415
 
@@ -76,27 +85,35 @@ def collector_config(args):
         try:
             values = tomllib.loads(Path(args.config).read_text()).get("collector", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SystemExit(f"gpuguard collector: config {args.config}: {exc}") from exc
-    for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca"):
+            raise ConfigProblem(f"config {args.config}: {exc}") from exc
+    for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca",
+                "auth_dir"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    if args.token:
-        values["tokens"] = (args.token,)
     if args.resolve_domains:
         values["resolve_domains"] = True
-    if "tokens" in values:
-        values["tokens"] = tuple(values["tokens"])
     try:
         return CollectorConfig(**values)
     except TypeError as exc:
-        raise SystemExit(f"gpuguard collector: bad setting: {exc}") from exc
+        raise ConfigProblem(f"bad setting: {exc}") from exc
 
 
 def cmd_collector(args) -> int:
     from collector.app import CollectorApp  # noqa: PLC0415
+    from collector.store.sqlite import StoreCorrupt  # noqa: PLC0415
+    from gpuguard.credentials import CredentialError  # noqa: PLC0415
 
     try:
         app = CollectorApp(collector_config(args))
+    except ConfigProblem as exc:
+        log.error("gpuguard collector: %s", exc)
+        return EXIT_CONFIG
+    except StoreCorrupt as exc:
+        log.error("cannot start collector: store unusable: %s", exc)
+        return EXIT_STORE
+    except CredentialError as exc:
+        log.error("cannot start collector: credentials: %s", exc)
+        return EXIT_CONFIG
     except (OSError, ValueError) as exc:
         log.error("cannot start collector: %s", exc)
         return EXIT_FAILURE
@@ -154,12 +171,27 @@ def _stub(args):
     return cgrpc.QueryStub(channel), grpc
 
 
+def _credential(args) -> list[tuple[str, str]] | None:
+    """The token this command presents: --token-file, else the local admin (then reader) credential."""
+    from gpuguard.credentials import CredentialError, find_token  # noqa: PLC0415
+
+    try:
+        token = find_token(args.token_file or "", "admin", directory=args.auth_dir) or \
+            find_token("", "reader", directory=args.auth_dir)
+    except CredentialError as exc:
+        print(f"gpuguard: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from exc
+    return [("authorization", f"Bearer {token}")] if token else None
+
+
 def _call(args, method: str, request):
     stub, grpc = _stub(args)
     try:
-        return getattr(stub, method)(request, timeout=args.timeout)
+        return getattr(stub, method)(request, timeout=args.timeout, metadata=_credential(args))
     except grpc.RpcError as exc:
         print(f"gpuguard: collector {args.collector}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise SystemExit(EXIT_DENIED) from exc
         raise SystemExit(EXIT_UNREACHABLE) from exc
 
 
@@ -241,6 +273,59 @@ def cmd_policy(args) -> int:
     return EXIT_OK
 
 
+def cmd_hosts(args) -> int:
+    from gpuguard.render import hosts_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "ListHosts", cpb.HostsRequest())
+    _print(args, reply, hosts_table)
+    return EXIT_OK if reply.hosts else EXIT_NOT_FOUND
+
+
+def cmd_audit(args) -> int:
+    from gpuguard.render import audit_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "ListAudit", cpb.AuditRequest(since_ns=args.since, limit=args.limit))
+    _print(args, reply, audit_table)
+    return EXIT_OK if reply.entries else EXIT_NOT_FOUND
+
+
+def cmd_credentials(args) -> int:
+    from gpuguard.credentials import CredentialError, CredentialStore  # noqa: PLC0415
+    from gpuguard.render import table, ts  # noqa: PLC0415
+
+    store = CredentialStore(args.auth_dir)
+    try:
+        if args.action == "issue":
+            if not args.name or not args.role:
+                print("gpuguard credentials issue: needs --role and --name (and --host for an agent)", file=sys.stderr)
+                return EXIT_CONFIG
+            store.issue(args.role, args.name, args.host or "")
+            print(f"issued {args.role} credential {args.name!r}"
+                  f"{f' for host {args.host}' if args.role == 'agent' else ''}: token in {store.token_path(args.name)}"
+                  " (copy it to the user or node; the collector keeps only its hash)")
+        elif args.action == "revoke":
+            if not store.revoke(args.name or ""):
+                print(f"no identity named {args.name!r}", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            print(f"revoked {args.name!r} (the collector stops accepting it at its next call)")
+        else:
+            rows = [[r.name, r.role, r.host or "-", ts(r.created_ns), r.sha256[:12]] for r in store.load()]
+            if args.json:
+                print(json.dumps([dict(zip(["name", "role", "host", "created", "sha256"], r, strict=True))
+                                  for r in rows], indent=2))
+            else:
+                print(table(rows, ["NAME", "ROLE", "HOST", "CREATED", "SHA256"]))
+    except CredentialError as exc:
+        print(f"gpuguard credentials: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PermissionError as exc:
+        print(f"gpuguard credentials: {exc} (credentials are root-only)", file=sys.stderr)
+        return EXIT_DENIED
+    return EXIT_OK
+
+
 def tls_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", help="CA certificate of the collector (PEM): connect with TLS")
     p.add_argument("--tls-cert", help="client certificate (PEM), for a collector that requires mTLS")
@@ -253,8 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="eBPF security for GPU nodes. The agent watches execve, connect and GPU device opens, "
                     "ties each to its process tree and job, and ships them to a collector that builds per-job "
                     "timelines, detects tunnels and miners, and pushes blocking policy back to agents.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 bad usage/config, 3 missing prerequisite, "
-               "4 collector unreachable, 5 nothing found.")
+        epilog=EXIT_CODES_TEXT)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -266,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
     a.add_argument("--state-dir", help="saved policy and attachments (default /var/lib/gpuguard/agent)")
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
-    a.add_argument("--token", help="shared secret the collector expects")
+    a.add_argument("--token-file", help="this agent's credential (default: AUTH_DIR/credentials/agent-HOST.token, "
+                                        "then agent.token)")
+    a.add_argument("--auth-dir", help="credentials directory (default /etc/gpuguard or $GPUGUARD_AUTH_DIR)")
     tls_client_flags(a)
     a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")
     a.add_argument("--json", action="store_true", help="print JSON lines instead of one-liners")
@@ -281,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--store", help="SQLite file or sqlite:///PATH (default /var/lib/gpuguard/collector.db)")
     c.add_argument("--retention-days", type=float, help="drop events older than this (default 30)")
     c.add_argument("--rules-dir", help="directory of extra rule YAML files")
-    c.add_argument("--token", help="require this shared secret from agents")
+    c.add_argument("--auth-dir", help="identities and local credentials (default /etc/gpuguard or "
+                                      "$GPUGUARD_AUTH_DIR); made root-only on first start, with an admin and a "
+                                      "local-agent credential")
     c.add_argument("--resolve-domains", action="store_true",
                    help="resolve the pool domains named in rules (makes DNS queries; off by default)")
     c.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
@@ -311,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--since", type=parse_time, default=0, help="10m, 2h, 1d, epoch seconds or ISO time")
         q.add_argument("--limit", type=int, default=10_000)
         q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the collector")
+        q.add_argument("--token-file", help="credential to present (default: the local admin token, if readable)")
+        q.add_argument("--auth-dir", help="where local credentials live (default /etc/gpuguard)")
         tls_client_flags(q)
         q.set_defaults(func=func)
         return q
@@ -327,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     pol = query("policy", "show the policy in force, or apply a rules file", cmd_policy)
     pol.add_argument("action", choices=["show", "apply"])
     pol.add_argument("file", nargs="?", help="rules YAML (for apply)")
+    query("hosts", "every agent host: last seen, state (ok/silent/disconnected), policy and enforcement drift",
+          cmd_hosts)
+    query("audit", "the append-only audit log: who changed policy or ordered kills, when, from where", cmd_audit)
+
+    cr = sub.add_parser("credentials", help="issue, list or revoke identities (root, on the collector host)",
+                        description="Identities have a role: agent (streams for one host), reader (queries), "
+                                    "admin (queries + policy). Tokens are written to AUTH_DIR/credentials/NAME.token; "
+                                    "the collector keeps only their SHA-256 and picks up changes without a restart.")
+    cr.add_argument("action", choices=["issue", "list", "revoke"])
+    cr.add_argument("--role", choices=["agent", "reader", "admin"])
+    cr.add_argument("--name", help="identity name (for an agent, e.g. agent-HOSTID)")
+    cr.add_argument("--host", help="agent only: the host id it may stream for")
+    cr.add_argument("--auth-dir", help="default /etc/gpuguard or $GPUGUARD_AUTH_DIR")
+    cr.add_argument("--json", action="store_true")
+    cr.set_defaults(func=cmd_credentials)
     return p
 
 

@@ -11,6 +11,7 @@ training alone; with --monitor it only reports. Everything the demo creates
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def training_program(rogue: str, ps_port: int) -> str:
 
 def run_demo(monitor: bool) -> int:
     from agent.jobs import ensure_cgroup2_mount  # noqa: PLC0415
+    from gpuguard.credentials import CredentialStore  # noqa: PLC0415
 
     if not shutil.which("unshare") or not Path("/usr/sbin/sshd").exists():
         print("gpuguard demo: needs util-linux (unshare) and openssh-server: run `make setup`", file=sys.stderr)
@@ -72,6 +74,9 @@ def run_demo(monitor: bool) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gpuguard-demo-"))
     port, host = free_port(), f"demo-{uuid.uuid4().hex[:6]}"
     cg_base = ensure_cgroup2_mount() / f"gpuguard-demo-{uuid.uuid4().hex[:6]}"
+    # The demo's own credentials (a throwaway host id), kept out of /etc/gpuguard; its children inherit this.
+    os.environ["GPUGUARD_AUTH_DIR"] = str(tmp / "auth")
+    CredentialStore().issue("agent", f"agent-{host}", host)
     col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "collector.db")],
                   tmp / "collector.log", "collector listening on")
     agent = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),

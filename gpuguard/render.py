@@ -1,14 +1,32 @@
-"""Human rendering of query replies: aligned tables, trees and timelines (greppable)."""
+"""Human rendering of query replies: aligned tables, trees and timelines (greppable).
+
+Every string that came from an observed process (names, paths, argv, cgroups)
+is passed through ``safe`` before it reaches a terminal: control characters,
+escape sequences and newlines are shown as escapes, never interpreted.
+"""
 
 from __future__ import annotations
 
 import errno
+import re
 import time
 
 from google.protobuf.json_format import MessageToDict
 
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}
+
+
+def safe(text) -> str:
+    """Terminal-safe: C0/C1 controls (ESC sequences included), bidi overrides and line breaks escaped."""
+    text = str(text)
+    if not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group(0)) or (f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100
+                                                            else f"\\u{ord(m.group(0)):04x}"), text)
 
 
 def ts(ns: int) -> str:
@@ -27,6 +45,7 @@ def to_json(msg) -> dict:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[safe(c) for c in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -41,7 +60,7 @@ def jobs_table(reply: cpb.ListJobsReply) -> str:
 
 def argv_text(argv, limit: int = 160) -> str:
     """One line, whatever the argv holds: newlines shown as \\n, long text cut with …."""
-    text = " ".join(argv).replace("\n", "\\n").replace("\t", " ")
+    text = safe(" ".join(argv))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -67,29 +86,30 @@ def describe_event(ev: pb.Event) -> str:
 
 def timeline_view(job_id: str, reply: cpb.TimelineReply) -> str:
     hosts = sorted({e.host_id for e in reply.events})
-    out = [f"Job {job_id}: {len(reply.events)} events on {len(hosts)} host(s): {', '.join(hosts) or '-'}"]
+    out = [safe(f"Job {job_id}: {len(reply.events)} events on {len(hosts)} host(s): {', '.join(hosts) or '-'}")]
     if reply.truncated:
         out.append("(truncated: narrow with --since/--until/--kind or raise --limit)")
     items: list[tuple[int, str]] = []
     for se in reply.events:
         ev = se.event
         p = ev.process
-        items.append((ev.ts_ns, f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  "
-                                f"{describe_event(ev)}"))
+        items.append((ev.ts_ns, safe(f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  "
+                                     f"{describe_event(ev)}")))
     for a in reply.alerts:
-        items.append((a.ts_ns, f"{ts(a.ts_ns)}  {a.host_id[:12]:<12}  {a.process.pid:>7}  {a.process.comm[:16]:<16}  "
-                               f"ALERT    [{a.severity}] {a.rule_id}: {a.description} -> {a.outcome}"))
+        items.append((a.ts_ns, safe(f"{ts(a.ts_ns)}  {a.host_id[:12]:<12}  {a.process.pid:>7}  "
+                                    f"{a.process.comm[:16]:<16}  "
+                                    f"ALERT    [{a.severity}] {a.rule_id}: {a.description} -> {a.outcome}")))
     out.append("")
     out.append(f"{'TIME':<23}  {'HOST':<12}  {'PID':>7}  {'COMM':<16}  EVENT")
     out += [line for _, line in sorted(items, key=lambda x: x[0])]
     if reply.first_gpu_use:
         out.append("")
         out.append("First GPU use per process:")
-        out += [f"  {ts(g.ts_ns)}  {g.host_id[:12]}  {g.process_key}  {g.path}" for g in reply.first_gpu_use]
+        out += [safe(f"  {ts(g.ts_ns)}  {g.host_id[:12]}  {g.process_key}  {g.path}") for g in reply.first_gpu_use]
     if reply.destinations:
         out.append("")
         out.append("Network destinations:")
-        out += [f"  {d.proto:<4} {d.daddr}:{d.dport}  x{d.count}  last={result(d.last_result)}"
+        out += [safe(f"  {d.proto:<4} {d.daddr}:{d.dport}  x{d.count}  last={result(d.last_result)}")
                 for d in reply.destinations]
     return "\n".join(out)
 
@@ -109,7 +129,7 @@ def tree_view(reply: cpb.TreeReply) -> str:
         branch = "" if top else ("└─ " if last else "├─ ")
         gpu = "  [GPU]" if n.used_gpu else ""
         argv = argv_text(n.argv, 100)
-        lines.append(f"{prefix}{branch}{n.pid} {n.comm} ({n.host_id[:12]}) {argv}{gpu}")
+        lines.append(prefix + branch + safe(f"{n.pid} {n.comm} ({n.host_id[:12]}) {argv}{gpu}"))
         kids = sorted(children.get(n.key, []), key=lambda c: c.first_ts_ns)
         for i, c in enumerate(kids):
             walk(c, prefix + ("" if top else ("   " if last else "│  ")), i == len(kids) - 1, False)
@@ -123,3 +143,16 @@ def alerts_table(alerts) -> str:
     rows = [[ts(a.ts_ns), a.severity, a.rule_id, f"{a.job.kind}:{a.job.id}", a.host_id[:12], a.process.pid,
              a.process.comm, a.outcome] for a in alerts]
     return table(rows, ["TIME", "SEVERITY", "RULE", "JOB", "HOST", "PID", "COMM", "OUTCOME"])
+
+
+def hosts_table(reply: cpb.HostsReply) -> str:
+    rows = [[h.host_id[:24], h.hostname[:24], h.state.upper() if h.state != "ok" else "ok", ts(h.last_seen_ns),
+             f"{h.policy_version}/{h.policy_current}", ",".join(h.programs) or "-",
+             sum(h.kernel_lost.values()), h.drift or "-"] for h in reply.hosts]
+    return table(rows, ["HOST", "HOSTNAME", "STATE", "LAST SEEN", "POLICY", "PROGRAMS", "LOST", "DRIFT"])
+
+
+def audit_table(reply: cpb.AuditReply) -> str:
+    rows = [[ts(e.ts_ns), e.who, e.role, e.peer or "-", e.action, "ok" if e.ok else "REFUSED", e.detail[:120]]
+            for e in reply.entries]
+    return table(rows, ["TIME", "WHO", "ROLE", "FROM", "ACTION", "RESULT", "DETAIL"])

@@ -40,6 +40,14 @@ def require_bpf() -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auth_dir(tmp_path_factory) -> Path:
+    """Every collector, agent and CLI of the test session keeps its credentials here, never in /etc."""
+    d = tmp_path_factory.mktemp("auth")
+    os.environ["GPUGUARD_AUTH_DIR"] = str(d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def capture():
     """One loaded set of capture probes for the whole session (compiling takes ~1 s)."""

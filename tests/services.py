@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from collector.app import CollectorApp, CollectorConfig
+from gpuguard.credentials import CredentialStore, find_token
 from gpuguard.lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
 
 
@@ -19,7 +20,27 @@ def collector(tmp: Path, port: int, *extra: str) -> Service:
                     *extra], tmp / "collector.log", "collector listening on")
 
 
+def issue(role: str, name: str, host: str = "") -> str:
+    """A credential in the session's auth dir (tests/conftest.py sets GPUGUARD_AUTH_DIR)."""
+    return CredentialStore().issue(role, name, host)
+
+
+def agent_credential(host_id: str) -> str:
+    """The agent's token for host_id, where a local agent finds it (credentials/agent-HOST.token)."""
+    return issue("agent", f"agent-{host_id}", host_id)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def admin() -> list[tuple[str, str]]:
+    """Metadata with the admin credential the collector made on its first start."""
+    return bearer(find_token(role="admin"))
+
+
 def agent(tmp: Path, port: int, host_id: str, *extra: str) -> Service:
+    agent_credential(host_id)
     return Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
                     "--state-dir", str(tmp / "agent-state"),
                     "--host-id", host_id, "--quiet", "--status-interval", "1", *extra],
@@ -51,11 +72,9 @@ def collector_in_thread(cfg: CollectorConfig):
 
     async def main():
         await app.start()
-        if app.policy:
-            app.policy.bind_loop(asyncio.get_running_loop())
         ready.set()
         await stop.wait()
-        await app.server.stop(0)
+        await app.stop(0)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()

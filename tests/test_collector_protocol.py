@@ -11,14 +11,14 @@ import pytest
 from collector.app import CollectorConfig
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
-from tests.services import collector_in_thread
+from tests.services import agent_credential, bearer, collector_in_thread, issue
 
 STREAM = "/gpuguard.v1.Collector/Stream"
 
 
 @pytest.fixture
 def server(tmp_path):
-    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), tokens=("s3cret",), detection=False)
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), detection=False)
     with collector_in_thread(cfg) as app:
         yield app
 
@@ -26,13 +26,15 @@ def server(tmp_path):
 class RawStream:
     """A stream that sends raw bytes, so tests can send what no real agent would."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str | None = None, host: str = "h1") -> None:
+        """Presents ``token``, by default the agent credential of ``host``; "" presents none."""
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
             ("grpc.max_send_message_length", 64 << 20)])
         self.out: queue.Queue = queue.Queue()
         call = self.channel.stream_stream(STREAM, request_serializer=None,
                                           response_deserializer=cpb.CollectorMessage.FromString)
-        self.responses = call(iter(self.out.get, None))
+        token = agent_credential(host) if token is None else token
+        self.responses = call(iter(self.out.get, None), metadata=bearer(token) if token else None)
 
     def send(self, msg) -> None:
         self.out.put(msg if isinstance(msg, bytes) else msg.SerializeToString())
@@ -45,13 +47,13 @@ class RawStream:
         self.channel.close()
 
 
-def hello(host="h1", token="s3cret") -> cpb.AgentMessage:
-    return cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"), token=token))
+def hello(host="h1") -> cpb.AgentMessage:
+    return cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b")))
 
 
 def batch(*seqs: int) -> cpb.AgentMessage:
     return cpb.AgentMessage(batch=cpb.EventBatch(events=[
-        pb.Event(seq=s, ts_ns=1000 + s, exit=pb.Exit(code=0)) for s in seqs]))
+        pb.Event(seq=s, ts_ns=1000 + s % 1000, exit=pb.Exit(code=0)) for s in seqs]))
 
 
 def test_happy_path_ack_after_store_and_dedupe(server):
@@ -101,7 +103,7 @@ def test_message_over_hard_limit_is_refused_by_grpc_and_server_survives(server):
         s.recv()
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     s.close()
-    again = RawStream(server.port)                # the server still serves
+    again = RawStream(server.port, host="h2")     # the server still serves
     again.send(hello("h2"))
     assert again.recv().HasField("hello")
     again.close()
@@ -130,14 +132,86 @@ def test_out_of_order_and_before_hello(server):
     assert gaps == [(3, 6, "not received")]
 
 
-def test_unknown_agent_is_refused(server):
-    s = RawStream(server.port)
-    s.send(hello(token="wrong"))
+def test_stream_without_credential_is_refused_before_anything_is_read(server):
+    s = RawStream(server.port, token="")
+    s.send(hello())
     with pytest.raises(grpc.RpcError) as info:
         s.recv()
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "h1" in info.value.details()
     s.close()
+    s = RawStream(server.port, token="not-a-token")
+    s.send(hello())
+    with pytest.raises(grpc.RpcError) as info:
+        s.recv()
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    s.close()
+
+
+def test_reader_and_admin_identities_cannot_stream_events(server):
+    for role in ("reader", "admin"):
+        s = RawStream(server.port, token=issue(role, f"someone-{role}"))
+        s.send(hello())
+        with pytest.raises(grpc.RpcError) as info:
+            s.recv()
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        s.close()
+
+
+def test_an_agent_cannot_speak_for_another_host(server):
+    """The attack: forge events as another host, then make it drop its spool with a huge seq."""
+    victim = RawStream(server.port, host="victim")
+    victim.send(hello("victim"))
+    victim.recv()
+    victim.send(batch(1, 2, 3))
+    assert victim.recv().ack.seq == 3
+    attacker = RawStream(server.port, host="attacker")          # a valid agent credential, for its own host
+    attacker.send(hello("victim"))
+    with pytest.raises(grpc.RpcError) as info:
+        attacker.recv()
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "victim" in info.value.details()
+    attacker.close()
+    victim.send(batch(4))                                         # the victim's stream is untouched
+    assert victim.recv().ack.seq == 4
+    victim.close()
+    rows = server.store.db.execute("SELECT host_id, seq FROM events ORDER BY seq").fetchall()
+    assert rows == [("victim", 1), ("victim", 2), ("victim", 3), ("victim", 4)]
+
+
+def test_sequence_numbers_are_range_checked(server):
+    s = RawStream(server.port)
+    s.send(hello())
+    s.recv()
+    s.send(batch(1 << 63))                                        # does not fit the store's signed 64-bit seq
+    err = s.recv().error
+    assert err.code == "OUT_OF_RANGE" and "maximum" in err.message
+    s.send(batch(1))
+    assert s.recv().ack.seq == 1                                  # the stream goes on
+    s.close()
+    assert server.store.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] == 1
+
+
+def test_events_far_from_the_collector_clock_are_flagged(server):
+    s = RawStream(server.port)
+    s.send(hello())
+    s.recv()
+    s.send(cpb.AgentMessage(batch=cpb.EventBatch(events=[
+        pb.Event(seq=1, ts_ns=time.time_ns(), exit=pb.Exit(code=0)),
+        pb.Event(seq=2, ts_ns=time.time_ns() + 10 * 86400 * 10**9, exit=pb.Exit(code=0))])))
+    assert s.recv().ack.seq == 2
+    s.close()
+    bodies = [pb.Event.FromString(b) for (b,) in server.store.db.execute("SELECT body FROM events ORDER BY seq")]
+    assert [e.clock_suspect for e in bodies] == [False, True]
+
+
+def test_hello_must_come_in_time(tmp_path):
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), detection=False, hello_timeout_s=0.5)
+    with collector_in_thread(cfg) as app:
+        s = RawStream(app.port)
+        with pytest.raises(grpc.RpcError) as info:
+            s.recv()                                              # sent nothing at all
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        s.close()
 
 
 @pytest.fixture
@@ -165,6 +239,9 @@ def test_rules_dir_is_hot_reloaded_and_pushed(detecting_server):
     assert pushed.HasField("policy") and pushed.policy.version == before + 1
     assert [(d.cidr, d.port) for d in pushed.policy.deny if d.rule_id == "site-no-db"] == [("198.51.100.0/24", 5432)]
     (rules / "broken.yaml").write_text("rules:\n  - id: x\n    event: nope\n")
-    time.sleep(3)
+    deadline = time.monotonic() + 10
+    while app.policy.rejected_reloads == 0 and time.monotonic() < deadline:   # the reload ran and refused it
+        time.sleep(0.05)
+    assert app.policy.rejected_reloads == 1
     assert app.policy.version == before + 1          # an invalid file never replaces a good policy
     s.close()

@@ -17,7 +17,7 @@ from collector.app import CollectorConfig
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
-from tests.services import collector_in_thread
+from tests.services import admin, agent_credential, collector_in_thread
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -30,7 +30,10 @@ def pki(tmp_path_factory) -> Path:
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=gpuguard-test-ca",
              "-days", "1", cwd=d)
-    for name, san in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("agent", "subjectAltName=DNS:agent")):
+    for name, san in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                      ("agent", "subjectAltName=URI:gpuguard://agent/mtls-host"),
+                      ("reader", "subjectAltName=URI:gpuguard://reader/alice"),
+                      ("nobody", "subjectAltName=DNS:nobody")):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         (d / f"{name}.ext").write_text(san + "\n")
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
@@ -44,37 +47,67 @@ def tls_config(tmp_path: Path, pki: Path, mutual: bool) -> CollectorConfig:
                            tls_client_ca=str(pki / "ca.crt") if mutual else "")
 
 
-def list_jobs(port: int, **tls) -> cpb.ListJobsReply:
+def list_jobs(port: int, metadata=None, **tls) -> cpb.ListJobsReply:
     with open_channel(f"127.0.0.1:{port}", **tls) as ch:
-        return cgrpc.QueryStub(ch).ListJobs(cpb.ListJobsRequest(), timeout=5)
+        return cgrpc.QueryStub(ch).ListJobs(cpb.ListJobsRequest(), timeout=5, metadata=metadata)
+
+
+def apply_policy(port: int, text: str, metadata=None, **tls) -> cpb.ApplyPolicyReply:
+    with open_channel(f"127.0.0.1:{port}", **tls) as ch:
+        return cgrpc.QueryStub(ch).ApplyPolicy(cpb.ApplyPolicyRequest(rules_yaml=text), timeout=5, metadata=metadata)
+
+
+def ship_one(tmp_path: Path, port: int, host: str, token: str, tls: tuple[str, str, str]) -> Spool:
+    spool = Spool(tmp_path / f"spool-{host}")
+    spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": 0},
+                   "job": {"kind": "slurm", "id": "77", "name": ""},
+                   "proc": {"key": "k", "pid": 5, "tid": 5, "ppid": 1, "parent_key": "", "comm": "x",
+                            "exe": "/x", "argv": [], "uid": 0, "gid": 0, "cgroup_id": 1, "cgroup": "/",
+                            "exe_sha256": ""}}])
+    shipper = Shipper(f"127.0.0.1:{port}", spool, HostIdentity(host, host, "b"), token=token, tls=tls)
+    threading.Thread(target=shipper.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while spool.depth() and shipper.reconnects == 0 and time.monotonic() < deadline:   # stored, or refused
+        time.sleep(0.05)
+    shipper.stop()
+    return spool
 
 
 def test_tls_agent_ships_and_plaintext_is_refused(tmp_path, pki):
     with collector_in_thread(tls_config(tmp_path, pki, mutual=False)) as app:
-        spool = Spool(tmp_path / "spool")
-        spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": 0},
-                       "job": {"kind": "slurm", "id": "77", "name": ""},
-                       "proc": {"key": "k", "pid": 5, "tid": 5, "ppid": 1, "parent_key": "", "comm": "x",
-                                "exe": "/x", "argv": [], "uid": 0, "gid": 0, "cgroup_id": 1, "cgroup": "/",
-                                "exe_sha256": ""}}])
-        shipper = Shipper(f"127.0.0.1:{app.port}", spool, HostIdentity("tls-host", "tls-host", "b"),
-                          tls=(str(pki / "ca.crt"), "", ""))
-        threading.Thread(target=shipper.run, daemon=True).start()
-        deadline = time.monotonic() + 10
-        while spool.depth() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        shipper.stop()
+        spool = ship_one(tmp_path, app.port, "tls-host", agent_credential("tls-host"), (str(pki / "ca.crt"), "", ""))
         assert spool.depth() == 0                                   # stored and acked over TLS
-        assert [j.job.id for j in list_jobs(app.port, ca=str(pki / "ca.crt")).jobs] == ["77"]
+        assert [j.job.id for j in list_jobs(app.port, admin(), ca=str(pki / "ca.crt")).jobs] == ["77"]
         with pytest.raises(grpc.RpcError) as info:
-            list_jobs(app.port)                                     # plaintext client
+            list_jobs(app.port, admin())                            # plaintext client
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as info:
+            list_jobs(app.port, ca=str(pki / "ca.crt"))             # TLS without any credential
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_mutual_tls_requires_a_client_certificate(tmp_path, pki):
+def test_mutual_tls_roles_come_from_the_certificate(tmp_path, pki):
+    ca = str(pki / "ca.crt")
+
+    def cert(name: str) -> dict:
+        return {"ca": ca, "cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")}
+
     with collector_in_thread(tls_config(tmp_path, pki, mutual=True)) as app:
-        ok = list_jobs(app.port, ca=str(pki / "ca.crt"), cert=str(pki / "agent.crt"), key=str(pki / "agent.key"))
-        assert list(ok.jobs) == []
+        assert list(list_jobs(app.port, **cert("reader")).jobs) == []          # reader: may query
         with pytest.raises(grpc.RpcError) as info:
-            list_jobs(app.port, ca=str(pki / "ca.crt"))              # TLS, but no client certificate
+            apply_policy(app.port, "rules: []\n", **cert("reader"))            # ... but not change policy
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as info:
+            list_jobs(app.port, **cert("agent"))                               # an agent's certificate cannot read
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as info:
+            list_jobs(app.port, **cert("nobody"))                              # signed, but names no role
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            list_jobs(app.port, ca=ca)                                         # TLS, but no client certificate
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        tls = (ca, str(pki / "agent.crt"), str(pki / "agent.key"))
+        assert ship_one(tmp_path, app.port, "mtls-host", "", tls).depth() == 0  # streams for its own host
+        assert ship_one(tmp_path, app.port, "other-host", "", tls).depth() == 1  # never for another
+        hosts = {r[0] for r in app.store.db.execute("SELECT DISTINCT host_id FROM events")}
+        assert hosts == {"mtls-host"}

@@ -8,12 +8,12 @@ say exactly what it saw. Per-job state needed by stateful fields
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from collector.resolve import DomainResolver
 from collector.rules.loader import Rule, RuleSet
+from collector.rules.regex import compile_regex, search
 from gpuguard.v1 import events_pb2 as pb
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
@@ -86,10 +86,10 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         wanted = {str(v).lower() for v in value}
         return lambda v, _c: next((n for n in v.names if n.lower() in wanted), None)
     if key == "argv_regex":
-        rx = re.compile(value)
+        rx = compile_regex(value)
 
         def argv_regex(v, _c):
-            m = rx.search(v.argv_text)
+            m = search(rx, v.argv_text)
             return m.group(0).strip() or m.group(0) if m else None
         return argv_regex
     if key == "argv_short_option_in":
@@ -136,8 +136,8 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         protos = set(value)
         return lambda v, _c: v.ev.connect.proto if v.ev.connect.proto in protos else None
     if key == "path_regex":
-        rx = re.compile(value)
-        return lambda v, _c: v.ev.gpu_open.path if rx.search(v.ev.gpu_open.path) else None
+        rx = compile_regex(value)
+        return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
     if key == "gpu_new_binary":
         return lambda v, ctx: gpu_new_binary(v.ev, ctx)
     if key == "stratum":

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+import yaml.composer
+
+from collector.rules.regex import RegexError, compile_regex
 
 BUILTIN = Path(__file__).with_name("builtin.yaml")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -34,12 +37,32 @@ SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
 
 class RuleError(ValueError):
     def __init__(self, source: str, line: int, where: str, message: str) -> None:
+        message = message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "…"
+        where = where if len(where) <= 200 else where[:200] + "…"
         super().__init__(f"{source}:{line}: {where}: {message}")
         self.source, self.line, self.where = source, line, where
 
 
+MAX_RULES_BYTES = 1 << 20
+MAX_ERROR_CHARS = 500
+
+
 class _LineLoader(yaml.SafeLoader):
-    """Records the line of every mapping and of each of its keys."""
+    """Records the line of every mapping and of each of its keys; refuses anchors and aliases.
+
+    Without aliases a document cannot expand beyond its own size (no "billion laughs").
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in rule files",
+                                              event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "YAML anchors (&name) are not allowed in rule files",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         mapping = super().construct_mapping(node, deep=True)
@@ -163,8 +186,8 @@ class _Parser:
     def check_value(self, d: dict, k: str, v, where: str):
         if k in ("argv_regex", "path_regex"):
             try:
-                re.compile(v)
-            except (re.error, TypeError) as exc:
+                compile_regex(v)
+            except RegexError as exc:
                 raise self.err(d, k, where, f"bad regex: {exc}") from exc
             return v
         if k == "argv_short_option_in":
@@ -237,6 +260,8 @@ class _Parser:
 
     def parse(self, text: str) -> dict | None:
         """Parse and check the top level; lists and modes take effect now, rules in parse_rules."""
+        if len(text) > MAX_RULES_BYTES:
+            raise RuleError(self.source, 0, "document", f"{len(text)} characters exceeds {MAX_RULES_BYTES}")
         try:
             doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
         except yaml.YAMLError as exc:

@@ -59,6 +59,14 @@ class Store(Protocol):
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]: ...
 
+    def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
+        """(job kind, job id) with events on this host since the given time."""
+
+    def add_audit(self, who: str, role: str, peer: str, action: str, detail: str, ok: bool) -> None:
+        """Append to the audit log (never updated or deleted)."""
+
+    def audit(self, since_ns: int = 0, limit: int = 1000) -> list[dict]: ...
+
     def save_policy(self, version: int, rules_yaml: str) -> None:
         """Keep the user rules layer of each policy version."""
 

@@ -53,7 +53,20 @@ CREATE TABLE IF NOT EXISTS policy (
 CREATE TABLE IF NOT EXISTS gaps (
     host_id TEXT, from_seq INTEGER, to_seq INTEGER, reason TEXT, ts_ns INTEGER
 );
+CREATE TABLE IF NOT EXISTS audit (
+    ts_ns INTEGER NOT NULL, who TEXT NOT NULL, role TEXT NOT NULL, peer TEXT NOT NULL, action TEXT NOT NULL,
+    detail TEXT NOT NULL, ok INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts_ns);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+
+class StoreCorrupt(RuntimeError):
+    """The database failed its integrity check at start: refuse to run on it."""
 
 PROCESS_KINDS = frozenset(("exec", "connect", "gpu_open"))
 AGENT_FIELDS = {"hostname", "boot_id", "last_seen_ns", "policy_version", "policy_error", "connected", "status"}
@@ -64,11 +77,23 @@ class SqliteStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.check_integrity()
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self.path}: not a usable SQLite database ({exc}); move it aside or restore "
+                               "a backup") from exc
         self._lock = threading.Lock()   # one writer; callers may come from several threads
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (O(size), no index cross-check): a corrupt file is refused at start."""
+        rows = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            raise StoreCorrupt(f"{self.path}: integrity check failed: {'; '.join(rows)[:500]}; move it aside or "
+                               "restore a backup")
 
     # -- agents ----------------------------------------------------------------
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
@@ -218,6 +243,24 @@ class SqliteStore:
         params = (since_ns, job_id) if job_id else (since_ns,)
         rows = self.db.execute(sql + " ORDER BY ts_ns LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
+
+    def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
+        """(job kind, job id) with events on this host since the given time."""
+        cur = self.db.execute("SELECT job_kind, job_id FROM jobs WHERE host_id = ? AND last_ts_ns >= ? "
+                              "ORDER BY last_ts_ns DESC LIMIT 1000", (host_id, since_ns))
+        return [(k, j) for k, j in cur.fetchall()]
+
+    # -- audit (append-only: triggers refuse UPDATE and DELETE) ---------------------
+    def add_audit(self, who: str, role: str, peer: str, action: str, detail: str, ok: bool) -> None:
+        with self._lock:
+            self.db.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)",
+                            (time.time_ns(), who, role, peer, action, detail, int(ok)))
+
+    def audit(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
+        cur = self.db.execute("SELECT ts_ns, who, role, peer, action, detail, ok FROM audit WHERE ts_ns >= ? "
+                              "ORDER BY ts_ns LIMIT ?", (since_ns, limit))
+        cols = ("ts_ns", "who", "role", "peer", "action", "detail", "ok")
+        return [dict(zip(cols, (*r[:6], bool(r[6])), strict=True)) for r in cur.fetchall()]
 
     def save_policy(self, version: int, rules_yaml: str) -> None:
         with self._lock:

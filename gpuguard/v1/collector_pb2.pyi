@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("host", "agent_version", "first_unacked_seq", "policy_version", "token")
+    __slots__ = ("host", "agent_version", "first_unacked_seq", "policy_version", "agent_started_ns", "heartbeat_s")
     HOST_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FIRST_UNACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     host: _events_pb2.Host
     agent_version: str
     first_unacked_seq: int
     policy_version: int
-    token: str
-    def __init__(self, host: _Optional[_Union[_events_pb2.Host, _Mapping]] = ..., agent_version: _Optional[str] = ..., first_unacked_seq: _Optional[int] = ..., policy_version: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
+    agent_started_ns: int
+    heartbeat_s: float
+    def __init__(self, host: _Optional[_Union[_events_pb2.Host, _Mapping]] = ..., agent_version: _Optional[str] = ..., first_unacked_seq: _Optional[int] = ..., policy_version: _Optional[int] = ..., agent_started_ns: _Optional[int] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
@@ -61,12 +63,14 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class StreamError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after_ms")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class KillProcess(_message.Message):
     __slots__ = ("pid", "process_key", "rule_id", "tree")
@@ -281,3 +285,78 @@ class ApplyPolicyReply(_message.Message):
     policy: _policy_pb2.Policy
     error: str
     def __init__(self, policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class HostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HostState(_message.Message):
+    __slots__ = ("host_id", "hostname", "state", "connected", "last_seen_ns", "policy_version", "policy_current", "drift", "agent_started_ns", "kernel_lost", "programs")
+    class KernelLostEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_NS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    hostname: str
+    state: str
+    connected: bool
+    last_seen_ns: int
+    policy_version: int
+    policy_current: int
+    drift: str
+    agent_started_ns: int
+    kernel_lost: _containers.ScalarMap[str, int]
+    programs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen_ns: _Optional[int] = ..., policy_version: _Optional[int] = ..., policy_current: _Optional[int] = ..., drift: _Optional[str] = ..., agent_started_ns: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., programs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HostsReply(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[HostState]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[HostState, _Mapping]]] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ("since_ns", "limit")
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since_ns: int
+    limit: int
+    def __init__(self, since_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("ts_ns", "who", "role", "peer", "action", "detail", "ok")
+    TS_NS_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ts_ns: int
+    who: str
+    role: str
+    peer: str
+    action: str
+    detail: str
+    ok: bool
+    def __init__(self, ts_ns: _Optional[int] = ..., who: _Optional[str] = ..., role: _Optional[str] = ..., peer: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ...) -> None: ...
+
+class AuditReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

@@ -137,6 +137,16 @@ class QueryStub:
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyRequest.SerializeToString,
                 response_deserializer=gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyReply.FromString,
                 _registered_method=True)
+        self.ListHosts = channel.unary_unary(
+                '/gpuguard.v1.Query/ListHosts',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/gpuguard.v1.Query/ListAudit',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.AuditRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.AuditReply.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -173,6 +183,19 @@ class QueryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyPolicy(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHosts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +233,16 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ApplyPolicy,
                     request_deserializer=gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyRequest.FromString,
                     response_serializer=gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyReply.SerializeToString,
+            ),
+            'ListHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHosts,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.AuditRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.AuditReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +407,60 @@ class Query:
             '/gpuguard.v1.Query/ApplyPolicy',
             gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyRequest.SerializeToString,
             gpuguard_dot_v1_dot_collector__pb2.ApplyPolicyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/ListHosts',
+            gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/ListAudit',
+            gpuguard_dot_v1_dot_collector__pb2.AuditRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.AuditReply.FromString,
             options,
             channel_credentials,
             insecure,

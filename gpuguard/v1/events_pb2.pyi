@@ -119,7 +119,7 @@ class Exit(_message.Message):
     def __init__(self, code: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version")
+    __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version", "agent_started_ns", "heartbeat_s", "programs", "quarantined", "enforcing")
     class KernelLostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,11 @@ class AgentStatus(_message.Message):
     SPOOL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    ENFORCING_FIELD_NUMBER: _ClassVar[int]
     events_per_sec: float
     events_total: int
     kernel_lost: _containers.ScalarMap[str, int]
@@ -141,7 +146,12 @@ class AgentStatus(_message.Message):
     spool_bytes: int
     dropped: int
     policy_version: int
-    def __init__(self, events_per_sec: _Optional[float] = ..., events_total: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    agent_started_ns: int
+    heartbeat_s: float
+    programs: _containers.RepeatedScalarFieldContainer[str]
+    quarantined: int
+    enforcing: bool
+    def __init__(self, events_per_sec: _Optional[float] = ..., events_total: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., policy_version: _Optional[int] = ..., agent_started_ns: _Optional[int] = ..., heartbeat_s: _Optional[float] = ..., programs: _Optional[_Iterable[str]] = ..., quarantined: _Optional[int] = ..., enforcing: _Optional[bool] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("from_seq", "to_seq", "reason")
@@ -164,12 +174,13 @@ class Enforcement(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement")
+    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SUSPECT_FIELD_NUMBER: _ClassVar[int]
     EXEC_FIELD_NUMBER: _ClassVar[int]
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +193,7 @@ class Event(_message.Message):
     boot_id: str
     process: Process
     job: Job
+    clock_suspect: bool
     exec: Exec
     connect: Connect
     gpu_open: GpuOpen
@@ -189,4 +201,4 @@ class Event(_message.Message):
     status: AgentStatus
     gap: Gap
     enforcement: Enforcement
-    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,36 @@
+"""Rule regexes run on RE2: linear time whatever the input, so no argv can stall detection.
+
+Patterns RE2 cannot run (backreferences, lookaround) are refused when the rule
+file is loaded, with the reason. Matched text is also capped (``MAX_TEXT``).
+"""
+
+from __future__ import annotations
+
+import re2
+
+MAX_TEXT = 64 << 10      # characters of argv/path a regex looks at
+MAX_PATTERN = 4096
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False      # errors come back as exceptions, not as lines on stderr
+
+
+class RegexError(ValueError):
+    pass
+
+
+def compile_regex(pattern: str):
+    if not isinstance(pattern, str):
+        raise RegexError(f"must be a string, got {type(pattern).__name__}")
+    if len(pattern) > MAX_PATTERN:
+        raise RegexError(f"pattern of {len(pattern)} characters exceeds {MAX_PATTERN}")
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise RegexError(f"RE2 cannot run this pattern ({reason}); backreferences and lookaround are not "
+                         "supported") from exc
+
+
+def search(rx, text: str):
+    return rx.search(text if len(text) <= MAX_TEXT else text[:MAX_TEXT])
