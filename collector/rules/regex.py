@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re2
 
-MAX_TEXT = 64 << 10      # characters of argv/path a regex looks at
+MAX_TEXT = 1 << 20       # characters of argv/path a regex looks at (RE2 is linear: bounded for memory)
 MAX_PATTERN = 4096
 
 _OPTIONS = re2.Options()
