@@ -40,7 +40,8 @@ def exec_event(seq: int, argv: list[str], job: str = "77", key: str = "k1") -> p
 
 
 def test_rule_regexes_are_re2_and_unrunnable_patterns_are_refused():
-    bad = "rules:\n  - id: r\n    description: d\n    event: exec\n    match: {argv_regex: '(a+)+\\1'}\n    action: alert\n"
+    bad = ("rules:\n  - id: r\n    description: d\n    event: exec\n"
+           "    match: {argv_regex: '(a+)+\\1'}\n    action: alert\n")
     with pytest.raises(RuleError, match="RE2 cannot run"):
         load_ruleset(rule_texts(extra=(("site.yaml", bad),)))
 
