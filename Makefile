@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-unit lint proto demo bench clean
+.PHONY: setup run test test-unit lint proto demo bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,10 @@ lint: setup
 
 proto: setup
 	bash scripts/gen_proto.sh
+
+## fuzz: the collector's stream and query services under random and mutated input, per role (bounded)
+fuzz: setup
+	$(PY) -m tests.fuzz_collector --cases $${FUZZ_CASES:-5000}
 
 demo: setup
 	$(VENV)/bin/gpuguard demo

@@ -29,7 +29,15 @@ from agent.runtime import Capture  # noqa: E402
 from collector.correlate import Correlator  # noqa: E402
 from collector.rules.engine import Engine  # noqa: E402
 from collector.rules.loader import load_ruleset, rule_texts  # noqa: E402
-from gpuguard.lab import CLI, FakePool, Service, free_port, popen_in_cgroup, remove_cgroup_tree  # noqa: E402
+from gpuguard.lab import (  # noqa: E402
+    CLI,
+    FakePool,
+    Service,
+    free_port,
+    lab_credentials,
+    popen_in_cgroup,
+    remove_cgroup_tree,
+)
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
 from gpuguard.v1 import policy_pb2 as ppb  # noqa: E402
 
@@ -182,6 +190,7 @@ def prog_stats(fd: int) -> tuple[int, int]:
 def bench_userspace_kill(n: int, tmp: Path) -> None:
     """A rule only user space can evaluate (argv regex): exec -> collector alert -> KillProcess -> dead."""
     port, host = free_port(), f"bench-{uuid.uuid4().hex[:6]}"
+    lab_credentials(host)
     col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "c.db")],
                   tmp / "c.log", "collector listening on").start()
     ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),

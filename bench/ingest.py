@@ -29,7 +29,8 @@ import grpc  # noqa: E402
 from collector.store.base import TimelineFilter  # noqa: E402
 from collector.store.sqlite import SqliteStore  # noqa: E402
 from collector.timeline import build_timeline  # noqa: E402
-from gpuguard.lab import CLI, Service, free_port  # noqa: E402
+from gpuguard.credentials import CredentialStore  # noqa: E402
+from gpuguard.lab import CLI, Service, free_port, lab_credentials  # noqa: E402
 from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
 
@@ -80,6 +81,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench_grpc_ingest(n: int) -> float:
+    lab_credentials()
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", f"{d}/c.db"],
@@ -95,7 +97,9 @@ def bench_grpc_ingest(n: int) -> float:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)])
             from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
 
-            responses = cgrpc.CollectorStub(channel).Stream(iter(out.get, None))
+            token = CredentialStore().issue("agent", "agent-bench", "bench")
+            responses = cgrpc.CollectorStub(channel).Stream(iter(out.get, None),
+                                                            metadata=[("authorization", f"Bearer {token}")])
             next(responses)
             cpu0 = cpu_seconds(col.proc.pid)
             start = time.perf_counter()
@@ -126,6 +130,7 @@ def bench_e2e_latency(seconds: float, rate: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         host = f"bench-{uuid.uuid4().hex[:6]}"
+        lab_credentials(host)
         col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", f"{d}/c.db"],
                       Path(d) / "c.log", "collector listening on").start()
         ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", f"{d}/spool", "--state-dir",

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -26,6 +27,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gpuguard.cli"]
+
+
+def lab_credentials(*agent_hosts: str) -> str:
+    """Benchmarks and labs keep their credentials in a throwaway directory (never /etc/gpuguard): set
+    GPUGUARD_AUTH_DIR for this process and its children, issue the agents' credentials; returns the dir."""
+    from gpuguard.credentials import CredentialStore  # noqa: PLC0415
+
+    if not os.environ.get("GPUGUARD_AUTH_DIR"):
+        os.environ["GPUGUARD_AUTH_DIR"] = tempfile.mkdtemp(prefix="gpuguard-lab-auth-")
+    for host in agent_hosts:
+        CredentialStore().issue("agent", f"agent-{host}", host)
+    return os.environ["GPUGUARD_AUTH_DIR"]
 
 
 def free_port() -> int:
