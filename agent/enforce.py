@@ -29,6 +29,7 @@ from pathlib import Path
 from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, detach_by_id, prog_id
 from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
+from agent.pinned_exec import PinnedExecKill, pin_dir_for
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -123,6 +124,18 @@ class Enforcer:
         self.hasher = capture.hasher or ExeHasher()
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
+        self.exec_kill = self._attach_kill_at_exec()
+
+    def _attach_kill_at_exec(self):
+        """Kill-at-exec through a pinned bpf_link (survives the agent); BCC's own attach if that fails."""
+        bpf_type = type(self.bpf)
+        fn = self.bpf.load_func(b"kill_at_exec", bpf_type.TRACEPOINT)
+        try:
+            return PinnedExecKill(fn.fd, pin_dir_for(self.state_dir))
+        except OSError as exc:
+            log.warning("kill-at-exec: no pinned link (%s); attached for this process's lifetime only", exc)
+            self.bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=b"kill_at_exec")
+            return None
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -133,7 +146,7 @@ class Enforcer:
         """Enforcement programs in force now, for the heartbeat (the collector checks them against policy)."""
         with self.lock:
             types = {t for (_c, t) in self.attached}
-        names = {"kill_exec"}      # the exec tracepoint program lives as long as the capture probes
+        names = {"kill_exec"} if self.exec_kill is None or self.exec_kill.attached else set()
         names.update(PROGRAM_NAMES.get(t, f"attach_type_{t}") for t in types)
         return sorted(names)
 
@@ -174,6 +187,8 @@ class Enforcer:
                     self._detach(cgroup, attach_type, fn, cfd)
                 self.attached.clear()
                 self.ledger.save([])
+            if self.exec_kill is not None:
+                self.exec_kill.close(unpin=detach)
 
     # -- policy ---------------------------------------------------------------------
     def rule_name(self, index: int) -> str:

@@ -111,7 +111,8 @@ class CredentialStore:
     def _locked(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        with open(self.dir / ".lock", "a") as lock:
+        fd = os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 

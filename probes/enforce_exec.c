@@ -6,7 +6,10 @@
  * current task matches when that cgroup is one of its ancestors. A match gets
  * SIGKILL from bpf_send_signal and an enforce_event on the ring buffer.
  * Names are trivially renamed: the agent also kills by executable hash and the
- * payload hook catches renamed miners on the wire. */
+ * payload hook catches renamed miners on the wire.
+ *
+ * Lifetime: attached through a bpf_link pinned in bpffs (agent/pinned_exec.py), so it
+ * outlives a killed agent; the next agent attaches its own, then unpins the old one. */
 #include "gpuguard.h"
 
 struct kill_key {
@@ -22,7 +25,10 @@ struct kill_val {
 
 BPF_HASH(kill_comms, struct kill_key, struct kill_val, 4096);
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+/* Not a TRACEPOINT_PROBE: BCC would attach it through a perf event that dies with the
+ * agent. agent/pinned_exec.py attaches it with a pinned bpf_link instead, so a killed
+ * agent's node keeps killing at exec (the context is unused: comm and cgroup come from helpers). */
+int kill_at_exec(void *args)
 {
     struct kill_key k = {};
     bpf_get_current_comm(&k.comm, sizeof(k.comm));

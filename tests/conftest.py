@@ -6,6 +6,7 @@ Without root/BPF they skip with the reason; with GPUGUARD_REQUIRE_BPF=1 (set by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -38,6 +39,20 @@ def require_bpf() -> None:
         if os.environ.get("GPUGUARD_REQUIRE_BPF") == "1":
             pytest.fail(f"BPF required (GPUGUARD_REQUIRE_BPF=1) but unavailable: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unpin_dead_agents_kill_links():
+    """Tests SIGKILL agents on purpose; their kill-at-exec links stay pinned (by design). At the end of the
+    session, unpin those whose agent process is gone, so no test program outlives the suite."""
+    yield
+    for pin in Path("/sys/fs/bpf/gpuguard").glob("*/kill_exec-*"):
+        pid = int(pin.name.rsplit("-", 1)[1])
+        if not Path(f"/proc/{pid}").exists():
+            pin.unlink(missing_ok=True)
+    for d in Path("/sys/fs/bpf/gpuguard").glob("*"):
+        with contextlib.suppress(OSError):
+            d.rmdir()                                    # empty ones only
 
 
 @pytest.fixture(scope="session", autouse=True)

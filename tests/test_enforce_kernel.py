@@ -290,3 +290,36 @@ def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp
         second.close()
     after = run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip()
     assert after == "ok"                                  # old programs gone too, not just the new ones
+
+
+def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, test_cgroup):
+    from agent.pinned_exec import PIN_PREFIX, pin_dir_for  # noqa: PLC0415
+
+    job = str(2000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    state = tmp_path / "state"
+    miner = fake_binary(tmp_path, "gg-deadminer", "/bin/true")
+    policy = ppb.Policy(version=3, kill=[ppb.KillBinary(rule_id="t-dead", comm="gg-deadminer",
+                                                        scope=job_scope(job))])
+    code = FIRST_AGENT.format(root=str(ROOT), state=str(state), policy=policy.SerializeToString().hex())
+    pins = pin_dir_for(state)
+    second = None
+    try:
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)      # the agent dies (os._exit)
+        left = sorted(p.name for p in pins.glob(f"{PIN_PREFIX}*"))
+        assert len(left) == 1                                 # its link is still pinned
+        assert run_in_cgroup(cg, [miner]).returncode == -9    # and still kills, with no agent running
+        assert subprocess.run([miner]).returncode == 0        # only in scope
+        second = Enforcer(capture, state)
+        second.start()
+        assert sorted(p.name for p in pins.glob(f"{PIN_PREFIX}*")) == [f"{PIN_PREFIX}{os.getpid()}"]   # adopted
+        assert run_in_cgroup(cg, [miner]).returncode == -9    # the new agent's program kills (policy.pb)
+        second.close()
+        second = None
+        assert not list(pins.glob(f"{PIN_PREFIX}*"))          # a clean stop unpins
+        assert run_in_cgroup(cg, [miner]).returncode == 0     # and nothing kills any more
+    finally:
+        if second is not None:
+            second.close()
+        for pin in pins.glob(f"{PIN_PREFIX}*"):               # never leave a test's program attached
+            pin.unlink()

@@ -1,0 +1,148 @@
+"""Small, fast checks of the trust-boundary pieces: terminal-safe output, drift, acks that do not wait
+for detection, and an agent that believes only acks for what it sent."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from agent.identity import HostIdentity
+from agent.shipper import Shipper
+from agent.spool import Spool
+from collector.app import CollectorConfig
+from collector.health import HostHealth
+from collector.ingest import AgentSession
+from gpuguard.render import alerts_table, safe, timeline_view, tree_view
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
+from tests.services import collector_in_thread
+from tests.test_collector_protocol import RawStream, batch, hello
+
+EVIL = "x\x1b[2J\x1b]0;owned\x07\nFAKE LINE\r\u202eevil"
+
+
+def test_human_output_escapes_control_characters_everywhere():
+    assert safe(EVIL) == "x\\e[2J\\e]0;owned\\x07\\nFAKE LINE\\r\\u202eevil"
+    ev = pb.Event(seq=1, ts_ns=1, exec=pb.Exec(filename=EVIL, argv=[EVIL]))
+    ev.process.comm, ev.process.pid = EVIL[:15], 1
+    reply = cpb.TimelineReply(events=[cpb.StoredEvent(host_id=EVIL, event=ev)])
+    reply.first_gpu_use.add(path=EVIL, host_id=EVIL, process_key=EVIL)
+    tree = cpb.TreeReply(nodes=[cpb.TreeNode(key="k", comm=EVIL, argv=[EVIL], host_id=EVIL, exe=EVIL)])
+    alert = cpb.AlertsReply()
+    alert.alerts.add(rule_id=EVIL, outcome=EVIL, description=EVIL).process.comm = EVIL
+    for text in (timeline_view(EVIL, reply), tree_view(tree), alerts_table(alert.alerts)):
+        assert "\x1b" not in text and "\r" not in text and "\x07" not in text and "\u202e" not in text
+        assert "FAKE LINE" not in "\n".join(line for line in text.splitlines() if line.startswith("FAKE"))
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.alerts = []
+
+    def add_alert(self, alert) -> None:
+        self.alerts.append(alert)
+
+    def jobs_on_host(self, host, since_ns):
+        return [("slurm", "77")]
+
+    def agents(self):
+        return []
+
+
+def status_event(version: int, enforcing: bool = True, programs=("kill_exec",)) -> pb.Event:
+    ev = pb.Event(seq=1, status=pb.AgentStatus(policy_version=version, enforcing=enforcing, programs=programs))
+    return ev
+
+
+def test_enforcement_drift_is_an_alert_for_the_host_and_its_jobs():
+    store = FakeStore()
+    health = HostHealth(store, grace=2.0, kill_programs_expected=lambda: True)
+    session = AgentSession("h1", "h1", "b", 0)
+    health.on_connect(session, cpb.Hello(heartbeat_s=0.05, agent_started_ns=1))
+    health.on_events(session, [status_event(3)])
+    health.tick(3)
+    assert store.alerts == []                                       # in step: nothing to say
+    health.on_events(session, [status_event(3, enforcing=False)])
+    health.tick(3)
+    drift = [a for a in store.alerts if a.rule_id == "enforcement-drift"]
+    assert {a.job.id for a in drift} == {"host", "77"} and "switched off" in drift[0].matched["drift"]
+    store.alerts.clear()
+    health.on_events(session, [status_event(3, programs=())])
+    health.tick(3)
+    assert [a.matched["drift"] for a in store.alerts][:1] == ["kill-at-exec program not attached"]
+    store.alerts.clear()
+    health.on_events(session, [status_event(2)])
+    health.tick(3)                                                  # just pushed: give it time
+    assert not [a for a in store.alerts if "policy 2" in a.matched.get("drift", "")]
+    time.sleep(0.15)
+    health.on_events(session, [status_event(2)])
+    health.tick(3)
+    assert [a for a in store.alerts if "policy 2" in a.matched.get("drift", "")]
+
+
+def test_acks_do_not_wait_for_detection(tmp_path):
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
+    with collector_in_thread(cfg) as app:
+        release = threading.Event()
+        real = app.policy.on_events
+        app.detector.detect = lambda host, events: (release.wait(30), real(host, events))
+        s = RawStream(app.port, host="slowdetect")
+        s.send(hello("slowdetect"))
+        s.recv()
+        while s.recv().WhichOneof("msg") != "policy":               # hello reply, then the current policy
+            pass
+        s.send(batch(1, 2))
+        first = s.recv()
+        s.send(batch(3))
+        second = s.recv()
+        assert (first.ack.seq, second.ack.seq) == (2, 3)            # acked while detection is stuck
+        assert app.detector.pending == 3
+        release.set()
+        assert app.detector.drain(10) and app.detector.evaluated == 3
+        s.close()
+
+
+class LyingCollector:
+    """A collector that claims to have stored more than the agent ever sent."""
+
+    def __init__(self, stored_through: int, ack_seq: int) -> None:
+        self.stored_through, self.ack_seq = stored_through, ack_seq
+        self.batches: queue.Queue = queue.Queue()
+
+    def Stream(self, requests, context):  # noqa: N802
+        first = next(requests)
+        assert first.HasField("hello")
+        yield cpb.CollectorMessage(hello=cpb.HelloReply(stored_through_seq=self.stored_through))
+        for msg in requests:
+            if msg.HasField("batch"):
+                self.batches.put([e.seq for e in msg.batch.events])
+                yield cpb.CollectorMessage(ack=cpb.Ack(seq=self.ack_seq))
+
+
+def test_agent_deletes_only_what_it_sent_and_was_acked(tmp_path):
+    from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    fake = LyingCollector(stored_through=0, ack_seq=1 << 62)
+    cgrpc.add_CollectorServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    spool = Spool(tmp_path / "spool")
+    spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": i}} for i in range(3)])
+    shipper = Shipper(f"127.0.0.1:{port}", spool, HostIdentity("h", "h", "b"), batch_max_events=2)
+    shipper.window_events = 2                                    # one batch in flight at a time
+    threading.Thread(target=shipper.run, daemon=True).start()
+    try:
+        assert fake.batches.get(timeout=10) == [1, 2]
+        assert fake.batches.get(timeout=10) == [3]          # believed "stored" on the first ack, it was dropped
+        deadline = time.monotonic() + 10
+        while spool.acked < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert spool.acked == 3 and spool.last_seq == 3
+    finally:
+        shipper.stop()
+        server.stop(0)
