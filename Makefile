@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/ingest.py
 	$(PY) bench/enforce.py
+	$(PY) bench/hostile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

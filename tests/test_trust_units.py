@@ -146,3 +146,22 @@ def test_agent_deletes_only_what_it_sent_and_was_acked(tmp_path):
     finally:
         shipper.stop()
         server.stop(0)
+
+
+def test_a_process_that_moves_into_a_job_belongs_to_it_across_batches(tmp_path):
+    """sh execs on the host, moves into the job's cgroup and execs again: two batches, one tree node."""
+    from collector.store.sqlite import SqliteStore  # noqa: PLC0415
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.register_agent("h", "h", "b", 0)
+
+    def exec_in(seq: int, job: str) -> pb.Event:
+        ev = pb.Event(seq=seq, ts_ns=1000 + seq, exec=pb.Exec(filename="/bin/sh"))
+        ev.process.key, ev.process.pid, ev.process.comm = "b:445:1", 445, "sh"
+        ev.job.kind, ev.job.id = ("host", "host") if job == "host" else ("slurm", job)
+        return ev
+
+    store.ingest("h", [exec_in(1, "host")])
+    store.ingest("h", [exec_in(2, "4242")])
+    assert [p["key"] for p in store.processes("4242")] == ["b:445:1"]
+    assert store.processes("host") == []

@@ -167,6 +167,8 @@ class SqliteStore:
                     "comm = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.comm ELSE comm END, "
                     "exe = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.exe ELSE exe END, "
                     "argv = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.argv ELSE argv END, "
+                    # a process that moved into a job's cgroup and exec'd there belongs to that job now
+                    "job_id = CASE WHEN excluded.first_ts_ns >= first_ts_ns THEN excluded.job_id ELSE job_id END, "
                     "first_ts_ns = MIN(first_ts_ns, excluded.first_ts_ns)",
                     list(procs.values()),
                 )

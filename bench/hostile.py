@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""The collector under hostile load: what each attack from the trust-boundary review costs it now.
+
+For each attack, prints the collector process's resident memory before and after, how long it took,
+and whether a good agent was still acked promptly afterwards. Asserts nothing.
+
+    .venv/bin/python bench/hostile.py
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from gpuguard.credentials import CredentialStore, find_token  # noqa: E402
+from gpuguard.lab import CLI, Service, free_port, lab_credentials  # noqa: E402
+from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
+from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: E402
+from gpuguard.v1 import events_pb2 as pb  # noqa: E402
+
+STREAM = "/gpuguard.v1.Collector/Stream"
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def open_stream(ch, token: str):
+    out: queue.Queue = queue.Queue()
+    call = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=cpb.CollectorMessage.FromString)
+    responses = call(iter(out.get, None), metadata=[("authorization", f"Bearer {token}")] if token else None)
+    return out, responses
+
+
+def good_agent_ack_ms(port: int, host: str) -> float:
+    token = CredentialStore().issue("agent", f"agent-{host}", host)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        out, responses = open_stream(ch, token)
+        start = time.perf_counter()
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host))).SerializeToString())
+        seq = next(responses).hello.stored_through_seq + 1
+        out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=[pb.Event(seq=seq, ts_ns=time.time_ns(),
+                                                                           exit=pb.Exit())])).SerializeToString())
+        for msg in responses:
+            if msg.HasField("ack"):
+                break
+        out.put(None)
+        return (time.perf_counter() - start) * 1000
+
+
+def attack_unauthenticated_streams(port: int, n: int = 500) -> str:
+    """Streams with no credential that send and never read: refused before anything is read."""
+    channels, refused = [], 0
+    for _ in range(n):
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        out, responses = open_stream(ch, "")
+        for _ in range(20):
+            out.put(b"\x0a\x00" * 5000)
+        channels.append((ch, out, responses))
+    for _ch, _out, responses in channels:
+        try:
+            next(responses)
+        except grpc.RpcError as exc:
+            refused += exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    for ch, out, _r in channels:
+        out.put(None)
+        ch.close()
+    return f"{refused}/{n} refused UNAUTHENTICATED"
+
+
+def attack_huge_argv(port: int, n: int = 100) -> str:
+    """An agent (valid credential) sends 112 KB argv crafted against backtracking regexes."""
+    token = CredentialStore().issue("agent", "agent-argv", "argv")
+    argv = ["bash", "-c", "socket " * 16_000 + "x"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        out, responses = open_stream(ch, token)
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id="argv"))).SerializeToString())
+        next(responses)
+        for i in range(n):
+            ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), exec=pb.Exec(filename="/bin/bash", argv=argv))
+            ev.job.kind, ev.job.id = "slurm", "1"
+            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=[ev])).SerializeToString())
+        acks = 0
+        for msg in responses:
+            acks += msg.HasField("ack")
+            if acks == n:
+                break
+        out.put(None)
+    return f"{acks}/{n} batches acked"
+
+
+def attack_connect_storm(port: int, n: int = 100_000) -> str:
+    """100k connects to a port on the pool list from 50 processes of 20 jobs."""
+    token = CredentialStore().issue("agent", "agent-storm", "storm")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        out, responses = open_stream(ch, token)
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id="storm"))).SerializeToString())
+        next(responses)
+        sent = 0
+        for start in range(0, n, 1000):
+            evs = []
+            for i in range(start, start + 1000):
+                ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), connect=pb.Connect(daddr="10.9.9.9", dport=3333,
+                                                                                   proto="tcp"))
+                ev.process.pid, ev.process.key, ev.job.kind, ev.job.id = i % 50, f"k{i % 50}", "slurm", str(i % 20)
+                evs.append(ev)
+            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=evs)).SerializeToString())
+            sent += 1
+        acks = 0
+        for msg in responses:
+            acks += msg.HasField("ack")
+            if acks == sent:
+                break
+        out.put(None)
+    return f"{acks}/{sent} batches acked"
+
+
+def attack_alias_bomb(port: int) -> str:
+    bomb = "lists:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        reply = cgrpc.QueryStub(ch).ApplyPolicy(cpb.ApplyPolicyRequest(rules_yaml=bomb), timeout=30,
+                                                metadata=[("authorization", f"Bearer {find_token(role='admin')}")])
+    return f"{len(bomb)}-byte bomb -> {len(reply.error)}-byte error: {reply.error[:80]!r}"
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="gpuguard-hostile-") as d:
+        os.environ["GPUGUARD_AUTH_DIR"] = str(Path(d) / "auth")
+        lab_credentials()
+        port = free_port()
+        col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", f"{d}/c.db"],
+                      Path(d) / "c.log", "collector listening on").start()
+        try:
+            print(f"{'attack':<36} {'RSS before':>10} {'RSS after':>10} {'took':>8}  good agent acked in  result")
+            for name, attack in (("500 unauthenticated, never reading", attack_unauthenticated_streams),
+                                 ("100 x 112 KB hostile argv", attack_huge_argv),
+                                 ("100k pool-port connects", attack_connect_storm),
+                                 ("YAML alias bomb (admin)", attack_alias_bomb)):
+                before = rss_mb(col.proc.pid)
+                start = time.perf_counter()
+                result = attack(port)
+                took = time.perf_counter() - start
+                after = rss_mb(col.proc.pid)
+                ack_ms = good_agent_ack_ms(port, f"good-{name[:3].strip()}")
+                print(f"{name:<36} {before:>8.0f}MB {after:>8.0f}MB {took:>7.2f}s  {ack_ms:>8.1f} ms          {result}")
+            tracebacks = (Path(d) / "c.log").read_text(errors="replace").count("Traceback")
+            print(f"collector log: {tracebacks} tracebacks; collector alive: {col.proc.poll() is None}")
+        finally:
+            col.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
