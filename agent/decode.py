@@ -13,6 +13,7 @@ import struct
 from agent.events import (
     CgroupEvent,
     ConnectEvent,
+    ConnectResultEvent,
     DecodeStats,
     EnforceEvent,
     ExecEvent,
@@ -26,23 +27,26 @@ from agent.text import clean
 
 log = logging.getLogger(__name__)
 
-EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP = 1, 2, 3, 4, 5, 6, 7
+EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP, EV_CONNECT_RESULT = 1, 2, 3, 4, 5, 6, 7, 8
 KIND_NAMES = {EV_EXEC: "exec", EV_FORK: "fork", EV_EXIT: "exit", EV_CONNECT: "connect", EV_GPU_OPEN: "gpu_open",
-              EV_ENFORCE: "enforcement", EV_CGROUP: "cgroup"}
+              EV_ENFORCE: "enforcement", EV_CGROUP: "cgroup", EV_CONNECT_RESULT: "connect_result"}
 
 HEADER = struct.Struct("<QQIIIIIi16s")
-EXEC_TAIL = struct.Struct("<IIII256s32sQ2048s")
+EXEC_TAIL = struct.Struct("<IIII256s32sQII2048s")
 FORK_TAIL = struct.Struct("<II")
-CONNECT_TAIL = struct.Struct("<HHI16sII")
-GPU_OPEN_TAIL = struct.Struct("<iIII64s")
+EXIT_TAIL = struct.Struct("<iI")
+CONNECT_TAIL = struct.Struct("<HHI16sQII")
+CONNECT_RESULT_TAIL = struct.Struct("<Q")
+GPU_OPEN_TAIL = struct.Struct("<iIII")
 ENFORCE_TAIL = struct.Struct("<IIHHI16s")
 CGROUP_TAIL = struct.Struct("<Qii192s")
 
 SIZES = {
     EV_EXEC: HEADER.size + EXEC_TAIL.size,
     EV_FORK: HEADER.size + FORK_TAIL.size,
-    EV_EXIT: HEADER.size,
+    EV_EXIT: HEADER.size + EXIT_TAIL.size,
     EV_CONNECT: HEADER.size + CONNECT_TAIL.size,
+    EV_CONNECT_RESULT: HEADER.size + CONNECT_RESULT_TAIL.size,
     EV_GPU_OPEN: HEADER.size + GPU_OPEN_TAIL.size,
     EV_ENFORCE: HEADER.size + ENFORCE_TAIL.size,
     EV_CGROUP: HEADER.size + CGROUP_TAIL.size,
@@ -50,6 +54,7 @@ SIZES = {
 ACTION_NAMES = {1: "kill_exec", 2: "deny_connect", 3: "drop_stratum", 4: "seen_stratum"}
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
+CONNECT_SENDMSG = 1
 AF_INET, AF_INET6 = 2, 10
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
@@ -68,7 +73,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, _optmask, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+    argc, args_len, flags, _, filename, job_env, _optmask, ppid, _, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
@@ -77,6 +82,7 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         argv_truncated=bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARG_CLIPPED)),
         argv_fault=bool(flags & EXEC_ARGV_FAULT),
         slurm_job_env=_cstr(job_env),
+        ppid=ppid,
     )
 
 
@@ -89,8 +95,9 @@ def _addr(family: int, addr: bytes) -> str:
 
 
 def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
-    family, dport, sock_type, addr, _fd, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
-    return ConnectEvent(hdr, family, sock_type, _addr(family, addr), dport)
+    family, dport, sock_type, addr, sk, protocol, flags = CONNECT_TAIL.unpack_from(raw, HEADER.size)
+    return ConnectEvent(hdr, family, sock_type, _addr(family, addr), dport, sk, protocol,
+                        bool(flags & CONNECT_SENDMSG))
 
 
 def _enforce(hdr: Header, raw: bytes) -> EnforceEvent:
@@ -111,9 +118,11 @@ def decode(raw: bytes) -> KernelEvent:
     if kind == EV_EXEC:
         return _exec(hdr, raw)
     if kind == EV_FORK:
-        return ForkEvent(hdr, FORK_TAIL.unpack_from(raw, HEADER.size)[0])
+        return ForkEvent(hdr, *FORK_TAIL.unpack_from(raw, HEADER.size))
     if kind == EV_EXIT:
-        return ExitEvent(hdr)
+        return ExitEvent(hdr, *EXIT_TAIL.unpack_from(raw, HEADER.size))
+    if kind == EV_CONNECT_RESULT:
+        return ConnectResultEvent(hdr, CONNECT_RESULT_TAIL.unpack_from(raw, HEADER.size)[0])
     if kind == EV_CONNECT:
         return _connect(hdr, raw)
     if kind == EV_ENFORCE:
@@ -121,8 +130,8 @@ def decode(raw: bytes) -> KernelEvent:
     if kind == EV_CGROUP:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))
-    flags, major, minor, _, path = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
-    return GpuOpenEvent(hdr, _cstr(path), flags, major, minor)
+    flags, major, minor, _ = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
+    return GpuOpenEvent(hdr, "", flags, major, minor)
 
 
 def decode_batch(batch: list[bytes], stats: DecodeStats) -> list[KernelEvent]:

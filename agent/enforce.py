@@ -40,11 +40,8 @@ INET_EGRESS, CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SEN
 DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CONNECT),
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 STRATUM_PROGRAM = (b"stratum_egress", INET_EGRESS)
-GPU_WATCH_PROGRAM = (b"gpu_device_watch", CGROUP_DEVICE)
-FIXED_GPU_MAJORS = (195, 226)        # nvidia, drm; the rest are dynamic (see gpu_majors())
-GPU_DEVICE_NAMES = ("nvidia", "drm", "kfd", "accel")
 MODE_MONITOR, MODE_ENFORCE = 1, 2
-PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", CGROUP_DEVICE: "gpu_device_watch", INET4_CONNECT: "deny_connect4",
+PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -60,26 +57,6 @@ def option_mask(letters: str) -> int:
         else:
             raise ValueError(f"option letters must be a-z/A-Z, got {c!r}")
     return mask
-
-
-def gpu_majors(proc_devices: Path = Path("/proc/devices")) -> set[int]:
-    """Character-device majors of GPUs and accelerators: 195, 226 and the dynamic ones by name."""
-    majors = set(FIXED_GPU_MAJORS)
-    in_char = False
-    try:
-        lines = proc_devices.read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("Character devices"):
-            in_char = True
-        elif line.startswith("Block devices"):
-            in_char = False
-        elif in_char and line.strip():
-            number, _, name = line.strip().partition(" ")
-            if name.startswith(GPU_DEVICE_NAMES):
-                majors.add(int(number))
-    return majors
 
 
 def kill_key(scope: int, comm: str) -> bytes:
@@ -116,7 +93,7 @@ class Enforcer:
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
         self._entries: dict[str, dict[bytes, bytes]] = {
             name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "stratum_scopes",
-                                  "exempt_scopes", "gpu_majors")}
+                                  "exempt_scopes")}
         self._recent_connects: deque = deque(maxlen=4096)
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
@@ -234,16 +211,12 @@ class Enforcer:
                 for cgid in self._scope_ids(sw.scope, paths, roots):
                     stratum[struct.pack("<Q", cgid)] = val
                     attach.add((paths[cgid], STRATUM_PROGRAM[1]))
-            if policy.HasField("gpu_watch"):
-                for cgid in self._scope_ids(policy.gpu_watch, paths, roots):
-                    attach.add((paths[cgid], GPU_WATCH_PROGRAM[1]))
             excluded = {j for sc in self._scopes(policy) for j in sc.exclude_job_ids}
             exempt = {struct.pack("<Q", cgid): struct.pack("<I", 1)
                       for cgid, (_p, job) in roots.items() if job.id in excluded}
             del policy.rules[:]
             policy.rules.extend(rules)
             self.policy = policy
-            self._sync_map("gpu_majors", {struct.pack("<I", m): struct.pack("<I", 1) for m in gpu_majors()})
             self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
             self._sync_attachments(attach)
             self._sync_map("kill_comms", kill)
@@ -320,8 +293,7 @@ class Enforcer:
 
         names = dict((t, n) for n, t in DENY_PROGRAMS)
         names[STRATUM_PROGRAM[1]] = STRATUM_PROGRAM[0]
-        names[GPU_WATCH_PROGRAM[1]] = GPU_WATCH_PROGRAM[0]
-        prog_types = {INET_EGRESS: BPF.CGROUP_SKB, CGROUP_DEVICE: BPF.CGROUP_DEVICE}
+        prog_types = {INET_EGRESS: BPF.CGROUP_SKB}
         for cgroup, attach_type in sorted(desired - set(self.attached)):
             prog_type = prog_types.get(attach_type, BPF.CGROUP_SOCK_ADDR)
             fn = self.bpf.load_func(names[attach_type], prog_type, attach_type=attach_type)
@@ -360,7 +332,7 @@ class Enforcer:
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
         return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
-            [s.scope for s in policy.stratum] + ([policy.gpu_watch] if policy.HasField("gpu_watch") else [])
+            [s.scope for s in policy.stratum]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[dict]) -> None:

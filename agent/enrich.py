@@ -7,11 +7,15 @@ only feed the process table; they are not shipped.
 
 from __future__ import annotations
 
+import errno
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from agent.events import (
     CgroupEvent,
     ConnectEvent,
+    ConnectResultEvent,
     EnforceEvent,
     ExecEvent,
     ExitEvent,
@@ -21,11 +25,13 @@ from agent.events import (
     KernelEvent,
 )
 from agent.exe_hash import ExeHasher
+from agent.gpu_names import gpu_node_name
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 
-SOCK_TYPES = {1: "tcp", 2: "udp"}
+SOCK_STREAM = 1
+SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
 
 
 class Enricher:
@@ -38,6 +44,8 @@ class Enricher:
         self.clock = clock or BootClock()
         self.rule_name: Callable[[int], str] = lambda index: f"rule#{index}"   # set by the enforcer
         self.cgroup_listeners: list[Callable[[int, str], None]] = []
+        self.gpu_drivers: dict[int, str] = {}                 # GPU majors -> driver, from the loader
+        self.connects = PendingConnects()
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -96,46 +104,104 @@ class Enricher:
     def enrich(self, ev: KernelEvent) -> dict | None:
         hdr = ev.hdr
         if isinstance(ev, ForkEvent):
-            self.table.on_fork(hdr.pid, ev.child_pid, hdr.ts_boot_ns)
+            self.table.on_fork(ev.parent_pid or hdr.pid, ev.child_pid, hdr.ts_boot_ns)
             return None
         if isinstance(ev, CgroupEvent):
             if self.jobs.learn(ev.cgroup_id, ev.path):
                 for listener in self.cgroup_listeners:
                     listener(ev.cgroup_id, ev.path)
             return None
+        if isinstance(ev, ConnectResultEvent):
+            return self.connects.outcome(ev.sk, hdr.result)
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
-            if hdr.result == 0:
-                self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm)
+            self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid)
             job = self._job_for(p, hdr, ev.slurm_job_env)
             rec = self._record("exec", hdr, p, job)
             rec["exec"] = {"filename": ev.filename, "argv": ev.argv, "argv_truncated": ev.argv_truncated,
-                           "result": hdr.result}
+                           "result": 0}
             return rec
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):
             rec = self._record("exit", hdr, p, job, with_ancestry=False)
-            rec["exit"] = {"code": hdr.result}
+            rec["exit"] = {"code": ev.code, "signal": ev.signal}
             self.table.on_exit(hdr.pid)
             return rec
         if isinstance(ev, ConnectEvent):
             rec = self._record("connect", hdr, p, job)
             rec["connect"] = {"family": "inet6" if ev.family == 10 else "inet", "daddr": ev.daddr,
-                              "dport": ev.dport, "proto": SOCK_TYPES.get(ev.sock_type, "unknown"),
-                              "result": hdr.result}
-            return rec
+                              "dport": ev.dport, "proto": SOCK_TYPES.get(ev.sock_type, "unknown"), "result": 0}
+            return self.connects.attempt(rec, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
         if isinstance(ev, GpuOpenEvent):
             rec = self._record("gpu_open", hdr, p, job)
-            path = ev.path or f"<char device {ev.major}:{ev.minor}>"
-            rec["gpu_open"] = {"path": path, "flags": ev.flags, "result": hdr.result, "major": ev.major,
-                               "minor": ev.minor}
+            rec["gpu_open"] = {"path": ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers),
+                               "flags": ev.flags, "result": 0, "major": ev.major, "minor": ev.minor}
             return rec
         if isinstance(ev, EnforceEvent):
             rec = self._record("enforcement", hdr, p, job)
             rec["enforcement"] = {"rule_id": self.rule_name(ev.rule_index), "action": ev.action,
                                   "detail": enforcement_detail(ev)}
+            if ev.action == "deny_connect":
+                self.connects.denied(hdr.pid, ev.daddr, ev.dport)
             return rec
         raise TypeError(f"unhandled event type {type(ev).__name__}")
+
+
+class PendingConnects:
+    """Ties a connect to its outcome. The cgroup hook sees a connect before it happens: a TCP connect
+    waits (by socket address) for its handshake's end from inet_sock_set_state, at most ``wait_s``
+    (then it is reported as -EINPROGRESS); a connect the enforcement hook just denied is -EPERM."""
+
+    def __init__(self, wait_s: float = 2.0, max_pending: int = 65536) -> None:
+        self.wait_s = wait_s
+        self.max_pending = max_pending
+        self.pending: OrderedDict[int, tuple[float, dict]] = OrderedDict()
+        self.recent_denies: OrderedDict[tuple[int, str, int], float] = OrderedDict()
+        self.overflow: list[dict] = []
+
+    def attempt(self, rec: dict, pid: int, sk: int, tcp: bool) -> dict | None:
+        c = rec["connect"]
+        if self.recent_denies.pop((pid, c["daddr"], c["dport"]), None) is not None:
+            c["result"] = -errno.EPERM
+            return rec
+        if not tcp or not sk:
+            return rec
+        self.pending[sk] = (time.monotonic(), rec)
+        if len(self.pending) > self.max_pending:
+            _sk, (_t, oldest) = self.pending.popitem(last=False)
+            oldest["connect"]["result"] = -errno.EINPROGRESS
+            self.overflow.append(oldest)
+        return None
+
+    def outcome(self, sk: int, result: int) -> dict | None:
+        item = self.pending.pop(sk, None)
+        if item is None:
+            return None                       # a connect made before the agent started
+        rec = item[1]
+        rec["connect"]["result"] = result
+        return rec
+
+    def denied(self, pid: int, daddr: str, dport: int) -> None:
+        self.recent_denies[(pid, daddr, dport)] = time.monotonic()
+        while len(self.recent_denies) > 4096:
+            self.recent_denies.popitem(last=False)
+
+    def expired(self) -> list[dict]:
+        """Connects whose outcome did not come in time (still connecting, or non-blocking and abandoned)."""
+        out, self.overflow = self.overflow, []
+        cutoff = time.monotonic() - self.wait_s
+        while self.pending:
+            sk, (t, rec) = next(iter(self.pending.items()))
+            if t > cutoff:
+                break
+            del self.pending[sk]
+            rec["connect"]["result"] = -errno.EINPROGRESS
+            out.append(rec)
+        for key, t in list(self.recent_denies.items()):
+            if t > cutoff:
+                break
+            del self.recent_denies[key]
+        return out
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:

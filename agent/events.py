@@ -25,33 +25,46 @@ class ExecEvent:
     argv_truncated: bool
     argv_fault: bool
     slurm_job_env: str
+    ppid: int = 0     # the real parent, from the kernel
 
 
 @dataclass(slots=True)
 class ForkEvent:
-    hdr: Header       # the parent
+    hdr: Header       # the thread that forked
     child_pid: int
+    parent_pid: int = 0   # the child's real parent (differs from hdr.pid for CLONE_PARENT)
 
 
 @dataclass(slots=True)
 class ExitEvent:
-    hdr: Header       # result: exit_group() code, -1 when killed
+    hdr: Header       # result: raw task->exit_code
+    code: int = 0     # exit status
+    signal: int = 0   # terminating signal (0: normal exit)
 
 
 @dataclass(slots=True)
 class ConnectEvent:
     hdr: Header
     family: int       # 2 = AF_INET, 10 = AF_INET6
-    sock_type: int    # 1 = TCP, 2 = UDP, 0 = unknown
+    sock_type: int    # 1 = TCP, 2 = UDP
     daddr: str
     dport: int
+    sk: int = 0       # the socket's kernel address: ties the TCP outcome to this connect
+    protocol: int = 0
+    sendmsg: bool = False   # an unconnected UDP send, not a connect()
+
+
+@dataclass(slots=True)
+class ConnectResultEvent:
+    hdr: Header       # result: 0 established, -errno when the handshake failed
+    sk: int
 
 
 @dataclass(slots=True)
 class GpuOpenEvent:
     hdr: Header
-    path: str         # "" when only the device number matched (cgroup/dev hook)
-    flags: int
+    path: str         # named by the agent from the device number (agent/gpu_names.py)
+    flags: int        # access: 2 read, 4 write
     major: int = 0
     minor: int = 0
 
@@ -73,7 +86,8 @@ class CgroupEvent:
     path: str         # relative to its hierarchy's root
 
 
-KernelEvent = ExecEvent | ForkEvent | ExitEvent | ConnectEvent | GpuOpenEvent | EnforceEvent | CgroupEvent
+KernelEvent = (ExecEvent | ForkEvent | ExitEvent | ConnectEvent | ConnectResultEvent | GpuOpenEvent | EnforceEvent
+               | CgroupEvent)
 
 
 @dataclass(slots=True)

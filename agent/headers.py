@@ -86,6 +86,6 @@ def resolve_kernel_headers(cache_dir: Path = DEFAULT_CACHE, release: str | None 
     return KernelHeaders(
         merged,
         f"no headers for the running kernel {release}; using generic {arch_dir.name} "
-        "(safe: probes read stable-ABI data only)",
+        "(safe: probes read uapi data and kernel fields at BTF offsets only)",
         exact=False,
     )

@@ -3,6 +3,13 @@
 One BPF object carries every capture probe; all events go through a single
 BPF ring buffer. The ring buffer is drained in batches: the BCC callback only
 copies bytes, decoding happens after each poll (agent/decode.py).
+
+No syscall tracepoint is used (each one puts every syscall of every task on
+the kernel's slow path): exec/fork/exit come from sched tracepoints, connects
+and GPU device opens from cgroup hooks attached observe-only at the cgroup2
+root through bpf_links (they detach when the agent's process ends). Kernel
+struct offsets come from BTF (agent/btf.py) and are proven at start
+(agent/selfcheck.py).
 """
 
 from __future__ import annotations
@@ -13,16 +20,47 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
+from agent.pinned_exec import cgroup_link
 
 log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_open.c", "gpu_dev.c", "cgroup.c")
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c")
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_stratum.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
+# (program, prog type name in bcc.BPF, attach type): observe-only hooks at the cgroup2 root
+CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 6, 10, 11, 14, 15
+ROOT_HOOKS = ((b"gpu_device_watch", "CGROUP_DEVICE", CGROUP_DEVICE),
+              (b"observe_connect4", "CGROUP_SOCK_ADDR", INET4_CONNECT),
+              (b"observe_connect6", "CGROUP_SOCK_ADDR", INET6_CONNECT),
+              (b"observe_sendmsg4", "CGROUP_SOCK_ADDR", UDP4_SENDMSG),
+              (b"observe_sendmsg6", "CGROUP_SOCK_ADDR", UDP6_SENDMSG))
+FIXED_GPU_MAJORS = (195, 226)        # nvidia, drm; the rest are dynamic (see gpu_majors())
+GPU_DEVICE_NAMES = ("nvidia", "drm", "kfd", "accel")
+
+
+def gpu_majors(proc_devices: Path = Path("/proc/devices")) -> dict[int, str]:
+    """Character-device majors of GPUs and accelerators -> driver name: 195, 226 and the dynamic ones."""
+    majors = {195: "nvidia-frontend", 226: "drm"}
+    in_char = False
+    try:
+        lines = proc_devices.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("Character devices"):
+            in_char = True
+        elif line.startswith("Block devices"):
+            in_char = False
+        elif in_char and line.strip():
+            number, _, name = line.strip().partition(" ")
+            if name.startswith(GPU_DEVICE_NAMES):
+                majors[int(number)] = name
+    return majors
 
 
 class LoaderError(RuntimeError):
@@ -84,9 +122,12 @@ class CaptureProbes:
     ringbuf_pages: int = 4096
     headers: KernelHeaders | None = None
     bpf: object = None
+    offsets: dict = field(default_factory=dict)
+    majors: dict = field(default_factory=dict)
     _pending: list[bytes] = field(default_factory=list)
+    _links: list[int] = field(default_factory=list)
 
-    def load(self) -> None:
+    def load(self, cgroup_root: Path | None = None) -> None:
         check_privileges()
         bcc = import_bcc()
         ensure_tracefs()
@@ -95,13 +136,37 @@ class CaptureProbes:
         except HeadersError as exc:
             raise LoaderError(str(exc)) from exc
         log.info("kernel headers: %s (%s)", self.headers.path, self.headers.reason)
-        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-Wno-comment"]
+        try:
+            self.offsets = kernel_offsets()
+        except BtfError as exc:
+            raise LoaderError(f"kernel struct offsets: {exc}") from exc
+        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-Wno-comment", *offset_cflags(self.offsets)]
         try:
             self.bpf = bcc.BPF(text=probe_source().encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise LoaderError(f"loading the capture probes failed: {exc}") from exc
         self.bpf[b"events"].open_ring_buffer(self._on_event)
-        log.info("capture probes attached: %d tracepoints", self.bpf.num_open_tracepoints())
+        self.majors = gpu_majors()
+        table = self.bpf[b"gpu_majors"]
+        for major in self.majors:
+            table[table.Key(major)] = table.Leaf(1)
+        if cgroup_root is not None:
+            self.attach_root_hooks(cgroup_root)
+        log.info("capture probes attached: %d tracepoints, %d raw tracepoints, %d root cgroup hooks",
+                 self.bpf.num_open_tracepoints(), len(self.bpf.raw_tracepoint_fds), len(self._links))
+
+    def attach_root_hooks(self, cgroup_root: Path) -> None:
+        """Observe-only cgroup programs at the root: every connect and GPU device open on the host."""
+        bpf_type = type(self.bpf)
+        fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, prog_type, attach_type in ROOT_HOOKS:
+                fn = self.bpf.load_func(name, getattr(bpf_type, prog_type), attach_type=attach_type)
+                self._links.append(cgroup_link(fn.fd, fd, attach_type))
+        except OSError as exc:
+            raise LoaderError(f"attaching {name.decode()} at {cgroup_root}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def _on_event(self, _ctx, data, size) -> None:
         self._pending.append(ctypes.string_at(data, size))
@@ -132,6 +197,9 @@ class CaptureProbes:
         return counts
 
     def close(self) -> None:
+        for link in self._links:
+            os.close(link)                    # a cgroup bpf_link detaches when its last fd closes
+        self._links.clear()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

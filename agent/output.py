@@ -30,7 +30,8 @@ def describe(rec: dict) -> str:
         g = rec["gpu_open"]
         return f"{g['path']} flags={g['flags']:#o} -> {_result(g['result'])}"
     if kind == "exit":
-        return f"code={rec['exit']['code']}"
+        e = rec["exit"]
+        return f"signal={e['signal']}" if e.get("signal") else f"code={e['code']}"
     return json.dumps({k: v for k, v in rec.items() if k not in ("proc", "job")})
 
 

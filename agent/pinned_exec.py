@@ -37,6 +37,15 @@ def _libbpf():
     return lib
 
 
+def cgroup_link(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+    """A bpf_link attaching a cgroup program (multi-attach): detached when its last fd is closed."""
+    link = _libbpf().bpf_link_create(prog_fd, cgroup_fd, attach_type, None)
+    if link < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf_link_create(attach type {attach_type}): {os.strerror(err)}")
+    return link
+
+
 def ensure_bpffs(path: Path = BPFFS) -> None:
     with open("/proc/self/mounts") as mounts:
         if any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts):

@@ -121,11 +121,13 @@ class ProcessTable:
         self.live[child_pid] = child
         return child
 
-    def on_exec(self, pid: int, exe: str, argv: list[str], comm: str) -> Process | None:
+    def on_exec(self, pid: int, exe: str, argv: list[str], comm: str, ppid: int = 0) -> Process | None:
         p = self.get(pid)
         if p is None:
             return None
         p.exe, p.argv, p.comm = exe, argv, comm
+        if ppid:
+            p.ppid = ppid               # the kernel's real parent (re-parenting happens)
         p.lineage = None
         p.record_base = None
         p.ancestry_sent = False

@@ -19,6 +19,7 @@ from agent.identity import HostIdentity
 from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
 from agent.loader import CaptureProbes
 from agent.process_table import ProcessTable
+from agent.selfcheck import run_selfcheck
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,19 @@ class Capture:
         self.stop_event = threading.Event()
         self.ignore_pids: set[int] = set()   # the agent's own pid: its gRPC connects are not evidence
         self.injected: list = []             # deques of records made in user space (enforcement)
+        self.held: list[dict] = []           # records seen before the sinks were attached (start-up check)
 
     def start(self) -> None:
-        self.probes.load()  # attach first, then seed: nothing falls between the two
+        self.probes.load(self.jobs.root)  # attach first, then seed: nothing falls between the two
+        self.enricher.gpu_drivers = self.probes.majors
         seeded = self.table.seed()
         log.info("process table seeded with %d processes from /proc", seeded)
+        try:
+            run_selfcheck(self)
+        except Exception:
+            self.close()
+            raise
+        log.info("kernel struct offsets proven on a check process (argv, environment, parent, exit code)")
 
     def process(self, raw_batch: list[bytes]) -> list[dict]:
         records = []
@@ -68,10 +77,13 @@ class Capture:
                 continue
             if rec is not None and rec["proc"]["pid"] not in self.ignore_pids:
                 records.append(rec)
+        records.extend(r for r in self.enricher.connects.expired() if r["proc"]["pid"] not in self.ignore_pids)
         for source in self.injected:
             while source:
                 records.append(source.popleft())
         self.stats.records += len(records)
+        if self.held and self.sinks:             # counted when first seen
+            records[:0], self.held = self.held, []
         if records:
             for sink in self.sinks:
                 sink(records)

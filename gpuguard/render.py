@@ -76,7 +76,7 @@ def describe_event(ev: pb.Event) -> str:
     if kind == "gpu_open":
         return f"gpu_open {ev.gpu_open.path} {result(ev.gpu_open.result)}"
     if kind == "exit":
-        return f"exit     code={ev.exit.code}"
+        return f"exit     {'signal=' + str(ev.exit.signal) if ev.exit.signal else 'code=' + str(ev.exit.code)}"
     if kind == "gap":
         return f"GAP      seq {ev.gap.from_seq}..{ev.gap.to_seq} lost ({ev.gap.reason})"
     if kind == "enforcement":

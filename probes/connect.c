@@ -1,103 +1,88 @@
-/* connect.c - outbound connect() on AF_INET / AF_INET6 sockets.
+/* connect.c - outbound connects (TCP, UDP; v4, v6, v4-mapped), no syscall tracepoint.
  *
- * sys_enter_connect reads the sockaddr from user memory (uapi layout) and
- * drops every other family in the kernel; sys_exit_connect adds the result
- * (0, -EINPROGRESS, -ECONNREFUSED, -EPERM, ...). The socket type (TCP/UDP)
- * comes from socket() calls seen since the agent started; sockets older than
- * the agent report type 0 (unknown).
+ * cgroup sock_addr programs attached observe-only (they return 1) at the
+ * cgroup2 root see every connect() and every unconnected UDP sendmsg() on the
+ * host, with the socket type and protocol from the hook context. They run
+ * alongside the enforcement programs attached lower in the tree (all
+ * programs of the effective array run). The TCP outcome comes from
+ * sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED, or -> CLOSE with the
+ * socket's sk_err at its BTF offset), matched to the connect by the socket's
+ * address (``sk``). UDP sendmsg is reported once per (socket, destination).
  */
 #include "gpuguard.h"
 
 #define AF_INET_ 2
 #define AF_INET6_ 10
+#define TCP_ESTABLISHED_ 1
+#define TCP_SYN_SENT_ 2
+#define TCP_CLOSE_ 7
+#define IPPROTO_TCP_ 6
 
-struct sockaddr_in_ {
-    u16 family;
-    u16 port;      /* network byte order */
-    u8 addr[4];
-};
-
-struct sockaddr_in6_ {
-    u16 family;
-    u16 port;
-    u32 flowinfo;
+struct udp_seen_key {
+    u64 sk;
+    u32 port;
     u8 addr[16];
 };
 
-struct socket_args {
-    u32 family;
-    u32 type;
-};
+BPF_TABLE("lru_hash", struct udp_seen_key, u8, udp_seen, 16384);
 
-BPF_HASH(connect_pending, u64, struct connect_event, 4096);
-BPF_HASH(socket_pending, u64, struct socket_args, 4096);
-BPF_TABLE("lru_hash", u64, u32, socket_types, 65536);   /* tgid<<32|fd -> type */
-
-TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+static __always_inline void connect_event_of(struct bpf_sock_addr *ctx, struct connect_event *e, u32 family)
 {
-    if (args->family != AF_INET_ && args->family != AF_INET6_)
-        return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    struct socket_args s = {.family = args->family, .type = args->type & 0xf};
-    socket_pending.update(&id, &s);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_socket)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    struct socket_args *s = socket_pending.lookup(&id);
-    if (!s)
-        return 0;
-    if (args->ret >= 0) {
-        u64 key = (id & 0xffffffff00000000ULL) | (u32)args->ret;
-        u32 type = s->type;
-        socket_types.update(&key, &type);
-    }
-    socket_pending.delete(&id);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_connect)
-{
-    u16 family = 0;
-    if (bpf_probe_read_user(&family, sizeof(family), args->uservaddr) != 0)
-        return 0;
-    if (family != AF_INET_ && family != AF_INET6_)
-        return 0;
-
-    struct connect_event e = {};
-    fill_header(&e.hdr, EV_CONNECT);
-    e.family = family;
-    e.fd = args->fd;
+    fill_header(&e->hdr, EV_CONNECT);
+    e->family = family;
+    e->dport = bpf_ntohs((u16)ctx->user_port);
+    e->sock_type = ctx->type;
+    e->protocol = ctx->protocol;
+    e->sk = (u64)ctx->sk;
     if (family == AF_INET_) {
-        struct sockaddr_in_ sa = {};
-        bpf_probe_read_user(&sa, sizeof(sa), args->uservaddr);
-        e.dport = bpf_ntohs(sa.port);
-        __builtin_memcpy(e.daddr, sa.addr, 4);
+        u32 a = ctx->user_ip4;
+        __builtin_memcpy(e->daddr, &a, 4);
     } else {
-        struct sockaddr_in6_ sa = {};
-        bpf_probe_read_user(&sa, sizeof(sa), args->uservaddr);
-        e.dport = bpf_ntohs(sa.port);
-        __builtin_memcpy(e.daddr, sa.addr, 16);
+        u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+        __builtin_memcpy(&e->daddr[0], &a0, 4);
+        __builtin_memcpy(&e->daddr[4], &a1, 4);
+        __builtin_memcpy(&e->daddr[8], &a2, 4);
+        __builtin_memcpy(&e->daddr[12], &a3, 4);
     }
-    u64 id = bpf_get_current_pid_tgid();
-    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
-    u32 *type = socket_types.lookup(&key);
-    e.sock_type = type ? *type : 0;
-    if (connect_pending.update(&id, &e) != 0)
-        count_lost(EV_CONNECT);
-    return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int sendmsg)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct connect_event *e = connect_pending.lookup(&id);
-    if (!e)
+    struct connect_event e = {};
+    connect_event_of(ctx, &e, family);
+    if (sendmsg) {
+        struct udp_seen_key k = {};
+        k.sk = e.sk;
+        k.port = e.dport;
+        __builtin_memcpy(k.addr, e.daddr, 16);
+        u8 one = 1;
+        if (udp_seen.lookup(&k))
+            return 1;
+        udp_seen.update(&k, &one);
+        e.flags = CONNECT_SENDMSG;
+    }
+    emit(&e, sizeof(e), EV_CONNECT);
+    return 1;
+}
+
+int observe_connect4(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET_, 0); }
+int observe_connect6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_, 0); }
+int observe_sendmsg4(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET_, 1); }
+int observe_sendmsg6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_, 1); }
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP_ || args->oldstate != TCP_SYN_SENT_)
         return 0;
-    e->hdr.result = args->ret;
-    emit(e, sizeof(*e), EV_CONNECT);
-    connect_pending.delete(&id);
+    if (args->newstate != TCP_ESTABLISHED_ && args->newstate != TCP_CLOSE_)
+        return 0;
+    struct connect_result_event e = {};
+    fill_header(&e.hdr, EV_CONNECT_RESULT);
+    e.sk = (u64)args->skaddr;
+    if (args->newstate == TCP_CLOSE_) {
+        int err = kread_u32((void *)args->skaddr, OFF_SK_ERR);
+        e.hdr.result = err ? -err : -111;    /* ECONNREFUSED when the socket says nothing */
+    }
+    emit(&e, sizeof(e), EV_CONNECT_RESULT);
     return 0;
 }

@@ -17,6 +17,10 @@ struct kill_key {
     char comm[TASK_COMM_LEN];
 };
 
+struct kill_arg {
+    char s[ARG_LEN];
+};
+
 struct kill_val {
     u32 rule;
     u32 _pad;
@@ -24,6 +28,34 @@ struct kill_val {
 };
 
 BPF_HASH(kill_comms, struct kill_key, struct kill_val, 4096);
+BPF_PERCPU_ARRAY(kill_arg_scratch, struct kill_arg, 1);
+
+/* Option letters of the new image's argv, read from its argument area (only
+ * for a comm that matched a rule with letters: rare). Self-contained, so a
+ * pinned program left by a dead agent still computes them. */
+static __always_inline u64 argv_optmask(void)
+{
+    u32 zero = 0;
+    struct kill_arg *a = kill_arg_scratch.lookup(&zero);
+    void *task = (void *)bpf_get_current_task();
+    u64 mm = kread_u64(task, OFF_TASK_MM);
+    if (!a || !mm)
+        return 0;
+    u64 p = kread_u64((void *)mm, OFF_MM_ARG_START);
+    u64 end = kread_u64((void *)mm, OFF_MM_ARG_END);
+    u64 mask = 0;
+    for (int i = 0; i < MAX_ARGS; i++) {
+        if (p >= end)
+            break;
+        int n = bpf_probe_read_user_str(a->s, sizeof(a->s), (void *)p);
+        if (n <= 0 || n >= (int)sizeof(a->s))
+            break;
+        if (i > 0)
+            mask |= option_letters(a->s, n);
+        p += n;
+    }
+    return mask;
+}
 
 /* Not a TRACEPOINT_PROBE: BCC would attach it through a perf event that dies with the
  * agent. agent/pinned_exec.py attaches it with a pinned bpf_link instead, so a killed
@@ -32,15 +64,20 @@ int kill_at_exec(void *args)
 {
     struct kill_key k = {};
     bpf_get_current_comm(&k.comm, sizeof(k.comm));
-    u64 id = bpf_get_current_pid_tgid();
-    struct exec_event *pending = exec_pending.lookup(&id);
-    u64 opts = pending ? pending->optmask : 0;
+    u64 opts = 0;
+    int opts_read = 0;
     for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
         k.scope = bpf_get_current_ancestor_cgroup_id(level);
         if (!k.scope)
             break;
         struct kill_val *v = kill_comms.lookup(&k);
-        if (!v || (v->optmask && !(v->optmask & opts)))
+        if (!v)
+            continue;
+        if (v->optmask && !opts_read) {
+            opts = argv_optmask();
+            opts_read = 1;
+        }
+        if (v->optmask && !(v->optmask & opts))
             continue;
         if (task_exempt())
             return 0;

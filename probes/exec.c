@@ -1,14 +1,18 @@
-/* exec.c - every execve/execveat, successful or not.
+/* exec.c - every successful exec, from sched:sched_process_exec (no syscall tracepoint).
  *
- * sys_enter_* captures filename, argv (up to MAX_ARGS args / ARGS_BUF bytes,
- * truncation flagged) and the SLURM_JOB_ID env var into a pending entry keyed
- * by pid_tgid; sys_exit_* adds the result and the post-exec comm and emits
- * one exec_event on the ring buffer. Stable ABI only (see gpuguard.h).
+ * At this point the new image exists: the filename comes from the tracepoint,
+ * argv (up to MAX_ARGS args / ARGS_BUF bytes, truncation flagged) and the
+ * SLURM_JOB_ID environment variable are read from the new image's argument
+ * and environment areas in user memory (mm->arg_start..arg_end,
+ * env_start..env_end), and the real parent from task->real_parent->tgid.
+ * Kernel-struct fields are read at offsets from the running kernel's BTF
+ * (see gpuguard.h). An exec that fails before the new image exists is not
+ * seen (README: blind spots).
  */
 #include "gpuguard.h"
 
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
-BPF_HASH(exec_pending, u64, struct exec_event, 4096);
+BPF_PERCPU_ARRAY(env_scratch, struct env_buf, 1);
 
 /* "SLURM_JO" and "B_ID=" as little-endian words: a word compare keeps the
  * env scan loop small enough for the verifier. */
@@ -17,58 +21,64 @@ BPF_HASH(exec_pending, u64, struct exec_event, 4096);
 #define SLURM_W1_MASK 0xFFFFFFFFFFULL
 #define SLURM_PREFIX_LEN 13
 
-/* Option letters, so a kill rule can say "ssh, but only with -R/-D/-w".
- * The first letter of a short-option cluster always counts ("-R8080:h:22",
- * "-oExitOnForwardFailure" -> R, o); further letters only when the whole
- * cluster is at most 4 letters ("-NfR" -> N, f, R), since longer clusters are
- * usually an option glued to its value. */
-static __always_inline u64 letter_bit(char c)
+static __always_inline void scan_env(struct exec_event *e, u64 start, u64 end)
 {
-    if (c >= 'a' && c <= 'z')
-        return 1ULL << (c - 'a');
-    if (c >= 'A' && c <= 'Z')
-        return 1ULL << (26 + c - 'A');
-    return 0;
-}
-
-static __always_inline u64 option_letters(const char *p, int n)
-{
-    if (n < 3 || p[0] != '-' || p[1] == '-')
-        return 0;
-    u64 first = letter_bit(p[1]);
-    if (n - 2 > 4)
-        return first;
-    u64 rest = 0;
-#pragma unroll
-    for (int k = 2; k < 5; k++) {
-        if (k >= n - 1)
-            break;
-        u64 b = letter_bit(p[k]);
-        if (!b)
-            return first;
-        rest |= b;
-    }
-    return first | rest;
-}
-
-static __always_inline void scan_env(struct exec_event *e, const char *const *envp)
-{
+    u32 zero = 0;
+    struct env_buf *b = env_scratch.lookup(&zero);
+    if (!b)
+        return;
+    u64 p = start;
     for (int i = 0; i < MAX_ENV_SCAN; i++) {
-        const char *p = NULL;
-        u64 w[2] = {};
-        if (bpf_probe_read_user(&p, sizeof(p), &envp[i]) != 0 || !p)
+        if (p >= end)
             return;
-        if (bpf_probe_read_user(w, sizeof(w), p) != 0)
-            continue;
-        if (w[0] == SLURM_W0 && (w[1] & SLURM_W1_MASK) == SLURM_W1) {
-            bpf_probe_read_user_str(e->job_env, sizeof(e->job_env), p + SLURM_PREFIX_LEN);
+        long n = bpf_probe_read_user_str(b->s, sizeof(b->s), (void *)p);
+        if (n <= 0 || n >= (long)sizeof(b->s))
+            return;                       /* unreadable, or a variable too long to step over */
+        u64 w0 = *(u64 *)&b->s[0];
+        u64 w1 = *(u64 *)&b->s[8];
+        if (w0 == SLURM_W0 && (w1 & SLURM_W1_MASK) == SLURM_W1) {
+            bpf_probe_read_user_str(e->job_env, sizeof(e->job_env), (void *)(p + SLURM_PREFIX_LEN));
             return;
         }
+        p += n;
     }
 }
 
-static __always_inline int exec_enter(const char *filename, const char *const *argv,
-                                      const char *const *envp)
+static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
+{
+    u32 off = 0;
+    u64 p = start;
+    for (int i = 0; i < MAX_ARGS; i++) {
+        if (p >= end)
+            break;
+        if (off > ARGS_BUF - ARG_LEN) {
+            e->flags |= EXEC_ARGS_TRUNCATED;
+            break;
+        }
+        int n = bpf_probe_read_user_str(&e->args[off], ARG_LEN, (void *)p);
+        if (n <= 0) {
+            e->flags |= EXEC_ARGV_FAULT;
+            break;
+        }
+        if (n == ARG_LEN) {
+            e->flags |= EXEC_ARG_CLIPPED;
+            off += n;
+            e->argc++;
+            e->flags |= (p + n < end) ? EXEC_ARGS_TRUNCATED : 0;   /* cannot step over the rest */
+            break;
+        }
+        if (i > 0)
+            e->optmask |= option_letters(&e->args[off], n);
+        off += n;
+        p += n;
+        e->argc++;
+    }
+    if (e->argc == MAX_ARGS && p < end)
+        e->flags |= EXEC_ARGS_TRUNCATED;
+    e->args_len = off;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u32 zero = 0;
     struct exec_event *e = exec_scratch.lookup(&zero);
@@ -78,87 +88,15 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
     e->argc = 0;
     e->flags = 0;
     e->job_env[0] = 0;
-    e->filename[0] = 0;
     e->optmask = 0;
-    bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-
-    u32 off = 0;
-    int ended = 0;
-#pragma unroll
-    for (int i = 0; i < MAX_ARGS; i++) {
-        const char *argp = NULL;
-        if (bpf_probe_read_user(&argp, sizeof(argp), &argv[i]) != 0) {
-            e->flags |= EXEC_ARGV_FAULT;
-            ended = 1;
-            break;
-        }
-        if (!argp) {
-            ended = 1;
-            break;
-        }
-        if (off > ARGS_BUF - ARG_LEN) {
-            e->flags |= EXEC_ARGS_TRUNCATED;
-            ended = 1;
-            break;
-        }
-        int n = bpf_probe_read_user_str(&e->args[off], ARG_LEN, argp);
-        if (n <= 0) {
-            e->flags |= EXEC_ARGV_FAULT;
-            ended = 1;
-            break;
-        }
-        if (n == ARG_LEN)
-            e->flags |= EXEC_ARG_CLIPPED;
-        if (i > 0)
-            e->optmask |= option_letters(&e->args[off], n);
-        off += n;
-        e->argc++;
+    TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
+    void *task = (void *)bpf_get_current_task();
+    e->ppid = real_parent_tgid(task);
+    u64 mm = kread_u64(task, OFF_TASK_MM);
+    if (mm) {
+        read_argv(e, kread_u64((void *)mm, OFF_MM_ARG_START), kread_u64((void *)mm, OFF_MM_ARG_END));
+        scan_env(e, kread_u64((void *)mm, OFF_MM_ENV_START), kread_u64((void *)mm, OFF_MM_ENV_END));
     }
-    if (!ended) {
-        const char *more = NULL;
-        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
-        if (more)
-            e->flags |= EXEC_ARGS_TRUNCATED;
-    }
-    e->args_len = off;
-    scan_env(e, envp);
-
-    u64 id = bpf_get_current_pid_tgid();
-    if (exec_pending.update(&id, e) != 0)
-        count_lost(EV_EXEC);
-    return 0;
-}
-
-static __always_inline int exec_exit(long ret)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    struct exec_event *e = exec_pending.lookup(&id);
-    if (!e)
-        return 0;
-    e->hdr.result = ret;
-    if (ret == 0)
-        bpf_get_current_comm(&e->hdr.comm, sizeof(e->hdr.comm));
     emit(e, sizeof(*e), EV_EXEC);
-    exec_pending.delete(&id);
     return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
-{
-    return exec_enter(args->filename, args->argv, args->envp);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
-{
-    return exec_enter(args->filename, args->argv, args->envp);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_execve)
-{
-    return exec_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
-{
-    return exec_exit(args->ret);
 }

@@ -1,81 +1,41 @@
 /* fork_exit.c - process creation and process exit, for the process tree.
  *
- * Threads are not processes: sys_enter_clone/clone3 remember the clone flags
- * of the caller, and sched_process_fork skips CLONE_THREAD children. Exit is
- * reported once per process (thread-group leader), with the exit_group()
- * code when the process called it, else -1 (killed by a signal).
+ * Fork: the raw sched_process_fork tracepoint hands over the child's
+ * task_struct, so threads (pid != tgid) are dropped in the kernel and the
+ * real parent (task->real_parent->tgid, which differs from the caller for
+ * CLONE_PARENT) is reported. Exit: sched_process_exit for thread-group
+ * leaders, with task->exit_code: the exit status and the terminating signal.
+ * No syscall tracepoint; kernel fields at BTF offsets (gpuguard.h).
  */
 #include "gpuguard.h"
 
-#define CLONE_THREAD_FLAG 0x00010000ULL
-
-BPF_HASH(clone_flags, u64, u64, 4096);
-BPF_HASH(exit_codes, u32, s32, 4096);
-
-TRACEPOINT_PROBE(syscalls, sys_enter_clone)
+RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u64 flags = args->clone_flags;
-    clone_flags.update(&id, &flags);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    u64 flags = 0;   /* struct clone_args starts with u64 flags (uapi) */
-    bpf_probe_read_user(&flags, sizeof(flags), args->uargs);
-    clone_flags.update(&id, &flags);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_clone)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    clone_flags.delete(&id);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    clone_flags.delete(&id);
-    return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    u64 *flags = clone_flags.lookup(&id);
-    if (flags && (*flags & CLONE_THREAD_FLAG))
-        return 0;
+    void *child = (void *)ctx->args[1];
+    u32 pid = kread_u32(child, OFF_TASK_PID);
+    u32 tgid = kread_u32(child, OFF_TASK_TGID);
+    if (pid != tgid)
+        return 0;                            /* a new thread, not a process */
     struct fork_event e = {};
     fill_header(&e.hdr, EV_FORK);
-    e.child_tgid = args->child_pid;
+    e.child_tgid = tgid;
+    e.parent_tgid = real_parent_tgid(child);
     emit(&e, sizeof(e), EV_FORK);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
-{
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    s32 code = args->error_code;
-    exit_codes.update(&tgid, &code);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if ((u32)id != tgid)
-        return 0;
+    if ((u32)id != (u32)(id >> 32))
+        return 0;                            /* a thread; the process ends with its leader */
     struct exit_event e = {};
     fill_header(&e.hdr, EV_EXIT);
-    s32 *code = exit_codes.lookup(&tgid);
-    e.hdr.result = code ? *code : -1;
-    if (code)
-        exit_codes.delete(&tgid);
+    void *task = (void *)bpf_get_current_task();
+    u32 status = kread_u32(task, OFF_TASK_EXIT_CODE);
+    e.hdr.result = status;
+    e.code = (status >> 8) & 0xff;
+    e.signal = status & 0x7f;
     emit(&e, sizeof(e), EV_EXIT);
     return 0;
 }

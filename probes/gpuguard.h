@@ -1,12 +1,15 @@
 /* gpuguard.h - event structs shared by every probe and by agent/decode.py.
  *
- * RULE FOR EVERY FILE IN probes/: read only tracepoint fields (args->...),
- * BPF helpers (pid/tgid, uid/gid, comm, cgroup id, time) and user memory
- * (bpf_probe_read_user*). Never dereference a kernel-internal struct
- * (task_struct, sock, file, inode, ...). The agent may compile these
- * programs against generic distro headers that do not match the running
- * kernel; the stable-ABI-only rule is what makes that safe.
- * tests/test_probe_rules.py fails when a probe names a kernel-internal struct.
+ * RULE FOR EVERY FILE IN probes/: read tracepoint fields (args->...), uapi
+ * hook contexts (bpf_sock_addr, bpf_cgroup_dev_ctx, __sk_buff), BPF helpers
+ * and user memory (bpf_probe_read_user*). A kernel-internal struct field
+ * (task_struct, mm_struct, sock, ...) is read ONLY through kread_u32/kread_u64
+ * at an OFF_* byte offset that the agent takes from the running kernel's BTF
+ * at start-up (agent/btf.py) and proves on itself (agent/selfcheck.py).
+ * Never name such a struct's members in C: the agent may compile against
+ * generic distro headers whose layouts are wrong for this kernel (6.1 headers
+ * put task_struct.real_parent at 2432, 6.18 at 1280) and the verifier would
+ * not notice. tests/test_probe_rules.py enforces this.
  *
  * Layout changes here must be mirrored in agent/decode.py (checked by
  * tests/test_decode.py against the compiled sizes).
@@ -21,7 +24,8 @@
 #define EV_GPU_OPEN 5
 #define EV_ENFORCE  6
 #define EV_CGROUP   7
-#define EV_KINDS    8
+#define EV_CONNECT_RESULT 8
+#define EV_KINDS    9
 
 /* enforcement actions (enforce_event.action) */
 #define ACT_KILL_EXEC    1
@@ -40,6 +44,10 @@
 #define ARGS_BUF 2048
 #define GPU_PATH_LEN 64
 #define MAX_ENV_SCAN 64
+#define ENV_STR_LEN 4096
+
+/* connect flags */
+#define CONNECT_SENDMSG 1   /* an unconnected UDP send (first one per socket and destination) */
 
 /* exec flags */
 #define EXEC_ARGS_TRUNCATED 1   /* more args than MAX_ARGS or buffer full */
@@ -70,38 +78,51 @@ struct exec_event {
     u32 flags;
     u32 _pad;
     char filename[FILENAME_LEN];
-    char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from envp */
+    char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from the environment */
     u64 optmask;                   /* short option letters in argv (a-z: bits 0-25, A-Z: 26-51) */
+    u32 ppid;                      /* real parent's tgid */
+    u32 _pad2;
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
+struct env_buf {
+    char s[ENV_STR_LEN];
+};
+
 struct fork_event {
-    struct event_header hdr;       /* the parent */
+    struct event_header hdr;       /* the thread that forked */
     u32 child_tgid;
-    u32 _pad;
+    u32 parent_tgid;               /* the child's real parent */
 };
 
 struct exit_event {
-    struct event_header hdr;       /* result = exit_group() code, or -1 */
+    struct event_header hdr;       /* result = raw task->exit_code */
+    s32 code;                      /* exit status (exit_group argument & 0xff) */
+    u32 signal;                    /* terminating signal, 0 for a normal exit */
 };
 
 struct connect_event {
     struct event_header hdr;
     u16 family;
     u16 dport;                     /* host byte order */
-    u32 sock_type;                 /* SOCK_STREAM=1, SOCK_DGRAM=2, 0=unknown */
+    u32 sock_type;                 /* SOCK_STREAM=1, SOCK_DGRAM=2 */
     u8 daddr[16];                  /* v4 in the first 4 bytes */
-    u32 fd;
-    u32 _pad;
+    u64 sk;                        /* the socket's address: matches connect_result_event.sk */
+    u32 protocol;
+    u32 flags;                     /* CONNECT_SENDMSG */
+};
+
+struct connect_result_event {
+    struct event_header hdr;       /* result: 0 established, -errno when the handshake failed */
+    u64 sk;
 };
 
 struct gpu_open_event {
     struct event_header hdr;
-    s32 flags;
-    u32 major;                     /* device number, from the cgroup/dev hook where attached */
+    s32 flags;                     /* access: 2 read, 4 write */
+    u32 major;
     u32 minor;
     u32 _pad;
-    char path[GPU_PATH_LEN];       /* empty when only the device number matched */
 };
 
 /* Something enforcement did or saw. For stratum events the header's pid may
@@ -157,6 +178,61 @@ static __always_inline int task_exempt(void)
             return 1;
     }
     return 0;
+}
+
+/* Kernel-struct fields at BTF offsets (the OFF_* constants come from agent/btf.py). */
+static __always_inline u64 kread_u64(void *base, u32 off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)base + off);
+    return v;
+}
+
+static __always_inline u32 kread_u32(void *base, u32 off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)base + off);
+    return v;
+}
+
+static __always_inline u32 real_parent_tgid(void *task)
+{
+    void *parent = (void *)kread_u64(task, OFF_TASK_REAL_PARENT);
+    return parent ? kread_u32(parent, OFF_TASK_TGID) : 0;
+}
+
+/* Option letters, so a kill rule can say "ssh, but only with -R/-D/-w".
+ * The first letter of a short-option cluster always counts ("-R8080:h:22",
+ * "-oExitOnForwardFailure" -> R, o); further letters only when the whole
+ * cluster is at most 4 letters ("-NfR" -> N, f, R), since longer clusters are
+ * usually an option glued to its value. n counts the terminating NUL. */
+static __always_inline u64 letter_bit(char c)
+{
+    if (c >= 'a' && c <= 'z')
+        return 1ULL << (c - 'a');
+    if (c >= 'A' && c <= 'Z')
+        return 1ULL << (26 + c - 'A');
+    return 0;
+}
+
+static __always_inline u64 option_letters(const char *p, int n)
+{
+    if (n < 3 || p[0] != '-' || p[1] == '-')
+        return 0;
+    u64 first = letter_bit(p[1]);
+    if (n - 2 > 4)
+        return first;
+    u64 rest = 0;
+#pragma unroll
+    for (int k = 2; k < 5; k++) {
+        if (k >= n - 1)
+            break;
+        u64 b = letter_bit(p[k]);
+        if (!b)
+            return first;
+        rest |= b;
+    }
+    return first | rest;
 }
 
 static __always_inline void fill_header(struct event_header *h, u32 kind)

@@ -10,7 +10,7 @@ say() { echo "setup: $*" >&2; }
 
 arch=$(dpkg --print-architecture)
 release=$(uname -r)
-pkgs=(python3-bpfcc python3-venv python3-pip iproute2 openssh-client openssh-server util-linux git procps openssl)
+pkgs=(python3-bpfcc python3-venv python3-pip iproute2 openssh-client openssh-server util-linux git procps openssl bpftool)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -53,7 +53,7 @@ def wait_stored(db, host_id, tag, n, timeout=30.0) -> list[int]:
 WORKLOAD = (
     "import os, socket\n"
     "srv = socket.create_server(('127.0.0.1', 0)); port = srv.getsockname()[1]\n"
-    "try:\n    os.close(os.open('/dev/nvidia-gpuguard-e2e', os.O_RDWR))\nexcept OSError:\n    pass\n"
+    "try:\n    os.close(os.open('/dev/nvidia7', os.O_RDWR))\nexcept OSError:\n    pass\n"
     "socket.create_connection(('127.0.0.1', port)).close()\n"
 )
 
@@ -63,7 +63,9 @@ def test_job_timeline_in_order_with_tree(stack, test_cgroup):
     col.start()
     ag.start()
     cg = test_cgroup("slurm/uid_0/job_4242/step_0")
-    run_in_cgroup(cg, ["/bin/sh", "-c", f"{PYTHON} -c \"$0\"; /bin/true done-4242", WORKLOAD], check=True)
+    private_dev = "mount -t tmpfs tmpfs /dev && mknod /dev/nvidia7 c 195 7 && "   # a GPU node, no driver
+    run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", private_dev + f"{PYTHON} -c \"$0\"; /bin/true done-4242",
+                       WORKLOAD], check=True)
     deadline = time.monotonic() + 30
     kinds: list[str] = []
     while time.monotonic() < deadline:
@@ -78,11 +80,11 @@ def test_job_timeline_in_order_with_tree(stack, test_cgroup):
     gpu = next(i for i, e in enumerate(events) if "gpu_open" in e)
     conn = next(i for i, e in enumerate(events) if "connect" in e and e["connect"]["daddr"] == "127.0.0.1")
     assert py_exec < gpu < conn, kinds
-    assert events[gpu]["gpu_open"]["path"] == "/dev/nvidia-gpuguard-e2e"
+    assert events[gpu]["gpu_open"]["path"] == "/dev/nvidia7"
     assert all(e["job"]["id"] == "4242" for e in events)
     ts = [int(e["ts_ns"]) for e in events]
     assert ts == sorted(ts)
-    assert any(g["path"] == "/dev/nvidia-gpuguard-e2e" for g in reply["first_gpu_use"])
+    assert any(g["path"] == "/dev/nvidia7" for g in reply["first_gpu_use"])
     tree = cli_json(port, "tree", "4242", "--host", host_id)
     by_key = {n["key"]: n for n in tree["nodes"]}
     py = next(n for n in tree["nodes"] if n["exe"] == PYTHON)

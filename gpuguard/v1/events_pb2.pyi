@@ -113,10 +113,12 @@ class GpuOpen(_message.Message):
     def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ...) -> None: ...
 
 class Exit(_message.Message):
-    __slots__ = ("code",)
+    __slots__ = ("code", "signal")
     CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
     code: int
-    def __init__(self, code: _Optional[int] = ...) -> None: ...
+    signal: int
+    def __init__(self, code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version", "agent_started_ns", "heartbeat_s", "programs", "quarantined", "enforcing")

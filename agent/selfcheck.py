@@ -1,0 +1,52 @@
+"""Prove the BTF offsets on ourselves before trusting a single event.
+
+The probes read a few kernel-struct fields at offsets from BTF (agent/btf.py).
+Right after loading, the agent starts a child with a known argv, environment,
+parent and exit code, and checks that the kernel reported exactly those. A
+mismatch means the offsets are wrong for this kernel: the agent refuses to
+start rather than report plausible garbage (a wrong offset reads silently).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+
+from agent.loader import LoaderError
+
+SHELL = "/bin/sh"
+
+
+def run_selfcheck(capture, timeout: float = 10.0) -> None:
+    nonce = str(secrets.randbelow(10**9) + 10**9)
+    argv = [SHELL, "-c", "exit 7", f"gpuguard-selfcheck-{nonce}"]
+    child = subprocess.Popen(argv, env={"SLURM_JOB_ID": nonce, "PATH": "/usr/bin:/bin"})
+    child.wait()
+    deadline = time.monotonic() + timeout
+    exec_rec = exit_rec = None
+    while time.monotonic() < deadline and (exec_rec is None or exit_rec is None):
+        for rec in capture.poll_once(50):
+            if rec["proc"]["pid"] != child.pid:
+                capture.held.append(rec)          # not ours: handed to the sinks once they exist
+                continue
+            if rec["kind"] == "exec":
+                exec_rec = rec
+            elif rec["kind"] == "exit":
+                exit_rec = rec
+    problems = []
+    if exec_rec is None or exit_rec is None:
+        problems.append(f"no {'exec' if exec_rec is None else 'exit'} event for the check process (pid {child.pid})")
+    else:
+        if exec_rec["exec"]["argv"] != argv:
+            problems.append(f"argv read as {exec_rec['exec']['argv'][:6]!r}, expected {argv!r} (mm arg offsets)")
+        if exec_rec["job"] != {"kind": "slurm", "id": nonce, "name": ""}:
+            problems.append(f"SLURM_JOB_ID read as {exec_rec['job']!r}, expected {nonce} (mm env offsets)")
+        if exec_rec["proc"]["ppid"] != os.getpid():
+            problems.append(f"parent read as {exec_rec['proc']['ppid']}, expected {os.getpid()} (real_parent/tgid)")
+        if (exit_rec["exit"]["code"], exit_rec["exit"]["signal"]) != (7, 0):
+            problems.append(f"exit read as {exit_rec['exit']}, expected code 7 (exit_code offset)")
+    if problems:
+        raise LoaderError("kernel struct offsets from BTF do not match what this kernel does: " + "; ".join(problems)
+                          + f" (offsets used: {capture.probes.offsets})")
