@@ -6,7 +6,7 @@ import errno
 import json
 import time
 
-from gpuguard.render import safe
+from gpuguard.render import access, safe
 
 
 def _result(code: int) -> str:
@@ -28,7 +28,7 @@ def describe(rec: dict) -> str:
         return f"{c['proto']} {addr}:{c['dport']} -> {_result(c['result'])}"
     if kind == "gpu_open":
         g = rec["gpu_open"]
-        return f"{g['path']} flags={g['flags']:#o} -> {_result(g['result'])}"
+        return f"{g['path']} ({g['major']}:{g['minor']} {access(g['flags'])})"
     if kind == "exit":
         e = rec["exit"]
         return f"signal={e['signal']}" if e.get("signal") else f"code={e['code']}"

@@ -40,6 +40,11 @@ def result(code: int) -> str:
     return "ok" if code >= 0 else errno.errorcode.get(-code, str(code))
 
 
+def access(flags: int) -> str:
+    """Device access asked at the cgroup/dev hook: 2 read, 4 write."""
+    return "+".join(n for bit, n in ((2, "read"), (4, "write")) if flags & bit) or "open"
+
+
 def to_json(msg) -> dict:
     return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
@@ -74,7 +79,8 @@ def describe_event(ev: pb.Event) -> str:
         addr = f"[{c.daddr}]" if ":" in c.daddr else c.daddr
         return f"connect  {c.proto} {addr}:{c.dport} {result(c.result)}"
     if kind == "gpu_open":
-        return f"gpu_open {ev.gpu_open.path} {result(ev.gpu_open.result)}"
+        g = ev.gpu_open
+        return f"gpu_open {g.path} ({g.major}:{g.minor} {access(g.flags)}; outcome not observed)"
     if kind == "exit":
         return f"exit     {'signal=' + str(ev.exit.signal) if ev.exit.signal else 'code=' + str(ev.exit.code)}"
     if kind == "gap":
