@@ -30,6 +30,7 @@ from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, det
 from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
+from agent.worker import Worker
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -94,7 +95,6 @@ class Enforcer:
         self._entries: dict[str, dict[bytes, bytes]] = {
             name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "stratum_scopes",
                                   "exempt_scopes")}
-        self._recent_connects: deque = deque(maxlen=4096)
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
         capture.enricher.cgroup_listeners.append(self.on_cgroup)
@@ -102,6 +102,10 @@ class Enforcer:
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
         self.exec_kill = self._attach_kill_at_exec()
+        self.worker = Worker("enforcer")        # cgroup walks, hashing and kills, off the poll thread
+        self._reapply_lock = threading.Lock()
+        self._reapply_pending = False
+        self.reapplied = 0
 
     def _attach_kill_at_exec(self):
         """Kill-at-exec through a pinned bpf_link (survives the agent); BCC's own attach if that fails."""
@@ -156,6 +160,8 @@ class Enforcer:
 
     def close(self, detach: bool = True) -> None:
         """Detach everything (a clean stop); detach=False leaves enforcement running in the kernel."""
+        self.worker.drain(10)
+        self.worker.close()
         with self.lock:
             if self.on_cgroup in self.capture.enricher.cgroup_listeners:
                 self.capture.enricher.cgroup_listeners.remove(self.on_cgroup)
@@ -319,15 +325,29 @@ class Enforcer:
         os.close(cfd)
 
     def on_cgroup(self, cgroup_id: int, path: str) -> None:
-        """A new cgroup: if a scope covers its job, extend the policy to it right away."""
+        """A new cgroup (poll thread): if a scope covers its job, have the worker extend the policy to it."""
         job = self.jobs.job_of_path(path)
         scopes = self._scopes(self.policy)
         if job.kind == "host":
             if any(KIND_ROOTS[k].search(path) for sc in scopes for k in sc.job_kinds if k in KIND_ROOTS):
-                self.apply(self.policy, persist=False)   # a new place where jobs will be created
+                self._reapply_soon()                     # a new place where jobs will be created
             return
         if any(scope_matches(s, job) or job.id in s.exclude_job_ids for s in scopes):
-            self.apply(self.policy, persist=False)
+            self._reapply_soon()
+
+    def _reapply_soon(self) -> None:
+        """One re-apply covers every cgroup created before it starts: a burst of new jobs costs a few walks."""
+        with self._reapply_lock:
+            if self._reapply_pending:
+                return
+            self._reapply_pending = True
+        self.worker.submit(self._reapply)
+
+    def _reapply(self) -> None:
+        with self._reapply_lock:
+            self._reapply_pending = False
+        self.reapplied += 1
+        self.apply(self.policy, persist=False)
 
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
@@ -336,14 +356,14 @@ class Enforcer:
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[dict]) -> None:
+        """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
+        hashing = any(k.sha256 for k in self.policy.kill)
         for rec in records:
             kind = rec["kind"]
-            if kind == "connect":
-                self._recent_connects.append(rec)
-            elif kind == "exec" and rec["exec"]["result"] == 0:
-                self._check_hash(rec)
+            if kind == "exec" and hashing:
+                self.worker.submit(self._check_hash, rec)
             elif kind == "enforcement" and rec["enforcement"]["action"] == "drop_stratum":
-                self._kill_stratum_sender(rec)
+                self.worker.submit(self._kill_stratum_sender, rec)
 
     def _check_hash(self, rec: dict) -> None:
         hashed = [k for k in self.policy.kill if k.sha256]

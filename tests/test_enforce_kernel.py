@@ -291,3 +291,50 @@ def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, te
             second.close()
         for pin in pins.glob(f"{PIN_PREFIX}*"):               # never leave a test's program attached
             pin.unlink()
+
+
+def test_a_burst_of_new_job_cgroups_costs_the_ring_buffer_nothing(capture, enforcer, test_cgroup):
+    """200 job cgroups appear while execs flow: the poll thread only decodes/enriches; the worker extends the
+    policy to the new jobs (coalesced walks). Nothing is lost in the kernel, every exec is captured."""
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    capture.sinks.append(enforcer.on_records)
+    base = test_cgroup("slurm/uid_0")
+    ids = [str(600000 + i) for i in range(200)]
+    enforcer.apply(ppb.Policy(version=4, deny=[ppb.DenyDestination(rule_id="t-burst", cidr="127.0.0.9/32", port=9,
+                                                                     scope=ppb.Scope(job_ids=ids))]), persist=False)
+    tag = uuid.uuid4().hex[:8]
+    lost_before = sum(capture.kernel_lost().values())
+
+    def burst():
+        for job in ids:
+            (base / f"job_{job}").mkdir()
+
+    def execs():
+        for _ in range(300):
+            pid = os.posix_spawn("/bin/true", ["/bin/true", tag], {})
+            os.waitpid(pid, 0)
+
+    threads = [threading.Thread(target=burst), threading.Thread(target=execs)]
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            capture.poll_once(20)
+        seen = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"] == ["/bin/true", tag])
+        deadline = time.monotonic() + 20
+        while len(seen) < 300 and time.monotonic() < deadline:
+            seen = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"] == ["/bin/true", tag])
+        assert enforcer.worker.drain(60)
+        covered = {c for (c, _t) in enforcer.attached if c.rsplit("/", 1)[-1].startswith("job_6")}
+        print(f"\n200 new job cgroups during 300 execs: {len(seen)} execs captured, kernel lost "
+              f"{sum(capture.kernel_lost().values()) - lost_before}, {enforcer.reapplied} coalesced re-applies, "
+              f"{len(covered)} job cgroups covered")
+        assert len(seen) == 300
+        assert sum(capture.kernel_lost().values()) == lost_before
+        assert len(covered) == 200                          # the worker extended the policy to every new job
+        assert 1 <= enforcer.reapplied < 200                # coalesced: fewer walks than cgroups
+    finally:
+        capture.sinks.remove(enforcer.on_records)
+        enforcer.apply(ppb.Policy(version=5), persist=False)
