@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
@@ -92,21 +93,36 @@ def test_job_timeline_in_order_with_tree(stack, test_cgroup):
     assert by_key[py["parent_key"]]["comm"] == "sh"
 
 
+def stored_tagged_pids(db, host_id: str, tag: str) -> list[int]:
+    out = []
+    for _seq, kind, body in stored_events(db, host_id) if db.exists() else []:
+        if kind == "exec":
+            ev = pb.Event.FromString(body)
+            if tag in ev.exec.argv:
+                out.append(ev.process.pid)
+    return out
+
+
 def test_collector_sigkill_mid_stream_loses_and_duplicates_nothing(stack):
     tmp, port, host_id, col, ag = stack
+    db = tmp / "collector.db"
     col.start()
     ag.start()
     tag = uuid.uuid4().hex[:8]
     n = 300
     gen = subprocess.Popen(["/bin/sh", "-c", f"for i in $(seq 1 {n}); do /bin/true {tag}; sleep 0.01; done"])
-    time.sleep(1.0)
-    col.kill()                      # SIGKILL while events flow
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while len(stored_tagged_pids(db, host_id, tag)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before_kill = len(stored_tagged_pids(db, host_id, tag))
+    col.kill()                      # SIGKILL while events flow: some stored and acked, most not yet
+    assert 30 <= before_kill < n and gen.poll() is None
     col.start()
     gen.wait(120)
-    seqs = wait_stored(tmp / "collector.db", host_id, tag, n)
-    assert len(seqs) == n
-    assert len(set(seqs)) == n
+    seqs = wait_stored(db, host_id, tag, n)
+    pids = stored_tagged_pids(db, host_id, tag)
+    assert len(seqs) == n                             # every exec the workload made...
+    assert len(set(pids)) == n                        # ...stored once: n distinct processes, none twice
     log = (tmp / "agent.log").read_text()
     assert "reconnecting" in log
 
@@ -117,8 +133,13 @@ def test_collector_down_while_events_happen_then_all_arrive(stack):
     tag = uuid.uuid4().hex[:8]
     for _ in range(50):
         subprocess.run(["/bin/true", tag], check=True)
-    time.sleep(1.0)
-    assert not (tmp / "collector.db").exists()
+    deadline = time.monotonic() + 30               # the agent says it holds them (status line), before we start
+    depth = 0
+    while depth < 50 and time.monotonic() < deadline:
+        depths = re.findall(r"spool depth (\d+)", (tmp / "agent.log").read_text())
+        depth = max(map(int, depths), default=0)
+        time.sleep(0.1)
+    assert depth >= 50
     col.start()
     seqs = wait_stored(tmp / "collector.db", host_id, tag, 50)
     assert len(seqs) == 50
