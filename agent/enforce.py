@@ -32,6 +32,7 @@ from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
 from agent.worker import Worker
 from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
 
 log = logging.getLogger(__name__)
@@ -355,34 +356,30 @@ class Enforcer:
             [s.scope for s in policy.stratum]
 
     # -- userspace enforcement ----------------------------------------------------------
-    def on_records(self, records: list[dict]) -> None:
+    def on_records(self, records: list[pb.Event]) -> None:
         """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
         hashing = any(k.sha256 for k in self.policy.kill)
-        for rec in records:
-            kind = rec["kind"]
+        for ev in records:
+            kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:
-                self.worker.submit(self._check_hash, rec)
-            elif kind == "enforcement" and rec["enforcement"]["action"] == "drop_stratum":
-                self.worker.submit(self._kill_stratum_sender, rec)
+                self.worker.submit(self._check_hash, ev)
+            elif kind == "enforcement" and ev.enforcement.action == "drop_stratum":
+                self.worker.submit(self._kill_stratum_sender, ev)
 
-    def _check_hash(self, rec: dict) -> None:
+    def _check_hash(self, ev: pb.Event) -> None:
         hashed = [k for k in self.policy.kill if k.sha256]
-        if not hashed:
+        if not hashed or not ev.process.exe:
             return
-        job = Job(**rec["job"])
-        exe = rec["proc"]["exe"]
-        if not exe:
-            return
-        digest = self.hasher.hash_now(exe)
+        job = Job(ev.job.kind, ev.job.id, ev.job.name)
+        digest = self.hasher.hash_now(ev.process.exe)
         for kb in hashed:
             if kb.sha256 == digest and scope_matches(kb.scope, job):
-                self.kill(rec["proc"]["pid"], rec["proc"]["key"], kb.rule_id, tree=False,
+                self.kill(ev.process.pid, ev.process.key, kb.rule_id, tree=False,
                           why=f"executable sha256 {digest[:12]}… is known bad")
 
-    def _kill_stratum_sender(self, rec: dict) -> None:
-        pid = rec["proc"]["pid"]
-        if pid:
-            self.kill(pid, rec["proc"]["key"], rec["enforcement"]["rule_id"], tree=False,
+    def _kill_stratum_sender(self, ev: pb.Event) -> None:
+        if ev.process.pid:
+            self.kill(ev.process.pid, ev.process.key, ev.enforcement.rule_id, tree=False,
                       why="sent a stratum handshake")
 
     def on_command(self, msg: cpb.CollectorMessage) -> cpb.AgentMessage | None:
@@ -423,13 +420,13 @@ class Enforcer:
             return 0
         log.warning("rule %s: killed %s (pid %d%s): %s", rule_id, p.comm, pid,
                     f" and {killed - 1} descendants" if tree else "", why)
-        self.injected.append({
-            "kind": "enforcement", "ts_ns": time.time_ns(), "boot_id": self.capture.identity.boot_id,
-            "proc": {"key": p.key, "pid": pid, "tid": pid, "ppid": p.ppid, "parent_key": table.parent_key(p),
-                     "comm": p.comm, "exe": p.exe, "argv": p.argv, "uid": p.uid, "gid": 0,
-                     "cgroup_id": p.cgroup_id, "cgroup": self.jobs.path_of(p.cgroup_id), "exe_sha256": ""},
-            "job": (p.job or Job("host", "host")).as_dict(),
-            "enforcement": {"rule_id": rule_id, "action": "kill_tree" if tree else "kill",
-                            "detail": f"{p.comm} (pid {pid}) killed by the agent: {why}"},
-        })
+        job = p.job or Job("host", "host")
+        ev = pb.Event(ts_ns=time.time_ns(), boot_id=self.capture.identity.boot_id,
+                      enforcement=pb.Enforcement(rule_id=rule_id, action="kill_tree" if tree else "kill",
+                                                 detail=f"{p.comm} (pid {pid}) killed by the agent: {why}"))
+        ev.process.CopyFrom(pb.Process(key=p.key, pid=pid, tid=pid, ppid=p.ppid, parent_key=table.parent_key(p),
+                                       comm=p.comm, exe=p.exe, argv=p.argv, uid=p.uid, cgroup_id=p.cgroup_id,
+                                       cgroup=self.jobs.path_of(p.cgroup_id)))
+        ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
+        self.injected.append(ev)
         return killed

@@ -1,8 +1,8 @@
-"""Typed kernel events -> enriched records (process, ancestry, job, wall time).
+"""Typed kernel events -> enriched ``gpuguard.v1.Event`` protobufs (process, ancestry, job, wall time).
 
-A record is a plain dict (msgpack-friendly); its shape mirrors the protobuf
-``gpuguard.v1.Event`` so the shipper converts it field by field. Fork events
-only feed the process table; they are not shipped.
+The event built here is the one shape from enrichment to the wire: the spool
+stores its bytes and the shipper sends them. Fork and cgroup events only feed
+the process table and the job resolver; they are not shipped.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from agent.gpu_names import gpu_node_name
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
+from gpuguard.v1 import events_pb2 as pb
 
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
@@ -69,39 +70,41 @@ class Enricher:
         p.uid = hdr.uid
         return p
 
-    def _proc_base(self, hdr: Header, p: Process) -> dict:
-        """The per-process part of a record, built once per (process image, cgroup, uid, gid).
+    def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
+        """The per-process part of an event, built once per (process image, cgroup, uid, gid).
 
-        A storm of events from one process then costs a dict copy, not a rebuild.
+        A storm of events from one process then costs a protobuf copy, not a rebuild.
         """
         ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
-        base = p.record_base
-        if base is None or base["_ident"] != ident:
-            base = p.record_base = {
-                "_ident": ident, "key": p.key, "pid": hdr.pid, "ppid": p.ppid,
-                "parent_key": self.table.parent_key(p), "exe": p.exe, "argv": p.argv, "uid": hdr.uid,
-                "gid": hdr.gid, "cgroup_id": hdr.cgroup_id, "cgroup": self.jobs.path_of(hdr.cgroup_id)[:4096],
-                "exe_sha256": "", "ancestors": self.table.lineage(p),
-            }
-        if not base["exe_sha256"] and self.hasher and p.exe:
-            base["exe_sha256"] = self.hasher.lookup(p.exe)   # computed in the background; "" until then
+        cached = p.record_base
+        if cached is None or cached[0] != ident:
+            base = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p), exe=p.exe,
+                              argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
+                              cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
+            for a in self.table.lineage(p):
+                base.ancestors.add(**a)
+            cached = p.record_base = (ident, base)
+        base = cached[1]
+        if not base.exe_sha256 and self.hasher and p.exe:
+            base.exe_sha256 = self.hasher.lookup(p.exe)   # computed in the background; "" until then
         return base
 
-    def _record(self, kind: str, hdr: Header, p: Process, job: Job, with_ancestry: bool = True) -> dict:
-        """One record. The ancestry rides on a process image's first record only (and on every exec):
-        later records carry the parent key, which ties them to the same tree at a fraction of the size."""
-        proc = dict(self._proc_base(hdr, p))
-        del proc["_ident"]
-        proc["tid"] = hdr.tid
-        proc["comm"] = hdr.comm or p.comm
-        if not with_ancestry or (p.ancestry_sent and kind != "exec"):
-            del proc["ancestors"]
+    def _event(self, hdr: Header, p: Process, job: Job, with_ancestry: bool = True, exec_: bool = False) -> pb.Event:
+        """One event. The ancestry rides on a process image's first event only (and on every exec):
+        later events carry the parent key, which ties them to the same tree at a fraction of the size."""
+        ev = pb.Event(ts_ns=self.clock.to_wall(hdr.ts_boot_ns), boot_id=self.identity.boot_id)
+        proc = ev.process
+        proc.CopyFrom(self._proc_base(hdr, p))
+        proc.tid = hdr.tid
+        proc.comm = hdr.comm or p.comm
+        if not with_ancestry or (p.ancestry_sent and not exec_):
+            proc.ClearField("ancestors")
         else:
             p.ancestry_sent = True
-        return {"kind": kind, "ts_ns": self.clock.to_wall(hdr.ts_boot_ns), "boot_id": self.identity.boot_id,
-                "proc": proc, "job": job.as_dict()}
+        ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
+        return ev
 
-    def enrich(self, ev: KernelEvent) -> dict | None:
+    def enrich(self, ev: KernelEvent) -> pb.Event | None:
         hdr = ev.hdr
         if isinstance(ev, ForkEvent):
             self.table.on_fork(ev.parent_pid or hdr.pid, ev.child_pid, hdr.ts_boot_ns)
@@ -117,33 +120,35 @@ class Enricher:
         if isinstance(ev, ExecEvent):
             self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid)
             job = self._job_for(p, hdr, ev.slurm_job_env)
-            rec = self._record("exec", hdr, p, job)
-            rec["exec"] = {"filename": ev.filename, "argv": ev.argv, "argv_truncated": ev.argv_truncated,
-                           "result": 0}
-            return rec
+            out = self._event(hdr, p, job, exec_=True)
+            out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
+            out.exec.argv.extend(ev.argv)
+            return out
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):
-            rec = self._record("exit", hdr, p, job, with_ancestry=False)
-            rec["exit"] = {"code": ev.code, "signal": ev.signal}
+            out = self._event(hdr, p, job, with_ancestry=False)
+            out.exit.code, out.exit.signal = ev.code, ev.signal
             self.table.on_exit(hdr.pid)
-            return rec
+            return out
         if isinstance(ev, ConnectEvent):
-            rec = self._record("connect", hdr, p, job)
-            rec["connect"] = {"family": "inet6" if ev.family == 10 else "inet", "daddr": ev.daddr,
-                              "dport": ev.dport, "proto": SOCK_TYPES.get(ev.sock_type, "unknown"), "result": 0}
-            return self.connects.attempt(rec, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
+            out = self._event(hdr, p, job)
+            c = out.connect
+            c.family, c.daddr, c.dport = "inet6" if ev.family == 10 else "inet", ev.daddr, ev.dport
+            c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
+            return self.connects.attempt(out, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
         if isinstance(ev, GpuOpenEvent):
-            rec = self._record("gpu_open", hdr, p, job)
-            rec["gpu_open"] = {"path": ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers),
-                               "flags": ev.flags, "result": 0, "major": ev.major, "minor": ev.minor}
-            return rec
+            out = self._event(hdr, p, job)
+            g = out.gpu_open
+            g.path = ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers)
+            g.flags, g.major, g.minor = ev.flags, ev.major, ev.minor
+            return out
         if isinstance(ev, EnforceEvent):
-            rec = self._record("enforcement", hdr, p, job)
-            rec["enforcement"] = {"rule_id": self.rule_name(ev.rule_index), "action": ev.action,
-                                  "detail": enforcement_detail(ev)}
+            out = self._event(hdr, p, job)
+            e = out.enforcement
+            e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
             if ev.action == "deny_connect":
                 self.connects.denied(hdr.pid, ev.daddr, ev.dport)
-            return rec
+            return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
 
 
@@ -155,30 +160,30 @@ class PendingConnects:
     def __init__(self, wait_s: float = 2.0, max_pending: int = 65536) -> None:
         self.wait_s = wait_s
         self.max_pending = max_pending
-        self.pending: OrderedDict[int, tuple[float, dict]] = OrderedDict()
+        self.pending: OrderedDict[int, tuple[float, pb.Event]] = OrderedDict()
         self.recent_denies: OrderedDict[tuple[int, str, int], float] = OrderedDict()
-        self.overflow: list[dict] = []
+        self.overflow: list[pb.Event] = []
 
-    def attempt(self, rec: dict, pid: int, sk: int, tcp: bool) -> dict | None:
-        c = rec["connect"]
-        if self.recent_denies.pop((pid, c["daddr"], c["dport"]), None) is not None:
-            c["result"] = -errno.EPERM
+    def attempt(self, rec: pb.Event, pid: int, sk: int, tcp: bool) -> pb.Event | None:
+        c = rec.connect
+        if self.recent_denies.pop((pid, c.daddr, c.dport), None) is not None:
+            c.result = -errno.EPERM
             return rec
         if not tcp or not sk:
             return rec
         self.pending[sk] = (time.monotonic(), rec)
         if len(self.pending) > self.max_pending:
             _sk, (_t, oldest) = self.pending.popitem(last=False)
-            oldest["connect"]["result"] = -errno.EINPROGRESS
+            oldest.connect.result = -errno.EINPROGRESS
             self.overflow.append(oldest)
         return None
 
-    def outcome(self, sk: int, result: int) -> dict | None:
+    def outcome(self, sk: int, result: int) -> pb.Event | None:
         item = self.pending.pop(sk, None)
         if item is None:
             return None                       # a connect made before the agent started
         rec = item[1]
-        rec["connect"]["result"] = result
+        rec.connect.result = result
         return rec
 
     def denied(self, pid: int, daddr: str, dport: int) -> None:
@@ -186,7 +191,7 @@ class PendingConnects:
         while len(self.recent_denies) > 4096:
             self.recent_denies.popitem(last=False)
 
-    def expired(self) -> list[dict]:
+    def expired(self) -> list[pb.Event]:
         """Connects whose outcome did not come in time (still connecting, or non-blocking and abandoned)."""
         out, self.overflow = self.overflow, []
         cutoff = time.monotonic() - self.wait_s
@@ -195,7 +200,7 @@ class PendingConnects:
             if t > cutoff:
                 break
             del self.pending[sk]
-            rec["connect"]["result"] = -errno.EINPROGRESS
+            rec.connect.result = -errno.EINPROGRESS
             out.append(rec)
         for key, t in list(self.recent_denies.items()):
             if t > cutoff:

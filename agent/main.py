@@ -15,6 +15,7 @@ from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
 from agent.runtime import Capture
 from gpuguard.credentials import CredentialStore, find_token
+from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger("gpuguard.agent")
 
@@ -26,8 +27,8 @@ def printer(mode: str):
     if mode == "human":
         print(HEADER_LINE, flush=True)
 
-    def sink(records: list[dict]) -> None:
-        out = "\n".join(fmt(r) for r in records if r["kind"] != "status")
+    def sink(records: list[pb.Event]) -> None:
+        out = "\n".join(fmt(r) for r in records if r.WhichOneof("body") != "status")
         if out:
             try:
                 sys.stdout.write(out + "\n")
@@ -117,8 +118,9 @@ class Agent:
                  st["events_per_sec"], st["events_total"], st["kernel_lost"] or 0, st["spool_depth"],
                  st["dropped"], self.shipper.connected.is_set() if self.shipper else "-")
         if self.spool:
-            rec = {"kind": "status", "ts_ns": time.time_ns(), "boot_id": self.identity.boot_id, "status": st}
-            self.spool.append([rec])
+            status = pb.AgentStatus(**{k: v for k, v in st.items() if k != "kernel_lost"})
+            status.kernel_lost.update(st["kernel_lost"])
+            self.spool.append([pb.Event(ts_ns=time.time_ns(), boot_id=self.identity.boot_id, status=status)])
             self.shipper.notify()
 
     def run(self) -> None:

@@ -39,7 +39,7 @@ class Process:
     job: Job | None = None
     exited: bool = False
     lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
-    record_base: dict | None = None     # cached per-process part of records (agent/enrich.py)
+    record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:

@@ -20,10 +20,11 @@ from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
 from agent.loader import CaptureProbes
 from agent.process_table import ProcessTable
 from agent.selfcheck import run_selfcheck
+from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[list[dict]], None]
+Sink = Callable[[list[pb.Event]], None]
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Capture:
         self.stop_event = threading.Event()
         self.ignore_pids: set[int] = set()   # the agent's own pid: its gRPC connects are not evidence
         self.injected: list = []             # deques of records made in user space (enforcement)
-        self.held: list[dict] = []           # records seen before the sinks were attached (start-up check)
+        self.held: list[pb.Event] = []           # records seen before the sinks were attached (start-up check)
 
     def start(self) -> None:
         self.probes.load(self.jobs.root)  # attach first, then seed: nothing falls between the two
@@ -67,7 +68,7 @@ class Capture:
             raise
         log.info("kernel struct offsets proven on a check process (argv, environment, parent, exit code)")
 
-    def process(self, raw_batch: list[bytes]) -> list[dict]:
+    def process(self, raw_batch: list[bytes]) -> list[pb.Event]:
         records = []
         for ev in decode_batch(raw_batch, self.stats.decode):
             try:
@@ -78,9 +79,9 @@ class Capture:
                     log.exception("could not enrich a %s event of pid %d (%d so far): %s", type(ev).__name__,
                                   ev.hdr.pid, self.stats.enrich_failed, exc)
                 continue
-            if rec is not None and rec["proc"]["pid"] not in self.ignore_pids:
+            if rec is not None and rec.process.pid not in self.ignore_pids:
                 records.append(rec)
-        records.extend(r for r in self.enricher.connects.expired() if r["proc"]["pid"] not in self.ignore_pids)
+        records.extend(r for r in self.enricher.connects.expired() if r.process.pid not in self.ignore_pids)
         for source in self.injected:
             while source:
                 records.append(source.popleft())
@@ -92,7 +93,7 @@ class Capture:
                 sink(records)
         return records
 
-    def poll_once(self, timeout_ms: int = 50) -> list[dict]:
+    def poll_once(self, timeout_ms: int = 50) -> list[pb.Event]:
         return self.process(self.probes.poll(timeout_ms))
 
     def kernel_lost(self) -> dict[str, int]:

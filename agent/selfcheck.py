@@ -46,24 +46,26 @@ def _check_once(capture, timeout: float = 10.0) -> None:
     exec_rec = exit_rec = None
     while time.monotonic() < deadline and (exec_rec is None or exit_rec is None):
         for rec in capture.poll_once(50):
-            if rec["proc"]["pid"] != child.pid:
+            if rec.process.pid != child.pid:
                 capture.held.append(rec)          # not ours: handed to the sinks once they exist
                 continue
-            if rec["kind"] == "exec":
+            if rec.HasField("exec"):
                 exec_rec = rec
-            elif rec["kind"] == "exit":
+            elif rec.HasField("exit"):
                 exit_rec = rec
     if exec_rec is None or exit_rec is None:
         raise _NotSeen(f"no {'exec' if exec_rec is None else 'exit'} event for the offset check process")
     problems = []
-    if exec_rec["exec"]["argv"] != argv:
-        problems.append(f"argv read as {exec_rec['exec']['argv'][:6]!r}, expected {argv!r} (mm arg offsets)")
-    if exec_rec["job"] != {"kind": "slurm", "id": nonce, "name": ""}:
-        problems.append(f"SLURM_JOB_ID read as {exec_rec['job']!r}, expected {nonce} (mm env offsets)")
-    if exec_rec["proc"]["ppid"] != os.getpid():
-        problems.append(f"parent read as {exec_rec['proc']['ppid']}, expected {os.getpid()} (real_parent/tgid)")
-    if (exit_rec["exit"]["code"], exit_rec["exit"]["signal"]) != (7, 0):
-        problems.append(f"exit read as {exit_rec['exit']}, expected code 7 (exit_code offset)")
+    if list(exec_rec.exec.argv) != argv:
+        problems.append(f"argv read as {list(exec_rec.exec.argv)[:6]!r}, expected {argv!r} (mm arg offsets)")
+    if (exec_rec.job.kind, exec_rec.job.id) != ("slurm", nonce):
+        problems.append(f"SLURM_JOB_ID read as {exec_rec.job.kind}:{exec_rec.job.id}, expected {nonce} "
+                        "(mm env offsets)")
+    if exec_rec.process.ppid != os.getpid():
+        problems.append(f"parent read as {exec_rec.process.ppid}, expected {os.getpid()} (real_parent/tgid)")
+    if (exit_rec.exit.code, exit_rec.exit.signal) != (7, 0):
+        problems.append(f"exit read as code {exit_rec.exit.code} signal {exit_rec.exit.signal}, expected code 7 "
+                        "(exit_code offset)")
     if problems:
         raise LoaderError("kernel struct offsets from BTF do not match what this kernel does: " + "; ".join(problems)
                           + f" (offsets used: {capture.probes.offsets})")

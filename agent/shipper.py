@@ -26,11 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import msgpack
 
 from agent.identity import HostIdentity
 from agent.spool import Spool
-from agent.wire import to_event
 from gpuguard import __version__
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
@@ -55,26 +53,25 @@ QUARANTINE_KEEP = 1000
 
 
 class Quarantine:
-    """Records that could not be sent, kept on disk for forensics (bounded), each replaced by a gap."""
+    """Events that could not be sent, kept on disk for forensics (bounded), each replaced by a gap."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.count = 0
 
-    def put(self, rec: dict, reason: str) -> pb.Event:
-        seq = rec["seq"]
+    def put(self, ev: pb.Event, reason: str) -> pb.Event:
+        seq = ev.seq
         self.count += 1
-        log.error("quarantined record seq %d (%s): %s", seq, rec.get("kind", "?"), reason)
+        log.error("quarantined event seq %d (%s): %s", seq, ev.WhichOneof("body"), reason)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            kept = sorted(self.dir.glob("seq-*.bin"))
+            kept = sorted(self.dir.glob("seq-*.pb"))
             for old in kept[: max(len(kept) - QUARANTINE_KEEP + 1, 0)]:
                 old.unlink()
-            (self.dir / f"seq-{seq:020d}.bin").write_bytes(msgpack.packb(rec, default=repr,
-                                                                         unicode_errors="surrogateescape"))
-        except (OSError, TypeError, ValueError) as exc:
-            log.error("could not keep quarantined record %d on disk: %s", seq, exc)
-        return pb.Event(seq=seq, ts_ns=rec.get("ts_ns", 0) if isinstance(rec.get("ts_ns"), int) else 0,
+            (self.dir / f"seq-{seq:020d}.pb").write_bytes(ev.SerializeToString())
+        except OSError as exc:
+            log.error("could not keep quarantined event %d on disk: %s", seq, exc)
+        return pb.Event(seq=seq, ts_ns=ev.ts_ns,
                         gap=pb.Gap(from_seq=seq, to_seq=seq, reason=f"quarantined by the agent: {reason}"[:300]))
 
 
@@ -235,19 +232,14 @@ class Shipper:
             cursor = last
             self.sent_batches += 1
 
-    def build_batch(self, records: list[dict]) -> cpb.EventBatch:
-        """Records -> one batch under MAX_BATCH_BYTES (stops early; the rest go in the next batch)."""
+    def build_batch(self, records: list[pb.Event]) -> cpb.EventBatch:
+        """Spooled events -> one batch under MAX_BATCH_BYTES (stops early; the rest go in the next batch)."""
         batch = cpb.EventBatch()
         size = 0
-        for rec in records:
-            try:
-                ev = to_event(rec)
-                n = ev.ByteSize()
-                if n > MAX_RECORD_BYTES:
-                    ev = self.quarantine.put(rec, f"record of {n} bytes exceeds {MAX_RECORD_BYTES}")
-                    n = ev.ByteSize()
-            except Exception as exc:   # anything a record can hold must not stop the stream
-                ev = self.quarantine.put(rec, f"cannot encode: {type(exc).__name__}: {str(exc)[:200]}")
+        for spooled in records:
+            ev, n = spooled, spooled.ByteSize()
+            if n > MAX_RECORD_BYTES:
+                ev = self.quarantine.put(spooled, f"event of {n} bytes exceeds {MAX_RECORD_BYTES}")
                 n = ev.ByteSize()
             if batch.events and size + n > MAX_BATCH_BYTES:
                 break

@@ -1,7 +1,8 @@
-"""Durable on-disk queue of records not yet acknowledged by the collector.
+"""Durable on-disk queue of events not yet acknowledged by the collector.
 
 Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames
-``[u32 length][u32 crc32][msgpack [seq, record]]`` and ``DIR/acked`` holding
+``[u32 length][u32 crc32][msgpack [seq, serialized gpuguard.v1.Event]]`` (the
+event's wire bytes: one serialisation from enrichment to the collector) and ``DIR/acked`` holding
 the highest acknowledged seq. Sequence numbers are per agent, monotonic and
 never reused (they survive restarts: the last one is recovered from disk).
 
@@ -23,11 +24,14 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+
+from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +129,25 @@ class Spool:
         self._active_size = self._active.tell()
         self._segments.append((first_seq, path))
 
-    def _frame(self, seq: int, record: dict) -> bytes:
-        body = self._packer.pack([seq, record])
+    def _frame(self, seq: int, record: pb.Event) -> bytes:
+        record.seq = seq
+        body = self._packer.pack([seq, record.SerializeToString()])
         return FRAME.pack(len(body), zlib.crc32(body)) + body
 
-    def _frame_or_gap(self, seq: int, record: dict) -> bytes:
-        """A record msgpack cannot take (it never should: agent/text.py cleans every string) becomes a gap
-        record naming its seq, so one odd record never costs the rest of the poll."""
+    def _frame_or_gap(self, seq: int, record: pb.Event) -> bytes:
+        """An event that cannot be serialised (it never should) becomes a gap naming its seq, so one odd
+        event never costs the rest of the poll."""
         try:
             return self._frame(seq, record)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:   # noqa: BLE001 - whatever the encoder raises, the poll goes on
             self._packer = msgpack.Packer(use_bin_type=True)    # a failed pack may leave the packer mid-buffer
             self.stats.unpackable += 1
-            log.error("spool: record seq %d (%s) cannot be encoded (%s); stored as a gap", seq,
-                      record.get("kind", "?"), exc)
-            gap = {"kind": "gap", "seq": seq,
-                   "gap": {"from_seq": seq, "to_seq": seq, "reason": f"unencodable record: {str(exc)[:200]}"}}
+            log.error("spool: event seq %d (%s) cannot be encoded (%s); stored as a gap", seq,
+                      record.WhichOneof("body") if isinstance(record, pb.Event) else type(record).__name__, exc)
+            gap = pb.Event(gap=pb.Gap(from_seq=seq, to_seq=seq, reason=f"unencodable event: {str(exc)[:200]}"))
             return self._frame(seq, gap)
 
-    def append(self, records: list[dict]) -> int:
+    def append(self, records: list[pb.Event]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
         with self._lock:
             if self._gap:
@@ -152,24 +156,24 @@ class Spool:
                 self._gap = None
             return self._try_write(records) or self._drop(records)
 
-    def _gap_record(self) -> dict:
+    def _gap_record(self) -> pb.Event:
         first, last, reason = self._gap
-        return {"kind": "gap", "gap": {"from_seq": first, "to_seq": last, "reason": reason}}
+        return pb.Event(ts_ns=time.time_ns(), gap=pb.Gap(from_seq=first, to_seq=last, reason=reason))
 
-    def _try_write(self, records: list[dict]) -> int:
+    def _try_write(self, records: list[pb.Event]) -> int:
         seqs = []
         frames = []
         next_seq = self.last_seq
         for rec in records:
             next_seq += 1
-            seq = rec["seq"] = next_seq
+            seq = next_seq
             seqs.append(seq)
             frames.append(self._frame_or_gap(seq, rec))
         blob = b"".join(frames)
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
             for rec in records:
-                rec.pop("seq", None)
+                rec.seq = 0
             return 0
         if self._active is None or self._active_size >= self.segment_bytes:
             self._open_segment(seqs[0])
@@ -191,7 +195,7 @@ class Spool:
         self.stats.appended += len(records)
         return len(records)
 
-    def _drop(self, records: list[dict]) -> int:
+    def _drop(self, records: list[pb.Event]) -> int:
         if not records:
             return 0
         first = self.last_seq + 1
@@ -202,8 +206,8 @@ class Spool:
         return 0
 
     # -- reading and acks ------------------------------------------------------------
-    def read_after(self, seq: int, max_records: int) -> list[dict]:
-        """Records with seq > given seq, in order, at most max_records.
+    def read_after(self, seq: int, max_records: int) -> list[pb.Event]:
+        """Events with seq > given seq, in order, at most max_records.
 
         Sequential readers (the shipper) resume from a remembered byte offset,
         so reading a segment costs O(records read), not O(segment).
@@ -213,16 +217,16 @@ class Spool:
             if self._active:
                 self._active.flush()
         cursor_path, cursor_off, cursor_seq = self._cursor
-        out: list[dict] = []
+        out: list[pb.Event] = []
         for i, (_first, path) in enumerate(segments):
             next_first = segments[i + 1][0] if i + 1 < len(segments) else None
             if next_first is not None and next_first <= seq + 1:
                 continue
             offset = cursor_off if (path == cursor_path and cursor_seq <= seq) else 0
             try:
-                for end, s, rec in self._frames(path, offset):
+                for end, s, body in self._frames(path, offset):
                     if s > seq:
-                        out.append(rec)
+                        out.append(pb.Event.FromString(body))
                         self._cursor = (path, end, s)
                         if len(out) >= max_records:
                             return out

@@ -72,9 +72,20 @@ def capture():
     cap = Capture(hash_executables=False)
     cap.start()
     cap.seen = []
-    cap.sinks.append(cap.seen.extend)
+    cap.sinks.append(lambda events: cap.seen.extend(as_record(e) for e in events))
     yield cap
     cap.close()
+
+
+def as_record(ev) -> dict:
+    """A test's view of a captured gpuguard.v1.Event: {"kind", "proc", "job", <kind>: {...}} with plain values."""
+    from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
+
+    d = MessageToDict(ev, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    d["kind"] = ev.WhichOneof("body")
+    d["proc"] = d.pop("process")
+    d["seq"], d["ts_ns"], d["proc"]["cgroup_id"] = ev.seq, ev.ts_ns, ev.process.cgroup_id   # 64-bit: ints
+    return d
 
 
 def wait_for(capture, predicate, timeout: float = 5.0) -> list[dict]:

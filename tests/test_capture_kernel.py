@@ -60,7 +60,7 @@ def test_ring_buffer_overflow_is_counted_per_kind():
             subprocess.run(["/bin/true", tag], check=True)
         lost = cap.kernel_lost()
         assert lost.get("exec", 0) >= 15, lost
-        seen = [r for r in cap.poll_once(50) if r["kind"] == "exec" and tag in r["exec"]["argv"]]
+        seen = [ev for ev in cap.poll_once(50) if ev.HasField("exec") and tag in ev.exec.argv]
         assert len(seen) + lost["exec"] >= 20 and len(seen) <= 5
     finally:
         cap.close()

@@ -173,8 +173,7 @@ def test_store_failure_at_runtime_keeps_the_agents_spool(tmp_path):
         s.close()
 
         spool = Spool(tmp_path / "spool")
-        spool.append([{"kind": "exit", "ts_ns": time.time_ns(), "boot_id": "b", "exit": {"code": i}}
-                      for i in range(5)])
+        spool.append([pb.Event(ts_ns=time.time_ns(), boot_id="b", exit=pb.Exit(code=i)) for i in range(5)])
         shipper = Shipper(f"127.0.0.1:{app.port}", spool, HostIdentity("full2", "full2", "b"),
                           token=agent_credential("full2"))
         threading.Thread(target=shipper.run, daemon=True).start()

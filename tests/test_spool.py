@@ -6,20 +6,27 @@ import errno
 import os
 
 from agent.spool import Spool
+from gpuguard.v1 import events_pb2 as pb
 
 
-def recs(n: int, start: int = 0) -> list[dict]:
-    return [{"kind": "exec", "n": start + i} for i in range(n)]
+def recs(n: int, start: int = 0) -> list[pb.Event]:
+    return [pb.Event(ts_ns=1, exit=pb.Exit(code=start + i)) for i in range(n)]
+
+
+def view(events: list[pb.Event]) -> list[dict]:
+    """seq, kind, the exit code as n, the gap as a dict: what these tests look at."""
+    return [{"seq": e.seq, "kind": e.WhichOneof("body"), "n": e.exit.code,
+             "gap": {"from_seq": e.gap.from_seq, "to_seq": e.gap.to_seq, "reason": e.gap.reason}} for e in events]
 
 
 def test_append_read_ack_in_order(tmp_path):
     sp = Spool(tmp_path)
     assert sp.append(recs(5)) == 5
-    got = sp.read_after(0, 100)
+    got = view(sp.read_after(0, 100))
     assert [r["seq"] for r in got] == [1, 2, 3, 4, 5]
     assert [r["n"] for r in got] == [0, 1, 2, 3, 4]
     sp.ack(3)
-    assert [r["seq"] for r in sp.read_after(3, 100)] == [4, 5]
+    assert [r["seq"] for r in view(sp.read_after(3, 100))] == [4, 5]
     assert sp.depth() == 2
 
 
@@ -30,9 +37,9 @@ def test_sequence_and_unacked_records_survive_restart(tmp_path):
     sp.close()
     again = Spool(tmp_path, segment_bytes=200)
     assert again.acked == 4 and again.last_seq == 10
-    assert [r["seq"] for r in again.read_after(again.acked, 100)] == list(range(5, 11))
+    assert [r["seq"] for r in view(again.read_after(again.acked, 100))] == list(range(5, 11))
     again.append(recs(1))
-    assert again.read_after(10, 10)[0]["seq"] == 11
+    assert view(again.read_after(10, 10))[0]["seq"] == 11
 
 
 def test_acked_segments_are_deleted(tmp_path):
@@ -43,7 +50,7 @@ def test_acked_segments_are_deleted(tmp_path):
     sp.ack(18)
     after = len(list(tmp_path.glob("seg-*.log")))
     assert after < before
-    assert [r["seq"] for r in sp.read_after(18, 100)] == [19, 20]
+    assert [r["seq"] for r in view(sp.read_after(18, 100))] == [19, 20]
 
 
 def test_torn_tail_is_truncated_and_earlier_records_kept(tmp_path):
@@ -55,7 +62,7 @@ def test_torn_tail_is_truncated_and_earlier_records_kept(tmp_path):
         f.write(b"\x40\x00\x00\x00garbage")      # a frame header promising 64 bytes, then junk
     again = Spool(tmp_path)
     assert again.stats.corrupt_truncated == 1
-    assert [r["seq"] for r in again.read_after(0, 10)] == [1, 2, 3]
+    assert [r["seq"] for r in view(again.read_after(0, 10))] == [1, 2, 3]
 
 
 def test_full_spool_drops_counts_and_reports_exact_gap(tmp_path):
@@ -67,7 +74,7 @@ def test_full_spool_drops_counts_and_reports_exact_gap(tmp_path):
     sp.ack(sp.last_seq)                          # collector caught up: space is back
     sp.max_bytes = 1 << 20
     assert sp.append(recs(1, 99)) == 1
-    tail = sp.read_after(last_stored, 10)
+    tail = view(sp.read_after(last_stored, 10))
     gap = tail[0]
     assert gap["kind"] == "gap"
     assert gap["gap"]["from_seq"] == last_stored + 1
@@ -88,7 +95,7 @@ def test_disk_error_drops_without_corrupting(tmp_path, monkeypatch):
     assert sp.append(recs(3)) == 0
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert sp.append(recs(1, 50)) == 1
-    got = sp.read_after(0, 10)
+    got = view(sp.read_after(0, 10))
     assert [r["seq"] for r in got[:2]] == [1, 2]
     assert got[2]["kind"] == "gap" and got[2]["gap"]["from_seq"] == 3 and got[2]["gap"]["to_seq"] == 5
     assert "ENOSPC" in got[2]["gap"]["reason"]

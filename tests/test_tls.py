@@ -17,6 +17,7 @@ from collector.app import CollectorConfig
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
+from gpuguard.v1 import events_pb2 as pb
 from tests.services import admin, agent_credential, collector_in_thread
 
 
@@ -59,11 +60,9 @@ def apply_policy(port: int, text: str, metadata=None, **tls) -> cpb.ApplyPolicyR
 
 def ship_one(tmp_path: Path, port: int, host: str, token: str, tls: tuple[str, str, str]) -> Spool:
     spool = Spool(tmp_path / f"spool-{host}")
-    spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": 0},
-                   "job": {"kind": "slurm", "id": "77", "name": ""},
-                   "proc": {"key": "k", "pid": 5, "tid": 5, "ppid": 1, "parent_key": "", "comm": "x",
-                            "exe": "/x", "argv": [], "uid": 0, "gid": 0, "cgroup_id": 1, "cgroup": "/",
-                            "exe_sha256": ""}}])
+    ev = pb.Event(ts_ns=1, boot_id="b", exit=pb.Exit(code=0), job=pb.Job(kind="slurm", id="77"),
+                  process=pb.Process(key="k", pid=5, tid=5, ppid=1, comm="x", exe="/x", cgroup_id=1, cgroup="/"))
+    spool.append([ev])
     shipper = Shipper(f"127.0.0.1:{port}", spool, HostIdentity(host, host, "b"), token=token, tls=tls)
     threading.Thread(target=shipper.run, daemon=True).start()
     deadline = time.monotonic() + 10

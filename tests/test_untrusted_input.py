@@ -20,6 +20,7 @@ from agent.shipper import MAX_BATCH_BYTES, MAX_RECORD_BYTES, Shipper
 from agent.spool import Spool
 from agent.text import clean, unclean
 from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
 
 ESCAPE_LOOKALIKE = b"\\x"
 names = st.binary(min_size=0, max_size=300)
@@ -55,7 +56,7 @@ def test_enrich_spool_ship_with_arbitrary_bytes(tmp_path, comm, filename, argv, 
         raw = exec_event(os.getpid(), comm, filename, [a.replace(b"\0", b"") for a in argv])
         raw = raw[:8] + struct.pack("<Q", cg_id) + raw[16:]
         rec = enricher.enrich(decode(raw))
-        assert rec["proc"]["cgroup"] == clean(b"/" + cgroup)
+        assert rec.process.cgroup == clean(b"/" + cgroup)
         spool = Spool(Path(tmp) / "spool")
         assert spool.append([rec]) == 1
         shipper = Shipper("127.0.0.1:1", spool, identity)
@@ -70,28 +71,24 @@ def test_enrich_spool_ship_with_arbitrary_bytes(tmp_path, comm, filename, argv, 
 
 def test_a_record_too_large_is_quarantined_and_the_stream_moves_on(tmp_path):
     spool = Spool(tmp_path / "spool")
-    huge = {"kind": "exec", "ts_ns": 1, "boot_id": "b", "exec": {"filename": "/x", "argv": ["a" * (2 << 20)],
-                                                                  "argv_truncated": False, "result": 0}}
-    small = {"kind": "exit", "ts_ns": 2, "boot_id": "b", "exit": {"code": 0}}
-    bad = {"kind": "exec", "ts_ns": 3, "boot_id": "b", "exec": {"filename": 7}}   # wrong type: cannot encode
-    spool.append([huge, small, bad, dict(small)])
+    huge = pb.Event(ts_ns=1, exec=pb.Exec(filename="/x", argv=["a" * (2 << 20)]))
+    small = pb.Event(ts_ns=2, exit=pb.Exit(code=0))
+    spool.append([huge, small, pb.Event(ts_ns=3, exit=pb.Exit(code=1))])
     shipper = Shipper("127.0.0.1:1", spool, HostIdentity("h", "h", "b"))
     batch = shipper.build_batch(spool.read_after(0, 10))
-    kinds = [e.WhichOneof("body") for e in batch.events]
-    assert [e.seq for e in batch.events] == [1, 2, 3, 4]
-    assert kinds == ["gap", "exit", "gap", "exit"]
+    assert [e.seq for e in batch.events] == [1, 2, 3]
+    assert [e.WhichOneof("body") for e in batch.events] == ["gap", "exit", "exit"]
     assert "quarantined" in batch.events[0].gap.reason and str(MAX_RECORD_BYTES) in batch.events[0].gap.reason
     assert (batch.events[0].gap.from_seq, batch.events[0].gap.to_seq) == (1, 1)
-    assert shipper.quarantine.count == 2
-    assert sorted(p.name for p in (tmp_path / "spool" / "quarantine").iterdir()) == [
-        f"seq-{1:020d}.bin", f"seq-{3:020d}.bin"]
+    assert shipper.quarantine.count == 1
+    kept = [p.name for p in (tmp_path / "spool" / "quarantine").iterdir()]
+    assert kept == [f"seq-{1:020d}.pb"]
+    assert pb.Event.FromString((tmp_path / "spool" / "quarantine" / kept[0]).read_bytes()).exec.filename == "/x"
 
 
 def test_batches_stay_under_the_byte_ceiling(tmp_path):
     spool = Spool(tmp_path / "spool")
-    rec = {"kind": "exec", "ts_ns": 1, "boot_id": "b", "exec": {"filename": "/x", "argv": ["a" * (900 << 10)],
-                                                                 "argv_truncated": False, "result": 0}}
-    spool.append([dict(rec) for _ in range(10)])
+    spool.append([pb.Event(ts_ns=1, exec=pb.Exec(filename="/x", argv=["a" * (900 << 10)])) for _ in range(10)])
     shipper = Shipper("127.0.0.1:1", spool, HostIdentity("h", "h", "b"))
     first = shipper.build_batch(spool.read_after(0, 512))
     assert 1 <= len(first.events) < 10 and first.ByteSize() <= MAX_BATCH_BYTES
