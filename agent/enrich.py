@@ -70,37 +70,37 @@ class Enricher:
         p.uid = hdr.uid
         return p
 
-    def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
-        """The per-process part of an event, built once per (process image, cgroup, uid, gid).
-
-        A storm of events from one process then costs a protobuf copy, not a rebuild.
-        """
+    def _proc_base(self, hdr: Header, p: Process, with_ancestry: bool) -> pb.Process:
+        """The per-process part of an event, built once per (process image, cgroup, uid, gid), in two
+        variants (with and without the ancestry). A storm of events from one process then costs one
+        protobuf copy, not a rebuild."""
         ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
         cached = p.record_base
         if cached is None or cached[0] != ident:
-            base = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p), exe=p.exe,
+            bare = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p), exe=p.exe,
                               argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
                               cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
+            full = pb.Process()
+            full.CopyFrom(bare)
             for a in self.table.lineage(p):
-                base.ancestors.add(**a)
-            cached = p.record_base = (ident, base)
-        base = cached[1]
-        if not base.exe_sha256 and self.hasher and p.exe:
-            base.exe_sha256 = self.hasher.lookup(p.exe)   # computed in the background; "" until then
-        return base
+                full.ancestors.add(**a)
+            cached = p.record_base = (ident, bare, full)
+        _ident, bare, full = cached
+        if not bare.exe_sha256 and self.hasher and p.exe:
+            bare.exe_sha256 = full.exe_sha256 = self.hasher.lookup(p.exe)   # background; "" until computed
+        return full if with_ancestry else bare
 
     def _event(self, hdr: Header, p: Process, job: Job, with_ancestry: bool = True, exec_: bool = False) -> pb.Event:
         """One event. The ancestry rides on a process image's first event only (and on every exec):
         later events carry the parent key, which ties them to the same tree at a fraction of the size."""
+        ancestry = with_ancestry and (exec_ or not p.ancestry_sent)
+        if ancestry:
+            p.ancestry_sent = True
         ev = pb.Event(ts_ns=self.clock.to_wall(hdr.ts_boot_ns), boot_id=self.identity.boot_id)
         proc = ev.process
-        proc.CopyFrom(self._proc_base(hdr, p))
+        proc.CopyFrom(self._proc_base(hdr, p, ancestry))
         proc.tid = hdr.tid
         proc.comm = hdr.comm or p.comm
-        if not with_ancestry or (p.ancestry_sent and not exec_):
-            proc.ClearField("ancestors")
-        else:
-            p.ancestry_sent = True
         ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
         return ev
 
