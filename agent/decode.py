@@ -24,12 +24,14 @@ from agent.events import (
     KernelEvent,
 )
 from agent.text import clean
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import ACTION_NAMES, KIND_NAMES
 
 log = logging.getLogger(__name__)
 
-EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT, EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP, EV_CONNECT_RESULT = 1, 2, 3, 4, 5, 6, 7, 8
-KIND_NAMES = {EV_EXEC: "exec", EV_FORK: "fork", EV_EXIT: "exit", EV_CONNECT: "connect", EV_GPU_OPEN: "gpu_open",
-              EV_ENFORCE: "enforcement", EV_CGROUP: "cgroup", EV_CONNECT_RESULT: "connect_result"}
+EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT = pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT, pb.KIND_CONNECT
+EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP, EV_CONNECT_RESULT = pb.KIND_GPU_OPEN, pb.KIND_ENFORCE, pb.KIND_CGROUP, \
+    pb.KIND_CONNECT_RESULT
 
 HEADER = struct.Struct("<QQIIIIIi16s")
 EXEC_TAIL = struct.Struct("<IIII256s32sQII2048s")
@@ -51,7 +53,6 @@ SIZES = {
     EV_ENFORCE: HEADER.size + ENFORCE_TAIL.size,
     EV_CGROUP: HEADER.size + CGROUP_TAIL.size,
 }
-ACTION_NAMES = {1: "kill_exec", 2: "deny_connect", 3: "drop_stratum", 4: "seen_stratum"}
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 CONNECT_SENDMSG = 1

@@ -34,6 +34,7 @@ from agent.worker import Worker
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import DROP_STRATUM, KILL, KILL_EXEC, KILL_TREE
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Enforcer:
         """Enforcement programs in force now, for the heartbeat (the collector checks them against policy)."""
         with self.lock:
             types = {t for (_c, t) in self.attached}
-        names = {"kill_exec"} if self.exec_kill is None or self.exec_kill.attached else set()
+        names = {KILL_EXEC} if self.exec_kill is None or self.exec_kill.attached else set()
         names.update(PROGRAM_NAMES.get(t, f"attach_type_{t}") for t in types)
         return sorted(names)
 
@@ -363,7 +364,7 @@ class Enforcer:
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:
                 self.worker.submit(self._check_hash, ev)
-            elif kind == "enforcement" and ev.enforcement.action == "drop_stratum":
+            elif kind == "enforcement" and ev.enforcement.action == DROP_STRATUM:
                 self.worker.submit(self._kill_stratum_sender, ev)
 
     def _check_hash(self, ev: pb.Event) -> None:
@@ -422,7 +423,7 @@ class Enforcer:
                     f" and {killed - 1} descendants" if tree else "", why)
         job = p.job or Job("host", "host")
         ev = pb.Event(ts_ns=time.time_ns(), boot_id=self.capture.identity.boot_id,
-                      enforcement=pb.Enforcement(rule_id=rule_id, action="kill_tree" if tree else "kill",
+                      enforcement=pb.Enforcement(rule_id=rule_id, action=KILL_TREE if tree else KILL,
                                                  detail=f"{p.comm} (pid {pid}) killed by the agent: {why}"))
         ev.process.CopyFrom(pb.Process(key=p.key, pid=pid, tid=pid, ppid=p.ppid, parent_key=table.parent_key(p),
                                        comm=p.comm, exe=p.exe, argv=p.argv, uid=p.uid, cgroup_id=p.cgroup_id,

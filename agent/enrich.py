@@ -30,6 +30,7 @@ from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, KILL_EXEC, SEEN_STRATUM
 
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
@@ -146,7 +147,7 @@ class Enricher:
             out = self._event(hdr, p, job)
             e = out.enforcement
             e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
-            if ev.action == "deny_connect":
+            if ev.action == DENY_CONNECT:
                 self.connects.denied(hdr.pid, ev.daddr, ev.dport)
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
@@ -211,12 +212,12 @@ class PendingConnects:
 
 def enforcement_detail(ev: EnforceEvent) -> str:
     dest = f"[{ev.daddr}]:{ev.dport}" if ":" in ev.daddr else f"{ev.daddr}:{ev.dport}"
-    if ev.action == "kill_exec":
+    if ev.action == KILL_EXEC:
         return f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel"
-    if ev.action == "deny_connect":
+    if ev.action == DENY_CONNECT:
         return f"connect/sendmsg to {dest} denied in the kernel (EPERM)"
-    if ev.action == "drop_stratum":
+    if ev.action == DROP_STRATUM:
         return f"stratum handshake to {dest} dropped in the kernel"
-    if ev.action == "seen_stratum":
+    if ev.action == SEEN_STRATUM:
         return f"stratum handshake to {dest} seen (monitor mode, not dropped)"
     return ev.action

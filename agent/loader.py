@@ -99,16 +99,19 @@ def check_privileges() -> None:
 
 
 SHARED_HEADER = "gpuguard.h"
+VOCAB_HEADER = "vocab.h"          # generated from the proto enums (scripts/gen_vocab.py)
 INCLUDE_LINE = f'#include "{SHARED_HEADER}"'
+VOCAB_INCLUDE = f'#include "{VOCAB_HEADER}"'
 
 
 def probe_source(names: tuple[str, ...] = ALL_PROBES, probes_dir: Path = PROBES_DIR) -> str:
-    """One C text: the shared header, then each probe without its #include.
+    """One C text: the vocabulary, the shared header, then each probe without its #include.
 
     BCC rewrites map calls (``events.ringbuf_output``) only in the main text,
     never inside included headers, so the header is inlined rather than included.
     """
-    parts = [(probes_dir / SHARED_HEADER).read_text()]
+    parts = [(probes_dir / VOCAB_HEADER).read_text(),
+             (probes_dir / SHARED_HEADER).read_text().replace(VOCAB_INCLUDE, "")]
     for name in names:
         text = (probes_dir / name).read_text()
         parts.append(f'#line 1 "{name}"\n' + text.replace(INCLUDE_LINE, ""))

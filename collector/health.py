@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import KILL_EXEC
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class HostHealth:
                 return f"agent enforces policy {st.get('policy_version', 0)}, collector's is {policy_version}"
         else:
             rec.behind_since = 0.0
-        if self.kill_programs_expected() and "kill_exec" not in st.get("programs", []):
+        if self.kill_programs_expected() and KILL_EXEC not in st.get("programs", []):
             return "kill-at-exec program not attached"
         return ""
 

@@ -26,14 +26,15 @@ from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_r
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, KILL, KILL_ACTIONS, KILL_EXEC, KILL_TREE, SEEN_STRATUM
 
 log = logging.getLogger(__name__)
 
 KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in"}
 KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
-ACTION_NAMES = {"kill_exec": "killed at exec in the kernel", "deny_connect": "connect denied in the kernel",
-                "drop_stratum": "stratum handshake dropped in the kernel", "kill": "killed by the agent",
-                "kill_tree": "process tree killed by the agent", "seen_stratum": "stratum seen (monitor mode)"}
+ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connect denied in the kernel",
+                DROP_STRATUM: "stratum handshake dropped in the kernel", KILL: "killed by the agent",
+                KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)"}
 CONFIRMED = "confirmed"
 MAX_EVIDENCE = 100
 
@@ -260,7 +261,7 @@ class PolicyManager:
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
         e = ev.enforcement
-        if e.action in ("kill_exec", "kill", "kill_tree"):
+        if e.action in KILL_ACTIONS:
             self.killed[(host, ev.process.key)] = f"{e.rule_id}: {ACTION_NAMES.get(e.action, e.action)}"
             while len(self.killed) > 20_000:
                 self.killed.popitem(last=False)

@@ -17,21 +17,7 @@
 #ifndef GPUGUARD_H
 #define GPUGUARD_H
 
-#define EV_EXEC     1
-#define EV_FORK     2
-#define EV_EXIT     3
-#define EV_CONNECT  4
-#define EV_GPU_OPEN 5
-#define EV_ENFORCE  6
-#define EV_CGROUP   7
-#define EV_CONNECT_RESULT 8
-#define EV_KINDS    9
-
-/* enforcement actions (enforce_event.action) */
-#define ACT_KILL_EXEC    1
-#define ACT_DENY_CONNECT 2
-#define ACT_DROP_STRATUM 3
-#define ACT_SEEN_STRATUM 4   /* monitor mode: stratum seen, not dropped */
+#include "vocab.h"   /* EV_* event kinds and ACT_* actions, generated from the proto enums */
 
 #define MAX_CGROUP_LEVELS 16
 #define CGROUP_PATH_LEN 192

@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 out=${1:-.}
 "$PY" -m grpc_tools.protoc -Iproto --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" proto/gpuguard/v1/*.proto
+"$PY" scripts/gen_vocab.py

@@ -18,3 +18,12 @@ def test_generated_code_is_fresh(tmp_path):
     stale = [str(rel) for rel in generated
              if (tmp_path / rel).read_text() != (ROOT / rel).read_text()]
     assert not stale, f"stale generated files (run `make proto`): {stale}"
+
+
+def test_c_vocabulary_is_generated_from_the_proto_enums():
+    """probes/vocab.h (EV_*, ACT_*) must be what scripts/gen_vocab.py makes of the current enums."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gen_vocab import TARGET, render  # noqa: PLC0415
+
+    assert TARGET.read_text() == render(), "probes/vocab.h is stale: run `make proto`"
+    assert "#define ACT_KILL_EXEC 1" in render() and "#define EV_CONNECT_RESULT 8" in render()

@@ -15,9 +15,9 @@ from collector.resolve import DomainResolver
 from collector.rules.loader import Rule, RuleSet
 from collector.rules.regex import compile_regex, search
 from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import STRATUM_ACTIONS
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
-STRATUM_ACTIONS = ("drop_stratum", "seen_stratum")
 
 
 @dataclass

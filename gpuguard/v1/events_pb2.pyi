@@ -1,10 +1,49 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class KernelEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KIND_UNSPECIFIED: _ClassVar[KernelEventKind]
+    KIND_EXEC: _ClassVar[KernelEventKind]
+    KIND_FORK: _ClassVar[KernelEventKind]
+    KIND_EXIT: _ClassVar[KernelEventKind]
+    KIND_CONNECT: _ClassVar[KernelEventKind]
+    KIND_GPU_OPEN: _ClassVar[KernelEventKind]
+    KIND_ENFORCE: _ClassVar[KernelEventKind]
+    KIND_CGROUP: _ClassVar[KernelEventKind]
+    KIND_CONNECT_RESULT: _ClassVar[KernelEventKind]
+
+class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTION_UNSPECIFIED: _ClassVar[EnforcementAction]
+    ACTION_KILL_EXEC: _ClassVar[EnforcementAction]
+    ACTION_DENY_CONNECT: _ClassVar[EnforcementAction]
+    ACTION_DROP_STRATUM: _ClassVar[EnforcementAction]
+    ACTION_SEEN_STRATUM: _ClassVar[EnforcementAction]
+    ACTION_KILL: _ClassVar[EnforcementAction]
+    ACTION_KILL_TREE: _ClassVar[EnforcementAction]
+KIND_UNSPECIFIED: KernelEventKind
+KIND_EXEC: KernelEventKind
+KIND_FORK: KernelEventKind
+KIND_EXIT: KernelEventKind
+KIND_CONNECT: KernelEventKind
+KIND_GPU_OPEN: KernelEventKind
+KIND_ENFORCE: KernelEventKind
+KIND_CGROUP: KernelEventKind
+KIND_CONNECT_RESULT: KernelEventKind
+ACTION_UNSPECIFIED: EnforcementAction
+ACTION_KILL_EXEC: EnforcementAction
+ACTION_DENY_CONNECT: EnforcementAction
+ACTION_DROP_STRATUM: EnforcementAction
+ACTION_SEEN_STRATUM: EnforcementAction
+ACTION_KILL: EnforcementAction
+ACTION_KILL_TREE: EnforcementAction
 
 class Host(_message.Message):
     __slots__ = ("host_id", "hostname", "boot_id")
