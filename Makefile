@@ -30,7 +30,7 @@ fuzz: setup
 	$(PY) -m tests.fuzz_collector --cases $${FUZZ_CASES:-5000}
 
 demo: setup
-	$(VENV)/bin/gpuguard demo
+	$(PY) -m gpuguard_cli.main demo
 
 bench: setup
 	@command -v bpftrace >/dev/null && command -v auditctl >/dev/null || \

@@ -5,14 +5,8 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-
-def read_first(path: str, default: str = "") -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return default
+from gpuguard.host import local_host_id, read_first
 
 
 @dataclass(frozen=True)
@@ -25,7 +19,7 @@ class HostIdentity:
     def current(cls, host_id: str | None = None) -> HostIdentity:
         hostname = socket.gethostname()
         return cls(
-            host_id=host_id or read_first("/etc/machine-id") or hostname,
+            host_id=host_id or local_host_id(),
             hostname=hostname,
             boot_id=read_first("/proc/sys/kernel/random/boot_id", "unknown-boot"),
         )

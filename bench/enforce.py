@@ -29,7 +29,9 @@ from agent.runtime import Capture  # noqa: E402
 from collector.correlate import Correlator  # noqa: E402
 from collector.rules.engine import Engine  # noqa: E402
 from collector.rules.loader import load_ruleset, rule_texts  # noqa: E402
-from gpuguard.lab import (  # noqa: E402
+from gpuguard.v1 import events_pb2 as pb  # noqa: E402
+from gpuguard.v1 import policy_pb2 as ppb  # noqa: E402
+from lab import (  # noqa: E402
     CLI,
     FakePool,
     Service,
@@ -38,8 +40,6 @@ from gpuguard.lab import (  # noqa: E402
     popen_in_cgroup,
     remove_cgroup_tree,
 )
-from gpuguard.v1 import events_pb2 as pb  # noqa: E402
-from gpuguard.v1 import policy_pb2 as ppb  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 

@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 
 from gpuguard.credentials import CredentialStore, find_token  # noqa: E402
-from gpuguard.lab import CLI, Service, free_port, lab_credentials  # noqa: E402
 from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
 from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
+from lab import CLI, Service, free_port, lab_credentials  # noqa: E402
 
 STREAM = "/gpuguard.v1.Collector/Stream"
 

@@ -30,9 +30,9 @@ from collector.store.base import TimelineFilter  # noqa: E402
 from collector.store.sqlite import SqliteStore  # noqa: E402
 from collector.timeline import build_timeline  # noqa: E402
 from gpuguard.credentials import CredentialStore  # noqa: E402
-from gpuguard.lab import CLI, Service, free_port, lab_credentials  # noqa: E402
 from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
+from lab import CLI, Service, free_port, lab_credentials  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

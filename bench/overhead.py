@@ -110,7 +110,7 @@ class GpuguardAgent(Tracer):
             nowhere = f"127.0.0.1:{s.getsockname()[1]}"
         output = ["--json"] if self.mode == "json" else ["--quiet", "--collector", nowhere]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuguard.cli", "agent", *output, "--spool-dir", f"{self.tmp}/spool",
+            [sys.executable, "-m", "gpuguard_cli.main", "agent", *output, "--spool-dir", f"{self.tmp}/spool",
              "--state-dir", f"{self.tmp}/state", "--status-interval", "3600"], stdout=self.out,
             stderr=open(self.log, "wb"), cwd=ROOT)  # noqa: SIM115
         wait_text(self.log, "kernel struct offsets proven", self.proc)

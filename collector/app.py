@@ -8,7 +8,6 @@ import signal
 import time
 from dataclasses import dataclass
 
-from agent.identity import HostIdentity
 from collector.auth import Authenticator
 from collector.health import HostHealth
 from collector.hub import AgentHub
@@ -17,6 +16,7 @@ from collector.query import QueryService
 from collector.server import StreamLimits, build_server
 from collector.store import open_store
 from gpuguard.credentials import CredentialStore
+from gpuguard.host import local_host_id
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class CollectorApp:
     def __init__(self, cfg: CollectorConfig) -> None:
         self.cfg = cfg
         self.credentials = CredentialStore(cfg.auth_dir or None)
-        made = self.credentials.bootstrap(HostIdentity.current().host_id)
+        made = self.credentials.bootstrap(local_host_id())
         if made:
             log.info("created local credentials in %s: %s (root-only)", self.credentials.tokens_dir,
                      ", ".join(made))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuguard.lab import remove_cgroup_tree, run_in_cgroup  # noqa: F401 - re-exported for tests
+from lab import remove_cgroup_tree, run_in_cgroup  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -27,10 +27,10 @@ from pathlib import Path
 import grpc
 
 from gpuguard.credentials import CredentialStore, find_token
-from gpuguard.lab import CLI, Service, free_port
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 from gpuguard.v1 import events_pb2 as pb
+from lab import CLI, Service, free_port
 
 STREAM = "/gpuguard.v1.Collector/Stream"
 EDGE_SEQS = [0, 1, 2, (1 << 31) - 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from collector.app import CollectorApp, CollectorConfig
 from gpuguard.credentials import CredentialStore, find_token
-from gpuguard.lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
+from lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
 
 
 def collector(tmp: Path, port: int, *extra: str) -> Service:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuguard.lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup, wait_policy_acked
+from lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup, wait_policy_acked
 from tests.conftest import PYTHON, require_bpf
 from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
 

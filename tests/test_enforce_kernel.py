@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from agent.enforce import Enforcer, option_mask
-from gpuguard.lab import FakePool, popen_in_cgroup
 from gpuguard.v1 import policy_pb2 as ppb
+from lab import FakePool, popen_in_cgroup
 from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel

@@ -12,11 +12,11 @@ import uuid
 import pytest
 
 from agent.text import clean
-from gpuguard.lab import popen_in_cgroup
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 from gpuguard.v1 import events_pb2 as pb
+from lab import popen_in_cgroup
 from tests.conftest import require_bpf
 from tests.services import admin, agent, collector, free_port, stored_events
 

@@ -1,5 +1,8 @@
 """``gpuguard``: one command for the agent, the collector and incident-response queries.
 
+The top floor: it imports agent/ and collector/, which import only the shared floor
+(``gpuguard``: the contract, TLS, credentials, vocabulary, rendering); nothing imports this.
+
 Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 missing prerequisite
 (root, BPF, headers, tracefs), 4 collector unreachable, 5 nothing found,
 6 not authorised (no or wrong credential, or a role without the right), 7 store
@@ -125,7 +128,7 @@ def cmd_up(args) -> int:
     """Collector in the background + agent in the foreground on this host."""
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    exe = [sys.executable, "-m", "gpuguard.cli"]
+    exe = [sys.executable, "-m", "gpuguard_cli.main"]
     log_path = data / "collector.log"
     with open(log_path, "ab") as log_file:
         collector = subprocess.Popen([*exe, "collector", "--listen", args.listen, "--store",
@@ -155,8 +158,17 @@ def cmd_up(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from gpuguard.demo import run_demo  # noqa: PLC0415
-
+    """The demo lives in the source checkout's dev-only ``lab`` package (fake pool, netns sshd), not in
+    the installed one: run it from a checkout (``make demo``)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "lab" / "demo.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from lab.demo import run_demo  # noqa: PLC0415
+    except ImportError:
+        print("gpuguard demo: the demo runs from a source checkout (it needs the dev-only lab/): `make demo`",
+              file=sys.stderr)
+        return EXIT_PREREQ
     return run_demo(args.monitor)
 
 

@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from gpuguard.lab import (
+from lab import (
     CLI,
     ROOT,
     FakePool,

@@ -1,4 +1,7 @@
-"""A lab for tests and the demo: fake remote hosts, fake pools, fake miners, job cgroups.
+"""A lab for tests, benchmarks and the demo: fake remote hosts, fake pools, fake miners, job cgroups.
+
+Dev-only: it lives in the source checkout, not in the installed package (pyproject.toml includes
+agent, collector, gpuguard and gpuguard_cli only).
 
 Everything here is harmless and local: the "remote host" is a network namespace
 this process creates (veth link, its own sshd), the "pool" listens on loopback,
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "gpuguard.cli"]
+CLI = [sys.executable, "-m", "gpuguard_cli.main"]
 
 
 def lab_credentials(*agent_hosts: str) -> str:
