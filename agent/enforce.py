@@ -34,7 +34,7 @@ from agent.worker import Worker
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import DROP_STRATUM, KILL, KILL_EXEC, KILL_TREE
+from gpuguard.vocab import DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE, option_mask
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,6 @@ MODE_MONITOR, MODE_ENFORCE = 1, 2
 PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
-
-
-def option_mask(letters: str) -> int:
-    """Mirror of option_letters() in probes/exec.c: a-z -> bits 0-25, A-Z -> 26-51."""
-    mask = 0
-    for c in letters:
-        if "a" <= c <= "z":
-            mask |= 1 << (ord(c) - ord("a"))
-        elif "A" <= c <= "Z":
-            mask |= 1 << (26 + ord(c) - ord("A"))
-        else:
-            raise ValueError(f"option letters must be a-z/A-Z, got {c!r}")
-    return mask
 
 
 def kill_key(scope: int, comm: str) -> bytes:
@@ -79,7 +66,7 @@ def deny_key(scope: int, cidr: str, port: int) -> bytes:
 def scope_matches(scope: ppb.Scope, job: Job) -> bool:
     if scope.host_wide:
         return True
-    if job.kind == "host" or job.id in scope.exclude_job_ids:
+    if job.kind == JOB_HOST or job.id in scope.exclude_job_ids:
         return False
     return job.id in scope.job_ids or job.kind in scope.job_kinds
 
@@ -247,7 +234,7 @@ class Enforcer:
         roots = {}
         for cgid, path in paths.items():
             job = self.jobs.job_of_path(path)
-            if job.kind == "host":
+            if job.kind == JOB_HOST:
                 continue
             parent = path.rsplit("/", 1)[0] or "/"
             if parent == "/" or self.jobs.job_of_path(parent) != job or parent not in by_path:
@@ -330,7 +317,7 @@ class Enforcer:
         """A new cgroup (poll thread): if a scope covers its job, have the worker extend the policy to it."""
         job = self.jobs.job_of_path(path)
         scopes = self._scopes(self.policy)
-        if job.kind == "host":
+        if job.kind == JOB_HOST:
             if any(KIND_ROOTS[k].search(path) for sc in scopes for k in sc.job_kinds if k in KIND_ROOTS):
                 self._reapply_soon()                     # a new place where jobs will be created
             return
@@ -421,7 +408,7 @@ class Enforcer:
             return 0
         log.warning("rule %s: killed %s (pid %d%s): %s", rule_id, p.comm, pid,
                     f" and {killed - 1} descendants" if tree else "", why)
-        job = p.job or Job("host", "host")
+        job = p.job or Job(JOB_HOST, JOB_HOST)
         ev = pb.Event(ts_ns=time.time_ns(), boot_id=self.capture.identity.boot_id,
                       enforcement=pb.Enforcement(rule_id=rule_id, action=KILL_TREE if tree else KILL,
                                                  detail=f"{p.comm} (pid {pid}) killed by the agent: {why}"))

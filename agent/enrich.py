@@ -30,7 +30,7 @@ from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, KILL_EXEC, SEEN_STRATUM
+from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, JOB_HOST, JOB_SLURM, JOB_SYSTEMD, KILL_EXEC, SEEN_STRATUM
 
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
@@ -52,10 +52,10 @@ class Enricher:
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
         job = self.jobs.job_of(hdr.cgroup_id)
-        if job.kind in ("host", "systemd"):
+        if job.kind in (JOB_HOST, JOB_SYSTEMD):
             if env_job:
-                job = Job("slurm", env_job)
-            elif p.job is not None and p.job.kind not in ("host", "systemd"):
+                job = Job(JOB_SLURM, env_job)
+            elif p.job is not None and p.job.kind not in (JOB_HOST, JOB_SYSTEMD):
                 job = p.job
             elif p.job is None:
                 job = job_from_environ(hdr.pid) or job

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.text import clean
+from gpuguard.vocab import JOB_CONTAINER, JOB_HOST, JOB_K8S, JOB_SLURM, JOB_SYSTEMD
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Job:
         return {"kind": self.kind, "id": self.id, "name": self.name}
 
 
-HOST_JOB = Job("host", "host")
+HOST_JOB = Job(JOB_HOST, JOB_HOST)
 
 
 @dataclass(frozen=True)
@@ -53,31 +54,31 @@ class JobPattern:
         m = self.regex.search(path)
         if not m:
             return None
-        job_id = m.group("id").replace("_", "-") if self.kind == "k8s" else m.group("id")
+        job_id = m.group("id").replace("_", "-") if self.kind == JOB_K8S else m.group("id")
         name = m.groupdict().get("name") or ""
         return Job(self.kind, job_id, name)
 
 
 DEFAULT_PATTERNS = (
-    JobPattern.of("slurm", r"/job_(?P<id>\d+)(?:/(?P<name>step_[^/]+))?"),
+    JobPattern.of(JOB_SLURM, r"/job_(?P<id>\d+)(?:/(?P<name>step_[^/]+))?"),
     JobPattern.of(
-        "k8s",
+        JOB_K8S,
         rf"kubepods.*?pod(?P<id>{UUID_RE})(?:\.slice)?(?:/(?:cri-containerd-|docker-|crio-)?(?P<name>[0-9a-f]{{64}}))?",
     ),
-    JobPattern.of("container", r"(?:docker[-/]|cri-containerd-|containerd/|libpod-|crio-)(?P<id>[0-9a-f]{64})"),
-    JobPattern.of("systemd", r"/(?P<id>[^/]+\.(?:service|scope))(?:/|$)"),
+    JobPattern.of(JOB_CONTAINER, r"(?:docker[-/]|cri-containerd-|containerd/|libpod-|crio-)(?P<id>[0-9a-f]{64})"),
+    JobPattern.of(JOB_SYSTEMD, r"/(?P<id>[^/]+\.(?:service|scope))(?:/|$)"),
 )
 
 # Where a workload manager creates its jobs' cgroups. Enforcement scoped to a
 # job kind lives on these parents, so a job created later is covered from its
 # first instruction (agent/enforce.py).
 KIND_ROOTS = {
-    "slurm": re.compile(r"(^|/)(slurm|slurmstepd\.scope)(/uid_\d+)?$"),
-    "k8s": re.compile(r"(^|/)kubepods(\.slice)?(/kubepods-(besteffort|burstable)\.slice|/(besteffort|burstable))?$"),
+    JOB_SLURM: re.compile(r"(^|/)(slurm|slurmstepd\.scope)(/uid_\d+)?$"),
+    JOB_K8S: re.compile(r"(^|/)kubepods(\.slice)?(/kubepods-(besteffort|burstable)\.slice|/(besteffort|burstable))?$"),
 }
 
 # Environment variables that name a job when the cgroup says nothing.
-ENV_JOB_VARS = (("SLURM_JOB_ID", "slurm"), ("KUBERNETES_POD_UID", "k8s"))
+ENV_JOB_VARS = (("SLURM_JOB_ID", JOB_SLURM), ("KUBERNETES_POD_UID", JOB_K8S))
 
 
 def match_job(path: str, patterns: tuple[JobPattern, ...] = DEFAULT_PATTERNS) -> Job:

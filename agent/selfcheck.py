@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from agent.loader import LoaderError
+from gpuguard.vocab import JOB_SLURM
 
 SHELL = "/bin/sh"
 
@@ -58,7 +59,7 @@ def _check_once(capture, timeout: float = 10.0) -> None:
     problems = []
     if list(exec_rec.exec.argv) != argv:
         problems.append(f"argv read as {list(exec_rec.exec.argv)[:6]!r}, expected {argv!r} (mm arg offsets)")
-    if (exec_rec.job.kind, exec_rec.job.id) != ("slurm", nonce):
+    if (exec_rec.job.kind, exec_rec.job.id) != (JOB_SLURM, nonce):
         problems.append(f"SLURM_JOB_ID read as {exec_rec.job.kind}:{exec_rec.job.id}, expected {nonce} "
                         "(mm env offsets)")
     if exec_rec.process.ppid != os.getpid():

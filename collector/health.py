@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import KILL_EXEC
+from gpuguard.vocab import JOB_HOST, KILL_EXEC
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,11 @@ class HostHealth:
 
     def _alert(self, host: str, rule_id: str, severity: str, description: str, matched: dict, episode: str,
                per_job: bool = False) -> None:
-        jobs = [("host", "host")]
+        jobs = [(JOB_HOST, JOB_HOST)]
         if per_job:
             try:
                 jobs += [j for j in self.store.jobs_on_host(host, time.time_ns() - JOB_LOOKBACK_NS)
-                         if j != ("host", "host")]
+                         if j != (JOB_HOST, JOB_HOST)]
             except Exception as exc:
                 log.warning("could not list jobs on %s for a %s alert: %s", host, rule_id, exc)
         log.warning("ALERT [%s] %s host %s: %s %s (jobs: %s)", severity, rule_id, host, description, matched,
@@ -146,7 +146,7 @@ class HostHealth:
         for kind, job_id in jobs:
             aid = hashlib.sha1(f"{host}|{rule_id}|{job_id}|{episode}".encode()).hexdigest()[:16]
             alert = ppb.Alert(id=aid, rule_id=rule_id, description=description, severity=severity, action="alert",
-                              outcome="alerted", host_id=host, ts_ns=time.time_ns())
+                              state=ppb.ALERT_ALERTED, outcome="alerted", host_id=host, ts_ns=time.time_ns())
             alert.job.kind, alert.job.id = kind, job_id
             alert.matched.update(matched)
             try:

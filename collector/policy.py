@@ -35,7 +35,6 @@ KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
 ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connect denied in the kernel",
                 DROP_STRATUM: "stratum handshake dropped in the kernel", KILL: "killed by the agent",
                 KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)"}
-CONFIRMED = "confirmed"
 MAX_EVIDENCE = 100
 
 
@@ -87,10 +86,6 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
             for cidr in cidrs:
                 for port in ports:
                     policy.deny.add(rule_id=rule.id, cidr=cidr, port=port, scope=enforce)
-    watch_kinds = sorted({k for r in rs.rules.values() if r.event == "gpu_open" for k in r.scope.get("job_kinds", [])})
-    watch_ids = sorted({j for r in rs.rules.values() if r.event == "gpu_open" for j in r.scope.get("job_ids", [])})
-    if watch_kinds or watch_ids:    # GPU rules see opens by device number too (gpu_dev.c)
-        policy.gpu_watch.CopyFrom(ppb.Scope(job_kinds=watch_kinds, job_ids=watch_ids))
     for rule in rs.rules.values():
         if rule.event == "exec" and rule.action == "kill" and "sha256_in" in rule.match:
             enforce, _ = _scopes(rs, rule)
@@ -223,30 +218,38 @@ class PolicyManager:
     def _alert_for_rule(self, host: str, ev: pb.Event, m: RuleMatch) -> None:
         rule = m.rule
         mode = self._mode(rule.mode, ev.job.id)
-        if mode == "monitor" or rule.action == "alert":
-            outcome = "alerted (monitor mode)" if mode == "monitor" else "alerted"
+        if mode == "monitor":
+            state, outcome = ppb.ALERT_MONITORED, "alerted (monitor mode)"
+        elif rule.action == "alert":
+            state, outcome = ppb.ALERT_ALERTED, "alerted"
         elif ev.WhichOneof("body") == "enforcement":
-            outcome = ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
+            state, outcome = ppb.ALERT_CONFIRMED, ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
         elif kernel_enforceable(rule):
+            state = ppb.ALERT_BLOCK_EXPECTED
             outcome = "block expected in the kernel (awaiting the agent's confirmation)"
         elif (host, ev.process.key) in self.killed:
+            state = ppb.ALERT_ALREADY_KILLED
             outcome = f"process already killed ({self.killed[(host, ev.process.key)]})"
         else:
-            outcome = "kill ordered from the agent"
+            state, outcome = ppb.ALERT_KILL_ORDERED, "kill ordered from the agent"
             self._order_kill(host, ev, rule.id, tree=False)
-        self._upsert(self._alert(host, ev, rule.id, rule.description, rule.severity, rule.action, outcome,
+        self._upsert(self._alert(host, ev, rule.id, rule.description, rule.severity, rule.action, state, outcome,
                                  m.matched, [ev.seq]))
 
     def _alert_for_correlation(self, host: str, ev: pb.Event, corr: Correlation, evidence: list[Hit]) -> None:
         mode = self._mode(corr.mode, ev.job.id)
         kill = mode != "monitor" and corr.action != "alert"
-        outcome = "process trees killed by order of the collector" if kill else "alerted (monitor mode)"
         if kill:
+            state, outcome = ppb.ALERT_KILL_ORDERED, "process trees killed by order of the collector"
             for hit in evidence:
                 self._order_kill(hit.host, hit.event, corr.id, tree=True)
+        elif mode == "monitor":
+            state, outcome = ppb.ALERT_MONITORED, "alerted (monitor mode)"
+        else:
+            state, outcome = ppb.ALERT_ALERTED, "alerted"
         matched = {f"step{i + 1}": f"{h.rule_id} @ {h.host} pid {h.event.process.pid} {h.event.process.comm}"
                    for i, h in enumerate(evidence)}
-        self._upsert(self._alert(host, ev, corr.id, corr.description, corr.severity, corr.action, outcome,
+        self._upsert(self._alert(host, ev, corr.id, corr.description, corr.severity, corr.action, state, outcome,
                                  matched, [h.event.seq for h in evidence]))
 
     def _order_kill(self, host: str, ev: pb.Event, rule_id: str, tree: bool) -> None:
@@ -268,20 +271,23 @@ class PolicyManager:
         meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)
         alert = self._alert(host, ev, e.rule_id, meta.description if meta else f"enforcement by {e.rule_id}",
                             meta.severity if meta else "high", meta.action if meta else "kill",
-                            f"{CONFIRMED}: {e.detail}", {"action": e.action}, [ev.seq])
-        self._upsert(alert, confirmation=True)
+                            ppb.ALERT_CONFIRMED, f"confirmed: {e.detail}", {"action": e.action}, [ev.seq])
+        self._upsert(alert, detail=e.detail)
 
     @staticmethod
-    def _alert(host, ev, rule_id, description, severity, action, outcome, matched, seqs) -> ppb.Alert:
+    def _alert(host, ev, rule_id, description, severity, action, state, outcome, matched, seqs) -> ppb.Alert:
         aid = hashlib.sha1(f"{host}|{rule_id}|{ev.process.key}".encode()).hexdigest()[:16]
         a = ppb.Alert(id=aid, rule_id=rule_id, description=description, severity=severity, action=action,
-                      outcome=outcome, host_id=host, evidence_seqs=seqs, ts_ns=ev.ts_ns or time.time_ns())
+                      state=state, outcome=outcome, host_id=host, evidence_seqs=seqs,
+                      ts_ns=ev.ts_ns or time.time_ns())
         a.job.CopyFrom(ev.job)
         a.process.CopyFrom(ev.process)
         a.matched.update({k: str(v) for k, v in matched.items()})
         return a
 
-    def _upsert(self, alert: ppb.Alert, confirmation: bool = False) -> None:
+    def _upsert(self, alert: ppb.Alert, detail: str = "") -> None:
+        """Merge into the alert with the same id. A confirmation from the agent is never downgraded by a later
+        expectation; a second confirmation appends what else was done (e.g. dropped, then killed)."""
         old = self.alerts.get(alert.id)
         if old is not None:
             merged = ppb.Alert()
@@ -291,12 +297,12 @@ class PolicyManager:
                 seen = set(old.evidence_seqs)
                 merged.evidence_seqs.extend([s for s in alert.evidence_seqs if s not in seen][:room])
             merged.matched.update({k: v for k, v in alert.matched.items() if k not in old.matched})
-            if confirmation and old.outcome.startswith(CONFIRMED):
-                detail = alert.outcome[len(CONFIRMED) + 2:]
-                if detail not in old.outcome:
-                    merged.outcome = f"{old.outcome}; then {detail}"   # e.g. dropped, then killed
-            elif confirmation or not old.outcome.startswith(CONFIRMED):
-                merged.outcome = alert.outcome   # a confirmation from the agent is never downgraded
+            confirmed = ppb.ALERT_CONFIRMED
+            if alert.state == confirmed and old.state == confirmed:
+                if detail and detail not in old.outcome:
+                    merged.outcome = f"{old.outcome}; then {detail}"
+            elif alert.state == confirmed or old.state != confirmed:
+                merged.outcome, merged.state = alert.outcome, alert.state
             merged.ts_ns = min(old.ts_ns, alert.ts_ns)
             alert = merged
         else:

@@ -70,7 +70,7 @@ def alerts(st, job: str, want: set[str] = frozenset(), timeout: float = 15) -> l
     deadline = time.monotonic() + timeout
     while True:
         got = cli_json(st["port"], "alerts", "--job", job).get("alerts", [])
-        confirmed = {a["rule_id"] for a in got if a["outcome"].startswith("confirmed") or "monitor" in a["outcome"]}
+        confirmed = {a["rule_id"] for a in got if a["state"] in ("ALERT_CONFIRMED", "ALERT_MONITORED")}
         if want <= confirmed or time.monotonic() > deadline:
             return got
         time.sleep(0.3)
@@ -91,8 +91,8 @@ def test_fake_miner_blocked_in_enforce_mode(stack):
     assert stack["pool"].accepted == 0                          # it never even connected
     got = alerts(stack, job, {"miner-binary"})
     by_rule = {a["rule_id"]: a for a in got}
-    assert by_rule["miner-binary"]["outcome"].startswith("confirmed:")
-    assert "killed at exec in the kernel" in by_rule["miner-binary"]["outcome"]
+    assert by_rule["miner-binary"]["state"] == "ALERT_CONFIRMED"
+    assert by_rule["miner-binary"]["matched"]["action"] == "kill_exec"
     assert "miner-stratum-url" in by_rule and "miner-argv-shape" in by_rule
     assert by_rule["miner-binary"]["matched"]["exe_name_in"] == "xmrig"
     assert by_rule["miner-binary"]["job"]["id"] == job
@@ -109,7 +109,7 @@ def test_fake_miner_only_flagged_in_monitor_mode(stack):
     assert stack["pool"].got(b"mining.subscribe")               # and its handshake went through
     got = alerts(stack, job, {"miner-binary", "stratum-handshake"})
     by_rule = {a["rule_id"]: a for a in got}
-    assert by_rule["miner-binary"]["outcome"] == "alerted (monitor mode)"
+    assert by_rule["miner-binary"]["state"] == "ALERT_MONITORED"
     assert "seen (monitor mode" in by_rule["stratum-handshake"]["outcome"]
 
 
@@ -125,7 +125,7 @@ def test_renamed_miner_with_neutral_argv_caught_by_payload_hook(stack):
     assert not stack["pool"].got(b"mining.subscribe")           # ...but its handshake never arrived
     got = alerts(stack, job, {"stratum-handshake"})
     a = next(a for a in got if a["rule_id"] == "stratum-handshake")
-    assert "dropped in the kernel" in a["outcome"]
+    assert a["state"] == "ALERT_CONFIRMED" and a["matched"]["action"] in ("drop_stratum", "kill")
     assert any(x["rule_id"] == "stratum-handshake" and x["process"]["comm"] == "data-prefetch" for x in got)
 
 
@@ -155,7 +155,8 @@ def test_reverse_ssh_tunnel_to_netns_sshd(stack, mode):
     got = alerts(stack, job, {"ssh-reverse-tunnel"})
     a = next(a for a in got if a["rule_id"] == "ssh-reverse-tunnel")
     assert a["matched"]["argv_short_option_in"] == "-R"
-    assert ("killed at exec in the kernel" in a["outcome"]) == (mode == "enforce")
+    assert a["state"] == ("ALERT_CONFIRMED" if mode == "enforce" else "ALERT_MONITORED")
+    assert (a["matched"].get("action") == "kill_exec") == (mode == "enforce")
 
 
 TLS_MINER = textwrap.dedent("""\
@@ -356,8 +357,8 @@ def test_rome_replay(stack):
     assert not stack["pool"].got(b"mining.subscribe")
     got = alerts(stack, job, {"ssh-reverse-tunnel", "miner-binary"})
     by_rule = {a["rule_id"]: a for a in got}
-    assert "killed at exec in the kernel" in by_rule["ssh-reverse-tunnel"]["outcome"]
-    assert "killed at exec in the kernel" in by_rule["miner-binary"]["outcome"]
+    for rule in ("ssh-reverse-tunnel", "miner-binary"):
+        assert by_rule[rule]["state"] == "ALERT_CONFIRMED" and by_rule[rule]["matched"]["action"] == "kill_exec"
     assert not any(a["process"]["exe"] == PYTHON for a in got)       # nothing against the trainer
     timeline = cli_json(stack["port"], "timeline", job)
     story = []

@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from agent.enforce import Enforcer, option_mask
+from agent.enforce import Enforcer
 from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import option_mask
 from lab import FakePool, popen_in_cgroup
 from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
 

@@ -15,7 +15,7 @@ from collector.resolve import DomainResolver
 from collector.rules.loader import Rule, RuleSet
 from collector.rules.regex import compile_regex, search
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import STRATUM_ACTIONS
+from gpuguard.vocab import STRATUM_ACTIONS, option_letters
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
 
@@ -27,20 +27,6 @@ class JobContext:
     gpu_exes: set[str] = field(default_factory=set)
     main_keys: dict[str, str] = field(default_factory=dict)   # host -> process key of the job's first exec
     host: str = ""                                           # host of the event being evaluated
-
-
-def short_options(argv: list[str]) -> set[str]:
-    """Option letters as probes/exec.c counts them (first letter of a cluster; all if <= 4 letters)."""
-    letters: set[str] = set()
-    for arg in argv[1:]:
-        if len(arg) < 2 or arg[0] != "-" or arg[1] == "-":
-            continue
-        cluster = arg[1:]
-        if cluster[0].isascii() and cluster[0].isalpha():
-            letters.add(cluster[0])
-        if len(cluster) <= 4 and all(c.isascii() and c.isalpha() for c in cluster):
-            letters.update(cluster)
-    return letters
 
 
 class EventView:
@@ -96,7 +82,7 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         wanted = set(value)
 
         def short_opts(v, _c):
-            hit = sorted(short_options(v.argv) & wanted)
+            hit = sorted(option_letters(v.argv) & wanted)
             return "-" + "".join(hit) if hit else None
         return short_opts
     if key == "exe_prefix_in":

@@ -28,6 +28,15 @@ class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_SEEN_STRATUM: _ClassVar[EnforcementAction]
     ACTION_KILL: _ClassVar[EnforcementAction]
     ACTION_KILL_TREE: _ClassVar[EnforcementAction]
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_HOST: _ClassVar[JobKind]
+    JOB_KIND_SLURM: _ClassVar[JobKind]
+    JOB_KIND_K8S: _ClassVar[JobKind]
+    JOB_KIND_CONTAINER: _ClassVar[JobKind]
+    JOB_KIND_SYSTEMD: _ClassVar[JobKind]
 KIND_UNSPECIFIED: KernelEventKind
 KIND_EXEC: KernelEventKind
 KIND_FORK: KernelEventKind
@@ -44,6 +53,12 @@ ACTION_DROP_STRATUM: EnforcementAction
 ACTION_SEEN_STRATUM: EnforcementAction
 ACTION_KILL: EnforcementAction
 ACTION_KILL_TREE: EnforcementAction
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_HOST: JobKind
+JOB_KIND_SLURM: JobKind
+JOB_KIND_K8S: JobKind
+JOB_KIND_CONTAINER: JobKind
+JOB_KIND_SYSTEMD: JobKind
 
 class Host(_message.Message):
     __slots__ = ("host_id", "hostname", "boot_id")

@@ -1,11 +1,29 @@
 from gpuguard.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AlertState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_STATE_UNSPECIFIED: _ClassVar[AlertState]
+    ALERT_MONITORED: _ClassVar[AlertState]
+    ALERT_ALERTED: _ClassVar[AlertState]
+    ALERT_BLOCK_EXPECTED: _ClassVar[AlertState]
+    ALERT_KILL_ORDERED: _ClassVar[AlertState]
+    ALERT_ALREADY_KILLED: _ClassVar[AlertState]
+    ALERT_CONFIRMED: _ClassVar[AlertState]
+ALERT_STATE_UNSPECIFIED: AlertState
+ALERT_MONITORED: AlertState
+ALERT_ALERTED: AlertState
+ALERT_BLOCK_EXPECTED: AlertState
+ALERT_KILL_ORDERED: AlertState
+ALERT_ALREADY_KILLED: AlertState
+ALERT_CONFIRMED: AlertState
 
 class Scope(_message.Message):
     __slots__ = ("host_wide", "job_ids", "job_kinds", "exclude_job_ids")
@@ -68,25 +86,23 @@ class StratumWatch(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow", "gpu_watch")
+    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
     STRATUM_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FIELD_NUMBER: _ClassVar[int]
-    GPU_WATCH_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
     stratum: _containers.RepeatedCompositeFieldContainer[StratumWatch]
     rules: _containers.RepeatedScalarFieldContainer[str]
     allow: _containers.RepeatedCompositeFieldContainer[EgressAllowlist]
-    gpu_watch: Scope
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., gpu_watch: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched")
+    __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched", "state")
     class MatchedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +122,7 @@ class Alert(_message.Message):
     EVIDENCE_SEQS_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     rule_id: str
     description: str
@@ -118,4 +135,5 @@ class Alert(_message.Message):
     evidence_seqs: _containers.RepeatedScalarFieldContainer[int]
     ts_ns: int
     matched: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., rule_id: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[str] = ..., host_id: _Optional[str] = ..., job: _Optional[_Union[_events_pb2.Job, _Mapping]] = ..., process: _Optional[_Union[_events_pb2.Process, _Mapping]] = ..., evidence_seqs: _Optional[_Iterable[int]] = ..., ts_ns: _Optional[int] = ..., matched: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    state: AlertState
+    def __init__(self, id: _Optional[str] = ..., rule_id: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[str] = ..., host_id: _Optional[str] = ..., job: _Optional[_Union[_events_pb2.Job, _Mapping]] = ..., process: _Optional[_Union[_events_pb2.Process, _Mapping]] = ..., evidence_seqs: _Optional[_Iterable[int]] = ..., ts_ns: _Optional[int] = ..., matched: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AlertState, str]] = ...) -> None: ...
