@@ -77,6 +77,35 @@ def loader_storm(n: int, directory: str) -> float:
 
 WORKLOADS = ("exec", "connect", "syscall", "loader")
 
+SUSTAINED = """
+import os, socket, sys, time
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0)); port = probe.getsockname()[1]
+start = time.monotonic(); sent = 0; spawned = 0
+while (now := time.monotonic()) - start < seconds:
+    due = int((now - start) * rate)
+    while sent < due:
+        if sent % 50 == 0:                      # 1 in 50 events is a process (exec + exit + its fork)
+            pid = os.posix_spawn("/bin/true", ["/bin/true", "gpuguard-sustained"], {}); os.waitpid(pid, 0)
+            spawned += 1; sent += 3
+        else:
+            s = socket.socket()
+            try: s.connect(("127.0.0.1", port))
+            except OSError: pass
+            s.close(); sent += 1
+    time.sleep(0.001)
+print(sent, spawned, flush=True)
+"""
+
+
+def sustained_load(rate: int, seconds: float) -> tuple[int, float]:
+    """A mixed load held at ``rate`` events/s for ``seconds``: (events generated, wall seconds)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", SUSTAINED, str(rate), str(seconds)], capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.split()[0]), time.perf_counter() - start
+
 
 def run_storms(args) -> tuple[float, ...]:
     return (exec_storm(args.execs), connect_storm(args.connects), syscall_storm(args.syscalls),
@@ -243,6 +272,8 @@ def main() -> int:
     ap.add_argument("--syscalls", type=int, default=1_000_000, help="one-byte read/write pairs (dd)")
     ap.add_argument("--files", type=int, default=100_000, help="open/read/close in the data-loader storm")
     ap.add_argument("--reps", type=int, default=3, help="runs per tracer; the median is reported")
+    ap.add_argument("--sustained-rate", type=int, default=20_000, help="events/s of the mixed sustained load")
+    ap.add_argument("--sustained-seconds", type=float, default=60.0, help="0 skips the sustained load")
     ap.add_argument("--only", nargs="*", help="subset of: untraced gpuguard floor bpftrace auditd")
     ap.add_argument("--agent-mode", choices=["spool", "json"], default="spool",
                     help="gpuguard as deployed (spool for a collector) or printing JSON lines")
@@ -300,6 +331,18 @@ def main() -> int:
         print(f"\ngpuguard: {cpu:.2f} CPU-s for {events} events = {1000 * cpu / max(events, 1):.3f} CPU-s per 1,000 "
               f"events -> at 5k events/s: {5 * 100 * cpu / max(events, 1) * 1000:.1f} % of a core "
               f"(agent process only; the in-kernel cost shows in the ratios)")
+    if args.sustained_seconds > 0 and (not args.only or "gpuguard" in args.only):
+        agent = GpuguardAgent(args.agent_mode)
+        print(f"sustained: {args.sustained_rate} events/s for {args.sustained_seconds:.0f}s under gpuguard",
+              file=sys.stderr, flush=True)
+        agent.start()
+        try:
+            made, wall = sustained_load(args.sustained_rate, args.sustained_seconds)
+        finally:
+            captured, lost = agent.stop()
+        print(f"\nsustained mixed load (connects + 1 process in 50 events): {made} events made in {wall:.1f}s "
+              f"({made / wall:,.0f}/s); gpuguard captured {captured}, lost {lost}; agent CPU {agent.cpu_s:.2f}s = "
+              f"{100 * agent.cpu_s / wall:.1f} % of a core at {(captured or 0) / wall:,.0f} events/s")
     print("\n'x' = wall time / untraced wall time. captured = events the tracer delivered (gpuguard: records after "
           "in-kernel filtering; bpftrace: printed lines; auditd: SYSCALL records).")
     return 0
