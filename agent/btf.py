@@ -123,6 +123,11 @@ NEEDED = {
     "MM_ENV_START": ("mm_struct", "env_start"),
     "MM_ENV_END": ("mm_struct", "env_end"),
     "SK_ERR": ("sock", "sk_err"),
+    "MM_EXE_FILE": ("mm_struct", "exe_file"),
+    "FILE_INODE": ("file", "f_inode"),
+    "INODE_INO": ("inode", "i_ino"),
+    "INODE_SB": ("inode", "i_sb"),
+    "SB_DEV": ("super_block", "s_dev"),
 }
 
 

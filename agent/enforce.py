@@ -53,6 +53,22 @@ def kill_key(scope: int, comm: str) -> bytes:
     return struct.pack("<Q16s", scope, comm.encode()[:15])
 
 
+EXEC_DIRS = ("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin")
+
+
+def executables_named(name: str) -> set[tuple[int, int]]:
+    """(kernel dev, inode) of the binaries a name resolves to on this host (through links: a renamed
+    hard link or symlink to bash is still bash)."""
+    out = set()
+    for d in EXEC_DIRS:
+        try:
+            st = os.stat(os.path.join(d, name))
+        except OSError:
+            continue
+        out.add(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino))
+    return out
+
+
 def deny_key(scope: int, cidr: str, port: int) -> bytes:
     net = ipaddress.ip_network(cidr, strict=False)
     if net.version == 4:
@@ -83,7 +99,7 @@ class Enforcer:
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
         self._entries: dict[str, dict[bytes, bytes]] = {
             name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "stratum_scopes",
-                                  "exempt_scopes")}
+                                  "exempt_scopes", "no_connect_comms", "no_connect_exes")}
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
         capture.enricher.cgroup_listeners.append(self.on_cgroup)
@@ -200,6 +216,15 @@ class Enforcer:
                         for port in al.ports or [0]:
                             allow[deny_key(cgid, cidr, port)] = idx
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
+            no_comms, no_exes = {}, {}
+            for nc in policy.no_connect:
+                idx = struct.pack("<I", self._rule_index(nc.rule_id, rules))
+                exes = executables_named(nc.comm)
+                for cgid in self._scope_ids(nc.scope, paths, roots):
+                    no_comms[kill_key(cgid, nc.comm)] = idx
+                    for dev, ino in exes:
+                        no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
+                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             for sw in policy.stratum:
                 val = struct.pack("<II", MODE_ENFORCE if sw.drop else MODE_MONITOR,
                                   self._rule_index(sw.rule_id, rules))
@@ -212,13 +237,17 @@ class Enforcer:
             del policy.rules[:]
             policy.rules.extend(rules)
             self.policy = policy
+            # Maps first, attachments last: a program attached to a new scope finds its entries already there,
+            # and once the (logged) attachments are done, every entry is in force.
             self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
-            self._sync_attachments(attach)
             self._sync_map("kill_comms", kill)
             self._sync_map("deny_dest", deny)
             self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
             self._sync_map("allow_scopes", allow_scopes)
             self._sync_map("stratum_scopes", stratum)
+            self._sync_map("no_connect_comms", no_comms)
+            self._sync_map("no_connect_exes", no_exes)
+            self._sync_attachments(attach)
             if persist:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.state_dir / "policy.pb.tmp"
@@ -341,7 +370,7 @@ class Enforcer:
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
         return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
-            [s.scope for s in policy.stratum]
+            [s.scope for s in policy.stratum] + [n.scope for n in policy.no_connect]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[pb.Event]) -> None:

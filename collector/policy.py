@@ -44,7 +44,8 @@ def kernel_enforceable(rule: Rule) -> bool:
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
     if rule.event == "connect":
         allowlist = keys == {"daddr_not_in"}     # "anything outside these networks" = an egress allowlist
-        return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist) and not rule.unless
+        by_identity = keys == {"exe_name_in"}    # "these programs never connect" = denied by process identity
+        return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist or by_identity) and not rule.unless
     return rule.event == "payload"
 
 
@@ -78,6 +79,9 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
             for name in rule.match["exe_name_in"]:
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
                                 options=rule.match.get("argv_short_option_in", ""))
+        elif rule.event == "connect" and set(rule.match) == {"exe_name_in"}:
+            for name in rule.match["exe_name_in"]:
+                policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)
         elif rule.event == "connect" and "daddr_not_in" in rule.match:
             policy.allow.add(rule_id=rule.id, cidrs=rule.match["daddr_not_in"], scope=enforce)
         elif rule.event == "connect":

@@ -5,7 +5,12 @@
  * trie keyed by (scope cgroup id, port, IPv6 address); IPv4 destinations are
  * stored and looked up as v4-mapped IPv6, so an AF_INET6 socket connecting to
  * ::ffff:a.b.c.d meets the same rule as an AF_INET one. Port 0 in a rule means
- * any port. Returning 0 makes the syscall fail with EPERM. */
+ * any port. Returning 0 makes the syscall fail with EPERM.
+ *
+ * Process identity: programs that never connect inside a job (shells, awk) are
+ * denied whatever the destination, matched by comm or by executable (device and
+ * inode of the task's mm->exe_file, read at BTF offsets), so bash's /dev/tcp and
+ * awk's /inet fail at the syscall. */
 #include "gpuguard.h"
 
 /* data = scope cgroup id (8 bytes, little-endian) | port (2, network order,
@@ -21,6 +26,34 @@ BPF_LPM_TRIE(deny_dest, struct deny_key, u32, 16384);   /* -> rule index */
  * allow_dest (same key layout) may be reached; anything else gets EPERM. */
 BPF_HASH(allow_scopes, u64, u32, 1024);                  /* scope cgroup id -> rule index */
 BPF_LPM_TRIE(allow_dest, struct deny_key, u32, 16384);
+
+struct identity_comm_key {
+    u64 scope;
+    char comm[TASK_COMM_LEN];
+};
+
+struct identity_exe_key {
+    u64 scope;
+    u32 dev;                       /* kernel encoding: major << 20 | minor */
+    u32 _pad;
+    u64 ino;
+};
+
+BPF_HASH(no_connect_comms, struct identity_comm_key, u32, 4096);   /* -> rule index */
+BPF_HASH(no_connect_exes, struct identity_exe_key, u32, 4096);
+
+static __always_inline void current_exe(u32 *dev, u64 *ino)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *mm = (void *)kread_u64(task, OFF_TASK_MM);
+    void *file = mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
+    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+    if (!inode)
+        return;
+    *ino = kread_u64(inode, OFF_INODE_INO);
+    void *sb = (void *)kread_u64(inode, OFF_INODE_SB);
+    *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
+}
 
 static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule)
 {
@@ -69,10 +102,21 @@ static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
     struct deny_key k = {};
     __builtin_memcpy(&k.data[10], addr, 16);
     k.prefixlen = 64 + 16 + 128;
+    struct identity_comm_key ck = {};
+    struct identity_exe_key ek = {};
+    bpf_get_current_comm(&ck.comm, sizeof(ck.comm));
+    current_exe(&ek.dev, &ek.ino);
     for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
         u64 scope = bpf_get_current_ancestor_cgroup_id(level);
         if (!scope)
             break;
+        ck.scope = scope;
+        ek.scope = scope;
+        u32 *who = no_connect_comms.lookup(&ck);
+        if (!who)
+            who = no_connect_exes.lookup(&ek);
+        if (who)
+            return task_exempt() ? 1 : refuse(ctx, addr, port, *who);
         u32 *rule = deny_lookup(&k, scope, port);
         if (rule)
             return task_exempt() ? 1 : refuse(ctx, addr, port, *rule);

@@ -339,3 +339,31 @@ def test_a_burst_of_new_job_cgroups_costs_the_ring_buffer_nothing(capture, enfor
     finally:
         capture.sinks.remove(enforcer.on_records)
         enforcer.apply(ppb.Policy(version=5), persist=False)
+
+
+def test_shells_cannot_connect_in_scope_whatever_their_name(capture, enforcer, test_cgroup, tmp_path):
+    """bash's /dev/tcp fails at the syscall in the job; python in the same job still connects; a hard link
+    to bash under an innocent name is the same executable and is denied too; outside the job bash connects."""
+    job = str(5000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    alias = tmp_path / "innocent"
+    try:
+        os.link(os.path.realpath("/bin/bash"), alias)          # same inode, another name (same filesystem)
+    except OSError:
+        alias = None
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        enforcer.apply(ppb.Policy(version=6, no_connect=[ppb.NoConnect(rule_id="t-shell", comm="bash",
+                                                                        scope=job_scope(job))]), persist=False)
+        devtcp = f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo ok || echo refused"
+        inside = run_in_cgroup(cg, ["/bin/bash", "-c", devtcp], capture_output=True, text=True)
+        assert inside.stdout.strip() == "refused" and "not permitted" in inside.stderr
+        py = run_in_cgroup(cg, [PYTHON, "-c", _connect_script("127.0.0.1", port)], capture_output=True, text=True)
+        assert py.stdout.strip() == "ok"                        # not a shell: untouched
+        outside = subprocess.run(["/bin/bash", "-c", devtcp], capture_output=True, text=True)
+        assert outside.stdout.strip() == "ok"                   # out of scope: untouched
+        if alias is not None:
+            renamed = run_in_cgroup(cg, [str(alias), "-c", devtcp], capture_output=True, text=True)
+            assert renamed.stdout.strip() == "refused"          # matched by executable, not by name
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-shell")
+    assert hits and hits[0]["enforcement"]["action"] == "deny_connect" and hits[0]["job"]["id"] == job

@@ -196,3 +196,11 @@ def test_pool_domains_resolved_by_the_collector_only_when_enabled():
                                                                            "127.0.0.1 (localhost)")]
     with pytest.raises(RuleError, match="host names"):
         load_ruleset(rule_texts(extra=(("bad.yaml", "lists:\n  pool_domains: ['*.nanopool.org']\n"),)))
+
+
+def test_shells_and_awk_are_denied_connects_in_jobs_by_identity():
+    policy = compile_policy(load_ruleset(rule_texts()), 1)
+    denied = {(n.comm, tuple(n.scope.job_kinds)) for n in policy.no_connect if n.rule_id == "shell-connect"}
+    assert ("bash", ("slurm", "k8s", "container")) in denied and ("awk", ("slurm", "k8s", "container")) in denied
+    assert not any(n.scope.host_wide for n in policy.no_connect)          # never on the host itself
+    assert not any(n.comm in ("python3", "busybox") for n in policy.no_connect)

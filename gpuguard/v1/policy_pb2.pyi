@@ -86,20 +86,32 @@ class StratumWatch(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow")
+    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow", "no_connect")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
     STRATUM_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FIELD_NUMBER: _ClassVar[int]
+    NO_CONNECT_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
     stratum: _containers.RepeatedCompositeFieldContainer[StratumWatch]
     rules: _containers.RepeatedScalarFieldContainer[str]
     allow: _containers.RepeatedCompositeFieldContainer[EgressAllowlist]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ...) -> None: ...
+    no_connect: _containers.RepeatedCompositeFieldContainer[NoConnect]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ...) -> None: ...
+
+class NoConnect(_message.Message):
+    __slots__ = ("rule_id", "comm", "scope")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    comm: str
+    scope: Scope
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("id", "rule_id", "description", "severity", "action", "outcome", "host_id", "job", "process", "evidence_seqs", "ts_ns", "matched", "state")
