@@ -8,6 +8,7 @@ the process table and the job resolver; they are not shipped.
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,9 +30,12 @@ from agent.gpu_names import gpu_node_name
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
+from agent.ssh_config import ssh_forwards
+from agent.text import clean
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, JOB_HOST, JOB_SLURM, JOB_SYSTEMD, KILL_EXEC, SEEN_STRATUM
 
+SSH_CLIENTS = ("ssh", "autossh")
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
 
@@ -105,6 +109,18 @@ class Enricher:
         ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
         return ev
 
+    @staticmethod
+    def _ssh_forwards(hdr: Header, argv: list[str]) -> list[str]:
+        """Forwards hidden in the ssh configuration this invocation reads (rare execs; bounded reads)."""
+        try:
+            cwd = os.readlink(f"/proc/{hdr.pid}/cwd")
+        except OSError:
+            cwd = "/"
+        try:
+            return [clean(f) for f in ssh_forwards(argv, hdr.uid, cwd)][:32]
+        except Exception as exc:   # a hostile config file must not stop the exec record
+            return [f"unreadable ssh configuration: {type(exc).__name__}"]
+
     def enrich(self, ev: KernelEvent) -> pb.Event | None:
         hdr = ev.hdr
         if isinstance(ev, ForkEvent):
@@ -124,6 +140,8 @@ class Enricher:
             out = self._event(hdr, p, job, exec_=True)
             out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
             out.exec.argv.extend(ev.argv)
+            if os.path.basename(ev.filename) in SSH_CLIENTS:
+                out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
             return out
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):

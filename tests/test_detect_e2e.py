@@ -379,3 +379,26 @@ def test_rome_replay(stack):
     assert 1 < i_ssh < i_miner < compact.index("connect parameter-server"), compact
     assert "exec ssh" in compact[: i_ssh + 2] and "exec xmrig" in compact[i_ssh: i_miner + 2]
     assert timeline["alerts"]
+
+
+def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
+    """argv says nothing (`ssh -F cfg -N gw`); the file it reads sets a RemoteForward. The agent reads the config
+    that applies at the exec, the rule fires and the collector has the agent kill the ssh."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    cfg = stack["tmp"] / "innocent.conf"
+    cfg.write_text("Host gw\n  HostName 127.0.0.1\n  RemoteForward 2222 localhost:22\n"
+                   "  ProxyCommand sh -c 'cat >/dev/null; exit 0'\n  BatchMode yes\n")   # no banner ever; ends with ssh
+    ssh = popen_in_cgroup(cg, ["/usr/bin/ssh", "-F", str(cfg), "-N", "gw"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        assert ssh.wait(20) == -9                               # killed on the collector's order
+    finally:
+        if ssh.poll() is None:
+            ssh.kill()
+            ssh.wait(5)
+    got = alerts(stack, job, {"ssh-config-forward"})
+    a = next(a for a in got if a["rule_id"] == "ssh-config-forward")
+    assert "RemoteForward 2222 localhost:22" in a["matched"]["ssh_config_forward"]
+    assert str(cfg) in a["matched"]["ssh_config_forward"]      # which file and line set it
+    assert a["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")

@@ -126,6 +126,8 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
     if key == "gpu_new_binary":
         return lambda v, ctx: gpu_new_binary(v.ev, ctx)
+    if key == "ssh_config_forward":
+        return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
     if key == "stratum":
         return lambda v, _c: v.ev.enforcement.action if v.ev.enforcement.action in STRATUM_ACTIONS else None
     raise ValueError(f"{rule.source}:{rule.line}: no matcher for {key}")

@@ -30,6 +30,7 @@ MATCH_KEYS = {
     "proto_in": ("connect",),
     "path_regex": ("gpu_open",),
     "gpu_new_binary": ("gpu_open",),
+    "ssh_config_forward": ("exec",),
     "stratum": ("payload",),
 }
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
@@ -194,7 +195,7 @@ class _Parser:
             if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
                 raise self.err(d, k, where, "must be option letters, e.g. RDw")
             return v
-        if k in ("gpu_new_binary", "stratum"):
+        if k in ("gpu_new_binary", "stratum", "ssh_config_forward"):
             if v is not True:
                 raise self.err(d, k, where, "must be true")
             return v
