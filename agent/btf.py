@@ -128,6 +128,14 @@ NEEDED = {
     "INODE_INO": ("inode", "i_ino"),
     "INODE_SB": ("inode", "i_sb"),
     "SB_DEV": ("super_block", "s_dev"),
+    "TASK_FILES": ("task_struct", "files"),
+    "FILES_FDT": ("files_struct", "fdt"),
+    "FDTABLE_FD": ("fdtable", "fd"),
+    "INODE_MODE": ("inode", "i_mode"),
+    "SOCKALLOC_SOCKET": ("socket_alloc", "socket"),
+    "SOCKALLOC_INODE": ("socket_alloc", "vfs_inode"),
+    "SOCKET_SK": ("socket", "sk"),
+    "SK_FAMILY": ("sock_common", "skc_family"),    # sock starts with its sock_common
 }
 
 

@@ -74,7 +74,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, _optmask, ppid, _, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
@@ -84,7 +84,15 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         argv_fault=bool(flags & EXEC_ARGV_FAULT),
         slurm_job_env=_cstr(job_env),
         ppid=ppid,
+        stdio=stdio_names(stdio),
     )
+
+
+def stdio_names(bits: int) -> list[str]:
+    """fds 0-2 at exec: socket (inet/inet6), unix (another socket), fifo (pipe or FIFO) or other (file, tty,
+    none), from the probe's bits."""
+    return ["socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
+            "fifo" if bits & (1 << (fd + 4)) else "other" for fd in range(3)]
 
 
 def _addr(family: int, addr: bytes) -> str:

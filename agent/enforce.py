@@ -44,6 +44,7 @@ DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CON
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 STRATUM_PROGRAM = (b"stratum_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
+KILL_IF_STDIO_SOCKET = 1             # mirror of probes/enforce_exec.c
 PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
@@ -199,7 +200,8 @@ class Enforcer:
             for kb in policy.kill:
                 if not kb.comm:
                     continue
-                val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), 0, option_mask(kb.options))
+                flags = KILL_IF_STDIO_SOCKET if kb.stdio_socket else 0
+                val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), flags, option_mask(kb.options))
                 for cgid in self._scope_ids(kb.scope, paths, roots):
                     kill[kill_key(cgid, kb.comm)] = val
             for d in policy.deny:

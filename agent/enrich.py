@@ -140,6 +140,7 @@ class Enricher:
             out = self._event(hdr, p, job, exec_=True)
             out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
             out.exec.argv.extend(ev.argv)
+            out.exec.stdio.extend(ev.stdio or ())
             if os.path.basename(ev.filename) in SSH_CLIENTS:
                 out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
             return out

@@ -26,6 +26,7 @@ class ExecEvent:
     argv_fault: bool
     slurm_job_env: str
     ppid: int = 0     # the real parent, from the kernel
+    stdio: list[str] | None = None   # what fds 0-2 are at exec: socket | fifo | other
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, KILL, KILL_ACTIONS, KILL_
 
 log = logging.getLogger(__name__)
 
-KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in"}
+KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in", "stdio_socket"}
 KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
 ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connect denied in the kernel",
                 DROP_STRATUM: "stratum handshake dropped in the kernel", KILL: "killed by the agent",
@@ -78,7 +78,8 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
         if rule.event == "exec":
             for name in rule.match["exe_name_in"]:
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
-                                options=rule.match.get("argv_short_option_in", ""))
+                                options=rule.match.get("argv_short_option_in", ""),
+                                stdio_socket=bool(rule.match.get("stdio_socket")))
         elif rule.event == "connect" and set(rule.match) == {"exe_name_in"}:
             for name in rule.match["exe_name_in"]:
                 policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)

@@ -21,9 +21,11 @@ struct kill_arg {
     char s[ARG_LEN];
 };
 
+#define KILL_IF_STDIO_SOCKET 1   /* kill only when fd 0, 1 or 2 is a socket (a reverse shell) */
+
 struct kill_val {
     u32 rule;
-    u32 _pad;
+    u32 flags;
     u64 optmask;   /* 0: any argv; else kill only if argv has one of these option letters */
 };
 
@@ -78,6 +80,8 @@ int kill_at_exec(void *args)
             opts_read = 1;
         }
         if (v->optmask && !(v->optmask & opts))
+            continue;
+        if ((v->flags & KILL_IF_STDIO_SOCKET) && !(stdio_kinds() & (STDIO_SOCKET(0) | STDIO_SOCKET(1) | STDIO_SOCKET(2))))
             continue;
         if (task_exempt())
             return 0;

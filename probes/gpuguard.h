@@ -67,7 +67,7 @@ struct exec_event {
     char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from the environment */
     u64 optmask;                   /* short option letters in argv (a-z: bits 0-25, A-Z: 26-51) */
     u32 ppid;                      /* real parent's tgid */
-    u32 _pad2;
+    u32 stdio;                     /* STDIO_SOCKET / STDIO_FIFO bits of fds 0-2 */
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
@@ -179,6 +179,51 @@ static __always_inline u32 kread_u32(void *base, u32 off)
     u32 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (char *)base + off);
     return v;
+}
+
+/* An array of pointers (not a struct: no layout to get wrong): element i. */
+static __always_inline u64 kread_array_u64(void *base, u32 i)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (char *)base + (u64)i * 8);
+    return v;
+}
+
+#define STDIO_SOCKET(fd) (1U << (fd))        /* fd 0, 1 or 2 is an inet/inet6 socket */
+#define STDIO_FIFO(fd) (1U << ((fd) + 4))    /* ... a pipe or FIFO */
+#define STDIO_UNIX(fd) (1U << ((fd) + 8))    /* ... another socket (unix: socketpairs, launchers) */
+#define S_IFMT_ 0170000
+#define S_IFSOCK_ 0140000
+#define S_IFIFO_ 0010000
+
+/* What the current task's fds 0-2 are (after exec's close-on-exec): a shell whose stdio is a
+ * socket is a reverse shell, whatever language set it up. */
+static __always_inline u32 stdio_kinds(void)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
+    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
+    void *fds = fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+    u32 bits = 0;
+    if (!fds)
+        return 0;
+    for (u32 fd = 0; fd < 3; fd++) {
+        void *file = (void *)kread_array_u64(fds, fd);
+        void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+        if (!inode)
+            continue;
+        u32 fmt = kread_u32(inode, OFF_INODE_MODE) & S_IFMT_;   /* i_mode is 16 bits, little-endian */
+        if (fmt == S_IFSOCK_) {
+            /* the socket sits next to its inode in struct socket_alloc; its sock starts with sock_common */
+            void *sock = (char *)inode - OFF_SOCKALLOC_INODE + OFF_SOCKALLOC_SOCKET;
+            void *sk = (void *)kread_u64(sock, OFF_SOCKET_SK);
+            u32 family = sk ? kread_u32(sk, OFF_SK_FAMILY) & 0xffff : 0;
+            bits |= (family == 2 || family == 10) ? STDIO_SOCKET(fd) : STDIO_UNIX(fd);
+        }
+        else if (fmt == S_IFIFO_)
+            bits |= STDIO_FIFO(fd);
+    }
+    return bits;
 }
 
 static __always_inline u32 real_parent_tgid(void *task)

@@ -367,3 +367,36 @@ def test_shells_cannot_connect_in_scope_whatever_their_name(capture, enforcer, t
             assert renamed.stdout.strip() == "refused"          # matched by executable, not by name
     hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-shell")
     assert hits and hits[0]["enforcement"]["action"] == "deny_connect" and hits[0]["job"]["id"] == job
+
+
+SOCKET_STDIO = """
+import os, socket, sys
+srv = socket.create_server(("127.0.0.1", 0))
+c = socket.create_connection(srv.getsockname())
+for fd in (0, 1, 2):
+    os.dup2(c.fileno(), fd)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_shell_on_a_socket_is_killed_at_exec(capture, enforcer, test_cgroup):
+    """A reverse shell however it was set up (here python dup2's a socket onto 0-2, then execs sh): killed before
+    its first instruction. The same shell with ordinary stdio runs; python on the socket is not a shell."""
+    job = str(3000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    enforcer.apply(ppb.Policy(version=7, kill=[ppb.KillBinary(rule_id="t-revsh", comm="sh", stdio_socket=True,
+                                                              scope=job_scope(job))]), persist=False)
+    tag = uuid.uuid4().hex[:8]
+    reverse = run_in_cgroup(cg, [PYTHON, "-c", SOCKET_STDIO, "/bin/sh", "-c", f"echo {tag}"])
+    assert reverse.returncode == -9                             # sh killed at exec, in the kernel
+    plain = run_in_cgroup(cg, ["/bin/sh", "-c", "exit 0"])
+    assert plain.returncode == 0                                # same shell, ordinary stdio
+    other = run_in_cgroup(cg, [PYTHON, "-c", SOCKET_STDIO, "/bin/true"])
+    assert other.returncode == 0                                # not a shell
+    pair = ("import os, socket, sys\na, b = socket.socketpair()\nos.dup2(a.fileno(), 0); os.dup2(a.fileno(), 1)\n"
+            "os.execv('/bin/sh', ['/bin/sh', '-c', 'exit 0'])\n")
+    assert run_in_cgroup(cg, [PYTHON, "-c", pair]).returncode == 0   # a unix socketpair (launchers): not one
+    hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-revsh")
+    assert hits and hits[0]["enforcement"]["action"] == "kill_exec"
+    execs = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"] == ["/bin/sh", "-c", f"echo {tag}"])
+    assert execs and execs[0]["exec"]["stdio"] == ["socket", "socket", "socket"]

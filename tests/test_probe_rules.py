@@ -30,8 +30,9 @@ def probe_files() -> list[Path]:
 
 
 def kread_bodies_removed(code: str) -> str:
-    """The two accessors in gpuguard.h are the one place bpf_probe_read_kernel may appear."""
-    return re.sub(r"static __always_inline u(?:32|64) kread_u(?:32|64)\([^)]*\)\s*\{.*?\n\}", "", code, flags=re.S)
+    """The accessors in gpuguard.h are the one place bpf_probe_read_kernel may appear."""
+    return re.sub(r"static __always_inline u(?:32|64) kread_(?:u32|u64|array_u64)\([^)]*\)\s*\{.*?\n\}", "", code,
+                  flags=re.S)
 
 
 def test_there_are_probes_to_check():

@@ -204,3 +204,16 @@ def test_shells_and_awk_are_denied_connects_in_jobs_by_identity():
     assert ("bash", ("slurm", "k8s", "container")) in denied and ("awk", ("slurm", "k8s", "container")) in denied
     assert not any(n.scope.host_wide for n in policy.no_connect)          # never on the host itself
     assert not any(n.comm in ("python3", "busybox") for n in policy.no_connect)
+
+
+def test_reverse_shell_by_socket_stdio_is_a_kernel_kill_for_shells():
+    policy = compile_policy(load_ruleset(rule_texts()), 1)
+    kills = {k.comm for k in policy.kill if k.rule_id == "reverse-shell-socket-stdio"}
+    assert {"sh", "bash", "dash"} <= kills
+    assert all(k.stdio_socket for k in policy.kill if k.rule_id == "reverse-shell-socket-stdio")
+    assert not any(k.stdio_socket for k in policy.kill if k.rule_id != "reverse-shell-socket-stdio")
+    engine = Engine(load_ruleset(rule_texts()))
+    ev = pb.Event(seq=1, exec=pb.Exec(filename="/bin/bash", argv=["bash", "-i"], stdio=["socket", "socket", "other"]))
+    ev.process.comm, ev.process.exe, ev.job.kind, ev.job.id = "bash", "/bin/bash", "slurm", "1"
+    hits = {m.rule.id: m.matched for m in engine.evaluate("h", ev, None)}
+    assert hits["reverse-shell-socket-stdio"]["stdio_socket"] == "fd0,fd1 on a socket"

@@ -126,6 +126,11 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
     if key == "gpu_new_binary":
         return lambda v, ctx: gpu_new_binary(v.ev, ctx)
+    if key == "stdio_socket":
+        def stdio(v, _c):
+            fds = [f"fd{i}" for i, kind in enumerate(v.ev.exec.stdio[:3]) if kind == "socket"]
+            return f"{','.join(fds)} on a socket" if fds else None
+        return stdio
     if key == "ssh_config_forward":
         return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
     if key == "stratum":

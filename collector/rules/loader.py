@@ -31,6 +31,7 @@ MATCH_KEYS = {
     "path_regex": ("gpu_open",),
     "gpu_new_binary": ("gpu_open",),
     "ssh_config_forward": ("exec",),
+    "stdio_socket": ("exec",),
     "stratum": ("payload",),
 }
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
@@ -195,7 +196,7 @@ class _Parser:
             if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
                 raise self.err(d, k, where, "must be option letters, e.g. RDw")
             return v
-        if k in ("gpu_new_binary", "stratum", "ssh_config_forward"):
+        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket"):
             if v is not True:
                 raise self.err(d, k, where, "must be true")
             return v

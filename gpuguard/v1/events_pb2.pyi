@@ -127,18 +127,20 @@ class Process(_message.Message):
     def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argv_truncated", "result", "ssh_forwards")
+    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    STDIO_FIELD_NUMBER: _ClassVar[int]
     SSH_FORWARDS_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argv_truncated: bool
     result: int
+    stdio: _containers.RepeatedScalarFieldContainer[str]
     ssh_forwards: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., ssh_forwards: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("family", "proto", "daddr", "dport", "result")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gpuguard.v1 import events_pb2 as gpuguard_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpuguard/v1/policy.proto\x12\x0bgpuguard.v1\x1a\x18gpuguard/v1/events.proto\"W\n\x05Scope\x12\x11\n\thost_wide\x18\x01 \x01(\x08\x12\x0f\n\x07job_ids\x18\x02 \x03(\t\x12\x11\n\tjob_kinds\x18\x03 \x03(\t\x12\x17\n\x0f\x65xclude_job_ids\x18\x04 \x03(\t\"a\n\x0f\x44\x65nyDestination\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63idr\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"o\n\nKillBinary\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63omm\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\x12\x0f\n\x07options\x18\x05 \x01(\t\"c\n\x0f\x45gressAllowlist\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\r\n\x05\x63idrs\x18\x02 \x03(\t\x12\r\n\x05ports\x18\x03 \x03(\r\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"P\n\x0cStratumWatch\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12!\n\x05scope\x18\x02 \x01(\x0b\x32\x12.gpuguard.v1.Scope\x12\x0c\n\x04\x64rop\x18\x03 \x01(\x08\"\x86\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\x04\x64\x65ny\x18\x02 \x03(\x0b\x32\x1c.gpuguard.v1.DenyDestination\x12%\n\x04kill\x18\x03 \x03(\x0b\x32\x17.gpuguard.v1.KillBinary\x12*\n\x07stratum\x18\x04 \x03(\x0b\x32\x19.gpuguard.v1.StratumWatch\x12\r\n\x05rules\x18\x05 \x03(\t\x12+\n\x05\x61llow\x18\x06 \x03(\x0b\x32\x1c.gpuguard.v1.EgressAllowlist\x12*\n\nno_connect\x18\x08 \x03(\x0b\x32\x16.gpuguard.v1.NoConnectJ\x04\x08\x07\x10\x08\"M\n\tNoConnect\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63omm\x18\x02 \x01(\t\x12!\n\x05scope\x18\x03 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"\xf3\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0f\n\x07host_id\x18\x07 \x01(\t\x12\x1d\n\x03job\x18\x08 \x01(\x0b\x32\x10.gpuguard.v1.Job\x12%\n\x07process\x18\t \x01(\x0b\x32\x14.gpuguard.v1.Process\x12\x15\n\revidence_seqs\x18\n \x03(\x04\x12\r\n\x05ts_ns\x18\x0b \x01(\x03\x12\x30\n\x07matched\x18\x0c \x03(\x0b\x32\x1f.gpuguard.v1.Alert.MatchedEntry\x12&\n\x05state\x18\r \x01(\x0e\x32\x17.gpuguard.v1.AlertState\x1a.\n\x0cMatchedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb2\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41LERT_MONITORED\x10\x01\x12\x11\n\rALERT_ALERTED\x10\x02\x12\x18\n\x14\x41LERT_BLOCK_EXPECTED\x10\x03\x12\x16\n\x12\x41LERT_KILL_ORDERED\x10\x04\x12\x18\n\x14\x41LERT_ALREADY_KILLED\x10\x05\x12\x13\n\x0f\x41LERT_CONFIRMED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpuguard/v1/policy.proto\x12\x0bgpuguard.v1\x1a\x18gpuguard/v1/events.proto\"W\n\x05Scope\x12\x11\n\thost_wide\x18\x01 \x01(\x08\x12\x0f\n\x07job_ids\x18\x02 \x03(\t\x12\x11\n\tjob_kinds\x18\x03 \x03(\t\x12\x17\n\x0f\x65xclude_job_ids\x18\x04 \x03(\t\"a\n\x0f\x44\x65nyDestination\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63idr\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"\x85\x01\n\nKillBinary\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63omm\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\x12\x0f\n\x07options\x18\x05 \x01(\t\x12\x14\n\x0cstdio_socket\x18\x06 \x01(\x08\"c\n\x0f\x45gressAllowlist\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\r\n\x05\x63idrs\x18\x02 \x03(\t\x12\r\n\x05ports\x18\x03 \x03(\r\x12!\n\x05scope\x18\x04 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"P\n\x0cStratumWatch\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12!\n\x05scope\x18\x02 \x01(\x0b\x32\x12.gpuguard.v1.Scope\x12\x0c\n\x04\x64rop\x18\x03 \x01(\x08\"\x86\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12*\n\x04\x64\x65ny\x18\x02 \x03(\x0b\x32\x1c.gpuguard.v1.DenyDestination\x12%\n\x04kill\x18\x03 \x03(\x0b\x32\x17.gpuguard.v1.KillBinary\x12*\n\x07stratum\x18\x04 \x03(\x0b\x32\x19.gpuguard.v1.StratumWatch\x12\r\n\x05rules\x18\x05 \x03(\t\x12+\n\x05\x61llow\x18\x06 \x03(\x0b\x32\x1c.gpuguard.v1.EgressAllowlist\x12*\n\nno_connect\x18\x08 \x03(\x0b\x32\x16.gpuguard.v1.NoConnectJ\x04\x08\x07\x10\x08\"M\n\tNoConnect\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63omm\x18\x02 \x01(\t\x12!\n\x05scope\x18\x03 \x01(\x0b\x32\x12.gpuguard.v1.Scope\"\xf3\x02\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0f\n\x07host_id\x18\x07 \x01(\t\x12\x1d\n\x03job\x18\x08 \x01(\x0b\x32\x10.gpuguard.v1.Job\x12%\n\x07process\x18\t \x01(\x0b\x32\x14.gpuguard.v1.Process\x12\x15\n\revidence_seqs\x18\n \x03(\x04\x12\r\n\x05ts_ns\x18\x0b \x01(\x03\x12\x30\n\x07matched\x18\x0c \x03(\x0b\x32\x1f.gpuguard.v1.Alert.MatchedEntry\x12&\n\x05state\x18\r \x01(\x0e\x32\x17.gpuguard.v1.AlertState\x1a.\n\x0cMatchedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb2\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41LERT_MONITORED\x10\x01\x12\x11\n\rALERT_ALERTED\x10\x02\x12\x18\n\x14\x41LERT_BLOCK_EXPECTED\x10\x03\x12\x16\n\x12\x41LERT_KILL_ORDERED\x10\x04\x12\x18\n\x14\x41LERT_ALREADY_KILLED\x10\x05\x12\x13\n\x0f\x41LERT_CONFIRMED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ALERT_MATCHEDENTRY']._loaded_options = None
   _globals['_ALERT_MATCHEDENTRY']._serialized_options = b'8\001'
-  _globals['_ALERTSTATE']._serialized_start=1270
-  _globals['_ALERTSTATE']._serialized_end=1448
+  _globals['_ALERTSTATE']._serialized_start=1293
+  _globals['_ALERTSTATE']._serialized_end=1471
   _globals['_SCOPE']._serialized_start=67
   _globals['_SCOPE']._serialized_end=154
   _globals['_DENYDESTINATION']._serialized_start=156
   _globals['_DENYDESTINATION']._serialized_end=253
-  _globals['_KILLBINARY']._serialized_start=255
-  _globals['_KILLBINARY']._serialized_end=366
-  _globals['_EGRESSALLOWLIST']._serialized_start=368
-  _globals['_EGRESSALLOWLIST']._serialized_end=467
-  _globals['_STRATUMWATCH']._serialized_start=469
-  _globals['_STRATUMWATCH']._serialized_end=549
-  _globals['_POLICY']._serialized_start=552
-  _globals['_POLICY']._serialized_end=814
-  _globals['_NOCONNECT']._serialized_start=816
-  _globals['_NOCONNECT']._serialized_end=893
-  _globals['_ALERT']._serialized_start=896
-  _globals['_ALERT']._serialized_end=1267
-  _globals['_ALERT_MATCHEDENTRY']._serialized_start=1221
-  _globals['_ALERT_MATCHEDENTRY']._serialized_end=1267
+  _globals['_KILLBINARY']._serialized_start=256
+  _globals['_KILLBINARY']._serialized_end=389
+  _globals['_EGRESSALLOWLIST']._serialized_start=391
+  _globals['_EGRESSALLOWLIST']._serialized_end=490
+  _globals['_STRATUMWATCH']._serialized_start=492
+  _globals['_STRATUMWATCH']._serialized_end=572
+  _globals['_POLICY']._serialized_start=575
+  _globals['_POLICY']._serialized_end=837
+  _globals['_NOCONNECT']._serialized_start=839
+  _globals['_NOCONNECT']._serialized_end=916
+  _globals['_ALERT']._serialized_start=919
+  _globals['_ALERT']._serialized_end=1290
+  _globals['_ALERT_MATCHEDENTRY']._serialized_start=1244
+  _globals['_ALERT_MATCHEDENTRY']._serialized_end=1290
 # @@protoc_insertion_point(module_scope)

@@ -50,18 +50,20 @@ class DenyDestination(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidr: _Optional[str] = ..., port: _Optional[int] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class KillBinary(_message.Message):
-    __slots__ = ("rule_id", "comm", "sha256", "scope", "options")
+    __slots__ = ("rule_id", "comm", "sha256", "scope", "options", "stdio_socket")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STDIO_SOCKET_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     comm: str
     sha256: str
     scope: Scope
     options: str
-    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ...) -> None: ...
+    stdio_socket: bool
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ...) -> None: ...
 
 class EgressAllowlist(_message.Message):
     __slots__ = ("rule_id", "cidrs", "ports", "scope")
