@@ -26,7 +26,18 @@ import time
 from collections import deque
 from pathlib import Path
 
-from agent.bpf_links import BPF_F_ALLOW_MULTI, Attachment, AttachmentLedger, detach_by_id, prog_id
+from agent.bpf_links import (
+    BPF_F_ALLOW_MULTI,
+    INET4_CONNECT,
+    INET6_CONNECT,
+    INET_EGRESS,
+    UDP4_SENDMSG,
+    UDP6_SENDMSG,
+    Attachment,
+    AttachmentLedger,
+    detach_by_id,
+    prog_id,
+)
 from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
@@ -38,8 +49,6 @@ from gpuguard.vocab import DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE, o
 
 log = logging.getLogger(__name__)
 
-# attach types (uapi enum bpf_attach_type)
-INET_EGRESS, CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 6, 10, 11, 14, 15
 DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CONNECT),
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 STRATUM_PROGRAM = (b"stratum_egress", INET_EGRESS)

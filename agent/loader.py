@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.bpf_links import CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG
 from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
@@ -33,19 +34,18 @@ ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_stratum.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
 # (program, prog type name in bcc.BPF, attach type): observe-only hooks at the cgroup2 root
-CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 6, 10, 11, 14, 15
 ROOT_HOOKS = ((b"gpu_device_watch", "CGROUP_DEVICE", CGROUP_DEVICE),
               (b"observe_connect4", "CGROUP_SOCK_ADDR", INET4_CONNECT),
               (b"observe_connect6", "CGROUP_SOCK_ADDR", INET6_CONNECT),
               (b"observe_sendmsg4", "CGROUP_SOCK_ADDR", UDP4_SENDMSG),
               (b"observe_sendmsg6", "CGROUP_SOCK_ADDR", UDP6_SENDMSG))
-FIXED_GPU_MAJORS = (195, 226)        # nvidia, drm; the rest are dynamic (see gpu_majors())
+FIXED_GPU_MAJORS = {195: "nvidia-frontend", 226: "drm"}   # the rest are dynamic (see gpu_majors())
 GPU_DEVICE_NAMES = ("nvidia", "drm", "kfd", "accel")
 
 
 def gpu_majors(proc_devices: Path = Path("/proc/devices")) -> dict[int, str]:
     """Character-device majors of GPUs and accelerators -> driver name: 195, 226 and the dynamic ones."""
-    majors = {195: "nvidia-frontend", 226: "drm"}
+    majors = dict(FIXED_GPU_MAJORS)
     in_char = False
     try:
         lines = proc_devices.read_text().splitlines()
