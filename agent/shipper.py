@@ -10,9 +10,8 @@ jitter and replays everything unacked; the collector drops duplicates.
 Trust: the agent's credential travels as call metadata. Acks are believed
 only up to the highest seq this stream actually sent, so no reply can make the
 agent delete records it never shipped. Every batch stays under
-``MAX_BATCH_BYTES`` and every record under ``MAX_RECORD_BYTES``; a record that
-cannot be encoded or is still too large is quarantined on disk and replaced by
-a gap naming its seq, so one record can never block the stream.
+``MAX_BATCH_BYTES``; an event over ``MAX_RECORD_BYTES`` is quarantined on disk
+and replaced by a gap naming its seq, so one event can never block the stream.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import grpc
 from agent.identity import HostIdentity
 from agent.spool import Spool
 from gpuguard import __version__
+from gpuguard.credentials import bearer
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
@@ -158,8 +158,7 @@ class Shipper:
         outbox.put(cpb.AgentMessage(hello=hello))
         with open_channel(self.target, *self.tls, options=GRPC_OPTIONS) as channel:
             token = self.token() if callable(self.token) else self.token   # re-read: a credential may be new
-            metadata = [("authorization", f"Bearer {token}")] if token else None
-            call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox), metadata=metadata)
+            call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox), metadata=bearer(token))
             state = {"acked": self.spool.acked, "sent": self.spool.acked, "error": None}
             try:
                 first = next(call)

@@ -21,24 +21,19 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from gpuguard.credentials import CredentialStore, find_token  # noqa: E402
+from gpuguard.credentials import CredentialStore, bearer, find_token  # noqa: E402
 from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
 from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
-from lab import CLI, Service, free_port, lab_credentials  # noqa: E402
+from lab import CLI, Service, free_port, lab_credentials, rss_mb  # noqa: E402
 
 STREAM = "/gpuguard.v1.Collector/Stream"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def open_stream(ch, token: str):
     out: queue.Queue = queue.Queue()
     call = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=cpb.CollectorMessage.FromString)
-    responses = call(iter(out.get, None), metadata=[("authorization", f"Bearer {token}")] if token else None)
+    responses = call(iter(out.get, None), metadata=bearer(token))
     return out, responses
 
 
@@ -78,51 +73,47 @@ def attack_unauthenticated_streams(port: int, n: int = 500) -> str:
     return f"{refused}/{n} refused UNAUTHENTICATED"
 
 
-def attack_huge_argv(port: int, n: int = 100) -> str:
-    """An agent (valid credential) sends 112 KB argv crafted against backtracking regexes."""
-    token = CredentialStore().issue("agent", "agent-argv", "argv")
-    argv = ["bash", "-c", "socket " * 16_000 + "x"]
+def ship_batches(port: int, host: str, batches: list[list[pb.Event]]) -> int:
+    """As an agent of host (its own credential): hello, send every batch without waiting, count the acks."""
+    token = CredentialStore().issue("agent", f"agent-{host}", host)
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         out, responses = open_stream(ch, token)
-        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id="argv"))).SerializeToString())
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host))).SerializeToString())
         next(responses)
-        for i in range(n):
-            ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), exec=pb.Exec(filename="/bin/bash", argv=argv))
-            ev.job.kind, ev.job.id = "slurm", "1"
-            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=[ev])).SerializeToString())
+        for events in batches:
+            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=events)).SerializeToString())
         acks = 0
         for msg in responses:
             acks += msg.HasField("ack")
-            if acks == n:
+            if acks == len(batches):
                 break
         out.put(None)
-    return f"{acks}/{n} batches acked"
+    return acks
+
+
+def attack_huge_argv(port: int, n: int = 100) -> str:
+    """An agent (valid credential) sends 112 KB argv crafted against backtracking regexes."""
+    argv = ["bash", "-c", "socket " * 16_000 + "x"]
+    batches = []
+    for i in range(n):
+        ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), exec=pb.Exec(filename="/bin/bash", argv=argv))
+        ev.job.kind, ev.job.id = "slurm", "1"
+        batches.append([ev])
+    return f"{ship_batches(port, 'argv', batches)}/{n} batches acked"
 
 
 def attack_connect_storm(port: int, n: int = 100_000) -> str:
     """100k connects to a port on the pool list from 50 processes of 20 jobs."""
-    token = CredentialStore().issue("agent", "agent-storm", "storm")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        out, responses = open_stream(ch, token)
-        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id="storm"))).SerializeToString())
-        next(responses)
-        sent = 0
-        for start in range(0, n, 1000):
-            evs = []
-            for i in range(start, start + 1000):
-                ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), connect=pb.Connect(daddr="10.9.9.9", dport=3333,
-                                                                                   proto="tcp"))
-                ev.process.pid, ev.process.key, ev.job.kind, ev.job.id = i % 50, f"k{i % 50}", "slurm", str(i % 20)
-                evs.append(ev)
-            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=evs)).SerializeToString())
-            sent += 1
-        acks = 0
-        for msg in responses:
-            acks += msg.HasField("ack")
-            if acks == sent:
-                break
-        out.put(None)
-    return f"{acks}/{sent} batches acked"
+    batches = []
+    for start in range(0, n, 1000):
+        evs = []
+        for i in range(start, start + 1000):
+            ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), connect=pb.Connect(daddr="10.9.9.9", dport=3333,
+                                                                               proto="tcp"))
+            ev.process.pid, ev.process.key, ev.job.kind, ev.job.id = i % 50, f"k{i % 50}", "slurm", str(i % 20)
+            evs.append(ev)
+        batches.append(evs)
+    return f"{ship_batches(port, 'storm', batches)}/{len(batches)} batches acked"
 
 
 def attack_alias_bomb(port: int) -> str:
@@ -131,7 +122,7 @@ def attack_alias_bomb(port: int) -> str:
         for i in range(9))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         reply = cgrpc.QueryStub(ch).ApplyPolicy(cpb.ApplyPolicyRequest(rules_yaml=bomb), timeout=30,
-                                                metadata=[("authorization", f"Bearer {find_token(role='admin')}")])
+                                                metadata=bearer(find_token(role="admin")))
     return f"{len(bomb)}-byte bomb -> {len(reply.error)}-byte error: {reply.error[:80]!r}"
 
 

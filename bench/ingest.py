@@ -29,10 +29,10 @@ import grpc  # noqa: E402
 from collector.store.base import TimelineFilter  # noqa: E402
 from collector.store.sqlite import SqliteStore  # noqa: E402
 from collector.timeline import build_timeline  # noqa: E402
-from gpuguard.credentials import CredentialStore  # noqa: E402
+from gpuguard.credentials import CredentialStore, bearer  # noqa: E402
 from gpuguard.v1 import collector_pb2 as cpb  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
-from lab import CLI, Service, free_port, lab_credentials  # noqa: E402
+from lab import CLI, Service, free_port, lab_credentials, process_cpu_seconds  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -78,11 +78,6 @@ def bench_store_ingest(n: int) -> float:
     return n / cpu
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_grpc_ingest(n: int) -> float:
     lab_credentials()
     with tempfile.TemporaryDirectory() as d:
@@ -102,9 +97,9 @@ def bench_grpc_ingest(n: int) -> float:
 
             token = CredentialStore().issue("agent", "agent-bench", "bench")
             responses = cgrpc.CollectorStub(channel).Stream(iter(out.get, None),
-                                                            metadata=[("authorization", f"Bearer {token}")])
+                                                            metadata=bearer(token))
             next(responses)
-            cpu0 = cpu_seconds(col.proc.pid)
+            cpu0 = process_cpu_seconds(col.proc.pid)
             start = time.perf_counter()
             window, sent, acked = 8, 0, 0
             while acked < len(batches):
@@ -115,7 +110,7 @@ def bench_grpc_ingest(n: int) -> float:
                 if msg.HasField("ack"):
                     acked += 1
             wall = time.perf_counter() - start
-            cpu = cpu_seconds(col.proc.pid) - cpu0
+            cpu = process_cpu_seconds(col.proc.pid) - cpu0
             out.put(None)
             channel.close()
         finally:

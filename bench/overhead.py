@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lab import process_cpu_seconds  # noqa: E402
+
 TAG = "gpuguard-bench"
 
 
@@ -155,11 +159,6 @@ class GpuguardAgent(Tracer):
         lost = sum(int(x) for x in re.findall(r"(\d+)", m.group(2))) if m else None
         shutil.rmtree(self.tmp, ignore_errors=True)
         return captured, lost
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Floor(Tracer):

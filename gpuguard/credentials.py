@@ -198,6 +198,11 @@ class TokenVerifier:
         return None
 
 
+def bearer(token: str) -> list[tuple[str, str]] | None:
+    """Call metadata presenting a token (collector/auth.py reads it); None when there is no token."""
+    return [("authorization", f"Bearer {token}")] if token else None
+
+
 def find_token(token_file: str = "", role: str = "admin", host: str = "", directory: str | None = None) -> str:
     """The token a local tool presents: the given file, else the local default for its role ("" if none)."""
     if token_file:

@@ -185,7 +185,7 @@ def _stub(args):
 
 def _credential(args) -> list[tuple[str, str]] | None:
     """The token this command presents: --token-file, else the local admin (then reader) credential."""
-    from gpuguard.credentials import CredentialError, find_token  # noqa: PLC0415
+    from gpuguard.credentials import CredentialError, bearer, find_token  # noqa: PLC0415
 
     try:
         token = find_token(args.token_file or "", "admin", directory=args.auth_dir) or \
@@ -193,7 +193,7 @@ def _credential(args) -> list[tuple[str, str]] | None:
     except CredentialError as exc:
         print(f"gpuguard: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from exc
-    return [("authorization", f"Bearer {token}")] if token else None
+    return bearer(token)
 
 
 def _call(args, method: str, request):

@@ -44,6 +44,18 @@ def lab_credentials(*agent_hosts: str) -> str:
     return os.environ["GPUGUARD_AUTH_DIR"]
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat), for benchmarks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident size now (/proc/PID/statm), for memory-bound checks."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import grpc
 
-from gpuguard.credentials import CredentialStore, find_token
+from gpuguard.credentials import CredentialStore, bearer, find_token
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 from gpuguard.v1 import events_pb2 as pb
-from lab import CLI, Service, free_port
+from lab import CLI, Service, free_port, rss_mb
 
 STREAM = "/gpuguard.v1.Collector/Stream"
 EDGE_SEQS = [0, 1, 2, (1 << 31) - 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
@@ -52,11 +52,6 @@ class FuzzReport:
     crashes: int = 0
     tracebacks: int = 0
     integrity: str = ""
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def hostile_text(rng: random.Random) -> str:
@@ -137,7 +132,7 @@ def run_stream_case(port: int, rng: random.Random, token: str, host: str, report
     out: queue.Queue = queue.Queue()
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 32 << 20)]) as ch:
         call = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
-        responses = call(iter(out.get, None), metadata=[("authorization", f"Bearer {token}")] if token else None,
+        responses = call(iter(out.get, None), metadata=bearer(token),
                          timeout=5)
         for raw in stream_messages(rng, host):
             out.put(raw)
@@ -167,7 +162,7 @@ def run_query_case(port: int, rng: random.Random, token: str, report: FuzzReport
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = cgrpc.QueryStub(ch)
         try:
-            getattr(stub, name)(request, timeout=10, metadata=[("authorization", f"Bearer {token}")] if token else None)
+            getattr(stub, name)(request, timeout=10, metadata=bearer(token))
             code = "OK"
         except grpc.RpcError as exc:
             code = exc.code().name
@@ -178,7 +173,7 @@ def good_agent_and_reader_served(port: int, host: str, token: str, reader: str) 
     out: queue.Queue = queue.Queue()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         call = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=cpb.CollectorMessage.FromString)
-        responses = call(iter(out.get, None), metadata=[("authorization", f"Bearer {token}")], timeout=20)
+        responses = call(iter(out.get, None), metadata=bearer(token), timeout=20)
         out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host))).SerializeToString())
         first = next(responses)
         seq = first.hello.stored_through_seq + 1
@@ -191,7 +186,7 @@ def good_agent_and_reader_served(port: int, host: str, token: str, reader: str) 
                 break
         out.put(None)
         stub = cgrpc.QueryStub(ch)
-        jobs = stub.ListJobs(cpb.ListJobsRequest(), timeout=10, metadata=[("authorization", f"Bearer {reader}")])
+        jobs = stub.ListJobs(cpb.ListJobsRequest(), timeout=10, metadata=bearer(reader))
     return acked and jobs is not None
 
 

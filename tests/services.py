@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from collector.app import CollectorApp, CollectorConfig
-from gpuguard.credentials import CredentialStore, find_token
+from gpuguard.credentials import CredentialStore, bearer, find_token  # noqa: F401 - bearer used by tests
 from lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
 
 
@@ -28,10 +28,6 @@ def issue(role: str, name: str, host: str = "") -> str:
 def agent_credential(host_id: str) -> str:
     """The agent's token for host_id, where a local agent finds it (credentials/agent-HOST.token)."""
     return issue("agent", f"agent-{host_id}", host_id)
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
 
 
 def admin() -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@ a store that is checked at start and whose failures never cost an agent its spoo
 
 from __future__ import annotations
 
-import resource
+import os
 import sqlite3
 import subprocess
 import threading
@@ -22,14 +22,9 @@ from collector.rules.loader import RuleError, load_ruleset, rule_texts
 from collector.store.sqlite import StoreCorrupt
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
+from lab import rss_mb
 from tests.services import CLI, ROOT, agent_credential, collector_in_thread
 from tests.test_collector_protocol import RawStream, batch, hello
-
-
-def rss_mb() -> float:
-    """Current resident size of this process (the collector runs in it)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / (1 << 20)
 
 
 def exec_event(seq: int, argv: list[str], job: str = "77", key: str = "k1") -> pb.Event:
@@ -69,7 +64,7 @@ def test_yaml_alias_bomb_is_refused_with_a_short_error():
 
 def test_correlator_and_alerts_stay_bounded_under_a_connect_storm(tmp_path):
     app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db"), auth_dir=str(tmp_path / "auth")))
-    before = rss_mb()
+    before = rss_mb(os.getpid())           # the collector runs in this process
     for chunk in range(100):
         events = []
         for i in range(chunk * 1000, chunk * 1000 + 1000):
@@ -80,7 +75,7 @@ def test_correlator_and_alerts_stay_bounded_under_a_connect_storm(tmp_path):
             events.append(ev)
         app.policy.on_events("h1", events)
     corr = app.policy.correlator
-    print(f"\ncollector RSS before/after 100k pool-port connects: {before:.0f} / {rss_mb():.0f} MB; "
+    print(f"\ncollector RSS before/after 100k pool-port connects: {before:.0f} / {rss_mb(os.getpid()):.0f} MB; "
           f"correlator hits {corr.total_hits}, evicted {corr.evicted_hits}")
     assert corr.total_hits == 100                         # one entry per (rule, host, process) per job
     assert all(len(a.evidence_seqs) <= MAX_EVIDENCE for a in app.policy.alerts.values())
