@@ -29,9 +29,6 @@ class Job:
     id: str
     name: str = ""     # step, container id, unit name...
 
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "id": self.id, "name": self.name}
-
 
 HOST_JOB = Job(JOB_HOST, JOB_HOST)
 

@@ -55,7 +55,6 @@ class CollectorApp:
         self.health = HostHealth(self.store, cfg.heartbeat_grace,
                                  kill_programs_expected=lambda: bool(self.policy and self.policy.policy.kill))
         self.ingestor.listeners.append(self.health.on_events)
-        self._on_connect_extra = None
         if cfg.detection:
             from collector.detect_worker import DetectionWorker  # noqa: PLC0415 - detection is optional
             from collector.policy import PolicyManager  # noqa: PLC0415

@@ -38,14 +38,19 @@ ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connec
 MAX_EVIDENCE = 100
 
 
+def denies_by_identity(rule: Rule) -> bool:
+    """A connect rule matching only program names: "these programs never connect" (Policy.no_connect)."""
+    return rule.event == "connect" and set(rule.match) == {"exe_name_in"}
+
+
 def kernel_enforceable(rule: Rule) -> bool:
     keys = set(rule.match)
     if rule.event == "exec":
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
     if rule.event == "connect":
         allowlist = keys == {"daddr_not_in"}     # "anything outside these networks" = an egress allowlist
-        by_identity = keys == {"exe_name_in"}    # "these programs never connect" = denied by process identity
-        return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist or by_identity) and not rule.unless
+        return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist or denies_by_identity(rule)) \
+            and not rule.unless
     return rule.event == "payload"
 
 
@@ -80,7 +85,7 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
                                 options=rule.match.get("argv_short_option_in", ""),
                                 stdio_socket=bool(rule.match.get("stdio_socket")))
-        elif rule.event == "connect" and set(rule.match) == {"exe_name_in"}:
+        elif denies_by_identity(rule):
             for name in rule.match["exe_name_in"]:
                 policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)
         elif rule.event == "connect" and "daddr_not_in" in rule.match:
