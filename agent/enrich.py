@@ -208,6 +208,7 @@ class PendingConnects:
 
     def denied(self, pid: int, daddr: str, dport: int) -> None:
         self.recent_denies[(pid, daddr, dport)] = time.monotonic()
+        self.recent_denies.move_to_end((pid, daddr, dport))   # kept in time order for expired()
         while len(self.recent_denies) > 4096:
             self.recent_denies.popitem(last=False)
 
@@ -222,10 +223,8 @@ class PendingConnects:
             del self.pending[sk]
             rec.connect.result = -errno.EINPROGRESS
             out.append(rec)
-        for key, t in list(self.recent_denies.items()):
-            if t > cutoff:
-                break
-            del self.recent_denies[key]
+        while self.recent_denies and next(iter(self.recent_denies.values())) <= cutoff:
+            self.recent_denies.popitem(last=False)   # oldest first: stop at the first recent one
         return out
 
 
