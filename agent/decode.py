@@ -40,7 +40,7 @@ EXIT_TAIL = struct.Struct("<iI")
 CONNECT_TAIL = struct.Struct("<HHI16sQII")
 CONNECT_RESULT_TAIL = struct.Struct("<Q")
 GPU_OPEN_TAIL = struct.Struct("<iIII")
-ENFORCE_TAIL = struct.Struct("<IIHHI16s")
+ENFORCE_TAIL = struct.Struct("<IIHHI16sII64s")   # ... peer_tgid, daddr, payload_len, pad, payload
 CGROUP_TAIL = struct.Struct("<Qii192s")
 
 SIZES = {
@@ -110,9 +110,10 @@ def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
 
 
 def _enforce(hdr: Header, raw: bytes) -> EnforceEvent:
-    action, rule, family, dport, _, addr = ENFORCE_TAIL.unpack_from(raw, HEADER.size)
+    action, rule, family, dport, peer, addr, plen, _, payload = ENFORCE_TAIL.unpack_from(raw, HEADER.size)
     daddr = _addr(family, addr) if family else ""
-    return EnforceEvent(hdr, ACTION_NAMES.get(action, str(action)), rule, daddr, dport)
+    return EnforceEvent(hdr, ACTION_NAMES.get(action, str(action)), rule, daddr, dport, peer,
+                        payload[:min(plen, len(payload))])
 
 
 def decode(raw: bytes) -> KernelEvent:

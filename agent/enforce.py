@@ -3,9 +3,12 @@
 In the kernel (probes/enforce_*.c):
 - kill at exec: ``kill_comms`` (scope cgroup, comm) -> (rule, option letters);
 - deny connect / UDP sendmsg: ``deny_dest`` LPM trie, programs attached to the scope cgroups;
-- stratum payload hook: ``stratum_scopes``, cgroup_skb egress attached to the scope cgroups.
+- payload fingerprints (stratum, SSH banners, SOCKS, tunnel hellos): ``fingerprints`` + ``payload_scopes``,
+  cgroup_skb egress attached to the scope cgroups;
+- reverse shells through pipes: kill-at-exec entries with KILL_IF_PIPE_NETWORK, and the connect
+  programs attached to their scopes (a process feeding a watched shell is refused its connect).
 In user space: kill by executable sha256 after exec, kill the sender of a
-dropped stratum handshake, and KillProcess commands (correlations).
+dropped payload, and KillProcess commands (correlations).
 
 A scope (host-wide, job ids, job kinds) resolves to the shallowest cgroups of
 the matching jobs; new cgroups (cgroup_mkdir) are resolved as they appear.
@@ -45,16 +48,18 @@ from agent.worker import Worker
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE, option_mask
+from gpuguard.vocab import DROP_PAYLOAD, DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE, option_mask
 
 log = logging.getLogger(__name__)
 
 DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CONNECT),
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
-STRATUM_PROGRAM = (b"stratum_egress", INET_EGRESS)
+PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
-KILL_IF_STDIO_SOCKET = 1             # mirror of probes/enforce_exec.c
-PROGRAM_NAMES = {INET_EGRESS: "stratum_egress", INET4_CONNECT: "deny_connect4",
+# mirror of probes/enforce_payload.c
+FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
+FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min, offset_max, min_len, flags
+PROGRAM_NAMES = {INET_EGRESS: "payload_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -89,6 +94,23 @@ def deny_key(scope: int, cidr: str, port: int) -> bytes:
     return struct.pack("<I", 64 + 16 + bits) + data
 
 
+def fingerprint_struct(pw: ppb.PayloadWatch) -> bytes:
+    """struct fingerprint of probes/enforce_payload.c: the pattern stored already masked."""
+    if pw.stratum:
+        return struct.pack(FINGERPRINT, b"", b"", 0, 0, 0, FP_STRATUM)
+    pattern = bytes(pw.pattern)
+    mask = bytes(pw.mask) or b"\xff" * len(pattern)
+    if not 1 <= len(pattern) <= FP_LEN or len(mask) != len(pattern):
+        raise ValueError(f"{pw.rule_id}: a payload pattern is 1..{FP_LEN} bytes with a mask of the same length")
+    if pw.offset_max > FP_WINDOW_MAX or pw.offset_min > pw.offset_max:
+        raise ValueError(f"{pw.rule_id}: payload offsets must satisfy min <= max <= {FP_WINDOW_MAX}")
+    masked = bytes(p & m for p, m in zip(pattern, mask, strict=True))
+    if pw.offset_max - pw.offset_min >= FP_NEAR and len(pattern) < 7:
+        raise ValueError(f"{pw.rule_id}: a pattern searched over a wide window needs at least 7 bytes")
+    return struct.pack(FINGERPRINT, masked, mask, pw.offset_min, pw.offset_max,
+                       max(pw.min_len, pw.offset_min + len(pattern)), 0)
+
+
 def scope_matches(scope: ppb.Scope, job: Job) -> bool:
     if scope.host_wide:
         return True
@@ -108,8 +130,10 @@ class Enforcer:
         self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
         self._entries: dict[str, dict[bytes, bytes]] = {
-            name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "stratum_scopes",
-                                  "exempt_scopes", "no_connect_comms", "no_connect_exes")}
+            name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "payload_scopes",
+                                  "exempt_scopes", "no_connect_comms", "no_connect_exes", "fp_exempt_comms",
+                                  "fp_exempt_exes", "fp_anchors")}
+        self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
         capture.enricher.cgroup_listeners.append(self.on_cgroup)
@@ -204,15 +228,18 @@ class Enforcer:
             rules = list(policy.rules)
             paths = self.jobs.job_paths()
             roots = self._job_roots(paths)
-            kill, deny, stratum = {}, {}, {}
+            kill, deny = {}, {}
             attach: set[tuple[str, int]] = set()
             for kb in policy.kill:
                 if not kb.comm:
                     continue
-                flags = KILL_IF_STDIO_SOCKET if kb.stdio_socket else 0
+                flags = (pb.KILL_IF_STDIO_SOCKET if kb.stdio_socket else 0) | \
+                    (pb.KILL_IF_PIPE_NETWORK if kb.stdio_pipe_network else 0)
                 val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), flags, option_mask(kb.options))
                 for cgid in self._scope_ids(kb.scope, paths, roots):
                     kill[kill_key(cgid, kb.comm)] = val
+                    if kb.stdio_pipe_network:     # the connect hooks see the other end of the shell's pipes
+                        attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             for d in policy.deny:
                 val = struct.pack("<I", self._rule_index(d.rule_id, rules))
                 for cgid in self._scope_ids(d.scope, paths, roots):
@@ -236,12 +263,22 @@ class Enforcer:
                     for dev, ino in exes:
                         no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            for sw in policy.stratum:
-                val = struct.pack("<II", MODE_ENFORCE if sw.drop else MODE_MONITOR,
-                                  self._rule_index(sw.rule_id, rules))
-                for cgid in self._scope_ids(sw.scope, paths, roots):
-                    stratum[struct.pack("<Q", cgid)] = val
-                    attach.add((paths[cgid], STRATUM_PROGRAM[1]))
+            fingerprints = self._fingerprint_slots(policy.payload)
+            payload_scopes, fp_comms, fp_exes = {}, {}, {}
+            for pw in policy.payload:
+                slot = fingerprints[fingerprint_struct(pw)]
+                val = struct.pack("<II", MODE_ENFORCE if pw.drop else MODE_MONITOR,
+                                  self._rule_index(pw.rule_id, rules))
+                for cgid in self._scope_ids(pw.scope, paths, roots):
+                    key = struct.pack("<QII", cgid, slot, 0)
+                    if not pw.drop and key in payload_scopes:
+                        continue          # two rules, one fingerprint, one scope: the dropping one reports
+                    payload_scopes[key] = val
+                    attach.add((paths[cgid], PAYLOAD_PROGRAM[1]))
+                for name in pw.exempt:
+                    fp_comms[struct.pack("<I16s", slot, name.encode()[:15])] = struct.pack("<I", 1)
+                    for dev, ino in executables_named(name):
+                        fp_exes[struct.pack("<IIQ", slot, dev, ino)] = struct.pack("<I", 1)
             excluded = {j for sc in self._scopes(policy) for j in sc.exclude_job_ids}
             exempt = {struct.pack("<Q", cgid): struct.pack("<I", 1)
                       for cgid, (_p, job) in roots.items() if job.id in excluded}
@@ -255,7 +292,10 @@ class Enforcer:
             self._sync_map("deny_dest", deny)
             self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
             self._sync_map("allow_scopes", allow_scopes)
-            self._sync_map("stratum_scopes", stratum)
+            self._write_fingerprints(fingerprints)
+            self._sync_map("fp_exempt_comms", fp_comms)     # exemptions before the scopes that use them
+            self._sync_map("fp_exempt_exes", fp_exes)
+            self._sync_map("payload_scopes", payload_scopes)
             self._sync_map("no_connect_comms", no_comms)
             self._sync_map("no_connect_exes", no_exes)
             self._sync_attachments(attach)
@@ -265,8 +305,43 @@ class Enforcer:
                 tmp.write_bytes(policy.SerializeToString())
                 os.replace(tmp, self.state_dir / "policy.pb")
             log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d egress allowlists, "
-                     "%d stratum scopes, %d cgroup attachments", policy.version, len(kill), len(deny),
-                     len(allow_scopes), len(stratum), len(self.attached))
+                     "%d payload fingerprints in %d scopes, %d cgroup attachments", policy.version, len(kill),
+                     len(deny), len(allow_scopes), len(fingerprints), len(payload_scopes), len(self.attached))
+
+    def _fingerprint_slots(self, watches) -> dict[bytes, int]:
+        """A slot per distinct fingerprint, stable across policies (an event in flight keeps its meaning)."""
+        wanted = {fingerprint_struct(pw) for pw in watches}
+        if len(wanted) > FP_MAX:
+            raise ValueError(f"{len(wanted)} payload fingerprints; the egress hook holds at most {FP_MAX}")
+        self.fp_slots = {fp: slot for fp, slot in self.fp_slots.items() if fp in wanted}
+        free = sorted(set(range(FP_MAX)) - set(self.fp_slots.values()))
+        for fp in sorted(wanted - set(self.fp_slots)):
+            self.fp_slots[fp] = free.pop(0)
+        return dict(self.fp_slots)
+
+    def _write_fingerprints(self, slots: dict[bytes, int]) -> None:
+        """Slots, then the anchors of wide windows, then the config that makes them visible.
+
+        Unused slots are zeroed with min_len beyond any packet, so a stale slot never matches."""
+        table, config = self.bpf[b"fingerprints"], self.bpf[b"fingerprint_config"]
+        by_slot = {slot: fp for fp, slot in slots.items()}
+        never = struct.pack(FINGERPRINT, b"", b"", 0, 0, 0xFFFFFFFF, 0)
+        for slot in range(FP_MAX):
+            table[table.Key(slot)] = table.Leaf.from_buffer_copy(by_slot.get(slot, never))
+        wanted = {}
+        stratum_slot = 0
+        for fp, slot in slots.items():
+            pattern, _mask, lo, hi, _min, flags = struct.unpack(FINGERPRINT, fp)
+            if flags & FP_STRATUM:
+                stratum_slot = slot + 1
+            elif hi - lo >= FP_NEAR:
+                for shift in range(4):
+                    word = struct.unpack_from("<I", pattern, shift)[0] & ANCHOR_FOLD
+                    wanted[struct.pack("<I", word)] = struct.pack("<I", slot | shift << 8)
+        self._sync_map("fp_anchors", wanted)
+        used = max(by_slot, default=-1) + 1
+        config[config.Key(0)] = config.Leaf.from_buffer_copy(
+            struct.pack("<III", used, 1 if wanted else 0, stratum_slot))
 
     def _job_roots(self, paths: dict[int, str]) -> dict[int, tuple[str, Job]]:
         """The shallowest cgroup of every job: its parent belongs to another job, or to none."""
@@ -327,7 +402,7 @@ class Enforcer:
         from bcc import BPF  # noqa: PLC0415
 
         names = dict((t, n) for n, t in DENY_PROGRAMS)
-        names[STRATUM_PROGRAM[1]] = STRATUM_PROGRAM[0]
+        names[PAYLOAD_PROGRAM[1]] = PAYLOAD_PROGRAM[0]
         prog_types = {INET_EGRESS: BPF.CGROUP_SKB}
         for cgroup, attach_type in sorted(desired - set(self.attached)):
             prog_type = prog_types.get(attach_type, BPF.CGROUP_SOCK_ADDR)
@@ -381,7 +456,7 @@ class Enforcer:
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
         return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
-            [s.scope for s in policy.stratum] + [n.scope for n in policy.no_connect]
+            [s.scope for s in policy.payload] + [n.scope for n in policy.no_connect]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[pb.Event]) -> None:
@@ -391,8 +466,8 @@ class Enforcer:
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:
                 self.worker.submit(self._check_hash, ev)
-            elif kind == "enforcement" and ev.enforcement.action == DROP_STRATUM:
-                self.worker.submit(self._kill_stratum_sender, ev)
+            elif kind == "enforcement" and ev.enforcement.action in (DROP_STRATUM, DROP_PAYLOAD):
+                self.worker.submit(self._kill_payload_sender, ev)
 
     def _check_hash(self, ev: pb.Event) -> None:
         hashed = [k for k in self.policy.kill if k.sha256]
@@ -405,10 +480,10 @@ class Enforcer:
                 self.kill(ev.process.pid, ev.process.key, kb.rule_id, tree=False,
                           why=f"executable sha256 {digest[:12]}… is known bad")
 
-    def _kill_stratum_sender(self, ev: pb.Event) -> None:
+    def _kill_payload_sender(self, ev: pb.Event) -> None:
         if ev.process.pid:
-            self.kill(ev.process.pid, ev.process.key, ev.enforcement.rule_id, tree=False,
-                      why="sent a stratum handshake")
+            what = "a stratum handshake" if ev.enforcement.action == DROP_STRATUM else "a fingerprinted payload"
+            self.kill(ev.process.pid, ev.process.key, ev.enforcement.rule_id, tree=False, why=f"sent {what}")
 
     def on_command(self, msg: cpb.CollectorMessage) -> cpb.AgentMessage | None:
         kind = msg.WhichOneof("msg")

@@ -32,8 +32,21 @@ from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 from agent.ssh_config import ssh_forwards
 from agent.text import clean
+from gpuguard.render import printable
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, JOB_HOST, JOB_SLURM, JOB_SYSTEMD, KILL_EXEC, SEEN_STRATUM
+from gpuguard.vocab import (
+    DENY_CONNECT,
+    DENY_PIPE_CONNECT,
+    DROP_PAYLOAD,
+    DROP_STRATUM,
+    JOB_HOST,
+    JOB_SLURM,
+    JOB_SYSTEMD,
+    KILL_EXEC,
+    SEEN_PAYLOAD,
+    SEEN_REVERSE_SHELL,
+    SEEN_STRATUM,
+)
 
 SSH_CLIENTS = ("ssh", "autossh")
 SOCK_STREAM = 1
@@ -166,7 +179,8 @@ class Enricher:
             out = self._event(hdr, p, job)
             e = out.enforcement
             e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
-            if ev.action == DENY_CONNECT:
+            e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
+            if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
                 self.connects.denied(hdr.pid, ev.daddr, ev.dport)
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
@@ -230,8 +244,20 @@ class PendingConnects:
 
 def enforcement_detail(ev: EnforceEvent) -> str:
     dest = f"[{ev.daddr}]:{ev.dport}" if ":" in ev.daddr else f"{ev.daddr}:{ev.dport}"
+    peer = f"pid {ev.peer_pid}"
+    if ev.action == KILL_EXEC and ev.peer_pid:
+        return (f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel: its stdio is a pipe to {peer}, "
+                "which connected out")
     if ev.action == KILL_EXEC:
         return f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel"
+    if ev.action == DENY_PIPE_CONNECT:
+        return f"connect to {dest} denied in the kernel (EPERM): this process's stdio is a pipe to shell {peer}"
+    if ev.action == SEEN_REVERSE_SHELL:
+        return f"a shell wired to the network through a pipe ({ev.hdr.comm} pid {ev.hdr.pid} <-> {peer}), " \
+               "monitor mode: nothing done"
+    if ev.action in (DROP_PAYLOAD, SEEN_PAYLOAD):
+        done = "dropped in the kernel" if ev.action == DROP_PAYLOAD else "seen (reported, not dropped)"
+        return f"payload to {dest} {done}: {printable(ev.payload[:48])}"
     if ev.action == DENY_CONNECT:
         return f"connect/sendmsg to {dest} denied in the kernel (EPERM)"
     if ev.action == DROP_STRATUM:
@@ -239,3 +265,4 @@ def enforcement_detail(ev: EnforceEvent) -> str:
     if ev.action == SEEN_STRATUM:
         return f"stratum handshake to {dest} seen (monitor mode, not dropped)"
     return ev.action
+

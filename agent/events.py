@@ -73,10 +73,12 @@ class GpuOpenEvent:
 @dataclass(slots=True)
 class EnforceEvent:
     hdr: Header
-    action: str       # kill_exec | deny_connect | drop_stratum | seen_stratum
+    action: str       # an EnforcementAction name (gpuguard.vocab.ACTION_NAMES)
     rule_index: int
     daddr: str
     dport: int
+    peer_pid: int = 0        # pipe actions: the process at the pipe's other end
+    payload: bytes = b""     # payload actions: the first bytes of the packet that matched
 
 
 @dataclass(slots=True)

@@ -108,7 +108,7 @@ def attack_connect_storm(port: int, n: int = 100_000) -> str:
     for start in range(0, n, 1000):
         evs = []
         for i in range(start, start + 1000):
-            ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), connect=pb.Connect(daddr="10.9.9.9", dport=3333,
+            ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(), connect=pb.Connect(daddr="203.0.113.9", dport=3333,
                                                                                proto="tcp"))
             ev.process.pid, ev.process.key, ev.job.kind, ev.job.id = i % 50, f"k{i % 50}", "slurm", str(i % 20)
             evs.append(ev)

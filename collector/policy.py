@@ -26,15 +26,32 @@ from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_r
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import DENY_CONNECT, DROP_STRATUM, KILL, KILL_ACTIONS, KILL_EXEC, KILL_TREE, SEEN_STRATUM
+from gpuguard.vocab import (
+    DENY_CONNECT,
+    DENY_PIPE_CONNECT,
+    DROP_PAYLOAD,
+    DROP_STRATUM,
+    KILL,
+    KILL_ACTIONS,
+    KILL_EXEC,
+    KILL_TREE,
+    SEEN_ACTIONS,
+    SEEN_PAYLOAD,
+    SEEN_REVERSE_SHELL,
+    SEEN_STRATUM,
+)
 
 log = logging.getLogger(__name__)
 
-KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in", "stdio_socket"}
+KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network"}
+KERNEL_PAYLOAD_KEYS = {"payload", "stratum"}
 KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
 ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connect denied in the kernel",
                 DROP_STRATUM: "stratum handshake dropped in the kernel", KILL: "killed by the agent",
-                KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)"}
+                KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)",
+                DROP_PAYLOAD: "payload dropped in the kernel", SEEN_PAYLOAD: "payload seen (reported only)",
+                DENY_PIPE_CONNECT: "connect denied in the kernel (pipe to a shell)",
+                SEEN_REVERSE_SHELL: "reverse shell seen (monitor mode)"}
 MAX_EVIDENCE = 100
 
 
@@ -51,7 +68,18 @@ def kernel_enforceable(rule: Rule) -> bool:
         allowlist = keys == {"daddr_not_in"}     # "anything outside these networks" = an egress allowlist
         return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist or denies_by_identity(rule)) \
             and not rule.unless
-    return rule.event == "payload"
+    return rule.event == "payload" and keys <= KERNEL_PAYLOAD_KEYS and set(rule.unless) <= {"exe_name_in"}
+
+
+def payload_watch(rule: Rule, scope: ppb.Scope, drop: bool) -> ppb.PayloadWatch:
+    """The fingerprint of a payload rule, for the agents' egress hook (dropping only if drop)."""
+    pw = ppb.PayloadWatch(rule_id=rule.id, scope=scope, drop=drop, stratum="stratum" in rule.match,
+                          exempt=[str(n)[:15] for n in rule.unless.get("exe_name_in", [])])
+    spec = rule.match.get("payload")
+    if spec is not None:
+        pw.pattern, pw.mask, pw.min_len = spec.pattern, spec.mask, spec.min_len
+        pw.offset_min, pw.offset_max = spec.offset_min, spec.offset_max
+    return pw
 
 
 def _scopes(rs: RuleSet, rule: Rule) -> tuple[ppb.Scope | None, ppb.Scope | None]:
@@ -69,22 +97,25 @@ def _scopes(rs: RuleSet, rule: Rule) -> tuple[ppb.Scope | None, ppb.Scope | None
 def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
     policy = ppb.Policy(version=version, rules=sorted(rs.rules))
     for rule in rs.rules.values():
+        if rule.event == "payload":       # only the kernel sees payloads: every payload rule is a fingerprint
+            enforce, monitor = _scopes(rs, rule)
+            drop = rule.action in ("block", "kill") and kernel_enforceable(rule)
+            for scope, may_drop in ((enforce, drop), (monitor, False)):
+                if scope is not None:
+                    policy.payload.append(payload_watch(rule, scope, may_drop))
+            continue
         if rule.action not in ("block", "kill") or not kernel_enforceable(rule):
             continue
         enforce, monitor = _scopes(rs, rule)
-        if rule.event == "payload":
-            if enforce:
-                policy.stratum.add(rule_id=rule.id, scope=enforce, drop=True)
-            if monitor:
-                policy.stratum.add(rule_id=rule.id, scope=monitor, drop=False)
-            continue
         if enforce is None:
             continue
         if rule.event == "exec":
             for name in rule.match["exe_name_in"]:
+                network = bool(rule.match.get("stdio_network"))
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
                                 options=rule.match.get("argv_short_option_in", ""),
-                                stdio_socket=bool(rule.match.get("stdio_socket")))
+                                stdio_socket=network or bool(rule.match.get("stdio_socket")),
+                                stdio_pipe_network=network)
         elif denies_by_identity(rule):
             for name in rule.match["exe_name_in"]:
                 policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)
@@ -136,8 +167,8 @@ class PolicyManager:
             self.correlator = Correlator(rs)
             self.policy = compile_policy(rs, self.version)
         log.info("policy version %d: %d rules, %d correlations (%s); kernel: %d kill-at-exec, %d deny, "
-                 "%d stratum", self.version, len(rs.rules), len(rs.correlations), ", ".join(rs.sources),
-                 len(self.policy.kill), len(self.policy.deny), len(self.policy.stratum))
+                 "%d payload fingerprints", self.version, len(rs.rules), len(rs.correlations), ", ".join(rs.sources),
+                 len(self.policy.kill), len(self.policy.deny), len(self.policy.payload))
 
     def _push_policy(self) -> None:
         msg = cpb.CollectorMessage(policy=self.policy)
@@ -229,10 +260,11 @@ class PolicyManager:
         rule = m.rule
         mode = self._mode(rule.mode, ev.job.id)
         if mode == "monitor":
-            state, outcome = ppb.ALERT_MONITORED, "alerted (monitor mode)"
+            seen = ev.enforcement.detail if ev.WhichOneof("body") == "enforcement" else ""
+            state, outcome = ppb.ALERT_MONITORED, f"alerted (monitor mode){': ' + seen if seen else ''}"
         elif rule.action == "alert":
             state, outcome = ppb.ALERT_ALERTED, "alerted"
-        elif ev.WhichOneof("body") == "enforcement":
+        elif ev.WhichOneof("body") == "enforcement" and ev.enforcement.action not in SEEN_ACTIONS:
             state, outcome = ppb.ALERT_CONFIRMED, ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
         elif kernel_enforceable(rule):
             state = ppb.ALERT_BLOCK_EXPECTED
@@ -274,6 +306,8 @@ class PolicyManager:
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
         e = ev.enforcement
+        if e.action in (SEEN_STRATUM, SEEN_PAYLOAD):
+            return       # only seen: the rules (payload event class) decide whether that is an alert
         if e.action in KILL_ACTIONS:
             self.killed[(host, ev.process.key)] = f"{e.rule_id}: {ACTION_NAMES.get(e.action, e.action)}"
             while len(self.killed) > 20_000:
@@ -281,7 +315,9 @@ class PolicyManager:
         meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)
         alert = self._alert(host, ev, e.rule_id, meta.description if meta else f"enforcement by {e.rule_id}",
                             meta.severity if meta else "high", meta.action if meta else "kill",
-                            ppb.ALERT_CONFIRMED, f"confirmed: {e.detail}", {"action": e.action}, [ev.seq])
+                            ppb.ALERT_MONITORED if e.action == SEEN_REVERSE_SHELL else ppb.ALERT_CONFIRMED,
+                            f"{'seen' if e.action == SEEN_REVERSE_SHELL else 'confirmed'}: {e.detail}",
+                            {"action": e.action}, [ev.seq])
         self._upsert(alert, detail=e.detail)
 
     @staticmethod

@@ -29,6 +29,11 @@ def safe(text) -> str:
                                                             else f"\\u{ord(m.group(0)):04x}"), text)
 
 
+def printable(data: bytes) -> str:
+    """Payload bytes for a log line or a table: ASCII as is, the rest as \\xNN (never a control character)."""
+    return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02x}" for b in data)
+
+
 def ts(ns: int) -> str:
     if not ns:
         return "-"

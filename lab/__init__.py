@@ -190,6 +190,59 @@ class FakePool:
         self.sock.close()
 
 
+class FakeSocksServer(FakePool):
+    """A loopback SOCKS5 proxy that says yes to every CONNECT and connects nowhere: it records what
+    the client sent through it (the greeting, the CONNECT request, then the proxied bytes)."""
+
+    def _read(self, conn) -> None:
+        conn.settimeout(3)
+        data = b""
+        try:
+            data += conn.recv(3)                                  # 05 01 00: one method, no auth
+            conn.sendall(b"\x05\x00")
+            data += conn.recv(512)                                # 05 01 00 ATYP ADDR PORT
+            conn.sendall(b"\x05\x00\x00\x01" + bytes(6))
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        self.received.append(data)
+        conn.close()
+
+
+class CommandPeer(FakePool):
+    """The attacker's end of a reverse shell, on loopback: sends one command to whoever connects,
+    then records what comes back. The command only touches a file the test names."""
+
+    def __init__(self, command: bytes) -> None:
+        self.command = command
+        super().__init__()
+
+    def _read(self, conn) -> None:
+        try:
+            conn.sendall(self.command)
+        except OSError:
+            pass
+        super()._read(conn)
+
+
+# A harmless netcat: connect to 127.0.0.1:PORT, copy the socket to stdout and stdin to the socket.
+# Exits 13 when its connect is refused with EPERM (what the kernel does to a process feeding a shell).
+RELAY = """
+import errno, os, socket, sys, threading
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+except PermissionError:
+    sys.exit(13)
+def up():
+    while data := os.read(0, 4096):
+        s.sendall(data)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(4096):
+    os.write(1, data)
+"""
+
+
 def run_in_cgroup(cg: Path, argv: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """Start argv inside cgroup cg: the child moves itself in, then execs."""
     script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'

@@ -10,7 +10,10 @@
  * Process identity: programs that never connect inside a job (shells, awk) are
  * denied whatever the destination, matched by comm or by executable (device and
  * inode of the task's mm->exe_file, read at BTF offsets), so bash's /dev/tcp and
- * awk's /inet fail at the syscall. */
+ * awk's /inet fail at the syscall.
+ *
+ * Pipes: a process whose stdin/stdout is the other end of a watched shell's pipe is refused any
+ * connect (see pipe_check). */
 #include "gpuguard.h"
 
 /* data = scope cgroup id (8 bytes, little-endian) | port (2, network order,
@@ -55,18 +58,50 @@ static __always_inline void current_exe(u32 *dev, u64 *ino)
     *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
 }
 
-static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule)
+static __always_inline int report(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule, u32 action, u32 peer)
 {
     struct enforce_event e = {};
     fill_header(&e.hdr, EV_ENFORCE);
-    e.hdr.result = -1;   /* EPERM */
-    e.action = ACT_DENY_CONNECT;
+    e.hdr.result = action == ACT_SEEN_REVERSE_SHELL ? 0 : -1;   /* EPERM */
+    e.action = action;
     e.rule = rule;
+    e.peer_tgid = peer;
     e.family = ctx->user_family;
     e.dport = bpf_ntohs(port);
     __builtin_memcpy(e.daddr, addr, 16);
     emit(&e, sizeof(e), EV_ENFORCE);
-    return 0;
+    return action == ACT_SEEN_REVERSE_SHELL;
+}
+
+static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule)
+{
+    return report(ctx, addr, port, rule, ACT_DENY_CONNECT, 0);
+}
+
+/* Reverse shells through pipes: if the caller's stdin/stdout is the other end of a pipe on a watched
+ * shell's stdio (`sh -i 2>&1 | nc host port > fifo`), the connect is refused (reported only in
+ * monitor mode); otherwise the caller's pipe ends are remembered, so a shell exec'd later on their
+ * other ends is killed at exec (enforce_exec.c). */
+static __always_inline int pipe_check(struct bpf_sock_addr *ctx, u8 *addr, u16 port)
+{
+    struct pipe_key keys[3] = {};
+    stdio_pipes(keys);
+    u32 self = bpf_get_current_pid_tgid() >> 32;
+    for (int fd = 0; fd < 3; fd++) {
+        if (!keys[fd].inode)
+            continue;
+        struct pipe_key other = pipe_peer(&keys[fd]);
+        struct pipe_holder *h = shell_pipes.lookup(&other);
+        if (h && h->tgid != self) {
+            u32 action = task_exempt() ? ACT_SEEN_REVERSE_SHELL : ACT_DENY_PIPE_CONNECT;
+            return report(ctx, addr, port, h->rule, action, h->tgid);
+        }
+    }
+    struct pipe_holder mine = {.tgid = self};
+    for (int fd = 0; fd < 3; fd++)
+        if (keys[fd].inode)
+            net_pipes.update(&keys[fd], &mine);
+    return 1;
 }
 
 /* Look up (scope, port, addr), then (scope, any port, addr). One function per
@@ -124,7 +159,7 @@ static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
         if (allow_rule && !allow_lookup(&k, scope, port))
             return task_exempt() ? 1 : refuse(ctx, addr, port, *allow_rule);
     }
-    return 1;
+    return pipe_check(ctx, addr, port);
 }
 
 static __always_inline int deny_v4(struct bpf_sock_addr *ctx)

@@ -21,7 +21,7 @@ struct kill_arg {
     char s[ARG_LEN];
 };
 
-#define KILL_IF_STDIO_SOCKET 1   /* kill only when fd 0, 1 or 2 is a socket (a reverse shell) */
+/* kill_val.flags: KILL_IF_STDIO_SOCKET, KILL_IF_PIPE_NETWORK (vocab.h, from the KillCondition enum) */
 
 struct kill_val {
     u32 rule;
@@ -59,6 +59,36 @@ static __always_inline u64 argv_optmask(void)
     return mask;
 }
 
+/* Does the new image's stdio lead to the network? KILL_IF_STDIO_SOCKET: fd 0-2 is an inet socket.
+ * KILL_IF_PIPE_NETWORK: fd 0-2 is a pipe whose other end a process that connected out holds as its
+ * stdio (*peer = its tgid); when none does yet, the shell's pipe ends are remembered so that the
+ * process feeding it gets EPERM when it connects (enforce_connect.c). */
+static __always_inline int stdio_condition(struct kill_val *v, u32 *peer)
+{
+    if ((v->flags & KILL_IF_STDIO_SOCKET) && (stdio_kinds() & (STDIO_SOCKET(0) | STDIO_SOCKET(1) | STDIO_SOCKET(2))))
+        return 1;
+    if (!(v->flags & KILL_IF_PIPE_NETWORK))
+        return 0;
+    struct pipe_key keys[3] = {};
+    stdio_pipes(keys);
+    u32 self = bpf_get_current_pid_tgid() >> 32;
+    for (int fd = 0; fd < 3; fd++) {
+        if (!keys[fd].inode)
+            continue;
+        struct pipe_key other = pipe_peer(&keys[fd]);
+        struct pipe_holder *h = net_pipes.lookup(&other);
+        if (h && h->tgid != self) {
+            *peer = h->tgid;
+            return 1;
+        }
+    }
+    struct pipe_holder mine = {.tgid = self, .rule = v->rule};
+    for (int fd = 0; fd < 3; fd++)
+        if (keys[fd].inode)
+            shell_pipes.update(&keys[fd], &mine);
+    return 0;
+}
+
 /* Not a TRACEPOINT_PROBE: BCC would attach it through a perf event that dies with the
  * agent. agent/pinned_exec.py attaches it with a pinned bpf_link instead, so a killed
  * agent's node keeps killing at exec (the context is unused: comm and cgroup come from helpers). */
@@ -81,15 +111,19 @@ int kill_at_exec(void *args)
         }
         if (v->optmask && !(v->optmask & opts))
             continue;
-        if ((v->flags & KILL_IF_STDIO_SOCKET) && !(stdio_kinds() & (STDIO_SOCKET(0) | STDIO_SOCKET(1) | STDIO_SOCKET(2))))
+        u32 peer = 0;
+        if (v->flags && !stdio_condition(v, &peer))
             continue;
-        if (task_exempt())
-            return 0;
-        bpf_send_signal(9);
+        int exempt = task_exempt();
+        if (exempt && !peer)
+            return 0;      /* monitor mode: user space alerts from the exec record */
+        if (!exempt)
+            bpf_send_signal(9);
         struct enforce_event e = {};
         fill_header(&e.hdr, EV_ENFORCE);
-        e.action = ACT_KILL_EXEC;
+        e.action = exempt ? ACT_SEEN_REVERSE_SHELL : ACT_KILL_EXEC;
         e.rule = v->rule;
+        e.peer_tgid = peer;
         emit(&e, sizeof(e), EV_ENFORCE);
         break;
     }

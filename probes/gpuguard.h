@@ -113,14 +113,19 @@ struct gpu_open_event {
 
 /* Something enforcement did or saw. For stratum events the header's pid may
  * be 0 (packet sent outside process context); cgroup_id is the socket's. */
+#define PAYLOAD_EXCERPT 64
+
 struct enforce_event {
     struct event_header hdr;
     u32 action;
     u32 rule;                      /* index into the policy's rule list */
     u16 family;
     u16 dport;
-    u32 _pad;
+    u32 peer_tgid;                 /* pipe actions: the process at the pipe's other end */
     u8 daddr[16];
+    u32 payload_len;               /* payload actions: bytes of payload[] filled */
+    u32 _pad;
+    u8 payload[PAYLOAD_EXCERPT];   /* payload actions: the first bytes of the packet that matched */
 };
 
 struct cgroup_event {
@@ -224,6 +229,59 @@ static __always_inline u32 stdio_kinds(void)
             bits |= STDIO_FIFO(fd);
     }
     return bits;
+}
+
+/* Pipes and FIFOs on fds 0-2, for reverse shells wired through them (`nc host port | sh`, mkfifo
+ * loops). A pipe is named by its inode's address and number (both: an address alone can be reused
+ * after the pipe is freed) and by the end a task holds: fd 0 reads, fds 1 and 2 write. A shell and
+ * the process that feeds it hold opposite ends of one pipe; a child that inherits the shell's stdio
+ * holds the same ends as the shell, so it never matches. */
+#define PIPE_READ 0
+#define PIPE_WRITE 1
+
+struct pipe_key {
+    u64 inode;
+    u64 ino;
+    u32 end;
+    u32 _pad;
+};
+
+struct pipe_holder {
+    u32 tgid;
+    u32 rule;                      /* shell_pipes: the rule that watches the shell */
+};
+
+/* shell_pipes: pipe ends on the stdio of a watched shell (kill_at_exec writes them);
+ * net_pipes: pipe ends on the stdio of a process that connected out (the connect hooks write them). */
+BPF_TABLE("lru_hash", struct pipe_key, struct pipe_holder, shell_pipes, 16384);
+BPF_TABLE("lru_hash", struct pipe_key, struct pipe_holder, net_pipes, 16384);
+
+/* The pipe ends on the current task's fds 0-2 (keys[fd].inode == 0: not a pipe). */
+static __always_inline void stdio_pipes(struct pipe_key keys[3])
+{
+    void *task = (void *)bpf_get_current_task();
+    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
+    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
+    void *fds = fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+    if (!fds)
+        return;
+    for (u32 fd = 0; fd < 3; fd++) {
+        void *file = (void *)kread_array_u64(fds, fd);
+        void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+        if (!inode || (kread_u32(inode, OFF_INODE_MODE) & S_IFMT_) != S_IFIFO_)
+            continue;
+        keys[fd].inode = (u64)inode;
+        keys[fd].ino = kread_u64(inode, OFF_INODE_INO);
+        keys[fd].end = fd == 0 ? PIPE_READ : PIPE_WRITE;
+    }
+}
+
+/* The key of the other end of the same pipe. */
+static __always_inline struct pipe_key pipe_peer(struct pipe_key *k)
+{
+    struct pipe_key peer = *k;
+    peer.end = k->end == PIPE_READ ? PIPE_WRITE : PIPE_READ;
+    return peer;
 }
 
 static __always_inline u32 real_parent_tgid(void *task)

@@ -122,3 +122,18 @@ def test_cgroup(cgroup2_root):
 
     yield make
     remove_cgroup_tree(base)
+
+
+@pytest.fixture
+def enforcer(capture, tmp_path, test_cgroup):
+    """Depends on test_cgroup so it is torn down first: detach, then rmdir (a cgroup removed with a
+    program still attached lingers as a dying cgroup while its sockets time out)."""
+    from agent.enforce import Enforcer  # noqa: PLC0415 - needs bcc: only where BPF is
+    from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+
+    enf = Enforcer(capture, tmp_path / "state")
+    capture.injected.append(enf.injected)
+    yield enf
+    enf.apply(ppb.Policy(version=0), persist=False)   # empty maps
+    enf.close()
+    capture.injected.remove(enf.injected)

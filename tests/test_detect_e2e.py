@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,13 +36,15 @@ def stack(tmp_path, test_cgroup):
     ag = agent(tmp_path, port, host_id).start()
     pool = FakePool()
     st = {"tmp": tmp_path, "port": port, "host": host_id, "pool": pool}
-    wait_policy(st)
-    st["slurm"] = test_cgroup("slurm/uid_0")
-    wait_for_text(tmp_path / "agent.log", f"stratum_egress to {st['slurm'].parent}", timeout=15)
-    yield st
-    pool.close()
-    ag.stop()
-    col.stop()
+    try:
+        wait_policy(st)
+        st["slurm"] = test_cgroup("slurm/uid_0")
+        wait_for_text(tmp_path / "agent.log", f"payload_egress to {st['slurm'].parent}", timeout=15)
+        yield st
+    finally:               # also when the set-up failed: a stray agent would enforce on later tests' jobs
+        pool.close()
+        ag.stop()
+        col.stop()
 
 
 def job_cgroup(st, job: str, step: str = "") -> Path:
@@ -129,6 +132,29 @@ def test_renamed_miner_with_neutral_argv_caught_by_payload_hook(stack):
     assert any(x["rule_id"] == "stratum-handshake" and x["process"]["comm"] == "data-prefetch" for x in got)
 
 
+def test_renamed_tunnel_and_an_ssh_library_are_caught(stack):
+    """A tunnel client renamed to something innocent (its argv shape gives it away) and an in-process SSH
+    library (its banner gives it away): both killed, the banner never leaves the job."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    helper = stack["tmp"] / "data-sync"
+    shutil.copy(PYTHON, helper)
+    tunnel = run_in_cgroup(cg, [str(helper), "-c", "import time; time.sleep(30)", "client", "127.0.0.1:8080",
+                                "R:2222:localhost:22"], timeout=40)
+    assert tunnel.returncode == -9                               # kill ordered by the collector
+    banner = ("import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+              "s.sendall(b'SSH-2.0-paramiko_3.4.0\\r\\n')\ntime.sleep(30)\n")
+    library = run_in_cgroup(cg, [PYTHON, "-c", banner, str(stack["pool"].port)], timeout=40)
+    assert library.returncode == -9                              # the agent kills the sender of a dropped banner
+    stack["pool"].settle()
+    assert not stack["pool"].got(b"paramiko")
+    got = alerts(stack, job, {"tunnel-argv-shape", "ssh-banner-unknown-client"})
+    by_rule = {a["rule_id"]: a for a in got}
+    assert "R:2222" in by_rule["tunnel-argv-shape"]["matched"]["argv_regex"]
+    assert by_rule["ssh-banner-unknown-client"]["state"] == "ALERT_CONFIRMED"
+    assert by_rule["ssh-banner-unknown-client"]["matched"]["action"] in ("drop_payload", "kill")
+
+
 @pytest.mark.parametrize("mode", ["enforce", "monitor"])
 def test_reverse_ssh_tunnel_to_netns_sshd(stack, mode):
     job = new_job()
@@ -182,6 +208,9 @@ def test_correlation_kills_the_process_tree(stack):
     job = new_job()
     cg = job_cgroup(stack, job, "step_0")
     tmp = stack["tmp"]
+    # the fake pool listens on loopback, which the built-in cluster_networks count as the cluster's own
+    # (pool ports are no evidence there): this site's cluster network is 10/8 only
+    apply_policy(stack, "lists:\n  cluster_networks: [10.0.0.0/8]\n")
     port = next(p for p in (14444, 14433, 45700, 45560) if _free(p))
     pool = FakePool(port)
     helper = tmp / "bin" / "kworker-cache"
@@ -250,15 +279,23 @@ TRAINING = textwrap.dedent("""\
         except OSError: pass
         os._exit(0)
     os.waitpid(pid, 0)
-    master = socket.create_server(("127.0.0.1", 29500))
+    # rendezvous on a port that is also on the pool-port list (8000 etc.): inside the cluster, so not evidence
+    master = socket.create_server(("127.0.0.1", int(sys.argv[1])))
     data = socket.create_server(("127.0.0.1", 0))
     def rank1():
-        with socket.create_connection(("127.0.0.1", 29500)) as s: s.sendall(b"rank1")
+        with socket.create_connection(("127.0.0.1", master.getsockname()[1])) as s: s.sendall(b"rank1")
         with socket.create_connection(("127.0.0.1", data.getsockname()[1])) as s: s.sendall(b"grad" * 1000)
     t = threading.Thread(target=rank1); t.start()
     for srv in (master, data):
         c, _ = srv.accept(); c.recv(65536); c.close()
     t.join()
+    # a compile step through system() (a shell with the trainer's stdio, after the trainer connected out)
+    # and a GPU monitor (a new binary that opens the control device)
+    assert os.system("/bin/sh -c 'echo compiled > /dev/null'") == 0
+    import shutil, subprocess, tempfile
+    smi = os.path.join(tempfile.mkdtemp(), "nvidia-smi")
+    shutil.copy("/bin/cat", smi)
+    subprocess.run([smi, "/dev/nvidiactl"], stderr=subprocess.DEVNULL)
     print("training ok")
 """)
 
@@ -303,9 +340,10 @@ def test_benign_gpu_node_traffic_raises_nothing(stack):
             assert (tmp / "dl" / wheel).exists()
             # 4. training: GPU, a forked worker, rendezvous on 29500 and a high data port
             script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
-                      f'&& exec {PYTHON} -c "$0"')
-            train = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, TRAINING], capture_output=True,
-                                  text=True, timeout=60)
+                      f'&& exec {PYTHON} -c "$0" "$1"')
+            rendezvous = next(p for p in (8000, 8001, 8008, 8888, 9999, 29500) if _free(p))
+            train = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, TRAINING, str(rendezvous)],
+                                  capture_output=True, text=True, timeout=60)
             assert train.returncode == 0 and "training ok" in train.stdout, train.stderr
         finally:
             index.kill()

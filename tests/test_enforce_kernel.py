@@ -21,18 +21,6 @@ from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture
-def enforcer(capture, tmp_path, test_cgroup):
-    """Depends on test_cgroup so it is torn down first: detach, then rmdir (a cgroup removed with a
-    program still attached lingers as a dying cgroup while its sockets time out)."""
-    enf = Enforcer(capture, tmp_path / "state")
-    capture.injected.append(enf.injected)
-    yield enf
-    enf.apply(ppb.Policy(version=0), persist=False)   # empty maps
-    enf.close()
-    capture.injected.remove(enf.injected)
-
-
 def job_scope(job_id: str) -> ppb.Scope:
     return ppb.Scope(job_ids=[job_id])
 
@@ -167,8 +155,8 @@ HTTP = "GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pip/24.0\r\n\r\n
 def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
     job = str(6000 + uuid.uuid4().int % 999)
     cg = test_cgroup(f"slurm/job_{job}")
-    enforcer.apply(ppb.Policy(version=3, stratum=[ppb.StratumWatch(rule_id="t-stratum", scope=job_scope(job),
-                                                                   drop=drop)]), persist=False)
+    enforcer.apply(ppb.Policy(version=3, payload=[ppb.PayloadWatch(rule_id="t-stratum", scope=job_scope(job),
+                                                                   stratum=True, drop=drop)]), persist=False)
     pool = FakePool()
     try:
         for payload in (SUBSCRIBE, XMR_LOGIN, HTTP):

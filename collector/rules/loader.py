@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 import yaml.composer
 
+from collector.rules.payload import parse_spec
 from collector.rules.regex import RegexError, compile_regex
 
 BUILTIN = Path(__file__).with_name("builtin.yaml")
@@ -18,7 +19,7 @@ EVENTS = ("exec", "connect", "gpu_open", "payload")
 ACTIONS = ("signal", "alert", "block", "kill")
 MODES = ("monitor", "enforce")
 MATCH_KEYS = {
-    "exe_name_in": ("exec", "connect", "gpu_open"),
+    "exe_name_in": ("exec", "connect", "gpu_open", "payload"),
     "argv_regex": ("exec",),
     "argv_short_option_in": ("exec",),
     "exe_prefix_in": ("exec", "connect", "gpu_open"),
@@ -32,8 +33,13 @@ MATCH_KEYS = {
     "gpu_new_binary": ("gpu_open",),
     "ssh_config_forward": ("exec",),
     "stdio_socket": ("exec",),
+    "stdio_network": ("exec",),
     "stratum": ("payload",),
+    "payload": ("payload",),
+    "socks_dport_in": ("payload",),
+    "socks_host_in": ("payload",),
 }
+FINGERPRINT_KEYS = ("stratum", "payload")     # a payload rule names what the kernel looks for
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
 
 
@@ -196,13 +202,18 @@ class _Parser:
             if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
                 raise self.err(d, k, where, "must be option letters, e.g. RDw")
             return v
-        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket"):
+        if k == "payload":
+            try:
+                return parse_spec(_clean(v))
+            except ValueError as exc:
+                raise self.err(d, k, where, str(exc)) from exc
+        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket", "stdio_network"):
             if v is not True:
                 raise self.err(d, k, where, "must be true")
             return v
         if not isinstance(v, list) or not v:
             raise self.err(d, k, where, "must be a non-empty list (or $list)")
-        if k == "dport_in":
+        if k in ("dport_in", "socks_dport_in"):
             if not all(isinstance(p, int) and 0 < p < 65536 for p in v):
                 raise self.err(d, k, where, "ports must be integers 1-65535")
         if k == "daddr_domain_in" and not all(re.fullmatch(r"[A-Za-z0-9.-]+", str(n)) for n in v):
@@ -213,7 +224,7 @@ class _Parser:
                     ipaddress.ip_network(str(c), strict=False)
                 except ValueError as exc:
                     raise self.err(d, k, where, f"bad CIDR {c!r}") from exc
-        return [str(x) if k != "dport_in" else x for x in v]
+        return [x if k in ("dport_in", "socks_dport_in") else str(x) for x in v]
 
     def scope(self, d: dict, where: str) -> dict:
         sc = d.get("scope") or {}
@@ -236,6 +247,8 @@ class _Parser:
         match = self.conditions(d, "match", event, where)
         if not match:
             raise self.err(d, "match", where, "a rule needs at least one match field")
+        if event == "payload" and not any(k in match for k in FINGERPRINT_KEYS):
+            raise self.err(d, "match", where, "a payload rule needs a fingerprint: payload or stratum")
         return Rule(id=rid, description=self.need(d, "description", where),
                     severity=self.choice(d, "severity", where, SEVERITIES, "medium"), event=event, match=match,
                     action=self.choice(d, "action", where, ACTIONS, "alert"),

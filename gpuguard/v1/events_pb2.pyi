@@ -28,6 +28,16 @@ class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_SEEN_STRATUM: _ClassVar[EnforcementAction]
     ACTION_KILL: _ClassVar[EnforcementAction]
     ACTION_KILL_TREE: _ClassVar[EnforcementAction]
+    ACTION_DROP_PAYLOAD: _ClassVar[EnforcementAction]
+    ACTION_SEEN_PAYLOAD: _ClassVar[EnforcementAction]
+    ACTION_DENY_PIPE_CONNECT: _ClassVar[EnforcementAction]
+    ACTION_SEEN_REVERSE_SHELL: _ClassVar[EnforcementAction]
+
+class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KILL_IF_ALWAYS: _ClassVar[KillCondition]
+    KILL_IF_STDIO_SOCKET: _ClassVar[KillCondition]
+    KILL_IF_PIPE_NETWORK: _ClassVar[KillCondition]
 
 class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +63,13 @@ ACTION_DROP_STRATUM: EnforcementAction
 ACTION_SEEN_STRATUM: EnforcementAction
 ACTION_KILL: EnforcementAction
 ACTION_KILL_TREE: EnforcementAction
+ACTION_DROP_PAYLOAD: EnforcementAction
+ACTION_SEEN_PAYLOAD: EnforcementAction
+ACTION_DENY_PIPE_CONNECT: EnforcementAction
+ACTION_SEEN_REVERSE_SHELL: EnforcementAction
+KILL_IF_ALWAYS: KillCondition
+KILL_IF_STDIO_SOCKET: KillCondition
+KILL_IF_PIPE_NETWORK: KillCondition
 JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_HOST: JobKind
 JOB_KIND_SLURM: JobKind
@@ -224,14 +241,22 @@ class Gap(_message.Message):
     def __init__(self, from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Enforcement(_message.Message):
-    __slots__ = ("rule_id", "action", "detail")
+    __slots__ = ("rule_id", "action", "detail", "payload", "daddr", "dport", "peer_pid")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    DADDR_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    PEER_PID_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     action: str
     detail: str
-    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    payload: bytes
+    daddr: str
+    dport: int
+    peer_pid: int
+    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement")

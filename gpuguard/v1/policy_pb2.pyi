@@ -50,20 +50,22 @@ class DenyDestination(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidr: _Optional[str] = ..., port: _Optional[int] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class KillBinary(_message.Message):
-    __slots__ = ("rule_id", "comm", "sha256", "scope", "options", "stdio_socket")
+    __slots__ = ("rule_id", "comm", "sha256", "scope", "options", "stdio_socket", "stdio_pipe_network")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STDIO_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    STDIO_PIPE_NETWORK_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     comm: str
     sha256: str
     scope: Scope
     options: str
     stdio_socket: bool
-    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ...) -> None: ...
+    stdio_pipe_network: bool
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ..., stdio_pipe_network: _Optional[bool] = ...) -> None: ...
 
 class EgressAllowlist(_message.Message):
     __slots__ = ("rule_id", "cidrs", "ports", "scope")
@@ -77,33 +79,47 @@ class EgressAllowlist(_message.Message):
     scope: Scope
     def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
-class StratumWatch(_message.Message):
-    __slots__ = ("rule_id", "scope", "drop")
-    RULE_ID_FIELD_NUMBER: _ClassVar[int]
-    SCOPE_FIELD_NUMBER: _ClassVar[int]
-    DROP_FIELD_NUMBER: _ClassVar[int]
-    rule_id: str
-    scope: Scope
-    drop: bool
-    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ...) -> None: ...
-
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "stratum", "rules", "allow", "no_connect")
+    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
-    STRATUM_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     NO_CONNECT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
-    stratum: _containers.RepeatedCompositeFieldContainer[StratumWatch]
     rules: _containers.RepeatedScalarFieldContainer[str]
     allow: _containers.RepeatedCompositeFieldContainer[EgressAllowlist]
     no_connect: _containers.RepeatedCompositeFieldContainer[NoConnect]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., stratum: _Optional[_Iterable[_Union[StratumWatch, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ...) -> None: ...
+    payload: _containers.RepeatedCompositeFieldContainer[PayloadWatch]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ...) -> None: ...
+
+class PayloadWatch(_message.Message):
+    __slots__ = ("rule_id", "scope", "drop", "stratum", "pattern", "mask", "offset_min", "offset_max", "min_len", "exempt")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    STRATUM_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MIN_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MAX_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEN_FIELD_NUMBER: _ClassVar[int]
+    EXEMPT_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    drop: bool
+    stratum: bool
+    pattern: bytes
+    mask: bytes
+    offset_min: int
+    offset_max: int
+    min_len: int
+    exempt: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., drop: _Optional[bool] = ..., stratum: _Optional[bool] = ..., pattern: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., offset_min: _Optional[int] = ..., offset_max: _Optional[int] = ..., min_len: _Optional[int] = ..., exempt: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NoConnect(_message.Message):
     __slots__ = ("rule_id", "comm", "scope")

@@ -1,0 +1,138 @@
+"""The rule corpus (tests/corpus/rules.yaml), table-driven: every built-in rule has a case that fires it
+and one that must not; event sequences of normal training raise nothing (pure logic, no kernel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collector.correlate import Correlator
+from collector.policy import kernel_enforceable
+from collector.rules.engine import Engine
+from collector.rules.loader import load_ruleset, rule_texts
+from collector.rules.payload import looks_like_stratum
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import DROP_PAYLOAD, DROP_STRATUM, SEEN_PAYLOAD, SEEN_STRATUM
+
+CORPUS = yaml.safe_load((Path(__file__).parent / "corpus" / "rules.yaml").read_text())
+RULESET = load_ruleset(rule_texts())
+ENGINE = Engine(RULESET)
+HOST = "node-1"
+
+
+def case_id(case: dict) -> str:
+    kind = next(k for k in ("exec", "connect", "payload") if k in case)
+    return f"{'+'.join(case['rules'])}-{'fires' if case['fires'] else 'quiet'}-{kind}"
+
+
+def with_job(ev: pb.Event, pid: int = 100, exe: str = "") -> pb.Event:
+    ev.job.kind, ev.job.id = "slurm", "77"
+    ev.process.pid, ev.process.key = pid, f"key-{pid}"
+    if exe:
+        ev.process.exe, ev.process.comm = exe, exe.rsplit("/", 1)[-1][:15]
+    return ev
+
+
+def exec_event(spec: dict, pid: int = 100) -> pb.Event:
+    argv = [str(a) for a in spec["argv"]]
+    ev = pb.Event(exec=pb.Exec(filename=spec.get("exe", argv[0]), argv=argv, stdio=spec.get("stdio", []),
+                               ssh_forwards=spec.get("ssh_forwards", [])))
+    return with_job(ev, pid, spec.get("exe", argv[0]))
+
+
+def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
+    ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp")))
+    return with_job(ev, pid, spec.get("exe", exe))
+
+
+def payload_bytes(spec: dict) -> bytes:
+    if "hex" in spec:
+        return bytes.fromhex(spec["hex"].replace(" ", ""))
+    return spec["text"].encode("latin-1")
+
+
+def kernel_reports(data: bytes, exe: str) -> list[pb.Event]:
+    """What the egress hook would report for this payload: one event per fingerprint that matches it
+    (the Python twin of the kernel matcher), skipping senders a rule exempts."""
+    out = []
+    name = exe.rsplit("/", 1)[-1]
+    for rule in RULESET.rules.values():
+        if rule.event != "payload" or name in rule.unless.get("exe_name_in", []):
+            continue
+        spec = rule.match.get("payload")
+        hit = looks_like_stratum(data) if "stratum" in rule.match else spec.search(data) is not None
+        if not hit:
+            continue
+        drop = rule.action in ("block", "kill") and kernel_enforceable(rule)
+        stratum = "stratum" in rule.match
+        action = (DROP_STRATUM if drop else SEEN_STRATUM) if stratum else (DROP_PAYLOAD if drop else SEEN_PAYLOAD)
+        ev = pb.Event(enforcement=pb.Enforcement(rule_id=rule.id, action=action, payload=data[:64]))
+        out.append(with_job(ev, 100, exe))
+    return out
+
+
+def fired(case: dict) -> set[str]:
+    if "exec" in case:
+        events = [exec_event(case["exec"])]
+    elif "connect" in case:
+        events = [connect_event(case["connect"])]
+    else:
+        spec = case["payload"]
+        events = kernel_reports(payload_bytes(spec), spec.get("exe", "/usr/bin/python3"))
+    return {m.rule.id for ev in events for m in ENGINE.evaluate(HOST, ev, None)}
+
+
+@pytest.mark.parametrize("case", CORPUS["cases"], ids=case_id)
+def test_case(case):
+    under_test = set(case["rules"])
+    assert fired(case) & under_test == set(case["fires"])
+
+
+def test_every_builtin_rule_has_a_positive_and_a_negative_case():
+    positive = {r for c in CORPUS["cases"] for r in c["fires"]}
+    negative = {r for c in CORPUS["cases"] for r in set(c["rules"]) - set(c["fires"])}
+    elsewhere = set(CORPUS["elsewhere"])
+    missing = {r for r in RULESET.rules if r not in elsewhere and not (r in positive and r in negative)}
+    assert not missing, f"rules without both a firing and a quiet case in the corpus: {sorted(missing)}"
+
+
+def sequence_events(seq: dict) -> list[pb.Event]:
+    """Events of one job in order; each pid's key, exe and ancestors follow its parent and its last exec."""
+    exes: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    out = []
+    for i, step in enumerate(seq["events"], start=1):
+        pid = step["pid"]
+        if "parent" in step:
+            parents[pid] = step["parent"]
+            exes.setdefault(pid, exes.get(step["parent"], ""))
+        if "exe" in step:
+            exes[pid] = step["exe"]
+        if "exec" in step:
+            exes[pid] = step["exec"].get("exe", step["exec"]["argv"][0])
+            ev = exec_event(step["exec"], pid)
+        elif "connect" in step:
+            ev = connect_event(step["connect"], pid, exes[pid])
+        else:
+            ev = with_job(pb.Event(gpu_open=pb.GpuOpen(path=step["gpu_open"])), pid, exes[pid])
+        ev.seq, ev.ts_ns = i, i * 1_000_000_000
+        ancestor = parents.get(pid)
+        while ancestor:
+            ev.process.ancestors.add(key=f"key-{ancestor}", pid=ancestor)
+            ancestor = parents.get(ancestor)
+        out.append(ev)
+    return out
+
+
+@pytest.mark.parametrize("seq", CORPUS["sequences"], ids=lambda s: s["name"][:60])
+def test_sequence(seq):
+    engine, correlator = Engine(RULESET), Correlator(RULESET)
+    alerts: set[str] = set()
+    for ev in sequence_events(seq):
+        matches = engine.evaluate(HOST, ev, correlator.context(HOST, ev))
+        correlator.observe(HOST, ev)
+        alerts |= {m.rule.id for m in matches if m.rule.action != "signal"}
+        alerts |= {corr.id for corr, _hits in correlator.record(HOST, ev, matches)}
+    assert alerts == set(seq["alerts"])
