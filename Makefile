@@ -12,8 +12,9 @@ run: setup
 	$(VENV)/bin/gpuguard up --data-dir /var/lib/gpuguard
 
 ## test: install everything, then the whole suite (real-kernel tests must run, not skip)
-test: setup
-	GPUGUARD_REQUIRE_BPF=1 $(PY) -m pytest -q -p no:cacheprovider
+test:
+	@GPUGUARD_SETUP_TEST=1 bash scripts/setup.sh
+	GPUGUARD_REQUIRE_BPF=1 GPUGUARD_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/ruff check .
 
 test-unit: setup

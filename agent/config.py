@@ -32,6 +32,8 @@ class AgentConfig:
     enforce: bool = True                     # apply policy pushed by the collector
     state_dir: str = "/var/lib/gpuguard/agent"   # last policy and cgroup attachments, for restarts
     job_patterns: list[dict] = field(default_factory=list)   # [{kind=..., regex=...}]
+    metrics: str = ""                        # HOST:PORT for Prometheus /metrics; "" = off
+    metrics_token_file: str = ""             # bearer token scrapers must present (required off loopback)
 
     def patterns(self) -> tuple[JobPattern, ...]:
         out = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.identity import HostIdentity
@@ -51,6 +53,7 @@ class Agent:
         self.print_mode = print_mode
         self._last_status = time.monotonic()
         self._last_records = 0
+        self.metrics_server = None
 
     def start(self) -> None:
         self.capture.ignore_pids.add(os.getpid())
@@ -90,6 +93,9 @@ class Agent:
             threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
             log.info("shipping to %s (spool %s, %d events waiting)", self.cfg.collector, self.cfg.spool_dir,
                      self.spool.depth())
+        if self.cfg.metrics:
+            self.metrics_server = serve_metrics(self)
+            log.info("metrics on %s/metrics", self.metrics_server.url)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -132,6 +138,8 @@ class Agent:
         self.capture.process(self.capture.probes.drain())
 
     def close(self) -> None:
+        if self.metrics_server:
+            self.metrics_server.close()
         if self.shipper:
             deadline = time.monotonic() + 2
             while self.spool.depth() and self.shipper.connected.is_set() and time.monotonic() < deadline:
@@ -142,6 +150,22 @@ class Agent:
         self.capture.close()
         if self.spool:
             self.spool.close()
+
+
+def serve_metrics(agent: Agent):
+    """/metrics for Prometheus: loopback only, unless scrapers must present metrics_token_file's token."""
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+
+    from agent.metrics import agent_registry  # noqa: PLC0415
+    from gpuguard.httpd import HttpServer, bearer_guard, require_token_or_loopback  # noqa: PLC0415
+
+    cfg = agent.cfg
+    token = Path(cfg.metrics_token_file).read_text().strip() if cfg.metrics_token_file else ""
+    require_token_or_loopback(cfg.metrics, bool(token), "the agent's metrics")
+    app = make_wsgi_app(agent_registry(agent))
+    if token:
+        app = bearer_guard(app, lambda presented: hmac.compare_digest(presented, token))
+    return HttpServer(cfg.metrics, app)
 
 
 def run_agent(cfg: AgentConfig, print_mode: str) -> int:
@@ -156,6 +180,10 @@ def run_agent(cfg: AgentConfig, print_mode: str) -> int:
         log.error("cannot start capture: %s", exc)
         agent.close()
         return EXIT_PREREQ
+    except ValueError as exc:                   # e.g. metrics off loopback without a token
+        log.error("cannot start agent: %s", exc)
+        agent.close()
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot start agent: %s", exc)
         agent.close()                           # detach whatever was attached before the failure

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ class CaptureStats:
     decode: DecodeStats = field(default_factory=DecodeStats)
     kernel_lost: dict[str, int] = field(default_factory=dict)
     enrich_failed: int = 0
+    by_kind: Counter = field(default_factory=Counter)       # records by body kind (metrics)
+    actions: Counter = field(default_factory=Counter)       # enforcement records by action (metrics)
 
 
 class Capture:
@@ -86,6 +89,12 @@ class Capture:
             while source:
                 records.append(source.popleft())
         self.stats.records += len(records)
+        by_kind = self.stats.by_kind
+        for rec in records:
+            kind = rec.WhichOneof("body")
+            by_kind[kind] += 1
+            if kind == "enforcement":
+                self.stats.actions[rec.enforcement.action] += 1
         if self.held and self.sinks:             # counted when first seen
             records[:0], self.held = self.held, []
         if records:

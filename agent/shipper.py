@@ -101,7 +101,12 @@ class Shipper:
         self.connected = threading.Event()
         self.sent_batches = 0
         self.reconnects = 0
+        self.last_ack_mono = time.monotonic()
         self._outbox: queue.Queue | None = None
+
+    def lag_seconds(self, now: float) -> float:
+        """How long events have waited for an ack: 0 when the spool is empty."""
+        return 0.0 if not self.spool.depth() else max(0.0, now - self.last_ack_mono)
 
     def notify(self, _records: list[dict] | None = None) -> None:
         """Sink hook: the spool has new records."""
@@ -196,6 +201,7 @@ class Shipper:
                         log.error("collector acked seq %d but this stream only sent up to %d: ignored beyond",
                                   msg.ack.seq, state["sent"])
                     self.spool.ack(seq)
+                    self.last_ack_mono = time.monotonic()
                     state["acked"] = max(state["acked"], seq)
                     self.new_data.set()
                 elif kind == "error":

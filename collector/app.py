@@ -12,6 +12,7 @@ from collector.auth import Authenticator
 from collector.health import HostHealth
 from collector.hub import AgentHub
 from collector.ingest import Ingestor
+from collector.outputs import AlertPublisher, build_outputs
 from collector.query import QueryService
 from collector.server import StreamLimits, build_server
 from collector.store import open_store
@@ -36,6 +37,11 @@ class CollectorConfig:
     max_streams: int = 4096
     hello_timeout_s: float = 10.0
     heartbeat_grace: float = 2.0        # missed heartbeat intervals before an agent-silent alert
+    http: str = ""                      # HOST:PORT of the timeline page (read-only; reader token); "" = off
+    metrics: str = ""                   # HOST:PORT of Prometheus /metrics (reader token); "" = off
+    alert_jsonl: str = ""               # every alert as a JSON line to this file ("-" = stdout)
+    alert_syslog: str = ""              # ... to syslog: udp://HOST:PORT, tcp://HOST:PORT or a socket path
+    alert_webhook: str = ""             # ... POSTed as JSON to this http(s) URL (queued, retried)
 
 
 class CollectorApp:
@@ -52,20 +58,24 @@ class CollectorApp:
         self.hub = AgentHub()
         self.policy = None
         self.detector = None
+        self.alerts = AlertPublisher(self.store, build_outputs(cfg.alert_jsonl, cfg.alert_syslog, cfg.alert_webhook))
         self.health = HostHealth(self.store, cfg.heartbeat_grace,
-                                 kill_programs_expected=lambda: bool(self.policy and self.policy.policy.kill))
+                                 kill_programs_expected=lambda: bool(self.policy and self.policy.policy.kill),
+                                 alerts=self.alerts)
         self.ingestor.listeners.append(self.health.on_events)
         if cfg.detection:
             from collector.detect_worker import DetectionWorker  # noqa: PLC0415 - detection is optional
             from collector.policy import PolicyManager  # noqa: PLC0415
             from collector.resolve import DomainResolver  # noqa: PLC0415
 
-            self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir, DomainResolver(cfg.resolve_domains))
+            self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir, DomainResolver(cfg.resolve_domains),
+                                        alerts=self.alerts)
             self.detector = DetectionWorker(self.policy.on_events)
             self.ingestor.listeners.append(self.detector.submit)
         self.query = QueryService(self.store, self.policy, self.health)
         self.server = None
         self.port = 0
+        self.http_servers: dict[str, object] = {}     # "page" / "metrics" -> gpuguard.httpd.HttpServer
 
     def _on_connect(self, session, hello) -> list:
         self.health.on_connect(session, hello)
@@ -102,15 +112,45 @@ class CollectorApp:
         if self.policy:
             self.policy.bind_loop(loop)
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health())]
+        self._start_http(loop)
         return self.port
+
+    def _reader(self, token: str):
+        who = self.auth.verifier.verify(token)
+        return who if who is not None and who.can("reader") else None
+
+    def _start_http(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timeline page and /metrics: each off unless configured, each behind a reader token."""
+        from gpuguard.httpd import HttpServer, bearer_guard  # noqa: PLC0415
+
+        tls = (self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
+        if self.cfg.http:
+            from collector.web import WebApp  # noqa: PLC0415
+
+            page = HttpServer(self.cfg.http, WebApp(self.query, self._reader, loop), tls)
+            self.http_servers["page"] = page
+            log.info("timeline page on %s/ (read-only, reader token)", page.url)
+        if self.cfg.metrics:
+            from prometheus_client import make_wsgi_app  # noqa: PLC0415
+
+            from collector.metrics import collector_registry  # noqa: PLC0415
+
+            app = bearer_guard(make_wsgi_app(collector_registry(self)), lambda t: self._reader(t) is not None)
+            metrics = HttpServer(self.cfg.metrics, app, tls)
+            self.http_servers["metrics"] = metrics
+            log.info("metrics on %s/metrics (reader token)", metrics.url)
 
     async def stop(self, grace: float = 2) -> None:
         for task in getattr(self, "_tasks", []):
             task.cancel()
+        for server in self.http_servers.values():
+            server.close()
+        self.http_servers.clear()
         if self.server:
             await self.server.stop(grace)
         if self.detector:
             self.detector.close()
+        self.alerts.close()
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ class DetectionWorker:
         self.skipped = 0
         self.evaluated = 0
         self._q: queue.Queue = queue.Queue()
+        self._submitted: deque[float] = deque()     # monotonic submit time of each queued batch, oldest first
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="detection", daemon=True)
         self._thread.start()
@@ -40,6 +43,7 @@ class DetectionWorker:
                               self.pending, self.skipped, session.host_id)
                 return
             self.pending += len(events)
+            self._submitted.append(time.monotonic())
         self._q.put((session.host_id, events))
 
     def _run(self) -> None:
@@ -56,7 +60,14 @@ class DetectionWorker:
                 with self._lock:
                     self.pending -= len(events)
                     self.evaluated += len(events)
+                    if self._submitted:
+                        self._submitted.popleft()
                 self._q.task_done()
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest batch not yet evaluated (0 when detection is caught up)."""
+        with self._lock:
+            return time.monotonic() - self._submitted[0] if self._submitted else 0.0
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far was evaluated (tests, shutdown)."""

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from collector.outputs import AlertPublisher
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -43,8 +44,9 @@ class HostRecord:
 
 
 class HostHealth:
-    def __init__(self, store, grace: float = 2.0, kill_programs_expected=lambda: False) -> None:
+    def __init__(self, store, grace: float = 2.0, kill_programs_expected=lambda: False, alerts=None) -> None:
         self.store = store
+        self.alerts = alerts or AlertPublisher(store)     # stores and publishes
         self.grace = grace
         self.kill_programs_expected = kill_programs_expected   # does the policy in force need kill-at-exec?
         self.hosts: dict[str, HostRecord] = {}
@@ -150,7 +152,7 @@ class HostHealth:
             alert.job.kind, alert.job.id = kind, job_id
             alert.matched.update(matched)
             try:
-                self.store.add_alert(alert)
+                self.alerts.record(alert)
                 self.alerts_raised += 1
             except Exception as exc:
                 log.error("could not store %s alert for %s: %s", rule_id, host, exc)

@@ -68,6 +68,10 @@ class Ingestor:
         self.listeners: list[EventListener] = []
         self.clock_suspect = 0
         self._store_error_logged = ""
+        self.stored = 0                      # events written (metrics)
+        self.batches = 0
+        self.duplicates = 0
+        self.on_commit: Callable[[float], None] | None = None    # seconds per store commit (metrics)
 
     def hello(self, msg: cpb.Hello, who: Identity) -> AgentSession:
         host = msg.host.host_id
@@ -126,9 +130,15 @@ class Ingestor:
                 f"events {hole[0]}..{hole[1]} never arrived (stored what came, recorded the hole as a gap)"))
             fresh.insert(0, pb.Event(seq=hole[0], ts_ns=fresh[0].ts_ns,
                                      gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
+        started = time.perf_counter()
         result: IngestResult = self._guarded(self.store.ingest, session.host_id, fresh)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         session.events += result.stored
         session.duplicates += result.duplicates + len(events) - len(new)
+        self.stored += result.stored
+        self.batches += 1
+        self.duplicates += result.duplicates + len(events) - len(new)
         session.stored_through = max(session.stored_through, seqs[-1])
         for listener in self.listeners:
             try:

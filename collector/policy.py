@@ -20,6 +20,7 @@ from pathlib import Path
 from collector.correlate import Correlator, Hit
 from collector.hub import AgentHub
 from collector.ingest import AgentSession
+from collector.outputs import AlertPublisher
 from collector.resolve import DomainResolver
 from collector.rules.engine import Engine, RuleMatch
 from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_ruleset, rule_texts
@@ -137,8 +138,10 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
 
 
 class PolicyManager:
-    def __init__(self, store, hub: AgentHub, rules_dir: str = "", resolver: DomainResolver | None = None) -> None:
+    def __init__(self, store, hub: AgentHub, rules_dir: str = "", resolver: DomainResolver | None = None,
+                 alerts: AlertPublisher | None = None) -> None:
         self.store = store
+        self.publisher = alerts or AlertPublisher(store)     # stores and publishes every alert
         self.resolver = resolver or DomainResolver(enabled=False)
         self.hub = hub
         self.rules_dir = rules_dir
@@ -359,4 +362,4 @@ class PolicyManager:
         self.alerts.move_to_end(alert.id)
         while len(self.alerts) > 20_000:
             self.alerts.popitem(last=False)
-        self.store.add_alert(alert)
+        self.publisher.record(alert)

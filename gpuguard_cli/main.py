@@ -62,7 +62,8 @@ def cmd_agent(args) -> int:
 
     overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
                  "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-                 "token_file": args.token_file, "auth_dir": args.auth_dir, "status_interval_s": args.status_interval}
+                 "token_file": args.token_file, "auth_dir": args.auth_dir, "status_interval_s": args.status_interval,
+                 "metrics": args.metrics, "metrics_token_file": args.metrics_token_file}
     if args.no_enforce:
         overrides["enforce"] = False
     try:
@@ -90,7 +91,7 @@ def collector_config(args):
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigProblem(f"config {args.config}: {exc}") from exc
     for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca",
-                "auth_dir"):
+                "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.resolve_domains:
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print JSON lines instead of one-liners")
     a.add_argument("--quiet", action="store_true", help="do not print events")
     a.add_argument("--no-enforce", action="store_true", help="ignore blocking policy from the collector")
+    a.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (off by default; loopback unless --metrics-token-file)")
+    a.add_argument("--metrics-token-file", help="bearer token scrapers must present (needed to bind off loopback)")
     a.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("collector", help="run the collector (gRPC ingest + queries)",
@@ -387,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
     c.add_argument("--tls-key", help="server private key (PEM)")
     c.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
+    c.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the timeline page here (off by default; read-only; API calls need a reader token)")
+    c.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here (reader token required)")
+    c.add_argument("--alert-jsonl", metavar="FILE", help="append every alert as a JSON line to FILE ('-' = stdout)")
+    c.add_argument("--alert-syslog", metavar="TARGET",
+                   help="send every alert to syslog: udp://HOST:PORT, tcp://HOST:PORT or a socket path (/dev/log)")
+    c.add_argument("--alert-webhook", metavar="URL", help="POST every alert as JSON to URL (queued, retried)")
     c.set_defaults(func=cmd_collector)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")

@@ -81,3 +81,33 @@ def collector_in_thread(cfg: CollectorConfig):
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+def stream_events(port: int, host: str, events: list, batch_size: int = 500, timeout: float = 30) -> int:
+    """Ship events as agent `host` over a real gRPC stream; return once the last seq is acked."""
+    import queue  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2_grpc  # noqa: PLC0415
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+
+    out: queue.Queue = queue.Queue()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        replies = collector_pb2_grpc.CollectorStub(ch).Stream(iter(out.get, None), metadata=bearer(
+            agent_credential(host)), timeout=timeout)
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"))))
+        first = next(replies)
+        assert first.WhichOneof("msg") == "hello", first
+        for i in range(0, len(events), batch_size):
+            out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=events[i:i + batch_size])))
+        last = events[-1].seq
+        acked = 0
+        for msg in replies:
+            if msg.WhichOneof("msg") == "ack":
+                acked = msg.ack.seq
+                if acked >= last:
+                    break
+        out.put(None)
+        return acked

@@ -1,0 +1,195 @@
+"""Where alerts go besides the store: JSON lines (a file or stdout), syslog, a webhook.
+
+Each new alert, and each change of an alert's state (expected -> confirmed, ...), is published once to
+every configured output. Publishing never blocks detection: the webhook has its own thread, a bounded
+queue (the oldest alert is dropped, and counted, when a receiver stays down) and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import queue
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from google.protobuf.json_format import MessageToDict
+
+from gpuguard.v1 import policy_pb2 as ppb
+
+log = logging.getLogger(__name__)
+
+SEVERITY_TO_SYSLOG = {"info": "info", "low": "notice", "medium": "warning", "high": "error", "critical": "critical"}
+
+
+def alert_json(alert: ppb.Alert) -> dict:
+    return MessageToDict(alert, preserving_proto_field_name=True)
+
+
+class JsonLinesOutput:
+    """One JSON object per line, flushed per alert: a file path (appended) or "-" for stdout."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._file = sys.stdout if target == "-" else open(Path(target), "a", buffering=1)  # noqa: SIM115
+
+    def __call__(self, alert: ppb.Alert) -> None:
+        line = json.dumps(alert_json(alert), sort_keys=True)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not sys.stdout:
+            self._file.close()
+
+
+class SyslogOutput:
+    """RFC 3164 messages through the standard library: "udp://HOST:PORT", "tcp://HOST:PORT" or a socket path."""
+
+    def __init__(self, target: str) -> None:
+        url = urlparse(target)
+        if url.scheme in ("udp", "tcp"):
+            address = (url.hostname or "127.0.0.1", url.port or 514)
+            kind = socket.SOCK_DGRAM if url.scheme == "udp" else socket.SOCK_STREAM
+            self.handler = logging.handlers.SysLogHandler(address=address, socktype=kind)
+        else:
+            self.handler = logging.handlers.SysLogHandler(address=target or "/dev/log")
+        self.handler.ident = "gpuguard: "
+        self.handler.append_nul = False          # plain RFC 3164 lines: most receivers do not expect a NUL
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def __call__(self, alert: ppb.Alert) -> None:
+        record = logging.LogRecord("gpuguard.alert", logging.WARNING, __file__, 0, json.dumps(alert_json(alert),
+                                   sort_keys=True), None, None)
+        level = SEVERITY_TO_SYSLOG.get(alert.severity, "warning")
+        self.handler.mapPriority = lambda _name, level=level: level      # the alert's severity, not the logger's
+        self.handler.emit(record)
+
+    def close(self) -> None:
+        self.handler.close()
+
+
+class WebhookOutput:
+    """HTTP POST of the alert JSON. A slow or dead receiver never blocks: a bounded queue, one sender thread,
+    retries with exponential backoff (up to max_backoff_s) while the receiver is down; when the queue is full
+    the oldest alert is dropped and counted."""
+
+    def __init__(self, url: str, max_queue: int = 10_000, timeout_s: float = 5.0, max_backoff_s: float = 30.0,
+                 headers: dict[str, str] | None = None) -> None:
+        if urlparse(url).scheme not in ("http", "https"):
+            raise ValueError(f"webhook URL must be http(s)://..., got {url!r}")
+        self.url, self.timeout_s, self.max_backoff_s = url, timeout_s, max_backoff_s
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.q: queue.Queue = queue.Queue(max_queue)
+        self.delivered = self.dropped = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
+        self._thread.start()
+
+    def __call__(self, alert: ppb.Alert) -> None:
+        body = json.dumps(alert_json(alert), sort_keys=True).encode()
+        while True:
+            try:
+                self.q.put_nowait(body)
+                return
+            except queue.Full:
+                try:
+                    self.q.get_nowait()
+                    self.dropped += 1
+                    if self.dropped & (self.dropped - 1) == 0:
+                        log.error("webhook %s: queue full, dropped %d alerts so far (oldest first)", self.url,
+                                  self.dropped)
+                except queue.Empty:
+                    pass
+
+    def _post(self, body: bytes) -> None:
+        req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - operator's own URL
+            if resp.status >= 300:
+                raise urllib.error.HTTPError(self.url, resp.status, "not accepted", resp.headers, None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                body = self.q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            backoff = 0.2
+            while not self._stop.is_set():
+                try:
+                    self._post(body)
+                    self.delivered += 1
+                    break
+                except (OSError, urllib.error.URLError) as exc:
+                    self.failures += 1
+                    if self.failures & (self.failures - 1) == 0:
+                        log.warning("webhook %s: %s; retrying (%d failures so far, %d alerts waiting)", self.url,
+                                    exc, self.failures, self.q.qsize() + 1)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
+
+    def close(self, drain_s: float = 2.0) -> None:
+        deadline = time.monotonic() + drain_s
+        while not self.q.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(self.timeout_s + 1)
+
+
+def build_outputs(jsonl: str = "", syslog: str = "", webhook: str = "") -> list[Callable[[ppb.Alert], None]]:
+    outputs: list = []
+    if jsonl:
+        outputs.append(JsonLinesOutput(jsonl))
+    if syslog:
+        outputs.append(SyslogOutput(syslog))
+    if webhook:
+        outputs.append(WebhookOutput(webhook))
+    return outputs
+
+
+class AlertPublisher:
+    """The one place an alert is recorded: stored, then published to the outputs when it is new or its
+    state/outcome changed (detection and host health both come through here)."""
+
+    def __init__(self, store, outputs: list[Callable[[ppb.Alert], None]] | None = None,
+                 remember: int = 50_000) -> None:
+        self.store = store
+        self.outputs = outputs or []
+        self.remember = remember
+        self._published: dict[str, tuple[int, str]] = {}
+        self.published = self.failed = 0
+
+    def record(self, alert: ppb.Alert) -> None:
+        self.store.add_alert(alert)
+        if not self.outputs:
+            return
+        seen = (alert.state, alert.outcome)
+        if self._published.get(alert.id) == seen:
+            return
+        self._published.pop(alert.id, None)
+        self._published[alert.id] = seen
+        while len(self._published) > self.remember:
+            self._published.pop(next(iter(self._published)))
+        for out in self.outputs:
+            try:
+                out(alert)
+                self.published += 1
+            except Exception as exc:   # an output must never stop detection
+                self.failed += 1
+                log.error("alert output %s failed: %s", type(out).__name__, exc)
+
+    def close(self) -> None:
+        for out in self.outputs:
+            close = getattr(out, "close", None)
+            if close:
+                close()

@@ -1,0 +1,172 @@
+"""deploy/ checked against the code: manifests and units parse, their arguments are ones the CLI accepts,
+the essentials (privileges, mounts, probes, ports) are there, and every metric that an alert rule or the
+dashboard uses is one the agent or the collector exports. The wheel carries the probes and the page."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from agent.config import load_config
+from agent.metrics import agent_registry
+from collector.app import CollectorApp, CollectorConfig
+from collector.metrics import collector_registry
+from gpuguard_cli.main import build_parser, collector_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def k8s_docs() -> dict[str, dict]:
+    docs = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return docs
+
+
+def cli_args(args: list[str]):
+    """Parse as the gpuguard CLI would (the k8s $(VAR) substitution done)."""
+    return build_parser().parse_args([re.sub(r"\$\((\w+)\)", "gpu-node-1", a) for a in args])
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_agent_daemonset_has_what_the_agent_needs():
+    ds = k8s_docs()["DaemonSet/gpuguard-agent"]
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["hostPID"] is True and c["securityContext"]["privileged"] is True
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    for needed in ("/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/btf", "/var/lib/gpuguard"):
+        assert needed in mounts and needed in paths.values(), needed
+    assert mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"      # pinned kill-at-exec links
+    args = cli_args(c["args"])
+    assert args.command == "agent" and args.collector.endswith(":50051") and args.host_id == "gpu-node-1"
+    assert args.spool_dir == "/var/lib/gpuguard/spool" and args.token_file.startswith("/etc/gpuguard/token/")
+    assert args.metrics.startswith("127.0.0.1:")                             # loopback: no token needed
+    assert args.metrics in " ".join(c["livenessProbe"]["exec"]["command"])
+    assert any(e["name"] == "NODE_NAME" for e in c["env"])
+
+
+def test_collector_deployment_and_service_agree_with_its_arguments():
+    docs = k8s_docs()
+    pod = docs["Deployment/gpuguard-collector"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = cli_args(c["args"])
+    assert args.command == "collector"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": int(args.listen.rsplit(":", 1)[1]), "http": int(args.http.rsplit(":", 1)[1]),
+                     "metrics": int(args.metrics.rsplit(":", 1)[1])}
+    svc = docs["Service/gpuguard-collector"]
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"] and c["readinessProbe"]
+    agent_args = cli_args(k8s_docs()["DaemonSet/gpuguard-agent"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert agent_args.collector == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{ports['grpc']}"
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    cp.optionxform = str
+    cp.read(DEPLOY / "systemd" / name)
+    return cp
+
+
+def test_systemd_units_run_valid_commands_hardened():
+    agent, coll = unit("gpuguard-agent.service"), unit("gpuguard-collector.service")
+    a_args = cli_args(shlex.split(agent["Service"]["ExecStart"])[1:])
+    c_args = cli_args(shlex.split(coll["Service"]["ExecStart"])[1:])
+    assert a_args.command == "agent" and a_args.config == "/etc/gpuguard/agent.toml"
+    assert c_args.command == "collector" and c_args.config == "/etc/gpuguard/collector.toml"
+    for u in (agent, coll):
+        s = u["Service"]
+        assert s["Restart"] == "always" and s["NoNewPrivileges"] == "yes" and "gpuguard" in s["StateDirectory"]
+    assert "CAP_BPF" in agent["Service"]["CapabilityBoundingSet"]
+    assert coll["Service"]["CapabilityBoundingSet"] == "" and coll["Service"]["ProtectSystem"] == "strict"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_analyze_verify():
+    for path in sorted((DEPLOY / "systemd").glob("*.service")):
+        out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True,
+                             timeout=60)
+        problems = [line for line in (out.stdout + out.stderr).splitlines()
+                    if line.strip() and "/usr/local/bin/gpuguard is not executable" not in line]
+        assert not problems, problems
+
+
+def test_example_configs_load_through_the_real_loaders():
+    cfg = load_config(str(DEPLOY / "agent.toml"), {})
+    assert cfg.collector and cfg.metrics == "127.0.0.1:9101"
+    ccfg = collector_config(build_parser().parse_args(["collector", "--config", str(DEPLOY / "collector.toml")]))
+    assert ccfg.http and ccfg.metrics and ccfg.alert_jsonl
+
+
+def exposed_names(registry) -> set[str]:
+    """Every series name a registry can expose (families with no sample yet included)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {fam.name + sfx for fam in registry.collect() for sfx in suffixes.get(fam.type, ("",))}
+
+
+def exported_metric_names(tmp_path) -> set[str]:
+    app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db"), auth_dir=str(tmp_path / "auth")))
+    fake = SimpleNamespace(
+        capture=SimpleNamespace(stats=SimpleNamespace(by_kind={"exec": 1}, actions={"kill_exec": 1}, enrich_failed=0),
+                                probes=SimpleNamespace(lost_counts=lambda: {"exec": 0})),
+        spool=SimpleNamespace(depth=lambda: 0, size_bytes=lambda: 0, stats=SimpleNamespace(dropped=0)),
+        shipper=SimpleNamespace(quarantine=SimpleNamespace(count=0), lag_seconds=lambda now: 0.0, reconnects=0,
+                                connected=SimpleNamespace(is_set=lambda: True)),
+        enforcer=SimpleNamespace(policy_version=1, programs=lambda: ["kill_exec"]))
+    registries = (collector_registry(app), agent_registry(fake))
+    for registry in registries:
+        assert generate_latest(registry)                       # each renders
+    return set().union(*(exposed_names(r) for r in registries))
+
+
+def used_metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bgpuguard_[a-z_]+", expr))
+
+
+def test_alert_rules_and_dashboard_use_only_exported_metrics(tmp_path):
+    exported = exported_metric_names(tmp_path)
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {"GpuguardAgentDroppingEvents", "GpuguardAgentSilent", "GpuguardDetectionLagging"} <= names
+    dash = json.loads((DEPLOY / "grafana" / "gpuguard-dashboard.json").read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set().union(*(used_metric_names(e) for e in exprs))
+    assert used and used <= exported, sorted(used - exported)
+
+
+def test_the_wheel_carries_probes_page_and_rules(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps", str(ROOT),
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("gpuguard-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("probes/gpuguard.h", "probes/vocab.h", "probes/enforce_payload.c", "collector/rules/builtin.yaml",
+                   "collector/web/static/app.js", "collector/web/static/index.html", "gpuguard_cli/main.py"):
+        assert needed in names, needed
+    assert not any(n.startswith(("lab/", "tests/", "bench/")) for n in names)     # dev-only code stays out
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    check = subprocess.run([sys.executable, "-c", "from agent.loader import probe_source; print(len(probe_source()))"],
+                           capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site)}, timeout=60)
+    assert check.returncode == 0 and int(check.stdout) > 10_000, check.stderr

@@ -1,0 +1,184 @@
+"""Operator interfaces without the kernel: alert outputs (JSON lines, syslog, webhook with a receiver that
+is down and comes back), /metrics and the page's API behind a reader token, and the HTTP guard rules."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from collector.app import CollectorConfig
+from collector.outputs import AlertPublisher, JsonLinesOutput, SyslogOutput, WebhookOutput
+from gpuguard.httpd import require_token_or_loopback
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.v1 import policy_pb2 as ppb
+from lab import free_port
+from tests.services import collector_in_thread, issue, stream_events
+
+
+def an_alert(n: int = 1, state=ppb.ALERT_KILL_ORDERED) -> ppb.Alert:
+    a = ppb.Alert(id=f"a{n}", rule_id="miner-binary", severity="critical", action="kill", state=state,
+                  outcome="kill ordered from the agent", host_id="node-1", ts_ns=time.time_ns())
+    a.job.kind, a.job.id = "slurm", "4242"
+    return a
+
+
+class Receiver:
+    """A local webhook receiver that can be stopped and started again on the same port."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.got: list[dict] = []
+        self.port = port or free_port()
+        self.server = None
+
+    def start(self) -> None:
+        got = self.got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_until(predicate, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.alerts: list[ppb.Alert] = []
+
+    def add_alert(self, alert) -> None:
+        self.alerts.append(alert)
+
+
+def test_jsonl_and_syslog_outputs_publish_each_change_once(tmp_path):
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    path = tmp_path / "alerts.jsonl"
+    store = FakeStore()
+    pub = AlertPublisher(store, [JsonLinesOutput(str(path)),
+                                 SyslogOutput(f"udp://127.0.0.1:{sink.getsockname()[1]}")])
+    pub.record(an_alert())
+    pub.record(an_alert())                                    # same state and outcome: stored, not republished
+    pub.record(an_alert(state=ppb.ALERT_CONFIRMED))           # a state change is news
+    pub.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [x["state"] for x in lines] == ["ALERT_KILL_ORDERED", "ALERT_CONFIRMED"]
+    assert lines[0]["rule_id"] == "miner-binary" and lines[0]["job"]["id"] == "4242"
+    assert len(store.alerts) == 3                              # the store keeps every version
+    first = sink.recv(65536).decode()
+    assert first.startswith("<10>gpuguard: ")                 # facility user (1), severity critical (2)
+    assert json.loads(first.split("gpuguard: ", 1)[1])["rule_id"] == "miner-binary"
+    sink.close()
+
+
+def test_webhook_survives_a_dead_receiver_and_delivers_when_it_returns():
+    receiver = Receiver()
+    hook = WebhookOutput(f"http://127.0.0.1:{receiver.port}/alerts", max_backoff_s=0.5, timeout_s=2)
+    try:
+        started = time.monotonic()
+        for n in range(3):
+            hook(an_alert(n))                                  # receiver down: queued, never blocks
+        assert time.monotonic() - started < 0.5
+        assert wait_until(lambda: hook.failures >= 1)          # it tried, and failed
+        receiver.start()                                       # the receiver comes back
+        assert wait_until(lambda: len(receiver.got) == 3)
+        assert [a["id"] for a in receiver.got] == ["a0", "a1", "a2"]   # in order, each once
+        assert hook.delivered == 3 and hook.dropped == 0
+    finally:
+        hook.close()
+        if receiver.server:
+            receiver.stop()
+
+
+def test_webhook_queue_is_bounded_and_drops_oldest_first():
+    port = free_port()                                        # nobody listens there
+    hook = WebhookOutput(f"http://127.0.0.1:{port}/", max_queue=5, max_backoff_s=5, timeout_s=1)
+    try:
+        for n in range(50):
+            hook(an_alert(n))
+        assert hook.q.qsize() <= 5 and hook.dropped >= 44
+    finally:
+        hook._stop.set()
+
+
+def get(url: str, token: str = "") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(name + (("{" + labels + "}") if labels else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_collector_metrics_and_page_api_need_a_reader_and_count_what_arrives(tmp_path):
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"), http=f"127.0.0.1:{free_port()}",
+                          metrics=f"127.0.0.1:{free_port()}", alert_jsonl=str(tmp_path / "alerts.jsonl"))
+    with collector_in_thread(cfg) as app:
+        page, metrics = app.http_servers["page"].url, app.http_servers["metrics"].url
+        reader, agent_token = issue("reader", "ops-reader"), issue("agent", "agent-x", "x")
+        assert get(metrics + "/metrics")[0] == 401
+        assert get(metrics + "/metrics", agent_token)[0] == 401              # agents read nothing
+        assert get(page + "/api/jobs")[0] == 401
+        assert get(page + "/")[0] == 200                                      # the page itself holds no data
+        before = get(metrics + "/metrics", reader)[1].decode()
+        events = []
+        for seq in range(1, 41):
+            ev = pb.Event(seq=seq, ts_ns=time.time_ns(), exec=pb.Exec(filename="/opt/xmrig", argv=["/opt/xmrig"]))
+            ev.process.pid, ev.process.key = 1000 + seq, f"k{seq}"
+            ev.process.comm, ev.process.exe = "xmrig", "/opt/xmrig"
+            ev.job.kind, ev.job.id = "slurm", "4242"
+            events.append(ev)
+        assert stream_events(app.port, "node-7", events) == 40
+        app.detector.drain()
+        after = get(metrics + "/metrics", reader)[1].decode()
+        assert metric(after, "gpuguard_collector_events_stored_total") - \
+            metric(before, "gpuguard_collector_events_stored_total") == 40
+        assert metric(after, "gpuguard_collector_commit_seconds_count") >= 1
+        assert metric(after, "gpuguard_collector_alerts_total", 'rule="miner-binary",severity="critical"') >= 1
+        assert metric(after, "gpuguard_collector_agent_connected", 'host="node-7"') in (0.0, 1.0)
+        status, body = get(page + "/api/jobs", reader)
+        jobs = json.loads(body)["jobs"]
+        assert status == 200 and jobs[0]["job"]["id"] == "4242" and int(jobs[0]["alerts"]) >= 1
+        status, body = get(page + "/api/timeline?job=4242&kind=exec&limit=10", reader)
+        assert status == 200 and len(json.loads(body)["events"]) == 10
+        assert json.loads(get(page + "/api/whoami", reader)[1]) == {"name": "ops-reader", "role": "reader"}
+        assert (tmp_path / "alerts.jsonl").read_text().count('"miner-binary"') >= 1
+
+
+def test_an_endpoint_without_a_token_check_stays_on_loopback():
+    require_token_or_loopback("127.0.0.1:9101", False, "metrics")
+    require_token_or_loopback("0.0.0.0:9101", True, "metrics")
+    with pytest.raises(ValueError, match="readable by anyone"):
+        require_token_or_loopback("0.0.0.0:9101", False, "metrics")

@@ -1,0 +1,124 @@
+"""The timeline page in a real browser: headless Chromium from the distribution, against a collector that
+holds the recorded ROME replay (tests/corpus/rome_job.jsonl, re-shipped through the gRPC ingest path so
+detection re-derives its alerts) and a 6,000-event job (paging and aggregation)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.app import CollectorConfig
+from gpuguard.v1 import events_pb2 as pb
+from lab import free_port
+from tests.services import collector_in_thread, issue, stream_events
+
+CORPUS = Path(__file__).parent / "corpus" / "rome_job.jsonl"
+ROME_JOB, BIG_JOB = "4242", "9999"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser() -> str:
+    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found:
+        return found
+    if os.environ.get("GPUGUARD_REQUIRE_BROWSER") == "1":
+        pytest.fail("chromium is required (GPUGUARD_REQUIRE_BROWSER=1): scripts/setup.sh --test installs it")
+    pytest.skip("no headless chromium here (apt-get install chromium)")
+
+
+def rome_events() -> list[pb.Event]:
+    """The recorded job, renumbered 1..N in its original order (it was one host's slice of a longer run)."""
+    lines = [json.loads(line) for line in CORPUS.read_text().splitlines()[1:]]
+    events = [pb.Event.FromString(base64.b64decode(x["event"])) for x in lines]
+    for seq, ev in enumerate(events, start=1):
+        ev.seq = seq
+    return events
+
+
+def big_job(n: int = 6000) -> list[pb.Event]:
+    start = time.time_ns()
+    out = []
+    for i in range(n):
+        ev = pb.Event(seq=i + 1, ts_ns=start + i * 1_000_000)
+        if i % 3:
+            ev.connect.CopyFrom(pb.Connect(daddr=f"10.0.{i % 7}.{i % 200}", dport=29500, proto="tcp"))
+        else:
+            ev.exec.CopyFrom(pb.Exec(filename="/usr/bin/python3", argv=["python3", "worker.py", str(i)]))
+        ev.process.pid, ev.process.key, ev.process.comm = 5000 + i % 2, f"w{i % 2}", "python3"   # two ranks
+        ev.job.kind, ev.job.id = "slurm", BIG_JOB
+        out.append(ev)
+    return out
+
+
+def render(chrome: str, url: str, tmp: Path, screenshot: str = "") -> str:
+    """The DOM after the page's scripts ran (and a PNG when asked)."""
+    base = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", f"--user-data-dir={tmp / 'profile'}", "--window-size=1400,1400",
+            "--virtual-time-budget=20000"]
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    if screenshot:
+        shot = subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, text=True,
+                              timeout=120)
+        assert shot.returncode == 0, shot.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    chrome = browser()
+    tmp = tmp_path_factory.mktemp("page")
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp / "c.db"), http=f"127.0.0.1:{free_port()}")
+    with collector_in_thread(cfg) as app:
+        rome = rome_events()
+        assert stream_events(app.port, "node-rome", rome) == len(rome)
+        assert stream_events(app.port, "node-big", big_job()) == 6000
+        app.detector.drain()
+        yield {"chrome": chrome, "tmp": tmp, "url": app.http_servers["page"].url, "token": issue("reader", "page-test"),
+               "app": app}
+
+
+def test_rome_job_page_shows_lanes_marks_and_alerts_in_order(page):
+    shot = page["tmp"] / "rome-job.png"
+    dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}&token={page['token']}", page["tmp"], str(shot))
+    assert 'data-ready="job"' in dom, dom[-3000:]
+    assert 'id="timeline"' in dom
+    lanes = re.findall(r'<g class="lane" data-host="([^"]+)"', dom)
+    assert lanes and set(lanes) == {"node-rome"}
+    for kind in ("exec", "gpu_open", "enforcement"):
+        assert f'data-kind="{kind}"' in dom, kind                          # marks of each kind are drawn
+    shown = re.findall(r'<tr class="alert" data-rule="([^"]+)"', dom)
+    expected = [a.rule_id for a in sorted(page["app"].store.alerts(ROME_JOB), key=lambda a: a.ts_ns)]
+    assert shown == expected and {"ssh-reverse-tunnel", "miner-binary"} <= set(shown)
+    assert shown.index("ssh-reverse-tunnel") < shown.index("miner-binary")      # the tunnel came first
+    assert 'class="badge gpu"' in dom                                      # the trainer is marked as a GPU user
+    assert 'class="ev-link"' in dom                                        # alerts link to their evidence
+    assert shot.exists() and shot.stat().st_size > 10_000
+    keep = os.environ.get("GPUGUARD_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_job_list_and_a_job_of_thousands_of_events(page):
+    dom = render(page["chrome"], f"{page['url']}/#token={page['token']}", page["tmp"])
+    jobs = re.findall(r'data-job="([^"]+)"', dom)
+    assert jobs[:2] == [BIG_JOB, ROME_JOB] or set(jobs) >= {BIG_JOB, ROME_JOB}
+    assert re.search(rf'<tr class="hot job" data-job="{ROME_JOB}"', dom)         # it has alerts
+    dom = render(page["chrome"], f"{page['url']}/#/job/{BIG_JOB}&token={page['token']}", page["tmp"])
+    assert 'data-ready="job"' in dom and 'id="more"' in dom                   # 6,000 events: paged
+    marks = len(re.findall(r'class="mark ', dom))
+    assert 0 < marks < 4000               # 5,000 events in two lanes: one mark per (pixel column, kind)
+    assert len(re.findall(r'<tr class="event"', dom)) == 400                  # rows rendered in slices
+
+
+def test_without_a_token_the_page_asks_for_one(page):
+    dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}", page["tmp"])
+    assert '<form id="login">' in dom and 'id="timeline"' not in dom
