@@ -81,7 +81,8 @@ class Shipper:
                  on_command: CommandHandler | None = None, policy_version: Callable[[], int] = lambda: 0,
                  backoff_max_s: float = 10.0, tls: tuple[str, str, str] = ("", "", ""),
                  heartbeat_s: float = 10.0) -> None:
-        self.target = target
+        self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        self._current = 0          # index into targets: failover moves to the next after a failed session
         self.spool = spool
         self.identity = identity
         self.token = token
@@ -117,8 +118,22 @@ class Shipper:
         if self._outbox is not None:
             self._outbox.put(msg)
 
+    @property
+    def target(self) -> str:
+        return self.targets[self._current]
+
+    def _fail_over(self) -> bool:
+        """Move to the next collector of the list; True while the list has not been gone round."""
+        if len(self.targets) < 2:
+            return False
+        self._current = (self._current + 1) % len(self.targets)
+        self._failed_in_row += 1
+        log.warning("failing over to collector %s (%d of %d)", self.target, self._current + 1, len(self.targets))
+        return self._failed_in_row % len(self.targets) != 0
+
     def run(self) -> None:
         backoff = 0.2
+        self._failed_in_row = 0
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
@@ -136,7 +151,9 @@ class Shipper:
                 break
             if time.monotonic() - started > 30:
                 backoff = 0.2
-            delay = max(backoff * (0.5 + random.random()), self.retry_after_s)
+                self._failed_in_row = 0
+            quick = self._fail_over()      # another collector of the list: try it at once
+            delay = max(0.05 if quick else backoff * (0.5 + random.random()), self.retry_after_s)
             self.retry_after_s = 0.0
             log.info("reconnecting to %s in %.1fs (%d events waiting in the spool)",
                      self.target, delay, self.spool.depth())

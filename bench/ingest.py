@@ -5,6 +5,7 @@ Prints figures and ratios to the targets; asserts nothing. Runs as root for the
 end-to-end part (it starts a real agent); the rest runs anywhere.
 
     .venv/bin/python bench/ingest.py [--events 200000] [--store-events 1000000] [--e2e-seconds 10]
+    .venv/bin/python bench/ingest.py --postgres [--pg-store-events 1000000]   # the PostgreSQL store
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def bench_timeline(total: int, jobs: int = 10_000, hosts: int = 3) -> None:
                 rows.append((f"h{i % hosts}", i, base + i * 1000, kinds[k], "slurm", job, i % 5000, f"b:{i % 5000}:1",
                              bodies[k], base))
             store.db.execute("BEGIN")
-            store.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            store.db.executemany("INSERT INTO events (host_id, seq, ts_ns, kind, job_kind, job_id, pid, proc_key, "
+                                 "body, ingested_ns) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             store.db.execute("COMMIT")
             print(f"  loading synthetic store: {min(total, start + chunk):,}/{total:,} events", file=sys.stderr,
                   end="\r", flush=True)
@@ -199,6 +201,141 @@ def bench_timeline(total: int, jobs: int = 10_000, hosts: int = 3) -> None:
           f"(target <= 100 ms: {pct(lat, 99) / 100:.2f} of budget)")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every postgres server process (user + system), from /proc."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                continue
+            total += process_cpu_seconds(int(pid))
+        except OSError:
+            continue
+    return total
+
+
+def bench_pg_grpc_ingest(pg, n: int, collectors: int) -> None:
+    """n events per collector, one agent stream per collector, all collectors on one database."""
+    lab_credentials()
+    url = pg.new_database()
+    with tempfile.TemporaryDirectory() as d:
+        cols = []
+        for c in range(collectors):
+            port = free_port()
+            cols.append((port, Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", url],
+                                       Path(d) / f"c{c}.log", "collector listening on").start()))
+        try:
+            from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
+
+            streams = []
+            for c, (port, _svc) in enumerate(cols):
+                host = f"bench-pg-{c}"
+                batches = []
+                for i in range(0, n, 512):
+                    evs = [synthetic(s + 1, f"{c}-{s % 100}", START_NS + s) for s in range(i, min(n, i + 512))]
+                    batches.append(cpb.AgentMessage(batch=cpb.EventBatch(events=evs)))
+                out: queue.Queue = queue.Queue()
+                out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"))))
+                channel = grpc.insecure_channel(f"127.0.0.1:{port}",
+                                                options=[("grpc.max_send_message_length", 64 << 20)])
+                token = CredentialStore().issue("agent", f"agent-{host}", host)
+                responses = cgrpc.CollectorStub(channel).Stream(iter(out.get, None), metadata=bearer(token))
+                next(responses)
+                streams.append({"out": out, "responses": responses, "batches": batches, "sent": 0, "acked": 0,
+                                "channel": channel})
+            import threading  # noqa: PLC0415
+
+            def pump(st):
+                while st["acked"] < len(st["batches"]):
+                    while st["sent"] < len(st["batches"]) and st["sent"] - st["acked"] < 8:
+                        st["out"].put(st["batches"][st["sent"]])
+                        st["sent"] += 1
+                    if next(st["responses"]).HasField("ack"):
+                        st["acked"] += 1
+
+            cpu0 = [process_cpu_seconds(svc.proc.pid) for _p, svc in cols]
+            pg0 = postgres_cpu_seconds()
+            start = time.perf_counter()
+            threads = [threading.Thread(target=pump, args=(st,)) for st in streams]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - start
+            cpu = sum(process_cpu_seconds(svc.proc.pid) - c0 for (_p, svc), c0 in zip(cols, cpu0, strict=True))
+            pg_cpu = postgres_cpu_seconds() - pg0
+            for st in streams:
+                st["out"].put(None)
+                st["channel"].close()
+        finally:
+            for _p, svc in cols:
+                svc.stop()
+    total = n * collectors
+    print(f"PostgreSQL, {collectors} collector(s), one agent stream each, acked after COMMIT: "
+          f"{total / wall:,.0f} events/s wall; {total / cpu:,.0f} events per collector CPU-second "
+          f"(target >= 50,000: {total / cpu / 50_000:.2f}x); "
+          f"{total / max(pg_cpu, 1e-9):,.0f} events per PostgreSQL CPU-second")
+
+
+def bench_pg_queries(pg, total: int, jobs: int = 10_000, hosts: int = 20) -> None:
+    """A store of `total` events loaded with COPY (the ingest path's own staging + partitions), then one job's
+    timeline and the fleet questions, p50/p99 over 30 runs each; disk bytes per million events."""
+    from collector.store.postgres import EVENT_COLUMNS, PostgresStore  # noqa: PLC0415
+
+    store = PostgresStore(pg.new_database())
+    try:
+        t0 = time.perf_counter()
+        now = time.time_ns()
+        base = now - 3600 * 10**9
+        template = {k: synthetic(k, "0", 0) for k in range(10)}
+        bodies = {k: ev.SerializeToString() for k, ev in template.items()}
+        kinds = {k: ev.WhichOneof("body") for k, ev in template.items()}
+        with store.pool.connection() as con, con.cursor() as cur:
+            with cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+                for i in range(total):
+                    k = i % 10
+                    daddr = f"10.{(i // 10) % 200}.{(i // 2000) % 250}.{i % 7}" if kinds[k] == "connect" else None
+                    exe = f"/usr/bin/tool{(i // 10) % 500}" if kinds[k] == "exec" else None
+                    copy.write_row((f"h{i % hosts}", i, base + i * 1000, kinds[k], "slurm", str(i % jobs),
+                                    i % 5000, f"b:{i % 5000}:1", bodies[k], now, daddr,
+                                    29500 if daddr else None, exe, None))
+                    if i % 200_000 == 0:
+                        print(f"  loading PostgreSQL store: {i:,}/{total:,} events", file=sys.stderr, end="\r",
+                              flush=True)
+            con.commit()
+            cur.execute("ANALYZE events")
+            con.commit()
+            size = int(cur.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                                   "WHERE inhparent = 'events'::regclass").fetchone()[0])
+        load = time.perf_counter() - t0
+        print(f"\nPostgreSQL store: {total:,} events, {jobs:,} jobs, {hosts} hosts, loaded by COPY in {load:.0f}s; "
+              f"{size / 1e6:,.0f} MB on disk = {size / (total / 1e6) / 1e6:,.0f} MB per million events (with indexes)")
+
+        def timed(label, fn, check):
+            lat = []
+            for _ in range(30):
+                t = time.perf_counter()
+                out = fn()
+                lat.append((time.perf_counter() - t) * 1000)
+                assert check(out), label
+            print(f"  {label}: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms "
+                  f"(target <= 100 ms: {pct(lat, 99) / 100:.2f} of budget)")
+
+        timed(f"one job's timeline ({total // jobs} events)",
+              lambda: build_timeline(store, TimelineFilter(job_id=str(random.randrange(jobs)))),
+              lambda r: len(r.events) == total // jobs)
+        timed("who connected to 10.N.0.0/16 in the last hour (limit 1000)",
+              lambda: store.connections(f"10.{random.randrange(200)}.0.0/16", since_ns=base, limit=1000),
+              lambda r: len(r) > 0)
+        timed("which hosts ran /usr/bin/toolN (limit 1000)",
+              lambda: store.executions(exe=f"/usr/bin/tool{random.randrange(500)}", limit=1000), lambda r: len(r) > 0)
+        timed("alerts by rule in a window", lambda: store.alerts(rule_id="miner-binary", since_ns=base), lambda r: True)
+    finally:
+        store.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="events for the ingest benchmarks")
@@ -206,8 +343,22 @@ def main() -> int:
                     help="store sizes for the timeline benchmark (e.g. 1000000 10000000)")
     ap.add_argument("--e2e-seconds", type=float, default=10)
     ap.add_argument("--e2e-rate", type=int, default=1000)
+    ap.add_argument("--postgres", action="store_true",
+                    help="benchmark the PostgreSQL store instead (a throwaway cluster; needs postgresql-15 and root)")
+    ap.add_argument("--pg-store-events", type=int, default=1_000_000, help="events for the PostgreSQL query bench")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}\n")
+    if args.postgres:
+        from lab.postgres import ThrowawayPostgres  # noqa: PLC0415
+
+        pg = ThrowawayPostgres()
+        try:
+            for collectors in (1, 2):
+                bench_pg_grpc_ingest(pg, args.events, collectors)
+            bench_pg_queries(pg, args.pg_store_events)
+        finally:
+            pg.stop()
+        return 0
     bench_store_ingest(args.events)
     bench_grpc_ingest(args.events)
     bench_e2e_latency(args.e2e_seconds, args.e2e_rate)

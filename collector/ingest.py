@@ -92,7 +92,7 @@ class Ingestor:
         """Run a store call; turn its failures into StoreUnavailable, logged once per distinct cause."""
         try:
             result = fn(*args)
-        except (sqlite3.Error, OSError) as exc:
+        except getattr(self.store, "errors", (sqlite3.Error, OSError)) as exc:
             cause = f"{type(exc).__name__}: {exc}"
             if cause != self._store_error_logged:
                 log.error("store error, agents told to keep their spool and retry: %s", cause)

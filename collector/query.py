@@ -8,6 +8,9 @@ to the append-only audit log, refused ones included.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
+from collections import Counter
 
 from collector.store.base import Store, TimelineFilter
 from collector.timeline import build_timeline, build_tree
@@ -19,7 +22,28 @@ MAX_POLICY_BYTES = 1 << 20
 QUERY_ROLES = {
     "ListJobs": "reader", "Timeline": "reader", "ProcessTree": "reader", "ListAlerts": "reader",
     "GetPolicy": "reader", "ListHosts": "reader", "ListAudit": "reader", "ApplyPolicy": "admin",
+    "Connections": "reader", "Executions": "reader", "GpuProcesses": "reader",
 }
+MAX_ROWS = 100_000
+
+
+class BadRequest(ValueError):
+    """A query the store cannot answer as asked (INVALID_ARGUMENT)."""
+
+
+async def refuse(context, message: str):
+    import grpc  # noqa: PLC0415
+
+    if context is None:
+        raise BadRequest(message)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def fleet_reply(rows, limit: int) -> cpb.FleetReply:
+    reply = cpb.FleetReply(truncated=len(rows) > limit)
+    for r in rows[:limit]:
+        reply.events.add(host_id=r.host_id, event=r.event)
+    return reply
 
 
 class QueryService:
@@ -48,8 +72,62 @@ class QueryService:
 
     async def ListAlerts(self, request, context, who: Identity):  # noqa: N802
         alerts = await asyncio.to_thread(self.store.alerts, request.job_id, request.since_ns,
-                                         min(request.limit or 1000, 100_000))
+                                         min(request.limit or 1000, MAX_ROWS), request.rule_id, request.host,
+                                         request.until_ns)
         return cpb.AlertsReply(alerts=alerts)
+
+    # -- fleet questions -------------------------------------------------------------------------
+    async def Connections(self, request, context, who: Identity):  # noqa: N802
+        """Which jobs and hosts reached an address or network, and when."""
+        try:
+            ipaddress.ip_network(request.cidr, strict=False)
+        except ValueError:
+            return await refuse(context, f"not an address or CIDR: {request.cidr[:100]!r}")
+        limit = min(request.limit or 10_000, MAX_ROWS)
+        rows = await asyncio.to_thread(self.store.connections, request.cidr, request.since_ns, request.until_ns,
+                                       limit + 1)
+        return fleet_reply(rows, limit)
+
+    async def Executions(self, request, context, who: Identity):  # noqa: N802
+        """Which hosts (and jobs) ran an executable, by sha256, path or name."""
+        given = [x for x in (request.sha256, request.exe, request.name) if x]
+        if len(given) != 1:
+            return await refuse(context, "give exactly one of sha256, exe (a path) or name")
+        if request.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", request.sha256):
+            return await refuse(context, "sha256 must be 64 hex digits")
+        limit = min(request.limit or 10_000, MAX_ROWS)
+        rows = await asyncio.to_thread(self.store.executions, request.sha256, request.exe, request.name,
+                                       request.since_ns, request.until_ns, limit + 1)
+        return fleet_reply(rows, limit)
+
+    async def GpuProcesses(self, request, context, who: Identity):  # noqa: N802
+        """The processes that opened a GPU in a job, and what else each of them did."""
+        return await asyncio.to_thread(self._gpu_processes, request.job_id)
+
+    def _gpu_processes(self, job_id: str) -> cpb.GpuProcessesReply:
+        reply = cpb.GpuProcessesReply()
+        for p in self.store.processes(job_id):
+            if not p["used_gpu"]:
+                continue
+            item = reply.processes.add()
+            item.process.CopyFrom(cpb.TreeNode(key=p["key"], parent_key=p["parent_key"] or "", host_id=p["host_id"],
+                                               pid=p["pid"] or 0, comm=p["comm"] or "", exe=p["exe"] or "",
+                                               argv=p["argv"], first_ts_ns=p["first_ts_ns"] or 0, used_gpu=True))
+            flt = TimelineFilter(job_id=job_id, host=p["host_id"], process_keys=(p["key"],), limit=MAX_ROWS)
+            kinds: Counter = Counter()
+            dests: dict[tuple, list] = {}
+            for row in self.store.timeline(flt):
+                kind = row.event.WhichOneof("body")
+                kinds[kind] += 1
+                if kind == "connect":
+                    c = row.event.connect
+                    d = dests.setdefault((c.daddr, c.dport, c.proto), [0, 0])
+                    d[0] += 1
+                    d[1] = c.result
+            item.events_by_kind.update(kinds)
+            for (daddr, dport, proto), (count, last) in sorted(dests.items()):
+                item.destinations.add(daddr=daddr, dport=dport, proto=proto, count=count, last_result=last)
+        return reply
 
     async def GetPolicy(self, request, context, who: Identity):  # noqa: N802
         if self.policy is None:

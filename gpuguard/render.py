@@ -167,3 +167,22 @@ def audit_table(reply: cpb.AuditReply) -> str:
     rows = [[ts(e.ts_ns), e.who, e.role, e.peer or "-", e.action, "ok" if e.ok else "REFUSED", e.detail[:120]]
             for e in reply.entries]
     return table(rows, ["TIME", "WHO", "ROLE", "FROM", "ACTION", "RESULT", "DETAIL"])
+
+
+def fleet_table(reply: cpb.FleetReply) -> str:
+    """Fleet answers: one row per matching event, in time order (host, job, process, what)."""
+    rows = [[ts(se.event.ts_ns), se.host_id[:16], f"{se.event.job.kind}:{se.event.job.id}", se.event.process.pid,
+             se.event.process.comm, describe_event(se.event)] for se in reply.events]
+    out = table(rows, ["TIME", "HOST", "JOB", "PID", "COMM", "EVENT"])
+    return out + ("\n(truncated: narrow with --since/--until or raise --limit)" if reply.truncated else "")
+
+
+def gpu_processes_view(reply: cpb.GpuProcessesReply) -> str:
+    out = []
+    for item in reply.processes:
+        p = item.process
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(item.events_by_kind.items()))
+        out.append(safe(f"{p.host_id[:16]}  {p.pid:>7}  {p.comm:<16} {p.exe}  [{kinds}]"))
+        out += [safe(f"    -> {d.proto} {d.daddr}:{d.dport} x{d.count} last={result(d.last_result)}")
+                for d in item.destinations]
+    return "\n".join(out) or "no process opened a GPU in this job"

@@ -250,9 +250,44 @@ def cmd_alerts(args) -> int:
     from gpuguard.render import alerts_table  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
 
-    reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit))
+    reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit,
+                                                        rule_id=args.rule or "", host=args.host or "",
+                                                        until_ns=args.until))
     _print(args, reply, lambda r: alerts_table(r.alerts))
     return EXIT_OK
+
+
+def cmd_connections(args) -> int:
+    from gpuguard.render import fleet_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "Connections", cpb.ConnectionsRequest(cidr=args.cidr, since_ns=args.since,
+                                                              until_ns=args.until, limit=args.limit))
+    _print(args, reply, fleet_table)
+    return EXIT_OK if reply.events else EXIT_NOT_FOUND
+
+
+def cmd_executions(args) -> int:
+    from gpuguard.render import fleet_table  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    if sum(bool(x) for x in (args.sha256, args.exe, args.name)) != 1:
+        print("gpuguard executions: give exactly one of --sha256, --exe or --name", file=sys.stderr)
+        return EXIT_CONFIG
+    reply = _call(args, "Executions", cpb.ExecutionsRequest(sha256=args.sha256 or "", exe=args.exe or "",
+                                                            name=args.name or "", since_ns=args.since,
+                                                            until_ns=args.until, limit=args.limit))
+    _print(args, reply, fleet_table)
+    return EXIT_OK if reply.events else EXIT_NOT_FOUND
+
+
+def cmd_gpu_users(args) -> int:
+    from gpuguard.render import gpu_processes_view  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    reply = _call(args, "GpuProcesses", cpb.GpuProcessesRequest(job_id=args.job))
+    _print(args, reply, gpu_processes_view)
+    return EXIT_OK if reply.processes else EXIT_NOT_FOUND
 
 
 def cmd_policy(args) -> int:
@@ -359,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load the eBPF probes, print events and/or ship them to a collector. "
                                    "Without --collector, events are only printed.")
     a.add_argument("--config", help="TOML file with an [agent] table (flags win)")
-    a.add_argument("--collector", help="collector address HOST:PORT; events are spooled on disk until acked")
+    a.add_argument("--collector", help="collector address HOST:PORT, or a list A:1,B:2 to fail over along; events "
+                   "are spooled on disk until acked")
     a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
     a.add_argument("--state-dir", help="saved policy and attachments (default /var/lib/gpuguard/agent)")
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
@@ -437,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     query("tree", "a job's process tree", cmd_tree, job=True)
     al = query("alerts", "alerts raised by detection rules", cmd_alerts)
     al.add_argument("--job", help="only this job")
+    al.add_argument("--rule", help="only this rule or correlation id")
+    al.add_argument("--host", help="only this host")
+    al.add_argument("--until", type=parse_time, default=0)
+    co = query("connections", "which jobs and hosts connected to an address or network, and when", cmd_connections)
+    co.add_argument("cidr", help="an address or a CIDR (203.0.113.7, 203.0.113.0/24, 2001:db8::/32)")
+    co.add_argument("--until", type=parse_time, default=0)
+    ex = query("executions", "which hosts and jobs ran an executable (by sha256, path or name)", cmd_executions)
+    ex.add_argument("--sha256", help="the executable's SHA-256 (agents hash executables at exec)")
+    ex.add_argument("--exe", help="the executable's path")
+    ex.add_argument("--name", help="the executable's file name")
+    ex.add_argument("--until", type=parse_time, default=0)
+    query("gpu-users", "the processes that opened a GPU in a job, and what else each did", cmd_gpu_users, job=True)
     pol = query("policy", "show the policy in force, or apply a rules file", cmd_policy)
     pol.add_argument("action", choices=["show", "apply"])
     pol.add_argument("file", nargs="?", help="rules YAML (for apply)")

@@ -12,7 +12,8 @@ arch=$(dpkg --print-architecture)
 release=$(uname -r)
 pkgs=(python3-bpfcc python3-venv python3-pip iproute2 openssh-client openssh-server util-linux git procps openssl bpftool)
 # `make test` also needs a real browser for the timeline page test (GPUGUARD_SETUP_TEST=1)
-[ "${GPUGUARD_SETUP_TEST:-0}" = 1 ] && pkgs+=(chromium)
+# and a PostgreSQL server for the store tests (they start throwaway clusters themselves)
+[ "${GPUGUARD_SETUP_TEST:-0}" = 1 ] && pkgs+=(chromium postgresql-15)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -55,7 +56,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, grpc, google.protobuf, msgpack, yaml, prometheus_client' || { say "python deps incomplete"; exit 3; }
+.venv/bin/python -c 'import bcc, grpc, google.protobuf, msgpack, yaml, prometheus_client, psycopg, psycopg_pool' || { say "python deps incomplete"; exit 3; }
 # gpuguard on the PATH (systemd units and the README call /usr/local/bin/gpuguard); never replace another program
 link=/usr/local/bin/gpuguard
 if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f .venv/bin/gpuguard)" ] || \

@@ -137,3 +137,17 @@ def enforcer(capture, tmp_path, test_cgroup):
     enf.apply(ppb.Policy(version=0), persist=False)   # empty maps
     enf.close()
     capture.injected.remove(enf.injected)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session; tests take fresh databases from it."""
+    from lab.postgres import ThrowawayPostgres, pg_bin  # noqa: PLC0415
+
+    if pg_bin() is None or os.geteuid() != 0:
+        if os.environ.get("GPUGUARD_REQUIRE_PG") == "1":
+            pytest.fail("PostgreSQL is required (GPUGUARD_REQUIRE_PG=1): scripts/setup.sh installs it for make test")
+        pytest.skip("no PostgreSQL here, or not root (apt-get install postgresql-15)")
+    server = ThrowawayPostgres()
+    yield server
+    server.stop()

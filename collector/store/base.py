@@ -6,6 +6,7 @@ implements the same methods; nothing above this layer changes.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,23 @@ class TimelineFilter:
     limit: int = 10_000
 
 
+def fleet_destination(ev: pb.Event, kind: str) -> tuple[str | None, int | None]:
+    """The destination an event names, for the fleet "who reached X" question (connects and blocks)."""
+    if kind == "connect":
+        return ev.connect.daddr or None, ev.connect.dport
+    if kind == "enforcement" and ev.enforcement.daddr:
+        return ev.enforcement.daddr, ev.enforcement.dport
+    return None, None
+
+
+def in_network(addr: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return ip.version == net.version and ip in net
+
+
 class Store(Protocol):
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
         """Record a connecting agent; return the highest seq stored for it."""
@@ -57,7 +75,15 @@ class Store(Protocol):
 
     def add_alert(self, alert: ppb.Alert) -> None: ...
 
-    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]: ...
+    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
+               until_ns: int = 0) -> list[ppb.Alert]: ...
+
+    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
+        """Connect and denied-connect events to an address in cidr, in time order."""
+
+    def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
+                   limit: int = 10_000) -> list[StoredRow]:
+        """Exec events of one executable (sha256, path or basename), in time order."""
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
         """(job kind, job id) with events on this host since the given time."""

@@ -8,13 +8,14 @@ is on disk, and only then does the server ack it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from collector.store.base import IngestResult, StoredRow, TimelineFilter
+from collector.store.base import IngestResult, StoredRow, TimelineFilter, fleet_destination, in_network
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -22,7 +23,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     host_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL, kind TEXT NOT NULL,
     job_kind TEXT NOT NULL, job_id TEXT NOT NULL, pid INTEGER, proc_key TEXT, body BLOB NOT NULL,
-    ingested_ns INTEGER,
+    ingested_ns INTEGER, daddr TEXT, dport INTEGER, exe TEXT, sha256 TEXT,
     PRIMARY KEY (host_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_job_ts ON events (job_id, ts_ns);
@@ -65,6 +66,16 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 """
 
 
+# Fleet-question columns, added to stores made before them (filled for events ingested from then on).
+FLEET_COLUMNS = (("daddr", "TEXT"), ("dport", "INTEGER"), ("exe", "TEXT"), ("sha256", "TEXT"))
+FLEET_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_daddr_ts ON events (daddr, ts_ns) WHERE daddr IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_sha256 ON events (sha256) WHERE sha256 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_exe_ts ON events (exe, ts_ns) WHERE kind = 'exec';
+CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts_ns);
+"""
+
+
 class StoreCorrupt(RuntimeError):
     """The database failed its integrity check at start: refuse to run on it."""
 
@@ -73,6 +84,8 @@ AGENT_FIELDS = {"hostname", "boot_id", "last_seen_ns", "policy_version", "policy
 
 
 class SqliteStore:
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)   # failures the ingest path retries
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -83,6 +96,11 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.check_integrity()
             self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+            for name, sqltype in FLEET_COLUMNS:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE events ADD COLUMN {name} {sqltype}")
+            self.db.executescript(FLEET_INDEXES)
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: not a usable SQLite database ({exc}); move it aside or restore "
                                "a backup") from exc
@@ -138,7 +156,9 @@ class SqliteStore:
             kind = ev.WhichOneof("body") or "unknown"
             p, job, ts = ev.process, ev.job, ev.ts_ns   # upb fields: read each once
             key, job_id = p.key, job.id
-            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now))
+            daddr, dport = fleet_destination(ev, kind)
+            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now,
+                         daddr, dport, p.exe or None, p.exe_sha256 or None))
             if key and kind in PROCESS_KINDS:
                 prev = procs.get(key)
                 if prev is None or kind == "exec":
@@ -158,7 +178,9 @@ class SqliteStore:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 before = self.db.total_changes
-                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                cur.executemany("INSERT OR IGNORE INTO events (host_id, seq, ts_ns, kind, job_kind, job_id, pid, "
+                                "proc_key, body, ingested_ns, daddr, dport, exe, sha256) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 result.stored = self.db.total_changes - before
                 result.duplicates = len(rows) - result.stored
                 cur.executemany(
@@ -240,11 +262,58 @@ class SqliteStore:
                             (alert.id, alert.ts_ns, alert.rule_id, alert.job.id, alert.host_id,
                              alert.SerializeToString()))
 
-    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000) -> list[ppb.Alert]:
-        sql = "SELECT body FROM alerts WHERE ts_ns >= ?" + (" AND job_id = ?" if job_id else "")
-        params = (since_ns, job_id) if job_id else (since_ns,)
-        rows = self.db.execute(sql + " ORDER BY ts_ns LIMIT ?", (*params, limit))
+    def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
+               until_ns: int = 0) -> list[ppb.Alert]:
+        sql, params = ["SELECT body FROM alerts WHERE ts_ns >= ?"], [since_ns]
+        for column, value in (("job_id", job_id), ("rule_id", rule_id), ("host_id", host)):
+            if value:
+                sql.append(f"AND {column} = ?")
+                params.append(value)
+        if until_ns:
+            sql.append("AND ts_ns <= ?")
+            params.append(until_ns)
+        rows = self.db.execute(" ".join(sql) + " ORDER BY ts_ns, id LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
+
+    # -- fleet questions -----------------------------------------------------------------
+    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
+        """Connect (and denied-connect) events to an address in cidr, in time order."""
+        net = ipaddress.ip_network(cidr, strict=False)
+        sql = ["SELECT host_id, daddr, body FROM events WHERE daddr IS NOT NULL AND ts_ns >= ?"]
+        params: list = [since_ns]
+        if net.num_addresses == 1:
+            sql.append("AND daddr = ?")
+            params.append(str(net.network_address))
+        if until_ns:
+            sql.append("AND ts_ns <= ?")
+            params.append(until_ns)
+        out = []
+        for host, daddr, body in self.db.execute(" ".join(sql) + " ORDER BY ts_ns, host_id, seq", params):
+            if in_network(daddr, net):
+                out.append(StoredRow(host, pb.Event.FromString(body)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
+                   limit: int = 10_000) -> list[StoredRow]:
+        """Exec events of an executable (by sha256, path or basename), in time order."""
+        sql, params = ["SELECT host_id, body FROM events WHERE kind = 'exec' AND ts_ns >= ?"], [since_ns]
+        if sha256:
+            sql.append("AND sha256 = ?")
+            params.append(sha256.lower())
+        if exe:
+            sql.append("AND exe = ?")
+            params.append(exe)
+        if name:
+            sql.append("AND (exe = ? OR exe LIKE ? ESCAPE '\\')")
+            params += [name, "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")]
+        if until_ns:
+            sql.append("AND ts_ns <= ?")
+            params.append(until_ns)
+        sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
+        params.append(limit)
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self.db.execute(" ".join(sql), params)]
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
         """(job kind, job id) with events on this host since the given time."""

@@ -231,14 +231,85 @@ class TreeReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[TreeNode, _Mapping]]] = ...) -> None: ...
 
 class AlertsRequest(_message.Message):
-    __slots__ = ("job_id", "since_ns", "limit")
+    __slots__ = ("job_id", "since_ns", "limit", "rule_id", "host", "until_ns")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     since_ns: int
     limit: int
-    def __init__(self, job_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    rule_id: str
+    host: str
+    until_ns: int
+    def __init__(self, job_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., limit: _Optional[int] = ..., rule_id: _Optional[str] = ..., host: _Optional[str] = ..., until_ns: _Optional[int] = ...) -> None: ...
+
+class ConnectionsRequest(_message.Message):
+    __slots__ = ("cidr", "since_ns", "until_ns", "limit")
+    CIDR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    cidr: str
+    since_ns: int
+    until_ns: int
+    limit: int
+    def __init__(self, cidr: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ExecutionsRequest(_message.Message):
+    __slots__ = ("sha256", "exe", "name", "since_ns", "until_ns", "limit")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    exe: str
+    name: str
+    since_ns: int
+    until_ns: int
+    limit: int
+    def __init__(self, sha256: _Optional[str] = ..., exe: _Optional[str] = ..., name: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class FleetReply(_message.Message):
+    __slots__ = ("events", "truncated")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
+    truncated: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GpuProcessesRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GpuProcess(_message.Message):
+    __slots__ = ("process", "events_by_kind", "destinations")
+    class EventsByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_BY_KIND_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    process: TreeNode
+    events_by_kind: _containers.ScalarMap[str, int]
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    def __init__(self, process: _Optional[_Union[TreeNode, _Mapping]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ...) -> None: ...
+
+class GpuProcessesReply(_message.Message):
+    __slots__ = ("processes",)
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    processes: _containers.RepeatedCompositeFieldContainer[GpuProcess]
+    def __init__(self, processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ...) -> None: ...
 
 class AlertsReply(_message.Message):
     __slots__ = ("alerts",)

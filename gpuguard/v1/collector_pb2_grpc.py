@@ -147,6 +147,21 @@ class QueryStub:
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.AuditRequest.SerializeToString,
                 response_deserializer=gpuguard_dot_v1_dot_collector__pb2.AuditReply.FromString,
                 _registered_method=True)
+        self.Connections = channel.unary_unary(
+                '/gpuguard.v1.Query/Connections',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.ConnectionsRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.FleetReply.FromString,
+                _registered_method=True)
+        self.Executions = channel.unary_unary(
+                '/gpuguard.v1.Query/Executions',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.ExecutionsRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.FleetReply.FromString,
+                _registered_method=True)
+        self.GpuProcesses = channel.unary_unary(
+                '/gpuguard.v1.Query/GpuProcesses',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.GpuProcessesRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.GpuProcessesReply.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -201,6 +216,27 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connections(self, request, context):
+        """which jobs/hosts reached X, when
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Executions(self, request, context):
+        """which hosts ran this executable
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GpuProcesses(self, request, context):
+        """a job's GPU users and what else they did
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +279,21 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=gpuguard_dot_v1_dot_collector__pb2.AuditRequest.FromString,
                     response_serializer=gpuguard_dot_v1_dot_collector__pb2.AuditReply.SerializeToString,
+            ),
+            'Connections': grpc.unary_unary_rpc_method_handler(
+                    servicer.Connections,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.ConnectionsRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.FleetReply.SerializeToString,
+            ),
+            'Executions': grpc.unary_unary_rpc_method_handler(
+                    servicer.Executions,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.ExecutionsRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.FleetReply.SerializeToString,
+            ),
+            'GpuProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.GpuProcesses,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.GpuProcessesRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.GpuProcessesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -461,6 +512,87 @@ class Query:
             '/gpuguard.v1.Query/ListAudit',
             gpuguard_dot_v1_dot_collector__pb2.AuditRequest.SerializeToString,
             gpuguard_dot_v1_dot_collector__pb2.AuditReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/Connections',
+            gpuguard_dot_v1_dot_collector__pb2.ConnectionsRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.FleetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Executions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/Executions',
+            gpuguard_dot_v1_dot_collector__pb2.ExecutionsRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.FleetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GpuProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/GpuProcesses',
+            gpuguard_dot_v1_dot_collector__pb2.GpuProcessesRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.GpuProcessesReply.FromString,
             options,
             channel_credentials,
             insecure,
