@@ -166,10 +166,15 @@ class FakePool:
             self.accepted += 1
             threading.Thread(target=self._read, args=(conn,), daemon=True).start()
 
+    def _greet(self, conn) -> bytes:
+        """What a subclass says before reading (a handshake); returns what it read doing so."""
+        return b""
+
     def _read(self, conn) -> None:
         conn.settimeout(3)
         data = b""
         try:
+            data += self._greet(conn)
             while chunk := conn.recv(4096):
                 data += chunk
         except OSError:
@@ -194,20 +199,12 @@ class FakeSocksServer(FakePool):
     """A loopback SOCKS5 proxy that says yes to every CONNECT and connects nowhere: it records what
     the client sent through it (the greeting, the CONNECT request, then the proxied bytes)."""
 
-    def _read(self, conn) -> None:
-        conn.settimeout(3)
-        data = b""
-        try:
-            data += conn.recv(3)                                  # 05 01 00: one method, no auth
-            conn.sendall(b"\x05\x00")
-            data += conn.recv(512)                                # 05 01 00 ATYP ADDR PORT
-            conn.sendall(b"\x05\x00\x00\x01" + bytes(6))
-            while chunk := conn.recv(4096):
-                data += chunk
-        except OSError:
-            pass
-        self.received.append(data)
-        conn.close()
+    def _greet(self, conn) -> bytes:
+        data = conn.recv(3)                                       # 05 01 00: one method, no auth
+        conn.sendall(b"\x05\x00")
+        data += conn.recv(512)                                    # 05 01 00 ATYP ADDR PORT
+        conn.sendall(b"\x05\x00\x00\x01" + bytes(6))
+        return data
 
 
 class CommandPeer(FakePool):
@@ -218,12 +215,9 @@ class CommandPeer(FakePool):
         self.command = command
         super().__init__()
 
-    def _read(self, conn) -> None:
-        try:
-            conn.sendall(self.command)
-        except OSError:
-            pass
-        super()._read(conn)
+    def _greet(self, conn) -> bytes:
+        conn.sendall(self.command)
+        return b""
 
 
 # A harmless netcat: connect to 127.0.0.1:PORT, copy the socket to stdout and stdin to the socket.

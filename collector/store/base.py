@@ -7,6 +7,7 @@ implements the same methods; nothing above this layer changes.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,23 @@ def in_network(addr: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) ->
     except ValueError:
         return False
     return ip.version == net.version and ip in net
+
+
+PROCESS_COLUMNS = ("host_id", "key", "parent_key", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu")
+
+
+def process_item(row: tuple) -> dict:
+    """A processes row (PROCESS_COLUMNS order) as the dict queries use."""
+    item = dict(zip(PROCESS_COLUMNS, row, strict=True))
+    item["argv"] = json.loads(item["argv"] or "[]")
+    item["used_gpu"] = bool(item["used_gpu"])
+    return item
+
+
+def job_summary(row: tuple) -> dict:
+    """A jobs aggregate row (id, kind, hosts joined by commas, first, last, events, alerts) as a dict."""
+    return {"job_id": row[0], "job_kind": row[1], "hosts": sorted(set(row[2].split(","))), "first_ts_ns": row[3],
+            "last_ts_ns": row[4], "events": int(row[5]), "alerts": row[6]}
 
 
 class Store(Protocol):

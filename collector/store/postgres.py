@@ -22,7 +22,15 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from collector.store.base import IngestResult, StoredRow, TimelineFilter, fleet_destination
+from collector.store.base import (
+    PROCESS_COLUMNS,
+    IngestResult,
+    StoredRow,
+    TimelineFilter,
+    fleet_destination,
+    job_summary,
+    process_item,
+)
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -257,14 +265,18 @@ class PostgresStore:
             con.rollback()
             return rows
 
+    def _events(self, where: list[str], params: list, limit: int) -> list[StoredRow]:
+        """SELECT host_id, body ... WHERE <where> in time order: the rows of every event query."""
+        rows = self._rows(" ".join(where) + " ORDER BY ts_ns, host_id, seq LIMIT %s", (*params, limit))
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in rows]
+
     def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
         rows = self._rows(
             "SELECT j.job_id, j.job_kind, string_agg(DISTINCT j.host_id, ','), MIN(j.first_ts_ns), MAX(j.last_ts_ns), "
             "SUM(j.events), (SELECT COUNT(*) FROM alerts a WHERE a.job_id = j.job_id) "
             "FROM jobs j WHERE j.last_ts_ns >= %s GROUP BY j.job_id, j.job_kind "
             "ORDER BY MAX(j.last_ts_ns) DESC LIMIT %s", (since_ns, limit))
-        return [{"job_id": r[0], "job_kind": r[1], "hosts": sorted(set(r[2].split(","))), "first_ts_ns": r[3],
-                 "last_ts_ns": r[4], "events": int(r[5]), "alerts": r[6]} for r in rows]
+        return [job_summary(r) for r in rows]
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
         sql = ["SELECT host_id, body FROM events WHERE job_id = %s"]
@@ -284,21 +296,12 @@ class PostgresStore:
         if flt.process_keys:
             sql.append("AND proc_key = ANY(%s)")
             params.append(list(flt.process_keys))
-        sql.append("ORDER BY ts_ns, host_id, seq LIMIT %s")
-        params.append(flt.limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._rows(" ".join(sql), params)]
+        return self._events(sql, params, flt.limit)
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
-        sql = ("SELECT host_id, key, parent_key, pid, comm, exe, argv, first_ts_ns, used_gpu FROM processes "
-               "WHERE job_id = %s" + (" AND host_id = %s" if host else "") + " ORDER BY first_ts_ns, host_id, key")
-        cols = ["host_id", "key", "parent_key", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu"]
-        out = []
-        for row in self._rows(sql, (job_id, host) if host else (job_id,)):
-            item = dict(zip(cols, row, strict=True))
-            item["argv"] = json.loads(item["argv"] or "[]")
-            item["used_gpu"] = bool(item["used_gpu"])
-            out.append(item)
-        return out
+        sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = %s"
+               + (" AND host_id = %s" if host else "") + " ORDER BY first_ts_ns, host_id, key")
+        return [process_item(row) for row in self._rows(sql, (job_id, host) if host else (job_id,))]
 
     def add_alert(self, alert: ppb.Alert) -> None:
         with self.pool.connection() as con, con.transaction():
@@ -328,9 +331,7 @@ class PostgresStore:
         if until_ns:
             sql.append("AND ts_ns <= %s")
             params.append(until_ns)
-        sql.append("ORDER BY ts_ns, host_id, seq LIMIT %s")
-        params.append(limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._rows(" ".join(sql), params)]
+        return self._events(sql, params, limit)
 
     def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
                    limit: int = 10_000) -> list[StoredRow]:
@@ -347,9 +348,7 @@ class PostgresStore:
         if until_ns:
             sql.append("AND ts_ns <= %s")
             params.append(until_ns)
-        sql.append("ORDER BY ts_ns, host_id, seq LIMIT %s")
-        params.append(limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._rows(" ".join(sql), params)]
+        return self._events(sql, params, limit)
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
         return [(k, j) for k, j in self._rows(

@@ -15,7 +15,16 @@ import threading
 import time
 from pathlib import Path
 
-from collector.store.base import IngestResult, StoredRow, TimelineFilter, fleet_destination, in_network
+from collector.store.base import (
+    PROCESS_COLUMNS,
+    IngestResult,
+    StoredRow,
+    TimelineFilter,
+    fleet_destination,
+    in_network,
+    job_summary,
+    process_item,
+)
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
 
@@ -218,8 +227,7 @@ class SqliteStore:
             "SUM(j.events), (SELECT COUNT(*) FROM alerts a WHERE a.job_id = j.job_id) "
             "FROM jobs j WHERE j.last_ts_ns >= ? GROUP BY j.job_id, j.job_kind "
             "ORDER BY MAX(j.last_ts_ns) DESC LIMIT ?", (since_ns, limit))
-        return [{"job_id": r[0], "job_kind": r[1], "hosts": sorted(set(r[2].split(","))), "first_ts_ns": r[3],
-                 "last_ts_ns": r[4], "events": r[5], "alerts": r[6]} for r in cur.fetchall()]
+        return [job_summary(r) for r in cur.fetchall()]
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
         sql = ["SELECT host_id, body FROM events WHERE job_id = ?"]
@@ -244,17 +252,9 @@ class SqliteStore:
         return [StoredRow(h, pb.Event.FromString(b)) for h, b in self.db.execute(" ".join(sql), params)]
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
-        sql = ("SELECT host_id, key, parent_key, pid, comm, exe, argv, first_ts_ns, used_gpu FROM processes "
-               "WHERE job_id = ?" + (" AND host_id = ?" if host else "") + " ORDER BY first_ts_ns")
-        params = (job_id, host) if host else (job_id,)
-        cols = ["host_id", "key", "parent_key", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu"]
-        out = []
-        for row in self.db.execute(sql, params):
-            item = dict(zip(cols, row, strict=True))
-            item["argv"] = json.loads(item["argv"] or "[]")
-            item["used_gpu"] = bool(item["used_gpu"])
-            out.append(item)
-        return out
+        sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = ?"
+               + (" AND host_id = ?" if host else "") + " ORDER BY first_ts_ns")
+        return [process_item(row) for row in self.db.execute(sql, (job_id, host) if host else (job_id,))]
 
     def add_alert(self, alert: ppb.Alert) -> None:
         with self._lock:
