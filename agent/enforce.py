@@ -20,6 +20,7 @@ saved and re-applied at start, before the collector is reachable.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -119,6 +120,34 @@ def scope_matches(scope: ppb.Scope, job: Job) -> bool:
     return job.id in scope.job_ids or job.kind in scope.job_kinds
 
 
+class ExecutedOrders:
+    """Kill order ids this agent executed, kept on disk (bounded): a resent order is acked, not re-run."""
+
+    def __init__(self, path: Path, keep: int = 10_000) -> None:
+        self.path, self.keep = path, keep
+        try:
+            self.ids: list[str] = json.loads(path.read_text())[-keep:]
+        except (OSError, ValueError):
+            self.ids = []
+        self._set = set(self.ids)
+
+    def seen(self, order_id: str) -> bool:
+        return order_id in self._set
+
+    def remember(self, order_id: str) -> None:
+        self.ids.append(order_id)
+        self._set.add(order_id)
+        if len(self.ids) > self.keep:
+            self._set.discard(self.ids.pop(0))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.ids))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not save executed kill orders in %s: %s", self.path, exc)
+
+
 class Enforcer:
     def __init__(self, capture, state_dir: str | Path) -> None:
         self.capture = capture
@@ -141,6 +170,7 @@ class Enforcer:
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
         self.exec_kill = self._attach_kill_at_exec()
+        self.orders = ExecutedOrders(self.state_dir / "orders.json")
         self.worker = Worker("enforcer")        # cgroup walks, hashing and kills, off the poll thread
         self._reapply_lock = threading.Lock()
         self._reapply_pending = False
@@ -496,7 +526,17 @@ class Enforcer:
                 return cpb.AgentMessage(policy_ack=cpb.PolicyAck(version=self.policy.version, error=str(exc)))
         if kind == "kill":
             k = msg.kill
-            self.kill(k.pid, k.process_key, k.rule_id, tree=k.tree, why="ordered by the collector")
+            if not k.order_id:
+                self.kill(k.pid, k.process_key, k.rule_id, tree=k.tree, why="ordered by the collector")
+                return None
+            if self.orders.seen(k.order_id):     # a resent order (its ack was lost): never executed twice
+                return cpb.AgentMessage(kill_ack=cpb.KillAck(order_id=k.order_id, executed=False,
+                                                             detail="already executed"))
+            killed = self.kill(k.pid, k.process_key, k.rule_id, tree=k.tree, why="ordered by the collector")
+            self.orders.remember(k.order_id)
+            return cpb.AgentMessage(kill_ack=cpb.KillAck(
+                order_id=k.order_id, executed=killed > 0,
+                detail=f"{killed} process(es) killed" if killed else "the process was gone or is another one now"))
         return None
 
     def kill(self, pid: int, key: str, rule_id: str, tree: bool, why: str) -> int:

@@ -229,6 +229,9 @@ class Shipper:
                     reply = self.on_command(msg)
                     if reply is not None:
                         self.send(reply)
+                elif kind == "kill" and msg.kill.order_id:     # an agent that does not enforce says so
+                    self.send(cpb.AgentMessage(kill_ack=cpb.KillAck(order_id=msg.kill.order_id, executed=False,
+                                                                    detail="this agent runs with --no-enforce")))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 state["error"] = exc

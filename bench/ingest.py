@@ -122,7 +122,8 @@ def bench_grpc_ingest(n: int) -> float:
     return n / cpu
 
 
-def bench_e2e_latency(seconds: float, rate: int) -> None:
+def bench_e2e_latency(seconds: float, rate: int, store_url: str = "") -> None:
+    """syscall -> stored with a real agent and collector; store_url: a PostgreSQL store instead of SQLite."""
     if os.geteuid() != 0:
         print("end-to-end latency: skipped (needs root for the agent)")
         return
@@ -130,7 +131,7 @@ def bench_e2e_latency(seconds: float, rate: int) -> None:
         port = free_port()
         host = f"bench-{uuid.uuid4().hex[:6]}"
         lab_credentials(host)
-        col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", f"{d}/c.db"],
+        col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", store_url or f"{d}/c.db"],
                       Path(d) / "c.log", "collector listening on").start()
         ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", f"{d}/spool", "--state-dir",
                       f"{d}/state", "--host-id", host, "--quiet"], Path(d) / "a.log", "process table seeded").start()
@@ -147,18 +148,26 @@ def bench_e2e_latency(seconds: float, rate: int) -> None:
             proc = subprocess.run([sys.executable, "-c", gen], check=True)
             del proc
             time.sleep(2.0)
-            import sqlite3  # noqa: PLC0415
+            sql = "SELECT body, ingested_ns, ts_ns FROM events WHERE host_id = {m} AND kind = 'connect'"
+            if store_url:
+                import psycopg  # noqa: PLC0415
 
-            con = sqlite3.connect(f"{d}/c.db")
-            rows = con.execute("SELECT body, ingested_ns, ts_ns FROM events WHERE host_id=? AND kind='connect'",
-                               (host,)).fetchall()
-            lat = [(ing - ts) / 1e6 for body, ing, ts in rows if pb.Event.FromString(body).connect.dport == closed]
-            con.close()
+                with psycopg.connect(store_url) as con:
+                    rows = con.execute(sql.format(m="%s"), (host,)).fetchall()
+            else:
+                import sqlite3  # noqa: PLC0415
+
+                con = sqlite3.connect(f"{d}/c.db")
+                rows = con.execute(sql.format(m="?"), (host,)).fetchall()
+                con.close()
+            lat = [(ing - ts) / 1e6 for body, ing, ts in rows
+                   if pb.Event.FromString(bytes(body)).connect.dport == closed]
         finally:
             ag.stop()
             col.stop()
     want = int(seconds * rate)
-    print(f"end-to-end latency, syscall -> stored (agent + collector on this host, {rate} connects/s for "
+    print(f"end-to-end latency, syscall -> stored ({'PostgreSQL' if store_url else 'SQLite'}; agent + collector on "
+          f"this host, {rate} connects/s for "
           f"{seconds:.0f}s): {len(lat)}/{want} events stored; p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
           f"max {max(lat):.1f} ms (target p99 <= 250 ms: {pct(lat, 99) / 250:.2f} of budget)")
 
@@ -355,6 +364,7 @@ def main() -> int:
         try:
             for collectors in (1, 2):
                 bench_pg_grpc_ingest(pg, args.events, collectors)
+            bench_e2e_latency(args.e2e_seconds, args.e2e_rate, pg.new_database())
             bench_pg_queries(pg, args.pg_store_events)
         finally:
             pg.stop()

@@ -12,6 +12,7 @@ from collector.auth import Authenticator
 from collector.health import HostHealth
 from collector.hub import AgentHub
 from collector.ingest import Ingestor
+from collector.outbox import Outbox
 from collector.outputs import AlertPublisher, build_outputs
 from collector.query import QueryService
 from collector.server import StreamLimits, build_server
@@ -42,6 +43,7 @@ class CollectorConfig:
     alert_jsonl: str = ""               # every alert as a JSON line to this file ("-" = stdout)
     alert_syslog: str = ""              # ... to syslog: udp://HOST:PORT, tcp://HOST:PORT or a socket path
     alert_webhook: str = ""             # ... POSTed as JSON to this http(s) URL (queued, retried)
+    detector_lease_s: float = 10.0      # a dead detector's lease is taken over after this long
 
 
 class CollectorApp:
@@ -63,14 +65,16 @@ class CollectorApp:
                                  kill_programs_expected=lambda: bool(self.policy and self.policy.policy.kill),
                                  alerts=self.alerts)
         self.ingestor.listeners.append(self.health.on_events)
+        self.outbox = Outbox(self.store, self.hub)
         if cfg.detection:
-            from collector.detect_worker import DetectionWorker  # noqa: PLC0415 - detection is optional
+            from collector.detector import DurableDetector  # noqa: PLC0415 - detection is optional
             from collector.policy import PolicyManager  # noqa: PLC0415
             from collector.resolve import DomainResolver  # noqa: PLC0415
 
             self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir, DomainResolver(cfg.resolve_domains),
-                                        alerts=self.alerts)
-            self.detector = DetectionWorker(self.policy.on_events)
+                                        alerts=self.alerts, outbox=self.outbox)
+            self.detector = DurableDetector(self.store, self.policy.on_events, self.policy.warm_window_s,
+                                            lease_ttl_s=cfg.detector_lease_s)
             self.ingestor.listeners.append(self.detector.submit)
         self.query = QueryService(self.store, self.policy, self.health)
         self.server = None
@@ -105,13 +109,14 @@ class CollectorApp:
         self.server, self.port = build_server(
             self.ingestor, self.query, self.hub, self.auth, self.cfg.listen, creds,
             on_connect=self._on_connect, on_disconnect=self.health.on_disconnect,
-            on_policy_ack=self.policy.on_policy_ack if self.policy else None,
+            on_policy_ack=self.policy.on_policy_ack if self.policy else None, on_kill_ack=self.outbox.on_ack,
             limits=StreamLimits(max_streams=self.cfg.max_streams, hello_timeout_s=self.cfg.hello_timeout_s))
         await self.server.start()
         loop = asyncio.get_running_loop()
         if self.policy:
             self.policy.bind_loop(loop)
-        self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health())]
+        self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
+                       loop.create_task(self.outbox.deliver_forever())]
         self._start_http(loop)
         return self.port
 

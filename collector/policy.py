@@ -139,8 +139,9 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
 
 class PolicyManager:
     def __init__(self, store, hub: AgentHub, rules_dir: str = "", resolver: DomainResolver | None = None,
-                 alerts: AlertPublisher | None = None) -> None:
+                 alerts: AlertPublisher | None = None, outbox=None) -> None:
         self.store = store
+        self.outbox = outbox                                 # collector.outbox.Outbox: kill orders as rows
         self.publisher = alerts or AlertPublisher(store)     # stores and publishes every alert
         self.resolver = resolver or DomainResolver(enabled=False)
         self.hub = hub
@@ -186,6 +187,28 @@ class PolicyManager:
         self.loop = loop
         if self.rules_dir:
             loop.create_task(self._watch_rules_dir())
+        loop.create_task(self._follow_store())
+
+    async def _follow_store(self) -> None:
+        """Another collector on the same store applied a policy: take it and push it to this one's agents."""
+        while True:
+            await asyncio.sleep(2)
+            try:
+                version, user_yaml = await asyncio.to_thread(self.store.load_policy)
+            except Exception as exc:
+                log.debug("policy check against the store failed: %s", exc)
+                continue
+            if version <= self.version:
+                continue
+            try:
+                rs = await asyncio.to_thread(self._load, user_yaml)
+            except RuleError as exc:
+                log.error("policy version %d in the store is invalid here, keeping %d: %s", version, self.version,
+                          exc)
+                continue
+            await asyncio.to_thread(self._take, version, user_yaml, rs)
+            log.info("policy version %d taken from the store (applied by another collector)", version)
+            self._push_policy()
 
     def apply_yaml(self, text: str) -> cpb.ApplyPolicyReply:
         try:
@@ -221,6 +244,11 @@ class PolicyManager:
                                     f"version {self.version}, {len(rs.rules)} rules", True)
             self._push_policy()
 
+    def _take(self, version: int, user_yaml: str, rs: RuleSet) -> None:
+        with self.lock:
+            self.version, self.user_yaml = version, user_yaml
+            self._install(rs, bump=False)
+
     def describe(self) -> cpb.PolicyReply:
         reply = cpb.PolicyReply(policy=self.policy)
         for a in self.store.agents():
@@ -240,21 +268,28 @@ class PolicyManager:
             log.error("agent %s failed to apply policy %d: %s", session.host_id, self.policy.version, ack.error)
 
     # -- detection -------------------------------------------------------------------------
-    def on_events(self, host: str, events: list[pb.Event]) -> None:
+    def on_events(self, host: str, events: list[pb.Event], emit: bool = True) -> None:
+        """Evaluate events in order. emit=False only builds the correlation state (a new detector's warm-up)."""
         with self.lock:
             for ev in events:
                 kind = ev.WhichOneof("body")
-                if kind == "enforcement":
+                if kind == "enforcement" and emit:
                     self._confirm(host, ev)
                 matches = self.engine.evaluate(host, ev, self.correlator.context(host, ev))
                 self.correlator.observe(host, ev)
                 if not matches:
                     continue
-                for m in matches:
-                    if m.rule.action != "signal":
-                        self._alert_for_rule(host, ev, m)
-                for corr, evidence in self.correlator.record(host, ev, matches):
+                if emit:
+                    for m in matches:
+                        if m.rule.action != "signal":
+                            self._alert_for_rule(host, ev, m)
+                fired = self.correlator.record(host, ev, matches)
+                for corr, evidence in fired if emit else ():
                     self._alert_for_correlation(host, ev, corr, evidence)
+
+    def warm_window_s(self) -> float:
+        """The longest correlation window in force: how far back a new detector replays."""
+        return max((c.within_s for c in self.ruleset.correlations.values()), default=0.0)
 
     def _mode(self, rule_mode: str, job_id: str) -> str:
         return self.ruleset.mode_for(rule_mode, job_id)
@@ -303,8 +338,11 @@ class PolicyManager:
         self.store.add_audit("detection", "system", "", "kill.order",
                              f"host {host} pid {p.pid} key {p.key} comm {p.comm[:64]!r} rule {rule_id}"
                              f"{' (tree)' if tree else ''}", True)
-        self._push(host, cpb.CollectorMessage(kill=cpb.KillProcess(pid=p.pid, process_key=p.key, rule_id=rule_id,
-                                                                   tree=tree)))
+        kill = cpb.KillProcess(pid=p.pid, process_key=p.key, rule_id=rule_id, tree=tree)
+        if self.outbox is not None:
+            self.outbox.order(host, kill)            # a row in the store, delivered by the host's collector
+        else:
+            self._push(host, cpb.CollectorMessage(kill=kill))
 
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""

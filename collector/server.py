@@ -57,12 +57,14 @@ class _End(Exception):
 
 class CollectorServicer:
     def __init__(self, ingestor: Ingestor, hub: AgentHub, auth: Authenticator, on_connect=None,
-                 on_policy_ack=None, on_disconnect=None, limits: StreamLimits | None = None) -> None:
+                 on_policy_ack=None, on_disconnect=None, limits: StreamLimits | None = None,
+                 on_kill_ack=None) -> None:
         self.ingestor = ingestor
         self.hub = hub
         self.auth = auth
         self.on_connect = on_connect
         self.on_policy_ack = on_policy_ack
+        self.on_kill_ack = on_kill_ack
         self.on_disconnect = on_disconnect
         self.limits = limits or StreamLimits()
         self.active_streams = 0
@@ -170,6 +172,9 @@ class CollectorServicer:
                 session.policy_version = msg.policy_ack.version
                 if self.on_policy_ack:
                     await asyncio.to_thread(self.on_policy_ack, session, msg.policy_ack)
+            elif kind == "kill_ack":
+                if self.on_kill_ack:
+                    await asyncio.to_thread(self.on_kill_ack, session, msg.kill_ack)
             else:
                 raise StreamProblem("INVALID_ARGUMENT", "AgentMessage with no body")
         except Unauthenticated as exc:

@@ -91,7 +91,7 @@ def collector_config(args):
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigProblem(f"config {args.config}: {exc}") from exc
     for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca",
-                "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook"):
+                "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook", "detector_lease_s"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.resolve_domains:
@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alert-syslog", metavar="TARGET",
                    help="send every alert to syslog: udp://HOST:PORT, tcp://HOST:PORT or a socket path (/dev/log)")
     c.add_argument("--alert-webhook", metavar="URL", help="POST every alert as JSON to URL (queued, retried)")
+    c.add_argument("--detector-lease", dest="detector_lease_s", type=float, metavar="SECONDS",
+                   help="with several collectors on one store, one detects at a time; another takes over after "
+                        "the holder is silent this long (default 10)")
     c.set_defaults(func=cmd_collector)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")

@@ -111,3 +111,60 @@ def stream_events(port: int, host: str, events: list, batch_size: int = 500, tim
                     break
         out.put(None)
         return acked
+
+
+class FakeAgent:
+    """A stream that stays open like an agent's: ships events on demand, records the kill orders it gets and
+    acks each (executed), as the real agent does. For multi-collector tests that need more hosts than kernels."""
+
+    def __init__(self, port: int, host: str) -> None:
+        import queue  # noqa: PLC0415
+
+        import grpc  # noqa: PLC0415
+
+        from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+        from gpuguard.v1 import collector_pb2_grpc  # noqa: PLC0415
+        from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+
+        self.cpb, self.host, self.seq = cpb, host, 0
+        self.out: queue.Queue = queue.Queue()
+        self.acked = 0
+        self.orders: list = []
+        self.ended = threading.Event()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.replies = collector_pb2_grpc.CollectorStub(self.channel).Stream(
+            iter(self.out.get, None), metadata=bearer(agent_credential(host)))
+        self.out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"))))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for msg in self.replies:
+                kind = msg.WhichOneof("msg")
+                if kind == "ack":
+                    self.acked = max(self.acked, msg.ack.seq)
+                elif kind == "kill":
+                    self.orders.append(msg.kill)
+                    self.out.put(self.cpb.AgentMessage(kill_ack=self.cpb.KillAck(order_id=msg.kill.order_id,
+                                                                                  executed=True)))
+        except Exception:   # the collector went away
+            pass
+        finally:
+            self.ended.set()
+
+    def ship(self, events: list, timeout: float = 15) -> None:
+        """Number the events after the last ones and send them; return once acked."""
+        import time  # noqa: PLC0415
+
+        for ev in events:
+            self.seq += 1
+            ev.seq = self.seq
+        self.out.put(self.cpb.AgentMessage(batch=self.cpb.EventBatch(events=events)))
+        deadline = time.monotonic() + timeout
+        while self.acked < self.seq and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.acked >= self.seq, f"{self.host}: events not acked"
+
+    def close(self) -> None:
+        self.out.put(None)
+        self.channel.close()

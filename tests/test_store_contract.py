@@ -159,7 +159,9 @@ def test_two_stores_on_one_database_migrate_once_and_share_events(postgres):
         assert b.ingest("h1", [ev(2), ev(3)]).stored == 1
         assert [r.event.seq for r in a.timeline(TimelineFilter(job_id="j1"))] == [1, 2, 3]
         with a.pool.connection() as con:
-            assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+            from collector.store.postgres import MIGRATIONS  # noqa: PLC0415
+
+            assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
     finally:
         a.close()
         b.close()
@@ -198,3 +200,68 @@ def test_fleet_questions_connections_executions_alerts(store):
     assert [a.id for a in store.alerts(rule_id="miner-binary")] == ["a0", "a2"]
     assert [a.id for a in store.alerts(rule_id="miner-binary", host="h2")] == ["a2"]
     assert [a.id for a in store.alerts(until_ns=T0 + 1500)] == ["a0", "a1"]
+
+
+def test_committed_events_are_read_in_order_through_a_cursor(store):
+    store.register_agent("h1", "n1", "b", 0)
+    store.register_agent("h2", "n2", "b", 0)
+    store.ingest("h1", [ev(1), ev(2)])
+    store.ingest("h2", [ev(1, key="m1")])
+    store.ingest("h1", [ev(2), ev(3)])                        # a replay: only seq 3 is new
+    first = store.read_committed((), 2)
+    assert [(h, e.seq) for _c, h, _i, e in first] == [("h1", 1), ("h1", 2)]
+    rest = store.read_committed(first[-1][0], 100)
+    assert [(h, e.seq) for _c, h, _i, e in rest] == [("h2", 1), ("h1", 3)]
+    assert store.read_committed(rest[-1][0], 100) == []
+    store.set_cursor("detector", rest[-1][0])
+    assert store.get_cursor("detector") == tuple(rest[-1][0]) and store.get_cursor("other") == ()
+    assert [e.seq for _h, e in store.recent_events(T0 + 2_000_000, 10)] == [2, 3]
+
+
+def test_a_lease_has_one_owner_until_it_expires(store):
+    assert store.take_lease("detector", "a", 0.2)
+    assert store.take_lease("detector", "a", 0.2)             # renewed by its owner
+    assert not store.take_lease("detector", "b", 0.2)
+    time.sleep(0.25)
+    assert store.take_lease("detector", "b", 5)               # expired: taken over
+    assert not store.take_lease("detector", "a", 5)
+
+
+def test_kill_orders_are_an_outbox_written_once_resent_until_acked(store):
+    assert store.add_order("o1", "h1", b"kill-1")
+    assert not store.add_order("o1", "h1", b"kill-1")         # the same order again: nothing new
+    store.add_order("o2", "h2", b"kill-2")
+    now = time.time_ns()
+    assert store.due_orders(["h1"], now) == [("o1", "h1", b"kill-1")]
+    store.order_sent("o1")
+    assert store.due_orders(["h1"], now) == []                 # sent recently: not yet due again
+    assert [o for o, _h, _b in store.due_orders(["h1", "h2"], time.time_ns() + 1)] == ["o1", "o2"]   # unacked: due
+    store.order_done("o1", "h2", True, "forged")              # another host's agent cannot ack it
+    assert "o1" in [o for o, _h, _b in store.due_orders(["h1"], time.time_ns() + 1)]
+    store.order_done("o1", "h1", True, "1 process killed")
+    assert [o for o, _h, _b in store.due_orders(["h1", "h2"], time.time_ns() + 1)] == ["o2"]
+
+
+def test_postgres_reader_never_passes_a_transaction_that_commits_late(postgres):
+    """T1 inserts and stays open; T2 inserts and commits; the reader sees neither until T1 ends, then both
+    in order: a cursor can never have skipped T1's rows."""
+    import psycopg  # noqa: PLC0415
+
+    from collector.store.postgres import EVENT_COLUMNS  # noqa: PLC0415
+
+    url = postgres.new_database()
+    s = open_store(url)
+    try:
+        s.register_agent("h1", "n1", "b", 0)
+        s.register_agent("h2", "n2", "b", 0)
+        late = psycopg.connect(url)
+        row = ("h1", 1, T0, "exec", "slurm", "j1", 1, "k", ev(1).SerializeToString(), T0, None, None, None, None)
+        late.execute(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join(['%s'] * 14)})", row)
+        s.ingest("h2", [ev(1, key="m1")])                       # commits while T1 is open
+        assert s.read_committed((), 10) == []
+        late.commit()
+        late.close()
+        got = s.read_committed((), 10)
+        assert [(h, e.seq) for _c, h, _i, e in got] == [("h1", 1), ("h2", 1)]
+    finally:
+        s.close()

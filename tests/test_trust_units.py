@@ -89,7 +89,7 @@ def test_acks_do_not_wait_for_detection(tmp_path):
     with collector_in_thread(cfg) as app:
         release = threading.Event()
         real = app.policy.on_events
-        app.detector.detect = lambda host, events: (release.wait(30), real(host, events))
+        app.detector.evaluate = lambda host, events, emit=True: (release.wait(30), real(host, events, emit))
         s = RawStream(app.port, host="slowdetect")
         s.send(hello("slowdetect"))
         s.recv()
@@ -100,7 +100,7 @@ def test_acks_do_not_wait_for_detection(tmp_path):
         s.send(batch(3))
         second = s.recv()
         assert (first.ack.seq, second.ack.seq) == (2, 3)            # acked while detection is stuck
-        assert app.detector.pending == 3
+        assert app.detector.pending >= 1 and app.detector.evaluated == 0   # detection is stuck on the first read
         release.set()
         assert app.detector.drain(10) and app.detector.evaluated == 3
         s.close()

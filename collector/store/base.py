@@ -119,4 +119,30 @@ class Store(Protocol):
 
     def purge_before(self, ts_ns: int) -> int: ...
 
+    # -- detection as a durable consumer (collector/detector.py) --------------------------------
+    def read_committed(self, cursor: tuple, limit: int) -> list[tuple[tuple, str, int, pb.Event]]:
+        """(cursor, host, ingested_ns, event) of committed events after cursor, in commit order: a cursor
+        only moves forward and no event can later appear behind it."""
+
+    def get_cursor(self, name: str) -> tuple: ...
+
+    def set_cursor(self, name: str, cursor: tuple) -> None: ...
+
+    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease; False while another owner holds an unexpired one."""
+
+    def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
+        """(host, event) since a time, in time order (a detector warms its correlation state on them)."""
+
+    def add_order(self, order_id: str, host_id: str, body: bytes) -> bool:
+        """An outbox row (a serialised KillProcess); False when that order id exists already."""
+
+    def due_orders(self, hosts: list[str], sent_before_ns: int, limit: int = 100) -> list[tuple[str, str, bytes]]:
+        """(order id, host, body) not acked yet, for these hosts, never sent or sent before the given time."""
+
+    def order_sent(self, order_id: str) -> None: ...
+
+    def order_done(self, order_id: str, host_id: str, executed: bool, detail: str) -> None:
+        """The agent of host_id acked its order (an agent cannot ack another host's order)."""
+
     def close(self) -> None: ...

@@ -89,6 +89,22 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
         FOR EACH ROW EXECUTE FUNCTION audit_append_only();
     """,
+    # 2: detection as a durable consumer: commit order (transaction id, then a sequence), cursors, leases,
+    #    and the outbox of kill orders
+    """
+    CREATE SEQUENCE events_rid;
+    ALTER TABLE events ADD COLUMN rid bigint DEFAULT nextval('events_rid'),
+                       ADD COLUMN xid xid8 DEFAULT pg_current_xact_id();
+    CREATE INDEX events_commit ON events (xid, rid);
+    CREATE INDEX events_ts ON events (ts_ns);
+    CREATE TABLE cursors (name text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE leases (name text PRIMARY KEY, owner text NOT NULL, expires_ns bigint NOT NULL);
+    CREATE TABLE orders (
+        order_id text PRIMARY KEY, host_id text NOT NULL, body bytea NOT NULL, created_ns bigint NOT NULL,
+        sent_ns bigint NOT NULL DEFAULT 0, done_ns bigint NOT NULL DEFAULT 0, executed integer, detail text
+    );
+    CREATE INDEX orders_pending ON orders (host_id) WHERE done_ns = 0;
+    """,
 ]
 PARTITIONS_SQL = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                   "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'")
@@ -225,8 +241,8 @@ class PostgresStore:
                 with cur.copy(f"COPY staging_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-                cur.execute(f"INSERT INTO events SELECT {', '.join(EVENT_COLUMNS)} FROM staging_events "
-                            "ON CONFLICT DO NOTHING")
+                cur.execute(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT {', '.join(EVENT_COLUMNS)} "
+                            "FROM staging_events ON CONFLICT DO NOTHING")
                 result.stored = cur.rowcount
                 result.duplicates = len(rows) - result.stored
                 if procs:
@@ -394,6 +410,62 @@ class PostgresStore:
                         "(SELECT 1 FROM events e WHERE e.host_id = processes.host_id AND e.proc_key = processes.key)",
                         (ts_ns,))
         return dropped
+
+    # -- detection as a durable consumer ----------------------------------------------------------
+    def read_committed(self, cursor: tuple, limit: int) -> list[tuple[tuple, str, int, pb.Event]]:
+        """Rows of transactions older than every running one (pg_snapshot_xmin), by (xid, rid): a transaction
+        that commits late is still behind the horizon until it ends, so the cursor never skips it."""
+        xid, rid = cursor if cursor else (0, 0)
+        rows = self._rows(
+            "SELECT xid::text::bigint, rid, host_id, ingested_ns, body FROM events "
+            "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) AND (xid, rid) > (%s::text::xid8, %s) "
+            "ORDER BY xid, rid LIMIT %s", (str(xid), rid, limit))
+        return [((x, r), host, ing or 0, pb.Event.FromString(body)) for x, r, host, ing, body in rows]
+
+    def get_cursor(self, name: str) -> tuple:
+        rows = self._rows("SELECT value FROM cursors WHERE name = %s", (name,))
+        return tuple(json.loads(rows[0][0])) if rows else ()
+
+    def set_cursor(self, name: str, cursor: tuple) -> None:
+        with self.pool.connection() as con, con.transaction():
+            con.execute("INSERT INTO cursors VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        (name, json.dumps(list(cursor))))
+
+    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        now = time.time_ns()
+        with self.pool.connection() as con, con.transaction():
+            row = con.execute(
+                "INSERT INTO leases VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                "expires_ns = excluded.expires_ns WHERE leases.owner = excluded.owner OR leases.expires_ns < %s "
+                "RETURNING owner", (name, owner, now + int(ttl_s * 1e9), now)).fetchone()
+            return row is not None
+
+    def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
+        return [(h, pb.Event.FromString(b)) for h, b in self._rows(
+            "SELECT host_id, body FROM events WHERE ts_ns >= %s ORDER BY ts_ns, host_id, seq LIMIT %s",
+            (since_ts_ns, limit))]
+
+    def add_order(self, order_id: str, host_id: str, body: bytes) -> bool:
+        with self.pool.connection() as con, con.transaction():
+            return con.execute("INSERT INTO orders (order_id, host_id, body, created_ns) VALUES (%s,%s,%s,%s) "
+                               "ON CONFLICT DO NOTHING", (order_id, host_id, body, time.time_ns())).rowcount == 1
+
+    def due_orders(self, hosts: list[str], sent_before_ns: int, limit: int = 100) -> list[tuple[str, str, bytes]]:
+        if not hosts:
+            return []
+        return [(o, h, bytes(b)) for o, h, b in self._rows(
+            "SELECT order_id, host_id, body FROM orders WHERE done_ns = 0 AND host_id = ANY(%s) AND sent_ns < %s "
+            "ORDER BY created_ns LIMIT %s", (list(hosts), sent_before_ns, limit))]
+
+    def order_sent(self, order_id: str) -> None:
+        with self.pool.connection() as con, con.transaction():
+            con.execute("UPDATE orders SET sent_ns = %s WHERE order_id = %s", (time.time_ns(), order_id))
+
+    def order_done(self, order_id: str, host_id: str, executed: bool, detail: str) -> None:
+        with self.pool.connection() as con, con.transaction():
+            con.execute("UPDATE orders SET done_ns = %s, executed = %s, detail = %s WHERE order_id = %s "
+                        "AND host_id = %s AND done_ns = 0",
+                        (time.time_ns(), int(executed), detail[:500], order_id, host_id))
 
     def check_integrity(self) -> None:
         """The database answers and the schema is at our version (a corrupt file is SQLite's problem)."""

@@ -75,13 +75,23 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 """
 
 
-# Fleet-question columns, added to stores made before them (filled for events ingested from then on).
-FLEET_COLUMNS = (("daddr", "TEXT"), ("dport", "INTEGER"), ("exe", "TEXT"), ("sha256", "TEXT"))
-FLEET_INDEXES = """
+# Columns and tables added after the first schema (fleet questions, the durable detector): made on stores
+# created before them; the columns are filled for events ingested from then on.
+FLEET_COLUMNS = (("daddr", "TEXT"), ("dport", "INTEGER"), ("exe", "TEXT"), ("sha256", "TEXT"), ("rid", "INTEGER"))
+ADDED_SCHEMA = """
 CREATE INDEX IF NOT EXISTS events_daddr_ts ON events (daddr, ts_ns) WHERE daddr IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_sha256 ON events (sha256) WHERE sha256 IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_exe_ts ON events (exe, ts_ns) WHERE kind = 'exec';
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts_ns);
+CREATE INDEX IF NOT EXISTS events_rid ON events (rid) WHERE rid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, body BLOB NOT NULL, created_ns INTEGER NOT NULL,
+    sent_ns INTEGER NOT NULL DEFAULT 0, done_ns INTEGER NOT NULL DEFAULT 0, executed INTEGER, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_pending ON orders (host_id) WHERE done_ns = 0;
 """
 
 
@@ -109,7 +119,8 @@ class SqliteStore:
             for name, sqltype in FLEET_COLUMNS:
                 if name not in have:
                     self.db.execute(f"ALTER TABLE events ADD COLUMN {name} {sqltype}")
-            self.db.executescript(FLEET_INDEXES)
+            self.db.executescript(ADDED_SCHEMA)
+            self._rid = self.db.execute("SELECT COALESCE(MAX(rid), 0) FROM events").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: not a usable SQLite database ({exc}); move it aside or restore "
                                "a backup") from exc
@@ -166,8 +177,8 @@ class SqliteStore:
             p, job, ts = ev.process, ev.job, ev.ts_ns   # upb fields: read each once
             key, job_id = p.key, job.id
             daddr, dport = fleet_destination(ev, kind)
-            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now,
-                         daddr, dport, p.exe or None, p.exe_sha256 or None))
+            rows.append([host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now,
+                         daddr, dport, p.exe or None, p.exe_sha256 or None, 0])
             if key and kind in PROCESS_KINDS:
                 prev = procs.get(key)
                 if prev is None or kind == "exec":
@@ -186,10 +197,13 @@ class SqliteStore:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
+                for row in rows:             # commit order: one writer, rids handed out under its lock
+                    self._rid += 1
+                    row[-1] = self._rid
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events (host_id, seq, ts_ns, kind, job_kind, job_id, pid, "
-                                "proc_key, body, ingested_ns, daddr, dport, exe, sha256) "
-                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                                "proc_key, body, ingested_ns, daddr, dport, exe, sha256, rid) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 result.stored = self.db.total_changes - before
                 result.duplicates = len(rows) - result.stored
                 cur.executemany(
@@ -216,6 +230,7 @@ class SqliteStore:
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
+                self._rid = self.db.execute("SELECT COALESCE(MAX(rid), 0) FROM events").fetchone()[0]
                 raise
         result.stored_through = top
         return result
@@ -348,6 +363,60 @@ class SqliteStore:
             self.db.execute("DELETE FROM processes WHERE first_ts_ns < ? AND key NOT IN "
                             "(SELECT proc_key FROM events)", (ts_ns,))
             return cur.rowcount
+
+    # -- detection as a durable consumer ---------------------------------------------------------
+    def read_committed(self, cursor: tuple, limit: int) -> list[tuple[tuple, str, int, pb.Event]]:
+        after = cursor[0] if cursor else 0
+        rows = self.db.execute("SELECT rid, host_id, ingested_ns, body FROM events WHERE rid > ? ORDER BY rid "
+                               "LIMIT ?", (after, limit)).fetchall()
+        return [((rid,), host, ing or 0, pb.Event.FromString(body)) for rid, host, ing, body in rows]
+
+    def get_cursor(self, name: str) -> tuple:
+        row = self.db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        return tuple(json.loads(row[0])) if row else ()
+
+    def set_cursor(self, name: str, cursor: tuple) -> None:
+        with self._lock:
+            self.db.execute("INSERT INTO cursors VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                            (name, json.dumps(list(cursor))))
+
+    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        now = time.time_ns()
+        with self._lock:
+            cur = self.db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, "
+                "expires_ns=excluded.expires_ns WHERE leases.owner = excluded.owner OR leases.expires_ns < ?",
+                (name, owner, now + int(ttl_s * 1e9), now))
+            return cur.rowcount == 1
+
+    def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
+        rows = self.db.execute("SELECT host_id, body FROM events WHERE ts_ns >= ? ORDER BY ts_ns, host_id, seq "
+                               "LIMIT ?", (since_ts_ns, limit))
+        return [(h, pb.Event.FromString(b)) for h, b in rows]
+
+    def add_order(self, order_id: str, host_id: str, body: bytes) -> bool:
+        with self._lock:
+            cur = self.db.execute("INSERT OR IGNORE INTO orders (order_id, host_id, body, created_ns) VALUES (?,?,?,?)",
+                                  (order_id, host_id, body, time.time_ns()))
+            return cur.rowcount == 1
+
+    def due_orders(self, hosts: list[str], sent_before_ns: int, limit: int = 100) -> list[tuple[str, str, bytes]]:
+        if not hosts:
+            return []
+        marks = ",".join("?" * len(hosts))
+        return [tuple(r) for r in self.db.execute(
+            f"SELECT order_id, host_id, body FROM orders WHERE done_ns = 0 AND host_id IN ({marks}) "
+            "AND sent_ns < ? ORDER BY created_ns LIMIT ?", (*hosts, sent_before_ns, limit))]
+
+    def order_sent(self, order_id: str) -> None:
+        with self._lock:
+            self.db.execute("UPDATE orders SET sent_ns = ? WHERE order_id = ?", (time.time_ns(), order_id))
+
+    def order_done(self, order_id: str, host_id: str, executed: bool, detail: str) -> None:
+        with self._lock:
+            self.db.execute("UPDATE orders SET done_ns = ?, executed = ?, detail = ? WHERE order_id = ? "
+                            "AND host_id = ? AND done_ns = 0",
+                            (time.time_ns(), int(executed), detail[:500], order_id, host_id))
 
     def close(self) -> None:
         self.db.close()

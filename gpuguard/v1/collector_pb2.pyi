@@ -38,15 +38,27 @@ class PolicyAck(_message.Message):
     error: str
     def __init__(self, version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
+class KillAck(_message.Message):
+    __slots__ = ("order_id", "executed", "detail")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    executed: bool
+    detail: str
+    def __init__(self, order_id: _Optional[str] = ..., executed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "batch", "policy_ack")
+    __slots__ = ("hello", "batch", "policy_ack", "kill_ack")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     POLICY_ACK_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     batch: EventBatch
     policy_ack: PolicyAck
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EventBatch, _Mapping]] = ..., policy_ack: _Optional[_Union[PolicyAck, _Mapping]] = ...) -> None: ...
+    kill_ack: KillAck
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EventBatch, _Mapping]] = ..., policy_ack: _Optional[_Union[PolicyAck, _Mapping]] = ..., kill_ack: _Optional[_Union[KillAck, _Mapping]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("stored_through_seq", "collector_version")
@@ -73,16 +85,18 @@ class StreamError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class KillProcess(_message.Message):
-    __slots__ = ("pid", "process_key", "rule_id", "tree")
+    __slots__ = ("pid", "process_key", "rule_id", "tree", "order_id")
     PID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_KEY_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     pid: int
     process_key: str
     rule_id: str
     tree: bool
-    def __init__(self, pid: _Optional[int] = ..., process_key: _Optional[str] = ..., rule_id: _Optional[str] = ..., tree: _Optional[bool] = ...) -> None: ...
+    order_id: str
+    def __init__(self, pid: _Optional[int] = ..., process_key: _Optional[str] = ..., rule_id: _Optional[str] = ..., tree: _Optional[bool] = ..., order_id: _Optional[str] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
     __slots__ = ("hello", "ack", "error", "policy", "kill")
