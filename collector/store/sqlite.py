@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS events_sha256 ON events (sha256) WHERE sha256 IS NOT 
 CREATE INDEX IF NOT EXISTS events_exe_ts ON events (exe, ts_ns) WHERE kind = 'exec';
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts_ns);
 CREATE INDEX IF NOT EXISTS events_rid ON events (rid) WHERE rid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
+DROP INDEX IF EXISTS events_ts;
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
