@@ -124,7 +124,16 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self.path}: not a usable SQLite database ({exc}); move it aside or restore "
                                "a backup") from exc
-        self._lock = threading.Lock()   # one writer; callers may come from several threads
+        self._lock = threading.Lock()   # one writer connection (self.db), used under this lock
+        self._readers = threading.local()   # reads: one connection per thread (WAL: they never block the writer)
+
+    def _read(self, sql: str, params=()) -> list[tuple]:
+        """A read on this thread's own connection: a connection shared by threads mixes up their errors."""
+        con = getattr(self._readers, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, isolation_level=None)
+            self._readers.con = con
+        return con.execute(sql, params).fetchall()
 
     def check_integrity(self) -> None:
         """``PRAGMA quick_check`` (O(size), no index cross-check): a corrupt file is refused at start."""
@@ -157,11 +166,10 @@ class SqliteStore:
             self.db.execute(f"UPDATE agents SET {cols} WHERE host_id=?", (*fields.values(), host_id))
 
     def agents(self) -> list[dict]:
-        cur = self.db.execute("SELECT host_id, hostname, boot_id, stored_through, last_seen_ns, policy_version, "
-                              "policy_error, connected, status FROM agents ORDER BY host_id")
-        cols = [c[0] for c in cur.description]
+        cols = ["host_id", "hostname", "boot_id", "stored_through", "last_seen_ns", "policy_version", "policy_error",
+                "connected", "status"]
         out = []
-        for row in cur.fetchall():
+        for row in self._read(f"SELECT {', '.join(cols)} FROM agents ORDER BY host_id"):
             item = dict(zip(cols, row, strict=True))
             item["status"] = json.loads(item["status"] or "{}")
             out.append(item)
@@ -237,12 +245,12 @@ class SqliteStore:
 
     # -- queries -------------------------------------------------------------------
     def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
-        cur = self.db.execute(
+        rows = self._read(
             "SELECT j.job_id, j.job_kind, GROUP_CONCAT(j.host_id), MIN(j.first_ts_ns), MAX(j.last_ts_ns), "
             "SUM(j.events), (SELECT COUNT(*) FROM alerts a WHERE a.job_id = j.job_id) "
             "FROM jobs j WHERE j.last_ts_ns >= ? GROUP BY j.job_id, j.job_kind "
             "ORDER BY MAX(j.last_ts_ns) DESC LIMIT ?", (since_ns, limit))
-        return [job_summary(r) for r in cur.fetchall()]
+        return [job_summary(r) for r in rows]
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
         sql = ["SELECT host_id, body FROM events WHERE job_id = ?"]
@@ -264,12 +272,12 @@ class SqliteStore:
             params.extend(flt.process_keys)
         sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
         params.append(flt.limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self.db.execute(" ".join(sql), params)]
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._read(" ".join(sql), params)]
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
         sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = ?"
                + (" AND host_id = ?" if host else "") + " ORDER BY first_ts_ns")
-        return [process_item(row) for row in self.db.execute(sql, (job_id, host) if host else (job_id,))]
+        return [process_item(row) for row in self._read(sql, (job_id, host) if host else (job_id,))]
 
     def add_alert(self, alert: ppb.Alert) -> None:
         with self._lock:
@@ -287,7 +295,7 @@ class SqliteStore:
         if until_ns:
             sql.append("AND ts_ns <= ?")
             params.append(until_ns)
-        rows = self.db.execute(" ".join(sql) + " ORDER BY ts_ns, id LIMIT ?", (*params, limit))
+        rows = self._read(" ".join(sql) + " ORDER BY ts_ns, id LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
 
     # -- fleet questions -----------------------------------------------------------------
@@ -303,7 +311,7 @@ class SqliteStore:
             sql.append("AND ts_ns <= ?")
             params.append(until_ns)
         out = []
-        for host, daddr, body in self.db.execute(" ".join(sql) + " ORDER BY ts_ns, host_id, seq", params):
+        for host, daddr, body in self._read(" ".join(sql) + " ORDER BY ts_ns, host_id, seq", params):
             if in_network(daddr, net):
                 out.append(StoredRow(host, pb.Event.FromString(body)))
                 if len(out) >= limit:
@@ -328,13 +336,12 @@ class SqliteStore:
             params.append(until_ns)
         sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
         params.append(limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self.db.execute(" ".join(sql), params)]
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._read(" ".join(sql), params)]
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
         """(job kind, job id) with events on this host since the given time."""
-        cur = self.db.execute("SELECT job_kind, job_id FROM jobs WHERE host_id = ? AND last_ts_ns >= ? "
-                              "ORDER BY last_ts_ns DESC LIMIT 1000", (host_id, since_ns))
-        return [(k, j) for k, j in cur.fetchall()]
+        return [(k, j) for k, j in self._read("SELECT job_kind, job_id FROM jobs WHERE host_id = ? AND last_ts_ns >= ? "
+                                              "ORDER BY last_ts_ns DESC LIMIT 1000", (host_id, since_ns))]
 
     # -- audit (append-only: triggers refuse UPDATE and DELETE) ---------------------
     def add_audit(self, who: str, role: str, peer: str, action: str, detail: str, ok: bool) -> None:
@@ -343,18 +350,18 @@ class SqliteStore:
                             (time.time_ns(), who, role, peer, action, detail, int(ok)))
 
     def audit(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
-        cur = self.db.execute("SELECT ts_ns, who, role, peer, action, detail, ok FROM audit WHERE ts_ns >= ? "
-                              "ORDER BY ts_ns LIMIT ?", (since_ns, limit))
+        rows = self._read("SELECT ts_ns, who, role, peer, action, detail, ok FROM audit WHERE ts_ns >= ? "
+                          "ORDER BY ts_ns LIMIT ?", (since_ns, limit))
         cols = ("ts_ns", "who", "role", "peer", "action", "detail", "ok")
-        return [dict(zip(cols, (*r[:6], bool(r[6])), strict=True)) for r in cur.fetchall()]
+        return [dict(zip(cols, (*r[:6], bool(r[6])), strict=True)) for r in rows]
 
     def save_policy(self, version: int, rules_yaml: str) -> None:
         with self._lock:
             self.db.execute("INSERT OR REPLACE INTO policy VALUES (?,?,?)", (version, rules_yaml, time.time_ns()))
 
     def load_policy(self) -> tuple[int, str]:
-        row = self.db.execute("SELECT version, rules_yaml FROM policy ORDER BY version DESC LIMIT 1").fetchone()
-        return (row[0], row[1]) if row else (0, "")
+        rows = self._read("SELECT version, rules_yaml FROM policy ORDER BY version DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else (0, "")
 
     def purge_before(self, ts_ns: int) -> int:
         with self._lock:
@@ -367,13 +374,13 @@ class SqliteStore:
     # -- detection as a durable consumer ---------------------------------------------------------
     def read_committed(self, cursor: tuple, limit: int) -> list[tuple[tuple, str, int, pb.Event]]:
         after = cursor[0] if cursor else 0
-        rows = self.db.execute("SELECT rid, host_id, ingested_ns, body FROM events WHERE rid > ? ORDER BY rid "
-                               "LIMIT ?", (after, limit)).fetchall()
+        rows = self._read("SELECT rid, host_id, ingested_ns, body FROM events WHERE rid > ? ORDER BY rid LIMIT ?",
+                          (after, limit))
         return [((rid,), host, ing or 0, pb.Event.FromString(body)) for rid, host, ing, body in rows]
 
     def get_cursor(self, name: str) -> tuple:
-        row = self.db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
-        return tuple(json.loads(row[0])) if row else ()
+        rows = self._read("SELECT value FROM cursors WHERE name = ?", (name,))
+        return tuple(json.loads(rows[0][0])) if rows else ()
 
     def set_cursor(self, name: str, cursor: tuple) -> None:
         with self._lock:
@@ -390,7 +397,7 @@ class SqliteStore:
             return cur.rowcount == 1
 
     def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
-        rows = self.db.execute("SELECT host_id, body FROM events WHERE ts_ns >= ? ORDER BY ts_ns, host_id, seq "
+        rows = self._read("SELECT host_id, body FROM events WHERE ts_ns >= ? ORDER BY ts_ns, host_id, seq "
                                "LIMIT ?", (since_ts_ns, limit))
         return [(h, pb.Event.FromString(b)) for h, b in rows]
 
@@ -404,7 +411,7 @@ class SqliteStore:
         if not hosts:
             return []
         marks = ",".join("?" * len(hosts))
-        return [tuple(r) for r in self.db.execute(
+        return [tuple(r) for r in self._read(
             f"SELECT order_id, host_id, body FROM orders WHERE done_ns = 0 AND host_id IN ({marks}) "
             "AND sent_ns < ? ORDER BY created_ns LIMIT ?", (*hosts, sent_before_ns, limit))]
 
@@ -419,4 +426,7 @@ class SqliteStore:
                             (time.time_ns(), int(executed), detail[:500], order_id, host_id))
 
     def close(self) -> None:
+        con = getattr(self._readers, "con", None)
+        if con is not None:
+            con.close()
         self.db.close()
