@@ -43,10 +43,6 @@ class PayloadSpec:
                 return off
         return None
 
-    def decidable_on(self, excerpt_len: int) -> bool:
-        """True when an excerpt of that many bytes holds every offset the pattern could sit at."""
-        return self.offset_max + len(self.pattern) <= excerpt_len
-
 
 def parse_spec(value) -> PayloadSpec:
     """The YAML mapping -> PayloadSpec; ValueError says what is wrong."""

@@ -74,6 +74,33 @@ def job_summary(row: tuple) -> dict:
             "last_ts_ns": row[4], "events": int(row[5]), "alerts": row[6]}
 
 
+def timeline_where(flt: TimelineFilter) -> tuple[str, list]:
+    """The WHERE clause of a timeline query ('?' placeholders), one for every store: the same answers."""
+    sql, params = ["job_id = ?"], [flt.job_id]
+    for cond, value in (("host_id = ?", flt.host), ("ts_ns >= ?", flt.since_ns), ("ts_ns <= ?", flt.until_ns)):
+        if value:
+            sql.append(cond)
+            params.append(value)
+    for column, values in (("kind", flt.kinds), ("proc_key", flt.process_keys)):
+        if values:
+            sql.append(f"{column} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+    return " AND ".join(sql), params
+
+
+def alerts_where(job_id: str, since_ns: int, rule_id: str, host: str, until_ns: int) -> tuple[str, list]:
+    """The WHERE clause of an alerts query ('?' placeholders), one for every store."""
+    sql, params = ["ts_ns >= ?"], [since_ns]
+    for column, value in (("job_id", job_id), ("rule_id", rule_id), ("host_id", host)):
+        if value:
+            sql.append(f"{column} = ?")
+            params.append(value)
+    if until_ns:
+        sql.append("ts_ns <= ?")
+        params.append(until_ns)
+    return " AND ".join(sql), params
+
+
 class Store(Protocol):
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
         """Record a connecting agent; return the highest seq stored for it."""

@@ -17,7 +17,6 @@ import json
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -27,9 +26,11 @@ from collector.store.base import (
     IngestResult,
     StoredRow,
     TimelineFilter,
+    alerts_where,
     fleet_destination,
     job_summary,
     process_item,
+    timeline_where,
 )
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -301,24 +302,8 @@ class PostgresStore:
         return [job_summary(r) for r in rows]
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
-        sql = ["SELECT host_id, body FROM events WHERE job_id = %s"]
-        params: list = [flt.job_id]
-        if flt.host:
-            sql.append("AND host_id = %s")
-            params.append(flt.host)
-        if flt.since_ns:
-            sql.append("AND ts_ns >= %s")
-            params.append(flt.since_ns)
-        if flt.until_ns:
-            sql.append("AND ts_ns <= %s")
-            params.append(flt.until_ns)
-        if flt.kinds:
-            sql.append("AND kind = ANY(%s)")
-            params.append(list(flt.kinds))
-        if flt.process_keys:
-            sql.append("AND proc_key = ANY(%s)")
-            params.append(list(flt.process_keys))
-        return self._events(sql, params, flt.limit)
+        where, params = timeline_where(flt)
+        return self._events(["SELECT host_id, body FROM events WHERE", where.replace("?", "%s")], params, flt.limit)
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
         sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = %s"
@@ -334,16 +319,10 @@ class PostgresStore:
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
                until_ns: int = 0) -> list[ppb.Alert]:
-        sql, params = ["SELECT body FROM alerts WHERE ts_ns >= %s"], [since_ns]
-        for column, value in (("job_id", job_id), ("rule_id", rule_id), ("host_id", host)):
-            if value:
-                sql.append(f"AND {column} = %s")
-                params.append(value)
-        if until_ns:
-            sql.append("AND ts_ns <= %s")
-            params.append(until_ns)
-        return [ppb.Alert.FromString(b) for (b,) in self._rows(" ".join(sql) + " ORDER BY ts_ns, id LIMIT %s",
-                                                               (*params, limit))]
+        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns)
+        rows = self._rows(f"SELECT body FROM alerts WHERE {where.replace('?', '%s')} ORDER BY ts_ns, id LIMIT %s",
+                          (*params, limit))
+        return [ppb.Alert.FromString(b) for (b,) in rows]
 
     # -- fleet questions -----------------------------------------------------------------------
     def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
@@ -485,11 +464,7 @@ class PostgresStore:
 
 
 def partition_name(day: int) -> str:
-    return f"events_{day}"      # days since the epoch: names sort by time; the date is in the log
-
-
-def partition_date(day: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).date().isoformat()
+    return f"events_{day}"      # days since the epoch: names sort by time
 
 
 def redact(url: str) -> str:

@@ -20,10 +20,12 @@ from collector.store.base import (
     IngestResult,
     StoredRow,
     TimelineFilter,
+    alerts_where,
     fleet_destination,
     in_network,
     job_summary,
     process_item,
+    timeline_where,
 )
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -253,26 +255,10 @@ class SqliteStore:
         return [job_summary(r) for r in rows]
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]:
-        sql = ["SELECT host_id, body FROM events WHERE job_id = ?"]
-        params: list = [flt.job_id]
-        if flt.host:
-            sql.append("AND host_id = ?")
-            params.append(flt.host)
-        if flt.since_ns:
-            sql.append("AND ts_ns >= ?")
-            params.append(flt.since_ns)
-        if flt.until_ns:
-            sql.append("AND ts_ns <= ?")
-            params.append(flt.until_ns)
-        if flt.kinds:
-            sql.append(f"AND kind IN ({','.join('?' * len(flt.kinds))})")
-            params.extend(flt.kinds)
-        if flt.process_keys:
-            sql.append(f"AND proc_key IN ({','.join('?' * len(flt.process_keys))})")
-            params.extend(flt.process_keys)
-        sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
-        params.append(flt.limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._read(" ".join(sql), params)]
+        where, params = timeline_where(flt)
+        rows = self._read(f"SELECT host_id, body FROM events WHERE {where} ORDER BY ts_ns, host_id, seq LIMIT ?",
+                          (*params, flt.limit))
+        return [StoredRow(h, pb.Event.FromString(b)) for h, b in rows]
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
         sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = ?"
@@ -287,15 +273,8 @@ class SqliteStore:
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
                until_ns: int = 0) -> list[ppb.Alert]:
-        sql, params = ["SELECT body FROM alerts WHERE ts_ns >= ?"], [since_ns]
-        for column, value in (("job_id", job_id), ("rule_id", rule_id), ("host_id", host)):
-            if value:
-                sql.append(f"AND {column} = ?")
-                params.append(value)
-        if until_ns:
-            sql.append("AND ts_ns <= ?")
-            params.append(until_ns)
-        rows = self._read(" ".join(sql) + " ORDER BY ts_ns, id LIMIT ?", (*params, limit))
+        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns)
+        rows = self._read(f"SELECT body FROM alerts WHERE {where} ORDER BY ts_ns, id LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
 
     # -- fleet questions -----------------------------------------------------------------
