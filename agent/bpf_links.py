@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 BPF_F_ALLOW_MULTI = 2
 # attach types (uapi enum bpf_attach_type) of the cgroup programs the agent uses
-INET_EGRESS, CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 1, 6, 10, 11, 14, 15
+INET_INGRESS, INET_EGRESS, INET_SOCK_CREATE, CGROUP_DEVICE = 0, 1, 2, 6
+INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 10, 11, 14, 15
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ from agent.events import (
     EnforceEvent,
     ExecEvent,
     ExitEvent,
+    FlowEvent,
     ForkEvent,
     GpuOpenEvent,
     Header,
     KernelEvent,
+    SocketEvent,
 )
 from agent.text import clean
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import ACTION_NAMES, KIND_NAMES
+from gpuguard.vocab import ACTION_NAMES, KIND_NAMES, trait_names
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP, EV_CONNECT_RESULT = pb.KIND_GPU_OPEN, pb.KIN
     pb.KIND_CONNECT_RESULT
 
 HEADER = struct.Struct("<QQIIIIIi16s")
-EXEC_TAIL = struct.Struct("<IIII256s32sQII2048s")
+EXEC_TAIL = struct.Struct("<IIII256s32sQIIII2048s")
 FORK_TAIL = struct.Struct("<II")
 EXIT_TAIL = struct.Struct("<iI")
 CONNECT_TAIL = struct.Struct("<HHI16sQII")
@@ -42,6 +44,9 @@ CONNECT_RESULT_TAIL = struct.Struct("<Q")
 GPU_OPEN_TAIL = struct.Struct("<iIII")
 ENFORCE_TAIL = struct.Struct("<IIHHI16sII64s")   # ... peer_tgid, daddr, payload_len, pad, payload
 CGROUP_TAIL = struct.Struct("<Qii192s")
+FLOW_TAIL = struct.Struct("<IIHHHBB16sQ512s")     # what, len, family, rport, lport, proto, pad, raddr, cookie, data
+SOCKET_TAIL = struct.Struct("<IIII")
+EV_FLOW, EV_SOCKET = pb.KIND_FLOW, pb.KIND_SOCKET
 
 SIZES = {
     EV_EXEC: HEADER.size + EXEC_TAIL.size,
@@ -52,6 +57,8 @@ SIZES = {
     EV_GPU_OPEN: HEADER.size + GPU_OPEN_TAIL.size,
     EV_ENFORCE: HEADER.size + ENFORCE_TAIL.size,
     EV_CGROUP: HEADER.size + CGROUP_TAIL.size,
+    EV_FLOW: HEADER.size + FLOW_TAIL.size,
+    EV_SOCKET: HEADER.size + SOCKET_TAIL.size,
 }
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
@@ -74,7 +81,8 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, traits, _, args = \
+        EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
@@ -85,6 +93,7 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         slurm_job_env=_cstr(job_env),
         ppid=ppid,
         stdio=stdio_names(stdio),
+        traits=trait_names(traits),
     )
 
 
@@ -137,6 +146,12 @@ def decode(raw: bytes) -> KernelEvent:
         return _connect(hdr, raw)
     if kind == EV_ENFORCE:
         return _enforce(hdr, raw)
+    if kind == EV_FLOW:
+        what, length, family, rport, lport, proto, _, raddr, cookie, data = FLOW_TAIL.unpack_from(raw, HEADER.size)
+        return FlowEvent(hdr, what, _addr(family, raddr), rport, lport, proto, length, cookie,
+                         data[:min(length, len(data))])
+    if kind == EV_SOCKET:
+        return SocketEvent(hdr, *SOCKET_TAIL.unpack_from(raw, HEADER.size))
     if kind == EV_CGROUP:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))

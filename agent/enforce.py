@@ -1,7 +1,8 @@
 """Policy from the collector -> BPF maps and cgroup attachments; userspace kills where the kernel cannot.
 
 In the kernel (probes/enforce_*.c):
-- kill at exec: ``kill_comms`` (scope cgroup, comm) -> (rule, option letters);
+- kill at exec: ``kill_comms`` (scope cgroup, comm) -> (rule, option letters), and ``kill_traits``
+  (scope cgroup, ExecTrait bit) -> rule: by what the image is (memfd, ld.so PATH, staging preload), any name;
 - deny connect / UDP sendmsg: ``deny_dest`` LPM trie, programs attached to the scope cgroups;
 - payload fingerprints (stratum, SSH banners, SOCKS, tunnel hellos): ``fingerprints`` + ``payload_scopes``,
   cgroup_skb egress attached to the scope cgroups;
@@ -57,6 +58,8 @@ DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CON
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
+SOCKET_KINDS = {"raw-ip": 1, "icmp": 2}    # mirror of probes/flow.c SOCKET_KIND_*
+TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
 # mirror of probes/enforce_payload.c
 FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
 FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min, offset_max, min_len, flags
@@ -159,9 +162,10 @@ class Enforcer:
         self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
         self._entries: dict[str, dict[bytes, bytes]] = {
-            name: {} for name in ("kill_comms", "deny_dest", "allow_dest", "allow_scopes", "payload_scopes",
-                                  "exempt_scopes", "no_connect_comms", "no_connect_exes", "fp_exempt_comms",
-                                  "fp_exempt_exes", "fp_anchors")}
+            name: {} for name in ("kill_comms", "kill_traits", "kill_trait_exempt", "deny_socket_scopes",
+                                  "deny_dest", "allow_dest", "allow_scopes", "payload_scopes", "exempt_scopes",
+                                  "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
+                                  "fp_anchors")}
         self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
@@ -270,6 +274,29 @@ class Enforcer:
                     kill[kill_key(cgid, kb.comm)] = val
                     if kb.stdio_pipe_network:     # the connect hooks see the other end of the shell's pipes
                         attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
+            trait_rules: dict[int, list[int]] = {}        # scope -> rule index per trait bit (-1: none)
+            trait_exempt, trait_bits = {}, 0
+            for kt in policy.kill_traits:
+                idx = self._rule_index(kt.rule_id, rules)
+                trait_bits |= kt.traits
+                for cgid in self._scope_ids(kt.scope, paths, roots):
+                    slots = trait_rules.setdefault(cgid, [-1] * TRAIT_BITS)
+                    for i in range(TRAIT_BITS):
+                        if kt.traits & (1 << i) and slots[i] < 0:
+                            slots[i] = idx
+                for name in kt.exempt:
+                    trait_exempt[struct.pack("<I16s", idx, name.encode()[:15])] = struct.pack("<I", 1)
+            kill_traits = {struct.pack("<Q", cgid): struct.pack(f"<I{TRAIT_BITS}I",
+                                                                sum(1 << i for i, r in enumerate(slots) if r >= 0),
+                                                                *(max(r, 0) for r in slots))
+                           for cgid, slots in trait_rules.items()}
+            deny_sockets: dict[bytes, tuple[int, int]] = {}
+            for sd in policy.deny_sockets:
+                idx = self._rule_index(sd.rule_id, rules)
+                kinds = sum(SOCKET_KINDS.get(k, 0) for k in set(sd.kinds))
+                for cgid in self._scope_ids(sd.scope, paths, roots):
+                    rule_idx, have = deny_sockets.get(struct.pack("<Q", cgid), (idx, 0))
+                    deny_sockets[struct.pack("<Q", cgid)] = (rule_idx, have | kinds)
             for d in policy.deny:
                 val = struct.pack("<I", self._rule_index(d.rule_id, rules))
                 for cgid in self._scope_ids(d.scope, paths, roots):
@@ -318,7 +345,14 @@ class Enforcer:
             # Maps first, attachments last: a program attached to a new scope finds its entries already there,
             # and once the (logged) attachments are done, every entry is in force.
             self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
+            opts = self.bpf[b"kill_opts_config"]        # argv is read before entries that need it exist
+            opts[opts.Key(0)] = opts.Leaf(int(any(kb.options for kb in policy.kill if kb.comm)))
             self._sync_map("kill_comms", kill)
+            self._sync_map("kill_trait_exempt", trait_exempt)     # exemptions before the entries they qualify
+            self._sync_map("kill_traits", kill_traits)
+            config = self.bpf[b"kill_trait_config"]
+            config[config.Key(0)] = config.Leaf(trait_bits)
+            self._sync_map("deny_socket_scopes", {k: struct.pack("<II", *v) for k, v in deny_sockets.items()})
             self._sync_map("deny_dest", deny)
             self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
             self._sync_map("allow_scopes", allow_scopes)
@@ -334,9 +368,10 @@ class Enforcer:
                 tmp = self.state_dir / "policy.pb.tmp"
                 tmp.write_bytes(policy.SerializeToString())
                 os.replace(tmp, self.state_dir / "policy.pb")
-            log.info("policy %d applied: %d kill-at-exec entries, %d deny entries, %d egress allowlists, "
-                     "%d payload fingerprints in %d scopes, %d cgroup attachments", policy.version, len(kill),
-                     len(deny), len(allow_scopes), len(fingerprints), len(payload_scopes), len(self.attached))
+            log.info("policy %d applied: %d kill-at-exec entries (%d by trait), %d deny entries, "
+                     "%d egress allowlists, %d payload fingerprints in %d scopes, %d cgroup attachments",
+                     policy.version, len(kill), len(kill_traits), len(deny), len(allow_scopes), len(fingerprints),
+                     len(payload_scopes), len(self.attached))
 
     def _fingerprint_slots(self, watches) -> dict[bytes, int]:
         """A slot per distinct fingerprint, stable across policies (an event in flight keeps its meaning)."""
@@ -486,7 +521,8 @@ class Enforcer:
     @staticmethod
     def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
         return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
-            [s.scope for s in policy.payload] + [n.scope for n in policy.no_connect]
+            [s.scope for s in policy.payload] + [n.scope for n in policy.no_connect] + \
+            [t.scope for t in policy.kill_traits] + [d.scope for d in policy.deny_sockets]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[pb.Event]) -> None:

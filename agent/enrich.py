@@ -20,12 +20,25 @@ from agent.events import (
     EnforceEvent,
     ExecEvent,
     ExitEvent,
+    FlowEvent,
     ForkEvent,
     GpuOpenEvent,
     Header,
     KernelEvent,
+    SocketEvent,
 )
 from agent.exe_hash import ExeHasher
+from agent.flows import (
+    FLOW_DNS_ANSWER,
+    FLOW_DNS_QUERY,
+    FLOW_TLS_HELLO,
+    FLOW_UDP_FIRST,
+    IPPROTO_TCP,
+    DestinationNames,
+    datagram_shape,
+    parse_client_hello,
+    parse_dns,
+)
 from agent.gpu_names import gpu_node_name
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import Job, JobResolver, job_from_environ
@@ -51,6 +64,9 @@ from gpuguard.vocab import (
 SSH_CLIENTS = ("ssh", "autossh")
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
+SOCKET_TYPE_NAMES = {1: "stream", 2: "dgram", 3: "raw"}
+QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
+MAX_QUERIES_TRACKED = 16384
 
 
 class Enricher:
@@ -65,6 +81,9 @@ class Enricher:
         self.cgroup_listeners: list[Callable[[int, str], None]] = []
         self.gpu_drivers: dict[int, str] = {}                 # GPU majors -> driver, from the loader
         self.connects = PendingConnects()
+        self.names = DestinationNames()
+        self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
+        self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -146,6 +165,9 @@ class Enricher:
             return None
         if isinstance(ev, ConnectResultEvent):
             return self.connects.outcome(ev.sk, hdr.result)
+        if isinstance(ev, FlowEvent) and ev.what == FLOW_DNS_ANSWER:
+            self._learn_names(ev)
+            return None
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
             self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid)
@@ -154,6 +176,7 @@ class Enricher:
             out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
             out.exec.argv.extend(ev.argv)
             out.exec.stdio.extend(ev.stdio or ())
+            out.exec.traits.extend(ev.traits or ())
             if os.path.basename(ev.filename) in SSH_CLIENTS:
                 out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
             return out
@@ -168,6 +191,7 @@ class Enricher:
             c = out.connect
             c.family, c.daddr, c.dport = "inet6" if ev.family == 10 else "inet", ev.daddr, ev.dport
             c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
+            c.name, c.name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
             return self.connects.attempt(out, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
         if isinstance(ev, GpuOpenEvent):
             out = self._event(hdr, p, job)
@@ -183,7 +207,81 @@ class Enricher:
             if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
                 self.connects.denied(hdr.pid, ev.daddr, ev.dport)
             return out
+        if isinstance(ev, FlowEvent):
+            return self._flow(ev, p, job)
+        if isinstance(ev, SocketEvent):
+            out = self._event(hdr, p, job)
+            so = out.socket
+            so.family = "inet6" if ev.family == 10 else "inet"
+            so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
+            so.protocol, so.what = ev.protocol, "raw-ip" if ev.type == 3 else "icmp"
+            so.result = -errno.EPERM if hdr.result else 0
+            return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
+
+    # -- flows: whom they are for -----------------------------------------------------------------
+    def _names_key(self, cgroup_id: int) -> str:
+        """The job whose DNS answers name its connects: by cgroup at both ends (answers carry no process)."""
+        job = self.jobs.job_of(cgroup_id)
+        return f"{job.kind}:{job.id}"
+
+    def _learn_names(self, ev: FlowEvent) -> None:
+        msg = parse_dns(ev.data, tcp=ev.proto == IPPROTO_TCP)
+        if msg is None or not msg.response or not msg.questions:
+            self.flow_stats["dns_unparsed"] += 1
+            return
+        self.flow_stats["dns_answers"] += 1
+        asked = msg.questions[0][0]
+        key = self._names_key(ev.hdr.cgroup_id)
+        for answer in msg.answers:
+            if answer.address:
+                self.names.learn(key, asked, answer.address, answer.ttl)
+
+    def _flow(self, ev: FlowEvent, p: Process, job: Job) -> pb.Event | None:
+        hdr = ev.hdr
+        if ev.what == FLOW_DNS_QUERY:
+            msg = parse_dns(ev.data, tcp=ev.proto == IPPROTO_TCP)
+            if msg is None or msg.response or not msg.questions:
+                return None
+            name, qtype = msg.questions[0]
+            if not self._new_query(hdr.pid, name, qtype):
+                return None
+            out = self._event(hdr, p, job)
+            d = out.dns
+            d.name, d.qtype, d.server, d.server_port = clean(name.encode()), qtype, ev.raddr, ev.rport
+            d.transport = "tcp" if ev.proto == IPPROTO_TCP else "udp"
+            return out
+        if ev.what == FLOW_TLS_HELLO:
+            hello = parse_client_hello(ev.data)
+            if hello is None:
+                return None
+            self.flow_stats["tls_hellos"] += 1
+            out = self._event(hdr, p, job)
+            t = out.tls
+            t.sni, t.version, t.ja4 = clean(hello.sni.encode()), hello.version, hello.ja4
+            t.alpn.extend(clean(a.encode()) for a in hello.alpn)
+            t.daddr, t.dport, t.transport = ev.raddr, ev.rport, "tcp"
+            return out
+        if ev.what == FLOW_UDP_FIRST:
+            shape = datagram_shape(ev.data, ev.length)
+            if not shape:
+                return None
+            self.flow_stats["datagrams"] += 1
+            out = self._event(hdr, p, job)
+            g = out.datagram
+            g.shape, g.daddr, g.dport, g.length, g.excerpt = shape, ev.raddr, ev.rport, ev.length, ev.data[:64]
+            return out
+        return None
+
+    def _new_query(self, pid: int, name: str, qtype: str) -> bool:
+        now = time.monotonic()
+        key = (pid, name, qtype)
+        last = self.recent_queries.get(key)
+        self.recent_queries[key] = now
+        self.recent_queries.move_to_end(key)
+        while len(self.recent_queries) > MAX_QUERIES_TRACKED:
+            self.recent_queries.popitem(last=False)
+        return last is None or now - last > QUERY_REPEAT_S
 
 
 class PendingConnects:

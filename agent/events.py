@@ -27,6 +27,7 @@ class ExecEvent:
     slurm_job_env: str
     ppid: int = 0     # the real parent, from the kernel
     stdio: list[str] | None = None   # what fds 0-2 are at exec: socket | fifo | other
+    traits: list[str] | None = None  # what the image is (ExecTrait names): image_nolink, via_loader, ...
 
 
 @dataclass(slots=True)
@@ -89,11 +90,38 @@ class CgroupEvent:
     path: str         # relative to its hierarchy's root
 
 
+@dataclass(slots=True)
+class FlowEvent:
+    """First bytes of a flow that name its destination (probes/flow.c)."""
+
+    hdr: Header       # pid 0 for DNS answers (received in softirq); cgroup_id is the socket's
+    what: int         # FLOW_TLS_HELLO | FLOW_DNS_QUERY | FLOW_DNS_ANSWER | FLOW_UDP_FIRST
+    raddr: str        # the remote address: destination of a send, source of an answer
+    rport: int
+    lport: int
+    proto: int        # 6 TCP, 17 UDP
+    length: int       # payload bytes in the packet
+    cookie: int
+    data: bytes       # the first min(length, 512) payload bytes
+
+
+@dataclass(slots=True)
+class SocketEvent:
+    """A raw IP or ICMP socket created (cgroup/sock_create)."""
+
+    hdr: Header       # result: 0, or -1 when a policy refused it (EPERM)
+    family: int
+    type: int
+    protocol: int
+    rule_index: int = 0
+
+
 KernelEvent = (ExecEvent | ForkEvent | ExitEvent | ConnectEvent | ConnectResultEvent | GpuOpenEvent | EnforceEvent
-               | CgroupEvent)
+               | CgroupEvent | FlowEvent | SocketEvent)
 
 
 @dataclass(slots=True)
 class DecodeStats:
     decoded: int = 0
     malformed: int = 0
+

@@ -20,7 +20,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.bpf_links import CGROUP_DEVICE, INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG
+from agent.bpf_links import (
+    CGROUP_DEVICE,
+    INET4_CONNECT,
+    INET6_CONNECT,
+    INET_EGRESS,
+    INET_INGRESS,
+    INET_SOCK_CREATE,
+    UDP4_SENDMSG,
+    UDP6_SENDMSG,
+)
 from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
@@ -29,7 +38,7 @@ from agent.pinned_exec import cgroup_link
 log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c")
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c", "flow.c")
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_connect.c", "enforce_payload.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
@@ -38,7 +47,10 @@ ROOT_HOOKS = ((b"gpu_device_watch", "CGROUP_DEVICE", CGROUP_DEVICE),
               (b"observe_connect4", "CGROUP_SOCK_ADDR", INET4_CONNECT),
               (b"observe_connect6", "CGROUP_SOCK_ADDR", INET6_CONNECT),
               (b"observe_sendmsg4", "CGROUP_SOCK_ADDR", UDP4_SENDMSG),
-              (b"observe_sendmsg6", "CGROUP_SOCK_ADDR", UDP6_SENDMSG))
+              (b"observe_sendmsg6", "CGROUP_SOCK_ADDR", UDP6_SENDMSG),
+              (b"flow_egress", "CGROUP_SKB", INET_EGRESS),
+              (b"flow_ingress", "CGROUP_SKB", INET_INGRESS),
+              (b"observe_sock_create", "CGROUP_SOCK", INET_SOCK_CREATE))
 FIXED_GPU_MAJORS = {195: "nvidia-frontend", 226: "drm"}   # the rest are dynamic (see gpu_majors())
 GPU_DEVICE_NAMES = ("nvidia", "drm", "kfd", "accel")
 

@@ -62,6 +62,9 @@ def _check_once(capture, timeout: float = 10.0) -> None:
     if (exec_rec.job.kind, exec_rec.job.id) != (JOB_SLURM, nonce):
         problems.append(f"SLURM_JOB_ID read as {exec_rec.job.kind}:{exec_rec.job.id}, expected {nonce} "
                         "(mm env offsets)")
+    if list(exec_rec.exec.traits):
+        problems.append(f"a plain {SHELL} with a clean environment read as {list(exec_rec.exec.traits)} "
+                        "(exe_file/inode/dentry offsets: kill-by-trait would kill ordinary programs)")
     if exec_rec.process.ppid != os.getpid():
         problems.append(f"parent read as {exec_rec.process.ppid}, expected {os.getpid()} (real_parent/tgid)")
     if (exit_rec.exit.code, exit_rec.exit.signal) != (7, 0):

@@ -32,6 +32,7 @@ from gpuguard.vocab import (
     DENY_PIPE_CONNECT,
     DROP_PAYLOAD,
     DROP_STRATUM,
+    EXEC_TRAIT_BITS,
     KILL,
     KILL_ACTIONS,
     KILL_EXEC,
@@ -61,8 +62,21 @@ def denies_by_identity(rule: Rule) -> bool:
     return rule.event == "connect" and set(rule.match) == {"exe_name_in"}
 
 
+def kills_by_trait(rule: Rule) -> bool:
+    """An exec rule judging only what the image is (exec_trait_in): killed at exec in the kernel, any name;
+    an ``unless: exe_name_in`` becomes the entry's exempt comms."""
+    return rule.event == "exec" and set(rule.match) == {"exec_trait_in"} and set(rule.unless) <= {"exe_name_in"}
+
+
+def denies_socket(rule: Rule) -> bool:
+    """A socket rule naming only kinds (raw-ip, icmp): refused at socket() in the kernel."""
+    return rule.event == "socket" and set(rule.match) == {"socket_kind_in"} and not rule.unless
+
+
 def kernel_enforceable(rule: Rule) -> bool:
     keys = set(rule.match)
+    if kills_by_trait(rule) or denies_socket(rule):
+        return True
     if rule.event == "exec":
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
     if rule.event == "connect":
@@ -110,7 +124,15 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
         enforce, monitor = _scopes(rs, rule)
         if enforce is None:
             continue
-        if rule.event == "exec":
+        if denies_socket(rule):
+            policy.deny_sockets.add(rule_id=rule.id, scope=enforce, kinds=rule.match["socket_kind_in"])
+        elif kills_by_trait(rule):
+            bits = 0
+            for trait in rule.match["exec_trait_in"]:
+                bits |= EXEC_TRAIT_BITS[trait]
+            policy.kill_traits.add(rule_id=rule.id, scope=enforce, traits=bits,
+                                   exempt=[str(n)[:15] for n in rule.unless.get("exe_name_in", [])])
+        elif rule.event == "exec":
             for name in rule.match["exe_name_in"]:
                 network = bool(rule.match.get("stdio_network"))
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,

@@ -7,6 +7,8 @@ from collections import defaultdict
 from collector.store.base import StoredRow, TimelineFilter
 from gpuguard.v1 import collector_pb2 as cpb
 
+MAX_NAMES = 8      # names listed per destination
+
 
 def subtree_keys(processes: list[dict], root_key: str) -> tuple[str, ...]:
     """root_key and all its descendants among the job's processes."""
@@ -43,6 +45,12 @@ def build_timeline(store, flt: TimelineFilter, subtree_root: str = "") -> cpb.Ti
                                                                               proto=c.proto))
             d.count += 1
             d.last_result = c.result
+            if c.name and c.name not in d.names and len(d.names) < MAX_NAMES:
+                d.names.append(c.name)
+        elif kind == "tls" and ev.tls.sni:
+            d = dests.get((ev.tls.daddr, ev.tls.dport, "tcp"))
+            if d is not None and ev.tls.sni not in d.names and len(d.names) < MAX_NAMES:
+                d.names.append(ev.tls.sni)
     reply.first_gpu_use.extend(first_gpu.values())
     reply.destinations.extend(sorted(dests.values(), key=lambda d: -d.count))
     reply.alerts.extend(a for a in store.alerts(job_id=flt.job_id)

@@ -82,7 +82,22 @@ def describe_event(ev: pb.Event) -> str:
     if kind == "connect":
         c = ev.connect
         addr = f"[{c.daddr}]" if ":" in c.daddr else c.daddr
-        return f"connect  {c.proto} {addr}:{c.dport} {result(c.result)}"
+        named = f" ({c.name})" if c.name else " (unnamed)" if c.name_scope == "none" else ""
+        return f"connect  {c.proto} {addr}:{c.dport}{named} {result(c.result)}"
+    if kind == "tls":
+        t = ev.tls
+        addr = f"[{t.daddr}]" if ":" in t.daddr else t.daddr
+        alpn = f" alpn={','.join(t.alpn)}" if t.alpn else ""
+        return f"tls      {addr}:{t.dport} sni={t.sni or '(none)'}{alpn} TLS {t.version or '?'} ja4={t.ja4 or '?'}"
+    if kind == "dns":
+        d = ev.dns
+        return f"dns      {d.qtype} {d.name} via {d.server}:{d.server_port}/{d.transport}"
+    if kind == "datagram":
+        g = ev.datagram
+        return f"udp      {g.shape} to {g.daddr}:{g.dport} ({g.length} bytes)"
+    if kind == "socket":
+        so = ev.socket
+        return f"socket   {so.what} ({so.family}/{so.type}, protocol {so.protocol}) {result(so.result)}"
     if kind == "gpu_open":
         g = ev.gpu_open
         return f"gpu_open {g.path} ({g.major}:{g.minor} {access(g.flags)}; outcome not observed)"
@@ -120,7 +135,8 @@ def timeline_view(job_id: str, reply: cpb.TimelineReply) -> str:
     if reply.destinations:
         out.append("")
         out.append("Network destinations:")
-        out += [safe(f"  {d.proto:<4} {d.daddr}:{d.dport}  x{d.count}  last={result(d.last_result)}")
+        out += [safe(f"  {d.proto:<4} {d.daddr}:{d.dport}  x{d.count}  last={result(d.last_result)}"
+                     + (f"  for {', '.join(d.names)}" if d.names else ""))
                 for d in reply.destinations]
     return "\n".join(out)
 

@@ -33,12 +33,22 @@ JOB_HOST, JOB_SLURM, JOB_K8S = JOB_KINDS[pb.JOB_KIND_HOST], JOB_KINDS[pb.JOB_KIN
 JOB_CONTAINER, JOB_SYSTEMD = JOB_KINDS[pb.JOB_KIND_CONTAINER], JOB_KINDS[pb.JOB_KIND_SYSTEMD]
 KILL_ACTIONS = (KILL_EXEC, KILL, KILL_TREE)
 
+# What an exec is (ExecTrait bits set by the kernel), by name: image_nolink, via_loader, ld_preload, ...
+EXEC_TRAITS: dict[int, str] = {v: n.removeprefix("TRAIT_").lower() for n, v in pb.ExecTrait.items() if v}
+EXEC_TRAIT_BITS: dict[str, int] = {n: v for v, n in EXEC_TRAITS.items()}
+
+
+def trait_names(bits: int) -> list[str]:
+    return [name for bit, name in EXEC_TRAITS.items() if bits & bit]
+
 
 # -- the option-letter rule (C twin: option_letters() in probes/gpuguard.h) ------------------
-# A kill rule can say "ssh, but only with -R/-D/-w". The first letter of a short-option cluster
-# always counts ("-R8080:h:22", "-oExitOnForwardFailure" -> R, o); the others only when the whole
-# cluster is at most 4 letters ("-NfR" -> N, f, R): longer clusters are an option glued to its value.
-OPTION_CLUSTER_MAX = 4
+# A kill rule can say "ssh, but only with -R/-D/-w". Every letter of a short-option cluster counts,
+# however long the cluster ("-fNqCD" -> f, N, q, C, D), up to the first letter that takes a value
+# in ssh's grammar ("-oDynamicForward=1080" -> o; "-lwww" -> l): the rest of the cluster is that
+# value. A non-letter ends the cluster too ("-R8080:h:22" -> R).
+OPTION_CLUSTER_MAX = 48                       # letters looked at per argument (the kernel's loop bound)
+VALUE_LETTERS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")   # ssh options that take an argument
 
 
 def option_letters(argv: list[str]) -> set[str]:
@@ -46,11 +56,12 @@ def option_letters(argv: list[str]) -> set[str]:
     for arg in argv[1:]:
         if len(arg) < 2 or arg[0] != "-" or arg[1] == "-":
             continue
-        cluster = arg[1:]
-        if cluster[0].isascii() and cluster[0].isalpha():
-            letters.add(cluster[0])
-        if len(cluster) <= OPTION_CLUSTER_MAX and all(c.isascii() and c.isalpha() for c in cluster):
-            letters.update(cluster)
+        for c in arg[1:1 + OPTION_CLUSTER_MAX]:
+            if not (c.isascii() and c.isalpha()):
+                break
+            letters.add(c)
+            if c in VALUE_LETTERS:
+                break
     return letters
 
 

@@ -28,6 +28,9 @@ EXIT_DENIED, EXIT_STORE = 6, 7
 EXIT_CODES_TEXT = ("Exit codes: 0 ok, 1 failure, 2 bad usage/config, 3 missing prerequisite, 4 collector unreachable, "
                    "5 nothing found, 6 not authorised, 7 store unusable.")
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
+# Event.body kinds a timeline can hold (all but the agent's status); tests/test_proto_fresh.py keeps it equal to
+# the proto's oneof (kept literal here: the CLI imports no protobuf module before it needs one)
+EVENT_KINDS = ("exec", "connect", "gpu_open", "exit", "gap", "enforcement", "tls", "dns", "datagram", "socket")
 
 log = logging.getLogger("gpuguard")
 
@@ -470,8 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     query("jobs", "list jobs seen, most recent first", cmd_jobs)
     t = query("timeline", "what a job did, on which hosts, in what order", cmd_timeline, job=True)
     t.add_argument("--until", type=parse_time, default=0)
-    t.add_argument("--kind", action="append", choices=["exec", "connect", "gpu_open", "exit", "enforcement", "gap"],
-                   help="only these event kinds (repeatable)")
+    t.add_argument("--kind", action="append", choices=list(EVENT_KINDS), help="only these event kinds (repeatable)")
     t.add_argument("--subtree", help="only this process key and its descendants")
     query("tree", "a job's process tree", cmd_tree, job=True)
     al = query("alerts", "alerts raised by detection rules", cmd_alerts)

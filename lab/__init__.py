@@ -194,6 +194,12 @@ class FakePool:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> FakePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class FakeSocksServer(FakePool):
     """A loopback SOCKS5 proxy that says yes to every CONNECT and connects nowhere: it records what
@@ -218,6 +224,93 @@ class CommandPeer(FakePool):
     def _greet(self, conn) -> bytes:
         conn.sendall(self.command)
         return b""
+
+
+class FakeResolver:
+    """A DNS server on a loopback address's port 53 (UDP and TCP) answering A queries from a table, so
+    tests see real DNS packets cross the kernel. Unknown names get NXDOMAIN. ``served`` counts answers."""
+
+    def __init__(self, records: dict[str, str], address: str = "127.0.0.53", ttl: int = 60) -> None:
+        self.records = {k.lower().rstrip("."): v for k, v in records.items()}
+        self.address, self.ttl, self.served = address, ttl, 0
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((address, 53))
+        self.tcp = socket.create_server((address, 53))
+        threading.Thread(target=self._serve_udp, daemon=True).start()
+        threading.Thread(target=self._serve_tcp, daemon=True).start()
+
+    def answer(self, query: bytes) -> bytes:
+        qid, _flags = query[:2], query[2:4]
+        off, labels = 12, []
+        while query[off]:
+            labels.append(query[off + 1:off + 1 + query[off]].decode())
+            off += 1 + query[off]
+        question = query[12:off + 5]
+        address = self.records.get(".".join(labels).lower())
+        if address is None:
+            return qid + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question
+        rr = b"\xc0\x0c\x00\x01\x00\x01" + self.ttl.to_bytes(4, "big") + b"\x00\x04" + socket.inet_aton(address)
+        self.served += 1
+        return qid + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + rr
+
+    def _serve_udp(self) -> None:
+        while True:
+            try:
+                query, peer = self.udp.recvfrom(512)
+                self.udp.sendto(self.answer(query), peer)
+            except OSError:
+                return
+            except (IndexError, UnicodeDecodeError):
+                continue
+
+    def _serve_tcp(self) -> None:
+        while True:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    n = int.from_bytes(conn.recv(2), "big")
+                    reply = self.answer(conn.recv(n))
+                    conn.sendall(len(reply).to_bytes(2, "big") + reply)
+                except (OSError, IndexError, UnicodeDecodeError):
+                    pass
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def dns_query(name: str, server: str = "127.0.0.53", qtype: int = 1, tcp: bool = False, qid: int = 0x4242) -> bytes:
+    """The wire bytes of one DNS question (what a stub resolver sends)."""
+    q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    q += b"".join(len(lb).to_bytes(1, "big") + lb.encode() for lb in name.split(".")) + b"\x00"
+    return q + qtype.to_bytes(2, "big") + b"\x00\x01"
+
+
+# A client that resolves NAME at a resolver (UDP, or TCP with "tcp") and connects to the answer at once,
+# printing the connect's errno (0 = connected). Runs as its own process so a test can put it in a cgroup.
+RESOLVE_CONNECT = """
+import errno, socket, sys
+name, server, port, transport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+q = (0x4242).to_bytes(2, "big") + bytes([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+q += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + bytes([0, 0, 1, 0, 1])
+if transport == "tcp":
+    s = socket.create_connection((server, 53)); s.sendall(len(q).to_bytes(2, "big") + q)
+    n = int.from_bytes(s.recv(2), "big"); reply = b""
+    while len(reply) < n:
+        reply += s.recv(n - len(reply))
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(q, (server, 53))
+    reply = s.recv(512)
+address = socket.inet_ntoa(reply[-4:])
+c = socket.socket()
+try:
+    c.connect((address, port)); print(0)
+except OSError as exc:
+    print(exc.errno)
+"""
 
 
 # A harmless netcat: connect to 127.0.0.1:PORT, copy the socket to stdout and stdin to the socket.

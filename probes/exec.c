@@ -1,8 +1,8 @@
 /* exec.c - every successful exec, from sched:sched_process_exec (no syscall tracepoint).
  *
  * At this point the new image exists: the filename comes from the tracepoint,
- * argv (up to MAX_ARGS args / ARGS_BUF bytes, truncation flagged) and the
- * SLURM_JOB_ID environment variable are read from the new image's argument
+ * argv (up to MAX_ARGS args / ARGS_BUF bytes, truncation flagged), the
+ * SLURM_JOB_ID environment variable and the exec traits (gpuguard.h) are read from the new image's argument
  * and environment areas in user memory (mm->arg_start..arg_end,
  * env_start..env_end), and the real parent from task->real_parent->tgid.
  * Kernel-struct fields are read at offsets from the running kernel's BTF
@@ -12,37 +12,6 @@
 #include "gpuguard.h"
 
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
-BPF_PERCPU_ARRAY(env_scratch, struct env_buf, 1);
-
-/* "SLURM_JO" and "B_ID=" as little-endian words: a word compare keeps the
- * env scan loop small enough for the verifier. */
-#define SLURM_W0 STR8('S', 'L', 'U', 'R', 'M', '_', 'J', 'O')
-#define SLURM_W1 STR8('B', '_', 'I', 'D', '=', 0, 0, 0)
-#define SLURM_W1_MASK 0xFFFFFFFFFFULL
-#define SLURM_PREFIX_LEN 13
-
-static __always_inline void scan_env(struct exec_event *e, u64 start, u64 end)
-{
-    u32 zero = 0;
-    struct env_buf *b = env_scratch.lookup(&zero);
-    if (!b)
-        return;
-    u64 p = start;
-    for (int i = 0; i < MAX_ENV_SCAN; i++) {
-        if (p >= end)
-            return;
-        long n = bpf_probe_read_user_str(b->s, sizeof(b->s), (void *)p);
-        if (n <= 0 || n >= (long)sizeof(b->s))
-            return;                       /* unreadable, or a variable too long to step over */
-        u64 w0 = *(u64 *)&b->s[0];
-        u64 w1 = *(u64 *)&b->s[8];
-        if (w0 == SLURM_W0 && (w1 & SLURM_W1_MASK) == SLURM_W1) {
-            bpf_probe_read_user_str(e->job_env, sizeof(e->job_env), (void *)(p + SLURM_PREFIX_LEN));
-            return;
-        }
-        p += n;
-    }
-}
 
 static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
 {
@@ -68,7 +37,7 @@ static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
             break;
         }
         if (i > 0)
-            e->optmask |= option_letters(&e->args[off], n);
+            option_letters(&e->args[off], n, &e->optmask);
         off += n;
         p += n;
         e->argc++;
@@ -96,8 +65,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u64 mm = kread_u64(task, OFF_TASK_MM);
     if (mm) {
         read_argv(e, kread_u64((void *)mm, OFF_MM_ARG_START), kread_u64((void *)mm, OFF_MM_ARG_END));
-        scan_env(e, kread_u64((void *)mm, OFF_MM_ENV_START), kread_u64((void *)mm, OFF_MM_ENV_END));
     }
+    e->traits = exec_traits(e->job_env);
     emit(e, sizeof(*e), EV_EXEC);
     return 0;
 }

@@ -68,11 +68,17 @@ struct exec_event {
     u64 optmask;                   /* short option letters in argv (a-z: bits 0-25, A-Z: 26-51) */
     u32 ppid;                      /* real parent's tgid */
     u32 stdio;                     /* STDIO_SOCKET / STDIO_FIFO bits of fds 0-2 */
+    u32 traits;                    /* TRAIT_* bits (vocab.h): what the image is, whatever its name */
+    u32 _pad2;
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
 struct env_buf {
     char s[ENV_STR_LEN];
+    /* in memory, not in a register: a register the verifier knows exactly would make every
+     * combination of traits a separate state in the environment loop */
+    u32 traits;
+    u32 _pad;
 };
 
 struct fork_event {
@@ -126,6 +132,37 @@ struct enforce_event {
     u32 payload_len;               /* payload actions: bytes of payload[] filled */
     u32 _pad;
     u8 payload[PAYLOAD_EXCERPT];   /* payload actions: the first bytes of the packet that matched */
+};
+
+/* First bytes of a flow that say whom it is for (flow.c): a TLS ClientHello, a DNS query or answer, the
+ * first datagrams of a UDP flow. Ingress records (DNS answers) have no process: pid 0, the socket's cgroup. */
+#define FLOW_DATA 512                /* power of two: the copy length is masked into it */
+#define FLOW_TLS_HELLO 1
+#define FLOW_DNS_QUERY 2
+#define FLOW_DNS_ANSWER 3
+#define FLOW_UDP_FIRST 4
+
+struct flow_event {
+    struct event_header hdr;
+    u32 what;                      /* FLOW_* */
+    u32 len;                       /* payload bytes in the packet (data[] holds min(len, FLOW_DATA)) */
+    u16 family;
+    u16 rport;                     /* the remote port, host order: destination on egress, source on ingress */
+    u16 lport;
+    u8 proto;                      /* 6 TCP, 17 UDP */
+    u8 _pad;
+    u8 raddr[16];                  /* the remote address (v4 as v4-mapped) */
+    u64 cookie;                    /* socket cookie */
+    u8 data[FLOW_DATA];
+};
+
+/* A socket that can bypass connect(): raw IP or ICMP (cgroup/sock_create at the root). */
+struct socket_event {
+    struct event_header hdr;       /* result: 0, or -EPERM when a policy denied it */
+    u32 family;
+    u32 type;
+    u32 protocol;
+    u32 rule;                      /* denied: index into the policy's rule list */
 };
 
 struct cgroup_event {
@@ -290,11 +327,22 @@ static __always_inline u32 real_parent_tgid(void *task)
     return parent ? kread_u32(parent, OFF_TASK_TGID) : 0;
 }
 
-/* Option letters, so a kill rule can say "ssh, but only with -R/-D/-w".
- * The first letter of a short-option cluster always counts ("-R8080:h:22",
- * "-oExitOnForwardFailure" -> R, o); further letters only when the whole
- * cluster is at most 4 letters ("-NfR" -> N, f, R), since longer clusters are
- * usually an option glued to its value. n counts the terminating NUL. */
+/* Option letters, so a kill rule can say "ssh, but only with -R/-D/-w" (Python twin:
+ * gpuguard/vocab.py option_letters). Every letter of a short-option cluster counts, however long
+ * ("-fNqCD" -> f, N, q, C, D), up to the first letter that takes a value in ssh's grammar
+ * ("-oDynamicForward=1080" -> o, "-lwww" -> l) or the first non-letter ("-R8080:h:22" -> R).
+ * n counts the terminating NUL; p holds at least n bytes. */
+#define OPTION_CLUSTER_MAX 48
+/* B b c D E e F I i J L l m O o P p Q R S W w: letter_bit() positions */
+#define VALUE_LETTERS ((1ULL << ('b' - 'a')) | (1ULL << ('c' - 'a')) | (1ULL << ('e' - 'a')) |           \
+                       (1ULL << ('i' - 'a')) | (1ULL << ('l' - 'a')) | (1ULL << ('m' - 'a')) |           \
+                       (1ULL << ('o' - 'a')) | (1ULL << ('p' - 'a')) | (1ULL << ('w' - 'a')) |           \
+                       (1ULL << (26 + 'B' - 'A')) | (1ULL << (26 + 'D' - 'A')) | (1ULL << (26 + 'E' - 'A')) | \
+                       (1ULL << (26 + 'F' - 'A')) | (1ULL << (26 + 'I' - 'A')) | (1ULL << (26 + 'J' - 'A')) | \
+                       (1ULL << (26 + 'L' - 'A')) | (1ULL << (26 + 'O' - 'A')) | (1ULL << (26 + 'P' - 'A')) | \
+                       (1ULL << (26 + 'Q' - 'A')) | (1ULL << (26 + 'R' - 'A')) | (1ULL << (26 + 'S' - 'A')) | \
+                       (1ULL << (26 + 'W' - 'A')))
+
 static __always_inline u64 letter_bit(char c)
 {
     if (c >= 'a' && c <= 'z')
@@ -304,24 +352,22 @@ static __always_inline u64 letter_bit(char c)
     return 0;
 }
 
-static __always_inline u64 option_letters(const char *p, int n)
+/* acc is map memory, not a register: a register the verifier knows exactly would make every combination
+ * of letters a separate state across the argv and cluster loops (the verifier's 1M-instruction limit). */
+static __always_inline void option_letters(const char *p, int n, u64 *acc)
 {
     if (n < 3 || p[0] != '-' || p[1] == '-')
-        return 0;
-    u64 first = letter_bit(p[1]);
-    if (n - 2 > 4)
-        return first;
-    u64 rest = 0;
-#pragma unroll
-    for (int k = 2; k < 5; k++) {
+        return;
+    for (int k = 1; k <= OPTION_CLUSTER_MAX; k++) {
         if (k >= n - 1)
             break;
         u64 b = letter_bit(p[k]);
         if (!b)
-            return first;
-        rest |= b;
+            break;
+        *acc |= b;
+        if (b & VALUE_LETTERS)
+            break;
     }
-    return first | rest;
 }
 
 static __always_inline void fill_header(struct event_header *h, u32 kind)
@@ -337,6 +383,122 @@ static __always_inline void fill_header(struct event_header *h, u32 kind)
     h->gid = ug >> 32;
     h->result = 0;
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* ---- exec traits: what the new image is, judged by property (exec.c records them, enforce_exec.c
+ * kills on them). Read at sched_process_exec, where the new image, its argv and its environment exist. */
+BPF_PERCPU_ARRAY(env_scratch, struct env_buf, 1);
+
+#define MAX_ENV_VARS 256                    /* environment entries looked at; beyond: TRAIT_ENV_UNSCANNED */
+#define ENV_LD_TRACE (1U << 16)             /* internal: LD_TRACE_LOADED_OBJECTS (ldd: the loader runs nothing) */
+#define SLURM_W0 STR8('S', 'L', 'U', 'R', 'M', '_', 'J', 'O')
+#define SLURM_W1 STR8('B', '_', 'I', 'D', '=', 0, 0, 0)
+#define SLURM_W1_MASK 0xFFFFFFFFFFULL
+#define SLURM_PREFIX_LEN 13
+#define LDP_W0 STR8('L', 'D', '_', 'P', 'R', 'E', 'L', 'O')
+#define LDP_W1 STR8('A', 'D', '=', 0, 0, 0, 0, 0)
+#define LDA_W0 STR8('L', 'D', '_', 'A', 'U', 'D', 'I', 'T')
+#define LDT_W0 STR8('L', 'D', '_', 'T', 'R', 'A', 'C', 'E')
+#define MASK3 0xFFFFFFULL
+#define MASK5 0xFFFFFFFFFFULL
+#define MASK6 0xFFFFFFFFFFFFULL
+
+/* LD_PRELOAD's first entry (at s[11]) is relative, or under /tmp, /var/tmp, /dev/shm or /proc (a memfd). */
+static __always_inline int preload_from_staging(const char *s)
+{
+    if (s[11] == 0)
+        return 0;
+    if (s[11] != '/')
+        return 1;
+    u64 w = 0, w2 = 0;
+    __builtin_memcpy(&w, &s[11], 8);
+    __builtin_memcpy(&w2, &s[19], 8);
+    return (w & MASK5) == STR8('/', 't', 'm', 'p', '/', 0, 0, 0) ||
+           (w & MASK6) == STR8('/', 'p', 'r', 'o', 'c', '/', 0, 0) ||
+           (w == STR8('/', 'v', 'a', 'r', '/', 't', 'm', 'p') && (w2 & 0xff) == '/') ||
+           (w == STR8('/', 'd', 'e', 'v', '/', 's', 'h', 'm') && (w2 & 0xff) == '/');
+}
+
+/* One pass over the environment: SLURM_JOB_ID (into job_env when given) and the LD_* traits. A variable
+ * longer than the buffer is stepped over in pieces, so padding cannot hide what follows it. */
+static __always_inline u32 scan_env(u64 p, u64 end, char *job_env)
+{
+    u32 zero = 0;
+    struct env_buf *b = env_scratch.lookup(&zero);
+    if (!b)
+        return 0;
+    b->traits = 0;
+    int i = 0;
+    for (; i < MAX_ENV_VARS; i++) {
+        if (p >= end)
+            break;
+        long n = bpf_probe_read_user_str(b->s, sizeof(b->s), (void *)p);
+        if (n <= 0)
+            break;
+        u64 w0 = *(u64 *)&b->s[0];
+        u64 w1 = *(u64 *)&b->s[8];
+        if (w0 == SLURM_W0 && (w1 & SLURM_W1_MASK) == SLURM_W1) {
+            if (job_env && !job_env[0])
+                bpf_probe_read_user_str(job_env, JOB_ENV_LEN, (void *)(p + SLURM_PREFIX_LEN));
+        } else if (w0 == LDP_W0 && (w1 & MASK3) == LDP_W1) {
+            b->traits |= preload_from_staging(b->s) ? TRAIT_LD_PRELOAD | TRAIT_PRELOAD_STAGING : TRAIT_LD_PRELOAD;
+        } else if (w0 == LDA_W0 && (w1 & 0xff) == '=') {
+            b->traits |= TRAIT_LD_AUDIT;
+        } else if (w0 == LDT_W0) {
+            b->traits |= ENV_LD_TRACE;
+        }
+        p += n >= (long)sizeof(b->s) ? n - 1 : n;
+    }
+    if (i >= MAX_ENV_VARS && p < end)
+        b->traits |= TRAIT_ENV_UNSCANNED;
+    return b->traits;
+}
+
+/* The dynamic loader's own file names: ld-linux*.so*, ld-musl-*, ld64.so.*, ld.so*. */
+static __always_inline int is_loader_name(u64 w)
+{
+    return w == STR8('l', 'd', '-', 'l', 'i', 'n', 'u', 'x') || w == STR8('l', 'd', '-', 'm', 'u', 's', 'l', '-') ||
+           w == STR8('l', 'd', '6', '4', '.', 's', 'o', '.') ||
+           ((w & MASK5) == STR8('l', 'd', '.', 's', 'o', 0, 0, 0) && ((w >> 40) & 0xff) != '-' &&
+            (((w >> 40) & 0xff) == 0 || ((w >> 40) & 0xff) == '.'));
+}
+
+/* The loader runs a program unless asked only to list or verify (ldd: --verify, --list, LD_TRACE_*). */
+static __always_inline int loader_runs_program(u64 arg_start, u64 arg_end)
+{
+    u32 zero = 0;
+    struct env_buf *b = env_scratch.lookup(&zero);
+    if (!b)
+        return 1;
+    long n = bpf_probe_read_user_str(b->s, 256, (void *)arg_start);    /* argv[0] */
+    if (n <= 0 || n >= 256 || arg_start + n >= arg_end)
+        return n > 0 && n < 256 ? 0 : 1;      /* no argv[1]: it prints its usage */
+    u64 w = 0;
+    bpf_probe_read_user(&w, 8, (void *)(arg_start + n));
+    return !(w == STR8('-', '-', 'v', 'e', 'r', 'i', 'f', 'y') || (w & MASK6) == STR8('-', '-', 'l', 'i', 's', 't', 0, 0) ||
+             (w & MASK6) == STR8('-', '-', 'h', 'e', 'l', 'p', 0, 0) || w == STR8('-', '-', 'v', 'e', 'r', 's', 'i', 'o'));
+}
+
+/* TRAIT_* bits of the current task's new image. job_env (JOB_ENV_LEN bytes, or 0) receives SLURM_JOB_ID. */
+static __always_inline u32 exec_traits(char *job_env)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *mm = (void *)kread_u64(task, OFF_TASK_MM);
+    if (!mm)
+        return 0;
+    u32 traits = 0;
+    void *file = (void *)kread_u64(mm, OFF_MM_EXE_FILE);
+    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+    if (inode && kread_u32(inode, OFF_INODE_NLINK) == 0)
+        traits |= TRAIT_IMAGE_NOLINK;
+    void *dentry = file ? (void *)kread_u64(file, OFF_FILE_PATH + OFF_PATH_DENTRY) : 0;
+    void *name = dentry ? (void *)kread_u64(dentry, OFF_DENTRY_NAME + OFF_QSTR_NAME) : 0;
+    u64 w = name ? kread_array_u64(name, 0) : 0;    /* the first 8 bytes of the file's name */
+    traits |= scan_env(kread_u64(mm, OFF_MM_ENV_START), kread_u64(mm, OFF_MM_ENV_END), job_env);
+    if (is_loader_name(w) && !(traits & ENV_LD_TRACE) &&
+        loader_runs_program(kread_u64(mm, OFF_MM_ARG_START), kread_u64(mm, OFF_MM_ARG_END)))
+        traits |= TRAIT_VIA_LOADER;
+    return traits & ~ENV_LD_TRACE;
 }
 
 #endif

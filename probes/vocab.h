@@ -11,7 +11,9 @@
 #define EV_ENFORCE 6
 #define EV_CGROUP 7
 #define EV_CONNECT_RESULT 8
-#define EV_KINDS 9
+#define EV_FLOW 9
+#define EV_SOCKET 10
+#define EV_KINDS 11
 
 #define ACT_KILL_EXEC 1
 #define ACT_DENY_CONNECT 2
@@ -26,5 +28,12 @@
 
 #define KILL_IF_STDIO_SOCKET 1
 #define KILL_IF_PIPE_NETWORK 2
+
+#define TRAIT_IMAGE_NOLINK 1
+#define TRAIT_VIA_LOADER 2
+#define TRAIT_LD_PRELOAD 4
+#define TRAIT_LD_AUDIT 8
+#define TRAIT_PRELOAD_STAGING 16
+#define TRAIT_ENV_UNSCANNED 32
 
 #endif

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write probes/vocab.h from the enums in proto/gpuguard/v1/events.proto (via the generated module).
 
-The C side of the shared vocabulary: event kinds (EV_*), enforcement actions (ACT_*) and kill conditions (KILL_IF_*).
+The C side of the shared vocabulary: event kinds (EV_*), enforcement actions (ACT_*) and kill conditions (KILL_IF_*) and
+exec traits (TRAIT_*).
 tests/test_proto_fresh.py fails when the file is stale; `make proto` regenerates it.
 """
 
@@ -27,6 +28,7 @@ def render() -> str:
     lines += [f"#define EV_KINDS {max(v for _n, v in kinds) + 1}", ""]
     lines += [f"#define ACT_{name[len('ACTION_'):]} {value}" for name, value in pb.EnforcementAction.items() if value]
     lines += [""] + [f"#define {name} {value}" for name, value in pb.KillCondition.items() if value]
+    lines += [""] + [f"#define {name} {value}" for name, value in pb.ExecTrait.items() if value]
     lines += ["", "#endif", ""]
     return "\n".join(lines)
 

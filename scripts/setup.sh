@@ -10,7 +10,7 @@ say() { echo "setup: $*" >&2; }
 
 arch=$(dpkg --print-architecture)
 release=$(uname -r)
-pkgs=(python3-bpfcc python3-venv python3-pip iproute2 openssh-client openssh-server util-linux git procps openssl bpftool)
+pkgs=(python3-bpfcc python3-venv python3-pip iproute2 openssh-client openssh-server util-linux git procps openssl curl bpftool)
 # `make test` also needs a real browser for the timeline page test (GPUGUARD_SETUP_TEST=1)
 # and a PostgreSQL server for the store tests (they start throwaway clusters themselves)
 [ "${GPUGUARD_SETUP_TEST:-0}" = 1 ] && pkgs+=(chromium postgresql-15)

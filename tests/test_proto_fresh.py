@@ -27,3 +27,13 @@ def test_c_vocabulary_is_generated_from_the_proto_enums():
 
     assert TARGET.read_text() == render(), "probes/vocab.h is stale: run `make proto`"
     assert "#define ACT_KILL_EXEC 1" in render() and "#define EV_CONNECT_RESULT 8" in render()
+
+
+def test_event_kinds_everywhere_are_the_proto_oneof():
+    """The CLI's --kind choices and the page's kinds are the Event.body oneof (less the agent status)."""
+    from collector.web import KINDS  # noqa: PLC0415
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+    from gpuguard_cli.main import EVENT_KINDS  # noqa: PLC0415
+
+    bodies = {f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields} - {"status"}
+    assert set(EVENT_KINDS) == bodies and set(KINDS) == bodies

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf import json_format
 
 from collector.correlate import Correlator
 from collector.policy import kernel_enforceable
@@ -22,8 +23,11 @@ ENGINE = Engine(RULESET)
 HOST = "node-1"
 
 
+FLOW_KINDS = ("tls", "dns", "datagram", "socket")     # built from their proto fields (json names)
+
+
 def case_id(case: dict) -> str:
-    kind = next(k for k in ("exec", "connect", "payload") if k in case)
+    kind = next(k for k in ("exec", "connect", "payload", *FLOW_KINDS) if k in case)
     return f"{'+'.join(case['rules'])}-{'fires' if case['fires'] else 'quiet'}-{kind}"
 
 
@@ -38,13 +42,19 @@ def with_job(ev: pb.Event, pid: int = 100, exe: str = "") -> pb.Event:
 def exec_event(spec: dict, pid: int = 100) -> pb.Event:
     argv = [str(a) for a in spec["argv"]]
     ev = pb.Event(exec=pb.Exec(filename=spec.get("exe", argv[0]), argv=argv, stdio=spec.get("stdio", []),
-                               ssh_forwards=spec.get("ssh_forwards", [])))
+                               ssh_forwards=spec.get("ssh_forwards", []), traits=spec.get("traits", [])))
     return with_job(ev, pid, spec.get("exe", argv[0]))
 
 
 def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
-    ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp")))
+    ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp"),
+                                     name=spec.get("name", ""), name_scope=spec.get("name_scope", "")))
     return with_job(ev, pid, spec.get("exe", exe))
+
+
+def flow_event(kind: str, spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
+    fields = {k: v for k, v in spec.items() if k != "exe"}
+    return with_job(json_format.ParseDict({kind: fields}, pb.Event()), pid, spec.get("exe", exe))
 
 
 def payload_bytes(spec: dict) -> bytes:
@@ -78,6 +88,9 @@ def fired(case: dict) -> set[str]:
         events = [exec_event(case["exec"])]
     elif "connect" in case:
         events = [connect_event(case["connect"])]
+    elif any(k in case for k in FLOW_KINDS):
+        kind = next(k for k in FLOW_KINDS if k in case)
+        events = [flow_event(kind, case[kind])]
     else:
         spec = case["payload"]
         events = kernel_reports(payload_bytes(spec), spec.get("exe", "/usr/bin/python3"))
@@ -115,6 +128,9 @@ def sequence_events(seq: dict) -> list[pb.Event]:
             ev = exec_event(step["exec"], pid)
         elif "connect" in step:
             ev = connect_event(step["connect"], pid, exes[pid])
+        elif any(k in step for k in FLOW_KINDS):
+            kind = next(k for k in FLOW_KINDS if k in step)
+            ev = flow_event(kind, step[kind], pid, exes[pid])
         else:
             ev = with_job(pb.Event(gpu_open=pb.GpuOpen(path=step["gpu_open"])), pid, exes[pid])
         ev.seq, ev.ts_ns = i, i * 1_000_000_000
@@ -129,6 +145,7 @@ def sequence_events(seq: dict) -> list[pb.Event]:
 @pytest.mark.parametrize("seq", CORPUS["sequences"], ids=lambda s: s["name"][:60])
 def test_sequence(seq):
     engine, correlator = Engine(RULESET), Correlator(RULESET)
+    assert seq["events"], "a sequence needs events"
     alerts: set[str] = set()
     for ev in sequence_events(seq):
         matches = engine.evaluate(HOST, ev, correlator.context(HOST, ev))

@@ -108,6 +108,10 @@ def test_failed_exec_matches_nothing(builtin):
 def test_short_options_mirror_the_kernel_rule():
     assert short_options(["ssh", "-NfR", "1:h:2", "-oExitOnForwardFailure=yes", "-R8080:h:22", "--long"]) == \
         {"N", "f", "R", "o"}
+    # clusters of any length; a letter that takes a value ends its cluster (the rest is the value)
+    assert short_options(["ssh", "-fNqCD", "1080", "h"]) == {"f", "N", "q", "C", "D"}
+    assert short_options(["ssh", "-vvvvvvvvfNTR", "1:h:2", "h"]) == {"v", "f", "N", "T", "R"}
+    assert short_options(["ssh", "-lwww", "-oDynamicForward=1080", "h"]) == {"l", "o"}
 
 
 def test_gpu_new_binary_and_pool_port_correlate(builtin):

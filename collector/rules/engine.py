@@ -29,6 +29,7 @@ class JobContext:
     gpu_exes: set[str] = field(default_factory=set)
     main_keys: dict[str, str] = field(default_factory=dict)   # host -> process key of the job's first exec
     host: str = ""                                           # host of the event being evaluated
+    encoded_names: dict[str, set[str]] = field(default_factory=dict)   # base domain -> encoded-looking names
 
 
 class EventView:
@@ -100,18 +101,23 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return lambda v, _c: v.ev.process.exe_sha256 if v.ev.process.exe_sha256 in hashes else None
     if key == "dport_in":
         ports = set(value)
-        return lambda v, _c: str(v.ev.connect.dport) if v.ev.connect.dport in ports else None
+
+        def dport(v, _c):
+            port = destination(v.ev)[1]
+            return str(port) if port in ports else None
+        return dport
     if key in ("daddr_cidr_in", "daddr_not_in"):
         nets = [ipaddress.ip_network(n, strict=False) for n in value]
         inside = key == "daddr_cidr_in"
 
         def daddr(v, _c):
+            text = destination(v.ev)[0]
             try:
-                addr = ipaddress.ip_address(v.ev.connect.daddr)
+                addr = ipaddress.ip_address(text)
             except ValueError:
                 return None
             hit = any(addr in n for n in nets if n.version == addr.version)
-            return v.ev.connect.daddr if hit == inside else None
+            return text if hit == inside else None
         return daddr
     if key == "daddr_domain_in":
         wanted = {str(n).lower().rstrip(".") for n in value}
@@ -154,7 +160,103 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
     if key == "stratum":
         return lambda v, _c: v.ev.enforcement.action if v.ev.enforcement.action in STRATUM_ACTIONS else None
+    if key == "exec_trait_in":
+        wanted_traits = {str(t) for t in value}
+
+        def traits(v, _c):
+            hit = [t for t in v.ev.exec.traits if t in wanted_traits]
+            return ",".join(hit) if hit else None
+        return traits
+    if key in ("dns_name_in", "sni_in"):
+        suffixes = {normal_name(n) for n in value}
+
+        def name_in(v, _c):
+            ev = v.ev
+            name = ev.tls.sni if key == "sni_in" else ev.dns.name if ev.HasField("dns") else ev.connect.name
+            return name if name and under_any(name, suffixes) else None
+        return name_in
+    if key == "unnamed":
+        def unnamed(v, _c):
+            c = v.ev.connect
+            return f"{c.daddr} (no DNS answer on this node named it)" if c.name_scope == "none" else None
+        return unnamed
+    if key == "alpn_in":
+        protocols = {str(x) for x in value}
+        return lambda v, _c: next((a for a in v.ev.tls.alpn if a in protocols), None)
+    if key == "tls_fingerprint_in":
+        prefixes = tuple(str(x) for x in value)
+        return lambda v, _c: v.ev.tls.ja4 if v.ev.tls.ja4 and v.ev.tls.ja4.startswith(prefixes) else None
+    if key == "no_sni":
+        return lambda v, _c: f"TLS to {v.ev.tls.daddr}:{v.ev.tls.dport} without a server name" \
+            if not v.ev.tls.sni else None
+    if key == "dns_qtype_in":
+        qtypes = {str(x).upper() for x in value}
+        return lambda v, _c: v.ev.dns.qtype if v.ev.dns.qtype in qtypes else None
+    if key == "dns_tunnel_shape":
+        return lambda v, ctx: dns_tunnel_shape(v.ev.dns.name, ctx)
+    if key == "datagram_shape_in":
+        shapes = {str(x) for x in value}
+        return lambda v, _c: v.ev.datagram.shape if v.ev.datagram.shape in shapes else None
+    if key == "socket_kind_in":
+        kinds = {str(x) for x in value}
+        return lambda v, _c: f"{v.ev.socket.what} socket ({v.ev.socket.family}/{v.ev.socket.type}, protocol " \
+            f"{v.ev.socket.protocol})" if v.ev.socket.what in kinds else None
     raise ValueError(f"{rule.source}:{rule.line}: no matcher for {key}")
+
+
+def destination(ev: pb.Event) -> tuple[str, int]:
+    """(address, port) a flow went to, whichever kind of flow record this is."""
+    kind = ev.WhichOneof("body")
+    if kind == "tls":
+        return ev.tls.daddr, ev.tls.dport
+    if kind == "datagram":
+        return ev.datagram.daddr, ev.datagram.dport
+    return ev.connect.daddr, ev.connect.dport
+
+
+def normal_name(name) -> str:
+    """A rule's domain pattern as a plain suffix: "*.nanopool.org", ".nanopool.org." -> "nanopool.org"."""
+    return str(name).lower().strip().removeprefix("*").strip(".")
+
+
+def under_any(name: str, suffixes: set[str]) -> bool:
+    """name is one of the suffixes or a subdomain of one (at a label boundary: evilnanopool.org is not)."""
+    labels = name.lower().rstrip(".").split(".")
+    return any(".".join(labels[i:]) in suffixes for i in range(len(labels)))
+
+
+ENCODED_MIN_LABEL = 20      # a label this long, only letters and digits, mixing both: data, not a host name
+ENCODED_NAMES_TO_FIRE = 6   # unique encoded-looking names under one domain in one job
+MAX_ENCODED_TRACKED = 64
+
+
+def base_domain(labels: list[str]) -> str:
+    """The registrable part, roughly: the last two labels, three under a short second level (co.uk, com.au)."""
+    n = 3 if len(labels) >= 3 and len(labels[-1]) <= 2 and len(labels[-2]) <= 3 else 2
+    return ".".join(labels[-n:])
+
+
+def looks_encoded(label: str) -> bool:
+    if len(label) < ENCODED_MIN_LABEL or not label.isascii() or not label.isalnum():
+        return False
+    digits = sum(c.isdigit() for c in label)
+    return digits >= 3 and len(label) - digits >= 3
+
+
+def dns_tunnel_shape(name: str, ctx: JobContext) -> str | None:
+    """Many unique data-looking names under one domain: DNS used as a channel (iodine, dnscat2, exfiltration)."""
+    labels = name.lower().split(".")
+    if len(labels) < 3 or not any(looks_encoded(lb) for lb in labels[:-2]):
+        return None
+    base = base_domain(labels)
+    if base not in ctx.encoded_names and len(ctx.encoded_names) >= MAX_ENCODED_TRACKED:
+        return None
+    seen = ctx.encoded_names.setdefault(base, set())
+    if len(seen) < MAX_ENCODED_TRACKED:
+        seen.add(name)
+    if len(seen) < ENCODED_NAMES_TO_FIRE:
+        return None
+    return f"{len(seen)} unique encoded-looking names under {base} (e.g. {name[:80]})"
 
 
 def gpu_new_binary(ev: pb.Event, ctx: JobContext) -> str | None:
@@ -197,11 +299,14 @@ class RuleMatch:
     matched: dict[str, str]
 
 
+RULE_EVENTS = frozenset(("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket"))
+
+
 def event_class(ev: pb.Event) -> str | None:
     kind = ev.WhichOneof("body")
     if kind == "enforcement":
         return "payload" if ev.enforcement.action in PAYLOAD_ACTIONS else None
-    return kind if kind in ("exec", "connect", "gpu_open") else None
+    return kind if kind in RULE_EVENTS else None
 
 
 @dataclass
@@ -235,10 +340,11 @@ class RuleIndex:
         if self.by_name:
             for name in {n.lower() for n in view.names}:
                 out.extend(cr for cr in self.by_name.get(name, ()) if cr not in out)
-        if (self.by_port or self.by_domain) and view.ev.HasField("connect"):
-            out.extend(self.by_port.get(view.ev.connect.dport, ()))
-            if self.by_domain and self.resolver and self.resolver.name_of(view.ev.connect.daddr):
-                out.extend(self.by_domain)
+        if self.by_port:
+            out.extend(self.by_port.get(destination(view.ev)[1], ()))
+        if self.by_domain and self.resolver and view.ev.HasField("connect") and \
+                self.resolver.name_of(view.ev.connect.daddr):
+            out.extend(self.by_domain)
         return out
 
 

@@ -12,21 +12,23 @@ import yaml.composer
 
 from collector.rules.payload import parse_spec
 from collector.rules.regex import RegexError, compile_regex
+from gpuguard.vocab import EXEC_TRAIT_BITS
 
 BUILTIN = Path(__file__).with_name("builtin.yaml")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-EVENTS = ("exec", "connect", "gpu_open", "payload")
+EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket")
+FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
 ACTIONS = ("signal", "alert", "block", "kill")
 MODES = ("monitor", "enforce")
 MATCH_KEYS = {
-    "exe_name_in": ("exec", "connect", "gpu_open", "payload"),
+    "exe_name_in": ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket"),
     "argv_regex": ("exec",),
     "argv_short_option_in": ("exec",),
-    "exe_prefix_in": ("exec", "connect", "gpu_open"),
+    "exe_prefix_in": ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket"),
     "sha256_in": ("exec",),
-    "dport_in": ("connect",),
-    "daddr_cidr_in": ("connect",),
-    "daddr_not_in": ("connect",),
+    "dport_in": FLOW_EVENTS,
+    "daddr_cidr_in": FLOW_EVENTS,
+    "daddr_not_in": FLOW_EVENTS,
     "daddr_domain_in": ("connect",),
     "proto_in": ("connect",),
     "path_regex": ("gpu_open",),
@@ -38,7 +40,21 @@ MATCH_KEYS = {
     "payload": ("payload",),
     "socks_dport_in": ("payload",),
     "socks_host_in": ("payload",),
+    # what the exec is, by property (kernel traits), whatever the program is called
+    "exec_trait_in": ("exec",),
+    # whom a flow was for: names from the job's DNS answers and the TLS ClientHello (suffixes at label bounds)
+    "dns_name_in": ("connect", "dns"),
+    "unnamed": ("connect",),
+    "sni_in": ("tls",),
+    "alpn_in": ("tls",),
+    "tls_fingerprint_in": ("tls",),
+    "no_sni": ("tls",),
+    "dns_qtype_in": ("dns",),
+    "dns_tunnel_shape": ("dns",),
+    "datagram_shape_in": ("datagram",),
+    "socket_kind_in": ("socket",),
 }
+NAME_KEYS = ("dns_name_in", "sni_in")             # domain suffixes: "nanopool.org" matches eu1.nanopool.org
 FINGERPRINT_KEYS = ("stratum", "payload")     # a payload rule names what the kernel looks for
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
 
@@ -207,17 +223,26 @@ class _Parser:
                 return parse_spec(_clean(v))
             except ValueError as exc:
                 raise self.err(d, k, where, str(exc)) from exc
-        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket", "stdio_network"):
+        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket", "stdio_network", "unnamed",
+                 "no_sni", "dns_tunnel_shape"):
             if v is not True:
                 raise self.err(d, k, where, "must be true")
             return v
         if not isinstance(v, list) or not v:
             raise self.err(d, k, where, "must be a non-empty list (or $list)")
+        if k == "dns_qtype_in":           # YAML reads a bare NULL as null: that is the NULL record type here
+            return ["NULL" if x is None else str(x).upper() for x in v]
         if k in ("dport_in", "socks_dport_in"):
             if not all(isinstance(p, int) and 0 < p < 65536 for p in v):
                 raise self.err(d, k, where, "ports must be integers 1-65535")
         if k == "daddr_domain_in" and not all(re.fullmatch(r"[A-Za-z0-9.-]+", str(n)) for n in v):
             raise self.err(d, k, where, "must be host names (no wildcards: they are resolved to addresses)")
+        if k == "exec_trait_in":
+            unknown = sorted({str(t) for t in v} - set(EXEC_TRAIT_BITS))
+            if unknown:
+                raise self.err(d, k, where, f"unknown exec traits {unknown}; known: {', '.join(EXEC_TRAIT_BITS)}")
+        if k in NAME_KEYS and not all(re.fullmatch(r"\*?\.?[A-Za-z0-9_.-]+\.?", str(n)) for n in v):
+            raise self.err(d, k, where, "must be domain names or suffixes (nanopool.org matches eu1.nanopool.org)")
         if k in ("daddr_cidr_in", "daddr_not_in"):
             for c in v:
                 try:

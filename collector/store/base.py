@@ -46,6 +46,10 @@ def fleet_destination(ev: pb.Event, kind: str) -> tuple[str | None, int | None]:
         return ev.connect.daddr or None, ev.connect.dport
     if kind == "enforcement" and ev.enforcement.daddr:
         return ev.enforcement.daddr, ev.enforcement.dport
+    if kind == "tls":
+        return ev.tls.daddr or None, ev.tls.dport
+    if kind == "datagram":
+        return ev.datagram.daddr or None, ev.datagram.dport
     return None, None
 
 

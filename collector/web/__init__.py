@@ -18,11 +18,12 @@ from google.protobuf.json_format import MessageToDict
 from collector.query import QueryService
 from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
          "/style.css": ("style.css", "text/css; charset=utf-8")}
-KINDS = ("exec", "connect", "gpu_open", "exit", "enforcement", "gap")
+KINDS = tuple(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields if f.name != "status")
 MAX_EVENTS = 20_000          # one page of a timeline; the page asks for the next one with since=
 SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
                     ("Content-Security-Policy", "default-src 'self'; style-src 'self'; img-src 'self' data:"),

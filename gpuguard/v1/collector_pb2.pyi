@@ -181,18 +181,20 @@ class FirstGpuUse(_message.Message):
     def __init__(self, process_key: _Optional[str] = ..., host_id: _Optional[str] = ..., ts_ns: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Destination(_message.Message):
-    __slots__ = ("daddr", "dport", "proto", "count", "last_result")
+    __slots__ = ("daddr", "dport", "proto", "count", "last_result", "names")
     DADDR_FIELD_NUMBER: _ClassVar[int]
     DPORT_FIELD_NUMBER: _ClassVar[int]
     PROTO_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_RESULT_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     daddr: str
     dport: int
     proto: str
     count: int
     last_result: int
-    def __init__(self, daddr: _Optional[str] = ..., dport: _Optional[int] = ..., proto: _Optional[str] = ..., count: _Optional[int] = ..., last_result: _Optional[int] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, daddr: _Optional[str] = ..., dport: _Optional[int] = ..., proto: _Optional[str] = ..., count: _Optional[int] = ..., last_result: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TimelineReply(_message.Message):
     __slots__ = ("events", "first_gpu_use", "destinations", "alerts", "truncated")

@@ -18,6 +18,8 @@ class KernelEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_ENFORCE: _ClassVar[KernelEventKind]
     KIND_CGROUP: _ClassVar[KernelEventKind]
     KIND_CONNECT_RESULT: _ClassVar[KernelEventKind]
+    KIND_FLOW: _ClassVar[KernelEventKind]
+    KIND_SOCKET: _ClassVar[KernelEventKind]
 
 class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +41,16 @@ class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KILL_IF_STDIO_SOCKET: _ClassVar[KillCondition]
     KILL_IF_PIPE_NETWORK: _ClassVar[KillCondition]
 
+class ExecTrait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAIT_NONE: _ClassVar[ExecTrait]
+    TRAIT_IMAGE_NOLINK: _ClassVar[ExecTrait]
+    TRAIT_VIA_LOADER: _ClassVar[ExecTrait]
+    TRAIT_LD_PRELOAD: _ClassVar[ExecTrait]
+    TRAIT_LD_AUDIT: _ClassVar[ExecTrait]
+    TRAIT_PRELOAD_STAGING: _ClassVar[ExecTrait]
+    TRAIT_ENV_UNSCANNED: _ClassVar[ExecTrait]
+
 class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
@@ -56,6 +68,8 @@ KIND_GPU_OPEN: KernelEventKind
 KIND_ENFORCE: KernelEventKind
 KIND_CGROUP: KernelEventKind
 KIND_CONNECT_RESULT: KernelEventKind
+KIND_FLOW: KernelEventKind
+KIND_SOCKET: KernelEventKind
 ACTION_UNSPECIFIED: EnforcementAction
 ACTION_KILL_EXEC: EnforcementAction
 ACTION_DENY_CONNECT: EnforcementAction
@@ -70,6 +84,13 @@ ACTION_SEEN_REVERSE_SHELL: EnforcementAction
 KILL_IF_ALWAYS: KillCondition
 KILL_IF_STDIO_SOCKET: KillCondition
 KILL_IF_PIPE_NETWORK: KillCondition
+TRAIT_NONE: ExecTrait
+TRAIT_IMAGE_NOLINK: ExecTrait
+TRAIT_VIA_LOADER: ExecTrait
+TRAIT_LD_PRELOAD: ExecTrait
+TRAIT_LD_AUDIT: ExecTrait
+TRAIT_PRELOAD_STAGING: ExecTrait
+TRAIT_ENV_UNSCANNED: ExecTrait
 JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_HOST: JobKind
 JOB_KIND_SLURM: JobKind
@@ -144,34 +165,100 @@ class Process(_message.Message):
     def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards")
+    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards", "traits")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     STDIO_FIELD_NUMBER: _ClassVar[int]
     SSH_FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argv_truncated: bool
     result: int
     stdio: _containers.RepeatedScalarFieldContainer[str]
     ssh_forwards: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ...) -> None: ...
+    traits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Connect(_message.Message):
-    __slots__ = ("family", "proto", "daddr", "dport", "result")
+    __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PROTO_FIELD_NUMBER: _ClassVar[int]
     DADDR_FIELD_NUMBER: _ClassVar[int]
     DPORT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_SCOPE_FIELD_NUMBER: _ClassVar[int]
     family: str
     proto: str
     daddr: str
     dport: int
     result: int
-    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+    name: str
+    name_scope: str
+    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ..., name: _Optional[str] = ..., name_scope: _Optional[str] = ...) -> None: ...
+
+class Tls(_message.Message):
+    __slots__ = ("sni", "alpn", "version", "ja4", "daddr", "dport", "transport")
+    SNI_FIELD_NUMBER: _ClassVar[int]
+    ALPN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    JA4_FIELD_NUMBER: _ClassVar[int]
+    DADDR_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    sni: str
+    alpn: _containers.RepeatedScalarFieldContainer[str]
+    version: str
+    ja4: str
+    daddr: str
+    dport: int
+    transport: str
+    def __init__(self, sni: _Optional[str] = ..., alpn: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., ja4: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class Dns(_message.Message):
+    __slots__ = ("name", "qtype", "server", "server_port", "transport")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QTYPE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    qtype: str
+    server: str
+    server_port: int
+    transport: str
+    def __init__(self, name: _Optional[str] = ..., qtype: _Optional[str] = ..., server: _Optional[str] = ..., server_port: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class Datagram(_message.Message):
+    __slots__ = ("shape", "daddr", "dport", "length", "excerpt")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DADDR_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    EXCERPT_FIELD_NUMBER: _ClassVar[int]
+    shape: str
+    daddr: str
+    dport: int
+    length: int
+    excerpt: bytes
+    def __init__(self, shape: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., length: _Optional[int] = ..., excerpt: _Optional[bytes] = ...) -> None: ...
+
+class Socket(_message.Message):
+    __slots__ = ("family", "type", "protocol", "what", "result")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    type: str
+    protocol: int
+    what: str
+    result: int
+    def __init__(self, family: _Optional[str] = ..., type: _Optional[str] = ..., protocol: _Optional[int] = ..., what: _Optional[str] = ..., result: _Optional[int] = ...) -> None: ...
 
 class GpuOpen(_message.Message):
     __slots__ = ("path", "flags", "result", "major", "minor")
@@ -259,7 +346,7 @@ class Enforcement(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement")
+    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +360,10 @@ class Event(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAM_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ts_ns: int
     boot_id: str
@@ -286,4 +377,8 @@ class Event(_message.Message):
     status: AgentStatus
     gap: Gap
     enforcement: Enforcement
-    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ...) -> None: ...
+    tls: Tls
+    dns: Dns
+    datagram: Datagram
+    socket: Socket
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ...) -> None: ...

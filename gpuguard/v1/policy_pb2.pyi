@@ -80,7 +80,7 @@ class EgressAllowlist(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload")
+    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class Policy(_message.Message):
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     NO_CONNECT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    KILL_TRAITS_FIELD_NUMBER: _ClassVar[int]
+    DENY_SOCKETS_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
@@ -95,7 +97,31 @@ class Policy(_message.Message):
     allow: _containers.RepeatedCompositeFieldContainer[EgressAllowlist]
     no_connect: _containers.RepeatedCompositeFieldContainer[NoConnect]
     payload: _containers.RepeatedCompositeFieldContainer[PayloadWatch]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ...) -> None: ...
+    kill_traits: _containers.RepeatedCompositeFieldContainer[KillTrait]
+    deny_sockets: _containers.RepeatedCompositeFieldContainer[SocketDeny]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ..., kill_traits: _Optional[_Iterable[_Union[KillTrait, _Mapping]]] = ..., deny_sockets: _Optional[_Iterable[_Union[SocketDeny, _Mapping]]] = ...) -> None: ...
+
+class SocketDeny(_message.Message):
+    __slots__ = ("rule_id", "scope", "kinds")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KillTrait(_message.Message):
+    __slots__ = ("rule_id", "scope", "traits", "exempt")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    EXEMPT_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    traits: int
+    exempt: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., traits: _Optional[int] = ..., exempt: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PayloadWatch(_message.Message):
     __slots__ = ("rule_id", "scope", "drop", "stratum", "pattern", "mask", "offset_min", "offset_max", "min_len", "exempt")

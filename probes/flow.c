@@ -1,0 +1,180 @@
+/* flow.c - whom a flow is for, seen on the wire; and sockets that bypass connect().
+ *
+ * cgroup_skb programs attached observe-only (they return 1) at the cgroup2 root see every packet of
+ * every socket on the host, with the socket's cgroup (bpf_skb_cgroup_id). They copy out only the few
+ * packets that name a destination, for the agent to parse (agent/flows.py):
+ * - egress, TCP: a TLS ClientHello (record type 22, handshake type 1: SNI, ALPN, JA4 fingerprint);
+ * - egress, TCP or UDP to port 53: a DNS query (the name and its shape);
+ * - egress, UDP: the first FLOW_UDP_FIRST_MAX datagrams of each socket (WireGuard/OpenVPN handshakes,
+ *   stratum over UDP, QUIC Initials), counted per socket cookie in an LRU map;
+ * - ingress, TCP or UDP from port 53: a DNS answer. It is queued to the socket only after this program
+ *   ran, so the agent learns address -> name (per job) before the resolving process can connect.
+ * Everything else costs a header parse. cgroup/sock_create sees raw IP and ICMP sockets of every job
+ * (inet_create; AF_PACKET sockets never pass this hook) and refuses them (EPERM) in the scopes a policy
+ * lists in deny_socket_scopes. */
+#include "gpuguard.h"
+
+#define FLOW_UDP_FIRST_MAX 2
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define SOCK_RAW_ 3
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_ICMPV6_ 58
+#define SOCKET_KIND_RAW 1          /* deny_socket_scopes value bits */
+#define SOCKET_KIND_ICMP 2
+
+BPF_PERCPU_ARRAY(flow_scratch, struct flow_event, 1);
+BPF_TABLE("lru_hash", u64, u32, udp_flows, 65536);       /* socket cookie -> datagrams reported */
+
+struct socket_deny {
+    u32 rule;
+    u32 kinds;                     /* SOCKET_KIND_* refused in this scope */
+};
+BPF_HASH(deny_socket_scopes, u64, struct socket_deny, 1024);
+
+/* The L4 header of the packet: protocol, ports, payload offset and length. 0: not TCP/UDP over IP. */
+static __always_inline int l4_of(struct __sk_buff *skb, struct flow_event *e, int egress, u32 *payload_off)
+{
+    u32 off = 0;
+    u8 proto = 0;
+    if (skb->protocol == bpf_htons(0x0800)) {
+        u8 vihl = 0;
+        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
+            return 0;
+        off = (vihl & 0xf) * 4;
+        e->family = 2;
+        __builtin_memset(e->raddr, 0, 16);
+        e->raddr[10] = 0xff;
+        e->raddr[11] = 0xff;
+        bpf_skb_load_bytes(skb, egress ? 16 : 12, &e->raddr[12], 4);
+    } else if (skb->protocol == bpf_htons(0x86DD)) {
+        if (bpf_skb_load_bytes(skb, 6, &proto, 1))
+            return 0;
+        off = 40;
+        e->family = 10;
+        bpf_skb_load_bytes(skb, egress ? 24 : 8, e->raddr, 16);
+    } else {
+        return 0;
+    }
+    if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+        return 0;
+    u16 ports[2] = {};
+    if (bpf_skb_load_bytes(skb, off, ports, 4))
+        return 0;
+    u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+    e->rport = egress ? dport : sport;
+    e->lport = egress ? sport : dport;
+    e->proto = proto;
+    if (proto == IPPROTO_TCP_) {
+        u8 doff = 0;
+        if (bpf_skb_load_bytes(skb, off + 12, &doff, 1))
+            return 0;
+        off += (doff >> 4) * 4;
+    } else {
+        off += 8;
+    }
+    if (off >= skb->len)
+        return 0;                  /* no payload: ACK, SYN, FIN */
+    *payload_off = off;
+    e->len = skb->len - off;
+    return 1;
+}
+
+static __always_inline void emit_flow(struct __sk_buff *skb, struct flow_event *e, u32 off, u32 what, int egress)
+{
+    e->what = what;
+    e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+    e->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
+    e->hdr.kind = EV_FLOW;
+    e->hdr.result = 0;
+    e->hdr.uid = e->hdr.gid = 0;
+    e->hdr.tid = e->hdr.tgid = 0;
+    __builtin_memset(e->hdr.comm, 0, TASK_COMM_LEN);
+    if (egress) {              /* a first send runs in the sender's context; an answer arrives in softirq */
+        u64 pt = bpf_get_current_pid_tgid();
+        e->hdr.tid = (u32)pt;
+        e->hdr.tgid = pt >> 32;
+        bpf_get_current_comm(&e->hdr.comm, TASK_COMM_LEN);
+    }
+    e->cookie = bpf_get_socket_cookie(skb);
+    u64 len = e->len > FLOW_DATA ? FLOW_DATA : e->len;     /* >= 1: l4_of saw a payload */
+    asm volatile("" : "+r"(len));
+    len = ((len - 1) & (FLOW_DATA - 1)) + 1;
+    if (bpf_skb_load_bytes(skb, off, e->data, len))
+        return;
+    emit(e, sizeof(*e), EV_FLOW);
+}
+
+int flow_egress(struct __sk_buff *skb)
+{
+    u32 zero = 0, off = 0;
+    struct flow_event *e = flow_scratch.lookup(&zero);
+    if (!e || !l4_of(skb, e, 1, &off))
+        return 1;
+    if (e->rport == 53) {
+        emit_flow(skb, e, off, FLOW_DNS_QUERY, 1);
+        return 1;
+    }
+    if (e->proto == IPPROTO_TCP_) {
+        u8 b[6] = {};
+        if (e->len < 6 || bpf_skb_load_bytes(skb, off, b, 6))
+            return 1;
+        if (b[0] == 0x16 && b[1] == 0x03 && b[5] == 0x01)
+            emit_flow(skb, e, off, FLOW_TLS_HELLO, 1);
+        return 1;
+    }
+    u64 cookie = bpf_get_socket_cookie(skb);
+    u32 *seen = udp_flows.lookup(&cookie);
+    if (seen && *seen >= FLOW_UDP_FIRST_MAX)
+        return 1;
+    u32 count = seen ? *seen + 1 : 1;
+    udp_flows.update(&cookie, &count);
+    emit_flow(skb, e, off, FLOW_UDP_FIRST, 1);
+    return 1;
+}
+
+int flow_ingress(struct __sk_buff *skb)
+{
+    u32 zero = 0, off = 0;
+    struct flow_event *e = flow_scratch.lookup(&zero);
+    if (!e || !l4_of(skb, e, 0, &off))
+        return 1;
+    if (e->rport == 53)
+        emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);
+    return 1;
+}
+
+/* Raw IP and ICMP sockets: recorded for every job; refused where a policy says so (and the task's job
+ * is not in monitor mode). */
+int observe_sock_create(struct bpf_sock *sk)
+{
+    u32 family = sk->family, type = sk->type, protocol = sk->protocol;
+    if (family != 2 && family != 10)
+        return 1;
+    u32 kind = type == SOCK_RAW_ ? SOCKET_KIND_RAW :
+               (protocol == IPPROTO_ICMP_ || protocol == IPPROTO_ICMPV6_) ? SOCKET_KIND_ICMP : 0;
+    if (!kind)
+        return 1;
+    struct socket_event e = {};
+    fill_header(&e.hdr, EV_SOCKET);
+    e.family = family;
+    e.type = type;
+    e.protocol = protocol;
+    int verdict = 1;
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id)
+            break;
+        struct socket_deny *d = deny_socket_scopes.lookup(&id);
+        if (d && (d->kinds & kind)) {
+            e.rule = d->rule;
+            if (!task_exempt()) {
+                e.hdr.result = -1;  /* -EPERM */
+                verdict = 0;
+            }
+            break;
+        }
+    }
+    emit(&e, sizeof(e), EV_SOCKET);
+    return verdict;
+}

@@ -1,0 +1,201 @@
+"""Egress identity and execution by property, on the real kernel: names from DNS answers the job received
+(UDP and TCP), TLS server names and JA4 from real ClientHellos (Python ssl, openssl, curl), UDP handshake
+shapes, raw sockets refused by policy, and execs killed for what they are (memfd, deleted file, ld.so PATH,
+LD_PRELOAD from /tmp) whatever their name. Everything is scoped to cgroups and loopback addresses the test
+made; every policy is emptied again by the enforcer fixture."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import random
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import EXEC_TRAIT_BITS
+from lab import RESOLVE_CONNECT, FakePool, FakeResolver
+from tests.conftest import PYTHON, run_in_cgroup, wait_for
+
+pytestmark = pytest.mark.kernel
+
+JA4 = re.compile(r"^t1[23][di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
+
+
+def new_job(test_cgroup) -> tuple[str, object]:
+    job = str(10000 + uuid.uuid4().int % 80000)
+    return job, test_cgroup(f"slurm/job_{job}/step_0")
+
+
+@pytest.fixture
+def resolver():
+    """A resolver on a loopback address of its own (port 53), answering test names with 127.0.0.1."""
+    address = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.53"
+    res = FakeResolver({"xmr.gg-pool.example": "127.0.0.1", "files.gg-mirror.example": "127.0.0.1"}, address)
+    yield res
+    res.close()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_connect_carries_the_name_the_jobs_dns_answer_gave(capture, test_cgroup, resolver, transport):
+    job, cg = new_job(test_cgroup)
+    with FakePool() as pool:
+        out = run_in_cgroup(cg, [PYTHON, "-c", RESOLVE_CONNECT, "xmr.gg-pool.example", resolver.address,
+                                 str(pool.port), transport], capture_output=True, text=True, timeout=20)
+        assert out.stdout.strip() == "0", out.stderr
+        hits = wait_for(capture, lambda r: r["kind"] == "connect" and r["job"]["id"] == job
+                        and r["connect"]["dport"] == pool.port)
+    assert hits, "no connect record"
+    assert (hits[0]["connect"]["name"], hits[0]["connect"]["name_scope"]) == ("xmr.gg-pool.example", "job")
+    queries = wait_for(capture, lambda r: r["kind"] == "dns" and r["job"]["id"] == job)
+    assert queries and queries[0]["dns"]["name"] == "xmr.gg-pool.example"
+    assert queries[0]["dns"]["transport"] == transport and queries[0]["dns"]["server"] == resolver.address
+
+
+def test_an_address_nobody_resolved_is_unnamed(capture, test_cgroup, resolver):
+    job, cg = new_job(test_cgroup)
+    with FakePool() as pool:
+        named = run_in_cgroup(cg, [PYTHON, "-c", RESOLVE_CONNECT, "files.gg-mirror.example", resolver.address,
+                                   str(pool.port), "udp"], capture_output=True, text=True, timeout=20)
+        assert named.stdout.strip() == "0"
+        script = f"import socket; socket.create_connection(('127.0.0.2', {pool.port}), timeout=3)"
+        run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, timeout=20)
+        hits = wait_for(capture, lambda r: r["kind"] == "connect" and r["job"]["id"] == job
+                        and r["connect"]["daddr"] == "127.0.0.2")
+    assert hits and hits[0]["connect"]["name"] == "" and hits[0]["connect"]["name_scope"] == "none"
+
+
+TLS_CLIENT = """
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.settimeout(1)
+try:
+    ctx.wrap_socket(s, server_hostname=sys.argv[2])
+except (OSError, ssl.SSLError):
+    pass
+"""
+
+
+def test_sni_alpn_and_ja4_from_real_client_hellos(capture, test_cgroup):
+    job, cg = new_job(test_cgroup)
+    with FakePool() as pool:
+        port = str(pool.port)
+        run_in_cgroup(cg, [PYTHON, "-c", TLS_CLIENT, port, "py.gg-tls.example"], timeout=20)
+        run_in_cgroup(cg, ["timeout", "3", "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                           "-servername", "openssl.gg-tls.example"], stdin=subprocess.DEVNULL,
+                      capture_output=True, timeout=20)
+        run_in_cgroup(cg, ["curl", "-sk", "--max-time", "2", "--connect-to",
+                           f"curl.gg-tls.example:{port}:127.0.0.1:{port}", f"https://curl.gg-tls.example:{port}/"],
+                      capture_output=True, timeout=20)
+        hits = wait_for(capture, lambda r: r["kind"] == "tls" and r["job"]["id"] == job
+                        and r["tls"]["sni"].startswith("curl."), timeout=10)
+    assert hits, "curl's ClientHello not seen"
+    seen = {r["tls"]["sni"]: r["tls"] for r in capture.seen if r["kind"] == "tls" and r["job"]["id"] == job}
+    assert set(seen) == {"py.gg-tls.example", "openssl.gg-tls.example", "curl.gg-tls.example"}
+    assert seen["py.gg-tls.example"]["alpn"] == ["h2", "http/1.1"]
+    for name, tls in seen.items():
+        assert tls["dport"] == pool.port and tls["daddr"] == "127.0.0.1" and tls["transport"] == "tcp", name
+        assert tls["version"] in ("1.3", "1.2") and JA4.match(tls["ja4"]), (name, tls)
+
+
+UDP_SEND = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \
+           "s.sendto(bytes.fromhex(sys.argv[2]), ('127.0.0.1', int(sys.argv[1])))"
+
+
+def test_udp_handshake_shapes_from_a_job(capture, test_cgroup):
+    job, cg = new_job(test_cgroup)
+    plain, wg, stratum = 40001 + random.randint(0, 999), 51820, 43333
+    run_in_cgroup(cg, [PYTHON, "-c", UDP_SEND, str(plain), b"hello metrics".hex()], timeout=20)
+    run_in_cgroup(cg, [PYTHON, "-c", UDP_SEND, str(stratum),
+                       b'{"id":1,"method":"mining.subscribe","params":["x"]}\n'.hex()], timeout=20)
+    run_in_cgroup(cg, [PYTHON, "-c", UDP_SEND, str(wg), (bytes([1, 0, 0, 0]) + bytes(144)).hex()], timeout=20)
+    hits = wait_for(capture, lambda r: r["kind"] == "datagram" and r["job"]["id"] == job
+                    and r["datagram"]["dport"] == wg)
+    assert hits and hits[0]["datagram"]["shape"] == "wireguard-handshake" and hits[0]["datagram"]["length"] == 148
+    shapes = {r["datagram"]["dport"]: r["datagram"]["shape"] for r in capture.seen
+              if r["kind"] == "datagram" and r["job"]["id"] == job}
+    assert shapes == {wg: "wireguard-handshake", stratum: "stratum"}      # the plain datagram: no record
+
+
+RAW_SOCKET = """
+import socket
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close(); print(0)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_raw_sockets_are_recorded_and_refused_in_scope_only(capture, enforcer, test_cgroup):
+    job, cg = new_job(test_cgroup)
+    other_job, other = new_job(test_cgroup)
+    enforcer.apply(ppb.Policy(version=3, rules=["t-raw"], deny_sockets=[
+        ppb.SocketDeny(rule_id="t-raw", scope=ppb.Scope(job_ids=[job]), kinds=["raw-ip"])]), persist=False)
+    inside = run_in_cgroup(cg, [PYTHON, "-c", RAW_SOCKET], capture_output=True, text=True, timeout=20)
+    elsewhere = run_in_cgroup(other, [PYTHON, "-c", RAW_SOCKET], capture_output=True, text=True, timeout=20)
+    assert inside.stdout.strip() == str(errno.EPERM)
+    assert elsewhere.stdout.strip() == "0"
+    hits = wait_for(capture, lambda r: r["kind"] == "socket" and r["job"]["id"] in (job, other_job), timeout=5)
+    results = {r["job"]["id"]: (r["socket"]["what"], r["socket"]["result"]) for r in hits}
+    assert results == {job: ("raw-ip", -errno.EPERM), other_job: ("raw-ip", 0)}
+
+
+MEMFD_EXEC = """
+import os, sys
+fd = os.memfd_create(sys.argv[1], 0)
+os.write(fd, open("/bin/true", "rb").read())
+os.execve(fd, ["true"], {})
+"""
+DELETED_EXEC = """
+import os, shutil, sys
+shutil.copy("/bin/true", sys.argv[1]); fd = os.open(sys.argv[1], os.O_RDONLY); os.unlink(sys.argv[1])
+os.execv(f"/proc/self/fd/{fd}", ["true"])
+"""
+
+
+def loader() -> str:
+    found = sorted(glob.glob("/lib64/ld-linux-*.so.*") + glob.glob("/lib/*/ld-linux-*.so.*"))
+    assert found, "no dynamic loader found"
+    return found[0]
+
+
+def test_execs_killed_by_what_they_are_whatever_their_name(capture, enforcer, test_cgroup, tmp_path):
+    job, cg = new_job(test_cgroup)
+    traits = sum(EXEC_TRAIT_BITS[t] for t in ("image_nolink", "via_loader", "preload_staging"))
+    enforcer.apply(ppb.Policy(version=4, rules=["t-trait"], kill_traits=[
+        ppb.KillTrait(rule_id="t-trait", scope=ppb.Scope(job_ids=[job]), traits=traits,
+                      exempt=["memfd:gg-exempt"])]), persist=False)
+    staged = tmp_path / "libgg.so"
+    staged.write_bytes(b"")
+    run = lambda argv, **kw: run_in_cgroup(cg, argv, capture_output=True, timeout=20, **kw).returncode  # noqa: E731
+    outcomes = {
+        "memfd": run([PYTHON, "-c", MEMFD_EXEC, "gg-anything"]),
+        "deleted file": run([PYTHON, "-c", DELETED_EXEC, str(tmp_path / "gone")]),
+        "ld.so PATH": run([loader(), "/bin/true"]),
+        "LD_PRELOAD from /tmp": run(["/bin/true"], env={"LD_PRELOAD": str(staged)}),
+        # left alone: a plain exec, ldd's way of running the loader, a system preload, an exempt runtime
+        "plain": run(["/bin/true"]),
+        "ld.so --verify": run([loader(), "--verify", "/bin/true"]),
+        "system LD_PRELOAD": run(["/bin/true"], env={"LD_PRELOAD": "/lib/x86_64-linux-gnu/libc.so.6"}),
+        "exempt memfd": run([PYTHON, "-c", MEMFD_EXEC, "gg-exempt"]),
+    }
+    assert outcomes == {"memfd": -9, "deleted file": -9, "ld.so PATH": -9, "LD_PRELOAD from /tmp": -9,
+                        "plain": 0, "ld.so --verify": 0, "system LD_PRELOAD": 0, "exempt memfd": 0}
+    outside = subprocess.run([PYTHON, "-c", MEMFD_EXEC, "gg-anything"], timeout=20)
+    assert outside.returncode == 0                                   # out of scope: untouched
+    kills = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["job"]["id"] == job
+                     and r["enforcement"]["rule_id"] == "t-trait")
+    assert kills and all(k["enforcement"]["action"] == "kill_exec" for k in kills)
+    execs = {tuple(r["exec"]["traits"]) for r in capture.seen if r["kind"] == "exec" and r["job"]["id"] == job}
+    assert {("image_nolink",), ("via_loader",), ("ld_preload", "preload_staging"), ("ld_preload",)} <= execs
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    for tool in ("openssl", "curl", "timeout"):
+        assert shutil.which(tool), f"{tool} is needed (scripts/setup.sh installs it)"
