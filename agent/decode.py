@@ -81,7 +81,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, traits, _, args = \
+    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, traits, tty, args = \
         EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
@@ -94,14 +94,15 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         ppid=ppid,
         stdio=stdio_names(stdio),
         traits=trait_names(traits),
+        tty=tty - 1 if tty else -1,
     )
 
 
 def stdio_names(bits: int) -> list[str]:
-    """fds 0-2 at exec: socket (inet/inet6), unix (another socket), fifo (pipe or FIFO) or other (file, tty,
-    none), from the probe's bits."""
+    """fds 0-2 at exec: socket (inet/inet6), unix (another socket), fifo (pipe or FIFO), pty (a pty slave) or
+    other (file, console, none), from the probe's bits."""
     return ["socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
-            "fifo" if bits & (1 << (fd + 4)) else "other" for fd in range(3)]
+            "fifo" if bits & (1 << (fd + 4)) else "pty" if bits & (1 << (fd + 12)) else "other" for fd in range(3)]
 
 
 def _addr(family: int, addr: bytes) -> str:

@@ -8,6 +8,7 @@ the process table and the job resolver; they are not shipped.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import time
 from collections import OrderedDict
@@ -65,6 +66,8 @@ SSH_CLIENTS = ("ssh", "autossh")
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
 SOCKET_TYPE_NAMES = {1: "stream", 2: "dgram", 3: "raw"}
+PTY_HOLDER_DEPTH = 8         # ancestors looked at for a pty master's holder
+MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
 MAX_QUERIES_TRACKED = 16384
 
@@ -83,6 +86,7 @@ class Enricher:
         self.connects = PendingConnects()
         self.names = DestinationNames()
         self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
+        self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
@@ -177,11 +181,14 @@ class Enricher:
             out.exec.argv.extend(ev.argv)
             out.exec.stdio.extend(ev.stdio or ())
             out.exec.traits.extend(ev.traits or ())
+            if ev.tty >= 0:
+                out.exec.pty_peer = self._pty_peer(hdr.pid, ev.tty)
             if os.path.basename(ev.filename) in SSH_CLIENTS:
                 out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
             return out
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):
+            self.connected_out.pop(hdr.pid, None)
             out = self._event(hdr, p, job, with_ancestry=False)
             out.exit.code, out.exit.signal = ev.code, ev.signal
             self.table.on_exit(hdr.pid)
@@ -192,6 +199,11 @@ class Enricher:
             c.family, c.daddr, c.dport = "inet6" if ev.family == 10 else "inet", ev.daddr, ev.dport
             c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
             c.name, c.name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
+            if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
+                self.connected_out[hdr.pid] = f"{ev.daddr}:{ev.dport}"
+                self.connected_out.move_to_end(hdr.pid)
+                if len(self.connected_out) > MAX_CONNECTED_OUT:
+                    self.connected_out.popitem(last=False)
             return self.connects.attempt(out, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
         if isinstance(ev, GpuOpenEvent):
             out = self._event(hdr, p, job)
@@ -218,6 +230,17 @@ class Enricher:
             so.result = -errno.EPERM if hdr.result else 0
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
+
+    def _pty_peer(self, pid: int, tty: int) -> str:
+        """The ancestor holding the master of pts ``tty``, if it connected out of the node: a pty reverse shell
+        (socat ...,pty; python pty.spawn after connect). Terminals served to inbound users (sshd, jupyter,
+        tmux, script) hold masters too, but did not connect out. Only ancestors that connected out are
+        looked at in /proc, so an ordinary terminal costs nothing."""
+        for anc in self.table.ancestors(pid)[:PTY_HOLDER_DEPTH]:
+            dest = self.connected_out.get(anc.pid)
+            if dest and holds_pty_master(anc.pid, tty):
+                return clean(f"pid {anc.pid} ({anc.comm}) holds the pty master and connected to {dest}".encode())
+        return ""
 
     # -- flows: whom they are for -----------------------------------------------------------------
     def _names_key(self, cgroup_id: int) -> str:
@@ -338,6 +361,39 @@ class PendingConnects:
         while self.recent_denies and next(iter(self.recent_denies.values())) <= cutoff:
             self.recent_denies.popitem(last=False)   # oldest first: stop at the first recent one
         return out
+
+
+def off_node(address: str) -> bool:
+    """Not loopback, not unspecified: a connect that leaves the node (jupyter's kernels on 127.0.0.1 do not)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not (ip.is_loopback or ip.is_unspecified)
+
+
+MAX_FDS_SCANNED = 4096
+
+
+def holds_pty_master(pid: int, tty: int) -> bool:
+    """Whether pid has an open /dev/ptmx whose pty is number tty (fdinfo's tty-index). Bounded, race-tolerant."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_FDS_SCANNED]
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") not in ("/dev/ptmx", "/dev/pts/ptmx"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                for line in info:
+                    if line.startswith("tty-index:") and line.split(":", 1)[1].strip() == str(tty):
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:

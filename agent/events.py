@@ -28,6 +28,7 @@ class ExecEvent:
     ppid: int = 0     # the real parent, from the kernel
     stdio: list[str] | None = None   # what fds 0-2 are at exec: socket | fifo | other
     traits: list[str] | None = None  # what the image is (ExecTrait names): image_nolink, via_loader, ...
+    tty: int = -1                    # the pts number of the first pty slave on fds 0-2 (-1: none)
 
 
 @dataclass(slots=True)

@@ -61,7 +61,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
     void *task = (void *)bpf_get_current_task();
     e->ppid = real_parent_tgid(task);
-    e->stdio = stdio_kinds();
+    e->tty = 0;
+    e->stdio = stdio_kinds_tty(&e->tty);
     u64 mm = kread_u64(task, OFF_TASK_MM);
     if (mm) {
         read_argv(e, kread_u64((void *)mm, OFF_MM_ARG_START), kread_u64((void *)mm, OFF_MM_ARG_END));

@@ -69,7 +69,7 @@ struct exec_event {
     u32 ppid;                      /* real parent's tgid */
     u32 stdio;                     /* STDIO_SOCKET / STDIO_FIFO bits of fds 0-2 */
     u32 traits;                    /* TRAIT_* bits (vocab.h): what the image is, whatever its name */
-    u32 _pad2;
+    u32 tty;                       /* 1 + the pts number of the first pty slave on fds 0-2 (0: none) */
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
@@ -234,13 +234,18 @@ static __always_inline u64 kread_array_u64(void *base, u32 i)
 #define STDIO_SOCKET(fd) (1U << (fd))        /* fd 0, 1 or 2 is an inet/inet6 socket */
 #define STDIO_FIFO(fd) (1U << ((fd) + 4))    /* ... a pipe or FIFO */
 #define STDIO_UNIX(fd) (1U << ((fd) + 8))    /* ... another socket (unix: socketpairs, launchers) */
+#define STDIO_PTY(fd) (1U << ((fd) + 12))    /* ... a pty slave (/dev/pts/N) */
+#define S_IFCHR_ 0020000
+#define PTS_MAJOR_FIRST 136                  /* Unix98 pty slaves: majors 136-143 */
+#define PTS_MAJOR_LAST 143
 #define S_IFMT_ 0170000
 #define S_IFSOCK_ 0140000
 #define S_IFIFO_ 0010000
 
 /* What the current task's fds 0-2 are (after exec's close-on-exec): a shell whose stdio is a
- * socket is a reverse shell, whatever language set it up. */
-static __always_inline u32 stdio_kinds(void)
+ * socket is a reverse shell, whatever language set it up. *tty (when given) receives 1 + the pts number
+ * of the first pty slave among them: the agent looks for the process holding its master. */
+static __always_inline u32 stdio_kinds_tty(u32 *tty)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = (void *)kread_u64(task, OFF_TASK_FILES);
@@ -264,8 +269,22 @@ static __always_inline u32 stdio_kinds(void)
         }
         else if (fmt == S_IFIFO_)
             bits |= STDIO_FIFO(fd);
+        else if (fmt == S_IFCHR_) {
+            u32 rdev = kread_u32(inode, OFF_INODE_RDEV);           /* kernel dev_t: major << 20 | minor */
+            u32 major = rdev >> 20;
+            if (major >= PTS_MAJOR_FIRST && major <= PTS_MAJOR_LAST) {
+                bits |= STDIO_PTY(fd);
+                if (tty && !*tty)
+                    *tty = (((major - PTS_MAJOR_FIRST) << 20) | (rdev & 0xFFFFF)) + 1;
+            }
+        }
     }
     return bits;
+}
+
+static __always_inline u32 stdio_kinds(void)
+{
+    return stdio_kinds_tty(0);
 }
 
 /* Pipes and FIFOs on fds 0-2, for reverse shells wired through them (`nc host port | sh`, mkfifo

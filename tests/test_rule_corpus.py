@@ -42,7 +42,8 @@ def with_job(ev: pb.Event, pid: int = 100, exe: str = "") -> pb.Event:
 def exec_event(spec: dict, pid: int = 100) -> pb.Event:
     argv = [str(a) for a in spec["argv"]]
     ev = pb.Event(exec=pb.Exec(filename=spec.get("exe", argv[0]), argv=argv, stdio=spec.get("stdio", []),
-                               ssh_forwards=spec.get("ssh_forwards", []), traits=spec.get("traits", [])))
+                               ssh_forwards=spec.get("ssh_forwards", []), traits=spec.get("traits", []),
+                               pty_peer=spec.get("pty_peer", "")))
     return with_job(ev, pid, spec.get("exe", argv[0]))
 
 

@@ -156,6 +156,8 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
             fds = [f"fd{i}" for i, kind in enumerate(v.ev.exec.stdio[:3]) if kind == "socket"]
             return f"{','.join(fds)} on a socket" if fds else None
         return stdio
+    if key == "stdio_pty_network":
+        return lambda v, _c: v.ev.exec.pty_peer or None
     if key == "ssh_config_forward":
         return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
     if key == "stratum":

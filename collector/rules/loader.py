@@ -36,6 +36,7 @@ MATCH_KEYS = {
     "ssh_config_forward": ("exec",),
     "stdio_socket": ("exec",),
     "stdio_network": ("exec",),
+    "stdio_pty_network": ("exec",),
     "stratum": ("payload",),
     "payload": ("payload",),
     "socks_dport_in": ("payload",),
@@ -224,7 +225,7 @@ class _Parser:
             except ValueError as exc:
                 raise self.err(d, k, where, str(exc)) from exc
         if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket", "stdio_network", "unnamed",
-                 "no_sni", "dns_tunnel_shape"):
+                 "no_sni", "dns_tunnel_shape", "stdio_pty_network"):
             if v is not True:
                 raise self.err(d, k, where, "must be true")
             return v
