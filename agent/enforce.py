@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import struct
 import threading
@@ -66,6 +67,44 @@ FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min
 PROGRAM_NAMES = {INET_EGRESS: "payload_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+FNV_PRIME, U64 = 0x100000001B3, (1 << 64) - 1
+
+
+def name_hash(key: int, name: str) -> int:
+    """The kernel's keyed hash of a DNS name suffix (probes/flow.c question_allowed): FNV-1a from the secret
+    key over the name's wire form (length-prefixed labels), lower case, read backwards."""
+    labels = [lb.encode("idna") if not lb.isascii() else lb.encode() for lb in name.strip().strip(".").lower()
+              .removeprefix("*.").split(".") if lb]
+    wire = b"".join(bytes([len(lb)]) + lb for lb in labels)
+    h = key
+    for c in reversed(wire):
+        h = ((h ^ c) * FNV_PRIME) & U64
+    return h
+
+
+def address_key(address: str) -> bytes:
+    """16 bytes, IPv4 as v4-mapped: the kernel's address keys."""
+    ip = ipaddress.ip_address(address)
+    return (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip).packed
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The nameservers this host's stub resolver asks: their answers teach the allowed addresses."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    try:
+                        out.append(str(ipaddress.ip_address(parts[1].split("%")[0])))
+                    except ValueError:
+                        continue
+    except OSError:
+        pass
+    return out
 
 
 def kill_key(scope: int, comm: str) -> bytes:
@@ -163,7 +202,8 @@ class Enforcer:
         self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
         self._entries: dict[str, dict[bytes, bytes]] = {
             name: {} for name in ("kill_comms", "kill_traits", "kill_trait_exempt", "deny_socket_scopes",
-                                  "deny_dest", "allow_dest", "allow_scopes", "payload_scopes", "exempt_scopes",
+                                  "trusted_resolvers", "allowed_names", "name_scopes", "deny_dest", "allow_dest",
+                                  "allow_scopes", "payload_scopes", "exempt_scopes",
                                   "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
                                   "fp_anchors")}
         self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
@@ -174,6 +214,9 @@ class Enforcer:
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
         self.exec_kill = self._attach_kill_at_exec()
+        self.name_key = secrets.randbits(64)      # keys the name hashes: a job cannot forge an allowed name's hash
+        table = self.bpf[b"name_hash_key"]
+        table[table.Key(0)] = table.Leaf(self.name_key)
         self.orders = ExecutedOrders(self.state_dir / "orders.json")
         self.worker = Worker("enforcer")        # cgroup walks, hashing and kills, off the poll thread
         self._reapply_lock = threading.Lock()
@@ -303,13 +346,24 @@ class Enforcer:
                     deny[deny_key(cgid, d.cidr, d.port)] = val
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             allow_scopes, allow = {}, {}
+            name_scopes, allowed_names, resolvers = {}, {}, {}
             for al in policy.allow:
                 idx = struct.pack("<I", self._rule_index(al.rule_id, rules))
+                trusted = sorted(set(host_resolvers()) | set(al.resolvers)) if al.names else []
+                for address in trusted:
+                    resolvers[address_key(address)] = struct.pack("<I", 1)
                 for cgid in self._scope_ids(al.scope, paths, roots):
                     allow_scopes[struct.pack("<Q", cgid)] = idx
                     for cidr in al.cidrs:
                         for port in al.ports or [0]:
                             allow[deny_key(cgid, cidr, port)] = idx
+                    if al.names:                 # names: their resolvers on port 53, and the names' addresses
+                        name_scopes[struct.pack("<Q", cgid)] = idx
+                        for address in trusted:
+                            allow[deny_key(cgid, address, 53)] = idx
+                        for name in al.names:
+                            allowed_names[struct.pack("<QQ", cgid, name_hash(self.name_key, name))] = \
+                                struct.pack("<I", 1)
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             no_comms, no_exes = {}, {}
             for nc in policy.no_connect:
@@ -355,6 +409,9 @@ class Enforcer:
             self._sync_map("deny_socket_scopes", {k: struct.pack("<II", *v) for k, v in deny_sockets.items()})
             self._sync_map("deny_dest", deny)
             self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
+            self._sync_map("trusted_resolvers", resolvers)
+            self._sync_map("allowed_names", allowed_names)
+            self._sync_map("name_scopes", name_scopes)
             self._sync_map("allow_scopes", allow_scopes)
             self._write_fingerprints(fingerprints)
             self._sync_map("fp_exempt_comms", fp_comms)     # exemptions before the scopes that use them

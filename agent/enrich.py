@@ -174,6 +174,10 @@ class Enricher:
             return None
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
+            if ev.argv_truncated:
+                full = full_cmdline(hdr.pid, ev.argv)
+                if full is not None:
+                    ev.argv, ev.argv_truncated = full
             self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid)
             job = self._job_for(p, hdr, ev.slurm_job_env)
             out = self._event(hdr, p, job, exec_=True)
@@ -361,6 +365,38 @@ class PendingConnects:
         while self.recent_denies and next(iter(self.recent_denies.values())) <= cutoff:
             self.recent_denies.popitem(last=False)   # oldest first: stop at the first recent one
         return out
+
+
+CMDLINE_MAX = 1 << 16          # bytes of /proc/PID/cmdline read for an exec the kernel could not record in full
+CMDLINE_ARG_CHARS = 1024       # each argument kept up to this: every argument is kept, long ones clipped
+CMDLINE_TOTAL_CHARS = 16384
+
+
+def full_cmdline(pid: int, kernel_argv: list[str]) -> tuple[list[str], bool] | None:
+    """Every argument of a process whose argv the kernel had to cut (more or longer arguments than its buffer),
+    from /proc/PID/cmdline while it still runs the same image (its argv[0] begins as the kernel read it):
+    (argv, still_truncated). Long-lived processes (miners, tunnels) are the ones this matters for; None when
+    the process is gone or is no longer that image."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(CMDLINE_MAX + 1)
+    except OSError:
+        return None
+    args = raw[:CMDLINE_MAX].split(b"\0")
+    if args and args[-1] == b"":
+        args.pop()
+    if not args or not kernel_argv or not clean(args[0]).startswith(kernel_argv[0][:200]):
+        return None
+    out, total, cut = [], 0, len(raw) > CMDLINE_MAX
+    for a in args:
+        text = clean(a[:CMDLINE_ARG_CHARS])
+        cut |= len(a) > CMDLINE_ARG_CHARS
+        if total + len(text) > CMDLINE_TOTAL_CHARS:
+            cut = True
+            break
+        out.append(text)
+        total += len(text) + 1
+    return out, cut
 
 
 def off_node(address: str) -> bool:

@@ -310,6 +310,57 @@ for _ in range(n):
 """
 
 
+RESOLVE_CONNECT_LOOP = """
+import socket, sys, time
+name, server, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+q = (0x4242).to_bytes(2, "big") + bytes([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+q += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + bytes([0, 0, 1, 0, 1])
+ok = 0
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(q, (server, 53))
+    address = socket.inet_ntoa(s.recv(512)[-4:]); s.close()
+    c = socket.socket()
+    try:
+        c.connect((address, port)); ok += 1
+    except OSError:
+        pass
+    c.close()
+print(ok)
+"""
+
+
+def bench_names(cap: Capture, enf: Enforcer, cg: Path, n: int = 300) -> None:
+    """Egress by name: the DNS-ingress learning and the connect hook's name check, per run."""
+    from lab import FakeResolver  # noqa: PLC0415
+
+    job_cg = cg / "slurm" / "job_424242"
+    job_cg.mkdir(parents=True)
+    resolver = FakeResolver({"files.bench-allowed.example": "127.0.0.9"}, "127.77.77.53")
+    server = socket.create_server(("127.0.0.9", 0))
+    port = server.getsockname()[1]
+    try:
+        enf.apply(ppb.Policy(version=2, rules=["b-names"], allow=[ppb.EgressAllowlist(
+            rule_id="b-names", scope=ppb.Scope(job_ids=["424242"]), names=["bench-allowed.example"],
+            resolvers=[resolver.address])]), persist=False)
+        connect_fn = next(fn for (c, t), (fn, _fd) in enf.attached.items() if t == INET4_CONNECT)
+        ingress = cap.probes.bpf.funcs[b"flow_ingress"]
+        before = prog_stats(connect_fn.fd), prog_stats(ingress.fd)
+        out = popen_in_cgroup(job_cg, [PYTHON, "-c", RESOLVE_CONNECT_LOOP, "files.bench-allowed.example",
+                                       resolver.address, str(port), str(n)], stdout=subprocess.PIPE, text=True)
+        ok = int(out.communicate(120)[0].strip() or 0)
+        after = prog_stats(connect_fn.fd), prog_stats(ingress.fd)
+        (c_ns, c_n), (i_ns, i_n) = ((a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True))
+        print(f"egress by name: {ok}/{n} resolve-then-connect allowed; connect hook (allowlist + name lookup) "
+              f"{c_ns / max(c_n, 1):.0f} ns per call (n={c_n}); flow_ingress incl. learning from the answer "
+              f"{i_ns / max(i_n, 1):.0f} ns per packet (n={i_n})")
+    finally:
+        enf.apply(ppb.Policy(version=3), persist=False)
+        resolver.close()
+        server.close()
+        job_cg.rmdir()
+        job_cg.parent.rmdir()
+
+
 def bench_flow_observers(tmp: Path) -> None:
     """The root cgroup_skb observers (flow.c) run on every packet of the host: their ns per packet on bulk
     traffic and on flows that open with a ClientHello; kill-at-exec with exec traits on; load time."""
@@ -370,6 +421,7 @@ def bench_flow_observers(tmp: Path) -> None:
             print(f"kill_at_exec with exec traits computed (memfd/loader/environment scan): "
                   f"{(after[0] - before[0]) / max(after[1] - before[1], 1) / 1000:.1f} us per exec "
                   f"(n={after[1] - before[1]}); exec+wait {summary(spawn, 'ms')}")
+            bench_names(cap, enf, cg)
         print(f"capture probes compiled, verified and attached in {load_s:.2f} s (incl. the BTF offset self-check)")
     finally:
         enf.apply(ppb.Policy(version=0), persist=False)

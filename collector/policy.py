@@ -73,6 +73,13 @@ def denies_socket(rule: Rule) -> bool:
     return rule.event == "socket" and set(rule.match) == {"socket_kind_in"} and not rule.unless
 
 
+def is_allowlist(rule: Rule) -> bool:
+    """"Anything outside these networks and these names" (daddr_not_in, dns_name_not_in): an egress allowlist,
+    enforced in the kernel (names through the addresses the job's trusted DNS answers gave for them)."""
+    keys = set(rule.match)
+    return rule.event == "connect" and bool(keys) and keys <= {"daddr_not_in", "dns_name_not_in"}
+
+
 def kernel_enforceable(rule: Rule) -> bool:
     keys = set(rule.match)
     if kills_by_trait(rule) or denies_socket(rule):
@@ -80,7 +87,7 @@ def kernel_enforceable(rule: Rule) -> bool:
     if rule.event == "exec":
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
     if rule.event == "connect":
-        allowlist = keys == {"daddr_not_in"}     # "anything outside these networks" = an egress allowlist
+        allowlist = is_allowlist(rule)
         return bool(keys) and (keys <= KERNEL_CONNECT_KEYS or allowlist or denies_by_identity(rule)) \
             and not rule.unless
     return rule.event == "payload" and keys <= KERNEL_PAYLOAD_KEYS and set(rule.unless) <= {"exe_name_in"}
@@ -142,8 +149,9 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
         elif denies_by_identity(rule):
             for name in rule.match["exe_name_in"]:
                 policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)
-        elif rule.event == "connect" and "daddr_not_in" in rule.match:
-            policy.allow.add(rule_id=rule.id, cidrs=rule.match["daddr_not_in"], scope=enforce)
+        elif is_allowlist(rule):
+            policy.allow.add(rule_id=rule.id, cidrs=rule.match.get("daddr_not_in", []), scope=enforce,
+                             names=rule.match.get("dns_name_not_in", []))
         elif rule.event == "connect":
             ports = rule.match.get("dport_in", [0])
             cidrs = rule.match.get("daddr_cidr_in", ["0.0.0.0/0", "::/0"])

@@ -205,6 +205,7 @@ def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, auth: A
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.max_concurrent_streams", 64),          # per connection
+        ("grpc.so_reuseport", 0),     # a second collector on a busy address fails instead of sharing it silently
     ])
     servicer = CollectorServicer(ingestor, hub, auth, **servicer_kw)
     handler = grpc.method_handlers_generic_handler("gpuguard.v1.Collector", {
@@ -214,7 +215,10 @@ def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, auth: A
     })
     server.add_generic_rpc_handlers((handler,))
     cgrpc.add_QueryServicer_to_server(guarded_query(query, auth), server)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:        # grpc's "Failed to bind": the address is in use or not ours
+        raise OSError(f"cannot listen on {address}: it is in use or not an address of this host") from exc
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port

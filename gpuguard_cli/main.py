@@ -35,16 +35,24 @@ EVENT_KINDS = ("exec", "connect", "gpu_open", "exit", "gap", "enforcement", "tls
 log = logging.getLogger("gpuguard")
 
 
+MAX_TIME_NS = (1 << 63) - 1     # int64 on the wire
+
+
 def parse_time(text: str) -> int:
-    """'10m', '2h', '3d' ago; epoch seconds; or an ISO date-time -> wall-clock ns."""
+    """'10m', '2h', '3d' ago; epoch seconds; or an ISO date-time -> wall-clock ns (a clear error if out of range)."""
     if not text:
         return 0
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    value = None
     if m:
         mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time_ns() - int(float(m.group(1)) * mult * 1e9)
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return int(float(text) * 1e9)
+        value = time.time_ns() - int(float(m.group(1)) * mult * 1e9)
+    elif re.fullmatch(r"\d+(?:\.\d+)?", text):
+        value = int(float(text) * 1e9)
+    if value is not None:
+        if not 0 <= value <= MAX_TIME_NS:
+            raise argparse.ArgumentTypeError(f"time {text!r} is out of range (before 1970 or after 2262)")
+        return value
     from datetime import datetime  # noqa: PLC0415
 
     try:
@@ -124,14 +132,19 @@ def cmd_collector(args) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot start collector: %s", exc)
         return EXIT_FAILURE
-    asyncio.run(app.serve())
+    try:
+        asyncio.run(app.serve())
+    except OSError as exc:              # the address is taken (another collector?) or not ours to bind
+        log.error("cannot start collector: %s (is another collector already listening there?)", exc)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def cmd_up(args) -> int:
     """Collector in the background + agent in the foreground on this host."""
     data = Path(args.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)          # the store holds every job's argv: readable by root only, also if made 0755 earlier
     exe = [sys.executable, "-m", "gpuguard_cli.main"]
     log_path = data / "collector.log"
     with open(log_path, "ab") as log_file:
@@ -261,13 +274,44 @@ def cmd_alerts(args) -> int:
 
 
 def cmd_connections(args) -> int:
+    import ipaddress  # noqa: PLC0415
+
     from gpuguard.render import fleet_table  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    try:
+        ipaddress.ip_network(args.cidr, strict=False)
+    except ValueError:
+        print(f"gpuguard connections: {args.cidr!r} is not an address or a CIDR (203.0.113.7, 203.0.113.0/24, "
+              "2001:db8::/32)", file=sys.stderr)
+        return EXIT_CONFIG
 
     reply = _call(args, "Connections", cpb.ConnectionsRequest(cidr=args.cidr, since_ns=args.since,
                                                               until_ns=args.until, limit=args.limit))
     _print(args, reply, fleet_table)
     return EXIT_OK if reply.events else EXIT_NOT_FOUND
+
+
+def cmd_egress(args) -> int:
+    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+    from gpuguard_cli.egress import suggest  # noqa: PLC0415
+
+    networks = args.cluster_network or [str(n) for n in load_ruleset(rule_texts()).lists["cluster_networks"]]
+    events = []
+    for cidr in ("0.0.0.0/0", "::/0"):
+        reply = _call(args, "Connections", cpb.ConnectionsRequest(cidr=cidr, since_ns=args.since, limit=args.limit))
+        events += [se.event for se in reply.events]
+        if reply.truncated:
+            print(f"gpuguard egress: more than --limit {args.limit} connects to {cidr}: the suggestion covers the "
+                  "first ones only (raise --limit or narrow --since)", file=sys.stderr)
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(args.since / 1e9)) if args.since else "the start"
+    text, considered = suggest(events, args.job_kind, networks, since)
+    if args.json:
+        print(json.dumps({"job_kind": args.job_kind, "connects": considered, "policy_yaml": text}, indent=2))
+    else:
+        print(text, end="")
+    return EXIT_OK if considered else EXIT_NOT_FOUND
 
 
 def cmd_executions(args) -> int:
@@ -484,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     co = query("connections", "which jobs and hosts connected to an address or network, and when", cmd_connections)
     co.add_argument("cidr", help="an address or a CIDR (203.0.113.7, 203.0.113.0/24, 2001:db8::/32)")
     co.add_argument("--until", type=parse_time, default=0)
+    eg = query("egress", "learn a per-job egress policy by name from what jobs really reached (prints a rule)",
+               cmd_egress)
+    eg.add_argument("action", choices=["suggest"])
+    eg.add_argument("--job-kind", default="slurm", help="the job kind to write the policy for (default %(default)s)")
+    eg.add_argument("--cluster-network", action="append", metavar="CIDR",
+                    help="the cluster's own networks, always allowed (default: the built-in $cluster_networks)")
     ex = query("executions", "which hosts and jobs ran an executable (by sha256, path or name)", cmd_executions)
     ex.add_argument("--sha256", help="the executable's SHA-256 (agents hash executables at exec)")
     ex.add_argument("--exe", help="the executable's path")
@@ -518,7 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "apply" and not args.file:
         parser.error("policy apply needs a FILE")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return args.func(args)
+    if args.func.__name__ in ("cmd_agent", "cmd_collector", "cmd_up"):
+        os.umask(0o077)            # stores, spools, state and logs: private to the service's user
+    try:
+        return args.func(args)
+    except BrokenPipeError:                  # `gpuguard ... | head -1`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

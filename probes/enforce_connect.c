@@ -12,6 +12,9 @@
  * inode of the task's mm->exe_file, read at BTF offsets), so bash's /dev/tcp and
  * awk's /inet fail at the syscall.
  *
+ * Egress by name: in an allowlist scope that lists names, an address a trusted resolver gave the scope for
+ * an allowed name (learnt by flow.c before the answer reached the job) is allowed too, until it expires.
+ *
  * Pipes: a process whose stdin/stdout is the other end of a watched shell's pipe is refused any
  * connect (see pipe_check). */
 #include "gpuguard.h"
@@ -132,6 +135,25 @@ static __always_inline u32 *allow_lookup(struct deny_key *k, u64 scope, u16 port
     return allow_dest.lookup(k);
 }
 
+/* An address a trusted resolver gave the caller's name scope for an allowed name, not yet expired. flow.c learns
+ * it at the shallowest name scope above the receiving socket (a job's own cgroup; its steps are below it), so
+ * that is the scope looked up, whichever level's allowlist asks. */
+static __always_inline int name_allowed(u8 *addr)
+{
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 scope = bpf_get_current_ancestor_cgroup_id(level);
+        if (!scope)
+            return 0;
+        if (!name_scopes.lookup(&scope))
+            continue;
+        struct name_addr_key k = {.scope = scope};
+        __builtin_memcpy(k.addr, addr, 16);
+        u64 *expiry = name_addrs.lookup(&k);
+        return expiry && *expiry >= bpf_ktime_get_boot_ns();
+    }
+    return 0;
+}
+
 static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 port)
 {
     struct deny_key k = {};
@@ -156,7 +178,7 @@ static __always_inline int deny_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
         if (rule)
             return task_exempt() ? 1 : refuse(ctx, addr, port, *rule);
         u32 *allow_rule = allow_scopes.lookup(&scope);
-        if (allow_rule && !allow_lookup(&k, scope, port))
+        if (allow_rule && !allow_lookup(&k, scope, port) && !name_allowed(addr))
             return task_exempt() ? 1 : refuse(ctx, addr, port, *allow_rule);
     }
     return pipe_check(ctx, addr, port);

@@ -1,8 +1,9 @@
 /* exec.c - every successful exec, from sched:sched_process_exec (no syscall tracepoint).
  *
  * At this point the new image exists: the filename comes from the tracepoint,
- * argv (up to MAX_ARGS args / ARGS_BUF bytes, truncation flagged), the
- * SLURM_JOB_ID environment variable and the exec traits (gpuguard.h) are read from the new image's argument
+ * argv (up to EXEC_MAX_ARGS args / ARGS_BUF bytes; an argument over ARG_LEN is clipped and stepped over,
+ * so what follows it is still read; truncation flagged), the SLURM_JOB_ID environment variable and the
+ * exec traits (gpuguard.h) are read from the new image's argument
  * and environment areas in user memory (mm->arg_start..arg_end,
  * env_start..env_end), and the real parent from task->real_parent->tgid.
  * Kernel-struct fields are read at offsets from the running kernel's BTF
@@ -13,14 +14,41 @@
 
 BPF_PERCPU_ARRAY(exec_scratch, struct exec_event, 1);
 
+#define EXEC_MAX_ARGS 48          /* arguments recorded (the kill program reads MAX_ARGS for option letters) */
+#define ARGV_READS 64             /* user-memory reads per exec: arguments, and 4 KiB pieces of clipped ones */
+
+/* argv into e->args. An argument longer than ARG_LEN keeps its first ARG_LEN - 1 bytes and the rest is stepped
+ * over in 4 KiB pieces, so the arguments after it are still read: one long first argument must not hide a
+ * stratum URL behind it. One loop, one read per turn (nested loops were too many paths for the verifier);
+ * "skipping" lives in map memory for the same reason. */
 static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
 {
-    u32 off = 0;
+    u32 zero = 0;
+    struct env_buf *b = env_scratch.lookup(&zero);
+    if (!b)
+        return;
+    b->_pad = 0;                  /* 1: inside a clipped argument */
+    e->args_len = 0;              /* the write offset, kept in memory too: one range for every path */
     u64 p = start;
-    for (int i = 0; i < MAX_ARGS; i++) {
+    for (int i = 0; i < ARGV_READS; i++) {
         if (p >= end)
             break;
-        if (off > ARGS_BUF - ARG_LEN) {
+        if (b->_pad) {
+            long m = bpf_probe_read_user_str(b->s, sizeof(b->s), (void *)p);
+            if (m <= 0) {
+                e->flags |= EXEC_ARGV_FAULT;
+                break;
+            }
+            if (m < (long)sizeof(b->s)) {
+                p += m;
+                b->_pad = 0;
+            } else {
+                p += m - 1;
+            }
+            continue;
+        }
+        u32 off = e->args_len;
+        if (e->argc >= EXEC_MAX_ARGS || off > ARGS_BUF - ARG_LEN) {
             e->flags |= EXEC_ARGS_TRUNCATED;
             break;
         }
@@ -29,22 +57,18 @@ static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
             e->flags |= EXEC_ARGV_FAULT;
             break;
         }
+        e->args_len = off + n;
+        e->argc++;
         if (n == ARG_LEN) {
             e->flags |= EXEC_ARG_CLIPPED;
-            off += n;
-            e->argc++;
-            e->flags |= (p + n < end) ? EXEC_ARGS_TRUNCATED : 0;   /* cannot step over the rest */
-            break;
+            p += n - 1;
+            b->_pad = 1;
+            continue;
         }
-        if (i > 0)
-            option_letters(&e->args[off], n, &e->optmask);
-        off += n;
         p += n;
-        e->argc++;
     }
-    if (e->argc == MAX_ARGS && p < end)
-        e->flags |= EXEC_ARGS_TRUNCATED;
-    e->args_len = off;
+    if (p < end && !(e->flags & (EXEC_ARGV_FAULT | EXEC_ARGS_TRUNCATED)))
+        e->flags |= EXEC_ARGS_TRUNCATED;  /* out of reads */
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)

@@ -133,14 +133,170 @@ int flow_egress(struct __sk_buff *skb)
     return 1;
 }
 
+/* ---- learning allowed addresses from DNS answers (egress by name, see gpuguard.h) ---- */
+#define FNV_PRIME 0x100000001b3ULL
+#define DNS_MAX_NAME 256
+#define DNS_MAX_LABELS 32
+#define DNS_MAX_ANSWERS 8
+#define NAME_TTL_MIN_S 60
+#define NAME_TTL_MAX_S 86400
+#define DNSB(i) (e->data[(i) & (FLOW_DATA - 1)])
+
+struct name_scratch {
+    u8 boundary[DNS_MAX_NAME];     /* 1 where a label starts in the question name */
+    u64 hash;
+    u32 pos;
+    u32 allowed;
+    u32 left;                      /* bytes of the name still to hash: in memory, so every turn of the byte
+                                    * loop looks alike to the verifier (a register would carry its range) */
+    u32 _pad;
+};
+BPF_PERCPU_ARRAY(name_scratch_buf, struct name_scratch, 1);
+
+/* The first ancestor of the socket's cgroup whose egress policy lists names. */
+static __always_inline u64 name_scope_of(struct __sk_buff *skb)
+{
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+        if (!id)
+            return 0;
+        if (name_scopes.lookup(&id))
+            return id;
+    }
+    return 0;
+}
+
+/* Is a suffix of the question name (at a label boundary) allowed in scope? The name is hashed backwards,
+ * byte by byte (lower case), from its end; at each label start the hash so far is that suffix's. */
+static __always_inline int question_allowed(struct flow_event *e, struct name_scratch *ns, u32 base, u64 scope)
+{
+    u32 pos = base + 12, len = 0;
+    __builtin_memset(ns->boundary, 0, DNS_MAX_NAME);
+    for (int i = 0; i < DNS_MAX_LABELS; i++) {
+        u32 n = DNSB(pos);
+        if (n == 0)
+            break;
+        if (n > 63 || len + n + 1 >= DNS_MAX_NAME - 1)
+            return 0;                       /* compression or an oversized name in a question: not ours */
+        ns->boundary[len & (DNS_MAX_NAME - 1)] = 1;
+        len += n + 1;
+        pos += n + 1;
+    }
+    if (DNSB(pos) != 0 || len == 0)
+        return 0;
+    ns->pos = pos + 5;                      /* after the root label, QTYPE and QCLASS */
+    u64 *key = name_hash_key.lookup(&(u32){0});
+    ns->hash = key ? *key : 0;
+    ns->allowed = 0;
+    struct name_key k = {.scope = scope};
+    ns->left = len;
+    for (int j = 0; j < DNS_MAX_NAME - 1; j++) {
+        u32 i = ns->left;
+        if (i == 0 || i >= DNS_MAX_NAME)
+            break;
+        i -= 1;
+        ns->left = i;
+        u8 c = DNSB(base + 12 + i);
+        if (c >= 'A' && c <= 'Z')
+            c += 32;
+        ns->hash = (ns->hash ^ c) * FNV_PRIME;
+        u32 bi = i;
+        asm volatile("" : "+r"(bi));       /* keep the mask: clang drops it, the verifier needs it */
+        bi &= DNS_MAX_NAME - 1;
+        if (ns->boundary[bi]) {
+            k.hash = ns->hash;
+            if (allowed_names.lookup(&k)) {
+                ns->allowed = 1;
+                break;
+            }
+        }
+    }
+    return ns->allowed;
+}
+
+/* Step over a (possibly compressed) name in an answer record. Returns the offset after it, 0 if malformed. */
+static __always_inline u32 skip_name(struct flow_event *e, u32 pos)
+{
+    for (int i = 0; i < DNS_MAX_LABELS; i++) {
+        u32 n = DNSB(pos);
+        if (n == 0)
+            return pos + 1;
+        if ((n & 0xC0) == 0xC0)
+            return pos + 2;
+        if (n > 63)
+            return 0;
+        pos += n + 1;
+    }
+    return 0;
+}
+
+/* A trusted resolver's answer to a job in a name-policy scope, for an allowed name: each A/AAAA record's
+ * address becomes reachable from that scope until max(TTL, a minute) has passed. */
+static __always_inline void learn_allowed(struct __sk_buff *skb, struct flow_event *e)
+{
+    struct resolver_key rk = {};
+    __builtin_memcpy(rk.addr, e->raddr, 16);
+    if (!trusted_resolvers.lookup(&rk))
+        return;
+    u64 scope = name_scope_of(skb);
+    if (!scope)
+        return;
+    u32 zero = 0;
+    struct name_scratch *ns = name_scratch_buf.lookup(&zero);
+    if (!ns)
+        return;
+    u32 base = e->proto == IPPROTO_TCP_ ? 2 : 0;   /* DNS over TCP: a 2-byte length first */
+    u32 len = e->len > FLOW_DATA ? FLOW_DATA : e->len;
+    if (len < base + 12 || !(DNSB(base + 2) & 0x80) || DNSB(base + 5) != 1 || DNSB(base + 4) != 0)
+        return;                            /* not a response with exactly one question */
+    u32 answers = DNSB(base + 7) | DNSB(base + 6) << 8;
+    if (!question_allowed(e, ns, base, scope))
+        return;
+    u64 now = bpf_ktime_get_boot_ns();
+    struct name_addr_key ak = {.scope = scope};
+    for (int a = 0; a < DNS_MAX_ANSWERS; a++) {
+        if ((u32)a >= answers)
+            break;
+        u32 pos = skip_name(e, ns->pos);
+        if (!pos || pos + 10 > len)
+            break;
+        u32 type = DNSB(pos) << 8 | DNSB(pos + 1);
+        u32 ttl = DNSB(pos + 4) << 24 | DNSB(pos + 5) << 16 | DNSB(pos + 6) << 8 | DNSB(pos + 7);
+        u32 rdlen = DNSB(pos + 8) << 8 | DNSB(pos + 9);
+        pos += 10;
+        ns->pos = pos + rdlen;
+        if (pos + rdlen > len)
+            break;
+        if (type == 1 && rdlen == 4) {
+            __builtin_memset(ak.addr, 0, 16);
+            ak.addr[10] = ak.addr[11] = 0xff;
+            for (int b = 0; b < 4; b++)
+                ak.addr[12 + b] = DNSB(pos + b);
+        } else if (type == 28 && rdlen == 16) {
+            for (int b = 0; b < 16; b++)
+                ak.addr[b] = DNSB(pos + b);
+        } else {
+            continue;                      /* CNAME and others: the policy follows the question name */
+        }
+        if (ttl < NAME_TTL_MIN_S)
+            ttl = NAME_TTL_MIN_S;
+        if (ttl > NAME_TTL_MAX_S)
+            ttl = NAME_TTL_MAX_S;
+        u64 expiry = now + (u64)ttl * 1000000000ULL;
+        name_addrs.update(&ak, &expiry);
+    }
+}
+
 int flow_ingress(struct __sk_buff *skb)
 {
     u32 zero = 0, off = 0;
     struct flow_event *e = flow_scratch.lookup(&zero);
     if (!e || !l4_of(skb, e, 0, &off))
         return 1;
-    if (e->rport == 53)
-        emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);
+    if (e->rport == 53) {
+        emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);    /* copies the payload into e->data, then the ring */
+        learn_allowed(skb, e);
+    }
     return 1;
 }
 

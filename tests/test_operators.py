@@ -182,3 +182,33 @@ def test_an_endpoint_without_a_token_check_stays_on_loopback():
     require_token_or_loopback("0.0.0.0:9101", True, "metrics")
     with pytest.raises(ValueError, match="readable by anyone"):
         require_token_or_loopback("0.0.0.0:9101", False, "metrics")
+
+
+def test_a_second_collector_on_a_busy_address_refuses_to_start(tmp_path):
+    """gRPC's SO_REUSEPORT default let two collectors share one address and split the agents between two stores."""
+    import subprocess  # noqa: PLC0415
+
+    from tests.services import CLI, collector  # noqa: PLC0415
+
+    port = free_port()
+    first = collector(tmp_path, port).start()
+    try:
+        (tmp_path / "second").mkdir()
+        second = subprocess.run([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store",
+                                 str(tmp_path / "second" / "c.db")], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "cannot start collector" in second.stderr, second.stderr[-500:]
+    finally:
+        first.stop()
+
+
+def test_cli_edges_exit_with_a_message_not_a_traceback(tmp_path):
+    import subprocess  # noqa: PLC0415
+
+    from tests.services import CLI  # noqa: PLC0415
+
+    far = subprocess.run([*CLI, "alerts", "--since", "99999999999999999999"], capture_output=True, text=True)
+    assert far.returncode == 2 and "out of range" in far.stderr and "Traceback" not in far.stderr
+    cidr = subprocess.run([*CLI, "connections", "10.0.0.0/33"], capture_output=True, text=True)
+    assert cidr.returncode == 2 and "not an address or a CIDR" in cidr.stderr
+    piped = subprocess.run(" ".join([*CLI, "--help"]) + " | head -1", shell=True, capture_output=True, text=True)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr

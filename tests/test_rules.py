@@ -226,3 +226,41 @@ def test_reverse_shell_by_socket_stdio_is_a_kernel_kill_for_shells():
     hits = {m.rule.id: m.matched for m in engine.evaluate("h", ev, None)}
     assert hits["reverse-shell-stdio"]["stdio_network"] == "fd0,fd1 on a socket"
     assert all(k.stdio_pipe_network for k in policy.kill if k.rule_id == "reverse-shell-stdio")
+
+
+def test_egress_by_name_rule_lowers_to_an_allowlist_with_names_and_matches_in_user_space():
+    from collector.policy import compile_policy  # noqa: PLC0415
+
+    text = ("rules:\n  - id: egress-slurm\n    description: d\n    severity: high\n    event: connect\n"
+            "    match: {dns_name_not_in: [pypi.org, hf.co], daddr_not_in: $cluster_networks}\n"
+            "    scope: {job_kinds: [slurm]}\n    action: block\n")
+    rs = load_ruleset(rule_texts(extra=(("egress.yaml", text),)))
+    allow = [a for a in compile_policy(rs, 1).allow if a.rule_id == "egress-slurm"]
+    assert len(allow) == 1 and list(allow[0].names) == ["pypi.org", "hf.co"] and "10.0.0.0/8" in allow[0].cidrs
+    engine = Engine(rs)
+
+    def fires(daddr: str, name: str) -> bool:
+        ev = pb.Event(connect=pb.Connect(daddr=daddr, dport=443, proto="tcp", name=name))
+        ev.job.kind, ev.job.id = "slurm", "1"
+        return "egress-slurm" in {m.rule.id for m in engine.evaluate("h", ev, None)}
+
+    assert not fires("203.0.113.5", "files.pypi.org") and not fires("203.0.113.5", "cdn-lfs.hf.co")
+    assert fires("203.0.113.5", "evil.example") and fires("203.0.113.5", "")       # unlisted, unnamed
+    assert not fires("10.1.2.3", "")                                                 # the cluster
+
+
+def test_egress_suggest_prints_a_rule_that_loads():
+    from gpuguard_cli.egress import suggest  # noqa: PLC0415
+
+    def connect(job_kind: str, daddr: str, name: str) -> pb.Event:
+        ev = pb.Event(connect=pb.Connect(daddr=daddr, dport=443, proto="tcp", name=name))
+        ev.job.kind, ev.job.id = job_kind, "7"
+        return ev
+
+    events = [connect("slurm", "203.0.113.5", "files.pythonhosted.org"), connect("slurm", "203.0.113.6", "pypi.org"),
+              connect("slurm", "203.0.113.6", "pypi.org"), connect("slurm", "198.51.100.9", ""),
+              connect("slurm", "10.0.0.4", ""), connect("k8s", "203.0.113.7", "evil.example")]
+    text, n = suggest(events, "slurm", ["10.0.0.0/8"], "yesterday")
+    assert n == 5 and "evil.example" not in text and "198.51.100.0/24: 1 connects" in text
+    rs = load_ruleset(rule_texts(extra=(("suggested.yaml", text),)))
+    assert rs.rules["egress-slurm"].match["dns_name_not_in"] == ["pypi.org", "pythonhosted.org"]

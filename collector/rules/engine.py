@@ -177,6 +177,15 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
             name = ev.tls.sni if key == "sni_in" else ev.dns.name if ev.HasField("dns") else ev.connect.name
             return name if name and under_any(name, suffixes) else None
         return name_in
+    if key == "dns_name_not_in":
+        allowed = {normal_name(n) for n in value}
+
+        def name_not_in(v, _c):
+            c = v.ev.connect
+            if c.name and under_any(c.name, allowed):
+                return None
+            return f"{c.daddr} ({c.name or 'unnamed'})"
+        return name_not_in
     if key == "unnamed":
         def unnamed(v, _c):
             c = v.ev.connect

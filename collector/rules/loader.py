@@ -45,6 +45,7 @@ MATCH_KEYS = {
     "exec_trait_in": ("exec",),
     # whom a flow was for: names from the job's DNS answers and the TLS ClientHello (suffixes at label bounds)
     "dns_name_in": ("connect", "dns"),
+    "dns_name_not_in": ("connect",),
     "unnamed": ("connect",),
     "sni_in": ("tls",),
     "alpn_in": ("tls",),
@@ -55,7 +56,7 @@ MATCH_KEYS = {
     "datagram_shape_in": ("datagram",),
     "socket_kind_in": ("socket",),
 }
-NAME_KEYS = ("dns_name_in", "sni_in")             # domain suffixes: "nanopool.org" matches eu1.nanopool.org
+NAME_KEYS = ("dns_name_in", "dns_name_not_in", "sni_in")   # domain suffixes: nanopool.org matches eu1.nanopool.org
 FINGERPRINT_KEYS = ("stratum", "payload")     # a payload rule names what the kernel looks for
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
 

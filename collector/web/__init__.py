@@ -30,11 +30,19 @@ SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
                     ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")]
 
 
+MAX_QUERY_INT = (1 << 63) - 1     # times are int64 ns on the wire
+MAX_LIMIT = 1_000_000             # limits are uint32 there, and rows cost memory
+
+
 def _int(q: dict, key: str, default: int = 0) -> int:
+    """A non-negative integer parameter the wire can carry (limit=-1 or since=1e30 give the default)."""
     try:
-        return int(q.get(key, [default])[0])
+        value = int(q.get(key, [default])[0])
     except ValueError:
         return default
+    if not 0 <= value <= MAX_QUERY_INT:
+        return default
+    return min(value, MAX_LIMIT) if key == "limit" else value
 
 
 def _str(q: dict, key: str) -> str:

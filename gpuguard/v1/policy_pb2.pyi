@@ -68,16 +68,20 @@ class KillBinary(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ..., stdio_pipe_network: _Optional[bool] = ...) -> None: ...
 
 class EgressAllowlist(_message.Message):
-    __slots__ = ("rule_id", "cidrs", "ports", "scope")
+    __slots__ = ("rule_id", "cidrs", "ports", "scope", "names", "resolvers")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     CIDRS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    RESOLVERS_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     cidrs: _containers.RepeatedScalarFieldContainer[str]
     ports: _containers.RepeatedScalarFieldContainer[int]
     scope: Scope
-    def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    resolvers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., resolvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets")
