@@ -39,10 +39,10 @@ HEADER = struct.Struct("<QQIIIIIi16s")
 EXEC_TAIL = struct.Struct("<IIII256s32sQIIII2048s")
 FORK_TAIL = struct.Struct("<II")
 EXIT_TAIL = struct.Struct("<iI")
-CONNECT_TAIL = struct.Struct("<HHI16sQII")
+CONNECT_TAIL = struct.Struct("<HHI16sQIIII")   # ... protocol, flags, repeats, pad
 CONNECT_RESULT_TAIL = struct.Struct("<Q")
 GPU_OPEN_TAIL = struct.Struct("<iIII")
-ENFORCE_TAIL = struct.Struct("<IIHHI16sII64s")   # ... peer_tgid, daddr, payload_len, pad, payload
+ENFORCE_TAIL = struct.Struct("<IIHHI16sII64s")   # ... peer_tgid, daddr, payload_len, repeats, payload
 CGROUP_TAIL = struct.Struct("<Qii192s")
 FLOW_TAIL = struct.Struct("<IIHHHBB16sQ512s")     # what, len, family, rport, lport, proto, pad, raddr, cookie, data
 SOCKET_TAIL = struct.Struct("<IIII")
@@ -114,16 +114,16 @@ def _addr(family: int, addr: bytes) -> str:
 
 
 def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
-    family, dport, sock_type, addr, sk, protocol, flags = CONNECT_TAIL.unpack_from(raw, HEADER.size)
+    family, dport, sock_type, addr, sk, protocol, flags, repeats, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
     return ConnectEvent(hdr, family, sock_type, _addr(family, addr), dport, sk, protocol,
-                        bool(flags & CONNECT_SENDMSG))
+                        bool(flags & CONNECT_SENDMSG), repeats)
 
 
 def _enforce(hdr: Header, raw: bytes) -> EnforceEvent:
-    action, rule, family, dport, peer, addr, plen, _, payload = ENFORCE_TAIL.unpack_from(raw, HEADER.size)
+    action, rule, family, dport, peer, addr, plen, repeats, payload = ENFORCE_TAIL.unpack_from(raw, HEADER.size)
     daddr = _addr(family, addr) if family else ""
     return EnforceEvent(hdr, ACTION_NAMES.get(action, str(action)), rule, daddr, dport, peer,
-                        payload[:min(plen, len(payload))])
+                        payload[:min(plen, len(payload))], repeats)
 
 
 def decode(raw: bytes) -> KernelEvent:

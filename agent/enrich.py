@@ -202,6 +202,7 @@ class Enricher:
             c = out.connect
             c.family, c.daddr, c.dport = "inet6" if ev.family == 10 else "inet", ev.daddr, ev.dport
             c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
+            c.repeats = ev.repeats
             c.name, c.name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
             if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
                 self.connected_out[hdr.pid] = f"{ev.daddr}:{ev.dport}"
@@ -220,6 +221,7 @@ class Enricher:
             e = out.enforcement
             e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
             e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
+            e.repeats = ev.repeats
             if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
                 self.connects.denied(hdr.pid, ev.daddr, ev.dport)
             return out

@@ -55,6 +55,7 @@ class ConnectEvent:
     sk: int = 0       # the socket's kernel address: ties the TCP outcome to this connect
     protocol: int = 0
     sendmsg: bool = False   # an unconnected UDP send, not a connect()
+    repeats: int = 0        # identical connects folded into this one in the kernel
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class EnforceEvent:
     dport: int
     peer_pid: int = 0        # pipe actions: the process at the pipe's other end
     payload: bytes = b""     # payload actions: the first bytes of the packet that matched
+    repeats: int = 0         # identical actions folded into this one in the kernel
 
 
 @dataclass(slots=True)

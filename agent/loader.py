@@ -15,6 +15,7 @@ struct offsets come from BTF (agent/btf.py) and are proven at start
 from __future__ import annotations
 
 import ctypes
+import heapq
 import logging
 import os
 from dataclasses import dataclass, field
@@ -73,6 +74,11 @@ def gpu_majors(proc_devices: Path = Path("/proc/devices")) -> dict[int, str]:
             if name.startswith(GPU_DEVICE_NAMES):
                 majors[int(number)] = name
     return majors
+
+
+def record_time(raw: bytes) -> int:
+    """event_header.ts_ns: the first 8 bytes of every record (little-endian)."""
+    return int.from_bytes(raw[:8], "little")
 
 
 class LoaderError(RuntimeError):
@@ -135,11 +141,13 @@ class CaptureProbes:
     """The loaded capture programs and their ring buffer."""
 
     ringbuf_pages: int = 4096
+    priority_pages: int = 2048          # exec, fork, exit, cgroup, enforcement: a ring no flood can fill
     headers: KernelHeaders | None = None
     bpf: object = None
     offsets: dict = field(default_factory=dict)
     majors: dict = field(default_factory=dict)
     _pending: list[bytes] = field(default_factory=list)
+    _pending_priority: list[bytes] = field(default_factory=list)
     _links: list[int] = field(default_factory=list)
 
     def load(self, cgroup_root: Path | None = None) -> None:
@@ -155,12 +163,14 @@ class CaptureProbes:
             self.offsets = kernel_offsets()
         except BtfError as exc:
             raise LoaderError(f"kernel struct offsets: {exc}") from exc
-        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-Wno-comment", *offset_cflags(self.offsets)]
+        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", f"-DPRIORITY_PAGES={self.priority_pages}", "-Wno-comment",
+                  *offset_cflags(self.offsets)]
         try:
             self.bpf = bcc.BPF(text=probe_source().encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise LoaderError(f"loading the capture probes failed: {exc}") from exc
         self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.bpf[b"priority_events"].open_ring_buffer(self._on_priority_event)
         self.majors = gpu_majors()
         table = self.bpf[b"gpu_majors"]
         for major in self.majors:
@@ -186,6 +196,9 @@ class CaptureProbes:
     def _on_event(self, _ctx, data, size) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
+    def _on_priority_event(self, _ctx, data, size) -> None:
+        self._pending_priority.append(ctypes.string_at(data, size))
+
     def poll(self, timeout_ms: int = 50) -> list[bytes]:
         """Wait up to timeout_ms, then return every raw event available.
 
@@ -197,9 +210,16 @@ class CaptureProbes:
         return self.drain()   # libbpf's poll only reads rings that signalled; NO_WAKEUP records never do
 
     def drain(self) -> list[bytes]:
+        """Both rings' records, in kernel time order (each ring is in order; a merge restores the order
+        between them: a process's exec before its connects, a denial before the connect it denied)."""
         self.bpf.ring_buffer_consume()
         batch, self._pending = self._pending, []
-        return batch
+        first, self._pending_priority = self._pending_priority, []
+        if not first:
+            return batch
+        if not batch:
+            return first
+        return list(heapq.merge(first, batch, key=record_time))
 
     def lost_counts(self) -> dict[str, int]:
         """Events the kernel could not hand over (ring buffer or pending map full)."""

@@ -42,10 +42,11 @@ class Capture:
     """Loads the probes and turns ring-buffer batches into enriched records."""
 
     def __init__(self, identity: HostIdentity | None = None, job_patterns: tuple[JobPattern, ...] = (),
-                 ringbuf_pages: int = 4096, hash_executables: bool = True, verify_offsets: bool = True) -> None:
+                 ringbuf_pages: int = 4096, hash_executables: bool = True, verify_offsets: bool = True,
+                 priority_pages: int = 2048) -> None:
         self.verify_offsets = verify_offsets
         self.identity = identity or HostIdentity.current()
-        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages)
+        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages)
         self.table = ProcessTable(self.identity.boot_id)
         self.hasher = ExeHasher() if hash_executables else None
         self.jobs = JobResolver(ensure_cgroup2_mount(), job_patterns)

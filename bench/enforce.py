@@ -319,7 +319,7 @@ ok = 0
 for _ in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(q, (server, 53))
     address = socket.inet_ntoa(s.recv(512)[-4:]); s.close()
-    c = socket.socket()
+    c = socket.socket(); c.settimeout(3)
     try:
         c.connect((address, port)); ok += 1
     except OSError:
@@ -338,6 +338,17 @@ def bench_names(cap: Capture, enf: Enforcer, cg: Path, n: int = 300) -> None:
     resolver = FakeResolver({"files.bench-allowed.example": "127.0.0.9"}, "127.77.77.53")
     server = socket.create_server(("127.0.0.9", 0))
     port = server.getsockname()[1]
+
+    def accept_all():
+        while True:
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return
+
+    import threading  # noqa: PLC0415
+
+    threading.Thread(target=accept_all, daemon=True).start()
     try:
         enf.apply(ppb.Policy(version=2, rules=["b-names"], allow=[ppb.EgressAllowlist(
             rule_id="b-names", scope=ppb.Scope(job_ids=["424242"]), names=["bench-allowed.example"],

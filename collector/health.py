@@ -41,6 +41,12 @@ class HostRecord:
     silent_since_ns: int = 0           # 0 = not silent
     drift: str = ""
     behind_since: float = 0.0          # monotonic time the status first showed an older policy
+    lost_seen: dict = field(default_factory=dict)   # kernel losses per kind in the last status (since agent start)
+    degraded: bool = False             # the last status showed new kernel losses
+    loss_episodes: int = 0
+
+
+PRIORITY_KINDS = frozenset(("exec", "fork", "exit", "cgroup", "enforce"))   # the kernel's priority ring
 
 
 class HostHealth:
@@ -61,6 +67,8 @@ class HostHealth:
             rec.hostname, rec.connected = session.hostname, True
             rec.heartbeat_s = hello.heartbeat_s if 0 < hello.heartbeat_s <= 3600 else DEFAULT_HEARTBEAT_S
             rec.agent_started_ns = hello.agent_started_ns
+            if previous != hello.agent_started_ns:
+                rec.lost_seen, rec.degraded = {}, False       # a new agent counts its losses from zero
             self._heard(rec)
         if previous and hello.agent_started_ns and previous != hello.agent_started_ns:
             self._alert(session.host_id, "agent-restarted", "medium",
@@ -70,6 +78,7 @@ class HostHealth:
                         episode=str(hello.agent_started_ns))
 
     def on_events(self, session, events: list[pb.Event]) -> None:
+        degraded: list[tuple[dict, int]] = []
         with self.lock:
             rec = self.hosts.setdefault(session.host_id, HostRecord(session.host_id))
             self._heard(rec)
@@ -79,6 +88,23 @@ class HostHealth:
                     rec.status = {"policy_version": st.policy_version, "programs": list(st.programs),
                                   "enforcing": st.enforcing, "kernel_lost": dict(st.kernel_lost),
                                   "quarantined": st.quarantined}
+                    grown = {k: n - rec.lost_seen.get(k, 0) for k, n in st.kernel_lost.items()
+                             if n > rec.lost_seen.get(k, 0)}
+                    rec.lost_seen = dict(st.kernel_lost)
+                    if grown and not rec.degraded:
+                        rec.loss_episodes += 1
+                        degraded.append((grown, rec.loss_episodes))
+                    elif not grown and rec.degraded:
+                        log.info("capture on %s recovered: no new kernel losses", session.host_id)
+                    rec.degraded = bool(grown)
+        for grown, episode in degraded:
+            priority = sorted(set(grown) & PRIORITY_KINDS)
+            self._alert(session.host_id, "capture-degraded", "high" if priority else "medium",
+                        "the agent's kernel probes lost records on this host: the timelines of its jobs are "
+                        "incomplete for this window" + (f" (lost {', '.join(priority)} records: decisions made "
+                                                        "from them in user space were missed)" if priority else ""),
+                        {f"lost_{kind}": str(n) for kind, n in sorted(grown.items())},
+                        episode=f"{rec.agent_started_ns}:{episode}", per_job=True)
 
     def on_disconnect(self, session) -> None:
         with self.lock:

@@ -17,7 +17,7 @@ TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
     e->root = args->root;
     TP_DATA_LOC_READ_STR(e->path, path, sizeof(e->path));
     /* wake the agent now: a new job cgroup may need enforcement before its first exec */
-    if (events.ringbuf_output(e, sizeof(*e), BPF_RB_FORCE_WAKEUP) != 0)
+    if (priority_events.ringbuf_output(e, sizeof(*e), BPF_RB_FORCE_WAKEUP) != 0)
         count_lost(EV_CGROUP);
     return 0;
 }

@@ -26,6 +26,44 @@ struct udp_seen_key {
 
 BPF_TABLE("lru_hash", struct udp_seen_key, u8, udp_seen, 16384);
 
+/* Summarising in the kernel: connects of one process to one destination within FOLD_WINDOW_NS after a reported
+ * one are counted, not reported; the next report carries the count (connect_event.repeats). A connect loop
+ * then costs about one record a second, and the TCP outcome is reported only for reported sockets. */
+#define FOLD_WINDOW_NS 1000000000ULL
+
+struct fold_key {
+    u32 tgid;
+    u16 dport;
+    u16 flags;
+    u8 addr[16];
+};
+
+struct fold_val {
+    u64 last_ns;
+    u32 folded;
+    u32 _pad;
+};
+
+BPF_TABLE("lru_hash", struct fold_key, struct fold_val, connect_folds, 65536);
+BPF_TABLE("lru_hash", u64, u8, reported_sks, 65536);     /* TCP sockets whose connect was reported */
+
+/* 1: report this connect (e->repeats set); 0: folded into an earlier report. */
+static __always_inline int fold_connect(struct connect_event *e)
+{
+    struct fold_key k = {.tgid = e->hdr.tgid, .dport = e->dport, .flags = (u16)e->flags};
+    __builtin_memcpy(k.addr, e->daddr, 16);
+    u64 now = e->hdr.ts_ns;
+    struct fold_val *v = connect_folds.lookup(&k);
+    if (v && now - v->last_ns < FOLD_WINDOW_NS) {
+        __sync_fetch_and_add(&v->folded, 1);
+        return 0;
+    }
+    e->repeats = v ? v->folded : 0;
+    struct fold_val fresh = {.last_ns = now};
+    connect_folds.update(&k, &fresh);
+    return 1;
+}
+
 static __always_inline void connect_event_of(struct bpf_sock_addr *ctx, struct connect_event *e, u32 family)
 {
     fill_header(&e->hdr, EV_CONNECT);
@@ -61,6 +99,12 @@ static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int se
         udp_seen.update(&k, &one);
         e.flags = CONNECT_SENDMSG;
     }
+    if (!fold_connect(&e))
+        return 1;
+    if (!sendmsg) {
+        u8 one = 1;
+        reported_sks.update(&e.sk, &one);
+    }
     emit(&e, sizeof(e), EV_CONNECT);
     return 1;
 }
@@ -76,9 +120,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     if (args->newstate != TCP_ESTABLISHED_ && args->newstate != TCP_CLOSE_)
         return 0;
+    u64 sk = (u64)args->skaddr;
+    if (!reported_sks.lookup(&sk))
+        return 0;                          /* its connect was folded (or made before the agent started) */
+    reported_sks.delete(&sk);
     struct connect_result_event e = {};
     fill_header(&e.hdr, EV_CONNECT_RESULT);
-    e.sk = (u64)args->skaddr;
+    e.sk = sk;
     if (args->newstate == TCP_CLOSE_) {
         int err = kread_u32((void *)args->skaddr, OFF_SK_ERR);
         e.hdr.result = err ? -err : -111;    /* ECONNREFUSED when the socket says nothing */

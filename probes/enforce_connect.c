@@ -61,9 +61,42 @@ static __always_inline void current_exe(u32 *dev, u64 *ino)
     *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
 }
 
+/* Denials are folded like connects (connect.c): one report per process, action and destination per window, the
+ * next carrying the count, so a connect loop against a denied address cannot flood the priority ring. */
+#define DENY_FOLD_NS 1000000000ULL
+
+struct deny_fold_key {
+    u32 tgid;
+    u32 action;
+    u16 port;
+    u16 _pad;
+    u8 addr[16];
+};
+
+struct deny_fold_val {
+    u64 last_ns;
+    u32 folded;
+    u32 _pad;
+};
+
+BPF_TABLE("lru_hash", struct deny_fold_key, struct deny_fold_val, deny_folds, 16384);
+
 static __always_inline int report(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule, u32 action, u32 peer)
 {
+    int verdict = action == ACT_SEEN_REVERSE_SHELL;
+    struct deny_fold_key fk = {.tgid = bpf_get_current_pid_tgid() >> 32, .action = action, .port = port};
+    __builtin_memcpy(fk.addr, addr, 16);
+    u64 now = bpf_ktime_get_boot_ns();
+    struct deny_fold_val *fv = deny_folds.lookup(&fk);
+    if (fv && now - fv->last_ns < DENY_FOLD_NS) {
+        __sync_fetch_and_add(&fv->folded, 1);
+        return verdict;
+    }
+    u32 folded = fv ? fv->folded : 0;
+    struct deny_fold_val fresh = {.last_ns = now};
+    deny_folds.update(&fk, &fresh);
     struct enforce_event e = {};
+    e.repeats = folded;
     fill_header(&e.hdr, EV_ENFORCE);
     e.hdr.result = action == ACT_SEEN_REVERSE_SHELL ? 0 : -1;   /* EPERM */
     e.action = action;
@@ -73,7 +106,7 @@ static __always_inline int report(struct bpf_sock_addr *ctx, u8 *addr, u16 port,
     e.dport = bpf_ntohs(port);
     __builtin_memcpy(e.daddr, addr, 16);
     emit(&e, sizeof(e), EV_ENFORCE);
-    return action == ACT_SEEN_REVERSE_SHELL;
+    return verdict;
 }
 
 static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port, u32 rule)

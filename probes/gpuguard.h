@@ -102,6 +102,8 @@ struct connect_event {
     u64 sk;                        /* the socket's address: matches connect_result_event.sk */
     u32 protocol;
     u32 flags;                     /* CONNECT_SENDMSG */
+    u32 repeats;                   /* identical connects (process, destination) folded into this one in the kernel */
+    u32 _pad;
 };
 
 struct connect_result_event {
@@ -130,7 +132,7 @@ struct enforce_event {
     u32 peer_tgid;                 /* pipe actions: the process at the pipe's other end */
     u8 daddr[16];
     u32 payload_len;               /* payload actions: bytes of payload[] filled */
-    u32 _pad;
+    u32 repeats;                   /* identical reports (process, action, destination) folded into this one */
     u8 payload[PAYLOAD_EXCERPT];   /* payload actions: the first bytes of the packet that matched */
 };
 
@@ -173,8 +175,16 @@ struct cgroup_event {
     char path[CGROUP_PATH_LEN];
 };
 
+/* Two rings: what must never be lost (exec, fork, exit, cgroup, enforcement) has its own, so a flood of
+ * connects, payload or flow records from one job cannot crowd it out. */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(priority_events, PRIORITY_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, EV_KINDS);
+
+static __always_inline int priority_kind(u32 kind)
+{
+    return kind == EV_EXEC || kind == EV_FORK || kind == EV_EXIT || kind == EV_CGROUP || kind == EV_ENFORCE;
+}
 
 static __always_inline void count_lost(u32 kind)
 {
@@ -187,7 +197,9 @@ static __always_inline void count_lost(u32 kind)
  * (agent/loader.py), which saves a wakeup per event on hot paths. */
 static __always_inline void emit(void *e, u32 size, u32 kind)
 {
-    if (events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP) != 0)
+    long err = priority_kind(kind) ? priority_events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP)
+                                   : events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
+    if (err != 0)
         count_lost(kind);
 }
 

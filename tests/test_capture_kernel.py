@@ -52,7 +52,7 @@ def test_ring_buffer_overflow_is_counted_per_kind():
     """A one-page ring buffer that nobody drains: the kernel counts what it could not hand over."""
     from agent.runtime import Capture  # noqa: PLC0415
 
-    cap = Capture(ringbuf_pages=1, hash_executables=False, verify_offsets=False)   # too small to prove them
+    cap = Capture(ringbuf_pages=1, priority_pages=1, hash_executables=False, verify_offsets=False)   # too small
     cap.start()
     try:
         tag = uuid.uuid4().hex[:8]

@@ -47,12 +47,13 @@ def test_exec_argv_flags_and_parent():
 
 def test_connect_v4_v6_mapped_and_outcome():
     tail = CONNECT_TAIL
-    v4 = decode(header(4) + tail.pack(2, 3333, 1, bytes([10, 1, 2, 3]) + bytes(12), 0xFFFF8880DEAD, 6, 0))
+    v4 = decode(header(4) + tail.pack(2, 3333, 1, bytes([10, 1, 2, 3]) + bytes(12), 0xFFFF8880DEAD, 6, 0, 41, 0))
     assert isinstance(v4, ConnectEvent) and (v4.daddr, v4.dport, v4.sk, v4.sendmsg) == ("10.1.2.3", 3333,
                                                                                          0xFFFF8880DEAD, False)
-    v6 = decode(header(4) + tail.pack(10, 22, 1, bytes(15) + b"\x01", 1, 6, 0))
+    assert v4.repeats == 41                                  # identical connects folded in the kernel
+    v6 = decode(header(4) + tail.pack(10, 22, 1, bytes(15) + b"\x01", 1, 6, 0, 0, 0))
     assert v6.daddr == "::1"
-    mapped = decode(header(4) + tail.pack(10, 22, 2, bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1]), 1, 17, 1))
+    mapped = decode(header(4) + tail.pack(10, 22, 2, bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1]), 1, 17, 1, 0, 0))
     assert mapped.daddr == "127.0.0.1" and mapped.sendmsg
     outcome = decode(header(8, -111) + struct.pack("<Q", 0xFFFF8880DEAD))
     assert isinstance(outcome, ConnectResultEvent) and (outcome.sk, outcome.hdr.result) == (0xFFFF8880DEAD, -111)

@@ -84,6 +84,29 @@ def test_enforcement_drift_is_an_alert_for_the_host_and_its_jobs():
     assert [a for a in store.alerts if "policy 2" in a.matched.get("drift", "")]
 
 
+def test_kernel_losses_raise_one_capture_degraded_alert_per_episode():
+    store = FakeStore()
+    health = HostHealth(store)
+    session = AgentSession("h1", "h1", "b", 0)
+    health.on_connect(session, cpb.Hello(heartbeat_s=5, agent_started_ns=1))
+
+    def lost(**counts) -> pb.Event:
+        return pb.Event(seq=1, status=pb.AgentStatus(policy_version=1, kernel_lost=counts))
+
+    health.on_events(session, [lost()])
+    assert store.alerts == []
+    health.on_events(session, [lost(connect=900)])
+    health.on_events(session, [lost(connect=1800, exec=2)])        # the same episode: no second alert
+    alerts = [a for a in store.alerts if a.rule_id == "capture-degraded"]
+    assert {a.job.id for a in alerts} == {"host", "77"} and alerts[0].matched == {"lost_connect": "900"}
+    assert alerts[0].severity == "medium"
+    health.on_events(session, [lost(connect=1800, exec=2)])        # recovered
+    health.on_events(session, [lost(connect=1800, exec=5)])        # a new episode, and execs were lost
+    second = [a for a in store.alerts if a.rule_id == "capture-degraded"][len(alerts):]
+    assert second and second[0].severity == "high" and second[0].matched == {"lost_exec": "3"}
+    assert "exec" in second[0].description
+
+
 def test_acks_do_not_wait_for_detection(tmp_path):
     cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
     with collector_in_thread(cfg) as app:

@@ -185,7 +185,7 @@ class Exec(_message.Message):
     def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., pty_peer: _Optional[str] = ...) -> None: ...
 
 class Connect(_message.Message):
-    __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope")
+    __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope", "repeats")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PROTO_FIELD_NUMBER: _ClassVar[int]
     DADDR_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class Connect(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
     family: str
     proto: str
     daddr: str
@@ -200,7 +201,8 @@ class Connect(_message.Message):
     result: int
     name: str
     name_scope: str
-    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ..., name: _Optional[str] = ..., name_scope: _Optional[str] = ...) -> None: ...
+    repeats: int
+    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ..., name: _Optional[str] = ..., name_scope: _Optional[str] = ..., repeats: _Optional[int] = ...) -> None: ...
 
 class Tls(_message.Message):
     __slots__ = ("sni", "alpn", "version", "ja4", "daddr", "dport", "transport")
@@ -330,7 +332,7 @@ class Gap(_message.Message):
     def __init__(self, from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Enforcement(_message.Message):
-    __slots__ = ("rule_id", "action", "detail", "payload", "daddr", "dport", "peer_pid")
+    __slots__ = ("rule_id", "action", "detail", "payload", "daddr", "dport", "peer_pid", "repeats")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +340,7 @@ class Enforcement(_message.Message):
     DADDR_FIELD_NUMBER: _ClassVar[int]
     DPORT_FIELD_NUMBER: _ClassVar[int]
     PEER_PID_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     action: str
     detail: str
@@ -345,7 +348,8 @@ class Enforcement(_message.Message):
     daddr: str
     dport: int
     peer_pid: int
-    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ...) -> None: ...
+    repeats: int
+    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket")
