@@ -130,7 +130,8 @@ class JobResolver:
         paths = {}
         for dirpath, _dirs, _files in os.walk(self.root):
             try:
-                paths[os.stat(dirpath).st_ino] = clean("/" + os.path.relpath(dirpath, self.root).lstrip("."))
+                rel = os.path.relpath(dirpath, self.root)
+                paths[os.stat(dirpath).st_ino] = clean("/" + ("" if rel == "." else rel))   # keep ".hidden" names
             except OSError:
                 continue
         paths.setdefault(1, "/")

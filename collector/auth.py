@@ -60,6 +60,23 @@ class Authenticator:
         except Exception:   # plaintext channels have no auth context worth reading
             return None
 
+    def revalidator(self, context):
+        """A check a long-lived stream runs before each message: its bearer token is verified again whenever the
+        credentials file changed since the last check (a stat() otherwise), so `gpuguard credentials revoke`
+        ends a stream that is already open. Certificate identities are checked at connect only."""
+        token = metadata_token(context.invocation_metadata())
+        if not token:
+            return lambda: True
+        seen = [self.verifier.store.stamp()]
+
+        def still_valid() -> bool:
+            stamp = self.verifier.store.stamp()
+            if stamp == seen[0]:
+                return True
+            seen[0] = stamp
+            return self.verifier.verify(token) is not None
+        return still_valid
+
     def warn_once(self, key: str, message: str, *args) -> bool:
         """Refusals are logged, at most once a minute per peer and reason (a scanner cannot flood the log)."""
         now = time.monotonic()

@@ -53,6 +53,13 @@ class JsonLinesOutput:
             self._file.close()
 
 
+class _SysLogHandler(logging.handlers.SysLogHandler):
+    """Send failures raise to the caller (the output's thread counts them) instead of printing a traceback."""
+
+    def handleError(self, record) -> None:  # noqa: N802 - logging's name
+        raise  # noqa: PLE0704 - re-raises the send error handleError was called for
+
+
 class SyslogOutput:
     """RFC 3164 messages through the standard library: "udp://HOST:PORT", "tcp://HOST:PORT" or a socket path."""
 
@@ -61,9 +68,11 @@ class SyslogOutput:
         if url.scheme in ("udp", "tcp"):
             address = (url.hostname or "127.0.0.1", url.port or 514)
             kind = socket.SOCK_DGRAM if url.scheme == "udp" else socket.SOCK_STREAM
-            self.handler = logging.handlers.SysLogHandler(address=address, socktype=kind)
+            self.handler = _SysLogHandler(address=address, socktype=kind)
+            if kind == socket.SOCK_STREAM and self.handler.socket is not None:
+                self.handler.socket.settimeout(SYSLOG_SEND_TIMEOUT_S)   # a receiver that never reads: fail
         else:
-            self.handler = logging.handlers.SysLogHandler(address=target or "/dev/log")
+            self.handler = _SysLogHandler(address=target or "/dev/log")
         self.handler.ident = "gpuguard: "
         self.handler.append_nul = False          # plain RFC 3164 lines: most receivers do not expect a NUL
         self.handler.setFormatter(logging.Formatter("%(message)s"))
@@ -146,12 +155,71 @@ class WebhookOutput:
         self._thread.join(self.timeout_s + 1)
 
 
+class Detached:
+    """Any synchronous output behind a bounded queue and a thread of its own: a receiver that accepts and never
+    reads (a TCP syslog), or a stalled disk, costs that output alerts (oldest first, counted), never detection.
+    Without it one slow syslog receiver halted detection fleet-wide (it sent under the policy lock)."""
+
+    def __init__(self, inner: Callable[[ppb.Alert], None], max_queue: int = 10_000) -> None:
+        self.inner = inner
+        self.q: queue.Queue = queue.Queue(max_queue)
+        self.delivered = self.dropped = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"alert-{type(inner).__name__}", daemon=True)
+        self._thread.start()
+
+    def __call__(self, alert: ppb.Alert) -> None:
+        copy = ppb.Alert()
+        copy.CopyFrom(alert)              # the caller keeps changing its alert; the queue keeps this state
+        while True:
+            try:
+                self.q.put_nowait(copy)
+                return
+            except queue.Full:
+                try:
+                    self.q.get_nowait()
+                    self.dropped += 1
+                    if self.dropped & (self.dropped - 1) == 0:
+                        log.error("alert output %s: queue full, dropped %d alerts so far (oldest first)",
+                                  type(self.inner).__name__, self.dropped)
+                except queue.Empty:
+                    pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                alert = self.q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.inner(alert)
+                self.delivered += 1
+            except Exception as exc:
+                self.failures += 1
+                if self.failures & (self.failures - 1) == 0:
+                    log.error("alert output %s failed (%d so far): %s", type(self.inner).__name__, self.failures,
+                              exc)
+
+    def close(self, drain_s: float = 2.0) -> None:
+        deadline = time.monotonic() + drain_s
+        while not self.q.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(drain_s + 1)
+        close = getattr(self.inner, "close", None)
+        if close:
+            close()
+
+
+SYSLOG_SEND_TIMEOUT_S = 5.0
+
+
 def build_outputs(jsonl: str = "", syslog: str = "", webhook: str = "") -> list[Callable[[ppb.Alert], None]]:
     outputs: list = []
     if jsonl:
-        outputs.append(JsonLinesOutput(jsonl))
+        outputs.append(Detached(JsonLinesOutput(jsonl)))
     if syslog:
-        outputs.append(SyslogOutput(syslog))
+        outputs.append(Detached(SyslogOutput(syslog)))
     if webhook:
         outputs.append(WebhookOutput(webhook))
     return outputs

@@ -46,6 +46,16 @@ def fleet_reply(rows, limit: int) -> cpb.FleetReply:
     return reply
 
 
+JOB_PREFIX = re.compile(r"([a-z][a-z0-9_-]{0,31}):(.+)")
+
+
+def job_id_of(text: str) -> str:
+    """One job name everywhere: alerts, the job list and the page show ``kind:id`` (slurm:4242), queries take it
+    as well as the plain id. Job ids themselves (Slurm ids, pod UIDs, container ids, units) hold no colon."""
+    m = JOB_PREFIX.fullmatch(text)
+    return m.group(2) if m else text
+
+
 class QueryService:
     def __init__(self, store: Store, policy=None, health=None) -> None:
         self.store = store
@@ -62,16 +72,16 @@ class QueryService:
         return reply
 
     async def Timeline(self, request, context, who: Identity):  # noqa: N802
-        flt = TimelineFilter(job_id=request.job_id, host=request.host, since_ns=request.since_ns,
+        flt = TimelineFilter(job_id=job_id_of(request.job_id), host=request.host, since_ns=request.since_ns,
                              until_ns=request.until_ns, kinds=tuple(request.kinds)[:16],
                              limit=min(request.limit or 10_000, 100_000))
         return await asyncio.to_thread(build_timeline, self.store, flt, request.subtree_key)
 
     async def ProcessTree(self, request, context, who: Identity):  # noqa: N802
-        return await asyncio.to_thread(build_tree, self.store, request.job_id, request.host)
+        return await asyncio.to_thread(build_tree, self.store, job_id_of(request.job_id), request.host)
 
     async def ListAlerts(self, request, context, who: Identity):  # noqa: N802
-        alerts = await asyncio.to_thread(self.store.alerts, request.job_id, request.since_ns,
+        alerts = await asyncio.to_thread(self.store.alerts, job_id_of(request.job_id), request.since_ns,
                                          min(request.limit or 1000, MAX_ROWS), request.rule_id, request.host,
                                          request.until_ns)
         return cpb.AlertsReply(alerts=alerts)
@@ -102,7 +112,7 @@ class QueryService:
 
     async def GpuProcesses(self, request, context, who: Identity):  # noqa: N802
         """The processes that opened a GPU in a job, and what else each of them did."""
-        return await asyncio.to_thread(self._gpu_processes, request.job_id)
+        return await asyncio.to_thread(self._gpu_processes, job_id_of(request.job_id))
 
     def _gpu_processes(self, job_id: str) -> cpb.GpuProcessesReply:
         reply = cpb.GpuProcessesReply()

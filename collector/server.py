@@ -85,7 +85,8 @@ class CollectorServicer:
         self.active_streams += 1
         outq: asyncio.Queue = asyncio.Queue(maxsize=self.limits.outbox)
         session = None
-        reader = asyncio.create_task(self._read(requests, who, outq))
+        still_valid = self.auth.revalidator(context)
+        reader = asyncio.create_task(self._read(requests, who, outq, still_valid))
         try:
             while True:
                 msg = await outq.get()
@@ -112,7 +113,7 @@ class CollectorServicer:
                 log.info("agent %s disconnected (%d events stored, %d duplicates this stream)",
                          session.host_id, session.events, session.duplicates)
 
-    async def _read(self, requests, who, outq: asyncio.Queue) -> None:
+    async def _read(self, requests, who, outq: asyncio.Queue, still_valid=lambda: True) -> None:
         session = None
         it = requests.__aiter__()
         try:
@@ -125,6 +126,9 @@ class CollectorServicer:
                 except TimeoutError:
                     raise _End(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"no hello within {self.limits.hello_timeout_s:.0f}s") from None
+                if not still_valid():        # revoked since the stream opened: nothing more from it counts
+                    raise _End(grpc.StatusCode.UNAUTHENTICATED,
+                               f"credential {who.name!r} was revoked: the stream ends, nothing more is stored")
                 session = await self._handle(raw, who, session, outq)
         except asyncio.CancelledError:
             raise

@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     def query(name: str, help_text: str, func, job: bool = False):
         q = sub.add_parser(name, help=help_text, description=help_text)
         if job:
-            q.add_argument("job", help="job id (Slurm job id, pod UID, container id, unit, or 'host')")
+            q.add_argument("job", help="job: kind:id as alerts and the job list show it (slurm:4242) or the id "
+                                        "alone (Slurm job id, pod UID, container id, unit, or 'host')")
             q.add_argument("--host", help="only this host")
         q.add_argument("--collector", default=DEFAULT_COLLECTOR, help="collector address (default %(default)s)")
         q.add_argument("--json", action="store_true", help="stable JSON for scripts")

@@ -117,3 +117,36 @@ def test_cli_finds_the_local_admin_credential_and_explains_refusals(collector, t
     audit = subprocess.run([*CLI, "audit", "--collector", port], capture_output=True, text=True, cwd=ROOT,
                            timeout=60)
     assert audit.returncode == 0 and "bob" in audit.stdout and "REFUSED" in audit.stdout
+
+
+def test_revoking_an_agent_credential_ends_its_open_stream(collector):
+    """Identity was checked once, when the stream opened: a revoked agent kept being acked and stored."""
+    import queue  # noqa: PLC0415
+
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+
+    token = issue("agent", "agent-revoked-node", "revoked-node")
+    out: queue.Queue = queue.Queue()
+
+    def batch(seq: int) -> cpb.AgentMessage:
+        ev = pb.Event(seq=seq, ts_ns=1_700_000_000_000_000_000 + seq, exec=pb.Exec(filename="/bin/true"))
+        ev.job.kind, ev.job.id = "slurm", "7"
+        return cpb.AgentMessage(batch=cpb.EventBatch(events=[ev]))
+
+    with open_channel(f"127.0.0.1:{collector.port}") as ch:
+        replies = cgrpc.CollectorStub(ch).Stream(iter(out.get, None), metadata=bearer(token), timeout=30)
+        out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id="revoked-node", hostname="n", boot_id="b"))))
+        assert next(replies).WhichOneof("msg") == "hello"
+        out.put(batch(1))
+        assert next(m for m in replies if m.WhichOneof("msg") == "ack").ack.seq == 1
+        assert CredentialStore().revoke("agent-revoked-node")
+        out.put(batch(2))
+        with pytest.raises(grpc.RpcError) as err:
+            for m in replies:
+                assert m.WhichOneof("msg") != "ack", "a revoked credential's batch was acked"
+        out.put(None)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+    from collector.store.base import TimelineFilter  # noqa: PLC0415
+
+    stored = collector.store.timeline(TimelineFilter(job_id="7", host="revoked-node"))
+    assert [r.event.seq for r in stored] == [1]                       # the batch after the revocation: not stored

@@ -212,3 +212,31 @@ def test_cli_edges_exit_with_a_message_not_a_traceback(tmp_path):
     assert cidr.returncode == 2 and "not an address or a CIDR" in cidr.stderr
     piped = subprocess.run(" ".join([*CLI, "--help"]) + " | head -1", shell=True, capture_output=True, text=True)
     assert piped.returncode == 0 and "Traceback" not in piped.stderr
+
+
+def test_a_syslog_receiver_that_never_reads_costs_alerts_not_detection():
+    """A TCP syslog receiver that accepts and never reads: publishing stays a queue put (the oldest alerts are
+    dropped and counted); before, the send blocked detection with the policy lock held."""
+    from collector.outputs import Detached  # noqa: PLC0415
+
+    sink = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: held.append(sink.accept()), daemon=True).start()
+    out = Detached(SyslogOutput(f"tcp://127.0.0.1:{sink.getsockname()[1]}"), max_queue=100)
+    publisher = AlertPublisher(FakeStore(), [out])
+    done = threading.Event()
+
+    def publish():
+        for i in range(3000):
+            alert = an_alert(i)
+            alert.description = "x" * 2000               # 6 MB in all: far beyond the socket buffers
+            publisher.record(alert)
+        done.set()
+
+    threading.Thread(target=publish, daemon=True).start()
+    try:
+        assert done.wait(60), "publishing blocked on the receiver"
+        assert publisher.published == 3000 and out.dropped > 0 and out.q.qsize() <= 100
+    finally:
+        out._stop.set()
+        sink.close()

@@ -265,3 +265,23 @@ def test_postgres_reader_never_passes_a_transaction_that_commits_late(postgres):
         assert [(h, e.seq) for _c, h, _i, e in got] == [("h1", 1), ("h2", 1)]
     finally:
         s.close()
+
+
+def test_a_job_is_named_kind_id_or_id_in_every_query(store):
+    """Alerts, the job list and the page say slurm:4242; timeline, tree, alerts and GPU users take it too."""
+    import asyncio  # noqa: PLC0415
+
+    from collector.query import QueryService, job_id_of  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+    assert (job_id_of("slurm:4242"), job_id_of("4242"), job_id_of("k8s:pod-uid-1"), job_id_of("host")) == \
+        ("4242", "4242", "pod-uid-1", "host")
+    store.register_agent("h1", "node1", "b", 0)
+    store.ingest("h1", [ev(1, job="4242", key="p1"), ev(2, "gpu_open", job="4242", key="p1")])
+    q = QueryService(store)
+    for name in ("4242", "slurm:4242"):
+        timeline = asyncio.run(q.Timeline(cpb.TimelineRequest(job_id=name), None, None))
+        tree = asyncio.run(q.ProcessTree(cpb.TreeRequest(job_id=name), None, None))
+        gpu = asyncio.run(q.GpuProcesses(cpb.GpuProcessesRequest(job_id=name), None, None))
+        assert len(timeline.events) == 2 and len(tree.nodes) == 1 and len(gpu.processes) == 1, name
+    assert not asyncio.run(q.Timeline(cpb.TimelineRequest(job_id="slurm:4243"), None, None)).events
