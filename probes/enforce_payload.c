@@ -76,8 +76,25 @@ BPF_HASH(fp_exempt_comms, struct fp_comm_key, u32, 1024);
 BPF_HASH(fp_exempt_exes, struct fp_exe_key, u32, 1024);
 BPF_TABLE("lru_hash", u64, u32, payload_flows, 65536);        /* socket cookie -> packets inspected */
 
+/* The first FLOW_PREFIX bytes a flow sent, across its packets: each inspected packet is matched as the flow's
+ * prefix followed by its own bytes, so a handshake split 1+N, or two protocol steps merged into one send
+ * (SOCKS greeting + CONNECT), is seen as the stream it is. reported: fingerprints already reported for the
+ * flow (a prefix that matched once is not reported again). */
+#define FLOW_PREFIX 64
+#define PREFIX_CARRY 8           /* a prefix is carried only while the flow has sent fewer bytes than this: the
+                                  * cut-up case (1+N, a greeting then its request); a later step after a longer
+                                  * exchange (SOCKS5 auth, then CONNECT) is matched on its own packet */
+
+struct flow_prefix {
+    u32 len;
+    u32 reported;
+    u8 b[FLOW_PREFIX];
+};
+
+BPF_TABLE("lru_hash", u64, struct flow_prefix, payload_prefixes, 65536);
+
 struct payload {
-    u8 b[PAYLOAD_BUF + FP_LEN];  /* slack: a 16-byte compare at the last offset stays inside */
+    u8 b[FLOW_PREFIX + PAYLOAD_BUF + FP_LEN];  /* prefix, packet, slack for a 16-byte compare at the end */
     /* kept here, not in registers: a register the verifier knows exactly would make every
      * combination of hits a separate state (2^FP_MAX paths) */
     u32 hits;
@@ -232,12 +249,30 @@ int payload_egress(struct __sk_buff *skb)
         return 1;
     pl->stratum = -1;
     u8 *buf = pl->b;
-    __builtin_memset(buf, 0, PAYLOAD_BUF + FP_LEN);
+    __builtin_memset(buf, 0, FLOW_PREFIX + PAYLOAD_BUF + FP_LEN);
+    struct flow_prefix fresh = {};
+    struct flow_prefix *prefix = payload_prefixes.lookup(&cookie);
+    if (!prefix) {
+        payload_prefixes.update(&cookie, &fresh);
+        prefix = payload_prefixes.lookup(&cookie);
+        if (!prefix)
+            return 1;
+    }
+    u32 plen = prefix->len;
+    asm volatile("" : "+r"(plen));
+    plen &= FLOW_PREFIX - 1;                      /* < 64: a full prefix stops growing (see below) */
+    __builtin_memcpy(buf, prefix->b, FLOW_PREFIX);
     u64 len = payload_len > PAYLOAD_BUF ? PAYLOAD_BUF : payload_len;   /* >= 1: checked above */
     asm volatile("" : "+r"(len));
     len = ((len - 1) & (PAYLOAD_BUF - 1)) + 1;   /* the same value, in a form the verifier can bound */
-    if (bpf_skb_load_bytes(skb, payload_off, buf, len))
+    if (bpf_skb_load_bytes(skb, payload_off, buf + plen, len))
         return 1;
+    if (prefix->len < FLOW_PREFIX) {              /* remember the stream's first bytes for the next packet */
+        __builtin_memcpy(prefix->b, buf, FLOW_PREFIX);
+        prefix->len = plen + len >= PREFIX_CARRY ? FLOW_PREFIX : plen + len;   /* FLOW_PREFIX: carry no more */
+    }
+    len = plen + len > PAYLOAD_BUF ? PAYLOAD_BUF : plen + len;
+    payload_len += plen;
 
     /* phase 1: which fingerprints the payload matches */
     pl->hits = 0;
@@ -268,9 +303,10 @@ int payload_egress(struct __sk_buff *skb)
                 pl->hits |= 1U << idx;
         }
     }
-    u32 hits = pl->hits;
+    u32 hits = pl->hits & ~prefix->reported;      /* a fingerprint is reported once per flow */
     if (!hits)
         return 1;
+    prefix->reported |= hits;
 
     /* phase 2: for each hit, the scope's mode and the sender's exemptions; report, maybe drop */
     char comm[TASK_COMM_LEN] = {};

@@ -105,34 +105,6 @@ static __always_inline void emit_flow(struct __sk_buff *skb, struct flow_event *
     emit(e, sizeof(*e), EV_FLOW);
 }
 
-int flow_egress(struct __sk_buff *skb)
-{
-    u32 zero = 0, off = 0;
-    struct flow_event *e = flow_scratch.lookup(&zero);
-    if (!e || !l4_of(skb, e, 1, &off))
-        return 1;
-    if (e->rport == 53) {
-        emit_flow(skb, e, off, FLOW_DNS_QUERY, 1);
-        return 1;
-    }
-    if (e->proto == IPPROTO_TCP_) {
-        u8 b[6] = {};
-        if (e->len < 6 || bpf_skb_load_bytes(skb, off, b, 6))
-            return 1;
-        if (b[0] == 0x16 && b[1] == 0x03 && b[5] == 0x01)
-            emit_flow(skb, e, off, FLOW_TLS_HELLO, 1);
-        return 1;
-    }
-    u64 cookie = bpf_get_socket_cookie(skb);
-    u32 *seen = udp_flows.lookup(&cookie);
-    if (seen && *seen >= FLOW_UDP_FIRST_MAX)
-        return 1;
-    u32 count = seen ? *seen + 1 : 1;
-    udp_flows.update(&cookie, &count);
-    emit_flow(skb, e, off, FLOW_UDP_FIRST, 1);
-    return 1;
-}
-
 /* ---- learning allowed addresses from DNS answers (egress by name, see gpuguard.h) ---- */
 #define FNV_PRIME 0x100000001b3ULL
 #define DNS_MAX_NAME 256
@@ -149,7 +121,7 @@ struct name_scratch {
     u32 allowed;
     u32 left;                      /* bytes of the name still to hash: in memory, so every turn of the byte
                                     * loop looks alike to the verifier (a register would carry its range) */
-    u32 _pad;
+    u32 cursor;                    /* the extension walk's offset, in memory for the same reason */
 };
 BPF_PERCPU_ARRAY(name_scratch_buf, struct name_scratch, 1);
 
@@ -287,6 +259,123 @@ static __always_inline void learn_allowed(struct __sk_buff *skb, struct flow_eve
     }
 }
 
+/* ---- TLS to an address allowed by name, with a server name that is not allowed: dropped ---- */
+#define TLS_MAX_EXTENSIONS 24
+#define SNI_MAX 128                  /* longer server names are not judged allowed (the verifier's budget) */
+#define SNI_FOLD_NS 1000000000ULL
+
+BPF_TABLE("lru_hash", u32, u64, sni_folds, 4096);       /* tgid -> last drop reported (one report a second) */
+
+/* 1 when the scope's policy allows the ClientHello's server name (or the hello has none, or it lies beyond
+ * the captured bytes: nothing to judge). The dotted name is hashed backwards like a DNS wire name: a dot
+ * stands for the length of the label after it, so the suffix hashes match the ones of allowed names. */
+static __always_inline int sni_allowed(struct flow_event *e, struct name_scratch *ns, u64 scope)
+{
+    u32 len = e->len > FLOW_DATA ? FLOW_DATA : e->len;
+    u32 pos = 5 + 4 + 2 + 32;                  /* record header, handshake header, version, random */
+    if (pos + 1 > len)
+        return 1;
+    pos += 1 + DNSB(pos);                      /* session id */
+    if (pos + 2 > len)
+        return 1;
+    pos += 2 + (DNSB(pos) << 8 | DNSB(pos + 1));   /* cipher suites */
+    if (pos + 1 > len)
+        return 1;
+    pos += 1 + DNSB(pos);                      /* compression methods */
+    pos += 2;                                  /* extensions length */
+    u32 name = 0, name_len = 0;
+    ns->cursor = pos;
+    for (int i = 0; i < TLS_MAX_EXTENSIONS; i++) {
+        u32 at = ns->cursor;
+        if (at + 4 > len)
+            return 1;
+        u32 type = DNSB(at) << 8 | DNSB(at + 1);
+        u32 elen = DNSB(at + 2) << 8 | DNSB(at + 3);
+        if (type == 0) {                       /* server_name: list length, name type, name length, name */
+            name_len = DNSB(at + 7) << 8 | DNSB(at + 8);
+            name = at + 9;
+            break;
+        }
+        ns->cursor = at + 4 + elen;
+    }
+    if (!name || !name_len || name + name_len > len)
+        return 1;
+    if (name_len >= SNI_MAX)
+        return 0;
+    u64 *key = name_hash_key.lookup(&(u32){0});
+    ns->hash = key ? *key : 0;
+    ns->left = name_len;
+    ns->pos = 0;                               /* characters of the current label, from its end */
+    struct name_key k = {.scope = scope};
+    for (int j = 0; j < SNI_MAX; j++) {
+        u32 i = ns->left;
+        if (i == 0 || i >= SNI_MAX)
+            break;
+        i -= 1;
+        ns->left = i;
+        u8 c = DNSB(name + i);
+        if (c == '.') {
+            ns->hash = (ns->hash ^ (ns->pos & 0xff)) * FNV_PRIME;
+            ns->pos = 0;
+            k.hash = ns->hash;
+            if (allowed_names.lookup(&k))
+                return 1;
+            continue;
+        }
+        if (c >= 'A' && c <= 'Z')
+            c += 32;
+        ns->hash = (ns->hash ^ c) * FNV_PRIME;
+        ns->pos += 1;
+    }
+    ns->hash = (ns->hash ^ (ns->pos & 0xff)) * FNV_PRIME;    /* the first label's length */
+    k.hash = ns->hash;
+    return allowed_names.lookup(&k) != 0;
+}
+
+/* Returns 0 (drop) for a ClientHello to an address a name policy allowed by name, naming a server it does not
+ * allow (domain fronting, a pool behind an allowed CDN); reports the drop once a second per process. */
+static __always_inline int sni_verdict(struct __sk_buff *skb, struct flow_event *e)
+{
+    u64 scope = name_scope_of(skb);
+    if (!scope)
+        return 1;
+    struct name_addr_key ak = {.scope = scope};
+    __builtin_memcpy(ak.addr, e->raddr, 16);
+    if (!name_addrs.lookup(&ak))
+        return 1;                              /* allowed by network, or not at all (connect decided) */
+    u32 zero = 0;
+    struct name_scratch *ns = name_scratch_buf.lookup(&zero);
+    if (!ns || sni_allowed(e, ns, scope))
+        return 1;
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {     /* monitor mode: report only */
+        u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+        if (!id)
+            break;
+        if (exempt_scopes.lookup(&id))
+            return 1;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    u32 tgid = e->hdr.tgid;
+    u64 *last = sni_folds.lookup(&tgid);
+    if (!last || now - *last >= SNI_FOLD_NS) {
+        sni_folds.update(&tgid, &now);
+        u32 *rule = name_scopes.lookup(&scope);
+        struct enforce_event ev = {};
+        __builtin_memcpy(&ev.hdr, &e->hdr, sizeof(ev.hdr));
+        ev.hdr.kind = EV_ENFORCE;
+        ev.hdr.result = -1;
+        ev.action = ACT_DROP_PAYLOAD;
+        ev.rule = rule ? *rule : 0;
+        ev.family = e->family;
+        ev.dport = e->rport;
+        __builtin_memcpy(ev.daddr, e->raddr, 16);
+        ev.payload_len = PAYLOAD_EXCERPT;
+        __builtin_memcpy(ev.payload, e->data, PAYLOAD_EXCERPT);
+        emit(&ev, sizeof(ev), EV_ENFORCE);
+    }
+    return 0;
+}
+
 int flow_ingress(struct __sk_buff *skb)
 {
     u32 zero = 0, off = 0;
@@ -297,6 +386,36 @@ int flow_ingress(struct __sk_buff *skb)
         emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);    /* copies the payload into e->data, then the ring */
         learn_allowed(skb, e);
     }
+    return 1;
+}
+
+int flow_egress(struct __sk_buff *skb)
+{
+    u32 zero = 0, off = 0;
+    struct flow_event *e = flow_scratch.lookup(&zero);
+    if (!e || !l4_of(skb, e, 1, &off))
+        return 1;
+    if (e->rport == 53) {
+        emit_flow(skb, e, off, FLOW_DNS_QUERY, 1);
+        return 1;
+    }
+    if (e->proto == IPPROTO_TCP_) {
+        u8 b[6] = {};
+        if (e->len < 6 || bpf_skb_load_bytes(skb, off, b, 6))
+            return 1;
+        if (b[0] == 0x16 && b[1] == 0x03 && b[5] == 0x01) {
+            emit_flow(skb, e, off, FLOW_TLS_HELLO, 1);    /* copies the hello into e->data */
+            return sni_verdict(skb, e);
+        }
+        return 1;
+    }
+    u64 cookie = bpf_get_socket_cookie(skb);
+    u32 *seen = udp_flows.lookup(&cookie);
+    if (seen && *seen >= FLOW_UDP_FIRST_MAX)
+        return 1;
+    u32 count = seen ? *seen + 1 : 1;
+    udp_flows.update(&cookie, &count);
+    emit_flow(skb, e, off, FLOW_UDP_FIRST, 1);
     return 1;
 }
 

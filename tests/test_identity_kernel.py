@@ -13,6 +13,8 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
+import time
 import uuid
 
 import pytest
@@ -299,3 +301,55 @@ def test_egress_by_name_enforced_in_the_kernel(capture, enforcer, test_cgroup):
     named = wait_for(capture, lambda r: r["kind"] == "connect" and r["job"]["id"] == job
                      and r["connect"]["daddr"] == "127.0.0.10")
     assert named and named[0]["connect"]["name"] == "evil.gg-other.example" and named[0]["connect"]["result"] == -1
+
+
+def test_tls_to_an_address_allowed_by_name_with_another_server_name_is_dropped(capture, enforcer, test_cgroup):
+    """Domain fronting: the address came from an allowed name's answer, but the ClientHello names another
+    server. The hello is dropped in the kernel (the server never sees it); an allowed server name passes."""
+    job, cg = new_job(test_cgroup)
+    address = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.53"
+    resolver = FakeResolver({"cdn.gg-allowed.example": "127.0.0.9"}, address)
+    received: list[bytes] = []
+    server = socket.create_server(("127.0.0.9", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            try:
+                received.append(conn.recv(4096))
+            except OSError:
+                received.append(b"")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = RESOLVE_CONNECT.replace("c.connect((address, port)); print(0)", (
+        "c.connect((address, port)); import ssl; ctx = ssl.create_default_context(); ctx.check_hostname = False; "
+        "ctx.verify_mode = ssl.CERT_NONE; c.settimeout(1)\n"
+        "    try: ctx.wrap_socket(c, server_hostname=sys.argv[5])\n"
+        "    except Exception: pass\n"
+        "    print(0)"))
+    try:
+        enforcer.apply(ppb.Policy(version=6, rules=["t-sni"], allow=[ppb.EgressAllowlist(
+            rule_id="t-sni", scope=ppb.Scope(job_ids=[job]), names=["gg-allowed.example"],
+            resolvers=[address])]), persist=False)
+        for sni in ("www.gg-allowed.example", "pool.gg-other.example"):
+            out = run_in_cgroup(cg, [PYTHON, "-c", client, "cdn.gg-allowed.example", address, str(port), "udp", sni],
+                                capture_output=True, text=True, timeout=30)
+            assert out.stdout.strip() == "0", out.stderr[-300:]
+        deadline = time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            capture.poll_once(50)
+    finally:
+        resolver.close()
+        server.close()
+    assert len(received) == 2
+    assert b"www.gg-allowed.example" in received[0]                    # allowed: the hello arrived
+    assert b"gg-other" not in received[1] and received[1] == b""        # dropped: nothing arrived
+    drops = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["job"]["id"] == job
+                     and r["enforcement"]["rule_id"] == "t-sni")
+    assert drops and drops[0]["enforcement"]["action"] == "drop_payload"

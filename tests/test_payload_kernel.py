@@ -7,6 +7,7 @@ attributed (rule, process, job). Monitor: the same bytes pass and are reported.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import uuid
@@ -111,3 +112,36 @@ def capture_payload(capture, job: str, rule: str) -> bytes:
 
     hit = reports(capture, job, rule)[0]
     return base64.b64decode(hit["enforcement"]["payload"])
+
+
+# Bytes cut up on purpose (TCP_NODELAY and a pause between sends: separate packets), or two steps merged.
+SEND_PIECES = (
+    "import socket, sys, time\n"
+    "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+    "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+    "for piece in sys.argv[2:]:\n"
+    "    s.sendall(bytes.fromhex(piece)); time.sleep(0.05)\n"
+    "time.sleep(0.3)\n"
+)
+
+
+def test_fingerprints_match_however_the_first_bytes_are_cut(capture, enforcer, test_cgroup):
+    """A handshake split 1+N, and a SOCKS5 greeting merged with its CONNECT in one send, are matched as the stream
+    they are (the hook keeps a flow's first bytes across packets)."""
+    job = str(3000 + uuid.uuid4().int % 999)
+    cg = test_cgroup(f"slurm/job_{job}")
+    apply_builtin_fingerprints(enforcer, job, monitor=False)
+    banner = b"SSH-2.0-paramiko_3.4.0\r\n"
+    merged = b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([12]) + b"pool.example" + (3333).to_bytes(2, "big")
+    with FakePool() as pool:
+        run_in_cgroup(cg, [PYTHON, "-c", SEND_PIECES, str(pool.port), banner[:1].hex(), banner[1:].hex()],
+                      timeout=20)
+        run_in_cgroup(cg, [PYTHON, "-c", SEND_PIECES, str(pool.port), merged.hex()], timeout=20)
+        run_in_cgroup(cg, [PYTHON, "-c", SEND_PIECES, str(pool.port), merged[:1].hex(), merged[1:3].hex(),
+                           merged[3:].hex()], timeout=20)
+        pool.settle()
+    assert not pool.got(b"paramiko")                                  # the banner's second piece was dropped
+    assert reports(capture, job, "ssh-banner-unknown-client")
+    socks_hits = reports(capture, job, "socks-connect")
+    targets = {socks_target(base64.b64decode(h["enforcement"]["payload"])) for h in socks_hits}
+    assert targets == {("pool.example", 3333)} and len(socks_hits) >= 2   # merged, and cut into three

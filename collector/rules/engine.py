@@ -143,13 +143,15 @@ def compile_matcher(key: str, value, rule: Rule, resolver: DomainResolver | None
         return payload
     if key in ("socks_dport_in", "socks_host_in"):
         wanted = {str(x).lower() for x in value}
-        pick = 1 if key == "socks_dport_in" else 0
+        zones = {normal_name(x) for x in value}
+        by_port = key == "socks_dport_in"
 
         def socks(v, _c):
             target = socks_target(v.ev.enforcement.payload)
-            if target is None or str(target[pick]).lower() not in wanted:
+            if target is None:
                 return None
-            return f"SOCKS CONNECT {target[0]}:{target[1]}"
+            hit = str(target[1]) in wanted if by_port else under_any(str(target[0]), zones)
+            return f"SOCKS CONNECT {target[0]}:{target[1]}" if hit else None
         return socks
     if key in ("stdio_socket", "stdio_network"):    # pipes to the network: only the kernel can tell (kill event)
         def stdio(v, _c):

@@ -84,7 +84,12 @@ def parse_spec(value) -> PayloadSpec:
 
 
 def socks_target(data: bytes) -> tuple[str, int] | None:
-    """(host, port) a SOCKS4/4a/5 CONNECT request asks for, or None."""
+    """(host, port) a SOCKS4/4a/5 CONNECT request asks for, or None. The request may follow its SOCKS5 greeting
+    in the same bytes (a client that sends both at once, or the kernel's flow prefix joining them)."""
+    if len(data) >= 3 and data[0] == 5 and 0 < data[1] <= 8 and data[2 + data[1]:5 + data[1]] == b"\x05\x01\x00":
+        inner = socks_target(data[2 + data[1]:])
+        if inner is not None:
+            return inner
     if len(data) >= 9 and data[0] == 4 and data[1] == 1:
         port = struct.unpack_from("!H", data, 2)[0]
         ip = data[4:8]
