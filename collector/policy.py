@@ -23,6 +23,7 @@ from collector.ingest import AgentSession
 from collector.outputs import AlertPublisher
 from collector.resolve import DomainResolver
 from collector.rules.engine import Engine, RuleMatch
+from collector.rules.keys import kernel_keys
 from collector.rules.loader import Correlation, Rule, RuleError, RuleSet, load_ruleset, rule_texts
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
@@ -45,9 +46,10 @@ from gpuguard.vocab import (
 
 log = logging.getLogger(__name__)
 
-KERNEL_EXEC_KEYS = {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network"}
-KERNEL_PAYLOAD_KEYS = {"payload", "stratum"}
-KERNEL_CONNECT_KEYS = {"dport_in", "daddr_cidr_in", "proto_in"}
+# what the kernel programs can take, per event, from the key registry (each key says which lowering knows it)
+KERNEL_EXEC_KEYS = kernel_keys("exec") - {"exec_trait_in"}           # kill_comms entries (by name)
+KERNEL_PAYLOAD_KEYS = kernel_keys("payload")
+KERNEL_CONNECT_KEYS = kernel_keys("connect") - {"exe_name_in", "daddr_not_in", "dns_name_not_in"}   # deny entries
 ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connect denied in the kernel",
                 DROP_STRATUM: "stratum handshake dropped in the kernel", KILL: "killed by the agent",
                 KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, defaultdict
 
-from collector.rules.engine import base_domain
+from collector.rules.context import base_domain
 
 UNNAMED_V4_PREFIX, UNNAMED_V6_PREFIX = 24, 48
 

@@ -2,62 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 import yaml.composer
 
-from collector.rules.payload import parse_spec
-from collector.rules.regex import RegexError, compile_regex
-from gpuguard.vocab import EXEC_TRAIT_BITS
+from collector.rules.keys import ALL_EVENTS, FINGERPRINT_KEYS, MATCH_KEYS, REGISTRY, KeyValueError
 
 BUILTIN = Path(__file__).with_name("builtin.yaml")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket")
-FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
+EVENTS = ALL_EVENTS
 ACTIONS = ("signal", "alert", "block", "kill")
 MODES = ("monitor", "enforce")
-MATCH_KEYS = {
-    "exe_name_in": ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket"),
-    "argv_regex": ("exec",),
-    "argv_short_option_in": ("exec",),
-    "exe_prefix_in": ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket"),
-    "sha256_in": ("exec",),
-    "dport_in": FLOW_EVENTS,
-    "daddr_cidr_in": FLOW_EVENTS,
-    "daddr_not_in": FLOW_EVENTS,
-    "daddr_domain_in": ("connect",),
-    "proto_in": ("connect",),
-    "path_regex": ("gpu_open",),
-    "gpu_new_binary": ("gpu_open",),
-    "ssh_config_forward": ("exec",),
-    "stdio_socket": ("exec",),
-    "stdio_network": ("exec",),
-    "stdio_pty_network": ("exec",),
-    "stratum": ("payload",),
-    "payload": ("payload",),
-    "socks_dport_in": ("payload",),
-    "socks_host_in": ("payload",),
-    # what the exec is, by property (kernel traits), whatever the program is called
-    "exec_trait_in": ("exec",),
-    # whom a flow was for: names from the job's DNS answers and the TLS ClientHello (suffixes at label bounds)
-    "dns_name_in": ("connect", "dns"),
-    "dns_name_not_in": ("connect",),
-    "unnamed": ("connect",),
-    "sni_in": ("tls",),
-    "alpn_in": ("tls",),
-    "tls_fingerprint_in": ("tls",),
-    "no_sni": ("tls",),
-    "dns_qtype_in": ("dns",),
-    "dns_tunnel_shape": ("dns",),
-    "datagram_shape_in": ("datagram",),
-    "socket_kind_in": ("socket",),
-}
-NAME_KEYS = ("dns_name_in", "dns_name_not_in", "sni_in")   # domain suffixes: nanopool.org matches eu1.nanopool.org
-FINGERPRINT_KEYS = ("stratum", "payload")     # a payload rule names what the kernel looks for
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
 
 
@@ -210,48 +167,11 @@ class _Parser:
         return out
 
     def check_value(self, d: dict, k: str, v, where: str):
-        if k in ("argv_regex", "path_regex"):
-            try:
-                compile_regex(v)
-            except RegexError as exc:
-                raise self.err(d, k, where, f"bad regex: {exc}") from exc
-            return v
-        if k == "argv_short_option_in":
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
-                raise self.err(d, k, where, "must be option letters, e.g. RDw")
-            return v
-        if k == "payload":
-            try:
-                return parse_spec(_clean(v))
-            except ValueError as exc:
-                raise self.err(d, k, where, str(exc)) from exc
-        if k in ("gpu_new_binary", "stratum", "ssh_config_forward", "stdio_socket", "stdio_network", "unnamed",
-                 "no_sni", "dns_tunnel_shape", "stdio_pty_network"):
-            if v is not True:
-                raise self.err(d, k, where, "must be true")
-            return v
-        if not isinstance(v, list) or not v:
-            raise self.err(d, k, where, "must be a non-empty list (or $list)")
-        if k == "dns_qtype_in":           # YAML reads a bare NULL as null: that is the NULL record type here
-            return ["NULL" if x is None else str(x).upper() for x in v]
-        if k in ("dport_in", "socks_dport_in"):
-            if not all(isinstance(p, int) and 0 < p < 65536 for p in v):
-                raise self.err(d, k, where, "ports must be integers 1-65535")
-        if k == "daddr_domain_in" and not all(re.fullmatch(r"[A-Za-z0-9.-]+", str(n)) for n in v):
-            raise self.err(d, k, where, "must be host names (no wildcards: they are resolved to addresses)")
-        if k == "exec_trait_in":
-            unknown = sorted({str(t) for t in v} - set(EXEC_TRAIT_BITS))
-            if unknown:
-                raise self.err(d, k, where, f"unknown exec traits {unknown}; known: {', '.join(EXEC_TRAIT_BITS)}")
-        if k in NAME_KEYS and not all(re.fullmatch(r"\*?\.?[A-Za-z0-9_.-]+\.?", str(n)) for n in v):
-            raise self.err(d, k, where, "must be domain names or suffixes (nanopool.org matches eu1.nanopool.org)")
-        if k in ("daddr_cidr_in", "daddr_not_in"):
-            for c in v:
-                try:
-                    ipaddress.ip_network(str(c), strict=False)
-                except ValueError as exc:
-                    raise self.err(d, k, where, f"bad CIDR {c!r}") from exc
-        return [x if k in ("dport_in", "socks_dport_in") else str(x) for x in v]
+        """The key's own check and normalisation (collector/rules/keys.py), with file:line on failure."""
+        try:
+            return REGISTRY[k].check(_clean(v) if isinstance(v, dict) else v)
+        except KeyValueError as exc:
+            raise self.err(d, k, where, str(exc)) from exc
 
     def scope(self, d: dict, where: str) -> dict:
         sc = d.get("scope") or {}

@@ -1,0 +1,130 @@
+"""What rules look at: one event's derived fields (EventView), what is remembered per job (JobContext), and the
+helpers several match keys share (destinations, DNS zones, the DNS-tunnel shape, first GPU use)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gpuguard.v1 import events_pb2 as pb
+
+Matcher = Callable[["EventView", "JobContext"], str | None]
+
+
+@dataclass
+class JobContext:
+    """What the engine remembers about one job."""
+
+    gpu_exes: set[str] = field(default_factory=set)
+    main_keys: dict[str, str] = field(default_factory=dict)   # host -> process key of the job's first exec
+    host: str = ""                                           # host of the event being evaluated
+    encoded_names: dict[str, set[str]] = field(default_factory=dict)   # base domain -> encoded-looking names
+
+
+class EventView:
+    """One event with the derived fields rules look at, each computed at most once."""
+
+    __slots__ = ("ev", "_names", "_argv", "_argv_text")
+
+    def __init__(self, ev: pb.Event) -> None:
+        self.ev = ev
+        self._names: list[str] | None = None
+        self._argv: list[str] | None = None
+        self._argv_text: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """comm, and the basenames of the exec'd file and the executable, as written."""
+        if self._names is None:
+            ev = self.ev
+            names = [ev.process.comm]
+            if ev.HasField("exec"):
+                names.append(ev.exec.filename.rsplit("/", 1)[-1])
+            if ev.process.exe:
+                names.append(ev.process.exe.rsplit("/", 1)[-1])
+            self._names = [n for n in names if n]
+        return self._names
+
+    @property
+    def argv(self) -> list[str]:
+        if self._argv is None:
+            ev = self.ev
+            self._argv = list(ev.exec.argv) if ev.HasField("exec") else list(ev.process.argv)
+        return self._argv
+
+    @property
+    def argv_text(self) -> str:
+        if self._argv_text is None:
+            self._argv_text = " ".join(self.argv)
+        return self._argv_text
+
+
+def destination(ev: pb.Event) -> tuple[str, int]:
+    """(address, port) a flow went to, whichever kind of flow record this is."""
+    kind = ev.WhichOneof("body")
+    if kind == "tls":
+        return ev.tls.daddr, ev.tls.dport
+    if kind == "datagram":
+        return ev.datagram.daddr, ev.datagram.dport
+    return ev.connect.daddr, ev.connect.dport
+
+
+def normal_name(name) -> str:
+    """A rule's domain pattern as a plain suffix: "*.nanopool.org", ".nanopool.org." -> "nanopool.org"."""
+    return str(name).lower().strip().removeprefix("*").strip(".")
+
+
+def under_any(name: str, suffixes: set[str]) -> bool:
+    """name is one of the suffixes or a subdomain of one (at a label boundary: evilnanopool.org is not)."""
+    labels = name.lower().rstrip(".").split(".")
+    return any(".".join(labels[i:]) in suffixes for i in range(len(labels)))
+
+
+ENCODED_MIN_LABEL = 20      # a label this long, only letters and digits, mixing both: data, not a host name
+ENCODED_NAMES_TO_FIRE = 6   # unique encoded-looking names under one domain in one job
+MAX_ENCODED_TRACKED = 64
+
+
+def base_domain(labels: list[str]) -> str:
+    """The registrable part, roughly: the last two labels, three under a short second level (co.uk, com.au)."""
+    n = 3 if len(labels) >= 3 and len(labels[-1]) <= 2 and len(labels[-2]) <= 3 else 2
+    return ".".join(labels[-n:])
+
+
+def looks_encoded(label: str) -> bool:
+    if len(label) < ENCODED_MIN_LABEL or not label.isascii() or not label.isalnum():
+        return False
+    digits = sum(c.isdigit() for c in label)
+    return digits >= 3 and len(label) - digits >= 3
+
+
+def dns_tunnel_shape(name: str, ctx: JobContext) -> str | None:
+    """Many unique data-looking names under one domain: DNS used as a channel (iodine, dnscat2, exfiltration)."""
+    labels = name.lower().split(".")
+    if len(labels) < 3 or not any(looks_encoded(lb) for lb in labels[:-2]):
+        return None
+    base = base_domain(labels)
+    if base not in ctx.encoded_names and len(ctx.encoded_names) >= MAX_ENCODED_TRACKED:
+        return None
+    seen = ctx.encoded_names.setdefault(base, set())
+    if len(seen) < MAX_ENCODED_TRACKED:
+        seen.add(name)
+    if len(seen) < ENCODED_NAMES_TO_FIRE:
+        return None
+    return f"{len(seen)} unique encoded-looking names under {base} (e.g. {name[:80]})"
+
+
+def gpu_new_binary(ev: pb.Event, ctx: JobContext) -> str | None:
+    """The job's GPU was first used by other binaries, or this process is outside the job's main tree."""
+    exe = ev.process.exe or ev.process.comm
+    first_use = not ctx.gpu_exes
+    new = exe not in ctx.gpu_exes
+    main = ctx.main_keys.get(ctx.host)
+    outside = bool(main) and main != ev.process.key and main not in {a.key for a in ev.process.ancestors}
+    if first_use and not outside:
+        return None
+    if new:
+        return f"{exe} (job GPU binaries so far: {', '.join(sorted(ctx.gpu_exes)) or 'none'})"
+    if outside:
+        return f"{exe} pid {ev.process.pid} is not descended from the job's main program"
+    return None

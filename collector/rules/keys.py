@@ -1,0 +1,407 @@
+"""The match-key registry: every rule key in one table - the events it applies to, how its value is checked and
+normalised, how it compiles to a matcher, and how the engine indexes rules that use it. The loader validates
+against it, the engine compiles and indexes from it, and collector/policy.py lowers some keys to the kernel:
+a new key is one ``@key`` entry here (plus its kernel lowering, if it has one).
+
+A matcher returns the field value that satisfied it (shown in the alert) or None.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from collector.resolve import DomainResolver
+from collector.rules.context import (
+    Matcher,
+    destination,
+    dns_tunnel_shape,
+    gpu_new_binary,
+    normal_name,
+    under_any,
+)
+from collector.rules.payload import parse_spec, socks_target
+from collector.rules.regex import RegexError, compile_regex, search
+from gpuguard.render import printable
+from gpuguard.vocab import EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
+
+ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket")
+FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
+PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket")
+
+
+class KeyValueError(ValueError):
+    """A key's value is not what the key takes: the loader adds file:line and the field."""
+
+
+# ---- value kinds: check and normalise a key's (list-resolved) value -------------------------------------------
+def _true(v):
+    if v is not True:
+        raise KeyValueError("must be true")
+    return v
+
+
+def _regex(v):
+    try:
+        compile_regex(v)
+    except RegexError as exc:
+        raise KeyValueError(f"bad regex: {exc}") from exc
+    return v
+
+
+def _letters(v):
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
+        raise KeyValueError("must be option letters, e.g. RDw")
+    return v
+
+
+def _payload(v):
+    try:
+        return parse_spec(v)
+    except ValueError as exc:
+        raise KeyValueError(str(exc)) from exc
+
+
+def _nonempty(v) -> list:
+    if not isinstance(v, list) or not v:
+        raise KeyValueError("must be a non-empty list (or $list)")
+    return v
+
+
+def _strings(v) -> list[str]:
+    return [str(x) for x in _nonempty(v)]
+
+
+def _ports(v) -> list[int]:
+    if not all(isinstance(p, int) and 0 < p < 65536 for p in _nonempty(v)):
+        raise KeyValueError("ports must be integers 1-65535")
+    return v
+
+
+def _cidrs(v) -> list[str]:
+    for c in _nonempty(v):
+        try:
+            ipaddress.ip_network(str(c), strict=False)
+        except ValueError as exc:
+            raise KeyValueError(f"bad CIDR {c!r}") from exc
+    return [str(x) for x in v]
+
+
+def _hosts(v) -> list[str]:
+    if not all(re.fullmatch(r"[A-Za-z0-9.-]+", str(n)) for n in _nonempty(v)):
+        raise KeyValueError("must be host names (no wildcards: they are resolved to addresses)")
+    return [str(x) for x in v]
+
+
+def _zones(v) -> list[str]:
+    if not all(re.fullmatch(r"\*?\.?[A-Za-z0-9_.-]+\.?", str(n)) for n in _nonempty(v)):
+        raise KeyValueError("must be domain names or suffixes (nanopool.org matches eu1.nanopool.org)")
+    return [str(x) for x in v]
+
+
+def _traits(v) -> list[str]:
+    unknown = sorted({str(t) for t in _nonempty(v)} - set(EXEC_TRAIT_BITS))
+    if unknown:
+        raise KeyValueError(f"unknown exec traits {unknown}; known: {', '.join(EXEC_TRAIT_BITS)}")
+    return [str(x) for x in v]
+
+
+def _qtypes(v) -> list[str]:
+    return ["NULL" if x is None else str(x).upper() for x in _nonempty(v)]   # YAML reads a bare NULL as null
+
+
+# ---- the registry ------------------------------------------------------------------------------------------------
+Compile = Callable[[Any, Any, "DomainResolver | None"], Matcher]     # (value, rule, resolver) -> matcher
+
+
+@dataclass(frozen=True)
+class MatchKey:
+    name: str
+    events: tuple[str, ...]
+    check: Callable[[Any], Any]
+    compile: Compile
+    index: str = ""            # "name" | "port" | "domain": how the engine narrows the rules an event meets
+    fingerprint: bool = False  # a payload rule must name one of these: it is what the kernel looks for
+    kernel: tuple[str, ...] = ()   # events whose rules the kernel can enforce with this key (collector/policy.py
+                                   # lowers them: kill at exec, connect deny/allow, payload drop, socket deny)
+
+
+REGISTRY: dict[str, MatchKey] = {}
+
+
+def key(name: str, events: tuple[str, ...], check: Callable[[Any], Any], index: str = "",
+        fingerprint: bool = False, kernel: tuple[str, ...] = ()) -> Callable[[Compile], Compile]:
+    def register(compile_fn: Compile) -> Compile:
+        if name in REGISTRY:
+            raise ValueError(f"match key {name} registered twice")
+        REGISTRY[name] = MatchKey(name, events, check, compile_fn, index, fingerprint, kernel)
+        return compile_fn
+    return register
+
+
+def kernel_keys(event: str) -> frozenset[str]:
+    """The keys a rule of this event may use and still be enforced in the kernel."""
+    return frozenset(name for name, k in REGISTRY.items() if event in k.kernel)
+
+
+def compile_matcher(name: str, value, rule, resolver: DomainResolver | None = None) -> Matcher:
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"{rule.source}:{rule.line}: no matcher for {name}")
+    return entry.compile(value, rule, resolver)
+
+
+# -- the program ----------------------------------------------------------------------------------------------------
+@key("exe_name_in", ALL_EVENTS, _strings, index="name", kernel=("exec", "connect"))
+def _exe_name_in(value, _rule, _res):
+    wanted = {str(v).lower() for v in value}
+    return lambda v, _c: next((n for n in v.names if n.lower() in wanted), None)
+
+
+@key("exe_prefix_in", PROCESS_EVENTS, _strings)
+def _exe_prefix_in(value, _rule, _res):
+    prefixes = tuple(str(v) for v in value)
+
+    def exe_prefix(v, _c):
+        ev = v.ev
+        path = ev.exec.filename if ev.HasField("exec") else ev.process.exe
+        return path if path.startswith(prefixes) or ev.process.exe.startswith(prefixes) else None
+    return exe_prefix
+
+
+@key("sha256_in", ("exec",), _strings)
+def _sha256_in(value, _rule, _res):
+    hashes = {h.lower() for h in value}
+    return lambda v, _c: v.ev.process.exe_sha256 if v.ev.process.exe_sha256 in hashes else None
+
+
+@key("argv_regex", ("exec",), _regex)
+def _argv_regex(value, _rule, _res):
+    rx = compile_regex(value)
+
+    def argv_regex(v, _c):
+        m = search(rx, v.argv_text)
+        return m.group(0).strip() or m.group(0) if m else None
+    return argv_regex
+
+
+@key("argv_short_option_in", ("exec",), _letters, kernel=("exec",))
+def _argv_short_option_in(value, _rule, _res):
+    wanted = set(value)
+
+    def short_opts(v, _c):
+        hit = sorted(option_letters(v.argv) & wanted)
+        return "-" + "".join(hit) if hit else None
+    return short_opts
+
+
+@key("exec_trait_in", ("exec",), _traits, kernel=("exec",))
+def _exec_trait_in(value, _rule, _res):
+    wanted = {str(t) for t in value}
+
+    def traits(v, _c):
+        hit = [t for t in v.ev.exec.traits if t in wanted]
+        return ",".join(hit) if hit else None
+    return traits
+
+
+@key("ssh_config_forward", ("exec",), _true)
+def _ssh_config_forward(_value, _rule, _res):
+    return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
+
+
+def _stdio_on_socket(_value, _rule, _res):
+    """A shell on an inet socket; pipes to the network only the kernel can tell (its kill event)."""
+    def stdio(v, _c):
+        fds = [f"fd{i}" for i, kind in enumerate(v.ev.exec.stdio[:3]) if kind == "socket"]
+        return f"{','.join(fds)} on a socket" if fds else None
+    return stdio
+
+
+key("stdio_socket", ("exec",), _true, kernel=("exec",))(_stdio_on_socket)
+key("stdio_network", ("exec",), _true, kernel=("exec",))(_stdio_on_socket)
+
+
+@key("stdio_pty_network", ("exec",), _true)
+def _stdio_pty_network(_value, _rule, _res):
+    return lambda v, _c: v.ev.exec.pty_peer or None
+
+
+# -- where a flow went ------------------------------------------------------------------------------------------------
+@key("dport_in", FLOW_EVENTS, _ports, index="port", kernel=("connect",))
+def _dport_in(value, _rule, _res):
+    ports = set(value)
+
+    def dport(v, _c):
+        port = destination(v.ev)[1]
+        return str(port) if port in ports else None
+    return dport
+
+
+def _daddr(inside: bool) -> Compile:
+    def compile_fn(value, _rule, _res):
+        nets = [ipaddress.ip_network(n, strict=False) for n in value]
+
+        def daddr(v, _c):
+            text = destination(v.ev)[0]
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                return None
+            hit = any(addr in n for n in nets if n.version == addr.version)
+            return text if hit == inside else None
+        return daddr
+    return compile_fn
+
+
+key("daddr_cidr_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=True))
+key("daddr_not_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=False))
+
+
+@key("proto_in", ("connect",), _strings, kernel=("connect",))
+def _proto_in(value, _rule, _res):
+    protos = set(value)
+    return lambda v, _c: v.ev.connect.proto if v.ev.connect.proto in protos else None
+
+
+@key("daddr_domain_in", ("connect",), _hosts, index="domain")
+def _daddr_domain_in(value, _rule, resolver):
+    wanted = {str(n).lower().rstrip(".") for n in value}
+
+    def domain(v, _c):
+        name = resolver.name_of(v.ev.connect.daddr) if resolver else None
+        return f"{v.ev.connect.daddr} ({name})" if name in wanted else None
+    return domain
+
+
+# -- whom a flow was for ---------------------------------------------------------------------------------------------
+@key("dns_name_in", ("connect", "dns"), _zones)
+def _dns_name_in(value, _rule, _res):
+    suffixes = {normal_name(n) for n in value}
+
+    def name_in(v, _c):
+        ev = v.ev
+        name = ev.dns.name if ev.HasField("dns") else ev.connect.name
+        return name if name and under_any(name, suffixes) else None
+    return name_in
+
+
+@key("dns_name_not_in", ("connect",), _zones, kernel=("connect",))
+def _dns_name_not_in(value, _rule, _res):
+    allowed = {normal_name(n) for n in value}
+
+    def name_not_in(v, _c):
+        c = v.ev.connect
+        if c.name and under_any(c.name, allowed):
+            return None
+        return f"{c.daddr} ({c.name or 'unnamed'})"
+    return name_not_in
+
+
+@key("unnamed", ("connect",), _true)
+def _unnamed(_value, _rule, _res):
+    def unnamed(v, _c):
+        c = v.ev.connect
+        return f"{c.daddr} (no DNS answer on this node named it)" if c.name_scope == "none" else None
+    return unnamed
+
+
+@key("sni_in", ("tls",), _zones)
+def _sni_in(value, _rule, _res):
+    suffixes = {normal_name(n) for n in value}
+    return lambda v, _c: v.ev.tls.sni if v.ev.tls.sni and under_any(v.ev.tls.sni, suffixes) else None
+
+
+@key("alpn_in", ("tls",), _strings)
+def _alpn_in(value, _rule, _res):
+    protocols = {str(x) for x in value}
+    return lambda v, _c: next((a for a in v.ev.tls.alpn if a in protocols), None)
+
+
+@key("tls_fingerprint_in", ("tls",), _strings)
+def _tls_fingerprint_in(value, _rule, _res):
+    prefixes = tuple(str(x) for x in value)
+    return lambda v, _c: v.ev.tls.ja4 if v.ev.tls.ja4 and v.ev.tls.ja4.startswith(prefixes) else None
+
+
+@key("no_sni", ("tls",), _true)
+def _no_sni(_value, _rule, _res):
+    return lambda v, _c: f"TLS to {v.ev.tls.daddr}:{v.ev.tls.dport} without a server name" \
+        if not v.ev.tls.sni else None
+
+
+@key("dns_qtype_in", ("dns",), _qtypes)
+def _dns_qtype_in(value, _rule, _res):
+    qtypes = {str(x).upper() for x in value}
+    return lambda v, _c: v.ev.dns.qtype if v.ev.dns.qtype in qtypes else None
+
+
+@key("dns_tunnel_shape", ("dns",), _true)
+def _dns_tunnel_shape(_value, _rule, _res):
+    return lambda v, ctx: dns_tunnel_shape(v.ev.dns.name, ctx)
+
+
+@key("datagram_shape_in", ("datagram",), _strings)
+def _datagram_shape_in(value, _rule, _res):
+    shapes = {str(x) for x in value}
+    return lambda v, _c: v.ev.datagram.shape if v.ev.datagram.shape in shapes else None
+
+
+@key("socket_kind_in", ("socket",), _strings, kernel=("socket",))
+def _socket_kind_in(value, _rule, _res):
+    kinds = {str(x) for x in value}
+    return lambda v, _c: f"{v.ev.socket.what} socket ({v.ev.socket.family}/{v.ev.socket.type}, protocol " \
+        f"{v.ev.socket.protocol})" if v.ev.socket.what in kinds else None
+
+
+# -- the GPU ---------------------------------------------------------------------------------------------------------
+@key("path_regex", ("gpu_open",), _regex)
+def _path_regex(value, _rule, _res):
+    rx = compile_regex(value)
+    return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
+
+
+@key("gpu_new_binary", ("gpu_open",), _true)
+def _gpu_new_binary(_value, _rule, _res):
+    return lambda v, ctx: gpu_new_binary(v.ev, ctx)
+
+
+# -- what the kernel saw in a flow's first bytes (payload rules) ---------------------------------------------------
+@key("payload", ("payload",), _payload, fingerprint=True, kernel=("payload",))
+def _payload_key(value, rule, _res):
+    def payload(v, _c):
+        e = v.ev.enforcement
+        if e.action not in PAYLOAD_ACTIONS or (e.rule_id != rule.id and value.search(e.payload) is None):
+            return None
+        return printable(e.payload[:40]) or "(payload)"
+    return payload
+
+
+@key("stratum", ("payload",), _true, fingerprint=True, kernel=("payload",))
+def _stratum(_value, _rule, _res):
+    return lambda v, _c: v.ev.enforcement.action if v.ev.enforcement.action in STRATUM_ACTIONS else None
+
+
+def _socks(by_port: bool) -> Compile:
+    def compile_fn(value, _rule, _res):
+        wanted = {str(x).lower() for x in value}
+        zones = {normal_name(x) for x in value}
+
+        def socks(v, _c):
+            target = socks_target(v.ev.enforcement.payload)
+            if target is None:
+                return None
+            hit = str(target[1]) in wanted if by_port else under_any(str(target[0]), zones)
+            return f"SOCKS CONNECT {target[0]}:{target[1]}" if hit else None
+        return socks
+    return compile_fn
+
+
+key("socks_dport_in", ("payload",), _ports)(_socks(by_port=True))
+key("socks_host_in", ("payload",), _zones)(_socks(by_port=False))
+
+MATCH_KEYS: dict[str, tuple[str, ...]] = {name: k.events for name, k in REGISTRY.items()}
+FINGERPRINT_KEYS = tuple(name for name, k in REGISTRY.items() if k.fingerprint)

@@ -1,0 +1,60 @@
+"""The match-key registry is the one place a key is defined: the loader, the engine and the kernel lowering all
+read it, every key checks its value and compiles, and a new key cannot be half-added."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.policy import KERNEL_CONNECT_KEYS, KERNEL_EXEC_KEYS, KERNEL_PAYLOAD_KEYS
+from collector.rules import keys
+from collector.rules.context import EventView, JobContext
+from collector.rules.loader import EVENTS, MATCH_KEYS, RuleError, load_ruleset, rule_texts
+from gpuguard.v1 import events_pb2 as pb
+
+GOOD = {keys._true: True, keys._regex: "x+", keys._letters: "RDw", keys._payload: {"text": "SSH-", "offset": 0},
+        keys._strings: ["x"], keys._ports: [3333], keys._cidrs: ["10.0.0.0/8"], keys._hosts: ["pool.example"],
+        keys._zones: ["nanopool.org"], keys._traits: ["image_nolink"], keys._qtypes: [None, "txt"]}
+BAD = {keys._true: "yes", keys._regex: "(", keys._letters: "-R", keys._payload: {"text": "x", "offset": 9999},
+       keys._strings: [], keys._ports: [70000], keys._cidrs: ["10.0.0.0/33"], keys._hosts: ["*.pool"],
+       keys._zones: ["a b"], keys._traits: ["teleport"], keys._qtypes: "A"}
+
+
+class _Rule:
+    id, source, line = "t", "test", 1
+
+
+def test_the_loader_knows_exactly_the_registered_keys():
+    assert MATCH_KEYS == {name: k.events for name, k in keys.REGISTRY.items()}
+    assert all(set(k.events) <= set(EVENTS) for k in keys.REGISTRY.values())
+    builtin = load_ruleset(rule_texts())
+    used = {k for r in builtin.rules.values() for part in (r.match, r.unless) for k in part}
+    assert used <= set(keys.REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(keys.REGISTRY))
+def test_every_key_checks_its_value_and_compiles(name):
+    entry = keys.REGISTRY[name]
+    assert entry.check in GOOD, f"{name}: its value kind has no sample here"
+    value = entry.check(GOOD[entry.check])
+    matcher = entry.compile(value, _Rule(), None)
+    for event in entry.events:                       # an empty event of each kind: no crash, no match invented
+        body = "enforcement" if event == "payload" else event
+        ev = pb.Event()
+        getattr(ev, body).SetInParent()
+        result = matcher(EventView(ev), JobContext())
+        assert result is None or isinstance(result, str)
+    with pytest.raises(keys.KeyValueError):
+        entry.check(BAD[entry.check])
+
+
+def test_a_bad_value_names_the_file_line_and_field():
+    text = "rules:\n  - id: r\n    description: d\n    severity: low\n    event: connect\n" \
+           "    match: {dport_in: [70000]}\n    action: alert\n"
+    with pytest.raises(RuleError, match=r"bad\.yaml:6: rule r\.match\.dport_in: ports must be integers"):
+        load_ruleset(rule_texts(extra=(("bad.yaml", text),)))
+
+
+def test_the_kernel_lowering_reads_the_registry():
+    assert KERNEL_EXEC_KEYS == {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network"}
+    assert KERNEL_PAYLOAD_KEYS == set(keys.FINGERPRINT_KEYS) == {"payload", "stratum"}
+    assert KERNEL_CONNECT_KEYS == {"dport_in", "daddr_cidr_in", "proto_in"}
