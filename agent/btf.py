@@ -136,8 +136,11 @@ NEEDED = {
     "SOCKALLOC_INODE": ("socket_alloc", "vfs_inode"),
     "SOCKET_SK": ("socket", "sk"),
     "SK_FAMILY": ("sock_common", "skc_family"),    # sock starts with its sock_common
-    "INODE_NLINK": ("inode", "i_nlink"),
-    "INODE_RDEV": ("inode", "i_rdev"),           # in an anonymous union with __i_nlink
+    "INODE_NLINK": ("inode", "i_nlink"),           # in an anonymous union with __i_nlink
+    "INODE_RDEV": ("inode", "i_rdev"),
+    "FILE_PRIVATE": ("file", "private_data"),      # a tty file: its tty_file_private
+    "TTYFP_TTY": ("tty_file_private", "tty"),
+    "TTY_LINK": ("tty_struct", "link"),            # a pty master's slave
     "FILE_PATH": ("file", "f_path"),
     "PATH_DENTRY": ("path", "dentry"),
     "DENTRY_NAME": ("dentry", "d_name"),

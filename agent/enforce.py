@@ -311,11 +311,12 @@ class Enforcer:
                 if not kb.comm:
                     continue
                 flags = (pb.KILL_IF_STDIO_SOCKET if kb.stdio_socket else 0) | \
-                    (pb.KILL_IF_PIPE_NETWORK if kb.stdio_pipe_network else 0)
+                    (pb.KILL_IF_PIPE_NETWORK if kb.stdio_pipe_network else 0) | \
+                    (pb.KILL_IF_PTY_NETWORK if kb.stdio_pty_network else 0)
                 val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), flags, option_mask(kb.options))
                 for cgid in self._scope_ids(kb.scope, paths, roots):
                     kill[kill_key(cgid, kb.comm)] = val
-                    if kb.stdio_pipe_network:     # the connect hooks see the other end of the shell's pipes
+                    if kb.stdio_pipe_network or kb.stdio_pty_network:   # the connect hooks see the other end
                         attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             trait_rules: dict[int, list[int]] = {}        # scope -> rule index per trait bit (-1: none)
             trait_exempt, trait_bits = {}, 0
@@ -401,6 +402,8 @@ class Enforcer:
             self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
             opts = self.bpf[b"kill_opts_config"]        # argv is read before entries that need it exist
             opts[opts.Key(0)] = opts.Leaf(int(any(kb.options for kb in policy.kill if kb.comm)))
+            watch = self.bpf[b"pty_watch"]              # connect hooks record pty masters for such entries
+            watch[watch.Key(0)] = watch.Leaf(int(any(kb.stdio_pty_network for kb in policy.kill)))
             self._sync_map("kill_comms", kill)
             self._sync_map("kill_trait_exempt", trait_exempt)     # exemptions before the entries they qualify
             self._sync_map("kill_traits", kill_traits)

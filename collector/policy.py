@@ -147,7 +147,8 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
                 policy.kill.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce,
                                 options=rule.match.get("argv_short_option_in", ""),
                                 stdio_socket=network or bool(rule.match.get("stdio_socket")),
-                                stdio_pipe_network=network)
+                                stdio_pipe_network=network,
+                                stdio_pty_network=bool(rule.match.get("stdio_pty_network")))
         elif denies_by_identity(rule):
             for name in rule.match["exe_name_in"]:
                 policy.no_connect.add(rule_id=rule.id, comm=str(name)[:15], scope=enforce)
@@ -336,6 +337,11 @@ class PolicyManager:
             state, outcome = ppb.ALERT_ALERTED, "alerted"
         elif ev.WhichOneof("body") == "enforcement" and ev.enforcement.action not in SEEN_ACTIONS:
             state, outcome = ppb.ALERT_CONFIRMED, ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
+        elif kernel_enforceable(rule) and "stdio_pty_network" in rule.match:
+            # the kernel judges the shell's parent only; the agent found the holder among all its ancestors
+            state = ppb.ALERT_KILL_ORDERED
+            outcome = "killed at exec in the kernel if its parent holds the pty; kill also ordered from the agent"
+            self._order_kill(host, ev, rule.id, tree=False)
         elif kernel_enforceable(rule):
             state = ppb.ALERT_BLOCK_EXPECTED
             outcome = "block expected in the kernel (awaiting the agent's confirmation)"

@@ -141,6 +141,13 @@ static __always_inline int stdio_condition(struct kill_val *v, u32 *peer)
 {
     if ((v->flags & KILL_IF_STDIO_SOCKET) && (stdio_kinds() & (STDIO_SOCKET(0) | STDIO_SOCKET(1) | STDIO_SOCKET(2))))
         return 1;
+    if (v->flags & KILL_IF_PTY_NETWORK) {
+        u32 holder = stdio_pty_peer();
+        if (holder) {
+            *peer = holder;
+            return 1;
+        }
+    }
     if (!(v->flags & KILL_IF_PIPE_NETWORK))
         return 0;
     struct pipe_key keys[3] = {};

@@ -352,6 +352,77 @@ static __always_inline struct pipe_key pipe_peer(struct pipe_key *k)
     return peer;
 }
 
+/* Ptys: a shell on a pty whose master is held by a process that connected out (socat ...,pty; pty.spawn after a
+ * connect) is a reverse shell. The connect hooks remember processes that connected off the node (net_tgids, when
+ * pty_watch[0] says a policy needs it); at a watched shell's exec, the kill program looks at its parent: if the
+ * parent connected out and holds the master of the pty on the shell's stdio (its ptmx fd's tty->link is the
+ * slave on the shell's fd), the shell dies. sshd, tmux, script and jupyter hold masters too, but never connect
+ * out of the node. */
+#define PTMX_RDEV ((5U << 20) | 2U)          /* /dev/ptmx and /dev/pts/ptmx, kernel dev_t */
+#define PTY_SCAN_FDS 16                      /* the parent's fds looked at for the master */
+
+BPF_TABLE("lru_hash", u32, u32, net_tgids, 16384);
+BPF_ARRAY(pty_watch, u32, 1);
+
+static __always_inline void record_connected_out(u32 tgid)
+{
+    u32 zero = 0, one = 1;
+    u32 *watch = pty_watch.lookup(&zero);
+    if (watch && *watch)
+        net_tgids.update(&tgid, &one);
+}
+
+/* The tty_struct behind a tty file (file->private_data is its tty_file_private). */
+static __always_inline u64 file_tty(void *file)
+{
+    void *priv = (void *)kread_u64(file, OFF_FILE_PRIVATE);
+    return priv ? kread_u64(priv, OFF_TTYFP_TTY) : 0;
+}
+
+static __always_inline void *task_fds(void *task)
+{
+    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
+    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
+    return fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+}
+
+/* The slave tty_struct of the first pty slave on the current task's fds 0-2, or 0. */
+static __always_inline u64 stdio_pty_slave(void)
+{
+    void *fds = task_fds((void *)bpf_get_current_task());
+    if (!fds)
+        return 0;
+    for (u32 fd = 0; fd < 3; fd++) {
+        void *file = (void *)kread_array_u64(fds, fd);
+        void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+        if (!inode || (kread_u32(inode, OFF_INODE_MODE) & S_IFMT_) != S_IFCHR_)
+            continue;
+        u32 major = kread_u32(inode, OFF_INODE_RDEV) >> 20;
+        if (major >= PTS_MAJOR_FIRST && major <= PTS_MAJOR_LAST)
+            return file_tty(file);
+    }
+    return 0;
+}
+
+/* Does task hold, among its first fds, the master of the pty whose slave is `slave`? */
+static __always_inline int holds_master_of(void *task, u64 slave)
+{
+    void *fds = task_fds(task);
+    if (!fds)
+        return 0;
+    for (u32 fd = 0; fd < PTY_SCAN_FDS; fd++) {
+        void *file = (void *)kread_array_u64(fds, fd);
+        void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+        if (!inode || (kread_u32(inode, OFF_INODE_MODE) & S_IFMT_) != S_IFCHR_ ||
+            kread_u32(inode, OFF_INODE_RDEV) != PTMX_RDEV)
+            continue;
+        u64 master = file_tty(file);
+        if (master && kread_u64((void *)master, OFF_TTY_LINK) == slave)
+            return 1;
+    }
+    return 0;
+}
+
 static __always_inline u32 real_parent_tgid(void *task)
 {
     void *parent = (void *)kread_u64(task, OFF_TASK_REAL_PARENT);
@@ -414,6 +485,21 @@ static __always_inline void fill_header(struct event_header *h, u32 kind)
     h->gid = ug >> 32;
     h->result = 0;
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* The tgid of the current task's parent when it connected out of the node and holds the master of the pty on
+ * the task's stdio (a pty reverse shell), else 0. */
+static __always_inline u32 stdio_pty_peer(void)
+{
+    u64 slave = stdio_pty_slave();
+    if (!slave)
+        return 0;
+    void *task = (void *)bpf_get_current_task();
+    void *parent = (void *)kread_u64(task, OFF_TASK_REAL_PARENT);
+    u32 ptgid = parent ? kread_u32(parent, OFF_TASK_TGID) : 0;
+    if (!ptgid || !net_tgids.lookup(&ptgid))
+        return 0;
+    return holds_master_of(parent, slave) ? ptgid : 0;
 }
 
 /* ---- egress by DNS name, no proxy: flow.c learns (scope, address) from DNS answers for allowed names that a

@@ -353,3 +353,39 @@ def test_tls_to_an_address_allowed_by_name_with_another_server_name_is_dropped(c
     drops = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["job"]["id"] == job
                      and r["enforcement"]["rule_id"] == "t-sni")
     assert drops and drops[0]["enforcement"]["action"] == "drop_payload"
+
+
+PTY_SHELL_TOUCH = PTY_OVER_SOCKET.replace('pty.spawn(["/bin/sh", "-c", "sleep 2"])',
+                                          'pty.spawn(["/bin/sh", "-c", "touch " + sys.argv[3] + "; sleep 1"])')
+
+
+def test_a_shell_on_a_pty_whose_master_connected_out_is_killed_at_exec(capture, enforcer, test_cgroup, tmp_path):
+    """In the kernel: the connect hook records the pty masters a process holds when it connects off the node;
+    a shell exec'd on such a pty dies before its first instruction. script and a loopback-only holder live."""
+    from lab import remote_host  # noqa: PLC0415
+
+    job, cg = new_job(test_cgroup)
+    enforcer.apply(ppb.Policy(version=7, rules=["t-pty"], kill=[ppb.KillBinary(
+        rule_id="t-pty", comm="sh", scope=ppb.Scope(job_ids=[job]), stdio_pty_network=True)]), persist=False)
+    helper = tmp_path / "helper.py"
+    helper.write_text(PTY_SHELL_TOUCH)
+    marker, local_marker, script_marker = tmp_path / "ran", tmp_path / "ran-local", tmp_path / "ran-script"
+    with remote_host(tmp_path) as remote:
+        peer = subprocess.Popen(["ip", "netns", "exec", remote.netns, PYTHON, "-c", HOLD, remote.addr, "4444"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert peer.stdout.readline().strip() == "listening"
+            run_in_cgroup(cg, [PYTHON, str(helper), remote.addr, "4444", str(marker)], capture_output=True,
+                          timeout=30)
+        finally:
+            peer.kill()
+            peer.wait(10)
+    with FakePool() as pool:
+        run_in_cgroup(cg, [PYTHON, str(helper), "127.0.0.1", str(pool.port), str(local_marker)],
+                      capture_output=True, timeout=30)
+    run_in_cgroup(cg, ["script", "-qc", f"/bin/sh -c 'touch {script_marker}'", "/dev/null"],
+                  stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert not marker.exists()                                        # killed at exec: touch never ran
+    assert local_marker.exists() and script_marker.exists()           # terminals that did not connect out
+    kills = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-pty")
+    assert kills and kills[0]["enforcement"]["action"] == "kill_exec" and kills[0]["enforcement"]["peer_pid"]

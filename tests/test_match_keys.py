@@ -55,6 +55,7 @@ def test_a_bad_value_names_the_file_line_and_field():
 
 
 def test_the_kernel_lowering_reads_the_registry():
-    assert KERNEL_EXEC_KEYS == {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network"}
+    assert KERNEL_EXEC_KEYS == {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network",
+                                "stdio_pty_network"}
     assert KERNEL_PAYLOAD_KEYS == set(keys.FINGERPRINT_KEYS) == {"payload", "stratum"}
     assert KERNEL_CONNECT_KEYS == {"dport_in", "daddr_cidr_in", "proto_in"}

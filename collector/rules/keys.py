@@ -225,7 +225,7 @@ key("stdio_socket", ("exec",), _true, kernel=("exec",))(_stdio_on_socket)
 key("stdio_network", ("exec",), _true, kernel=("exec",))(_stdio_on_socket)
 
 
-@key("stdio_pty_network", ("exec",), _true)
+@key("stdio_pty_network", ("exec",), _true, kernel=("exec",))
 def _stdio_pty_network(_value, _rule, _res):
     return lambda v, _c: v.ev.exec.pty_peer or None
 

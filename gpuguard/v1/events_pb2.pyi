@@ -40,6 +40,7 @@ class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KILL_IF_ALWAYS: _ClassVar[KillCondition]
     KILL_IF_STDIO_SOCKET: _ClassVar[KillCondition]
     KILL_IF_PIPE_NETWORK: _ClassVar[KillCondition]
+    KILL_IF_PTY_NETWORK: _ClassVar[KillCondition]
 
 class ExecTrait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -84,6 +85,7 @@ ACTION_SEEN_REVERSE_SHELL: EnforcementAction
 KILL_IF_ALWAYS: KillCondition
 KILL_IF_STDIO_SOCKET: KillCondition
 KILL_IF_PIPE_NETWORK: KillCondition
+KILL_IF_PTY_NETWORK: KillCondition
 TRAIT_NONE: ExecTrait
 TRAIT_IMAGE_NOLINK: ExecTrait
 TRAIT_VIA_LOADER: ExecTrait

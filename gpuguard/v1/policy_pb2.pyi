@@ -50,7 +50,7 @@ class DenyDestination(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidr: _Optional[str] = ..., port: _Optional[int] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ...) -> None: ...
 
 class KillBinary(_message.Message):
-    __slots__ = ("rule_id", "comm", "sha256", "scope", "options", "stdio_socket", "stdio_pipe_network")
+    __slots__ = ("rule_id", "comm", "sha256", "scope", "options", "stdio_socket", "stdio_pipe_network", "stdio_pty_network")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class KillBinary(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STDIO_SOCKET_FIELD_NUMBER: _ClassVar[int]
     STDIO_PIPE_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    STDIO_PTY_NETWORK_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     comm: str
     sha256: str
@@ -65,7 +66,8 @@ class KillBinary(_message.Message):
     options: str
     stdio_socket: bool
     stdio_pipe_network: bool
-    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ..., stdio_pipe_network: _Optional[bool] = ...) -> None: ...
+    stdio_pty_network: bool
+    def __init__(self, rule_id: _Optional[str] = ..., comm: _Optional[str] = ..., sha256: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., options: _Optional[str] = ..., stdio_socket: _Optional[bool] = ..., stdio_pipe_network: _Optional[bool] = ..., stdio_pty_network: _Optional[bool] = ...) -> None: ...
 
 class EgressAllowlist(_message.Message):
     __slots__ = ("rule_id", "cidrs", "ports", "scope", "names", "resolvers")
