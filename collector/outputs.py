@@ -88,80 +88,15 @@ class SyslogOutput:
         self.handler.close()
 
 
-class WebhookOutput:
-    """HTTP POST of the alert JSON. A slow or dead receiver never blocks: a bounded queue, one sender thread,
-    retries with exponential backoff (up to max_backoff_s) while the receiver is down; when the queue is full
-    the oldest alert is dropped and counted."""
-
-    def __init__(self, url: str, max_queue: int = 10_000, timeout_s: float = 5.0, max_backoff_s: float = 30.0,
-                 headers: dict[str, str] | None = None) -> None:
-        if urlparse(url).scheme not in ("http", "https"):
-            raise ValueError(f"webhook URL must be http(s)://..., got {url!r}")
-        self.url, self.timeout_s, self.max_backoff_s = url, timeout_s, max_backoff_s
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.q: queue.Queue = queue.Queue(max_queue)
-        self.delivered = self.dropped = self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
-        self._thread.start()
-
-    def __call__(self, alert: ppb.Alert) -> None:
-        body = json.dumps(alert_json(alert), sort_keys=True).encode()
-        while True:
-            try:
-                self.q.put_nowait(body)
-                return
-            except queue.Full:
-                try:
-                    self.q.get_nowait()
-                    self.dropped += 1
-                    if self.dropped & (self.dropped - 1) == 0:
-                        log.error("webhook %s: queue full, dropped %d alerts so far (oldest first)", self.url,
-                                  self.dropped)
-                except queue.Empty:
-                    pass
-
-    def _post(self, body: bytes) -> None:
-        req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - operator's own URL
-            if resp.status >= 300:
-                raise urllib.error.HTTPError(self.url, resp.status, "not accepted", resp.headers, None)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                body = self.q.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            backoff = 0.2
-            while not self._stop.is_set():
-                try:
-                    self._post(body)
-                    self.delivered += 1
-                    break
-                except (OSError, urllib.error.URLError) as exc:
-                    self.failures += 1
-                    if self.failures & (self.failures - 1) == 0:
-                        log.warning("webhook %s: %s; retrying (%d failures so far, %d alerts waiting)", self.url,
-                                    exc, self.failures, self.q.qsize() + 1)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
-
-    def close(self, drain_s: float = 2.0) -> None:
-        deadline = time.monotonic() + drain_s
-        while not self.q.empty() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._stop.set()
-        self._thread.join(self.timeout_s + 1)
-
-
 class Detached:
     """Any synchronous output behind a bounded queue and a thread of its own: a receiver that accepts and never
     reads (a TCP syslog), or a stalled disk, costs that output alerts (oldest first, counted), never detection.
     Without it one slow syslog receiver halted detection fleet-wide (it sent under the policy lock)."""
 
-    def __init__(self, inner: Callable[[ppb.Alert], None], max_queue: int = 10_000) -> None:
+    def __init__(self, inner: Callable[[ppb.Alert], None], max_queue: int = 10_000,
+                 retry_backoff_s: float = 0.0) -> None:
         self.inner = inner
+        self.max_backoff_s = retry_backoff_s       # > 0: a failed alert is retried (backoff up to this) until sent
         self.q: queue.Queue = queue.Queue(max_queue)
         self.delivered = self.dropped = self.failures = 0
         self._stop = threading.Event()
@@ -191,14 +126,21 @@ class Detached:
                 alert = self.q.get(timeout=0.5)
             except queue.Empty:
                 continue
-            try:
-                self.inner(alert)
-                self.delivered += 1
-            except Exception as exc:
-                self.failures += 1
-                if self.failures & (self.failures - 1) == 0:
-                    log.error("alert output %s failed (%d so far): %s", type(self.inner).__name__, self.failures,
-                              exc)
+            backoff = 0.2
+            while not self._stop.is_set():
+                try:
+                    self.inner(alert)
+                    self.delivered += 1
+                    break
+                except Exception as exc:
+                    self.failures += 1
+                    if self.failures & (self.failures - 1) == 0:
+                        log.error("alert output %s failed (%d so far, %d alerts waiting): %s",
+                                  type(self.inner).__name__, self.failures, self.q.qsize() + 1, exc)
+                    if self.max_backoff_s <= 0:
+                        break                      # not retried: the next alert
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
 
     def close(self, drain_s: float = 2.0) -> None:
         deadline = time.monotonic() + drain_s
@@ -209,6 +151,27 @@ class Detached:
         close = getattr(self.inner, "close", None)
         if close:
             close()
+
+
+class WebhookOutput(Detached):
+    """HTTP POST of the alert JSON. A slow or dead receiver never blocks: a bounded queue, one sender thread,
+    retries with exponential backoff (up to max_backoff_s) while the receiver is down; when the queue is full
+    the oldest alert is dropped and counted."""
+
+    def __init__(self, url: str, max_queue: int = 10_000, timeout_s: float = 5.0, max_backoff_s: float = 30.0,
+                 headers: dict[str, str] | None = None) -> None:
+        if urlparse(url).scheme not in ("http", "https"):
+            raise ValueError(f"webhook URL must be http(s)://..., got {url!r}")
+        self.url, self.timeout_s = url, timeout_s
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        super().__init__(self._post, max_queue, retry_backoff_s=max_backoff_s)
+
+    def _post(self, alert: ppb.Alert) -> None:
+        body = json.dumps(alert_json(alert), sort_keys=True).encode()
+        req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - operator's own URL
+            if resp.status >= 300:
+                raise urllib.error.HTTPError(self.url, resp.status, "not accepted", resp.headers, None)
 
 
 SYSLOG_SEND_TIMEOUT_S = 5.0
