@@ -172,6 +172,36 @@ def alerts_table(alerts) -> str:
     return table(rows, ["TIME", "SEVERITY", "RULE", "JOB", "HOST", "PID", "COMM", "OUTCOME"])
 
 
+EXPLAIN_WIDTH = 100
+
+
+def alerts_explained(alerts) -> str:
+    """Each alert with the evidence in full: every matched field and value, the process's whole argv (wrapped,
+    never cut), its executable and ancestry, and the evidence events' sequence numbers."""
+    import textwrap  # noqa: PLC0415
+
+    out = []
+    for a in alerts:
+        p = a.process
+        out.append(safe(f"{ts(a.ts_ns)}  [{a.severity}] {a.rule_id}  job {a.job.kind}:{a.job.id}  host {a.host_id}"))
+        out.append(safe(f"  {a.description}"))
+        out.append(safe(f"  outcome: {a.outcome}"))
+        for field_name, value in sorted(a.matched.items()):
+            out.append(safe(f"  matched {field_name}: {value}"))
+        out.append(safe(f"  process: pid {p.pid} {p.comm} exe {p.exe or '?'}"))
+        argv = safe(" ".join(p.argv)) or "(unknown)"
+        out += textwrap.wrap(argv, EXPLAIN_WIDTH, initial_indent="  argv: ", subsequent_indent="        ",
+                             break_long_words=True, break_on_hyphens=False)
+        if p.ancestors:
+            chain = " <- ".join(f"{x.comm}({x.pid})" for x in p.ancestors[:8])
+            out.append(safe(f"  ancestors: {chain}"))
+        if a.evidence_seqs:
+            out.append(f"  evidence: seq {', '.join(str(s) for s in a.evidence_seqs[:20])}"
+                       f"{' …' if len(a.evidence_seqs) > 20 else ''}")
+        out.append("")
+    return "\n".join(out) or "(no alerts)"
+
+
 def hosts_table(reply: cpb.HostsReply) -> str:
     rows = [[h.host_id[:24], h.hostname[:24], h.state.upper() if h.state != "ok" else "ok", ts(h.last_seen_ns),
              f"{h.policy_version}/{h.policy_current}", ",".join(h.programs) or "-",

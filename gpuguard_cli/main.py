@@ -263,13 +263,13 @@ def cmd_tree(args) -> int:
 
 
 def cmd_alerts(args) -> int:
-    from gpuguard.render import alerts_table  # noqa: PLC0415
+    from gpuguard.render import alerts_explained, alerts_table  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
 
     reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit,
                                                         rule_id=args.rule or "", host=args.host or "",
                                                         until_ns=args.until))
-    _print(args, reply, lambda r: alerts_table(r.alerts))
+    _print(args, reply, lambda r: alerts_explained(r.alerts) if args.explain else alerts_table(r.alerts))
     return EXIT_OK
 
 
@@ -526,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--rule", help="only this rule or correlation id")
     al.add_argument("--host", help="only this host")
     al.add_argument("--until", type=parse_time, default=0)
+    al.add_argument("--explain", action="store_true",
+                    help="each alert with its evidence in full: matched fields and values, the whole argv, ancestry")
     co = query("connections", "which jobs and hosts connected to an address or network, and when", cmd_connections)
     co.add_argument("cidr", help="an address or a CIDR (203.0.113.7, 203.0.113.0/24, 2001:db8::/32)")
     co.add_argument("--until", type=parse_time, default=0)

@@ -16,7 +16,7 @@ from agent.spool import Spool
 from collector.app import CollectorConfig
 from collector.health import HostHealth
 from collector.ingest import AgentSession
-from gpuguard.render import alerts_table, safe, timeline_view, tree_view
+from gpuguard.render import alerts_explained, alerts_table, safe, timeline_view, tree_view
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from tests.services import collector_in_thread
@@ -33,8 +33,13 @@ def test_human_output_escapes_control_characters_everywhere():
     reply.first_gpu_use.add(path=EVIL, host_id=EVIL, process_key=EVIL)
     tree = cpb.TreeReply(nodes=[cpb.TreeNode(key="k", comm=EVIL, argv=[EVIL], host_id=EVIL, exe=EVIL)])
     alert = cpb.AlertsReply()
-    alert.alerts.add(rule_id=EVIL, outcome=EVIL, description=EVIL).process.comm = EVIL
-    for text in (timeline_view(EVIL, reply), tree_view(tree), alerts_table(alert.alerts)):
+    one = alert.alerts.add(rule_id=EVIL, outcome=EVIL, description=EVIL)
+    one.process.comm = EVIL
+    one.matched[EVIL] = EVIL
+    one.process.argv.extend([EVIL, "-o", "stratum+tcp://" + "x" * 300])
+    explained = alerts_explained(alert.alerts)
+    assert "x" * 90 in explained and explained.count("x") >= 300       # the whole argv, wrapped, never cut
+    for text in (timeline_view(EVIL, reply), tree_view(tree), alerts_table(alert.alerts), explained):
         assert "\x1b" not in text and "\r" not in text and "\x07" not in text and "\u202e" not in text
         assert "FAKE LINE" not in "\n".join(line for line in text.splitlines() if line.startswith("FAKE"))
 
