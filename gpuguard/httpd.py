@@ -19,12 +19,45 @@ log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
+MAX_CONNECTIONS = 64          # connections served at once; more are closed at accept (and counted)
+IDLE_TIMEOUT_S = 10.0         # a connection that sends nothing (or stalls) for this long is closed
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but at most MAX_CONNECTIONS of them: idle connections cannot pile up threads
+    (1,500 idle connections made 1,514 threads before)."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256      # the listen backlog (socketserver's default of 5 stalls clients in SYN_RECV)
+    accepted = rejected = 0
+
+    def process_request(self, request, client_address) -> None:
+        self.accepted += 1
+        slots = self.__dict__.setdefault("_slots", threading.BoundedSemaphore(MAX_CONNECTIONS))
+        if not slots.acquire(blocking=False):
+            self.rejected += 1
+            if self.rejected & (self.rejected - 1) == 0:
+                log.warning("http: %d connections refused so far (more than %d at once)", self.rejected,
+                            MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that timed out or went away is not worth a traceback on stderr."""
+        log.debug("http: request from %s ended with an error", client_address, exc_info=True)
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S      # the socket's timeout: a silent client does not keep its thread
+
     def log_message(self, fmt, *args) -> None:   # access logs at debug level, not on stderr
         log.debug("%s %s", self.address_string(), fmt % args)
 

@@ -240,3 +240,32 @@ def test_a_syslog_receiver_that_never_reads_costs_alerts_not_detection():
     finally:
         out._stop.set()
         sink.close()
+
+
+def test_idle_http_connections_cannot_pile_up_threads():
+    """1,500 idle unauthenticated connections made 1,514 threads: now at most MAX_CONNECTIONS are served at once,
+    the rest are closed at accept, and the server still answers once they go."""
+    from gpuguard.httpd import MAX_CONNECTIONS, HttpServer  # noqa: PLC0415
+
+    def app(_environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = HttpServer("127.0.0.1:0", app)
+    before = threading.active_count()
+    idle = []
+    for _ in range(2 * MAX_CONNECTIONS):
+        try:
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=2))
+        except OSError:
+            break                                                           # the listen backlog is full
+    try:
+        assert len(idle) > MAX_CONNECTIONS                                  # more than it may serve at once
+        assert wait_until(lambda: server.server.accepted >= len(idle))      # every one reached the server
+        assert threading.active_count() <= before + MAX_CONNECTIONS
+        assert server.server.rejected >= len(idle) - MAX_CONNECTIONS
+    finally:
+        for s in idle:
+            s.close()
+    assert wait_until(lambda: get(server.url + "/")[0] == 200)
+    server.close()
