@@ -246,11 +246,40 @@ def cmd_timeline(args) -> int:
     from gpuguard.render import timeline_view  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
 
+    if args.follow:
+        return _follow_timeline(args)
     req = cpb.TimelineRequest(job_id=args.job, host=args.host or "", since_ns=args.since, until_ns=args.until,
                               kinds=args.kind or [], subtree_key=args.subtree or "", limit=args.limit)
     reply = _call(args, "Timeline", req)
     _print(args, reply, lambda r: timeline_view(args.job, r))
     return EXIT_OK if reply.events else EXIT_NOT_FOUND
+
+
+def _follow_timeline(args) -> int:
+    from gpuguard.render import describe_event, safe, ts  # noqa: PLC0415
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+    from gpuguard_cli.follow import as_json_line  # noqa: PLC0415
+
+    def fetch(since_ns: int):
+        req = cpb.TimelineRequest(job_id=args.job, host=args.host or "", since_ns=since_ns, kinds=args.kind or [],
+                                  subtree_key=args.subtree or "", limit=args.limit)
+        for se in _call(args, "Timeline", req).events:
+            ev, p = se.event, se.event.process
+            line = as_json_line(se) if args.json else safe(
+                f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  {describe_event(ev)}")
+            yield (se.host_id, ev.seq), ev.ts_ns, line
+
+    return _follow_until_interrupted(fetch, args)
+
+
+def _follow_until_interrupted(fetch, args) -> int:
+    from gpuguard_cli.follow import follow  # noqa: PLC0415
+
+    try:
+        return follow(fetch, args.since or time.time_ns() - 600 * 10**9, args.interval,
+                      out=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_tree(args) -> int:
@@ -266,6 +295,20 @@ def cmd_alerts(args) -> int:
     from gpuguard.render import alerts_explained, alerts_table  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
 
+    if args.follow:
+        from gpuguard.render import safe, ts  # noqa: PLC0415
+        from gpuguard_cli.follow import as_json_line  # noqa: PLC0415
+
+        def fetch(since_ns: int):
+            req = cpb.AlertsRequest(job_id=args.job or "", since_ns=since_ns, limit=args.limit,
+                                    rule_id=args.rule or "", host=args.host or "")
+            for a in _call(args, "ListAlerts", req).alerts:
+                line = as_json_line(a) if args.json else alerts_explained([a]) if args.explain else safe(
+                    f"{ts(a.ts_ns)}  [{a.severity}] {a.rule_id}  {a.job.kind}:{a.job.id}  {a.host_id[:12]}  "
+                    f"pid {a.process.pid} {a.process.comm}  -> {a.outcome}")
+                yield (a.id, a.state, a.outcome), a.ts_ns, line
+
+        return _follow_until_interrupted(fetch, args)
     reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit,
                                                         rule_id=args.rule or "", host=args.host or "",
                                                         until_ns=args.until))
@@ -520,12 +563,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--until", type=parse_time, default=0)
     t.add_argument("--kind", action="append", choices=list(EVENT_KINDS), help="only these event kinds (repeatable)")
     t.add_argument("--subtree", help="only this process key and its descendants")
+    t.add_argument("--follow", action="store_true", help="keep printing new events as they are stored (one line "
+                   "each, JSON lines with --json; Ctrl-C stops)")
+    t.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow")
     query("tree", "a job's process tree", cmd_tree, job=True)
     al = query("alerts", "alerts raised by detection rules", cmd_alerts)
     al.add_argument("--job", help="only this job")
     al.add_argument("--rule", help="only this rule or correlation id")
     al.add_argument("--host", help="only this host")
     al.add_argument("--until", type=parse_time, default=0)
+    al.add_argument("--follow", action="store_true", help="keep printing new alerts and alert changes (one line "
+                    "each, JSON lines with --json; Ctrl-C stops)")
+    al.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow")
     al.add_argument("--explain", action="store_true",
                     help="each alert with its evidence in full: matched fields and values, the whole argv, ancestry")
     co = query("connections", "which jobs and hosts connected to an address or network, and when", cmd_connections)

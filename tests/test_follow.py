@@ -1,0 +1,55 @@
+"""`--follow`: new alerts, alert changes and new events printed once each, as they are stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from collector.app import CollectorConfig
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard_cli.follow import follow
+from tests.services import CLI, ROOT, collector_in_thread, stream_events
+
+
+def test_each_item_is_printed_once_per_state_and_late_arrivals_are_caught():
+    rounds = [[(("a", "ALERTED"), 10, "a alerted")],
+              [(("a", "ALERTED"), 10, "a alerted"), (("b", "ALERTED"), 30, "b alerted")],
+              [(("a", "CONFIRMED"), 10, "a confirmed"), (("c", "ALERTED"), 20, "c stored late, older")]]
+    asked: list[int] = []
+
+    def fetch(since_ns):
+        asked.append(since_ns)
+        return rounds[len(asked) - 1]
+
+    printed: list[str] = []
+    follow(fetch, since_ns=1, interval_s=0, out=printed.append, rounds=3)
+    assert printed == ["a alerted", "b alerted", "a confirmed", "c stored late, older"]
+    assert asked == [1, 1, 1]        # the window reaches FOLLOW_OVERLAP_S back from the newest item seen
+
+
+def test_alerts_and_timeline_follow_a_live_collector(tmp_path):
+    with collector_in_thread(CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))) as app:
+        port = str(app.port)
+        base = ["--collector", f"127.0.0.1:{port}", "--json", "--interval", "0.2", "--follow"]
+        alerts = subprocess.Popen([*CLI, "alerts", *base], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        timeline = subprocess.Popen([*CLI, "timeline", "slurm:5150", *base], stdout=subprocess.PIPE, text=True,
+                                    cwd=ROOT)
+        try:
+            now = time.time_ns()
+            evs = []
+            for seq, exe in ((1, "/usr/bin/python3"), (2, "/opt/xmrig")):
+                e = pb.Event(seq=seq, ts_ns=now + seq, exec=pb.Exec(filename=exe, argv=[exe, "-o", "x"]))
+                e.job.kind, e.job.id = "slurm", "5150"
+                e.process.pid, e.process.key, e.process.comm, e.process.exe = 100 + seq, f"k{seq}", exe[-7:], exe
+                evs.append(e)
+            assert stream_events(app.port, "node-f", evs) == 2
+            app.detector.drain()
+            alert = json.loads(alerts.stdout.readline())
+            assert alert["rule_id"] == "miner-binary" and alert["job"]["id"] == "5150"
+            lines = [json.loads(timeline.stdout.readline()) for _ in range(2)]
+            assert [x["event"]["seq"] for x in lines] == ["1", "2"]           # uint64 is a JSON string
+        finally:
+            for proc in (alerts, timeline):
+                proc.kill()
+                proc.wait(10)
