@@ -87,7 +87,7 @@ def name_hash(key: int, name: str) -> int:
 def address_key(address: str) -> bytes:
     """16 bytes, IPv4 as v4-mapped: the kernel's address keys."""
     ip = ipaddress.ip_address(address)
-    return (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip).packed
+    return V4_MAPPED + ip.packed if ip.version == 4 else ip.packed
 
 
 def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
@@ -348,9 +348,10 @@ class Enforcer:
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             allow_scopes, allow = {}, {}
             name_scopes, allowed_names, resolvers = {}, {}, {}
+            host_dns = host_resolvers() if any(al.names for al in policy.allow) else []   # read once per apply
             for al in policy.allow:
                 idx = struct.pack("<I", self._rule_index(al.rule_id, rules))
-                trusted = sorted(set(host_resolvers()) | set(al.resolvers)) if al.names else []
+                trusted = sorted(set(host_dns) | set(al.resolvers)) if al.names else []
                 for address in trusted:
                     resolvers[address_key(address)] = struct.pack("<I", 1)
                 for cgid in self._scope_ids(al.scope, paths, roots):

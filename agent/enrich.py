@@ -8,7 +8,6 @@ the process table and the job resolver; they are not shipped.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import time
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from agent.flows import (
     IPPROTO_TCP,
     DestinationNames,
     datagram_shape,
+    off_node,
     parse_client_hello,
     parse_dns,
 )
@@ -46,7 +46,7 @@ from agent.jobs import Job, JobResolver, job_from_environ
 from agent.process_table import Process, ProcessTable
 from agent.ssh_config import ssh_forwards
 from agent.text import clean
-from gpuguard.render import printable
+from gpuguard.render import hostport, printable
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import (
     DENY_CONNECT,
@@ -401,17 +401,6 @@ def full_cmdline(pid: int, kernel_argv: list[str]) -> tuple[list[str], bool] | N
     return out, cut
 
 
-def off_node(address: str) -> bool:
-    """Not loopback, not unspecified: a connect that leaves the node (jupyter's kernels on 127.0.0.1 do not)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not (ip.is_loopback or ip.is_unspecified)
-
-
 MAX_FDS_SCANNED = 4096
 
 
@@ -435,7 +424,7 @@ def holds_pty_master(pid: int, tty: int) -> bool:
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:
-    dest = f"[{ev.daddr}]:{ev.dport}" if ":" in ev.daddr else f"{ev.daddr}:{ev.dport}"
+    dest = hostport(ev.daddr, ev.dport)
     peer = f"pid {ev.peer_pid}"
     if ev.action == KILL_EXEC and ev.peer_pid:
         return (f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel: its stdio is a pipe to {peer}, "

@@ -287,11 +287,25 @@ class DestinationNames:
         return ("", "none") if now - self.last_answer <= NAMING_FRESH_S else ("", "")
 
 
-def canonical(address: str) -> str:
+def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, IPv4 for a v4-mapped IPv6 one; None if it is not an address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+        return None
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
+
+
+def canonical(address: str) -> str:
+    """One spelling per address (map keys). The decoder already writes v4 dotted and v6 in RFC 5952 form, so a
+    dotted v4 string is returned as it is: the per-connect lookup parses nothing."""
+    if ":" not in address:
+        return address          # dotted v4 (ipaddress accepts no other spelling of it) or not an address
+    ip = _unmapped(address)
+    return str(ip) if ip is not None else address
+
+
+def off_node(address: str) -> bool:
+    """Not loopback, not unspecified: a connect that leaves the node (jupyter's kernels on 127.0.0.1 do not)."""
+    ip = _unmapped(address)
+    return ip is not None and not (ip.is_loopback or ip.is_unspecified)

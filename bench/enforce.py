@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -200,37 +201,36 @@ def bench_short_flows(cg: Path, fn_fd: int, n: int = 2000) -> None:
           "(SYN/ACK/FIN included: they cost a header parse)")
 
 
+def bulk_transfer(cg: Path, fds: list[int], mb: int = 512) -> tuple[float, list[tuple[int, int]]]:
+    """BULK from a process in cg to a loopback sink: (MB/s, per program fd (run_time_ns, run_cnt) during it)."""
+    sink = socket.create_server(("127.0.0.1", 0))
+
+    def drain():
+        conn, _ = sink.accept()
+        while conn.recv(1 << 20):
+            pass
+        conn.close()
+
+    before = [prog_stats(fd) for fd in fds]
+    t = threading.Thread(target=drain)
+    t.start()
+    proc = popen_in_cgroup(cg, [PYTHON, "-c", BULK, str(sink.getsockname()[1]), str(mb)], stdout=subprocess.PIPE,
+                           text=True)
+    out, _ = proc.communicate(120)
+    t.join()
+    sink.close()
+    after = [prog_stats(fd) for fd in fds]
+    return float(out.strip()), [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+
+
 def bench_payload_hook(cg: Path, enf: Enforcer) -> None:
     """Bulk TCP from a cgroup with the payload hook attached: throughput and the hook's ns per packet."""
     with bpf_stats():
         prog_fn = next(fn for (c, t), (fn, _fd) in enf.attached.items() if t == INET_EGRESS)
         bench_short_flows(cg, prog_fn.fd)
-        sink = socket.create_server(("127.0.0.1", 0))
-        port = sink.getsockname()[1]
-
-        def drain():
-            conn, _ = sink.accept()
-            while conn.recv(1 << 20):
-                pass
-            conn.close()
-
-        import threading  # noqa: PLC0415
-
-        results = {}
-        for label in ("hook attached", "no hook"):
-            if label == "no hook":
-                enf.apply(ppb.Policy(version=3), persist=False)
-            before = prog_stats(prog_fn.fd)
-            t = threading.Thread(target=drain)
-            t.start()
-            proc = popen_in_cgroup(cg, [PYTHON, "-c", BULK, str(port), "512"], stdout=subprocess.PIPE, text=True)
-            out, _ = proc.communicate(120)
-            t.join()
-            after = prog_stats(prog_fn.fd)
-            results[label] = (float(out.strip()), after[0] - before[0], after[1] - before[1])
-        sink.close()
-        mbps_on, ns, cnt = results["hook attached"]
-        mbps_off = results["no hook"][0]
+        mbps_on, [(ns, cnt)] = bulk_transfer(cg, [prog_fn.fd])
+        enf.apply(ppb.Policy(version=3), persist=False)
+        mbps_off, _ = bulk_transfer(cg, [prog_fn.fd])
         print(f"payload hook on a 512 MB loopback bulk transfer: {mbps_on:.0f} MB/s with the hook, {mbps_off:.0f} MB/s "
               f"without ({mbps_on / mbps_off:.2f}x); hook ran on {cnt} packets, {ns / max(cnt, 1):.0f} ns per packet "
               "(after the first 4 payload packets a flow costs one map lookup)")
@@ -346,8 +346,6 @@ def bench_names(cap: Capture, enf: Enforcer, cg: Path, n: int = 300) -> None:
             except OSError:
                 return
 
-    import threading  # noqa: PLC0415
-
     threading.Thread(target=accept_all, daemon=True).start()
     try:
         enf.apply(ppb.Policy(version=2, rules=["b-names"], allow=[ppb.EgressAllowlist(
@@ -388,28 +386,9 @@ def bench_flow_observers(tmp: Path) -> None:
     enf = Enforcer(cap, tmp / "state")
     try:
         with bpf_stats():
-            sink = socket.create_server(("127.0.0.1", 0))
-            port = sink.getsockname()[1]
-
-            def drain():
-                conn, _ = sink.accept()
-                while conn.recv(1 << 20):
-                    pass
-                conn.close()
-
-            import threading  # noqa: PLC0415
-
-            before = {k: prog_stats(f.fd) for k, f in fns.items()}
-            t = threading.Thread(target=drain)
-            t.start()
-            proc = popen_in_cgroup(cg, [PYTHON, "-c", BULK, str(port), "512"], stdout=subprocess.PIPE, text=True)
-            out, _ = proc.communicate(120)
-            t.join()
-            sink.close()
-            after = {k: prog_stats(f.fd) for k, f in fns.items()}
-            for k in fns:
-                ns, cnt = after[k][0] - before[k][0], after[k][1] - before[k][1]
-                print(f"{k} on a 512 MB loopback bulk transfer ({float(out.strip()):.0f} MB/s): "
+            mbps, deltas = bulk_transfer(cg, [f.fd for f in fns.values()])
+            for k, (ns, cnt) in zip(fns, deltas, strict=True):
+                print(f"{k} on a 512 MB loopback bulk transfer ({mbps:.0f} MB/s): "
                       f"{ns / max(cnt, 1):.0f} ns per packet over {cnt} packets")
             pool = FakePool()
             hello = client_hello("bench.gg-pool.example", ["h2", "http/1.1"])

@@ -20,7 +20,7 @@ from collector.outputs import AlertPublisher
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import JOB_HOST, KILL_EXEC
+from gpuguard.vocab import JOB_HOST, KILL_EXEC, KIND_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class HostRecord:
     loss_episodes: int = 0
 
 
-PRIORITY_KINDS = frozenset(("exec", "fork", "exit", "cgroup", "enforce"))   # the kernel's priority ring
+# the kinds the kernel puts on its priority ring (probes/gpuguard.h priority_kind), as the agent names them
+PRIORITY_KINDS = frozenset(KIND_NAMES[k] for k in (pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT, pb.KIND_CGROUP,
+                                                   pb.KIND_ENFORCE))
 
 
 class HostHealth:

@@ -74,6 +74,11 @@ def argv_text(argv, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def hostport(address: str, port: int) -> str:
+    """203.0.113.7:443, [2001:db8::1]:443."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def describe_event(ev: pb.Event) -> str:
     kind = ev.WhichOneof("body")
     if kind == "exec":
@@ -81,14 +86,13 @@ def describe_event(ev: pb.Event) -> str:
         return f"exec     {ev.exec.filename} [{argv}] {result(ev.exec.result)}"
     if kind == "connect":
         c = ev.connect
-        addr = f"[{c.daddr}]" if ":" in c.daddr else c.daddr
         named = f" ({c.name})" if c.name else " (unnamed)" if c.name_scope == "none" else ""
-        return f"connect  {c.proto} {addr}:{c.dport}{named} {result(c.result)}"
+        return f"connect  {c.proto} {hostport(c.daddr, c.dport)}{named} {result(c.result)}"
     if kind == "tls":
         t = ev.tls
-        addr = f"[{t.daddr}]" if ":" in t.daddr else t.daddr
         alpn = f" alpn={','.join(t.alpn)}" if t.alpn else ""
-        return f"tls      {addr}:{t.dport} sni={t.sni or '(none)'}{alpn} TLS {t.version or '?'} ja4={t.ja4 or '?'}"
+        return f"tls      {hostport(t.daddr, t.dport)} sni={t.sni or '(none)'}{alpn} TLS {t.version or '?'} " \
+               f"ja4={t.ja4 or '?'}"
     if kind == "dns":
         d = ev.dns
         return f"dns      {d.qtype} {d.name} via {d.server}:{d.server_port}/{d.transport}"

@@ -254,15 +254,20 @@ static __always_inline u64 kread_array_u64(void *base, u32 i)
 #define S_IFSOCK_ 0140000
 #define S_IFIFO_ 0010000
 
+/* The task's open-file array (files->fdt->fd): element i is fd i's struct file, or 0. */
+static __always_inline void *task_fds(void *task)
+{
+    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
+    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
+    return fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+}
+
 /* What the current task's fds 0-2 are (after exec's close-on-exec): a shell whose stdio is a
  * socket is a reverse shell, whatever language set it up. *tty (when given) receives 1 + the pts number
  * of the first pty slave among them: the agent looks for the process holding its master. */
 static __always_inline u32 stdio_kinds_tty(u32 *tty)
 {
-    void *task = (void *)bpf_get_current_task();
-    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
-    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
-    void *fds = fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+    void *fds = task_fds((void *)bpf_get_current_task());
     u32 bits = 0;
     if (!fds)
         return 0;
@@ -327,10 +332,7 @@ BPF_TABLE("lru_hash", struct pipe_key, struct pipe_holder, net_pipes, 16384);
 /* The pipe ends on the current task's fds 0-2 (keys[fd].inode == 0: not a pipe). */
 static __always_inline void stdio_pipes(struct pipe_key keys[3])
 {
-    void *task = (void *)bpf_get_current_task();
-    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
-    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
-    void *fds = fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
+    void *fds = task_fds((void *)bpf_get_current_task());
     if (!fds)
         return;
     for (u32 fd = 0; fd < 3; fd++) {
@@ -377,13 +379,6 @@ static __always_inline u64 file_tty(void *file)
 {
     void *priv = (void *)kread_u64(file, OFF_FILE_PRIVATE);
     return priv ? kread_u64(priv, OFF_TTYFP_TTY) : 0;
-}
-
-static __always_inline void *task_fds(void *task)
-{
-    void *files = (void *)kread_u64(task, OFF_TASK_FILES);
-    void *fdt = files ? (void *)kread_u64(files, OFF_FILES_FDT) : 0;
-    return fdt ? (void *)kread_u64(fdt, OFF_FDTABLE_FD) : 0;
 }
 
 /* The slave tty_struct of the first pty slave on the current task's fds 0-2, or 0. */
