@@ -7,6 +7,7 @@ Without root/BPF they skip with the reason; with GPUGUARD_REQUIRE_BPF=1 (set by
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -21,6 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PYTHON = "/usr/bin/python3"   # absolute: the PATH python is a shim chain (many ENOENT execs)
+
+_job_ids = itertools.count(100_000 + uuid.uuid4().int % 800_000)
+
+
+def fresh_job_id() -> str:
+    """A job id no other test in this session uses: the capture is shared, so a random id that
+    collides with an earlier test's job would hand it that test's records (CI failed on exactly that)."""
+    return str(next(_job_ids))
 
 
 def bpf_unavailable_reason() -> str | None:

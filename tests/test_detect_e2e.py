@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup, wait_policy_acked
-from tests.conftest import PYTHON, require_bpf
+from tests.conftest import PYTHON, fresh_job_id, require_bpf
 from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
 
 pytestmark = pytest.mark.kernel
@@ -80,7 +80,7 @@ def alerts(st, job: str, want: set[str] = frozenset(), timeout: float = 15) -> l
 
 
 def new_job() -> str:
-    return str(40000 + uuid.uuid4().int % 20000)
+    return fresh_job_id()
 
 
 def test_fake_miner_blocked_in_enforce_mode(stack):

@@ -11,6 +11,7 @@ import uuid
 import psycopg
 
 from gpuguard.v1 import events_pb2 as pb
+from tests.conftest import fresh_job_id
 from tests.services import FakeAgent, cli_json, collector, free_port
 
 
@@ -50,7 +51,7 @@ def test_cross_host_correlation_outbox_and_detector_failover(tmp_path, postgres)
     col_a = collector(tmp_path / "a", port_a, "--store", url, *lease).start()
     assert wait_until(lambda: rows(url, "SELECT owner FROM leases WHERE name = 'detector'"))   # A detects
     col_b = collector(tmp_path / "b", port_b, "--store", url, *lease).start()
-    job, tag = str(60000 + uuid.uuid4().int % 9999), uuid.uuid4().hex[:6]
+    job, tag = fresh_job_id(), uuid.uuid4().hex[:6]
     n1, n2 = FakeAgent(port_a, f"node1-{tag}"), FakeAgent(port_b, f"node2-{tag}")
     try:
         # node 1 (collector A): the job's trainer opens a reverse tunnel; node 2 (collector B): a binary new to

@@ -16,7 +16,7 @@ from agent.enforce import Enforcer
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import option_mask
 from lab import FakePool, popen_in_cgroup
-from tests.conftest import PYTHON, ROOT, run_in_cgroup, wait_for
+from tests.conftest import PYTHON, ROOT, fresh_job_id, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -38,7 +38,7 @@ def test_option_mask_matches_probe_bits():
 
 
 def test_kill_at_exec_in_scope_only(capture, enforcer, test_cgroup, tmp_path):
-    job = str(9000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}/step_0")
     miner = fake_binary(tmp_path, "gg-fakeminer")
     enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-kill", comm="gg-fakeminer",
@@ -53,7 +53,7 @@ def test_kill_at_exec_in_scope_only(capture, enforcer, test_cgroup, tmp_path):
 
 
 def test_kill_at_exec_only_with_the_named_options(capture, enforcer, test_cgroup, tmp_path):
-    job = str(8000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     tunnel = fake_binary(tmp_path, "gg-tunnel", "/bin/true")
     enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-fwd", comm="gg-tunnel", options="RDw",
@@ -69,7 +69,7 @@ def test_kill_at_exec_only_with_the_named_options(capture, enforcer, test_cgroup
 def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgroup, tmp_path):
     from agent.exe_hash import sha256_file  # noqa: PLC0415
 
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     renamed = fake_binary(tmp_path, "innocent-helper")       # a copy of sleep under a harmless name
     digest = sha256_file(renamed)
@@ -96,7 +96,7 @@ def _connect_script(addr: str, port: int, family: str = "AF_INET", kind: str = "
 
 
 def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_cgroup):
-    job = str(7000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}/step_0")
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
@@ -122,7 +122,7 @@ def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_
 
 
 def test_egress_allowlist_in_scope_only(capture, enforcer, test_cgroup):
-    job = str(1000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
@@ -153,7 +153,7 @@ HTTP = "GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pip/24.0\r\n\r\n
 
 @pytest.mark.parametrize("drop", [True, False], ids=["enforce", "monitor"])
 def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
-    job = str(6000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     enforcer.apply(ppb.Policy(version=3, payload=[ppb.PayloadWatch(rule_id="t-stratum", scope=job_scope(job),
                                                                    stratum=True, drop=drop)]), persist=False)
@@ -179,7 +179,7 @@ def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
 
 
 def test_new_job_cgroup_is_covered_as_it_appears(capture, enforcer, test_cgroup, tmp_path):
-    job = str(5000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     miner = fake_binary(tmp_path, "gg-lateminer")
     enforcer.apply(ppb.Policy(version=4, kill=[ppb.KillBinary(rule_id="t-late", comm="gg-lateminer",
                                                               scope=ppb.Scope(job_kinds=["slurm"]))],
@@ -194,7 +194,7 @@ def test_new_job_cgroup_is_covered_as_it_appears(capture, enforcer, test_cgroup,
 
 
 def test_close_detaches_and_connects_work_again(capture, tmp_path, test_cgroup):
-    job = str(4000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     enf = Enforcer(capture, tmp_path / "state")
     enf.apply(ppb.Policy(version=5, deny=[ppb.DenyDestination(rule_id="t-det", cidr="127.0.0.3/32", port=0,
@@ -221,7 +221,7 @@ os._exit(0)   # die like a killed agent: no detach, programs stay attached
 
 
 def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp_path, test_cgroup):
-    job = str(3000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     state = tmp_path / "state"
     policy = ppb.Policy(version=7, deny=[ppb.DenyDestination(rule_id="t-keep", cidr="127.0.0.4/32",
@@ -252,7 +252,7 @@ def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp
 def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, test_cgroup):
     from agent.pinned_exec import PIN_PREFIX, pin_dir_for  # noqa: PLC0415
 
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     state = tmp_path / "state"
     miner = fake_binary(tmp_path, "gg-deadminer", "/bin/true")
@@ -332,7 +332,7 @@ def test_a_burst_of_new_job_cgroups_costs_the_ring_buffer_nothing(capture, enfor
 def test_shells_cannot_connect_in_scope_whatever_their_name(capture, enforcer, test_cgroup, tmp_path):
     """bash's /dev/tcp fails at the syscall in the job; python in the same job still connects; a hard link
     to bash under an innocent name is the same executable and is denied too; outside the job bash connects."""
-    job = str(5000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     alias = tmp_path / "innocent"
     try:
@@ -370,7 +370,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 def test_shell_on_a_socket_is_killed_at_exec(capture, enforcer, test_cgroup):
     """A reverse shell however it was set up (here python dup2's a socket onto 0-2, then execs sh): killed before
     its first instruction. The same shell with ordinary stdio runs; python on the socket is not a shell."""
-    job = str(3000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     enforcer.apply(ppb.Policy(version=7, kill=[ppb.KillBinary(rule_id="t-revsh", comm="sh", stdio_socket=True,
                                                               scope=job_scope(job))]), persist=False)

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from lab import popen_in_cgroup
-from tests.conftest import PYTHON, wait_for
+from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -29,7 +29,7 @@ print(n)
 
 
 def test_a_connect_flood_is_folded_and_does_not_hide_another_jobs_exec(capture, test_cgroup):
-    job = str(20000 + uuid.uuid4().int % 9999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     lost_before = capture.kernel_lost().get("exec", 0)
     flood = popen_in_cgroup(cg, [PYTHON, "-c", FLOOD, "2.5"], stdout=subprocess.PIPE, text=True)

@@ -15,14 +15,13 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import EXEC_TRAIT_BITS
 from lab import RESOLVE_CONNECT, FakePool, FakeResolver, popen_in_cgroup
-from tests.conftest import PYTHON, run_in_cgroup, wait_for
+from tests.conftest import PYTHON, fresh_job_id, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -30,7 +29,7 @@ JA4 = re.compile(r"^t1[23][di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
 
 
 def new_job(test_cgroup) -> tuple[str, object]:
-    job = str(10000 + uuid.uuid4().int % 80000)
+    job = fresh_job_id()
     return job, test_cgroup(f"slurm/job_{job}/step_0")
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from lab import install_miner, run_in_cgroup, wait_policy_acked
-from tests.conftest import require_bpf
+from tests.conftest import fresh_job_id, require_bpf
 from tests.services import agent, collector, free_port, issue, wait_for_text
 from tests.test_operators import metric
 
@@ -36,7 +36,7 @@ def test_metrics_move_with_the_tests_own_events(tmp_path, test_cgroup):
         reader = issue("reader", f"scraper-{host}")
         a_url, c_url = f"http://{agent_metrics}/metrics", f"http://{collector_metrics}/metrics"
         a0, c0 = scrape(a_url), scrape(c_url, reader)
-        job = str(70000 + uuid.uuid4().int % 9999)
+        job = fresh_job_id()
         cg = slurm / f"job_{job}"
         cg.mkdir()
         tag = uuid.uuid4().hex[:8]

