@@ -81,7 +81,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
-    argc, args_len, flags, _, filename, job_env, _optmask, ppid, stdio, traits, tty, args = \
+    argc, args_len, flags, args_total, filename, job_env, _optmask, ppid, stdio, traits, tty, args = \
         EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
@@ -95,6 +95,7 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         stdio=stdio_names(stdio),
         traits=trait_names(traits),
         tty=tty - 1 if tty else -1,
+        argv_bytes=args_total,
     )
 
 

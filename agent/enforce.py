@@ -48,6 +48,7 @@ from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
 from agent.worker import Worker
+from gpuguard.argv_scan import ARGV_FP_MAX, ARGV_RULES, ARGV_UNINSPECTABLE, FingerprintSet, grammar_table
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -205,7 +206,9 @@ class Enforcer:
                                   "trusted_resolvers", "allowed_names", "name_scopes", "deny_dest", "allow_dest",
                                   "allow_scopes", "payload_scopes", "exempt_scopes",
                                   "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
-                                  "fp_anchors")}
+                                  "fp_anchors", "argv_kill", "argv_fps", "argv_anchors", "argv_comms")}
+        self._argv_comms: dict[bytes, bytes] = {}
+        self.argv_literals = FingerprintSet()     # literal -> bit, stable across policies (append-only)
         self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
@@ -214,6 +217,7 @@ class Enforcer:
         self.kills = 0
         self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
         self.exec_kill = self._attach_kill_at_exec()
+        self.argv_kill = self._attach_kill_by_argv()
         self.name_key = secrets.randbits(64)      # keys the name hashes: a job cannot forge an allowed name's hash
         table = self.bpf[b"name_hash_key"]
         table[table.Key(0)] = table.Leaf(self.name_key)
@@ -232,6 +236,26 @@ class Enforcer:
         except OSError as exc:
             log.warning("kill-at-exec: no pinned link (%s); attached for this process's lifetime only", exc)
             self.bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=b"kill_at_exec")
+            return None
+
+    def _attach_kill_by_argv(self):
+        """The whole-argv scan: two tail-called programs in a prog array (pinned with the link, so a dead agent's
+        node keeps scanning), the grammar table, and kill_by_argv on sched_process_exec."""
+        import ctypes as ct  # noqa: PLC0415
+
+        bpf_type = type(self.bpf)
+        progs = self.bpf[b"argv_scan_next"]
+        for slot, name in ((0, b"argv_scan_piece"), (1, b"argv_check_piece")):
+            progs[ct.c_int(slot)] = ct.c_int(self.bpf.load_func(name, bpf_type.TRACEPOINT).fd)
+        table = self.bpf[b"argv_table"]
+        table[table.Key(0)] = table.Leaf.from_buffer_copy(grammar_table())
+        fn = self.bpf.load_func(b"kill_by_argv", bpf_type.TRACEPOINT)
+        try:
+            return PinnedExecKill(fn.fd, pin_dir_for(self.state_dir), prefix="kill_argv-",
+                                  maps={"argv_progs-": progs.map_fd})
+        except OSError as exc:
+            log.warning("kill-by-argv: no pinned link (%s); attached for this process's lifetime only", exc)
+            self.bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=b"kill_by_argv")
             return None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -286,8 +310,9 @@ class Enforcer:
                     self._detach(cgroup, attach_type, fn, cfd)
                 self.attached.clear()
                 self.ledger.save([])
-            if self.exec_kill is not None:
-                self.exec_kill.close(unpin=detach)
+            for pinned in (self.exec_kill, self.argv_kill):
+                if pinned is not None:
+                    pinned.close(unpin=detach)
 
     # -- policy ---------------------------------------------------------------------
     def rule_name(self, index: int) -> str:
@@ -376,6 +401,7 @@ class Enforcer:
                     for dev, ino in exes:
                         no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
+            argv_rules = self._argv_rules(policy.argv_kill, rules, paths, roots)
             fingerprints = self._fingerprint_slots(policy.payload)
             payload_scopes, fp_comms, fp_exes = {}, {}, {}
             for pw in policy.payload:
@@ -417,6 +443,11 @@ class Enforcer:
             self._sync_map("allowed_names", allowed_names)
             self._sync_map("name_scopes", name_scopes)
             self._sync_map("allow_scopes", allow_scopes)
+            self._write_argv_literals()             # literals and names before the entries that use them
+            self._sync_map("argv_comms", self._argv_comms)
+            self._sync_map("argv_kill", argv_rules)
+            argv_on = self.bpf[b"argv_config"]
+            argv_on[argv_on.Key(0)] = argv_on.Leaf(int(bool(argv_rules)))
             self._write_fingerprints(fingerprints)
             self._sync_map("fp_exempt_comms", fp_comms)     # exemptions before the scopes that use them
             self._sync_map("fp_exempt_exes", fp_exes)
@@ -429,10 +460,55 @@ class Enforcer:
                 tmp = self.state_dir / "policy.pb.tmp"
                 tmp.write_bytes(policy.SerializeToString())
                 os.replace(tmp, self.state_dir / "policy.pb")
-            log.info("policy %d applied: %d kill-at-exec entries (%d by trait), %d deny entries, "
+            log.info("policy %d applied: %d kill-at-exec entries (%d by trait, %d scopes by argv), %d deny entries, "
                      "%d egress allowlists, %d payload fingerprints in %d scopes, %d cgroup attachments",
-                     policy.version, len(kill), len(kill_traits), len(deny), len(allow_scopes), len(fingerprints),
-                     len(payload_scopes), len(self.attached))
+                     policy.version, len(kill), len(kill_traits), len(argv_rules), len(deny), len(allow_scopes),
+                     len(fingerprints), len(payload_scopes), len(self.attached))
+
+    def _argv_rules(self, entries, rules: list[str], paths, roots) -> dict[bytes, bytes]:
+        """ArgvKill entries -> argv_kill: scope -> up to ARGV_RULES (rule, literal bits, option letters, comm)."""
+        if len({lit for e in entries for lit in e.all} | set(self.argv_literals.ids)) >= ARGV_FP_MAX:
+            self.argv_literals = FingerprintSet()      # full: start over (ids change only on this rare path)
+        per_scope: dict[int, list[bytes]] = {}
+        name_sets: dict[frozenset[str], int] = {}
+        for e in entries:
+            all_bits = ARGV_UNINSPECTABLE if e.uninspectable else 0
+            for lit in e.all:
+                all_bits |= 1 << self.argv_literals.add(lit)
+            any_bits = 0
+            for lit in e.any:
+                any_bits |= 1 << self.argv_literals.add(lit)
+            names = frozenset(n[:15] for n in e.comms)
+            sets = 1 << name_sets.setdefault(names, len(name_sets) % 64) if names else 0
+            rule = struct.pack("<IIQQQQ", self._rule_index(e.rule_id, rules), 0, all_bits, any_bits,
+                               option_mask(e.options), sets)
+            for cgid in self._scope_ids(e.scope, paths, roots):
+                per_scope.setdefault(cgid, []).append(rule)
+        comms: dict[bytes, int] = {}
+        for names, bit in name_sets.items():
+            for name in names:
+                key = name.encode()[:15].ljust(16, b"\0")
+                comms[key] = comms.get(key, 0) | 1 << bit
+        self._argv_comms = {k: struct.pack("<Q", v) for k, v in comms.items()}
+        out = {}
+        for cgid, entries_here in per_scope.items():
+            if len(entries_here) > ARGV_RULES:
+                log.error("scope %d: %d argv kill entries, the kernel holds %d; the rest are judged in user space",
+                          cgid, len(entries_here), ARGV_RULES)
+            kept = entries_here[:ARGV_RULES]
+            out[struct.pack("<Q", cgid)] = struct.pack("<II", len(kept), 0) + b"".join(kept) + \
+                bytes(40 * (ARGV_RULES - len(kept)))
+        return out
+
+    def _write_argv_literals(self) -> None:
+        """Literal slots and anchors (add before use), then the prefilter bitmap."""
+        fps = {struct.pack("<I", i): self.argv_literals.fp_struct(lit) for lit, i in self.argv_literals.ids.items()}
+        self._sync_map("argv_fps", fps)
+        anchors = {struct.pack("<I", window): struct.pack("<I4B", len(ids), *(ids + [0] * (4 - len(ids))))
+                   for window, ids in self.argv_literals.anchors().items()}
+        self._sync_map("argv_anchors", anchors)
+        bits = self.bpf[b"argv_anchor_bits"]
+        bits[bits.Key(0)] = bits.Leaf.from_buffer_copy(self.argv_literals.bitmap())
 
     def _fingerprint_slots(self, watches) -> dict[bytes, int]:
         """A slot per distinct fingerprint, stable across policies (an event in flight keeps its meaning)."""

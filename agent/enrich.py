@@ -183,6 +183,7 @@ class Enricher:
             out = self._event(hdr, p, job, exec_=True)
             out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
             out.exec.argv.extend(ev.argv)
+            out.exec.argv_bytes = ev.argv_bytes
             out.exec.stdio.extend(ev.stdio or ())
             out.exec.traits.extend(ev.traits or ())
             if ev.tty >= 0:

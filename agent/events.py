@@ -29,6 +29,7 @@ class ExecEvent:
     stdio: list[str] | None = None   # what fds 0-2 are at exec: socket | fifo | other
     traits: list[str] | None = None  # what the image is (ExecTrait names): image_nolink, via_loader, ...
     tty: int = -1                    # the pts number of the first pty slave on fds 0-2 (-1: none)
+    argv_bytes: int = 0              # the whole argv's size in memory (NUL-separated), however much was read
 
 
 @dataclass(slots=True)

@@ -78,9 +78,14 @@ def tracepoint_perf_fd(category: str, name: str) -> int:
 class PinnedExecKill:
     """The kill-at-exec program's lifetime, decoupled from the agent's."""
 
-    def __init__(self, prog_fd: int, pin_dir: Path) -> None:
+    def __init__(self, prog_fd: int, pin_dir: Path, prefix: str = PIN_PREFIX,
+                 maps: dict[str, int] | None = None) -> None:
+        """maps: name prefix -> fd of a map pinned next to the link (a prog array: its entries are cleared when
+        its last user reference goes, so a pin keeps a dead agent's tail calls working)."""
         self.pin_dir = pin_dir
-        self.pin_path = pin_dir / f"{PIN_PREFIX}{os.getpid()}"
+        self.prefix = prefix
+        self.pin_path = pin_dir / f"{prefix}{os.getpid()}"
+        self.map_pins = {pin_dir / f"{name}{os.getpid()}": fd for name, fd in (maps or {}).items()}
         self.link_fd = -1
         ensure_bpffs()
         pin_dir.mkdir(parents=True, exist_ok=True)
@@ -90,26 +95,30 @@ class PinnedExecKill:
             link = lib.bpf_link_create(prog_fd, perf_fd, BPF_PERF_EVENT, None)
             if link < 0:
                 err = ctypes.get_errno()
-                raise OSError(err, f"bpf_link_create(kill_at_exec): {os.strerror(err)}")
+                raise OSError(err, f"bpf_link_create({prefix.rstrip('-')}): {os.strerror(err)}")
         finally:
             os.close(perf_fd)                           # the link keeps the perf event alive
         self.link_fd = link
-        if self.pin_path.exists():
-            self.pin_path.unlink()
-        if lib.bpf_obj_pin(self.link_fd, str(self.pin_path).encode()) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"pinning {self.pin_path}: {os.strerror(err)}")
+        for path, fd in [*self.map_pins.items(), (self.pin_path, self.link_fd)]:   # the maps before the link
+            if path.exists():
+                path.unlink()
+            if lib.bpf_obj_pin(fd, str(path).encode()) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"pinning {path}: {os.strerror(err)}")
         self.adopted = self._drop_previous()
 
     def _drop_previous(self) -> list[str]:
         """Unpin what earlier agents of this installation left: ours is attached, so no window."""
         dropped = []
-        for pin in self.pin_dir.glob(f"{PIN_PREFIX}*"):
-            if pin != self.pin_path:
-                pin.unlink()
-                dropped.append(pin.name)
+        ours = {self.pin_path, *self.map_pins}
+        for prefix in (self.prefix, *(p.name.removesuffix(str(os.getpid())) for p in self.map_pins)):
+            for pin in self.pin_dir.glob(f"{prefix}*"):
+                if pin not in ours and pin.name.removeprefix(prefix).isdigit():
+                    pin.unlink()
+                    dropped.append(pin.name)
         if dropped:
-            log.info("kill-at-exec: took over from the link(s) a previous agent left pinned: %s", ", ".join(dropped))
+            log.info("%s: took over from the link(s) a previous agent left pinned: %s", self.prefix.rstrip("-"),
+                     ", ".join(dropped))
         return dropped
 
     @property
@@ -118,8 +127,10 @@ class PinnedExecKill:
 
     def close(self, unpin: bool = True) -> None:
         """A clean stop unpins (the program detaches); unpin=False leaves it enforcing on purpose."""
-        if unpin and self.pin_path.exists():
-            self.pin_path.unlink()
+        if unpin:
+            for path in (self.pin_path, *self.map_pins):
+                if path.exists():
+                    path.unlink()
             try:
                 self.pin_dir.rmdir()                    # only when no other pin is left in it
             except OSError:

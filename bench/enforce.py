@@ -370,6 +370,38 @@ def bench_names(cap: Capture, enf: Enforcer, cg: Path, n: int = 300) -> None:
         job_cg.parent.rmdir()
 
 
+def bench_argv_scan(cap: Capture, enf: Enforcer) -> None:
+    """The whole-argv scan (enforce_argv.c) with the built-in argv rules in force for a bench job: its cost per
+    exec (the entry program's run time covers its tail calls) for a short argv and for 60 KiB."""
+    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415
+    from collector.rules.lowering import compile_policy  # noqa: PLC0415
+
+    base = ensure_cgroup2_mount() / f"gpuguard-bench-{uuid.uuid4().hex[:6]}"
+    cg = base / "slurm" / "job_779"
+    cg.mkdir(parents=True)
+    try:
+        entries = list(compile_policy(load_ruleset(rule_texts()), 1).argv_kill)
+        for e in entries:
+            e.scope.CopyFrom(ppb.Scope(job_ids=["779"]))
+        enf.apply(ppb.Policy(version=3, argv_kill=entries), persist=False)
+        fd = cap.probes.bpf.funcs[b"kill_by_argv"].fd
+        for label, argv in (("a 3-argument exec", ["/bin/true", "--lr", "1e-3"]),
+                            ("an exec with 60 KiB of arguments", ["/bin/true", *["y" * 6000] * 10])):
+            before = prog_stats(fd)
+            times = []
+            for _ in range(200 if len(argv) < 5 else 50):
+                t = time.perf_counter()
+                popen_in_cgroup(cg, argv).wait()
+                times.append((time.perf_counter() - t) * 1000)
+            after = prog_stats(fd)
+            print(f"whole-argv scan ({len(entries)} built-in entries, kill_by_argv + its tail calls), {label}: "
+                  f"{(after[0] - before[0]) / max(after[1] - before[1], 1) / 1000:.1f} us per exec "
+                  f"(n={after[1] - before[1]}); exec+wait {summary(times, 'ms')}")
+    finally:
+        enf.apply(ppb.Policy(version=4), persist=False)
+        remove_cgroup_tree(base)
+
+
 def bench_flow_observers(tmp: Path) -> None:
     """The root cgroup_skb observers (flow.c) run on every packet of the host: their ns per packet on bulk
     traffic and on flows that open with a ClientHello; kill-at-exec with exec traits on; load time."""
@@ -412,6 +444,7 @@ def bench_flow_observers(tmp: Path) -> None:
                   f"{(after[0] - before[0]) / max(after[1] - before[1], 1) / 1000:.1f} us per exec "
                   f"(n={after[1] - before[1]}); exec+wait {summary(spawn, 'ms')}")
             bench_names(cap, enf, cg)
+            bench_argv_scan(cap, enf)
         print(f"capture probes compiled, verified and attached in {load_s:.2f} s (incl. the BTF offset self-check)")
     finally:
         enf.apply(ppb.Policy(version=0), persist=False)

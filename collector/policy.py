@@ -36,6 +36,7 @@ from collector.rules.lowering import (  # noqa: F401 - the lowering's API, long 
     denies_socket,
     is_allowlist,
     kernel_enforceable,
+    kills_by_argv,
     kills_by_trait,
     payload_watch,
 )
@@ -247,6 +248,12 @@ class Detection:
             state, outcome = ppb.ALERT_ALERTED, "alerted"
         elif ev.WhichOneof("body") == "enforcement" and ev.enforcement.action not in SEEN_ACTIONS:
             state, outcome = ppb.ALERT_CONFIRMED, ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
+        elif kills_by_argv(rule):
+            # the kernel's whole-argv scan kills at exec; an agent without it (older, or a scope over its entry
+            # limit) does not: the order is the backstop, and a no-op for a process already dead
+            state = ppb.ALERT_KILL_ORDERED
+            outcome = "killed at exec in the kernel by the whole-argv scan; kill also ordered from the agent"
+            self.orders.order(host, ev, rule.id, tree=False)
         elif kernel_enforceable(rule) and "stdio_pty_network" in rule.match:
             # the kernel judges the shell's parent only; the agent found the holder among all its ancestors
             state = ppb.ALERT_KILL_ORDERED

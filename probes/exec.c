@@ -82,6 +82,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->flags = 0;
     e->job_env[0] = 0;
     e->optmask = 0;
+    e->args_total = 0;
     TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
     void *task = (void *)bpf_get_current_task();
     e->ppid = real_parent_tgid(task);
@@ -89,7 +90,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->stdio = stdio_kinds_tty(&e->tty);
     u64 mm = kread_u64(task, OFF_TASK_MM);
     if (mm) {
-        read_argv(e, kread_u64((void *)mm, OFF_MM_ARG_START), kread_u64((void *)mm, OFF_MM_ARG_END));
+        u64 start = kread_u64((void *)mm, OFF_MM_ARG_START), end = kread_u64((void *)mm, OFF_MM_ARG_END);
+        e->args_total = end > start ? (u32)(end - start) : 0;
+        read_argv(e, start, end);
     }
     e->traits = exec_traits(e->job_env);
     emit(e, sizeof(*e), EV_EXEC);

@@ -62,7 +62,7 @@ struct exec_event {
     u32 argc;
     u32 args_len;
     u32 flags;
-    u32 _pad;
+    u32 args_total;                /* mm->arg_end - arg_start: the whole argv's size, however much was read */
     char filename[FILENAME_LEN];
     char job_env[JOB_ENV_LEN];     /* value of SLURM_JOB_ID from the environment */
     u64 optmask;                   /* short option letters in argv (a-z: bits 0-25, A-Z: 26-51) */

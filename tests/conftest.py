@@ -55,7 +55,7 @@ def unpin_dead_agents_kill_links():
     """Tests SIGKILL agents on purpose; their kill-at-exec links stay pinned (by design). At the end of the
     session, unpin those whose agent process is gone, so no test program outlives the suite."""
     yield
-    for pin in Path("/sys/fs/bpf/gpuguard").glob("*/kill_exec-*"):
+    for pin in Path("/sys/fs/bpf/gpuguard").glob("*/*-*"):
         pid = int(pin.name.rsplit("-", 1)[1])
         if not Path(f"/proc/{pid}").exists():
             pin.unlink(missing_ok=True)

@@ -50,3 +50,95 @@ def test_the_kernel_steps_over_a_long_argument(capture):
     hits = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"][-1:] == [URL]
                     and r["exec"]["filename"] == "/bin/true")
     assert hits and hits[0]["exec"]["argv"][1] == "x" * 255 and hits[0]["exec"]["argv_truncated"]
+
+
+# ---- kill at exec by the whole argv, in the kernel (probes/enforce_argv.c) ---------------------------------------
+WHOLE_ARGV_RULES = ("miner-stratum-url", "ssh-reverse-tunnel", "reverse-shell-oneliner", "argv-uninspectable")
+# (label, argv tail placed after the padding, rule that kills it)
+ATTACKS = {
+    "stratum URL": ([PYTHON, "-c", "import sys"], ["-o", URL], "miner-stratum-url"),
+    "ssh -R": (["/usr/bin/ssh", "-o", "BatchMode=yes"], ["-R", "9000:localhost:22", "127.0.0.1"], "ssh-reverse-tunnel"),
+    "reverse-shell one-liner": ([PYTHON, "-c", "import sys"],
+                                ["import socket,os;s=socket.socket();os.dup2(s.fileno(),0)"], "reverse-shell-oneliner"),
+}
+
+
+def apply_whole_argv_rules(enforcer, job: str, version: int = 31) -> None:
+    """The built-in rules' whole-argv entries, scoped to the test's job only."""
+    from collector.rules.lowering import compile_policy  # noqa: PLC0415
+    from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+
+    built = compile_policy(load_ruleset(rule_texts()), version)
+    entries = [e for e in built.argv_kill if e.rule_id in WHOLE_ARGV_RULES]
+    assert {e.rule_id for e in entries} == {"miner-stratum-url", "ssh-reverse-tunnel", "reverse-shell-oneliner"}
+    for e in entries:
+        e.scope.CopyFrom(ppb.Scope(job_ids=[job]))
+    enforcer.apply(ppb.Policy(version=version, argv_kill=entries), persist=False)
+
+
+def kills(capture, job: str, rule: str, pid: int) -> list[dict]:
+    return wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == rule
+                    and r["job"]["id"] == job and r["proc"]["pid"] == pid)
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("label", list(PADDINGS))
+def test_whole_argv_kills_at_exec_behind_padding(capture, enforcer, test_cgroup, attack, label):
+    from lab import popen_in_cgroup  # noqa: PLC0415
+    from tests.conftest import fresh_job_id  # noqa: PLC0415
+
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    apply_whole_argv_rules(enforcer, job)
+    head, tail, rule = ATTACKS[attack]
+    quiet = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", *PADDINGS[label], "plain", "arguments"])
+    assert quiet.wait(20) == 0                          # the same padding without the tail runs
+    proc = popen_in_cgroup(cg, [*head, *PADDINGS[label], *tail], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    assert proc.wait(20) == -9, f"{attack} {label}: not killed at exec"
+    hits = kills(capture, job, rule, proc.pid)
+    assert hits and hits[0]["enforcement"]["action"] == "kill_exec", (attack, label)
+
+
+def test_whole_argv_kill_outlives_the_agent(capture, enforcer, test_cgroup):
+    """The scan's link and prog array are pinned: with the enforcer gone (maps left as they were), a stratum URL
+    behind 60 KiB of padding is still killed at exec."""
+    from lab import popen_in_cgroup  # noqa: PLC0415
+    from tests.conftest import fresh_job_id  # noqa: PLC0415
+
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    apply_whole_argv_rules(enforcer, job)
+    pins = sorted(p.name.split("-")[0] for p in enforcer.argv_kill.pin_dir.iterdir()
+                  if p.name.startswith(("kill_argv-", "argv_progs-")))
+    assert pins == ["argv_progs", "kill_argv"]
+    argv_kill, enforcer.argv_kill = enforcer.argv_kill, None
+    argv_kill.close(unpin=False)                         # the agent's fds are gone; only the pins hold it
+    try:
+        proc = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", *PADDINGS["after 60 KiB of arguments"], "-o", URL])
+        assert proc.wait(20) == -9
+    finally:
+        for path in (argv_kill.pin_path, *argv_kill.map_pins):
+            path.unlink(missing_ok=True)
+    proc = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", "-o", URL])
+    assert proc.wait(20) == 0                            # unpinned: detached
+
+
+def test_anchor_stuffing_is_reported_not_a_way_past(capture, enforcer, test_cgroup):
+    """More anchor hits in one 4 KiB piece than the kernel verifies: the exec is uninspectable, and a rule on
+    that (here: kill) acts, so stuffing is no way past the scan."""
+    from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+    from lab import popen_in_cgroup  # noqa: PLC0415
+    from tests.conftest import fresh_job_id  # noqa: PLC0415
+
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    scope = ppb.Scope(job_ids=[job])
+    enforcer.apply(ppb.Policy(version=32, argv_kill=[
+        ppb.ArgvKill(rule_id="stratum", scope=scope, any=["stratum+"]),
+        ppb.ArgvKill(rule_id="uninspectable", scope=scope, uninspectable=True)]), persist=False)
+    stuffed = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", "tum+" * 100])
+    assert stuffed.wait(20) == -9
+    assert kills(capture, job, "uninspectable", stuffed.pid)
+    fine = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", "tum+" * 8])   # a few hits: verified, not stratum
+    assert fine.wait(20) == 0

@@ -13,10 +13,11 @@ from gpuguard.v1 import events_pb2 as pb
 
 GOOD = {keys._true: True, keys._regex: "x+", keys._letters: "RDw", keys._payload: {"text": "SSH-", "offset": 0},
         keys._strings: ["x"], keys._ports: [3333], keys._cidrs: ["10.0.0.0/8"], keys._hosts: ["pool.example"],
-        keys._zones: ["nanopool.org"], keys._traits: ["image_nolink"], keys._qtypes: [None, "txt"]}
+        keys._zones: ["nanopool.org"], keys._traits: ["image_nolink"], keys._qtypes: [None, "txt"],
+        keys._argv_literals: ["stratum+", ["socket", "os.dup2"]]}
 BAD = {keys._true: "yes", keys._regex: "(", keys._letters: "-R", keys._payload: {"text": "x", "offset": 9999},
        keys._strings: [], keys._ports: [70000], keys._cidrs: ["10.0.0.0/33"], keys._hosts: ["*.pool"],
-       keys._zones: ["a b"], keys._traits: ["teleport"], keys._qtypes: "A"}
+       keys._zones: ["a b"], keys._traits: ["teleport"], keys._qtypes: "A", keys._argv_literals: ["abc"]}
 
 
 class _Rule:
@@ -56,6 +57,6 @@ def test_a_bad_value_names_the_file_line_and_field():
 
 def test_the_kernel_lowering_reads_the_registry():
     assert KERNEL_EXEC_KEYS == {"exe_name_in", "argv_short_option_in", "stdio_socket", "stdio_network",
-                                "stdio_pty_network"}
+                                "stdio_pty_network", "argv_has", "argv_uninspectable"}
     assert KERNEL_PAYLOAD_KEYS == set(keys.FINGERPRINT_KEYS) == {"payload", "stratum"}
     assert KERNEL_CONNECT_KEYS == {"dport_in", "daddr_cidr_in", "proto_in"}

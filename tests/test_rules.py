@@ -141,10 +141,17 @@ def test_gpu_new_binary_and_pool_port_correlate(builtin):
 
 def test_policy_compiles_kernel_enforceable_rules(builtin):
     policy = compile_policy(builtin, 7)
-    ssh = [k for k in policy.kill if k.rule_id == "ssh-reverse-tunnel"]
-    assert {k.comm for k in ssh} == {"ssh", "autossh"} and all(k.options == "RDw" for k in ssh)
+    ssh = [k for k in policy.argv_kill if k.rule_id == "ssh-reverse-tunnel"]   # option letters: whole-argv scan
+    assert [(sorted(k.comms), k.options) for k in ssh] == [(["autossh", "ssh"], "RDw")]
     assert any(k.comm == "xmrig" and k.options == "" for k in policy.kill)
-    assert not any(k.rule_id == "miner-stratum-url" for k in policy.kill)    # argv regex: userspace kill
+    stratum_url = [k for k in policy.argv_kill if k.rule_id == "miner-stratum-url"]
+    assert [(list(k.all), sorted(k.any), list(k.comms)) for k in stratum_url] == \
+        [([], ["stratum+", "stratum1+", "stratum2+"], [])]                   # any program, any of the literals
+    oneliner = [(list(k.all), list(k.any)) for k in policy.argv_kill if k.rule_id == "reverse-shell-oneliner"]
+    assert ([], ["fsockopen(", "-rsocket", "tcpsocket.new", "tcpsocket.open"]) in oneliner
+    assert (["socket", "os.dup2"], []) in oneliner                          # a conjunction is its own entry
+    assert not any(k.rule_id == "miner-argv-shape" for k in policy.argv_kill)  # argv regex: user space
+    assert not any(k.rule_id == "argv-uninspectable" for k in policy.argv_kill)  # alert only
     stratum = [(s.rule_id, s.drop) for s in policy.payload if s.stratum]
     assert stratum == [("stratum-handshake", True)]
     assert list(policy.payload[0].scope.job_kinds) == ["slurm", "k8s", "container"]

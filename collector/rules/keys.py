@@ -25,6 +25,7 @@ from collector.rules.context import (
 )
 from collector.rules.payload import parse_spec, socks_target
 from collector.rules.regex import RegexError, compile_regex, search
+from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, argv_scan_text, literal_bytes
 from gpuguard.render import printable
 from gpuguard.vocab import EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
@@ -186,6 +187,44 @@ def _argv_regex(value, _rule, _res):
         m = search(rx, v.argv_text)
         return m.group(0).strip() or m.group(0) if m else None
     return argv_regex
+
+
+def _argv_literals(v) -> list[list[str]]:
+    """argv_has: alternatives, each a literal or a list of literals that must all occur (4..32 bytes each)."""
+    out = []
+    for alt in _nonempty(v):
+        lits = [str(x) for x in (alt if isinstance(alt, list) else [alt])]
+        for lit in lits:
+            if not ARGV_FP_MIN <= len(literal_bytes(lit)) <= ARGV_FP_LEN:
+                raise KeyValueError(f"argv literal {lit!r}: {ARGV_FP_MIN}..{ARGV_FP_LEN} bytes (the kernel's bound)")
+        if not lits:
+            raise KeyValueError("an empty alternative")
+        out.append(lits)
+    return out
+
+
+@key("argv_has", ("exec",), _argv_literals, kernel=("exec",))
+def _argv_has(value, _rule, _res):
+    """Literals in the whole argv, case-insensitive, arguments read as space-separated: what the kernel's argv
+    scan sees (gpuguard/argv_scan.py), so the rule judges alike in the kernel and here."""
+    alternatives = [[literal_bytes(lit).decode("utf-8", "replace") for lit in alt] for alt in value]
+
+    def argv_has(v, _c):
+        text = argv_scan_text(v.argv)
+        for alt in alternatives:
+            if all(lit in text for lit in alt):
+                return " + ".join(alt)
+        return None
+    return argv_has
+
+
+@key("argv_uninspectable", ("exec",), _true, kernel=("exec",))
+def _argv_uninspectable(_value, _rule, _res):
+    """An argv longer than the kernel's scan inspects (ARGV_SCAN_MAX): said, and a rule can act on it."""
+    def uninspectable(v, _c):
+        size = v.ev.exec.argv_bytes or len(argv_scan_text(v.argv).encode())
+        return f"argv of {size} bytes" if size > ARGV_SCAN_MAX else None
+    return uninspectable
 
 
 @key("argv_short_option_in", ("exec",), _letters, kernel=("exec",))

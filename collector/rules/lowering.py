@@ -1,6 +1,6 @@
 """Rules -> what the kernel enforces (a gpuguard.v1.Policy): which rules the kernel programs can take
-(``kernel_enforceable``) and their translation into kill-at-exec entries, connect deny/allow lists, payload
-fingerprints, trait kills and socket denies (``compile_policy``). Pure: no store, no agents."""
+(``kernel_enforceable``) and their translation into kill-at-exec entries (by name, by trait, by whole argv),
+connect deny/allow lists, payload fingerprints and socket denies (``compile_policy``). Pure: no store, no agents."""
 
 from __future__ import annotations
 
@@ -26,6 +26,26 @@ def kills_by_trait(rule: Rule) -> bool:
     return rule.event == "exec" and set(rule.match) == {"exec_trait_in"} and set(rule.unless) <= {"exe_name_in"}
 
 
+ARGV_KEYS = frozenset({"argv_has", "argv_short_option_in", "argv_uninspectable"})
+
+
+def kills_by_argv(rule: Rule) -> bool:
+    """An exec rule judging the argv (literals, option letters, "uninspectable"), optionally of named programs:
+    killed at exec by the kernel's whole-argv scan (probes/enforce_argv.c), however long or many the arguments."""
+    keys = set(rule.match)
+    return rule.event == "exec" and bool(keys & ARGV_KEYS) and keys <= ARGV_KEYS | {"exe_name_in"} \
+        and not rule.unless
+
+
+def argv_entries(alternatives: list[list[str]]) -> list[tuple[list[str], list[str]]]:
+    """argv_has alternatives -> kernel entries (all, any): the single literals share one entry (any of them),
+    each conjunction is its own (all of them); no alternatives: one entry on the other keys alone."""
+    singles = [alt[0] for alt in alternatives if len(alt) == 1]
+    entries = [([], singles)] if singles else []
+    entries += [(alt, []) for alt in alternatives if len(alt) > 1]
+    return entries or [([], [])]
+
+
 def denies_socket(rule: Rule) -> bool:
     """A socket rule naming only kinds (raw-ip, icmp): refused at socket() in the kernel."""
     return rule.event == "socket" and set(rule.match) == {"socket_kind_in"} and not rule.unless
@@ -40,7 +60,7 @@ def is_allowlist(rule: Rule) -> bool:
 
 def kernel_enforceable(rule: Rule) -> bool:
     keys = set(rule.match)
-    if kills_by_trait(rule) or denies_socket(rule):
+    if kills_by_trait(rule) or denies_socket(rule) or kills_by_argv(rule):
         return True
     if rule.event == "exec":
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
@@ -97,6 +117,12 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
                 bits |= EXEC_TRAIT_BITS[trait]
             policy.kill_traits.add(rule_id=rule.id, scope=enforce, traits=bits,
                                    exempt=[str(n)[:15] for n in rule.unless.get("exe_name_in", [])])
+        elif kills_by_argv(rule):
+            for all_of, any_of in argv_entries(rule.match.get("argv_has", [])):
+                policy.argv_kill.add(rule_id=rule.id, scope=enforce, all=all_of, any=any_of,
+                                     comms=[str(n)[:15] for n in rule.match.get("exe_name_in", [])],
+                                     options=rule.match.get("argv_short_option_in", ""),
+                                     uninspectable=bool(rule.match.get("argv_uninspectable")))
         elif rule.event == "exec":
             for name in rule.match["exe_name_in"]:
                 network = bool(rule.match.get("stdio_network"))

@@ -167,7 +167,7 @@ class Process(_message.Message):
     def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards", "traits", "pty_peer")
+    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards", "traits", "argv_bytes", "pty_peer")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class Exec(_message.Message):
     STDIO_FIELD_NUMBER: _ClassVar[int]
     SSH_FORWARDS_FIELD_NUMBER: _ClassVar[int]
     TRAITS_FIELD_NUMBER: _ClassVar[int]
+    ARGV_BYTES_FIELD_NUMBER: _ClassVar[int]
     PTY_PEER_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -183,8 +184,9 @@ class Exec(_message.Message):
     stdio: _containers.RepeatedScalarFieldContainer[str]
     ssh_forwards: _containers.RepeatedScalarFieldContainer[str]
     traits: _containers.RepeatedScalarFieldContainer[str]
+    argv_bytes: int
     pty_peer: str
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., pty_peer: _Optional[str] = ...) -> None: ...
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., argv_bytes: _Optional[int] = ..., pty_peer: _Optional[str] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope", "repeats")

@@ -86,7 +86,7 @@ class EgressAllowlist(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., resolvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets")
+    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets", "argv_kill")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Policy(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     KILL_TRAITS_FIELD_NUMBER: _ClassVar[int]
     DENY_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    ARGV_KILL_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
@@ -105,7 +106,26 @@ class Policy(_message.Message):
     payload: _containers.RepeatedCompositeFieldContainer[PayloadWatch]
     kill_traits: _containers.RepeatedCompositeFieldContainer[KillTrait]
     deny_sockets: _containers.RepeatedCompositeFieldContainer[SocketDeny]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ..., kill_traits: _Optional[_Iterable[_Union[KillTrait, _Mapping]]] = ..., deny_sockets: _Optional[_Iterable[_Union[SocketDeny, _Mapping]]] = ...) -> None: ...
+    argv_kill: _containers.RepeatedCompositeFieldContainer[ArgvKill]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ..., kill_traits: _Optional[_Iterable[_Union[KillTrait, _Mapping]]] = ..., deny_sockets: _Optional[_Iterable[_Union[SocketDeny, _Mapping]]] = ..., argv_kill: _Optional[_Iterable[_Union[ArgvKill, _Mapping]]] = ...) -> None: ...
+
+class ArgvKill(_message.Message):
+    __slots__ = ("rule_id", "scope", "comms", "options", "all", "uninspectable", "any")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    COMMS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    UNINSPECTABLE_FIELD_NUMBER: _ClassVar[int]
+    ANY_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    comms: _containers.RepeatedScalarFieldContainer[str]
+    options: str
+    all: _containers.RepeatedScalarFieldContainer[str]
+    uninspectable: bool
+    any: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., comms: _Optional[_Iterable[str]] = ..., options: _Optional[str] = ..., all: _Optional[_Iterable[str]] = ..., uninspectable: _Optional[bool] = ..., any: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SocketDeny(_message.Message):
     __slots__ = ("rule_id", "scope", "kinds")
