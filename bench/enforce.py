@@ -396,7 +396,8 @@ def bench_argv_scan(cap: Capture, enf: Enforcer) -> None:
             after = prog_stats(fd)
             print(f"whole-argv scan ({len(entries)} built-in entries, kill_by_argv + its tail calls), {label}: "
                   f"{(after[0] - before[0]) / max(after[1] - before[1], 1) / 1000:.1f} us per exec "
-                  f"(n={after[1] - before[1]}); exec+wait {summary(times, 'ms')}")
+                  f"(n={after[1] - before[1]}: each run is the launcher's exec outside the scope plus the scoped "
+                  f"exec); exec+wait {summary(times, 'ms')}")
     finally:
         enf.apply(ppb.Policy(version=4), persist=False)
         remove_cgroup_tree(base)
