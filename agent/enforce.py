@@ -48,7 +48,14 @@ from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
 from agent.worker import Worker
-from gpuguard.argv_scan import ARGV_FP_MAX, ARGV_RULES, ARGV_UNINSPECTABLE, FingerprintSet, grammar_table
+from gpuguard.argv_scan import (
+    ARGV_FP_MAX,
+    ARGV_RULES,
+    ARGV_UNINSPECTABLE,
+    FingerprintSet,
+    grammar_table,
+    literal_bytes,
+)
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
@@ -65,6 +72,7 @@ TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bi
 # mirror of probes/enforce_payload.c
 FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
 FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min, offset_max, min_len, flags
+ARGV_RULE = struct.Struct("<IIQQQQ")   # struct argv_rule (probes/enforce_argv.c): rule, pad, all, any, opts, comms
 PROGRAM_NAMES = {INET_EGRESS: "payload_egress", INET4_CONNECT: "deny_connect4",
                  INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
 V4_MAPPED = bytes(10) + b"\xff\xff"
@@ -207,7 +215,6 @@ class Enforcer:
                                   "allow_scopes", "payload_scopes", "exempt_scopes",
                                   "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
                                   "fp_anchors", "argv_kill", "argv_fps", "argv_anchors", "argv_comms")}
-        self._argv_comms: dict[bytes, bytes] = {}
         self.argv_literals = FingerprintSet()     # literal -> bit, stable across policies (append-only)
         self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
@@ -401,7 +408,7 @@ class Enforcer:
                     for dev, ino in exes:
                         no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            argv_rules = self._argv_rules(policy.argv_kill, rules, paths, roots)
+            argv_rules, argv_comms = self._argv_rules(policy.argv_kill, rules, paths, roots)
             fingerprints = self._fingerprint_slots(policy.payload)
             payload_scopes, fp_comms, fp_exes = {}, {}, {}
             for pw in policy.payload:
@@ -444,7 +451,7 @@ class Enforcer:
             self._sync_map("name_scopes", name_scopes)
             self._sync_map("allow_scopes", allow_scopes)
             self._write_argv_literals()             # literals and names before the entries that use them
-            self._sync_map("argv_comms", self._argv_comms)
+            self._sync_map("argv_comms", argv_comms)
             self._sync_map("argv_kill", argv_rules)
             argv_on = self.bpf[b"argv_config"]
             argv_on[argv_on.Key(0)] = argv_on.Leaf(int(bool(argv_rules)))
@@ -465,9 +472,11 @@ class Enforcer:
                      policy.version, len(kill), len(kill_traits), len(argv_rules), len(deny), len(allow_scopes),
                      len(fingerprints), len(payload_scopes), len(self.attached))
 
-    def _argv_rules(self, entries, rules: list[str], paths, roots) -> dict[bytes, bytes]:
-        """ArgvKill entries -> argv_kill: scope -> up to ARGV_RULES (rule, literal bits, option letters, comm)."""
-        if len({lit for e in entries for lit in e.all} | set(self.argv_literals.ids)) >= ARGV_FP_MAX:
+    def _argv_rules(self, entries, rules: list[str], paths, roots) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """ArgvKill entries -> (argv_kill: scope -> up to ARGV_RULES (rule, literal bits, option letters, name sets),
+        argv_comms: comm -> the name sets holding it)."""
+        if len({literal_bytes(lit) for e in entries for lit in (*e.all, *e.any)} | set(self.argv_literals.ids)) \
+                >= ARGV_FP_MAX:
             self.argv_literals = FingerprintSet()      # full: start over (ids change only on this rare path)
         per_scope: dict[int, list[bytes]] = {}
         name_sets: dict[frozenset[str], int] = {}
@@ -479,9 +488,11 @@ class Enforcer:
             for lit in e.any:
                 any_bits |= 1 << self.argv_literals.add(lit)
             names = frozenset(n[:15] for n in e.comms)
-            sets = 1 << name_sets.setdefault(names, len(name_sets) % 64) if names else 0
-            rule = struct.pack("<IIQQQQ", self._rule_index(e.rule_id, rules), 0, all_bits, any_bits,
-                               option_mask(e.options), sets)
+            if names and names not in name_sets and len(name_sets) == 64:
+                raise ValueError("more than 64 distinct program-name sets in argv kill entries")
+            sets = 1 << name_sets.setdefault(names, len(name_sets)) if names else 0
+            rule = ARGV_RULE.pack(self._rule_index(e.rule_id, rules), 0, all_bits, any_bits, option_mask(e.options),
+                                  sets)
             for cgid in self._scope_ids(e.scope, paths, roots):
                 per_scope.setdefault(cgid, []).append(rule)
         comms: dict[bytes, int] = {}
@@ -489,7 +500,6 @@ class Enforcer:
             for name in names:
                 key = name.encode()[:15].ljust(16, b"\0")
                 comms[key] = comms.get(key, 0) | 1 << bit
-        self._argv_comms = {k: struct.pack("<Q", v) for k, v in comms.items()}
         out = {}
         for cgid, entries_here in per_scope.items():
             if len(entries_here) > ARGV_RULES:
@@ -497,8 +507,8 @@ class Enforcer:
                           cgid, len(entries_here), ARGV_RULES)
             kept = entries_here[:ARGV_RULES]
             out[struct.pack("<Q", cgid)] = struct.pack("<II", len(kept), 0) + b"".join(kept) + \
-                bytes(40 * (ARGV_RULES - len(kept)))
-        return out
+                bytes(ARGV_RULE.size * (ARGV_RULES - len(kept)))
+        return out, {k: struct.pack("<Q", v) for k, v in comms.items()}
 
     def _write_argv_literals(self) -> None:
         """Literal slots and anchors (add before use), then the prefilter bitmap."""

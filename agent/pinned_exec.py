@@ -85,6 +85,7 @@ class PinnedExecKill:
         self.pin_dir = pin_dir
         self.prefix = prefix
         self.pin_path = pin_dir / f"{prefix}{os.getpid()}"
+        self.prefixes = (prefix, *(maps or {}))
         self.map_pins = {pin_dir / f"{name}{os.getpid()}": fd for name, fd in (maps or {}).items()}
         self.link_fd = -1
         ensure_bpffs()
@@ -111,7 +112,7 @@ class PinnedExecKill:
         """Unpin what earlier agents of this installation left: ours is attached, so no window."""
         dropped = []
         ours = {self.pin_path, *self.map_pins}
-        for prefix in (self.prefix, *(p.name.removesuffix(str(os.getpid())) for p in self.map_pins)):
+        for prefix in self.prefixes:
             for pin in self.pin_dir.glob(f"{prefix}*"):
                 if pin not in ours and pin.name.removeprefix(prefix).isdigit():
                     pin.unlink()

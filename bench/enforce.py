@@ -38,6 +38,7 @@ from lab import (  # noqa: E402
     CLI,
     FakePool,
     Service,
+    builtin_argv_kill,
     free_port,
     lab_credentials,
     popen_in_cgroup,
@@ -373,16 +374,11 @@ def bench_names(cap: Capture, enf: Enforcer, cg: Path, n: int = 300) -> None:
 def bench_argv_scan(cap: Capture, enf: Enforcer) -> None:
     """The whole-argv scan (enforce_argv.c) with the built-in argv rules in force for a bench job: its cost per
     exec (the entry program's run time covers its tail calls) for a short argv and for 60 KiB."""
-    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415
-    from collector.rules.lowering import compile_policy  # noqa: PLC0415
-
     base = ensure_cgroup2_mount() / f"gpuguard-bench-{uuid.uuid4().hex[:6]}"
     cg = base / "slurm" / "job_779"
     cg.mkdir(parents=True)
     try:
-        entries = list(compile_policy(load_ruleset(rule_texts()), 1).argv_kill)
-        for e in entries:
-            e.scope.CopyFrom(ppb.Scope(job_ids=["779"]))
+        entries = builtin_argv_kill("779")
         enf.apply(ppb.Policy(version=3, argv_kill=entries), persist=False)
         fd = cap.probes.bpf.funcs[b"kill_by_argv"].fd
         for label, argv in (("a 3-argument exec", ["/bin/true", "--lr", "1e-3"]),

@@ -28,9 +28,12 @@ T_STATE, T_FOLDED = 52, 56
 IN_ARG, ARG_START, DASH, CLUSTER = 0, 1, 2, 3     # grammar states
 
 
+FOLD = bytes((b | 0x20) if 65 <= b <= 90 else (0x20 if b == 0 else b) for b in range(256))
+
+
 def fold(data: bytes) -> bytes:
     """The kernel's folding: A-Z -> a-z, NUL -> space, every other byte as is."""
-    return bytes((b | 0x20) if 65 <= b <= 90 else (0x20 if b == 0 else b) for b in data)
+    return data.translate(FOLD)
 
 
 def argv_scan_text(argv: list[str]) -> str:
@@ -72,7 +75,7 @@ def grammar_table() -> bytes:
     for state in range(4):
         for b in range(256):
             nxt, bit = _next(state, b)
-            out.append(bit | (nxt << T_STATE) | (fold(bytes([b]))[0] << T_FOLDED))
+            out.append(bit | (nxt << T_STATE) | (FOLD[b] << T_FOLDED))
     return struct.pack(f"<{len(out)}Q", *out)
 
 
@@ -118,13 +121,13 @@ class FingerprintSet:
 
 
 def reference_scan(raw: bytes, literals: list[str]) -> tuple[int, set[str]]:
-    """The kernel's scan in Python (the test oracle): (option letter bits, literals found) over raw argv bytes
-    (NUL-separated, as in the argument area), bounded like the kernel."""
-    data = raw[:ARGV_SCAN_MAX]
-    state, opts = IN_ARG, 0
-    for b in data:
-        state, bit = _next(state, b)
-        opts |= bit
-    text = fold(data)
-    return opts, {lit for lit in literals if literal_bytes(lit) in text}
+    """The kernel's scan in Python, from the very table the kernel gets (the test oracle): (option letter bits,
+    literals found) over raw argv bytes (NUL-separated, as in the argument area), bounded like the kernel."""
+    table = struct.unpack(f"<{4 * 256}Q", grammar_table())
+    state, opts, folded = IN_ARG, 0, bytearray()
+    for b in raw[:ARGV_SCAN_MAX]:
+        t = table[state << 8 | b]
+        state, opts = (t >> T_STATE) & 3, opts | (t & ((1 << T_STATE) - 1))
+        folded.append(t >> T_FOLDED)
+    return opts, {lit for lit in literals if literal_bytes(lit) in folded}
 

@@ -330,6 +330,19 @@ while data := s.recv(4096):
 """
 
 
+def builtin_argv_kill(job_id: str, version: int = 1) -> list:
+    """The built-in rules' whole-argv kill entries (Policy.argv_kill), scoped to one job only: what a test or a
+    bench applies so the kernel's argv scan judges that job's execs and nothing else on the machine."""
+    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415 - lab stays importable alone
+    from collector.rules.lowering import compile_policy  # noqa: PLC0415
+    from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+
+    entries = list(compile_policy(load_ruleset(rule_texts()), version).argv_kill)
+    for e in entries:
+        e.scope.CopyFrom(ppb.Scope(job_ids=[job_id]))
+    return entries
+
+
 def run_in_cgroup(cg: Path, argv: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """Start argv inside cgroup cg: the child moves itself in, then execs."""
     script = f'echo $$ > "{cg}/cgroup.procs" && exec "$@"'

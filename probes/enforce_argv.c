@@ -277,10 +277,11 @@ int kill_by_argv(void *ctx)
             break;
         }
     }
+    if (!scoped)
+        return 0;                           /* every exec outside the scopes stops here */
     struct argv_scan *s = argv_scan_state.lookup(&zero);
-    void *task = (void *)bpf_get_current_task();
-    u64 mm = kread_u64(task, OFF_TASK_MM);
-    if (!scoped || !s || !mm)
+    u64 mm = kread_u64((void *)bpf_get_current_task(), OFF_TASK_MM);
+    if (!s || !mm)
         return 0;
     s->p = kread_u64((void *)mm, OFF_MM_ARG_START);
     s->end = kread_u64((void *)mm, OFF_MM_ARG_END);

@@ -60,19 +60,21 @@ ATTACKS = {
     "ssh -R": (["/usr/bin/ssh", "-o", "BatchMode=yes"], ["-R", "9000:localhost:22", "127.0.0.1"], "ssh-reverse-tunnel"),
     "reverse-shell one-liner": ([PYTHON, "-c", "import sys"],
                                 ["import socket,os;s=socket.socket();os.dup2(s.fileno(),0)"], "reverse-shell-oneliner"),
+    # the family, not the example: another scheme inside an option, mixed case; another language's one-liner
+    "stratum2+ssl inside an option": ([PYTHON, "-c", "import sys"], ["--url=Stratum2+SSL://pool.example:443"],
+                                      "miner-stratum-url"),
+    "perl Socket one-liner": (["/usr/bin/perl", "-e", "1"], ["use Socket;socket(S,2,1,6);exec('/bin/sh -i')"],
+                              "reverse-shell-oneliner"),
 }
 
 
 def apply_whole_argv_rules(enforcer, job: str, version: int = 31) -> None:
     """The built-in rules' whole-argv entries, scoped to the test's job only."""
-    from collector.rules.lowering import compile_policy  # noqa: PLC0415
     from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+    from lab import builtin_argv_kill  # noqa: PLC0415
 
-    built = compile_policy(load_ruleset(rule_texts()), version)
-    entries = [e for e in built.argv_kill if e.rule_id in WHOLE_ARGV_RULES]
+    entries = [e for e in builtin_argv_kill(job, version) if e.rule_id in WHOLE_ARGV_RULES]
     assert {e.rule_id for e in entries} == {"miner-stratum-url", "ssh-reverse-tunnel", "reverse-shell-oneliner"}
-    for e in entries:
-        e.scope.CopyFrom(ppb.Scope(job_ids=[job]))
     enforcer.apply(ppb.Policy(version=version, argv_kill=entries), persist=False)
 
 

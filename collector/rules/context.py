@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gpuguard.argv_scan import argv_scan_text
 from gpuguard.v1 import events_pb2 as pb
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
@@ -24,13 +25,14 @@ class JobContext:
 class EventView:
     """One event with the derived fields rules look at, each computed at most once."""
 
-    __slots__ = ("ev", "_names", "_argv", "_argv_text")
+    __slots__ = ("ev", "_names", "_argv", "_argv_text", "_argv_scan_text")
 
     def __init__(self, ev: pb.Event) -> None:
         self.ev = ev
         self._names: list[str] | None = None
         self._argv: list[str] | None = None
         self._argv_text: str | None = None
+        self._argv_scan_text: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -57,6 +59,13 @@ class EventView:
         if self._argv_text is None:
             self._argv_text = " ".join(self.argv)
         return self._argv_text
+
+    @property
+    def argv_scan_text(self) -> str:
+        """argv as the kernel's whole-argv scan reads it (gpuguard/argv_scan.py): every argv_has rule shares it."""
+        if self._argv_scan_text is None:
+            self._argv_scan_text = argv_scan_text(self.argv)
+        return self._argv_scan_text
 
 
 def destination(ev: pb.Event) -> tuple[str, int]:

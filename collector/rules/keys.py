@@ -25,7 +25,7 @@ from collector.rules.context import (
 )
 from collector.rules.payload import parse_spec, socks_target
 from collector.rules.regex import RegexError, compile_regex, search
-from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, argv_scan_text, literal_bytes
+from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_bytes
 from gpuguard.render import printable
 from gpuguard.vocab import EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
@@ -210,7 +210,7 @@ def _argv_has(value, _rule, _res):
     alternatives = [[literal_bytes(lit).decode("utf-8", "replace") for lit in alt] for alt in value]
 
     def argv_has(v, _c):
-        text = argv_scan_text(v.argv)
+        text = v.argv_scan_text
         for alt in alternatives:
             if all(lit in text for lit in alt):
                 return " + ".join(alt)
@@ -222,7 +222,7 @@ def _argv_has(value, _rule, _res):
 def _argv_uninspectable(_value, _rule, _res):
     """An argv longer than the kernel's scan inspects (ARGV_SCAN_MAX): said, and a rule can act on it."""
     def uninspectable(v, _c):
-        size = v.ev.exec.argv_bytes or len(argv_scan_text(v.argv).encode())
+        size = v.ev.exec.argv_bytes or len(v.argv_scan_text.encode())
         return f"argv of {size} bytes" if size > ARGV_SCAN_MAX else None
     return uninspectable
 
