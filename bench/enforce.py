@@ -263,12 +263,13 @@ def bench_userspace_kill(n: int, tmp: Path) -> None:
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            p = popen_in_cgroup(cg, [PYTHON, "-c", "import time; time.sleep(20)",
-                                     f"stratum+tcp://127.0.0.1:{pool.port}"])
+            # miner-argv-shape stays an argv regex (user space); stratum URLs are killed by the kernel's argv scan
+            p = popen_in_cgroup(cg, [PYTHON, "-c", "import time; time.sleep(20)", "--donate-level", "1",
+                                     f"127.0.0.1:{pool.port}"])
             code = p.wait(30)
             if code == -9:
                 times.append((time.perf_counter() - t) * 1000)
-        print(f"userspace kill (argv rule miner-stratum-url, ordered by the collector): {len(times)}/{n} killed; "
+        print(f"userspace kill (argv regex rule miner-argv-shape, ordered by the collector): {len(times)}/{n} killed; "
               f"exec -> dead {summary(times, 'ms')} (agent drains every 50 ms, ships in <= 200 ms batches)")
     finally:
         pool.close()
