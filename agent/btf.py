@@ -145,12 +145,26 @@ NEEDED = {
     "PATH_DENTRY": ("path", "dentry"),
     "DENTRY_NAME": ("dentry", "d_name"),
     "QSTR_NAME": ("qstr", "name"),
+    "TASK_COMM": ("task_struct", "comm"),
+    "CGROUP_LEVEL": ("cgroup", "level"),
+    "CGROUP_KN": ("cgroup", "kn"),
+    "KERNFS_ID": ("kernfs_node", "id"),
+}
+# Fields of newer kernels only: -1 when absent, and the probe takes its fallback (#if OFF_X >= 0).
+OPTIONAL = {
+    "CGROUP_ANCESTORS": ("cgroup", "ancestors"),   # Linux 6.2+ (struct cgroup *ancestors[]); before: ancestor_ids
 }
 
 
 def kernel_offsets(path: Path = VMLINUX) -> dict[str, int]:
     btf = Btf(path)
-    return {name: btf.offset(s, m) for name, (s, m) in NEEDED.items()}
+    offsets = {name: btf.offset(s, m) for name, (s, m) in NEEDED.items()}
+    for name, (s, m) in OPTIONAL.items():
+        try:
+            offsets[name] = btf.offset(s, m)
+        except BtfError:
+            offsets[name] = -1
+    return offsets
 
 
 def offset_cflags(offsets: dict[str, int]) -> list[str]:

@@ -20,6 +20,7 @@ saved and re-applied at start, before the collector is reachable.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -163,6 +164,11 @@ def fingerprint_struct(pw: ppb.PayloadWatch) -> bytes:
                        max(pw.min_len, pw.offset_min + len(pattern)), 0)
 
 
+def cgroup_level(path: str) -> int:
+    """A cgroup's depth below the cgroup2 root (the root: 0), as bpf_get_current_ancestor_cgroup_id counts."""
+    return len([part for part in path.split("/") if part])
+
+
 def scope_matches(scope: ppb.Scope, job: Job) -> bool:
     if scope.host_wide:
         return True
@@ -214,7 +220,8 @@ class Enforcer:
                                   "trusted_resolvers", "allowed_names", "name_scopes", "deny_dest", "allow_dest",
                                   "allow_scopes", "payload_scopes", "exempt_scopes",
                                   "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
-                                  "fp_anchors", "argv_kill", "argv_fps", "argv_anchors", "argv_comms")}
+                                  "fp_anchors", "argv_kill", "argv_fps", "argv_anchors", "argv_comms",
+                                  "escape_scopes")}
         self.argv_literals = FingerprintSet()     # literal -> bit, stable across policies (append-only)
         self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
@@ -409,6 +416,7 @@ class Enforcer:
                         no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
                     attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
             argv_rules, argv_comms = self._argv_rules(policy.argv_kill, rules, paths, roots)
+            escape, origins = self._escape_scopes(policy.escape, rules, paths, roots)
             fingerprints = self._fingerprint_slots(policy.payload)
             payload_scopes, fp_comms, fp_exes = {}, {}, {}
             for pw in policy.payload:
@@ -461,6 +469,10 @@ class Enforcer:
             self._sync_map("payload_scopes", payload_scopes)
             self._sync_map("no_connect_comms", no_comms)
             self._sync_map("no_connect_exes", no_exes)
+            self._sync_map("escape_scopes", escape)
+            self._seed_task_origins(origins, paths)
+            escape_on = self.bpf[b"escape_config"]
+            escape_on[escape_on.Key(0)] = escape_on.Leaf(int(bool(escape)))
             self._sync_attachments(attach)
             if persist:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -554,6 +566,50 @@ class Enforcer:
         used = max(by_slot, default=-1) + 1
         config[config.Key(0)] = config.Leaf.from_buffer_copy(
             struct.pack("<III", used, 1 if wanted else 0, stratum_slot))
+
+    def _escape_scopes(self, watches, rules: list[str], paths: dict[int, str],
+                       roots: dict) -> tuple[dict[bytes, bytes], dict[int, bytes]]:
+        """(escape_scopes entries, job cgroup -> task origin for the processes already there).
+
+        Entries sit where the other entries of the scope do (_scope_ids: a kind's parent cgroup, so later jobs
+        are covered from their first exec), each saying at which level its jobs' own cgroups are: moving from
+        one job to a sibling job is leaving it too."""
+        entries: dict[bytes, bytes] = {}
+        origins: dict[int, bytes] = {}
+        for ew in watches:
+            idx = self._rule_index(ew.rule_id, rules)
+            job_roots = {cgid for cgid, (_p, job) in roots.items()
+                         if job.id not in ew.scope.exclude_job_ids
+                         and (ew.scope.host_wide or job.id in ew.scope.job_ids or job.kind in ew.scope.job_kinds)}
+            for cgid in self._scope_ids(ew.scope, paths, roots) | job_roots:
+                level = cgroup_level(paths[cgid])
+                job_level = level if cgid in job_roots else level + 1
+                if level == 0 or (cgid not in job_roots and ew.scope.host_wide):
+                    continue                     # the root: a host-wide watch means every job, by its own cgroup
+                key = struct.pack("<Q", cgid)
+                if key not in entries or ew.kill:
+                    entries[key] = struct.pack("<IIII", idx, job_level, int(ew.kill), 0)
+            for cgid in job_roots:
+                if cgid not in origins or ew.kill:
+                    origins[cgid] = struct.pack("<QIIII", cgid, cgroup_level(paths[cgid]), idx, int(ew.kill), 0)
+        return entries, origins
+
+    def _seed_task_origins(self, origins: dict[int, bytes], paths: dict[int, str]) -> None:
+        """Processes already running in a watched job (the kernel learns the others at exec and fork); entries
+        of jobs no longer watched are dropped, so a lifted watch stops reporting at once."""
+        table = self.bpf[b"task_origins"]
+        for key, origin in list(table.items()):
+            if origin.scope not in origins:
+                with contextlib.suppress(KeyError):
+                    del table[key]
+        for cgid, origin in origins.items():
+            for procs in Path(self._full_path(paths[cgid])).glob("**/cgroup.procs"):
+                try:
+                    pids = procs.read_text().split()
+                except OSError:
+                    continue
+                for pid in pids:
+                    table[table.Key(int(pid))] = table.Leaf.from_buffer_copy(origin)
 
     def _job_roots(self, paths: dict[int, str]) -> dict[int, tuple[str, Job]]:
         """The shallowest cgroup of every job: its parent belongs to another job, or to none."""

@@ -53,9 +53,11 @@ from gpuguard.vocab import (
     DENY_PIPE_CONNECT,
     DROP_PAYLOAD,
     DROP_STRATUM,
+    ESCAPE_ACTIONS,
     JOB_HOST,
     JOB_SLURM,
     JOB_SYSTEMD,
+    KILL_ESCAPE,
     KILL_EXEC,
     SEEN_PAYLOAD,
     SEEN_REVERSE_SHELL,
@@ -221,6 +223,8 @@ class Enricher:
             out = self._event(hdr, p, job)
             e = out.enforcement
             e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
+            if ev.action in ESCAPE_ACTIONS:
+                e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id))
             e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
             e.repeats = ev.repeats
             if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
@@ -422,6 +426,14 @@ def holds_pty_master(pid: int, tty: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
+    """Who left which job for where, and who moved it (probes/enforce_escape.c)."""
+    to = printable(ev.payload) or "?"
+    by = "itself" if ev.peer_pid == ev.hdr.pid else f"pid {ev.peer_pid}"
+    done = "the mover was killed in the kernel" if ev.action == KILL_ESCAPE else "reported"
+    return f"{ev.hdr.comm} (pid {ev.hdr.pid}) left its job's cgroup {job_cgroup or '?'} for {to}, moved by {by}: {done}"
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
 CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c", "flow.c")
-ENFORCE_PROBES = ("enforce_exec.c", "enforce_argv.c", "enforce_connect.c", "enforce_payload.c")
+ENFORCE_PROBES = ("enforce_exec.c", "enforce_argv.c", "enforce_connect.c", "enforce_payload.c",
+                  "enforce_escape.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 TRACEFS = Path("/sys/kernel/tracing")
 # (program, prog type name in bcc.BPF, attach type): observe-only hooks at the cgroup2 root

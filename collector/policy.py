@@ -39,6 +39,7 @@ from collector.rules.lowering import (  # noqa: F401 - the lowering's API, long 
     kills_by_argv,
     kills_by_trait,
     payload_watch,
+    watches_escape,
 )
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
@@ -48,8 +49,10 @@ from gpuguard.vocab import (
     DENY_PIPE_CONNECT,
     DROP_PAYLOAD,
     DROP_STRATUM,
+    ESCAPE_ACTIONS,
     KILL,
     KILL_ACTIONS,
+    KILL_ESCAPE,
     KILL_EXEC,
     KILL_TREE,
     SEEN_ACTIONS,
@@ -246,6 +249,13 @@ class Detection:
             state, outcome = ppb.ALERT_MONITORED, f"alerted (monitor mode){': ' + seen if seen else ''}"
         elif rule.action == "alert":
             state, outcome = ppb.ALERT_ALERTED, "alerted"
+        elif watches_escape(rule):
+            e = ev.enforcement
+            if e.action == KILL_ESCAPE and e.peer_pid == ev.process.pid:
+                state, outcome = ppb.ALERT_CONFIRMED, "killed in the kernel as it moved itself out of its job"
+            else:   # moved by another process: the one now outside its job is killed by order
+                state, outcome = ppb.ALERT_KILL_ORDERED, "kill ordered from the agent: the process left its job"
+                self.orders.order(host, ev, rule.id, tree=False)
         elif ev.WhichOneof("body") == "enforcement" and ev.enforcement.action not in SEEN_ACTIONS:
             state, outcome = ppb.ALERT_CONFIRMED, ACTION_NAMES.get(ev.enforcement.action, ev.enforcement.action)
         elif kills_by_argv(rule):
@@ -290,8 +300,8 @@ class Detection:
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
         e = ev.enforcement
-        if e.action in (SEEN_STRATUM, SEEN_PAYLOAD):
-            return       # only seen: the rules (payload event class) decide whether that is an alert
+        if e.action in (SEEN_STRATUM, SEEN_PAYLOAD) or e.action in ESCAPE_ACTIONS:
+            return       # the rules (payload and escape event classes) decide whether that is an alert
         if e.action in KILL_ACTIONS:
             self.orders.killed_by(host, ev.process.key, f"{e.rule_id}: {ACTION_NAMES.get(e.action, e.action)}")
         meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)

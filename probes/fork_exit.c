@@ -20,6 +20,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     fill_header(&e.hdr, EV_FORK);
     e.child_tgid = tgid;
     e.parent_tgid = real_parent_tgid(child);
+    escape_inherit(e.hdr.tgid, tgid);        /* a watched job's child belongs to the job too */
     emit(&e, sizeof(e), EV_FORK);
     return 0;
 }
@@ -29,6 +30,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u64 id = bpf_get_current_pid_tgid();
     if ((u32)id != (u32)(id >> 32))
         return 0;                            /* a thread; the process ends with its leader */
+    u32 leader = id >> 32;
+    task_origins.delete(&leader);
     struct exit_event e = {};
     fill_header(&e.hdr, EV_EXIT);
     void *task = (void *)bpf_get_current_task();

@@ -220,6 +220,29 @@ static __always_inline int task_exempt(void)
     return 0;
 }
 
+/* Job escape (probes/enforce_escape.c): the job scope each task of a watched job belongs to, so a move out of
+ * it can be recognised when it happens. Kept here because the fork probe (fork_exit.c) hands it to children. */
+struct task_origin {
+    u64 scope;                     /* the job's cgroup id */
+    u32 level;                     /* its level in the hierarchy */
+    u32 rule;                      /* escape rule index (enforce.py rule_ids) */
+    u32 kill;                      /* 1: kill the process that moves a job task out, when it is in the job */
+    u32 _pad;
+};
+
+BPF_TABLE("lru_hash", u32, struct task_origin, task_origins, 65536);
+
+static __always_inline void escape_inherit(u32 parent, u32 child)
+{
+    struct task_origin *o = task_origins.lookup(&parent);
+    if (o) {
+        struct task_origin copy = *o;
+        task_origins.update(&child, &copy);
+    } else {
+        task_origins.delete(&child);         /* a reused pid carries nothing over */
+    }
+}
+
 /* Kernel-struct fields at BTF offsets (the OFF_* constants come from agent/btf.py). */
 static __always_inline u64 kread_u64(void *base, u32 off)
 {

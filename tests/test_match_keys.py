@@ -39,7 +39,7 @@ def test_every_key_checks_its_value_and_compiles(name):
     value = entry.check(GOOD[entry.check])
     matcher = entry.compile(value, _Rule(), None)
     for event in entry.events:                       # an empty event of each kind: no crash, no match invented
-        body = "enforcement" if event == "payload" else event
+        body = "enforcement" if event in keys.KERNEL_REPORTED else event
         ev = pb.Event()
         getattr(ev, body).SetInParent()
         result = matcher(EventView(ev), JobContext())

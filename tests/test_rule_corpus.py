@@ -27,7 +27,7 @@ FLOW_KINDS = ("tls", "dns", "datagram", "socket")     # built from their proto f
 
 
 def case_id(case: dict) -> str:
-    kind = next(k for k in ("exec", "connect", "payload", *FLOW_KINDS) if k in case)
+    kind = next(k for k in ("exec", "connect", "payload", "enforcement", *FLOW_KINDS) if k in case)
     return f"{'+'.join(case['rules'])}-{'fires' if case['fires'] else 'quiet'}-{kind}"
 
 
@@ -89,6 +89,8 @@ def fired(case: dict) -> set[str]:
         events = [exec_event(case["exec"])]
     elif "connect" in case:
         events = [connect_event(case["connect"])]
+    elif "enforcement" in case:           # what the kernel reported (probes/enforce_escape.c, ...)
+        events = [with_job(pb.Event(enforcement=pb.Enforcement(**case["enforcement"])), exe="/usr/bin/python3")]
     elif any(k in case for k in FLOW_KINDS):
         kind = next(k for k in FLOW_KINDS if k in case)
         events = [flow_event(kind, case[kind])]

@@ -18,10 +18,10 @@ from collector.rules.context import (  # noqa: F401 - JobContext and base_domain
     base_domain,
     destination,
 )
-from collector.rules.keys import ALL_EVENTS, REGISTRY, compile_matcher
+from collector.rules.keys import ALL_EVENTS, KERNEL_REPORTED, REGISTRY, compile_matcher
 from collector.rules.loader import Rule, RuleSet
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import PAYLOAD_ACTIONS
+from gpuguard.vocab import ESCAPE_ACTIONS, PAYLOAD_ACTIONS
 
 
 @dataclass
@@ -48,13 +48,15 @@ class RuleMatch:
     matched: dict[str, str]
 
 
-RULE_EVENTS = frozenset(e for e in ALL_EVENTS if e != "payload")    # payload rules meet enforcement records
+RULE_EVENTS = frozenset(e for e in ALL_EVENTS if e not in KERNEL_REPORTED)   # the others meet enforcement records
 
 
 def event_class(ev: pb.Event) -> str | None:
     kind = ev.WhichOneof("body")
     if kind == "enforcement":
-        return "payload" if ev.enforcement.action in PAYLOAD_ACTIONS else None
+        if ev.enforcement.action in PAYLOAD_ACTIONS:
+            return "payload"
+        return "escape" if ev.enforcement.action in ESCAPE_ACTIONS else None
     return kind if kind in RULE_EVENTS else None
 
 

@@ -27,9 +27,10 @@ from collector.rules.payload import parse_spec, socks_target
 from collector.rules.regex import RegexError, compile_regex, search
 from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_bytes
 from gpuguard.render import printable
-from gpuguard.vocab import EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
+from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
-ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket")
+ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape")
+KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
 FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
 PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket")
 
@@ -422,6 +423,13 @@ def _payload_key(value, rule, _res):
 @key("stratum", ("payload",), _true, fingerprint=True, kernel=("payload",))
 def _stratum(_value, _rule, _res):
     return lambda v, _c: v.ev.enforcement.action if v.ev.enforcement.action in STRATUM_ACTIONS else None
+
+
+# -- a process leaving its job's cgroup (probes/enforce_escape.c) -------------------------------------------------
+@key("job_escape", ("escape",), _true, kernel=("escape",))
+def _job_escape(_value, _rule, _res):
+    return lambda v, _c: v.ev.enforcement.detail or "left the job" \
+        if v.ev.enforcement.action in ESCAPE_ACTIONS else None
 
 
 def _socks(by_port: bool) -> Compile:

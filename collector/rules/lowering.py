@@ -58,9 +58,14 @@ def is_allowlist(rule: Rule) -> bool:
     return rule.event == "connect" and bool(keys) and keys <= {"daddr_not_in", "dns_name_not_in"}
 
 
+def watches_escape(rule: Rule) -> bool:
+    """A rule on processes leaving their job's cgroup: the kernel watches the job cgroups of its scope."""
+    return rule.event == "escape" and set(rule.match) == {"job_escape"} and not rule.unless
+
+
 def kernel_enforceable(rule: Rule) -> bool:
     keys = set(rule.match)
-    if kills_by_trait(rule) or denies_socket(rule) or kills_by_argv(rule):
+    if kills_by_trait(rule) or denies_socket(rule) or kills_by_argv(rule) or watches_escape(rule):
         return True
     if rule.event == "exec":
         return "exe_name_in" in keys and keys <= KERNEL_EXEC_KEYS and not rule.unless
@@ -103,6 +108,12 @@ def compile_policy(rs: RuleSet, version: int) -> ppb.Policy:
             for scope, may_drop in ((enforce, drop), (monitor, False)):
                 if scope is not None:
                     policy.payload.append(payload_watch(rule, scope, may_drop))
+            continue
+        if watches_escape(rule):          # watched whatever the action: the kernel is the only one who sees it
+            enforce, monitor = _scopes(rs, rule)
+            for scope, may_kill in ((enforce, rule.action in ("block", "kill")), (monitor, False)):
+                if scope is not None:
+                    policy.escape.add(rule_id=rule.id, scope=scope, kill=may_kill)
             continue
         if rule.action not in ("block", "kill") or not kernel_enforceable(rule):
             continue

@@ -34,6 +34,8 @@ class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_SEEN_PAYLOAD: _ClassVar[EnforcementAction]
     ACTION_DENY_PIPE_CONNECT: _ClassVar[EnforcementAction]
     ACTION_SEEN_REVERSE_SHELL: _ClassVar[EnforcementAction]
+    ACTION_KILL_ESCAPE: _ClassVar[EnforcementAction]
+    ACTION_SEEN_ESCAPE: _ClassVar[EnforcementAction]
 
 class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -82,6 +84,8 @@ ACTION_DROP_PAYLOAD: EnforcementAction
 ACTION_SEEN_PAYLOAD: EnforcementAction
 ACTION_DENY_PIPE_CONNECT: EnforcementAction
 ACTION_SEEN_REVERSE_SHELL: EnforcementAction
+ACTION_KILL_ESCAPE: EnforcementAction
+ACTION_SEEN_ESCAPE: EnforcementAction
 KILL_IF_ALWAYS: KillCondition
 KILL_IF_STDIO_SOCKET: KillCondition
 KILL_IF_PIPE_NETWORK: KillCondition

@@ -86,7 +86,7 @@ class EgressAllowlist(_message.Message):
     def __init__(self, rule_id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., resolvers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets", "argv_kill")
+    __slots__ = ("version", "deny", "kill", "rules", "allow", "no_connect", "payload", "kill_traits", "deny_sockets", "argv_kill", "escape")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DENY_FIELD_NUMBER: _ClassVar[int]
     KILL_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Policy(_message.Message):
     KILL_TRAITS_FIELD_NUMBER: _ClassVar[int]
     DENY_SOCKETS_FIELD_NUMBER: _ClassVar[int]
     ARGV_KILL_FIELD_NUMBER: _ClassVar[int]
+    ESCAPE_FIELD_NUMBER: _ClassVar[int]
     version: int
     deny: _containers.RepeatedCompositeFieldContainer[DenyDestination]
     kill: _containers.RepeatedCompositeFieldContainer[KillBinary]
@@ -107,7 +108,18 @@ class Policy(_message.Message):
     kill_traits: _containers.RepeatedCompositeFieldContainer[KillTrait]
     deny_sockets: _containers.RepeatedCompositeFieldContainer[SocketDeny]
     argv_kill: _containers.RepeatedCompositeFieldContainer[ArgvKill]
-    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ..., kill_traits: _Optional[_Iterable[_Union[KillTrait, _Mapping]]] = ..., deny_sockets: _Optional[_Iterable[_Union[SocketDeny, _Mapping]]] = ..., argv_kill: _Optional[_Iterable[_Union[ArgvKill, _Mapping]]] = ...) -> None: ...
+    escape: _containers.RepeatedCompositeFieldContainer[EscapeWatch]
+    def __init__(self, version: _Optional[int] = ..., deny: _Optional[_Iterable[_Union[DenyDestination, _Mapping]]] = ..., kill: _Optional[_Iterable[_Union[KillBinary, _Mapping]]] = ..., rules: _Optional[_Iterable[str]] = ..., allow: _Optional[_Iterable[_Union[EgressAllowlist, _Mapping]]] = ..., no_connect: _Optional[_Iterable[_Union[NoConnect, _Mapping]]] = ..., payload: _Optional[_Iterable[_Union[PayloadWatch, _Mapping]]] = ..., kill_traits: _Optional[_Iterable[_Union[KillTrait, _Mapping]]] = ..., deny_sockets: _Optional[_Iterable[_Union[SocketDeny, _Mapping]]] = ..., argv_kill: _Optional[_Iterable[_Union[ArgvKill, _Mapping]]] = ..., escape: _Optional[_Iterable[_Union[EscapeWatch, _Mapping]]] = ...) -> None: ...
+
+class EscapeWatch(_message.Message):
+    __slots__ = ("rule_id", "scope", "kill")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KILL_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    scope: Scope
+    kill: bool
+    def __init__(self, rule_id: _Optional[str] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., kill: _Optional[bool] = ...) -> None: ...
 
 class ArgvKill(_message.Message):
     __slots__ = ("rule_id", "scope", "comms", "options", "all", "uninspectable", "any")
