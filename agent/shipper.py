@@ -223,6 +223,8 @@ class Shipper:
                     self.new_data.set()
                 elif kind == "error":
                     log.error("collector rejected a message: %s: %s", msg.error.code, msg.error.message)
+                    if msg.error.seq and msg.error.code == "INVALID_ARGUMENT":
+                        self._keep_refused(msg.error.seq, msg.error.message)
                     if msg.error.code == "UNAVAILABLE":
                         self.retry_after_s = min(msg.error.retry_after_ms / 1000, 300.0)
                 elif self.on_command:
@@ -237,6 +239,13 @@ class Shipper:
                 state["error"] = exc
         finally:
             self.new_data.set()
+
+    def _keep_refused(self, seq: int, why: str) -> None:
+        """The collector stored this event as a gap (a value no store can keep): keep the original on disk. It is
+        still in the spool here, since the batch's ack comes after the error."""
+        found = self.spool.read_after(seq - 1, 1)
+        if found and found[0].seq == seq:
+            self.quarantine.put(found[0], f"refused by the collector: {why}")
 
     def _send_loop(self, outbox: queue.Queue, state: dict, reader: threading.Thread) -> None:
         cursor = state["acked"]

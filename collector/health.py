@@ -52,8 +52,10 @@ PRIORITY_KINDS = frozenset(KIND_NAMES[k] for k in (pb.KIND_EXEC, pb.KIND_FORK, p
 
 
 class HostHealth:
-    def __init__(self, store, grace: float = 2.0, kill_programs_expected=lambda: False, alerts=None) -> None:
+    def __init__(self, store, grace: float = 2.0, kill_programs_expected=lambda: False, alerts=None,
+                 clock=time.monotonic) -> None:
         self.store = store
+        self.clock = clock                                 # monotonic seconds; tests pass their own
         self.alerts = alerts or AlertPublisher(store)     # stores and publishes
         self.grace = grace
         self.kill_programs_expected = kill_programs_expected   # does the policy in force need kill-at-exec?
@@ -115,7 +117,7 @@ class HostHealth:
                 rec.connected = False
 
     def _heard(self, rec: HostRecord) -> None:
-        rec.last_heard = time.monotonic()
+        rec.last_heard = self.clock()
         rec.last_seen_ns = time.time_ns()
         if rec.silent_since_ns:
             log.info("agent %s is heard again after %.1fs of silence", rec.host_id,
@@ -124,7 +126,7 @@ class HostHealth:
 
     # -- periodic check ---------------------------------------------------------------
     def tick(self, policy_version: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         silent, drifted = [], []
         with self.lock:
             for rec in self.hosts.values():
@@ -153,8 +155,8 @@ class HostHealth:
         if not st.get("enforcing", True):
             return "enforcement switched off on the agent (--no-enforce)"
         if st.get("policy_version", 0) != policy_version:
-            rec.behind_since = rec.behind_since or time.monotonic()
-            if time.monotonic() - rec.behind_since > self.grace * rec.heartbeat_s:
+            rec.behind_since = rec.behind_since or self.clock()
+            if self.clock() - rec.behind_since > self.grace * rec.heartbeat_s:
                 return f"agent enforces policy {st.get('policy_version', 0)}, collector's is {policy_version}"
         else:
             rec.behind_since = 0.0

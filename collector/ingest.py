@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.store.base import IngestResult, Store
+from collector.validate import invalid_value
 from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
@@ -26,10 +27,11 @@ CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from now a
 
 
 class StreamProblem(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, seq: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.seq = seq              # the event it is about, when one (the agent quarantines it)
 
 
 class Unauthenticated(StreamProblem):
@@ -67,6 +69,7 @@ class Ingestor:
         self.max_batch_events = max_batch_events
         self.listeners: list[EventListener] = []
         self.clock_suspect = 0
+        self.refused = 0                     # events replaced by a gap: a value no store can keep
         self._store_error_logged = ""
         self.stored = 0                      # events written (metrics)
         self.batches = 0
@@ -121,6 +124,7 @@ class Ingestor:
             raise StreamProblem("INVALID_ARGUMENT", f"batch seqs not strictly ascending: {seqs[:10]}...")
         problems = []
         fresh = [e for e in events if e.seq > session.stored_through]
+        fresh = self._refuse_invalid(fresh, problems)
         self._flag_clock(fresh, session.host_id)
         new = list(fresh)   # what detection has not seen yet (before a gap record is prepended)
         if fresh and fresh[0].seq > session.stored_through + 1 and not fresh[0].HasField("gap"):
@@ -146,6 +150,23 @@ class Ingestor:
             except Exception:  # detection must never stop ingest
                 log.exception("event listener failed")
         return seqs[-1], problems
+
+    def _refuse_invalid(self, events: list[pb.Event], problems: list[StreamProblem]) -> list[pb.Event]:
+        """Events a store cannot keep as sent: each becomes a gap naming the value (the rest of the batch is
+        stored and acked), and a StreamError with its seq tells the agent to keep the original in quarantine."""
+        out = []
+        for ev in events:
+            why = invalid_value(ev)
+            if why is None:
+                out.append(ev)
+                continue
+            self.refused += 1
+            problems.append(StreamProblem("INVALID_ARGUMENT", f"event seq {ev.seq} refused: {why}; stored as a gap, "
+                                          "the agent keeps the event in its quarantine", seq=ev.seq))
+            out.append(pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
+                                gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq,
+                                           reason=f"refused by the collector: {why}".replace("\x00", "\\0")[:300])))
+        return out
 
     def _flag_clock(self, events: list[pb.Event], host: str) -> None:
         """Stamped more than a day from our clock: stored as sent, flagged ``clock_suspect`` (a clock

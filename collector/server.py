@@ -42,9 +42,9 @@ class StreamLimits:
     hello_timeout_s: float = 10.0
 
 
-def _error(code: str, message: str, retry_after_ms: int = 0) -> cpb.CollectorMessage:
+def _error(code: str, message: str, retry_after_ms: int = 0, seq: int = 0) -> cpb.CollectorMessage:
     return cpb.CollectorMessage(error=cpb.StreamError(code=code, message=message[:2000],
-                                                      retry_after_ms=retry_after_ms))
+                                                      retry_after_ms=retry_after_ms, seq=seq))
 
 
 class _End(Exception):
@@ -170,7 +170,7 @@ class CollectorServicer:
             elif kind == "batch":
                 ack, problems = await asyncio.to_thread(self.ingestor.batch, session, msg.batch)
                 for p in problems:
-                    await outq.put(_error(p.code, p.message))
+                    await outq.put(_error(p.code, p.message, seq=p.seq))
                 await outq.put(cpb.CollectorMessage(ack=cpb.Ack(seq=ack)))
             elif kind == "policy_ack":
                 session.policy_version = msg.policy_ack.version

@@ -198,7 +198,7 @@ def test_gpu_device_opens_by_number_outside_any_job(capture):
                       and "-c" in r["exec"]["argv"] and "renderD128" in " ".join(r["exec"]["argv"]))
     pid = opener[0]["proc"]["pid"]
     assert opener[0]["job"]["kind"] == "host"
-    wait_for(capture, lambda r: r["kind"] == "exit" and r["proc"]["pid"] == pid)
+    assert wait_for(capture, lambda r: r["kind"] == "exit" and r["proc"]["pid"] == pid)   # all its opens came first
     opens = [(r["gpu_open"]["path"], r["gpu_open"]["major"], r["gpu_open"]["minor"]) for r in capture.seen
              if r["kind"] == "gpu_open" and r["proc"]["pid"] == pid]
     assert opens == [("/dev/nvidia0", 195, 0), ("/dev/nvidiactl", 195, 255), ("/dev/dri/renderD128", 226, 128),
@@ -213,7 +213,7 @@ def test_dev_null_open_storm_reaches_no_user_space(capture):
     assert proc.returncode == 0
     started = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"][-1:] == [storm])
     pid = started[0]["proc"]["pid"]
-    wait_for(capture, lambda r: r["kind"] == "exit" and r["proc"]["pid"] == pid)
+    assert wait_for(capture, lambda r: r["kind"] == "exit" and r["proc"]["pid"] == pid)   # the storm is over
     from_storm = [r["kind"] for r in capture.seen if r["proc"]["pid"] == pid]
     assert "gpu_open" not in from_storm
     assert len(from_storm) <= 4, from_storm                 # the exec and its exit, nothing per open

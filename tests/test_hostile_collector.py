@@ -75,8 +75,10 @@ def test_correlator_and_alerts_stay_bounded_under_a_connect_storm(tmp_path):
             events.append(ev)
         app.policy.on_events("h1", events)
     corr = app.policy.correlator
-    print(f"\ncollector RSS before/after 100k pool-port connects: {before:.0f} / {rss_mb(os.getpid()):.0f} MB; "
+    after = rss_mb(os.getpid())
+    print(f"\ncollector RSS before/after 100k pool-port connects: {before:.0f} / {after:.0f} MB; "
           f"correlator hits {corr.total_hits}, evicted {corr.evicted_hits}")
+    assert after - before < 150, f"RSS grew {after - before:.0f} MB over 100k connects (state must stay bounded)"
     assert corr.total_hits == 200        # one entry per (rule, host, process) per job: connect-pool-port and
     #                                      connect-out-of-cluster, 100 (process, job) pairs each
     assert all(len(a.evidence_seqs) <= MAX_EVIDENCE for a in app.policy.alerts.values())

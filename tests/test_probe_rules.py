@@ -66,3 +66,36 @@ def test_checker_catches_violations():
     assert [m.group(2) for m in KREAD.finditer("u32 x = kread_u32(task, 1280);")] == ["1280"]
     assert SYSCALL_HOOK.search("TRACEPOINT_PROBE(syscalls, sys_enter_openat)")
     assert INTERNAL_HELPERS.search(kread_bodies_removed("x = bpf_probe_read_kernel(&v, 4, p);"))
+
+
+def test_option_mask_is_the_probes_letter_bit():
+    """gpuguard.vocab.option_mask against letter_bit() from gpuguard.h, compiled by the host compiler."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    from gpuguard.vocab import option_mask  # noqa: PLC0415
+
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) on this machine")
+    header = (PROBES / "gpuguard.h").read_text()
+    body = re.search(r"static __always_inline u64 letter_bit\(char c\)\n\{.*?\n\}", header, re.S)
+    assert body, "letter_bit() not found in gpuguard.h"
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-0:"
+    src = ("#include <stdio.h>\ntypedef unsigned long long u64;\n#define __always_inline inline\n"
+           + body.group(0) + f'\nint main(void){{const char *s="{letters}";'
+           'for(const char *c=s;*c;c++) printf("%llu\\n", letter_bit(*c)); return 0;}\n')
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "t.c").write_text(src)
+        subprocess.run([cc, "-O1", "-o", f"{tmp}/t", f"{tmp}/t.c"], check=True, capture_output=True)
+        bits = [int(x) for x in subprocess.run([f"{tmp}/t"], capture_output=True, text=True).stdout.split()]
+    for c, bit in zip(letters, bits, strict=True):
+        if c.isalpha():
+            assert option_mask(c) == bit, c
+        else:
+            assert bit == 0
+            with pytest.raises(ValueError):
+                option_mask(c)

@@ -219,12 +219,12 @@ def test_committed_events_are_read_in_order_through_a_cursor(store):
 
 
 def test_a_lease_has_one_owner_until_it_expires(store):
-    assert store.take_lease("detector", "a", 0.2)
-    assert store.take_lease("detector", "a", 0.2)             # renewed by its owner
-    assert not store.take_lease("detector", "b", 0.2)
-    time.sleep(0.25)
-    assert store.take_lease("detector", "b", 5)               # expired: taken over
-    assert not store.take_lease("detector", "a", 5)
+    t = time.time_ns()
+    assert store.take_lease("detector", "a", 0.2, now_ns=t)
+    assert store.take_lease("detector", "a", 0.2, now_ns=t + 100_000_000)   # renewed by its owner: until t+0.3 s
+    assert not store.take_lease("detector", "b", 0.2, now_ns=t + 250_000_000)
+    assert store.take_lease("detector", "b", 5, now_ns=t + 310_000_000)     # expired: taken over
+    assert not store.take_lease("detector", "a", 5, now_ns=t + 400_000_000)
 
 
 def test_kill_orders_are_an_outbox_written_once_resent_until_acked(store):
@@ -285,3 +285,56 @@ def test_a_job_is_named_kind_id_or_id_in_every_query(store):
         gpu = asyncio.run(q.GpuProcesses(cpb.GpuProcessesRequest(job_id=name), None, None))
         assert len(timeline.events) == 2 and len(tree.nodes) == 1 and len(gpu.processes) == 1, name
     assert not asyncio.run(q.Timeline(cpb.TimelineRequest(job_id="slurm:4243"), None, None)).events
+
+
+def test_a_value_no_store_can_keep_becomes_a_named_gap_not_a_retry_loop(store):
+    """One agent credential, one bad value (a destination that is not an address, a NUL in a name): that event
+    is stored as a gap naming it and the agent is told its seq; the rest of the batch is stored and acked."""
+    from collector.ingest import AgentSession, Ingestor  # noqa: PLC0415
+
+    store.register_agent("h1", "n1", "b", 0)
+    ing = Ingestor(store)
+    batch = [ev(1), ev(2, kind="connect", daddr="not-an-address"), ev(3, comm="py\x00thon"), ev(4)]
+    ack, problems = ing.batch(AgentSession("h1", "n1", "b", 0), pb_batch(batch))
+    assert ack == 4
+    assert [(p.code, p.seq) for p in problems] == [("INVALID_ARGUMENT", 2), ("INVALID_ARGUMENT", 3)]
+    assert "connect.daddr 'not-an-address' is not an IP address" in problems[0].message
+    rows = store.timeline(TimelineFilter(job_id="j1"))
+    assert sorted(r.event.seq for r in rows) == [1, 4]                 # the good ones, under their job
+    gaps = {e.seq: e.gap.reason for _h, e in store.recent_events(0, 100) if e.HasField("gap")}
+    assert sorted(gaps) == [2, 3] and "NUL" in gaps[3] and "not an IP address" in gaps[2], gaps
+
+
+def test_a_clock_far_ahead_never_leads_the_job_list(store):
+    from collector.ingest import AgentSession, Ingestor  # noqa: PLC0415
+
+    store.register_agent("h1", "n1", "b", 0)
+    ing = Ingestor(store)
+    ing.batch(AgentSession("h1", "n1", "b", 0), pb_batch([ev(1, job="future", ts=9_000_000_000_000_000_000)]))
+    ing.batch(AgentSession("h1", "n1", "b", 1), pb_batch([ev(2, job="now", ts=time.time_ns() + 10**9)]))
+    jobs = store.jobs()
+    assert [j["job_id"] for j in jobs][:2] == ["now", "future"], jobs
+    assert all(j["last_ts_ns"] < time.time_ns() + 86_400 * 10**9 for j in jobs)
+
+
+def test_postgres_rows_stamped_ahead_never_block_that_days_partition(postgres):
+    from collector.ingest import AgentSession, Ingestor  # noqa: PLC0415
+
+    s = open_store(postgres.new_database())
+    try:
+        s.register_agent("h1", "n1", "b", 0)
+        day_ns = 86_400_000_000_000
+        ahead = time.time_ns() + 5 * day_ns                # beyond the days made in advance: the default partition
+        Ingestor(s).batch(AgentSession("h1", "n1", "b", 0), pb_batch([ev(1, ts=ahead)]))
+        s.ensure_partitions(ahead)                         # that day comes: its partition is made all the same
+        s.ingest("h1", [ev(2, ts=ahead + 1)])
+        with s.pool.connection() as con:
+            where = dict(con.execute("SELECT seq, tableoid::regclass::text FROM events").fetchall())
+        assert where == {1: f"events_{ahead // day_ns}", 2: f"events_{ahead // day_ns}"}, where
+    finally:
+        s.close()
+
+
+def pb_batch(events):
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+    return cpb.EventBatch(events=events)

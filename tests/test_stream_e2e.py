@@ -39,13 +39,19 @@ def tagged_execs(db, host_id: str, tag: str) -> list[int]:
 
 
 def wait_stored(db, host_id, tag, n, timeout=30.0) -> list[int]:
+    """The tagged execs once n are stored and a sentinel exec made after them is stored too: the agent ships and
+    the collector stores in seq order, so nothing of the workload (no late duplicate either) is still in flight."""
     deadline = time.monotonic() + timeout
     seqs: list[int] = []
+    sentinel = f"{tag}-sentinel"
     while time.monotonic() < deadline:
         if db.exists():
             seqs = tagged_execs(db, host_id, tag)
             if len(seqs) >= n:
-                time.sleep(0.5)
+                subprocess.run(["/bin/true", sentinel], check=True)
+                while not tagged_execs(db, host_id, sentinel) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert tagged_execs(db, host_id, sentinel), "the sentinel exec was never stored"
                 return tagged_execs(db, host_id, tag)
         time.sleep(0.2)
     return seqs

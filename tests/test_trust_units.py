@@ -58,6 +58,16 @@ class FakeStore:
         return []
 
 
+class ManualClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def status_event(version: int, enforcing: bool = True, programs=("kill_exec",)) -> pb.Event:
     ev = pb.Event(seq=1, status=pb.AgentStatus(policy_version=version, enforcing=enforcing, programs=programs))
     return ev
@@ -65,7 +75,8 @@ def status_event(version: int, enforcing: bool = True, programs=("kill_exec",)) 
 
 def test_enforcement_drift_is_an_alert_for_the_host_and_its_jobs():
     store = FakeStore()
-    health = HostHealth(store, grace=2.0, kill_programs_expected=lambda: True)
+    clock = ManualClock()
+    health = HostHealth(store, grace=2.0, kill_programs_expected=lambda: True, clock=clock)
     session = AgentSession("h1", "h1", "b", 0)
     health.on_connect(session, cpb.Hello(heartbeat_s=0.05, agent_started_ns=1))
     health.on_events(session, [status_event(3)])
@@ -83,7 +94,7 @@ def test_enforcement_drift_is_an_alert_for_the_host_and_its_jobs():
     health.on_events(session, [status_event(2)])
     health.tick(3)                                                  # just pushed: give it time
     assert not [a for a in store.alerts if "policy 2" in a.matched.get("drift", "")]
-    time.sleep(0.15)
+    clock.now += 0.15
     health.on_events(session, [status_event(2)])
     health.tick(3)
     assert [a for a in store.alerts if "policy 2" in a.matched.get("drift", "")]
@@ -160,7 +171,8 @@ def test_agent_deletes_only_what_it_sent_and_was_acked(tmp_path):
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     spool = Spool(tmp_path / "spool")
-    spool.append([{"kind": "exit", "ts_ns": 1, "boot_id": "b", "exit": {"code": i}} for i in range(3)])
+    spool.append([pb.Event(ts_ns=1, boot_id="b", exit=pb.Exit(code=i)) for i in range(3)])
+    assert [e.exit.code for e in spool.read_after(0, 3)] == [0, 1, 2]      # spooled as events, not as gaps
     shipper = Shipper(f"127.0.0.1:{port}", spool, HostIdentity("h", "h", "b"), batch_max_events=2)
     shipper.window_events = 2                                    # one batch in flight at a time
     threading.Thread(target=shipper.run, daemon=True).start()
@@ -193,3 +205,32 @@ def test_a_process_that_moves_into_a_job_belongs_to_it_across_batches(tmp_path):
     store.ingest("h", [exec_in(2, "4242")])
     assert [p["key"] for p in store.processes("4242")] == ["b:445:1"]
     assert store.processes("host") == []
+
+
+def test_an_event_the_collector_refuses_is_kept_in_the_agents_quarantine(tmp_path):
+    """A connect whose destination is not an address (a hostile or buggy agent build): the collector stores a gap
+    naming it and acks the batch; the agent keeps the original on disk and goes on, no retry loop."""
+    from tests.services import agent_credential  # noqa: PLC0415
+
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
+    with collector_in_thread(cfg) as app:
+        spool = Spool(tmp_path / "spool")
+        now = time.time_ns()
+        spool.append([pb.Event(ts_ns=now, boot_id="b", exit=pb.Exit(code=0)),
+                      pb.Event(ts_ns=now, boot_id="b", connect=pb.Connect(daddr="pool.example", dport=3333)),
+                      pb.Event(ts_ns=now, boot_id="b", exit=pb.Exit(code=1))])
+        shipper = Shipper(f"127.0.0.1:{app.port}", spool, HostIdentity("refused", "refused", "b"),
+                          token=agent_credential("refused"))
+        threading.Thread(target=shipper.run, daemon=True).start()
+        try:
+            deadline = time.monotonic() + 15
+            while spool.acked < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert spool.acked == 3                                   # acked: nothing is resent for ever
+            kept = pb.Event.FromString((tmp_path / "spool" / "quarantine" / f"seq-{2:020d}.pb").read_bytes())
+            assert kept.connect.daddr == "pool.example"
+            stored = {e.seq: e for _h, e in app.store.recent_events(0, 10)}
+            assert stored[2].HasField("gap") and "not an IP address" in stored[2].gap.reason
+            assert stored[3].exit.code == 1 and app.ingestor.refused == 1
+        finally:
+            shipper.stop()

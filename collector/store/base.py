@@ -159,8 +159,8 @@ class Store(Protocol):
 
     def set_cursor(self, name: str, cursor: tuple) -> None: ...
 
-    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew a lease; False while another owner holds an unexpired one."""
+    def take_lease(self, name: str, owner: str, ttl_s: float, now_ns: int | None = None) -> bool:
+        """Take or renew a lease; False while another owner holds an unexpired one (now_ns: the clock, for tests)."""
 
     def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
         """(host, event) since a time, in time order (a detector warms its correlation state on them)."""

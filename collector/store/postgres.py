@@ -167,15 +167,26 @@ class PostgresStore:
             for day in wanted:
                 name = partition_name(day)
                 if name not in existing:
+                    lo, hi = day * DAY_NS, (day + 1) * DAY_NS
                     try:
                         with con.transaction():
-                            con.execute(f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM "
-                                        f"({day * DAY_NS}) TO ({(day + 1) * DAY_NS})")
+                            con.execute(f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({lo}) TO ({hi})")
                     except psycopg.errors.CheckViolation:
-                        # rows for that day already sit in the default partition (clock-suspect events):
-                        # they stay there; the day is served by the default partition
-                        log.warning("partition %s not created: the default partition holds rows for that day", name)
+                        # rows for that day already sit in the default partition (clock-suspect events stamped
+                        # ahead): move them into the new partition, then attach it, so they never block the day
+                        moved = self._partition_from_default(con, name, lo, hi)
+                        log.warning("partition %s made with %d clock-suspect rows moved from the default "
+                                    "partition", name, moved)
                 self._days.add(day)
+
+    @staticmethod
+    def _partition_from_default(con, name: str, lo: int, hi: int) -> int:
+        with con.transaction():
+            con.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+            cur = con.execute(f"WITH moved AS (DELETE FROM events_default WHERE ts_ns >= %s AND ts_ns < %s "
+                              f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", (lo, hi))
+            con.execute(f"ALTER TABLE events ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+            return cur.rowcount
 
     # -- agents ---------------------------------------------------------------------------
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
@@ -234,9 +245,9 @@ class PostgresStore:
                 elif kind == "gpu_open" and not prev[-1]:
                     procs[key] = (*prev[:-1], True)
             if job_id:
-                jkey = (job_id, job.kind)
+                jkey, seen = (job_id, job.kind), now if ev.clock_suspect else ts   # a bad clock never leads jobs
                 agg = jobs.get(jkey)
-                jobs[jkey] = (min(agg[0], ts), max(agg[1], ts), agg[2] + 1) if agg else (ts, ts, 1)
+                jobs[jkey] = (min(agg[0], seen), max(agg[1], seen), agg[2] + 1) if agg else (seen, seen, 1)
             if kind == "gap":
                 gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ts))
         if any(d not in self._days for d in days if abs(d - day_of(now)) <= self.days_ahead):
@@ -416,8 +427,8 @@ class PostgresStore:
             con.execute("INSERT INTO cursors VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                         (name, json.dumps(list(cursor))))
 
-    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        now = time.time_ns()
+    def take_lease(self, name: str, owner: str, ttl_s: float, now_ns: int | None = None) -> bool:
+        now = time.time_ns() if now_ns is None else now_ns
         with self.pool.connection() as con, con.transaction():
             row = con.execute(
                 "INSERT INTO leases VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "

@@ -198,9 +198,9 @@ class SqliteStore:
                 elif kind == "gpu_open" and not prev[-1]:
                     procs[key] = (*prev[:-1], 1)
             if job_id:
-                jkey = (job_id, job.kind)
+                jkey, seen = (job_id, job.kind), now if ev.clock_suspect else ts   # a bad clock never leads jobs
                 agg = jobs.get(jkey)
-                jobs[jkey] = (min(agg[0], ts), max(agg[1], ts), agg[2] + 1) if agg else (ts, ts, 1)
+                jobs[jkey] = (min(agg[0], seen), max(agg[1], seen), agg[2] + 1) if agg else (seen, seen, 1)
             if kind == "gap":
                 gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ts))
         with self._lock:
@@ -366,8 +366,8 @@ class SqliteStore:
             self.db.execute("INSERT INTO cursors VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                             (name, json.dumps(list(cursor))))
 
-    def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        now = time.time_ns()
+    def take_lease(self, name: str, owner: str, ttl_s: float, now_ns: int | None = None) -> bool:
+        now = time.time_ns() if now_ns is None else now_ns
         with self._lock:
             cur = self.db.execute(
                 "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, "

@@ -75,14 +75,16 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class StreamError(_message.Message):
-    __slots__ = ("code", "message", "retry_after_ms")
+    __slots__ = ("code", "message", "retry_after_ms", "seq")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
     retry_after_ms: int
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class KillProcess(_message.Message):
     __slots__ = ("pid", "process_key", "rule_id", "tree", "order_id")

@@ -1,0 +1,47 @@
+"""What a store cannot take, found before it is asked to: an event with such a value is replaced by a gap that
+names it (and the agent keeps the original in its quarantine), never a store error that would make the agent
+retry the same batch for ever.
+
+PostgreSQL refuses a NUL byte in text and a destination that is not an address (the inet index); SQLite would take
+both, but a value one store refuses is refused by every store, so a fleet behaves the same whatever it runs on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gpuguard.v1 import events_pb2 as pb
+
+ADDRESS_FIELDS = {"connect": "daddr", "tls": "daddr", "datagram": "daddr", "enforcement": "daddr", "dns": "server"}
+
+
+def _address_problem(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "is not an IP address"
+    return None
+
+
+def invalid_value(ev: pb.Event) -> str | None:
+    """Why a store cannot keep this event as sent ("field value: reason"), or None."""
+    kind = ev.WhichOneof("body")
+    if kind in ADDRESS_FIELDS:
+        field = ADDRESS_FIELDS[kind]
+        value = getattr(getattr(ev, kind), field)
+        why = _address_problem(value)
+        if why:
+            return f"{kind}.{field} {value[:80]!r} {why}"
+    p, job = ev.process, ev.job
+    texts = {"process.key": p.key, "process.parent_key": p.parent_key, "process.comm": p.comm,
+             "process.exe": p.exe, "process.exe_sha256": p.exe_sha256, "process.cgroup": p.cgroup,
+             "job.kind": job.kind, "job.id": job.id, "job.name": job.name, "boot_id": ev.boot_id}
+    texts.update({f"process.argv[{i}]": a for i, a in enumerate(p.argv)})
+    if kind == "gap":
+        texts["gap.reason"] = ev.gap.reason
+    for name, value in texts.items():
+        if "\x00" in value:
+            return f"{name} {value[:80]!r} holds a NUL byte"
+    return None
