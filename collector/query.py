@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections import Counter
 
+from collector.paging import CHUNK_ROWS, BadCursor, page_events, parse_cursor, reply_budget
 from collector.store.base import Store, TimelineFilter
 from collector.timeline import build_timeline, build_tree
 from gpuguard.credentials import Identity
@@ -39,11 +40,38 @@ async def refuse(context, message: str):
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def fleet_reply(rows, limit: int) -> cpb.FleetReply:
-    reply = cpb.FleetReply(truncated=len(rows) > limit)
-    for r in rows[:limit]:
+def fleet_reply(rows, next_cursor: str) -> cpb.FleetReply:
+    reply = cpb.FleetReply(truncated=bool(next_cursor), next_cursor=next_cursor)
+    for r in rows:
         reply.events.add(host_id=r.host_id, event=r.event)
     return reply
+
+
+def alerts_page(fetch, limit: int, budget: int, cursor: str) -> cpb.AlertsReply:
+    """Alerts in (ts_ns, id) order, at most limit and about budget bytes; next_cursor "ts:id" to continue."""
+    after = None
+    if cursor:
+        ts, _, alert_id = cursor.partition(":")
+        try:
+            after = (int(ts), alert_id)
+        except ValueError as exc:
+            raise BadCursor(f"not a cursor of this collector: {cursor[:80]!r}") from exc
+    reply, size = cpb.AlertsReply(), 0
+    while True:
+        want = min(CHUNK_ROWS, limit - len(reply.alerts)) + 1
+        chunk = fetch(after, want)
+        for a in chunk:
+            n = a.ByteSize() + 8
+            if len(reply.alerts) >= limit or (reply.alerts and size + n > budget):
+                last = reply.alerts[-1]
+                reply.truncated, reply.next_cursor = True, f"{last.ts_ns}:{last.id}"
+                return reply
+            reply.alerts.append(a)
+            size += n
+        if len(chunk) < want:
+            return reply
+        last = reply.alerts[-1]
+        after = (last.ts_ns, last.id)
 
 
 JOB_PREFIX = re.compile(r"([a-z][a-z0-9_-]{0,31}):(.+)")
@@ -75,16 +103,25 @@ class QueryService:
         flt = TimelineFilter(job_id=job_id_of(request.job_id), host=request.host, since_ns=request.since_ns,
                              until_ns=request.until_ns, kinds=tuple(request.kinds)[:16],
                              limit=min(request.limit or 10_000, 100_000))
-        return await asyncio.to_thread(build_timeline, self.store, flt, request.subtree_key)
+        try:
+            return await asyncio.to_thread(build_timeline, self.store, flt, request.subtree_key, request.cursor,
+                                           reply_budget(request.max_bytes))
+        except BadCursor as exc:
+            return await refuse(context, str(exc))
 
     async def ProcessTree(self, request, context, who: Identity):  # noqa: N802
         return await asyncio.to_thread(build_tree, self.store, job_id_of(request.job_id), request.host)
 
     async def ListAlerts(self, request, context, who: Identity):  # noqa: N802
-        alerts = await asyncio.to_thread(self.store.alerts, job_id_of(request.job_id), request.since_ns,
-                                         min(request.limit or 1000, MAX_ROWS), request.rule_id, request.host,
-                                         request.until_ns)
-        return cpb.AlertsReply(alerts=alerts)
+        job, r = job_id_of(request.job_id), request
+
+        def fetch(after, n):
+            return self.store.alerts(job, r.since_ns, n, r.rule_id, r.host, r.until_ns, after)
+        try:
+            return await asyncio.to_thread(alerts_page, fetch, min(r.limit or 1000, MAX_ROWS),
+                                           reply_budget(r.max_bytes), r.cursor)
+        except BadCursor as exc:
+            return await refuse(context, str(exc))
 
     # -- fleet questions -------------------------------------------------------------------------
     async def Connections(self, request, context, who: Identity):  # noqa: N802
@@ -93,10 +130,20 @@ class QueryService:
             ipaddress.ip_network(request.cidr, strict=False)
         except ValueError:
             return await refuse(context, f"not an address or CIDR: {request.cidr[:100]!r}")
-        limit = min(request.limit or 10_000, MAX_ROWS)
-        rows = await asyncio.to_thread(self.store.connections, request.cidr, request.since_ns, request.until_ns,
-                                       limit + 1)
-        return fleet_reply(rows, limit)
+        r = request
+
+        def fetch(after, n):
+            return self.store.connections(r.cidr, r.since_ns, r.until_ns, n, after)
+        return await self._fleet_page(fetch, r, context)
+
+    async def _fleet_page(self, fetch, request, context) -> cpb.FleetReply:
+        try:
+            after = parse_cursor(request.cursor)
+        except BadCursor as exc:
+            return await refuse(context, str(exc))
+        rows, next_cursor = await asyncio.to_thread(page_events, fetch, min(request.limit or 10_000, MAX_ROWS),
+                                                    reply_budget(request.max_bytes), after)
+        return fleet_reply(rows, next_cursor)
 
     async def Executions(self, request, context, who: Identity):  # noqa: N802
         """Which hosts (and jobs) ran an executable, by sha256, path or name."""
@@ -105,10 +152,11 @@ class QueryService:
             return await refuse(context, "give exactly one of sha256, exe (a path) or name")
         if request.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", request.sha256):
             return await refuse(context, "sha256 must be 64 hex digits")
-        limit = min(request.limit or 10_000, MAX_ROWS)
-        rows = await asyncio.to_thread(self.store.executions, request.sha256, request.exe, request.name,
-                                       request.since_ns, request.until_ns, limit + 1)
-        return fleet_reply(rows, limit)
+        r = request
+
+        def fetch(after, n):
+            return self.store.executions(r.sha256, r.exe, r.name, r.since_ns, r.until_ns, n, after)
+        return await self._fleet_page(fetch, r, context)
 
     async def GpuProcesses(self, request, context, who: Identity):  # noqa: N802
         """The processes that opened a GPU in a job, and what else each of them did."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from collector.store.base import StoredRow, TimelineFilter
+from collector.paging import DEFAULT_REPLY_BYTES, page_events, parse_cursor
+from collector.store.base import TimelineFilter
 from gpuguard.v1 import collector_pb2 as cpb
 
 MAX_NAMES = 8      # names listed per destination
+TREE_ARGV_BYTES = 4096    # of each process's command line in the tree
 
 
 def subtree_keys(processes: list[dict], root_key: str) -> tuple[str, ...]:
@@ -23,11 +25,21 @@ def subtree_keys(processes: list[dict], root_key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def build_timeline(store, flt: TimelineFilter, subtree_root: str = "") -> cpb.TimelineReply:
+def build_timeline(store, flt: TimelineFilter, subtree_root: str = "", cursor: str = "",
+                   budget: int = DEFAULT_REPLY_BYTES) -> cpb.TimelineReply:
+    """One page of a job's events (flt.limit rows, about budget bytes) with what they say: first GPU use,
+    destinations; the job's alerts on the first page. truncated + next_cursor when more events match."""
     if subtree_root:
         flt.process_keys = subtree_keys(store.processes(flt.job_id, flt.host), subtree_root)
-    rows: list[StoredRow] = store.timeline(flt)
-    reply = cpb.TimelineReply(truncated=len(rows) >= flt.limit)
+    first_page = not cursor
+
+    def fetch(after, n):
+        flt.after, flt.limit = after, n
+        return store.timeline(flt)
+
+    limit = flt.limit
+    rows, next_cursor = page_events(fetch, limit, budget, parse_cursor(cursor))
+    reply = cpb.TimelineReply(truncated=bool(next_cursor), next_cursor=next_cursor)
     first_gpu: dict[tuple[str, str], cpb.FirstGpuUse] = {}
     dests: dict[tuple[str, int, str], cpb.Destination] = {}
     for row in rows:
@@ -53,15 +65,43 @@ def build_timeline(store, flt: TimelineFilter, subtree_root: str = "") -> cpb.Ti
                 d.names.append(ev.tls.sni)
     reply.first_gpu_use.extend(first_gpu.values())
     reply.destinations.extend(sorted(dests.values(), key=lambda d: -d.count))
-    reply.alerts.extend(a for a in store.alerts(job_id=flt.job_id)
-                        if (not flt.host or a.host_id == flt.host))
+    if first_page:
+        room = budget // 4                       # alerts carry evidence: a quarter of the page at most
+        for a in store.alerts(job_id=flt.job_id):
+            if flt.host and a.host_id != flt.host:
+                continue
+            room -= a.ByteSize()
+            if room < 0:
+                break
+            reply.alerts.append(a)
     return reply
 
 
-def build_tree(store, job_id: str, host: str = "") -> cpb.TreeReply:
+def clipped_argv(argv: list[str], limit: int = TREE_ARGV_BYTES) -> list[str]:
+    """A tree node's command line within limit bytes, the cut said in a last element (the exec event in the
+    timeline holds it whole)."""
+    out, used = [], 0
+    for i, arg in enumerate(argv):
+        if used + len(arg) > limit:
+            rest = sum(len(a) + 1 for a in argv[i:])
+            out.append(arg[:max(limit - used, 0)])
+            out.append(f"…[{rest} more bytes in the exec event]")
+            return out
+        out.append(arg)
+        used += len(arg) + 1
+    return out
+
+
+def build_tree(store, job_id: str, host: str = "", budget: int = DEFAULT_REPLY_BYTES) -> cpb.TreeReply:
     reply = cpb.TreeReply()
+    size = 0
     for p in store.processes(job_id, host):
-        reply.nodes.add(key=p["key"], parent_key=p["parent_key"] or "", host_id=p["host_id"], pid=p["pid"],
-                        comm=p["comm"] or "", exe=p["exe"] or "", argv=p["argv"], first_ts_ns=p["first_ts_ns"] or 0,
-                        used_gpu=p["used_gpu"])
+        node = reply.nodes.add(key=p["key"], parent_key=p["parent_key"] or "", host_id=p["host_id"], pid=p["pid"],
+                               comm=p["comm"] or "", exe=p["exe"] or "", argv=clipped_argv(p["argv"]),
+                               first_ts_ns=p["first_ts_ns"] or 0, used_gpu=p["used_gpu"])
+        size += node.ByteSize() + 8
+        if size > budget:
+            del reply.nodes[-1]
+            reply.truncated = True
+            break
     return reply

@@ -196,7 +196,8 @@ def _stub(args):
     from gpuguard.tls import open_channel  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2_grpc as cgrpc  # noqa: PLC0415
 
-    channel = open_channel(args.collector, args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
+    channel = open_channel(args.collector, args.tls_ca or "", args.tls_cert or "", args.tls_key or "",
+                           options=[("grpc.max_receive_message_length", 16 << 20)])   # a reply is <= 12 MiB
     return cgrpc.QueryStub(channel), grpc
 
 
@@ -222,6 +223,26 @@ def _call(args, method: str, request):
         if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise SystemExit(EXIT_DENIED) from exc
         raise SystemExit(EXIT_UNREACHABLE) from exc
+
+
+def _call_pages(args, method: str, request, field: str, limit: int):
+    """A paged answer whole: the collector bounds each reply by bytes; follow next_cursor until limit rows or the
+    end, saying on a terminal how far it got (a job of long command lines is many pages)."""
+    reply = _call(args, method, request)
+    pages = 1
+    while reply.truncated and reply.next_cursor and len(getattr(reply, field)) < limit:
+        if sys.stderr.isatty():
+            print(f"\rgpuguard: {len(getattr(reply, field))} {field} in {pages} pages...", end="", file=sys.stderr)
+        request.cursor = reply.next_cursor
+        if hasattr(request, "limit"):
+            request.limit = limit - len(getattr(reply, field))
+        page = _call(args, method, request)
+        getattr(reply, field).extend(getattr(page, field))
+        reply.truncated, reply.next_cursor = page.truncated, page.next_cursor
+        pages += 1
+    if pages > 1 and sys.stderr.isatty():
+        print(file=sys.stderr)
+    return reply
 
 
 def _print(args, reply, human) -> None:
@@ -250,7 +271,7 @@ def cmd_timeline(args) -> int:
         return _follow_timeline(args)
     req = cpb.TimelineRequest(job_id=args.job, host=args.host or "", since_ns=args.since, until_ns=args.until,
                               kinds=args.kind or [], subtree_key=args.subtree or "", limit=args.limit)
-    reply = _call(args, "Timeline", req)
+    reply = _call_pages(args, "Timeline", req, "events", args.limit)
     _print(args, reply, lambda r: timeline_view(args.job, r))
     return EXIT_OK if reply.events else EXIT_NOT_FOUND
 
@@ -309,9 +330,10 @@ def cmd_alerts(args) -> int:
                 yield (a.id, a.state, a.outcome), a.ts_ns, line
 
         return _follow_until_interrupted(fetch, args)
-    reply = _call(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since, limit=args.limit,
-                                                        rule_id=args.rule or "", host=args.host or "",
-                                                        until_ns=args.until))
+    reply = _call_pages(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since,
+                                                              limit=args.limit, rule_id=args.rule or "",
+                                                              host=args.host or "", until_ns=args.until),
+                        "alerts", args.limit)
     _print(args, reply, lambda r: alerts_explained(r.alerts) if args.explain else alerts_table(r.alerts))
     return EXIT_OK
 
@@ -329,8 +351,9 @@ def cmd_connections(args) -> int:
               "2001:db8::/32)", file=sys.stderr)
         return EXIT_CONFIG
 
-    reply = _call(args, "Connections", cpb.ConnectionsRequest(cidr=args.cidr, since_ns=args.since,
-                                                              until_ns=args.until, limit=args.limit))
+    reply = _call_pages(args, "Connections", cpb.ConnectionsRequest(cidr=args.cidr, since_ns=args.since,
+                                                                    until_ns=args.until, limit=args.limit),
+                        "events", args.limit)
     _print(args, reply, fleet_table)
     return EXIT_OK if reply.events else EXIT_NOT_FOUND
 
@@ -343,7 +366,8 @@ def cmd_egress(args) -> int:
     networks = args.cluster_network or [str(n) for n in load_ruleset(rule_texts()).lists["cluster_networks"]]
     events = []
     for cidr in ("0.0.0.0/0", "::/0"):
-        reply = _call(args, "Connections", cpb.ConnectionsRequest(cidr=cidr, since_ns=args.since, limit=args.limit))
+        reply = _call_pages(args, "Connections", cpb.ConnectionsRequest(cidr=cidr, since_ns=args.since,
+                                                                        limit=args.limit), "events", args.limit)
         events += [se.event for se in reply.events]
         if reply.truncated:
             print(f"gpuguard egress: more than --limit {args.limit} connects to {cidr}: the suggestion covers the "
@@ -364,9 +388,10 @@ def cmd_executions(args) -> int:
     if sum(bool(x) for x in (args.sha256, args.exe, args.name)) != 1:
         print("gpuguard executions: give exactly one of --sha256, --exe or --name", file=sys.stderr)
         return EXIT_CONFIG
-    reply = _call(args, "Executions", cpb.ExecutionsRequest(sha256=args.sha256 or "", exe=args.exe or "",
-                                                            name=args.name or "", since_ns=args.since,
-                                                            until_ns=args.until, limit=args.limit))
+    reply = _call_pages(args, "Executions", cpb.ExecutionsRequest(sha256=args.sha256 or "", exe=args.exe or "",
+                                                                  name=args.name or "", since_ns=args.since,
+                                                                  until_ns=args.until, limit=args.limit),
+                        "events", args.limit)
     _print(args, reply, fleet_table)
     return EXIT_OK if reply.events else EXIT_NOT_FOUND
 

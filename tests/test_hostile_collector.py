@@ -187,3 +187,31 @@ def test_store_failure_at_runtime_keeps_the_agents_spool(tmp_path):
         assert spool.depth() == 0
         stored = app.store.db.execute("SELECT COUNT(*) FROM events WHERE host_id='full2'").fetchone()[0]
         assert stored == 5
+
+
+def test_a_job_of_long_command_lines_is_read_in_pages(tmp_path):
+    """2,000 execs with 16 KiB command lines (32 MB of argv: twice gRPC's largest message): stored with the argv
+    once per exec, and `gpuguard timeline` reads it whole, page by byte-bounded page; --limit 500 gives 500."""
+    import json  # noqa: PLC0415
+
+    from tests.services import stream_events  # noqa: PLC0415
+
+    cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
+    n, arg = 2_000, "A" * 16_384
+    with collector_in_thread(cfg) as app:
+        events = []
+        for i in range(1, n + 1):
+            ev = exec_event(i, ["/bin/x", arg, str(i)], job="longargv", key=f"k{i}")
+            ev.process.argv.extend(ev.exec.argv)               # as the agent sends it: argv in both places
+            events.append(ev)
+        assert stream_events(app.port, "h1", events, batch_size=200, timeout=120) == n
+        body = sqlite3.connect(tmp_path / "c.db").execute("SELECT MAX(LENGTH(body)) FROM events").fetchone()[0]
+        assert 16_384 < body < 2 * 16_384, body                  # the argv once, not twice
+        base = [*CLI, "timeline", "longargv", "--collector", f"127.0.0.1:{app.port}", "--json"]
+        whole = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert whole.returncode == 0, whole.stderr[-2000:]
+        got = json.loads(whole.stdout)["events"]
+        assert [int(e["event"]["exec"]["argv"][2]) for e in got] == list(range(1, n + 1))
+        assert got[0]["event"]["process"]["argv"][1] == arg     # the process's argv is given back whole
+        some = subprocess.run([*base, "--limit", "500"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert some.returncode == 0 and len(json.loads(some.stdout)["events"]) == 500, some.stderr[-2000:]

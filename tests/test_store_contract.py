@@ -338,3 +338,26 @@ def test_postgres_rows_stamped_ahead_never_block_that_days_partition(postgres):
 def pb_batch(events):
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
     return cpb.EventBatch(events=events)
+
+
+def test_timeline_pages_by_bytes_continue_exactly_after_the_cursor(store):
+    """Pages of a few KB over events that share timestamps across hosts: every event once, in order."""
+    from collector.paging import page_events  # noqa: PLC0415
+    from collector.timeline import build_timeline  # noqa: PLC0415
+
+    for host in ("h1", "h2"):
+        store.register_agent(host, host, "b", 0)
+        store.ingest(host, [ev(s, ts=T0 + (s // 3) * 1000, argv=["python3", "x" * 500, str(s)]) for s in range(1, 61)])
+    seen, cursor, pages = [], "", 0
+    while True:
+        reply = build_timeline(store, TimelineFilter(job_id="j1", limit=10_000), cursor=cursor, budget=4_000)
+        seen += [(e.event.ts_ns, e.host_id, e.event.seq) for e in reply.events]
+        pages += 1
+        if not reply.truncated:
+            break
+        cursor = reply.next_cursor
+        assert reply.ByteSize() < 4_000 + 2_000                # one event over the budget at most
+    assert pages > 10 and len(seen) == 120 and seen == sorted(set(seen))
+    rows, nxt = page_events(lambda after, n: store.timeline(TimelineFilter(job_id="j1", limit=n, after=after)),
+                            limit=7, budget=1 << 20, after=None)
+    assert len(rows) == 7 and nxt                              # a row limit ends a page too

@@ -38,6 +38,7 @@ class TimelineFilter:
     kinds: tuple[str, ...] = ()
     process_keys: tuple[str, ...] = ()
     limit: int = 10_000
+    after: tuple[int, str, int] | None = None   # (ts_ns, host_id, seq) of the last event already returned
 
 
 def fleet_destination(ev: pb.Event, kind: str) -> tuple[str | None, int | None]:
@@ -89,10 +90,51 @@ def timeline_where(flt: TimelineFilter) -> tuple[str, list]:
         if values:
             sql.append(f"{column} IN ({','.join('?' * len(values))})")
             params.extend(values)
+    if flt.after:
+        sql.append(AFTER_SQL)
+        params.extend(flt.after)
     return " AND ".join(sql), params
 
 
-def alerts_where(job_id: str, since_ns: int, rule_id: str, host: str, until_ns: int) -> tuple[str, list]:
+# Paging in the one order every event list uses (ts_ns, host_id, seq): continue strictly after the last row sent.
+AFTER_SQL = "(ts_ns, host_id, seq) > (?, ?, ?)"
+
+
+def encode_cursor(ts_ns: int, host_id: str, seq: int) -> str:
+    return f"{ts_ns}:{seq}:{host_id}"
+
+
+def decode_cursor(text: str) -> tuple[int, str, int] | None:
+    """A reply's next_cursor back into (ts_ns, host_id, seq); ValueError when it is not one."""
+    if not text:
+        return None
+    ts, seq, host = text.split(":", 2)
+    value = (int(ts), host, int(seq))
+    if not (-(1 << 63) <= value[0] < (1 << 63) and 0 <= value[2] < (1 << 63)) or len(host) > 256:
+        raise ValueError("cursor out of range")
+    return value
+
+
+def event_bytes(ev: pb.Event) -> bytes:
+    """What a store keeps of an event: an exec's argv once (process.argv repeats exec.argv; load_event puts it
+    back), so a job of long command lines costs its argv once on disk and in every answer built from it."""
+    if ev.WhichOneof("body") == "exec" and ev.process.argv and list(ev.process.argv) == list(ev.exec.argv):
+        slim = pb.Event()
+        slim.CopyFrom(ev)
+        del slim.process.argv[:]
+        return slim.SerializeToString()
+    return ev.SerializeToString()
+
+
+def load_event(body: bytes) -> pb.Event:
+    ev = pb.Event.FromString(body)
+    if ev.WhichOneof("body") == "exec" and not ev.process.argv and ev.exec.argv:
+        ev.process.argv.extend(ev.exec.argv)
+    return ev
+
+
+def alerts_where(job_id: str, since_ns: int, rule_id: str, host: str, until_ns: int,
+                 after: tuple[int, str] | None = None) -> tuple[str, list]:
     """The WHERE clause of an alerts query ('?' placeholders), one for every store."""
     sql, params = ["ts_ns >= ?"], [since_ns]
     for column, value in (("job_id", job_id), ("rule_id", rule_id), ("host_id", host)):
@@ -102,6 +144,9 @@ def alerts_where(job_id: str, since_ns: int, rule_id: str, host: str, until_ns: 
     if until_ns:
         sql.append("ts_ns <= ?")
         params.append(until_ns)
+    if after:
+        sql.append("(ts_ns, id) > (?, ?)")             # alerts page in (ts_ns, id) order
+        params.extend(after)
     return " AND ".join(sql), params
 
 
@@ -125,13 +170,14 @@ class Store(Protocol):
     def add_alert(self, alert: ppb.Alert) -> None: ...
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
-               until_ns: int = 0) -> list[ppb.Alert]: ...
+               until_ns: int = 0, after: tuple[int, str] | None = None) -> list[ppb.Alert]: ...
 
-    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
+    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000,
+                    after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         """Connect and denied-connect events to an address in cidr, in time order."""
 
     def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
-                   limit: int = 10_000) -> list[StoredRow]:
+                   limit: int = 10_000, after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         """Exec events of one executable (sha256, path or basename), in time order."""
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:

@@ -22,13 +22,16 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from collector.store.base import (
+    AFTER_SQL,
     PROCESS_COLUMNS,
     IngestResult,
     StoredRow,
     TimelineFilter,
     alerts_where,
+    event_bytes,
     fleet_destination,
     job_summary,
+    load_event,
     process_item,
     timeline_where,
 )
@@ -234,7 +237,7 @@ class PostgresStore:
             key, job_id = p.key, job.id
             days.add(day_of(ts))
             daddr, dport = fleet_destination(ev, kind)
-            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now,
+            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, event_bytes(ev), now,
                          daddr, dport, p.exe or None, p.exe_sha256 or None))
             if key and kind in PROCESS_KINDS:
                 prev = procs.get(key)
@@ -302,7 +305,7 @@ class PostgresStore:
     def _events(self, where: list[str], params: list, limit: int) -> list[StoredRow]:
         """SELECT host_id, body ... WHERE <where> in time order: the rows of every event query."""
         rows = self._rows(" ".join(where) + " ORDER BY ts_ns, host_id, seq LIMIT %s", (*params, limit))
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in rows]
+        return [StoredRow(h, load_event(b)) for h, b in rows]
 
     def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]:
         rows = self._rows(
@@ -329,25 +332,32 @@ class PostgresStore:
                         (alert.id, alert.ts_ns, alert.rule_id, alert.job.id, alert.host_id, alert.SerializeToString()))
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
-               until_ns: int = 0) -> list[ppb.Alert]:
-        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns)
+               until_ns: int = 0, after: tuple[int, str] | None = None) -> list[ppb.Alert]:
+        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns, after)
         rows = self._rows(f"SELECT body FROM alerts WHERE {where.replace('?', '%s')} ORDER BY ts_ns, id LIMIT %s",
                           (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
 
     # -- fleet questions -----------------------------------------------------------------------
-    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
+    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000,
+                    after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         net = ipaddress.ip_network(cidr, strict=False)
         sql = ["SELECT host_id, body FROM events WHERE daddr IS NOT NULL AND daddr::inet <<= %s::inet AND ts_ns >= %s"]
         params: list = [str(net), since_ns]
+        if after:
+            sql.append("AND " + AFTER_SQL.replace("?", "%s"))
+            params.extend(after)
         if until_ns:
             sql.append("AND ts_ns <= %s")
             params.append(until_ns)
         return self._events(sql, params, limit)
 
     def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
-                   limit: int = 10_000) -> list[StoredRow]:
+                   limit: int = 10_000, after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         sql, params = ["SELECT host_id, body FROM events WHERE kind = 'exec' AND ts_ns >= %s"], [since_ns]
+        if after:
+            sql.append("AND " + AFTER_SQL.replace("?", "%s"))
+            params.extend(after)
         if sha256:
             sql.append("AND sha256 = %s")
             params.append(sha256.lower())
@@ -416,7 +426,7 @@ class PostgresStore:
             "SELECT xid::text::bigint, rid, host_id, ingested_ns, body FROM events "
             "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) AND (xid, rid) > (%s::text::xid8, %s) "
             "ORDER BY xid, rid LIMIT %s", (str(xid), rid, limit))
-        return [((x, r), host, ing or 0, pb.Event.FromString(body)) for x, r, host, ing, body in rows]
+        return [((x, r), host, ing or 0, load_event(body)) for x, r, host, ing, body in rows]
 
     def get_cursor(self, name: str) -> tuple:
         rows = self._rows("SELECT value FROM cursors WHERE name = %s", (name,))
@@ -437,7 +447,7 @@ class PostgresStore:
             return row is not None
 
     def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
-        return [(h, pb.Event.FromString(b)) for h, b in self._rows(
+        return [(h, load_event(b)) for h, b in self._rows(
             "SELECT host_id, body FROM events WHERE ts_ns >= %s ORDER BY ts_ns, host_id, seq LIMIT %s",
             (since_ts_ns, limit))]
 

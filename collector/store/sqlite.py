@@ -16,14 +16,17 @@ import time
 from pathlib import Path
 
 from collector.store.base import (
+    AFTER_SQL,
     PROCESS_COLUMNS,
     IngestResult,
     StoredRow,
     TimelineFilter,
     alerts_where,
+    event_bytes,
     fleet_destination,
     in_network,
     job_summary,
+    load_event,
     process_item,
     timeline_where,
 )
@@ -187,7 +190,7 @@ class SqliteStore:
             p, job, ts = ev.process, ev.job, ev.ts_ns   # upb fields: read each once
             key, job_id = p.key, job.id
             daddr, dport = fleet_destination(ev, kind)
-            rows.append([host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, ev.SerializeToString(), now,
+            rows.append([host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, event_bytes(ev), now,
                          daddr, dport, p.exe or None, p.exe_sha256 or None, 0])
             if key and kind in PROCESS_KINDS:
                 prev = procs.get(key)
@@ -258,7 +261,7 @@ class SqliteStore:
         where, params = timeline_where(flt)
         rows = self._read(f"SELECT host_id, body FROM events WHERE {where} ORDER BY ts_ns, host_id, seq LIMIT ?",
                           (*params, flt.limit))
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in rows]
+        return [StoredRow(h, load_event(b)) for h, b in rows]
 
     def processes(self, job_id: str, host: str = "") -> list[dict]:
         sql = (f"SELECT {', '.join(PROCESS_COLUMNS)} FROM processes WHERE job_id = ?"
@@ -272,17 +275,21 @@ class SqliteStore:
                              alert.SerializeToString()))
 
     def alerts(self, job_id: str = "", since_ns: int = 0, limit: int = 1000, rule_id: str = "", host: str = "",
-               until_ns: int = 0) -> list[ppb.Alert]:
-        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns)
+               until_ns: int = 0, after: tuple[int, str] | None = None) -> list[ppb.Alert]:
+        where, params = alerts_where(job_id, since_ns, rule_id, host, until_ns, after)
         rows = self._read(f"SELECT body FROM alerts WHERE {where} ORDER BY ts_ns, id LIMIT ?", (*params, limit))
         return [ppb.Alert.FromString(b) for (b,) in rows]
 
     # -- fleet questions -----------------------------------------------------------------
-    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000) -> list[StoredRow]:
+    def connections(self, cidr: str, since_ns: int = 0, until_ns: int = 0, limit: int = 10_000,
+                    after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         """Connect (and denied-connect) events to an address in cidr, in time order."""
         net = ipaddress.ip_network(cidr, strict=False)
         sql = ["SELECT host_id, daddr, body FROM events WHERE daddr IS NOT NULL AND ts_ns >= ?"]
         params: list = [since_ns]
+        if after:
+            sql.append("AND " + AFTER_SQL)
+            params.extend(after)
         if net.num_addresses == 1:
             sql.append("AND daddr = ?")
             params.append(str(net.network_address))
@@ -292,15 +299,18 @@ class SqliteStore:
         out = []
         for host, daddr, body in self._read(" ".join(sql) + " ORDER BY ts_ns, host_id, seq", params):
             if in_network(daddr, net):
-                out.append(StoredRow(host, pb.Event.FromString(body)))
+                out.append(StoredRow(host, load_event(body)))
                 if len(out) >= limit:
                     break
         return out
 
     def executions(self, sha256: str = "", exe: str = "", name: str = "", since_ns: int = 0, until_ns: int = 0,
-                   limit: int = 10_000) -> list[StoredRow]:
+                   limit: int = 10_000, after: tuple[int, str, int] | None = None) -> list[StoredRow]:
         """Exec events of an executable (by sha256, path or basename), in time order."""
         sql, params = ["SELECT host_id, body FROM events WHERE kind = 'exec' AND ts_ns >= ?"], [since_ns]
+        if after:
+            sql.append("AND " + AFTER_SQL)
+            params.extend(after)
         if sha256:
             sql.append("AND sha256 = ?")
             params.append(sha256.lower())
@@ -315,7 +325,7 @@ class SqliteStore:
             params.append(until_ns)
         sql.append("ORDER BY ts_ns, host_id, seq LIMIT ?")
         params.append(limit)
-        return [StoredRow(h, pb.Event.FromString(b)) for h, b in self._read(" ".join(sql), params)]
+        return [StoredRow(h, load_event(b)) for h, b in self._read(" ".join(sql), params)]
 
     def jobs_on_host(self, host_id: str, since_ns: int) -> list[tuple[str, str]]:
         """(job kind, job id) with events on this host since the given time."""
@@ -355,7 +365,7 @@ class SqliteStore:
         after = cursor[0] if cursor else 0
         rows = self._read("SELECT rid, host_id, ingested_ns, body FROM events WHERE rid > ? ORDER BY rid LIMIT ?",
                           (after, limit))
-        return [((rid,), host, ing or 0, pb.Event.FromString(body)) for rid, host, ing, body in rows]
+        return [((rid,), host, ing or 0, load_event(body)) for rid, host, ing, body in rows]
 
     def get_cursor(self, name: str) -> tuple:
         rows = self._read("SELECT value FROM cursors WHERE name = ?", (name,))
@@ -378,7 +388,7 @@ class SqliteStore:
     def recent_events(self, since_ts_ns: int, limit: int) -> list[tuple[str, pb.Event]]:
         rows = self._read("SELECT host_id, body FROM events WHERE ts_ns >= ? ORDER BY ts_ns, host_id, seq "
                                "LIMIT ?", (since_ts_ns, limit))
-        return [(h, pb.Event.FromString(b)) for h, b in rows]
+        return [(h, load_event(b)) for h, b in rows]
 
     def add_order(self, order_id: str, host_id: str, body: bytes) -> bool:
         with self._lock:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 from google.protobuf.json_format import MessageToDict
 
-from collector.query import QueryService
+from collector.query import BadRequest, QueryService
 from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
@@ -79,6 +79,8 @@ class WebApp:
             return self._reply(start_response, "404 Not Found", {"error": f"no API {path}"})
         except TimeoutError:
             return self._reply(start_response, "503 Service Unavailable", {"error": "the store did not answer"})
+        except BadRequest as exc:
+            return self._reply(start_response, "400 Bad Request", {"error": str(exc)})
         return self._reply(start_response, "200 OK", data)
 
     def _call(self, method: str, request, who: Identity):
@@ -100,14 +102,14 @@ class WebApp:
         if name == "timeline":
             kinds = [k for k in q.get("kind", []) if k in KINDS]
             req = cpb.TimelineRequest(job_id=_str(q, "job"), host=_str(q, "host"), since_ns=_int(q, "since"),
-                                      until_ns=_int(q, "until"), kinds=kinds,
+                                      until_ns=_int(q, "until"), kinds=kinds, cursor=_str(q, "cursor"),
                                       limit=min(_int(q, "limit", 5000) or 5000, MAX_EVENTS))
             return MessageToDict(self._call("Timeline", req, who), preserving_proto_field_name=True)
         if name == "tree":
             req = cpb.TreeRequest(job_id=_str(q, "job"), host=_str(q, "host"))
             return MessageToDict(self._call("ProcessTree", req, who), preserving_proto_field_name=True)
         if name == "alerts":
-            req = cpb.AlertsRequest(job_id=_str(q, "job"), limit=_int(q, "limit", 1000))
+            req = cpb.AlertsRequest(job_id=_str(q, "job"), limit=_int(q, "limit", 1000), cursor=_str(q, "cursor"))
             return MessageToDict(self._call("ListAlerts", req, who), preserving_proto_field_name=True)
         raise KeyError(name)
 

@@ -145,7 +145,7 @@ class ListJobsReply(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ...) -> None: ...
 
 class TimelineRequest(_message.Message):
-    __slots__ = ("job_id", "host", "since_ns", "until_ns", "kinds", "subtree_key", "limit")
+    __slots__ = ("job_id", "host", "since_ns", "until_ns", "kinds", "subtree_key", "limit", "cursor", "max_bytes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,8 @@ class TimelineRequest(_message.Message):
     KINDS_FIELD_NUMBER: _ClassVar[int]
     SUBTREE_KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     host: str
     since_ns: int
@@ -160,7 +162,9 @@ class TimelineRequest(_message.Message):
     kinds: _containers.RepeatedScalarFieldContainer[str]
     subtree_key: str
     limit: int
-    def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., subtree_key: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    cursor: str
+    max_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ..., subtree_key: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class StoredEvent(_message.Message):
     __slots__ = ("host_id", "event")
@@ -199,18 +203,20 @@ class Destination(_message.Message):
     def __init__(self, daddr: _Optional[str] = ..., dport: _Optional[int] = ..., proto: _Optional[str] = ..., count: _Optional[int] = ..., last_result: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TimelineReply(_message.Message):
-    __slots__ = ("events", "first_gpu_use", "destinations", "alerts", "truncated")
+    __slots__ = ("events", "first_gpu_use", "destinations", "alerts", "truncated", "next_cursor")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     FIRST_GPU_USE_FIELD_NUMBER: _ClassVar[int]
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
     first_gpu_use: _containers.RepeatedCompositeFieldContainer[FirstGpuUse]
     destinations: _containers.RepeatedCompositeFieldContainer[Destination]
     alerts: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Alert]
     truncated: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., first_gpu_use: _Optional[_Iterable[_Union[FirstGpuUse, _Mapping]]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    next_cursor: str
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., first_gpu_use: _Optional[_Iterable[_Union[FirstGpuUse, _Mapping]]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ..., truncated: _Optional[bool] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class TreeNode(_message.Message):
     __slots__ = ("key", "parent_key", "host_id", "pid", "comm", "exe", "argv", "first_ts_ns", "used_gpu")
@@ -243,62 +249,78 @@ class TreeRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class TreeReply(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "truncated")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[TreeNode]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[TreeNode, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, nodes: _Optional[_Iterable[_Union[TreeNode, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class AlertsRequest(_message.Message):
-    __slots__ = ("job_id", "since_ns", "limit", "rule_id", "host", "until_ns")
+    __slots__ = ("job_id", "since_ns", "limit", "rule_id", "host", "until_ns", "cursor", "max_bytes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     since_ns: int
     limit: int
     rule_id: str
     host: str
     until_ns: int
-    def __init__(self, job_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., limit: _Optional[int] = ..., rule_id: _Optional[str] = ..., host: _Optional[str] = ..., until_ns: _Optional[int] = ...) -> None: ...
+    cursor: str
+    max_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., limit: _Optional[int] = ..., rule_id: _Optional[str] = ..., host: _Optional[str] = ..., until_ns: _Optional[int] = ..., cursor: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ConnectionsRequest(_message.Message):
-    __slots__ = ("cidr", "since_ns", "until_ns", "limit")
+    __slots__ = ("cidr", "since_ns", "until_ns", "limit", "cursor", "max_bytes")
     CIDR_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     cidr: str
     since_ns: int
     until_ns: int
     limit: int
-    def __init__(self, cidr: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    cursor: str
+    max_bytes: int
+    def __init__(self, cidr: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecutionsRequest(_message.Message):
-    __slots__ = ("sha256", "exe", "name", "since_ns", "until_ns", "limit")
+    __slots__ = ("sha256", "exe", "name", "since_ns", "until_ns", "limit", "cursor", "max_bytes")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EXE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     exe: str
     name: str
     since_ns: int
     until_ns: int
     limit: int
-    def __init__(self, sha256: _Optional[str] = ..., exe: _Optional[str] = ..., name: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    cursor: str
+    max_bytes: int
+    def __init__(self, sha256: _Optional[str] = ..., exe: _Optional[str] = ..., name: _Optional[str] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class FleetReply(_message.Message):
-    __slots__ = ("events", "truncated")
+    __slots__ = ("events", "truncated", "next_cursor")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[StoredEvent]
     truncated: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    next_cursor: str
+    def __init__(self, events: _Optional[_Iterable[_Union[StoredEvent, _Mapping]]] = ..., truncated: _Optional[bool] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class GpuProcessesRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -330,10 +352,14 @@ class GpuProcessesReply(_message.Message):
     def __init__(self, processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ...) -> None: ...
 
 class AlertsReply(_message.Message):
-    __slots__ = ("alerts",)
+    __slots__ = ("alerts", "truncated", "next_cursor")
     ALERTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     alerts: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Alert]
-    def __init__(self, alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    next_cursor: str
+    def __init__(self, alerts: _Optional[_Iterable[_Union[_policy_pb2.Alert, _Mapping]]] = ..., truncated: _Optional[bool] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ()

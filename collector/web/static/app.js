@@ -93,17 +93,18 @@ async function jobView(view, job) {
   state.events = tl.events || [];
   state.alerts = (tl.alerts || []).sort((a, b) => us(a.ts_ns) - us(b.ts_ns));
   state.truncated = !!tl.truncated;
+  state.cursor = tl.next_cursor || "";
   state.tree = tree.nodes || [];
   state.destinations = tl.destinations || [];
   renderJob(view);
 }
 
 async function loadMore(view) {
-  const last = state.events[state.events.length - 1];
-  const since = String(BigInt(last.event.ts_ns) + 1n);
-  const tl = await api("timeline?" + query().replace(/&since=[^&]*/, `&since=${since}`));
+  // the collector pages by bytes as well as rows: continue exactly after the last event it sent
+  const tl = await api("timeline?" + query(`&cursor=${encodeURIComponent(state.cursor)}`));
   state.events = state.events.concat(tl.events || []);
   state.truncated = !!tl.truncated;
+  state.cursor = tl.next_cursor || "";
   renderJob(view);
 }
 
