@@ -117,14 +117,14 @@ class CollectorApp:
             self.policy.bind_loop(loop)
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
                        loop.create_task(self.outbox.deliver_forever())]
-        self._start_http(loop)
+        await self._start_http(loop)
         return self.port
 
     def _reader(self, token: str):
         who = self.auth.verifier.verify(token)
         return who if who is not None and who.can("reader") else None
 
-    def _start_http(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_http(self, loop: asyncio.AbstractEventLoop) -> None:
         """The timeline page and /metrics: each off unless configured, each behind a reader token."""
         from gpuguard.httpd import HttpServer, bearer_guard  # noqa: PLC0415
 
@@ -132,8 +132,9 @@ class CollectorApp:
         if self.cfg.http:
             from collector.web import WebApp  # noqa: PLC0415
 
-            page = HttpServer(self.cfg.http, WebApp(self.query, self._reader, loop), tls)
+            page = HttpServer(self.cfg.http, WebApp(self.query, self._reader, loop), tls, loop=loop)
             self.http_servers["page"] = page
+            await page.started()
             log.info("timeline page on %s/ (read-only, reader token)", page.url)
         if self.cfg.metrics:
             from prometheus_client import make_wsgi_app  # noqa: PLC0415
@@ -141,8 +142,9 @@ class CollectorApp:
             from collector.metrics import collector_registry  # noqa: PLC0415
 
             app = bearer_guard(make_wsgi_app(collector_registry(self)), lambda t: self._reader(t) is not None)
-            metrics = HttpServer(self.cfg.metrics, app, tls)
+            metrics = HttpServer(self.cfg.metrics, app, tls, loop=loop)
             self.http_servers["metrics"] = metrics
+            await metrics.started()
             log.info("metrics on %s/metrics (reader token)", metrics.url)
 
     async def stop(self, grace: float = 2) -> None:

@@ -1,65 +1,54 @@
-"""A small threaded WSGI server for the read-only HTTP endpoints (metrics, the timeline page).
+"""The read-only HTTP endpoints (metrics, the timeline page): one asyncio server, no thread per connection.
 
 Secure by default: an endpoint is served either with a bearer-token check, or, when it has no
 way to check a token, on a loopback address only (``require_token_or_loopback``).
+
+Connections live on an event loop (the collector's own, or one thread of the agent's); only a request being
+answered takes a thread, from a small pool that runs the WSGI app (the page's queries, prometheus_client). A
+request's head must arrive within HEADER_TIMEOUT_S and fit in MAX_HEAD_BYTES; a keep-alive connection idle for
+IDLE_TIMEOUT_S is closed; beyond MAX_CONNECTIONS open at once, new ones get a 503 and are closed (counted).
+Hand-written on asyncio streams (~150 lines) rather than aiohttp: aiohttp has neither a head-read timeout nor a
+connection cap, so the parts this server exists for would be hand-written around it anyway, and the apps here
+are WSGI.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import ipaddress
 import logging
+import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
-MAX_CONNECTIONS = 64          # connections served at once; more are closed at accept (and counted)
-IDLE_TIMEOUT_S = 10.0         # a connection that sends nothing (or stalls) for this long is closed
+MAX_CONNECTIONS = 64          # connections open at once; more get a 503 at accept (and are counted)
+HEADER_TIMEOUT_S = 10.0       # a request's head must arrive within this (slow-header clients are cut)
+IDLE_TIMEOUT_S = 10.0         # a keep-alive connection that sends nothing for this long is closed
+WRITE_TIMEOUT_S = 30.0        # a client that does not read its answer is cut
+MAX_HEAD_BYTES = 16 << 10     # request line + headers
+MAX_BODY_BYTES = 64 << 10     # these endpoints are read-only: small bodies at most
+WORKERS = 4                   # threads that run the app (requests answered at once)
+BACKLOG = 256
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, but at most MAX_CONNECTIONS of them: idle connections cannot pile up threads
-    (1,500 idle connections made 1,514 threads before)."""
+class _Request(ValueError):
+    """A request this server will not pass on (the status to answer with)."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256      # the listen backlog (socketserver's default of 5 stalls clients in SYN_RECV)
-    accepted = rejected = 0
-
-    def process_request(self, request, client_address) -> None:
-        self.accepted += 1
-        slots = self.__dict__.setdefault("_slots", threading.BoundedSemaphore(MAX_CONNECTIONS))
-        if not slots.acquire(blocking=False):
-            self.rejected += 1
-            if self.rejected & (self.rejected - 1) == 0:
-                log.warning("http: %d connections refused so far (more than %d at once)", self.rejected,
-                            MAX_CONNECTIONS)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that timed out or went away is not worth a traceback on stderr."""
-        log.debug("http: request from %s ended with an error", client_address, exc_info=True)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = IDLE_TIMEOUT_S      # the socket's timeout: a silent client does not keep its thread
-
-    def log_message(self, fmt, *args) -> None:   # access logs at debug level, not on stderr
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def __init__(self, status: HTTPStatus, why: str) -> None:
+        super().__init__(why)
+        self.status = status
 
 
 def parse_addr(addr: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -108,25 +97,184 @@ def bearer_guard(app: WsgiApp, allowed: Callable[[str], bool], open_paths: tuple
 
 
 class HttpServer:
-    """Serves a WSGI app on a daemon thread until close()."""
+    """Serves a WSGI app on an asyncio loop: the caller's (the collector's) or one thread of its own."""
 
-    def __init__(self, addr: str, app: WsgiApp, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, addr: str, app: WsgiApp, tls: tuple[str, str] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         host, port = parse_addr(addr)
-        self.server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)   # errors surface here
+        self.sock.setblocking(False)
+        self.app = app
+        self.ssl = None
         if tls and tls[0]:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(tls[0], tls[1])
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.host, self.port = host, self.server.server_address[1]
-        self.scheme = "https" if tls and tls[0] else "http"
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"http-{port}", daemon=True)
-        self.thread.start()
+            self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl.load_cert_chain(tls[0], tls[1])
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.scheme = "https" if self.ssl else "http"
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"http-{self.port}")
+        self.accepted = self.rejected = self.timed_out = self.active = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = None
+        if loop is None:                          # the agent: a loop of its own, in one daemon thread
+            self.loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self.loop.run_forever, name=f"http-{self.port}", daemon=True)
+            self._thread.start()
+            asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(10)
+        else:                                     # the collector: its own loop, started from within it
+            self.loop = loop
+            self._listening = loop.create_task(self._listen())
+
+    async def started(self) -> None:
+        """On the caller's loop: wait until it listens (and raise what stopped it)."""
+        if self._thread is None:
+            await self._listening
+
+    @property
+    def server(self) -> HttpServer:
+        """The counters (accepted, rejected, timed_out), where the threaded server kept them."""
+        return self
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
+    async def _listen(self) -> None:
+        tls = {"ssl": self.ssl, "ssl_handshake_timeout": HEADER_TIMEOUT_S} if self.ssl else {}
+        self._server = await asyncio.start_server(self._connection, sock=self.sock, limit=MAX_HEAD_BYTES, **tls)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.active >= MAX_CONNECTIONS:
+            self.rejected += 1
+            if self.rejected & (self.rejected - 1) == 0:
+                log.warning("http: %d connections refused so far (more than %d at once)", self.rejected,
+                            MAX_CONNECTIONS)
+            writer.write(_response(HTTPStatus.SERVICE_UNAVAILABLE, [("Content-Type", "text/plain")],
+                                   b"too many connections\n", keep=False))
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.drain(), 1)
+            writer.close()
+            return
+        self.active += 1
+        self._writers.add(writer)
+        try:
+            first = True
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                                  HEADER_TIMEOUT_S if first else IDLE_TIMEOUT_S)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    self.timed_out += 1
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(_response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, [], b"", keep=False))
+                    return
+                first = False
+                try:
+                    environ, keep = _environ(head, self)
+                    length = int(environ.get("CONTENT_LENGTH") or 0)
+                    if not 0 <= length <= MAX_BODY_BYTES:
+                        raise _Request(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
+                    body = await asyncio.wait_for(reader.readexactly(length), HEADER_TIMEOUT_S) if length else b""
+                except _Request as bad:
+                    writer.write(_response(bad.status, [("Content-Type", "text/plain")], f"{bad}\n".encode(),
+                                           keep=False))
+                    return
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                environ["wsgi.input"] = io.BytesIO(body)
+                status, headers, payload = await self.loop.run_in_executor(self.pool, self._answer, environ)
+                writer.write(_response(status, headers, payload, keep))
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                if not keep:
+                    return
+        except (TimeoutError, ConnectionError, OSError):
+            return
+        finally:
+            self.active -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    def _answer(self, environ: dict) -> tuple[str, list, bytes]:
+        """Run the WSGI app (in a pool thread): (status line, headers, body)."""
+        started: list = []
+
+        def start_response(status, headers, exc_info=None):
+            started[:] = [status, headers]
+
+        try:
+            result = self.app(environ, start_response)
+            try:
+                payload = b"".join(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            return started[0], started[1], payload
+        except Exception:
+            log.exception("http: %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return "500 Internal Server Error", [("Content-Type", "text/plain")], b"internal error\n"
+
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+        else:                                     # on the caller's loop, from within it
+            if self._server is not None:
+                self._server.close()
+            else:
+                self._listening.cancel()
+                self.sock.close()
+            for w in list(self._writers):
+                w.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+
+
+def _environ(head: bytes, server: HttpServer) -> tuple[dict, bool]:
+    """A request head -> (WSGI environ, keep the connection open after the answer)."""
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        raise _Request(HTTPStatus.BAD_REQUEST, "malformed request line") from None
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _Request(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.0 or 1.1 only")
+    path, _, query = target.partition("?")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": unquote(path), "QUERY_STRING": query,
+               "SERVER_PROTOCOL": version, "SERVER_NAME": server.host, "SERVER_PORT": str(server.port),
+               "SCRIPT_NAME": "", "wsgi.version": (1, 0), "wsgi.url_scheme": server.scheme,
+               "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+               "wsgi.run_once": False}
+    connection = ""
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _Request(HTTPStatus.BAD_REQUEST, "malformed header")
+        name, value = name.strip().upper().replace("-", "_"), value.strip()
+        if name == "CONNECTION":
+            connection = value.lower()
+        if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[name] = value
+        else:
+            environ[f"HTTP_{name}"] = value
+    keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    return environ, keep
+
+
+def _response(status, headers: list, body: bytes, keep: bool) -> bytes:
+    line = status if isinstance(status, str) else f"{status.value} {status.phrase}"
+    fixed = [(k, v) for k, v in headers if k.lower() not in ("content-length", "connection")]
+    fixed += [("Content-Length", str(len(body))), ("Connection", "keep-alive" if keep else "close")]
+    return (f"HTTP/1.1 {line}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fixed) + "\r\n").encode("latin-1") + body

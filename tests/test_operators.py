@@ -243,9 +243,9 @@ def test_a_syslog_receiver_that_never_reads_costs_alerts_not_detection():
 
 
 def test_idle_http_connections_cannot_pile_up_threads():
-    """1,500 idle unauthenticated connections made 1,514 threads: now at most MAX_CONNECTIONS are served at once,
-    the rest are closed at accept, and the server still answers once they go."""
-    from gpuguard.httpd import MAX_CONNECTIONS, HttpServer  # noqa: PLC0415
+    """1,500 idle unauthenticated connections made 1,514 threads: connections now live on one event loop (no
+    thread each), at most MAX_CONNECTIONS at once, the rest get a 503 at accept, and the server still answers."""
+    from gpuguard.httpd import MAX_CONNECTIONS, WORKERS, HttpServer  # noqa: PLC0415
 
     def app(_environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -262,10 +262,37 @@ def test_idle_http_connections_cannot_pile_up_threads():
     try:
         assert len(idle) > MAX_CONNECTIONS                                  # more than it may serve at once
         assert wait_until(lambda: server.server.accepted >= len(idle))      # every one reached the server
-        assert threading.active_count() <= before + MAX_CONNECTIONS
+        assert threading.active_count() <= before + WORKERS       # no thread per connection
         assert server.server.rejected >= len(idle) - MAX_CONNECTIONS
+        assert idle[-1].recv(100).startswith(b"HTTP/1.1 503")      # the last ones are told why
     finally:
         for s in idle:
             s.close()
     assert wait_until(lambda: get(server.url + "/")[0] == 200)
     server.close()
+
+
+def test_a_slow_header_client_is_cut_and_a_keep_alive_connection_serves_many(monkeypatch):
+    import gpuguard.httpd as httpd  # noqa: PLC0415
+
+    monkeypatch.setattr(httpd, "HEADER_TIMEOUT_S", 0.5)
+
+    def app(_environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = httpd.HttpServer("127.0.0.1:0", app)
+    try:
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")               # ...and the rest never comes
+        assert slow.recv(100) == b""                                    # closed by the server
+        assert server.timed_out == 1
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as keep:
+            for _ in range(3):                                          # one connection, three answers
+                keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert keep.recv(200).startswith(b"HTTP/1.1 200 OK")
+            keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 20_000 + b"\r\n\r\n")
+            assert keep.recv(200).startswith(b"HTTP/1.1 431")            # a head over the limit
+        slow.close()
+    finally:
+        server.close()
