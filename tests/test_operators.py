@@ -273,7 +273,7 @@ def test_idle_http_connections_cannot_pile_up_threads():
 
 
 def test_a_slow_header_client_is_cut_and_a_keep_alive_connection_serves_many(monkeypatch):
-    import gpuguard.httpd as httpd  # noqa: PLC0415
+    from gpuguard import httpd  # noqa: PLC0415
 
     monkeypatch.setattr(httpd, "HEADER_TIMEOUT_S", 0.5)
 
