@@ -25,6 +25,7 @@ class AgentConfig:
     host_id: str = ""
     token_file: str = ""                     # this agent's credential; default AUTH_DIR/credentials/agent[-HOST].token
     auth_dir: str = ""                       # default /etc/gpuguard (or $GPUGUARD_AUTH_DIR)
+    join_token_file: str = ""                # no credential yet: enroll with this join token (agent/enroll.py)
     tls_ca: str = ""                         # CA of the collector's certificate: TLS on
     tls_cert: str = ""                       # this agent's certificate and key, for mTLS
     tls_key: str = ""

@@ -16,7 +16,7 @@ from agent.identity import HostIdentity
 from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
 from agent.runtime import Capture
-from gpuguard.credentials import CredentialStore, find_token
+from gpuguard.credentials import CredentialStore
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger("gpuguard.agent")
@@ -70,15 +70,16 @@ class Agent:
             self.capture.sinks.append(self.enforcer.on_records)
             self.capture.injected.append(self.enforcer.injected)
         if self.cfg.collector:
+            from agent.enroll import Credential  # noqa: PLC0415
             from agent.shipper import Shipper  # noqa: PLC0415
             from agent.spool import Spool  # noqa: PLC0415
 
-            def token() -> str:
-                return find_token(self.cfg.token_file, "agent", self.identity.host_id, self.cfg.auth_dir or None)
-
+            tls = (self.cfg.tls_ca, self.cfg.tls_cert, self.cfg.tls_key)
+            token = Credential(self.identity, self.cfg.collector, self.cfg.token_file, self.cfg.auth_dir,
+                               self.cfg.state_dir, self.cfg.join_token_file, tls)
             if not token():
-                log.warning("no agent credential found (--token-file, or %s): the collector will refuse the stream "
-                            "unless it authenticates this agent by its TLS certificate",
+                log.warning("no agent credential found (--token-file, --join-token-file, or %s): the collector "
+                            "will refuse the stream unless it authenticates this agent by its TLS certificate",
                             CredentialStore(self.cfg.auth_dir or None).token_path("agent"))
             self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes)
             self.capture.sinks.append(self.spool.append)
@@ -87,7 +88,7 @@ class Agent:
                 self.cfg.batch_max_delay_ms / 1000,
                 on_command=self.enforcer.on_command if self.enforcer else None,
                 policy_version=(lambda: self.enforcer.policy_version) if self.enforcer else (lambda: 0),
-                tls=(self.cfg.tls_ca, self.cfg.tls_cert, self.cfg.tls_key), heartbeat_s=self.cfg.status_interval_s,
+                tls=tls, heartbeat_s=self.cfg.status_interval_s,
             )
             self.capture.sinks.append(self.shipper.notify)
             threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()

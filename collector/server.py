@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from collector.auth import Authenticator, peer_of, require
+from collector.auth import Authenticator, metadata_token, peer_of, require
 from collector.hub import AgentHub
 from collector.ingest import Ingestor, StoreUnavailable, StreamProblem, Unauthenticated
 from collector.query import QUERY_ROLES, QueryService
 from gpuguard import __version__
+from gpuguard.credentials import JOIN_ROLE, CredentialError
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 
@@ -112,6 +113,30 @@ class CollectorServicer:
                     log.warning("agent %s: could not record the disconnect: %s", session.host_id, exc)
                 log.info("agent %s disconnected (%d events stored, %d duplicates this stream)",
                          session.host_id, session.events, session.duplicates)
+
+    async def Enroll(self, request: cpb.EnrollRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+        """A new node with a live join token gets its own agent credential (host-bound); audited either way."""
+        peer = peer_of(context)
+        token = metadata_token(context.invocation_metadata())
+        who = self.auth.verifier.verify(token) if token else None
+        host = request.host.host_id[:128]
+        if who is None or who.role != JOIN_ROLE:
+            self.auth.warn_once(f"{peer}|enroll", "refused enrollment from %s: no live join token", peer)
+            await self._audit(who, peer, f"refused: host {host!r}: no live join token", False)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "enrollment needs a live join token")
+        try:
+            name, new_token = await asyncio.to_thread(self.auth.verifier.store.enroll, token, host)
+        except CredentialError as exc:
+            await self._audit(who, peer, f"refused: host {host!r}: {exc}", False)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        log.info("enrolled host %s (%s) from %s with %s", host, request.host.hostname[:128], peer, who.name)
+        await self._audit(who, peer, f"{name} for host {host} ({request.host.hostname[:128]})", True)
+        return cpb.EnrollReply(name=name, token=new_token)
+
+    async def _audit(self, who, peer: str, detail: str, ok: bool) -> None:
+        if self.auth.audit is not None:
+            await asyncio.to_thread(self.auth.audit, who.name if who else "?", who.role if who else "none", peer,
+                                    "credentials.enroll", detail, ok)
 
     async def _read(self, requests, who, outq: asyncio.Queue, still_valid=lambda: True) -> None:
         session = None
@@ -216,6 +241,9 @@ def build_server(ingestor: Ingestor, query: QueryService, hub: AgentHub, auth: A
         "Stream": grpc.stream_stream_rpc_method_handler(
             servicer.Stream, request_deserializer=None,
             response_serializer=cpb.CollectorMessage.SerializeToString),
+        "Enroll": grpc.unary_unary_rpc_method_handler(
+            servicer.Enroll, request_deserializer=cpb.EnrollRequest.FromString,
+            response_serializer=cpb.EnrollReply.SerializeToString),
     })
     server.add_generic_rpc_handlers((handler,))
     cgrpc.add_QueryServicer_to_server(guarded_query(query, auth), server)

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROLES = ("agent", "reader", "admin")
+JOIN_ROLE = "join"          # a short-lived token that can only enroll a new node (Collector.Enroll)
+MAX_JOIN_TTL_S = 7 * 24 * 3600
 DEFAULT_AUTH_DIR = "/etc/gpuguard"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 
@@ -68,6 +70,10 @@ class IdentityRecord:
     host: str
     sha256: str
     created_ns: int
+    expires_ns: int = 0         # join tokens: refused after this (0: never expires)
+
+    def expired(self, now_ns: int | None = None) -> bool:
+        return bool(self.expires_ns) and (now_ns or time.time_ns()) > self.expires_ns
 
 
 def _check(role: str, name: str, host: str) -> None:
@@ -112,9 +118,19 @@ class CredentialStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         fd = os.open(self.dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        self._own(self.dir / ".lock")
         with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
+
+    def _own(self, path: Path) -> None:
+        """Files root writes here belong to the directory's owner: the collector may run as its own user (systemd
+        DynamicUser, a pod's runAsUser) and must read (and on enrollment, write) what the root CLI wrote."""
+        if os.geteuid() != 0:
+            return
+        owner = self.dir.stat()
+        if owner.st_uid != 0:
+            os.chown(path, owner.st_uid, owner.st_gid)
 
     def _save(self, records: list[IdentityRecord]) -> None:
         tmp = self.file.with_suffix(".tmp")
@@ -123,6 +139,7 @@ class CredentialStore:
             json.dump({"identities": [asdict(r) for r in records]}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        self._own(tmp)
         os.replace(tmp, self.file)
 
     def token_path(self, name: str) -> Path:
@@ -139,13 +156,51 @@ class CredentialStore:
             if write_token_file:
                 self.tokens_dir.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(self.tokens_dir, 0o700)
+                self._own(self.tokens_dir)
                 path = self.token_path(name)
                 fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(token + "\n")
+                self._own(path.with_suffix(".tmp"))
                 os.replace(path.with_suffix(".tmp"), path)
             self._save(records)
         return token
+
+    def issue_join_token(self, ttl_s: float) -> tuple[str, str]:
+        """A token that only enrolls nodes, for ttl_s: (its name, the token). Not written to a file: the operator
+        hands it to the deployment (a Secret, a file on the image) and it expires on its own."""
+        if not 0 < ttl_s <= MAX_JOIN_TTL_S:
+            raise CredentialError(f"join token lifetime must be between 1 s and {MAX_JOIN_TTL_S // 86400} days")
+        token = secrets.token_urlsafe(32)
+        now = time.time_ns()
+        name = f"join-{now // 10**9}-{secrets.token_hex(3)}"
+        with self._locked():
+            records = [r for r in self.load() if not r.expired(now)]      # expired join tokens go now
+            records.append(IdentityRecord(name, JOIN_ROLE, "", token_hash(token), now, now + int(ttl_s * 1e9)))
+            self._save(records)
+        return name, token
+
+    def enroll(self, join_token: str, host: str) -> tuple[str, str]:
+        """A new node presents a live join token: it gets its own agent credential, bound to its host id, returned
+        once and kept nowhere but as a hash. A host that already has one is refused (a join token must not let
+        one node take over another's identity): revoke the old credential first."""
+        if not (host and NAME_RE.fullmatch(host)):
+            raise CredentialError(f"bad host id {host[:128]!r}")
+        digest = token_hash(join_token)
+        with self._locked():
+            records = self.load()
+            join = next((r for r in records if r.role == JOIN_ROLE and hmac.compare_digest(r.sha256, digest)), None)
+            if join is None or join.expired():
+                raise CredentialError("the join token is unknown or expired")
+            if any(r.role == "agent" and r.host == host for r in records):
+                raise CredentialError(f"host {host} is already enrolled: revoke its credential first "
+                                      f"(gpuguard credentials revoke --name agent-{host})")
+            token = secrets.token_urlsafe(32)
+            name = f"agent-{host}"
+            records = [r for r in records if r.name != name]
+            records.append(IdentityRecord(name, "agent", host, token_hash(token), time.time_ns()))
+            self._save(records)
+        return name, token
 
     def revoke(self, name: str) -> bool:
         with self._locked():
@@ -194,7 +249,7 @@ class TokenVerifier:
         digest = token_hash(token)
         for known, rec in self._by_hash.items():
             if hmac.compare_digest(known, digest):
-                return Identity(rec.name, rec.role, rec.host)
+                return None if rec.expired() else Identity(rec.name, rec.role, rec.host)
         return None
 
 

@@ -73,7 +73,8 @@ def cmd_agent(args) -> int:
 
     overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
                  "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-                 "token_file": args.token_file, "auth_dir": args.auth_dir, "status_interval_s": args.status_interval,
+                 "token_file": args.token_file, "join_token_file": args.join_token_file, "auth_dir": args.auth_dir,
+                 "status_interval_s": args.status_interval,
                  "metrics": args.metrics, "metrics_token_file": args.metrics_token_file}
     if args.no_enforce:
         overrides["enforce"] = False
@@ -454,6 +455,19 @@ def cmd_audit(args) -> int:
     return EXIT_OK if reply.entries else EXIT_NOT_FOUND
 
 
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '2d' or plain seconds."""
+    from gpuguard.credentials import CredentialError  # noqa: PLC0415
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise CredentialError(f"bad duration {text!r}: e.g. 90s, 30m, 1h, 2d") from None
+
+
 def cmd_credentials(args) -> int:
     from gpuguard.credentials import CredentialError, CredentialStore  # noqa: PLC0415
     from gpuguard.render import table, ts  # noqa: PLC0415
@@ -468,18 +482,29 @@ def cmd_credentials(args) -> int:
             print(f"issued {args.role} credential {args.name!r}"
                   f"{f' for host {args.host}' if args.role == 'agent' else ''}: token in {store.token_path(args.name)}"
                   " (copy it to the user or node; the collector keeps only its hash)")
+        elif args.action == "join-token":
+            name, token = store.issue_join_token(parse_duration(args.ttl))
+            if args.json:
+                print(json.dumps({"name": name, "token": token, "ttl_s": parse_duration(args.ttl)}))
+            else:
+                print(token)
+                print(f"join token {name}: enrolls new nodes for {args.ttl} (agent --join-token-file FILE); each "
+                      "node gets its own credential. Revoke it early with: gpuguard credentials revoke --name "
+                      f"{name}", file=sys.stderr)
         elif args.action == "revoke":
             if not store.revoke(args.name or ""):
                 print(f"no identity named {args.name!r}", file=sys.stderr)
                 return EXIT_NOT_FOUND
             print(f"revoked {args.name!r} (the collector stops accepting it at its next call)")
         else:
-            rows = [[r.name, r.role, r.host or "-", ts(r.created_ns), r.sha256[:12]] for r in store.load()]
+            rows = [[r.name, r.role, r.host or "-", ts(r.created_ns),
+                     ("expired" if r.expired() else ts(r.expires_ns)) if r.expires_ns else "-", r.sha256[:12]]
+                    for r in store.load()]
             if args.json:
-                print(json.dumps([dict(zip(["name", "role", "host", "created", "sha256"], r, strict=True))
+                print(json.dumps([dict(zip(["name", "role", "host", "created", "expires", "sha256"], r, strict=True))
                                   for r in rows], indent=2))
             else:
-                print(table(rows, ["NAME", "ROLE", "HOST", "CREATED", "SHA256"]))
+                print(table(rows, ["NAME", "ROLE", "HOST", "CREATED", "EXPIRES", "SHA256"]))
     except CredentialError as exc:
         print(f"gpuguard credentials: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -516,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
     a.add_argument("--token-file", help="this agent's credential (default: AUTH_DIR/credentials/agent-HOST.token, "
                                         "then agent.token)")
+    a.add_argument("--join-token-file", help="no credential yet: exchange this join token (gpuguard credentials "
+                   "join-token) for this node's own, kept in the state dir")
     a.add_argument("--auth-dir", help="credentials directory (default /etc/gpuguard or $GPUGUARD_AUTH_DIR)")
     tls_client_flags(a)
     a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")
@@ -628,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Identities have a role: agent (streams for one host), reader (queries), "
                                     "admin (queries + policy). Tokens are written to AUTH_DIR/credentials/NAME.token; "
                                     "the collector keeps only their SHA-256 and picks up changes without a restart.")
-    cr.add_argument("action", choices=["issue", "list", "revoke"])
+    cr.add_argument("action", choices=["issue", "list", "revoke", "join-token"],
+                    help="join-token: print a short-lived token that only enrolls new nodes (agent --join-token-file)")
+    cr.add_argument("--ttl", default="1h", help="join-token lifetime: 90s, 30m, 1h, 2d (default 1h, at most 7d)")
     cr.add_argument("--role", choices=["agent", "reader", "admin"])
     cr.add_argument("--name", help="identity name (for an agent, e.g. agent-HOSTID)")
     cr.add_argument("--host", help="agent only: the host id it may stream for")

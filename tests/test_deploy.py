@@ -58,7 +58,12 @@ def test_agent_daemonset_has_what_the_agent_needs():
     assert mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"      # pinned kill-at-exec links
     args = cli_args(c["args"])
     assert args.command == "agent" and args.collector.endswith(":50051") and args.host_id == "gpu-node-1"
-    assert args.spool_dir == "/var/lib/gpuguard/spool" and args.token_file.startswith("/etc/gpuguard/token/")
+    assert args.spool_dir == "/var/lib/gpuguard/spool" and args.token_file is None
+    # no node mounts any node's token: one join token that can only enroll, the node's own credential on its disk
+    assert args.join_token_file.startswith("/etc/gpuguard/join/") and args.state_dir.startswith("/var/lib/gpuguard")
+    secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    assert secrets == ["gpuguard-join-token"]
+    assert args.tls_ca and any(args.tls_ca.startswith(m) for m in mounts)       # TLS to the collector
     assert args.metrics.startswith("127.0.0.1:")                             # loopback: no token needed
     assert args.metrics in " ".join(c["livenessProbe"]["exec"]["command"])
     assert any(e["name"] == "NODE_NAME" for e in c["env"])
@@ -76,6 +81,9 @@ def test_collector_deployment_and_service_agree_with_its_arguments():
     svc = docs["Service/gpuguard-collector"]
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
     assert pod["securityContext"]["runAsNonRoot"] is True
+    mounts = [m["mountPath"] for m in c["volumeMounts"]]
+    assert args.tls_cert and args.tls_key and all(any(f.startswith(m + "/") for m in mounts)
+                                                  for f in (args.tls_cert, args.tls_key))
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"] and c["readinessProbe"]
     agent_args = cli_args(k8s_docs()["DaemonSet/gpuguard-agent"]["spec"]["template"]["spec"]["containers"][0]["args"])
     assert agent_args.collector == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{ports['grpc']}"
@@ -93,10 +101,13 @@ def test_systemd_units_run_valid_commands_hardened():
     a_args = cli_args(shlex.split(agent["Service"]["ExecStart"])[1:])
     c_args = cli_args(shlex.split(coll["Service"]["ExecStart"])[1:])
     assert a_args.command == "agent" and a_args.config == "/etc/gpuguard/agent.toml"
-    assert c_args.command == "collector" and c_args.config == "/etc/gpuguard/collector.toml"
+    assert c_args.command == "collector" and c_args.config == "/etc/gpuguard-collector/collector.toml"
     for u in (agent, coll):
         s = u["Service"]
         assert s["Restart"] == "always" and s["NoNewPrivileges"] == "yes" and "gpuguard" in s["StateDirectory"]
+    a_state = {d.split("/")[0] for d in agent["Service"]["StateDirectory"].split()}
+    c_state = {d.split("/")[0] for d in coll["Service"]["StateDirectory"].split()}
+    assert a_state.isdisjoint(c_state), (a_state, c_state)                    # no shared state directory
     assert "CAP_BPF" in agent["Service"]["CapabilityBoundingSet"]
     assert coll["Service"]["CapabilityBoundingSet"] == "" and coll["Service"]["ProtectSystem"] == "strict"
 
@@ -170,3 +181,102 @@ def test_the_wheel_carries_probes_page_and_rules(tmp_path):
     check = subprocess.run([sys.executable, "-c", "from agent.loader import probe_source; print(len(probe_source()))"],
                            capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site)}, timeout=60)
     assert check.returncode == 0 and int(check.stdout) > 10_000, check.stderr
+
+
+def unit_dirs(u: configparser.ConfigParser, key: str, base: str) -> list[str]:
+    return [f"{base}/{d}" for d in u["Service"].get(key, "").split()]
+
+
+def test_each_path_the_configs_name_is_one_the_units_let_them_use():
+    """Under ProtectSystem=strict the collector writes only its State/Logs directories; a DynamicUser reads its
+    config only if the directory is not root-only; the agent's spool and state are in its own directory."""
+    agent, coll = unit("gpuguard-agent.service"), unit("gpuguard-collector.service")
+    ccfg = collector_config(build_parser().parse_args(["collector", "--config", str(DEPLOY / "collector.toml")]))
+    writable = unit_dirs(coll, "StateDirectory", "/var/lib") + unit_dirs(coll, "LogsDirectory", "/var/log")
+    for path in (ccfg.store, ccfg.auth_dir, ccfg.alert_jsonl):
+        assert any(path == d or path.startswith(d + "/") for d in writable), path
+    c_args = cli_args(shlex.split(coll["Service"]["ExecStart"].splitlines()[-1])[1:])
+    conf_dirs = unit_dirs(coll, "ConfigurationDirectory", "/etc")
+    assert any(c_args.config.startswith(d + "/") for d in conf_dirs)
+    assert coll["Service"]["DynamicUser"] == "yes" and coll["Service"]["ConfigurationDirectoryMode"] == "0755"
+    acfg = load_config(str(DEPLOY / "agent.toml"), {})
+    a_dirs = unit_dirs(agent, "StateDirectory", "/var/lib")
+    for path in (acfg.spool_dir, acfg.state_dir):
+        assert path in a_dirs, path
+    assert acfg.join_token_file.startswith("/etc/gpuguard/")                 # ConfigurationDirectory=gpuguard
+
+
+def test_the_collector_runs_as_an_unprivileged_user_in_the_units_layout(tmp_path):
+    """No systemd here to start the units, so their layout is rebuilt under tmp_path and the collector run as
+    nobody (what DynamicUser gives it): config root-owned 0644 in a 0755 directory, state 0700 owned by the user.
+    A credential root issues with the CLI afterwards is handed to the directory's owner, so the running
+    collector verifies it."""
+    import os  # noqa: PLC0415
+
+    from lab import CLI as CLI_PREFIX  # noqa: PLC0415
+    from lab import Service, free_port  # noqa: PLC0415
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the collector as another user")
+    probe = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                            "-c", "import collector.app"], cwd=ROOT, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr[-200:]}")
+    import tempfile  # noqa: PLC0415
+
+    root = Path(tempfile.mkdtemp(prefix="gg-units-"))        # pytest's tmp_path is root-only all the way up
+    root.chmod(0o755)
+    try:
+        run_collector_as_nobody(root, CLI_PREFIX, Service, free_port())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_collector_as_nobody(root: Path, CLI_PREFIX, Service, port: int) -> None:  # noqa: N803
+    import os  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    etc, state, logs = root / "etc-gpuguard-collector", root / "state", root / "log"
+    for d, mode in ((etc, 0o755), (state, 0o700), (state / "auth", 0o700), (logs, 0o700)):
+        d.mkdir()
+        d.chmod(mode)
+        if d != etc:
+            os.chown(d, 65534, 65534)
+    (etc / "collector.toml").write_text(
+        f'[collector]\nlisten = "127.0.0.1:{port}"\nstore = "{state}/collector.db"\nauth_dir = "{state}/auth"\n'
+        f'alert_jsonl = "{logs}/alerts.jsonl"\n')
+    (etc / "collector.toml").chmod(0o644)
+    cmd = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--",
+           *CLI_PREFIX, "collector", "--config", str(etc / "collector.toml")]
+    col = Service(cmd, root / "collector.log", "collector listening").start()
+    try:
+        issued = subprocess.run([*CLI_PREFIX, "credentials", "issue", "--role", "reader", "--name", "ops",
+                                 "--auth-dir", str(state / "auth")], capture_output=True, text=True, cwd=ROOT)
+        assert issued.returncode == 0, issued.stderr
+        assert (state / "auth" / "identities.json").stat().st_uid == 65534
+        deadline, out = time.monotonic() + 20, None
+        while time.monotonic() < deadline:
+            out = subprocess.run([*CLI_PREFIX, "jobs", "--collector", f"127.0.0.1:{port}", "--json",
+                                  "--token-file", str(state / "auth" / "credentials" / "ops.token")],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode in (0, 5):
+                break
+            time.sleep(0.2)
+        assert out is not None and out.returncode in (0, 5), out.stderr      # served, and the reader accepted
+    finally:
+        col.stop()
+
+
+def test_the_image_builds_and_runs_the_cli():
+    """deploy/Dockerfile, built by whatever builder this machine has (none here: skipped with the reason)."""
+    builder = next((b for b in ("docker", "podman", "buildah") if shutil.which(b)), None)
+    if builder is None:
+        pytest.skip("no image builder (docker, podman or buildah) on this machine")
+    tag = "gpuguard-test:ci"
+    build = ["bud"] if builder == "buildah" else ["build"]
+    out = subprocess.run([builder, *build, "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if builder != "buildah":
+        run = subprocess.run([builder, "run", "--rm", tag, "--help"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and "collector" in run.stdout, run.stderr[-2000:]

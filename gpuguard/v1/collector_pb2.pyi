@@ -114,6 +114,20 @@ class CollectorMessage(_message.Message):
     kill: KillProcess
     def __init__(self, hello: _Optional[_Union[HelloReply, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., kill: _Optional[_Union[KillProcess, _Mapping]] = ...) -> None: ...
 
+class EnrollRequest(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: _events_pb2.Host
+    def __init__(self, host: _Optional[_Union[_events_pb2.Host, _Mapping]] = ...) -> None: ...
+
+class EnrollReply(_message.Message):
+    __slots__ = ("name", "token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    token: str
+    def __init__(self, name: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
 class JobSummary(_message.Message):
     __slots__ = ("job", "hosts", "first_ts_ns", "last_ts_ns", "events", "alerts")
     JOB_FIELD_NUMBER: _ClassVar[int]

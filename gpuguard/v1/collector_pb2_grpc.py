@@ -39,6 +39,11 @@ class CollectorStub:
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.AgentMessage.SerializeToString,
                 response_deserializer=gpuguard_dot_v1_dot_collector__pb2.CollectorMessage.FromString,
                 _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/gpuguard.v1.Collector/Enroll',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.EnrollReply.FromString,
+                _registered_method=True)
 
 
 class CollectorServicer:
@@ -51,6 +56,13 @@ class CollectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enroll(self, request, context):
+        """A new node, presenting a join token (bearer), gets its own agent credential bound to its host id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +70,11 @@ def add_CollectorServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=gpuguard_dot_v1_dot_collector__pb2.AgentMessage.FromString,
                     response_serializer=gpuguard_dot_v1_dot_collector__pb2.CollectorMessage.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.EnrollRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.EnrollReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +104,33 @@ class Collector:
             '/gpuguard.v1.Collector/Stream',
             gpuguard_dot_v1_dot_collector__pb2.AgentMessage.SerializeToString,
             gpuguard_dot_v1_dot_collector__pb2.CollectorMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Collector/Enroll',
+            gpuguard_dot_v1_dot_collector__pb2.EnrollRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.EnrollReply.FromString,
             options,
             channel_credentials,
             insecure,
