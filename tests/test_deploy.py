@@ -269,9 +269,15 @@ def run_collector_as_nobody(root: Path, CLI_PREFIX, Service, port: int) -> None:
 
 def test_the_image_builds_and_runs_the_cli():
     """deploy/Dockerfile, built by whatever builder this machine has (none here: skipped with the reason)."""
-    builder = next((b for b in ("docker", "podman", "buildah") if shutil.which(b)), None)
+    def works(b: str) -> bool:            # a docker client without a daemon is no builder
+        if not shutil.which(b):
+            return False
+        probe = ["version"] if b == "buildah" else ["info"]
+        return subprocess.run([b, *probe], capture_output=True, timeout=30).returncode == 0
+
+    builder = next((b for b in ("docker", "podman", "buildah") if works(b)), None)
     if builder is None:
-        pytest.skip("no image builder (docker, podman or buildah) on this machine")
+        pytest.skip("no working image builder (docker or podman with a daemon, or buildah) on this machine")
     tag = "gpuguard-test:ci"
     build = ["bud"] if builder == "buildah" else ["build"]
     out = subprocess.run([builder, *build, "-f", str(DEPLOY / "Dockerfile"), "-t", tag, str(ROOT)],
