@@ -17,6 +17,7 @@ from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
 from agent.runtime import Capture
 from gpuguard.credentials import CredentialStore
+from gpuguard.private import check_private
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger("gpuguard.agent")
@@ -66,6 +67,7 @@ class Agent:
             from agent.enforce import Enforcer  # noqa: PLC0415
 
             self.enforcer = Enforcer(self.capture, state_dir=self.cfg.state_dir)
+            check_private(self.cfg.state_dir, "the agent's state directory")
             self.enforcer.start()
             self.capture.sinks.append(self.enforcer.on_records)
             self.capture.injected.append(self.enforcer.injected)
@@ -82,6 +84,7 @@ class Agent:
                             "will refuse the stream unless it authenticates this agent by its TLS certificate",
                             CredentialStore(self.cfg.auth_dir or None).token_path("agent"))
             self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes)
+            check_private(self.cfg.spool_dir, "the spool directory")
             self.capture.sinks.append(self.spool.append)
             self.shipper = Shipper(
                 self.cfg.collector, self.spool, self.identity, token, self.cfg.batch_max_events,

@@ -19,6 +19,7 @@ from collector.server import StreamLimits, build_server
 from collector.store import open_store
 from gpuguard.credentials import CredentialStore
 from gpuguard.host import local_host_id
+from gpuguard.private import check_private
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class CollectorApp:
             log.info("created local credentials in %s: %s (root-only)", self.credentials.tokens_dir,
                      ", ".join(made))
         self.store = open_store(cfg.store)
+        if "://" not in cfg.store:                        # a file store: its directory must be private
+            check_private(cfg.store, "the event store's directory")
+        check_private(self.credentials.dir, "the identities directory")
         self.auth = Authenticator(self.credentials, audit=self.store.add_audit)
         self.ingestor = Ingestor(self.store)
         self.hub = AgentHub()
@@ -98,6 +102,7 @@ class CollectorApp:
             await asyncio.sleep(0.5)
             version = self.policy.version if self.policy else 0
             await asyncio.to_thread(self.health.tick, version)
+            await asyncio.to_thread(self.alerts.check_outputs)
 
     async def start(self) -> int:
         """Build and start the gRPC server (it must be created inside the running loop)."""

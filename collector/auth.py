@@ -61,20 +61,26 @@ class Authenticator:
             return None
 
     def revalidator(self, context):
-        """A check a long-lived stream runs before each message: its bearer token is verified again whenever the
-        credentials file changed since the last check (a stat() otherwise), so `gpuguard credentials revoke`
-        ends a stream that is already open. Certificate identities are checked at connect only."""
+        """A check a long-lived stream runs before each message and twice a second: its bearer token is verified
+        again whenever the credentials file changed since the last check (a stat() otherwise), so `gpuguard
+        credentials revoke` (or a new role) ends a stream that is already open, even a silent one. Certificate
+        identities are checked at connect only."""
         token = metadata_token(context.invocation_metadata())
         if not token:
             return lambda: True
         seen = [self.verifier.store.stamp()]
 
+        first = self.verifier.verify(token)
+        valid = [first is not None]
+
         def still_valid() -> bool:
             stamp = self.verifier.store.stamp()
-            if stamp == seen[0]:
-                return True
+            if stamp == seen[0] or not valid[0]:
+                return valid[0]
             seen[0] = stamp
-            return self.verifier.verify(token) is not None
+            now = self.verifier.verify(token)     # revoked, or re-issued with another role or host: over
+            valid[0] = now is not None and first is not None and (now.role, now.host) == (first.role, first.host)
+            return valid[0]
         return still_valid
 
     def warn_once(self, key: str, message: str, *args) -> bool:

@@ -59,6 +59,11 @@ class _SysLogHandler(logging.handlers.SysLogHandler):
     def handleError(self, record) -> None:  # noqa: N802 - logging's name
         raise  # noqa: PLE0704 - re-raises the send error handleError was called for
 
+    def createSocket(self) -> None:  # noqa: N802 - logging's name; also runs on every reconnect
+        super().createSocket()
+        if self.socktype == socket.SOCK_STREAM and self.socket is not None:
+            self.socket.settimeout(SYSLOG_SEND_TIMEOUT_S)   # a receiver that never reads: fail, never hang
+
 
 class SyslogOutput:
     """RFC 3164 messages through the standard library: "udp://HOST:PORT", "tcp://HOST:PORT" or a socket path."""
@@ -69,8 +74,6 @@ class SyslogOutput:
             address = (url.hostname or "127.0.0.1", url.port or 514)
             kind = socket.SOCK_DGRAM if url.scheme == "udp" else socket.SOCK_STREAM
             self.handler = _SysLogHandler(address=address, socktype=kind)
-            if kind == socket.SOCK_STREAM and self.handler.socket is not None:
-                self.handler.socket.settimeout(SYSLOG_SEND_TIMEOUT_S)   # a receiver that never reads: fail
         else:
             self.handler = _SysLogHandler(address=target or "/dev/log")
         self.handler.ident = "gpuguard: "
@@ -99,6 +102,8 @@ class Detached:
         self.max_backoff_s = retry_backoff_s       # > 0: a failed alert is retried (backoff up to this) until sent
         self.q: queue.Queue = queue.Queue(max_queue)
         self.delivered = self.dropped = self.failures = 0
+        self.name = type(inner).__name__ if type(self) is Detached else type(self).__name__
+        self._progress = time.monotonic()          # last delivery, or last time the queue was empty
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"alert-{type(inner).__name__}", daemon=True)
         self._thread.start()
@@ -120,17 +125,28 @@ class Detached:
                 except queue.Empty:
                     pass
 
+    def stalled_s(self, now: float | None = None) -> float:
+        """Seconds alerts have waited with none delivered (0 while it keeps up)."""
+        if self.q.empty() and not self._busy:
+            return 0.0
+        return (now or time.monotonic()) - self._progress
+
+    _busy = False
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 alert = self.q.get(timeout=0.5)
             except queue.Empty:
+                self._progress = time.monotonic()
                 continue
+            self._busy = True
             backoff = 0.2
             while not self._stop.is_set():
                 try:
                     self.inner(alert)
                     self.delivered += 1
+                    self._progress = time.monotonic()
                     break
                 except Exception as exc:
                     self.failures += 1
@@ -141,6 +157,7 @@ class Detached:
                         break                      # not retried: the next alert
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff_s)
+            self._busy = False
 
     def close(self, drain_s: float = 2.0) -> None:
         deadline = time.monotonic() + drain_s
@@ -175,6 +192,7 @@ class WebhookOutput(Detached):
 
 
 SYSLOG_SEND_TIMEOUT_S = 5.0
+OUTPUT_STALL_S = 10.0             # an output that delivers nothing this long while alerts wait is alerted
 
 
 def build_outputs(jsonl: str = "", syslog: str = "", webhook: str = "") -> list[Callable[[ppb.Alert], None]]:
@@ -198,6 +216,7 @@ class AlertPublisher:
         self.outputs = outputs or []
         self.remember = remember
         self._published: dict[str, tuple[int, str]] = {}
+        self._stalled: set[str] = set()
         self.published = self.failed = 0
 
     def record(self, alert: ppb.Alert) -> None:
@@ -218,6 +237,32 @@ class AlertPublisher:
             except Exception as exc:   # an output must never stop detection
                 self.failed += 1
                 log.error("alert output %s failed: %s", type(out).__name__, exc)
+
+    def check_outputs(self, stall_s: float = OUTPUT_STALL_S) -> list[str]:
+        """An output that has delivered nothing for stall_s while alerts wait raises `alert-output-stalled`,
+        once per episode (logged once); it clears when the output delivers again. Returns the stalled names."""
+        stalled = []
+        now = time.monotonic()
+        for out in self.outputs:
+            waited = out.stalled_s(now) if hasattr(out, "stalled_s") else 0.0
+            name = getattr(out, "name", type(out).__name__)
+            if waited < stall_s:
+                self._stalled.discard(name)
+                continue
+            stalled.append(name)
+            if name in self._stalled:
+                continue
+            self._stalled.add(name)
+            log.error("alert output %s delivered nothing for %.0f s (%d waiting, %d dropped): alerts go to the "
+                      "other outputs and the store", name, waited, out.q.qsize(), out.dropped)
+            alert = ppb.Alert(id=f"output-stalled-{name}-{time.time_ns()}", rule_id="alert-output-stalled",
+                              description=f"the {name} alert output delivers nothing (receiver stalled or down)",
+                              severity="high", state=ppb.ALERT_ALERTED, outcome="alerted", host_id="collector",
+                              ts_ns=time.time_ns())
+            alert.matched.update({"output": name, "stalled_s": f"{waited:.0f}", "waiting": str(out.q.qsize()),
+                                  "dropped": str(out.dropped)})
+            self.record(alert)
+        return stalled
 
     def close(self) -> None:
         for out in self.outputs:

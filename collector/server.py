@@ -32,6 +32,7 @@ from gpuguard.v1 import collector_pb2_grpc as cgrpc
 log = logging.getLogger(__name__)
 
 HARD_MESSAGE_LIMIT = 16 << 20      # gRPC refuses anything larger
+REVALIDATE_S = 0.5                 # an open stream's credential is checked this often
 SOFT_MESSAGE_LIMIT = 8 << 20       # we answer with a StreamError above this
 
 
@@ -88,6 +89,7 @@ class CollectorServicer:
         session = None
         still_valid = self.auth.revalidator(context)
         reader = asyncio.create_task(self._read(requests, who, outq, still_valid))
+        watcher = asyncio.create_task(self._watch_credential(who, peer, still_valid, outq))
         try:
             while True:
                 msg = await outq.get()
@@ -103,6 +105,7 @@ class CollectorServicer:
         finally:
             self.active_streams -= 1
             reader.cancel()
+            watcher.cancel()
             if session is not None:
                 self.hub.detach(session.host_id, outq)
                 if self.on_disconnect:
@@ -113,6 +116,20 @@ class CollectorServicer:
                     log.warning("agent %s: could not record the disconnect: %s", session.host_id, exc)
                 log.info("agent %s disconnected (%d events stored, %d duplicates this stream)",
                          session.host_id, session.events, session.duplicates)
+
+    async def _watch_credential(self, who, peer: str, still_valid, outq: asyncio.Queue) -> None:
+        """A silent stream whose credential is revoked (or re-roled) ends within half a second: it receives no
+        kill order or policy after that, and the ending is audited."""
+        while True:
+            await asyncio.sleep(REVALIDATE_S)
+            if not still_valid():
+                log.warning("credential %r revoked or changed: closing its stream from %s", who.name, peer)
+                if self.auth.audit is not None:
+                    await asyncio.to_thread(self.auth.audit, who.name, who.role, peer, "credentials.stream-closed",
+                                            "the credential was revoked or changed while its stream was open", True)
+                await outq.put(_End(grpc.StatusCode.UNAUTHENTICATED,
+                                    f"credential {who.name!r} was revoked: the stream ends"))
+                return
 
     async def Enroll(self, request: cpb.EnrollRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         """A new node with a live join token gets its own agent credential (host-bound); audited either way."""

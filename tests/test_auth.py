@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from collector.app import CollectorConfig
-from gpuguard.credentials import CredentialStore, TokenVerifier, find_token
+from gpuguard.credentials import CredentialStore, TokenVerifier, find_token, token_hash
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
@@ -150,3 +150,37 @@ def test_revoking_an_agent_credential_ends_its_open_stream(collector):
 
     stored = collector.store.timeline(TimelineFilter(job_id="7", host="revoked-node"))
     assert [r.event.seq for r in stored] == [1]                       # the batch after the revocation: not stored
+
+
+def test_a_silent_stream_ends_when_its_credential_is_revoked_or_re_roled(collector):
+    """No message needed: the stream closes within a second of identities.json changing (no kill order or policy
+    reaches it after that), and the closing is audited."""
+    import queue  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+
+    for change in ("revoke", "re-role"):
+        host = f"silent-{change}"
+        token = issue("agent", f"agent-{host}", host)
+        out: queue.Queue = queue.Queue()
+        with open_channel(f"127.0.0.1:{collector.port}") as ch:
+            replies = cgrpc.CollectorStub(ch).Stream(iter(out.get, None), metadata=bearer(token), timeout=30)
+            out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname="n", boot_id="b"))))
+            assert next(replies).WhichOneof("msg") == "hello"
+            if change == "revoke":
+                assert CredentialStore().revoke(f"agent-{host}")
+            else:                                   # same name, now a reader: the stream is not an agent's any more
+                store = CredentialStore()
+                records = [r for r in store.load() if r.name != f"agent-{host}"]
+                records.append(type(records[0])(f"agent-{host}", "reader", "", token_hash(token), time.time_ns()))
+                with store._locked():
+                    store._save(records)
+            with pytest.raises(grpc.RpcError) as err:
+                for _m in replies:                  # the policy the collector pushes, then nothing
+                    pass
+            out.put(None)
+        # closed by the collector (without the watcher it would run to its 30 s deadline: DEADLINE_EXCEEDED)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+    audit = [a for a in collector.store.audit() if a["action"] == "credentials.stream-closed"]
+    assert {a["who"] for a in audit} >= {"agent-silent-revoke", "agent-silent-re-role"}, audit

@@ -4,6 +4,7 @@ is down and comes back), /metrics and the page's API behind a reader token, and 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -237,6 +238,19 @@ def test_a_syslog_receiver_that_never_reads_costs_alerts_not_detection():
     try:
         assert done.wait(60), "publishing blocked on the receiver"
         assert publisher.published == 3000 and out.dropped > 0 and out.q.qsize() <= 100
+        # the stall is itself an alert, once per episode, through the outputs that work and the store: keep
+        # alerts coming until the receiver's socket buffers are full and a send hangs
+        def stalled() -> bool:
+            alert = an_alert(int(time.monotonic() * 1000))
+            alert.description = "y" * 60_000
+            publisher.record(alert)
+            time.sleep(0.01)
+            return out.stalled_s() > 0.5
+        assert wait_until(stalled, timeout=60)
+        assert publisher.check_outputs(stall_s=0.5) == ["SyslogOutput"]
+        assert publisher.check_outputs(stall_s=0.5) == ["SyslogOutput"]
+        raised = [a for a in publisher.store.alerts if a.rule_id == "alert-output-stalled"]
+        assert len(raised) == 1 and raised[0].matched["output"] == "SyslogOutput"
     finally:
         out._stop.set()
         sink.close()
@@ -296,3 +310,16 @@ def test_a_slow_header_client_is_cut_and_a_keep_alive_connection_serves_many(mon
         slow.close()
     finally:
         server.close()
+
+
+def test_a_private_directory_an_operator_widened_is_reported(tmp_path, caplog):
+    from gpuguard.private import check_private  # noqa: PLC0415
+
+    private, opened = tmp_path / "private", tmp_path / "opened"
+    private.mkdir(mode=0o700)
+    opened.mkdir()
+    opened.chmod(0o755)
+    assert check_private(private / "collector.db", "the event store's directory") == ""
+    with caplog.at_level(logging.WARNING, logger="gpuguard.private"):
+        said = check_private(opened / "collector.db", "the event store's directory")
+    assert "mode 0755" in said and f"chmod 700 {opened}" in said and said in caplog.text
