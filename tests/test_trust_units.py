@@ -152,6 +152,9 @@ class LyingCollector:
         self.stored_through, self.ack_seq = stored_through, ack_seq
         self.batches: queue.Queue = queue.Queue()
 
+    def Enroll(self, request, context):  # noqa: N802 - not this fake's subject
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "no enrollment here")
+
     def Stream(self, requests, context):  # noqa: N802
         first = next(requests)
         assert first.HasField("hello")
