@@ -21,6 +21,7 @@ class AgentConfig:
     batch_max_events: int = 512
     batch_max_delay_ms: int = 200
     ringbuf_pages: int = 4096
+    capture_budget_per_s: int = 4000        # shared-ring records per job cgroup per second; over it: counted, not sent
     status_interval_s: float = 10.0
     host_id: str = ""
     token_file: str = ""                     # this agent's credential; default AUTH_DIR/credentials/agent[-HOST].token

@@ -47,7 +47,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig, print_mode: str = "") -> None:
         self.cfg = cfg
         self.identity = HostIdentity.current(cfg.host_id or None)
-        self.capture = Capture(self.identity, cfg.patterns(), cfg.ringbuf_pages, cfg.hash_executables)
+        self.capture = Capture(self.identity, cfg.patterns(), cfg.ringbuf_pages, cfg.hash_executables,
+                               budget_per_s=cfg.capture_budget_per_s)
         self.spool = None
         self.shipper = None
         self.enforcer = None

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
 from agent.decode import decode_batch
 from agent.enrich import Enricher
 from agent.events import DecodeStats
@@ -26,6 +28,7 @@ from gpuguard.v1 import events_pb2 as pb
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[pb.Event]], None]
+LOSS_REPORT_S = 1.0           # how often the per-job loss counters are read
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Capture:
 
     def __init__(self, identity: HostIdentity | None = None, job_patterns: tuple[JobPattern, ...] = (),
                  ringbuf_pages: int = 4096, hash_executables: bool = True, verify_offsets: bool = True,
-                 priority_pages: int = 2048) -> None:
+                 priority_pages: int = 2048, budget_per_s: int = DEFAULT_BUDGET_PER_S) -> None:
         self.verify_offsets = verify_offsets
         self.identity = identity or HostIdentity.current()
         self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages)
@@ -57,10 +60,15 @@ class Capture:
         self.ignore_pids: set[int] = set()   # the agent's own pid: its gRPC connects are not evidence
         self.injected: list = []             # deques of records made in user space (enforcement)
         self.held: list[pb.Event] = []           # records seen before the sinks were attached (start-up check)
+        self.budget_per_s = budget_per_s
+        self.losses: CaptureLossReporter | None = None
+        self._losses_due = 0.0
 
     def start(self) -> None:
         self.probes.load(self.jobs.root)  # attach first, then seed: nothing falls between the two
         self.enricher.gpu_drivers = self.probes.majors
+        set_budget(self.probes.bpf, self.budget_per_s)
+        self.losses = CaptureLossReporter(self.probes.bpf, self.jobs, self.identity, self.enricher.clock)
         seeded = self.table.seed()
         log.info("process table seeded with %d processes from /proc", seeded)
         if not self.verify_offsets:
@@ -86,6 +94,10 @@ class Capture:
             if rec is not None and rec.process.pid not in self.ignore_pids:
                 records.append(rec)
         records.extend(r for r in self.enricher.connects.expired() if r.process.pid not in self.ignore_pids)
+        now = time.monotonic()
+        if self.losses is not None and now >= self._losses_due:      # what the kernel could not report, per job
+            self._losses_due = now + LOSS_REPORT_S
+            records.extend(self.losses.report())
         for source in self.injected:
             while source:
                 records.append(source.popleft())

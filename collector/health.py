@@ -25,6 +25,7 @@ from gpuguard.vocab import JOB_HOST, KILL_EXEC, KIND_NAMES
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_S = 10.0
+JOB_RECOVERED_S = 10.0             # a job's capture episode ends after this long without a capture_loss record
 JOB_LOOKBACK_NS = 3600 * 10**9
 
 
@@ -44,6 +45,7 @@ class HostRecord:
     lost_seen: dict = field(default_factory=dict)   # kernel losses per kind in the last status (since agent start)
     degraded: bool = False             # the last status showed new kernel losses
     loss_episodes: int = 0
+    job_losses: dict = field(default_factory=dict)  # (job kind, job id) -> [episode start ns, last loss (mono)]
 
 
 # the kinds the kernel puts on its priority ring (probes/gpuguard.h priority_kind), as the agent names them
@@ -83,10 +85,20 @@ class HostHealth:
 
     def on_events(self, session, events: list[pb.Event]) -> None:
         degraded: list[tuple[dict, int]] = []
+        job_episodes: list[tuple[pb.Event, int]] = []
         with self.lock:
             rec = self.hosts.setdefault(session.host_id, HostRecord(session.host_id))
             self._heard(rec)
             for ev in events:
+                if ev.HasField("capture_loss"):
+                    key = (ev.job.kind, ev.job.id)
+                    episode = rec.job_losses.get(key)
+                    if episode is None:                 # a new episode: named by when the collector saw it
+                        rec.job_losses[key] = [time.time_ns(), self.clock()]
+                        job_episodes.append((ev, rec.job_losses[key][0]))
+                    else:
+                        episode[1] = self.clock()
+                    continue
                 if ev.HasField("status"):
                     st = ev.status
                     rec.status = {"policy_version": st.policy_version, "programs": list(st.programs),
@@ -101,6 +113,8 @@ class HostHealth:
                     elif not grown and rec.degraded:
                         log.info("capture on %s recovered: no new kernel losses", session.host_id)
                     rec.degraded = bool(grown)
+        for ev, started in job_episodes:
+            self._job_capture_alert(session.host_id, ev, started)
         for grown, episode in degraded:
             priority = sorted(set(grown) & PRIORITY_KINDS)
             self._alert(session.host_id, "capture-degraded", "high" if priority else "medium",
@@ -126,6 +140,7 @@ class HostHealth:
 
     # -- periodic check ---------------------------------------------------------------
     def tick(self, policy_version: int) -> None:
+        self._end_job_episodes()
         now = self.clock()
         silent, drifted = [], []
         with self.lock:
@@ -164,9 +179,39 @@ class HostHealth:
             return "kill-at-exec program not attached"
         return ""
 
+    def _job_capture_alert(self, host: str, ev: pb.Event, started_ns: int) -> None:
+        """One job lost fidelity (over its budget on the shared ring, or the ring was full): one alert per
+        episode, for that job on that host; other jobs' capture is whole."""
+        loss = ev.capture_loss
+        priority = sorted(set(loss.lost) & PRIORITY_KINDS)
+        matched = {f"suppressed_{k}": str(n) for k, n in sorted(loss.suppressed.items())}
+        matched.update({f"lost_{k}": str(n) for k, n in sorted(loss.lost.items())})
+        matched["cgroup"] = loss.cgroup[:256]
+        why = ("it sent more records than its budget (a flood): the excess is counted, not recorded"
+               if loss.suppressed else "the kernel's ring was full")
+        self._alert(host, "capture-degraded", "high" if priority else "medium",
+                    f"capture of this job is incomplete from this time on: {why}; its timeline has a gap here",
+                    matched, episode=f"job:{ev.job.kind}:{ev.job.id}:{started_ns}",
+                    jobs=[(ev.job.kind or JOB_HOST, ev.job.id or JOB_HOST)])
+
+    def _end_job_episodes(self) -> None:
+        now = self.clock()
+        with self.lock:
+            for rec in self.hosts.values():
+                for key, (_start, last) in list(rec.job_losses.items()):
+                    if now - last > JOB_RECOVERED_S:
+                        del rec.job_losses[key]
+                        log.info("capture of job %s:%s on %s is whole again", key[0], key[1], rec.host_id)
+
+    def degraded_jobs(self, host: str) -> list[str]:
+        with self.lock:
+            rec = self.hosts.get(host)
+            return [f"{k}:{j}" for k, j in sorted(rec.job_losses)] if rec else []
+
     def _alert(self, host: str, rule_id: str, severity: str, description: str, matched: dict, episode: str,
-               per_job: bool = False) -> None:
-        jobs = [(JOB_HOST, JOB_HOST)]
+               per_job: bool = False, jobs: list[tuple[str, str]] | None = None) -> None:
+        if jobs is None:
+            jobs = [(JOB_HOST, JOB_HOST)]
         if per_job:
             try:
                 jobs += [j for j in self.store.jobs_on_host(host, time.time_ns() - JOB_LOOKBACK_NS)
@@ -210,4 +255,6 @@ class HostHealth:
                                 agent_started_ns=rec.agent_started_ns if rec else 0,
                                 programs=st.get("programs", []))
             h.kernel_lost.update(st.get("kernel_lost", {}))
+            if rec:
+                h.incomplete_jobs.extend(f"{k}:{j}" for k, j in sorted(list(rec.job_losses)))
         return reply

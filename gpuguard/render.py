@@ -109,6 +109,11 @@ def describe_event(ev: pb.Event) -> str:
         return f"exit     {'signal=' + str(ev.exit.signal) if ev.exit.signal else 'code=' + str(ev.exit.code)}"
     if kind == "gap":
         return f"GAP      seq {ev.gap.from_seq}..{ev.gap.to_seq} lost ({ev.gap.reason})"
+    if kind == "capture_loss":
+        c = ev.capture_loss
+        parts = [f"{n} {k} over the job's budget" for k, n in sorted(c.suppressed.items())]
+        parts += [f"{n} {k} lost (ring full)" for k, n in sorted(c.lost.items())]
+        return f"INCOMPLETE {ts(c.from_ts_ns)} .. {ts(c.to_ts_ns)}: {', '.join(parts)}"
     if kind == "enforcement":
         return f"BLOCKED  {ev.enforcement.action} by {ev.enforcement.rule_id}: {ev.enforcement.detail}"
     return kind or "?"
@@ -209,8 +214,10 @@ def alerts_explained(alerts) -> str:
 def hosts_table(reply: cpb.HostsReply) -> str:
     rows = [[h.host_id[:24], h.hostname[:24], h.state.upper() if h.state != "ok" else "ok", ts(h.last_seen_ns),
              f"{h.policy_version}/{h.policy_current}", ",".join(h.programs) or "-",
-             sum(h.kernel_lost.values()), h.drift or "-"] for h in reply.hosts]
-    return table(rows, ["HOST", "HOSTNAME", "STATE", "LAST SEEN", "POLICY", "PROGRAMS", "LOST", "DRIFT"])
+             sum(h.kernel_lost.values()), ",".join(h.incomplete_jobs)[:48] or "-", h.drift or "-"]
+            for h in reply.hosts]
+    return table(rows, ["HOST", "HOSTNAME", "STATE", "LAST SEEN", "POLICY", "PROGRAMS", "LOST", "INCOMPLETE JOBS",
+                        "DRIFT"])
 
 
 def audit_table(reply: cpb.AuditReply) -> str:

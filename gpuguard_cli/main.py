@@ -30,7 +30,8 @@ EXIT_CODES_TEXT = ("Exit codes: 0 ok, 1 failure, 2 bad usage/config, 3 missing p
 DEFAULT_COLLECTOR = "127.0.0.1:50051"
 # Event.body kinds a timeline can hold (all but the agent's status); tests/test_proto_fresh.py keeps it equal to
 # the proto's oneof (kept literal here: the CLI imports no protobuf module before it needs one)
-EVENT_KINDS = ("exec", "connect", "gpu_open", "exit", "gap", "enforcement", "tls", "dns", "datagram", "socket")
+EVENT_KINDS = ("exec", "connect", "gpu_open", "exit", "gap", "enforcement", "tls", "dns", "datagram", "socket",
+               "capture_loss")
 
 log = logging.getLogger("gpuguard")
 
@@ -74,7 +75,7 @@ def cmd_agent(args) -> int:
     overrides = {"collector": args.collector, "spool_dir": args.spool_dir, "state_dir": args.state_dir,
                  "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                  "token_file": args.token_file, "join_token_file": args.join_token_file, "auth_dir": args.auth_dir,
-                 "status_interval_s": args.status_interval,
+                 "status_interval_s": args.status_interval, "capture_budget_per_s": args.capture_budget,
                  "metrics": args.metrics, "metrics_token_file": args.metrics_token_file}
     if args.no_enforce:
         overrides["enforce"] = False
@@ -546,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--auth-dir", help="credentials directory (default /etc/gpuguard or $GPUGUARD_AUTH_DIR)")
     tls_client_flags(a)
     a.add_argument("--status-interval", type=float, help="seconds between status lines/events (default 10)")
+    a.add_argument("--capture-budget", type=int, metavar="N",
+                   help="records a second each job cgroup may put on the shared ring (connects, flows, GPU opens; "
+                        "default 4000); beyond it they are counted, not sent, and reported as capture_loss records")
     a.add_argument("--json", action="store_true", help="print JSON lines instead of one-liners")
     a.add_argument("--quiet", action="store_true", help="do not print events")
     a.add_argument("--no-enforce", action="store_true", help="ignore blocking policy from the collector")

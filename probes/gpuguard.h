@@ -193,14 +193,88 @@ static __always_inline void count_lost(u32 kind)
         (*n)++;
 }
 
+/* What each cgroup could not report, and its budget on the shared ring. A flood from one job costs that job
+ * fidelity, never another job or the priority ring: records of the shared ring's kinds (connects, flows, GPU
+ * opens, sockets) beyond capture_budget[0] per window of capture_budget[1] ns are not submitted but counted
+ * here, per cgroup and kind; so are records the full ring refused. The agent reads this map each second and
+ * turns what grew into capture_loss records naming the job, kinds, counts and window (agent/capture_loss.py). */
+struct job_capture {
+    u64 window;                     /* budget window number: ts / window ns */
+    u64 used;                       /* shared-ring records submitted in this window */
+    u64 suppressed[EV_KINDS];       /* cumulative: over the budget */
+    u64 lost[EV_KINDS];             /* cumulative: the ring was full */
+    u64 first_ns;                   /* boot-time ns of the first record not reported, and of the last */
+    u64 last_ns;
+};
+
+BPF_TABLE("lru_hash", u64, struct job_capture, job_capture, 16384);
+BPF_ARRAY(capture_budget, u64, 2);
+BPF_PERCPU_ARRAY(capture_zero, struct job_capture, 1);      /* never written: a new entry's value (off the stack) */
+
+static __always_inline struct job_capture *capture_of(u64 cgroup)
+{
+    struct job_capture *c = job_capture.lookup(&cgroup);
+    if (c)
+        return c;
+    u32 zero = 0;
+    struct job_capture *fresh = capture_zero.lookup(&zero);
+    if (!fresh)
+        return 0;
+    job_capture.update(&cgroup, fresh);
+    return job_capture.lookup(&cgroup);
+}
+
+static __always_inline void note_unreported(struct job_capture *c, u32 kind, u64 ts, int lost)
+{
+    if (kind >= EV_KINDS)
+        return;
+    if (lost)
+        __sync_fetch_and_add(&c->lost[kind], 1);
+    else
+        __sync_fetch_and_add(&c->suppressed[kind], 1);
+    if (!c->first_ns)
+        c->first_ns = ts;
+    c->last_ns = ts;
+}
+
+/* 1: this cgroup has used its window's budget (the record is counted, not submitted). */
+static __always_inline int over_budget(struct event_header *h, u32 kind)
+{
+    u32 k_limit = 0, k_window = 1;
+    u64 *limit = capture_budget.lookup(&k_limit);
+    u64 *window = capture_budget.lookup(&k_window);
+    if (!limit || !*limit || !window || !*window)
+        return 0;
+    struct job_capture *c = capture_of(h->cgroup_id);
+    if (!c)
+        return 0;
+    u64 w = h->ts_ns / *window;
+    if (c->window != w) {
+        c->window = w;
+        c->used = 0;
+    }
+    if (__sync_fetch_and_add(&c->used, 1) < *limit)
+        return 0;
+    note_unreported(c, kind, h->ts_ns, 0);
+    return 1;
+}
+
 /* Submit without waking the reader: the agent drains the ring on a short timer
  * (agent/loader.py), which saves a wakeup per event on hot paths. */
 static __always_inline void emit(void *e, u32 size, u32 kind)
 {
-    long err = priority_kind(kind) ? priority_events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP)
-                                   : events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
-    if (err != 0)
+    struct event_header *h = e;
+    int priority = priority_kind(kind);
+    if (!priority && over_budget(h, kind))
+        return;
+    long err = priority ? priority_events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP)
+                        : events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
+    if (err != 0) {
         count_lost(kind);
+        struct job_capture *c = capture_of(h->cgroup_id);
+        if (c)
+            note_unreported(c, kind, h->ts_ns, 1);
+    }
 }
 
 /* Jobs switched to monitor mode: enforcement skips a task when any of its

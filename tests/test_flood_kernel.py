@@ -46,3 +46,100 @@ def test_a_connect_flood_is_folded_and_does_not_hide_another_jobs_exec(capture, 
     folded = sum(c["connect"].get("repeats", 0) for c in connects)
     assert 1 <= len(connects) <= 6, f"{len(connects)} records for {sent} connects"   # ~1 a second
     assert folded + len(connects) >= sent * 0.5, (folded, len(connects), sent)      # the rest rides the next
+
+
+SPRAY = """
+import socket, sys
+first, n = int(sys.argv[1]), int(sys.argv[2])
+for port in range(first, first + n):          # a different destination each time: nothing to fold
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+    except OSError:
+        pass
+    s.close()
+print(n, flush=True)
+"""
+
+
+def test_a_job_over_its_budget_loses_fidelity_never_another_jobs_and_the_loss_is_a_record(capture, test_cgroup):
+    """Per-job budget in the kernel: a job that sprays connects to distinct destinations (folding cannot help)
+    gets `capture_loss` records naming it, the kinds and counts; a job beside it loses nothing; execs ride on."""
+    from agent.capture_loss import DEFAULT_BUDGET_PER_S, set_budget  # noqa: PLC0415
+
+    noisy, quiet = fresh_job_id(), fresh_job_id()
+    cg_noisy, cg_quiet = test_cgroup(f"slurm/job_{noisy}"), test_cgroup(f"slurm/job_{quiet}")
+    set_budget(capture.probes.bpf, 40)                       # 40 shared-ring records per cgroup per second
+    try:
+        spray = popen_in_cgroup(cg_noisy, [PYTHON, "-c", SPRAY, "21000", "3000"], stdout=subprocess.PIPE, text=True)
+        calm = popen_in_cgroup(cg_quiet, [PYTHON, "-c", SPRAY, "25000", "15"], stdout=subprocess.PIPE, text=True)
+        assert calm.communicate(30)[0].strip() == "15" and spray.communicate(60)[0].strip() == "3000"
+        tag = uuid.uuid4().hex[:10]
+        after = popen_in_cgroup(cg_noisy, ["/bin/true", tag])
+        after.wait(10)
+        assert wait_for(capture, lambda r: r["kind"] == "exec" and tag in r["exec"]["argv"], timeout=10), \
+            "an exec of the flooding job after its flood was not recorded"
+        losses = wait_for(capture, lambda r: r["kind"] == "capture_loss" and r["job"]["id"] == noisy, timeout=10)
+    finally:
+        set_budget(capture.probes.bpf, DEFAULT_BUDGET_PER_S)
+    assert losses, "no capture_loss record for the job over its budget"
+    suppressed = sum(int(loss["capture_loss"]["suppressed"].get("connect", 0)) for loss in losses)
+    assert suppressed >= 1000, losses                       # ~3,000 connects, 40 a second reported
+    assert losses[0]["capture_loss"]["cgroup"].endswith(f"job_{noisy}")
+    assert int(losses[0]["capture_loss"]["to_ts_ns"]) >= int(losses[0]["capture_loss"]["from_ts_ns"]) > 0
+    def quiet_ports() -> set[int]:
+        return {r["connect"]["dport"] for r in capture.seen if r["kind"] == "connect" and r["job"]["id"] == quiet}
+    deadline = time.monotonic() + 10
+    while quiet_ports() != set(range(25000, 25015)) and time.monotonic() < deadline:
+        capture.poll_once(50)
+    assert quiet_ports() == set(range(25000, 25015)), sorted(quiet_ports())   # the job beside it: every connect
+    assert not [r for r in capture.seen if r["kind"] == "capture_loss" and r["job"]["id"] == quiet]
+
+
+def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degraded(tmp_path, test_cgroup):
+    """The attack of the issue at a smaller size, with a real agent and collector: a job floods (connects to
+    distinct destinations, over its budget) while a stratum-argv process starts inside it. Every exec of the
+    job is stored (the priority ring is whole), the stratum process is killed at exec by the kernel's argv
+    scan, `capture-degraded` is raised for the flooding job, and a job beside it loses nothing."""
+    from lab import free_port  # noqa: PLC0415
+    from tests.services import agent, cli_json, collector  # noqa: PLC0415
+    from tests.test_tamper_kernel import host_state, wait_until  # noqa: PLC0415
+
+    port, host = free_port(), f"flood-{uuid.uuid4().hex[:6]}"
+    test_cgroup("slurm/uid_0")
+    col = collector(tmp_path, port).start()
+    ag = agent(tmp_path, port, host, "--capture-budget", "40")
+    try:
+        ag.start()
+        wait_until(lambda: host_state(port, host) == "ok")
+        noisy, quiet = fresh_job_id(), fresh_job_id()
+        cg_noisy, cg_quiet = test_cgroup(f"slurm/uid_0/job_{noisy}"), test_cgroup(f"slurm/uid_0/job_{quiet}")
+        spray = popen_in_cgroup(cg_noisy, [PYTHON, "-c", SPRAY, "30000", "4000"], stdout=subprocess.PIPE, text=True)
+        execs = [popen_in_cgroup(cg_noisy, ["/bin/true", f"storm-{i}"]) for i in range(30)]   # inside the flood
+        miner = popen_in_cgroup(cg_noisy, ["/bin/sleep", "30", "-o", "stratum+tcp://pool.gg-flood.example:3333"])
+        calm = popen_in_cgroup(cg_quiet, [PYTHON, "-c", SPRAY, "35000", "15"], stdout=subprocess.PIPE, text=True)
+        assert miner.wait(20) == -9                                   # killed at exec, in the kernel
+        assert [p.wait(20) for p in execs] == [0] * 30
+        assert spray.communicate(120)[0].strip() == "4000" and calm.communicate(30)[0].strip() == "15"
+
+        def stored(job: str) -> list[dict]:
+            return [e["event"] for e in cli_json(port, "timeline", job, "--limit", "100000").get("events", [])]
+        alert = wait_until(lambda: [a for a in cli_json(port, "alerts", "--job", noisy)["alerts"]
+                                    if a["rule_id"] == "capture-degraded"], timeout=30)[0]
+        assert int(alert["matched"]["suppressed_connect"]) > 0
+        ran = wait_until(lambda: {a for e in stored(noisy) if "exec" in e for a in e["exec"]["argv"]
+                                  if a.startswith("storm-")} >= {f"storm-{i}" for i in range(30)} or None)
+        assert ran                                                     # every exec of the flooding job stored
+        assert any("incomplete" in json_dump(e).lower() or "capture_loss" in e for e in stored(noisy))
+        quiet_ports = wait_until(lambda: {e["connect"]["dport"] for e in stored(quiet) if "connect" in e}
+                                 >= set(range(35000, 35015)) or None)
+        assert quiet_ports
+        assert not [a for a in cli_json(port, "alerts", "--job", quiet)["alerts"] if a["rule_id"] == "capture-degraded"]
+    finally:
+        ag.stop()
+        col.stop()
+
+
+def json_dump(obj) -> str:
+    import json  # noqa: PLC0415
+    return json.dumps(obj)

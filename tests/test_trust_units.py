@@ -123,6 +123,35 @@ def test_kernel_losses_raise_one_capture_degraded_alert_per_episode():
     assert "exec" in second[0].description
 
 
+def test_a_jobs_capture_loss_is_one_alert_per_episode_for_that_job_only():
+    from collector.health import JOB_RECOVERED_S  # noqa: PLC0415
+
+    store, clock = FakeStore(), ManualClock()
+    health = HostHealth(store, clock=clock)
+    session = AgentSession("h1", "h1", "b", 0)
+    health.on_connect(session, cpb.Hello(heartbeat_s=5, agent_started_ns=1))
+
+    def loss(job: str, n: int) -> pb.Event:
+        ev = pb.Event(seq=1, ts_ns=2_000, capture_loss=pb.CaptureLoss(suppressed={"connect": n}, from_ts_ns=1_000,
+                                                                       to_ts_ns=2_000, cgroup=f"/slurm/job_{job}"))
+        ev.job.kind, ev.job.id = "slurm", job
+        return ev
+
+    health.on_events(session, [loss("9", 500), loss("9", 700)])      # one episode: one alert
+    alerts = [a for a in store.alerts if a.rule_id == "capture-degraded"]
+    assert [(a.job.kind, a.job.id) for a in alerts] == [("slurm", "9")]   # the flooding job, not job 77
+    assert alerts[0].matched["suppressed_connect"] == "500" and "budget" in alerts[0].description
+    assert health.describe(0).hosts[0].incomplete_jobs == ["slurm:9"]
+    clock.now += JOB_RECOVERED_S / 2
+    health.on_events(session, [loss("9", 100)])                      # still the same episode
+    clock.now += JOB_RECOVERED_S + 1
+    health.tick(0)                                                   # quiet long enough: recovered
+    assert health.describe(0).hosts[0].incomplete_jobs == []
+    health.on_events(session, [loss("9", 50)])                       # a new flood: a new alert
+    again = [a for a in store.alerts if a.rule_id == "capture-degraded"]
+    assert len(again) == 2 and again[0].id != again[1].id
+
+
 def test_acks_do_not_wait_for_detection(tmp_path):
     cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
     with collector_in_thread(cfg) as app:

@@ -420,7 +420,7 @@ class HostsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostState(_message.Message):
-    __slots__ = ("host_id", "hostname", "state", "connected", "last_seen_ns", "policy_version", "policy_current", "drift", "agent_started_ns", "kernel_lost", "programs")
+    __slots__ = ("host_id", "hostname", "state", "connected", "last_seen_ns", "policy_version", "policy_current", "drift", "agent_started_ns", "kernel_lost", "programs", "incomplete_jobs")
     class KernelLostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +439,7 @@ class HostState(_message.Message):
     AGENT_STARTED_NS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_LOST_FIELD_NUMBER: _ClassVar[int]
     PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_JOBS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     hostname: str
     state: str
@@ -450,7 +451,8 @@ class HostState(_message.Message):
     agent_started_ns: int
     kernel_lost: _containers.ScalarMap[str, int]
     programs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen_ns: _Optional[int] = ..., policy_version: _Optional[int] = ..., policy_current: _Optional[int] = ..., drift: _Optional[str] = ..., agent_started_ns: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., programs: _Optional[_Iterable[str]] = ...) -> None: ...
+    incomplete_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen_ns: _Optional[int] = ..., policy_version: _Optional[int] = ..., policy_current: _Optional[int] = ..., drift: _Optional[str] = ..., agent_started_ns: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., programs: _Optional[_Iterable[str]] = ..., incomplete_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HostsReply(_message.Message):
     __slots__ = ("hosts",)

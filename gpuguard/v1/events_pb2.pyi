@@ -359,8 +359,38 @@ class Enforcement(_message.Message):
     repeats: int
     def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
 
+class CaptureLoss(_message.Message):
+    __slots__ = ("suppressed", "lost", "from_ts_ns", "to_ts_ns", "cgroup_id", "cgroup")
+    class SuppressedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LostEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    FROM_TS_NS_FIELD_NUMBER: _ClassVar[int]
+    TO_TS_NS_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    suppressed: _containers.ScalarMap[str, int]
+    lost: _containers.ScalarMap[str, int]
+    from_ts_ns: int
+    to_ts_ns: int
+    cgroup_id: int
+    cgroup: str
+    def __init__(self, suppressed: _Optional[_Mapping[str, int]] = ..., lost: _Optional[_Mapping[str, int]] = ..., from_ts_ns: _Optional[int] = ..., to_ts_ns: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket")
+    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket", "capture_loss")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -378,6 +408,7 @@ class Event(_message.Message):
     DNS_FIELD_NUMBER: _ClassVar[int]
     DATAGRAM_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_LOSS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ts_ns: int
     boot_id: str
@@ -395,4 +426,5 @@ class Event(_message.Message):
     dns: Dns
     datagram: Datagram
     socket: Socket
-    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ...) -> None: ...
+    capture_loss: CaptureLoss
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ..., capture_loss: _Optional[_Union[CaptureLoss, _Mapping]] = ...) -> None: ...

@@ -5,7 +5,7 @@
 
 const PAGE = 5000;            // events per request; "more" asks for the next page
 const ROWS = 400;             // event rows rendered at a time in the table
-const KINDS = ["exec", "connect", "gpu_open", "exit", "enforcement", "gap"];
+const KINDS = ["exec", "connect", "gpu_open", "exit", "enforcement", "gap", "capture_loss"];
 
 function el(tag, attrs = {}, ...children) {
   const svg = ["svg", "g", "rect", "circle", "line", "text", "title", "path"].includes(tag);
@@ -59,6 +59,11 @@ function describe(ev) {
   if (k === "exit") return ev.exit.signal ? `signal ${ev.exit.signal}` : `code ${ev.exit.code || 0}`;
   if (k === "enforcement") return `${ev.enforcement.action}: ${ev.enforcement.detail || ""} [${ev.enforcement.rule_id}]`;
   if (k === "gap") return `events ${ev.gap.from_seq}..${ev.gap.to_seq} lost (${ev.gap.reason})`;
+  if (k === "capture_loss") {
+    const counts = (m) => Object.entries(m || {}).map(([kind, n]) => `${n} ${kind}`).join(", ");
+    const s = counts(ev.capture_loss.suppressed), l = counts(ev.capture_loss.lost);
+    return `INCOMPLETE: ${s ? s + " over the job's budget" : ""}${s && l ? "; " : ""}${l ? l + " lost (ring full)" : ""}`;
+  }
   return k;
 }
 
@@ -187,6 +192,13 @@ function timelineSvg() {
     }
     svg.append(g);
   });
+  // windows where the kernel could not report everything for this job: shaded, never silently blank
+  for (const e of state.events.filter((e) => kindOf(e.event) === "capture_loss")) {
+    const c = e.event.capture_loss, x0 = x(us(c.from_ts_ns || e.event.ts_ns)), x1 = x(us(c.to_ts_ns || e.event.ts_ns));
+    const band = el("rect", { class: "incomplete", x: Math.min(x0, x1), y: top, width: Math.max(Math.abs(x1 - x0), 3), height: H - 26 - top });
+    band.append(el("title", {}, describe(e.event)));
+    svg.append(band);
+  }
   state.alerts.forEach((a, i) => {
     const ax = x(us(a.ts_ns));
     const g = el("g", { class: "alert-mark", "data-rule": a.rule_id });
