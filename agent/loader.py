@@ -15,7 +15,6 @@ struct offsets come from BTF (agent/btf.py) and are proven at start
 from __future__ import annotations
 
 import ctypes
-import heapq
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from agent.bpf_links import (
 )
 from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
+from agent.events import DecodeStats
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
 from agent.pinned_exec import cgroup_link
 
@@ -75,11 +75,6 @@ def gpu_majors(proc_devices: Path = Path("/proc/devices")) -> dict[int, str]:
             if name.startswith(GPU_DEVICE_NAMES):
                 majors[int(number)] = name
     return majors
-
-
-def record_time(raw: bytes) -> int:
-    """event_header.ts_ns: the first 8 bytes of every record (little-endian)."""
-    return int.from_bytes(raw[:8], "little")
 
 
 class LoaderError(RuntimeError):
@@ -138,6 +133,29 @@ def probe_source(names: tuple[str, ...] = ALL_PROBES, probes_dir: Path = PROBES_
 
 
 @dataclass
+class Drained:
+    """One drain of both rings: arena batches from the C callback, or raw records from BCC's callback."""
+
+    batches: list = field(default_factory=list)
+    raw: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.raw is not None else sum(len(b) for b in self.batches)
+
+    def records(self) -> list[bytes]:
+        """Each record's bytes (tests)."""
+        return list(self.raw) if self.raw is not None else [r for b in self.batches for r in b.raw()]
+
+    def events(self, stats: DecodeStats) -> list:
+        from agent.batch import python_order  # noqa: PLC0415
+        from agent.decode import decode_batch  # noqa: PLC0415
+
+        if self.raw is not None:
+            return decode_batch(python_order(self.raw), stats)
+        return [ev for b in self.batches for ev in b.events(stats)]
+
+
+@dataclass
 class CaptureProbes:
     """The loaded capture programs and their ring buffer."""
 
@@ -147,9 +165,11 @@ class CaptureProbes:
     bpf: object = None
     offsets: dict = field(default_factory=dict)
     majors: dict = field(default_factory=dict)
+    consumer: str = "auto"              # "c": the C callback (agent/ringcb.c); "python": BCC's; "auto": C if it builds
     _pending: list[bytes] = field(default_factory=list)
     _pending_priority: list[bytes] = field(default_factory=list)
     _links: list[int] = field(default_factory=list)
+    _arenas: object = None
 
     def load(self, cgroup_root: Path | None = None) -> None:
         check_privileges()
@@ -170,8 +190,7 @@ class CaptureProbes:
             self.bpf = bcc.BPF(text=probe_source().encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise LoaderError(f"loading the capture probes failed: {exc}") from exc
-        self.bpf[b"events"].open_ring_buffer(self._on_event)
-        self.bpf[b"priority_events"].open_ring_buffer(self._on_priority_event)
+        self._open_rings()
         self.majors = gpu_majors()
         table = self.bpf[b"gpu_majors"]
         for major in self.majors:
@@ -194,13 +213,37 @@ class CaptureProbes:
         finally:
             os.close(fd)
 
+    def _open_rings(self) -> None:
+        """Both rings to the C callback when it is there (one arena per kind, no Python per record), else to
+        BCC's Python callback; the same events either way (tests/test_record_layout.py)."""
+        lib = None
+        if self.consumer in ("auto", "c"):
+            from agent.ringcb import library  # noqa: PLC0415
+
+            lib = library()
+            if lib is None and self.consumer == "c":
+                raise LoaderError("the C ring callback was asked for but cannot be built or loaded")
+        if lib is not None:
+            from agent.ringcb import ArenaSet  # noqa: PLC0415
+
+            self._arenas = ArenaSet(lib)
+            for name in (b"events", b"priority_events"):
+                self.bpf._open_ring_buffer(self.bpf[name].map_fd, self._arenas.callback, self._arenas.ctx)
+            self.consumer = "c"
+        else:
+            self.bpf[b"events"].open_ring_buffer(self._on_event)
+            self.bpf[b"priority_events"].open_ring_buffer(self._on_priority_event)
+            self.consumer = "python"
+        log.info("ring consumer: %s", "C callback into per-kind arenas, numpy decode" if self.consumer == "c"
+                 else "BCC's Python callback")
+
     def _on_event(self, _ctx, data, size) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
     def _on_priority_event(self, _ctx, data, size) -> None:
         self._pending_priority.append(ctypes.string_at(data, size))
 
-    def poll(self, timeout_ms: int = 50) -> list[bytes]:
+    def poll(self, timeout_ms: int = 50) -> Drained:
         """Wait up to timeout_ms, then return every raw event available.
 
         Most probes submit with BPF_RB_NO_WAKEUP (no wakeup per event), so this
@@ -210,17 +253,23 @@ class CaptureProbes:
         self.bpf.ring_buffer_poll(timeout_ms)
         return self.drain()   # libbpf's poll only reads rings that signalled; NO_WAKEUP records never do
 
-    def drain(self) -> list[bytes]:
-        """Both rings' records, in kernel time order (each ring is in order; a merge restores the order
-        between them: a process's exec before its connects, a denial before the connect it denied)."""
+    def drain(self) -> Drained:
+        """Both rings' records, in kernel time order (a process's exec before its connects, a denial before the
+        connect it denied). With the C callback: consumed until the rings are empty, an arena's worth at a time
+        (a full arena leaves the record in the ring: nothing is lost between the kernel and here)."""
+        if self._arenas is not None:
+            from bcc.libbcc import lib as libbcc  # noqa: PLC0415
+
+            batches = []
+            while True:
+                rc = libbcc.bpf_consume_ringbuf(self.bpf._ringbuf_manager)
+                batches.append(self._arenas.take())
+                if rc >= 0:
+                    return Drained(batches=batches)
         self.bpf.ring_buffer_consume()
-        batch, self._pending = self._pending, []
-        first, self._pending_priority = self._pending_priority, []
-        if not first:
-            return batch
-        if not batch:
-            return first
-        return list(heapq.merge(first, batch, key=record_time))
+        raw = self._pending_priority + self._pending
+        self._pending, self._pending_priority = [], []
+        return Drained(raw=raw)
 
     def lost_counts(self) -> dict[str, int]:
         """Events the kernel could not hand over (ring buffer or pending map full)."""

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
-from agent.decode import decode_batch
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
 from agent.identity import HostIdentity
 from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
-from agent.loader import CaptureProbes
+from agent.loader import CaptureProbes, Drained
 from agent.process_table import ProcessTable
 from agent.selfcheck import run_selfcheck
 from gpuguard.v1 import events_pb2 as pb
@@ -46,10 +45,10 @@ class Capture:
 
     def __init__(self, identity: HostIdentity | None = None, job_patterns: tuple[JobPattern, ...] = (),
                  ringbuf_pages: int = 4096, hash_executables: bool = True, verify_offsets: bool = True,
-                 priority_pages: int = 2048, budget_per_s: int = DEFAULT_BUDGET_PER_S) -> None:
+                 priority_pages: int = 2048, budget_per_s: int = DEFAULT_BUDGET_PER_S, consumer: str = "auto") -> None:
         self.verify_offsets = verify_offsets
         self.identity = identity or HostIdentity.current()
-        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages)
+        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages, consumer=consumer)
         self.table = ProcessTable(self.identity.boot_id)
         self.hasher = ExeHasher() if hash_executables else None
         self.jobs = JobResolver(ensure_cgroup2_mount(), job_patterns)
@@ -80,9 +79,9 @@ class Capture:
             raise
         log.info("kernel struct offsets proven on a check process (argv, environment, parent, exit code)")
 
-    def process(self, raw_batch: list[bytes]) -> list[pb.Event]:
+    def process(self, drained: Drained) -> list[pb.Event]:
         records = []
-        for ev in decode_batch(raw_batch, self.stats.decode):
+        for ev in drained.events(self.stats.decode):
             try:
                 rec = self.enricher.enrich(ev)
             except Exception as exc:   # an observed process must never stop the capture loop

@@ -173,7 +173,8 @@ def test_the_wheel_carries_probes_page_and_rules(tmp_path):
     (wheel,) = tmp_path.glob("gpuguard-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("probes/gpuguard.h", "probes/vocab.h", "probes/enforce_payload.c", "collector/rules/builtin.yaml",
-                   "collector/web/static/app.js", "collector/web/static/index.html", "gpuguard_cli/main.py"):
+                   "collector/web/static/app.js", "collector/web/static/index.html", "gpuguard_cli/main.py",
+                   "agent/ringcb.c", "agent/record_layout.py"):
         assert needed in names, needed
     assert not any(n.startswith(("lab/", "tests/", "bench/")) for n in names)     # dev-only code stays out
     site = tmp_path / "site"

@@ -1,0 +1,168 @@
+"""A drain's worth of kernel records, decoded a batch at a time.
+
+The C callback (agent/ringcb.c) leaves the records in one arena per kind; numpy reads each arena in place with a
+dtype built from agent/record_layout.py (generated from probes/gpuguard.h), and the hot kinds (connects and their
+outcomes, forks, exits, GPU opens, sockets) become events from whole columns, with each distinct comm and
+address turned into a string once per batch. The rare, string-heavy kinds (exec, cgroup, enforcement, flow)
+go through agent/decode.py record by record. The result is exactly what the Python consumer makes of the same
+ring bytes (tests/test_record_layout.py checks it), in the same order: by kernel time, the priority ring first on
+a tie, then arrival.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.decode import AF_INET, AF_INET6, CONNECT_SENDMSG, V4_MAPPED_PREFIX, _addr, _cstr, decode
+from agent.events import (
+    ConnectEvent,
+    ConnectResultEvent,
+    DecodeStats,
+    ExitEvent,
+    ForkEvent,
+    GpuOpenEvent,
+    Header,
+    KernelEvent,
+    SocketEvent,
+)
+from agent.record_layout import LAYOUTS
+from gpuguard.v1 import events_pb2 as pb
+
+PRIORITY_KINDS = frozenset((pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT, pb.KIND_CGROUP, pb.KIND_ENFORCE))
+
+
+def dtype_of(kind: int) -> np.dtype:
+    _name, size, fields = LAYOUTS[kind]
+    return np.dtype({"names": [f for f, _fmt, _o in fields], "formats": [fmt for _f, fmt, _o in fields],
+                     "offsets": [o for _f, _fmt, o in fields], "itemsize": size})
+
+
+DTYPES = {kind: dtype_of(kind) for kind in LAYOUTS}
+SIZES = {kind: size for kind, (_n, size, _f) in LAYOUTS.items()}
+
+
+def record_order(ts: np.ndarray, kinds: np.ndarray, arrival: np.ndarray) -> np.ndarray:
+    """The one order both consumers give: kernel time, then the priority ring's kinds, then arrival."""
+    prio = np.isin(kinds, list(PRIORITY_KINDS)).astype(np.int8)
+    return np.lexsort((arrival, 1 - prio, ts))
+
+
+class ArenaBatch:
+    """Per-kind record arrays and the order they arrived in (kind per record)."""
+
+    def __init__(self, arrays: dict[int, np.ndarray], order: np.ndarray, malformed: int = 0) -> None:
+        self.arrays = arrays
+        self.order = order
+        self.malformed = malformed
+
+    def __len__(self) -> int:
+        return int(self.order.size)
+
+    def raw(self) -> list[bytes]:
+        """Each record's bytes, in arrival order (tests, and the fallback decoder)."""
+        seen = {k: 0 for k in self.arrays}
+        out = []
+        for k in self.order.tolist():
+            out.append(self.arrays[k][seen[k]].tobytes())
+            seen[k] += 1
+        return out
+
+    def events(self, stats: DecodeStats) -> list[KernelEvent]:
+        stats.malformed += self.malformed
+        if not len(self):
+            return []
+        decoded: dict[int, list[KernelEvent]] = {}
+        comms: dict[bytes, str] = {}
+        for kind, arr in self.arrays.items():
+            if arr.size:
+                decoded[kind] = _BUILDERS.get(kind, _per_record)(arr, comms)
+        kinds = self.order.astype(np.int64)
+        ts = np.empty(kinds.size, dtype=np.uint64)
+        index = np.empty(kinds.size, dtype=np.int64)
+        for kind, arr in self.arrays.items():
+            where = np.flatnonzero(kinds == kind)
+            ts[where] = arr["hdr_ts_ns"]
+            index[where] = np.arange(where.size)
+        order = record_order(ts, kinds, np.arange(kinds.size))
+        out = [decoded[k][i] for k, i in zip(kinds[order].tolist(), index[order].tolist(), strict=True)]
+        stats.decoded += len(out)
+        return out
+
+
+def _headers(arr: np.ndarray, comms: dict[bytes, str]) -> list[Header]:
+    names = []
+    for raw in arr["hdr_comm"].tolist():
+        name = comms.get(raw)
+        if name is None:
+            name = comms[raw] = _cstr(raw)
+        names.append(name)
+    return [Header(*row) for row in zip(arr["hdr_ts_ns"].tolist(), arr["hdr_cgroup_id"].tolist(),
+                                        arr["hdr_tid"].tolist(), arr["hdr_tgid"].tolist(), arr["hdr_uid"].tolist(),
+                                        arr["hdr_gid"].tolist(), arr["hdr_result"].tolist(), names, strict=True)]
+
+
+def _addresses(families: list[int], raws: list[bytes]) -> list[str]:
+    cache: dict[tuple[int, bytes], str] = {}
+    out = []
+    for family, raw in zip(families, raws, strict=True):
+        key = (family, raw)
+        text = cache.get(key)
+        if text is None:
+            text = cache[key] = _addr(family, raw)
+        out.append(text)
+    return out
+
+
+def _connects(arr: np.ndarray, comms) -> list[KernelEvent]:
+    families = arr["family"].tolist()
+    addrs = _addresses(families, [bytes(b) for b in arr["daddr"].tolist()])
+    return [ConnectEvent(h, fam, st, addr, dport, sk, proto, bool(flags & CONNECT_SENDMSG), rep)
+            for h, fam, st, addr, dport, sk, proto, flags, rep in zip(
+                _headers(arr, comms), families, arr["sock_type"].tolist(), addrs, arr["dport"].tolist(),
+                arr["sk"].tolist(), arr["protocol"].tolist(), arr["flags"].tolist(), arr["repeats"].tolist(),
+                strict=True)]
+
+
+def _connect_results(arr, comms) -> list[KernelEvent]:
+    return [ConnectResultEvent(h, sk) for h, sk in zip(_headers(arr, comms), arr["sk"].tolist(), strict=True)]
+
+
+def _forks(arr, comms) -> list[KernelEvent]:
+    return [ForkEvent(h, c, p) for h, c, p in zip(_headers(arr, comms), arr["child_tgid"].tolist(),
+                                                   arr["parent_tgid"].tolist(), strict=True)]
+
+
+def _exits(arr, comms) -> list[KernelEvent]:
+    return [ExitEvent(h, c, s) for h, c, s in zip(_headers(arr, comms), arr["code"].tolist(),
+                                                   arr["signal"].tolist(), strict=True)]
+
+
+def _gpu_opens(arr, comms) -> list[KernelEvent]:
+    return [GpuOpenEvent(h, "", f, ma, mi) for h, f, ma, mi in zip(
+        _headers(arr, comms), arr["flags"].tolist(), arr["major"].tolist(), arr["minor"].tolist(), strict=True)]
+
+
+def _sockets(arr, comms) -> list[KernelEvent]:
+    return [SocketEvent(h, f, t, p, r) for h, f, t, p, r in zip(
+        _headers(arr, comms), arr["family"].tolist(), arr["type"].tolist(), arr["protocol"].tolist(),
+        arr["rule"].tolist(), strict=True)]
+
+
+def _per_record(arr, _comms) -> list[KernelEvent]:
+    return [decode(arr[i].tobytes()) for i in range(arr.size)]
+
+
+_BUILDERS = {pb.KIND_CONNECT: _connects, pb.KIND_CONNECT_RESULT: _connect_results, pb.KIND_FORK: _forks,
+             pb.KIND_EXIT: _exits, pb.KIND_GPU_OPEN: _gpu_opens, pb.KIND_SOCKET: _sockets}
+
+__all__ = ["AF_INET", "AF_INET6", "DTYPES", "SIZES", "V4_MAPPED_PREFIX", "ArenaBatch", "record_order"]
+
+
+def python_order(raw: list[bytes]) -> list[bytes]:
+    """The Python consumer's records (BCC's callback, one bytes object each, rings concatenated in arrival order)
+    in the order the batch consumer gives: kernel time, the priority ring first on a tie, then arrival."""
+    if len(raw) < 2:
+        return raw
+    ts = np.array([int.from_bytes(r[0:8], "little") if len(r) >= 8 else 0 for r in raw], dtype=np.uint64)
+    kinds = np.array([int.from_bytes(r[16:20], "little") if len(r) >= 20 else 0 for r in raw], dtype=np.int64)
+    return [raw[i] for i in record_order(ts, kinds, np.arange(len(raw))).tolist()]

@@ -1,0 +1,117 @@
+"""The C ring-buffer callback (agent/ringcb.c): found, or built, and loaded with ctypes; None without a compiler.
+
+ArenaSet owns the memory the callback writes (one arena per record kind, an arrival list) and turns what it
+holds into an ArenaBatch (agent/batch.py), after which the arenas are empty again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from agent.batch import DTYPES, SIZES, ArenaBatch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("ringcb.c")
+PREBUILT = Path(__file__).with_name("_ringcb.so")      # made by scripts/setup.sh
+KINDS = 16
+ENOSPC = 28
+RINGBUF_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)   # BCC's type
+
+
+class _Arena(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("cap", ctypes.c_uint64), ("used", ctypes.c_uint64),
+                ("count", ctypes.c_uint64), ("size", ctypes.c_uint64)]
+
+
+class _Arenas(ctypes.Structure):
+    _fields_ = [("a", _Arena * KINDS), ("order", ctypes.c_void_p), ("order_cap", ctypes.c_uint64),
+                ("order_used", ctypes.c_uint64), ("full", ctypes.c_uint64), ("malformed", ctypes.c_uint64)]
+
+
+_LIB: list = []
+
+
+def build(out: Path) -> None:
+    """cc -O2 -shared -fPIC: what setup does, also used when no prebuilt library is there."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise FileNotFoundError("no C compiler (cc)")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)], check=True, capture_output=True,
+                   timeout=60)
+
+
+def library() -> ctypes.CDLL | None:
+    """The callback's library: prebuilt by setup, else built now into a private directory; None if neither."""
+    if _LIB:
+        return _LIB[0]
+    lib = None
+    candidates = [PREBUILT] if PREBUILT.exists() and PREBUILT.stat().st_mtime >= SOURCE.stat().st_mtime else []
+    if not candidates:
+        try:
+            out = Path(tempfile.mkdtemp(prefix="gpuguard-ringcb-")) / "_ringcb.so"
+            build(out)
+            candidates.append(out)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("no C ring callback (%s): records cross into Python one by one (slower)", exc)
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(str(path))
+            lib.gg_ring_record.restype = ctypes.c_int
+            lib.gg_ring_record.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            break
+        except OSError as exc:
+            log.warning("cannot load %s: %s", path, exc)
+    _LIB.append(lib)
+    return lib
+
+
+class ArenaSet:
+    """Arenas for `records` records of each kind (exec: a quarter of that) and an arrival list as long."""
+
+    def __init__(self, lib: ctypes.CDLL, records: int = 8192) -> None:
+        self.lib = lib
+        self.s = _Arenas()
+        self._buffers = []
+        for kind, size in SIZES.items():
+            cap = size * (records // 4 if size > 1024 else records)
+            buf = ctypes.create_string_buffer(cap)
+            self._buffers.append(buf)
+            self.s.a[kind].buf, self.s.a[kind].cap, self.s.a[kind].size = ctypes.addressof(buf), cap, size
+        self._order = ctypes.create_string_buffer(records * 2)
+        self.s.order, self.s.order_cap = ctypes.addressof(self._order), records * 2
+        self.callback = RINGBUF_CB(ctypes.cast(lib.gg_ring_record, ctypes.c_void_p).value)
+        self._malformed_taken = 0
+
+    @property
+    def ctx(self) -> int:
+        return ctypes.addressof(self.s)
+
+    @property
+    def full(self) -> int:
+        return self.s.full
+
+    def feed(self, record: bytes) -> int:
+        """Hand one record to the callback as libbpf would (tests): 0, or -ENOSPC when it must wait."""
+        return self.lib.gg_ring_record(self.ctx, record, len(record))
+
+    def take(self) -> ArenaBatch:
+        """What the arenas hold, copied out; the arenas are empty afterwards."""
+        arrays = {}
+        for kind in SIZES:
+            arena = self.s.a[kind]
+            n = arena.count
+            data = ctypes.string_at(arena.buf, arena.used) if n else b""
+            arrays[kind] = np.frombuffer(data, dtype=DTYPES[kind], count=n) if n else np.empty(0, DTYPES[kind])
+            arena.used = arena.count = 0
+        order = np.frombuffer(ctypes.string_at(self.s.order, self.s.order_used), dtype=np.uint8).copy()
+        self.s.order_used = 0
+        malformed, self._malformed_taken = self.s.malformed - self._malformed_taken, self.s.malformed
+        return ArenaBatch(arrays, order, malformed)
