@@ -21,7 +21,6 @@ saved and re-applied at start, before the collector is reachable.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -35,147 +34,38 @@ from pathlib import Path
 
 from agent.bpf_links import (
     BPF_F_ALLOW_MULTI,
-    INET4_CONNECT,
-    INET6_CONNECT,
     INET_EGRESS,
-    UDP4_SENDMSG,
-    UDP6_SENDMSG,
     Attachment,
     AttachmentLedger,
     detach_by_id,
     prog_id,
+)
+from agent.enforce_plan import (
+    ANCHOR_FOLD,
+    DENY_PROGRAMS,
+    FINGERPRINT,
+    FP_MAX,
+    FP_NEAR,
+    FP_STRATUM,
+    PAYLOAD_PROGRAM,
+    PROGRAM_NAMES,
+    Planner,
+    policy_scopes,
+    scope_matches,
 )
 from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
 from agent.pinned_exec import PinnedExecKill, pin_dir_for
 from agent.worker import Worker
 from gpuguard.argv_scan import (
-    ARGV_FP_MAX,
-    ARGV_RULES,
-    ARGV_UNINSPECTABLE,
-    FingerprintSet,
     grammar_table,
-    literal_bytes,
 )
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from gpuguard.vocab import DROP_PAYLOAD, DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE, option_mask
+from gpuguard.vocab import DROP_PAYLOAD, DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE
 
 log = logging.getLogger(__name__)
-
-DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CONNECT),
-                 (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
-PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
-MODE_MONITOR, MODE_ENFORCE = 1, 2
-SOCKET_KINDS = {"raw-ip": 1, "icmp": 2}    # mirror of probes/flow.c SOCKET_KIND_*
-TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
-# mirror of probes/enforce_payload.c
-FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
-FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min, offset_max, min_len, flags
-ARGV_RULE = struct.Struct("<IIQQQQ")   # struct argv_rule (probes/enforce_argv.c): rule, pad, all, any, opts, comms
-PROGRAM_NAMES = {INET_EGRESS: "payload_egress", INET4_CONNECT: "deny_connect4",
-                 INET6_CONNECT: "deny_connect6", UDP4_SENDMSG: "deny_sendmsg4", UDP6_SENDMSG: "deny_sendmsg6"}
-V4_MAPPED = bytes(10) + b"\xff\xff"
-
-
-FNV_PRIME, U64 = 0x100000001B3, (1 << 64) - 1
-
-
-def name_hash(key: int, name: str) -> int:
-    """The kernel's keyed hash of a DNS name suffix (probes/flow.c question_allowed): FNV-1a from the secret
-    key over the name's wire form (length-prefixed labels), lower case, read backwards."""
-    labels = [lb.encode("idna") if not lb.isascii() else lb.encode() for lb in name.strip().strip(".").lower()
-              .removeprefix("*.").split(".") if lb]
-    wire = b"".join(bytes([len(lb)]) + lb for lb in labels)
-    h = key
-    for c in reversed(wire):
-        h = ((h ^ c) * FNV_PRIME) & U64
-    return h
-
-
-def address_key(address: str) -> bytes:
-    """16 bytes, IPv4 as v4-mapped: the kernel's address keys."""
-    ip = ipaddress.ip_address(address)
-    return V4_MAPPED + ip.packed if ip.version == 4 else ip.packed
-
-
-def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
-    """The nameservers this host's stub resolver asks: their answers teach the allowed addresses."""
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    try:
-                        out.append(str(ipaddress.ip_address(parts[1].split("%")[0])))
-                    except ValueError:
-                        continue
-    except OSError:
-        pass
-    return out
-
-
-def kill_key(scope: int, comm: str) -> bytes:
-    return struct.pack("<Q16s", scope, comm.encode()[:15])
-
-
-EXEC_DIRS = ("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin")
-
-
-def executables_named(name: str) -> set[tuple[int, int]]:
-    """(kernel dev, inode) of the binaries a name resolves to on this host (through links: a renamed
-    hard link or symlink to bash is still bash)."""
-    out = set()
-    for d in EXEC_DIRS:
-        try:
-            st = os.stat(os.path.join(d, name))
-        except OSError:
-            continue
-        out.add(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino))
-    return out
-
-
-def deny_key(scope: int, cidr: str, port: int) -> bytes:
-    net = ipaddress.ip_network(cidr, strict=False)
-    if net.version == 4:
-        addr, bits = V4_MAPPED + net.network_address.packed, 96 + net.prefixlen
-    else:
-        addr, bits = net.network_address.packed, net.prefixlen
-    data = struct.pack("<Q", scope) + struct.pack("!H", port) + addr + b"\0\0"
-    return struct.pack("<I", 64 + 16 + bits) + data
-
-
-def fingerprint_struct(pw: ppb.PayloadWatch) -> bytes:
-    """struct fingerprint of probes/enforce_payload.c: the pattern stored already masked."""
-    if pw.stratum:
-        return struct.pack(FINGERPRINT, b"", b"", 0, 0, 0, FP_STRATUM)
-    pattern = bytes(pw.pattern)
-    mask = bytes(pw.mask) or b"\xff" * len(pattern)
-    if not 1 <= len(pattern) <= FP_LEN or len(mask) != len(pattern):
-        raise ValueError(f"{pw.rule_id}: a payload pattern is 1..{FP_LEN} bytes with a mask of the same length")
-    if pw.offset_max > FP_WINDOW_MAX or pw.offset_min > pw.offset_max:
-        raise ValueError(f"{pw.rule_id}: payload offsets must satisfy min <= max <= {FP_WINDOW_MAX}")
-    masked = bytes(p & m for p, m in zip(pattern, mask, strict=True))
-    if pw.offset_max - pw.offset_min >= FP_NEAR and len(pattern) < 7:
-        raise ValueError(f"{pw.rule_id}: a pattern searched over a wide window needs at least 7 bytes")
-    return struct.pack(FINGERPRINT, masked, mask, pw.offset_min, pw.offset_max,
-                       max(pw.min_len, pw.offset_min + len(pattern)), 0)
-
-
-def cgroup_level(path: str) -> int:
-    """A cgroup's depth below the cgroup2 root (the root: 0), as bpf_get_current_ancestor_cgroup_id counts."""
-    return len([part for part in path.split("/") if part])
-
-
-def scope_matches(scope: ppb.Scope, job: Job) -> bool:
-    if scope.host_wide:
-        return True
-    if job.kind == JOB_HOST or job.id in scope.exclude_job_ids:
-        return False
-    return job.id in scope.job_ids or job.kind in scope.job_kinds
-
 
 class ExecutedOrders:
     """Kill order ids this agent executed, kept on disk (bounded): a resent order is acked, not re-run."""
@@ -222,19 +112,17 @@ class Enforcer:
                                   "no_connect_comms", "no_connect_exes", "fp_exempt_comms", "fp_exempt_exes",
                                   "fp_anchors", "argv_kill", "argv_fps", "argv_anchors", "argv_comms",
                                   "escape_scopes")}
-        self.argv_literals = FingerprintSet()     # literal -> bit, stable across policies (append-only)
-        self.fp_slots: dict[bytes, int] = {}     # fingerprint -> slot in the fingerprints array
         self.injected: deque = deque()
         capture.enricher.rule_name = self.rule_name
         capture.enricher.cgroup_listeners.append(self.on_cgroup)
         self.hasher = capture.hasher or ExeHasher()
         self.kills = 0
-        self.rule_ids: list[str] = []   # append-only: an index in flight never changes meaning
         self.exec_kill = self._attach_kill_at_exec()
         self.argv_kill = self._attach_kill_by_argv()
         self.name_key = secrets.randbits(64)      # keys the name hashes: a job cannot forge an allowed name's hash
         table = self.bpf[b"name_hash_key"]
         table[table.Key(0)] = table.Leaf(self.name_key)
+        self.planner = Planner(self.jobs.job_of_path, self.name_key)
         self.orders = ExecutedOrders(self.state_dir / "orders.json")
         self.worker = Worker("enforcer")        # cgroup walks, hashing and kills, off the poll thread
         self._reapply_lock = threading.Lock()
@@ -330,218 +218,60 @@ class Enforcer:
 
     # -- policy ---------------------------------------------------------------------
     def rule_name(self, index: int) -> str:
-        return self.rule_ids[index] if 0 <= index < len(self.rule_ids) else f"rule#{index}"
-
-    def _rule_index(self, rule_id: str, rules: list[str]) -> int:
-        if rule_id not in rules:
-            rules.append(rule_id)
-        if rule_id not in self.rule_ids:
-            self.rule_ids.append(rule_id)
-        return self.rule_ids.index(rule_id)
+        return self.planner.rule_name(index)
 
     def apply(self, policy: ppb.Policy, persist: bool = True) -> None:
+        """Plan (pure: agent/enforce_plan.py), then write the plan: maps first, attachments last, so a program
+        attached to a new scope finds its entries there, and exemptions before the entries they qualify."""
         with self.lock:
-            rules = list(policy.rules)
-            paths = self.jobs.job_paths()
-            roots = self._job_roots(paths)
-            kill, deny = {}, {}
-            attach: set[tuple[str, int]] = set()
-            for kb in policy.kill:
-                if not kb.comm:
-                    continue
-                flags = (pb.KILL_IF_STDIO_SOCKET if kb.stdio_socket else 0) | \
-                    (pb.KILL_IF_PIPE_NETWORK if kb.stdio_pipe_network else 0) | \
-                    (pb.KILL_IF_PTY_NETWORK if kb.stdio_pty_network else 0)
-                val = struct.pack("<IIQ", self._rule_index(kb.rule_id, rules), flags, option_mask(kb.options))
-                for cgid in self._scope_ids(kb.scope, paths, roots):
-                    kill[kill_key(cgid, kb.comm)] = val
-                    if kb.stdio_pipe_network or kb.stdio_pty_network:   # the connect hooks see the other end
-                        attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            trait_rules: dict[int, list[int]] = {}        # scope -> rule index per trait bit (-1: none)
-            trait_exempt, trait_bits = {}, 0
-            for kt in policy.kill_traits:
-                idx = self._rule_index(kt.rule_id, rules)
-                trait_bits |= kt.traits
-                for cgid in self._scope_ids(kt.scope, paths, roots):
-                    slots = trait_rules.setdefault(cgid, [-1] * TRAIT_BITS)
-                    for i in range(TRAIT_BITS):
-                        if kt.traits & (1 << i) and slots[i] < 0:
-                            slots[i] = idx
-                for name in kt.exempt:
-                    trait_exempt[struct.pack("<I16s", idx, name.encode()[:15])] = struct.pack("<I", 1)
-            kill_traits = {struct.pack("<Q", cgid): struct.pack(f"<I{TRAIT_BITS}I",
-                                                                sum(1 << i for i, r in enumerate(slots) if r >= 0),
-                                                                *(max(r, 0) for r in slots))
-                           for cgid, slots in trait_rules.items()}
-            deny_sockets: dict[bytes, tuple[int, int]] = {}
-            for sd in policy.deny_sockets:
-                idx = self._rule_index(sd.rule_id, rules)
-                kinds = sum(SOCKET_KINDS.get(k, 0) for k in set(sd.kinds))
-                for cgid in self._scope_ids(sd.scope, paths, roots):
-                    rule_idx, have = deny_sockets.get(struct.pack("<Q", cgid), (idx, 0))
-                    deny_sockets[struct.pack("<Q", cgid)] = (rule_idx, have | kinds)
-            for d in policy.deny:
-                val = struct.pack("<I", self._rule_index(d.rule_id, rules))
-                for cgid in self._scope_ids(d.scope, paths, roots):
-                    deny[deny_key(cgid, d.cidr, d.port)] = val
-                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            allow_scopes, allow = {}, {}
-            name_scopes, allowed_names, resolvers = {}, {}, {}
-            host_dns = host_resolvers() if any(al.names for al in policy.allow) else []   # read once per apply
-            for al in policy.allow:
-                idx = struct.pack("<I", self._rule_index(al.rule_id, rules))
-                trusted = sorted(set(host_dns) | set(al.resolvers)) if al.names else []
-                for address in trusted:
-                    resolvers[address_key(address)] = struct.pack("<I", 1)
-                for cgid in self._scope_ids(al.scope, paths, roots):
-                    allow_scopes[struct.pack("<Q", cgid)] = idx
-                    for cidr in al.cidrs:
-                        for port in al.ports or [0]:
-                            allow[deny_key(cgid, cidr, port)] = idx
-                    if al.names:                 # names: their resolvers on port 53, and the names' addresses
-                        name_scopes[struct.pack("<Q", cgid)] = idx
-                        for address in trusted:
-                            allow[deny_key(cgid, address, 53)] = idx
-                        for name in al.names:
-                            allowed_names[struct.pack("<QQ", cgid, name_hash(self.name_key, name))] = \
-                                struct.pack("<I", 1)
-                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            no_comms, no_exes = {}, {}
-            for nc in policy.no_connect:
-                idx = struct.pack("<I", self._rule_index(nc.rule_id, rules))
-                exes = executables_named(nc.comm)
-                for cgid in self._scope_ids(nc.scope, paths, roots):
-                    no_comms[kill_key(cgid, nc.comm)] = idx
-                    for dev, ino in exes:
-                        no_exes[struct.pack("<QIIQ", cgid, dev, 0, ino)] = idx
-                    attach.update((paths[cgid], t) for _n, t in DENY_PROGRAMS)
-            argv_rules, argv_comms = self._argv_rules(policy.argv_kill, rules, paths, roots)
-            escape, origins = self._escape_scopes(policy.escape, rules, paths, roots)
-            fingerprints = self._fingerprint_slots(policy.payload)
-            payload_scopes, fp_comms, fp_exes = {}, {}, {}
-            for pw in policy.payload:
-                slot = fingerprints[fingerprint_struct(pw)]
-                val = struct.pack("<II", MODE_ENFORCE if pw.drop else MODE_MONITOR,
-                                  self._rule_index(pw.rule_id, rules))
-                for cgid in self._scope_ids(pw.scope, paths, roots):
-                    key = struct.pack("<QII", cgid, slot, 0)
-                    if not pw.drop and key in payload_scopes:
-                        continue          # two rules, one fingerprint, one scope: the dropping one reports
-                    payload_scopes[key] = val
-                    attach.add((paths[cgid], PAYLOAD_PROGRAM[1]))
-                for name in pw.exempt:
-                    fp_comms[struct.pack("<I16s", slot, name.encode()[:15])] = struct.pack("<I", 1)
-                    for dev, ino in executables_named(name):
-                        fp_exes[struct.pack("<IIQ", slot, dev, ino)] = struct.pack("<I", 1)
-            excluded = {j for sc in self._scopes(policy) for j in sc.exclude_job_ids}
-            exempt = {struct.pack("<Q", cgid): struct.pack("<I", 1)
-                      for cgid, (_p, job) in roots.items() if job.id in excluded}
-            del policy.rules[:]
-            policy.rules.extend(rules)
-            self.policy = policy
-            # Maps first, attachments last: a program attached to a new scope finds its entries already there,
-            # and once the (logged) attachments are done, every entry is in force.
-            self._sync_map("exempt_scopes", exempt)    # exemptions before the entries they qualify
-            opts = self.bpf[b"kill_opts_config"]        # argv is read before entries that need it exist
-            opts[opts.Key(0)] = opts.Leaf(int(any(kb.options for kb in policy.kill if kb.comm)))
-            watch = self.bpf[b"pty_watch"]              # connect hooks record pty masters for such entries
-            watch[watch.Key(0)] = watch.Leaf(int(any(kb.stdio_pty_network for kb in policy.kill)))
-            self._sync_map("kill_comms", kill)
-            self._sync_map("kill_trait_exempt", trait_exempt)     # exemptions before the entries they qualify
-            self._sync_map("kill_traits", kill_traits)
-            config = self.bpf[b"kill_trait_config"]
-            config[config.Key(0)] = config.Leaf(trait_bits)
-            self._sync_map("deny_socket_scopes", {k: struct.pack("<II", *v) for k, v in deny_sockets.items()})
-            self._sync_map("deny_dest", deny)
-            self._sync_map("allow_dest", allow)          # the allowed set before the scope that needs it
-            self._sync_map("trusted_resolvers", resolvers)
-            self._sync_map("allowed_names", allowed_names)
-            self._sync_map("name_scopes", name_scopes)
-            self._sync_map("allow_scopes", allow_scopes)
+            plan = self.planner.plan(policy, self.jobs.job_paths())
+            self.policy = plan.policy
+            maps, on = plan.maps, plan.switches
+            self._sync_map("exempt_scopes", maps["exempt_scopes"])
+            self._switch("kill_opts_config", on["kill_opts_config"])   # argv is read before entries that need it
+            self._switch("pty_watch", on["pty_watch"])          # connect hooks record pty masters for such entries
+            for name in ("kill_comms", "kill_trait_exempt", "kill_traits"):
+                self._sync_map(name, maps[name])
+            self._switch("kill_trait_config", on["kill_trait_config"])
+            for name in ("deny_socket_scopes", "deny_dest", "allow_dest", "trusted_resolvers", "allowed_names",
+                         "name_scopes", "allow_scopes"):           # the allowed set before the scope that needs it
+                self._sync_map(name, maps[name])
             self._write_argv_literals()             # literals and names before the entries that use them
-            self._sync_map("argv_comms", argv_comms)
-            self._sync_map("argv_kill", argv_rules)
-            argv_on = self.bpf[b"argv_config"]
-            argv_on[argv_on.Key(0)] = argv_on.Leaf(int(bool(argv_rules)))
-            self._write_fingerprints(fingerprints)
-            self._sync_map("fp_exempt_comms", fp_comms)     # exemptions before the scopes that use them
-            self._sync_map("fp_exempt_exes", fp_exes)
-            self._sync_map("payload_scopes", payload_scopes)
-            self._sync_map("no_connect_comms", no_comms)
-            self._sync_map("no_connect_exes", no_exes)
-            self._sync_map("escape_scopes", escape)
-            self._seed_task_origins(origins, paths)
-            escape_on = self.bpf[b"escape_config"]
-            escape_on[escape_on.Key(0)] = escape_on.Leaf(int(bool(escape)))
-            self._sync_attachments(attach)
+            self._sync_map("argv_comms", maps["argv_comms"])
+            self._sync_map("argv_kill", maps["argv_kill"])
+            self._switch("argv_config", on["argv_config"])
+            self._write_fingerprints(plan.fingerprints)
+            for name in ("fp_exempt_comms", "fp_exempt_exes", "payload_scopes", "no_connect_comms",
+                         "no_connect_exes", "escape_scopes"):
+                self._sync_map(name, maps[name])
+            self._seed_task_origins(plan.origins, self.planner.paths)
+            self._switch("escape_config", on["escape_config"])
+            self._sync_attachments(plan.attachments)
             if persist:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.state_dir / "policy.pb.tmp"
-                tmp.write_bytes(policy.SerializeToString())
+                tmp.write_bytes(plan.policy.SerializeToString())
                 os.replace(tmp, self.state_dir / "policy.pb")
             log.info("policy %d applied: %d kill-at-exec entries (%d by trait, %d scopes by argv), %d deny entries, "
                      "%d egress allowlists, %d payload fingerprints in %d scopes, %d cgroup attachments",
-                     policy.version, len(kill), len(kill_traits), len(argv_rules), len(deny), len(allow_scopes),
-                     len(fingerprints), len(payload_scopes), len(self.attached))
+                     plan.policy.version, len(maps["kill_comms"]), len(maps["kill_traits"]), len(maps["argv_kill"]),
+                     len(maps["deny_dest"]), len(maps["allow_scopes"]), len(plan.fingerprints),
+                     len(maps["payload_scopes"]), len(self.attached))
 
-    def _argv_rules(self, entries, rules: list[str], paths, roots) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-        """ArgvKill entries -> (argv_kill: scope -> up to ARGV_RULES (rule, literal bits, option letters, name sets),
-        argv_comms: comm -> the name sets holding it)."""
-        if len({literal_bytes(lit) for e in entries for lit in (*e.all, *e.any)} | set(self.argv_literals.ids)) \
-                >= ARGV_FP_MAX:
-            self.argv_literals = FingerprintSet()      # full: start over (ids change only on this rare path)
-        per_scope: dict[int, list[bytes]] = {}
-        name_sets: dict[frozenset[str], int] = {}
-        for e in entries:
-            all_bits = ARGV_UNINSPECTABLE if e.uninspectable else 0
-            for lit in e.all:
-                all_bits |= 1 << self.argv_literals.add(lit)
-            any_bits = 0
-            for lit in e.any:
-                any_bits |= 1 << self.argv_literals.add(lit)
-            names = frozenset(n[:15] for n in e.comms)
-            if names and names not in name_sets and len(name_sets) == 64:
-                raise ValueError("more than 64 distinct program-name sets in argv kill entries")
-            sets = 1 << name_sets.setdefault(names, len(name_sets)) if names else 0
-            rule = ARGV_RULE.pack(self._rule_index(e.rule_id, rules), 0, all_bits, any_bits, option_mask(e.options),
-                                  sets)
-            for cgid in self._scope_ids(e.scope, paths, roots):
-                per_scope.setdefault(cgid, []).append(rule)
-        comms: dict[bytes, int] = {}
-        for names, bit in name_sets.items():
-            for name in names:
-                key = name.encode()[:15].ljust(16, b"\0")
-                comms[key] = comms.get(key, 0) | 1 << bit
-        out = {}
-        for cgid, entries_here in per_scope.items():
-            if len(entries_here) > ARGV_RULES:
-                log.error("scope %d: %d argv kill entries, the kernel holds %d; the rest are judged in user space",
-                          cgid, len(entries_here), ARGV_RULES)
-            kept = entries_here[:ARGV_RULES]
-            out[struct.pack("<Q", cgid)] = struct.pack("<II", len(kept), 0) + b"".join(kept) + \
-                bytes(ARGV_RULE.size * (ARGV_RULES - len(kept)))
-        return out, {k: struct.pack("<Q", v) for k, v in comms.items()}
+    def _switch(self, name: str, value: int) -> None:
+        table = self.bpf[name.encode()]
+        table[table.Key(0)] = table.Leaf(value)
 
     def _write_argv_literals(self) -> None:
         """Literal slots and anchors (add before use), then the prefilter bitmap."""
-        fps = {struct.pack("<I", i): self.argv_literals.fp_struct(lit) for lit, i in self.argv_literals.ids.items()}
+        literals = self.planner.argv_literals
+        fps = {struct.pack("<I", i): literals.fp_struct(lit) for lit, i in literals.ids.items()}
         self._sync_map("argv_fps", fps)
         anchors = {struct.pack("<I", window): struct.pack("<I4B", len(ids), *(ids + [0] * (4 - len(ids))))
-                   for window, ids in self.argv_literals.anchors().items()}
+                   for window, ids in self.planner.argv_literals.anchors().items()}
         self._sync_map("argv_anchors", anchors)
         bits = self.bpf[b"argv_anchor_bits"]
-        bits[bits.Key(0)] = bits.Leaf.from_buffer_copy(self.argv_literals.bitmap())
-
-    def _fingerprint_slots(self, watches) -> dict[bytes, int]:
-        """A slot per distinct fingerprint, stable across policies (an event in flight keeps its meaning)."""
-        wanted = {fingerprint_struct(pw) for pw in watches}
-        if len(wanted) > FP_MAX:
-            raise ValueError(f"{len(wanted)} payload fingerprints; the egress hook holds at most {FP_MAX}")
-        self.fp_slots = {fp: slot for fp, slot in self.fp_slots.items() if fp in wanted}
-        free = sorted(set(range(FP_MAX)) - set(self.fp_slots.values()))
-        for fp in sorted(wanted - set(self.fp_slots)):
-            self.fp_slots[fp] = free.pop(0)
-        return dict(self.fp_slots)
+        bits[bits.Key(0)] = bits.Leaf.from_buffer_copy(literals.bitmap())
 
     def _write_fingerprints(self, slots: dict[bytes, int]) -> None:
         """Slots, then the anchors of wide windows, then the config that makes them visible.
@@ -567,33 +297,6 @@ class Enforcer:
         config[config.Key(0)] = config.Leaf.from_buffer_copy(
             struct.pack("<III", used, 1 if wanted else 0, stratum_slot))
 
-    def _escape_scopes(self, watches, rules: list[str], paths: dict[int, str],
-                       roots: dict) -> tuple[dict[bytes, bytes], dict[int, bytes]]:
-        """(escape_scopes entries, job cgroup -> task origin for the processes already there).
-
-        Entries sit where the other entries of the scope do (_scope_ids: a kind's parent cgroup, so later jobs
-        are covered from their first exec), each saying at which level its jobs' own cgroups are: moving from
-        one job to a sibling job is leaving it too."""
-        entries: dict[bytes, bytes] = {}
-        origins: dict[int, bytes] = {}
-        for ew in watches:
-            idx = self._rule_index(ew.rule_id, rules)
-            job_roots = {cgid for cgid, (_p, job) in roots.items()
-                         if job.id not in ew.scope.exclude_job_ids
-                         and (ew.scope.host_wide or job.id in ew.scope.job_ids or job.kind in ew.scope.job_kinds)}
-            for cgid in self._scope_ids(ew.scope, paths, roots) | job_roots:
-                level = cgroup_level(paths[cgid])
-                job_level = level if cgid in job_roots else level + 1
-                if level == 0 or (cgid not in job_roots and ew.scope.host_wide):
-                    continue                     # the root: a host-wide watch means every job, by its own cgroup
-                key = struct.pack("<Q", cgid)
-                if key not in entries or ew.kill:
-                    entries[key] = struct.pack("<IIII", idx, job_level, int(ew.kill), 0)
-            for cgid in job_roots:
-                if cgid not in origins or ew.kill:
-                    origins[cgid] = struct.pack("<QIIII", cgid, cgroup_level(paths[cgid]), idx, int(ew.kill), 0)
-        return entries, origins
-
     def _seed_task_origins(self, origins: dict[int, bytes], paths: dict[int, str]) -> None:
         """Processes already running in a watched job (the kernel learns the others at exec and fork); entries
         of jobs no longer watched are dropped, so a lifted watch stops reporting at once."""
@@ -610,48 +313,6 @@ class Enforcer:
                     continue
                 for pid in pids:
                     table[table.Key(int(pid))] = table.Leaf.from_buffer_copy(origin)
-
-    def _job_roots(self, paths: dict[int, str]) -> dict[int, tuple[str, Job]]:
-        """The shallowest cgroup of every job: its parent belongs to another job, or to none."""
-        by_path = {path: cgid for cgid, path in paths.items()}
-        roots = {}
-        for cgid, path in paths.items():
-            job = self.jobs.job_of_path(path)
-            if job.kind == JOB_HOST:
-                continue
-            parent = path.rsplit("/", 1)[0] or "/"
-            if parent == "/" or self.jobs.job_of_path(parent) != job or parent not in by_path:
-                roots[cgid] = (path, job)
-        return roots
-
-    def _scope_ids(self, scope: ppb.Scope, paths: dict[int, str], roots: dict) -> set[int]:
-        """Cgroups where a scope's entries live.
-
-        host-wide: the cgroup2 root. job ids: each job's shallowest cgroup.
-        job kinds: the *parent* of those cgroups (/slurm/uid_0, kubepods-besteffort.slice, ...),
-        so a job created later is covered from its first instruction, with no race against
-        the agent; jobs in monitor mode are exempted by exempt_scopes instead. A kind whose
-        jobs sit right under the root falls back to per-job cgroups (never the whole host).
-        """
-        if scope.host_wide:
-            return {min(paths, key=lambda i: len(paths[i]))} if paths else set()
-        by_path = {path: cgid for cgid, path in paths.items()}
-        out: set[int] = set()
-        kind_roots: set[str] = {path for path in paths.values()
-                                for kind in scope.job_kinds if kind in KIND_ROOTS and KIND_ROOTS[kind].search(path)}
-        for cgid, (path, job) in roots.items():
-            if job.id in scope.job_ids:
-                out.add(cgid)
-            elif job.kind in scope.job_kinds:
-                parent = path.rsplit("/", 1)[0]
-                if parent:
-                    kind_roots.add(parent)
-                else:
-                    out.add(cgid)
-        for path in kind_roots:   # the outermost of nested candidates only
-            if path in by_path and not any(path.startswith(other + "/") for other in kind_roots):
-                out.add(by_path[path])
-        return out
 
     def _sync_map(self, name: str, desired: dict[bytes, bytes]) -> None:
         table = self.bpf[name.encode()]
@@ -699,7 +360,7 @@ class Enforcer:
     def on_cgroup(self, cgroup_id: int, path: str) -> None:
         """A new cgroup (poll thread): if a scope covers its job, have the worker extend the policy to it."""
         job = self.jobs.job_of_path(path)
-        scopes = self._scopes(self.policy)
+        scopes = policy_scopes(self.policy)
         if job.kind == JOB_HOST:
             if any(KIND_ROOTS[k].search(path) for sc in scopes for k in sc.job_kinds if k in KIND_ROOTS):
                 self._reapply_soon()                     # a new place where jobs will be created
@@ -720,12 +381,6 @@ class Enforcer:
             self._reapply_pending = False
         self.reapplied += 1
         self.apply(self.policy, persist=False)
-
-    @staticmethod
-    def _scopes(policy: ppb.Policy) -> list[ppb.Scope]:
-        return [k.scope for k in policy.kill] + [d.scope for d in policy.deny] + [a.scope for a in policy.allow] + \
-            [s.scope for s in policy.payload] + [n.scope for n in policy.no_connect] + \
-            [t.scope for t in policy.kill_traits] + [d.scope for d in policy.deny_sockets]
 
     # -- userspace enforcement ----------------------------------------------------------
     def on_records(self, records: list[pb.Event]) -> None:

@@ -69,6 +69,12 @@ DEFAULT_PATTERNS = (
 # Where a workload manager creates its jobs' cgroups. Enforcement scoped to a
 # job kind lives on these parents, so a job created later is covered from its
 # first instruction (agent/enforce.py).
+# The cgroups a workload manager creates its jobs in *directly* (a job is the next level down): a job made
+# there later is watched for leaving it from its first exec (agent/enforce_plan.py escape entries).
+KIND_JOB_PARENTS = {
+    JOB_SLURM: re.compile(r"(^|/)(slurm/uid_\d+|slurmstepd\.scope)$"),
+    JOB_K8S: re.compile(r"(^|/)kubepods(\.slice)?(/kubepods-(besteffort|burstable)\.slice|/(besteffort|burstable))?$"),
+}
 KIND_ROOTS = {
     JOB_SLURM: re.compile(r"(^|/)(slurm|slurmstepd\.scope)(/uid_\d+)?$"),
     JOB_K8S: re.compile(r"(^|/)kubepods(\.slice)?(/kubepods-(besteffort|burstable)\.slice|/(besteffort|burstable))?$"),

@@ -133,3 +133,21 @@ def test_the_builtin_rule_kills_a_job_process_leaving_for_the_root_side_and_aler
 def json_text(obj) -> str:
     import json  # noqa: PLC0415
     return json.dumps(obj)
+
+
+def test_moving_into_a_sibling_job_is_leaving_ones_own(capture, enforcer, test_cgroup):
+    """A kind-wide watch: the entry on the jobs' parent names the jobs' level, so job A -> job B is an escape
+    (both under the same /slurm/uid_0) and a job made after the policy is watched from its first exec."""
+    rule = f"t-escape-{uuid.uuid4().hex[:6]}"
+    test_cgroup("slurm/uid_0")
+    first = test_cgroup(f"slurm/uid_0/job_{fresh_job_id()}")           # a job exists when the policy comes
+    enforcer.apply(ppb.Policy(version=1, escape=[ppb.EscapeWatch(rule_id=rule, kill=True,
+                                                                 scope=ppb.Scope(job_kinds=["slurm"]))]),
+                   persist=False)
+    job_a = fresh_job_id()
+    cg_a, cg_b = test_cgroup(f"slurm/uid_0/job_{job_a}"), first          # A is made after the policy
+    proc = popen_in_cgroup(cg_a, [PYTHON, "-c", MOVE_SELF, str(cg_b)], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == -9 and "outside" not in out, (proc.returncode, out)
+    hits = escapes(capture, rule, proc.pid)
+    assert hits and hits[0]["enforcement"]["action"] == "kill_escape" and hits[0]["job"]["id"] == job_a
