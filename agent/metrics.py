@@ -9,6 +9,13 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gpuguard.process_metrics import add_process_series
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import ACTION_NAMES, KIND_NAMES
+
+# what the agent's records can be (the Event body), less its own status
+RECORD_KINDS = tuple(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields if f.name != "status")
+
 
 class AgentMetrics(Collector):
     def __init__(self, agent) -> None:
@@ -18,12 +25,12 @@ class AgentMetrics(Collector):
         a = self.agent
         cap = a.capture
         events = CounterMetricFamily("gpuguard_agent_events", "Events captured and enriched, by kind", labels=["kind"])
-        for kind, n in sorted(cap.stats.by_kind.items()):
+        for kind, n in sorted(zeroed(RECORD_KINDS, cap.stats.by_kind).items()):   # every kind from the start
             events.add_metric([kind], n)
         yield events
         lost = CounterMetricFamily("gpuguard_agent_kernel_lost_events",
                                    "Events the kernel could not put on the ring buffer, by kind", labels=["kind"])
-        for kind, n in sorted(cap.probes.lost_counts().items()):
+        for kind, n in sorted(zeroed(KIND_NAMES.values(), cap.probes.lost_counts()).items()):
             lost.add_metric([kind], n)
         yield lost
         yield CounterMetricFamily("gpuguard_agent_enrich_failed_events", "Events dropped because enriching failed",
@@ -31,7 +38,7 @@ class AgentMetrics(Collector):
         blocks = CounterMetricFamily("gpuguard_agent_enforcement_actions",
                                      "Enforcement actions (kill_exec, deny_connect, drop_payload, ...)",
                                      labels=["action"])
-        for action, n in sorted(cap.stats.actions.items()):
+        for action, n in sorted(zeroed(ACTION_NAMES.values(), cap.stats.actions).items()):
             blocks.add_metric([action], n)
         yield blocks
         spool, shipper = a.spool, a.shipper
@@ -59,7 +66,16 @@ class AgentMetrics(Collector):
         yield programs
 
 
+def zeroed(names, counts) -> dict[str, int]:
+    """Every label value from the start, at 0 until counted: a rate() or an alert on the first increment after
+    a restart sees it (a series that appears only at its first increment has no earlier sample)."""
+    out = dict.fromkeys(names, 0)
+    out.update(counts)
+    return out
+
+
 def agent_registry(agent) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentMetrics(agent))
+    add_process_series(registry, "gpuguard_agent")
     return registry

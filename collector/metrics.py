@@ -11,6 +11,8 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gpuguard.process_metrics import add_process_series
+
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -41,6 +43,11 @@ class CollectorMetrics(Collector):
         if app.policy:
             with app.policy.lock:
                 counts = Counter((a.rule_id, a.severity) for a in app.policy.alerts.values())
+                rs = app.policy.ruleset
+                known = {(r.id, r.severity) for r in (*rs.rules.values(), *rs.correlations.values())
+                         if getattr(r, "action", "alert") != "signal"}
+            for key in known:                   # every rule from the start: its first alert is a visible increase
+                counts.setdefault(key, 0)
             for (rule, severity), n in sorted(counts.items()):
                 alerts.add_metric([rule, severity], n)
         yield alerts
@@ -70,4 +77,5 @@ def collector_registry(app) -> CollectorRegistry:
     commit = Histogram("gpuguard_collector_commit_seconds", "Store commit time per batch (the ack waits for it)",
                        buckets=COMMIT_BUCKETS, registry=registry)
     app.ingestor.on_commit = commit.observe
+    add_process_series(registry, "gpuguard_collector")
     return registry

@@ -323,3 +323,40 @@ def test_a_private_directory_an_operator_widened_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="gpuguard.private"):
         said = check_private(opened / "collector.db", "the event store's directory")
     assert "mode 0755" in said and f"chmod 700 {opened}" in said and said in caplog.text
+
+
+def test_every_rules_alert_counter_and_the_process_series_exist_before_anything_happens(tmp_path):
+    """A labelled counter that appears only at its first increment has no earlier sample, so the 'critical
+    alert' rule (an increase) misses the first alert after a restart: every rule and kind starts at 0."""
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    from collector.app import CollectorApp, CollectorConfig  # noqa: PLC0415
+    from collector.metrics import collector_registry  # noqa: PLC0415
+    from gpuguard import __version__  # noqa: PLC0415
+
+    app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db")))
+    text = generate_latest(collector_registry(app)).decode()
+    for rule in app.policy.ruleset.rules.values():
+        if rule.action != "signal":
+            assert f'gpuguard_collector_alerts_total{{rule="{rule.id}",severity="{rule.severity}"}} 0.0' in text
+    assert "gpuguard_collector_process_resident_memory_bytes" in text
+    assert f'gpuguard_collector_build_info{{version="{__version__}"}} 1.0' in text
+
+
+def test_agent_counters_by_kind_and_action_start_at_zero():
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    from agent.metrics import agent_registry  # noqa: PLC0415
+    from agent.runtime import CaptureStats  # noqa: PLC0415
+
+    probes = SimpleNamespace(lost_counts=dict)
+    agent = SimpleNamespace(capture=SimpleNamespace(stats=CaptureStats(), probes=probes), spool=None, shipper=None,
+                            enforcer=None)
+    text = generate_latest(agent_registry(agent)).decode()
+    for line in ('gpuguard_agent_events_total{kind="exec"} 0.0', 'gpuguard_agent_events_total{kind="capture_loss"} 0.0',
+                 'gpuguard_agent_kernel_lost_events_total{kind="connect"} 0.0',
+                 'gpuguard_agent_enforcement_actions_total{action="kill_escape"} 0.0'):
+        assert line in text, line
+    assert "gpuguard_agent_process_cpu_seconds_total" in text
