@@ -123,8 +123,9 @@ class Agent:
             "enforcing": self.enforcer is not None,
         }
 
-    def emit_status(self) -> None:
+    def emit_status(self, stopping: bool = False) -> None:
         st = self.status()
+        st["stopping"] = stopping
         log.info("status: %.0f ev/s, %d total, kernel lost %s, spool depth %d, dropped %d, connected %s",
                  st["events_per_sec"], st["events_total"], st["kernel_lost"] or 0, st["spool_depth"],
                  st["dropped"], self.shipper.connected.is_set() if self.shipper else "-")
@@ -146,7 +147,8 @@ class Agent:
         if self.metrics_server:
             self.metrics_server.close()
         if self.shipper:
-            deadline = time.monotonic() + 2
+            self.emit_status(stopping=True)          # goodbye: the collector expects the silence that follows
+            deadline = time.monotonic() + 3
             while self.spool.depth() and self.shipper.connected.is_set() and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.shipper.stop()

@@ -21,7 +21,7 @@ from gpuguard.credentials import ROLES, CredentialStore, Identity, TokenVerifier
 log = logging.getLogger(__name__)
 
 URI_PREFIX = "gpuguard://"
-AUDITED_METHODS = {"ApplyPolicy": "policy.apply"}     # calls that change enforcement
+AUDITED_METHODS = {"ApplyPolicy": "policy.apply", "ForgetHost": "hosts.forget"}   # calls that change state
 
 
 def metadata_token(metadata) -> str:

@@ -46,6 +46,7 @@ class HostRecord:
     degraded: bool = False             # the last status showed new kernel losses
     loss_episodes: int = 0
     job_losses: dict = field(default_factory=dict)  # (job kind, job id) -> [episode start ns, last loss (mono)]
+    stopped: bool = False              # said goodbye (a clean stop): its silence is not an alarm
 
 
 # the kinds the kernel puts on its priority ring (probes/gpuguard.h priority_kind), as the agent names them
@@ -73,6 +74,7 @@ class HostHealth:
             rec.hostname, rec.connected = session.hostname, True
             rec.heartbeat_s = hello.heartbeat_s if 0 < hello.heartbeat_s <= 3600 else DEFAULT_HEARTBEAT_S
             rec.agent_started_ns = hello.agent_started_ns
+            rec.stopped = False
             if previous != hello.agent_started_ns:
                 rec.lost_seen, rec.degraded = {}, False       # a new agent counts its losses from zero
             self._heard(rec)
@@ -86,6 +88,7 @@ class HostHealth:
     def on_events(self, session, events: list[pb.Event]) -> None:
         degraded: list[tuple[dict, int]] = []
         job_episodes: list[tuple[pb.Event, int]] = []
+        goodbye = False
         with self.lock:
             rec = self.hosts.setdefault(session.host_id, HostRecord(session.host_id))
             self._heard(rec)
@@ -101,6 +104,8 @@ class HostHealth:
                     continue
                 if ev.HasField("status"):
                     st = ev.status
+                    if st.stopping and not rec.stopped:
+                        rec.stopped = goodbye = True
                     rec.status = {"policy_version": st.policy_version, "programs": list(st.programs),
                                   "enforcing": st.enforcing, "kernel_lost": dict(st.kernel_lost),
                                   "quarantined": st.quarantined}
@@ -113,6 +118,12 @@ class HostHealth:
                     elif not grown and rec.degraded:
                         log.info("capture on %s recovered: no new kernel losses", session.host_id)
                     rec.degraded = bool(grown)
+        if goodbye:
+            log.info("agent %s stopped cleanly (goodbye received): its silence is expected", session.host_id)
+            self._alert(session.host_id, "agent-stopped", "low",
+                        "the gpuguard agent on this host was stopped cleanly (service stop or upgrade); this host "
+                        "records nothing until it starts again", {"agent_started_ns": str(rec.agent_started_ns)},
+                        episode=f"stopped:{rec.agent_started_ns}")
         for ev, started in job_episodes:
             self._job_capture_alert(session.host_id, ev, started)
         for grown, episode in degraded:
@@ -146,7 +157,7 @@ class HostHealth:
         with self.lock:
             for rec in self.hosts.values():
                 limit = self.grace * rec.heartbeat_s
-                if not rec.silent_since_ns and rec.last_heard and now - rec.last_heard > limit:
+                if not rec.silent_since_ns and not rec.stopped and rec.last_heard and now - rec.last_heard > limit:
                     rec.silent_since_ns = time.time_ns()
                     silent.append((rec.host_id, now - rec.last_heard, rec.connected))
                 drift = self._drift(rec, policy_version)
@@ -165,7 +176,7 @@ class HostHealth:
 
     def _drift(self, rec: HostRecord, policy_version: int) -> str:
         st = rec.status
-        if not st or rec.silent_since_ns:
+        if not st or rec.silent_since_ns or rec.stopped:
             return ""
         if not st.get("enforcing", True):
             return "enforcement switched off on the agent (--no-enforce)"
@@ -202,6 +213,15 @@ class HostHealth:
                     if now - last > JOB_RECOVERED_S:
                         del rec.job_losses[key]
                         log.info("capture of job %s:%s on %s is whole again", key[0], key[1], rec.host_id)
+
+    def connected(self, host: str) -> bool:
+        with self.lock:
+            rec = self.hosts.get(host)
+            return bool(rec and rec.connected)
+
+    def forget(self, host: str) -> None:
+        with self.lock:
+            self.hosts.pop(host, None)
 
     def degraded_jobs(self, host: str) -> list[str]:
         with self.lock:
@@ -243,7 +263,9 @@ class HostHealth:
             row = known.get(host, {})
             st = rec.status if rec else {}
             state = "disconnected"
-            if rec and rec.silent_since_ns:
+            if rec and rec.stopped and not rec.silent_since_ns:
+                state = "stopped"
+            elif rec and rec.silent_since_ns:
                 state = "silent"
             elif rec and rec.connected:
                 state = "ok"

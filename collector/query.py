@@ -22,7 +22,7 @@ MAX_POLICY_BYTES = 1 << 20
 
 QUERY_ROLES = {
     "ListJobs": "reader", "Timeline": "reader", "ProcessTree": "reader", "ListAlerts": "reader",
-    "GetPolicy": "reader", "ListHosts": "reader", "ListAudit": "reader", "ApplyPolicy": "admin",
+    "GetPolicy": "reader", "ListHosts": "reader", "ListAudit": "reader", "ApplyPolicy": "admin", "ForgetHost": "admin",
     "Connections": "reader", "Executions": "reader", "GpuProcesses": "reader",
 }
 MAX_ROWS = 100_000
@@ -210,6 +210,22 @@ class QueryService:
     async def ListHosts(self, request, context, who: Identity):  # noqa: N802
         current = self.policy.version if self.policy else 0
         return await asyncio.to_thread(self.health.describe, current) if self.health else cpb.HostsReply()
+
+    async def ForgetHost(self, request, context, who: Identity):  # noqa: N802
+        """A decommissioned host leaves `gpuguard hosts` (its events stay); refused while its agent is connected.
+        If it comes back, it is known again from its first hello."""
+        host = request.host_id[:256]
+        error = ""
+        if self.health is not None and self.health.connected(host):
+            error = f"host {host!r} has a connected agent: stop it first"
+        elif not await asyncio.to_thread(self.store.forget_agent, host):
+            error = f"no such host {host!r}"
+        elif self.health is not None:
+            self.health.forget(host)
+        peer = context.peer() if context else ""
+        await asyncio.to_thread(self.store.add_audit, who.name, who.role, peer, "hosts.forget",
+                                error or f"forgot host {host}", not error)
+        return cpb.ForgetHostReply(forgotten=not error, error=error)
 
     async def ListAudit(self, request, context, who: Identity):  # noqa: N802
         rows = await asyncio.to_thread(self.store.audit, request.since_ns, min(request.limit or 1000, 100_000))

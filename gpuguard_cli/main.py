@@ -442,6 +442,19 @@ def cmd_hosts(args) -> int:
     from gpuguard.render import hosts_table  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
 
+    if args.action == "forget":
+        if not args.host_id:
+            print("gpuguard hosts forget: name the host (gpuguard hosts lists them)", file=sys.stderr)
+            return EXIT_CONFIG
+        done = _call(args, "ForgetHost", cpb.ForgetHostRequest(host_id=args.host_id))
+        if args.json:
+            print(json.dumps({"host": args.host_id, "forgotten": done.forgotten, "error": done.error}))
+        elif done.forgotten:
+            print(f"forgot host {args.host_id} (its events stay; it reappears if its agent connects again)")
+        if not done.forgotten:
+            print(f"gpuguard hosts forget: {done.error}", file=sys.stderr)
+            return EXIT_NOT_FOUND if done.error.startswith("no such") else EXIT_CONFIG
+        return EXIT_OK
     reply = _call(args, "ListHosts", cpb.HostsRequest())
     _print(args, reply, hosts_table)
     return EXIT_OK if reply.hosts else EXIT_NOT_FOUND
@@ -651,8 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
     pol = query("policy", "show the policy in force, or apply a rules file", cmd_policy)
     pol.add_argument("action", choices=["show", "apply"])
     pol.add_argument("file", nargs="?", help="rules YAML (for apply)")
-    query("hosts", "every agent host: last seen, state (ok/silent/disconnected), policy and enforcement drift",
-          cmd_hosts)
+    h = query("hosts", "every agent host: last seen, state (ok/silent/stopped/disconnected), policy and "
+                       "enforcement drift, jobs whose capture is incomplete; `hosts forget HOST` drops a "
+                       "decommissioned one (admin)", cmd_hosts)
+    h.add_argument("action", nargs="?", choices=["list", "forget"], default="list")
+    h.add_argument("host_id", nargs="?", help="forget: the host id, as `gpuguard hosts` shows it")
     query("audit", "the append-only audit log: who changed policy or ordered kills, when, from where", cmd_audit)
 
     cr = sub.add_parser("credentials", help="issue, list or revoke identities (root, on the collector host)",

@@ -49,3 +49,44 @@ def test_agent_without_root_is_exit_3_with_the_reason(monkeypatch, caplog, tmp_p
     cfg = AgentConfig(spool_dir=str(tmp_path / "spool"), state_dir=str(tmp_path / "state"), enforce=False)
     assert run_agent(cfg, "") == EXIT_PREREQ
     assert "must run as root" in caplog.text
+
+
+def test_hosts_forget_drops_a_decommissioned_host_admin_only_and_not_while_connected(tmp_path):
+    import time  # noqa: PLC0415
+
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+    from lab import free_port  # noqa: PLC0415
+    from tests.services import FakeAgent, cli_json, collector, issue  # noqa: PLC0415
+
+    port = free_port()
+    col = collector(tmp_path, port).start()
+    try:
+        node = FakeAgent(port, "decommissioned-node")
+        node.ship([pb.Event(ts_ns=time.time_ns(), exit=pb.Exit(code=0))])
+        addr = ["--collector", f"127.0.0.1:{port}"]
+        busy = subprocess.run([*CLI, "hosts", "forget", "decommissioned-node", *addr], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+        assert busy.returncode == 2 and "connected" in busy.stderr          # its agent is up: refused
+        node.close()
+        assert node.ended.wait(10)
+        reader = tmp_path / "reader.token"
+        reader.write_text(issue("reader", "viewer"))
+        denied = subprocess.run([*CLI, "hosts", "forget", "decommissioned-node", *addr, "--token-file", str(reader)],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert denied.returncode == 6                                       # readers cannot forget hosts
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:                                  # the collector saw the stream end
+            done = subprocess.run([*CLI, "hosts", "forget", "decommissioned-node", *addr], capture_output=True,
+                                  text=True, cwd=ROOT, timeout=60)
+            if done.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        assert "decommissioned-node" not in {h["host_id"] for h in cli_json(port, "hosts").get("hosts", [])}
+        again = subprocess.run([*CLI, "hosts", "forget", "decommissioned-node", *addr], capture_output=True,
+                               text=True, cwd=ROOT, timeout=60)
+        assert again.returncode == 5 and "no such host" in again.stderr
+        audit = cli_json(port, "audit")["entries"]
+        assert [e["ok"] for e in audit if e["action"] == "hosts.forget"][-2:] == [True, False]
+    finally:
+        col.stop()

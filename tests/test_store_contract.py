@@ -361,3 +361,11 @@ def test_timeline_pages_by_bytes_continue_exactly_after_the_cursor(store):
     rows, nxt = page_events(lambda after, n: store.timeline(TimelineFilter(job_id="j1", limit=n, after=after)),
                             limit=7, budget=1 << 20, after=None)
     assert len(rows) == 7 and nxt                              # a row limit ends a page too
+
+
+def test_a_forgotten_host_leaves_the_agents_and_keeps_its_events(store):
+    store.register_agent("old-node", "old", "b", 0)
+    store.ingest("old-node", [ev(1)])
+    assert store.forget_agent("old-node") and not store.forget_agent("old-node")
+    assert "old-node" not in {a["host_id"] for a in store.agents()}
+    assert [r.host_id for r in store.timeline(TimelineFilter(job_id="j1"))] == ["old-node"]

@@ -133,3 +133,20 @@ def test_hostile_names_cgroups_and_a_huge_parent_command_line(tmp_path, test_cgr
         for p in (odd, big):
             p.kill()
             p.wait(10)
+
+
+def test_a_clean_stop_leaves_the_host_stopped_not_silent(tmp_path):
+    require_bpf()
+    port, host = free_port(), f"bye-{uuid.uuid4().hex[:6]}"
+    col = collector(tmp_path, port).start()
+    ag = agent(tmp_path, port, host)
+    try:
+        ag.start()
+        wait_until(lambda: host_state(port, host) == "ok")
+        ag.kill(signal.SIGTERM)                                     # systemctl stop: a clean stop
+        assert wait_until(lambda: alerts(port, "agent-stopped", host))
+        assert wait_until(lambda: host_state(port, host) == "stopped")
+        assert not alerts(port, "agent-silent", host)
+    finally:
+        ag.stop()
+        col.stop()

@@ -152,6 +152,24 @@ def test_a_jobs_capture_loss_is_one_alert_per_episode_for_that_job_only():
     assert len(again) == 2 and again[0].id != again[1].id
 
 
+def test_a_clean_stop_says_goodbye_and_its_silence_is_no_alarm():
+    store, clock = FakeStore(), ManualClock()
+    health = HostHealth(store, grace=2.0, clock=clock)
+    session = AgentSession("h1", "h1", "b", 0)
+    health.on_connect(session, cpb.Hello(heartbeat_s=1, agent_started_ns=7))
+    health.on_events(session, [pb.Event(seq=1, status=pb.AgentStatus(policy_version=0, enforcing=True,
+                                                                      stopping=True))])
+    health.on_disconnect(session)
+    clock.now += 60                                                 # far past two heartbeats
+    health.tick(0)
+    assert [a.rule_id for a in store.alerts] == ["agent-stopped"] and store.alerts[0].severity == "low"
+    assert health.describe(0).hosts[0].state == "stopped"
+    health.on_connect(session, cpb.Hello(heartbeat_s=1, agent_started_ns=8))   # started again: watched again
+    clock.now += 60
+    health.tick(0)
+    assert "agent-silent" in [a.rule_id for a in store.alerts]
+
+
 def test_acks_do_not_wait_for_detection(tmp_path):
     cfg = CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))
     with collector_in_thread(cfg) as app:

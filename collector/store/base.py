@@ -161,6 +161,9 @@ class Store(Protocol):
 
     def agents(self) -> list[dict]: ...
 
+    def forget_agent(self, host_id: str) -> bool:
+        """Drop a host from the agents table (a decommissioned node); its events stay. False if unknown."""
+
     def jobs(self, since_ns: int = 0, limit: int = 1000) -> list[dict]: ...
 
     def timeline(self, flt: TimelineFilter) -> list[StoredRow]: ...

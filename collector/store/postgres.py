@@ -212,6 +212,10 @@ class PostgresStore:
         with self.pool.connection() as con, con.transaction():
             con.execute(f"UPDATE agents SET {cols} WHERE host_id=%s", (*fields.values(), host_id))
 
+    def forget_agent(self, host_id: str) -> bool:
+        with self.pool.connection() as con, con.transaction():
+            return con.execute("DELETE FROM agents WHERE host_id = %s", (host_id,)).rowcount > 0
+
     def agents(self) -> list[dict]:
         with self.pool.connection() as con:
             cur = con.execute("SELECT host_id, hostname, boot_id, stored_through, last_seen_ns, policy_version, "

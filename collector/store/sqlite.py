@@ -170,6 +170,10 @@ class SqliteStore:
         with self._lock:
             self.db.execute(f"UPDATE agents SET {cols} WHERE host_id=?", (*fields.values(), host_id))
 
+    def forget_agent(self, host_id: str) -> bool:
+        with self._lock, self.db:
+            return self.db.execute("DELETE FROM agents WHERE host_id = ?", (host_id,)).rowcount > 0
+
     def agents(self) -> list[dict]:
         cols = ["host_id", "hostname", "boot_id", "stored_through", "last_seen_ns", "policy_version", "policy_error",
                 "connected", "status"]

@@ -419,6 +419,20 @@ class HostsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ForgetHostRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class ForgetHostReply(_message.Message):
+    __slots__ = ("forgotten", "error")
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    forgotten: bool
+    error: str
+    def __init__(self, forgotten: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
 class HostState(_message.Message):
     __slots__ = ("host_id", "hostname", "state", "connected", "last_seen_ns", "policy_version", "policy_current", "drift", "agent_started_ns", "kernel_lost", "programs", "incomplete_jobs")
     class KernelLostEntry(_message.Message):

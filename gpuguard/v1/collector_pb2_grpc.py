@@ -186,6 +186,11 @@ class QueryStub:
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
                 response_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
                 _registered_method=True)
+        self.ForgetHost = channel.unary_unary(
+                '/gpuguard.v1.Query/ForgetHost',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.ForgetHostRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.ForgetHostReply.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/gpuguard.v1.Query/ListAudit',
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.AuditRequest.SerializeToString,
@@ -254,6 +259,13 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetHost(self, request, context):
+        """admin: a decommissioned host leaves the list
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -318,6 +330,11 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ListHosts,
                     request_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.FromString,
                     response_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.SerializeToString,
+            ),
+            'ForgetHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetHost,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.ForgetHostRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.ForgetHostReply.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -529,6 +546,33 @@ class Query:
             '/gpuguard.v1.Query/ListHosts',
             gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
             gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuguard.v1.Query/ForgetHost',
+            gpuguard_dot_v1_dot_collector__pb2.ForgetHostRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.ForgetHostReply.FromString,
             options,
             channel_credentials,
             insecure,
