@@ -21,6 +21,8 @@ class AgentConfig:
     batch_max_events: int = 512
     batch_max_delay_ms: int = 200
     ringbuf_pages: int = 4096
+    gpu_sample_s: float = 5.0               # GPU processes sampled from NVML this often (0: off)
+    nvml_library: str = ""                  # a libnvidia-ml.so.1 to load instead of the system's (tests, demos)
     capture_budget_per_s: int = 4000        # shared-ring records per job cgroup per second; over it: counted, not sent
     status_interval_s: float = 10.0
     host_id: str = ""

@@ -105,6 +105,15 @@ class Enricher:
         p.cgroup_id = hdr.cgroup_id
         return job
 
+    def event_for_pid(self, pid: int, ts_boot_ns: int) -> pb.Event | None:
+        """An event about a process that no kernel record names now (a GPU sample): its process and job."""
+        p = self.table.get(pid)
+        if p is None:
+            return None
+        cgroup = self.jobs.cgroup_of_pid(pid) or p.cgroup_id
+        hdr = Header(ts_boot_ns, cgroup, pid, pid, p.uid, 0, 0, p.comm)
+        return self._event(hdr, p, self._job_for(p, hdr), with_ancestry=False)
+
     def _process(self, hdr: Header) -> Process:
         p = self.table.get(hdr.pid) if hdr.pid else None
         if p is None:  # gone before we could look: keep what the kernel told us

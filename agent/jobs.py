@@ -167,6 +167,19 @@ class JobResolver:
         self._missing.pop(cgroup_id, None)
         return True
 
+    def cgroup_of_pid(self, pid: int) -> int:
+        """The cgroup2 id a process is in now (its /proc/PID/cgroup path under our mount), 0 if unknown."""
+        try:
+            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+                if line.startswith("0::") and self.root:
+                    path = line[3:].strip()
+                    ino = os.stat(self.root / path.lstrip("/")).st_ino
+                    self._paths.setdefault(ino, "/" + path.strip("/"))
+                    return ino
+        except OSError:
+            pass
+        return 0
+
     def job_paths(self) -> dict[int, str]:
         """Every known cgroup id -> path (refreshed by a walk)."""
         if self.root:

@@ -60,6 +60,11 @@ class Agent:
     def start(self) -> None:
         self.capture.ignore_pids.add(os.getpid())
         self.capture.start()
+        if self.cfg.gpu_sample_s > 0:
+            from agent.gpu_usage import GpuUsageReporter, NvmlSampler  # noqa: PLC0415
+
+            self.capture.gpu = GpuUsageReporter(NvmlSampler(self.cfg.nvml_library), self.capture.enricher,
+                                                self.cfg.gpu_sample_s)
         headers = self.capture.probes.headers
         log.info("kernel headers: %s — %s", headers.path, headers.reason)
         if self.print_mode:

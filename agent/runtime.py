@@ -17,6 +17,7 @@ from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_bu
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
+from agent.gpu_usage import GpuUsageReporter
 from agent.identity import HostIdentity
 from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
 from agent.loader import CaptureProbes, Drained
@@ -60,6 +61,7 @@ class Capture:
         self.injected: list = []             # deques of records made in user space (enforcement)
         self.held: list[pb.Event] = []           # records seen before the sinks were attached (start-up check)
         self.budget_per_s = budget_per_s
+        self.gpu: GpuUsageReporter | None = None      # set by the agent when it samples GPUs (agent/gpu_usage.py)
         self.losses: CaptureLossReporter | None = None
         self._losses_due = 0.0
 
@@ -97,6 +99,8 @@ class Capture:
         if self.losses is not None and now >= self._losses_due:      # what the kernel could not report, per job
             self._losses_due = now + LOSS_REPORT_S
             records.extend(self.losses.report())
+        if self.gpu is not None:
+            records.extend(self.gpu.report(now))
         for source in self.injected:
             while source:
                 records.append(source.popleft())

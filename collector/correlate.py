@@ -87,6 +87,10 @@ class Correlator:
             ctx.main_keys[host] = ev.process.key
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
+        elif kind == "gpu_usage" and not ctx.gpu_exes:
+            # the driver's first report names the job's GPU binary when no open was seen (it started before the
+            # agent); later reports teach nothing, or a miner idling first would be "known" once it got busy
+            ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
 
     def _remember(self, st: JobState, hit: Hit) -> None:
         key = (hit.rule_id, hit.host, hit.event.process.key)

@@ -109,6 +109,10 @@ def describe_event(ev: pb.Event) -> str:
         return f"exit     {'signal=' + str(ev.exit.signal) if ev.exit.signal else 'code=' + str(ev.exit.code)}"
     if kind == "gap":
         return f"GAP      seq {ev.gap.from_seq}..{ev.gap.to_seq} lost ({ev.gap.reason})"
+    if kind == "gpu_usage":
+        g = ev.gpu_usage
+        return (f"GPU      {g.gpu} SM {g.sm_util}% mem {g.memory_bytes >> 20} MiB "
+                f"(device {g.device_util}%, {g.power_mw / 1000:.0f} W)")
     if kind == "capture_loss":
         c = ev.capture_loss
         parts = [f"{n} {k} over the job's budget" for k, n in sorted(c.suppressed.items())]

@@ -29,10 +29,10 @@ from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_
 from gpuguard.render import printable
 from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
-ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape")
+ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage")
 KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
 FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
-PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket")
+PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage")
 
 
 class KeyValueError(ValueError):
@@ -65,6 +65,12 @@ def _payload(v):
         return parse_spec(v)
     except ValueError as exc:
         raise KeyValueError(str(exc)) from exc
+
+
+def _percent(v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 100:
+        raise KeyValueError("must be a percentage, an integer 0-99")
+    return v
 
 
 def _nonempty(v) -> list:
@@ -404,9 +410,20 @@ def _path_regex(value, _rule, _res):
     return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
 
 
-@key("gpu_new_binary", ("gpu_open",), _true)
+@key("gpu_new_binary", ("gpu_open", "gpu_usage"), _true)
 def _gpu_new_binary(_value, _rule, _res):
-    return lambda v, ctx: gpu_new_binary(v.ev, ctx)
+    return lambda v, ctx: gpu_new_binary(v.ev, ctx) if ctx is not None else None
+
+
+# -- what the GPU driver says a process does with the GPU (agent/gpu_usage.py) ---------------------------------
+@key("gpu_util_above", ("gpu_usage",), _percent)
+def _gpu_util_above(value, _rule, _res):
+    def busy(v, _c):
+        g = v.ev.gpu_usage
+        if g.sm_util > value:
+            return f"SM {g.sm_util}% of GPU {g.gpu} ({g.memory_bytes >> 20} MiB, device {g.device_util}%)"
+        return None
+    return busy
 
 
 # -- what the kernel saw in a flow's first bytes (payload rules) ---------------------------------------------------

@@ -391,8 +391,24 @@ class CaptureLoss(_message.Message):
     cgroup: str
     def __init__(self, suppressed: _Optional[_Mapping[str, int]] = ..., lost: _Optional[_Mapping[str, int]] = ..., from_ts_ns: _Optional[int] = ..., to_ts_ns: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ...) -> None: ...
 
+class GpuUsage(_message.Message):
+    __slots__ = ("gpu", "uuid", "memory_bytes", "sm_util", "device_util", "power_mw")
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SM_UTIL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_UTIL_FIELD_NUMBER: _ClassVar[int]
+    POWER_MW_FIELD_NUMBER: _ClassVar[int]
+    gpu: int
+    uuid: str
+    memory_bytes: int
+    sm_util: int
+    device_util: int
+    power_mw: int
+    def __init__(self, gpu: _Optional[int] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., sm_util: _Optional[int] = ..., device_util: _Optional[int] = ..., power_mw: _Optional[int] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket", "capture_loss")
+    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket", "capture_loss", "gpu_usage")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +427,7 @@ class Event(_message.Message):
     DATAGRAM_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    GPU_USAGE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ts_ns: int
     boot_id: str
@@ -429,4 +446,5 @@ class Event(_message.Message):
     datagram: Datagram
     socket: Socket
     capture_loss: CaptureLoss
-    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ..., capture_loss: _Optional[_Union[CaptureLoss, _Mapping]] = ...) -> None: ...
+    gpu_usage: GpuUsage
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ..., capture_loss: _Optional[_Union[CaptureLoss, _Mapping]] = ..., gpu_usage: _Optional[_Union[GpuUsage, _Mapping]] = ...) -> None: ...

@@ -5,7 +5,7 @@
 
 const PAGE = 5000;            // events per request; "more" asks for the next page
 const ROWS = 400;             // event rows rendered at a time in the table
-const KINDS = ["exec", "connect", "gpu_open", "exit", "enforcement", "gap", "capture_loss"];
+const KINDS = ["exec", "connect", "gpu_open", "gpu_usage", "exit", "enforcement", "gap", "capture_loss"];
 
 function el(tag, attrs = {}, ...children) {
   const svg = ["svg", "g", "rect", "circle", "line", "text", "title", "path"].includes(tag);
@@ -56,6 +56,10 @@ function describe(ev) {
   if (k === "exec") return `${ev.exec.filename} ${(ev.exec.argv || []).slice(1).join(" ")}`.slice(0, 200);
   if (k === "connect") return `${ev.connect.proto} ${ev.connect.daddr}:${ev.connect.dport} (${ev.connect.result || 0})`;
   if (k === "gpu_open") return ev.gpu_open.path;
+  if (k === "gpu_usage") {
+    const g = ev.gpu_usage;
+    return `GPU ${g.gpu || 0}: SM ${g.sm_util || 0}%, ${Math.round(Number(g.memory_bytes || 0) / 1048576)} MiB (device ${g.device_util || 0}%)`;
+  }
   if (k === "exit") return ev.exit.signal ? `signal ${ev.exit.signal}` : `code ${ev.exit.code || 0}`;
   if (k === "enforcement") return `${ev.enforcement.action}: ${ev.enforcement.detail || ""} [${ev.enforcement.rule_id}]`;
   if (k === "gap") return `events ${ev.gap.from_seq}..${ev.gap.to_seq} lost (${ev.gap.reason})`;
