@@ -90,8 +90,8 @@ class PolicySource:
         self.ruleset = self._load(self.user_yaml)
         self._install(self.ruleset, bump=self.version == 0)
 
-    def _load(self, user_yaml: str) -> RuleSet:
-        extra = (("applied policy", user_yaml),) if user_yaml else ()
+    def _load(self, user_yaml: str, source: str = "applied policy") -> RuleSet:
+        extra = ((source, user_yaml),) if user_yaml else ()
         return load_ruleset(rule_texts(self.rules_dir, extra))
 
     def _install(self, rs: RuleSet, bump: bool = True) -> None:
@@ -142,9 +142,11 @@ class PolicySource:
             log.info("policy version %d taken from the store (applied by another collector)", version)
             self._push_policy()
 
-    def apply_yaml(self, text: str) -> cpb.ApplyPolicyReply:
+    def apply_yaml(self, text: str, source: str = "") -> cpb.ApplyPolicyReply:
+        """source: the file the text came from, named in errors (its basename: a path says nothing here)."""
+        name = Path(source).name[:128] if source else "applied policy"
         try:
-            rs = self._load(text)
+            rs = self._load(text, name)
         except RuleError as exc:
             return cpb.ApplyPolicyReply(error=str(exc))
         with self.lock:
@@ -364,8 +366,8 @@ class PolicyManager:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.source.bind_loop(loop)
 
-    def apply_yaml(self, text: str) -> cpb.ApplyPolicyReply:
-        return self.source.apply_yaml(text)
+    def apply_yaml(self, text: str, source: str = "") -> cpb.ApplyPolicyReply:
+        return self.source.apply_yaml(text, source)
 
     def describe(self) -> cpb.PolicyReply:
         return self.source.describe()

@@ -200,7 +200,7 @@ class QueryService:
         elif size > MAX_POLICY_BYTES:
             reply = cpb.ApplyPolicyReply(error=f"rules file of {size} bytes exceeds {MAX_POLICY_BYTES}")
         else:
-            reply = await asyncio.to_thread(self.policy.apply_yaml, request.rules_yaml)
+            reply = await asyncio.to_thread(self.policy.apply_yaml, request.rules_yaml, request.source)
         detail = (f"rejected: {reply.error[:500]}" if reply.error else
                   f"version {reply.policy.version}, {len(reply.policy.rules)} rules, {size} bytes")
         await asyncio.to_thread(self.store.add_audit, who.name, who.role, peer, "policy.apply", detail,

@@ -84,10 +84,26 @@ def cmd_agent(args) -> int:
     except ConfigError as exc:
         log.error("config: %s", exc)
         return EXIT_CONFIG
+    bad = collector_address_problem(cfg.collector)
+    if bad:
+        log.error("config: collector %r: %s", cfg.collector, bad)
+        return EXIT_CONFIG
     mode = "" if args.quiet else ("json" if args.json else "human")
     if not cfg.collector and args.quiet:
         log.warning("--quiet without --collector: events go nowhere")
     return run_agent(cfg, mode)
+
+
+def collector_address_problem(targets: str) -> str:
+    """What is wrong with a collector address list (HOST:PORT[,HOST:PORT...]), or "": caught at start, not
+    retried for ever."""
+    for target in filter(None, (t.strip() for t in (targets or "").split(","))):
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{target!r} is not HOST:PORT (e.g. collector.example:50051)"
+        if any(c.isspace() for c in host):
+            return f"{target!r}: a host name has no spaces"
+    return ""
 
 
 class ConfigProblem(ValueError):
@@ -150,8 +166,9 @@ def cmd_up(args) -> int:
     exe = [sys.executable, "-m", "gpuguard_cli.main"]
     log_path = data / "collector.log"
     with open(log_path, "ab") as log_file:
+        extra = [*(["--http", args.http] if args.http else []), *(["--metrics", args.metrics] if args.metrics else [])]
         collector = subprocess.Popen([*exe, "collector", "--listen", args.listen, "--store",
-                                      str(data / "collector.db")], stdout=log_file, stderr=log_file)
+                                      str(data / "collector.db"), *extra], stdout=log_file, stderr=log_file)
     print(f"collector: pid {collector.pid}, listening on {args.listen}, store {data / 'collector.db'}, "
           f"log {log_path}", file=sys.stderr)
     gg = Path(sys.executable).parent / "gpuguard"
@@ -159,7 +176,9 @@ def cmd_up(args) -> int:
           f"  {gg} jobs --collector {args.listen}\n"
           f"  {gg} timeline host --since 5m --collector {args.listen}\n"
           f"  {gg} alerts --collector {args.listen}\n"
-          "Press Ctrl-C to stop both.\n", file=sys.stderr)
+          + (f"  the timeline page: http://{args.http}/ (a reader token: gpuguard credentials issue --role reader "
+             "--name me)\n" if args.http else "")
+          + "Press Ctrl-C to stop both.\n", file=sys.stderr)
     agent_args = [*exe, "agent", "--collector", args.listen, "--spool-dir", str(data / "spool"),
                   "--state-dir", str(data / "agent")]
     if args.json:
@@ -337,7 +356,7 @@ def cmd_alerts(args) -> int:
                                                               host=args.host or "", until_ns=args.until),
                         "alerts", args.limit)
     _print(args, reply, lambda r: alerts_explained(r.alerts) if args.explain else alerts_table(r.alerts))
-    return EXIT_OK
+    return EXIT_OK if reply.alerts else EXIT_NOT_FOUND       # "nothing found" is 5 for every query
 
 
 def cmd_connections(args) -> int:
@@ -417,7 +436,7 @@ def cmd_policy(args) -> int:
         except OSError as exc:
             print(f"gpuguard policy apply: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        reply = _call(args, "ApplyPolicy", cpb.ApplyPolicyRequest(rules_yaml=text))
+        reply = _call(args, "ApplyPolicy", cpb.ApplyPolicyRequest(rules_yaml=text, source=args.file))
         if reply.error:
             print(f"gpuguard policy apply: rejected: {reply.error}", file=sys.stderr)
             return EXIT_CONFIG
@@ -602,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data-dir", default="/var/lib/gpuguard", help="store, spool and logs (default %(default)s)")
     u.add_argument("--listen", default=DEFAULT_COLLECTOR)
     u.add_argument("--json", action="store_true")
+    u.add_argument("--http", metavar="HOST:PORT", help="also serve the timeline page (reader token), e.g. "
+                   "127.0.0.1:8080")
+    u.add_argument("--metrics", metavar="HOST:PORT", help="also serve the collector's /metrics (reader token)")
     u.set_defaults(func=cmd_up)
 
     d = sub.add_parser("demo", help="replay the ROME incident on this host (harmless), with the final timeline",

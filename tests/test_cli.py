@@ -90,3 +90,35 @@ def test_hosts_forget_drops_a_decommissioned_host_admin_only_and_not_while_conne
         assert [e["ok"] for e in audit if e["action"] == "hosts.forget"][-2:] == [True, False]
     finally:
         col.stop()
+
+
+def test_an_agent_collector_that_is_not_an_address_is_exit_2_at_start():
+    out = subprocess.run([*CLI, "agent", "--collector", "not an address", "--quiet"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and "HOST:PORT" in out.stderr, out.stderr[-500:]
+
+
+def test_nothing_found_is_5_and_a_bad_policy_file_is_named_in_the_error(tmp_path):
+    from lab import free_port  # noqa: PLC0415
+    from tests.services import collector  # noqa: PLC0415
+
+    port = free_port()
+    col = collector(tmp_path, port).start()
+    try:
+        addr = ["--collector", f"127.0.0.1:{port}"]
+        none = subprocess.run([*CLI, "alerts", "--rule", "no-such-rule", *addr], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert none.returncode == 5, none.stderr
+        bad = tmp_path / "site-rules.yaml"
+        bad.write_text("rules:\n  - id: r\n    description: d\n    event: connect\n"
+                       "    match: {dport_in: [70000]}\n    action: alert\n")
+        out = subprocess.run([*CLI, "policy", "apply", str(bad), *addr], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+        assert out.returncode != 0 and "site-rules.yaml:5" in out.stderr + out.stdout, out.stderr
+    finally:
+        col.stop()
+
+
+def test_up_can_serve_the_page_and_metrics_too():
+    out = subprocess.run([*CLI, "up", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "--http" in out.stdout and "--metrics" in out.stdout

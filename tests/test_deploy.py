@@ -62,10 +62,13 @@ def test_agent_daemonset_has_what_the_agent_needs():
     # no node mounts any node's token: one join token that can only enroll, the node's own credential on its disk
     assert args.join_token_file.startswith("/etc/gpuguard/join/") and args.state_dir.startswith("/var/lib/gpuguard")
     secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
-    assert secrets == ["gpuguard-join-token"]
+    assert secrets == ["gpuguard-join-token", "gpuguard-agent-metrics"]       # no agent token of any node
     assert args.tls_ca and any(args.tls_ca.startswith(m) for m in mounts)       # TLS to the collector
-    assert args.metrics.startswith("127.0.0.1:")                             # loopback: no token needed
-    assert args.metrics in " ".join(c["livenessProbe"]["exec"]["command"])
+    # scrapeable where the manifests say: on the pod network, behind a token the liveness probe presents too
+    assert args.metrics.startswith("0.0.0.0:") and args.metrics_token_file.startswith("/etc/gpuguard/metrics/")
+    probe = " ".join(c["livenessProbe"]["exec"]["command"])
+    assert args.metrics.split(":")[1] in probe and args.metrics_token_file in probe
+    assert {"name": "metrics", "containerPort": int(args.metrics.split(":")[1])} in c["ports"]
     assert any(e["name"] == "NODE_NAME" for e in c["env"])
 
 

@@ -402,10 +402,12 @@ class PolicyReply(_message.Message):
     def __init__(self, policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., agents: _Optional[_Iterable[_Union[AgentPolicyState, _Mapping]]] = ...) -> None: ...
 
 class ApplyPolicyRequest(_message.Message):
-    __slots__ = ("rules_yaml",)
+    __slots__ = ("rules_yaml", "source")
     RULES_YAML_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     rules_yaml: str
-    def __init__(self, rules_yaml: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, rules_yaml: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ApplyPolicyReply(_message.Message):
     __slots__ = ("policy", "error")
