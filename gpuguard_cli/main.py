@@ -210,6 +210,16 @@ def cmd_demo(args) -> int:
     return run_demo(args.monitor)
 
 
+def cmd_try(args) -> int:
+    from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+    from gpuguard_cli.try_it import run_try  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        print("gpuguard try: run as root (it makes a scratch job cgroup)", file=sys.stderr)
+        return EXIT_PREREQ
+    return run_try(lambda job: list(_call(args, "ListAlerts", cpb.AlertsRequest(job_id=job)).alerts), args.timeout)
+
+
 # -- queries ----------------------------------------------------------------------
 def _stub(args):
     import grpc  # noqa: PLC0415
@@ -631,6 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "namespace-local sshd and starts a fake miner; gpuguard blocks both.")
     d.add_argument("--monitor", action="store_true", help="only report: let the tunnel and the miner run")
     d.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("try", help="see a detection now: a harmless miner-shaped process in a scratch job on "
+                        "this host, blocked and alerted (root; an agent and collector running)",
+                        description="Starts a copy of /bin/sleep named xmrig with a stratum URL to a closed local "
+                                    "port in a scratch Slurm-like job cgroup, and prints the kill and the alerts as "
+                                    "they happen. Nothing is mined; nothing leaves the host. Exit 0 when blocked "
+                                    "and alerted, 1 when not (no agent shipping to this collector?).")
+    tr.add_argument("--collector", default=DEFAULT_COLLECTOR, help="collector address (default %(default)s)")
+    tr.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the block and the alerts")
+    tr.add_argument("--token-file", help="credential to present (default: the local admin token)")
+    tr.add_argument("--auth-dir", help="where local credentials live (default /etc/gpuguard)")
+    tls_client_flags(tr)
+    tr.set_defaults(func=cmd_try)
 
     def query(name: str, help_text: str, func, job: bool = False):
         q = sub.add_parser(name, help=help_text, description=help_text)

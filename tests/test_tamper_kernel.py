@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 
@@ -147,6 +148,28 @@ def test_a_clean_stop_leaves_the_host_stopped_not_silent(tmp_path):
         assert wait_until(lambda: alerts(port, "agent-stopped", host))
         assert wait_until(lambda: host_state(port, host) == "stopped")
         assert not alerts(port, "agent-silent", host)
+    finally:
+        ag.stop()
+        col.stop()
+
+
+def test_gpuguard_try_shows_a_block_and_its_alerts(tmp_path):
+    """The first-run command: a harmless miner-shaped process in a scratch job, killed at exec, alerts printed."""
+    require_bpf()
+    from tests.services import CLI, ROOT  # noqa: PLC0415
+
+    port, host = free_port(), f"try-{uuid.uuid4().hex[:6]}"
+    col = collector(tmp_path, port).start()
+    ag = agent(tmp_path, port, host)
+    try:
+        ag.start()
+        wait_until(lambda: host_state(port, host) == "ok")
+        out = subprocess.run([*CLI, "try", "--collector", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "killed at exec" in out.stdout and "miner-binary" in out.stdout, out.stdout
+        from agent.jobs import ensure_cgroup2_mount  # noqa: PLC0415
+        assert not list(ensure_cgroup2_mount().glob("gpuguard-try-*"))        # its scratch cgroups are gone
     finally:
         ag.stop()
         col.stop()
