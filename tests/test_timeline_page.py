@@ -122,3 +122,63 @@ def test_job_list_and_a_job_of_thousands_of_events(page):
 def test_without_a_token_the_page_asks_for_one(page):
     dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}", page["tmp"])
     assert '<form id="login">' in dom and 'id="timeline"' not in dom
+
+
+def test_the_rome_page_reads_in_one_look(page):
+    """Spans for process lifetimes, the GPU user's lane first and labelled by what it ran (not its wrapper),
+    set-up noise folded, a legend, and every alert's label whole."""
+    shot = page["tmp"] / "rome-timeline.png"
+    dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}&token={page['token']}", page["tmp"], str(shot))
+    legend = set(re.findall(r'<g class="legend-item" data-kind="([^"]+)"', dom))
+    assert {"exec", "connect", "gpu_open", "enforcement", "span", "alert", "incomplete"} <= legend
+    assert len(re.findall(r'<rect class="span', dom)) >= 5                 # process lifetimes
+    lanes = re.findall(r'<g class="lane" [^>]*data-gpu="(\d)"[^>]*>.*?<text class="lane-label"[^>]*>([^<]*)<', dom)
+    assert lanes[0][0] == "1" and "python3" in lanes[0][1] and "unshare" not in lanes[0][1], lanes
+    assert any("folded" in label for _gpu, label in lanes)                # mkdir/mount set-up in one lane
+    labels = re.findall(r'<text class="alert-label[^"]*"[^>]*>([^<]*)<', dom)
+    expected = {a.rule_id for a in page["app"].store.alerts(ROME_JOB)}
+    assert set(labels) == expected                                         # each alert labelled, in full
+    keep = os.environ.get("GPUGUARD_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_a_window_named_in_the_link_is_zoomed(page):
+    rome = rome_events()
+    lo, hi = rome[len(rome) // 3].ts_ns, rome[2 * len(rome) // 3].ts_ns
+    whole = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}&token={page['token']}", page["tmp"])
+    dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}?from={lo}&to={hi}&token={page['token']}",
+                 page["tmp"])
+    assert 'id="zoomed"' in dom and 'id="zoom-reset"' in dom
+    t0 = float(re.search(r'<svg id="timeline"[^>]*data-t0="([\d.e+]+)"', dom).group(1))
+    assert abs(t0 - lo / 1000) < 1                                          # the axis starts at the window
+    assert 0 < len(re.findall(r'class="mark ', dom)) < len(re.findall(r'class="mark ', whole))
+
+
+def test_a_job_on_twenty_hosts_has_a_lane_per_host_named_by_hostname(page):
+    start = time.time_ns()
+    job = "20202"
+    for h in range(20):
+        events = []
+        for i in range(6):
+            ev = pb.Event(seq=i + 1, ts_ns=start + (h * 6 + i) * 10_000_000)
+            if i == 0:
+                ev.exec.CopyFrom(pb.Exec(filename="/usr/bin/python3", argv=["python3", "train.py", f"--rank={h}"]))
+            elif i == 5 and h == 13:
+                ev.gpu_usage.CopyFrom(pb.GpuUsage(gpu=0, sm_util=93, memory_bytes=8 << 30))
+            else:
+                ev.connect.CopyFrom(pb.Connect(daddr=f"10.1.0.{h + 1}", dport=29500, proto="tcp"))
+            ev.process.pid, ev.process.key, ev.process.comm = 7000 + h, f"r{h}", "python3"
+            ev.job.kind, ev.job.id = "slurm", job
+            events.append(ev)
+        assert stream_events(page["app"].port, f"gpu-node-{h:02d}", events) == 6
+    shot = page["tmp"] / "twenty-hosts.png"
+    dom = render(page["chrome"], f"{page['url']}/#/job/{job}&token={page['token']}", page["tmp"], str(shot))
+    hosts = set(re.findall(r'<g class="lane" data-host="([^"]+)"', dom))
+    assert hosts == {f"gpu-node-{h:02d}" for h in range(20)}
+    first = re.search(r'<g class="lane" data-host="([^"]+)"[^>]*data-gpu="1"', dom)
+    assert first and first.group(1) == "gpu-node-13"                      # the GPU-busy lane leads
+    assert "gpu-node-13 · python3 train.py" in dom                         # hostname and what it ran
+    keep = os.environ.get("GPUGUARD_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)

@@ -105,6 +105,8 @@ class WebApp:
                                       until_ns=_int(q, "until"), kinds=kinds, cursor=_str(q, "cursor"),
                                       limit=min(_int(q, "limit", 5000) or 5000, MAX_EVENTS))
             return MessageToDict(self._call("Timeline", req, who), preserving_proto_field_name=True)
+        if name == "hosts":          # host ids -> hostnames, for the lanes' labels
+            return MessageToDict(self._call("ListHosts", cpb.HostsRequest(), who), preserving_proto_field_name=True)
         if name == "tree":
             req = cpb.TreeRequest(job_id=_str(q, "job"), host=_str(q, "host"))
             return MessageToDict(self._call("ProcessTree", req, who), preserving_proto_field_name=True)

@@ -86,7 +86,8 @@ async function jobsView(view) {
 }
 
 // ---- one job ---------------------------------------------------------------------------------
-const state = { job: "", events: [], alerts: [], truncated: false, filters: { host: "", kinds: new Set(KINDS), since: "", until: "" } };
+const state = { job: "", events: [], alerts: [], truncated: false, zoom: null, live: false, timer: 0, hostnames: {},
+  filters: { host: "", kinds: new Set(KINDS), since: "", until: "" } };
 
 function query(extra = "") {
   const f = state.filters;
@@ -96,9 +97,16 @@ function query(extra = "") {
     `&since=${t(f.since)}&until=${t(f.until)}&limit=${PAGE}${extra}`;
 }
 
-async function jobView(view, job) {
+async function jobView(view, job, refresh = false) {
+  if (!refresh) {
+    const z = location.hash.match(/[?&]from=(\d+)&to=(\d+)/);          // a shared link may name a window (ns)
+    state.zoom = z ? [Number(BigInt(z[1]) / 1000n), Number(BigInt(z[2]) / 1000n)] : null;
+    state.live = /[?&]live=1/.test(location.hash);
+  }
   state.job = job;
-  const [tl, tree] = await Promise.all([api("timeline?" + query()), api(`tree?job=${encodeURIComponent(job)}`)]);
+  const [tl, tree, hosts] = await Promise.all([api("timeline?" + query()), api(`tree?job=${encodeURIComponent(job)}`),
+    api("hosts").catch(() => ({ hosts: [] }))]);
+  state.hostnames = Object.fromEntries((hosts.hosts || []).filter((h) => h.hostname).map((h) => [h.host_id, h.hostname]));
   state.events = tl.events || [];
   state.alerts = (tl.alerts || []).sort((a, b) => us(a.ts_ns) - us(b.ts_ns));
   state.truncated = !!tl.truncated;
@@ -106,6 +114,7 @@ async function jobView(view, job) {
   state.tree = tree.nodes || [];
   state.destinations = tl.destinations || [];
   renderJob(view);
+  if (!refresh) schedule(view);
 }
 
 async function loadMore(view) {
@@ -133,52 +142,135 @@ function filtersBar(view) {
   return el("div", { class: "filters" }, host, " ", kinds, " from ", since, " to ", until, " ", apply);
 }
 
-// Lanes: one per host, and inside it one per process subtree: the job's top process, and each subtree
-// under it (followed through parent keys).
+// Lanes: one per host and process subtree under the job's top process (followed through parent keys), labelled
+// by what its top process ran last (not the wrapper it started as); GPU users first; lanes that only started and
+// ended processes (set-up noise) folded into one per host.
+const BEHAVIOUR = new Set(["connect", "gpu_open", "gpu_usage", "enforcement", "capture_loss", "tls", "dns", "datagram", "socket"]);
+const base = (path) => String(path || "?").split("/").pop();
+
 function lanesOf(events) {
-  const parent = new Map();
+  const parent = new Map(), lastExec = new Map();
   for (const e of events) {
     const p = e.event.process || {};
     if (p.key && p.parent_key) parent.set(p.key, p.parent_key);
+    if (e.event.exec && p.key) lastExec.set(p.key, e.event.exec);
   }
   const known = new Set(events.map((e) => (e.event.process || {}).key).filter(Boolean));
+  const alerted = new Set(state.alerts.map((a) => (a.process || {}).key).filter(Boolean));
   const lanes = new Map();
   for (const e of events) {
     const p = e.event.process || {};
-    const chain = [p.key || "?"];                       // this process, then its ancestors seen in the job
+    const chain = [p.key || "?"];
     for (let i = 0; i < 64 && parent.has(chain[chain.length - 1]) && known.has(parent.get(chain[chain.length - 1])); i++) {
       chain.push(parent.get(chain[chain.length - 1]));
     }
-    const rootKey = chain.length > 1 ? chain[chain.length - 2] : chain[0];   // a subtree under the job's top process
+    const rootKey = chain.length > 1 ? chain[chain.length - 2] : chain[0];
     const id = `${e.host_id}|${rootKey}`;
-    if (!lanes.has(id)) lanes.set(id, { host: e.host_id, root: rootKey, label: "", events: [] });
+    if (!lanes.has(id)) lanes.set(id, { host: e.host_id, root: rootKey, events: [], gpu: false, busy: false, alerted: false, comm: "" });
     const lane = lanes.get(id);
-    if (p.key === rootKey && !lane.label) lane.label = `${p.comm || "?"} (${p.pid || "?"})`;
+    const k = kindOf(e.event);
+    lane.gpu ||= k === "gpu_open" || k === "gpu_usage";
+    lane.busy ||= BEHAVIOUR.has(k);
+    lane.alerted ||= alerted.has(p.key);
+    if (p.key === rootKey && !lane.comm) lane.comm = `${p.comm || "?"} (${p.pid || "?"})`;
     lane.events.push(e);
   }
-  return [...lanes.values()].sort((a, b) => (a.host + a.label).localeCompare(b.host + b.label));
+  const out = [], folded = new Map();
+  for (const lane of lanes.values()) {
+    const ex = lastExec.get(lane.root);
+    lane.label = ex ? `${base(ex.filename)} ${(ex.argv || []).slice(1).find((a) => !a.startsWith("-")) || ""}`.trim() : lane.comm;
+    if (lane.busy || lane.alerted || lane.gpu) { out.push(lane); continue; }
+    if (!folded.has(lane.host)) folded.set(lane.host, { host: lane.host, root: "folded", events: [], folded: 0, label: "" });
+    const f = folded.get(lane.host);
+    f.folded++;
+    f.events.push(...lane.events);
+  }
+  for (const f of folded.values()) f.label = `${f.folded} set-up and short process${f.folded > 1 ? "es" : ""} (folded)`;
+  const rank = (l) => (l.gpu ? 0 : l.alerted ? 1 : l.folded ? 3 : 2);
+  out.sort((a, b) => rank(a) - rank(b) || (a.host + a.label).localeCompare(b.host + b.label));
+  return out.concat([...folded.values()]);
 }
 
-function timelineSvg() {
-  const evs = state.events;
-  if (!evs.length) return el("p", { class: "muted" }, "no events match");
+// Process lifetimes: exec (or first event) to exit (or the last event seen), one bar per process in its lane.
+function spansOf(lane) {
+  const spans = new Map();
+  for (const e of lane.events) {
+    const p = e.event.process || {}, t = us(e.event.ts_ns);
+    if (!p.key) continue;
+    if (!spans.has(p.key)) spans.set(p.key, { t0: t, t1: t, comm: p.comm || "?", pid: p.pid, ended: false, what: "" });
+    const sp = spans.get(p.key);
+    sp.t0 = Math.min(sp.t0, t); sp.t1 = Math.max(sp.t1, t);
+    if (e.event.exec) sp.what = `${base(e.event.exec.filename)} ${(e.event.exec.argv || []).slice(1).join(" ")}`.slice(0, 160);
+    if (e.event.exit) { sp.ended = true; sp.exit = e.event.exit.signal ? `signal ${e.event.exit.signal}` : `exit ${e.event.exit.code || 0}`; }
+  }
+  return [...spans.values()];
+}
+
+const LEGEND = [["exec", "exec"], ["connect", "connect"], ["gpu_open", "GPU open"], ["gpu_usage", "GPU busy"],
+  ["exit", "exit"], ["enforcement", "blocked / killed"], ["span", "process lifetime"], ["alert", "alert"],
+  ["incomplete", "capture incomplete"]];
+
+function legend(x0, y0) {
+  const g = el("g", { id: "legend" });
+  LEGEND.forEach(([k, label], i) => {
+    const x = x0 + i * 118, y = y0;
+    let mark;
+    if (k === "enforcement") mark = el("path", { class: "mark m-enforcement", d: `M${x - 4},${y - 4} l8,8 m0,-8 l-8,8`, stroke: "#d7263d", "stroke-width": 2 });
+    else if (k === "span") mark = el("rect", { class: "span", x: x - 6, y: y - 2, width: 12, height: 4 });
+    else if (k === "alert") mark = el("line", { class: "alert-line", x1: x, x2: x, y1: y - 6, y2: y + 6 });
+    else if (k === "incomplete") mark = el("rect", { class: "incomplete", x: x - 6, y: y - 6, width: 12, height: 12 });
+    else mark = el("circle", { class: `mark m-${k}`, cx: x, cy: y, r: 4 });
+    g.append(el("g", { class: "legend-item", "data-kind": k }, mark, el("text", { class: "axis", x: x + 9, y: y + 4 }, label)));
+  });
+  return g;
+}
+
+// Alert labels on rows of their own above the lanes, never on top of each other and never cut.
+function alertRows(alerts, x, W) {
+  const rows = [];
+  return alerts.map((a) => {
+    const ax = x(us(a.ts_ns)), w = 7 * a.rule_id.length + 12;
+    const lx = Math.max(4, Math.min(ax + 3, W - 4 - w));      // near the right edge the label sits to its left
+    let r = rows.findIndex((end) => end < lx);
+    if (r < 0) { rows.push(0); r = rows.length - 1; }
+    rows[r] = lx + w;
+    return { a, ax, lx, row: r };
+  });
+}
+
+function timelineSvg(view) {
+  const all = state.events;
+  if (!all.length) return el("p", { class: "muted" }, "no events match");
+  const z = state.zoom;
+  const evs = z ? all.filter((e) => us(e.event.ts_ns) >= z[0] && us(e.event.ts_ns) <= z[1]) : all;
+  const alerts = z ? state.alerts.filter((a) => us(a.ts_ns) >= z[0] && us(a.ts_ns) <= z[1]) : state.alerts;
   const lanes = lanesOf(evs);
-  const t0 = Math.min(...evs.map((e) => us(e.event.ts_ns)), ...state.alerts.map((a) => us(a.ts_ns)));
-  const t1 = Math.max(...evs.map((e) => us(e.event.ts_ns)), ...state.alerts.map((a) => us(a.ts_ns)), t0 + 1);
-  const W = 1100, left = 230, laneH = 22, top = 24, H = top + lanes.length * laneH + 30;
-  const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - 20);
-  const svg = el("svg", { id: "timeline", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  const t0 = z ? z[0] : Math.min(...evs.map((e) => us(e.event.ts_ns)), ...alerts.map((a) => us(a.ts_ns)));
+  const t1 = z ? z[1] : Math.max(...evs.map((e) => us(e.event.ts_ns)), ...alerts.map((a) => us(a.ts_ns)), t0 + 1);
+  const W = 1300, left = 300, laneH = 26;
+  const x = (t) => left + ((t - t0) / Math.max(t1 - t0, 1)) * (W - left - 20);
+  const placed = alertRows(alerts, x, W);
+  const alertRowsN = Math.max(0, ...placed.map((p) => p.row + 1));
+  const top = 44 + alertRowsN * 14, H = top + lanes.length * laneH + 40;
+  const svg = el("svg", { id: "timeline", width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-t0": t0, "data-t1": t1 });
+  svg.append(legend(14, 12));
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
-    svg.append(el("text", { class: "axis", x: x(t), y: 14, "text-anchor": "middle" }, new Date(t / 1000).toISOString().slice(11, 23)));
+    svg.append(el("text", { class: "axis", x: x(t), y: H - 8, "text-anchor": "middle" }, new Date(t / 1000).toISOString().slice(11, 23)));
   }
   lanes.forEach((lane, i) => {
     const y = top + i * laneH;
-    const g = el("g", { class: "lane", "data-host": lane.host, "data-root": lane.root });
+    const host = state.hostnames[lane.host] || lane.host.slice(0, 14);
+    const g = el("g", { class: "lane", "data-host": lane.host, "data-root": lane.root, "data-gpu": lane.gpu ? "1" : "0" });
     g.append(el("rect", { class: "lane-bg", x: left, y: y + 2, width: W - left - 20, height: laneH - 4 }),
-      el("text", { class: "lane-label", x: 4, y: y + 15 }, `${lane.host} · ${lane.label || lane.root.slice(0, 12)}`));
-    // thousands of events: one mark per (pixel column, kind) per lane, with a count in its tooltip
-    const cells = new Map();
+      el("text", { class: "lane-label", x: 4, y: y + 16 }, `${lane.gpu ? "GPU · " : ""}${host} · ${lane.label}`.slice(0, 48)),
+      el("title", {}, `${lane.host} · ${lane.label}`));
+    for (const sp of spansOf(lane)) {
+      const bar = el("rect", { class: `span${sp.ended ? "" : " open"}`, x: x(sp.t0), y: y + 20, width: Math.max(x(sp.t1) - x(sp.t0), 2), height: 3 });
+      bar.append(el("title", {}, `${sp.comm} (${sp.pid}): ${sp.what || "(no exec seen)"}${sp.ended ? ", " + sp.exit : ", still running"}`));
+      g.append(bar);
+    }
+    const cells = new Map();        // thousands of events: one mark per (pixel column, kind), a count in its tooltip
     for (const e of lane.events) {
       const k = kindOf(e.event), px = Math.round(x(us(e.event.ts_ns)));
       const key = `${px}|${k}`;
@@ -186,32 +278,58 @@ function timelineSvg() {
       cells.get(key).n++;
     }
     for (const c of cells.values()) {
-      const dy = { exec: 6, connect: 10, gpu_open: 14, exit: 18, enforcement: 10, gap: 10 }[c.k] || 10;
+      const dy = { exec: 6, connect: 11, gpu_open: 15, gpu_usage: 15, exit: 18, enforcement: 11, gap: 11 }[c.k] || 11;
       const mark = c.k === "enforcement"
         ? el("path", { class: "mark m-enforcement", d: `M${c.px - 4},${y + dy - 4} l8,8 m0,-8 l-8,8`, stroke: "#d7263d", "stroke-width": 2 })
-        : el("circle", { class: `mark m-${c.k}`, cx: c.px, cy: y + dy, r: c.k === "gpu_open" ? 4 : 3 });
+        : el("circle", { class: `mark m-${c.k}`, cx: c.px, cy: y + dy, r: c.k === "gpu_open" || c.k === "gpu_usage" ? 4 : 3 });
       mark.dataset.kind = c.k;
       mark.append(el("title", {}, `${c.n > 1 ? c.n + " x " : ""}${c.k} ${describe(c.first.event)}`));
       g.append(mark);
     }
     svg.append(g);
   });
-  // windows where the kernel could not report everything for this job: shaded, never silently blank
-  for (const e of state.events.filter((e) => kindOf(e.event) === "capture_loss")) {
+  for (const e of evs.filter((e) => kindOf(e.event) === "capture_loss")) {
     const c = e.event.capture_loss, x0 = x(us(c.from_ts_ns || e.event.ts_ns)), x1 = x(us(c.to_ts_ns || e.event.ts_ns));
     const band = el("rect", { class: "incomplete", x: Math.min(x0, x1), y: top, width: Math.max(Math.abs(x1 - x0), 3), height: H - 26 - top });
     band.append(el("title", {}, describe(e.event)));
     svg.append(band);
   }
-  state.alerts.forEach((a, i) => {
-    const ax = x(us(a.ts_ns));
-    const g = el("g", { class: "alert-mark", "data-rule": a.rule_id });
-    g.append(el("line", { class: "alert-line", x1: ax, x2: ax, y1: top, y2: H - 26 }),
-      el("text", { class: "axis", x: ax + 2, y: H - 14 - (i % 2) * 8 }, a.rule_id),
-      el("title", {}, `${a.severity} ${a.rule_id}: ${a.outcome}`));
-    svg.append(g);
-  });
+  for (const { a, ax, lx, row } of placed) {
+    const ly = 30 + row * 14;
+    svg.append(el("g", { class: "alert-mark", "data-rule": a.rule_id },
+      el("line", { class: "alert-line", x1: ax, x2: ax, y1: ly + 2, y2: H - 26 }),
+      el("text", { class: `alert-label ${sevClass(a.severity)}`, x: lx, y: ly }, a.rule_id),
+      el("title", {}, `${a.severity} ${a.rule_id}: ${a.outcome}`)));
+  }
+  brush(svg, view, x, t0, t1, left, W, top, H);
   return svg;
+}
+
+// Drag across the chart to zoom into that window; "whole job" goes back.
+function brush(svg, view, x, t0, t1, left, W, top, H) {
+  let from = null, box = null;
+  const tAt = (px) => t0 + ((px - left) / (W - left - 20)) * (t1 - t0);
+  const pxOf = (ev) => ev.offsetX * (W / svg.getBoundingClientRect().width || 1);
+  svg.addEventListener("mousedown", (ev) => {
+    from = pxOf(ev);
+    box = el("rect", { class: "brush", x: from, y: top, width: 1, height: H - 26 - top });
+    svg.append(box);
+  });
+  svg.addEventListener("mousemove", (ev) => {
+    if (from === null) return;
+    const to = pxOf(ev);
+    box.setAttribute("x", Math.min(from, to));
+    box.setAttribute("width", Math.abs(to - from));
+  });
+  svg.addEventListener("mouseup", (ev) => {
+    if (from === null) return;
+    const to = pxOf(ev);
+    if (Math.abs(to - from) > 4) {
+      state.zoom = [tAt(Math.min(from, to)), tAt(Math.max(from, to))];
+      renderJob(view);
+    } else box.remove();
+    from = null;
+  });
 }
 
 function alertsTable(view) {
@@ -266,8 +384,34 @@ function eventsTable(view, shown = ROWS) {
     el("table", {}, el("tr", {}, ["time", "host", "process", "kind", "what"].map((h) => el("th", {}, h))), rows), more);
 }
 
+function zoomBar(view) {
+  if (!state.zoom) return el("p", { class: "muted" }, "drag across the chart to zoom into a window");
+  return el("p", { id: "zoomed" }, `zoomed: ${when(state.zoom[0] * 1000)} to ${when(state.zoom[1] * 1000)} `,
+    el("button", { id: "zoom-reset", onclick: () => { state.zoom = null; renderJob(view); } }, "whole job"));
+}
+
+function liveBar(view) {
+  const box = el("input", { id: "live", type: "checkbox", checked: state.live });
+  box.addEventListener("change", () => { state.live = box.checked; schedule(view); });
+  return el("label", { class: "live" }, box, " live (new events every 3 s)");
+}
+
+// Live: while the box is ticked, the first page is asked again every 3 s and the chart redrawn when it grew.
+function schedule(view) {
+  clearTimeout(state.timer);
+  if (!state.live) return;
+  state.timer = setTimeout(async () => {
+    if (!state.live || !location.hash.startsWith("#/job/")) return;
+    const before = state.events.length;
+    await jobView(view, state.job, true);
+    if (state.events.length !== before) document.body.dataset.updated = String(Date.now());
+    schedule(view);
+  }, 3000);
+}
+
 function renderJob(view) {
-  view.replaceChildren(el("h2", { id: "job-title" }, `Job ${state.job}`), filtersBar(view), timelineSvg(),
+  view.replaceChildren(el("h2", { id: "job-title" }, `Job ${state.job}`), filtersBar(view), liveBar(view), zoomBar(view),
+    timelineSvg(view),
     el("h3", {}, "Alerts and blocks"), alertsTable(view), el("div", { class: "cols" }, treeList(), destinations()), eventsTable(view));
   document.body.dataset.ready = "job";
 }
@@ -278,7 +422,7 @@ async function route() {
   try {
     const me = await api("whoami");
     document.getElementById("who").textContent = `${me.name} (${me.role})`;
-    const m = location.hash.match(/^#\/job\/(.+)$/);
+    const m = location.hash.match(/^#\/job\/([^?&]+)/);
     if (m) await jobView(view, decodeURIComponent(m[1]));
     else { await jobsView(view); document.body.dataset.ready = "jobs"; }
   } catch (err) {
