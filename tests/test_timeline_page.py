@@ -182,3 +182,34 @@ def test_a_job_on_twenty_hosts_has_a_lane_per_host_named_by_hostname(page):
     keep = os.environ.get("GPUGUARD_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_a_live_job_page_redraws_as_events_arrive(page):
+    """live=1 in the link: while events keep arriving (shipped here, a few a second of real time), the page
+    asks again every 3 s and marks that it redrew with more (body data-updated)."""
+    import threading  # noqa: PLC0415
+
+    from tests.services import FakeAgent  # noqa: PLC0415
+
+    job, stop = "31337", threading.Event()
+    agent = FakeAgent(page["app"].port, "live-node")
+
+    def keep_shipping():
+        while not stop.is_set():
+            ev = pb.Event(ts_ns=time.time_ns(), exec=pb.Exec(filename="/usr/bin/python3", argv=["python3", "step"]))
+            ev.process.pid, ev.process.key, ev.process.comm = 4000, "live", "python3"
+            ev.job.kind, ev.job.id = "slurm", job
+            agent.ship([ev])
+            time.sleep(0.05)
+
+    agent.ship([pb.Event(ts_ns=time.time_ns(), exec=pb.Exec(filename="/bin/true"))])
+    shipper = threading.Thread(target=keep_shipping, daemon=True)
+    shipper.start()
+    try:
+        dom = render(page["chrome"], f"{page['url']}/#/job/{job}?live=1&token={page['token']}", page["tmp"])
+    finally:
+        stop.set()
+        shipper.join(10)
+        agent.close()
+    assert 'data-ready="job"' in dom and 'id="live" type="checkbox" checked' in dom.replace('checked=""', "checked")
+    assert re.search(r'<body[^>]*data-updated="\d+"', dom), "no live redraw with new events"
