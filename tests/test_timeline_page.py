@@ -213,3 +213,12 @@ def test_a_live_job_page_redraws_as_events_arrive(page):
         agent.close()
     assert 'data-ready="job"' in dom and 'id="live" type="checkbox" checked' in dom.replace('checked=""', "checked")
     assert re.search(r'<body[^>]*data-updated="\d+"', dom), "no live redraw with new events"
+
+
+def test_evidence_is_shown_in_full(page):
+    """The alert's matched fields and values, and the whole ssh command line (its -R forward was cut before)."""
+    dom = render(page["chrome"], f"{page['url']}/#/job/{ROME_JOB}&token={page['token']}", page["tmp"])
+    row = re.search(r'<tr class="alert" data-rule="miner-binary">.*?</tr>', dom, re.S).group(0)
+    assert '<div data-key="exe_name_in"><b>exe_name_in</b>: xmrig</div>' in row
+    ssh = next(e for e in rome_events() if e.exec.argv and e.exec.argv[0].endswith("ssh"))
+    assert " ".join(ssh.exec.argv[1:]) in dom.replace("&amp;", "&")       # every argument, to the last

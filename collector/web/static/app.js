@@ -53,7 +53,7 @@ const sevClass = (s) => (s === "critical" ? "crit" : s || "info");
 
 function describe(ev) {
   const k = kindOf(ev);
-  if (k === "exec") return `${ev.exec.filename} ${(ev.exec.argv || []).slice(1).join(" ")}`.slice(0, 200);
+  if (k === "exec") return `${ev.exec.filename} ${(ev.exec.argv || []).slice(1).join(" ")}`;   // whole: it wraps
   if (k === "connect") return `${ev.connect.proto} ${ev.connect.daddr}:${ev.connect.dport} (${ev.connect.result || 0})`;
   if (k === "gpu_open") return ev.gpu_open.path;
   if (k === "gpu_usage") {
@@ -334,11 +334,12 @@ function brush(svg, view, x, t0, t1, left, W, top, H) {
 
 function alertsTable(view) {
   if (!state.alerts.length) return el("p", { id: "no-alerts", class: "muted" }, "no alerts for this job");
-  return el("table", { id: "alerts" }, el("tr", {}, ["time", "severity", "rule", "host", "process", "outcome", "evidence"].map((h) => el("th", {}, h))),
+  return el("table", { id: "alerts" }, el("tr", {}, ["time", "severity", "rule", "host", "process", "outcome", "matched", "evidence"].map((h) => el("th", {}, h))),
     state.alerts.map((a) => el("tr", { class: "alert", "data-rule": a.rule_id },
       el("td", {}, when(a.ts_ns)), el("td", {}, el("span", { class: `badge ${sevClass(a.severity)}` }, a.severity)),
       el("td", {}, a.rule_id, el("div", { class: "muted" }, a.description || "")), el("td", {}, a.host_id),
       el("td", {}, `${(a.process || {}).comm || ""} (${(a.process || {}).pid || ""})`), el("td", {}, a.outcome || ""),
+      el("td", { class: "matched" }, Object.entries(a.matched || {}).map(([k, v]) => el("div", { "data-key": k }, el("b", {}, k), ": ", v))),
       el("td", {}, (a.evidence_seqs || []).slice(0, 12).map((s) => el("a", {
         href: `#ev-${a.host_id}-${s}`, class: "ev-link", onclick: () => highlight(view, a),
       }, `#${s} `))))));
@@ -360,7 +361,7 @@ function treeList() {
   }
   const render = (parent, depth) => el("ul", { class: "tree" }, (byParent.get(parent) || []).map((n) => el("li", { "data-key": n.key },
     n.used_gpu ? el("span", { class: "badge gpu" }, "GPU") : "", ` ${n.comm} (${n.pid}) `,
-    el("span", { class: "muted" }, `${n.host_id} ${(n.argv || []).join(" ").slice(0, 120)}`),
+    el("span", { class: "muted argv" }, `${n.host_id} ${(n.argv || []).join(" ")}`),
     depth < 40 ? render(n.key, depth + 1) : "")));
   return el("div", { id: "tree" }, el("h3", {}, "Process tree"), render("", 0));
 }
