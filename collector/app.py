@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from collector.auth import Authenticator
+from collector.follow import FollowHub
 from collector.health import HostHealth
 from collector.hub import AgentHub
 from collector.ingest import Ingestor
@@ -80,7 +81,10 @@ class CollectorApp:
             self.detector = DurableDetector(self.store, self.policy.on_events, self.policy.warm_window_s,
                                             lease_ttl_s=cfg.detector_lease_s)
             self.ingestor.listeners.append(self.detector.submit)
-        self.query = QueryService(self.store, self.policy, self.health)
+        self.follow = FollowHub()                      # server push of new events and alerts (collector/follow.py)
+        self.ingestor.listeners.append(self.follow.on_events)
+        self.alerts.watchers.append(self.follow.on_alert)
+        self.query = QueryService(self.store, self.policy, self.health, self.follow, self.auth.revalidator)
         self.server = None
         self.port = 0
         self.http_servers: dict[str, object] = {}     # "page" / "metrics" -> gpuguard.httpd.HttpServer
@@ -118,6 +122,7 @@ class CollectorApp:
             limits=StreamLimits(max_streams=self.cfg.max_streams, hello_timeout_s=self.cfg.hello_timeout_s))
         await self.server.start()
         loop = asyncio.get_running_loop()
+        self.follow.bind(loop)
         if self.policy:
             self.policy.bind_loop(loop)
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
@@ -137,7 +142,8 @@ class CollectorApp:
         if self.cfg.http:
             from collector.web import WebApp  # noqa: PLC0415
 
-            page = HttpServer(self.cfg.http, WebApp(self.query, self._reader, loop), tls, loop=loop)
+            page = HttpServer(self.cfg.http, WebApp(self.query, self._reader, loop), tls, loop=loop,
+                              streams={"/api/follow": self._follow_http})
             self.http_servers["page"] = page
             await page.started()
             log.info("timeline page on %s/ (read-only, reader token)", page.url)
@@ -151,6 +157,45 @@ class CollectorApp:
             self.http_servers["metrics"] = metrics
             await metrics.started()
             log.info("metrics on %s/metrics (reader token)", metrics.url)
+
+    async def _follow_http(self, environ: dict, send) -> tuple | None:
+        """The page's live view: new events and alerts of one job, pushed as JSON lines (the reader token, as for
+        every /api call); a blank line every 10 s keeps proxies from closing it; ends when the token is revoked."""
+        import json  # noqa: PLC0415
+        from urllib.parse import parse_qs  # noqa: PLC0415
+
+        from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
+
+        from collector.follow import Follower  # noqa: PLC0415
+        from collector.query import job_id_of  # noqa: PLC0415
+
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not token or self._reader(token) is None:
+            return "401 Unauthorized", b'{"error": "a token with the reader role is needed"}'
+        job = job_id_of(parse_qs(environ.get("QUERY_STRING", "")).get("job", [""])[0][:256])
+        follower = Follower(job_id=job)
+        try:
+            self.follow.subscribe(follower)
+        except OverflowError as exc:
+            return "503 Service Unavailable", json.dumps({"error": str(exc)}).encode()
+        try:
+            await send(b"{}\n")                       # subscribed
+            while True:
+                try:
+                    kind, host, obj = await asyncio.wait_for(follower.queue.get(), 10)
+                except TimeoutError:
+                    if self._reader(token) is None:
+                        return None
+                    await send(b"\n")
+                    continue
+                body = MessageToDict(obj, preserving_proto_field_name=True)
+                line = {"event": {"host_id": host, "event": body}} if kind == "event" else {"alert": body}
+                await send(json.dumps(line).encode() + b"\n")
+        except (OSError, TimeoutError):
+            return None                                 # the page went away
+        finally:
+            self.follow.unsubscribe(follower)
 
     async def stop(self, grace: float = 2) -> None:
         for task in getattr(self, "_tasks", []):

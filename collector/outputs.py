@@ -217,19 +217,20 @@ class AlertPublisher:
         self.remember = remember
         self._published: dict[str, tuple[int, str]] = {}
         self._stalled: set[str] = set()
+        self.watchers: list[Callable[[ppb.Alert], None]] = []   # in-process followers (collector/follow.py)
         self.published = self.failed = 0
 
     def record(self, alert: ppb.Alert) -> None:
         self.store.add_alert(alert)
-        if not self.outputs:
-            return
         seen = (alert.state, alert.outcome)
         if self._published.get(alert.id) == seen:
-            return
+            return                                   # nothing new about it: stored, not published again
         self._published.pop(alert.id, None)
         self._published[alert.id] = seen
         while len(self._published) > self.remember:
             self._published.pop(next(iter(self._published)))
+        for watch in self.watchers:                  # followers (server push): a queue put each, never blocks
+            watch(alert)
         for out in self.outputs:
             try:
                 out(alert)

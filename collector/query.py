@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections import Counter
 
+from collector.follow import Follower
 from collector.paging import CHUNK_ROWS, BadCursor, page_events, parse_cursor, reply_budget
 from collector.store.base import Store, TimelineFilter
 from collector.timeline import build_timeline, build_tree
@@ -23,7 +24,7 @@ MAX_POLICY_BYTES = 1 << 20
 QUERY_ROLES = {
     "ListJobs": "reader", "Timeline": "reader", "ProcessTree": "reader", "ListAlerts": "reader",
     "GetPolicy": "reader", "ListHosts": "reader", "ListAudit": "reader", "ApplyPolicy": "admin", "ForgetHost": "admin",
-    "Connections": "reader", "Executions": "reader", "GpuProcesses": "reader",
+    "Connections": "reader", "Executions": "reader", "GpuProcesses": "reader", "Follow": "reader",
 }
 MAX_ROWS = 100_000
 
@@ -85,10 +86,12 @@ def job_id_of(text: str) -> str:
 
 
 class QueryService:
-    def __init__(self, store: Store, policy=None, health=None) -> None:
+    def __init__(self, store: Store, policy=None, health=None, follow=None, revalidator=None) -> None:
         self.store = store
         self.policy = policy     # collector.policy.PolicyManager, when detection is on
         self.health = health     # collector.health.HostHealth
+        self.follow = follow     # collector.follow.FollowHub: server push
+        self.revalidator = revalidator or (lambda _context: lambda: True)
 
     async def ListJobs(self, request, context, who: Identity):  # noqa: N802
         jobs = await asyncio.to_thread(self.store.jobs, request.since_ns, request.limit or 1000)
@@ -226,6 +229,40 @@ class QueryService:
         await asyncio.to_thread(self.store.add_audit, who.name, who.role, peer, "hosts.forget",
                                 error or f"forgot host {host}", not error)
         return cpb.ForgetHostReply(forgotten=not error, error=error)
+
+    async def Follow(self, request, context, who: Identity):  # noqa: N802
+        """New events and alerts as they are stored, until the caller goes away or its credential is revoked."""
+        import grpc  # noqa: PLC0415
+
+        if self.follow is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this collector does not push")
+        both = not request.alerts and not request.events
+        follower = Follower(job_id=job_id_of(request.job_id), host=request.host[:256],
+                            kinds=frozenset(request.kinds[:16]), alerts=request.alerts or both,
+                            events=request.events or both)
+        try:
+            self.follow.subscribe(follower)
+        except OverflowError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        still_valid = self.revalidator(context)
+        try:
+            await context.write(cpb.FollowItem())            # subscribed: the caller may read the backlog now
+            while True:
+                try:
+                    kind, host, obj = await asyncio.wait_for(follower.queue.get(), 0.5)
+                except TimeoutError:
+                    if not still_valid():
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the credential was revoked")
+                    continue
+                item = cpb.FollowItem(dropped=follower.dropped)
+                if kind == "event":
+                    item.event.host_id = host
+                    item.event.event.CopyFrom(obj)
+                else:
+                    item.alert.CopyFrom(obj)
+                await context.write(item)
+        finally:
+            self.follow.unsubscribe(follower)
 
     async def ListAudit(self, request, context, who: Identity):  # noqa: N802
         rows = await asyncio.to_thread(self.store.audit, request.since_ns, min(request.limit or 1000, 100_000))

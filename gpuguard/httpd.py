@@ -100,12 +100,13 @@ class HttpServer:
     """Serves a WSGI app on an asyncio loop: the caller's (the collector's) or one thread of its own."""
 
     def __init__(self, addr: str, app: WsgiApp, tls: tuple[str, str] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, streams: dict | None = None) -> None:
         host, port = parse_addr(addr)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)   # errors surface here
         self.sock.setblocking(False)
         self.app = app
+        self.streams = streams or {}          # path -> async handler(environ, send): a response streamed on the loop
         self.ssl = None
         if tls and tls[0]:
             self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -186,6 +187,10 @@ class HttpServer:
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 environ["wsgi.input"] = io.BytesIO(body)
+                stream = self.streams.get(environ["PATH_INFO"])
+                if stream is not None:                 # pushed, chunk by chunk, until either side stops
+                    await self._stream(stream, environ, writer)
+                    return
                 status, headers, payload = await self.loop.run_in_executor(self.pool, self._answer, environ)
                 writer.write(_response(status, headers, payload, keep))
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
@@ -197,6 +202,28 @@ class HttpServer:
             self.active -= 1
             self._writers.discard(writer)
             writer.close()
+
+    async def _stream(self, handler, environ: dict, writer: asyncio.StreamWriter) -> None:
+        """A streamed answer (server push): chunked NDJSON until the handler returns or the client leaves. The
+        handler answers an error itself by returning (status, body) before its first send."""
+        started = False
+
+        async def send(data: bytes) -> None:
+            nonlocal started
+            if not started:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
+                             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                started = True
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+
+        refused = await handler(environ, send)
+        if refused and not started:
+            status, body = refused
+            writer.write(_response(status, [("Content-Type", "application/json")], body, keep=False))
+        elif started:
+            writer.write(b"0\r\n\r\n")
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
     def _answer(self, environ: dict) -> tuple[str, list, bytes]:
         """Run the WSGI app (in a pool thread): (status line, headers, body)."""

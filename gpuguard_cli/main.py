@@ -312,24 +312,34 @@ def _follow_timeline(args) -> int:
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
     from gpuguard_cli.follow import as_json_line  # noqa: PLC0415
 
+    def item(se):
+        ev, p = se.event, se.event.process
+        line = as_json_line(se) if args.json else safe(
+            f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  {describe_event(ev)}")
+        return (se.host_id, ev.seq), ev.ts_ns, line
+
     def fetch(since_ns: int):
         req = cpb.TimelineRequest(job_id=args.job, host=args.host or "", since_ns=since_ns, kinds=args.kind or [],
                                   subtree_key=args.subtree or "", limit=args.limit)
         for se in _call(args, "Timeline", req).events:
-            ev, p = se.event, se.event.process
-            line = as_json_line(se) if args.json else safe(
-                f"{ts(ev.ts_ns)}  {se.host_id[:12]:<12}  {p.pid:>7}  {p.comm[:16]:<16}  {describe_event(ev)}")
-            yield (se.host_id, ev.seq), ev.ts_ns, line
+            yield item(se)
 
-    return _follow_until_interrupted(fetch, args)
+    push = cpb.FollowRequest(job_id=args.job, host=args.host or "", kinds=args.kind or [], events=True)
+    return _follow_until_interrupted(fetch, args, push, lambda it: item(it.event) if it.HasField("event") else None)
 
 
-def _follow_until_interrupted(fetch, args) -> int:
-    from gpuguard_cli.follow import follow  # noqa: PLC0415
+def _follow_until_interrupted(fetch, args, push_request=None, item_of=None) -> int:
+    """The backlog from the ordinary query, then what the collector pushes (subscribed first)."""
+    from gpuguard_cli.follow import Pushed, follow  # noqa: PLC0415
 
+    pushed = None
+    if push_request is not None:
+        stub, _grpc = _stub(args)
+        stream = stub.Follow(push_request, metadata=_credential(args))
+        pushed = Pushed(stream, item_of)
     try:
         return follow(fetch, args.since or time.time_ns() - 600 * 10**9, args.interval,
-                      out=lambda line: print(line, flush=True))
+                      out=lambda line: print(line, flush=True), pushed=pushed)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -351,16 +361,26 @@ def cmd_alerts(args) -> int:
         from gpuguard.render import safe, ts  # noqa: PLC0415
         from gpuguard_cli.follow import as_json_line  # noqa: PLC0415
 
+        def item(a):
+            line = as_json_line(a) if args.json else alerts_explained([a]) if args.explain else safe(
+                f"{ts(a.ts_ns)}  [{a.severity}] {a.rule_id}  {a.job.kind}:{a.job.id}  {a.host_id[:12]}  "
+                f"pid {a.process.pid} {a.process.comm}  -> {a.outcome}")
+            return (a.id, a.state, a.outcome), a.ts_ns, line
+
         def fetch(since_ns: int):
             req = cpb.AlertsRequest(job_id=args.job or "", since_ns=since_ns, limit=args.limit,
                                     rule_id=args.rule or "", host=args.host or "")
             for a in _call(args, "ListAlerts", req).alerts:
-                line = as_json_line(a) if args.json else alerts_explained([a]) if args.explain else safe(
-                    f"{ts(a.ts_ns)}  [{a.severity}] {a.rule_id}  {a.job.kind}:{a.job.id}  {a.host_id[:12]}  "
-                    f"pid {a.process.pid} {a.process.comm}  -> {a.outcome}")
-                yield (a.id, a.state, a.outcome), a.ts_ns, line
+                yield item(a)
 
-        return _follow_until_interrupted(fetch, args)
+        def pushed_item(it):
+            a = it.alert
+            if not it.HasField("alert") or (args.rule and a.rule_id != args.rule):
+                return None
+            return item(a)
+
+        push = cpb.FollowRequest(job_id=args.job or "", host=args.host or "", alerts=True)
+        return _follow_until_interrupted(fetch, args, push, pushed_item)
     reply = _call_pages(args, "ListAlerts", cpb.AlertsRequest(job_id=args.job or "", since_ns=args.since,
                                                               limit=args.limit, rule_id=args.rule or "",
                                                               host=args.host or "", until_ns=args.until),

@@ -53,3 +53,27 @@ def test_alerts_and_timeline_follow_a_live_collector(tmp_path):
             for proc in (alerts, timeline):
                 proc.kill()
                 proc.wait(10)
+
+
+def test_follow_is_pushed_not_polled(tmp_path):
+    """With a poll interval of a minute, an alert still arrives at once: the collector pushed it."""
+    with collector_in_thread(CollectorConfig(listen="127.0.0.1:0", store=str(tmp_path / "c.db"))) as app:
+        base = ["--collector", f"127.0.0.1:{app.port}", "--json", "--interval", "60", "--follow"]
+        alerts = subprocess.Popen([*CLI, "alerts", "--job", "6160", *base], stdout=subprocess.PIPE, text=True,
+                                  cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 15                         # subscribed: the stream is open
+            while not app.follow.followers and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert app.follow.followers
+            e = pb.Event(seq=1, ts_ns=time.time_ns(), exec=pb.Exec(filename="/opt/xmrig", argv=["xmrig", "-o", "x"]))
+            e.job.kind, e.job.id = "slurm", "6160"
+            e.process.pid, e.process.key, e.process.comm, e.process.exe = 7, "k7", "xmrig", "/opt/xmrig"
+            started = time.monotonic()
+            assert stream_events(app.port, "node-push", [e]) == 1
+            app.detector.drain()
+            alert = json.loads(alerts.stdout.readline())
+            assert alert["rule_id"] == "miner-binary" and time.monotonic() - started < 60   # before any poll
+        finally:
+            alerts.kill()
+            alerts.wait(10)

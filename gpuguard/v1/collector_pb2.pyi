@@ -421,6 +421,30 @@ class HostsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class FollowRequest(_message.Message):
+    __slots__ = ("job_id", "host", "kinds", "alerts", "events")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    host: str
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    alerts: bool
+    events: bool
+    def __init__(self, job_id: _Optional[str] = ..., host: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., alerts: _Optional[bool] = ..., events: _Optional[bool] = ...) -> None: ...
+
+class FollowItem(_message.Message):
+    __slots__ = ("alert", "event", "dropped")
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    alert: _policy_pb2.Alert
+    event: StoredEvent
+    dropped: int
+    def __init__(self, alert: _Optional[_Union[_policy_pb2.Alert, _Mapping]] = ..., event: _Optional[_Union[StoredEvent, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
 class ForgetHostRequest(_message.Message):
     __slots__ = ("host_id",)
     HOST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -186,6 +186,11 @@ class QueryStub:
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
                 response_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/gpuguard.v1.Query/Follow',
+                request_serializer=gpuguard_dot_v1_dot_collector__pb2.FollowRequest.SerializeToString,
+                response_deserializer=gpuguard_dot_v1_dot_collector__pb2.FollowItem.FromString,
+                _registered_method=True)
         self.ForgetHost = channel.unary_unary(
                 '/gpuguard.v1.Query/ForgetHost',
                 request_serializer=gpuguard_dot_v1_dot_collector__pb2.ForgetHostRequest.SerializeToString,
@@ -255,6 +260,13 @@ class QueryServicer:
 
     def ListHosts(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Follow(self, request, context):
+        """new events and alerts as they are stored (push)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -330,6 +342,11 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ListHosts,
                     request_deserializer=gpuguard_dot_v1_dot_collector__pb2.HostsRequest.FromString,
                     response_serializer=gpuguard_dot_v1_dot_collector__pb2.HostsReply.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=gpuguard_dot_v1_dot_collector__pb2.FollowRequest.FromString,
+                    response_serializer=gpuguard_dot_v1_dot_collector__pb2.FollowItem.SerializeToString,
             ),
             'ForgetHost': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetHost,
@@ -546,6 +563,33 @@ class Query:
             '/gpuguard.v1.Query/ListHosts',
             gpuguard_dot_v1_dot_collector__pb2.HostsRequest.SerializeToString,
             gpuguard_dot_v1_dot_collector__pb2.HostsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpuguard.v1.Query/Follow',
+            gpuguard_dot_v1_dot_collector__pb2.FollowRequest.SerializeToString,
+            gpuguard_dot_v1_dot_collector__pb2.FollowItem.FromString,
             options,
             channel_credentials,
             insecure,

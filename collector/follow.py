@@ -1,0 +1,91 @@
+"""Server push: new events and alerts to whoever follows them (`gpuguard alerts --follow`, `gpuguard timeline JOB
+--follow`, the page's live view), on the collector's own event loop.
+
+Ingest (a worker thread) and the alert publisher (detection's thread) hand what they stored to the hub; the hub
+hands it to each subscriber whose filter wants it, through a bounded queue: a follower that does not read loses
+its oldest items (counted and told), never slows ingest or detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from gpuguard.v1 import events_pb2 as pb
+from gpuguard.v1 import policy_pb2 as ppb
+
+log = logging.getLogger(__name__)
+
+QUEUE = 2048          # items a follower may fall behind before its oldest are dropped
+MAX_FOLLOWERS = 256
+
+
+@dataclass(eq=False)          # each follower is itself (a set member)
+class Follower:
+    job_id: str = ""                  # "" = every job
+    host: str = ""
+    kinds: frozenset = frozenset()    # event kinds; empty = all
+    alerts: bool = True
+    events: bool = True
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
+    dropped: int = 0
+
+    def wants_event(self, host: str, ev: pb.Event) -> bool:
+        return self.events and (not self.job_id or ev.job.id == self.job_id) and (not self.host or host == self.host) \
+            and (not self.kinds or ev.WhichOneof("body") in self.kinds)
+
+    def wants_alert(self, alert: ppb.Alert) -> bool:
+        return self.alerts and (not self.job_id or alert.job.id == self.job_id) and \
+            (not self.host or alert.host_id == self.host)
+
+    def put(self, item) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+                self.dropped += 1
+
+
+class FollowHub:
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.followers: set[Follower] = set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def subscribe(self, follower: Follower) -> Follower:
+        if len(self.followers) >= MAX_FOLLOWERS:
+            raise OverflowError(f"{MAX_FOLLOWERS} followers already")
+        self.followers.add(follower)
+        return follower
+
+    def unsubscribe(self, follower: Follower) -> None:
+        self.followers.discard(follower)
+
+    # -- from other threads -------------------------------------------------------------------------------------
+    def on_events(self, session, events: list[pb.Event]) -> None:
+        """An ingest listener: events just stored for session.host_id."""
+        if self.followers and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._fan_events, session.host_id, list(events))
+
+    def on_alert(self, alert: ppb.Alert) -> None:
+        if self.followers and self.loop is not None:
+            copy = ppb.Alert()
+            copy.CopyFrom(alert)
+            self.loop.call_soon_threadsafe(self._fan_alert, copy)
+
+    # -- on the loop ----------------------------------------------------------------------------------------------
+    def _fan_events(self, host: str, events: list[pb.Event]) -> None:
+        for f in list(self.followers):
+            for ev in events:
+                if f.wants_event(host, ev):
+                    f.put(("event", host, ev))
+
+    def _fan_alert(self, alert: ppb.Alert) -> None:
+        for f in list(self.followers):
+            if f.wants_alert(alert):
+                f.put(("alert", alert.host_id, alert))
