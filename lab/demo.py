@@ -133,7 +133,7 @@ def run_demo(monitor: bool) -> int:
         print(cli(port, "tree", JOB).stdout)
         print(f"\nCollector data kept in {tmp} (collector.db, logs). Try:\n"
               f"  gpuguard collector --store {tmp / 'collector.db'} --listen 127.0.0.1:{port} &\n"
-              f"  gpuguard timeline {JOB} --json")
+              f"  gpuguard timeline {JOB} --json --collector 127.0.0.1:{port}")
         return 0
     finally:
         pool.close()
