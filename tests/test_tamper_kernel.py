@@ -170,7 +170,7 @@ def test_gpuguard_try_shows_a_block_and_its_alerts(tmp_path):
         out = subprocess.run([*CLI, "try", "--collector", f"127.0.0.1:{port}"], capture_output=True, text=True,
                              cwd=ROOT, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "killed at exec" in out.stdout and "miner-binary" in out.stdout, out.stdout
+        assert "killed at exec" in out.stdout and "alert: [" in out.stdout and " miner-" in out.stdout, out.stdout
         from agent.jobs import ensure_cgroup2_mount  # noqa: PLC0415
         assert not list(ensure_cgroup2_mount().glob("gpuguard-try-*"))        # its scratch cgroups are gone
     finally:
