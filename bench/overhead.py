@@ -267,7 +267,8 @@ def wait_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--execs", type=int, default=2000)
-    ap.add_argument("--connects", type=int, default=300_000, help="refused connects (300k: a storm of ~2 s here, long enough to resolve 2 %%)")
+    ap.add_argument("--connects", type=int, default=300_000,
+                    help="refused connects (300k: a storm of ~2 s here, long enough to resolve 2 %%)")
     ap.add_argument("--syscalls", type=int, default=1_000_000, help="one-byte read/write pairs (dd)")
     ap.add_argument("--files", type=int, default=100_000, help="open/read/close in the data-loader storm")
     ap.add_argument("--reps", type=int, default=3, help="runs per tracer; the median is reported")
