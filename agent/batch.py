@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.decode import AF_INET, AF_INET6, CONNECT_SENDMSG, V4_MAPPED_PREFIX, _addr, _cstr, decode
+from agent.decode import CONNECT_SENDMSG, _addr, _cstr, decode
 from agent.events import (
     ConnectEvent,
     ConnectResultEvent,
@@ -154,8 +154,6 @@ def _per_record(arr, _comms) -> list[KernelEvent]:
 
 _BUILDERS = {pb.KIND_CONNECT: _connects, pb.KIND_CONNECT_RESULT: _connect_results, pb.KIND_FORK: _forks,
              pb.KIND_EXIT: _exits, pb.KIND_GPU_OPEN: _gpu_opens, pb.KIND_SOCKET: _sockets}
-
-__all__ = ["AF_INET", "AF_INET6", "DTYPES", "SIZES", "V4_MAPPED_PREFIX", "ArenaBatch", "record_order"]
 
 
 def python_order(raw: list[bytes]) -> list[bytes]:

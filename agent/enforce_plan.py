@@ -356,13 +356,12 @@ class Planner:
         same level, so a job created there later is watched from its first exec with no race against the agent.
         Moving from one job to a sibling job is leaving it."""
         by_path = {path: cgid for cgid, path in paths.items()}
-        jobs = roots
         entries: dict[bytes, bytes] = {}
         origins: dict[int, bytes] = {}
         for ew in watches:
             idx = self.rule_index(ew.rule_id, rules)
             sc = ew.scope
-            for cgid, (path, job) in jobs.items():
+            for cgid, (path, job) in roots.items():
                 watched = sc.host_wide or job.id in sc.job_ids or job.kind in sc.job_kinds
                 if job.id in sc.exclude_job_ids or not watched:
                     continue

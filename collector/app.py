@@ -166,7 +166,7 @@ class CollectorApp:
 
         from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
 
-        from collector.follow import Follower  # noqa: PLC0415
+        from collector.follow import Follower, items  # noqa: PLC0415
         from collector.query import job_id_of  # noqa: PLC0415
 
         header = environ.get("HTTP_AUTHORIZATION", "")
@@ -181,17 +181,15 @@ class CollectorApp:
             return "503 Service Unavailable", json.dumps({"error": str(exc)}).encode()
         try:
             await send(b"{}\n")                       # subscribed
-            while True:
-                try:
-                    kind, host, obj = await asyncio.wait_for(follower.queue.get(), 10)
-                except TimeoutError:
-                    if self._reader(token) is None:
-                        return None
-                    await send(b"\n")
+            async for got in items(follower, self.auth.token_revalidator(token), idle_s=10):
+                if got is None:
+                    await send(b"\n")                  # keep-alive: proxies do not close a quiet stream
                     continue
+                kind, host, obj = got
                 body = MessageToDict(obj, preserving_proto_field_name=True)
                 line = {"event": {"host_id": host, "event": body}} if kind == "event" else {"alert": body}
                 await send(json.dumps(line).encode() + b"\n")
+            return None                                 # the token was revoked
         except (OSError, TimeoutError):
             return None                                 # the page went away
         finally:

@@ -66,8 +66,10 @@ class Authenticator:
         credentials revoke` (or a new role) ends a stream that is already open, even a silent one. Certificate
         identities are checked at connect only."""
         token = metadata_token(context.invocation_metadata())
-        if not token:
-            return lambda: True
+        return self.token_revalidator(token) if token else lambda: True
+
+    def token_revalidator(self, token: str):
+        """still_valid() for one bearer token (a gRPC stream's, or the page's push stream's)."""
         seen = [self.verifier.store.stamp()]
 
         first = self.verifier.verify(token)

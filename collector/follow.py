@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from gpuguard.v1 import events_pb2 as pb
@@ -66,6 +67,7 @@ class FollowHub:
     def unsubscribe(self, follower: Follower) -> None:
         self.followers.discard(follower)
 
+
     # -- from other threads -------------------------------------------------------------------------------------
     def on_events(self, session, events: list[pb.Event]) -> None:
         """An ingest listener: events just stored for session.host_id."""
@@ -89,3 +91,16 @@ class FollowHub:
         for f in list(self.followers):
             if f.wants_alert(alert):
                 f.put(("alert", alert.host_id, alert))
+
+
+async def items(follower: Follower, still_valid: Callable[[], bool], idle_s: float) -> AsyncIterator[tuple | None]:
+    """What a follower is sent, (kind, host, record), and None after idle_s without any (a transport's
+    keep-alive); it ends as soon as still_valid() says the follower's credential was revoked."""
+    while True:
+        try:
+            item = await asyncio.wait_for(follower.queue.get(), idle_s)
+        except TimeoutError:
+            item = None
+        if not still_valid():
+            return
+        yield item

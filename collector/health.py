@@ -223,11 +223,6 @@ class HostHealth:
         with self.lock:
             self.hosts.pop(host, None)
 
-    def degraded_jobs(self, host: str) -> list[str]:
-        with self.lock:
-            rec = self.hosts.get(host)
-            return [f"{k}:{j}" for k, j in sorted(rec.job_losses)] if rec else []
-
     def _alert(self, host: str, rule_id: str, severity: str, description: str, matched: dict, episode: str,
                per_job: bool = False, jobs: list[tuple[str, str]] | None = None) -> None:
         if jobs is None:

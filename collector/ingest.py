@@ -165,7 +165,7 @@ class Ingestor:
                                           "the agent keeps the event in its quarantine", seq=ev.seq))
             out.append(pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
                                 gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq,
-                                           reason=f"refused by the collector: {why}".replace("\x00", "\\0")[:300])))
+                                           reason=f"refused by the collector: {why}"[:300])))   # why quotes it: no NUL
         return out
 
     def _flag_clock(self, events: list[pb.Event], host: str) -> None:

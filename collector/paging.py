@@ -36,21 +36,30 @@ def parse_cursor(text: str) -> tuple[int, str, int] | None:
         raise BadCursor(f"not a cursor of this collector: {text[:80]!r}") from exc
 
 
-def page_events(fetch: Callable[[tuple | None, int], list[StoredRow]], limit: int, budget: int,
-                after: tuple | None) -> tuple[list[StoredRow], str]:
-    """Rows after the cursor, at most limit of them and about budget bytes (never fewer than one row); the
-    next cursor, or "" when nothing more matches."""
-    out: list[StoredRow] = []
-    size = 0
+def page(fetch: Callable[[tuple | None, int], list], limit: int, budget: int, after: tuple | None,
+         key: Callable[[object], tuple], size: Callable[[object], int]) -> tuple[list, tuple | None]:
+    """Items after `after` in key order, at most limit of them and about budget bytes (never fewer than one),
+    read a chunk at a time; and the key of the last one when more match (None when nothing more does)."""
+    out: list = []
+    used = 0
     while True:
         want = min(CHUNK_ROWS, limit - len(out)) + 1          # one more: is there anything after the page?
         chunk = fetch(after, want)
-        for row in chunk:
-            n = row.event.ByteSize() + len(row.host_id) + ROW_OVERHEAD
-            if len(out) >= limit or (out and size + n > budget):
-                return out, encode_cursor(*row_key(out[-1]))
-            out.append(row)
-            size += n
+        for item in chunk:
+            n = size(item)
+            if len(out) >= limit or (out and used + n > budget):
+                return out, key(out[-1])
+            out.append(item)
+            used += n
         if len(chunk) < want:
-            return out, ""
-        after = row_key(out[-1])
+            return out, None
+        after = key(out[-1])
+
+
+def page_events(fetch: Callable[[tuple | None, int], list[StoredRow]], limit: int, budget: int,
+                after: tuple | None) -> tuple[list[StoredRow], str]:
+    """Rows after the cursor, at most limit of them and about budget bytes; the next cursor, or "" when
+    nothing more matches."""
+    rows, last = page(fetch, limit, budget, after, row_key,
+                      lambda row: row.event.ByteSize() + len(row.host_id) + ROW_OVERHEAD)
+    return rows, encode_cursor(*last) if last else ""

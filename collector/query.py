@@ -12,8 +12,8 @@ import ipaddress
 import re
 from collections import Counter
 
-from collector.follow import Follower
-from collector.paging import CHUNK_ROWS, BadCursor, page_events, parse_cursor, reply_budget
+from collector.follow import Follower, items
+from collector.paging import BadCursor, page, page_events, parse_cursor, reply_budget
 from collector.store.base import Store, TimelineFilter
 from collector.timeline import build_timeline, build_tree
 from gpuguard.credentials import Identity
@@ -57,22 +57,11 @@ def alerts_page(fetch, limit: int, budget: int, cursor: str) -> cpb.AlertsReply:
             after = (int(ts), alert_id)
         except ValueError as exc:
             raise BadCursor(f"not a cursor of this collector: {cursor[:80]!r}") from exc
-    reply, size = cpb.AlertsReply(), 0
-    while True:
-        want = min(CHUNK_ROWS, limit - len(reply.alerts)) + 1
-        chunk = fetch(after, want)
-        for a in chunk:
-            n = a.ByteSize() + 8
-            if len(reply.alerts) >= limit or (reply.alerts and size + n > budget):
-                last = reply.alerts[-1]
-                reply.truncated, reply.next_cursor = True, f"{last.ts_ns}:{last.id}"
-                return reply
-            reply.alerts.append(a)
-            size += n
-        if len(chunk) < want:
-            return reply
-        last = reply.alerts[-1]
-        after = (last.ts_ns, last.id)
+    alerts, last = page(fetch, limit, budget, after, lambda a: (a.ts_ns, a.id), lambda a: a.ByteSize() + 8)
+    reply = cpb.AlertsReply(alerts=alerts)
+    if last:
+        reply.truncated, reply.next_cursor = True, f"{last[0]}:{last[1]}"
+    return reply
 
 
 JOB_PREFIX = re.compile(r"([a-z][a-z0-9_-]{0,31}):(.+)")
@@ -244,16 +233,12 @@ class QueryService:
             self.follow.subscribe(follower)
         except OverflowError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        still_valid = self.revalidator(context)
         try:
             await context.write(cpb.FollowItem())            # subscribed: the caller may read the backlog now
-            while True:
-                try:
-                    kind, host, obj = await asyncio.wait_for(follower.queue.get(), 0.5)
-                except TimeoutError:
-                    if not still_valid():
-                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the credential was revoked")
+            async for got in items(follower, self.revalidator(context), idle_s=0.5):
+                if got is None:
                     continue
+                kind, host, obj = got
                 item = cpb.FollowItem(dropped=follower.dropped)
                 if kind == "event":
                     item.event.host_id = host
@@ -261,6 +246,7 @@ class QueryService:
                 else:
                     item.alert.CopyFrom(obj)
                 await context.write(item)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the credential was revoked")
         finally:
             self.follow.unsubscribe(follower)
 

@@ -133,11 +133,6 @@ class HttpServer:
             await self._listening
 
     @property
-    def server(self) -> HttpServer:
-        """The counters (accepted, rejected, timed_out), where the threaded server kept them."""
-        return self
-
-    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"

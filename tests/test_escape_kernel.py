@@ -3,6 +3,7 @@ move, the job's own mover killed before its write() returns, every move out repo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 
@@ -124,15 +125,10 @@ def test_the_builtin_rule_kills_a_job_process_leaving_for_the_root_side_and_aler
         alert = wait_until(lambda: [a for a in cli_json(port, "alerts")["alerts"]
                                     if a["rule_id"] == "job-escape" and a["job"]["id"] == job])[0]
         assert alert["state"] == "ALERT_CONFIRMED", alert
-        assert "elsewhere" in json_text(alert)
+        assert "elsewhere" in json.dumps(alert)
     finally:
         ag.stop()
         col.stop()
-
-
-def json_text(obj) -> str:
-    import json  # noqa: PLC0415
-    return json.dumps(obj)
 
 
 def test_moving_into_a_sibling_job_is_leaving_ones_own(capture, enforcer, test_cgroup):

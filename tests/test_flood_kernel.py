@@ -3,6 +3,7 @@ the kernel (one record a second, with a count), and exec/fork/exit/enforcement r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -130,7 +131,7 @@ def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degrade
         ran = wait_until(lambda: {a for e in stored(noisy) if "exec" in e for a in e["exec"]["argv"]
                                   if a.startswith("storm-")} >= {f"storm-{i}" for i in range(30)} or None)
         assert ran                                                     # every exec of the flooding job stored
-        assert any("incomplete" in json_dump(e).lower() or "capture_loss" in e for e in stored(noisy))
+        assert any("incomplete" in json.dumps(e).lower() or "capture_loss" in e for e in stored(noisy))
         quiet_ports = wait_until(lambda: {e["connect"]["dport"] for e in stored(quiet) if "connect" in e}
                                  >= set(range(35000, 35015)) or None)
         assert quiet_ports
@@ -138,8 +139,3 @@ def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degrade
     finally:
         ag.stop()
         col.stop()
-
-
-def json_dump(obj) -> str:
-    import json  # noqa: PLC0415
-    return json.dumps(obj)

@@ -77,3 +77,19 @@ def test_follow_is_pushed_not_polled(tmp_path):
         finally:
             alerts.kill()
             alerts.wait(10)
+
+
+def test_a_follower_revoked_while_items_keep_coming_gets_no_more():
+    """The check runs before every item, not only when the stream is idle."""
+    import asyncio  # noqa: PLC0415
+
+    from collector.follow import Follower, items  # noqa: PLC0415
+
+    async def run() -> list:
+        f = Follower()
+        for i in range(5):
+            f.put(("event", "h", i))
+        allowed = iter([True, True, False, True, True])
+        return [got async for got in items(f, lambda: next(allowed), idle_s=0.01)]
+
+    assert [g[2] for g in asyncio.run(run())] == [0, 1]

@@ -275,9 +275,9 @@ def test_idle_http_connections_cannot_pile_up_threads():
             break                                                           # the listen backlog is full
     try:
         assert len(idle) > MAX_CONNECTIONS                                  # more than it may serve at once
-        assert wait_until(lambda: server.server.accepted >= len(idle))      # every one reached the server
+        assert wait_until(lambda: server.accepted >= len(idle))      # every one reached the server
         assert threading.active_count() <= before + WORKERS       # no thread per connection
-        assert server.server.rejected >= len(idle) - MAX_CONNECTIONS
+        assert server.rejected >= len(idle) - MAX_CONNECTIONS
         assert idle[-1].recv(100).startswith(b"HTTP/1.1 503")      # the last ones are told why
     finally:
         for s in idle:
