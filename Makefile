@@ -14,7 +14,7 @@ run: setup
 ## test: install everything, then the whole suite (real-kernel tests must run, not skip)
 test:
 	@GPUGUARD_SETUP_TEST=1 bash scripts/setup.sh
-	GPUGUARD_REQUIRE_BPF=1 GPUGUARD_REQUIRE_BROWSER=1 GPUGUARD_REQUIRE_PG=1 $(PY) -m pytest -q -p no:cacheprovider
+	GPUGUARD_REQUIRE_BPF=1 GPUGUARD_REQUIRE_BROWSER=1 GPUGUARD_REQUIRE_PG=1 GPUGUARD_REQUIRE_NATS=1 $(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/ruff check .
 
 test-unit: setup

@@ -46,6 +46,8 @@ class CollectorConfig:
     alert_syslog: str = ""              # ... to syslog: udp://HOST:PORT, tcp://HOST:PORT or a socket path
     alert_webhook: str = ""             # ... POSTed as JSON to this http(s) URL (queued, retried)
     detector_lease_s: float = 10.0      # a dead detector's lease is taken over after this long
+    log: str = ""                       # nats://h1:4222,...: publish events to this log; workers store and detect
+    log_partitions: int = 16            # partitions of the log (the same on every collector and worker)
 
 
 class CollectorApp:
@@ -61,7 +63,15 @@ class CollectorApp:
             check_private(cfg.store, "the event store's directory")
         check_private(self.credentials.dir, "the identities directory")
         self.auth = Authenticator(self.credentials, audit=self.store.add_audit)
-        self.ingestor = Ingestor(self.store)
+        self.event_log = None
+        log_sink = None
+        if cfg.log:
+            from collector.eventlog import LogSink  # noqa: PLC0415
+            from collector.nats_log import NatsLog  # noqa: PLC0415
+
+            self.event_log = NatsLog(cfg.log, partitions=cfg.log_partitions, name="gpuguard-collector")
+            log_sink = LogSink(self.event_log, self.store)
+        self.ingestor = Ingestor(self.store, log_sink=log_sink)
         self.hub = AgentHub()
         self.policy = None
         self.detector = None
@@ -78,9 +88,10 @@ class CollectorApp:
 
             self.policy = PolicyManager(self.store, self.hub, cfg.rules_dir, DomainResolver(cfg.resolve_domains),
                                         alerts=self.alerts, outbox=self.outbox)
-            self.detector = DurableDetector(self.store, self.policy.on_events, self.policy.warm_window_s,
-                                            lease_ttl_s=cfg.detector_lease_s)
-            self.ingestor.listeners.append(self.detector.submit)
+            if not cfg.log:                        # with a log, workers detect (gpuguard worker)
+                self.detector = DurableDetector(self.store, self.policy.on_events, self.policy.warm_window_s,
+                                                lease_ttl_s=cfg.detector_lease_s)
+                self.ingestor.listeners.append(self.detector.submit)
         self.follow = FollowHub()                      # server push of new events and alerts (collector/follow.py)
         self.ingestor.listeners.append(self.follow.on_events)
         self.alerts.watchers.append(self.follow.on_alert)
@@ -206,6 +217,8 @@ class CollectorApp:
         if self.detector:
             self.detector.close()
         self.alerts.close()
+        if self.event_log is not None:
+            await asyncio.to_thread(self.event_log.close)
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -216,8 +229,9 @@ class CollectorApp:
             except (RuntimeError, ValueError):
                 pass   # not the main thread (tests)
         await self.start()
-        log.info("collector listening on %s (store %s, %s, credentials in %s)",
-                 self.cfg.listen.rsplit(":", 1)[0] + f":{self.port}", self.cfg.store,
+        log.info("collector listening on %s (store %s%s, %s, credentials in %s)",
+                 self.cfg.listen.rsplit(":", 1)[0] + f":{self.port}", self.cfg.store.split("@")[-1],
+                 f", events to the log {self.cfg.log}" if self.cfg.log else "",
                  ("mTLS" if self.cfg.tls_client_ca else "TLS") if self.cfg.tls_cert else "plaintext",
                  self.credentials.dir)
         await stop.wait()

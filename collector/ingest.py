@@ -64,8 +64,10 @@ EventListener = Callable[[AgentSession, list[pb.Event]], None]
 
 
 class Ingestor:
-    def __init__(self, store: Store, max_batch_events: int = 10_000) -> None:
+    def __init__(self, store: Store, max_batch_events: int = 10_000, log_sink=None) -> None:
         self.store = store
+        self.log_sink = log_sink             # collector.eventlog.LogSink: events go to the log, not the store
+        self.sink_name = "event log" if log_sink is not None else "collector store"
         self.max_batch_events = max_batch_events
         self.listeners: list[EventListener] = []
         self.clock_suspect = 0
@@ -84,7 +86,7 @@ class Ingestor:
             log.warning("refused hello from identity %s (host %s) claiming host %r", who.name, who.host, host[:128])
             raise Unauthenticated("PERMISSION_DENIED",
                                   f"identity {who.name!r} may stream only for host {who.host!r}, not {host[:128]!r}")
-        stored = self._guarded(self.store.register_agent, host, msg.host.hostname, msg.host.boot_id,
+        stored = self._guarded((self.log_sink or self.store).register_agent, host, msg.host.hostname, msg.host.boot_id,
                                msg.policy_version)
         log.info("agent %s (%s) connected as %s, version %s, stored through %d, agent spool starts at %d",
                  host, msg.host.hostname, who.name, msg.agent_version, stored, msg.first_unacked_seq)
@@ -95,15 +97,15 @@ class Ingestor:
         """Run a store call; turn its failures into StoreUnavailable, logged once per distinct cause."""
         try:
             result = fn(*args)
-        except getattr(self.store, "errors", (sqlite3.Error, OSError)) as exc:
+        except getattr(self.log_sink or self.store, "errors", (sqlite3.Error, OSError)) as exc:
             cause = f"{type(exc).__name__}: {exc}"
             if cause != self._store_error_logged:
-                log.error("store error, agents told to keep their spool and retry: %s", cause)
+                log.error("%s error, agents told to keep their spool and retry: %s", self.sink_name, cause)
                 self._store_error_logged = cause
-            raise StoreUnavailable(f"collector store unavailable ({cause}); nothing stored, "
+            raise StoreUnavailable(f"{self.sink_name} unavailable ({cause}); nothing stored, "
                                    "keep the spool and retry") from exc
         if self._store_error_logged:
-            log.info("store works again")
+            log.info("%s works again", self.sink_name)
             self._store_error_logged = ""
         return result
 
@@ -135,7 +137,11 @@ class Ingestor:
             fresh.insert(0, pb.Event(seq=hole[0], ts_ns=fresh[0].ts_ns,
                                      gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
         started = time.perf_counter()
-        result: IngestResult = self._guarded(self.store.ingest, session.host_id, fresh)
+        if self.log_sink is not None:
+            result: IngestResult = self._guarded(self.log_sink.ingest, session.host_id, session.hostname,
+                                                 session.boot_id, fresh)
+        else:
+            result = self._guarded(self.store.ingest, session.host_id, fresh)
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
         session.events += result.stored

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -120,15 +121,69 @@ def collector_config(args):
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigProblem(f"config {args.config}: {exc}") from exc
     for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca",
-                "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook", "detector_lease_s"):
+                "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook", "detector_lease_s",
+                "log", "log_partitions"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.resolve_domains:
         values["resolve_domains"] = True
     try:
-        return CollectorConfig(**values)
+        cfg = CollectorConfig(**values)
     except TypeError as exc:
         raise ConfigProblem(f"bad setting: {exc}") from exc
+    log_problem(cfg.log, cfg.log_partitions)
+    return cfg
+
+
+def log_problem(urls: str, partitions: int) -> None:
+    """A bad --log or partition count is a config error (exit 2), said before anything starts."""
+    if not urls:
+        return
+    from collector.nats_log import parse_urls  # noqa: PLC0415
+
+    try:
+        parse_urls(urls)
+    except ValueError as exc:
+        raise ConfigProblem(str(exc)) from exc
+    if not 1 <= partitions <= 4096:
+        raise ConfigProblem(f"--log-partitions {partitions}: between 1 and 4096")
+
+
+def cmd_worker(args) -> int:
+    """The consumer side of --log: leases partitions, loads them into the store, detects."""
+    import threading  # noqa: PLC0415
+
+    from collector.worker_app import WorkerApp, WorkerConfig  # noqa: PLC0415
+
+    values = {}
+    if args.config:
+        try:
+            values = tomllib.loads(Path(args.config).read_text()).get("worker", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            log.error("gpuguard worker: config %s: %s", args.config, exc)
+            return EXIT_CONFIG
+    for key in ("log", "store", "rules_dir", "partitions", "lease_s", "alert_jsonl", "alert_syslog",
+                "alert_webhook", "name"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    try:
+        cfg = WorkerConfig(**values)
+        if not cfg.log or not cfg.store:
+            raise ConfigProblem("a worker needs --log nats://HOST:PORT[,...] and --store postgresql://...")
+        log_problem(cfg.log, cfg.partitions)
+    except (TypeError, ConfigProblem) as exc:
+        log.error("gpuguard worker: %s", exc)
+        return EXIT_CONFIG
+    try:
+        app = WorkerApp(cfg)
+    except Exception as exc:   # the log or the store is unreachable at start
+        log.error("cannot start worker: %s: %s", type(exc).__name__, exc)
+        return EXIT_UNREACHABLE
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    app.run(stop)
+    return EXIT_OK
 
 
 def cmd_collector(args) -> int:
@@ -645,7 +700,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--detector-lease", dest="detector_lease_s", type=float, metavar="SECONDS",
                    help="with several collectors on one store, one detects at a time; another takes over after "
                         "the holder is silent this long (default 10)")
+    c.add_argument("--log", metavar="URLS",
+                   help="a fleet: publish events to this NATS JetStream log (nats://h1:4222,nats://h2:4222,...) "
+                        "instead of storing them; `gpuguard worker` stores and detects. Agents are acked once the "
+                        "log has their batch at its replication (3 on a 3-node cluster)")
+    c.add_argument("--log-partitions", dest="log_partitions", type=int, metavar="N",
+                   help="partitions of the log, by job (default 16; the same on every collector and worker)")
     c.set_defaults(func=cmd_collector)
+
+    w = sub.add_parser("worker", help="a fleet's consumer: lease log partitions, store their events, detect",
+                       description="Reads the event log that collectors with --log publish to. Each worker leases "
+                                   "an even share of the partitions (partitioned by job), loads their events into "
+                                   "the store (COPY, idempotent), runs detection with per-job state, writes alerts "
+                                   "and kill orders (delivered by the host's collector). Run as many as wanted; a "
+                                   "dead worker's partitions are taken over after the lease time.",
+                       epilog=EXIT_CODES_TEXT)
+    w.add_argument("--config", help="TOML file with a [worker] table (flags win)")
+    w.add_argument("--log", metavar="URLS", help="the NATS URLs the collectors publish to (nats://h1:4222,...)")
+    w.add_argument("--store", help="where events, alerts and kill orders go (postgresql://...)")
+    w.add_argument("--rules-dir", help="directory of extra rule YAML files (as on the collectors)")
+    w.add_argument("--partitions", type=int, help="partitions of the log (default 16; as on the collectors)")
+    w.add_argument("--lease", dest="lease_s", type=float, metavar="SECONDS",
+                   help="partition lease time: a dead worker's partitions move after this long (default 10)")
+    w.add_argument("--name", help="this worker's id in leases and logs (default: random)")
+    w.add_argument("--alert-jsonl", metavar="FILE", help="append every alert as a JSON line to FILE ('-' = stdout)")
+    w.add_argument("--alert-syslog", metavar="TARGET", help="send every alert to syslog (as the collector)")
+    w.add_argument("--alert-webhook", metavar="URL", help="POST every alert as JSON to URL")
+    w.set_defaults(func=cmd_worker)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")
     u.add_argument("--data-dir", default="/var/lib/gpuguard", help="store, spool and logs (default %(default)s)")

@@ -56,7 +56,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, grpc, google.protobuf, msgpack, yaml, prometheus_client, psycopg, psycopg_pool, numpy, pynvml' || { say "python deps incomplete"; exit 3; }
+.venv/bin/python -c 'import bcc, grpc, google.protobuf, msgpack, yaml, prometheus_client, psycopg, psycopg_pool, numpy, pynvml, nats' || { say "python deps incomplete"; exit 3; }
 # the agent's ring-buffer callback in plain C (agent/ringcb.c; without it the agent uses BCC's Python callback)
 if [ ! -f agent/_ringcb.so ] || [ agent/ringcb.c -nt agent/_ringcb.so ]; then
     cc -O2 -shared -fPIC -o agent/_ringcb.so agent/ringcb.c && say "built agent/_ringcb.so (C ring callback)"

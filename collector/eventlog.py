@@ -1,0 +1,140 @@
+"""The event log between ingest and the store (``--log``): what a collector publishes, what a worker reads.
+
+A fleet too large for one database writer and one detector puts a partitioned, replicated log in the middle:
+collectors authenticate, validate and dedupe, publish each agent batch to the log and ack the agent only once
+the log has it at the configured replication; workers lease partitions, load them into the store in large
+batches and run detection with per-job state. The partition key is the **job**: every event a correlation
+needs about one job (all its hosts) lands in one partition, so one worker sees it all, in order.
+
+``EventLog`` is the interface both sides use; ``collector/nats_log.py`` implements it on NATS JetStream. A
+Kafka log fits the same shape: a partition is a Kafka partition, an offset a Kafka offset, ``publish`` an
+idempotent producer's send awaited for ``acks=all``, ``mark`` / ``set_mark`` a compacted topic keyed by host,
+``claim`` / ``members`` a consumer group's assignment (or the same lease protocol on a compacted topic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from collector.store.base import IngestResult
+from gpuguard.v1 import collector_pb2 as cpb
+from gpuguard.v1 import events_pb2 as pb
+
+DEFAULT_PARTITIONS = 16
+
+
+class LogUnavailable(Exception):
+    """The log did not take a batch at the configured replication (nodes down, no quorum, timeout): nothing is
+    acked, the agent keeps its spool and retries."""
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    partition: int
+    msg_id: str           # the log drops a second message with the same id (a retried batch)
+    payload: bytes        # a serialised cpb.LogBatch
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    offset: int           # position in the log; a worker commits the last one it stored and evaluated
+    payload: bytes
+    ts_ns: int            # when the log took it
+
+
+class EventLog(Protocol):
+    partitions: int
+
+    def publish(self, messages: list[LogMessage]) -> int:
+        """Returns once every message is in the log at the configured replication (raises LogUnavailable);
+        the number the log already had (duplicates by id)."""
+
+    def mark(self, host_id: str) -> int:
+        """The highest seq of the host the log has taken (where its agent resumes)."""
+
+    def set_mark(self, host_id: str, seq: int) -> None: ...
+
+    def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
+        """Up to ``limit`` entries of the partition after offset ``after``, waiting up to ``wait_s`` for one."""
+
+    def read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
+        """Entries taken since ``since_ns`` up to offset ``through`` (a new owner's warm-up)."""
+
+    def claim(self, partition: int, owner: str) -> bool:
+        """Take or renew the lease on a partition; False while another owner holds it."""
+
+    def release(self, partition: int, owner: str) -> None: ...
+
+    def members(self, owner: str) -> list[str]:
+        """Say ``owner`` is alive; the live workers, sorted."""
+
+    def close(self) -> None: ...
+
+
+def partition_key(host_id: str, ev: pb.Event) -> str:
+    """The job, or the host for what belongs to no job (gaps, host processes)."""
+    return f"job:{ev.job.id}" if ev.job.id else f"host:{host_id}"
+
+
+def partition_of(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
+
+
+def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event], partitions: int,
+                received_ns: int | None = None) -> list[LogMessage]:
+    """One agent batch -> one message per partition it touches, each with an id the log dedupes a retry by
+    (host, boot, first seq of the part, partition), events kept in seq order."""
+    parts: dict[int, list[pb.Event]] = {}
+    for ev in events:
+        parts.setdefault(partition_of(partition_key(host_id, ev), partitions), []).append(ev)
+    received = time.time_ns() if received_ns is None else received_ns
+    out = []
+    for p, evs in sorted(parts.items()):
+        body = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, events=evs, received_ns=received)
+        out.append(LogMessage(p, f"{host_id}:{boot_id}:{evs[0].seq}:{p}", body.SerializeToString()))
+    return out
+
+
+def host_key(host_id: str) -> str:
+    """A key any log accepts for a host id (ids are agent-chosen text)."""
+    return "h" + hashlib.sha256(host_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+class LogSink:
+    """What the Ingestor writes to in log mode: the agent registry stays in the store (best effort: the log,
+    not the database, is the write path), events and the resume mark go to the log."""
+
+    errors = (LogUnavailable, TimeoutError, OSError)
+
+    def __init__(self, log: EventLog, store=None) -> None:
+        self.log = log
+        self.store = store
+        self.published = 0
+        self.log_duplicates = 0
+
+    def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
+        if self.store is not None:
+            try:
+                self.store.register_agent(host_id, hostname, boot_id, policy_version)
+            except Exception as exc:   # the registry is for queries; ingest goes on without it
+                import logging  # noqa: PLC0415
+
+                logging.getLogger(__name__).warning("agent %s: registry update failed (ingest goes on): %s",
+                                                    host_id, exc)
+        return self.log.mark(host_id)
+
+    def ingest(self, host_id: str, hostname: str, boot_id: str, events: list[pb.Event]) -> IngestResult:
+        result = IngestResult()
+        if not events:
+            return result
+        messages = split_batch(host_id, hostname, boot_id, events, self.log.partitions)
+        dup_messages = self.log.publish(messages)
+        self.log.set_mark(host_id, max(ev.seq for ev in events))
+        self.published += len(messages)
+        self.log_duplicates += dup_messages
+        result.stored = len(events)
+        return result

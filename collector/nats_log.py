@@ -1,0 +1,329 @@
+"""``EventLog`` on NATS JetStream: one stream, a subject per partition, KV buckets for marks and leases.
+
+- Events: stream ``GPUGUARD_EVENTS``, subjects ``gpuguard.events.<partition>``, file storage, ``replicas``
+  copies (3 on a 3-node cluster); a publish returns when JetStream acked it, which with R3 means a quorum
+  stored it. ``Nats-Msg-Id`` makes a retried batch a no-op inside the duplicate window.
+- Marks: KV ``gpuguard_marks`` (host -> highest seq taken), replicated like the stream: any collector can
+  tell a reconnecting agent where to resume.
+- Leases: KV ``gpuguard_leases`` with a TTL equal to the lease time: an owner renews by compare-and-set on
+  the revision it holds; a dead owner's key expires and another worker creates it. Membership: KV
+  ``gpuguard_workers`` with the same TTL, one key per live worker.
+
+nats-py is asyncio; the collector's ingest and the worker are threads, so the client runs on a loop of its
+own and every call here is synchronous with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import threading
+from urllib.parse import urlsplit
+
+from collector.eventlog import DEFAULT_PARTITIONS, LogEntry, LogMessage, LogUnavailable, host_key
+
+log = logging.getLogger(__name__)
+
+STREAM = "GPUGUARD_EVENTS"
+SUBJECT = "gpuguard.events"
+MARKS, LEASES, WORKERS = "gpuguard_marks", "gpuguard_leases", "gpuguard_workers"
+
+
+def parse_urls(text: str) -> list[str]:
+    """``nats://h1:4222,nats://h2:4222`` -> the list; a clear ValueError for anything else."""
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("--log needs at least one nats://HOST:PORT URL")
+    for u in urls:
+        parts = urlsplit(u)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or not parts.port:
+            raise ValueError(f"--log: {u!r} is not nats://HOST:PORT (e.g. nats://10.0.0.5:4222)")
+    return urls
+
+
+class NatsLog:
+    def __init__(self, urls: str | list[str], partitions: int = DEFAULT_PARTITIONS, replicas: int = 0,
+                 lease_s: float = 10.0, retention_s: float = 86_400.0, timeout_s: float = 10.0,
+                 name: str = "gpuguard", leases: bool = False) -> None:
+        """leases: this client takes part in partition leases (a worker): it makes or binds the lease buckets,
+        whose TTL is the lease time (the first worker's; a worker asking for another is told and follows it)."""
+        self.urls = parse_urls(urls) if isinstance(urls, str) else urls
+        self.partitions = partitions
+        self.replicas = replicas or min(3, len(self.urls))
+        self.lease_s, self.retention_s, self.timeout_s = lease_s, retention_s, timeout_s
+        self.name = name
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-log", daemon=True)
+        self._thread.start()
+        self._subs: dict[int, tuple[int, object]] = {}     # partition -> (next offset, pull subscription)
+        self._lease_rev: dict[int, int] = {}
+        self._with_leases = leases
+        self._call(self._connect(), timeout=self.timeout_s * 3)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _call(self, coro, timeout: float | None = None):
+        """Run on the client's loop; every failure of the log (no quorum, no responders, timeouts) comes out as
+        LogUnavailable, so callers have one thing to handle."""
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout or self.timeout_s)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise LogUnavailable(f"the event log did not answer within {timeout or self.timeout_s:.0f} s") from exc
+        except NatsError as exc:
+            raise LogUnavailable(f"the event log failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _retrying(self, make, what: str):
+        """A JetStream request through a leader election: "no responders" and timeouts are retried for up to
+        ``timeout_s`` (an election on a 3-node cluster takes a few seconds), then LogUnavailable."""
+        from nats.errors import NoRespondersError  # noqa: PLC0415
+        from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
+        from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
+
+        deadline = self._loop.time() + self.timeout_s
+        delay = 0.1
+        while True:
+            try:
+                return await make()
+            except (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout,
+                    TimeoutError) as exc:
+                if self._loop.time() + delay > deadline:
+                    raise LogUnavailable(f"the event log did not take {what}: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    async def _connect(self) -> None:
+        import nats  # noqa: PLC0415 - only a collector or worker with --log needs the client
+        from nats.js.api import KeyValueConfig, StorageType, StreamConfig  # noqa: PLC0415
+        from nats.js.errors import BadRequestError  # noqa: PLC0415
+
+        async def on_error(exc):
+            log.debug("nats: %s", exc)
+
+        async def on_reconnect():
+            log.info("event log: reconnected to %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
+
+        self.nc = await nats.connect(servers=self.urls, name=self.name, connect_timeout=3, reconnect_time_wait=0.5,
+                                     max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnect,
+                                     allow_reconnect=True)
+        self.js = self.nc.jetstream(timeout=self.timeout_s)
+        config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT}.*"], storage=StorageType.FILE,
+                              num_replicas=self.replicas, duplicate_window=600.0, max_age=self.retention_s)
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:       # exists with other settings: keep it, say so
+            log.warning("event log: stream %s exists with other settings, used as it is (%s)", STREAM,
+                        exc.description)
+        info = await self.js.stream_info(STREAM)
+        self.replicas = info.config.num_replicas or self.replicas
+        self.marks = await self._bucket(KeyValueConfig(bucket=MARKS, replicas=self.replicas, history=1,
+                                                       storage=StorageType.FILE))
+        if self._with_leases:
+            self.leases = await self._bucket(KeyValueConfig(bucket=LEASES, replicas=self.replicas, history=1,
+                                                            ttl=self.lease_s, storage=StorageType.FILE))
+            self.workers = await self._bucket(KeyValueConfig(bucket=WORKERS, replicas=self.replicas, history=1,
+                                                             ttl=self.lease_s, storage=StorageType.FILE))
+            ttl = (await self.leases.status()).ttl
+            if ttl and abs(ttl - self.lease_s) > 0.01:
+                log.warning("event log: partition leases last %.1f s (set by the first worker), not the %.1f s "
+                            "asked for: using %.1f s", ttl, self.lease_s, ttl)
+                self.lease_s = ttl
+        log.info("event log: %s on %s (%d partitions, %d replicas)", STREAM, ",".join(self.urls), self.partitions,
+                 self.replicas)
+
+    async def _bucket(self, config):
+        from nats.js.errors import BadRequestError, BucketNotFoundError  # noqa: PLC0415
+
+        try:
+            return await self.js.key_value(config.bucket)
+        except BucketNotFoundError:
+            pass
+        try:
+            return await self.js.create_key_value(config)
+        except BadRequestError:               # made meanwhile by another collector or worker
+            return await self.js.key_value(config.bucket)
+
+    # -- ingest side -----------------------------------------------------------------------------
+    def publish(self, messages: list[LogMessage]) -> int:
+        return self._call(self._publish(messages), timeout=self.timeout_s * 2)
+
+    async def _publish(self, messages: list[LogMessage]) -> int:
+        """Every message in flight at once, then each ack awaited; one that failed is sent again (same id: the
+        log keeps one) until the deadline."""
+        async def one(m: LogMessage):
+            return await self._retrying(lambda: self.js.publish(f"{SUBJECT}.{m.partition}", m.payload,
+                                                                timeout=2.0, headers={"Nats-Msg-Id": m.msg_id}),
+                                        f"partition {m.partition}")
+
+        if len(messages) == 1:
+            acks = [await one(messages[0])]
+        else:
+            acks = await asyncio.gather(*(one(m) for m in messages))
+        return sum(1 for a in acks if a.duplicate)
+
+    def mark(self, host_id: str) -> int:
+        return self._call(self._mark(host_id), timeout=self.timeout_s * 2)
+
+    async def _mark(self, host_id: str) -> int:
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+
+        try:
+            entry = await self._retrying(lambda: self.marks.get(host_key(host_id)), "the mark")
+        except KeyNotFoundError:
+            return 0
+        return int(json.loads(entry.value)["seq"])
+
+    def set_mark(self, host_id: str, seq: int) -> None:
+        value = json.dumps({"host": host_id, "seq": seq}).encode()
+        self._call(self._retrying(lambda: self.marks.put(host_key(host_id), value), "the mark"),
+                   timeout=self.timeout_s * 2)
+
+    # -- worker side -----------------------------------------------------------------------------
+    def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
+        return self._call(self._read(partition, after, limit, wait_s), timeout=wait_s + self.timeout_s)
+
+    async def _read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415
+
+        held = self._subs.get(partition)
+        if held is None or held[0] != after + 1:
+            await self._drop_sub(partition)
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True,
+                                    num_replicas=1, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=after + 1)
+            sub = await self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM, config=config)
+            held = (after + 1, sub)
+        sub = held[1]
+        try:
+            msgs = await sub.fetch(batch=limit, timeout=wait_s)
+        except TimeoutError:
+            self._subs[partition] = held
+            return []
+        except NatsError:                     # the consumer's node died or it expired: make a new one next time
+            await self._drop_sub(partition, held)
+            raise
+        out = [LogEntry(m.metadata.sequence.stream, m.data, m.metadata.timestamp.timestamp_ns()
+                        if hasattr(m.metadata.timestamp, "timestamp_ns") else 0) for m in msgs]
+        self._subs[partition] = ((out[-1].offset + 1) if out else held[0], sub)
+        return out
+
+    async def _drop_sub(self, partition: int, held=None) -> None:
+        held = held or self._subs.pop(partition, None)
+        self._subs.pop(partition, None)
+        if held is not None:
+            try:
+                await held[1].unsubscribe()
+            except Exception:   # noqa: BLE001 - the consumer may be gone with its node
+                pass
+
+    def forget(self, partition: int) -> None:
+        """Stop reading a partition (its lease went elsewhere)."""
+        self._call(self._drop_sub(partition))
+
+    def read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
+        return self._call(self._read_since(partition, since_ns, through, limit), timeout=self.timeout_s * 3)
+
+    async def _read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415
+
+        if through <= 0:
+            return []
+        start = datetime.datetime.fromtimestamp(since_ns / 1e9, tz=datetime.UTC)
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
+                                num_replicas=1, deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        sub = await self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM, config=config)
+        out: list[LogEntry] = []
+        try:
+            while len(out) < limit:
+                try:
+                    msgs = await sub.fetch(batch=min(1000, limit - len(out)), timeout=0.5)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    seq = m.metadata.sequence.stream
+                    if seq > through:
+                        return out
+                    out.append(LogEntry(seq, m.data, 0))
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    def claim(self, partition: int, owner: str) -> bool:
+        return self._call(self._claim(partition, owner))
+
+    async def _claim(self, partition: int, owner: str) -> bool:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError  # noqa: PLC0415
+
+        key = f"p{partition}"
+        try:
+            entry = await self.leases.get(key)
+        except KeyNotFoundError:
+            entry = None
+        try:
+            if entry is None or not entry.value:
+                self._lease_rev[partition] = await self.leases.create(key, owner.encode())
+                return True
+            if entry.value.decode() != owner:
+                return False
+            self._lease_rev[partition] = await self.leases.update(key, owner.encode(), last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:   # another worker got there first
+            return False
+
+    def release(self, partition: int, owner: str) -> None:
+        rev = self._lease_rev.pop(partition, None)
+        if rev is not None:
+            try:
+                self._call(self.leases.delete(f"p{partition}", last=rev))
+            except Exception as exc:   # noqa: BLE001 - it expires anyway
+                log.debug("lease p%d release: %s", partition, exc)
+        self.forget(partition)
+
+    def members(self, owner: str) -> list[str]:
+        return self._call(self._members(owner))
+
+    async def _members(self, owner: str) -> list[str]:
+        from nats.js.errors import NoKeysError  # noqa: PLC0415
+
+        await self.workers.put(host_key(owner), owner.encode())
+        try:
+            keys = await self.workers.keys()
+        except NoKeysError:
+            return [owner]
+        names = []
+        for k in keys:
+            try:
+                names.append((await self.workers.get(k)).value.decode())
+            except Exception:   # noqa: BLE001 - expired between list and get
+                continue
+        return sorted(set(names) | {owner})
+
+    def close(self) -> None:
+        async def _close():
+            for p in list(self._subs):
+                await self._drop_sub(p)
+            await self.nc.drain()
+
+        try:
+            self._call(_close(), timeout=5)
+        except Exception as exc:   # noqa: BLE001 - closing a log that is down
+            log.debug("event log close: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def lease_owner(self, partition: int) -> str:
+        """Who holds a partition now ("" when nobody): for operators and tests."""
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+
+        async def get() -> str:
+            try:
+                return (await self._retrying(lambda: self.leases.get(f"p{partition}"), "the lease")).value.decode()
+            except KeyNotFoundError:
+                return ""
+
+        return self._call(get())

@@ -1,0 +1,135 @@
+"""The fleet on a replicated log: a real 3-node NATS JetStream cluster, a throwaway PostgreSQL, two collectors with
+``--log`` and two ``gpuguard worker`` processes. Two hosts of one job stream to different collectors; SIGKILL a
+NATS node, the collector one host streams to, and the worker holding the job's partition, mid-stream: every
+event is stored exactly once, every alert raised once, every kill order delivered once, and the cross-host
+correlation fires once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from collector.eventlog import partition_of
+from collector.nats_log import NatsLog
+from lab import CLI, Service
+from tests.conftest import fresh_job_id
+from tests.services import FakeAgent, cli_json, collector, free_port
+from tests.test_detector_e2e import ev
+
+PARTITIONS = 8
+
+
+def rows(url: str, sql: str, *params) -> list[tuple]:
+    with psycopg.connect(url) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+def log_collector(tmp, port: int, url: str, urls: str) -> Service:
+    tmp.mkdir(exist_ok=True)
+    return collector(tmp, port, "--store", url, "--log", urls, "--log-partitions", str(PARTITIONS))
+
+
+def worker(tmp, url: str, urls: str, name: str) -> Service:
+    return Service([*CLI, "worker", "--log", urls, "--store", url, "--partitions", str(PARTITIONS), "--lease", "3",
+                    "--name", name], tmp / f"{name}.log", f"worker {name} started")
+
+
+def stored_once(url: str, host: str) -> tuple[int, int]:
+    """(events stored for host, seqs stored more than once)."""
+    n = rows(url, "SELECT COUNT(*) FROM events WHERE host_id = %s", host)[0][0]
+    dup = rows(url, "SELECT COUNT(*) FROM (SELECT seq FROM events WHERE host_id = %s GROUP BY seq "
+                    "HAVING COUNT(*) > 1) d", host)[0][0]
+    return n, dup
+
+
+def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path, postgres, nats_cluster):
+    url, urls = postgres.new_database(), nats_cluster.urls
+    port_a, port_b = free_port(), free_port()
+    col_a = log_collector(tmp_path / "a", port_a, url, urls).start()
+    col_b = log_collector(tmp_path / "b", port_b, url, urls).start()
+    workers = {name: worker(tmp_path, url, urls, name).start() for name in ("w1", "w2")}
+    probe = NatsLog(urls, partitions=PARTITIONS, lease_s=3, leases=True)
+    job, tag = fresh_job_id(), uuid.uuid4().hex[:6]
+    part = partition_of(f"job:{job}", PARTITIONS)
+    n1, n2 = FakeAgent(port_a, f"node1-{tag}"), FakeAgent(port_b, f"node2-{tag}")
+    try:
+        # both workers share the partitions (4 each) before anything is shipped
+        wait_until(lambda: {probe.lease_owner(p) for p in range(PARTITIONS)} == {"w1", "w2"}, 30, "an even split")
+        # node 1 (collector A): the job's trainer opens a reverse tunnel; node 2 (collector B): a binary new to
+        # the job's GPU. One partition holds the job, so one worker sees both hosts.
+        n1.ship([ev(job, "exec", 101, "/usr/bin/python3", ["python3", "train.py"]),
+                 ev(job, "exec", 102, "/usr/bin/ssh", ["ssh", "-NfR", "2222:localhost:22", "gw"], key="ssh-1")])
+        n2.ship([ev(job, "exec", 201, "/usr/bin/python3", ["python3", "train.py"]),
+                 ev(job, "gpu_open", 201, "/usr/bin/python3"),
+                 ev(job, "exec", 202, "/var/tmp/kworker", ["/var/tmp/kworker"], key="kw-2"),
+                 ev(job, "gpu_open", 202, "/var/tmp/kworker", key="kw-2")])
+        corr = "tunnel-then-new-gpu-binary"
+        wait_until(lambda: rows(url, "SELECT id FROM alerts WHERE rule_id = %s AND job_id = %s", corr, job),
+                   30, "the cross-host correlation")
+        wait_until(lambda: any(o.rule_id == corr for o in n1.orders) and n2.orders, 30, "kill orders on both hosts")
+        assert [(o.pid, o.tree) for o in n2.orders] == [(202, True)]
+
+        # a log node dies: the stream keeps a quorum, ingest goes on
+        nats_cluster.nodes[0].kill()
+        n2.ship([ev(job, "exec", 210 + i, "/usr/bin/true", ["true", str(i)], key=f"t{i}") for i in range(50)],
+                timeout=30)
+        # the collector node 1 streams to dies; node 1 reconnects to B and resumes after what the log took
+        col_a.kill()
+        wait_until(n1.ended.is_set, 10, "node 1's stream to end")
+        n1b = FakeAgent(port_b, n1.host)
+        n1b.seq = n1.seq
+        n1b.ship([ev(job, "exec", 110 + i, "/usr/bin/true", ["true", str(i)], key=f"u{i}") for i in range(50)],
+                 timeout=30)
+        # the worker holding the job's partition dies mid-stream: the other takes it over after the lease
+        wait_until(lambda: probe.lease_owner(part) in workers, 20, "an owner of the job's partition")
+        owner = probe.lease_owner(part)     # (a lease may move while the log elects leaders after the node died)
+        survivor = "w2" if owner == "w1" else "w1"
+        workers[owner].kill()
+        n2.ship([ev(job, "exec", 203, "/tmp/sysupd", ["/tmp/sysupd", "-o", "stratum+tcp://p.example:3333"],
+                    key="x-3")])                                      # an argv rule: only a kill order stops it
+        n1b.ship([ev(job, "exec", 160 + i, "/usr/bin/true", ["true", str(i)], key=f"v{i}") for i in range(50)])
+        wait_until(lambda: any(o.pid == 203 for o in n2.orders), 40, "the kill order after the worker failover")
+        wait_until(lambda: probe.lease_owner(part) == survivor, 20, "the survivor to hold the job's partition")
+        wait_until(lambda: stored_once(url, n1.host)[0] == n1b.seq and stored_once(url, n2.host)[0] == n2.seq, 30,
+                   "every event stored")
+        assert stored_once(url, n1.host) == (n1b.seq, 0) and stored_once(url, n2.host) == (n2.seq, 0)
+        assert [o.pid for o in n2.orders].count(203) == 1                  # delivered once
+        assert len(n2.orders) == len({o.order_id for o in n2.orders})
+        alerts = dict(rows(url, "SELECT rule_id, COUNT(*) FROM alerts WHERE job_id = %s GROUP BY rule_id", job))
+        assert alerts[corr] == 1 and alerts["miner-stratum-url"] == 1      # once each
+        assert cli_json(port_b, "alerts", "--job", job)["alerts"]           # B answers from the store
+    finally:
+        probe.close()
+        for a in (n1, n2, locals().get("n1b")):
+            if a is not None:
+                a.close()
+        for s in (col_a, col_b, *workers.values()):
+            s.stop()
+
+
+def test_collector_refuses_a_bad_log_url(tmp_path):
+    out = collector(tmp_path, free_port(), "--log", "http://example:4222")
+    import subprocess  # noqa: PLC0415
+
+    res = subprocess.run(out.argv, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "nats://HOST:PORT" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--store", "postgresql://x@127.0.0.1/x"], ["--log", "nats://127.0.0.1:1"]])
+def test_worker_needs_log_and_store(args):
+    import subprocess  # noqa: PLC0415
+
+    res = subprocess.run([*CLI, "worker", *args], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "needs --log" in res.stderr
