@@ -79,10 +79,14 @@ class Correlator:
         ctx.host = host
         return ctx
 
-    def observe(self, host: str, ev: pb.Event) -> None:
+    def observe(self, host: str, ev: pb.Event, kind: str | None = None) -> None:
         """Update job facts after the rules saw the event (first exec, GPU binaries)."""
+        kind = kind or ev.WhichOneof("body")
+        if kind not in ("exec", "gpu_open", "gpu_usage"):
+            if ev.job.id in self.jobs:
+                self.jobs.move_to_end(ev.job.id)        # a busy job stays (its hits are not evicted first)
+            return
         ctx = self.state(ev.job.id).ctx
-        kind = ev.WhichOneof("body")
         if kind == "exec" and ev.exec.result == 0 and host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:
             ctx.main_keys[host] = ev.process.key
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:

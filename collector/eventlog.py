@@ -89,8 +89,13 @@ def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event
     """One agent batch -> one message per partition it touches, each with an id the log dedupes a retry by
     (host, boot, first seq of the part, partition), events kept in seq order."""
     parts: dict[int, list[pb.Event]] = {}
+    of_job: dict[str, int] = {}                  # a batch holds few jobs: hash each once
     for ev in events:
-        parts.setdefault(partition_of(partition_key(host_id, ev), partitions), []).append(ev)
+        job = ev.job.id
+        p = of_job.get(job)
+        if p is None:
+            p = of_job[job] = partition_of(partition_key(host_id, ev), partitions)
+        parts.setdefault(p, []).append(ev)
     received = time.time_ns() if received_ns is None else received_ns
     out = []
     for p, evs in sorted(parts.items()):

@@ -25,7 +25,7 @@ from collector.ingest import AgentSession
 from collector.orders import KillOrders
 from collector.outputs import AlertPublisher
 from collector.resolve import DomainResolver
-from collector.rules.engine import Engine, RuleMatch
+from collector.rules.engine import Engine, RuleMatch, event_class
 from collector.rules.loader import Correlation, RuleError, RuleSet, load_ruleset, rule_texts
 from collector.rules.lowering import (  # noqa: F401 - the lowering's API, long imported from here
     KERNEL_CONNECT_KEYS,
@@ -220,12 +220,15 @@ class Detection:
     def on_events(self, host: str, events: list[pb.Event], emit: bool = True) -> None:
         """Evaluate events in order. emit=False only builds the correlation state (a new detector's warm-up)."""
         # the caller (PolicyManager) holds the policy lock
+        engine, correlator = self.engine, self.correlator
         for ev in events:
             kind = ev.WhichOneof("body")
             if kind == "enforcement" and emit:
                 self._confirm(host, ev)
-            matches = self.engine.evaluate(host, ev, self.correlator.context(host, ev))
-            self.correlator.observe(host, ev)
+            cls = event_class(ev, kind)
+            ctx = correlator.context(host, ev) if cls in engine.context_classes else None
+            matches = engine.evaluate(host, ev, ctx, cls) if cls is not None else []
+            correlator.observe(host, ev, kind)
             if not matches:
                 continue
             if emit:

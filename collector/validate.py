@@ -8,6 +8,7 @@ both, but a value one store refuses is refused by every store, so a fleet behave
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from gpuguard.v1 import events_pb2 as pb
@@ -15,6 +16,7 @@ from gpuguard.v1 import events_pb2 as pb
 ADDRESS_FIELDS = {"connect": "daddr", "tls": "daddr", "datagram": "daddr", "enforcement": "daddr", "dns": "server"}
 
 
+@functools.lru_cache(maxsize=65_536)        # a fleet talks to few addresses: parse each once
 def _address_problem(value: str) -> str | None:
     if not value:
         return None
@@ -35,6 +37,10 @@ def invalid_value(ev: pb.Event) -> str | None:
         if why:
             return f"{kind}.{field} {value[:80]!r} {why}"
     p, job = ev.process, ev.job
+    joined = "".join((p.key, p.parent_key, p.comm, p.exe, p.exe_sha256, p.cgroup, job.kind, job.id, job.name,
+                      ev.boot_id, *p.argv, ev.gap.reason if kind == "gap" else ""))
+    if "\x00" not in joined:
+        return None                     # the common case: one scan, no per-field work
     texts = {"process.key": p.key, "process.parent_key": p.parent_key, "process.comm": p.comm,
              "process.exe": p.exe, "process.exe_sha256": p.exe_sha256, "process.cgroup": p.cgroup,
              "job.kind": job.kind, "job.id": job.id, "job.name": job.name, "boot_id": ev.boot_id}

@@ -156,3 +156,54 @@ def test_sequence(seq):
         alerts |= {m.rule.id for m in matches if m.rule.action != "signal"}
         alerts |= {corr.id for corr, _hits in correlator.record(HOST, ev, matches)}
     assert alerts == set(seq["alerts"])
+
+
+def case_events(case: dict) -> list[pb.Event]:
+    if "exec" in case:
+        return [exec_event(case["exec"])]
+    if "connect" in case:
+        return [connect_event(case["connect"])]
+    if any(k in case for k in FLOW_KINDS):
+        kind = next(k for k in FLOW_KINDS if k in case)
+        return [flow_event(kind, case[kind])]
+    return []
+
+
+def other_process(ev: pb.Event, n: int) -> pb.Event:
+    """The same program doing the same thing as another process, at another time: everything the engine's verdict
+    memo leaves out of its key (keys.STATELESS_READS) changed."""
+    out = pb.Event()
+    out.CopyFrom(ev)
+    out.seq, out.ts_ns, out.boot_id = 1000 + n, 10**18 + n, f"boot-{n}"
+    p = out.process
+    p.pid, p.tid, p.ppid, p.key, p.parent_key = 4000 + n, 4000 + n, 17 + n, f"other-{n}", f"parent-{n}"
+    p.uid, p.gid, p.cgroup_id, p.cgroup = 1000 + n, 1000 + n, 99 + n, f"/slurm/uid_{n}/job_77"
+    p.ancestors.add(pid=17 + n, key=f"parent-{n}", comm="bash", exe="/bin/bash")
+    return out
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS["cases"] if case_events(c)], ids=case_id)
+def test_remembered_verdicts_equal_fresh_ones(case):
+    """The engine remembers the verdict of rules that read only the event by what they read: a second process
+    running the same program the same way gets the verdict a fresh engine gives it, and no rule's verdict
+    depends on the pid, key, ancestors, uid, cgroup, time or seq it leaves out."""
+    ev = case_events(case)[0]
+    fresh = {m.rule.id for m in Engine(RULESET).evaluate(HOST, ev, None)}
+    warm = Engine(RULESET)
+    warm.evaluate(HOST, ev, None)
+    for n in (1, 2):
+        other = other_process(ev, n)
+        assert {m.rule.id for m in Engine(RULESET).evaluate(HOST, other, None)} == fresh     # nothing left out
+        assert {m.rule.id for m in warm.evaluate(HOST, other, None)} == fresh                # remembered
+    assert warm.memo_hits == 2                                  # both answered from the memo
+
+
+def test_the_memo_tells_apart_what_rules_read():
+    """Same process, another destination or argv: not the remembered verdict."""
+    engine = Engine(RULESET)
+    quiet = connect_event({"daddr": "10.1.2.3", "dport": 29500})
+    miner = connect_event({"daddr": "203.0.113.9", "dport": 3333})
+    assert not engine.evaluate(HOST, quiet, None)
+    fired_now = {m.rule.id for m in engine.evaluate(HOST, miner, None)}
+    assert fired_now and fired_now == {m.rule.id for m in Engine(RULESET).evaluate(HOST, miner, None)}
+    assert engine.memo_misses == 2 and engine.memo_hits == 0

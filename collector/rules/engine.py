@@ -51,8 +51,8 @@ class RuleMatch:
 RULE_EVENTS = frozenset(e for e in ALL_EVENTS if e not in KERNEL_REPORTED)   # the others meet enforcement records
 
 
-def event_class(ev: pb.Event) -> str | None:
-    kind = ev.WhichOneof("body")
+def event_class(ev: pb.Event, kind: str | None = None) -> str | None:
+    kind = kind or ev.WhichOneof("body")
     if kind == "enforcement":
         if ev.enforcement.action in PAYLOAD_ACTIONS:
             return "payload"
@@ -101,30 +101,74 @@ class RuleIndex:
         return out
 
 
+MEMO_MAX = 200_000          # verdicts remembered (cleared when full: a fleet's events repeat within minutes)
+
+
+def is_stateful(rule: Rule) -> bool:
+    return any(REGISTRY[k].stateful for part in (rule.match, rule.unless) for k in part)
+
+
 class Engine:
+    """Rules by event class; each class split into the rules that read only the event (``by_event``: their verdict
+    on an event is remembered by the event's content, so the thousandth identical connect of a process costs a
+    dict lookup) and those that read the job's context (``stateful``: evaluated on every event)."""
+
     def __init__(self, ruleset: RuleSet, resolver: DomainResolver | None = None) -> None:
         self.ruleset = ruleset
         self.by_event: dict[str, RuleIndex] = {}
+        self.stateful: dict[str, RuleIndex] = {}
+        self.memo: dict[tuple, list[RuleMatch]] = {}
+        self.memo_hits = self.memo_misses = 0
+        self.context_classes: set[str] = set()      # classes with a rule that reads the job's context
         for rule in ruleset.rules.values():
             cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.match.items()],
                               [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.unless.items()])
-            self.by_event.setdefault(rule.event, RuleIndex(resolver=resolver)).add(cr)
+            table = self.stateful if is_stateful(rule) else self.by_event
+            if any(REGISTRY[k].context for part in (rule.match, rule.unless) for k in part):
+                self.context_classes.add(rule.event)
+            table.setdefault(rule.event, RuleIndex(resolver=resolver)).add(cr)
         if resolver is not None:
             resolver.watch({str(n) for r in ruleset.rules.values() for part in ("match", "unless")
                             for k, values in getattr(r, part).items() if REGISTRY[k].index == "domain"
                             for n in values})
 
-    def evaluate(self, host: str, ev: pb.Event, ctx: JobContext) -> list[RuleMatch]:
-        cls = event_class(ev)
+    def evaluate(self, host: str, ev: pb.Event, ctx: JobContext | None, cls: str | None = None) -> list[RuleMatch]:
+        """ctx: the job's context, needed only when ``cls in self.context_classes`` (else the caller may skip it)."""
+        cls = cls or event_class(ev)
         if cls is None:
             return []
         if cls == "exec" and ev.exec.result != 0:
             return []          # a failed exec ran nothing
-        index = self.by_event.get(cls)
-        if index is None:
-            return []
+        index, stateful = self.by_event.get(cls), self.stateful.get(cls)
+        out: list[RuleMatch] = []
+        if index is not None:
+            out = self._remembered(host, cls, ev, index)
+        if stateful is not None:
+            out = out + self._run(host, ev, ctx, stateful, EventView(ev))
+        return out
+
+    def _remembered(self, host: str, cls: str, ev: pb.Event, index: RuleIndex) -> list[RuleMatch]:
+        """The verdict of the rules that read only the event, by what they read (keys.STATELESS_READS): the same
+        host, job, program (comm, exe, hash, argv) and body give the same matches, whatever the pid, time or seq."""
+        if cls in KERNEL_REPORTED:
+            return self._run(host, ev, None, index, EventView(ev))
+        p, job = ev.process, ev.job
+        key = (host, cls, job.id, job.kind, p.comm, p.exe, p.exe_sha256, *p.argv, "\x00",
+               getattr(ev, cls).SerializeToString())
+        got = self.memo.get(key)
+        if got is not None:
+            self.memo_hits += 1
+            return got
+        self.memo_misses += 1
+        got = self._run(host, ev, None, index, EventView(ev))
+        if len(self.memo) >= MEMO_MAX:
+            self.memo.clear()
+        self.memo[key] = got
+        return got
+
+    def _run(self, host: str, ev: pb.Event, ctx: JobContext | None, index: RuleIndex, view: EventView
+             ) -> list[RuleMatch]:
         out = []
-        view = EventView(ev)
         job = ev.job
         for cr in index.candidates(view):
             if not cr.in_scope(host, job):

@@ -135,17 +135,27 @@ class MatchKey:
     fingerprint: bool = False  # a payload rule must name one of these: it is what the kernel looks for
     kernel: tuple[str, ...] = ()   # events whose rules the kernel can enforce with this key (collector/policy.py
                                    # lowers them: kill at exec, connect deny/allow, payload drop, socket deny)
+    stateful: bool = False     # reads more than STATELESS_READS (the job's context, resolved names): never memoised
+    context: bool = False      # reads the job's context (JobContext): the engine looks it up for these only
 
 
 REGISTRY: dict[str, MatchKey] = {}
 
+# What a key that is not ``stateful`` may read: the engine remembers verdicts by exactly these (engine._remembered),
+# so a key reading anything else must not be memoised: the job's context (say context=True) or resolved names
+# (index="domain"); pid, process key, ancestors, uid, cgroup or time are read by no key and must not be.
+# tests/test_rule_corpus.py changes everything outside this list and expects the same verdicts.
+STATELESS_READS = ("host", "job.id", "job.kind", "process.comm", "process.exe", "process.exe_sha256", "process.argv",
+                   "the event body")
+
 
 def key(name: str, events: tuple[str, ...], check: Callable[[Any], Any], index: str = "",
-        fingerprint: bool = False, kernel: tuple[str, ...] = ()) -> Callable[[Compile], Compile]:
+        fingerprint: bool = False, kernel: tuple[str, ...] = (), context: bool = False) -> Callable[[Compile], Compile]:
     def register(compile_fn: Compile) -> Compile:
         if name in REGISTRY:
             raise ValueError(f"match key {name} registered twice")
-        REGISTRY[name] = MatchKey(name, events, check, compile_fn, index, fingerprint, kernel)
+        REGISTRY[name] = MatchKey(name, events, check, compile_fn, index, fingerprint, kernel,
+                                  context or index == "domain", context)
         return compile_fn
     return register
 
@@ -385,7 +395,7 @@ def _dns_qtype_in(value, _rule, _res):
     return lambda v, _c: v.ev.dns.qtype if v.ev.dns.qtype in qtypes else None
 
 
-@key("dns_tunnel_shape", ("dns",), _true)
+@key("dns_tunnel_shape", ("dns",), _true, context=True)
 def _dns_tunnel_shape(_value, _rule, _res):
     return lambda v, ctx: dns_tunnel_shape(v.ev.dns.name, ctx)
 
@@ -410,7 +420,7 @@ def _path_regex(value, _rule, _res):
     return lambda v, _c: v.ev.gpu_open.path if search(rx, v.ev.gpu_open.path) else None
 
 
-@key("gpu_new_binary", ("gpu_open", "gpu_usage"), _true)
+@key("gpu_new_binary", ("gpu_open", "gpu_usage"), _true, context=True)
 def _gpu_new_binary(_value, _rule, _res):
     return lambda v, ctx: gpu_new_binary(v.ev, ctx) if ctx is not None else None
 
