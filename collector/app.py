@@ -71,6 +71,7 @@ class CollectorApp:
 
             self.event_log = NatsLog(cfg.log, partitions=cfg.log_partitions, name="gpuguard-collector")
             log_sink = LogSink(self.event_log, self.store)
+        self.log_sink = log_sink
         self.ingestor = Ingestor(self.store, log_sink=log_sink)
         self.hub = AgentHub()
         self.policy = None
@@ -112,6 +113,14 @@ class CollectorApp:
                 log.info("retention: removed %d events older than %.1f days", n, self.cfg.retention_days)
             await asyncio.sleep(3600)
 
+    async def _flush_marks(self) -> None:
+        while True:
+            await asyncio.sleep(self.log_sink.MARK_EVERY_S)
+            try:
+                await asyncio.to_thread(self.log_sink.flush_marks)
+            except Exception as exc:   # the log is down: marks wait
+                log.debug("flushing resume marks: %s", exc)
+
     async def _watch_health(self) -> None:
         while True:
             await asyncio.sleep(0.5)
@@ -138,6 +147,8 @@ class CollectorApp:
             self.policy.bind_loop(loop)
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
                        loop.create_task(self.outbox.deliver_forever())]
+        if self.log_sink is not None:
+            self._tasks.append(loop.create_task(self._flush_marks()))
         await self._start_http(loop)
         return self.port
 
@@ -218,6 +229,10 @@ class CollectorApp:
             self.detector.close()
         self.alerts.close()
         if self.event_log is not None:
+            try:
+                await asyncio.to_thread(self.log_sink.flush_marks)
+            except Exception as exc:   # the log is down: the agents' hellos say where they stand
+                log.warning("could not write the resume marks at stop: %s", exc)
             await asyncio.to_thread(self.event_log.close)
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:

@@ -111,15 +111,27 @@ def host_key(host_id: str) -> str:
 
 class LogSink:
     """What the Ingestor writes to in log mode: the agent registry stays in the store (best effort: the log,
-    not the database, is the write path), events and the resume mark go to the log."""
+    not the database, is the write path), events go to the log, and the host's resume mark to the log's KV.
+
+    Marks are written at most once a second per host (``flush_marks``; a replicated write per batch would double
+    the log's work): a collector that dies leaves a mark up to a second old. The agent's hello says where its
+    spool starts (everything before it was acked, so it is in the log), and the Ingestor resumes from the later
+    of the two; what an agent resends between them is a duplicate the store and the workers drop by (host, seq).
+    """
 
     errors = (LogUnavailable, TimeoutError, OSError)
+    MARK_EVERY_S = 1.0
 
     def __init__(self, log: EventLog, store=None) -> None:
+        import threading  # noqa: PLC0415
+
         self.log = log
         self.store = store
         self.published = 0
         self.log_duplicates = 0
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}       # host -> seq published, mark not yet written
+        self._written: dict[str, float] = {}     # host -> monotonic time its mark was last written
 
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
         if self.store is not None:
@@ -130,7 +142,9 @@ class LogSink:
 
                 logging.getLogger(__name__).warning("agent %s: registry update failed (ingest goes on): %s",
                                                     host_id, exc)
-        return self.log.mark(host_id)
+        with self._lock:
+            pending = self._pending.get(host_id, 0)
+        return max(self.log.mark(host_id), pending)
 
     def ingest(self, host_id: str, hostname: str, boot_id: str, events: list[pb.Event]) -> IngestResult:
         result = IngestResult()
@@ -138,8 +152,33 @@ class LogSink:
             return result
         messages = split_batch(host_id, hostname, boot_id, events, self.log.partitions)
         dup_messages = self.log.publish(messages)
-        self.log.set_mark(host_id, max(ev.seq for ev in events))
+        top = max(ev.seq for ev in events)
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._written.get(host_id, 0.0) >= self.MARK_EVERY_S
+            if due:
+                self._written[host_id] = now
+                self._pending.pop(host_id, None)
+            else:
+                self._pending[host_id] = max(top, self._pending.get(host_id, 0))
+        if due:
+            self.log.set_mark(host_id, top)
         self.published += len(messages)
         self.log_duplicates += dup_messages
         result.stored = len(events)
         return result
+
+    def flush_marks(self) -> int:
+        """Write the marks held back (the collector calls this every second and when it stops)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            now = time.monotonic()
+            for host in pending:
+                self._written[host] = now
+        for host, seq in pending.items():
+            try:
+                self.log.set_mark(host, seq)
+            except LogUnavailable:
+                with self._lock:                   # next time
+                    self._pending[host] = max(seq, self._pending.get(host, 0))
+        return len(pending)

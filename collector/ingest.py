@@ -88,6 +88,8 @@ class Ingestor:
                                   f"identity {who.name!r} may stream only for host {who.host!r}, not {host[:128]!r}")
         stored = self._guarded((self.log_sink or self.store).register_agent, host, msg.host.hostname, msg.host.boot_id,
                                msg.policy_version)
+        if self.log_sink is not None and msg.first_unacked_seq:
+            stored = max(stored, msg.first_unacked_seq - 1)   # acked before (by any collector): in the log
         log.info("agent %s (%s) connected as %s, version %s, stored through %d, agent spool starts at %d",
                  host, msg.host.hostname, who.name, msg.agent_version, stored, msg.first_unacked_seq)
         return AgentSession(host, msg.host.hostname, msg.host.boot_id, stored, msg.policy_version,

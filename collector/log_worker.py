@@ -146,9 +146,7 @@ class LogWorker:
         per_host: dict[str, list[pb.Event]] = {}
         for b in batches:
             per_host.setdefault(b.host_id, []).extend(b.events)
-        stored = 0
-        for host, events in per_host.items():
-            stored += self.store.ingest(host, events).stored
+        stored = self.store.ingest_many(list(per_host.items())).stored     # one transaction, one COPY
         for b in batches:
             self._evaluate(state, b, emit=True)
         self.store.set_cursor(cursor_name(state.partition), (entries[-1].offset,))

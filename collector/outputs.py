@@ -31,7 +31,10 @@ SEVERITY_TO_SYSLOG = {"info": "info", "low": "notice", "medium": "warning", "hig
 
 
 def alert_json(alert: ppb.Alert) -> dict:
-    return MessageToDict(alert, preserving_proto_field_name=True)
+    """The alert as JSON, with when it was published (``published_ns``: detection latency, seen by the SIEM)."""
+    out = MessageToDict(alert, preserving_proto_field_name=True)
+    out["published_ns"] = str(time.time_ns())
+    return out
 
 
 class JsonLinesOutput:

@@ -117,7 +117,8 @@ class FakeAgent:
     """A stream that stays open like an agent's: ships events on demand, records the kill orders it gets and
     acks each (executed), as the real agent does. For multi-collector tests that need more hosts than kernels."""
 
-    def __init__(self, port: int, host: str) -> None:
+    def __init__(self, port: int, host: str, first_unacked: int = 0) -> None:
+        """first_unacked: where its spool starts, as a real agent says in its hello (after a failover)."""
         import queue  # noqa: PLC0415
 
         import grpc  # noqa: PLC0415
@@ -134,7 +135,8 @@ class FakeAgent:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.replies = collector_pb2_grpc.CollectorStub(self.channel).Stream(
             iter(self.out.get, None), metadata=bearer(agent_credential(host)))
-        self.out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"))))
+        self.out.put(cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host, hostname=host, boot_id="b"),
+                                                      first_unacked_seq=first_unacked)))
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

@@ -88,7 +88,7 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         # the collector node 1 streams to dies; node 1 reconnects to B and resumes after what the log took
         col_a.kill()
         wait_until(n1.ended.is_set, 10, "node 1's stream to end")
-        n1b = FakeAgent(port_b, n1.host)
+        n1b = FakeAgent(port_b, n1.host, first_unacked=n1.acked + 1)
         n1b.seq = n1.seq
         n1b.ship([ev(job, "exec", 110 + i, "/usr/bin/true", ["true", str(i)], key=f"u{i}") for i in range(50)],
                  timeout=30)
@@ -105,6 +105,7 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         wait_until(lambda: stored_once(url, n1.host)[0] == n1b.seq and stored_once(url, n2.host)[0] == n2.seq, 30,
                    "every event stored")
         assert stored_once(url, n1.host) == (n1b.seq, 0) and stored_once(url, n2.host) == (n2.seq, 0)
+        assert rows(url, "SELECT COUNT(*) FROM gaps WHERE host_id IN (%s, %s)", n1.host, n2.host)[0][0] == 0
         assert [o.pid for o in n2.orders].count(203) == 1                  # delivered once
         assert len(n2.orders) == len({o.order_id for o in n2.orders})
         alerts = dict(rows(url, "SELECT rule_id, COUNT(*) FROM alerts WHERE job_id = %s GROUP BY rule_id", job))

@@ -369,3 +369,22 @@ def test_a_forgotten_host_leaves_the_agents_and_keeps_its_events(store):
     assert store.forget_agent("old-node") and not store.forget_agent("old-node")
     assert "old-node" not in {a["host_id"] for a in store.agents()}
     assert [r.host_id for r in store.timeline(TimelineFilter(job_id="j1"))] == ["old-node"]
+
+
+def test_many_hosts_in_one_ingest_are_each_stored_once(store):
+    """A log worker loads a partition's read, many hosts at once; a replay of it stores nothing twice."""
+    for h in ("h1", "h2"):
+        store.register_agent(h, h, "b", 0)
+    parts = [("h1", [ev(s, job="shared") for s in range(1, 31)]),
+             ("h2", [ev(s, kind="connect", job="shared", key="c1") for s in range(1, 21)]),
+             ("h1", [ev(s, job="shared") for s in range(31, 41)])]
+    first = store.ingest_many(parts)
+    assert (first.stored, first.duplicates) == (60, 0)
+    summary = next(j for j in store.jobs() if j["job_id"] == "shared")
+    assert summary["events"] == 60 and set(summary["hosts"]) == {"h1", "h2"}
+    again = store.ingest_many(parts)
+    assert (again.stored, again.duplicates) == (0, 60)
+    assert store.register_agent("h1", "h1", "b", 0) == 40 and store.register_agent("h2", "h2", "b", 0) == 20
+    rows = store.timeline(TimelineFilter(job_id="shared", limit=1000))
+    assert sorted((r.host_id, r.event.seq) for r in rows) == sorted(
+        [("h1", s) for s in range(1, 41)] + [("h2", s) for s in range(1, 21)])

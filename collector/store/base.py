@@ -157,6 +157,9 @@ class Store(Protocol):
     def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
         """Store a batch atomically and durably; duplicates (host, seq) are ignored."""
 
+    def ingest_many(self, parts: list[tuple[str, list[pb.Event]]]) -> IngestResult:
+        """Batches of many hosts at once (a log worker's read), atomically; duplicates ignored."""
+
     def set_agent_state(self, host_id: str, **fields) -> None: ...
 
     def agents(self) -> list[dict]: ...

@@ -231,35 +231,41 @@ class PostgresStore:
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
+        return self.ingest_many([(host_id, events)])
+
+    def ingest_many(self, parts: list[tuple[str, list[pb.Event]]]) -> IngestResult:
+        """Events of many hosts in one transaction and one COPY (a worker's read of a log partition)."""
         result = IngestResult()
-        rows, procs, jobs, gaps = [], {}, {}, []
+        rows, procs, jobs, gaps, tops = [], {}, {}, [], {}
         now = time.time_ns()
         days = set()
-        for ev in events:
-            kind = ev.WhichOneof("body") or "unknown"
-            p, job, ts = ev.process, ev.job, ev.ts_ns
-            key, job_id = p.key, job.id
-            days.add(day_of(ts))
-            daddr, dport = fleet_destination(ev, kind)
-            rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, event_bytes(ev), now,
-                         daddr, dport, p.exe or None, p.exe_sha256 or None))
-            if key and kind in PROCESS_KINDS:
-                prev = procs.get(key)
-                if prev is None or kind == "exec":
-                    used_gpu = kind == "gpu_open" or bool(prev and prev[-1])
-                    procs[key] = (host_id, key, p.parent_key, job_id, p.pid, p.comm, p.exe,
-                                  json.dumps(list(p.argv)), ts, used_gpu)
-                elif kind == "gpu_open" and not prev[-1]:
-                    procs[key] = (*prev[:-1], True)
-            if job_id:
-                jkey, seen = (job_id, job.kind), now if ev.clock_suspect else ts   # a bad clock never leads jobs
-                agg = jobs.get(jkey)
-                jobs[jkey] = (min(agg[0], seen), max(agg[1], seen), agg[2] + 1) if agg else (seen, seen, 1)
-            if kind == "gap":
-                gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ts))
+        for host_id, events in parts:
+            for ev in events:
+                kind = ev.WhichOneof("body") or "unknown"
+                p, job, ts = ev.process, ev.job, ev.ts_ns
+                key, job_id = p.key, job.id
+                days.add(day_of(ts))
+                daddr, dport = fleet_destination(ev, kind)
+                rows.append((host_id, ev.seq, ts, kind, job.kind, job_id, p.pid, key, event_bytes(ev), now,
+                             daddr, dport, p.exe or None, p.exe_sha256 or None))
+                if key and kind in PROCESS_KINDS:
+                    prev = procs.get((host_id, key))
+                    if prev is None or kind == "exec":
+                        used_gpu = kind == "gpu_open" or bool(prev and prev[-1])
+                        procs[(host_id, key)] = (host_id, key, p.parent_key, job_id, p.pid, p.comm, p.exe,
+                                                 json.dumps(list(p.argv)), ts, used_gpu)
+                    elif kind == "gpu_open" and not prev[-1]:
+                        procs[(host_id, key)] = (*prev[:-1], True)
+                if job_id:
+                    jkey, seen = (job_id, job.kind, host_id), now if ev.clock_suspect else ts   # a bad clock never
+                    agg = jobs.get(jkey)                                                        # leads jobs
+                    jobs[jkey] = (min(agg[0], seen), max(agg[1], seen), agg[2] + 1) if agg else (seen, seen, 1)
+                if kind == "gap":
+                    gaps.append((host_id, ev.gap.from_seq, ev.gap.to_seq, ev.gap.reason, ts))
+            if events:
+                tops[host_id] = max(tops.get(host_id, 0), *(ev.seq for ev in events))
         if any(d not in self._days for d in days if abs(d - day_of(now)) <= self.days_ahead):
             self.ensure_partitions(now)
-        top = max((ev.seq for ev in events), default=0)
         with self.pool.connection() as con, con.transaction():
             con.execute("CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events) ON COMMIT DELETE ROWS")
             with con.cursor() as cur:
@@ -290,13 +296,16 @@ class PostgresStore:
                         "SET first_ts_ns = LEAST(jobs.first_ts_ns, excluded.first_ts_ns), "
                         "last_ts_ns = GREATEST(jobs.last_ts_ns, excluded.last_ts_ns), "
                         "events = jobs.events + excluded.events",
-                        sorted((jid, jkind, host_id, f, la, n) for (jid, jkind), (f, la, n) in jobs.items()))
+                        sorted((jid, jkind, host, f, la, n) for (jid, jkind, host), (f, la, n) in jobs.items()))
                 if gaps:
                     cur.executemany("INSERT INTO gaps VALUES (%s,%s,%s,%s,%s)", gaps)
-                row = cur.execute(
-                    "UPDATE agents SET stored_through = GREATEST(stored_through, %s), last_seen_ns = %s "
-                    "WHERE host_id = %s RETURNING stored_through", (top, time.time_ns(), host_id)).fetchone()
-        result.stored_through = row[0] if row else top
+                stamp = time.time_ns()
+                cur.executemany("UPDATE agents SET stored_through = GREATEST(stored_through, %s), last_seen_ns = %s "
+                                "WHERE host_id = %s", [(top, stamp, h) for h, top in sorted(tops.items())])
+                if len(tops) == 1:
+                    (host, top), = tops.items()
+                    row = cur.execute("SELECT stored_through FROM agents WHERE host_id = %s", (host,)).fetchone()
+                    result.stored_through = row[0] if row else top
         return result
 
     # -- queries ----------------------------------------------------------------------------

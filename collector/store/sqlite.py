@@ -185,6 +185,15 @@ class SqliteStore:
         return out
 
     # -- ingest -----------------------------------------------------------------
+    def ingest_many(self, parts: list[tuple[str, list[pb.Event]]]) -> IngestResult:
+        """One host after another (SQLite serialises writers anyway; a fleet on a log uses PostgreSQL)."""
+        total = IngestResult()
+        for host_id, events in parts:
+            r = self.ingest(host_id, events)
+            total.stored += r.stored
+            total.duplicates += r.duplicates
+        return total
+
     def ingest(self, host_id: str, events: list[pb.Event]) -> IngestResult:
         result = IngestResult()
         rows, procs, jobs, gaps = [], {}, {}, []
