@@ -21,6 +21,7 @@ from gpuguard.credentials import ROLES, CredentialStore, Identity, TokenVerifier
 log = logging.getLogger(__name__)
 
 URI_PREFIX = "gpuguard://"
+STAMP_MAX_AGE_S = 0.1   # open streams see a revocation at most this much later than a stat() would
 AUDITED_METHODS = {"ApplyPolicy": "policy.apply", "ForgetHost": "hosts.forget"}   # calls that change state
 
 
@@ -66,7 +67,7 @@ class Authenticator:
         credentials revoke` (or a new role) ends a stream that is already open, even a silent one. Certificate
         identities are checked at connect only."""
         token = metadata_token(context.invocation_metadata())
-        return self.token_revalidator(token) if token else lambda: True
+        return self.token_revalidator(token) if token else lambda max_age_s=0.0: True
 
     def token_revalidator(self, token: str):
         """still_valid() for one bearer token (a gRPC stream's, or the page's push stream's)."""
@@ -75,8 +76,10 @@ class Authenticator:
         first = self.verifier.verify(token)
         valid = [first is not None]
 
-        def still_valid() -> bool:
-            stamp = self.verifier.store.stamp()
+        def still_valid(max_age_s: float = 0.0) -> bool:
+            """max_age_s: a periodic sweep over many streams may use a stat() that recent (STAMP_MAX_AGE_S);
+            a message is checked against the file as it is now."""
+            stamp = self.verifier.store.stamp(max_age_s=max_age_s)
             if stamp == seen[0] or not valid[0]:
                 return valid[0]
             seen[0] = stamp

@@ -54,9 +54,10 @@ class EventLog(Protocol):
         the number the log already had (duplicates by id)."""
 
     def mark(self, host_id: str) -> int:
-        """The highest seq of the host the log has taken (where its agent resumes)."""
+        """The highest seq of the host the log has taken, as far as the collectors' saved marks say."""
 
-    def set_mark(self, host_id: str, seq: int) -> None: ...
+    def save_marks(self, owner: str, marks: dict[str, int]) -> None:
+        """One collector's marks (host -> highest seq published), replacing its previous ones."""
 
     def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
         """Up to ``limit`` entries of the partition after offset ``after``, waiting up to ``wait_s`` for one."""
@@ -87,7 +88,8 @@ def partition_of(key: str, partitions: int) -> int:
 def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event], partitions: int,
                 received_ns: int | None = None) -> list[LogMessage]:
     """One agent batch -> one message per partition it touches, each with an id the log dedupes a retry by
-    (host, boot, first seq of the part, partition), events kept in seq order."""
+    (host, boot, first and last seq of the part, partition: a resend cut at other boundaries is not mistaken for
+    a retry; its overlap is dropped by (host, seq) downstream), events kept in seq order."""
     parts: dict[int, list[pb.Event]] = {}
     of_job: dict[str, int] = {}                  # a batch holds few jobs: hash each once
     for ev in events:
@@ -100,7 +102,7 @@ def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event
     out = []
     for p, evs in sorted(parts.items()):
         body = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, events=evs, received_ns=received)
-        out.append(LogMessage(p, f"{host_id}:{boot_id}:{evs[0].seq}:{p}", body.SerializeToString()))
+        out.append(LogMessage(p, f"{host_id}:{boot_id}:{evs[0].seq}-{evs[-1].seq}:{p}", body.SerializeToString()))
     return out
 
 
@@ -111,27 +113,32 @@ def host_key(host_id: str) -> str:
 
 class LogSink:
     """What the Ingestor writes to in log mode: the agent registry stays in the store (best effort: the log,
-    not the database, is the write path), events go to the log, and the host's resume mark to the log's KV.
+    not the database, is the write path), events go to the log, and resume marks to the log once a second.
 
-    Marks are written at most once a second per host (``flush_marks``; a replicated write per batch would double
-    the log's work): a collector that dies leaves a mark up to a second old. The agent's hello says where its
-    spool starts (everything before it was acked, so it is in the log), and the Ingestor resumes from the later
-    of the two; what an agent resends between them is a duplicate the store and the workers drop by (host, seq).
+    A collector saves the marks of all its hosts in one write a second (``flush_marks``; a replicated write per
+    batch would double the log's work), so one that dies leaves marks up to a second old. The agent's hello says
+    where its spool starts (everything before was acked, so it is in the log) and the Ingestor resumes from the
+    later of the two; what an agent resends between them is a duplicate the store and the workers drop by
+    (host, seq).
     """
 
     errors = (LogUnavailable, TimeoutError, OSError)
     MARK_EVERY_S = 1.0
+    FORGET_AFTER_S = 600.0        # a host silent this long leaves this collector's marks (it streams elsewhere)
 
-    def __init__(self, log: EventLog, store=None) -> None:
+    def __init__(self, log: EventLog, store=None, owner: str = "") -> None:
         import threading  # noqa: PLC0415
+        import uuid  # noqa: PLC0415
 
         self.log = log
         self.store = store
+        self.owner = owner or f"collector-{uuid.uuid4().hex[:12]}"
         self.published = 0
         self.log_duplicates = 0
         self._lock = threading.Lock()
-        self._pending: dict[str, int] = {}       # host -> seq published, mark not yet written
-        self._written: dict[str, float] = {}     # host -> monotonic time its mark was last written
+        self._marks: dict[str, int] = {}          # host -> highest seq published through this collector
+        self._seen: dict[str, float] = {}         # host -> monotonic time of its last batch
+        self._dirty = False
 
     def register_agent(self, host_id: str, hostname: str, boot_id: str, policy_version: int) -> int:
         if self.store is not None:
@@ -143,8 +150,8 @@ class LogSink:
                 logging.getLogger(__name__).warning("agent %s: registry update failed (ingest goes on): %s",
                                                     host_id, exc)
         with self._lock:
-            pending = self._pending.get(host_id, 0)
-        return max(self.log.mark(host_id), pending)
+            own = self._marks.get(host_id, 0)
+        return max(self.log.mark(host_id), own)
 
     def ingest(self, host_id: str, hostname: str, boot_id: str, events: list[pb.Event]) -> IngestResult:
         result = IngestResult()
@@ -153,32 +160,30 @@ class LogSink:
         messages = split_batch(host_id, hostname, boot_id, events, self.log.partitions)
         dup_messages = self.log.publish(messages)
         top = max(ev.seq for ev in events)
-        now = time.monotonic()
         with self._lock:
-            due = now - self._written.get(host_id, 0.0) >= self.MARK_EVERY_S
-            if due:
-                self._written[host_id] = now
-                self._pending.pop(host_id, None)
-            else:
-                self._pending[host_id] = max(top, self._pending.get(host_id, 0))
-        if due:
-            self.log.set_mark(host_id, top)
+            if top > self._marks.get(host_id, 0):
+                self._marks[host_id] = top
+            self._seen[host_id] = time.monotonic()
+            self._dirty = True
         self.published += len(messages)
         self.log_duplicates += dup_messages
         result.stored = len(events)
         return result
 
     def flush_marks(self) -> int:
-        """Write the marks held back (the collector calls this every second and when it stops)."""
+        """Save this collector's marks if they changed (the collector calls this every second and at stop)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-            now = time.monotonic()
-            for host in pending:
-                self._written[host] = now
-        for host, seq in pending.items():
-            try:
-                self.log.set_mark(host, seq)
-            except LogUnavailable:
-                with self._lock:                   # next time
-                    self._pending[host] = max(seq, self._pending.get(host, 0))
-        return len(pending)
+            if not self._dirty:
+                return 0
+            cutoff = time.monotonic() - self.FORGET_AFTER_S
+            for host in [h for h, t in self._seen.items() if t < cutoff]:
+                self._seen.pop(host)
+                self._marks.pop(host, None)
+            snapshot, self._dirty = dict(self._marks), False
+        try:
+            self.log.save_marks(self.owner, snapshot)
+        except LogUnavailable:
+            with self._lock:
+                self._dirty = True                 # next time
+            raise
+        return len(snapshot)

@@ -3,8 +3,8 @@
 - Events: stream ``GPUGUARD_EVENTS``, subjects ``gpuguard.events.<partition>``, file storage, ``replicas``
   copies (3 on a 3-node cluster); a publish returns when JetStream acked it, which with R3 means a quorum
   stored it. ``Nats-Msg-Id`` makes a retried batch a no-op inside the duplicate window.
-- Marks: KV ``gpuguard_marks`` (host -> highest seq taken), replicated like the stream: any collector can
-  tell a reconnecting agent where to resume.
+- Marks: KV ``gpuguard_marks``, one key per collector holding its hosts' highest seqs taken (written once a
+  second), replicated like the stream: any collector can tell a reconnecting agent where to resume.
 - Leases: KV ``gpuguard_leases`` with a TTL equal to the lease time: an owner renews by compare-and-set on
   the revision it holds; a dead owner's key expires and another worker creates it. Membership: KV
   ``gpuguard_workers`` with the same TTL, one key per live worker.
@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import threading
+import zlib
 from urllib.parse import urlsplit
 
 from collector.eventlog import DEFAULT_PARTITIONS, LogEntry, LogMessage, LogUnavailable, host_key
@@ -60,7 +61,8 @@ class NatsLog:
         self._subs: dict[int, tuple[int, object]] = {}     # partition -> (next offset, pull subscription)
         self._lease_rev: dict[int, int] = {}
         self._with_leases = leases
-        self._call(self._connect(), timeout=self.timeout_s * 3)
+        self._marks_cache: tuple[float, dict[str, int]] | None = None
+        self._call(self._connect(), timeout=self.timeout_s * 6)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, coro, timeout: float | None = None):
@@ -113,15 +115,15 @@ class NatsLog:
         self.js = self.nc.jetstream(timeout=self.timeout_s)
         config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT}.*"], storage=StorageType.FILE,
                               num_replicas=self.replicas, duplicate_window=600.0, max_age=self.retention_s)
-        try:
-            await self.js.add_stream(config)
+        try:                                 # a cluster that just started may still elect its meta leader
+            await self._retrying(lambda: self.js.add_stream(config), "the stream's creation")
         except BadRequestError as exc:       # exists with other settings: keep it, say so
             log.warning("event log: stream %s exists with other settings, used as it is (%s)", STREAM,
                         exc.description)
-        info = await self.js.stream_info(STREAM)
+        info = await self._retrying(lambda: self.js.stream_info(STREAM), "the stream's settings")
         self.replicas = info.config.num_replicas or self.replicas
         self.marks = await self._bucket(KeyValueConfig(bucket=MARKS, replicas=self.replicas, history=1,
-                                                       storage=StorageType.FILE))
+                                                       ttl=self.retention_s, storage=StorageType.FILE))
         if self._with_leases:
             self.leases = await self._bucket(KeyValueConfig(bucket=LEASES, replicas=self.replicas, history=1,
                                                             ttl=self.lease_s, storage=StorageType.FILE))
@@ -139,11 +141,11 @@ class NatsLog:
         from nats.js.errors import BadRequestError, BucketNotFoundError  # noqa: PLC0415
 
         try:
-            return await self.js.key_value(config.bucket)
+            return await self._retrying(lambda: self.js.key_value(config.bucket), f"bucket {config.bucket}")
         except BucketNotFoundError:
             pass
         try:
-            return await self.js.create_key_value(config)
+            return await self._retrying(lambda: self.js.create_key_value(config), f"bucket {config.bucket}")
         except BadRequestError:               # made meanwhile by another collector or worker
             return await self.js.key_value(config.bucket)
 
@@ -166,20 +168,36 @@ class NatsLog:
         return sum(1 for a in acks if a.duplicate)
 
     def mark(self, host_id: str) -> int:
+        """The highest seq any collector's snapshot says the log has for the host (snapshots re-read at most
+        once a second: a burst of hellos after a collector died costs one read)."""
         return self._call(self._mark(host_id), timeout=self.timeout_s * 2)
 
     async def _mark(self, host_id: str) -> int:
-        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+        from nats.js.errors import KeyNotFoundError, NoKeysError  # noqa: PLC0415
 
-        try:
-            entry = await self._retrying(lambda: self.marks.get(host_key(host_id)), "the mark")
-        except KeyNotFoundError:
-            return 0
-        return int(json.loads(entry.value)["seq"])
+        now = self._loop.time()
+        if self._marks_cache is None or now - self._marks_cache[0] > 1.0:
+            merged: dict[str, int] = {}
+            try:
+                keys = await self._retrying(self.marks.keys, "the marks")
+            except NoKeysError:
+                keys = []
+            for k in keys:
+                try:
+                    entry = await self._retrying(lambda k=k: self.marks.get(k), "the marks")
+                except KeyNotFoundError:
+                    continue
+                for host, seq in json.loads(zlib.decompress(entry.value)).items():
+                    if seq > merged.get(host, 0):
+                        merged[host] = seq
+            self._marks_cache = (now, merged)
+        return self._marks_cache[1].get(host_id, 0)
 
-    def set_mark(self, host_id: str, seq: int) -> None:
-        value = json.dumps({"host": host_id, "seq": seq}).encode()
-        self._call(self._retrying(lambda: self.marks.put(host_key(host_id), value), "the mark"),
+    def save_marks(self, owner: str, marks: dict[str, int]) -> None:
+        """One collector's marks, all hosts in one replicated write (a write per host per batch would double the
+        log's work)."""
+        value = zlib.compress(json.dumps(marks, separators=(",", ":")).encode())
+        self._call(self._retrying(lambda: self.marks.put(host_key(owner), value), "the marks"),
                    timeout=self.timeout_s * 2)
 
     # -- worker side -----------------------------------------------------------------------------
@@ -193,14 +211,15 @@ class NatsLog:
         held = self._subs.get(partition)
         if held is None or held[0] != after + 1:
             await self._drop_sub(partition)
-            config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True,
-                                    num_replicas=1, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0,
+                                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=after + 1)
-            sub = await self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM, config=config)
+            sub = await self._retrying(lambda: self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM,
+                                                                     config=config), "a consumer")
             held = (after + 1, sub)
         sub = held[1]
         try:
-            msgs = await sub.fetch(batch=limit, timeout=wait_s)
+            msgs = await self._fetch(sub, limit, wait_s)
         except TimeoutError:
             self._subs[partition] = held
             return []
@@ -211,6 +230,19 @@ class NatsLog:
                         if hasattr(m.metadata.timestamp, "timestamp_ns") else 0) for m in msgs]
         self._subs[partition] = ((out[-1].offset + 1) if out else held[0], sub)
         return out
+
+    async def _fetch(self, sub, batch: int, wait_s: float) -> list:
+        """A fetch that waits out a consumer that is not ready yet (just made, or its leader moved: "503")."""
+        from nats.js.errors import ServiceUnavailableError  # noqa: PLC0415
+
+        deadline = self._loop.time() + wait_s + 5.0
+        while True:
+            try:
+                return await sub.fetch(batch=batch, timeout=wait_s)
+            except ServiceUnavailableError:
+                if self._loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _drop_sub(self, partition: int, held=None) -> None:
         held = held or self._subs.pop(partition, None)
@@ -234,14 +266,15 @@ class NatsLog:
         if through <= 0:
             return []
         start = datetime.datetime.fromtimestamp(since_ns / 1e9, tz=datetime.UTC)
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
-                                num_replicas=1, deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-        sub = await self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM, config=config)
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
+                                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        sub = await self._retrying(lambda: self.js.pull_subscribe(f"{SUBJECT}.{partition}", stream=STREAM,
+                                                                 config=config), "a consumer")
         out: list[LogEntry] = []
         try:
             while len(out) < limit:
                 try:
-                    msgs = await sub.fetch(batch=min(1000, limit - len(out)), timeout=0.5)
+                    msgs = await self._fetch(sub, min(1000, limit - len(out)), 0.5)
                 except TimeoutError:
                     break
                 for m in msgs:
@@ -288,20 +321,19 @@ class NatsLog:
         return self._call(self._members(owner))
 
     async def _members(self, owner: str) -> list[str]:
-        from nats.js.errors import NoKeysError  # noqa: PLC0415
-
-        await self.workers.put(host_key(owner), owner.encode())
-        try:
-            keys = await self.workers.keys()
-        except NoKeysError:
-            return [owner]
-        names = []
-        for k in keys:
+        """Live workers = the keys of the workers bucket (each expires a lease time after its last put), read
+        from the stream's subject list in one request (a key listing through a consumer can miss a fresh put)."""
+        await self._retrying(lambda: self.workers.put("w" + owner.encode().hex(), b"1"), "the membership")
+        info = await self._retrying(lambda: self.js.stream_info(f"KV_{WORKERS}", subjects_filter=f"$KV.{WORKERS}.>"),
+                                    "the membership")
+        names = set()
+        for subject in (info.state.subjects or {}):
+            key = subject.rsplit(".", 1)[-1]
             try:
-                names.append((await self.workers.get(k)).value.decode())
-            except Exception:   # noqa: BLE001 - expired between list and get
+                names.add(bytes.fromhex(key[1:]).decode())
+            except ValueError:
                 continue
-        return sorted(set(names) | {owner})
+        return sorted(names | {owner})
 
     def close(self) -> None:
         async def _close():

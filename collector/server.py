@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from collector.auth import Authenticator, metadata_token, peer_of, require
+from collector.auth import STAMP_MAX_AGE_S, Authenticator, metadata_token, peer_of, require
 from collector.hub import AgentHub
 from collector.ingest import Ingestor, StoreUnavailable, StreamProblem, Unauthenticated
 from collector.query import QUERY_ROLES, QueryService
@@ -70,6 +70,8 @@ class CollectorServicer:
         self.on_disconnect = on_disconnect
         self.limits = limits or StreamLimits()
         self.active_streams = 0
+        self._open: dict[asyncio.Queue, tuple] = {}     # outq -> (identity, peer, still_valid): watched together
+        self._watcher: asyncio.Task | None = None
 
     async def Stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext):  # noqa: N802
         who = self.auth.identify(context)
@@ -89,7 +91,9 @@ class CollectorServicer:
         session = None
         still_valid = self.auth.revalidator(context)
         reader = asyncio.create_task(self._read(requests, who, outq, still_valid))
-        watcher = asyncio.create_task(self._watch_credential(who, peer, still_valid, outq))
+        self._open[outq] = (who, peer, still_valid)
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_credentials())
         try:
             while True:
                 msg = await outq.get()
@@ -105,7 +109,7 @@ class CollectorServicer:
         finally:
             self.active_streams -= 1
             reader.cancel()
-            watcher.cancel()
+            self._open.pop(outq, None)
             if session is not None:
                 self.hub.detach(session.host_id, outq)
                 if self.on_disconnect:
@@ -117,19 +121,22 @@ class CollectorServicer:
                 log.info("agent %s disconnected (%d events stored, %d duplicates this stream)",
                          session.host_id, session.events, session.duplicates)
 
-    async def _watch_credential(self, who, peer: str, still_valid, outq: asyncio.Queue) -> None:
-        """A silent stream whose credential is revoked (or re-roled) ends within half a second: it receives no
-        kill order or policy after that, and the ending is audited."""
-        while True:
+    async def _watch_credentials(self) -> None:
+        """One task for every open stream: a silent stream whose credential is revoked (or re-roled) ends within
+        half a second; it receives no kill order or policy after that, and the ending is audited. A tick costs one
+        stat() while the credentials file is unchanged, however many streams are open."""
+        while self._open:
             await asyncio.sleep(REVALIDATE_S)
-            if not still_valid():
+            for outq, (who, peer, still_valid) in list(self._open.items()):
+                if still_valid(STAMP_MAX_AGE_S):
+                    continue
+                self._open.pop(outq, None)
                 log.warning("credential %r revoked or changed: closing its stream from %s", who.name, peer)
                 if self.auth.audit is not None:
                     await asyncio.to_thread(self.auth.audit, who.name, who.role, peer, "credentials.stream-closed",
                                             "the credential was revoked or changed while its stream was open", True)
                 await outq.put(_End(grpc.StatusCode.UNAUTHENTICATED,
                                     f"credential {who.name!r} was revoked: the stream ends"))
-                return
 
     async def Enroll(self, request: cpb.EnrollRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         """A new node with a live join token gets its own agent credential (host-bound); audited either way."""

@@ -106,11 +106,19 @@ class CredentialStore:
         except TypeError as exc:
             raise CredentialError(f"{self.file}: malformed identity entry: {exc}") from exc
 
-    def stamp(self) -> int:
+    def stamp(self, max_age_s: float = 0.0) -> int:
+        """The identities file's mtime; with max_age_s, a value read at most that long ago (open streams check
+        their credential before every message and twice a second: thousands of stat() calls a second otherwise)."""
+        now = time.monotonic()
+        cached = getattr(self, "_stamp_cache", None)
+        if max_age_s and cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
         try:
-            return self.file.stat().st_mtime_ns
+            value = self.file.stat().st_mtime_ns
         except OSError:
-            return 0
+            value = 0
+        self._stamp_cache = (now, value)
+        return value
 
     # -- writing ---------------------------------------------------------------
     @contextlib.contextmanager

@@ -57,7 +57,7 @@ class NatsNode:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true",
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz",
                                         timeout=1) as r:
                 return r.status == 200
         except OSError:
