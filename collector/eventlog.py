@@ -151,7 +151,15 @@ class LogSink:
                                                     host_id, exc)
         with self._lock:
             own = self._marks.get(host_id, 0)
-        return max(self.log.mark(host_id), own)
+        try:
+            saved = self.log.mark(host_id)
+        except LogUnavailable as exc:   # marks only save resends: the agent's hello says where its spool starts
+            import logging  # noqa: PLC0415
+
+            logging.getLogger(__name__).warning("agent %s: saved marks unreadable (%s); resuming from the agent's "
+                                                "spool start", host_id, exc)
+            saved = 0
+        return max(saved, own)
 
     def ingest(self, host_id: str, hostname: str, boot_id: str, events: list[pb.Event]) -> IngestResult:
         result = IngestResult()

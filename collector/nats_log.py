@@ -170,21 +170,20 @@ class NatsLog:
     def mark(self, host_id: str) -> int:
         """The highest seq any collector's snapshot says the log has for the host (snapshots re-read at most
         once a second: a burst of hellos after a collector died costs one read)."""
-        return self._call(self._mark(host_id), timeout=self.timeout_s * 2)
+        return self._call(self._mark(host_id), timeout=self.timeout_s)
 
     async def _mark(self, host_id: str) -> int:
-        from nats.js.errors import KeyNotFoundError, NoKeysError  # noqa: PLC0415
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
 
         now = self._loop.time()
         if self._marks_cache is None or now - self._marks_cache[0] > 1.0:
             merged: dict[str, int] = {}
-            try:
-                keys = await self._retrying(self.marks.keys, "the marks")
-            except NoKeysError:
-                keys = []
-            for k in keys:
+            info = await self._retrying(lambda: self.js.stream_info(f"KV_{MARKS}", subjects_filter=f"$KV.{MARKS}.>"),
+                                        "the marks")
+            for subject in (info.state.subjects or {}):
+                key = subject.rsplit(".", 1)[-1]
                 try:
-                    entry = await self._retrying(lambda k=k: self.marks.get(k), "the marks")
+                    entry = await self._retrying(lambda k=key: self.marks.get(k), "the marks")
                 except KeyNotFoundError:
                     continue
                 for host, seq in json.loads(zlib.decompress(entry.value)).items():

@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from collector.eventlog import partition_of
+from collector.eventlog import LogUnavailable, partition_of
 from collector.nats_log import NatsLog
 from lab import CLI, Service
 from tests.conftest import fresh_job_id
@@ -63,10 +63,17 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
     probe = NatsLog(urls, partitions=PARTITIONS, lease_s=3, leases=True)
     job, tag = fresh_job_id(), uuid.uuid4().hex[:6]
     part = partition_of(f"job:{job}", PARTITIONS)
+
+    def owner(p: int) -> str:
+        """Who holds partition p ("" while the log elects leaders after a node died)."""
+        try:
+            return probe.lease_owner(p)
+        except LogUnavailable:
+            return ""
     n1, n2 = FakeAgent(port_a, f"node1-{tag}"), FakeAgent(port_b, f"node2-{tag}")
     try:
         # both workers share the partitions (4 each) before anything is shipped
-        wait_until(lambda: {probe.lease_owner(p) for p in range(PARTITIONS)} == {"w1", "w2"}, 30, "an even split")
+        wait_until(lambda: {owner(p) for p in range(PARTITIONS)} == {"w1", "w2"}, 30, "an even split")
         # node 1 (collector A): the job's trainer opens a reverse tunnel; node 2 (collector B): a binary new to
         # the job's GPU. One partition holds the job, so one worker sees both hosts.
         n1.ship([ev(job, "exec", 101, "/usr/bin/python3", ["python3", "train.py"]),
@@ -93,15 +100,15 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         n1b.ship([ev(job, "exec", 110 + i, "/usr/bin/true", ["true", str(i)], key=f"u{i}") for i in range(50)],
                  timeout=30)
         # the worker holding the job's partition dies mid-stream: the other takes it over after the lease
-        wait_until(lambda: probe.lease_owner(part) in workers, 20, "an owner of the job's partition")
-        owner = probe.lease_owner(part)     # (a lease may move while the log elects leaders after the node died)
-        survivor = "w2" if owner == "w1" else "w1"
-        workers[owner].kill()
+        wait_until(lambda: owner(part) in workers, 20, "an owner of the job's partition")
+        holder = owner(part)     # (a lease may move while the log elects leaders after the node died)
+        survivor = "w2" if holder == "w1" else "w1"
+        workers[holder].kill()
         n2.ship([ev(job, "exec", 203, "/tmp/sysupd", ["/tmp/sysupd", "-o", "stratum+tcp://p.example:3333"],
                     key="x-3")])                                      # an argv rule: only a kill order stops it
         n1b.ship([ev(job, "exec", 160 + i, "/usr/bin/true", ["true", str(i)], key=f"v{i}") for i in range(50)])
         wait_until(lambda: any(o.pid == 203 for o in n2.orders), 40, "the kill order after the worker failover")
-        wait_until(lambda: probe.lease_owner(part) == survivor, 20, "the survivor to hold the job's partition")
+        wait_until(lambda: owner(part) == survivor, 20, "the survivor to hold the job's partition")
         wait_until(lambda: stored_once(url, n1.host)[0] == n1b.seq and stored_once(url, n2.host)[0] == n2.seq, 30,
                    "every event stored")
         assert stored_once(url, n1.host) == (n1b.seq, 0) and stored_once(url, n2.host) == (n2.seq, 0)
