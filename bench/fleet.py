@@ -229,10 +229,10 @@ def run_round(args, workers: int, tmp: Path) -> dict:
             sims.append(subprocess.Popen([sys.executable, __file__, "--sim", str(f)], stdout=subprocess.PIPE,
                                          text=True, cwd=ROOT))
         components = {"collectors": [s.proc.pid for s in fleet["collectors"]],
-                      "nats": [n.proc.pid for n in nats.nodes], "workers": [s.proc.pid for s in fleet["workers"]],
-                      "postgres": postgres_pids()}
+                      "nats": [n.proc.pid for n in nats.nodes], "workers": [s.proc.pid for s in fleet["workers"]]}
         time.sleep(max(0.0, start - time.time()))
         cpu0 = {k: cpu_of(v) for k, v in components.items()}
+        pg0 = {pid: cpu_of([pid]) for pid in postgres_pids()}
         t0 = time.time()
         print(f"  {args.agents:,} agents streaming for {args.seconds} s ...", flush=True)
         results = []
@@ -257,6 +257,8 @@ def run_round(args, workers: int, tmp: Path) -> dict:
                 time.sleep(0.5)
             drained = time.time()
             cpu1 = {k: cpu_of(v) for k, v in components.items()}
+            pg1 = {pid: cpu_of([pid]) for pid in postgres_pids()}     # backends started meanwhile count whole
+            cpu0["postgres"], cpu1["postgres"] = sum(pg0.get(p, 0.0) for p in pg1), sum(pg1.values())
             lat = [r[0] / 1e9 for r in con.execute(
                 "SELECT ingested_ns - ts_ns FROM events WHERE host_id LIKE 'sim-%' AND kind = 'exec' "
                 "ORDER BY random() LIMIT 20000").fetchall()]
@@ -270,7 +272,12 @@ def run_round(args, workers: int, tmp: Path) -> dict:
         kill_lat = [x for r in results for x in r["kill_latency"]]
         wall = drained - t0
         cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
-        return {"workers": workers, "sent": sent, "acked": sum(r["acked"] for r in results), "stored": stored,
+        for s in fleet["workers"]:
+            s.stop()                                   # its last line says the CPU of each phase
+        phases = [line.split("CPU: ", 1)[1] for s in fleet["workers"]
+                  for line in s.log.read_text(errors="replace").splitlines() if "CPU: decode" in line]
+        return {"phases": phases, "workers": workers, "sent": sent, "acked": sum(r["acked"] for r in results),
+                "stored": stored,
                 "wall": wall, "offered_s": args.seconds, "cpu": cpu, "stored_lat": lat, "alert_lat": alert_lat,
                 "kill_lat": kill_lat, "miners": sum(r["miners"] for r in results), "alerts": alert_rows}
     finally:
@@ -294,6 +301,8 @@ def report(r: dict) -> None:
     line("exec->alert", r["alert_lat"], f"{len(r['alert_lat'])} miner execs alerted of {r['miners']}; "
          f"{r['alerts']} alert rows")
     line("exec->kill order", r["kill_lat"], f"{len(r['kill_lat'])} delivered on the agents' streams")
+    for phase in r["phases"]:
+        print(f"   worker phases: {phase}")
     target = 1_000_000
     print("   projection to 1 M events/s at these per-event costs (cores, rounded up):")
     for name, secs in r["cpu"].items():

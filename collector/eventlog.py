@@ -68,7 +68,8 @@ class EventLog(Protocol):
     def claim(self, partition: int, owner: str) -> bool:
         """Take or renew the lease on a partition; False while another owner holds it."""
 
-    def release(self, partition: int, owner: str) -> None: ...
+    def release(self, partition: int, owner: str, timeout_s: float | None = None) -> None:
+        """Give a partition back, best effort within timeout_s (an unreleased lease expires)."""
 
     def members(self, owner: str) -> list[str]:
         """Say ``owner`` is alive; the live workers, sorted."""

@@ -307,14 +307,19 @@ class NatsLog:
         except KeyWrongLastSequenceError:   # another worker got there first
             return False
 
-    def release(self, partition: int, owner: str) -> None:
+    def release(self, partition: int, owner: str, timeout_s: float | None = None) -> None:
+        """Give a partition back (best effort within timeout_s: a lease not deleted expires on its own)."""
         rev = self._lease_rev.pop(partition, None)
-        if rev is not None:
-            try:
-                self._call(self.leases.delete(f"p{partition}", last=rev))
-            except Exception as exc:   # noqa: BLE001 - it expires anyway
-                log.debug("lease p%d release: %s", partition, exc)
-        self.forget(partition)
+
+        async def give_back():
+            if rev is not None:
+                await self.leases.delete(f"p{partition}", last=rev)
+            await self._drop_sub(partition)
+
+        try:
+            self._call(give_back(), timeout=timeout_s)
+        except Exception as exc:   # noqa: BLE001 - the log is down: the lease expires anyway
+            log.debug("lease p%d release: %s", partition, exc)
 
     def members(self, owner: str) -> list[str]:
         return self._call(self._members(owner))
@@ -338,10 +343,10 @@ class NatsLog:
         async def _close():
             for p in list(self._subs):
                 await self._drop_sub(p)
-            await self.nc.drain()
+            await self.nc.close()
 
         try:
-            self._call(_close(), timeout=5)
+            self._call(_close(), timeout=3)
         except Exception as exc:   # noqa: BLE001 - closing a log that is down
             log.debug("event log close: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)

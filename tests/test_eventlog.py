@@ -64,7 +64,7 @@ class MemoryLog:
     def claim(self, partition: int, owner: str) -> bool:
         return self.leases.setdefault(partition, owner) == owner
 
-    def release(self, partition: int, owner: str) -> None:
+    def release(self, partition: int, owner: str, timeout_s: float | None = None) -> None:
         if self.leases.get(partition) == owner:
             del self.leases[partition]
 

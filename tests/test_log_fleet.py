@@ -141,3 +141,52 @@ def test_worker_needs_log_and_store(args):
 
     res = subprocess.run([*CLI, "worker", *args], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "needs --log" in res.stderr
+
+
+@pytest.mark.kernel
+def test_a_real_agent_on_the_log_loses_nothing_when_its_collector_and_a_log_node_die(tmp_path, postgres, nats_cluster):
+    """The real agent (this kernel) with two log collectors in its list: tagged execs; SIGKILL a NATS node and the
+    collector the agent streams to mid-stream; the agent fails over and every exec is stored exactly once."""
+    from tests.conftest import require_bpf  # noqa: PLC0415
+    from tests.services import agent  # noqa: PLC0415
+    from tests.test_fleet_e2e import run_tagged, tagged_execs  # noqa: PLC0415
+
+    require_bpf()
+    url, urls = postgres.new_database(), nats_cluster.urls
+    port_a, port_b, host = free_port(), free_port(), f"logfleet-{uuid.uuid4().hex[:8]}"
+    col_a = log_collector(tmp_path / "a", port_a, url, urls).start()
+    col_b = log_collector(tmp_path / "b", port_b, url, urls).start()
+    w1 = worker(tmp_path, url, urls, "w1").start()
+    ag = agent(tmp_path, port_a, host, "--collector", f"127.0.0.1:{port_a},127.0.0.1:{port_b}").start()
+    try:
+        from lab import wait_for_text, wait_policy_acked  # noqa: PLC0415
+
+        wait_policy_acked(port_a, host)
+        tag = f"logfleet-{uuid.uuid4().hex}"
+        run_tagged(tag, 0, 100)
+        wait_until(lambda: tagged_execs(url, host, tag)[0] == 100, 60, "100 execs stored through the log")
+        nats_cluster.nodes[1].kill()                                  # a log node
+        run_tagged(tag, 100, 50)
+        col_a.kill()                                                  # the agent's collector, mid-stream
+        run_tagged(tag, 150, 50)
+        wait_for_text(tmp_path / "agent.log", f"failing over to collector 127.0.0.1:{port_b}", timeout=60)
+        wait_until(lambda: tagged_execs(url, host, tag)[0] >= 200, 90, "every exec stored")
+        assert tagged_execs(url, host, tag) == (200, 0)               # every event, exactly once
+        assert rows(url, "SELECT COUNT(*) FROM gaps WHERE host_id = %s", host)[0][0] == 0   # and no false gap
+    finally:
+        ag.stop()
+        for s in (col_a, col_b, w1):
+            s.stop()
+
+
+def test_a_worker_stops_promptly_when_the_log_is_dead(tmp_path, nats_cluster):
+    """SIGTERM with every log node gone: the worker gives up on releasing its leases (they expire) and exits."""
+    import signal  # noqa: PLC0415
+
+    w = Service([*CLI, "worker", "--log", nats_cluster.urls, "--store", str(tmp_path / "w.db"), "--partitions", "4",
+                 "--name", "lonely"], tmp_path / "lonely.log", "took partition 3").start()
+    for node in nats_cluster.nodes:
+        node.kill()
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(60) == 0                                       # (it used to retry each lease for minutes)
+    assert "worker lonely stopped" in (tmp_path / "lonely.log").read_text()
