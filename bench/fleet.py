@@ -82,7 +82,7 @@ async def simulate(spec: dict) -> dict:
     per_node = spec["rate"] / spec["agents"]                     # events/s of an average node
     end = spec["start"] + spec["seconds"]
     channels: dict[tuple[int, int], grpc.aio.Channel] = {}
-    sent = acked = miners = 0
+    sent = acked = miners = connected = 0
     kill_latency: list[float] = []
     miner_sent: dict[int, int] = {}                               # pid -> ts_ns of its exec
 
@@ -114,11 +114,15 @@ async def simulate(spec: dict) -> dict:
         local = random.Random(i)
         seq, last_acked = 0, 0
 
+        hello = asyncio.Event()
+
         async def read():
             nonlocal acked, last_acked
             async for msg in call:
                 kind = msg.WhichOneof("msg")
-                if kind == "ack":
+                if kind == "hello":
+                    hello.set()
+                elif kind == "ack":
                     acked += msg.ack.seq - last_acked if msg.ack.seq > last_acked else 0
                     last_acked = max(last_acked, msg.ack.seq)
                 elif kind == "kill":
@@ -128,7 +132,10 @@ async def simulate(spec: dict) -> dict:
                     await out.put(cpb.AgentMessage(kill_ack=cpb.KillAck(order_id=msg.kill.order_id, executed=True)))
 
         reader = asyncio.create_task(read())
-        await asyncio.sleep(local.random() * spec["interval"])    # spread the nodes' ship ticks
+        await hello.wait()                                         # connected (the stream is open and greeted)
+        nonlocal connected
+        connected += 1
+        await asyncio.sleep(max(0.0, spec["start"] - time.time()) + local.random() * spec["interval"])
         burst_until = 0.0
         while time.time() < end:
             now = time.time()
@@ -159,13 +166,19 @@ async def simulate(spec: dict) -> dict:
         await out.put(None)
         reader.cancel()
 
-    await asyncio.sleep(max(0.0, spec["start"] - time.time()))
+    async def count_connected_at_start() -> None:
+        await asyncio.sleep(max(0.0, spec["start"] - time.time()))
+        result["connected_at_start"] = connected
+
+    result: dict = {}
+    counter = asyncio.create_task(count_connected_at_start())
     done = await asyncio.gather(*(agent(i, h, t) for i, h, t in hosts), return_exceptions=True)
+    await counter
     failed = [repr(x)[:300] for x in done if isinstance(x, BaseException)]
     for ch in channels.values():
         await ch.close()
     return {"sent": sent, "acked": acked, "miners": miners, "kill_latency": kill_latency, "failed": len(failed),
-            "first_failure": failed[0] if failed else ""}
+            "first_failure": failed[0] if failed else "", "connected_at_start": result.get("connected_at_start", 0)}
 
 
 # -- the orchestra -----------------------------------------------------------------------------------------------
@@ -215,7 +228,7 @@ def run_round(args, workers: int, tmp: Path) -> dict:
         hosts = [f"sim-{workers}w-{i:05d}" for i in range(args.agents)]
         print(f"  issuing {len(hosts):,} agent credentials ...", flush=True)
         tokens = CredentialStore().issue_agents(hosts)
-        start = time.time() + 3 + args.agents / 2000               # the streams open before the clock starts
+        start = time.time() + 3 + args.agents / args.hello_rate    # the streams open and are greeted first
         specs = []
         for k in range(args.sim_procs):
             mine = [(i, h, tokens[h]) for i, h in enumerate(hosts) if i % args.sim_procs == k]
@@ -240,6 +253,8 @@ def run_round(args, workers: int, tmp: Path) -> dict:
             out, _ = p.communicate(timeout=args.seconds + 120)
             results.append(json.loads(out.strip().splitlines()[-1]))
         sent = sum(r["sent"] for r in results)
+        print(f"  {sum(r['connected_at_start'] for r in results):,} of {args.agents:,} agents connected when the "
+              f"clock started")
         failed = sum(r["failed"] for r in results)
         if failed:
             first = next(r["first_failure"] for r in results if r["failed"])
@@ -320,6 +335,8 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=16)
     ap.add_argument("--sim-procs", type=int, default=4)
     ap.add_argument("--miners-per-s", type=float, default=2.0, help="miner-shaped execs per second, fleet-wide")
+    ap.add_argument("--hello-rate", type=float, default=150.0,
+                    help="streams the collectors greet per second: the connect phase before the clock starts")
     ap.add_argument("--keep", metavar="DIR", help="keep the components' logs under DIR")
     ap.add_argument("--sim", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -179,6 +179,9 @@ def other_process(ev: pb.Event, n: int) -> pb.Event:
     p.pid, p.tid, p.ppid, p.key, p.parent_key = 4000 + n, 4000 + n, 17 + n, f"other-{n}", f"parent-{n}"
     p.uid, p.gid, p.cgroup_id, p.cgroup = 1000 + n, 1000 + n, 99 + n, f"/slurm/uid_{n}/job_77"
     p.ancestors.add(pid=17 + n, key=f"parent-{n}", comm="bash", exe="/bin/bash")
+    if not out.HasField("exec"):            # only exec rules read the argv
+        del p.argv[:]
+        p.argv.extend(["python3", "-c", f"other {n}", "stratum+tcp://x.example:3333"])
     return out
 
 

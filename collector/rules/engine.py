@@ -153,7 +153,8 @@ class Engine:
         if cls in KERNEL_REPORTED:
             return self._run(host, ev, None, index, EventView(ev))
         p, job = ev.process, ev.job
-        key = (host, cls, job.id, job.kind, p.comm, p.exe, p.exe_sha256, *p.argv, "\x00",
+        argv = p.argv if cls == "exec" else ()        # only exec rules read the argv (keys.STATELESS_READS)
+        key = (host, cls, job.id, job.kind, p.comm, p.exe, p.exe_sha256, *argv, "\x00",
                getattr(ev, cls).SerializeToString())
         got = self.memo.get(key)
         if got is not None:

@@ -145,8 +145,8 @@ REGISTRY: dict[str, MatchKey] = {}
 # so a key reading anything else must not be memoised: the job's context (say context=True) or resolved names
 # (index="domain"); pid, process key, ancestors, uid, cgroup or time are read by no key and must not be.
 # tests/test_rule_corpus.py changes everything outside this list and expects the same verdicts.
-STATELESS_READS = ("host", "job.id", "job.kind", "process.comm", "process.exe", "process.exe_sha256", "process.argv",
-                   "the event body")
+STATELESS_READS = ("host", "job.id", "job.kind", "process.comm", "process.exe", "process.exe_sha256",
+                   "process.argv (exec events only)", "the event body")
 
 
 def key(name: str, events: tuple[str, ...], check: Callable[[Any], Any], index: str = "",
