@@ -82,7 +82,7 @@ async def simulate(spec: dict) -> dict:
     per_node = spec["rate"] / spec["agents"]                     # events/s of an average node
     end = spec["start"] + spec["seconds"]
     channels: dict[tuple[int, int], grpc.aio.Channel] = {}
-    sent = acked = miners = connected = 0
+    sent = acked = miners = connected = never = 0
     kill_latency: list[float] = []
     miner_sent: dict[int, int] = {}                               # pid -> ts_ns of its exec
 
@@ -132,8 +132,14 @@ async def simulate(spec: dict) -> dict:
                     await out.put(cpb.AgentMessage(kill_ack=cpb.KillAck(order_id=msg.kill.order_id, executed=True)))
 
         reader = asyncio.create_task(read())
-        await hello.wait()                                         # connected (the stream is open and greeted)
-        nonlocal connected
+        nonlocal connected, never
+        try:                                                       # connected: the stream is open and greeted
+            await asyncio.wait_for(hello.wait(), timeout=max(1.0, end - time.time()))
+        except TimeoutError:
+            never += 1                                             # not greeted before the run ended
+            await out.put(None)
+            reader.cancel()
+            return
         connected += 1
         await asyncio.sleep(max(0.0, spec["start"] - time.time()) + local.random() * spec["interval"])
         burst_until = 0.0
@@ -178,7 +184,8 @@ async def simulate(spec: dict) -> dict:
     for ch in channels.values():
         await ch.close()
     return {"sent": sent, "acked": acked, "miners": miners, "kill_latency": kill_latency, "failed": len(failed),
-            "first_failure": failed[0] if failed else "", "connected_at_start": result.get("connected_at_start", 0)}
+            "first_failure": failed[0] if failed else "", "connected_at_start": result.get("connected_at_start", 0),
+            "never_connected": never}
 
 
 # -- the orchestra -----------------------------------------------------------------------------------------------
@@ -249,12 +256,18 @@ def run_round(args, workers: int, tmp: Path) -> dict:
         t0 = time.time()
         print(f"  {args.agents:,} agents streaming for {args.seconds} s ...", flush=True)
         results = []
-        for p in sims:
-            out, _ = p.communicate(timeout=args.seconds + 120)
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        try:
+            for p in sims:
+                out, _ = p.communicate(timeout=args.seconds + 120)
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for p in sims:                                   # ours, by PID
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
         sent = sum(r["sent"] for r in results)
         print(f"  {sum(r['connected_at_start'] for r in results):,} of {args.agents:,} agents connected when the "
-              f"clock started")
+              f"clock started, {sum(r['never_connected'] for r in results):,} never greeted before the run ended")
         failed = sum(r["failed"] for r in results)
         if failed:
             first = next(r["first_failure"] for r in results if r["failed"])
