@@ -290,3 +290,18 @@ def test_the_image_builds_and_runs_the_cli():
     if builder != "buildah":
         run = subprocess.run([builder, "run", "--rm", tag, "--help"], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0 and "collector" in run.stdout, run.stderr[-2000:]
+
+
+def test_the_worker_unit_and_config_parse_and_are_hardened():
+    import tomllib  # noqa: PLC0415
+
+    from collector.worker_app import WorkerConfig  # noqa: PLC0415
+
+    w = unit("gpuguard-worker.service")
+    args = cli_args(shlex.split(w["Service"]["ExecStart"])[1:])
+    assert args.command == "worker" and args.config == "/etc/gpuguard-worker/worker.toml"
+    s = w["Service"]
+    assert s["Restart"] == "always" and s["NoNewPrivileges"] == "yes" and s["CapabilityBoundingSet"] == ""
+    assert s["StateDirectory"] == "gpuguard-worker" and s["ProtectSystem"] == "strict"
+    cfg = WorkerConfig(**tomllib.loads((DEPLOY / "worker.toml").read_text())["worker"])
+    assert cfg.log.count("nats://") == 3 and cfg.store.startswith("postgresql://") and cfg.partitions == 16
