@@ -148,7 +148,10 @@ class CollectorApp:
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
                        loop.create_task(self.outbox.deliver_forever())]
         if self.log_sink is not None:
+            from collector.follow import StoreAlertFeed  # noqa: PLC0415
+
             self._tasks.append(loop.create_task(self._flush_marks()))
+            self._tasks.append(loop.create_task(StoreAlertFeed(self.store, self.follow).run()))
         await self._start_http(loop)
         return self.port
 

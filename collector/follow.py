@@ -104,3 +104,50 @@ async def items(follower: Follower, still_valid: Callable[[], bool], idle_s: flo
         if not still_valid():
             return
         yield item
+
+
+class StoreAlertFeed:
+    """With ``--log`` the workers raise alerts, not this collector: the store's recent alerts are fed to this
+    collector's followers (new ones, and ones whose state or outcome changed), so `gpuguard alerts --follow` and
+    the page's live view see every alert of the fleet, whichever worker raised it."""
+
+    WINDOW_NS = 15 * 60 * 10**9          # alerts stamped this far back are watched (workers may trail the clock)
+
+    def __init__(self, store, hub: FollowHub, interval_s: float = 0.5) -> None:
+        self.store, self.hub, self.interval_s = store, hub, interval_s
+        self.seen: dict[str, tuple[int, str, int]] = {}      # id -> (state, outcome, ts_ns)
+        self.primed = False
+
+    def poll(self, now_ns: int | None = None) -> list[ppb.Alert]:
+        """What changed since the last poll (the first poll only learns what is there)."""
+        import time  # noqa: PLC0415
+
+        now = time.time_ns() if now_ns is None else now_ns
+        since, after, changed = now - self.WINDOW_NS, None, []
+        while True:
+            page = self.store.alerts(since_ns=since, limit=1000, after=after)
+            for a in page:
+                state = (a.state, a.outcome, a.ts_ns)
+                if self.seen.get(a.id) != state:
+                    self.seen[a.id] = state
+                    changed.append(a)
+            if len(page) < 1000:
+                break
+            after = (page[-1].ts_ns, page[-1].id)
+        for aid in [k for k, v in self.seen.items() if v[2] < since]:
+            del self.seen[aid]
+        if not self.primed:
+            self.primed = True
+            return []
+        return changed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if not self.hub.followers and self.primed:
+                continue
+            try:
+                for alert in await asyncio.to_thread(self.poll):
+                    self.hub._fan_alert(alert)
+            except Exception as exc:   # the store is down: followers wait
+                log.debug("alert feed from the store: %s", exc)

@@ -93,3 +93,40 @@ def test_a_follower_revoked_while_items_keep_coming_gets_no_more():
         return [got async for got in items(f, lambda: next(allowed), idle_s=0.01)]
 
     assert [g[2] for g in asyncio.run(run())] == [0, 1]
+
+
+def test_with_a_log_the_stores_alerts_reach_the_followers(tmp_path):
+    """Workers raise the alerts in a fleet on a log: the collector feeds the store's new and changed alerts to its
+    followers (the first poll only learns what is there)."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from collector.follow import Follower, FollowHub, StoreAlertFeed  # noqa: PLC0415
+    from collector.store import open_store  # noqa: PLC0415
+    from gpuguard.v1 import policy_pb2 as ppb  # noqa: PLC0415
+
+    store = open_store(str(tmp_path / "s.db"))
+    now = time.time_ns()
+    store.add_alert(ppb.Alert(id="old", rule_id="r", ts_ns=now - 10**9, state=ppb.ALERT_ALERTED))
+    hub = FollowHub()
+    feed = StoreAlertFeed(store, hub)
+    assert feed.poll(now) == []                                        # primed: what was there is not new
+    store.add_alert(ppb.Alert(id="new", rule_id="miner", ts_ns=now - 5 * 10**9, state=ppb.ALERT_KILL_ORDERED))
+    assert [a.id for a in feed.poll(now)] == ["new"]
+    assert feed.poll(now) == []                                        # nothing changed
+    store.add_alert(ppb.Alert(id="new", rule_id="miner", ts_ns=now - 5 * 10**9, state=ppb.ALERT_CONFIRMED,
+                              outcome="killed at exec"))
+    changed = feed.poll(now)
+    assert [(a.id, a.state) for a in changed] == [("new", ppb.ALERT_CONFIRMED)]
+    loop = asyncio.new_event_loop()
+    try:
+        hub.bind(loop)
+        follower = Follower(job_id="")
+        loop.run_until_complete(asyncio.sleep(0))
+        hub.subscribe(follower)
+        hub._fan_alert(changed[0])
+        kind, host, alert = follower.queue.get_nowait()
+        assert kind == "alert" and alert.id == "new"
+    finally:
+        loop.close()
+        store.close()

@@ -6,6 +6,8 @@ correlation fires once."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 import uuid
 
@@ -104,6 +106,10 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         holder = owner(part)     # (a lease may move while the log elects leaders after the node died)
         survivor = "w2" if holder == "w1" else "w1"
         workers[holder].kill()
+        follow = subprocess.Popen([*CLI, "alerts", "--job", job, "--collector", f"127.0.0.1:{port_b}", "--json",
+                                   "--interval", "60", "--follow"], stdout=subprocess.PIPE, text=True)
+        followed: list[str] = []
+        threading.Thread(target=lambda: followed.extend(iter(follow.stdout.readline, "")), daemon=True).start()
         n2.ship([ev(job, "exec", 203, "/tmp/sysupd", ["/tmp/sysupd", "-o", "stratum+tcp://p.example:3333"],
                     key="x-3")])                                      # an argv rule: only a kill order stops it
         n1b.ship([ev(job, "exec", 160 + i, "/usr/bin/true", ["true", str(i)], key=f"v{i}") for i in range(50)])
@@ -118,7 +124,12 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         alerts = dict(rows(url, "SELECT rule_id, COUNT(*) FROM alerts WHERE job_id = %s GROUP BY rule_id", job))
         assert alerts[corr] == 1 and alerts["miner-stratum-url"] == 1      # once each
         assert cli_json(port_b, "alerts", "--job", job)["alerts"]           # B answers from the store
+        # a worker raised it; the collector's follower was pushed it (pushed: the poll interval is a minute)
+        wait_until(lambda: any("miner-stratum-url" in line for line in followed), 20, "the followed alert")
     finally:
+        if "follow" in locals():
+            follow.kill()
+            follow.wait(10)
         probe.close()
         for a in (n1, n2, locals().get("n1b")):
             if a is not None:
