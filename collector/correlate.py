@@ -19,6 +19,9 @@ PER_JOB_HITS = 256
 MAX_FACTS = 1024          # GPU binaries / hosts remembered per job
 
 
+OBSERVED_KINDS = frozenset(("exec", "gpu_open", "gpu_usage"))   # the kinds that teach a job fact
+
+
 @dataclass
 class Hit:
     ts_ns: int
@@ -82,7 +85,7 @@ class Correlator:
     def observe(self, host: str, ev: pb.Event, kind: str | None = None) -> None:
         """Update job facts after the rules saw the event (first exec, GPU binaries)."""
         kind = kind or ev.WhichOneof("body")
-        if kind not in ("exec", "gpu_open", "gpu_usage"):
+        if kind not in OBSERVED_KINDS:
             if ev.job.id in self.jobs:
                 self.jobs.move_to_end(ev.job.id)        # a busy job stays (its hits are not evicted first)
             return

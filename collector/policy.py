@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from collector.alerts import MAX_EVIDENCE, AlertBook, make_alert  # noqa: F401 - MAX_EVIDENCE: tests read it here
-from collector.correlate import Correlator, Hit
+from collector.correlate import OBSERVED_KINDS, Correlator, Hit
 from collector.hub import AgentHub
 from collector.ingest import AgentSession
 from collector.orders import KillOrders
@@ -228,7 +228,10 @@ class Detection:
             cls = event_class(ev, kind)
             ctx = correlator.context(host, ev) if cls in engine.context_classes else None
             matches = engine.evaluate(host, ev, ctx, cls) if cls is not None else []
-            correlator.observe(host, ev, kind)
+            if kind in OBSERVED_KINDS:
+                correlator.observe(host, ev, kind)
+            elif ev.job.id in correlator.jobs:
+                correlator.jobs.move_to_end(ev.job.id)        # a busy job stays (its hits are not evicted first)
             if not matches:
                 continue
             if emit:

@@ -88,6 +88,11 @@ class RuleIndex:
         else:
             self.always.append(cr)
 
+    def idle(self) -> bool:
+        """No rule here can meet any event: only domain rules, and no resolver to name an address."""
+        return not (self.always or self.by_name or self.by_port) and \
+            (not self.by_domain or self.resolver is None or not self.resolver.enabled)
+
     def candidates(self, view: EventView) -> list[CompiledRule]:
         out = list(self.always)
         if self.by_name:
@@ -127,6 +132,8 @@ class Engine:
             if any(REGISTRY[k].context for part in (rule.match, rule.unless) for k in part):
                 self.context_classes.add(rule.event)
             table.setdefault(rule.event, RuleIndex(resolver=resolver)).add(cr)
+        for cls in [c for c, index in self.stateful.items() if index.idle()]:
+            del self.stateful[cls]                   # domain rules without DNS resolution: never a candidate
         if resolver is not None:
             resolver.watch({str(n) for r in ruleset.rules.values() for part in ("match", "unless")
                             for k, values in getattr(r, part).items() if REGISTRY[k].index == "domain"
