@@ -79,3 +79,44 @@ def collector_registry(app) -> CollectorRegistry:
     app.ingestor.on_commit = commit.observe
     add_process_series(registry, "gpuguard_collector")
     return registry
+
+
+class WorkerMetrics(Collector):
+    """A log worker's series: what it holds, how far behind it is, what it stored and evaluated, per phase CPU."""
+
+    def __init__(self, worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator:
+        w, s = self.worker, self.worker.stats
+        held = GaugeMetricFamily("gpuguard_worker_partition_held", "1 for each log partition this worker leases",
+                                 labels=["partition"])
+        offset = GaugeMetricFamily("gpuguard_worker_partition_offset", "Last log offset stored and evaluated",
+                                   labels=["partition"])
+        for p, state in sorted(dict(w.held).items()):
+            held.add_metric([str(p)], 1)
+            offset.add_metric([str(p)], state.offset)
+        yield held
+        yield offset
+        yield GaugeMetricFamily("gpuguard_worker_lag_seconds",
+                                "Age of the last batch handled when it was handled (receive -> stored+evaluated)",
+                                value=s.lag_s)
+        yield CounterMetricFamily("gpuguard_worker_log_entries", "Log entries read", value=s.entries)
+        yield CounterMetricFamily("gpuguard_worker_events_stored", "Events written to the store", value=s.events_stored)
+        yield CounterMetricFamily("gpuguard_worker_events_evaluated", "Events run through detection",
+                                  value=s.events_evaluated)
+        yield CounterMetricFamily("gpuguard_worker_malformed_entries", "Log entries that were not a LogBatch",
+                                  value=s.malformed)
+        yield CounterMetricFamily("gpuguard_worker_failures", "Failed reads or loads (retried)", value=s.failures)
+        yield CounterMetricFamily("gpuguard_worker_takeovers", "Partitions taken", value=s.takeovers)
+        phase = CounterMetricFamily("gpuguard_worker_phase_cpu_seconds", "CPU spent per phase", labels=["phase"])
+        for name, secs in (("decode", s.decode_cpu_s), ("load", s.load_cpu_s), ("detect", s.detect_cpu_s)):
+            phase.add_metric([name], secs)
+        yield phase
+
+
+def worker_registry(worker) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerMetrics(worker))
+    add_process_series(registry, "gpuguard_worker")
+    return registry

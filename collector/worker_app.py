@@ -31,6 +31,8 @@ class WorkerConfig:
     alert_webhook: str = ""
     name: str = ""                     # worker id (default: a random one)
     read_batch: int = 2000
+    metrics: str = ""                  # HOST:PORT of Prometheus /metrics (reader token); "" = off
+    auth_dir: str = ""                 # identities that may read the metrics (the collectors' identities.json)
 
 
 class WorkerApp:
@@ -60,8 +62,28 @@ class WorkerApp:
         self._loop = asyncio.new_event_loop()          # follows policy changes applied through any collector
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="worker-policy", daemon=True)
 
+    def _start_metrics(self) -> None:
+        """/metrics behind a reader token (the identities are the collectors': give the worker the same file)."""
+        from prometheus_client import make_wsgi_app  # noqa: PLC0415
+
+        from collector.metrics import worker_registry  # noqa: PLC0415
+        from gpuguard.credentials import CredentialStore, TokenVerifier  # noqa: PLC0415
+        from gpuguard.httpd import HttpServer, bearer_guard  # noqa: PLC0415
+
+        verifier = TokenVerifier(CredentialStore(self.cfg.auth_dir or None))
+
+        def reader(token: str) -> bool:
+            who = verifier.verify(token)
+            return who is not None and who.can("reader")
+
+        self.metrics_server = HttpServer(self.cfg.metrics, bearer_guard(make_wsgi_app(worker_registry(self.worker)),
+                                                                        reader))
+        log.info("worker metrics on %s/metrics (reader token)", self.metrics_server.url)
+
     def run(self, stop: threading.Event) -> None:
         self._loop_thread.start()
+        if self.cfg.metrics:
+            self._start_metrics()
 
         async def bind():
             self.policy.bind_loop(asyncio.get_running_loop())
@@ -76,6 +98,8 @@ class WorkerApp:
 
     def close(self) -> None:
         self.worker.close()
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.close()
 
         async def cancel_tasks():
             for task in asyncio.all_tasks():

@@ -163,7 +163,7 @@ def cmd_worker(args) -> int:
             log.error("gpuguard worker: config %s: %s", args.config, exc)
             return EXIT_CONFIG
     for key in ("log", "store", "rules_dir", "partitions", "lease_s", "alert_jsonl", "alert_syslog",
-                "alert_webhook", "name"):
+                "alert_webhook", "name", "metrics", "auth_dir"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     try:
@@ -182,7 +182,12 @@ def cmd_worker(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    app.run(stop)
+    try:
+        app.run(stop)
+    except OSError as exc:              # the metrics address is taken or not ours
+        log.error("cannot start worker: %s", exc)
+        app.close()
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -726,6 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--alert-jsonl", metavar="FILE", help="append every alert as a JSON line to FILE ('-' = stdout)")
     w.add_argument("--alert-syslog", metavar="TARGET", help="send every alert to syslog (as the collector)")
     w.add_argument("--alert-webhook", metavar="URL", help="POST every alert as JSON to URL")
+    w.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here: partitions held, offsets, lag, events stored and evaluated, "
+                        "CPU per phase (off by default; scrapers present a reader token)")
+    w.add_argument("--auth-dir", help="identities allowed to read the metrics: the collectors' (default "
+                                      "/etc/gpuguard or $GPUGUARD_AUTH_DIR)")
     w.set_defaults(func=cmd_worker)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")

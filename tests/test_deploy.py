@@ -302,6 +302,7 @@ def test_the_worker_unit_and_config_parse_and_are_hardened():
     assert args.command == "worker" and args.config == "/etc/gpuguard-worker/worker.toml"
     s = w["Service"]
     assert s["Restart"] == "always" and s["NoNewPrivileges"] == "yes" and s["CapabilityBoundingSet"] == ""
-    assert s["StateDirectory"] == "gpuguard-worker" and s["ProtectSystem"] == "strict"
+    assert s["StateDirectory"].split()[0] == "gpuguard-worker" and s["ProtectSystem"] == "strict"
     cfg = WorkerConfig(**tomllib.loads((DEPLOY / "worker.toml").read_text())["worker"])
     assert cfg.log.count("nats://") == 3 and cfg.store.startswith("postgresql://") and cfg.partitions == 16
+    assert cfg.metrics and cfg.auth_dir.startswith("/var/lib/gpuguard-worker/")

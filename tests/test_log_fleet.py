@@ -201,3 +201,26 @@ def test_a_worker_stops_promptly_when_the_log_is_dead(tmp_path, nats_cluster):
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(60) == 0                                       # (it used to retry each lease for minutes)
     assert "worker lonely stopped" in (tmp_path / "lonely.log").read_text()
+
+
+def test_worker_metrics_need_a_reader_token_and_show_partitions(tmp_path, nats_cluster):
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from tests.services import issue  # noqa: PLC0415
+
+    port = free_port()
+    w = Service([*CLI, "worker", "--log", nats_cluster.urls, "--store", str(tmp_path / "w.db"), "--partitions", "4",
+                 "--name", "scraped", "--metrics", f"127.0.0.1:{port}"], tmp_path / "scraped.log",
+                "took partition 3").start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {issue('reader', 'scraper')}"})
+        body = urllib.request.urlopen(req, timeout=10).read().decode()
+        held = [line for line in body.splitlines() if line.startswith("gpuguard_worker_partition_held{")]
+        assert len(held) == 4 and "gpuguard_worker_lag_seconds" in body and "gpuguard_worker_phase_cpu_seconds" in body
+    finally:
+        w.stop()
