@@ -1,7 +1,7 @@
 """Raw ring-buffer bytes -> typed events (agent/events.py).
 
-The struct formats mirror probes/gpuguard.h; tests/test_decode.py checks them
-against sizes compiled from the header.
+The struct formats are built from agent/record_layout.py, generated from probes/gpuguard.h
+(tests/test_record_layout.py checks it is fresh and that every offset is the host compiler's).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from agent.events import (
     KernelEvent,
     SocketEvent,
 )
+from agent.record_layout import LAYOUTS
 from agent.text import clean
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import ACTION_NAMES, KIND_NAMES, trait_names
@@ -35,31 +36,52 @@ EV_EXEC, EV_FORK, EV_EXIT, EV_CONNECT = pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT
 EV_GPU_OPEN, EV_ENFORCE, EV_CGROUP, EV_CONNECT_RESULT = pb.KIND_GPU_OPEN, pb.KIND_ENFORCE, pb.KIND_CGROUP, \
     pb.KIND_CONNECT_RESULT
 
-HEADER = struct.Struct("<QQIIIIIi16s")
-EXEC_TAIL = struct.Struct("<IIII256s32sQIIII2048s")
-FORK_TAIL = struct.Struct("<II")
-EXIT_TAIL = struct.Struct("<iI")
-CONNECT_TAIL = struct.Struct("<HHI16sQIIII")   # ... protocol, flags, repeats, pad
-CONNECT_RESULT_TAIL = struct.Struct("<Q")
-GPU_OPEN_TAIL = struct.Struct("<iIII")
-ENFORCE_TAIL = struct.Struct("<IIHHI16sII64s")   # ... peer_tgid, daddr, payload_len, repeats, payload
-CGROUP_TAIL = struct.Struct("<Qii192s")
-FLOW_TAIL = struct.Struct("<IIHHHBB16sQ512s")     # what, len, family, rport, lport, proto, pad, raddr, cookie, data
-SOCKET_TAIL = struct.Struct("<IIII")
-EV_FLOW, EV_SOCKET = pb.KIND_FLOW, pb.KIND_SOCKET
+_CODES = {"<u8": "Q", "<i8": "q", "<u4": "I", "<i4": "i", "<u2": "H", "<i2": "h", "u1": "B", "|u1": "B", "i1": "b"}
 
-SIZES = {
-    EV_EXEC: HEADER.size + EXEC_TAIL.size,
-    EV_FORK: HEADER.size + FORK_TAIL.size,
-    EV_EXIT: HEADER.size + EXIT_TAIL.size,
-    EV_CONNECT: HEADER.size + CONNECT_TAIL.size,
-    EV_CONNECT_RESULT: HEADER.size + CONNECT_RESULT_TAIL.size,
-    EV_GPU_OPEN: HEADER.size + GPU_OPEN_TAIL.size,
-    EV_ENFORCE: HEADER.size + ENFORCE_TAIL.size,
-    EV_CGROUP: HEADER.size + CGROUP_TAIL.size,
-    EV_FLOW: HEADER.size + FLOW_TAIL.size,
-    EV_SOCKET: HEADER.size + SOCKET_TAIL.size,
-}
+
+def _code(np_format: str) -> str:
+    """numpy format of the generated layout -> struct code ('S16'/'V16' byte arrays -> '16s')."""
+    if np_format[0] in "SV":
+        return f"{np_format[1:]}s"
+    return _CODES[np_format]
+
+
+def _struct(fields: list[tuple[str, str, int]], start: int) -> struct.Struct:
+    """The fields as one struct, in layout order (explicit padding where C leaves a hole)."""
+    fmt, pos = "<", start
+    for _name, np_format, offset in fields:
+        if offset > pos:
+            fmt += f"{offset - pos}x"
+        code = _code(np_format)
+        fmt += code
+        pos = offset + struct.calcsize("<" + code)
+    return struct.Struct(fmt)
+
+
+def _layout(kind: int) -> tuple[struct.Struct, struct.Struct, int]:
+    """(header struct, tail struct, record size) of a kind, from agent/record_layout.py: generated from
+    probes/gpuguard.h (scripts/gen_layout.py), so the C header is the one place a record is laid out."""
+    _name, size, fields = LAYOUTS[kind]
+    head = [f for f in fields if f[0].startswith("hdr_")]
+    tail = [f for f in fields if not f[0].startswith("hdr_")]
+    header = _struct(head, 0)
+    return header, _struct(tail, header.size), size
+
+
+HEADER = _layout(EV_EXEC)[0]
+EXEC_TAIL = _layout(EV_EXEC)[1]
+FORK_TAIL = _layout(EV_FORK)[1]
+EXIT_TAIL = _layout(EV_EXIT)[1]
+CONNECT_TAIL = _layout(EV_CONNECT)[1]              # ... protocol, flags, repeats, pad
+CONNECT_RESULT_TAIL = _layout(EV_CONNECT_RESULT)[1]
+GPU_OPEN_TAIL = _layout(EV_GPU_OPEN)[1]
+ENFORCE_TAIL = _layout(EV_ENFORCE)[1]              # ... peer_tgid, daddr, payload_len, repeats, payload
+CGROUP_TAIL = _layout(EV_CGROUP)[1]
+EV_FLOW, EV_SOCKET = pb.KIND_FLOW, pb.KIND_SOCKET
+FLOW_TAIL = _layout(EV_FLOW)[1]                    # what, len, family, rport, lport, proto, pad, raddr, cookie, data
+SOCKET_TAIL = _layout(EV_SOCKET)[1]
+
+SIZES = {kind: size for kind, (_name, size, _fields) in LAYOUTS.items()}
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 CONNECT_SENDMSG = 1
