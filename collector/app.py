@@ -48,6 +48,8 @@ class CollectorConfig:
     detector_lease_s: float = 10.0      # a dead detector's lease is taken over after this long
     log: str = ""                       # nats://h1:4222,...: publish events to this log; workers store and detect
     log_partitions: int = 16            # partitions of the log (the same on every collector and worker)
+    log_creds: str = ""                 # NATS credentials file (.creds, USER:PASSWORD or a token) for the log
+    log_tls_ca: str = ""                # CA that signed the NATS servers' certificates (TLS to the log)
 
 
 class CollectorApp:
@@ -69,7 +71,8 @@ class CollectorApp:
             from collector.eventlog import LogSink  # noqa: PLC0415
             from collector.nats_log import NatsLog  # noqa: PLC0415
 
-            self.event_log = NatsLog(cfg.log, partitions=cfg.log_partitions, name="gpuguard-collector")
+            self.event_log = NatsLog(cfg.log, partitions=cfg.log_partitions, name="gpuguard-collector",
+                                     creds=cfg.log_creds, tls_ca=cfg.log_tls_ca)
             log_sink = LogSink(self.event_log, self.store)
         self.log_sink = log_sink
         self.ingestor = Ingestor(self.store, log_sink=log_sink)

@@ -64,6 +64,7 @@ class WorkerStats:
     events_evaluated: int = 0
     malformed: int = 0
     failures: int = 0
+    detect_failures: int = 0      # batches detection raised on (stored, not evaluated; logged)
     takeovers: int = 0
     lag_s: float = 0.0
     decode_cpu_s: float = 0.0     # CPU of each phase (thread time), for the bench's per-phase figures
@@ -182,7 +183,12 @@ class LogWorker:
         fresh = [ev for ev in batch.events if ev.seq > seen]
         if not fresh:
             return
-        self.evaluate(batch.host_id, fresh, emit=emit)
+        try:
+            self.evaluate(batch.host_id, fresh, emit=emit)
+        except Exception:   # a rule that blows up on one batch must not stop the partition (the events are stored)
+            self.stats.detect_failures += 1
+            log.exception("worker %s: detection failed on %s seq %d..%d (stored, not evaluated; %d so far)",
+                          self.owner, batch.host_id, fresh[0].seq, fresh[-1].seq, self.stats.detect_failures)
         state.evaluated[batch.host_id] = fresh[-1].seq
         if emit:
             with self._lock:

@@ -108,6 +108,8 @@ class WorkerMetrics(Collector):
         yield CounterMetricFamily("gpuguard_worker_malformed_entries", "Log entries that were not a LogBatch",
                                   value=s.malformed)
         yield CounterMetricFamily("gpuguard_worker_failures", "Failed reads or loads (retried)", value=s.failures)
+        yield CounterMetricFamily("gpuguard_worker_detection_failures",
+                                  "Batches detection raised on (stored, not evaluated)", value=s.detect_failures)
         yield CounterMetricFamily("gpuguard_worker_takeovers", "Partitions taken", value=s.takeovers)
         phase = CounterMetricFamily("gpuguard_worker_phase_cpu_seconds", "CPU spent per phase", labels=["phase"])
         for name, secs in (("decode", s.decode_cpu_s), ("load", s.load_cpu_s), ("detect", s.detect_cpu_s)):

@@ -19,8 +19,10 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import threading
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from collector.eventlog import DEFAULT_PARTITIONS, LogEntry, LogMessage, LogUnavailable, host_key
@@ -44,13 +46,41 @@ def parse_urls(text: str) -> list[str]:
     return urls
 
 
+def connect_auth(urls: list[str], creds: str, tls_ca: str) -> dict:
+    """How this process proves itself to NATS and checks the servers: a NATS credentials file (JWT + NKey, the
+    decentralised auth of NATS accounts), or a file holding USER:PASSWORD or a token; TLS with a CA. A log reached
+    off this host with neither is refused: anyone who reaches it could read every event or inject some."""
+    import ssl  # noqa: PLC0415
+
+    kw: dict = {}
+    if creds:
+        text = Path(creds).read_text().strip()
+        if "BEGIN NATS USER JWT" in text:
+            kw["user_credentials"] = creds
+        elif ":" in text:
+            kw["user"], kw["password"] = text.split(":", 1)
+        elif text:
+            kw["token"] = text
+    if tls_ca or any(u.startswith("tls://") for u in urls):
+        ctx = ssl.create_default_context(cafile=tls_ca or None)
+        kw["tls"] = ctx
+    in_url = any(urlsplit(u).username for u in urls)
+    remote = [u for u in urls if urlsplit(u).hostname not in ("127.0.0.1", "localhost", "::1")]
+    if remote and not (creds or in_url) and not os.environ.get("GPUGUARD_LOG_INSECURE"):
+        raise ValueError(f"the event log {remote[0]} is off this host and no credentials were given (--log-creds): "
+                         "anyone who reaches it could read every event or inject some. Give a NATS credentials "
+                         "file (or set GPUGUARD_LOG_INSECURE=1 for a lab)")
+    return kw
+
+
 class NatsLog:
     def __init__(self, urls: str | list[str], partitions: int = DEFAULT_PARTITIONS, replicas: int = 0,
                  lease_s: float = 10.0, retention_s: float = 86_400.0, timeout_s: float = 10.0,
-                 name: str = "gpuguard", leases: bool = False) -> None:
+                 name: str = "gpuguard", leases: bool = False, creds: str = "", tls_ca: str = "") -> None:
         """leases: this client takes part in partition leases (a worker): it makes or binds the lease buckets,
         whose TTL is the lease time (the first worker's; a worker asking for another is told and follows it)."""
         self.urls = parse_urls(urls) if isinstance(urls, str) else urls
+        self.auth = connect_auth(self.urls, creds, tls_ca)
         self.partitions = partitions
         self.replicas = replicas or min(3, len(self.urls))
         self.lease_s, self.retention_s, self.timeout_s = lease_s, retention_s, timeout_s
@@ -111,7 +141,7 @@ class NatsLog:
 
         self.nc = await nats.connect(servers=self.urls, name=self.name, connect_timeout=3, reconnect_time_wait=0.5,
                                      max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnect,
-                                     allow_reconnect=True)
+                                     allow_reconnect=True, **self.auth)
         self.js = self.nc.jetstream(timeout=self.timeout_s)
         config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT}.*"], storage=StorageType.FILE,
                               num_replicas=self.replicas, duplicate_window=600.0, max_age=self.retention_s)

@@ -33,6 +33,8 @@ class WorkerConfig:
     read_batch: int = 2000
     metrics: str = ""                  # HOST:PORT of Prometheus /metrics (reader token); "" = off
     auth_dir: str = ""                 # identities that may read the metrics (the collectors' identities.json)
+    log_creds: str = ""                # NATS credentials file for the log (as the collectors')
+    log_tls_ca: str = ""               # CA of the NATS servers (TLS)
 
 
 class WorkerApp:
@@ -50,7 +52,8 @@ class WorkerApp:
             from collector.nats_log import NatsLog  # noqa: PLC0415
 
             event_log = NatsLog(cfg.log, partitions=cfg.partitions, lease_s=cfg.lease_s, leases=True,
-                                name=f"gpuguard-worker-{cfg.name}" if cfg.name else "gpuguard-worker")
+                                name=f"gpuguard-worker-{cfg.name}" if cfg.name else "gpuguard-worker",
+                                creds=cfg.log_creds, tls_ca=cfg.log_tls_ca)
         self.log = event_log
         self.alerts = AlertPublisher(self.store, build_outputs(cfg.alert_jsonl, cfg.alert_syslog, cfg.alert_webhook))
         self.outbox = Outbox(self.store, AgentHub())       # rows only: the host's collector delivers them

@@ -122,7 +122,7 @@ def collector_config(args):
             raise ConfigProblem(f"config {args.config}: {exc}") from exc
     for key in ("listen", "store", "retention_days", "rules_dir", "tls_cert", "tls_key", "tls_client_ca",
                 "auth_dir", "http", "metrics", "alert_jsonl", "alert_syslog", "alert_webhook", "detector_lease_s",
-                "log", "log_partitions"):
+                "log", "log_partitions", "log_creds", "log_tls_ca"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.resolve_domains:
@@ -131,19 +131,20 @@ def collector_config(args):
         cfg = CollectorConfig(**values)
     except TypeError as exc:
         raise ConfigProblem(f"bad setting: {exc}") from exc
-    log_problem(cfg.log, cfg.log_partitions)
+    log_problem(cfg.log, cfg.log_partitions, cfg.log_creds, cfg.log_tls_ca)
     return cfg
 
 
-def log_problem(urls: str, partitions: int) -> None:
-    """A bad --log or partition count is a config error (exit 2), said before anything starts."""
+def log_problem(urls: str, partitions: int, creds: str = "", tls_ca: str = "") -> None:
+    """A bad --log, partition count or log credential is a config error (exit 2), said before anything starts
+    (and before anything connects)."""
     if not urls:
         return
-    from collector.nats_log import parse_urls  # noqa: PLC0415
+    from collector.nats_log import connect_auth, parse_urls  # noqa: PLC0415
 
     try:
-        parse_urls(urls)
-    except ValueError as exc:
+        connect_auth(parse_urls(urls), creds, tls_ca)
+    except (ValueError, OSError) as exc:
         raise ConfigProblem(str(exc)) from exc
     if not 1 <= partitions <= 4096:
         raise ConfigProblem(f"--log-partitions {partitions}: between 1 and 4096")
@@ -163,14 +164,14 @@ def cmd_worker(args) -> int:
             log.error("gpuguard worker: config %s: %s", args.config, exc)
             return EXIT_CONFIG
     for key in ("log", "store", "rules_dir", "partitions", "lease_s", "alert_jsonl", "alert_syslog",
-                "alert_webhook", "name", "metrics", "auth_dir"):
+                "alert_webhook", "name", "metrics", "auth_dir", "log_creds", "log_tls_ca"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     try:
         cfg = WorkerConfig(**values)
         if not cfg.log or not cfg.store:
             raise ConfigProblem("a worker needs --log nats://HOST:PORT[,...] and --store postgresql://...")
-        log_problem(cfg.log, cfg.partitions)
+        log_problem(cfg.log, cfg.partitions, cfg.log_creds, cfg.log_tls_ca)
     except (TypeError, ConfigProblem) as exc:
         log.error("gpuguard worker: %s", exc)
         return EXIT_CONFIG
@@ -711,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "log has their batch at its replication (3 on a 3-node cluster)")
     c.add_argument("--log-partitions", dest="log_partitions", type=int, metavar="N",
                    help="partitions of the log, by job (default 16; the same on every collector and worker)")
+    c.add_argument("--log-creds", metavar="FILE", help="NATS credentials for the log: a .creds file (NATS accounts), "
+                   "USER:PASSWORD or a token (required for a log off this host)")
+    c.add_argument("--log-tls-ca", metavar="PEM", help="CA of the NATS servers: TLS to the log")
     c.set_defaults(func=cmd_collector)
 
     w = sub.add_parser("worker", help="a fleet's consumer: lease log partitions, store their events, detect",
@@ -736,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU per phase (off by default; scrapers present a reader token)")
     w.add_argument("--auth-dir", help="identities allowed to read the metrics: the collectors' (default "
                                       "/etc/gpuguard or $GPUGUARD_AUTH_DIR)")
+    w.add_argument("--log-creds", metavar="FILE", help="NATS credentials for the log (as the collectors')")
+    w.add_argument("--log-tls-ca", metavar="PEM", help="CA of the NATS servers: TLS to the log")
     w.set_defaults(func=cmd_worker)
 
     u = sub.add_parser("up", help="collector + agent on this host, printing live events")

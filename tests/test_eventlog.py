@@ -210,3 +210,67 @@ def test_nats_keeps_taking_batches_when_a_node_dies(nats_cluster, nats_log):
         except LogUnavailable:
             time.sleep(0.5)
     assert [e.seq for entry in entries for e in cpb.LogBatch.FromString(entry.payload).events] == [1, 2]
+
+
+def test_a_batch_detection_blows_up_on_is_stored_logged_and_passed(tmp_path):
+    log = MemoryLog(partitions=1)
+    sink = LogSink(log)
+    sink.ingest("h1", "h1", "b", [event(1, "j")])
+    sink.ingest("h1", "h1", "b", [event(2, "j")])
+    store = open_store(str(tmp_path / "s.db"))
+    seen: list[int] = []
+
+    def evaluate(host, evs, emit=True):
+        if evs[0].seq == 1:
+            raise ValueError("a rule blew up")
+        seen.extend(e.seq for e in evs)
+
+    worker = LogWorker(log, store, evaluate, lambda: 60.0, owner="w1")
+    worker.rebalance()
+    deadline = time.monotonic() + 10
+    while worker.held[0].offset < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.close()
+    assert seen == [2] and worker.stats.detect_failures == 1 and worker.stats.events_stored == 2
+    store.close()
+
+
+def test_a_log_off_this_host_needs_credentials_and_each_kind_is_understood(tmp_path):
+    from collector.nats_log import connect_auth  # noqa: PLC0415
+
+    assert connect_auth(["nats://127.0.0.1:4222"], "", "") == {}          # loopback: a lab, no credential needed
+    with pytest.raises(ValueError, match="credentials"):
+        connect_auth(["nats://10.0.0.5:4222"], "", "")                     # never connected: refused before
+    assert connect_auth(["nats://u:p@10.0.0.5:4222"], "", "") == {}       # user and password in the URL
+    pw = tmp_path / "pw"
+    pw.write_text("gpuguard:s3cret\n")
+    assert connect_auth(["nats://10.0.0.5:4222"], str(pw), "") == {"user": "gpuguard", "password": "s3cret"}
+    tok = tmp_path / "tok"
+    tok.write_text("t0ken\n")
+    assert connect_auth(["nats://10.0.0.5:4222"], str(tok), "") == {"token": "t0ken"}
+    creds = tmp_path / "c.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\nxyz\n------END NATS USER JWT------\n")
+    assert connect_auth(["nats://10.0.0.5:4222"], str(creds), "") == {"user_credentials": str(creds)}
+    assert "tls" in connect_auth(["tls://10.0.0.5:4222"], str(pw), "")
+
+
+def test_a_log_with_users_refuses_a_client_without_them(tmp_path):
+    from lab.nats import ThrowawayNats, nats_server_bin  # noqa: PLC0415
+
+    if nats_server_bin() is None:
+        pytest.skip("no nats-server here")
+    from collector.nats_log import NatsLog  # noqa: PLC0415
+
+    cluster = ThrowawayNats(3, user="gpuguard", password="s3cret")
+    try:
+        with pytest.raises(LogUnavailable):                             # refused at connect
+            NatsLog(cluster.urls, partitions=2, timeout_s=2)
+        pw = tmp_path / "pw"
+        pw.write_text("gpuguard:s3cret")
+        log = NatsLog(cluster.urls, partitions=2, creds=str(pw))
+        try:
+            assert log.publish(split_batch("h1", "h1", "b", [event(1, "j")], 2)) == 0
+        finally:
+            log.close()
+    finally:
+        cluster.stop()
