@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-unit lint proto demo bench fuzz clean
+.PHONY: setup run test test-unit lint proto demo bench bench-fleet fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -38,6 +38,11 @@ bench: setup
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace auditd >/dev/null
 	$(PY) bench/overhead.py
 	$(PY) bench/ingest.py
+
+## bench-fleet: a fleet on a log on this host (simulated agents, 2 collectors, 3 NATS nodes, workers, PostgreSQL)
+bench-fleet:
+	@GPUGUARD_SETUP_TEST=1 bash scripts/setup.sh
+	$(PY) bench/fleet.py --agents 1000 --rate 20000 --seconds 20 --workers 1,2
 	$(PY) bench/enforce.py
 	$(PY) bench/hostile.py
 
