@@ -38,13 +38,13 @@ bench: setup
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace auditd >/dev/null
 	$(PY) bench/overhead.py
 	$(PY) bench/ingest.py
+	$(PY) bench/enforce.py
+	$(PY) bench/hostile.py
 
 ## bench-fleet: a fleet on a log on this host (simulated agents, 2 collectors, 3 NATS nodes, workers, PostgreSQL)
 bench-fleet:
 	@GPUGUARD_SETUP_TEST=1 bash scripts/setup.sh
 	$(PY) bench/fleet.py --agents 1000 --rate 20000 --seconds 20 --workers 1,2
-	$(PY) bench/enforce.py
-	$(PY) bench/hostile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
