@@ -82,12 +82,16 @@ class Correlator:
         ctx.host = host
         return ctx
 
+    def touch(self, job_id: str) -> None:
+        """A busy job stays: its hits are not the first evicted."""
+        if job_id in self.jobs:
+            self.jobs.move_to_end(job_id)
+
     def observe(self, host: str, ev: pb.Event, kind: str | None = None) -> None:
         """Update job facts after the rules saw the event (first exec, GPU binaries)."""
         kind = kind or ev.WhichOneof("body")
         if kind not in OBSERVED_KINDS:
-            if ev.job.id in self.jobs:
-                self.jobs.move_to_end(ev.job.id)        # a busy job stays (its hits are not evicted first)
+            self.touch(ev.job.id)
             return
         ctx = self.state(ev.job.id).ctx
         if kind == "exec" and ev.exec.result == 0 and host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:

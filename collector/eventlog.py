@@ -15,7 +15,10 @@ idempotent producer's send awaited for ``acks=all``, ``mark`` / ``set_mark`` a c
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +26,8 @@ from typing import Protocol
 from collector.store.base import IngestResult
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 16
 
@@ -128,9 +133,6 @@ class LogSink:
     FORGET_AFTER_S = 600.0        # a host silent this long leaves this collector's marks (it streams elsewhere)
 
     def __init__(self, log: EventLog, store=None, owner: str = "") -> None:
-        import threading  # noqa: PLC0415
-        import uuid  # noqa: PLC0415
-
         self.log = log
         self.store = store
         self.owner = owner or f"collector-{uuid.uuid4().hex[:12]}"
@@ -146,18 +148,14 @@ class LogSink:
             try:
                 self.store.register_agent(host_id, hostname, boot_id, policy_version)
             except Exception as exc:   # the registry is for queries; ingest goes on without it
-                import logging  # noqa: PLC0415
-
-                logging.getLogger(__name__).warning("agent %s: registry update failed (ingest goes on): %s",
+                log.warning("agent %s: registry update failed (ingest goes on): %s",
                                                     host_id, exc)
         with self._lock:
             own = self._marks.get(host_id, 0)
         try:
             saved = self.log.mark(host_id)
         except LogUnavailable as exc:   # marks only save resends: the agent's hello says where its spool starts
-            import logging  # noqa: PLC0415
-
-            logging.getLogger(__name__).warning("agent %s: saved marks unreadable (%s); resuming from the agent's "
+            log.warning("agent %s: saved marks unreadable (%s); resuming from the agent's "
                                                 "spool start", host_id, exc)
             saved = 0
         return max(saved, own)
@@ -168,7 +166,7 @@ class LogSink:
             return result
         messages = split_batch(host_id, hostname, boot_id, events, self.log.partitions)
         dup_messages = self.log.publish(messages)
-        top = max(ev.seq for ev in events)
+        top = events[-1].seq                       # ascending (the Ingestor checked)
         with self._lock:
             if top > self._marks.get(host_id, 0):
                 self._marks[host_id] = top

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -120,8 +121,6 @@ class StoreAlertFeed:
 
     def poll(self, now_ns: int | None = None) -> list[ppb.Alert]:
         """What changed since the last poll (the first poll only learns what is there)."""
-        import time  # noqa: PLC0415
-
         now = time.time_ns() if now_ns is None else now_ns
         since, after, changed = now - self.WINDOW_NS, None, []
         while True:

@@ -208,10 +208,7 @@ class NatsLog:
         now = self._loop.time()
         if self._marks_cache is None or now - self._marks_cache[0] > 1.0:
             merged: dict[str, int] = {}
-            info = await self._retrying(lambda: self.js.stream_info(f"KV_{MARKS}", subjects_filter=f"$KV.{MARKS}.>"),
-                                        "the marks")
-            for subject in (info.state.subjects or {}):
-                key = subject.rsplit(".", 1)[-1]
+            for key in await self._keys(MARKS):
                 try:
                     entry = await self._retrying(lambda k=key: self.marks.get(k), "the marks")
                 except KeyNotFoundError:
@@ -282,10 +279,6 @@ class NatsLog:
             except Exception:   # noqa: BLE001 - the consumer may be gone with its node
                 pass
 
-    def forget(self, partition: int) -> None:
-        """Stop reading a partition (its lease went elsewhere)."""
-        self._call(self._drop_sub(partition))
-
     def read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
         return self._call(self._read_since(partition, since_ns, through, limit), timeout=self.timeout_s * 3)
 
@@ -354,15 +347,18 @@ class NatsLog:
     def members(self, owner: str) -> list[str]:
         return self._call(self._members(owner))
 
+    async def _keys(self, bucket: str) -> list[str]:
+        """The live keys of a KV bucket, from its stream's subject list in one request (a key listing through a
+        consumer can miss a fresh put)."""
+        info = await self._retrying(lambda: self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>"),
+                                    f"bucket {bucket}")
+        return [subject.rsplit(".", 1)[-1] for subject in (info.state.subjects or {})]
+
     async def _members(self, owner: str) -> list[str]:
-        """Live workers = the keys of the workers bucket (each expires a lease time after its last put), read
-        from the stream's subject list in one request (a key listing through a consumer can miss a fresh put)."""
+        """Live workers = the keys of the workers bucket (each expires a lease time after its last put)."""
         await self._retrying(lambda: self.workers.put("w" + owner.encode().hex(), b"1"), "the membership")
-        info = await self._retrying(lambda: self.js.stream_info(f"KV_{WORKERS}", subjects_filter=f"$KV.{WORKERS}.>"),
-                                    "the membership")
         names = set()
-        for subject in (info.state.subjects or {}):
-            key = subject.rsplit(".", 1)[-1]
+        for key in await self._keys(WORKERS):
             try:
                 names.add(bytes.fromhex(key[1:]).decode())
             except ValueError:

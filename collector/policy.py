@@ -230,8 +230,8 @@ class Detection:
             matches = engine.evaluate(host, ev, ctx, cls) if cls is not None else []
             if kind in OBSERVED_KINDS:
                 correlator.observe(host, ev, kind)
-            elif ev.job.id in correlator.jobs:
-                correlator.jobs.move_to_end(ev.job.id)        # a busy job stays (its hits are not evicted first)
+            else:
+                correlator.touch(ev.job.id)
             if not matches:
                 continue
             if emit:

@@ -92,6 +92,7 @@ class CredentialStore:
         self.dir = auth_dir(str(directory) if directory else None)
         self.file = self.dir / "identities.json"
         self.tokens_dir = self.dir / "credentials"
+        self._stamp_cache: tuple[float, int] | None = None     # (when read, mtime): stamp(max_age_s)
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> list[IdentityRecord]:
@@ -110,7 +111,7 @@ class CredentialStore:
         """The identities file's mtime; with max_age_s, a value read at most that long ago (open streams check
         their credential before every message and twice a second: thousands of stat() calls a second otherwise)."""
         now = time.monotonic()
-        cached = getattr(self, "_stamp_cache", None)
+        cached = self._stamp_cache
         if max_age_s and cached is not None and now - cached[0] < max_age_s:
             return cached[1]
         try:

@@ -42,6 +42,18 @@ def rows(url: str, sql: str, *params) -> list[tuple]:
         return con.execute(sql, params).fetchall()
 
 
+def ship_tunnel_then_new_gpu_binary(n1: FakeAgent, n2: FakeAgent, job: str) -> str:
+    """Two hosts of one job: on n1 the trainer opens a reverse tunnel (ssh -R, pid 102), on n2 a binary new to
+    the job's GPU (pid 202). Returns the correlation that must fire across them."""
+    n1.ship([ev(job, "exec", 101, "/usr/bin/python3", ["python3", "train.py"]),
+             ev(job, "exec", 102, "/usr/bin/ssh", ["ssh", "-NfR", "2222:localhost:22", "gw"], key="ssh-1")])
+    n2.ship([ev(job, "exec", 201, "/usr/bin/python3", ["python3", "train.py"]),
+             ev(job, "gpu_open", 201, "/usr/bin/python3"),
+             ev(job, "exec", 202, "/var/tmp/kworker", ["/var/tmp/kworker"], key="kw-2"),
+             ev(job, "gpu_open", 202, "/var/tmp/kworker", key="kw-2")])
+    return "tunnel-then-new-gpu-binary"
+
+
 def test_cross_host_correlation_outbox_and_detector_failover(tmp_path, postgres):
     url = postgres.new_database()
     (tmp_path / "a").mkdir()
@@ -54,15 +66,7 @@ def test_cross_host_correlation_outbox_and_detector_failover(tmp_path, postgres)
     job, tag = fresh_job_id(), uuid.uuid4().hex[:6]
     n1, n2 = FakeAgent(port_a, f"node1-{tag}"), FakeAgent(port_b, f"node2-{tag}")
     try:
-        # node 1 (collector A): the job's trainer opens a reverse tunnel; node 2 (collector B): a binary new to
-        # the job's GPU. Neither collector alone saw both.
-        n1.ship([ev(job, "exec", 101, "/usr/bin/python3", ["python3", "train.py"]),
-                 ev(job, "exec", 102, "/usr/bin/ssh", ["ssh", "-NfR", "2222:localhost:22", "gw"], key="ssh-1")])
-        n2.ship([ev(job, "exec", 201, "/usr/bin/python3", ["python3", "train.py"]),
-                 ev(job, "gpu_open", 201, "/usr/bin/python3"),
-                 ev(job, "exec", 202, "/var/tmp/kworker", ["/var/tmp/kworker"], key="kw-2"),
-                 ev(job, "gpu_open", 202, "/var/tmp/kworker", key="kw-2")])
-        corr = "tunnel-then-new-gpu-binary"
+        corr = ship_tunnel_then_new_gpu_binary(n1, n2, job)   # neither collector alone saw both
         assert wait_until(lambda: rows(url, "SELECT id FROM alerts WHERE rule_id = %s AND job_id = %s", corr, job))
         assert wait_until(lambda: n2.orders and any(o.rule_id == corr for o in n1.orders))   # each host's own stream
         assert [(o.pid, o.tree, o.rule_id) for o in n1.orders if o.rule_id == corr] == [(102, True, corr)]

@@ -35,6 +35,7 @@ class MemoryLog:
         self.saved: dict[str, dict[str, int]] = {}
         self.leases: dict[int, str] = {}
         self.down = False
+        self.reads = 0
 
     def publish(self, messages) -> int:
         if self.down:
@@ -55,6 +56,7 @@ class MemoryLog:
         self.saved[owner] = dict(marks)
 
     def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
+        self.reads += 1
         out = [LogEntry(i + 1, b, 0) for i, (p, b, _m) in enumerate(self.entries) if p == partition and i + 1 > after]
         return out[:limit]
 
@@ -135,9 +137,14 @@ def test_the_worker_stores_and_evaluates_each_event_once_across_a_replay(tmp_pat
     again: list[int] = []
     second = LogWorker(log, store, lambda host, evs, emit=True: again.extend(e.seq for e in evs if emit),
                        lambda: 60.0, owner="w2")
+    reads = log.reads
     second.rebalance()
     assert second.held[0].offset == 2 and second.held[0].evaluated == {"h1": 3}   # warmed, not re-alerted
+    deadline = time.monotonic() + 10
+    while log.reads < reads + 2 and time.monotonic() < deadline:                   # it read past the offset
+        time.sleep(0.02)
     second.close()
+    assert log.reads >= reads + 2
     assert again == []
     store.close()
 

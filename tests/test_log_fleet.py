@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 
-import psycopg
 import pytest
 
 from collector.eventlog import LogUnavailable, partition_of
@@ -19,14 +18,9 @@ from collector.nats_log import NatsLog
 from lab import CLI, Service
 from tests.conftest import fresh_job_id
 from tests.services import FakeAgent, cli_json, collector, free_port
-from tests.test_detector_e2e import ev
+from tests.test_detector_e2e import ev, rows, ship_tunnel_then_new_gpu_binary
 
 PARTITIONS = 8
-
-
-def rows(url: str, sql: str, *params) -> list[tuple]:
-    with psycopg.connect(url) as con:
-        return con.execute(sql, params).fetchall()
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
@@ -76,15 +70,8 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
     try:
         # both workers share the partitions (4 each) before anything is shipped
         wait_until(lambda: {owner(p) for p in range(PARTITIONS)} == {"w1", "w2"}, 30, "an even split")
-        # node 1 (collector A): the job's trainer opens a reverse tunnel; node 2 (collector B): a binary new to
-        # the job's GPU. One partition holds the job, so one worker sees both hosts.
-        n1.ship([ev(job, "exec", 101, "/usr/bin/python3", ["python3", "train.py"]),
-                 ev(job, "exec", 102, "/usr/bin/ssh", ["ssh", "-NfR", "2222:localhost:22", "gw"], key="ssh-1")])
-        n2.ship([ev(job, "exec", 201, "/usr/bin/python3", ["python3", "train.py"]),
-                 ev(job, "gpu_open", 201, "/usr/bin/python3"),
-                 ev(job, "exec", 202, "/var/tmp/kworker", ["/var/tmp/kworker"], key="kw-2"),
-                 ev(job, "gpu_open", 202, "/var/tmp/kworker", key="kw-2")])
-        corr = "tunnel-then-new-gpu-binary"
+        # node 1 on collector A, node 2 on collector B; one partition holds the job, so one worker sees both hosts
+        corr = ship_tunnel_then_new_gpu_binary(n1, n2, job)
         wait_until(lambda: rows(url, "SELECT id FROM alerts WHERE rule_id = %s AND job_id = %s", corr, job),
                    30, "the cross-host correlation")
         wait_until(lambda: any(o.rule_id == corr for o in n1.orders) and n2.orders, 30, "kill orders on both hosts")
@@ -140,16 +127,12 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
 
 def test_collector_refuses_a_bad_log_url(tmp_path):
     out = collector(tmp_path, free_port(), "--log", "http://example:4222")
-    import subprocess  # noqa: PLC0415
-
     res = subprocess.run(out.argv, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "nats://HOST:PORT" in res.stderr
 
 
 @pytest.mark.parametrize("args", [["--store", "postgresql://x@127.0.0.1/x"], ["--log", "nats://127.0.0.1:1"]])
 def test_worker_needs_log_and_store(args):
-    import subprocess  # noqa: PLC0415
-
     res = subprocess.run([*CLI, "worker", *args], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "needs --log" in res.stderr
 
