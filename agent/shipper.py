@@ -2,8 +2,9 @@
 
 Protocol (proto/gpuguard/v1/collector.proto): the agent says Hello, the
 collector answers with the highest seq it already stored for this host, the
-agent sends EventBatches read from the spool after that point, and the
-collector acks each batch once it is committed. Acked records leave the spool.
+agent sends batches read from the spool after that point (RawBatch: the spooled
+bytes as they are, to a collector that says it takes them; EventBatch to older
+ones), and the collector acks each batch once it is committed. Acked records leave the spool.
 On any stream error the shipper reconnects with exponential backoff and
 jitter and replays everything unacked; the collector drops duplicates.
 
@@ -28,7 +29,7 @@ import grpc
 
 from agent.identity import HostIdentity
 from agent.spool import Spool
-from gpuguard import __version__
+from gpuguard import __version__, rawbatch
 from gpuguard.credentials import bearer
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
@@ -181,7 +182,7 @@ class Shipper:
         with open_channel(self.target, *self.tls, options=GRPC_OPTIONS) as channel:
             token = self.token() if callable(self.token) else self.token   # re-read: a credential may be new
             call = cgrpc.CollectorStub(channel).Stream(self._requests(outbox), metadata=bearer(token))
-            state = {"acked": self.spool.acked, "sent": self.spool.acked, "error": None}
+            state = {"acked": self.spool.acked, "sent": self.spool.acked, "error": None, "raw": False}
             try:
                 first = next(call)
                 if not first.HasField("hello"):
@@ -196,8 +197,9 @@ class Shipper:
                 elif stored > self.spool.acked:
                     self.spool.ack(stored)
                 state["acked"] = state["sent"] = self.spool.acked
-                log.info("connected to collector %s (stored through seq %d, replaying %d)",
-                         self.target, stored, self.spool.depth())
+                state["raw"] = first.hello.raw_batches
+                log.info("connected to collector %s (stored through seq %d, replaying %d; %s batches)",
+                         self.target, stored, self.spool.depth(), "raw" if state["raw"] else "event")
                 self.connected.set()
                 reader = threading.Thread(target=self._read_responses, args=(call, state), daemon=True)
                 reader.start()
@@ -254,15 +256,25 @@ class Shipper:
                 self.new_data.wait(self.batch_max_delay_s)
                 self.new_data.clear()
                 continue
-            records = self.spool.read_after(max(cursor, state["acked"]), self.batch_max_events)
+            after = max(cursor, state["acked"])
+            if state["raw"]:
+                records = self.spool.read_raw_after(after, self.batch_max_events)
+            else:
+                records = self.spool.read_after(after, self.batch_max_events)
             if not records:
                 self.new_data.wait(self.batch_max_delay_s)
                 self.new_data.clear()
                 continue
-            batch = self.build_batch(records)
-            last = batch.events[-1].seq
+            if state["raw"]:
+                raw = self.build_raw_batch(records)
+                last = raw.seqs[-1]
+                message = cpb.AgentMessage(raw=raw)
+            else:
+                batch = self.build_batch(records)
+                last = batch.events[-1].seq
+                message = cpb.AgentMessage(batch=batch)
             state["sent"] = max(state["sent"], last)
-            outbox.put(cpb.AgentMessage(batch=batch))
+            outbox.put(message)
             cursor = last
             self.sent_batches += 1
 
@@ -280,6 +292,22 @@ class Shipper:
             batch.events.append(ev)
             size += n
         return batch
+
+    def build_raw_batch(self, records: list[tuple[int, bytes, int, str]]) -> cpb.RawBatch:
+        """Spooled (seq, bytes, kind, job) -> one RawBatch under MAX_BATCH_BYTES, the bytes sent as spooled."""
+        chosen = []
+        size = 0
+        for spooled in records:
+            seq, body, _kind, _job = record = spooled
+            if len(body) > MAX_RECORD_BYTES:
+                gap = self.quarantine.put(pb.Event.FromString(body), f"event of {len(body)} bytes exceeds "
+                                          f"{MAX_RECORD_BYTES}")
+                record = (seq, gap.SerializeToString(), rawbatch.body_kind(gap), "")
+            if chosen and size + len(record[1]) > MAX_BATCH_BYTES:
+                break
+            chosen.append(record)
+            size += len(record[1])
+        return rawbatch.build(chosen)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -1,9 +1,10 @@
 """Durable on-disk queue of events not yet acknowledged by the collector.
 
 Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames
-``[u32 length][u32 crc32][msgpack [seq, serialized gpuguard.v1.Event]]`` (the
-event's wire bytes: one serialisation from enrichment to the collector) and ``DIR/acked`` holding
-the highest acknowledged seq. Sequence numbers are per agent, monotonic and
+``[u32 length][u32 crc32][msgpack [seq, serialized gpuguard.v1.Event, body kind, job id]]`` (the
+event's wire bytes: one serialisation from enrichment to the collector, which a RawBatch carries as they are,
+with the two columns a collector partitions by; frames of older agents hold only the first two) and
+``DIR/acked`` holding the highest acknowledged seq. Sequence numbers are per agent, monotonic and
 never reused (they survive restarts: the last one is recovered from disk).
 
 fsync policy: ``append`` writes and fsyncs once per batch (the capture loop
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import msgpack
 
+from gpuguard.rawbatch import body_kind
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,8 @@ class Spool:
                 if len(body) < length or zlib.crc32(body) != crc:
                     return
                 pos += FRAME.size + length
-                seq, record = msgpack.unpackb(body, raw=False)
-                yield pos, seq, record
+                fields = msgpack.unpackb(body, raw=False)
+                yield pos, fields[0], fields
 
     def _scan(self, path: Path) -> tuple[int, int]:
         good_end, last = 0, 0
@@ -131,7 +133,7 @@ class Spool:
 
     def _frame(self, seq: int, record: pb.Event) -> bytes:
         record.seq = seq
-        body = self._packer.pack([seq, record.SerializeToString()])
+        body = self._packer.pack([seq, record.SerializeToString(), body_kind(record), record.job.id])
         return FRAME.pack(len(body), zlib.crc32(body)) + body
 
     def _frame_or_gap(self, seq: int, record: pb.Event) -> bytes:
@@ -207,26 +209,39 @@ class Spool:
 
     # -- reading and acks ------------------------------------------------------------
     def read_after(self, seq: int, max_records: int) -> list[pb.Event]:
-        """Events with seq > given seq, in order, at most max_records.
+        """Events with seq > given seq, in order, at most max_records."""
+        return [pb.Event.FromString(fields[1]) for fields in self._read(seq, max_records)]
 
-        Sequential readers (the shipper) resume from a remembered byte offset,
-        so reading a segment costs O(records read), not O(segment).
-        """
+    def read_raw_after(self, seq: int, max_records: int) -> list[tuple[int, bytes, int, str]]:
+        """(seq, serialised event, body kind, job id) with seq > given seq, in order, at most max_records: what a
+        RawBatch carries, without decoding an event (frames of older agents are decoded for their two columns)."""
+        out = []
+        for fields in self._read(seq, max_records):
+            if len(fields) >= 4:
+                out.append((fields[0], fields[1], fields[2], fields[3]))
+            else:
+                ev = pb.Event.FromString(fields[1])
+                out.append((fields[0], fields[1], body_kind(ev), ev.job.id))
+        return out
+
+    def _read(self, seq: int, max_records: int) -> list[list]:
+        """Spooled frames (msgpack lists) with seq > given seq. Sequential readers (the shipper) resume from a
+        remembered byte offset, so reading a segment costs O(records read), not O(segment)."""
         with self._lock:
             segments = list(self._segments)
             if self._active:
                 self._active.flush()
         cursor_path, cursor_off, cursor_seq = self._cursor
-        out: list[pb.Event] = []
+        out: list[list] = []
         for i, (_first, path) in enumerate(segments):
             next_first = segments[i + 1][0] if i + 1 < len(segments) else None
             if next_first is not None and next_first <= seq + 1:
                 continue
             offset = cursor_off if (path == cursor_path and cursor_seq <= seq) else 0
             try:
-                for end, s, body in self._frames(path, offset):
+                for end, s, fields in self._frames(path, offset):
                     if s > seq:
-                        out.append(pb.Event.FromString(body))
+                        out.append(fields)
                         self._cursor = (path, end, s)
                         if len(out) >= max_records:
                             return out

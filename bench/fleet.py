@@ -74,6 +74,7 @@ def make_event(pb, rnd: random.Random, host_i: int, job: str, seq_pid: int, mine
 async def simulate(spec: dict) -> dict:
     import grpc  # noqa: PLC0415
 
+    from gpuguard import rawbatch  # noqa: PLC0415
     from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
     from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
 
@@ -164,7 +165,10 @@ async def simulate(spec: dict) -> dict:
                 miners += 1
             if events:
                 sent += len(events)
-                await out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=events)))
+                if spec.get("legacy"):                             # an older agent: EventBatch
+                    await out.put(cpb.AgentMessage(batch=cpb.EventBatch(events=events)))
+                else:                                              # today's agent: its spooled bytes as they are
+                    await out.put(cpb.AgentMessage(raw=rawbatch.from_events(events)))
             await asyncio.sleep(spec["interval"])
         deadline = time.time() + 20
         while last_acked < seq and time.time() < deadline:
@@ -241,7 +245,8 @@ def run_round(args, workers: int, tmp: Path) -> dict:
             mine = [(i, h, tokens[h]) for i, h in enumerate(hosts) if i % args.sim_procs == k]
             specs.append({"hosts": mine, "ports": fleet["ports"], "rate": args.rate, "agents": args.agents,
                           "seconds": args.seconds, "start": start, "interval": args.interval, "seed": k,
-                          "procs": args.sim_procs, "miner_p": args.miners_per_s * args.interval / args.agents})
+                          "procs": args.sim_procs, "miner_p": args.miners_per_s * args.interval / args.agents,
+                          "legacy": args.legacy_batches})
         sims = []
         for spec in specs:
             f = tmp / f"sim-{len(sims)}.json"
@@ -347,6 +352,8 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts to run, one round each")
     ap.add_argument("--partitions", type=int, default=16)
     ap.add_argument("--sim-procs", type=int, default=4)
+    ap.add_argument("--legacy-batches", action="store_true",
+                    help="agents send EventBatch (older agents) instead of RawBatch (the collector decodes each event)")
     ap.add_argument("--miners-per-s", type=float, default=2.0, help="miner-shaped execs per second, fleet-wide")
     ap.add_argument("--hello-rate", type=float, default=150.0,
                     help="streams the collectors greet per second: the connect phase before the clock starts")
@@ -363,7 +370,8 @@ def main() -> int:
     lab_credentials()
     args.pg = ThrowawayPostgres()
     print(f"fleet bench: {args.agents:,} agents, {args.rate:,.0f} events/s offered, {args.seconds} s, 2 collectors, "
-          f"3 NATS nodes (R3), {args.partitions} partitions, workers {args.workers}; {os.cpu_count()} CPUs here")
+          f"3 NATS nodes (R3), {args.partitions} partitions, workers {args.workers}, agents send "
+          f"{'EventBatch (older agents)' if args.legacy_batches else 'RawBatch'}; {os.cpu_count()} CPUs here")
     try:
         rounds = []
         for w in [int(x) for x in args.workers.split(",")]:

@@ -98,6 +98,7 @@ class CollectorApp:
                 self.ingestor.listeners.append(self.detector.submit)
         self.follow = FollowHub()                      # server push of new events and alerts (collector/follow.py)
         self.ingestor.listeners.append(self.follow.on_events)
+        self.ingestor.wants_all_events = lambda: bool(self.follow.followers)
         self.alerts.watchers.append(self.follow.on_alert)
         self.query = QueryService(self.store, self.policy, self.health, self.follow, self.auth.revalidator)
         self.server = None

@@ -23,7 +23,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from collector.store.base import IngestResult
+from gpuguard.rawbatch import RawView
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 
@@ -112,6 +115,25 @@ def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event
     return out
 
 
+def split_raw(host_id: str, hostname: str, boot_id: str, view: RawView, partitions: int,
+              received_ns: int | None = None) -> list[LogMessage]:
+    """``split_batch`` for a checked RawBatch: partitions from the batch's few distinct jobs, each partition's
+    frames appended to a LogBatch header as the agent framed them (marked unchecked: the worker checks bodies)."""
+    part_of_job = np.array([partition_of(f"job:{j}" if j else f"host:{host_id}", partitions) for j in view.job_ids],
+                           dtype=np.int64)
+    parts = part_of_job[view.jobs]
+    received = time.time_ns() if received_ns is None else received_ns
+    out = []
+    for p in np.unique(parts).tolist():
+        index = np.flatnonzero(parts == p)
+        seqs = view.seqs[index]
+        head = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, received_ns=received,
+                            unchecked=True, seqs=seqs.tolist())
+        out.append(LogMessage(p, f"{host_id}:{boot_id}:{int(seqs[0])}-{int(seqs[-1])}:{p}",
+                              head.SerializeToString() + view.slices(index)))
+    return out
+
+
 def host_key(host_id: str) -> str:
     """A key any log accepts for a host id (ids are agent-chosen text)."""
     return "h" + hashlib.sha256(host_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -166,16 +188,24 @@ class LogSink:
             return result
         messages = split_batch(host_id, hostname, boot_id, events, self.log.partitions)
         dup_messages = self.log.publish(messages)
-        top = events[-1].seq                       # ascending (the Ingestor checked)
+        self._published(host_id, events[-1].seq, len(messages), dup_messages)   # ascending (the Ingestor checked)
+        result.stored = len(events)
+        return result
+
+    def ingest_raw(self, host_id: str, hostname: str, boot_id: str, view: RawView) -> IngestResult:
+        messages = split_raw(host_id, hostname, boot_id, view, self.log.partitions)
+        dup_messages = self.log.publish(messages)
+        self._published(host_id, int(view.seqs[-1]), len(messages), dup_messages)
+        return IngestResult(stored=len(view))
+
+    def _published(self, host_id: str, top: int, messages: int, dup_messages: int) -> None:
         with self._lock:
             if top > self._marks.get(host_id, 0):
                 self._marks[host_id] = top
             self._seen[host_id] = time.monotonic()
             self._dirty = True
-        self.published += len(messages)
+        self.published += messages
         self.log_duplicates += dup_messages
-        result.stored = len(events)
-        return result
 
     def flush_marks(self) -> int:
         """Save this collector's marks if they changed (the collector calls this every second and at stop)."""

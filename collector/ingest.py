@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 from collector.store.base import IngestResult, Store
 from collector.validate import invalid_value
+from gpuguard import rawbatch
 from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MAX_SEQ = (1 << 63) - 1            # stores keep seqs as signed 64-bit integers
+MAX_SEQ = rawbatch.MAX_SEQ          # stores keep seqs as signed 64-bit integers
+MAX_EVENT_BYTES = 2 << 20          # one event, serialised (agents quarantine theirs beyond 1 MiB)
 CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from now are flagged
 
 
@@ -75,8 +77,12 @@ class Ingestor:
         self._store_error_logged = ""
         self.stored = 0                      # events written (metrics)
         self.batches = 0
+        self.raw_batches = 0                 # of which RawBatch (today's agents; the rest: EventBatch)
         self.duplicates = 0
         self.on_commit: Callable[[float], None] | None = None    # seconds per store commit (metrics)
+        # Listeners get every event of a RawBatch forwarded to a log only when this says so (someone follows the
+        # stream); otherwise only the ones health needs (status, capture loss, gaps): no decode per event.
+        self.wants_all_events: Callable[[], bool] = lambda: True
 
     def hello(self, msg: cpb.Hello, who: Identity) -> AgentSession:
         host = msg.host.host_id
@@ -113,7 +119,36 @@ class Ingestor:
 
     def batch(self, session: AgentSession, batch: cpb.EventBatch) -> tuple[int, list[StreamProblem]]:
         """Store one batch; return (ack seq, non-fatal problems). Raises StreamProblem to reject it whole."""
-        events = list(batch.events)
+        return self.events(session, list(batch.events))
+
+    def raw_batch(self, session: AgentSession, raw: cpb.RawBatch) -> tuple[int, list[StreamProblem]]:
+        """A RawBatch: with an event log, checked, deduped, gap-filled and published without decoding an event
+        into a Python object (gpuguard/rawbatch.py); into a store, decoded and stored like an EventBatch."""
+        try:
+            view = rawbatch.check(raw, self.max_batch_events, MAX_EVENT_BYTES)
+        except rawbatch.RawBatchProblem as exc:
+            raise StreamProblem(exc.code, exc.message) from None
+        self.raw_batches += 1
+        if self.log_sink is None:
+            return self.events(session, list(view.parsed.events))
+        top = int(view.seqs[-1])
+        n = len(view)
+        view = view.drop_through(session.stored_through)
+        problems = []
+        if len(view) and view.seqs[0] > session.stored_through + 1 and view.kinds[0] != rawbatch.BODY_FIELD["gap"]:
+            hole = (session.stored_through + 1, int(view.seqs[0]) - 1)
+            problems.append(self._hole_problem(session, hole))
+            view = view.prepend(pb.Event(seq=hole[0], ts_ns=view.parsed.events[0].ts_ns,
+                                         gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
+        fresh = len(view) - len(problems)          # a gap record prepended is not the agent's
+        if len(view):
+            self._commit(self.log_sink.ingest_raw, session.host_id, session.hostname, session.boot_id, view)
+        self._account(session, stored=len(view), duplicates=n - fresh, top=top)
+        self._notify(session, [] if not len(view) else
+                     list(view.parsed.events) if self.wants_all_events() else view.notable())
+        return top, problems
+
+    def events(self, session: AgentSession, events: list[pb.Event]) -> tuple[int, list[StreamProblem]]:
         if not events:
             raise StreamProblem("INVALID_ARGUMENT", "empty event batch")
         if len(events) > self.max_batch_events:
@@ -133,31 +168,44 @@ class Ingestor:
         new = list(fresh)   # what detection has not seen yet (before a gap record is prepended)
         if fresh and fresh[0].seq > session.stored_through + 1 and not fresh[0].HasField("gap"):
             hole = (session.stored_through + 1, fresh[0].seq - 1)
-            problems.append(StreamProblem(
-                "OUT_OF_RANGE", f"seq jumped from {session.stored_through} to {fresh[0].seq}: "
-                f"events {hole[0]}..{hole[1]} never arrived (stored what came, recorded the hole as a gap)"))
+            problems.append(self._hole_problem(session, hole))
             fresh.insert(0, pb.Event(seq=hole[0], ts_ns=fresh[0].ts_ns,
                                      gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
-        started = time.perf_counter()
         if self.log_sink is not None:
-            result: IngestResult = self._guarded(self.log_sink.ingest, session.host_id, session.hostname,
-                                                 session.boot_id, fresh)
+            result = self._commit(self.log_sink.ingest, session.host_id, session.hostname, session.boot_id, fresh)
         else:
-            result = self._guarded(self.store.ingest, session.host_id, fresh)
+            result = self._commit(self.store.ingest, session.host_id, fresh)
+        self._account(session, result.stored, result.duplicates + len(events) - len(new), seqs[-1])
+        self._notify(session, new)
+        return seqs[-1], problems
+
+    @staticmethod
+    def _hole_problem(session: AgentSession, hole: tuple[int, int]) -> StreamProblem:
+        return StreamProblem("OUT_OF_RANGE", f"seq jumped from {session.stored_through} to {hole[1] + 1}: "
+                             f"events {hole[0]}..{hole[1]} never arrived (stored what came, recorded the hole as a "
+                             "gap)")
+
+    def _commit(self, fn, *args) -> IngestResult:
+        started = time.perf_counter()
+        result: IngestResult = self._guarded(fn, *args)
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
-        session.events += result.stored
-        session.duplicates += result.duplicates + len(events) - len(new)
-        self.stored += result.stored
+        return result
+
+    def _account(self, session: AgentSession, stored: int, duplicates: int, top: int) -> None:
+        session.events += stored
+        session.duplicates += duplicates
+        self.stored += stored
         self.batches += 1
-        self.duplicates += result.duplicates + len(events) - len(new)
-        session.stored_through = max(session.stored_through, seqs[-1])
+        self.duplicates += duplicates
+        session.stored_through = max(session.stored_through, top)
+
+    def _notify(self, session: AgentSession, events: list[pb.Event]) -> None:
         for listener in self.listeners:
             try:
-                listener(session, new)
+                listener(session, events)
             except Exception:  # detection must never stop ingest
                 log.exception("event listener failed")
-        return seqs[-1], problems
 
     def _refuse_invalid(self, events: list[pb.Event], problems: list[StreamProblem]) -> list[pb.Event]:
         """Events a store cannot keep as sent: each becomes a gap naming the value (the rest of the batch is

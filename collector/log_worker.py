@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from collector.eventlog import EventLog, LogEntry
+from collector.ingest import CLOCK_SKEW_NS
+from collector.validate import invalid_value
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 
@@ -65,6 +67,9 @@ class WorkerStats:
     malformed: int = 0
     failures: int = 0
     detect_failures: int = 0      # batches detection raised on (stored, not evaluated; logged)
+    refused: int = 0              # forwarded events a store cannot keep, stored as gaps naming the value
+    clock_suspect: int = 0        # forwarded events stamped more than a day from when the collector got them
+    disagreeing: int = 0          # forwarded parts whose bodies' seqs are not the seqs the collector acked
     takeovers: int = 0
     lag_s: float = 0.0
     decode_cpu_s: float = 0.0     # CPU of each phase (thread time), for the bench's per-phase figures
@@ -172,11 +177,42 @@ class LogWorker:
         out = []
         for e in entries:
             try:
-                out.append(cpb.LogBatch.FromString(e.payload))
+                batch = cpb.LogBatch.FromString(e.payload)
             except DecodeError as exc:     # not ours: counted and skipped, the partition goes on
                 self.stats.malformed += 1
                 log.error("worker %s: log entry %d is not a LogBatch (%s): skipped", self.owner, e.offset, exc)
+                continue
+            if batch.unchecked:
+                self._check_bodies(batch, e.offset)
+            out.append(batch)
         return out
+
+    def _check_bodies(self, batch: cpb.LogBatch, offset: int) -> None:
+        """What a collector forwarding a RawBatch left to whoever decodes the bodies: the same checks its
+        EventBatch path makes (collector/ingest.py), done here in place and counted."""
+        events = batch.events
+        if [ev.seq for ev in events] != list(batch.seqs):
+            self.stats.disagreeing += 1
+            log.error("worker %s: log entry %d from %s: event bodies disagree with the seqs the collector acked "
+                      "(%d..%d): stored as a gap", self.owner, offset, batch.host_id, batch.seqs[0], batch.seqs[-1])
+            first, last = batch.seqs[0], batch.seqs[-1]
+            del events[:]
+            events.add(seq=first, ts_ns=batch.received_ns, gap=pb.Gap(
+                from_seq=first, to_seq=last, reason="event bodies disagreed with the seqs the collector acked"))
+            return
+        received = batch.received_ns
+        for ev in events:
+            why = invalid_value(ev)
+            if why is not None:
+                self.stats.refused += 1
+                log.warning("worker %s: %s seq %d refused: %s; stored as a gap (the original stays in the log)",
+                            self.owner, batch.host_id, ev.seq, why)
+                ev.CopyFrom(pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
+                                     gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq,
+                                                reason=f"refused by the worker: {why}"[:300])))
+            elif abs(ev.ts_ns - received) > CLOCK_SKEW_NS:
+                ev.clock_suspect = True
+                self.stats.clock_suspect += 1
 
     def _evaluate(self, state: PartitionState, batch: cpb.LogBatch, emit: bool) -> None:
         seen = state.evaluated.get(batch.host_id, 0)

@@ -210,14 +210,15 @@ class CollectorServicer:
                 session = await asyncio.to_thread(self.ingestor.hello, msg.hello, who)
                 await outq.put(("session", session))
                 await outq.put(cpb.CollectorMessage(hello=cpb.HelloReply(
-                    stored_through_seq=session.stored_through, collector_version=__version__)))
+                    stored_through_seq=session.stored_through, collector_version=__version__, raw_batches=True)))
                 if self.on_connect:
                     for m in self.on_connect(session, msg.hello):
                         await outq.put(m)
             elif session is None:
                 raise StreamProblem("FAILED_PRECONDITION", f"{kind or 'empty message'} before hello")
-            elif kind == "batch":
-                ack, problems = await asyncio.to_thread(self.ingestor.batch, session, msg.batch)
+            elif kind in ("batch", "raw"):
+                ingest = self.ingestor.batch if kind == "batch" else self.ingestor.raw_batch
+                ack, problems = await asyncio.to_thread(ingest, session, getattr(msg, kind))
                 for p in problems:
                     await outq.put(_error(p.code, p.message, seq=p.seq))
                 await outq.put(cpb.CollectorMessage(ack=cpb.Ack(seq=ack)))

@@ -117,8 +117,9 @@ class FakeAgent:
     """A stream that stays open like an agent's: ships events on demand, records the kill orders it gets and
     acks each (executed), as the real agent does. For multi-collector tests that need more hosts than kernels."""
 
-    def __init__(self, port: int, host: str, first_unacked: int = 0) -> None:
-        """first_unacked: where its spool starts, as a real agent says in its hello (after a failover)."""
+    def __init__(self, port: int, host: str, first_unacked: int = 0, raw: bool = False) -> None:
+        """first_unacked: where its spool starts, as a real agent says in its hello (after a failover); raw: ship
+        RawBatches (today's agents) rather than EventBatches (older ones)."""
         import queue  # noqa: PLC0415
 
         import grpc  # noqa: PLC0415
@@ -127,7 +128,7 @@ class FakeAgent:
         from gpuguard.v1 import collector_pb2_grpc  # noqa: PLC0415
         from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
 
-        self.cpb, self.host, self.seq = cpb, host, 0
+        self.cpb, self.host, self.seq, self.raw = cpb, host, 0, raw
         self.out: queue.Queue = queue.Queue()
         self.acked = 0
         self.orders: list = []
@@ -161,7 +162,12 @@ class FakeAgent:
         for ev in events:
             self.seq += 1
             ev.seq = self.seq
-        self.out.put(self.cpb.AgentMessage(batch=self.cpb.EventBatch(events=events)))
+        if self.raw:
+            from gpuguard import rawbatch  # noqa: PLC0415
+
+            self.out.put(self.cpb.AgentMessage(raw=rawbatch.from_events(events)))
+        else:
+            self.out.put(self.cpb.AgentMessage(batch=self.cpb.EventBatch(events=events)))
         deadline = time.monotonic() + timeout
         while self.acked < self.seq and time.monotonic() < deadline:
             time.sleep(0.02)

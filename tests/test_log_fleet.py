@@ -66,7 +66,7 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
             return probe.lease_owner(p)
         except LogUnavailable:
             return ""
-    n1, n2 = FakeAgent(port_a, f"node1-{tag}"), FakeAgent(port_b, f"node2-{tag}")
+    n1, n2 = FakeAgent(port_a, f"node1-{tag}", raw=True), FakeAgent(port_b, f"node2-{tag}")   # new and old agents
     try:
         # both workers share the partitions (4 each) before anything is shipped
         wait_until(lambda: {owner(p) for p in range(PARTITIONS)} == {"w1", "w2"}, 30, "an even split")
@@ -84,7 +84,7 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         # the collector node 1 streams to dies; node 1 reconnects to B and resumes after what the log took
         col_a.kill()
         wait_until(n1.ended.is_set, 10, "node 1's stream to end")
-        n1b = FakeAgent(port_b, n1.host, first_unacked=n1.acked + 1)
+        n1b = FakeAgent(port_b, n1.host, first_unacked=n1.acked + 1, raw=True)
         n1b.seq = n1.seq
         n1b.ship([ev(job, "exec", 110 + i, "/usr/bin/true", ["true", str(i)], key=f"u{i}") for i in range(50)],
                  timeout=30)

@@ -111,3 +111,24 @@ def test_tracked_size_matches_the_files_on_disk(tmp_path):
     assert sp.size_bytes() == on_disk > 0
     sp.close()
     assert Spool(tmp_path, segment_bytes=150).size_bytes() == on_disk
+
+
+def test_raw_reads_give_the_spooled_bytes_and_columns_also_for_an_older_agents_frames(tmp_path):
+    import zlib  # noqa: PLC0415
+
+    import msgpack  # noqa: PLC0415
+
+    from agent.spool import FRAME  # noqa: PLC0415
+    from gpuguard.rawbatch import BODY_FIELD  # noqa: PLC0415
+
+    old = pb.Event(seq=1, ts_ns=1, exit=pb.Exit(code=7))          # a frame as an older agent spooled it
+    old.job.kind, old.job.id = "slurm", "41"
+    body = msgpack.packb([1, old.SerializeToString()], use_bin_type=True)
+    (tmp_path / f"seg-{1:020d}.log").write_bytes(FRAME.pack(len(body), zlib.crc32(body)) + body)
+    sp = Spool(tmp_path)
+    new = pb.Event(ts_ns=2, status=pb.AgentStatus(events_total=3))
+    assert sp.last_seq == 1 and sp.append([new]) == 1
+    raw = sp.read_raw_after(0, 10)
+    assert [(seq, kind, job) for seq, _b, kind, job in raw] == [(1, BODY_FIELD["exit"], "41"),
+                                                               (2, BODY_FIELD["status"], "")]
+    assert [pb.Event.FromString(b) for _s, b, _k, _j in raw] == sp.read_after(0, 10) == [old, new]

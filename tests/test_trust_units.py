@@ -193,7 +193,8 @@ def test_acks_do_not_wait_for_detection(tmp_path):
 
 
 class LyingCollector:
-    """A collector that claims to have stored more than the agent ever sent."""
+    """A collector that claims to have stored more than the agent ever sent (an older one: its hello does not say
+    raw_batches, so the agent sends it EventBatches)."""
 
     def __init__(self, stored_through: int, ack_seq: int) -> None:
         self.stored_through, self.ack_seq = stored_through, ack_seq
@@ -282,5 +283,6 @@ def test_an_event_the_collector_refuses_is_kept_in_the_agents_quarantine(tmp_pat
             stored = {e.seq: e for _h, e in app.store.recent_events(0, 10)}
             assert stored[2].HasField("gap") and "not an IP address" in stored[2].gap.reason
             assert stored[3].exit.code == 1 and app.ingestor.refused == 1
+            assert app.ingestor.raw_batches == app.ingestor.batches >= 1      # sent as spooled: RawBatch
         finally:
             shipper.stop()

@@ -30,19 +30,39 @@ class EventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
     def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
 
+class RawBatch(_message.Message):
+    __slots__ = ("frames", "seqs", "ends", "kinds", "jobs", "job_ids")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    frames: bytes
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    ends: _containers.RepeatedScalarFieldContainer[int]
+    kinds: _containers.RepeatedScalarFieldContainer[int]
+    jobs: _containers.RepeatedScalarFieldContainer[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, frames: _Optional[bytes] = ..., seqs: _Optional[_Iterable[int]] = ..., ends: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[int]] = ..., jobs: _Optional[_Iterable[int]] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class LogBatch(_message.Message):
-    __slots__ = ("host_id", "hostname", "boot_id", "events", "received_ns")
+    __slots__ = ("host_id", "hostname", "boot_id", "events", "received_ns", "unchecked", "seqs")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_NS_FIELD_NUMBER: _ClassVar[int]
+    UNCHECKED_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     hostname: str
     boot_id: str
     events: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
     received_ns: int
-    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., received_ns: _Optional[int] = ...) -> None: ...
+    unchecked: bool
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., received_ns: _Optional[int] = ..., unchecked: _Optional[bool] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PolicyAck(_message.Message):
     __slots__ = ("version", "error")
@@ -63,24 +83,28 @@ class KillAck(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., executed: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "batch", "policy_ack", "kill_ack")
+    __slots__ = ("hello", "batch", "policy_ack", "kill_ack", "raw")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     POLICY_ACK_FIELD_NUMBER: _ClassVar[int]
     KILL_ACK_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     batch: EventBatch
     policy_ack: PolicyAck
     kill_ack: KillAck
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EventBatch, _Mapping]] = ..., policy_ack: _Optional[_Union[PolicyAck, _Mapping]] = ..., kill_ack: _Optional[_Union[KillAck, _Mapping]] = ...) -> None: ...
+    raw: RawBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EventBatch, _Mapping]] = ..., policy_ack: _Optional[_Union[PolicyAck, _Mapping]] = ..., kill_ack: _Optional[_Union[KillAck, _Mapping]] = ..., raw: _Optional[_Union[RawBatch, _Mapping]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("stored_through_seq", "collector_version")
+    __slots__ = ("stored_through_seq", "collector_version", "raw_batches")
     STORED_THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
     COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RAW_BATCHES_FIELD_NUMBER: _ClassVar[int]
     stored_through_seq: int
     collector_version: str
-    def __init__(self, stored_through_seq: _Optional[int] = ..., collector_version: _Optional[str] = ...) -> None: ...
+    raw_batches: bool
+    def __init__(self, stored_through_seq: _Optional[int] = ..., collector_version: _Optional[str] = ..., raw_batches: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
