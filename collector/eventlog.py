@@ -14,6 +14,7 @@ idempotent producer's send awaited for ``acks=all``, ``mark`` / ``set_mark`` a c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -195,6 +196,18 @@ class LogSink:
     def ingest_raw(self, host_id: str, hostname: str, boot_id: str, view: RawView) -> IngestResult:
         messages = split_raw(host_id, hostname, boot_id, view, self.log.partitions)
         dup_messages = self.log.publish(messages)
+        self._published(host_id, int(view.seqs[-1]), len(messages), dup_messages)
+        return IngestResult(stored=len(view))
+
+    async def ingest_raw_async(self, host_id: str, hostname: str, boot_id: str, view: RawView) -> IngestResult:
+        """``ingest_raw`` on the caller's event loop: the split is array work, the publish is awaited (a log
+        without an async publish is called in a thread)."""
+        messages = split_raw(host_id, hostname, boot_id, view, self.log.partitions)
+        publish_async = getattr(self.log, "publish_async", None)
+        if publish_async is not None:
+            dup_messages = await publish_async(messages)
+        else:
+            dup_messages = await asyncio.to_thread(self.log.publish, messages)
         self._published(host_id, int(view.seqs[-1]), len(messages), dup_messages)
         return IngestResult(stored=len(view))
 

@@ -8,6 +8,7 @@ was stored: a seq jump is stored as an explicit gap, never acked as data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -105,17 +106,33 @@ class Ingestor:
         """Run a store call; turn its failures into StoreUnavailable, logged once per distinct cause."""
         try:
             result = fn(*args)
-        except getattr(self.log_sink or self.store, "errors", (sqlite3.Error, OSError)) as exc:
-            cause = f"{type(exc).__name__}: {exc}"
-            if cause != self._store_error_logged:
-                log.error("%s error, agents told to keep their spool and retry: %s", self.sink_name, cause)
-                self._store_error_logged = cause
-            raise StoreUnavailable(f"{self.sink_name} unavailable ({cause}); nothing stored, "
-                                   "keep the spool and retry") from exc
+        except self._sink_errors() as exc:
+            raise self._unavailable(exc) from exc
+        self._works()
+        return result
+
+    async def _guarded_async(self, coro):
+        try:
+            result = await coro
+        except self._sink_errors() as exc:
+            raise self._unavailable(exc) from exc
+        self._works()
+        return result
+
+    def _sink_errors(self) -> tuple[type[BaseException], ...]:
+        return getattr(self.log_sink or self.store, "errors", (sqlite3.Error, OSError))
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        cause = f"{type(exc).__name__}: {exc}"
+        if cause != self._store_error_logged:
+            log.error("%s error, agents told to keep their spool and retry: %s", self.sink_name, cause)
+            self._store_error_logged = cause
+        return StoreUnavailable(f"{self.sink_name} unavailable ({cause}); nothing stored, keep the spool and retry")
+
+    def _works(self) -> None:
         if self._store_error_logged:
             log.info("%s works again", self.sink_name)
             self._store_error_logged = ""
-        return result
 
     def batch(self, session: AgentSession, batch: cpb.EventBatch) -> tuple[int, list[StreamProblem]]:
         """Store one batch; return (ack seq, non-fatal problems). Raises StreamProblem to reject it whole."""
@@ -124,15 +141,47 @@ class Ingestor:
     def raw_batch(self, session: AgentSession, raw: cpb.RawBatch) -> tuple[int, list[StreamProblem]]:
         """A RawBatch: with an event log, checked, deduped, gap-filled and published without decoding an event
         into a Python object (gpuguard/rawbatch.py); into a store, decoded and stored like an EventBatch."""
+        if self.log_sink is None:
+            return self.events(session, list(self._check_raw(raw).parsed.events))
+        view, problems, top, duplicates = self._prepare_raw(session, raw)
+        if len(view):
+            self._commit(self.log_sink.ingest_raw, session.host_id, session.hostname, session.boot_id, view)
+        self._account(session, stored=len(view), duplicates=duplicates, top=top)
+        self._notify(session, self._heard(view))
+        return top, problems
+
+    async def raw_batch_async(self, session: AgentSession, raw: cpb.RawBatch) -> tuple[int, list[StreamProblem]]:
+        """``raw_batch`` with an event log, on the caller's event loop (the collector's gRPC loop): the checks are
+        array work, the publish is awaited, no thread waits on it; listeners run in a thread only when a batch
+        holds events for them."""
+        view, problems, top, duplicates = self._prepare_raw(session, raw)
+        if len(view):
+            started = time.perf_counter()
+            await self._guarded_async(self.log_sink.ingest_raw_async(session.host_id, session.hostname,
+                                                                     session.boot_id, view))
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
+        self._account(session, stored=len(view), duplicates=duplicates, top=top)
+        heard = self._heard(view)
+        if heard:
+            await asyncio.to_thread(self._notify, session, heard)
+        else:
+            self._notify(session, heard)
+        return top, problems
+
+    def _check_raw(self, raw: cpb.RawBatch) -> rawbatch.RawView:
         try:
             view = rawbatch.check(raw, self.max_batch_events, MAX_EVENT_BYTES)
         except rawbatch.RawBatchProblem as exc:
             raise StreamProblem(exc.code, exc.message) from None
         self.raw_batches += 1
-        if self.log_sink is None:
-            return self.events(session, list(view.parsed.events))
-        top = int(view.seqs[-1])
-        n = len(view)
+        return view
+
+    def _prepare_raw(self, session: AgentSession, raw: cpb.RawBatch):
+        """Checked, without what the host already stored, a gap record first when seqs jumped: (view, problems,
+        top seq, duplicates)."""
+        view = self._check_raw(raw)
+        top, n = int(view.seqs[-1]), len(view)
         view = view.drop_through(session.stored_through)
         problems = []
         if len(view) and view.seqs[0] > session.stored_through + 1 and view.kinds[0] != rawbatch.BODY_FIELD["gap"]:
@@ -141,12 +190,14 @@ class Ingestor:
             view = view.prepend(pb.Event(seq=hole[0], ts_ns=view.parsed.events[0].ts_ns,
                                          gap=pb.Gap(from_seq=hole[0], to_seq=hole[1], reason="not received")))
         fresh = len(view) - len(problems)          # a gap record prepended is not the agent's
-        if len(view):
-            self._commit(self.log_sink.ingest_raw, session.host_id, session.hostname, session.boot_id, view)
-        self._account(session, stored=len(view), duplicates=n - fresh, top=top)
-        self._notify(session, [] if not len(view) else
-                     list(view.parsed.events) if self.wants_all_events() else view.notable())
-        return top, problems
+        return view, problems, top, n - fresh
+
+    def _heard(self, view: rawbatch.RawView) -> list[pb.Event]:
+        """What listeners get of a forwarded batch: every event when someone follows the stream, else the few
+        health needs."""
+        if not len(view):
+            return []
+        return list(view.parsed.events) if self.wants_all_events() else view.notable()
 
     def events(self, session: AgentSession, events: list[pb.Event]) -> tuple[int, list[StreamProblem]]:
         if not events:

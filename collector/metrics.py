@@ -25,6 +25,9 @@ class CollectorMetrics(Collector):
         ing = app.ingestor
         yield CounterMetricFamily("gpuguard_collector_events_stored", "Events written to the store", value=ing.stored)
         yield CounterMetricFamily("gpuguard_collector_batches", "Batches committed", value=ing.batches)
+        yield CounterMetricFamily("gpuguard_collector_raw_batches",
+                                  "Of the batches committed, RawBatches (the rest: EventBatches of older agents)",
+                                  value=ing.raw_batches)
         yield CounterMetricFamily("gpuguard_collector_duplicates_ignored",
                                   "Events received again after a replay, not stored twice", value=ing.duplicates)
         yield CounterMetricFamily("gpuguard_collector_clock_suspect_events",
@@ -111,6 +114,13 @@ class WorkerMetrics(Collector):
         yield CounterMetricFamily("gpuguard_worker_detection_failures",
                                   "Batches detection raised on (stored, not evaluated)", value=s.detect_failures)
         yield CounterMetricFamily("gpuguard_worker_takeovers", "Partitions taken", value=s.takeovers)
+        checked = CounterMetricFamily("gpuguard_worker_forwarded_checks",
+                                      "What the checks of forwarded RawBatch events found (refused: a value no store "
+                                      "keeps, stored as a gap; clock_suspect: stamped a day off; disagreeing: parts "
+                                      "whose bodies' seqs were not the ones acked)", labels=["finding"])
+        for name, n in (("refused", s.refused), ("clock_suspect", s.clock_suspect), ("disagreeing", s.disagreeing)):
+            checked.add_metric([name], n)
+        yield checked
         phase = CounterMetricFamily("gpuguard_worker_phase_cpu_seconds", "CPU spent per phase", labels=["phase"])
         for name, secs in (("decode", s.decode_cpu_s), ("load", s.load_cpu_s), ("detect", s.detect_cpu_s)):
             phase.add_metric([name], secs)

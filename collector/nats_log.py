@@ -183,6 +183,20 @@ class NatsLog:
     def publish(self, messages: list[LogMessage]) -> int:
         return self._call(self._publish(messages), timeout=self.timeout_s * 2)
 
+    async def publish_async(self, messages: list[LogMessage]) -> int:
+        """``publish`` awaited from another event loop (the collector's gRPC loop) without a thread of its own
+        waiting on it: one hop to the client's loop and one back per batch."""
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+
+        fut = asyncio.run_coroutine_threadsafe(self._publish(messages), self._loop)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.timeout_s * 2)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise LogUnavailable(f"the event log did not answer within {self.timeout_s * 2:.0f} s") from exc
+        except NatsError as exc:
+            raise LogUnavailable(f"the event log failed: {type(exc).__name__}: {exc}") from exc
+
     async def _publish(self, messages: list[LogMessage]) -> int:
         """Every message in flight at once, then each ack awaited; one that failed is sent again (same id: the
         log keeps one) until the deadline."""

@@ -167,9 +167,11 @@ class CollectorServicer:
         it = requests.__aiter__()
         try:
             while True:
-                timeout = None if session else self.limits.hello_timeout_s
                 try:
-                    raw = await asyncio.wait_for(it.__anext__(), timeout)
+                    if session is None:                  # the hello has a deadline
+                        raw = await asyncio.wait_for(it.__anext__(), self.limits.hello_timeout_s)
+                    else:                                # then no timer per message (a task and a timer each)
+                        raw = await it.__anext__()
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -217,8 +219,11 @@ class CollectorServicer:
             elif session is None:
                 raise StreamProblem("FAILED_PRECONDITION", f"{kind or 'empty message'} before hello")
             elif kind in ("batch", "raw"):
-                ingest = self.ingestor.batch if kind == "batch" else self.ingestor.raw_batch
-                ack, problems = await asyncio.to_thread(ingest, session, getattr(msg, kind))
+                if kind == "raw" and self.ingestor.log_sink is not None:     # forwarded on this loop, no decode
+                    ack, problems = await self.ingestor.raw_batch_async(session, msg.raw)
+                else:
+                    ingest = self.ingestor.batch if kind == "batch" else self.ingestor.raw_batch
+                    ack, problems = await asyncio.to_thread(ingest, session, getattr(msg, kind))
                 for p in problems:
                     await outq.put(_error(p.code, p.message, seq=p.seq))
                 await outq.put(cpb.CollectorMessage(ack=cpb.Ack(seq=ack)))

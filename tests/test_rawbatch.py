@@ -180,3 +180,24 @@ def test_the_worker_makes_the_checks_the_collector_left_to_it(tmp_path):
     assert by_seq[3].clock_suspect and not by_seq[1].clock_suspect
     assert (by_seq[7].gap.from_seq, by_seq[7].gap.to_seq) == (7, 8) and 5 not in by_seq
     store.close()
+
+
+def test_the_async_path_forwards_the_same_and_a_dead_log_says_keep_the_spool():
+    import asyncio  # noqa: PLC0415
+
+    from collector.ingest import StoreUnavailable  # noqa: PLC0415
+
+    sync_log, async_log = MemoryLog(partitions=4), MemoryLog(partitions=4)
+    sync_ing = Ingestor(store=None, log_sink=LogSink(sync_log))
+    async_ing = Ingestor(store=None, log_sink=LogSink(async_log))
+    batches = [[event(1, "j"), status(2), event(3)], [event(3), event(4, "k")], [event(8, "j")]]
+    s1, s2 = session(), session()
+    for evs in batches:
+        assert sync_ing.raw_batch(s1, rawbatch.from_events(evs))[0] == \
+            asyncio.run(async_ing.raw_batch_async(s2, rawbatch.from_events(evs)))[0]
+    assert [(p, m) for p, _b, m in sync_log.entries] == [(p, m) for p, _b, m in async_log.entries]
+    assert (s1.stored_through, s1.duplicates, s1.events) == (s2.stored_through, s2.duplicates, s2.events)
+    async_log.down = True
+    with pytest.raises(StoreUnavailable, match="event log unavailable"):
+        asyncio.run(async_ing.raw_batch_async(s2, rawbatch.from_events([event(9, "j")])))
+    assert s2.stored_through == 8                                  # nothing taken: nothing acked
