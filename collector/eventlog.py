@@ -122,11 +122,14 @@ def split_raw(host_id: str, hostname: str, boot_id: str, view: RawView, partitio
     frames appended to a LogBatch header as the agent framed them (marked unchecked: the worker checks bodies)."""
     part_of_job = np.array([partition_of(f"job:{j}" if j else f"host:{host_id}", partitions) for j in view.job_ids],
                            dtype=np.int64)
-    parts = part_of_job[view.jobs]
     received = time.time_ns() if received_ns is None else received_ns
+    if bool((part_of_job == part_of_job[0]).all()):      # the common case: the node runs one job
+        groups = [(int(part_of_job[0]), np.arange(len(view)))]
+    else:
+        parts = part_of_job[view.jobs]
+        groups = [(p, np.flatnonzero(parts == p)) for p in np.unique(parts).tolist()]
     out = []
-    for p in np.unique(parts).tolist():
-        index = np.flatnonzero(parts == p)
+    for p, index in groups:
         seqs = view.seqs[index]
         head = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, received_ns=received,
                             unchecked=True, seqs=seqs.tolist())

@@ -23,7 +23,11 @@ FRAME_TAG = 0x22                           # LogBatch.events: field 4, length-de
 MAX_SEQ = (1 << 63) - 1                    # stores keep seqs as signed 64-bit integers
 MAX_JOB_ID_CHARS = 1024
 BODY_FIELD = {f.name: f.number for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields}
-NOTABLE_KINDS = np.array([BODY_FIELD["status"], BODY_FIELD["capture_loss"], BODY_FIELD["gap"]], dtype=np.uint32)
+KIND_TABLE = 256                           # body kinds are field numbers: tables indexed by kind
+VALID_KIND = np.zeros(KIND_TABLE, dtype=bool)
+VALID_KIND[list(BODY_FIELD.values())] = True
+NOTABLE_KIND = np.zeros(KIND_TABLE, dtype=bool)   # what ingest listeners need without a decode
+NOTABLE_KIND[[BODY_FIELD["status"], BODY_FIELD["capture_loss"], BODY_FIELD["gap"]]] = True
 
 
 class RawBatchProblem(ValueError):
@@ -89,7 +93,7 @@ class RawView:
 
     def notable(self) -> list[pb.Event]:
         """The events ingest listeners need even when nobody follows the stream: status, capture loss, gaps."""
-        return self.events_at(np.flatnonzero(np.isin(self.kinds, NOTABLE_KINDS)))
+        return self.events_at(np.flatnonzero(NOTABLE_KIND[self.kinds]))
 
     def drop_through(self, seq: int) -> RawView:
         """Without the events whose seq is <= seq (already stored: a resend)."""
@@ -123,22 +127,17 @@ class RawView:
                                                           self.ends[run_last].tolist(), strict=True))
 
 
-def _varint_at(data: np.ndarray, pos: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the varint at each position (at most 4 bytes: frames are < 256 MiB): (value, bytes used); bytes
-    used 0 where it does not end before ``limit``."""
-    value = np.zeros(pos.size, dtype=np.int64)
-    used = np.zeros(pos.size, dtype=np.int64)
-    open_ = np.ones(pos.size, dtype=bool)
-    last = data.size - 1
-    for i in range(4):
-        at = pos + i
-        inside = open_ & (at < limit)
-        byte = data[np.minimum(at, last)].astype(np.int64)
-        value = np.where(inside, value | ((byte & 0x7F) << (7 * i)), value)
-        done = inside & (byte < 0x80)
-        used = np.where(done, i + 1, used)
-        open_ = inside & ~done
-    return value, used
+def _varint_at(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the varint at each position (at most 4 bytes: frames are < 256 MiB) in one gather: (value, bytes
+    used), bytes used 0 where it is longer. Bytes past the data read as its last byte; a varint that runs past
+    its frame is caught by the caller's length check."""
+    b = data[np.minimum(pos[:, None] + np.arange(4), data.size - 1)].astype(np.int64)
+    more = b >= 0x80
+    c0, c1, c2 = more[:, 0], more[:, 0] & more[:, 1], more[:, 0] & more[:, 1] & more[:, 2]
+    low = b & 0x7F
+    value = low[:, 0] | (c0 * (low[:, 1] << 7)) | (c1 * (low[:, 2] << 14)) | (c2 * (low[:, 3] << 21))
+    used = 1 + c0 + c1 + c2
+    return value, np.where(c2 & more[:, 3], 0, used)
 
 
 def check(raw: cpb.RawBatch, max_events: int, max_event_bytes: int) -> RawView:
@@ -164,7 +163,7 @@ def check(raw: cpb.RawBatch, max_events: int, max_event_bytes: int) -> RawView:
     if int(ends[-1]) != len(raw.frames) or not bool(np.all(ends - starts >= 2)):
         raise RawBatchProblem("INVALID_ARGUMENT", f"frame ends do not tile the {len(raw.frames)} frame bytes")
     data = np.frombuffer(raw.frames, dtype=np.uint8)
-    length, used = _varint_at(data, starts + 1, ends)
+    length, used = _varint_at(data, starts + 1)
     bad = (data[starts] != FRAME_TAG) | (used == 0) | (starts + 1 + used + length != ends)
     if bool(bad.any()):
         i = int(np.flatnonzero(bad)[0])
@@ -183,7 +182,7 @@ def check(raw: cpb.RawBatch, max_events: int, max_event_bytes: int) -> RawView:
             raise RawBatchProblem("INVALID_ARGUMENT", f"job id {job[:80]!r}: longer than {MAX_JOB_ID_CHARS} "
                                   "characters or holds a NUL byte")
     kinds = np.array(raw.kinds, dtype=np.uint32)
-    if not bool(np.isin(kinds, list(BODY_FIELD.values())).all()):
+    if int(kinds.max()) >= KIND_TABLE or not bool(VALID_KIND[kinds].all()):
         raise RawBatchProblem("INVALID_ARGUMENT", f"body kind not one of Event.body's fields: "
                               f"{sorted(set(kinds.tolist()) - set(BODY_FIELD.values()))[:5]}")
     try:

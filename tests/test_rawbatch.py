@@ -201,3 +201,24 @@ def test_the_async_path_forwards_the_same_and_a_dead_log_says_keep_the_spool():
     with pytest.raises(StoreUnavailable, match="event log unavailable"):
         asyncio.run(async_ing.raw_batch_async(s2, rawbatch.from_events([event(9, "j")])))
     assert s2.stored_through == 8                                  # nothing taken: nothing acked
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+       st.lists(st.integers(-3, 3), min_size=3, max_size=3))
+def test_whatever_bytes_an_agent_sends_check_refuses_them_or_every_frame_is_one_event(flips, shifts):
+    raw = rawbatch.from_events([event(1, "j"), status(2), event(3)])
+    frames = bytearray(raw.frames)
+    for at, value in flips:
+        frames[at % len(frames)] = value
+    raw.frames = bytes(frames)
+    for i, d in enumerate(shifts):
+        raw.ends[i] = max(0, raw.ends[i] + d)
+    try:
+        view = check(raw)
+    except rawbatch.RawBatchProblem as exc:
+        assert exc.code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE") and exc.message
+        return
+    assert len(view.parsed.events) == 3
+    for s, e in zip(view.starts.tolist(), view.ends.tolist(), strict=True):
+        assert len(cpb.LogBatch.FromString(view.frames[s:e]).events) == 1
