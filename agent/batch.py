@@ -41,10 +41,13 @@ DTYPES = {kind: dtype_of(kind) for kind in LAYOUTS}
 SIZES = {kind: size for kind, (_n, size, _f) in LAYOUTS.items()}
 
 
+NOT_PRIORITY = np.ones(256, dtype=np.int8)           # by kind: 0 for the priority ring's kinds (sorts first)
+NOT_PRIORITY[list(PRIORITY_KINDS)] = 0
+
+
 def record_order(ts: np.ndarray, kinds: np.ndarray, arrival: np.ndarray) -> np.ndarray:
     """The one order both consumers give: kernel time, then the priority ring's kinds, then arrival."""
-    prio = np.isin(kinds, list(PRIORITY_KINDS)).astype(np.int8)
-    return np.lexsort((arrival, 1 - prio, ts))
+    return np.lexsort((arrival, NOT_PRIORITY[np.clip(kinds, 0, 255)], ts))
 
 
 class ArenaBatch:

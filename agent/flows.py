@@ -9,6 +9,7 @@ per packet; these read only the fields gpuguard uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import socket
@@ -305,6 +306,7 @@ def canonical(address: str) -> str:
     return str(ip) if ip is not None else address
 
 
+@functools.lru_cache(maxsize=65_536)        # a node talks to few addresses: parse each once
 def off_node(address: str) -> bool:
     """Not loopback, not unspecified: a connect that leaves the node (jupyter's kernels on 127.0.0.1 do not)."""
     ip = _unmapped(address)

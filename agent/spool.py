@@ -1,10 +1,11 @@
 """Durable on-disk queue of events not yet acknowledged by the collector.
 
-Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames
-``[u32 length][u32 crc32][msgpack [seq, serialized gpuguard.v1.Event, body kind, job id]]`` (the
-event's wire bytes: one serialisation from enrichment to the collector, which a RawBatch carries as they are,
-with the two columns a collector partitions by; frames of older agents hold only the first two) and
-``DIR/acked`` holding the highest acknowledged seq. Sequence numbers are per agent, monotonic and
+Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames ``[u32 length][u32 crc32][msgpack
+[first seq, [serialized gpuguard.v1.Event...], [body kind...], [job id...]]]``: one frame (one CRC) per append,
+that is per ring-buffer poll, up to 4 MiB. The events' wire bytes are serialised once, from enrichment to the
+collector, which a RawBatch carries as they are with the two columns a collector partitions by. Frames of older
+agents hold one record each (``[seq, bytes]`` or ``[seq, bytes, kind, job]``) and are read as such.
+``DIR/acked`` holds the highest acknowledged seq. Sequence numbers are per agent, monotonic and
 never reused (they survive restarts: the last one is recovered from disk).
 
 fsync policy: ``append`` writes and fsyncs once per batch (the capture loop
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
+BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
 
 
 @dataclass
@@ -95,7 +97,8 @@ class Spool:
 
     @staticmethod
     def _frames(path: Path, offset: int = 0):
-        """Yield (end_offset, seq, record) for each intact frame; stop at the first bad one."""
+        """Yield (start, end, first seq, last seq, msgpack fields) for each intact frame; stop at the first bad
+        one."""
         with open(path, "rb") as f:
             f.seek(offset)
             pos = offset
@@ -109,14 +112,26 @@ class Spool:
                 body = f.read(length)
                 if len(body) < length or zlib.crc32(body) != crc:
                     return
-                pos += FRAME.size + length
+                start, pos = pos, pos + FRAME.size + length
                 fields = msgpack.unpackb(body, raw=False)
-                yield pos, fields[0], fields
+                last = fields[0] + len(fields[1]) - 1 if isinstance(fields[1], list) else fields[0]
+                yield start, pos, fields[0], last, fields
+
+    @staticmethod
+    def _records(fields: list) -> list[tuple[int, bytes, int | None, str | None]]:
+        """A frame's records: (seq, serialised event, body kind, job id); kind and job None in the frames of
+        agents that spooled one record per frame without them."""
+        if isinstance(fields[1], list):                     # a batch: [first seq, bodies, kinds, jobs]
+            first, bodies, kinds, jobs = fields
+            return [(first + i, b, k, j) for i, (b, k, j) in enumerate(zip(bodies, kinds, jobs, strict=True))]
+        if len(fields) >= 4:                                 # one record with its columns
+            return [(fields[0], fields[1], fields[2], fields[3])]
+        return [(fields[0], fields[1], None, None)]          # one record, as the oldest agents spooled it
 
     def _scan(self, path: Path) -> tuple[int, int]:
         good_end, last = 0, 0
-        for end, seq, _rec in self._frames(path):
-            good_end, last = end, seq
+        for _start, end, _first, last_seq, _fields in self._frames(path):
+            good_end, last = end, last_seq
         return good_end, last
 
     # -- writing -----------------------------------------------------------------
@@ -131,23 +146,39 @@ class Spool:
         self._active_size = self._active.tell()
         self._segments.append((first_seq, path))
 
-    def _frame(self, seq: int, record: pb.Event) -> bytes:
-        record.seq = seq
-        body = self._packer.pack([seq, record.SerializeToString(), body_kind(record), record.job.id])
+    def _entry(self, seq: int, record: pb.Event) -> tuple[int, bytes, int, str]:
+        """(seq, serialised event, body kind, job id); an event that cannot be serialised (it never should)
+        becomes a gap naming its seq, so one odd event never costs the rest of the poll."""
+        try:
+            record.seq = seq
+            return seq, record.SerializeToString(), body_kind(record), record.job.id
+        except Exception as exc:   # noqa: BLE001 - whatever the encoder raises, the poll goes on
+            return self._gap_entry(seq, record, exc)
+
+    def _gap_entry(self, seq: int, record, exc: Exception) -> tuple[int, bytes, int, str]:
+        self.stats.unpackable += 1
+        log.error("spool: event seq %d (%s) cannot be encoded (%s); stored as a gap", seq,
+                  record.WhichOneof("body") if isinstance(record, pb.Event) else type(record).__name__, exc)
+        gap = pb.Event(seq=seq, gap=pb.Gap(from_seq=seq, to_seq=seq, reason=f"unencodable event: {str(exc)[:200]}"))
+        return seq, gap.SerializeToString(), body_kind(gap), ""
+
+    def _frame(self, entries: list[tuple[int, bytes, int, str]]) -> bytes:
+        """One frame for a run of consecutive records: one CRC, one msgpack header."""
+        body = self._packer.pack([entries[0][0], [e[1] for e in entries], [e[2] for e in entries],
+                                  [e[3] for e in entries]])
         return FRAME.pack(len(body), zlib.crc32(body)) + body
 
-    def _frame_or_gap(self, seq: int, record: pb.Event) -> bytes:
-        """An event that cannot be serialised (it never should) becomes a gap naming its seq, so one odd
-        event never costs the rest of the poll."""
-        try:
-            return self._frame(seq, record)
-        except Exception as exc:   # noqa: BLE001 - whatever the encoder raises, the poll goes on
-            self._packer = msgpack.Packer(use_bin_type=True)    # a failed pack may leave the packer mid-buffer
-            self.stats.unpackable += 1
-            log.error("spool: event seq %d (%s) cannot be encoded (%s); stored as a gap", seq,
-                      record.WhichOneof("body") if isinstance(record, pb.Event) else type(record).__name__, exc)
-            gap = pb.Event(gap=pb.Gap(from_seq=seq, to_seq=seq, reason=f"unencodable event: {str(exc)[:200]}"))
-            return self._frame(seq, gap)
+    def _frames_for(self, entries: list[tuple[int, bytes, int, str]]) -> list[bytes]:
+        """The records of one append as frames of up to BATCH_FRAME_BYTES (a larger record gets its own)."""
+        frames, run, size = [], [], 0
+        for entry in entries:
+            if run and size + len(entry[1]) > BATCH_FRAME_BYTES:
+                frames.append(self._frame(run))
+                run, size = [], 0
+            run.append(entry)
+            size += len(entry[1])
+        frames.append(self._frame(run))
+        return frames
 
     def append(self, records: list[pb.Event]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
@@ -163,22 +194,21 @@ class Spool:
         return pb.Event(ts_ns=time.time_ns(), gap=pb.Gap(from_seq=first, to_seq=last, reason=reason))
 
     def _try_write(self, records: list[pb.Event]) -> int:
-        seqs = []
-        frames = []
+        if not records:
+            return 0
         next_seq = self.last_seq
+        entries = []
         for rec in records:
             next_seq += 1
-            seq = next_seq
-            seqs.append(seq)
-            frames.append(self._frame_or_gap(seq, rec))
-        blob = b"".join(frames)
+            entries.append(self._entry(next_seq, rec))
+        blob = b"".join(self._frames_for(entries))
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
             for rec in records:
                 rec.seq = 0
             return 0
         if self._active is None or self._active_size >= self.segment_bytes:
-            self._open_segment(seqs[0])
+            self._open_segment(entries[0][0])
         start = self._active_size
         try:
             self._active.write(blob)
@@ -210,41 +240,48 @@ class Spool:
     # -- reading and acks ------------------------------------------------------------
     def read_after(self, seq: int, max_records: int) -> list[pb.Event]:
         """Events with seq > given seq, in order, at most max_records."""
-        return [pb.Event.FromString(fields[1]) for fields in self._read(seq, max_records)]
+        return [pb.Event.FromString(body) for _seq, body, _kind, _job in self._read(seq, max_records)]
 
     def read_raw_after(self, seq: int, max_records: int) -> list[tuple[int, bytes, int, str]]:
         """(seq, serialised event, body kind, job id) with seq > given seq, in order, at most max_records: what a
         RawBatch carries, without decoding an event (frames of older agents are decoded for their two columns)."""
         out = []
-        for fields in self._read(seq, max_records):
-            if len(fields) >= 4:
-                out.append((fields[0], fields[1], fields[2], fields[3]))
+        for rec_seq, body, kind, job in self._read(seq, max_records):
+            if kind is None:
+                ev = pb.Event.FromString(body)
+                out.append((rec_seq, body, body_kind(ev), ev.job.id))
             else:
-                ev = pb.Event.FromString(fields[1])
-                out.append((fields[0], fields[1], body_kind(ev), ev.job.id))
+                out.append((rec_seq, body, kind, job))
         return out
 
-    def _read(self, seq: int, max_records: int) -> list[list]:
-        """Spooled frames (msgpack lists) with seq > given seq. Sequential readers (the shipper) resume from a
-        remembered byte offset, so reading a segment costs O(records read), not O(segment)."""
+    def _read(self, seq: int, max_records: int) -> list[tuple[int, bytes, int | None, str | None]]:
+        """Spooled records with seq > given seq. Sequential readers (the shipper) resume from a remembered byte
+        offset (a frame's start or end, with the last seq before it), so reading costs O(records read), not
+        O(segment)."""
         with self._lock:
             segments = list(self._segments)
             if self._active:
                 self._active.flush()
         cursor_path, cursor_off, cursor_seq = self._cursor
-        out: list[list] = []
+        out: list[tuple[int, bytes, int | None, str | None]] = []
         for i, (_first, path) in enumerate(segments):
             next_first = segments[i + 1][0] if i + 1 < len(segments) else None
             if next_first is not None and next_first <= seq + 1:
                 continue
             offset = cursor_off if (path == cursor_path and cursor_seq <= seq) else 0
             try:
-                for end, s, fields in self._frames(path, offset):
-                    if s > seq:
-                        out.append(fields)
-                        self._cursor = (path, end, s)
-                        if len(out) >= max_records:
-                            return out
+                for start, end, first, last, fields in self._frames(path, offset):
+                    if last <= seq:
+                        continue
+                    wanted = [r for r in self._records(fields) if r[0] > seq]
+                    room = max_records - len(out)
+                    out.extend(wanted[:room])
+                    if len(wanted) > room:               # stopped inside this frame: resume at its start
+                        self._cursor = (path, start, first - 1)
+                        return out
+                    self._cursor = (path, end, last)
+                    if len(out) >= max_records:
+                        return out
             except FileNotFoundError:
                 continue
         return out

@@ -132,3 +132,32 @@ def test_raw_reads_give_the_spooled_bytes_and_columns_also_for_an_older_agents_f
     assert [(seq, kind, job) for seq, _b, kind, job in raw] == [(1, BODY_FIELD["exit"], "41"),
                                                                (2, BODY_FIELD["status"], "")]
     assert [pb.Event.FromString(b) for _s, b, _k, _j in raw] == sp.read_after(0, 10) == [old, new]
+
+
+def test_one_frame_per_append_and_reads_that_stop_inside_a_frame_resume_there(tmp_path):
+    sp = Spool(tmp_path)
+    for n in (5, 3, 4):                                      # three polls' worth
+        assert sp.append(recs(n)) == n
+    segment = next(tmp_path.glob("seg-*.log"))
+    frames = [(first, last) for _s, _e, first, last, _f in sp._frames(segment)]
+    assert frames == [(1, 5), (6, 8), (9, 12)]               # one CRC and one header per append
+    got, after = [], 0
+    while True:                                              # the shipper's pattern: 2 at a time, then 3, ...
+        part = sp.read_raw_after(after, 2 + len(got) % 2)
+        if not part:
+            break
+        got.extend(part)
+        after = part[-1][0]
+    assert [seq for seq, *_ in got] == list(range(1, 13))
+    assert [pb.Event.FromString(b).exit.code for _s, b, _k, _j in got] == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]
+    assert [e.seq for e in sp.read_after(7, 3)] == [8, 9, 10]   # a reader that jumps back and forth
+    assert [e.seq for e in sp.read_after(2, 2)] == [3, 4]
+
+
+def test_a_record_that_cannot_be_encoded_becomes_a_gap_and_the_rest_of_its_poll_is_kept(tmp_path):
+    sp = Spool(tmp_path)
+    assert sp.append([*recs(1), object(), *recs(1, start=7)]) == 3
+    got = view(sp.read_after(0, 10))
+    assert [r["kind"] for r in got] == ["exit", "gap", "exit"] and got[2]["n"] == 7
+    assert got[1]["gap"]["from_seq"] == got[1]["gap"]["to_seq"] == 2 and "unencodable" in got[1]["gap"]["reason"]
+    assert sp.stats.unpackable == 1
