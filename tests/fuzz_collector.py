@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 
+from gpuguard import rawbatch
 from gpuguard.credentials import CredentialStore, bearer, find_token
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
@@ -102,6 +103,24 @@ def mutate(rng: random.Random, raw: bytes) -> bytes:
     return bytes(data)
 
 
+def raw_batch_message(rng: random.Random) -> bytes:
+    start = rng.choice(EDGE_SEQS[1:5])
+    raw = rawbatch.from_events([valid_event(rng, min(start + i, (1 << 64) - 1)) for i in range(rng.randint(1, 20))])
+    bend = rng.random()
+    if bend < 0.15:
+        column = rng.choice([raw.seqs, raw.ends, raw.kinds, raw.jobs])
+        column[rng.randrange(len(column))] = rng.choice([0, 1, 255, (1 << 32) - 1])
+    elif bend < 0.25:
+        rng.choice([raw.seqs, raw.ends, raw.kinds, raw.jobs]).pop()
+    elif bend < 0.35:
+        raw.frames = mutate(rng, raw.frames)
+    elif bend < 0.4:
+        raw.job_ids.append(hostile_text(rng)[:5000])
+        raw.jobs[0] = len(raw.job_ids) - 1
+    message = cpb.AgentMessage(raw=raw).SerializeToString()
+    return message if rng.random() < 0.9 else mutate(rng, message)
+
+
 def stream_messages(rng: random.Random, host: str) -> list[bytes]:
     host_id = rng.choice([host, host, "other", hostile_text(rng)[:300]])
     hello = cpb.AgentMessage(hello=cpb.Hello(host=pb.Host(host_id=host_id, hostname=hostile_text(rng)[:200]),
@@ -110,12 +129,14 @@ def stream_messages(rng: random.Random, host: str) -> list[bytes]:
     msgs = [hello.SerializeToString()] if rng.random() < 0.8 else []
     for _ in range(rng.randint(1, 6)):
         choice = rng.random()
-        if choice < 0.4:
+        if choice < 0.25:
             start = rng.choice(EDGE_SEQS[1:5])
             n = rng.randint(1, 20)
             batch = cpb.EventBatch(events=[valid_event(rng, min(start + i, (1 << 64) - 1)) for i in range(n)])
             raw = cpb.AgentMessage(batch=batch).SerializeToString()
             msgs.append(raw if rng.random() < 0.6 else mutate(rng, raw))
+        elif choice < 0.4:                                   # today's agents: RawBatch, its columns or bytes bent
+            msgs.append(raw_batch_message(rng))
         elif choice < 0.6:
             msgs.append(rng.randbytes(rng.randint(0, 2000)))
         elif choice < 0.7:
