@@ -72,6 +72,8 @@ class Spool:
         self._bytes = 0                                     # kept up to date: no stat per append
         self._recover()
         self._cursor: tuple[Path | None, int, int] = (None, 0, 0)   # (segment, byte offset, seq there)
+        self._partial: tuple | None = None        # the frame a read stopped inside: (path, start, end, first, last,
+                                                  # records)
 
     # -- start-up --------------------------------------------------------------
     def _read_acked(self) -> int:
@@ -270,14 +272,16 @@ class Spool:
                 continue
             offset = cursor_off if (path == cursor_path and cursor_seq <= seq) else 0
             try:
-                for start, end, first, last, fields in self._frames(path, offset):
+                for start, end, first, last, records in self._frames_from(path, offset):
                     if last <= seq:
                         continue
-                    wanted = [r for r in self._records(fields) if r[0] > seq]
+                    wanted = records[max(0, seq + 1 - first):] if records[0][0] == first else \
+                        [r for r in records if r[0] > seq]
                     room = max_records - len(out)
                     out.extend(wanted[:room])
                     if len(wanted) > room:               # stopped inside this frame: resume at its start
                         self._cursor = (path, start, first - 1)
+                        self._partial = (path, start, end, first, last, records)
                         return out
                     self._cursor = (path, end, last)
                     if len(out) >= max_records:
@@ -285,6 +289,17 @@ class Spool:
             except FileNotFoundError:
                 continue
         return out
+
+    def _frames_from(self, path: Path, offset: int):
+        """_frames with each frame's records; the frame a read stopped inside is not read, checked and decoded
+        again (a poll's frame may hold thousands of records, the shipper takes a few hundred at a time)."""
+        partial = self._partial
+        if partial is not None and partial[0] == path and partial[1] == offset:
+            self._partial = None
+            yield partial[1:]
+            offset = partial[2]
+        for start, end, first, last, fields in self._frames(path, offset):
+            yield start, end, first, last, self._records(fields)
 
     def skip_to(self, seq: int) -> None:
         """Number new records after ``seq`` (the collector already holds seqs up to it for this host).
