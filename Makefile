@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/enforce.py
 	$(PY) bench/hostile.py
+	$(PY) bench/agent_cpu.py
 
 ## bench-fleet: a fleet on a log on this host (simulated agents, 2 collectors, 3 NATS nodes, workers, PostgreSQL)
 bench-fleet:
