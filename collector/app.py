@@ -97,8 +97,11 @@ class CollectorApp:
                                                 lease_ttl_s=cfg.detector_lease_s)
                 self.ingestor.listeners.append(self.detector.submit)
         self.follow = FollowHub()                      # server push of new events and alerts (collector/follow.py)
-        self.ingestor.listeners.append(self.follow.on_events)
-        self.ingestor.wants_all_events = lambda: bool(self.follow.followers)
+        if log_sink is None:                           # with a log, followed events come from it (all hosts)
+            self.ingestor.listeners.append(self.follow.on_events)
+            self.ingestor.wants_all_events = lambda: bool(self.follow.followers)
+        else:
+            self.ingestor.wants_all_events = lambda: False
         self.alerts.watchers.append(self.follow.on_alert)
         self.query = QueryService(self.store, self.policy, self.health, self.follow, self.auth.revalidator)
         self.server = None
@@ -152,10 +155,12 @@ class CollectorApp:
         self._tasks = [loop.create_task(self._retention()), loop.create_task(self._watch_health()),
                        loop.create_task(self.outbox.deliver_forever())]
         if self.log_sink is not None:
-            from collector.follow import StoreAlertFeed  # noqa: PLC0415
+            from collector.follow import LogEventFeed, StoreAlertFeed  # noqa: PLC0415
 
             self._tasks.append(loop.create_task(self._flush_marks()))
             self._tasks.append(loop.create_task(StoreAlertFeed(self.store, self.follow).run()))
+            self._tasks.append(loop.create_task(LogEventFeed(self.event_log, self.follow,
+                                                             self.event_log.partitions).run()))
         await self._start_http(loop)
         return self.port
 

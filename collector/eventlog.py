@@ -71,6 +71,10 @@ class EventLog(Protocol):
     def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
         """Up to ``limit`` entries of the partition after offset ``after``, waiting up to ``wait_s`` for one."""
 
+    def tail(self, partition: int) -> int:
+        """The offset of the partition's last entry (0 while it has none): where a reader of what comes next
+        starts."""
+
     def read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
         """Entries taken since ``since_ns`` up to offset ``through`` (a new owner's warm-up)."""
 

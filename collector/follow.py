@@ -150,3 +150,71 @@ class StoreAlertFeed:
                     self.hub._fan_alert(alert)
             except Exception as exc:   # the store is down: followers wait
                 log.debug("alert feed from the store: %s", exc)
+
+
+class LogEventFeed:
+    """With ``--log`` this collector sees only the events of the hosts that stream to it; a follower of a job
+    (`gpuguard timeline JOB --follow`, the page's live view) wants every host of it. So with a log, followed events
+    come from the log instead: the partition of each followed job (every partition for a follower of all jobs),
+    from its last LOOKBACK_S when first wanted (what reached the log between a follower's subscription and its
+    first read of the store; followers print each event once), then as it comes, fanned out like ingest's.
+    Ingest then feeds followers nothing, so no event arrives twice."""
+
+    LOOKBACK_S = 10.0
+
+    def __init__(self, log, hub: FollowHub, partitions: int, wait_s: float = 0.5) -> None:
+        self.log, self.hub, self.partitions, self.wait_s = log, hub, partitions, wait_s
+        self.offsets: dict[int, int] = {}        # partition -> last offset fanned out
+
+    def wanted(self) -> set[int]:
+        from collector.eventlog import partition_of  # noqa: PLC0415 - the log is optional
+
+        parts: set[int] = set()
+        for f in list(self.hub.followers):
+            if not f.events:
+                continue
+            if not f.job_id:
+                return set(range(self.partitions))
+            parts.add(partition_of(f"job:{f.job_id}", self.partitions))
+        return parts
+
+    def poll(self) -> list[tuple[str, list[pb.Event]]]:
+        """New events of the wanted partitions, (host, events) per log entry."""
+        from collector.eventlog import LogEntry  # noqa: PLC0415
+        from gpuguard.v1 import collector_pb2 as cpb  # noqa: PLC0415
+
+        wanted = self.wanted()
+        for p in [p for p in self.offsets if p not in wanted]:
+            del self.offsets[p]
+        out: list[tuple[str, list[pb.Event]]] = []
+        for p in sorted(wanted):
+            if p not in self.offsets:               # newly wanted: its recent past, then what comes after
+                tail = self.offsets[p] = self.log.tail(p)
+                since = time.time_ns() - int(self.LOOKBACK_S * 1e9)
+                entries: list[LogEntry] = self.log.read_since(p, since, tail, 1000) if tail else []
+            else:
+                entries = self.log.read(p, self.offsets[p], 1000, self.wait_s / max(len(wanted), 1))
+                if entries:
+                    self.offsets[p] = entries[-1].offset
+            for e in entries:
+                try:
+                    batch = cpb.LogBatch.FromString(e.payload)
+                except Exception:   # noqa: BLE001 - not ours: the workers count it; followers skip it
+                    continue
+                out.append((batch.host_id, list(batch.events)))
+        return out
+
+    async def run(self) -> None:
+        while True:
+            if not self.hub.followers:
+                self.offsets.clear()
+                await asyncio.sleep(self.wait_s)
+                continue
+            try:
+                for host, events in await asyncio.to_thread(self.poll):
+                    self.hub._fan_events(host, events)
+            except Exception as exc:   # the log is down: followers wait, the next poll tries again
+                log.debug("event feed from the log: %s", exc)
+                await asyncio.sleep(self.wait_s)
+            else:
+                await asyncio.sleep(0.05 if self.offsets else self.wait_s)

@@ -241,6 +241,19 @@ class NatsLog:
                    timeout=self.timeout_s * 2)
 
     # -- worker side -----------------------------------------------------------------------------
+    def tail(self, partition: int) -> int:
+        return self._call(self._tail(partition))
+
+    async def _tail(self, partition: int) -> int:
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+        try:
+            last = await self._retrying(lambda: self.js.get_last_msg(STREAM, f"{SUBJECT}.{partition}"),
+                                        "the partition's last entry")
+        except NotFoundError:
+            return 0
+        return last.seq
+
     def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
         return self._call(self._read(partition, after, limit, wait_s), timeout=wait_s + self.timeout_s)
 

@@ -32,6 +32,7 @@ class MemoryLog:
     def __init__(self, partitions: int = 8) -> None:
         self.partitions = partitions
         self.entries: list[tuple[int, bytes, str]] = []     # (partition, payload, msg id)
+        self.times: list[int] = []                          # when the log took each entry
         self.saved: dict[str, dict[str, int]] = {}
         self.leases: dict[int, str] = {}
         self.down = False
@@ -47,6 +48,7 @@ class MemoryLog:
                 dup += 1
                 continue
             self.entries.append((m.partition, m.payload, m.msg_id))
+            self.times.append(time.time_ns())
         return dup
 
     def mark(self, host_id: str) -> int:
@@ -57,11 +59,15 @@ class MemoryLog:
 
     def read(self, partition: int, after: int, limit: int, wait_s: float) -> list[LogEntry]:
         self.reads += 1
-        out = [LogEntry(i + 1, b, 0) for i, (p, b, _m) in enumerate(self.entries) if p == partition and i + 1 > after]
+        out = [LogEntry(i + 1, b, self.times[i] if i < len(self.times) else 0)
+               for i, (p, b, _m) in enumerate(self.entries) if p == partition and i + 1 > after]
         return out[:limit]
 
+    def tail(self, partition: int) -> int:
+        return max((i + 1 for i, (p, _b, _m) in enumerate(self.entries) if p == partition), default=0)
+
     def read_since(self, partition: int, since_ns: int, through: int, limit: int) -> list[LogEntry]:
-        return [e for e in self.read(partition, 0, limit, 0) if e.offset <= through]
+        return [e for e in self.read(partition, 0, limit, 0) if e.offset <= through and e.ts_ns >= since_ns]
 
     def claim(self, partition: int, owner: str) -> bool:
         return self.leases.setdefault(partition, owner) == owner

@@ -113,10 +113,25 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         assert cli_json(port_b, "alerts", "--job", job)["alerts"]           # B answers from the store
         # a worker raised it; the collector's follower was pushed it (pushed: the poll interval is a minute)
         wait_until(lambda: any("miner-stratum-url" in line for line in followed), 20, "the followed alert")
+        # a third collector no host streams to: a follower of the job there sees each host's new events (from
+        # the log), the second shipped only after the first was shown, so it can only have been pushed
+        port_c = free_port()
+        col_c = log_collector(tmp_path / "c", port_c, url, urls).start()
+        timeline = subprocess.Popen([*CLI, "timeline", job, "--collector", f"127.0.0.1:{port_c}", "--json",
+                                     "--interval", "60", "--follow"], stdout=subprocess.PIPE, text=True)
+        shown: list[str] = []
+        threading.Thread(target=lambda: shown.extend(iter(timeline.stdout.readline, "")), daemon=True).start()
+        n2.ship([ev(job, "exec", 401, "/usr/bin/true", ["true", "marker-n2"], key="m2")])
+        wait_until(lambda: any("marker-n2" in line for line in shown), 30, "node 2's event on the third collector")
+        n1b.ship([ev(job, "exec", 402, "/usr/bin/true", ["true", "marker-n1"], key="m1")])
+        wait_until(lambda: any("marker-n1" in line for line in shown), 30, "node 1's event on the third collector")
     finally:
-        if "follow" in locals():
-            follow.kill()
-            follow.wait(10)
+        for proc in (locals().get("follow"), locals().get("timeline")):
+            if proc is not None:
+                proc.kill()
+                proc.wait(10)
+        if "col_c" in locals():
+            col_c.stop()
         probe.close()
         for a in (n1, n2, locals().get("n1b")):
             if a is not None:
