@@ -30,6 +30,8 @@ from collector.eventlog import DEFAULT_PARTITIONS, LogEntry, LogMessage, LogUnav
 log = logging.getLogger(__name__)
 
 STREAM = "GPUGUARD_EVENTS"
+SETUP_REQUEST_S = 2.0       # one request while setting up the stream and buckets
+SETUP_S = 45.0              # how long setting up may take (a fresh cluster electing, others racing to create)
 SUBJECT = "gpuguard.events"
 MARKS, LEASES, WORKERS = "gpuguard_marks", "gpuguard_leases", "gpuguard_workers"
 
@@ -109,14 +111,15 @@ class NatsLog:
         except NatsError as exc:
             raise LogUnavailable(f"the event log failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _retrying(self, make, what: str):
+    async def _retrying(self, make, what: str, within_s: float | None = None):
         """A JetStream request through a leader election: "no responders" and timeouts are retried for up to
-        ``timeout_s`` (an election on a 3-node cluster takes a few seconds), then LogUnavailable."""
+        ``within_s`` (default ``timeout_s``: an election on a 3-node cluster takes a few seconds), then
+        LogUnavailable."""
         from nats.errors import NoRespondersError  # noqa: PLC0415
         from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
         from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
 
-        deadline = self._loop.time() + self.timeout_s
+        deadline = self._loop.time() + (within_s or self.timeout_s)
         delay = 0.1
         while True:
             try:
@@ -143,14 +146,18 @@ class NatsLog:
                                      max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnect,
                                      allow_reconnect=True, **self.auth)
         self.js = self.nc.jetstream(timeout=self.timeout_s)
+        # Setting up: requests with a short timeout, retried for longer. Collectors and workers that start
+        # together against a fresh cluster race to create the stream and buckets, and the API may leave a request
+        # about one being assigned unanswered: one long request would spend the whole deadline on it.
+        self._setup_js = self.nc.jetstream(timeout=SETUP_REQUEST_S)
         config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT}.*"], storage=StorageType.FILE,
                               num_replicas=self.replicas, duplicate_window=600.0, max_age=self.retention_s)
         try:                                 # a cluster that just started may still elect its meta leader
-            await self._retrying(lambda: self.js.add_stream(config), "the stream's creation")
+            await self._retrying(lambda: self._setup_js.add_stream(config), "the stream's creation", SETUP_S)
         except BadRequestError as exc:       # exists with other settings: keep it, say so
             log.warning("event log: stream %s exists with other settings, used as it is (%s)", STREAM,
                         exc.description)
-        info = await self._retrying(lambda: self.js.stream_info(STREAM), "the stream's settings")
+        info = await self._stream_info()
         self.replicas = info.config.num_replicas or self.replicas
         self.marks = await self._bucket(KeyValueConfig(bucket=MARKS, replicas=self.replicas, history=1,
                                                        ttl=self.retention_s, storage=StorageType.FILE))
@@ -167,17 +174,36 @@ class NatsLog:
         log.info("event log: %s on %s (%d partitions, %d replicas)", STREAM, ",".join(self.urls), self.partitions,
                  self.replicas)
 
+    async def _stream_info(self):
+        return await self._once_made(lambda: self._setup_js.stream_info(STREAM), "the stream's settings")
+
+    async def _once_made(self, make, what: str):
+        """A stream or bucket another collector or worker is making. Those that start together against a fresh
+        cluster race to create them; one that lost the race may ask before the winner's is assigned ("not
+        found"), so that answer is waited out like an election."""
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+        deadline = self._loop.time() + SETUP_S
+        while True:
+            try:
+                return await self._retrying(make, what, SETUP_S)
+            except NotFoundError:
+                if self._loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
     async def _bucket(self, config):
         from nats.js.errors import BadRequestError, BucketNotFoundError  # noqa: PLC0415
 
+        what = f"bucket {config.bucket}"
         try:
-            return await self._retrying(lambda: self.js.key_value(config.bucket), f"bucket {config.bucket}")
+            bucket = await self._retrying(lambda: self._setup_js.key_value(config.bucket), what, SETUP_S)
         except BucketNotFoundError:
-            pass
-        try:
-            return await self._retrying(lambda: self.js.create_key_value(config), f"bucket {config.bucket}")
-        except BadRequestError:               # made meanwhile by another collector or worker
-            return await self.js.key_value(config.bucket)
+            try:
+                bucket = await self._retrying(lambda: self._setup_js.create_key_value(config), what, SETUP_S)
+            except BadRequestError:               # made meanwhile by another collector or worker
+                bucket = await self._once_made(lambda: self._setup_js.key_value(config.bucket), what)
+        return bucket          # its reads and writes keep the short request timeout, retried up to timeout_s
 
     # -- ingest side -----------------------------------------------------------------------------
     def publish(self, messages: list[LogMessage]) -> int:

@@ -287,3 +287,31 @@ def test_a_log_with_users_refuses_a_client_without_them(tmp_path):
             log.close()
     finally:
         cluster.stop()
+
+
+def test_collectors_and_workers_starting_together_on_a_fresh_cluster_all_come_up(nats_cluster):
+    """They race to create the stream and the buckets; the losers wait for the winner's, none fails to start."""
+    import threading  # noqa: PLC0415
+
+    from collector.nats_log import NatsLog  # noqa: PLC0415
+
+    started: list[NatsLog] = []
+    failed: list[Exception] = []
+
+    def start(leases: bool) -> None:
+        try:
+            started.append(NatsLog(nats_cluster.urls, partitions=4, lease_s=2, leases=leases))
+        except Exception as exc:   # noqa: BLE001 - what the test counts
+            failed.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i % 2 == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert failed == [] and len(started) == 6
+        assert started[0].publish([]) == 0 and all(log.tail(0) == 0 for log in started)
+    finally:
+        for log in started:
+            log.close()
