@@ -38,6 +38,10 @@ class RawBatchProblem(ValueError):
 
 
 def varint(n: int) -> bytes:
+    if n < 0x80:                           # the common lengths first: an event is rarely 16 KiB or more
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

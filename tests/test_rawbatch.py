@@ -222,3 +222,10 @@ def test_whatever_bytes_an_agent_sends_check_refuses_them_or_every_frame_is_one_
     assert len(view.parsed.events) == 3
     for s, e in zip(view.starts.tolist(), view.ends.tolist(), strict=True):
         assert len(cpb.LogBatch.FromString(view.frames[s:e]).events) == 1
+
+
+def test_frames_use_protobufs_own_length_encoding():
+    from google.protobuf.internal.encoder import _VarintBytes  # noqa: PLC0415
+
+    for n in [*range(300), 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, (1 << 28) - 1, 1 << 28, 1 << 35]:
+        assert rawbatch.varint(n) == _VarintBytes(n), n
