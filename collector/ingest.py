@@ -78,7 +78,7 @@ class Ingestor:
         self._store_error_logged = ""
         self.stored = 0                      # events written (metrics)
         self.batches = 0
-        self.raw_batches = 0                 # of which RawBatch (today's agents; the rest: EventBatch)
+        self.raw_batches = 0                 # RawBatches that passed the checks (older agents send EventBatch)
         self.duplicates = 0
         self.on_commit: Callable[[float], None] | None = None    # seconds per store commit (metrics)
         # Listeners get every event of a RawBatch forwarded to a log only when this says so (someone follows the
@@ -177,7 +177,8 @@ class Ingestor:
         self.raw_batches += 1
         return view
 
-    def _prepare_raw(self, session: AgentSession, raw: cpb.RawBatch):
+    def _prepare_raw(self, session: AgentSession,
+                     raw: cpb.RawBatch) -> tuple[rawbatch.RawView, list[StreamProblem], int, int]:
         """Checked, without what the host already stored, a gap record first when seqs jumped: (view, problems,
         top seq, duplicates)."""
         view = self._check_raw(raw)
@@ -200,6 +201,7 @@ class Ingestor:
         return list(view.parsed.events) if self.wants_all_events() else view.notable()
 
     def events(self, session: AgentSession, events: list[pb.Event]) -> tuple[int, list[StreamProblem]]:
+        """An agent batch's events, decoded: checked, deduped, gap-filled, stored (or published), listeners told."""
         if not events:
             raise StreamProblem("INVALID_ARGUMENT", "empty event batch")
         if len(events) > self.max_batch_events:

@@ -26,7 +26,7 @@ class CollectorMetrics(Collector):
         yield CounterMetricFamily("gpuguard_collector_events_stored", "Events written to the store", value=ing.stored)
         yield CounterMetricFamily("gpuguard_collector_batches", "Batches committed", value=ing.batches)
         yield CounterMetricFamily("gpuguard_collector_raw_batches",
-                                  "Of the batches committed, RawBatches (the rest: EventBatches of older agents)",
+                                  "RawBatches that passed the checks (today's agents; older ones send EventBatches)",
                                   value=ing.raw_batches)
         yield CounterMetricFamily("gpuguard_collector_duplicates_ignored",
                                   "Events received again after a replay, not stored twice", value=ing.duplicates)
