@@ -41,11 +41,24 @@ class Process:
     lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
     record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
+    summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
         """What an ancestor contributes to a record: bounded, whatever its command line was."""
-        argv = budget_argv(self.argv[:8], argv_budget, 256)[0] if argv_budget > 0 else []
-        return {"pid": self.pid, "key": self.key, "comm": self.comm, "exe": clip(self.exe, 1024)[0], "argv": argv}
+        return self.summary_and_size(argv_budget)[0]
+
+    def summary_and_size(self, argv_budget: int) -> tuple[dict, int]:
+        """The summary and the characters its argv takes (NUL-separated). Made once per image and budget (a
+        shell running a loop is the ancestor of every exec in it); callers do not change it."""
+        cache = self.summaries if self.summaries is not None else {}
+        made = cache.get(argv_budget)
+        if made is None:
+            argv = budget_argv(self.argv[:8], argv_budget, 256)[0] if argv_budget > 0 else []
+            made = cache[argv_budget] = ({"pid": self.pid, "key": self.key, "comm": self.comm,
+                                          "exe": clip(self.exe, 1024)[0], "argv": argv},
+                                         sum(len(x) + 1 for x in argv))
+            self.summaries = cache
+        return made
 
 
 def read_proc(pid: int, proc: Path = Path("/proc")) -> dict | None:
@@ -129,6 +142,7 @@ class ProcessTable:
         if ppid:
             p.ppid = ppid               # the kernel's real parent (re-parenting happens)
         p.lineage = None
+        p.summaries = None
         p.record_base = None
         p.ancestry_sent = False
         return p
@@ -160,8 +174,8 @@ class ProcessTable:
         if p.lineage is None:
             lineage, budget = [], LINEAGE_ARGV_CHARS
             for a in self.ancestors(p.pid):
-                item = a.summary(min(budget, ANCESTOR_ARGV_CHARS))
-                budget -= sum(len(x) + 1 for x in item["argv"])
+                item, size = a.summary_and_size(min(budget, ANCESTOR_ARGV_CHARS))
+                budget -= size
                 lineage.append(item)
             p.lineage = lineage
         return p.lineage
