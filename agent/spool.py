@@ -275,8 +275,7 @@ class Spool:
                 for start, end, first, last, records in self._frames_from(path, offset):
                     if last <= seq:
                         continue
-                    wanted = records[max(0, seq + 1 - first):] if records[0][0] == first else \
-                        [r for r in records if r[0] > seq]
+                    wanted = records[max(0, seq + 1 - first):]      # a frame's records run first..last
                     room = max_records - len(out)
                     out.extend(wanted[:room])
                     if len(wanted) > room:               # stopped inside this frame: resume at its start

@@ -99,11 +99,16 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
+def message_id(host_id: str, boot_id: str, first_seq: int, last_seq: int, partition: int) -> str:
+    """The id the log dedupes a part by: host, boot, first and last seq of the part, partition (a resend cut at
+    other boundaries is not mistaken for a retry; its overlap is dropped by (host, seq) downstream)."""
+    return f"{host_id}:{boot_id}:{first_seq}-{last_seq}:{partition}"
+
+
 def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event], partitions: int,
                 received_ns: int | None = None) -> list[LogMessage]:
-    """One agent batch -> one message per partition it touches, each with an id the log dedupes a retry by
-    (host, boot, first and last seq of the part, partition: a resend cut at other boundaries is not mistaken for
-    a retry; its overlap is dropped by (host, seq) downstream), events kept in seq order."""
+    """One agent batch -> one message per partition it touches (``message_id``: the log dedupes a retry), events
+    kept in seq order."""
     parts: dict[int, list[pb.Event]] = {}
     of_job: dict[str, int] = {}                  # a batch holds few jobs: hash each once
     for ev in events:
@@ -116,7 +121,7 @@ def split_batch(host_id: str, hostname: str, boot_id: str, events: list[pb.Event
     out = []
     for p, evs in sorted(parts.items()):
         body = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, events=evs, received_ns=received)
-        out.append(LogMessage(p, f"{host_id}:{boot_id}:{evs[0].seq}-{evs[-1].seq}:{p}", body.SerializeToString()))
+        out.append(LogMessage(p, message_id(host_id, boot_id, evs[0].seq, evs[-1].seq, p), body.SerializeToString()))
     return out
 
 
@@ -137,7 +142,7 @@ def split_raw(host_id: str, hostname: str, boot_id: str, view: RawView, partitio
         seqs = view.seqs[index]
         head = cpb.LogBatch(host_id=host_id, hostname=hostname, boot_id=boot_id, received_ns=received,
                             unchecked=True, seqs=seqs.tolist())
-        out.append(LogMessage(p, f"{host_id}:{boot_id}:{int(seqs[0])}-{int(seqs[-1])}:{p}",
+        out.append(LogMessage(p, message_id(host_id, boot_id, int(seqs[0]), int(seqs[-1]), p),
                               head.SerializeToString() + view.slices(index)))
     return out
 
@@ -200,15 +205,9 @@ class LogSink:
         result.stored = len(events)
         return result
 
-    def ingest_raw(self, host_id: str, hostname: str, boot_id: str, view: RawView) -> IngestResult:
-        messages = split_raw(host_id, hostname, boot_id, view, self.log.partitions)
-        dup_messages = self.log.publish(messages)
-        self._published(host_id, int(view.seqs[-1]), len(messages), dup_messages)
-        return IngestResult(stored=len(view))
-
     async def ingest_raw_async(self, host_id: str, hostname: str, boot_id: str, view: RawView) -> IngestResult:
-        """``ingest_raw`` on the caller's event loop: the split is array work, the publish is awaited (a log
-        without an async publish is called in a thread)."""
+        """A checked RawBatch to the log, on the caller's event loop: the split is array work, the publish is
+        awaited (a log without an async publish is called in a thread)."""
         messages = split_raw(host_id, hostname, boot_id, view, self.log.partitions)
         publish_async = getattr(self.log, "publish_async", None)
         if publish_async is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.store.base import IngestResult, Store
-from collector.validate import invalid_value
+from collector.validate import clock_suspect, invalid_value, refused_gap
 from gpuguard import rawbatch
 from gpuguard.credentials import Identity
 from gpuguard.v1 import collector_pb2 as cpb
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_SEQ = rawbatch.MAX_SEQ          # stores keep seqs as signed 64-bit integers
 MAX_EVENT_BYTES = 2 << 20          # one event, serialised (agents quarantine theirs beyond 1 MiB)
-CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from now are flagged
 
 
 class StreamProblem(Exception):
@@ -111,13 +110,6 @@ class Ingestor:
         self._works()
         return result
 
-    async def _guarded_async(self, coro):
-        try:
-            result = await coro
-        except self._sink_errors() as exc:
-            raise self._unavailable(exc) from exc
-        self._works()
-        return result
 
     def _sink_errors(self) -> tuple[type[BaseException], ...]:
         return getattr(self.log_sink or self.store, "errors", (sqlite3.Error, OSError))
@@ -141,14 +133,9 @@ class Ingestor:
     def raw_batch(self, session: AgentSession, raw: cpb.RawBatch) -> tuple[int, list[StreamProblem]]:
         """A RawBatch: with an event log, checked, deduped, gap-filled and published without decoding an event
         into a Python object (gpuguard/rawbatch.py); into a store, decoded and stored like an EventBatch."""
-        if self.log_sink is None:
-            return self.events(session, list(self._check_raw(raw).parsed.events))
-        view, problems, top, duplicates = self._prepare_raw(session, raw)
-        if len(view):
-            self._commit(self.log_sink.ingest_raw, session.host_id, session.hostname, session.boot_id, view)
-        self._account(session, stored=len(view), duplicates=duplicates, top=top)
-        self._notify(session, self._heard(view))
-        return top, problems
+        if self.log_sink is not None:          # one forwarding path (the collector's loop awaits it directly)
+            return asyncio.run(self.raw_batch_async(session, raw))
+        return self.events(session, list(self._check_raw(raw).parsed.events))
 
     async def raw_batch_async(self, session: AgentSession, raw: cpb.RawBatch) -> tuple[int, list[StreamProblem]]:
         """``raw_batch`` with an event log, on the caller's event loop (the collector's gRPC loop): the checks are
@@ -156,11 +143,8 @@ class Ingestor:
         holds events for them."""
         view, problems, top, duplicates = self._prepare_raw(session, raw)
         if len(view):
-            started = time.perf_counter()
-            await self._guarded_async(self.log_sink.ingest_raw_async(session.host_id, session.hostname,
-                                                                     session.boot_id, view))
-            if self.on_commit is not None:
-                self.on_commit(time.perf_counter() - started)
+            await self._commit_async(self.log_sink.ingest_raw_async(session.host_id, session.hostname,
+                                                                    session.boot_id, view))
         self._account(session, stored=len(view), duplicates=duplicates, top=top)
         heard = self._heard(view)
         if heard:
@@ -241,9 +225,23 @@ class Ingestor:
     def _commit(self, fn, *args) -> IngestResult:
         started = time.perf_counter()
         result: IngestResult = self._guarded(fn, *args)
+        self._timed(started)
+        return result
+
+    async def _commit_async(self, coro) -> IngestResult:
+        """``_commit`` of an awaited write: the same failure handling and timing."""
+        started = time.perf_counter()
+        try:
+            result: IngestResult = await coro
+        except self._sink_errors() as exc:
+            raise self._unavailable(exc) from exc
+        self._works()
+        self._timed(started)
+        return result
+
+    def _timed(self, started: float) -> None:
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
-        return result
 
     def _account(self, session: AgentSession, stored: int, duplicates: int, top: int) -> None:
         session.events += stored
@@ -272,16 +270,14 @@ class Ingestor:
             self.refused += 1
             problems.append(StreamProblem("INVALID_ARGUMENT", f"event seq {ev.seq} refused: {why}; stored as a gap, "
                                           "the agent keeps the event in its quarantine", seq=ev.seq))
-            out.append(pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
-                                gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq,
-                                           reason=f"refused by the collector: {why}"[:300])))   # why quotes it: no NUL
+            out.append(refused_gap(ev, why, "collector"))   # why quotes the value: no NUL
         return out
 
     def _flag_clock(self, events: list[pb.Event], host: str) -> None:
         """Stamped more than a day from our clock: stored as sent, flagged ``clock_suspect`` (a clock
         the timeline should not trust blindly), counted, logged on the first of each power of two."""
         now = time.time_ns()
-        odd = [e for e in events if abs(e.ts_ns - now) > CLOCK_SKEW_NS]
+        odd = [e for e in events if clock_suspect(e.ts_ns, now)]
         for e in odd:
             e.clock_suspect = True
         if odd:

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from collector.eventlog import EventLog, LogEntry
-from collector.ingest import CLOCK_SKEW_NS
-from collector.validate import invalid_value
+from collector.validate import clock_suspect, invalid_value, refused_gap
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import events_pb2 as pb
 
@@ -207,10 +206,8 @@ class LogWorker:
                 self.stats.refused += 1
                 log.warning("worker %s: %s seq %d refused: %s; stored as a gap (the original stays in the log)",
                             self.owner, batch.host_id, ev.seq, why)
-                ev.CopyFrom(pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
-                                     gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq,
-                                                reason=f"refused by the worker: {why}"[:300])))
-            elif abs(ev.ts_ns - received) > CLOCK_SKEW_NS:
+                ev.CopyFrom(refused_gap(ev, why, "worker"))
+            elif clock_suspect(ev.ts_ns, received):
                 ev.clock_suspect = True
                 self.stats.clock_suspect += 1
 

@@ -13,6 +13,8 @@ import ipaddress
 
 from gpuguard.v1 import events_pb2 as pb
 
+CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from when they were received are flagged
+
 ADDRESS_FIELDS = {"connect": "daddr", "tls": "daddr", "datagram": "daddr", "enforcement": "daddr", "dns": "server"}
 
 
@@ -51,3 +53,14 @@ def invalid_value(ev: pb.Event) -> str | None:
         if "\x00" in value:
             return f"{name} {value[:80]!r} holds a NUL byte"
     return None
+
+
+def refused_gap(ev: pb.Event, why: str, by: str) -> pb.Event:
+    """The gap stored in place of an event no store can keep (``by``: the collector or the worker), naming why."""
+    return pb.Event(seq=ev.seq, ts_ns=ev.ts_ns, boot_id=ev.boot_id.replace("\x00", ""),
+                    gap=pb.Gap(from_seq=ev.seq, to_seq=ev.seq, reason=f"refused by the {by}: {why}"[:300]))
+
+
+def clock_suspect(ts_ns: int, received_ns: int) -> bool:
+    """Stamped more than a day from when it was received: a clock the timeline should not trust blindly."""
+    return abs(ts_ns - received_ns) > CLOCK_SKEW_NS

@@ -136,6 +136,8 @@ def test_with_a_log_followed_events_come_from_the_log_for_every_host_of_the_job(
     """A follower of a job on one collector sees the job's events from every host, whichever collector they
     stream to: the feed reads the job's partition of the log from its tail (what came before it asked is not
     replayed), and only the partitions somebody follows."""
+    import asyncio  # noqa: PLC0415
+
     from collector.eventlog import LogSink, partition_of  # noqa: PLC0415
     from collector.follow import Follower, FollowHub, LogEventFeed  # noqa: PLC0415
     from gpuguard import rawbatch  # noqa: PLC0415
@@ -154,7 +156,8 @@ def test_with_a_log_followed_events_come_from_the_log_for_every_host_of_the_job(
     got = [(host, e.seq) for host, events in feed.poll() for e in events]
     assert got == [("h1", 2)] and list(feed.offsets) == [partition_of("job:j1", 8)]   # the recent past only
     sink_a.ingest("h1", "h1", "b", [event(3, "j1"), event(4, "j2")])
-    sink_b.ingest_raw("h2", "h2", "b", rawbatch.check(rawbatch.from_events([event(1, "j1")]), 10, 1 << 20))
+    asyncio.run(sink_b.ingest_raw_async("h2", "h2", "b",
+                                        rawbatch.check(rawbatch.from_events([event(1, "j1")]), 10, 1 << 20)))
     got = [(host, e.seq, e.job.id) for host, events in feed.poll() for e in events]
     assert got == [("h1", 3, "j1"), ("h2", 1, "j1")]                  # both hosts, only the followed job
     assert feed.poll() == []                                           # once each

@@ -4,6 +4,7 @@ collector/eventlog.py, collector/log_worker.py). Pure logic: an in-memory log an
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -161,10 +162,10 @@ def test_the_worker_makes_the_checks_the_collector_left_to_it(tmp_path):
     odd.process.comm = "a\x00b"                                   # a value no store keeps
     skewed = event(3, "j")
     skewed.ts_ns -= 3 * 24 * 3600 * 10**9                        # three days before the collector got it
-    sink.ingest_raw("h1", "h1", "b", check(rawbatch.from_events([event(1, "j"), odd, skewed])))
+    asyncio.run(sink.ingest_raw_async("h1", "h1", "b", check(rawbatch.from_events([event(1, "j"), odd, skewed]))))
     lying = check(rawbatch.from_events([event(5, "j"), event(6, "j")]))
     lying.seqs[:] = [7, 8]                                       # columns acked as 7, 8; bodies say 5, 6
-    sink.ingest_raw("h1", "h1", "b", lying)
+    asyncio.run(sink.ingest_raw_async("h1", "h1", "b", lying))
     store = open_store(str(tmp_path / "s.db"))
     store.register_agent("h1", "h1", "b", 0)
     seen: list[pb.Event] = []
@@ -183,8 +184,6 @@ def test_the_worker_makes_the_checks_the_collector_left_to_it(tmp_path):
 
 
 def test_the_async_path_forwards_the_same_and_a_dead_log_says_keep_the_spool():
-    import asyncio  # noqa: PLC0415
-
     from collector.ingest import StoreUnavailable  # noqa: PLC0415
 
     sync_log, async_log = MemoryLog(partitions=4), MemoryLog(partitions=4)
