@@ -34,6 +34,7 @@ class Hit:
 class JobState:
     ctx: JobContext = field(default_factory=JobContext)
     hits: OrderedDict = field(default_factory=OrderedDict)   # (rule, host, process key) -> Hit, oldest first
+    by_rule: dict = field(default_factory=dict)   # rule -> {(rule, host, process key): Hit}, oldest first
     fired: set[str] = field(default_factory=set)
 
 
@@ -105,13 +106,16 @@ class Correlator:
 
     def _remember(self, st: JobState, hit: Hit) -> None:
         key = (hit.rule_id, hit.host, hit.event.process.key)
+        of_rule = st.by_rule.setdefault(hit.rule_id, {})
         if key in st.hits:
             st.hits.pop(key)
+            of_rule.pop(key)
         else:
             self.total_hits += 1
-        st.hits[key] = hit
+        st.hits[key] = of_rule[key] = hit
         if len(st.hits) > self.per_job:
-            st.hits.popitem(last=False)
+            old_key, _old = st.hits.popitem(last=False)
+            st.by_rule[old_key[0]].pop(old_key)
             self.total_hits -= 1
             self.evicted_hits += 1
         while self.total_hits > self.max_hits and len(self.jobs) > 1:
@@ -142,8 +146,8 @@ class Correlator:
         evidence = []
         for rid in corr.requires:
             found = None
-            for hit in reversed(st.hits.values()):
-                if hit.rule_id != rid or hit.ts_ns < since:
+            for hit in reversed(st.by_rule.get(rid, {}).values()):   # that rule's hits only, newest first
+                if hit.ts_ns < since:
                     continue
                 if corr.same_process and hit.event.process.key != ev.process.key:
                     continue

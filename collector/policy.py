@@ -221,17 +221,26 @@ class Detection:
         """Evaluate events in order. emit=False only builds the correlation state (a new detector's warm-up)."""
         # the caller (PolicyManager) holds the policy lock
         engine, correlator = self.engine, self.correlator
+        ruled, context_classes, jobs = engine.classes, engine.context_classes, correlator.jobs
         for ev in events:
             kind = ev.WhichOneof("body")
-            if kind == "enforcement" and emit:
-                self._confirm(host, ev)
-            cls = event_class(ev, kind)
-            ctx = correlator.context(host, ev) if cls in engine.context_classes else None
-            matches = engine.evaluate(host, ev, ctx, cls) if cls is not None else []
+            if kind == "enforcement":
+                if emit:
+                    self._confirm(host, ev)
+                cls = event_class(ev, kind)
+            else:
+                cls = kind
+            if cls in ruled:
+                ctx = correlator.context(host, ev) if cls in context_classes else None
+                matches = engine.evaluate(host, ev, ctx, cls)
+            else:
+                matches = ()
             if kind in OBSERVED_KINDS:
                 correlator.observe(host, ev, kind)
             else:
-                correlator.touch(ev.job.id)
+                job_id = ev.job.id            # correlator.touch, inlined: this loop runs once per event
+                if job_id in jobs:
+                    jobs.move_to_end(job_id)
             if not matches:
                 continue
             if emit:

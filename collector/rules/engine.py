@@ -134,6 +134,7 @@ class Engine:
             table.setdefault(rule.event, RuleIndex(resolver=resolver)).add(cr)
         for cls in [c for c, index in self.stateful.items() if index.idle()]:
             del self.stateful[cls]                   # domain rules without DNS resolution: never a candidate
+        self.classes = frozenset(self.by_event) | frozenset(self.stateful)   # event classes some rule can meet
         if resolver is not None:
             resolver.watch({str(n) for r in ruleset.rules.values() for part in ("match", "unless")
                             for k, values in getattr(r, part).items() if REGISTRY[k].index == "domain"
