@@ -1,87 +1,69 @@
-"""Attach and detach cgroup BPF programs, and find leftovers from a killed agent.
+"""bpf_links through libbpf (ctypes): the one way gpuguard attaches a program it did not leave to BCC.
 
-BCC's ``attach_func`` uses BPF_PROG_ATTACH: an attachment outlives the agent
-on purpose (enforcement keeps going if the agent dies). The agent records each
-attachment (cgroup, attach type, program id) in a state file; a restarted agent
-attaches its new programs first, then detaches the recorded old ones through
-libbpf (``bpf_prog_get_fd_by_id`` + ``bpf_prog_detach2``): no window without
-enforcement, and no stale program left behind.
+A bpf_link detaches when its last reference goes: the agent's fd (capture: it ends with the agent) or a pin in
+bpffs (enforcement: agent/pins.py). Cgroup links attach in multi mode, beside any other program on the cgroup.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
-import logging
+import functools
 import os
-from dataclasses import asdict, dataclass
+import struct
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-BPF_F_ALLOW_MULTI = 2
-# attach types (uapi enum bpf_attach_type) of the cgroup programs the agent uses
+# attach types (uapi enum bpf_attach_type) of the programs the agent uses
 INET_INGRESS, INET_EGRESS, INET_SOCK_CREATE, CGROUP_DEVICE = 0, 1, 2, 6
 INET4_CONNECT, INET6_CONNECT, UDP4_SENDMSG, UDP6_SENDMSG = 10, 11, 14, 15
+BPF_PERF_EVENT = 41
+
+TRACEFS_EVENTS = Path("/sys/kernel/tracing/events")
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 8
+NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 
 
-@dataclass(frozen=True)
-class Attachment:
-    cgroup: str          # absolute path of the cgroup directory
-    attach_type: int
-    prog_id: int
-
-
-def _libbpf():
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    lib = ctypes.CDLL(name, use_errno=True)
-    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-    lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+@functools.cache
+def libbpf():
+    lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     return lib
 
 
-def prog_id(fd: int) -> int:
-    """The kernel's id of a loaded program (struct bpf_prog_info: u32 type, u32 id, ...)."""
-    info = (ctypes.c_uint32 * 2)()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    if _libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
-        raise OSError(ctypes.get_errno(), "bpf_obj_get_info_by_fd failed")
-    return info[1]
+def _link(prog_fd: int, target_fd: int, attach_type: int, what: str) -> int:
+    link = libbpf().bpf_link_create(prog_fd, target_fd, attach_type, None)
+    if link < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf_link_create({what}): {os.strerror(err)}")
+    return link
 
 
-def detach_by_id(att: Attachment) -> bool:
-    lib = _libbpf()
-    pfd = lib.bpf_prog_get_fd_by_id(att.prog_id)
-    if pfd < 0:
-        return False     # program already gone (cgroup removed, or detached)
+def cgroup_link(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+    """A bpf_link attaching a cgroup program (multi-attach): detached when its last reference goes."""
+    return _link(prog_fd, cgroup_fd, attach_type, f"cgroup, attach type {attach_type}")
+
+
+def tracepoint_perf_fd(category: str, name: str) -> int:
+    tp_id = int((TRACEFS_EVENTS / category / name / "id").read_text())
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQ", attr, 0, PERF_TYPE_TRACEPOINT, 128, tp_id, 1)
+    struct.pack_into("<I", attr, 48, 1)                  # wakeup_events
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = NR_PERF_EVENT_OPEN[os.uname().machine]
+    # pid -1, cpu 0: a tracepoint's BPF programs run on every CPU whichever event carries them
+    fd = libc.syscall(nr, attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"perf_event_open({category}:{name}): {os.strerror(err)}")
+    return fd
+
+
+def tracepoint_link(prog_fd: int, category: str, name: str) -> int:
+    """A bpf_link of a tracepoint program (BCC's own attach is a perf event that dies with the process)."""
+    perf_fd = tracepoint_perf_fd(category, name)
     try:
-        cfd = os.open(att.cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        os.close(pfd)
-        return False
-    try:
-        return lib.bpf_prog_detach2(pfd, cfd, att.attach_type) == 0
+        return _link(prog_fd, perf_fd, BPF_PERF_EVENT, f"{category}:{name}")
     finally:
-        os.close(cfd)
-        os.close(pfd)
-
-
-class AttachmentLedger:
-    """The on-disk list of what this agent attached."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> list[Attachment]:
-        try:
-            return [Attachment(**a) for a in json.loads(self.path.read_text())]
-        except (OSError, ValueError, TypeError):
-            return []
-
-    def save(self, attachments: list[Attachment]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(a) for a in attachments]))
-        os.replace(tmp, self.path)
+        os.close(perf_fd)                                # the link keeps the perf event alive

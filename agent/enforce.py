@@ -32,14 +32,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from agent.bpf_links import (
-    BPF_F_ALLOW_MULTI,
-    INET_EGRESS,
-    Attachment,
-    AttachmentLedger,
-    detach_by_id,
-    prog_id,
-)
+from agent.bpf_links import INET_EGRESS, cgroup_link, tracepoint_link
 from agent.enforce_plan import (
     ANCHOR_FOLD,
     DENY_PROGRAMS,
@@ -55,7 +48,7 @@ from agent.enforce_plan import (
 )
 from agent.exe_hash import ExeHasher
 from agent.jobs import KIND_ROOTS, Job
-from agent.pinned_exec import PinnedExecKill, pin_dir_for
+from agent.pins import PinDir, PinnedLink
 from agent.worker import Worker
 from gpuguard.argv_scan import (
     grammar_table,
@@ -103,8 +96,8 @@ class Enforcer:
         self.state_dir = Path(state_dir)
         self.policy = ppb.Policy()
         self.lock = threading.RLock()
-        self.ledger = AttachmentLedger(self.state_dir / "attachments.json")
-        self.attached: dict[tuple[str, int], tuple[object, int]] = {}   # (cgroup, type) -> (fn, fd)
+        self.pins = self._pin_dir()
+        self.attached: dict[tuple[str, int], PinnedLink] = {}   # (cgroup, attach type) -> its link
         self._entries: dict[str, dict[bytes, bytes]] = {
             name: {} for name in ("kill_comms", "kill_traits", "kill_trait_exempt", "deny_socket_scopes",
                                   "trusted_resolvers", "allowed_names", "name_scopes", "deny_dest", "allow_dest",
@@ -129,18 +122,30 @@ class Enforcer:
         self._reapply_pending = False
         self.reapplied = 0
 
-    def _attach_kill_at_exec(self):
-        """Kill-at-exec through a pinned bpf_link (survives the agent); BCC's own attach if that fails."""
-        bpf_type = type(self.bpf)
-        fn = self.bpf.load_func(b"kill_at_exec", bpf_type.TRACEPOINT)
+    def _pin_dir(self) -> PinDir | None:
         try:
-            return PinnedExecKill(fn.fd, pin_dir_for(self.state_dir))
+            return PinDir(self.state_dir)
         except OSError as exc:
-            log.warning("kill-at-exec: no pinned link (%s); attached for this process's lifetime only", exc)
+            log.warning("no bpffs pin directory (%s): enforcement ends with this agent's process", exc)
+            return None
+
+    def _keep(self, what: str, link_fd: int, maps: dict[str, int] | None = None) -> PinnedLink:
+        """Pinned (it outlives the agent) where bpffs allows; else held by this process only."""
+        if self.pins is None:
+            return PinnedLink(link_fd, None)
+        return self.pins.keep(what, link_fd, maps)
+
+    def _attach_kill_at_exec(self) -> PinnedLink | None:
+        """Kill-at-exec through a pinned bpf_link (survives the agent); BCC's own attach if that fails."""
+        fn = self.bpf.load_func(b"kill_at_exec", type(self.bpf).TRACEPOINT)
+        try:
+            return self._keep("kill_exec", tracepoint_link(fn.fd, "sched", "sched_process_exec"))
+        except OSError as exc:
+            log.warning("kill-at-exec: no bpf_link (%s); attached for this process's lifetime only", exc)
             self.bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=b"kill_at_exec")
             return None
 
-    def _attach_kill_by_argv(self):
+    def _attach_kill_by_argv(self) -> PinnedLink | None:
         """The whole-argv scan: two tail-called programs in a prog array (pinned with the link, so a dead agent's
         node keeps scanning), the grammar table, and kill_by_argv on sched_process_exec."""
         import ctypes as ct  # noqa: PLC0415
@@ -153,10 +158,10 @@ class Enforcer:
         table[table.Key(0)] = table.Leaf.from_buffer_copy(grammar_table())
         fn = self.bpf.load_func(b"kill_by_argv", bpf_type.TRACEPOINT)
         try:
-            return PinnedExecKill(fn.fd, pin_dir_for(self.state_dir), prefix="kill_argv-",
-                                  maps={"argv_progs-": progs.map_fd})
+            return self._keep("kill_argv", tracepoint_link(fn.fd, "sched", "sched_process_exec"),
+                              maps={"argv_progs": progs.map_fd})
         except OSError as exc:
-            log.warning("kill-by-argv: no pinned link (%s); attached for this process's lifetime only", exc)
+            log.warning("kill-by-argv: no bpf_link (%s); attached for this process's lifetime only", exc)
             self.bpf.attach_tracepoint(tp=b"sched:sched_process_exec", fn_name=b"kill_by_argv")
             return None
 
@@ -174,8 +179,7 @@ class Enforcer:
         return sorted(names)
 
     def start(self) -> None:
-        """Re-apply the saved policy, then detach what a previous (killed) agent left attached."""
-        leftovers = self.ledger.load()
+        """Re-apply the saved policy, then unpin what a previous (killed) agent left: no window between."""
         saved = self.state_dir / "policy.pb"
         if saved.exists():
             try:
@@ -184,18 +188,8 @@ class Enforcer:
                 log.info("re-applied saved policy version %d before contacting the collector", policy.version)
             except Exception as exc:  # a bad state file must not stop the agent
                 log.error("saved policy %s unusable: %s", saved, exc)
-        self._detach_leftovers(leftovers)
-
-    def _detach_leftovers(self, leftovers: list[Attachment]) -> None:
-        ours = {prog_id(fn.fd) for fn, _cfd in self.attached.values()}
-        for att in leftovers:
-            if att.prog_id not in ours and detach_by_id(att):
-                log.info("detached program %d left on %s by a previous agent", att.prog_id, att.cgroup)
-        self._save_ledger()
-
-    def _save_ledger(self) -> None:
-        self.ledger.save([Attachment(self._full_path(c), t, prog_id(fn.fd))
-                          for (c, t), (fn, _cfd) in self.attached.items()])
+        if self.pins is not None:
+            self.pins.drop_previous()
 
     def _full_path(self, cgroup: str) -> str:
         return str(self.jobs.root / cgroup.lstrip("/"))
@@ -207,14 +201,15 @@ class Enforcer:
         with self.lock:
             if self.on_cgroup in self.capture.enricher.cgroup_listeners:
                 self.capture.enricher.cgroup_listeners.remove(self.on_cgroup)
+            for link in list(self.attached.values()):
+                link.close(unpin=detach)
             if detach:
-                for (cgroup, attach_type), (fn, cfd) in list(self.attached.items()):
-                    self._detach(cgroup, attach_type, fn, cfd)
                 self.attached.clear()
-                self.ledger.save([])
             for pinned in (self.exec_kill, self.argv_kill):
                 if pinned is not None:
                     pinned.close(unpin=detach)
+            if self.pins is not None and detach:
+                self.pins.close()
 
     # -- policy ---------------------------------------------------------------------
     def rule_name(self, index: int) -> str:
@@ -328,6 +323,7 @@ class Enforcer:
         self._entries[name] = desired
 
     def _sync_attachments(self, desired: set[tuple[str, int]]) -> None:
+        """A pinned cgroup bpf_link per (scope cgroup, attach type): new ones first, stale ones unpinned after."""
         from bcc import BPF  # noqa: PLC0415
 
         names = dict((t, n) for n, t in DENY_PROGRAMS)
@@ -339,23 +335,17 @@ class Enforcer:
             full = self._full_path(cgroup)
             try:
                 cfd = os.open(full, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    what = f"cg{attach_type}_{os.fstat(cfd).st_ino}"     # the cgroup id is its inode
+                    self.attached[(cgroup, attach_type)] = self._keep(what, cgroup_link(fn.fd, cfd, attach_type))
+                finally:
+                    os.close(cfd)
             except OSError as exc:
-                log.warning("cannot attach to %s: %s", full, exc)
+                log.warning("cannot attach %s to %s: %s", names[attach_type].decode(), full, exc)
                 continue
-            self.bpf.attach_func(fn, cfd, attach_type, BPF_F_ALLOW_MULTI)
-            self.attached[(cgroup, attach_type)] = (fn, cfd)
             log.info("attached %s to %s", names[attach_type].decode(), full)
-        for cgroup, attach_type in set(self.attached) - desired:
-            fn, cfd = self.attached.pop((cgroup, attach_type))
-            self._detach(cgroup, attach_type, fn, cfd)
-        self._save_ledger()
-
-    def _detach(self, cgroup: str, attach_type: int, fn, cfd: int) -> None:
-        try:
-            self.bpf.detach_func(fn, cfd, attach_type)
-        except Exception as exc:  # cgroup already removed: the kernel dropped the program
-            log.debug("detach %s from %s: %s", attach_type, cgroup, exc)
-        os.close(cfd)
+        for key in set(self.attached) - desired:
+            self.attached.pop(key).close()
 
     def on_cgroup(self, cgroup_id: int, path: str) -> None:
         """A new cgroup (poll thread): if a scope covers its job, have the worker extend the policy to it."""

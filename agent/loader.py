@@ -29,12 +29,12 @@ from agent.bpf_links import (
     INET_SOCK_CREATE,
     UDP4_SENDMSG,
     UDP6_SENDMSG,
+    cgroup_link,
 )
 from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
 from agent.events import DecodeStats
 from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
-from agent.pinned_exec import cgroup_link
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ def test_whole_argv_kill_outlives_the_agent(capture, enforcer, test_cgroup):
     job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
     apply_whole_argv_rules(enforcer, job)
-    pins = sorted(p.name.split("-")[0] for p in enforcer.argv_kill.pin_dir.iterdir()
+    pins = sorted(p.name.split("-")[0] for p in enforcer.pins.path.iterdir()
                   if p.name.startswith(("kill_argv-", "argv_progs-")))
     assert pins == ["argv_progs", "kill_argv"]
     argv_kill, enforcer.argv_kill = enforcer.argv_kill, None
@@ -121,7 +121,7 @@ def test_whole_argv_kill_outlives_the_agent(capture, enforcer, test_cgroup):
         proc = popen_in_cgroup(cg, [PYTHON, "-c", "import sys", *PADDINGS["after 60 KiB of arguments"], "-o", URL])
         assert proc.wait(20) == -9
     finally:
-        for path in (argv_kill.pin_path, *argv_kill.map_pins):
+        for path in (argv_kill.path, *argv_kill.map_pins):
             path.unlink(missing_ok=True)
     # unpinned: detached. The kernel frees a link whose last reference went after an RCU grace period, so a
     # loaded machine may still run it for a moment: wait for an exec that survives (the positive signal)

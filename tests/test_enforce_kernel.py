@@ -227,26 +227,34 @@ def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp
     script = _connect_script("127.0.0.4", 9, kind="SOCK_DGRAM")
     still = run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip()
     assert still == str(errno.EPERM)                      # enforcement outlived the dead agent
-    from agent.bpf_links import AttachmentLedger  # noqa: PLC0415
+    from agent.pins import pin_dir_for  # noqa: PLC0415
 
-    old_ids = {a.prog_id for a in AttachmentLedger(state / "attachments.json").load()}
-    assert old_ids
+    pins = pin_dir_for(state)
+    old = {p.name for p in pins.iterdir() if p.name.startswith("cg")}     # the pins are the only ledger
+    assert old                                            # the dead agent's cgroup links, still pinned
     second = Enforcer(capture, state)
-    second.start()                                        # re-applies policy.pb, then drops the leftovers
     try:
+        assert {p.name for p in pins.iterdir()} >= old    # nothing dropped before the saved policy is back
+        second.start()                                    # re-applies policy.pb, then unpins the leftovers
         assert second.policy_version == 7
-        new_ids = {a.prog_id for a in second.ledger.load()}
-        assert new_ids and not (new_ids & old_ids)
+        now = {p.name for p in pins.iterdir()}
+        assert not (now & old)
+        assert {p for p in now if p.startswith("cg")} == {p.name for p in second.pins.mine if p.name.startswith("cg")}
+        assert all(p.endswith(f"-{os.getpid()}") for p in now)
         assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == "1"
     finally:
         second.apply(ppb.Policy(version=8), persist=False)
         second.close()
+        left = list(pins.glob("*")) if pins.exists() else []
+        for pin in left:                                  # never leave a test's program attached
+            pin.unlink()
+    assert not left                                       # a clean stop leaves no pin
     after = run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip()
     assert after == "ok"                                  # old programs gone too, not just the new ones
 
 
 def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, test_cgroup):
-    from agent.pinned_exec import PIN_PREFIX, pin_dir_for  # noqa: PLC0415
+    from agent.pins import pin_dir_for  # noqa: PLC0415
 
     job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
@@ -259,22 +267,22 @@ def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, te
     second = None
     try:
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)      # the agent dies (os._exit)
-        left = sorted(p.name for p in pins.glob(f"{PIN_PREFIX}*"))
+        left = sorted(p.name for p in pins.glob("kill_exec-*"))
         assert len(left) == 1                                 # its link is still pinned
         assert run_in_cgroup(cg, [miner]).returncode == -9    # and still kills, with no agent running
         assert subprocess.run([miner]).returncode == 0        # only in scope
         second = Enforcer(capture, state)
         second.start()
-        assert sorted(p.name for p in pins.glob(f"{PIN_PREFIX}*")) == [f"{PIN_PREFIX}{os.getpid()}"]   # adopted
+        assert sorted(p.name for p in pins.glob("kill_exec-*")) == [f"kill_exec-{os.getpid()}"]   # adopted
         assert run_in_cgroup(cg, [miner]).returncode == -9    # the new agent's program kills (policy.pb)
         second.close()
         second = None
-        assert not list(pins.glob(f"{PIN_PREFIX}*"))          # a clean stop unpins
+        assert not list(pins.glob("kill_exec-*"))          # a clean stop unpins
         assert run_in_cgroup(cg, [miner]).returncode == 0     # and nothing kills any more
     finally:
         if second is not None:
             second.close()
-        for pin in pins.glob(f"{PIN_PREFIX}*"):               # never leave a test's program attached
+        for pin in pins.glob("*"):                           # never leave a test's program attached
             pin.unlink()
 
 
