@@ -94,6 +94,8 @@ class Enricher:
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
         job = self.jobs.job_of(hdr.cgroup_id)
+        if not hdr.pid:
+            return job                       # no process: the socket's cgroup is all there is
         if job.kind in (JOB_HOST, JOB_SYSTEMD):
             if env_job:
                 job = Job(JOB_SLURM, env_job)
@@ -115,7 +117,9 @@ class Enricher:
         return self._event(hdr, p, self._job_for(p, hdr), with_ancestry=False)
 
     def _process(self, hdr: Header) -> Process:
-        p = self.table.get(hdr.pid) if hdr.pid else None
+        if not hdr.pid:   # a packet no process can be named for (sent from softirq by a socket with no owner)
+            return Process(0, 0, 0, "", comm=hdr.comm)
+        p = self.table.get(hdr.pid)
         if p is None:  # gone before we could look: keep what the kernel told us
             p = self.table.on_fork(0, hdr.pid, hdr.ts_boot_ns)
             p.comm = hdr.comm

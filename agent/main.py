@@ -106,6 +106,10 @@ class Agent:
         if self.cfg.metrics:
             self.metrics_server = serve_metrics(self)
             log.info("metrics on %s/metrics", self.metrics_server.url)
+        pins = self.enforcer.pins if self.enforcer else None
+        log.info("agent running: capture%s%s", f", enforcement (pinned: {', '.join(pins.listed()) or 'none'})"
+                 if pins else ", enforcement" if self.enforcer else "",
+                 f", shipping to {self.cfg.collector}" if self.cfg.collector else "")
 
     def status(self) -> dict:
         now = time.monotonic()

@@ -291,6 +291,46 @@ def dns_query(name: str, server: str = "127.0.0.53", qtype: int = 1, tcp: bool =
 
 # A client that resolves NAME at a resolver (UDP, or TCP with "tcp") and connects to the answer at once,
 # printing the connect's errno (0 = connected). Runs as its own process so a test can put it in a cgroup.
+# A process that connects a TCP socket (argv: port, unix socket name), then hands it over that unix socket to
+# whoever asks, and waits until told it is done: packets on it then leave from a task that is not its owner.
+SOCKET_OWNER = """
+import array, socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+u = socket.socket(socket.AF_UNIX); u.bind("\\0" + sys.argv[2]); u.listen(1)
+print("ready", flush=True)
+conn, _ = u.accept()
+conn.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
+conn.recv(1)
+"""
+
+# Borrows the socket (argv: unix socket name, server name) and starts TLS on it; prints its pid.
+TLS_ON_BORROWED_SOCKET = """
+import array, os, socket, ssl, sys
+u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
+_msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
+s = socket.socket(fileno=array.array("i", anc[0][2][:4])[0]); s.settimeout(1)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+try:
+    ctx.wrap_socket(s, server_hostname=sys.argv[2])
+except (OSError, ssl.SSLError):
+    pass
+print(os.getpid(), flush=True)
+u.send(b"d")
+"""
+
+# Borrows the socket (argv: unix socket name, bytes as hex) and sends the bytes on it; prints its pid.
+SEND_ON_BORROWED_SOCKET = """
+import array, os, socket, sys, time
+u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
+_msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
+s = socket.socket(fileno=array.array("i", anc[0][2][:4])[0])
+s.sendall(bytes.fromhex(sys.argv[2]))
+time.sleep(0.3)
+print(os.getpid(), flush=True)
+u.send(b"d")
+"""
+
+
 RESOLVE_CONNECT = """
 import errno, socket, sys
 name, server, port, transport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -101,6 +101,11 @@ static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int se
     }
     if (!fold_connect(&e))
         return 1;
+    /* a reported TCP connect's socket gets its owner (packet_sender: its segments may leave from softirq); a
+     * folded repeat's does not - sk_storage costs ~400 ns per socket, and its packets fall back to `current`
+     * only within the socket's cgroup, else to no process at all */
+    if (!sendmsg && e.sock_type == 1)
+        own_socket(ctx->sk);
     if (!sendmsg) {
         u8 one = 1;
         reported_sks.update(&e.sk, &one);

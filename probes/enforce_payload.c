@@ -158,12 +158,15 @@ static __always_inline int near_match(const u8 *b, u64 len, struct fingerprint *
     return 0;
 }
 
-static __always_inline int sender_exempt(u32 fp, const char *comm)
+/* Exempt by the sender's comm; by its executable only when the sender is the current task (its mm is at hand). */
+static __always_inline int sender_exempt(u32 fp, const char *comm, int sender_is_current)
 {
     struct fp_comm_key ck = {.fp = fp};
     __builtin_memcpy(ck.comm, comm, TASK_COMM_LEN);
     if (fp_exempt_comms.lookup(&ck))
         return 1;
+    if (!sender_is_current)
+        return 0;
     struct fp_exe_key ek = {.fp = fp};
     void *task = (void *)bpf_get_current_task();
     void *mm = (void *)kread_u64(task, OFF_TASK_MM);
@@ -309,8 +312,8 @@ int payload_egress(struct __sk_buff *skb)
     prefix->reported |= hits;
 
     /* phase 2: for each hit, the scope's mode and the sender's exemptions; report, maybe drop */
-    char comm[TASK_COMM_LEN] = {};
-    bpf_get_current_comm(&comm, sizeof(comm));
+    struct event_header sender = {};
+    int sender_is_current = packet_sender(skb, &sender);   /* the socket's owner: TCP may send from softirq */
     pl->drop = 0;
     for (u32 i = 0; i < FP_MAX; i++) {
         if (!(hits & (1U << i)))
@@ -321,7 +324,7 @@ int payload_egress(struct __sk_buff *skb)
             continue;
         pl->exempt = 0;
         struct payload_scope *scope = scope_of(skb, i, &pl->exempt);
-        if (!scope || sender_exempt(i, comm))
+        if (!scope || sender_exempt(i, sender.comm, sender_is_current))
             continue;
         u32 mode = pl->exempt ? MODE_MONITOR : scope->mode;
         int is_stratum = fp->flags & FP_STRATUM;
@@ -329,10 +332,9 @@ int payload_egress(struct __sk_buff *skb)
         e.hdr.ts_ns = bpf_ktime_get_boot_ns();
         e.hdr.cgroup_id = bpf_skb_cgroup_id(skb);
         e.hdr.kind = EV_ENFORCE;
-        u64 pt = bpf_get_current_pid_tgid();
-        e.hdr.tid = (u32)pt;
-        e.hdr.tgid = pt >> 32;
-        __builtin_memcpy(e.hdr.comm, comm, TASK_COMM_LEN);
+        e.hdr.tid = sender.tid;
+        e.hdr.tgid = sender.tgid;
+        __builtin_memcpy(e.hdr.comm, sender.comm, TASK_COMM_LEN);
         if (mode == MODE_ENFORCE)
             e.action = is_stratum ? ACT_DROP_STRATUM : ACT_DROP_PAYLOAD;
         else

@@ -32,47 +32,50 @@ struct socket_deny {
 };
 BPF_HASH(deny_socket_scopes, u64, struct socket_deny, 1024);
 
-/* The L4 header of the packet: protocol, ports, payload offset and length. 0: not TCP/UDP over IP. */
-static __always_inline int l4_of(struct __sk_buff *skb, struct flow_event *e, int egress, u32 *payload_off)
+/* The L4 header of the packet: protocol, ports, payload offset and length. 0: not TCP/UDP over IP, not from
+ * the remote port the caller wants (want_rport, 0: any), or no payload. Two loads per packet (the IP header, the
+ * L4 header's first 13 bytes): these hooks run on every packet of every job. */
+static __always_inline int l4_of(struct __sk_buff *skb, struct flow_event *e, int egress, u16 want_rport,
+                                 u32 *payload_off)
 {
     u32 off = 0;
     u8 proto = 0;
     if (skb->protocol == bpf_htons(0x0800)) {
-        u8 vihl = 0;
-        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
+        u8 ip[20];
+        if (bpf_skb_load_bytes(skb, 0, ip, 20))
             return 0;
-        off = (vihl & 0xf) * 4;
+        proto = ip[9];
+        if (proto != IPPROTO_UDP_ && proto != IPPROTO_TCP_)
+            return 0;
+        off = (ip[0] & 0xf) * 4;
         e->family = 2;
         __builtin_memset(e->raddr, 0, 16);
         e->raddr[10] = 0xff;
         e->raddr[11] = 0xff;
-        bpf_skb_load_bytes(skb, egress ? 16 : 12, &e->raddr[12], 4);
+        __builtin_memcpy(&e->raddr[12], egress ? &ip[16] : &ip[12], 4);
     } else if (skb->protocol == bpf_htons(0x86DD)) {
-        if (bpf_skb_load_bytes(skb, 6, &proto, 1))
+        u8 ip[40];
+        if (bpf_skb_load_bytes(skb, 0, ip, 40))
+            return 0;
+        proto = ip[6];
+        if (proto != IPPROTO_UDP_ && proto != IPPROTO_TCP_)
             return 0;
         off = 40;
         e->family = 10;
-        bpf_skb_load_bytes(skb, egress ? 24 : 8, e->raddr, 16);
+        __builtin_memcpy(e->raddr, egress ? &ip[24] : &ip[8], 16);
     } else {
         return 0;
     }
-    if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+    u8 l4[13] = {};                /* ports, then (TCP) the data offset at byte 12 */
+    if (bpf_skb_load_bytes(skb, off, l4, proto == IPPROTO_TCP_ ? 13 : 4))
         return 0;
-    u16 ports[2] = {};
-    if (bpf_skb_load_bytes(skb, off, ports, 4))
-        return 0;
-    u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+    u16 sport = ((u16)l4[0] << 8) | l4[1], dport = ((u16)l4[2] << 8) | l4[3];
     e->rport = egress ? dport : sport;
+    if (want_rport && e->rport != want_rport)
+        return 0;
     e->lport = egress ? sport : dport;
     e->proto = proto;
-    if (proto == IPPROTO_TCP_) {
-        u8 doff = 0;
-        if (bpf_skb_load_bytes(skb, off + 12, &doff, 1))
-            return 0;
-        off += (doff >> 4) * 4;
-    } else {
-        off += 8;
-    }
+    off += proto == IPPROTO_TCP_ ? (l4[12] >> 4) * 4 : 8;
     if (off >= skb->len)
         return 0;                  /* no payload: ACK, SYN, FIN */
     *payload_off = off;
@@ -88,13 +91,11 @@ static __always_inline void emit_flow(struct __sk_buff *skb, struct flow_event *
     e->hdr.kind = EV_FLOW;
     e->hdr.result = 0;
     e->hdr.uid = e->hdr.gid = 0;
-    e->hdr.tid = e->hdr.tgid = 0;
-    __builtin_memset(e->hdr.comm, 0, TASK_COMM_LEN);
-    if (egress) {              /* a first send runs in the sender's context; an answer arrives in softirq */
-        u64 pt = bpf_get_current_pid_tgid();
-        e->hdr.tid = (u32)pt;
-        e->hdr.tgid = pt >> 32;
-        bpf_get_current_comm(&e->hdr.comm, TASK_COMM_LEN);
+    if (egress) {
+        packet_sender(skb, &e->hdr);         /* the socket's owner, not whatever task is current */
+    } else {                                  /* an answer arrives in softirq: its receiver is not known here */
+        e->hdr.tid = e->hdr.tgid = 0;
+        __builtin_memset(e->hdr.comm, 0, TASK_COMM_LEN);
     }
     e->cookie = bpf_get_socket_cookie(skb);
     u64 len = e->len > FLOW_DATA ? FLOW_DATA : e->len;     /* >= 1: l4_of saw a payload */
@@ -380,12 +381,10 @@ int flow_ingress(struct __sk_buff *skb)
 {
     u32 zero = 0, off = 0;
     struct flow_event *e = flow_scratch.lookup(&zero);
-    if (!e || !l4_of(skb, e, 0, &off))
+    if (!e || !l4_of(skb, e, 0, 53, &off))      /* only DNS answers matter here */
         return 1;
-    if (e->rport == 53) {
-        emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);    /* copies the payload into e->data, then the ring */
-        learn_allowed(skb, e);
-    }
+    emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);        /* copies the payload into e->data, then the ring */
+    learn_allowed(skb, e);
     return 1;
 }
 
@@ -393,29 +392,29 @@ int flow_egress(struct __sk_buff *skb)
 {
     u32 zero = 0, off = 0;
     struct flow_event *e = flow_scratch.lookup(&zero);
-    if (!e || !l4_of(skb, e, 1, &off))
+    if (!e || !l4_of(skb, e, 1, 0, &off))
         return 1;
+    u32 what = FLOW_UDP_FIRST;
     if (e->rport == 53) {
-        emit_flow(skb, e, off, FLOW_DNS_QUERY, 1);
-        return 1;
-    }
-    if (e->proto == IPPROTO_TCP_) {
+        what = FLOW_DNS_QUERY;
+    } else if (e->proto == IPPROTO_TCP_) {
         u8 b[6] = {};
         if (e->len < 6 || bpf_skb_load_bytes(skb, off, b, 6))
             return 1;
-        if (b[0] == 0x16 && b[1] == 0x03 && b[5] == 0x01) {
-            emit_flow(skb, e, off, FLOW_TLS_HELLO, 1);    /* copies the hello into e->data */
-            return sni_verdict(skb, e);
-        }
-        return 1;
+        if (b[0] != 0x16 || b[1] != 0x03 || b[5] != 0x01)
+            return 1;
+        what = FLOW_TLS_HELLO;
+    } else {
+        u64 cookie = bpf_get_socket_cookie(skb);
+        u32 *seen = udp_flows.lookup(&cookie);
+        if (seen && *seen >= FLOW_UDP_FIRST_MAX)
+            return 1;
+        u32 count = seen ? *seen + 1 : 1;
+        udp_flows.update(&cookie, &count);
     }
-    u64 cookie = bpf_get_socket_cookie(skb);
-    u32 *seen = udp_flows.lookup(&cookie);
-    if (seen && *seen >= FLOW_UDP_FIRST_MAX)
-        return 1;
-    u32 count = seen ? *seen + 1 : 1;
-    udp_flows.update(&cookie, &count);
-    emit_flow(skb, e, off, FLOW_UDP_FIRST, 1);
+    emit_flow(skb, e, off, what, 1);          /* one place: the sender lookup is inlined once */
+    if (what == FLOW_TLS_HELLO)
+        return sni_verdict(skb, e);            /* the hello is in e->data now */
     return 1;
 }
 

@@ -579,6 +579,58 @@ static __always_inline void fill_header(struct event_header *h, u32 kind)
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
+/* Who sends a packet. Packet hooks run wherever the kernel transmits from - for TCP often softirq or a timer, in
+ * whatever task happens to be current - so `current` is not the sender. A TCP socket's owner (the process that
+ * connected it) is written on the socket itself at the connect hook, which runs in that process's context; a
+ * packet's sender is then its socket's owner. sk_storage is freed with the socket, and no flood of other sockets
+ * can evict it (an LRU map could be flushed by one). Sockets with no owner recorded (accepted, UDP, a folded
+ * repeat connect, made before the agent) fall back to `current` only when it is in the socket's cgroup; otherwise
+ * the sender is unknown (pid 0): never blame, and never kill, a bystander. */
+struct sock_owner {
+    u32 tgid;
+    u32 tid;
+    char comm[TASK_COMM_LEN];
+};
+BPF_SK_STORAGE(sock_owners, struct sock_owner);
+
+static __always_inline void own_socket(struct bpf_sock *sk)
+{
+    if (!sk)
+        return;
+    struct sock_owner *o = sock_owners.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!o)
+        return;
+    u64 pt = bpf_get_current_pid_tgid();
+    o->tgid = pt >> 32;
+    o->tid = (u32)pt;
+    bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+/* The packet's sender into h (tid, tgid, comm); 1 when that sender is the current task. */
+static __always_inline int packet_sender(struct __sk_buff *skb, struct event_header *h)
+{
+    u64 pt = bpf_get_current_pid_tgid();
+    struct bpf_sock *sk = skb->sk;
+    if (sk)
+        sk = bpf_sk_fullsock(sk);
+    struct sock_owner *o = sk ? sock_owners.sk_storage_get(sk, 0, 0) : 0;
+    if (o) {
+        h->tgid = o->tgid;
+        h->tid = o->tid;
+        __builtin_memcpy(h->comm, o->comm, TASK_COMM_LEN);
+        return o->tgid == (u32)(pt >> 32);
+    }
+    if (bpf_get_current_cgroup_id() == bpf_skb_cgroup_id(skb)) {
+        h->tid = (u32)pt;
+        h->tgid = pt >> 32;
+        bpf_get_current_comm(&h->comm, TASK_COMM_LEN);
+        return 1;
+    }
+    h->tid = h->tgid = 0;
+    __builtin_memset(h->comm, 0, TASK_COMM_LEN);
+    return 0;
+}
+
 /* The tgid of the current task's parent when it connected out of the node and holds the master of the pty on
  * the task's stdio (a pty reverse shell), else 0. */
 static __always_inline u32 stdio_pty_peer(void)

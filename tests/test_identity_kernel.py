@@ -20,7 +20,7 @@ import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import EXEC_TRAIT_BITS
-from lab import RESOLVE_CONNECT, FakePool, FakeResolver, popen_in_cgroup
+from lab import RESOLVE_CONNECT, SOCKET_OWNER, TLS_ON_BORROWED_SOCKET, FakePool, FakeResolver, popen_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -103,6 +103,32 @@ def test_sni_alpn_and_ja4_from_real_client_hellos(capture, test_cgroup):
     for name, tls in seen.items():
         assert tls["dport"] == pool.port and tls["daddr"] == "127.0.0.1" and tls["transport"] == "tcp", name
         assert tls["version"] in ("1.3", "1.2") and JA4.match(tls["ja4"]), (name, tls)
+
+
+def test_a_packet_names_its_sockets_owner_never_the_task_that_happens_to_send_it(capture, test_cgroup):
+    """TCP segments often leave from softirq, in whatever task is current; the packet hooks then name the socket's
+    owner (recorded at its connect), and a task outside the socket's job is never given that job. Made
+    deterministic here by a task in another cgroup sending on a socket the job's process connected (passed over
+    a unix socket)."""
+    job, cg = new_job(test_cgroup)
+    other = test_cgroup("elsewhere")
+    name = f"gg-owner-{job}"
+    with FakePool() as pool:
+        owner = popen_in_cgroup(cg, [PYTHON, "-c", SOCKET_OWNER, str(pool.port), name], stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert owner.stdout.readline().strip() == "ready"
+            out = run_in_cgroup(other, [PYTHON, "-c", TLS_ON_BORROWED_SOCKET, name, "passed.gg-tls.example"],
+                                capture_output=True, text=True, timeout=20)
+            borrower = int(out.stdout.split()[0])
+            hits = wait_for(capture, lambda r: r["kind"] == "tls" and r["tls"]["sni"] == "passed.gg-tls.example")
+        finally:
+            owner.kill()
+            owner.wait(10)
+    assert hits, "the ClientHello was not seen"
+    assert hits[0]["job"]["id"] == job and hits[0]["proc"]["pid"] == owner.pid
+    assert capture.table.get(borrower) is None or capture.table.get(borrower).job is None or \
+        capture.table.get(borrower).job.id != job             # the task that sent it was not given the job
 
 
 UDP_SEND = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " \

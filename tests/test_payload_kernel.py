@@ -17,7 +17,7 @@ from collector.policy import kernel_enforceable, payload_watch
 from collector.rules.loader import load_ruleset, rule_texts
 from collector.rules.payload import socks_target
 from gpuguard.v1 import policy_pb2 as ppb
-from lab import FakePool, FakeSocksServer, run_in_cgroup
+from lab import SEND_ON_BORROWED_SOCKET, SOCKET_OWNER, FakePool, FakeSocksServer, popen_in_cgroup, run_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -144,3 +144,30 @@ def test_fingerprints_match_however_the_first_bytes_are_cut(capture, enforcer, t
     socks_hits = reports(capture, job, "socks-connect")
     targets = {socks_target(base64.b64decode(h["enforcement"]["payload"])) for h in socks_hits}
     assert targets == {("pool.example", 3333)} and len(socks_hits) >= 2   # merged, and cut into three
+
+
+def test_a_dropped_handshake_names_the_sockets_owner_never_a_bystander(capture, enforcer, test_cgroup):
+    """The payload hook runs wherever the segment leaves from (softirq: any task). The drop names the socket's owner
+    in the watched job - the process the agent kills - never the task that happened to be current: here, made
+    deterministic, a task in another cgroup sending on the job's socket."""
+    job = fresh_job_id()
+    cg, other = test_cgroup(f"slurm/job_{job}"), test_cgroup("elsewhere")
+    apply_builtin_fingerprints(enforcer, job, monitor=False)
+    name = f"gg-payload-owner-{job}"
+    stratum = b'{"id":1,"method":"mining.subscribe","params":["gg-test/1.0"]}\n'
+    with FakePool() as pool:
+        owner = popen_in_cgroup(cg, [PYTHON, "-c", SOCKET_OWNER, str(pool.port), name], stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert owner.stdout.readline().strip() == "ready"
+            out = run_in_cgroup(other, [PYTHON, "-c", SEND_ON_BORROWED_SOCKET, name, stratum.hex()],
+                                capture_output=True, text=True, timeout=20)
+            borrower = int(out.stdout.split()[0])
+            hits = reports(capture, job, "stratum-handshake")
+        finally:
+            owner.kill()
+            owner.wait(10)
+    assert hits, "the stratum handshake was not reported"
+    assert hits[0]["enforcement"]["action"] == "drop_stratum"
+    assert hits[0]["proc"]["pid"] == owner.pid != borrower
+
