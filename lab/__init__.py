@@ -331,6 +331,20 @@ u.send(b"d")
 """
 
 
+@contextlib.contextmanager
+def lent_socket(cg: Path, port: int, name: str, python: str = "/usr/bin/python3"):
+    """A process in cgroup cg connects to 127.0.0.1:port and lends the socket to whoever connects to the abstract
+    unix socket ``name`` (see SOCKET_OWNER); yields that process, killed on the way out."""
+    owner = popen_in_cgroup(cg, [python, "-c", SOCKET_OWNER, str(port), name], stdout=subprocess.PIPE, text=True)
+    try:
+        if owner.stdout.readline().strip() != "ready":
+            raise RuntimeError("the socket owner did not start")
+        yield owner
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
 RESOLVE_CONNECT = """
 import errno, socket, sys
 name, server, port, transport = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -20,7 +20,7 @@ import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import EXEC_TRAIT_BITS
-from lab import RESOLVE_CONNECT, SOCKET_OWNER, TLS_ON_BORROWED_SOCKET, FakePool, FakeResolver, popen_in_cgroup
+from lab import RESOLVE_CONNECT, TLS_ON_BORROWED_SOCKET, FakePool, FakeResolver, lent_socket, popen_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -113,18 +113,11 @@ def test_a_packet_names_its_sockets_owner_never_the_task_that_happens_to_send_it
     job, cg = new_job(test_cgroup)
     other = test_cgroup("elsewhere")
     name = f"gg-owner-{job}"
-    with FakePool() as pool:
-        owner = popen_in_cgroup(cg, [PYTHON, "-c", SOCKET_OWNER, str(pool.port), name], stdout=subprocess.PIPE,
-                                text=True)
-        try:
-            assert owner.stdout.readline().strip() == "ready"
-            out = run_in_cgroup(other, [PYTHON, "-c", TLS_ON_BORROWED_SOCKET, name, "passed.gg-tls.example"],
-                                capture_output=True, text=True, timeout=20)
-            borrower = int(out.stdout.split()[0])
-            hits = wait_for(capture, lambda r: r["kind"] == "tls" and r["tls"]["sni"] == "passed.gg-tls.example")
-        finally:
-            owner.kill()
-            owner.wait(10)
+    with FakePool() as pool, lent_socket(cg, pool.port, name, PYTHON) as owner:
+        out = run_in_cgroup(other, [PYTHON, "-c", TLS_ON_BORROWED_SOCKET, name, "passed.gg-tls.example"],
+                            capture_output=True, text=True, timeout=20)
+        borrower = int(out.stdout.split()[0])
+        hits = wait_for(capture, lambda r: r["kind"] == "tls" and r["tls"]["sni"] == "passed.gg-tls.example")
     assert hits, "the ClientHello was not seen"
     assert hits[0]["job"]["id"] == job and hits[0]["proc"]["pid"] == owner.pid
     assert capture.table.get(borrower) is None or capture.table.get(borrower).job is None or \

@@ -17,7 +17,7 @@ from collector.policy import kernel_enforceable, payload_watch
 from collector.rules.loader import load_ruleset, rule_texts
 from collector.rules.payload import socks_target
 from gpuguard.v1 import policy_pb2 as ppb
-from lab import SEND_ON_BORROWED_SOCKET, SOCKET_OWNER, FakePool, FakeSocksServer, popen_in_cgroup, run_in_cgroup
+from lab import SEND_ON_BORROWED_SOCKET, FakePool, FakeSocksServer, lent_socket, run_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -155,18 +155,11 @@ def test_a_dropped_handshake_names_the_sockets_owner_never_a_bystander(capture, 
     apply_builtin_fingerprints(enforcer, job, monitor=False)
     name = f"gg-payload-owner-{job}"
     stratum = b'{"id":1,"method":"mining.subscribe","params":["gg-test/1.0"]}\n'
-    with FakePool() as pool:
-        owner = popen_in_cgroup(cg, [PYTHON, "-c", SOCKET_OWNER, str(pool.port), name], stdout=subprocess.PIPE,
-                                text=True)
-        try:
-            assert owner.stdout.readline().strip() == "ready"
-            out = run_in_cgroup(other, [PYTHON, "-c", SEND_ON_BORROWED_SOCKET, name, stratum.hex()],
-                                capture_output=True, text=True, timeout=20)
-            borrower = int(out.stdout.split()[0])
-            hits = reports(capture, job, "stratum-handshake")
-        finally:
-            owner.kill()
-            owner.wait(10)
+    with FakePool() as pool, lent_socket(cg, pool.port, name, PYTHON) as owner:
+        out = run_in_cgroup(other, [PYTHON, "-c", SEND_ON_BORROWED_SOCKET, name, stratum.hex()],
+                            capture_output=True, text=True, timeout=20)
+        borrower = int(out.stdout.split()[0])
+        hits = reports(capture, job, "stratum-handshake")
     assert hits, "the stratum handshake was not reported"
     assert hits[0]["enforcement"]["action"] == "drop_stratum"
     assert hits[0]["proc"]["pid"] == owner.pid != borrower
