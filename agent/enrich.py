@@ -72,6 +72,7 @@ PTY_HOLDER_DEPTH = 8         # ancestors looked at for a pty master's holder
 MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
 MAX_QUERIES_TRACKED = 16384
+MAX_ANCESTRIES = 4096        # ancestor messages kept (one per distinct parent image)
 
 
 class Enricher:
@@ -90,6 +91,7 @@ class Enricher:
         self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
         self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
+        self._ancestries: OrderedDict[int, tuple[list, pb.Process]] = OrderedDict()   # id(lineage) -> message
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -138,13 +140,25 @@ class Enricher:
                               cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
             full = pb.Process()
             full.CopyFrom(bare)
-            for a in self.table.lineage(p):
-                full.ancestors.add(**a)
+            full.MergeFrom(self._ancestry(p))          # appends the ancestors: one C call
             cached = p.record_base = (ident, bare, full)
         _ident, bare, full = cached
         if not bare.exe_sha256 and self.hasher and p.exe:
             bare.exe_sha256 = full.exe_sha256 = self.hasher.lookup(p.exe)   # background; "" until computed
         return full if with_ancestry else bare
+
+    def _ancestry(self, p: Process) -> pb.Process:
+        """A Process holding only the ancestors, built once per lineage (siblings share their parent's)."""
+        lineage = self.table.lineage(p)
+        made = self._ancestries.get(id(lineage))
+        if made is None or made[0] is not lineage:
+            msg = pb.Process()
+            for a in lineage:
+                msg.ancestors.add(**a)
+            made = self._ancestries[id(lineage)] = (lineage, msg)
+            if len(self._ancestries) > MAX_ANCESTRIES:
+                self._ancestries.popitem(last=False)
+        return made[1]
 
     def _event(self, hdr: Header, p: Process, job: Job, with_ancestry: bool = True, exec_: bool = False) -> pb.Event:
         """One event. The ancestry rides on a process image's first event only (and on every exec):

@@ -39,6 +39,7 @@ class Process:
     job: Job | None = None
     exited: bool = False
     lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
+    kids_lineage: list[dict] | None = None   # the lineage each child of this image gets (made once per image)
     record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
@@ -142,6 +143,7 @@ class ProcessTable:
         if ppid:
             p.ppid = ppid               # the kernel's real parent (re-parenting happens)
         p.lineage = None
+        p.kids_lineage = None
         p.summaries = None
         p.record_base = None
         p.ancestry_sent = False
@@ -170,15 +172,22 @@ class ProcessTable:
         return chain
 
     def lineage(self, p: Process) -> list[dict]:
-        """Ancestor summaries, computed once per process: events on a hot path reuse them."""
+        """Ancestor summaries, computed once per process: events on a hot path reuse them. Siblings share one
+        list (their parent's ``kids_lineage``): a shell's loop of thousands of execs walks its chain once."""
         if p.lineage is None:
+            parent = self.get(p.ppid) if p.ppid and p.ppid != p.pid else None
+            p.lineage = self._kids_lineage(parent) if parent is not None else []
+        return p.lineage
+
+    def _kids_lineage(self, parent: Process) -> list[dict]:
+        if parent.kids_lineage is None:
             lineage, budget = [], LINEAGE_ARGV_CHARS
-            for a in self.ancestors(p.pid):
+            for a in [parent, *self.ancestors(parent.pid)][:MAX_DEPTH]:
                 item, size = a.summary_and_size(min(budget, ANCESTOR_ARGV_CHARS))
                 budget -= size
                 lineage.append(item)
-            p.lineage = lineage
-        return p.lineage
+            parent.kids_lineage = lineage
+        return parent.kids_lineage
 
     def parent_key(self, p: Process) -> str:
         parent = self.get(p.ppid) if p.ppid else None
