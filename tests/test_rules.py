@@ -271,3 +271,36 @@ def test_egress_suggest_prints_a_rule_that_loads():
     assert n == 5 and "evil.example" not in text and "198.51.100.0/24: 1 connects" in text
     rs = load_ruleset(rule_texts(extra=(("suggested.yaml", text),)))
     assert rs.rules["egress-slurm"].match["dns_name_not_in"] == ["pypi.org", "pythonhosted.org"]
+
+
+def test_a_rule_marked_outside_scope_alerts_for_processes_outside_any_job_and_never_kills_there():
+    """A miner started through an ssh session or systemd-run is outside every job: rules that mean the same
+    everywhere (stratum URLs, reverse shells, pool names) alert there under their own id, never kill, and never
+    feed a correlation."""
+    from collector.correlate import Correlator  # noqa: PLC0415
+    from collector.rules.engine import Engine  # noqa: PLC0415
+    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415
+    from gpuguard.v1 import events_pb2 as pb  # noqa: PLC0415
+
+    rs = load_ruleset(rule_texts())
+    engine = Engine(rs)
+    argv = ["/tmp/.x/kthreadd", "-o", "stratum+tcp://pool.example:3333", "-u", "4" + "A" * 94]
+
+    def exec_in(kind: str, job_id: str) -> pb.Event:
+        ev = pb.Event(exec=pb.Exec(filename=argv[0], argv=argv))
+        ev.job.kind, ev.job.id = kind, job_id
+        ev.process.pid, ev.process.key, ev.process.exe, ev.process.comm = 7, "k7", argv[0], "kthreadd"
+        return ev
+
+    in_job = {m.rule.id: m.rule.action for m in engine.evaluate("n1", exec_in("slurm", "42"), None)}
+    assert in_job["miner-stratum-url"] == "kill"
+    for kind, job_id in (("systemd", "session-3.scope"), ("host", "host"), ("systemd", "run-u7.service")):
+        outside = {m.rule.id: m.rule.action for m in engine.evaluate("n1", exec_in(kind, job_id), None)}
+        assert outside.get("miner-stratum-url.outside-scope") == "alert", (kind, outside)
+        assert not {"block", "kill"} & set(outside.values()), outside      # nothing blocks or kills out there
+        assert "miner-stratum-url" not in outside
+    corr = Correlator(rs)
+    ev = exec_in("host", "host")
+    assert corr.record("n1", ev, engine.evaluate("n1", ev, None)) == []    # no correlation takes them as evidence
+    plain = [r for r in rs.rules.values() if not r.outside_scope and r.event == "exec" and "argv_has" in r.match]
+    assert plain, "some rules stay job-only (host admins' tools): the mark is per rule"

@@ -8,7 +8,7 @@ say exactly what it saw. What each key means lives in the key registry
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from collector.resolve import DomainResolver
 from collector.rules.context import (  # noqa: F401 - JobContext and base_domain are this module's API too
@@ -19,7 +19,7 @@ from collector.rules.context import (  # noqa: F401 - JobContext and base_domain
     destination,
 )
 from collector.rules.keys import ALL_EVENTS, KERNEL_REPORTED, REGISTRY, compile_matcher
-from collector.rules.loader import Rule, RuleSet
+from collector.rules.loader import OUTSIDE_SUFFIX, Rule, RuleSet
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import ESCAPE_ACTIONS, PAYLOAD_ACTIONS
 
@@ -35,6 +35,11 @@ class CompiledRule:
         self.hosts = frozenset(sc["hosts"]) if "hosts" in sc else None
         self.jobs = frozenset(sc.get("job_ids", ())) | frozenset(sc.get("job_kinds", ()))
         self.any_job = "job_ids" not in sc and "job_kinds" not in sc
+        # outside its scope (a host service, an ssh session, systemd-run, a job kind not covered) a rule that asks
+        # for it alerts under an id of its own: never a block, a kill or a correlation's evidence
+        self.outside = replace(self.rule, id=self.rule.id + OUTSIDE_SUFFIX, action=self.rule.outside_scope,
+                               description=f"{self.rule.description} (outside any job the rule covers: alerted, "
+                                           "not enforced)") if self.rule.outside_scope else None
 
     def in_scope(self, host: str, job: pb.Job) -> bool:
         if self.hosts is not None and host not in self.hosts:
@@ -180,7 +185,8 @@ class Engine:
         out = []
         job = ev.job
         for cr in index.candidates(view):
-            if not cr.in_scope(host, job):
+            rule = cr.rule if cr.in_scope(host, job) else cr.outside
+            if rule is None:
                 continue
             matched = {}
             for key, fn in cr.match:
@@ -190,5 +196,5 @@ class Engine:
                 matched[key] = value
             else:
                 if not any(fn(view, ctx) is not None for _k, fn in cr.unless):
-                    out.append(RuleMatch(cr.rule, matched))
+                    out.append(RuleMatch(rule, matched))
         return out

@@ -16,6 +16,8 @@ EVENTS = ALL_EVENTS
 ACTIONS = ("signal", "alert", "block", "kill")
 MODES = ("monitor", "enforce")
 SCOPE_KEYS = ("job_kinds", "job_ids", "hosts")
+OUTSIDE_ACTIONS = ("", "alert")       # what a rule does outside its scope: nothing, or alert (never block or kill)
+OUTSIDE_SUFFIX = ".outside-scope"     # the id of such a match: its own alerts, never a correlation's input
 
 
 class RuleError(ValueError):
@@ -65,6 +67,7 @@ class Rule:
     mode: str = ""                       # "" = the ruleset's default_mode
     unless: dict = field(default_factory=dict)
     scope: dict = field(default_factory=dict)
+    outside_scope: str = ""              # "alert": also evaluated outside the scope, and only alerted there
     source: str = ""
     line: int = 0
 
@@ -201,6 +204,7 @@ class _Parser:
                     action=self.choice(d, "action", where, ACTIONS, "alert"),
                     mode=self.choice(d, "mode", where, (*MODES, ""), ""),
                     unless=self.conditions(d, "unless", event, where), scope=self.scope(d, where),
+                    outside_scope=self.choice(d, "outside_scope", where, OUTSIDE_ACTIONS, ""),
                     source=self.source, line=_line(d))
 
     def correlation(self, d: dict, i: int) -> Correlation:
