@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 STREAM = "GPUGUARD_EVENTS"
 SETUP_REQUEST_S = 2.0       # one request while setting up the stream and buckets
-SETUP_S = 45.0              # how long setting up may take (a fresh cluster electing, others racing to create)
+SETUP_S = 90.0              # how long setting up may take, all steps together (a fresh cluster electing, others
+                            # racing to create; a loaded machine)
 SUBJECT = "gpuguard.events"
 MARKS, LEASES, WORKERS = "gpuguard_marks", "gpuguard_leases", "gpuguard_workers"
 
@@ -94,7 +95,8 @@ class NatsLog:
         self._lease_rev: dict[int, int] = {}
         self._with_leases = leases
         self._marks_cache: tuple[float, dict[str, int]] | None = None
-        self._call(self._connect(), timeout=self.timeout_s * 6)
+        self._setup_until = 0.0
+        self._call(self._connect(), timeout=SETUP_S + 30)   # the setup's own deadline (SETUP_S) says what failed
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, coro, timeout: float | None = None):
@@ -150,10 +152,11 @@ class NatsLog:
         # together against a fresh cluster race to create the stream and buckets, and the API may leave a request
         # about one being assigned unanswered: one long request would spend the whole deadline on it.
         self._setup_js = self.nc.jetstream(timeout=SETUP_REQUEST_S)
+        self._setup_until = self._loop.time() + SETUP_S       # one deadline for every step of the setup
         config = StreamConfig(name=STREAM, subjects=[f"{SUBJECT}.*"], storage=StorageType.FILE,
                               num_replicas=self.replicas, duplicate_window=600.0, max_age=self.retention_s)
         try:                                 # a cluster that just started may still elect its meta leader
-            await self._retrying(lambda: self._setup_js.add_stream(config), "the stream's creation", SETUP_S)
+            await self._retrying(lambda: self._setup_js.add_stream(config), "the stream's creation", self._setup_left())
         except BadRequestError as exc:       # exists with other settings: keep it, say so
             log.warning("event log: stream %s exists with other settings, used as it is (%s)", STREAM,
                         exc.description)
@@ -174,6 +177,9 @@ class NatsLog:
         log.info("event log: %s on %s (%d partitions, %d replicas)", STREAM, ",".join(self.urls), self.partitions,
                  self.replicas)
 
+    def _setup_left(self) -> float:
+        return max(0.5, self._setup_until - self._loop.time())
+
     async def _stream_info(self):
         return await self._once_made(lambda: self._setup_js.stream_info(STREAM), "the stream's settings")
 
@@ -183,12 +189,11 @@ class NatsLog:
         found"), so that answer is waited out like an election."""
         from nats.js.errors import NotFoundError  # noqa: PLC0415
 
-        deadline = self._loop.time() + SETUP_S
         while True:
             try:
-                return await self._retrying(make, what, SETUP_S)
+                return await self._retrying(make, what, self._setup_left())
             except NotFoundError:
-                if self._loop.time() > deadline:
+                if self._loop.time() > self._setup_until:
                     raise
                 await asyncio.sleep(0.2)
 
@@ -197,10 +202,11 @@ class NatsLog:
 
         what = f"bucket {config.bucket}"
         try:
-            bucket = await self._retrying(lambda: self._setup_js.key_value(config.bucket), what, SETUP_S)
+            bucket = await self._retrying(lambda: self._setup_js.key_value(config.bucket), what, self._setup_left())
         except BucketNotFoundError:
             try:
-                bucket = await self._retrying(lambda: self._setup_js.create_key_value(config), what, SETUP_S)
+                bucket = await self._retrying(lambda: self._setup_js.create_key_value(config), what,
+                                               self._setup_left())
             except BadRequestError:               # made meanwhile by another collector or worker
                 bucket = await self._once_made(lambda: self._setup_js.key_value(config.bucket), what)
         return bucket          # its reads and writes keep the short request timeout, retried up to timeout_s

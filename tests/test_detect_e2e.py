@@ -102,6 +102,27 @@ def test_fake_miner_blocked_in_enforce_mode(stack):
     assert by_rule["miner-binary"]["job"]["id"] == job
 
 
+def test_a_miner_started_outside_every_job_is_alerted_not_killed(stack, test_cgroup):
+    """Started the way a job's process would start something outside its job (a transient systemd unit, an ssh
+    session scope): the job-scoped rules do not act, the outside-scope ones alert, and nothing is killed."""
+    unit = f"run-u{new_job()}.service"
+    cg = test_cgroup(unit)
+    miner = install_miner(stack["tmp"], "xmrig")
+    url = f"stratum+tcp://127.0.0.1:{stack['pool'].port}"
+    # the URL reaches the miner's argv only at its exec, in the unit: the launcher (host cgroup) never carries it
+    launch = "import os, sys; os.execv(sys.argv[1], [sys.argv[1], '-o', os.environ['GG_URL'], '-u', sys.argv[2]])"
+    proc = run_in_cgroup(cg, [PYTHON, "-c", launch, miner, "4" + "A" * 94], env={**os.environ, "GG_URL": url},
+                         timeout=30)
+    assert proc.returncode == 0                                 # not the job's: nothing enforces on it
+    want = {"miner-binary.outside-scope", "miner-stratum-url.outside-scope"}
+    got = alerts(stack, unit, want, states=("ALERT_ALERTED", "ALERT_MONITORED"))
+    by_rule = {a["rule_id"]: a for a in got}
+    assert want <= set(by_rule), sorted(by_rule)
+    job = by_rule["miner-stratum-url.outside-scope"]["job"]
+    assert (job["kind"], job["id"]) == ("systemd", unit)
+    assert not {r for r in by_rule if not r.endswith(".outside-scope")} & {"miner-binary", "miner-stratum-url"}
+
+
 def test_fake_miner_only_flagged_in_monitor_mode(stack):
     job = new_job()
     cg = job_cgroup(stack, job)          # an existing job switched to monitor mode by the operator
