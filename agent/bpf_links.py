@@ -29,6 +29,8 @@ def libbpf():
     lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
     lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -67,3 +69,22 @@ def tracepoint_link(prog_fd: int, category: str, name: str) -> int:
         return _link(prog_fd, perf_fd, BPF_PERF_EVENT, f"{category}:{name}")
     finally:
         os.close(perf_fd)                                # the link keeps the perf event alive
+
+
+def detach_legacy(cgroup: str, attach_type: int, prog_id: int) -> bool:
+    """Detach a program attached with BPF_PROG_ATTACH by an agent before the pins were the ledger (its JSON file
+    named cgroup, attach type and program id). False when it is gone already (cgroup removed, or detached)."""
+    lib = libbpf()
+    pfd = lib.bpf_prog_get_fd_by_id(prog_id)
+    if pfd < 0:
+        return False
+    try:
+        cfd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.close(pfd)
+        return False
+    try:
+        return lib.bpf_prog_detach2(pfd, cfd, attach_type) == 0
+    finally:
+        os.close(cfd)
+        os.close(pfd)

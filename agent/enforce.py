@@ -32,7 +32,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from agent.bpf_links import INET_EGRESS, cgroup_link, tracepoint_link
+from agent.bpf_links import INET_EGRESS, cgroup_link, detach_legacy, tracepoint_link
 from agent.enforce_plan import (
     ANCHOR_FOLD,
     DENY_PROGRAMS,
@@ -59,6 +59,8 @@ from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import DROP_PAYLOAD, DROP_STRATUM, JOB_HOST, KILL, KILL_EXEC, KILL_TREE
 
 log = logging.getLogger(__name__)
+
+LEGACY_LEDGER = "attachments.json"   # what agents before the pins attached (cgroup, attach type, program id)
 
 class ExecutedOrders:
     """Kill order ids this agent executed, kept on disk (bounded): a resent order is acked, not re-run."""
@@ -190,6 +192,29 @@ class Enforcer:
                 log.error("saved policy %s unusable: %s", saved, exc)
         if self.pins is not None:
             self.pins.drop_previous()
+        self._detach_legacy()
+
+    def _detach_legacy(self) -> None:
+        """An agent from before the pins attached with BPF_PROG_ATTACH and listed them in attachments.json: once
+        this agent's own links are in place, detach those (they would enforce an old policy forever) and drop the
+        file."""
+        legacy = self.state_dir / LEGACY_LEDGER
+        try:
+            entries = json.loads(legacy.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable (%s): programs it listed may still be attached", legacy, exc)
+            return
+        detached = 0
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                detached += detach_legacy(str(entry["cgroup"]), int(entry["attach_type"]), int(entry["prog_id"]))
+            except (KeyError, TypeError, ValueError):
+                log.error("%s: entry %r is not a cgroup/attach_type/prog_id: skipped", legacy, entry)
+        legacy.unlink(missing_ok=True)
+        log.info("detached %d of %d program(s) an earlier agent attached without a pin (%s, now removed)",
+                 detached, len(entries) if isinstance(entries, list) else 0, legacy)
 
     def _full_path(self, cgroup: str) -> str:
         return str(self.jobs.root / cgroup.lstrip("/"))

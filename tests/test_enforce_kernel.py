@@ -253,6 +253,46 @@ def test_saved_policy_is_enforced_at_restart_and_leftovers_detached(capture, tmp
     assert after == "ok"                                  # old programs gone too, not just the new ones
 
 
+def test_programs_an_agent_before_the_pins_attached_are_detached_at_start(capture, tmp_path, test_cgroup):
+    """Agents before the pins attached with BPF_PROG_ATTACH and listed (cgroup, attach type, program id) in
+    attachments.json: an upgraded agent detaches them once its own links are in place, or they would enforce
+    an old policy forever."""
+    import json  # noqa: PLC0415
+
+    from bcc import BPF  # noqa: PLC0415
+
+    cg = test_cgroup(f"slurm/job_{fresh_job_id()}")
+    script = _connect_script("127.0.0.5", 9, kind="SOCK_DGRAM")
+    legacy = BPF(text="int gg_legacy_deny(struct bpf_sock_addr *ctx) { return 0; }")
+    fn = legacy.load_func(b"gg_legacy_deny", BPF.CGROUP_SOCK_ADDR, attach_type=10)     # connect4: deny all
+    cfd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+    legacy.attach_func(fn, cfd, 10, 2)                                               # BPF_F_ALLOW_MULTI
+    try:
+        progs = json.loads(subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+                                          check=True).stdout)
+        prog_id = next(p["id"] for p in progs if p.get("name") == "gg_legacy_deny")
+        assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == \
+            str(errno.EPERM)                                                         # the old program enforces
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / "attachments.json").write_text(json.dumps([{"cgroup": str(cg), "attach_type": 10,
+                                                             "prog_id": prog_id}]))
+        upgraded = Enforcer(capture, state)
+        try:
+            upgraded.start()
+            assert not (state / "attachments.json").exists()
+            assert run_in_cgroup(cg, [PYTHON, "-c", script], capture_output=True, text=True).stdout.strip() == "ok"
+        finally:
+            upgraded.close()
+    finally:
+        try:
+            legacy.detach_func(fn, cfd, 10)          # never leave it attached (a no-op once the agent did)
+        except Exception:  # noqa: BLE001 - already detached: what the test wanted
+            pass
+        os.close(cfd)
+        legacy.cleanup()
+
+
 def test_kill_at_exec_outlives_a_dead_agent_and_is_adopted(capture, tmp_path, test_cgroup):
     from agent.pins import pin_dir_for  # noqa: PLC0415
 
