@@ -263,7 +263,7 @@ def test_programs_an_agent_before_the_pins_attached_are_detached_at_start(captur
 
     cg = test_cgroup(f"slurm/job_{fresh_job_id()}")
     script = _connect_script("127.0.0.5", 9, kind="SOCK_DGRAM")
-    legacy = BPF(text="int gg_legacy_deny(struct bpf_sock_addr *ctx) { return 0; }")
+    legacy = BPF(text=b"int gg_legacy_deny(struct bpf_sock_addr *ctx) { return 0; }")
     fn = legacy.load_func(b"gg_legacy_deny", BPF.CGROUP_SOCK_ADDR, attach_type=10)     # connect4: deny all
     cfd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
     legacy.attach_func(fn, cfd, 10, 2)                                               # BPF_F_ALLOW_MULTI
