@@ -45,7 +45,10 @@ struct fold_val {
 };
 
 BPF_TABLE("lru_hash", struct fold_key, struct fold_val, connect_folds, 65536);
-BPF_TABLE("lru_hash", u64, u8, reported_sks, 65536);     /* TCP sockets whose connect was reported */
+/* TCP sockets whose connect was reported -> the connecting task's cgroup. The outcome (SYN-ACK, RST, a timeout)
+ * is processed in softirq, in whatever task is current: the record is charged to the connecting job, never to
+ * that bystander's budget (a flood of one job's connects must not spend another job's). */
+BPF_TABLE("lru_hash", u64, u64, reported_sks, 65536);
 
 /* 1: report this connect (e->repeats set); 0: folded into an earlier report. */
 static __always_inline int fold_connect(struct connect_event *e)
@@ -107,8 +110,8 @@ static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int se
     if (!sendmsg && e.sock_type == 1)
         own_socket(ctx->sk);
     if (!sendmsg) {
-        u8 one = 1;
-        reported_sks.update(&e.sk, &one);
+        u64 cgroup = e.hdr.cgroup_id;
+        reported_sks.update(&e.sk, &cgroup);
     }
     emit(&e, sizeof(e), EV_CONNECT);
     return 1;
@@ -126,11 +129,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->newstate != TCP_ESTABLISHED_ && args->newstate != TCP_CLOSE_)
         return 0;
     u64 sk = (u64)args->skaddr;
-    if (!reported_sks.lookup(&sk))
+    u64 *connector = reported_sks.lookup(&sk);
+    if (!connector)
         return 0;                          /* its connect was folded (or made before the agent started) */
+    u64 cgroup = *connector;
     reported_sks.delete(&sk);
     struct connect_result_event e = {};
     fill_header(&e.hdr, EV_CONNECT_RESULT);
+    e.hdr.cgroup_id = cgroup;              /* the connecting job's; the task here may be anyone (softirq) */
+    e.hdr.tid = e.hdr.tgid = 0;            /* the agent joins the outcome to its connect by socket */
+    __builtin_memset(e.hdr.comm, 0, TASK_COMM_LEN);
     e.sk = sk;
     if (args->newstate == TCP_CLOSE_) {
         int err = kread_u32((void *)args->skaddr, OFF_SK_ERR);

@@ -4,6 +4,8 @@ the kernel (one record a second, with a count), and exec/fork/exit/enforcement r
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import time
 import uuid
@@ -139,3 +141,66 @@ def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degrade
     finally:
         ag.stop()
         col.stop()
+
+
+SYN_SENT_OWNER = """
+import array, socket, sys
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(0)
+port = server.getsockname()[1]
+print(port, flush=True)
+sys.stdin.readline()                                            # the test filled the accept queue: SYNs are dropped
+c = socket.socket(); c.setblocking(False)
+try:
+    c.connect(("127.0.0.1", port))
+except BlockingIOError:
+    pass                                                        # SYN_SENT, and it stays so
+u = socket.socket(socket.AF_UNIX); u.bind("\\0" + sys.argv[1]); u.listen(1)
+print("ready", flush=True)
+conn, _ = u.accept()
+conn.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
+c.close()                                                       # the borrower's copy is the last one
+conn.recv(1)
+"""
+
+CLOSE_BORROWED = """
+import array, socket, sys
+u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
+_msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
+socket.socket(fileno=array.array("i", anc[0][2][:4])[0]).close()   # SYN_SENT -> CLOSE, here, in this task
+u.send(b"d")
+"""
+
+
+def test_a_connects_outcome_is_charged_to_the_connecting_job_not_the_task_that_ended_it(capture, test_cgroup):
+    """A connect's outcome is processed wherever the kernel is (softirq, a timer, another task closing a passed
+    socket); its record counts against the connecting job's budget, never against the task that happened to be
+    current - or one job's connect flood would spend other jobs' budgets. Made deterministic: the job's process
+    leaves a socket in SYN_SENT (the listener's accept queue is full) and a task in another cgroup closes it."""
+    job = fresh_job_id()
+    cg, other = test_cgroup(f"slurm/job_{job}"), test_cgroup("elsewhere")
+    name = f"gg-synsent-{job}"
+    owner = popen_in_cgroup(cg, [PYTHON, "-c", SYN_SENT_OWNER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    filler = None
+    try:
+        port = int(owner.stdout.readline())
+        filler = socket.create_connection(("127.0.0.1", port))    # from here, not the job: its connect is not folded
+        owner.stdin.write("go\n")
+        owner.stdin.flush()
+        assert owner.stdout.readline().strip() == "ready"
+        done = subprocess.run(["/bin/sh", "-c", f'echo $$ > "{other}/cgroup.procs" && exec "$@"', "sh", PYTHON,
+                               "-c", CLOSE_BORROWED, name], timeout=20)
+        assert done.returncode == 0
+        outcome = wait_for(capture, lambda r: r["kind"] == "connect" and r["job"]["id"] == job
+                           and r["connect"]["dport"] == port and r["proc"]["pid"] == owner.pid
+                           and r["connect"]["result"] not in (0, -115), timeout=10)
+    finally:
+        if filler is not None:
+            filler.close()
+        owner.kill()
+        owner.wait(10)
+    assert outcome, "the outcome of the job's connect was not reported"     # the closing task's state change
+    charged = capture.probes.bpf[b"job_capture"]
+    ids = {k.value for k in charged.keys()}
+    assert os.stat(cg).st_ino in ids                                        # the job paid for its records
+    assert os.stat(other).st_ino not in ids, "the task that closed the socket was charged for the job's outcome"
