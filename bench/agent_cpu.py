@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 from agent.jobs import ensure_cgroup2_mount  # noqa: E402
 from lab import (  # noqa: E402
     CLI,
-    Service,
     free_port,
     lab_credentials,
+    local_agent,
+    local_collector,
     popen_in_cgroup,
     process_cpu_seconds,
     remove_cgroup_tree,
@@ -90,11 +91,8 @@ def main() -> int:
         tmp = Path(d)
         lab_credentials("agent-cpu-bench")
         port = free_port()
-        col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "c.db")],
-                      tmp / "c.log", "collector listening on").start()
-        ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
-                      "--state-dir", str(tmp / "state"), "--host-id", "agent-cpu-bench", "--quiet",
-                      "--capture-budget", "1000000"], tmp / "a.log", "capture probes attached").start()
+        col = local_collector(tmp, port).start()
+        ag = local_agent(tmp, port, "agent-cpu-bench", "--capture-budget", "1000000").start()
         try:
             time.sleep(3)                                        # the agent applies the built-in policy
             print(f"agent pid {ag.proc.pid}", flush=True)

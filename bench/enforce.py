@@ -35,12 +35,12 @@ from collector.rules.loader import load_ruleset, rule_texts  # noqa: E402
 from gpuguard.v1 import events_pb2 as pb  # noqa: E402
 from gpuguard.v1 import policy_pb2 as ppb  # noqa: E402
 from lab import (  # noqa: E402
-    CLI,
     FakePool,
-    Service,
     builtin_argv_kill,
     free_port,
     lab_credentials,
+    local_agent,
+    local_collector,
     popen_in_cgroup,
     remove_cgroup_tree,
 )
@@ -248,11 +248,8 @@ def bench_userspace_kill(n: int, tmp: Path) -> None:
     """A rule only user space can evaluate (argv regex): exec -> collector alert -> KillProcess -> dead."""
     port, host = free_port(), f"bench-{uuid.uuid4().hex[:6]}"
     lab_credentials(host)
-    col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "c.db")],
-                  tmp / "c.log", "collector listening on").start()
-    ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
-                  "--state-dir", str(tmp / "astate"), "--host-id", host, "--quiet"], tmp / "a.log",
-                 "capture probes attached").start()
+    col = local_collector(tmp, port).start()
+    ag = local_agent(tmp, port, host).start()
     base = ensure_cgroup2_mount() / f"gpuguard-bench-{uuid.uuid4().hex[:6]}"
     pool = FakePool()
     try:

@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from agent.jobs import ensure_cgroup2_mount  # noqa: E402
 from lab import (  # noqa: E402
     CLI,
-    Service,
     free_port,
     lab_credentials,
+    local_agent,
+    local_collector,
     popen_in_cgroup,
     process_cpu_seconds,
     remove_cgroup_tree,
@@ -101,11 +102,8 @@ def main() -> int:
         tmp = Path(d)
         lab_credentials("flood-bench")
         port = free_port()
-        col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "c.db")],
-                      tmp / "c.log", "collector listening on").start()
-        ag = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
-                      "--state-dir", str(tmp / "state"), "--host-id", "flood-bench", "--quiet",
-                      "--status-interval", "1"], tmp / "a.log", "capture probes attached").start()
+        col = local_collector(tmp, port).start()
+        ag = local_agent(tmp, port, "flood-bench", "--status-interval", "1").start()
         procs = []
         try:
             noisy.mkdir(parents=True)
@@ -176,7 +174,7 @@ def main() -> int:
                   f"for the quiet job: {'raised' if quiet_degraded else 'none'}")
             print(f"quiet job: {quiet_execs} of {quiet_steps} execs and {quiet_connects} of {quiet_steps} connects "
                   "stored")
-            applied = [line.split("INFO", 1)[-1].strip() for line in (tmp / "a.log").read_text().splitlines()
+            applied = [line.split("INFO", 1)[-1].strip() for line in ag.log.read_text().splitlines()
                        if "applied" in line]
             print(f"policy applications in the agent's log: {applied[-2:]}")
             print(f"agent: {cpu:.1f} CPU-s for {events} stored events ({cpu * 1e6 / max(events, 1):.0f} ms per "

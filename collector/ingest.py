@@ -110,7 +110,6 @@ class Ingestor:
         self._works()
         return result
 
-
     def _sink_errors(self) -> tuple[type[BaseException], ...]:
         return getattr(self.log_sink or self.store, "errors", (sqlite3.Error, OSError))
 

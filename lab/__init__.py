@@ -105,6 +105,19 @@ class Service:
             self.kill(signal.SIGKILL)
 
 
+def local_collector(tmp: Path, port: int, *extra: str) -> Service:
+    """A collector on 127.0.0.1:port with its SQLite store and log in tmp (``collector.db``, ``collector.log``)."""
+    return Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "collector.db"), *extra],
+                   tmp / "collector.log", "collector listening on")
+
+
+def local_agent(tmp: Path, port: int, host_id: str, *extra: str) -> Service:
+    """An agent shipping to the collector on 127.0.0.1:port, its spool, state and log in tmp."""
+    return Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
+                    "--state-dir", str(tmp / "agent-state"), "--host-id", host_id, "--quiet", *extra],
+                   tmp / "agent.log", "capture probes attached")
+
+
 def wait_policy_acked(port: int, host: str, version: int | None = None, timeout: float = 20) -> int:
     """Wait until the agent on ``host`` runs ``version`` (default: the collector's current policy)."""
     reply: dict = {}
@@ -291,24 +304,39 @@ def dns_query(name: str, server: str = "127.0.0.53", qtype: int = 1, tcp: bool =
 
 # A client that resolves NAME at a resolver (UDP, or TCP with "tcp") and connects to the answer at once,
 # printing the connect's errno (0 = connected). Runs as its own process so a test can put it in a cgroup.
-# A process that connects a TCP socket (argv: port, unix socket name), then hands it over that unix socket to
-# whoever asks, and waits until told it is done: packets on it then leave from a task that is not its owner.
-SOCKET_OWNER = """
-import array, socket, sys
-c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-u = socket.socket(socket.AF_UNIX); u.bind("\\0" + sys.argv[2]); u.listen(1)
+# Lending a socket to a task that is not its owner (so its packets, or its closing, happen there). The lender's
+# script makes the socket ``c`` and sets ``lend_as`` (an abstract unix socket name) and ``keep_copy`` (False: the
+# borrower's copy is the last one), then runs LEND_SOCKET: "ready", one hand-over, and a wait until told it is done.
+LEND_SOCKET = """
+u = socket.socket(socket.AF_UNIX); u.bind("\\0" + lend_as); u.listen(1)
 print("ready", flush=True)
 conn, _ = u.accept()
 conn.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
+if not keep_copy:
+    c.close()
 conn.recv(1)
 """
 
-# Borrows the socket (argv: unix socket name, server name) and starts TLS on it; prints its pid.
-TLS_ON_BORROWED_SOCKET = """
-import array, os, socket, ssl, sys
+# The borrower's scripts start with BORROW_SOCKET (argv[1]: the name lent as): the lent socket is ``s``, and
+# ``u.send(b"d")`` tells the lender it is done.
+BORROW_SOCKET = """
+import array, os, socket, sys
 u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
 _msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
-s = socket.socket(fileno=array.array("i", anc[0][2][:4])[0]); s.settimeout(1)
+s = socket.socket(fileno=array.array("i", anc[0][2][:4])[0])
+"""
+
+# Connects a TCP socket (argv: port, name to lend it as) and lends it, keeping its own copy.
+SOCKET_OWNER = """
+import array, socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+lend_as, keep_copy = sys.argv[2], True
+""" + LEND_SOCKET
+
+# Borrows the socket (argv: name, server name) and starts TLS on it; prints its pid.
+TLS_ON_BORROWED_SOCKET = BORROW_SOCKET + """
+import ssl
+s.settimeout(1)
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 try:
     ctx.wrap_socket(s, server_hostname=sys.argv[2])
@@ -318,12 +346,9 @@ print(os.getpid(), flush=True)
 u.send(b"d")
 """
 
-# Borrows the socket (argv: unix socket name, bytes as hex) and sends the bytes on it; prints its pid.
-SEND_ON_BORROWED_SOCKET = """
-import array, os, socket, sys, time
-u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
-_msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
-s = socket.socket(fileno=array.array("i", anc[0][2][:4])[0])
+# Borrows the socket (argv: name, bytes as hex) and sends the bytes on it; prints its pid.
+SEND_ON_BORROWED_SOCKET = BORROW_SOCKET + """
+import time
 s.sendall(bytes.fromhex(sys.argv[2]))
 time.sleep(0.3)
 print(os.getpid(), flush=True)

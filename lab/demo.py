@@ -25,9 +25,10 @@ from lab import (
     CLI,
     ROOT,
     FakePool,
-    Service,
     free_port,
     install_miner,
+    local_agent,
+    local_collector,
     remote_host,
     remove_cgroup_tree,
     run_in_cgroup,
@@ -77,11 +78,8 @@ def run_demo(monitor: bool) -> int:
     # The demo's own credentials (a throwaway host id), kept out of /etc/gpuguard; its children inherit this.
     os.environ["GPUGUARD_AUTH_DIR"] = str(tmp / "auth")
     CredentialStore().issue("agent", f"agent-{host}", host)
-    col = Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "collector.db")],
-                  tmp / "collector.log", "collector listening on")
-    agent = Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
-                     "--state-dir", str(tmp / "agent"), "--host-id", host, "--quiet"],
-                    tmp / "agent.log", "capture probes attached")
+    col = local_collector(tmp, port)
+    agent = local_agent(tmp, port, host)
     pool, ps = FakePool(), FakePool()
     try:
         say("1/5", f"starting a collector (127.0.0.1:{port}, SQLite in {tmp}) and the agent")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 from collector.app import CollectorApp, CollectorConfig
 from gpuguard.credentials import CredentialStore, bearer, find_token  # noqa: F401 - bearer used by tests
-from lab import CLI, ROOT, Service, free_port, wait_for_text  # noqa: F401 - used by tests
+from lab import CLI, ROOT, Service, free_port, local_agent, local_collector, wait_for_text  # noqa: F401 - used by tests
 
 
 def collector(tmp: Path, port: int, *extra: str) -> Service:
-    return Service([*CLI, "collector", "--listen", f"127.0.0.1:{port}", "--store", str(tmp / "collector.db"),
-                    *extra], tmp / "collector.log", "collector listening on")
+    return local_collector(tmp, port, *extra)
 
 
 def issue(role: str, name: str, host: str = "") -> str:
@@ -37,10 +36,7 @@ def admin() -> list[tuple[str, str]]:
 
 def agent(tmp: Path, port: int, host_id: str, *extra: str) -> Service:
     agent_credential(host_id)
-    return Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
-                    "--state-dir", str(tmp / "agent-state"),
-                    "--host-id", host_id, "--quiet", "--status-interval", "1", *extra],
-                   tmp / "agent.log", "capture probes attached")
+    return local_agent(tmp, port, host_id, "--status-interval", "1", *extra)
 
 
 def stored_events(db: Path, host_id: str) -> list[tuple[int, str, bytes]]:

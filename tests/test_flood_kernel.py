@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from lab import popen_in_cgroup
+from lab import BORROW_SOCKET, LEND_SOCKET, popen_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -154,19 +154,11 @@ try:
     c.connect(("127.0.0.1", port))
 except BlockingIOError:
     pass                                                        # SYN_SENT, and it stays so
-u = socket.socket(socket.AF_UNIX); u.bind("\\0" + sys.argv[1]); u.listen(1)
-print("ready", flush=True)
-conn, _ = u.accept()
-conn.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
-c.close()                                                       # the borrower's copy is the last one
-conn.recv(1)
-"""
+lend_as, keep_copy = sys.argv[1], False                         # the borrower's copy is the last one
+""" + LEND_SOCKET
 
-CLOSE_BORROWED = """
-import array, socket, sys
-u = socket.socket(socket.AF_UNIX); u.connect("\\0" + sys.argv[1])
-_msg, anc, _flags, _addr = u.recvmsg(1, socket.CMSG_SPACE(4))
-socket.socket(fileno=array.array("i", anc[0][2][:4])[0]).close()   # SYN_SENT -> CLOSE, here, in this task
+CLOSE_BORROWED = BORROW_SOCKET + """
+s.close()                                                       # SYN_SENT -> CLOSE, here, in this task
 u.send(b"d")
 """
 
