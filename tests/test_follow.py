@@ -134,8 +134,8 @@ def test_with_a_log_the_stores_alerts_reach_the_followers(tmp_path):
 
 def test_with_a_log_followed_events_come_from_the_log_for_every_host_of_the_job():
     """A follower of a job on one collector sees the job's events from every host, whichever collector they
-    stream to: the feed reads the job's partition of the log from its tail (what came before it asked is not
-    replayed), and only the partitions somebody follows."""
+    stream to: the feed reads the job's partition of the log from its last LOOKBACK_S when first asked (older
+    entries are not replayed), then as it comes, and only the partitions somebody follows."""
     import asyncio  # noqa: PLC0415
 
     from collector.eventlog import LogSink, partition_of  # noqa: PLC0415
