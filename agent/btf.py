@@ -149,6 +149,8 @@ NEEDED = {
     "CGROUP_LEVEL": ("cgroup", "level"),
     "CGROUP_KN": ("cgroup", "kn"),
     "KERNFS_ID": ("kernfs_node", "id"),
+    "SK_CGRP_DATA": ("sock", "sk_cgrp_data"),     # the socket's cgroup (an accepted one: its listener's)
+    "SKCD_CGROUP": ("sock_cgroup_data", "cgroup"),
 }
 # Fields of newer kernels only: -1 when absent, and the probe takes its fallback (#if OFF_X >= 0).
 OPTIONAL = {

@@ -22,6 +22,7 @@ from agent.events import (
     ForkEvent,
     GpuOpenEvent,
     Header,
+    InboundEvent,
     KernelEvent,
     SocketEvent,
 )
@@ -80,6 +81,8 @@ CGROUP_TAIL = _layout(EV_CGROUP)[1]
 EV_FLOW, EV_SOCKET = pb.KIND_FLOW, pb.KIND_SOCKET
 FLOW_TAIL = _layout(EV_FLOW)[1]                    # what, len, family, rport, lport, proto, pad, raddr, cookie, data
 SOCKET_TAIL = _layout(EV_SOCKET)[1]
+EV_INBOUND = pb.KIND_INBOUND
+INBOUND_TAIL = _layout(EV_INBOUND)[1]              # family, lport, rport, pad, raddr, repeats, pad
 
 SIZES = {kind: size for kind, (_name, size, _fields) in LAYOUTS.items()}
 
@@ -176,6 +179,9 @@ def decode(raw: bytes) -> KernelEvent:
                          data[:min(length, len(data))])
     if kind == EV_SOCKET:
         return SocketEvent(hdr, *SOCKET_TAIL.unpack_from(raw, HEADER.size))
+    if kind == EV_INBOUND:
+        family, lport, rport, _, raddr, repeats, _ = INBOUND_TAIL.unpack_from(raw, HEADER.size)
+        return InboundEvent(hdr, family, lport, rport, _addr(family, raddr), repeats)
     if kind == EV_CGROUP:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))

@@ -24,6 +24,7 @@ from agent.events import (
     ForkEvent,
     GpuOpenEvent,
     Header,
+    InboundEvent,
     KernelEvent,
     SocketEvent,
 )
@@ -266,6 +267,13 @@ class Enricher:
             so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
             so.protocol, so.what = ev.protocol, "raw-ip" if ev.type == 3 else "icmp"
             so.result = -errno.EPERM if hdr.result else 0
+            return out
+        if isinstance(ev, InboundEvent):
+            out = self._event(hdr, p, job, with_ancestry=False)
+            i = out.inbound
+            i.family, i.peer, i.peer_port, i.local_port = "inet6" if ev.family == 10 else "inet", ev.raddr, ev.rport, \
+                ev.lport
+            i.repeats = ev.repeats
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
 

@@ -120,8 +120,20 @@ class SocketEvent:
     rule_index: int = 0
 
 
+@dataclass(slots=True)
+class InboundEvent:
+    """A TCP connection from off the node completed its handshake to a listening socket."""
+
+    hdr: Header       # pid 0 (no process has accepted it yet); cgroup_id is the listener's
+    family: int
+    lport: int
+    rport: int
+    raddr: str
+    repeats: int = 0
+
+
 KernelEvent = (ExecEvent | ForkEvent | ExitEvent | ConnectEvent | ConnectResultEvent | GpuOpenEvent | EnforceEvent
-               | CgroupEvent | FlowEvent | SocketEvent)
+               | CgroupEvent | FlowEvent | SocketEvent | InboundEvent)
 
 
 @dataclass(slots=True)

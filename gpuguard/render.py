@@ -102,6 +102,10 @@ def describe_event(ev: pb.Event) -> str:
     if kind == "socket":
         so = ev.socket
         return f"socket   {so.what} ({so.family}/{so.type}, protocol {so.protocol}) {result(so.result)}"
+    if kind == "inbound":
+        i = ev.inbound
+        again = f" (+{i.repeats} more within 1 s)" if i.repeats else ""
+        return f"inbound  tcp from {hostport(i.peer, i.peer_port)} to port {i.local_port}{again}"
     if kind == "gpu_open":
         g = ev.gpu_open
         return f"gpu_open {g.path} ({g.major}:{g.minor} {access(g.flags)}; outcome not observed)"

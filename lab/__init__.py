@@ -474,15 +474,26 @@ def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+@dataclass
+class Netns:
+    """A network namespace joined to this host by a veth pair: another host, as far as addresses go."""
+
+    name: str
+    host_ip: str        # this host's end
+    ns_ip: str          # the namespace's end
+
+    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
+                              check=False, **kw)
+
+
 @contextlib.contextmanager
-def remote_host(tmp: Path):
-    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
-        raise RuntimeError("openssh-server is not installed (scripts/setup.sh installs it)")
+def netns_peer():
+    """A test-owned namespace on a /30 of its own (10.231.N.0), removed afterwards whatever happened."""
     tag = uuid.uuid4().hex[:6]
     netns, host_if, ns_if = f"gg{tag}", f"gg{tag}h", f"gg{tag}n"
     octet = random.randint(1, 250)
     host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
-    proc = None
     try:
         _run("ip", "netns", "add", netns)
         _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
@@ -492,34 +503,46 @@ def remote_host(tmp: Path):
         _run("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
         _run("ip", "netns", "exec", netns, "ip", "link", "set", ns_if, "up")
         _run("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
-        d = tmp / "sshd"
-        d.mkdir()
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key"))
-        (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-        os.chmod(d / "authorized_keys", 0o600)
-        (d / "sshd_config").write_text(
-            f"ListenAddress {ns_ip}\nPort 22\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-            f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n"
-            "GatewayPorts no\nLogLevel VERBOSE\n")
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-        log = open(d / "sshd.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, "/usr/sbin/sshd", "-D", "-e", "-f",
-                                 str(d / "sshd_config")], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex((ns_ip, 22)) == 0:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {(d / 'sshd.log').read_text()}")
-            time.sleep(0.1)
-        yield RemoteHost(netns, ns_ip, d / "client_key", proc)
+        yield Netns(netns, host_ip, ns_ip)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def remote_host(tmp: Path):
+    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
+        raise RuntimeError("openssh-server is not installed (scripts/setup.sh installs it)")
+    with netns_peer() as ns:
+        proc = None
+        try:
+            d = tmp / "sshd"
+            d.mkdir()
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key"))
+            (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+            os.chmod(d / "authorized_keys", 0o600)
+            (d / "sshd_config").write_text(
+                f"ListenAddress {ns.ns_ip}\nPort 22\nHostKey {d / 'host_key'}\n"
+                f"AuthorizedKeysFile {d / 'authorized_keys'}\n"
+                f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\n"
+                "GatewayPorts no\nLogLevel VERBOSE\n")
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+            log = open(d / "sshd.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "/usr/sbin/sshd", "-D", "-e", "-f",
+                                     str(d / "sshd_config")], stdout=log, stderr=log)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with socket.socket() as s:
+                    s.settimeout(0.5)
+                    if s.connect_ex((ns.ns_ip, 22)) == 0:
+                        break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"sshd exited: {(d / 'sshd.log').read_text()}")
+                time.sleep(0.1)
+            yield RemoteHost(ns.name, ns.ns_ip, d / "client_key", proc)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -15,6 +15,7 @@
 #define AF_INET6_ 10
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_ 2
+#define TCP_SYN_RECV_ 3
 #define TCP_CLOSE_ 7
 #define IPPROTO_TCP_ 6
 
@@ -30,6 +31,7 @@ BPF_TABLE("lru_hash", struct udp_seen_key, u8, udp_seen, 16384);
  * one are counted, not reported; the next report carries the count (connect_event.repeats). A connect loop
  * then costs about one record a second, and the TCP outcome is reported only for reported sockets. */
 #define FOLD_WINDOW_NS 1000000000ULL
+#define FOLD_INBOUND 0x8000          /* fold_key.flags of inbound connections (connects: CONNECT_SENDMSG or 0) */
 
 struct fold_key {
     u32 tgid;
@@ -50,21 +52,25 @@ BPF_TABLE("lru_hash", struct fold_key, struct fold_val, connect_folds, 65536);
  * that bystander's budget (a flood of one job's connects must not spend another job's). */
 BPF_TABLE("lru_hash", u64, u64, reported_sks, 65536);
 
-/* 1: report this connect (e->repeats set); 0: folded into an earlier report. */
-static __always_inline int fold_connect(struct connect_event *e)
+/* 1: report (*repeats = what was folded since the last report); 0: folded into an earlier report. */
+static __always_inline int fold(struct fold_key *k, u64 now, u32 *repeats)
 {
-    struct fold_key k = {.tgid = e->hdr.tgid, .dport = e->dport, .flags = (u16)e->flags};
-    __builtin_memcpy(k.addr, e->daddr, 16);
-    u64 now = e->hdr.ts_ns;
-    struct fold_val *v = connect_folds.lookup(&k);
+    struct fold_val *v = connect_folds.lookup(k);
     if (v && now - v->last_ns < FOLD_WINDOW_NS) {
         __sync_fetch_and_add(&v->folded, 1);
         return 0;
     }
-    e->repeats = v ? v->folded : 0;
+    *repeats = v ? v->folded : 0;
     struct fold_val fresh = {.last_ns = now};
-    connect_folds.update(&k, &fresh);
+    connect_folds.update(k, &fresh);
     return 1;
+}
+
+static __always_inline int fold_connect(struct connect_event *e)
+{
+    struct fold_key k = {.tgid = e->hdr.tgid, .dport = e->dport, .flags = (u16)e->flags};
+    __builtin_memcpy(k.addr, e->daddr, 16);
+    return fold(&k, e->hdr.ts_ns, &e->repeats);
 }
 
 static __always_inline void connect_event_of(struct bpf_sock_addr *ctx, struct connect_event *e, u32 family)
@@ -122,9 +128,58 @@ int observe_connect6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_,
 int observe_sendmsg4(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET_, 1); }
 int observe_sendmsg6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_, 1); }
 
+/* The cgroup a socket was created in (an accepted socket: its listener's), from its sk_cgrp_data. */
+static __always_inline u64 socket_cgroup_id(void *sk)
+{
+    void *cgrp = (void *)kread_u64(sk, OFF_SK_CGRP_DATA + OFF_SKCD_CGROUP);
+    void *kn = cgrp ? (void *)kread_u64(cgrp, OFF_CGROUP_KN) : 0;
+    return kn ? kread_u64(kn, OFF_KERNFS_ID) : 0;
+}
+
+/* A passive open completed (SYN_RECV -> ESTABLISHED on the child socket): a connection from another host
+ * reached a listener. Softirq, any task current: the job is the socket's cgroup, there is no process yet.
+ * Loopback peers are left out (their connect is reported by the connecting process); repeats from one peer to
+ * one port of one cgroup within FOLD_WINDOW_NS are folded (a scan or a busy client costs ~1 record a second). */
+static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 rport, const u8 *daddr,
+                                           const u8 *daddr_v6)
+{
+    struct inbound_event e = {};
+    e.family = family;
+    if (family == AF_INET_) {
+        __builtin_memcpy(e.raddr, daddr, 4);
+        if (e.raddr[0] == 127)
+            return;
+    } else {
+        __builtin_memcpy(e.raddr, daddr_v6, 16);
+        u64 hi, lo;
+        __builtin_memcpy(&hi, &e.raddr[0], 8);
+        __builtin_memcpy(&lo, &e.raddr[8], 8);
+        if (hi == 0 && (lo == 0x0100000000000000ULL || ((lo & 0xffffffffULL) == 0xffff0000ULL && e.raddr[12] == 127)))
+            return;                       /* ::1, ::ffff:127.x.x.x */
+    }
+    fill_header(&e.hdr, EV_INBOUND);
+    e.hdr.cgroup_id = socket_cgroup_id(sk);    /* never the current task's: a bystander in softirq */
+    e.hdr.tid = e.hdr.tgid = e.hdr.uid = e.hdr.gid = 0;
+    __builtin_memset(e.hdr.comm, 0, TASK_COMM_LEN);
+    e.lport = lport;
+    e.rport = rport;
+    struct fold_key k = {.tgid = (u32)(e.hdr.cgroup_id ^ (e.hdr.cgroup_id >> 32)), .dport = e.lport,
+                         .flags = FOLD_INBOUND};
+    __builtin_memcpy(k.addr, e.raddr, 16);
+    if (!fold(&k, e.hdr.ts_ns, &e.repeats))
+        return;
+    emit(&e, sizeof(e), EV_INBOUND);
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
-    if (args->protocol != IPPROTO_TCP_ || args->oldstate != TCP_SYN_SENT_)
+    if (args->protocol != IPPROTO_TCP_)
+        return 0;
+    if (args->oldstate == TCP_SYN_RECV_ && args->newstate == TCP_ESTABLISHED_) {
+        report_inbound((void *)args->skaddr, args->family, args->sport, args->dport, args->daddr, args->daddr_v6);
+        return 0;
+    }
+    if (args->oldstate != TCP_SYN_SENT_)
         return 0;
     if (args->newstate != TCP_ESTABLISHED_ && args->newstate != TCP_CLOSE_)
         return 0;

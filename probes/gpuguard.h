@@ -111,6 +111,19 @@ struct connect_result_event {
     u64 sk;
 };
 
+/* A TCP connection from off the node reached a listening socket (connect.c): no process yet (pid 0), the
+ * header's cgroup is the listener's (the child socket inherits it). */
+struct inbound_event {
+    struct event_header hdr;
+    u16 family;
+    u16 lport;                     /* the listening port, host byte order */
+    u16 rport;                     /* the peer's port */
+    u16 _pad;
+    u8 raddr[16];                  /* the peer; v4 in the first 4 bytes */
+    u32 repeats;                   /* connections from this peer to this port folded into this one */
+    u32 _pad2;
+};
+
 struct gpu_open_event {
     struct event_header hdr;
     s32 flags;                     /* access: 2 read, 4 write */

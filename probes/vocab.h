@@ -13,7 +13,8 @@
 #define EV_CONNECT_RESULT 8
 #define EV_FLOW 9
 #define EV_SOCKET 10
-#define EV_KINDS 11
+#define EV_INBOUND 11
+#define EV_KINDS 12
 
 #define ACT_KILL_EXEC 1
 #define ACT_DENY_CONNECT 2

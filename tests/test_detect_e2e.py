@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from lab import FakePool, install_miner, popen_in_cgroup, remote_host, run_in_cgroup, wait_policy_acked
+from lab import (
+    FakePool,
+    install_miner,
+    netns_peer,
+    popen_in_cgroup,
+    remote_host,
+    run_in_cgroup,
+    wait_policy_acked,
+)
 from tests.conftest import PYTHON, fresh_job_id, require_bpf
 from tests.services import CLI, ROOT, agent, cli_json, collector, free_port, wait_for_text
 
@@ -468,3 +476,38 @@ def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
     assert "RemoteForward 2222 localhost:22" in a["matched"]["ssh_config_forward"]
     assert str(cfg) in a["matched"]["ssh_config_forward"]      # which file and line set it
     assert a["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
+
+
+def test_a_bind_shell_reached_from_outside_the_cluster_is_alerted(stack):
+    """Whom a job is reached by: a listener in the job (a bind shell's shape: it answers whoever dials in) gets a
+    connection from a host outside this site's cluster networks. The alert comes from the handshake alone (no
+    accept, no process, no payload rule), and the timeline shows who came in, on which port."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    apply_policy(stack, "lists:\n  cluster_networks: [192.168.0.0/16]\n")     # the netns peer is outside it
+    listener = popen_in_cgroup(cg, [PYTHON, "-c", BIND_LISTENER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stdout.readline())
+        with netns_peer() as ns:
+            dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                          "timeout=5).close()", ns.host_ip, str(port), timeout=20)
+            assert dial.returncode == 0, dial.stderr
+            got = alerts(stack, job, {"inbound-from-outside-cluster"})
+    finally:
+        listener.kill()
+        listener.wait(5)
+    hit = next(a for a in got if a["rule_id"] == "inbound-from-outside-cluster")
+    assert hit["matched"]["peer_not_in"] == ns.ns_ip
+    timeline = cli_json(stack["port"], "timeline", job, "--kind", "inbound")
+    came_in = [e["event"]["inbound"] for e in timeline["events"]]
+    assert came_in and came_in[0]["peer"] == ns.ns_ip and came_in[0]["local_port"] == port
+    touched = cli_json(stack["port"], "connections", ns.ns_ip)["events"]          # "what did this address touch"
+    assert any(e["event"].get("inbound", {}).get("local_port") == port for e in touched)
+
+
+BIND_LISTENER = """
+import socket
+s = socket.socket(); s.bind(("0.0.0.0", 0)); s.listen(4)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.close()
+"""

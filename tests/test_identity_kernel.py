@@ -20,7 +20,15 @@ import pytest
 
 from gpuguard.v1 import policy_pb2 as ppb
 from gpuguard.vocab import EXEC_TRAIT_BITS
-from lab import RESOLVE_CONNECT, TLS_ON_BORROWED_SOCKET, FakePool, FakeResolver, lent_socket, popen_in_cgroup
+from lab import (
+    RESOLVE_CONNECT,
+    TLS_ON_BORROWED_SOCKET,
+    FakePool,
+    FakeResolver,
+    lent_socket,
+    netns_peer,
+    popen_in_cgroup,
+)
 from tests.conftest import PYTHON, fresh_job_id, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -407,3 +415,44 @@ def test_a_shell_on_a_pty_whose_master_connected_out_is_killed_at_exec(capture, 
     assert local_marker.exists() and script_marker.exists()           # terminals that did not connect out
     kills = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-pty")
     assert kills and kills[0]["enforcement"]["action"] == "kill_exec" and kills[0]["enforcement"]["peer_pid"]
+
+
+LISTENER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[1])):
+    c, _peer = s.accept(); c.close()
+"""
+DIAL = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()"
+
+
+def test_who_reaches_a_jobs_listener_from_another_host(capture, test_cgroup):
+    """A connection from another host to a job's listener is recorded with the job (the listener's cgroup, read
+    from the socket: the handshake completes in softirq, any task current), the peer and the port; loopback
+    peers are not; a repeat from the same peer within a second is folded and counted on the next record."""
+    job, cg = new_job(test_cgroup)
+    listener = popen_in_cgroup(cg, [PYTHON, "-c", LISTENER, "4"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stdout.readline())
+        with netns_peer() as ns:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()      # loopback: not reported
+            for _ in range(2):                                                   # the second is folded
+                assert ns.run(PYTHON, "-c", DIAL, ns.host_ip, str(port), timeout=20).returncode == 0
+
+            def inbound(r):
+                return r["kind"] == "inbound" and r["job"]["id"] == job and r["inbound"]["local_port"] == port
+            hits = wait_for(capture, inbound)
+            assert [h["inbound"]["peer"] for h in hits] == [ns.ns_ip]             # the loopback peer is absent
+            first = hits[0]
+            assert first["inbound"]["peer_port"] > 0 and first["inbound"]["family"] == "inet"
+            assert first["proc"]["pid"] == 0                                      # nobody has accept()ed yet
+            assert first["proc"]["cgroup_id"] == cg.stat().st_ino                 # the listener's cgroup
+            time.sleep(1.1)                                                       # past the fold window
+            assert ns.run(PYTHON, "-c", DIAL, ns.host_ip, str(port), timeout=20).returncode == 0
+            later = wait_for(capture, lambda r: inbound(r) and r["ts_ns"] > first["ts_ns"])
+            assert later and later[0]["inbound"]["repeats"] == 1                 # the folded second connection
+    finally:
+        listener.kill()
+        listener.wait(5)

@@ -23,7 +23,7 @@ ENGINE = Engine(RULESET)
 HOST = "node-1"
 
 
-FLOW_KINDS = ("tls", "dns", "datagram", "socket")     # built from their proto fields (json names)
+FLOW_KINDS = ("tls", "dns", "datagram", "socket", "inbound")     # built from their proto fields (json names)
 
 
 def case_id(case: dict) -> str:
@@ -55,7 +55,10 @@ def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> 
 
 def flow_event(kind: str, spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
     fields = {k: v for k, v in spec.items() if k != "exe"}
-    return with_job(json_format.ParseDict({kind: fields}, pb.Event()), pid, spec.get("exe", exe))
+    ev = with_job(json_format.ParseDict({kind: fields}, pb.Event()), pid, spec.get("exe", exe))
+    if kind == "inbound":            # seen before any accept(): no process, only the listener's job
+        ev.ClearField("process")
+    return ev
 
 
 def payload_bytes(spec: dict) -> bytes:
@@ -133,7 +136,7 @@ def sequence_events(seq: dict) -> list[pb.Event]:
             ev = connect_event(step["connect"], pid, exes[pid])
         elif any(k in step for k in FLOW_KINDS):
             kind = next(k for k in FLOW_KINDS if k in step)
-            ev = flow_event(kind, step[kind], pid, exes[pid])
+            ev = flow_event(kind, step[kind], pid, exes.get(pid, ""))
         else:
             ev = with_job(pb.Event(gpu_open=pb.GpuOpen(path=step["gpu_open"])), pid, exes[pid])
         ev.seq, ev.ts_ns = i, i * 1_000_000_000

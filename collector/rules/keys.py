@@ -29,7 +29,8 @@ from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_
 from gpuguard.render import printable
 from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
-ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage")
+ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage",
+              "inbound")
 KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
 FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
 PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage")
@@ -315,6 +316,35 @@ def _daddr(inside: bool) -> Compile:
 
 key("daddr_cidr_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=True))
 key("daddr_not_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=False))
+
+
+# -- who reached a job from another host ----------------------------------------------------------------------------
+def _peer(inside: bool) -> Compile:
+    def compile_fn(value, _rule, _res):
+        nets = [ipaddress.ip_network(n, strict=False) for n in value]
+
+        def peer(v, _c):
+            text = v.ev.inbound.peer
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                return None
+            if addr.version == 6 and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            hit = any(addr in n for n in nets if n.version == addr.version)
+            return text if hit == inside else None
+        return peer
+    return compile_fn
+
+
+key("peer_in", ("inbound",), _cidrs)(_peer(inside=True))
+key("peer_not_in", ("inbound",), _cidrs)(_peer(inside=False))
+
+
+@key("local_port_in", ("inbound",), _ports)
+def _local_port_in(value, _rule, _res):
+    ports = set(value)
+    return lambda v, _c: str(v.ev.inbound.local_port) if v.ev.inbound.local_port in ports else None
 
 
 @key("proto_in", ("connect",), _strings, kernel=("connect",))

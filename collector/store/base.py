@@ -51,6 +51,8 @@ def fleet_destination(ev: pb.Event, kind: str) -> tuple[str | None, int | None]:
         return ev.tls.daddr or None, ev.tls.dport
     if kind == "datagram":
         return ev.datagram.daddr or None, ev.datagram.dport
+    if kind == "inbound":                     # who reached the node: the peer, and the port it reached
+        return ev.inbound.peer or None, ev.inbound.local_port
     return None, None
 
 
