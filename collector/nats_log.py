@@ -76,6 +76,16 @@ def connect_auth(urls: list[str], creds: str, tls_ca: str) -> dict:
     return kw
 
 
+
+NO_PEERS_FOR_PLACEMENT = 10005     # JetStream's err_code: fewer peers than replicas known to the meta leader yet
+
+
+def placement_pending(exc) -> bool:
+    """A replicated stream or bucket asked of a cluster whose peers have not all joined yet (a fresh or restarted
+    cluster): it is placed once they have - retried like an election, never read as "exists with other settings"."""
+    return getattr(exc, "err_code", None) == NO_PEERS_FOR_PLACEMENT or \
+        "no suitable peers" in str(getattr(exc, "description", "") or "")
+
 class NatsLog:
     def __init__(self, urls: str | list[str], partitions: int = DEFAULT_PARTITIONS, replicas: int = 0,
                  lease_s: float = 10.0, retention_s: float = 86_400.0, timeout_s: float = 10.0,
@@ -119,15 +129,17 @@ class NatsLog:
         LogUnavailable."""
         from nats.errors import NoRespondersError  # noqa: PLC0415
         from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
-        from nats.js.errors import NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
+        from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
 
         deadline = self._loop.time() + (within_s or self.timeout_s)
         delay = 0.1
         while True:
             try:
                 return await make()
-            except (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout,
-                    TimeoutError) as exc:
+            except (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout, TimeoutError,
+                    BadRequestError) as exc:
+                if isinstance(exc, BadRequestError) and not placement_pending(exc):
+                    raise
                 if self._loop.time() + delay > deadline:
                     raise LogUnavailable(f"the event log did not take {what}: {type(exc).__name__}: {exc}") from exc
                 await asyncio.sleep(delay)

@@ -15,14 +15,15 @@ import pytest
 
 from collector.policy import kernel_enforceable, payload_watch
 from collector.rules.loader import load_ruleset, rule_texts
-from collector.rules.payload import socks_target
+from collector.rules.payload import proxy_target, socks_target
 from gpuguard.v1 import policy_pb2 as ppb
 from lab import SEND_ON_BORROWED_SOCKET, FakePool, FakeSocksServer, lent_socket, run_in_cgroup
 from tests.conftest import PYTHON, fresh_job_id, wait_for
 
 pytestmark = pytest.mark.kernel
 
-RULES = ("stratum-handshake", "socks-connect", "ssh-banner-unknown-client", "websocket-tunnel", "tunnel-hello-bore")
+RULES = ("stratum-handshake", "socks-connect", "ssh-banner-unknown-client", "websocket-tunnel", "tunnel-hello-bore",
+         "http-connect")
 SEND = (
     "import socket, sys, time\n"
     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
@@ -73,6 +74,7 @@ def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
         send(cg, pool.port, CHISEL)                                  # a WebSocket tunnel upgrade
         send(cg, pool.port, '{"Hello":0}\0')                          # bore's hello
         send(cg, pool.port, GRAPHQL_WS)                              # an ordinary WebSocket: passes
+        send(cg, pool.port, "CONNECT gw.example.net:22 HTTP/1.1\r\nHost: gw.example.net:22\r\n\r\n")  # ssh via a proxy
         run_in_cgroup(cg, [PYTHON, "-c", SOCKS_STRATUM, str(socks.port)], timeout=20)
         ssh = shutil.which("ssh")                                    # openssh-client: scripts/setup.sh
         assert ssh, "ssh is needed: the real client's banner must pass (it is exempt)"
@@ -101,6 +103,10 @@ def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
     assert socks_hits and socks_hits[0]["enforcement"]["action"] == "seen_payload"
     payload = capture_payload(capture, job, "socks-connect")
     assert socks_target(payload) == ("pool.example", 3333)
+    proxied = reports(capture, job, "http-connect")                  # reported, never dropped: whom it asks for
+    assert proxied and {h["enforcement"]["action"] for h in proxied} == {"seen_payload"}
+    assert proxy_target(capture_payload(capture, job, "http-connect")) == ("gw.example.net", 22, "HTTP")
+    assert pool.got(b"CONNECT gw.example.net:22")
     assert not [r for r in capture.seen if r["kind"] == "enforcement" and r["job"]["id"] == job
                 and r["proc"]["comm"] == "ssh"]                      # the real ssh client matched nothing
 

@@ -23,7 +23,7 @@ from collector.rules.context import (
     normal_name,
     under_any,
 )
-from collector.rules.payload import parse_spec, socks_target
+from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
 from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_bytes
 from gpuguard.render import printable
@@ -489,23 +489,25 @@ def _job_escape(_value, _rule, _res):
         if v.ev.enforcement.action in ESCAPE_ACTIONS else None
 
 
-def _socks(by_port: bool) -> Compile:
+def _proxy(by_port: bool) -> Compile:
+    """The host or port a proxy request (SOCKS4/5 or HTTP CONNECT) asks for: whom the job reaches through it."""
     def compile_fn(value, _rule, _res):
         wanted = {str(x).lower() for x in value}
         zones = {normal_name(x) for x in value}
 
-        def socks(v, _c):
-            target = socks_target(v.ev.enforcement.payload)
+        def proxied(v, _c):
+            target = proxy_target(v.ev.enforcement.payload)
             if target is None:
                 return None
-            hit = str(target[1]) in wanted if by_port else under_any(str(target[0]), zones)
-            return f"SOCKS CONNECT {target[0]}:{target[1]}" if hit else None
-        return socks
+            host, port, how = target
+            hit = str(port) in wanted if by_port else under_any(host, zones)
+            return f"{how} CONNECT {host}:{port}" if hit else None
+        return proxied
     return compile_fn
 
 
-key("socks_dport_in", ("payload",), _ports)(_socks(by_port=True))
-key("socks_host_in", ("payload",), _zones)(_socks(by_port=False))
+key("socks_dport_in", ("payload",), _ports)(_proxy(by_port=True))      # SOCKS or HTTP CONNECT (the names are older)
+key("socks_host_in", ("payload",), _zones)(_proxy(by_port=False))
 
 MATCH_KEYS: dict[str, tuple[str, ...]] = {name: k.events for name, k in REGISTRY.items()}
 FINGERPRINT_KEYS = tuple(name for name, k in REGISTRY.items() if k.fingerprint)

@@ -83,6 +83,23 @@ def parse_spec(value) -> PayloadSpec:
     return PayloadSpec(pattern, mask, lo, hi, min_len)
 
 
+HTTP_CONNECT = b"CONNECT "
+
+
+def proxy_target(data: bytes) -> tuple[str, int, str] | None:
+    """(host, port, "SOCKS" | "HTTP") a proxy request asks for: a SOCKS4/4a/5 CONNECT or an HTTP CONNECT
+    (``CONNECT host:port HTTP/1.1``, the way ssh ProxyCommand helpers, proxytunnel, corkscrew and every client
+    with an https_proxy leave a job), or None."""
+    if data.startswith(HTTP_CONNECT):
+        target = data[len(HTTP_CONNECT):].split(b" ", 1)[0].split(b"\r", 1)[0]
+        host, sep, port = target.rpartition(b":")
+        if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+            return None
+        return host.strip(b"[]").decode("ascii", "replace").lower(), int(port), "HTTP"
+    target = socks_target(data)
+    return (target[0], target[1], "SOCKS") if target is not None else None
+
+
 def socks_target(data: bytes) -> tuple[str, int] | None:
     """(host, port) a SOCKS4/4a/5 CONNECT request asks for, or None. The request may follow its SOCKS5 greeting
     in the same bytes (a client that sends both at once, or the kernel's flow prefix joining them)."""
