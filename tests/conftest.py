@@ -97,16 +97,23 @@ def as_record(ev) -> dict:
     return d
 
 
-def wait_for(capture, predicate, timeout: float = 5.0) -> list[dict]:
-    """Poll the capture until some record satisfies predicate; return all matching."""
+def wait_for(capture, predicate, timeout: float = 5.0, since: int = 0) -> list[dict]:
+    """Poll the capture until some record satisfies predicate; return all matching (among the records from index
+    ``since`` on: a test that marks where it began is never answered by an earlier test's record)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         capture.poll_once(50)
-        hits = [r for r in capture.seen if predicate(r)]
+        hits = [r for r in capture.seen[since:] if predicate(r)]
         if hits:
             capture.poll_once(20)   # let companions of the hit arrive too
-            return [r for r in capture.seen if predicate(r)]
+            return [r for r in capture.seen[since:] if predicate(r)]
     return []
+
+
+def mark(capture) -> int:
+    """Where the records of what happens next begin: everything already on the rings drained first."""
+    capture.poll_once(0)
+    return len(capture.seen)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from agent.decode import SIZES
-from tests.conftest import PYTHON, run_in_cgroup, wait_for
+from tests.conftest import PYTHON, mark, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -122,53 +122,58 @@ def test_short_exec_sees_full_argv_without_truncation(capture):
     assert hits[0]["exec"]["argv_truncated"] is False
 
 
-def _connects(capture, port):
+def _connects(capture, port, since: int = 0):
+    """This process's connects to port (since a mark: an earlier test's connect from this process - a gRPC client's
+    v4-mapped socket - may have gone to the same ephemeral port)."""
     return wait_for(capture, lambda r: r["kind"] == "connect" and r["connect"]["dport"] == port
-                    and r["proc"]["pid"] == os.getpid())
+                    and r["proc"]["pid"] == os.getpid(), since=since)
 
 
 def test_tcp_connect_to_loopback_listener(capture):
+    since = mark(capture)
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)):
             pass
-    hits = _connects(capture, port)
+    hits = _connects(capture, port, since)
     assert hits, "connect not seen"
     c = hits[0]["connect"]
     assert (c["daddr"], c["family"], c["proto"], c["result"]) == ("127.0.0.1", "inet", "tcp", 0)
 
 
 def test_refused_connect_reports_econnrefused(capture):
+    since = mark(capture)
     with socket.socket() as probe:       # find a free port, then close it
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):
         s.connect(("127.0.0.1", port))
-    hits = _connects(capture, port)
+    hits = _connects(capture, port, since)
     assert hits and hits[0]["connect"]["result"] == -errno.ECONNREFUSED
 
 
 def test_ipv6_udp_sendmsg_and_v4_mapped_connects(capture):
+    since = mark(capture)
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as server:
         port = server.getsockname()[1]
         with socket.create_connection(("::1", port)):
             pass
-    hits = _connects(capture, port)
+    hits = _connects(capture, port, since)
     assert hits and (hits[0]["connect"]["daddr"], hits[0]["connect"]["family"]) == ("::1", "inet6")
     assert hits[0]["connect"]["result"] == 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.connect(("127.0.0.1", 9))
-    udp = _connects(capture, 9)
+    udp = _connects(capture, 9, since)
     assert udp and udp[0]["connect"]["proto"] == "udp" and udp[0]["connect"]["result"] == 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:   # unconnected sends: once per destination
         for _ in range(50):
             u.sendto(b"x", ("127.0.0.1", 19))
-    sends = _connects(capture, 19)
+    sends = _connects(capture, 19, since)
     assert len(sends) == 1 and sends[0]["connect"]["proto"] == "udp"
     with socket.create_server(("127.0.0.1", 0)) as server, socket.socket(socket.AF_INET6) as s6:
         mapped_port = server.getsockname()[1]
         s6.connect(("::ffff:127.0.0.1", mapped_port))                  # v4-mapped: goes through connect6
-    mapped = _connects(capture, mapped_port)
+    mapped = _connects(capture, mapped_port, since)
     assert mapped and mapped[0]["connect"]["daddr"] == "127.0.0.1" and mapped[0]["connect"]["result"] == 0
 
 
