@@ -511,3 +511,20 @@ s = socket.socket(); s.bind(("0.0.0.0", 0)); s.listen(4)
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.close()
 """
+
+
+def test_a_gpu_opened_outside_every_job_is_alerted(stack, test_cgroup):
+    """GPU time no scheduler granted: a program in a transient systemd unit (how something started from a job
+    outlives it and leaves its cgroup) opens a GPU. No name, argv or traffic to go on; the node's own GPU tools are
+    known by path, and this is not one of them."""
+    unit = f"run-u{new_job()}.service"
+    cg = test_cgroup(unit)
+    opener = "import os\ntry: os.close(os.open('/dev/nvidia0', os.O_RDWR))\nexcept OSError: pass\n"
+    script = f'mount -t tmpfs tmpfs /dev && mknod /dev/nvidia0 c 195 0 && exec {PYTHON} -c "$0"'
+    run = run_in_cgroup(cg, ["unshare", "-m", "/bin/sh", "-c", script, opener], capture_output=True, text=True,
+                        timeout=30)
+    assert run.returncode == 0, run.stderr
+    got = alerts(stack, unit, {"gpu-open-outside-jobs"}, states=("ALERT_ALERTED", "ALERT_MONITORED"))
+    hit = next(a for a in got if a["rule_id"] == "gpu-open-outside-jobs")
+    assert (hit["job"]["kind"], hit["job"]["id"]) == ("systemd", unit)
+    assert hit["matched"]["path_regex"] == "/dev/nvidia0"

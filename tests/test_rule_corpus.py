@@ -24,10 +24,11 @@ HOST = "node-1"
 
 
 FLOW_KINDS = ("tls", "dns", "datagram", "socket", "inbound")     # built from their proto fields (json names)
+CASE_KINDS = (*FLOW_KINDS, "gpu_open")                          # ... and, as a single case, a GPU open
 
 
 def case_id(case: dict) -> str:
-    kind = next(k for k in ("exec", "connect", "payload", "enforcement", *FLOW_KINDS) if k in case)
+    kind = next(k for k in ("exec", "connect", "payload", "enforcement", *CASE_KINDS) if k in case)
     return f"{'+'.join(case['rules'])}-{'fires' if case['fires'] else 'quiet'}-{kind}"
 
 
@@ -54,8 +55,10 @@ def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> 
 
 
 def flow_event(kind: str, spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
-    fields = {k: v for k, v in spec.items() if k != "exe"}
+    fields = {k: v for k, v in spec.items() if k not in ("exe", "job_kind")}
     ev = with_job(json_format.ParseDict({kind: fields}, pb.Event()), pid, spec.get("exe", exe))
+    if "job_kind" in spec:                # outside every job: a systemd unit, the host
+        ev.job.kind, ev.job.id = spec["job_kind"], "run-u7.service" if spec["job_kind"] == "systemd" else "host"
     if kind == "inbound":            # seen before any accept(): no process, only the listener's job
         ev.ClearField("process")
     return ev
@@ -94,8 +97,8 @@ def fired(case: dict) -> set[str]:
         events = [connect_event(case["connect"])]
     elif "enforcement" in case:           # what the kernel reported (probes/enforce_escape.c, ...)
         events = [with_job(pb.Event(enforcement=pb.Enforcement(**case["enforcement"])), exe="/usr/bin/python3")]
-    elif any(k in case for k in FLOW_KINDS):
-        kind = next(k for k in FLOW_KINDS if k in case)
+    elif any(k in case for k in CASE_KINDS):
+        kind = next(k for k in CASE_KINDS if k in case)
         events = [flow_event(kind, case[kind])]
     else:
         spec = case["payload"]
@@ -166,8 +169,8 @@ def case_events(case: dict) -> list[pb.Event]:
         return [exec_event(case["exec"])]
     if "connect" in case:
         return [connect_event(case["connect"])]
-    if any(k in case for k in FLOW_KINDS):
-        kind = next(k for k in FLOW_KINDS if k in case)
+    if any(k in case for k in CASE_KINDS):
+        kind = next(k for k in CASE_KINDS if k in case)
         return [flow_event(kind, case[kind])]
     return []
 
