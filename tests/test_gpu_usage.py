@@ -114,7 +114,7 @@ def test_the_agent_ships_gpu_usage_into_the_jobs_timeline(tmp_path, test_cgroup,
     col = collector(tmp_path, port).start()
     ag = agent(tmp_path, port, host, "--config", str(config))
     job = fresh_job_id()
-    proc = None
+    proc = stray = None
     try:
         ag.start()
         wait_until(lambda: host_state(port, host) == "ok")
@@ -129,11 +129,24 @@ def test_the_agent_ships_gpu_usage_into_the_jobs_timeline(tmp_path, test_cgroup,
         text = subprocess.run([*__import__("lab").CLI, "timeline", job, "--collector", f"127.0.0.1:{port}"],
                               capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
         assert "SM 77%" in text
+        # a process outside every job (a transient unit) keeping a GPU busy: GPU time no scheduler granted
+        unit = f"run-u{job}.service"
+        stray = popen_in_cgroup(test_cgroup(unit), [PYTHON, "-c", "import sys; print('ready', flush=True); "
+                                                    "sys.stdin.readline()"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert stray.stdout.readline().strip() == "ready"
+        gpu_state(state, [(proc.pid, 4096, 77), (stray.pid, 1024, 93)])
+        alerted = wait_until(lambda: [a for a in cli_json(port, "alerts", "--job", unit).get("alerts", [])
+                                      if a["rule_id"] == "gpu-busy-outside-jobs"], timeout=30)
+        assert alerted[0]["job"]["kind"] == "systemd" and "93" in alerted[0]["matched"]["gpu_util_above"]
+        assert not [a for a in cli_json(port, "alerts", "--job", job).get("alerts", [])
+                    if a["rule_id"] == "gpu-busy-outside-jobs"]                   # the job's trainer is not outside
     finally:
         os.environ.pop("GPUGUARD_FAKE_NVML", None)
-        if proc is not None:
-            proc.kill()
-            proc.wait(10)
+        for p in (proc, stray):
+            if p is not None:
+                p.kill()
+                p.wait(10)
         ag.stop()
         col.stop()
         time.sleep(0)

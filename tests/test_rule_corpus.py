@@ -24,7 +24,7 @@ HOST = "node-1"
 
 
 FLOW_KINDS = ("tls", "dns", "datagram", "socket", "inbound")     # built from their proto fields (json names)
-CASE_KINDS = (*FLOW_KINDS, "gpu_open")                          # ... and, as a single case, a GPU open
+CASE_KINDS = (*FLOW_KINDS, "gpu_open", "gpu_usage")             # ... and, as single cases, the GPU's
 
 
 def case_id(case: dict) -> str:
