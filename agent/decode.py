@@ -24,6 +24,7 @@ from agent.events import (
     Header,
     InboundEvent,
     KernelEvent,
+    ListenEvent,
     SocketEvent,
 )
 from agent.record_layout import LAYOUTS
@@ -83,6 +84,8 @@ FLOW_TAIL = _layout(EV_FLOW)[1]                    # what, len, family, rport, l
 SOCKET_TAIL = _layout(EV_SOCKET)[1]
 EV_INBOUND = pb.KIND_INBOUND
 INBOUND_TAIL = _layout(EV_INBOUND)[1]              # family, lport, rport, pad, raddr, repeats, pad
+EV_LISTEN = pb.KIND_LISTEN
+LISTEN_TAIL = _layout(EV_LISTEN)[1]                # family, port, pad, addr
 
 SIZES = {kind: size for kind, (_name, size, _fields) in LAYOUTS.items()}
 
@@ -182,6 +185,9 @@ def decode(raw: bytes) -> KernelEvent:
     if kind == EV_INBOUND:
         family, lport, rport, _, raddr, repeats, _ = INBOUND_TAIL.unpack_from(raw, HEADER.size)
         return InboundEvent(hdr, family, lport, rport, _addr(family, raddr), repeats)
+    if kind == EV_LISTEN:
+        family, port, _, addr = LISTEN_TAIL.unpack_from(raw, HEADER.size)
+        return ListenEvent(hdr, family, port, _addr(family, addr))
     if kind == EV_CGROUP:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))

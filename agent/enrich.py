@@ -26,6 +26,7 @@ from agent.events import (
     Header,
     InboundEvent,
     KernelEvent,
+    ListenEvent,
     SocketEvent,
 )
 from agent.exe_hash import ExeHasher
@@ -274,6 +275,11 @@ class Enricher:
             i.family, i.peer, i.peer_port, i.local_port = "inet6" if ev.family == 10 else "inet", ev.raddr, ev.rport, \
                 ev.lport
             i.repeats = ev.repeats
+            return out
+        if isinstance(ev, ListenEvent):
+            out = self._event(hdr, p, job)
+            out.listen.family, out.listen.addr, out.listen.port = "inet6" if ev.family == 10 else "inet", ev.addr, \
+                ev.port
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
 

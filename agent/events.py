@@ -132,8 +132,18 @@ class InboundEvent:
     repeats: int = 0
 
 
+@dataclass(slots=True)
+class ListenEvent:
+    """A process started listening on a TCP port."""
+
+    hdr: Header       # the listening process (listen() runs in its context)
+    family: int
+    port: int
+    addr: str
+
+
 KernelEvent = (ExecEvent | ForkEvent | ExitEvent | ConnectEvent | ConnectResultEvent | GpuOpenEvent | EnforceEvent
-               | CgroupEvent | FlowEvent | SocketEvent | InboundEvent)
+               | CgroupEvent | FlowEvent | SocketEvent | InboundEvent | ListenEvent)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from gpuguard.v1 import events_pb2 as pb
 CLOCK_SKEW_NS = 24 * 3600 * 10**9  # events stamped further than this from when they were received are flagged
 
 ADDRESS_FIELDS = {"connect": "daddr", "tls": "daddr", "datagram": "daddr", "enforcement": "daddr", "dns": "server",
-                  "inbound": "peer"}
+                  "inbound": "peer", "listen": "addr"}
 
 
 @functools.lru_cache(maxsize=65_536)        # a fleet talks to few addresses: parse each once

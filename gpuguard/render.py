@@ -106,6 +106,8 @@ def describe_event(ev: pb.Event) -> str:
         i = ev.inbound
         again = f" (+{i.repeats} more within 1 s)" if i.repeats else ""
         return f"inbound  tcp from {hostport(i.peer, i.peer_port)} to port {i.local_port}{again}"
+    if kind == "listen":
+        return f"listen   tcp {hostport(ev.listen.addr, ev.listen.port)}"
     if kind == "gpu_open":
         g = ev.gpu_open
         return f"gpu_open {g.path} ({g.major}:{g.minor} {access(g.flags)}; outcome not observed)"

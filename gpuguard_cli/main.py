@@ -32,7 +32,7 @@ DEFAULT_COLLECTOR = "127.0.0.1:50051"
 # Event.body kinds a timeline can hold (all but the agent's status); tests/test_proto_fresh.py keeps it equal to
 # the proto's oneof (kept literal here: the CLI imports no protobuf module before it needs one)
 EVENT_KINDS = ("exec", "connect", "gpu_open", "exit", "gap", "enforcement", "tls", "dns", "datagram", "socket",
-               "capture_loss", "gpu_usage", "inbound")
+               "capture_loss", "gpu_usage", "inbound", "listen")
 
 log = logging.getLogger("gpuguard")
 

@@ -16,6 +16,7 @@
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_ 2
 #define TCP_SYN_RECV_ 3
+#define TCP_LISTEN_ 10
 #define TCP_CLOSE_ 7
 #define IPPROTO_TCP_ 6
 
@@ -177,6 +178,18 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     if (args->oldstate == TCP_SYN_RECV_ && args->newstate == TCP_ESTABLISHED_) {
         report_inbound((void *)args->skaddr, args->family, args->sport, args->dport, args->daddr, args->daddr_v6);
+        return 0;
+    }
+    if (args->newstate == TCP_LISTEN_) {       /* listen(): the listening process is current */
+        struct listen_event e = {};
+        fill_header(&e.hdr, EV_LISTEN);
+        e.family = args->family;
+        e.port = args->sport;
+        if (e.family == AF_INET_)
+            __builtin_memcpy(e.addr, args->saddr, 4);
+        else
+            __builtin_memcpy(e.addr, args->saddr_v6, 16);
+        emit(&e, sizeof(e), EV_LISTEN);
         return 0;
     }
     if (args->oldstate != TCP_SYN_SENT_)

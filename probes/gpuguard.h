@@ -132,6 +132,15 @@ struct gpu_open_event {
     u32 _pad;
 };
 
+/* listen() on a TCP socket (connect.c), in the listening process's own context. */
+struct listen_event {
+    struct event_header hdr;
+    u16 family;
+    u16 port;                      /* host byte order */
+    u32 _pad;
+    u8 addr[16];                   /* the bound address; v4 in the first 4 bytes */
+};
+
 /* Something enforcement did or saw. For stratum events the header's pid may
  * be 0 (packet sent outside process context); cgroup_id is the socket's. */
 #define PAYLOAD_EXCERPT 64

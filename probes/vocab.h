@@ -14,7 +14,8 @@
 #define EV_FLOW 9
 #define EV_SOCKET 10
 #define EV_INBOUND 11
-#define EV_KINDS 12
+#define EV_LISTEN 12
+#define EV_KINDS 13
 
 #define ACT_KILL_EXEC 1
 #define ACT_DENY_CONNECT 2

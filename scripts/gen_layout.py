@@ -24,7 +24,8 @@ OUT = ROOT / "agent" / "record_layout.py"
 RECORDS = {"EV_EXEC": "exec_event", "EV_FORK": "fork_event", "EV_EXIT": "exit_event",
            "EV_CONNECT": "connect_event", "EV_GPU_OPEN": "gpu_open_event", "EV_ENFORCE": "enforce_event",
            "EV_CGROUP": "cgroup_event", "EV_CONNECT_RESULT": "connect_result_event", "EV_FLOW": "flow_event",
-           "EV_SOCKET": "socket_event", "EV_INBOUND": "inbound_event"}
+           "EV_SOCKET": "socket_event", "EV_INBOUND": "inbound_event",
+           "EV_LISTEN": "listen_event"}
 SCALARS = {"u8": ("u1", 1), "u16": ("<u2", 2), "u32": ("<u4", 4), "u64": ("<u8", 8), "s32": ("<i4", 4),
            "char": ("S", 1)}
 MEMBER = re.compile(r"^\s*(struct\s+\w+|\w+)\s+(\w+)(?:\[(\w+)\])?\s*;")

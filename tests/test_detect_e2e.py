@@ -528,3 +528,34 @@ def test_a_gpu_opened_outside_every_job_is_alerted(stack, test_cgroup):
     hit = next(a for a in got if a["rule_id"] == "gpu-open-outside-jobs")
     assert (hit["job"]["kind"], hit["job"]["id"]) == ("systemd", unit)
     assert hit["matched"]["path_regex"] == "/dev/nvidia0"
+
+
+FAKE_NC = """#!{python}
+# A stand-in for `nc -l -p PORT` in a FIFO bind shell: listens, says where, waits. Its comm is nc.
+import socket, sys
+s = socket.socket(); s.bind(("0.0.0.0", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_netcat_listening_in_a_job_is_a_bind_shell_alert(stack):
+    """`mkfifo f; nc -l -p 4444 < f | sh -i > f`: nothing in nc's argv says shell, and nobody has connected yet.
+    What gives it away is who listens: a netcat-like tool calling listen() inside a job."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    nc = stack["tmp"] / "bin" / "nc"
+    nc.parent.mkdir(exist_ok=True)
+    nc.write_text(FAKE_NC.format(python=PYTHON))
+    nc.chmod(0o755)
+    proc = popen_in_cgroup(cg, [str(nc), "-l", "-p", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        got = alerts(stack, job, {"bind-shell-listener"})
+    finally:
+        proc.kill()
+        proc.wait(5)
+    hit = next(a for a in got if a["rule_id"] == "bind-shell-listener")
+    assert hit["matched"]["exe_name_in"] == "nc" and hit["process"]["pid"] == proc.pid
+    listening = cli_json(stack["port"], "timeline", job, "--kind", "listen")["events"]
+    assert [e["event"]["listen"]["port"] for e in listening] == [port]

@@ -429,13 +429,17 @@ DIAL = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[
 
 
 def test_who_reaches_a_jobs_listener_from_another_host(capture, test_cgroup):
-    """A connection from another host to a job's listener is recorded with the job (the listener's cgroup, read
-    from the socket: the handshake completes in softirq, any task current), the peer and the port; loopback
-    peers are not; a repeat from the same peer within a second is folded and counted on the next record."""
+    """The listen() is recorded with its process. A connection from another host to the job's listener is recorded
+    with the job (the listener's cgroup, read from the socket: the handshake completes in softirq, any task
+    current), the peer and the port; loopback peers are not; a repeat from the same peer within a second is folded
+    and counted on the next record."""
     job, cg = new_job(test_cgroup)
     listener = popen_in_cgroup(cg, [PYTHON, "-c", LISTENER, "4"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(listener.stdout.readline())
+        listens = wait_for(capture, lambda r: r["kind"] == "listen" and r["job"]["id"] == job)
+        assert [(r["proc"]["pid"], r["listen"]["addr"], r["listen"]["port"]) for r in listens] == \
+            [(listener.pid, "0.0.0.0", port)]                                    # listen(): the process itself
         with netns_peer() as ns:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()      # loopback: not reported
             for _ in range(2):                                                   # the second is folded

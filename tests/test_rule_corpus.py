@@ -23,7 +23,7 @@ ENGINE = Engine(RULESET)
 HOST = "node-1"
 
 
-FLOW_KINDS = ("tls", "dns", "datagram", "socket", "inbound")     # built from their proto fields (json names)
+FLOW_KINDS = ("tls", "dns", "datagram", "socket", "inbound", "listen")     # built from their proto fields (json names)
 CASE_KINDS = (*FLOW_KINDS, "gpu_open", "gpu_usage")             # ... and, as single cases, the GPU's
 
 

@@ -30,10 +30,10 @@ from gpuguard.render import printable
 from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
 ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage",
-              "inbound")
+              "inbound", "listen")
 KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
 FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
-PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage")
+PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage", "listen")
 
 
 class KeyValueError(ValueError):
@@ -341,10 +341,14 @@ key("peer_in", ("inbound",), _cidrs)(_peer(inside=True))
 key("peer_not_in", ("inbound",), _cidrs)(_peer(inside=False))
 
 
-@key("local_port_in", ("inbound",), _ports)
+@key("local_port_in", ("inbound", "listen"), _ports)
 def _local_port_in(value, _rule, _res):
     ports = set(value)
-    return lambda v, _c: str(v.ev.inbound.local_port) if v.ev.inbound.local_port in ports else None
+
+    def local_port(v, _c):
+        port = v.ev.inbound.local_port if v.ev.HasField("inbound") else v.ev.listen.port
+        return str(port) if port in ports else None
+    return local_port
 
 
 @key("proto_in", ("connect",), _strings, kernel=("connect",))

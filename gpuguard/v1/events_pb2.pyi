@@ -21,6 +21,7 @@ class KernelEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_FLOW: _ClassVar[KernelEventKind]
     KIND_SOCKET: _ClassVar[KernelEventKind]
     KIND_INBOUND: _ClassVar[KernelEventKind]
+    KIND_LISTEN: _ClassVar[KernelEventKind]
 
 class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,6 +76,7 @@ KIND_CONNECT_RESULT: KernelEventKind
 KIND_FLOW: KernelEventKind
 KIND_SOCKET: KernelEventKind
 KIND_INBOUND: KernelEventKind
+KIND_LISTEN: KernelEventKind
 ACTION_UNSPECIFIED: EnforcementAction
 ACTION_KILL_EXEC: EnforcementAction
 ACTION_DENY_CONNECT: EnforcementAction
@@ -288,6 +290,16 @@ class Inbound(_message.Message):
     repeats: int
     def __init__(self, family: _Optional[str] = ..., peer: _Optional[str] = ..., peer_port: _Optional[int] = ..., local_port: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
 
+class Listen(_message.Message):
+    __slots__ = ("family", "addr", "port")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    addr: str
+    port: int
+    def __init__(self, family: _Optional[str] = ..., addr: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
 class GpuOpen(_message.Message):
     __slots__ = ("path", "flags", "result", "major", "minor")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -424,7 +436,7 @@ class GpuUsage(_message.Message):
     def __init__(self, gpu: _Optional[int] = ..., uuid: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., sm_util: _Optional[int] = ..., device_util: _Optional[int] = ..., power_mw: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket", "capture_loss", "gpu_usage", "inbound")
+    __slots__ = ("seq", "ts_ns", "boot_id", "process", "job", "clock_suspect", "exec", "connect", "gpu_open", "exit", "status", "gap", "enforcement", "tls", "dns", "datagram", "socket", "capture_loss", "gpu_usage", "inbound", "listen")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -445,6 +457,7 @@ class Event(_message.Message):
     CAPTURE_LOSS_FIELD_NUMBER: _ClassVar[int]
     GPU_USAGE_FIELD_NUMBER: _ClassVar[int]
     INBOUND_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ts_ns: int
     boot_id: str
@@ -465,4 +478,5 @@ class Event(_message.Message):
     capture_loss: CaptureLoss
     gpu_usage: GpuUsage
     inbound: Inbound
-    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ..., capture_loss: _Optional[_Union[CaptureLoss, _Mapping]] = ..., gpu_usage: _Optional[_Union[GpuUsage, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ...) -> None: ...
+    listen: Listen
+    def __init__(self, seq: _Optional[int] = ..., ts_ns: _Optional[int] = ..., boot_id: _Optional[str] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., clock_suspect: _Optional[bool] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., enforcement: _Optional[_Union[Enforcement, _Mapping]] = ..., tls: _Optional[_Union[Tls, _Mapping]] = ..., dns: _Optional[_Union[Dns, _Mapping]] = ..., datagram: _Optional[_Union[Datagram, _Mapping]] = ..., socket: _Optional[_Union[Socket, _Mapping]] = ..., capture_loss: _Optional[_Union[CaptureLoss, _Mapping]] = ..., gpu_usage: _Optional[_Union[GpuUsage, _Mapping]] = ..., inbound: _Optional[_Union[Inbound, _Mapping]] = ..., listen: _Optional[_Union[Listen, _Mapping]] = ...) -> None: ...

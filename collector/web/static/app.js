@@ -5,7 +5,7 @@
 
 const PAGE = 5000;            // events per request; "more" asks for the next page
 const ROWS = 400;             // event rows rendered at a time in the table
-const KINDS = ["exec", "connect", "inbound", "tls", "dns", "datagram", "socket", "gpu_open", "gpu_usage", "exit", "enforcement",
+const KINDS = ["exec", "connect", "listen", "inbound", "tls", "dns", "datagram", "socket", "gpu_open", "gpu_usage", "exit", "enforcement",
   "gap", "capture_loss"];
 
 function el(tag, attrs = {}, ...children) {
@@ -56,6 +56,7 @@ function describe(ev) {
   const k = kindOf(ev);
   if (k === "exec") return `${ev.exec.filename} ${(ev.exec.argv || []).slice(1).join(" ")}`;   // whole: it wraps
   if (k === "connect") return `${ev.connect.proto} ${ev.connect.daddr}:${ev.connect.dport} (${ev.connect.result || 0})`;
+  if (k === "listen") return `listening on tcp ${ev.listen.addr}:${ev.listen.port || 0}`;
   if (k === "inbound") return `tcp from ${ev.inbound.peer}:${ev.inbound.peer_port || 0} to port ${ev.inbound.local_port || 0}`;
   if (k === "tls") return `TLS to ${ev.tls.daddr}:${ev.tls.dport} sni=${ev.tls.sni || "(none)"}`;
   if (k === "dns") return `DNS ${ev.dns.qtype || "?"} ${ev.dns.name || ""}`;
@@ -151,7 +152,7 @@ function filtersBar(view) {
 // Lanes: one per host and process subtree under the job's top process (followed through parent keys), labelled
 // by what its top process ran last (not the wrapper it started as); GPU users first; lanes that only started and
 // ended processes (set-up noise) folded into one per host.
-const BEHAVIOUR = new Set(["connect", "gpu_open", "gpu_usage", "enforcement", "capture_loss", "tls", "dns", "datagram", "socket", "inbound"]);
+const BEHAVIOUR = new Set(["connect", "gpu_open", "gpu_usage", "enforcement", "capture_loss", "tls", "dns", "datagram", "socket", "inbound", "listen"]);
 const base = (path) => String(path || "?").split("/").pop();
 
 function lanesOf(events) {
