@@ -59,6 +59,7 @@ from gpuguard.vocab import (
     JOB_HOST,
     JOB_SLURM,
     JOB_SYSTEMD,
+    KILL_BIND_SHELL,
     KILL_ESCAPE,
     KILL_EXEC,
     SEEN_PAYLOAD,
@@ -487,6 +488,9 @@ def enforcement_detail(ev: EnforceEvent) -> str:
         return f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at exec in the kernel"
     if ev.action == DENY_PIPE_CONNECT:
         return f"connect to {dest} denied in the kernel (EPERM): this process's stdio is a pipe to shell {peer}"
+    if ev.action == KILL_BIND_SHELL:
+        return (f"{ev.hdr.comm} (pid {ev.hdr.pid}) killed at listen() on port {ev.dport} in the kernel: its stdio "
+                f"is a pipe to shell {peer} (a bind shell)")
     if ev.action == SEEN_REVERSE_SHELL:
         return f"a shell wired to the network through a pipe ({ev.hdr.comm} pid {ev.hdr.pid} <-> {peer}), " \
                "monitor mode: nothing done"

@@ -52,6 +52,7 @@ from gpuguard.vocab import (
     ESCAPE_ACTIONS,
     KILL,
     KILL_ACTIONS,
+    KILL_BIND_SHELL,
     KILL_ESCAPE,
     KILL_EXEC,
     KILL_TREE,
@@ -68,7 +69,8 @@ ACTION_NAMES = {KILL_EXEC: "killed at exec in the kernel", DENY_CONNECT: "connec
                 KILL_TREE: "process tree killed by the agent", SEEN_STRATUM: "stratum seen (monitor mode)",
                 DROP_PAYLOAD: "payload dropped in the kernel", SEEN_PAYLOAD: "payload seen (reported only)",
                 DENY_PIPE_CONNECT: "connect denied in the kernel (pipe to a shell)",
-                SEEN_REVERSE_SHELL: "reverse shell seen (monitor mode)"}
+                SEEN_REVERSE_SHELL: "reverse shell seen (monitor mode)",
+                KILL_BIND_SHELL: "killed at listen() in the kernel (pipe to a shell: a bind shell)"}
 
 
 

@@ -129,6 +129,41 @@ int observe_connect6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_,
 int observe_sendmsg4(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET_, 1); }
 int observe_sendmsg6(struct bpf_sock_addr *ctx) { return observe(ctx, AF_INET6_, 1); }
 
+/* Bind shells through pipes (`mkfifo f; nc -l -p 4444 < f | sh -i > f`): the listening twin of the connect hooks'
+ * pipe check (enforce_connect.c). If the listener's stdin/stdout is the other end of a pipe on a watched shell's
+ * stdio (the shell exec'd first), the listener is killed here, at listen(), before anyone can connect (reported
+ * only where the job is in monitor mode); otherwise its pipe ends are remembered, so a watched shell exec'd later
+ * on their other ends is killed at exec (enforce_exec.c). Entries exist only for shells a policy watches. */
+static __always_inline void listener_pipes(u16 port)
+{
+    struct pipe_key keys[3] = {};
+    stdio_pipes(keys);
+    u32 self = bpf_get_current_pid_tgid() >> 32;
+    for (int fd = 0; fd < 3; fd++) {
+        if (!keys[fd].inode)
+            continue;
+        struct pipe_key other = pipe_peer(&keys[fd]);
+        struct pipe_holder *h = shell_pipes.lookup(&other);
+        if (h && h->tgid != self) {
+            int monitor = task_exempt();
+            if (!monitor)
+                bpf_send_signal(9);
+            struct enforce_event r = {};
+            fill_header(&r.hdr, EV_ENFORCE);
+            r.action = monitor ? ACT_SEEN_REVERSE_SHELL : ACT_KILL_BIND_SHELL;
+            r.rule = h->rule;
+            r.peer_tgid = h->tgid;
+            r.dport = port;
+            emit(&r, sizeof(r), EV_ENFORCE);
+            return;
+        }
+    }
+    struct pipe_holder mine = {.tgid = self};
+    for (int fd = 0; fd < 3; fd++)
+        if (keys[fd].inode)
+            net_pipes.update(&keys[fd], &mine);
+}
+
 /* The cgroup a socket was created in (an accepted socket: its listener's), from its sk_cgrp_data. */
 static __always_inline u64 socket_cgroup_id(void *sk)
 {
@@ -190,6 +225,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         else
             __builtin_memcpy(e.addr, args->saddr_v6, 16);
         emit(&e, sizeof(e), EV_LISTEN);
+        listener_pipes(e.port);
         return 0;
     }
     if (args->oldstate != TCP_SYN_SENT_)

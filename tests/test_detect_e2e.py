@@ -385,8 +385,8 @@ def test_benign_gpu_node_traffic_raises_nothing(stack):
     got = alerts(stack, job, {"argv-uninspectable"}, timeout=30, states=("ALERT_ALERTED",))
     assert {a["rule_id"] for a in got} == {"argv-uninspectable"}, got   # ...and nothing before it raised anything
     timeline = cli_json(stack["port"], "timeline", job)
-    kinds = {next(k for k in ("exec", "connect", "gpu_open", "exit", "enforcement", "gap") if k in e["event"])
-             for e in timeline["events"]}
+    kinds = {next((k for k in ("exec", "connect", "gpu_open", "exit", "enforcement", "gap") if k in e["event"]),
+                  "other") for e in timeline["events"]}
     assert {"exec", "connect", "gpu_open"} <= kinds            # it was all seen
     assert "enforcement" not in kinds
 

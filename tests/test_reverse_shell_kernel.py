@@ -144,3 +144,57 @@ def test_monitor_mode_reports_and_lets_it_run(capture, enforcer, test_cgroup, tm
         if feeder.poll() is None:
             feeder.kill()
         feeder.wait()
+
+
+# A harmless stand-in for `nc -l -p PORT` in a bind shell: listens on loopback, then waits for its stdin to close.
+LISTENER = ("import socket, sys\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+            "sys.stdin.read()\n")
+
+
+def test_bind_shell_listener_first_then_the_shell_is_killed_at_exec(capture, enforcer, test_cgroup):
+    """`nc -l -p 4444 | sh`: the listener is up with its stdout on a pipe; a shell exec'd on the pipe's other end
+    dies at exec, before anyone has connected."""
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    watch_shells(enforcer, job)
+    r, w = os.pipe()
+    listener = popen_in_cgroup(cg, [PYTHON, "-c", LISTENER], stdout=w, stdin=subprocess.PIPE)
+    os.close(w)
+    try:
+        assert wait_for(capture, lambda rec: rec["kind"] == "listen" and rec["proc"]["pid"] == listener.pid)
+        shell = run_in_cgroup(cg, ["/bin/sh"], stdin=r, stdout=subprocess.DEVNULL, timeout=20)
+        assert shell.returncode == -9                                  # SIGKILL before its first instruction
+        hits = enforcement(capture, "kill_exec")
+        assert hits and hits[-1]["job"]["id"] == job and hits[-1]["enforcement"]["peer_pid"] == listener.pid
+    finally:
+        os.close(r)
+        listener.kill()
+        listener.wait()
+
+
+def test_bind_shell_shell_first_then_the_listener_is_killed_at_listen(capture, enforcer, test_cgroup):
+    """`sh < f | ...; nc -l -p 4444 > f` the other way round: the shell is up reading a pipe; the process writing
+    that pipe calls listen() and is killed there, before it can accept anyone."""
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    watch_shells(enforcer, job)
+    r, w = os.pipe()
+    shell = popen_in_cgroup(cg, ["/bin/sh"], stdin=r, stdout=subprocess.DEVNULL)
+    os.close(r)
+    try:
+        assert exec_seen(capture, shell.pid, ["/bin/sh"])            # the shell is there, its pipe watched
+        listener = run_in_cgroup(cg, [PYTHON, "-c", LISTENER], stdout=w, stdin=subprocess.DEVNULL, timeout=20)
+        os.close(w)
+        w = -1
+        assert listener.returncode == -9                              # killed at listen()
+        assert shell.wait(timeout=10) == 0                             # EOF on its stdin: nothing ran
+        hits = enforcement(capture, "kill_bind_shell")
+        assert hits and hits[0]["job"]["id"] == job and hits[0]["enforcement"]["peer_pid"] == shell.pid
+        assert "bind shell" in hits[0]["enforcement"]["detail"]
+    finally:
+        if w >= 0:
+            os.close(w)
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()

@@ -304,3 +304,20 @@ def test_a_rule_marked_outside_scope_alerts_for_processes_outside_any_job_and_ne
     assert corr.record("n1", ev, engine.evaluate("n1", ev, None)) == []    # no correlation takes them as evidence
     plain = [r for r in rs.rules.values() if not r.outside_scope and r.event == "exec" and "argv_has" in r.match]
     assert plain, "some rules stay job-only (host admins' tools): the mark is per rule"
+
+
+@pytest.mark.parametrize(("data", "target"), [
+    (b"CONNECT pool.example:3333 HTTP/1.1\r\nHost: pool.example\r\n\r\n", ("pool.example", 3333, "HTTP")),
+    (b"CONNECT [2001:db8::1]:22 HTTP/1.0\r\n\r\n", ("2001:db8::1", 22, "HTTP")),
+    (b"CONNECT EU1.Nanopool.ORG:10300 HTTP/1.1", ("eu1.nanopool.org", 10300, "HTTP")),     # names: lower case
+    (b"CONNECT a-very-long-name-cut-by-the-64-byte-excerpt.example", None),                 # no port: nothing
+    (b"CONNECT :22 HTTP/1.1\r\n", None),
+    (b"CONNECT host:99999 HTTP/1.1\r\n", None),
+    (b"CONNECT host:22x HTTP/1.1\r\n", None),
+    (b"GET / HTTP/1.1\r\n", None),
+    (b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x16", ("127.0.0.1", 22, "SOCKS")),
+])
+def test_a_proxy_request_names_whom_it_asks_for(data, target):
+    from collector.rules.payload import proxy_target  # noqa: PLC0415
+
+    assert proxy_target(data) == target

@@ -77,7 +77,7 @@ def test_job_timeline_in_order_with_tree(stack, test_cgroup):
     kinds: list[str] = []
     while time.monotonic() < deadline:
         reply = cli_json(port, "timeline", "4242", "--host", host_id)
-        kinds = [next(k for k in ("exec", "gpu_open", "connect", "exit", "gap") if k in e["event"])
+        kinds = [next((k for k in ("exec", "gpu_open", "connect", "listen", "exit", "gap") if k in e["event"]), "other")
                  for e in reply["events"]]
         if "connect" in kinds and kinds.count("exec") >= 3:
             break

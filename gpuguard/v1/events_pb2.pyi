@@ -38,6 +38,7 @@ class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_SEEN_REVERSE_SHELL: _ClassVar[EnforcementAction]
     ACTION_KILL_ESCAPE: _ClassVar[EnforcementAction]
     ACTION_SEEN_ESCAPE: _ClassVar[EnforcementAction]
+    ACTION_KILL_BIND_SHELL: _ClassVar[EnforcementAction]
 
 class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -90,6 +91,7 @@ ACTION_DENY_PIPE_CONNECT: EnforcementAction
 ACTION_SEEN_REVERSE_SHELL: EnforcementAction
 ACTION_KILL_ESCAPE: EnforcementAction
 ACTION_SEEN_ESCAPE: EnforcementAction
+ACTION_KILL_BIND_SHELL: EnforcementAction
 KILL_IF_ALWAYS: KillCondition
 KILL_IF_STDIO_SOCKET: KillCondition
 KILL_IF_PIPE_NETWORK: KillCondition
