@@ -559,3 +559,15 @@ def test_a_netcat_listening_in_a_job_is_a_bind_shell_alert(stack):
     assert hit["matched"]["exe_name_in"] == "nc" and hit["process"]["pid"] == proc.pid
     listening = cli_json(stack["port"], "timeline", job, "--kind", "listen")["events"]
     assert [e["event"]["listen"]["port"] for e in listening] == [port]
+
+
+def test_a_process_dressed_as_a_kernel_thread_is_alerted(stack):
+    """argv[0] set to "[kworker/0:1]" (how miners hide in ps): kernel threads are never executed, so the exec
+    record itself gives it away - whatever the binary, its traffic or its GPU use."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    disguise = "import os, sys; os.execv('/bin/true', ['[kworker/0:1]'])"
+    assert run_in_cgroup(cg, [PYTHON, "-c", disguise], timeout=30).returncode == 0
+    got = alerts(stack, job, {"kernel-thread-masquerade"}, states=("ALERT_ALERTED",))
+    hit = next(a for a in got if a["rule_id"] == "kernel-thread-masquerade")
+    assert hit["matched"]["argv_regex"].startswith("[kworker")                 # what the rule saw in argv[0]
