@@ -142,7 +142,7 @@ def test_gpu_new_binary_and_pool_port_correlate(builtin):
 def test_policy_compiles_kernel_enforceable_rules(builtin):
     policy = compile_policy(builtin, 7)
     ssh = [k for k in policy.argv_kill if k.rule_id == "ssh-reverse-tunnel"]   # option letters: whole-argv scan
-    assert [(sorted(k.comms), k.options) for k in ssh] == [(["autossh", "ssh"], "RDw")]
+    assert [(sorted(k.comms), k.options) for k in ssh] == [(["autossh", "dbclient", "plink", "ssh"], "RDw")]
     assert any(k.comm == "xmrig" and k.options == "" for k in policy.kill)
     stratum_url = [k for k in policy.argv_kill if k.rule_id == "miner-stratum-url"]
     assert [(list(k.all), sorted(k.any), list(k.comms)) for k in stratum_url] == \
