@@ -139,29 +139,21 @@ static __always_inline void listener_pipes(u16 port)
     struct pipe_key keys[3] = {};
     stdio_pipes(keys);
     u32 self = bpf_get_current_pid_tgid() >> 32;
-    for (int fd = 0; fd < 3; fd++) {
-        if (!keys[fd].inode)
-            continue;
-        struct pipe_key other = pipe_peer(&keys[fd]);
-        struct pipe_holder *h = shell_pipes.lookup(&other);
-        if (h && h->tgid != self) {
-            int monitor = task_exempt();
-            if (!monitor)
-                bpf_send_signal(9);
-            struct enforce_event r = {};
-            fill_header(&r.hdr, EV_ENFORCE);
-            r.action = monitor ? ACT_SEEN_REVERSE_SHELL : ACT_KILL_BIND_SHELL;
-            r.rule = h->rule;
-            r.peer_tgid = h->tgid;
-            r.dport = port;
-            emit(&r, sizeof(r), EV_ENFORCE);
-            return;
-        }
+    struct pipe_holder *h = shell_at_other_end(keys, self);
+    if (!h) {
+        remember_network_ends(keys, self);
+        return;
     }
-    struct pipe_holder mine = {.tgid = self};
-    for (int fd = 0; fd < 3; fd++)
-        if (keys[fd].inode)
-            net_pipes.update(&keys[fd], &mine);
+    int monitor = task_exempt();
+    if (!monitor)
+        bpf_send_signal(9);
+    struct enforce_event r = {};
+    fill_header(&r.hdr, EV_ENFORCE);
+    r.action = monitor ? ACT_SEEN_REVERSE_SHELL : ACT_KILL_BIND_SHELL;
+    r.rule = h->rule;
+    r.peer_tgid = h->tgid;
+    r.dport = port;
+    emit(&r, sizeof(r), EV_ENFORCE);
 }
 
 /* The cgroup a socket was created in (an accepted socket: its listener's), from its sk_cgrp_data. */

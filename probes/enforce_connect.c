@@ -134,20 +134,12 @@ static __always_inline int pipe_check(struct bpf_sock_addr *ctx, u8 *addr, u16 p
     struct pipe_key keys[3] = {};
     stdio_pipes(keys);
     u32 self = bpf_get_current_pid_tgid() >> 32;
-    for (int fd = 0; fd < 3; fd++) {
-        if (!keys[fd].inode)
-            continue;
-        struct pipe_key other = pipe_peer(&keys[fd]);
-        struct pipe_holder *h = shell_pipes.lookup(&other);
-        if (h && h->tgid != self) {
-            u32 action = task_exempt() ? ACT_SEEN_REVERSE_SHELL : ACT_DENY_PIPE_CONNECT;
-            return report(ctx, addr, port, h->rule, action, h->tgid);
-        }
+    struct pipe_holder *h = shell_at_other_end(keys, self);
+    if (h) {
+        u32 action = task_exempt() ? ACT_SEEN_REVERSE_SHELL : ACT_DENY_PIPE_CONNECT;
+        return report(ctx, addr, port, h->rule, action, h->tgid);
     }
-    struct pipe_holder mine = {.tgid = self};
-    for (int fd = 0; fd < 3; fd++)
-        if (keys[fd].inode)
-            net_pipes.update(&keys[fd], &mine);
+    remember_network_ends(keys, self);
     if (!on_node(addr))
         record_connected_out(self); /* a shell it later starts on a pty it holds is killed at exec (not for
                                      * loopback: jupyter's server talks to its kernels there) */

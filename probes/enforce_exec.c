@@ -153,15 +153,10 @@ static __always_inline int stdio_condition(struct kill_val *v, u32 *peer)
     struct pipe_key keys[3] = {};
     stdio_pipes(keys);
     u32 self = bpf_get_current_pid_tgid() >> 32;
-    for (int fd = 0; fd < 3; fd++) {
-        if (!keys[fd].inode)
-            continue;
-        struct pipe_key other = pipe_peer(&keys[fd]);
-        struct pipe_holder *h = net_pipes.lookup(&other);
-        if (h && h->tgid != self) {
-            *peer = h->tgid;
-            return 1;
-        }
+    struct pipe_holder *h = network_at_other_end(keys, self);
+    if (h) {
+        *peer = h->tgid;
+        return 1;
     }
     struct pipe_holder mine = {.tgid = self, .rule = v->rule};
     for (int fd = 0; fd < 3; fd++)

@@ -473,6 +473,44 @@ static __always_inline struct pipe_key pipe_peer(struct pipe_key *k)
     return peer;
 }
 
+/* Who holds the other end of one of these stdio pipes as a watched shell's stdio (shell_pipes) or as the stdio of a
+ * process that reached the network (net_pipes) - never `self`; NULL when nobody does. Two functions, one per map:
+ * BCC rewrites map calls by name and cannot take a map as a parameter. */
+static __always_inline struct pipe_holder *shell_at_other_end(struct pipe_key keys[3], u32 self)
+{
+    for (int fd = 0; fd < 3; fd++) {
+        if (!keys[fd].inode)
+            continue;
+        struct pipe_key other = pipe_peer(&keys[fd]);
+        struct pipe_holder *h = shell_pipes.lookup(&other);
+        if (h && h->tgid != self)
+            return h;
+    }
+    return 0;
+}
+
+static __always_inline struct pipe_holder *network_at_other_end(struct pipe_key keys[3], u32 self)
+{
+    for (int fd = 0; fd < 3; fd++) {
+        if (!keys[fd].inode)
+            continue;
+        struct pipe_key other = pipe_peer(&keys[fd]);
+        struct pipe_holder *h = net_pipes.lookup(&other);
+        if (h && h->tgid != self)
+            return h;
+    }
+    return 0;
+}
+
+/* Remember these pipe ends as those of a process that reached the network (a connect out, a listen). */
+static __always_inline void remember_network_ends(struct pipe_key keys[3], u32 self)
+{
+    struct pipe_holder mine = {.tgid = self};
+    for (int fd = 0; fd < 3; fd++)
+        if (keys[fd].inode)
+            net_pipes.update(&keys[fd], &mine);
+}
+
 /* Ptys: a shell on a pty whose master is held by a process that connected out (socat ...,pty; pty.spawn after a
  * connect) is a reverse shell. The connect hooks remember processes that connected off the node (net_tgids, when
  * pty_watch[0] says a policy needs it); at a watched shell's exec, the kill program looks at its parent: if the
