@@ -298,33 +298,13 @@ def _dport_in(value, _rule, _res):
     return dport
 
 
-def _daddr(inside: bool) -> Compile:
+def _address(inside: bool, address_of: Callable[[Any], str]) -> Compile:
+    """An address of the event (v4-mapped v6 read as v4) inside, or outside, the networks listed."""
     def compile_fn(value, _rule, _res):
         nets = [ipaddress.ip_network(n, strict=False) for n in value]
 
-        def daddr(v, _c):
-            text = destination(v.ev)[0]
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                return None
-            hit = any(addr in n for n in nets if n.version == addr.version)
-            return text if hit == inside else None
-        return daddr
-    return compile_fn
-
-
-key("daddr_cidr_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=True))
-key("daddr_not_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_daddr(inside=False))
-
-
-# -- who reached a job from another host ----------------------------------------------------------------------------
-def _peer(inside: bool) -> Compile:
-    def compile_fn(value, _rule, _res):
-        nets = [ipaddress.ip_network(n, strict=False) for n in value]
-
-        def peer(v, _c):
-            text = v.ev.inbound.peer
+        def address(v, _c):
+            text = address_of(v.ev)
             try:
                 addr = ipaddress.ip_address(text)
             except ValueError:
@@ -333,12 +313,25 @@ def _peer(inside: bool) -> Compile:
                 addr = addr.ipv4_mapped
             hit = any(addr in n for n in nets if n.version == addr.version)
             return text if hit == inside else None
-        return peer
+        return address
     return compile_fn
 
 
-key("peer_in", ("inbound",), _cidrs)(_peer(inside=True))
-key("peer_not_in", ("inbound",), _cidrs)(_peer(inside=False))
+def _destination_address(ev) -> str:
+    return destination(ev)[0]
+
+
+key("daddr_cidr_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_address(True, _destination_address))
+key("daddr_not_in", FLOW_EVENTS, _cidrs, kernel=("connect",))(_address(False, _destination_address))
+
+
+# -- who reached a job from another host ----------------------------------------------------------------------------
+def _inbound_peer(ev) -> str:
+    return ev.inbound.peer
+
+
+key("peer_in", ("inbound",), _cidrs)(_address(True, _inbound_peer))
+key("peer_not_in", ("inbound",), _cidrs)(_address(False, _inbound_peer))
 
 
 @key("local_port_in", ("inbound", "listen"), _ports)
