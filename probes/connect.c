@@ -48,22 +48,29 @@ struct fold_val {
 };
 
 BPF_TABLE("lru_hash", struct fold_key, struct fold_val, connect_folds, 65536);
+/* Inbound connections have their own: peers on other hosts choose how many distinct keys they make, and must not
+ * be able to evict the summaries of the node's own connects. */
+BPF_TABLE("lru_hash", struct fold_key, struct fold_val, inbound_folds, 16384);
 /* TCP sockets whose connect was reported -> the connecting task's cgroup. The outcome (SYN-ACK, RST, a timeout)
  * is processed in softirq, in whatever task is current: the record is charged to the connecting job, never to
  * that bystander's budget (a flood of one job's connects must not spend another job's). */
 BPF_TABLE("lru_hash", u64, u64, reported_sks, 65536);
 
-/* 1: report (*repeats = what was folded since the last report); 0: folded into an earlier report. */
-static __always_inline int fold(struct fold_key *k, u64 now, u32 *repeats)
+/* 1: report (*repeats = what was folded since the last report); 0: folded into an earlier report. In the inbound
+ * map or the connects' (BCC rewrites map calls by name: a map cannot be a parameter). */
+static __always_inline int fold(struct fold_key *k, u64 now, u32 *repeats, int inbound)
 {
-    struct fold_val *v = connect_folds.lookup(k);
+    struct fold_val *v = inbound ? inbound_folds.lookup(k) : connect_folds.lookup(k);
     if (v && now - v->last_ns < FOLD_WINDOW_NS) {
         __sync_fetch_and_add(&v->folded, 1);
         return 0;
     }
     *repeats = v ? v->folded : 0;
     struct fold_val fresh = {.last_ns = now};
-    connect_folds.update(k, &fresh);
+    if (inbound)
+        inbound_folds.update(k, &fresh);
+    else
+        connect_folds.update(k, &fresh);
     return 1;
 }
 
@@ -71,7 +78,7 @@ static __always_inline int fold_connect(struct connect_event *e)
 {
     struct fold_key k = {.tgid = e->hdr.tgid, .dport = e->dport, .flags = (u16)e->flags};
     __builtin_memcpy(k.addr, e->daddr, 16);
-    return fold(&k, e->hdr.ts_ns, &e->repeats);
+    return fold(&k, e->hdr.ts_ns, &e->repeats, 0);
 }
 
 static __always_inline void connect_event_of(struct bpf_sock_addr *ctx, struct connect_event *e, u32 family)
@@ -194,7 +201,7 @@ static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 
     struct fold_key k = {.tgid = (u32)(e.hdr.cgroup_id ^ (e.hdr.cgroup_id >> 32)), .dport = e.lport,
                          .flags = FOLD_INBOUND};
     __builtin_memcpy(k.addr, e.raddr, 16);
-    if (!fold(&k, e.hdr.ts_ns, &e.repeats))
+    if (!fold(&k, e.hdr.ts_ns, &e.repeats, 1))
         return;
     emit(&e, sizeof(e), EV_INBOUND);
 }
