@@ -548,13 +548,20 @@ def test_a_netcat_listening_in_a_job_is_a_bind_shell_alert(stack):
     nc.parent.mkdir(exist_ok=True)
     nc.write_text(FAKE_NC.format(python=PYTHON))
     nc.chmod(0o755)
+    apply_policy(stack, "lists:\n  cluster_networks: [192.168.0.0/16]\n")     # the netns peer is outside it
     proc = popen_in_cgroup(cg, [str(nc), "-l", "-p", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         got = alerts(stack, job, {"bind-shell-listener"})
+        with netns_peer() as ns:                      # then someone outside connects in: the two together
+            dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                          "timeout=5).close()", ns.host_ip, str(port), timeout=20)
+            assert dial.returncode == 0, dial.stderr
+            reached = alerts(stack, job, {"listener-reached-from-outside"})
     finally:
         proc.kill()
         proc.wait(5)
+    assert any(a["rule_id"] == "listener-reached-from-outside" and a["severity"] == "critical" for a in reached)
     hit = next(a for a in got if a["rule_id"] == "bind-shell-listener")
     assert hit["matched"]["exe_name_in"] == "nc" and hit["process"]["pid"] == proc.pid
     listening = cli_json(stack["port"], "timeline", job, "--kind", "listen")["events"]
