@@ -97,9 +97,9 @@ def main() -> int:
         ag = local_agent(tmp, port, "agent-cpu-bench", "--capture-budget", "1000000").start()
         try:
             wait_policy_acked(port, "agent-cpu-bench")           # the built-in policy in force: start-up is over
-            # Slurm's per-user parent exists before any job on a real node; its first appearance makes the agent
-            # extend the policy's kind scopes to it (programs attached, maps refilled: ~0.7 CPU-s here, once per
-            # parent), which is not a cost of events
+            # Slurm's per-user parent exists before any job on a real node. Here it appears with the first mix, and
+            # the agent's first cgroup attachments load and verify its cgroup programs (~0.7 CPU-s, once per agent
+            # lifetime): a start-up cost, not a cost of events
             (base / "slurm/uid_0").mkdir(parents=True)
             wait_for_text(tmp / "agent.log", f"payload_egress to {base / 'slurm'}")
             print(f"agent pid {ag.proc.pid}", flush=True)
