@@ -478,6 +478,13 @@ def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
     assert a["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
 
 
+def dial_in(ns, port: int) -> None:
+    """A connection from the namespace's host (outside the cluster, with the policy the test applies) to this host."""
+    dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                  "timeout=5).close()", ns.host_ip, str(port), timeout=20)
+    assert dial.returncode == 0, dial.stderr
+
+
 def test_a_bind_shell_reached_from_outside_the_cluster_is_alerted(stack):
     """Whom a job is reached by: a listener in the job (a bind shell's shape: it answers whoever dials in) gets a
     connection from a host outside this site's cluster networks. The alert comes from the handshake alone (no
@@ -489,9 +496,7 @@ def test_a_bind_shell_reached_from_outside_the_cluster_is_alerted(stack):
     try:
         port = int(listener.stdout.readline())
         with netns_peer() as ns:
-            dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
-                          "timeout=5).close()", ns.host_ip, str(port), timeout=20)
-            assert dial.returncode == 0, dial.stderr
+            dial_in(ns, port)
             got = alerts(stack, job, {"inbound-from-outside-cluster"})
     finally:
         listener.kill()
@@ -554,9 +559,7 @@ def test_a_netcat_listening_in_a_job_is_a_bind_shell_alert(stack):
         port = int(proc.stdout.readline())
         got = alerts(stack, job, {"bind-shell-listener"})
         with netns_peer() as ns:                      # then someone outside connects in: the two together
-            dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
-                          "timeout=5).close()", ns.host_ip, str(port), timeout=20)
-            assert dial.returncode == 0, dial.stderr
+            dial_in(ns, port)
             reached = alerts(stack, job, {"listener-reached-from-outside"})
     finally:
         proc.kill()
