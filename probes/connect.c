@@ -180,22 +180,13 @@ static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 
 {
     struct inbound_event e = {};
     e.family = family;
-    if (family == AF_INET_) {
-        __builtin_memcpy(e.raddr, daddr, 4);
-        if (e.raddr[0] == 127)
-            return;
-    } else {
-        __builtin_memcpy(e.raddr, daddr_v6, 16);
-        u64 hi, lo;
-        __builtin_memcpy(&hi, &e.raddr[0], 8);
-        __builtin_memcpy(&lo, &e.raddr[8], 8);
-        if (hi == 0 && (lo == 0x0100000000000000ULL || ((lo & 0xffffffffULL) == 0xffff0000ULL && e.raddr[12] == 127)))
-            return;                       /* ::1, ::ffff:127.x.x.x */
-    }
+    addr16(e.raddr, family, daddr, daddr_v6);
+    if (on_node(e.raddr))
+        return;
     fill_header(&e.hdr, EV_INBOUND);
     e.hdr.cgroup_id = socket_cgroup_id(sk);    /* never the current task's: a bystander in softirq */
-    e.hdr.tid = e.hdr.tgid = e.hdr.uid = e.hdr.gid = 0;
-    __builtin_memset(e.hdr.comm, 0, TASK_COMM_LEN);
+    no_process(&e.hdr);
+    e.hdr.uid = e.hdr.gid = 0;
     e.lport = lport;
     e.rport = rport;
     struct fold_key k = {.tgid = (u32)(e.hdr.cgroup_id ^ (e.hdr.cgroup_id >> 32)), .dport = e.lport,
@@ -219,10 +210,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         fill_header(&e.hdr, EV_LISTEN);
         e.family = args->family;
         e.port = args->sport;
-        if (e.family == AF_INET_)
-            __builtin_memcpy(e.addr, args->saddr, 4);
-        else
-            __builtin_memcpy(e.addr, args->saddr_v6, 16);
+        addr16(e.addr, e.family, args->saddr, args->saddr_v6);
         emit(&e, sizeof(e), EV_LISTEN);
         listener_pipes(e.port);
         return 0;
@@ -240,8 +228,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     struct connect_result_event e = {};
     fill_header(&e.hdr, EV_CONNECT_RESULT);
     e.hdr.cgroup_id = cgroup;              /* the connecting job's; the task here may be anyone (softirq) */
-    e.hdr.tid = e.hdr.tgid = 0;            /* the agent joins the outcome to its connect by socket */
-    __builtin_memset(e.hdr.comm, 0, TASK_COMM_LEN);
+    no_process(&e.hdr);                    /* the agent joins the outcome to its connect by socket */
     e.sk = sk;
     if (args->newstate == TCP_CLOSE_) {
         int err = kread_u32((void *)args->skaddr, OFF_SK_ERR);

