@@ -233,7 +233,7 @@ class Enricher:
         if isinstance(ev, ConnectEvent):
             out = self._event(hdr, p, job)
             c = out.connect
-            c.family, c.daddr, c.dport = "inet6" if ev.family == 10 else "inet", ev.daddr, ev.dport
+            c.family, c.daddr, c.dport = family_name(ev.family), ev.daddr, ev.dport
             c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
             c.repeats = ev.repeats
             c.name, c.name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
@@ -265,7 +265,7 @@ class Enricher:
         if isinstance(ev, SocketEvent):
             out = self._event(hdr, p, job)
             so = out.socket
-            so.family = "inet6" if ev.family == 10 else "inet"
+            so.family = family_name(ev.family)
             so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
             so.protocol, so.what = ev.protocol, "raw-ip" if ev.type == 3 else "icmp"
             so.result = -errno.EPERM if hdr.result else 0
@@ -273,14 +273,12 @@ class Enricher:
         if isinstance(ev, InboundEvent):
             out = self._event(hdr, p, job, with_ancestry=False)
             i = out.inbound
-            i.family, i.peer, i.peer_port, i.local_port = "inet6" if ev.family == 10 else "inet", ev.raddr, ev.rport, \
-                ev.lport
+            i.family, i.peer, i.peer_port, i.local_port = family_name(ev.family), ev.raddr, ev.rport, ev.lport
             i.repeats = ev.repeats
             return out
         if isinstance(ev, ListenEvent):
             out = self._event(hdr, p, job)
-            out.listen.family, out.listen.addr, out.listen.port = "inet6" if ev.family == 10 else "inet", ev.addr, \
-                ev.port
+            out.listen.family, out.listen.addr, out.listen.port = family_name(ev.family), ev.addr, ev.port
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
 
@@ -476,6 +474,11 @@ def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
     by = "itself" if ev.peer_pid == ev.hdr.pid else f"pid {ev.peer_pid}"
     done = "the mover was killed in the kernel" if ev.action == KILL_ESCAPE else "reported"
     return f"{ev.hdr.comm} (pid {ev.hdr.pid}) left its job's cgroup {job_cgroup or '?'} for {to}, moved by {by}: {done}"
+
+
+def family_name(family: int) -> str:
+    """inet6 for AF_INET6, else inet: how records name an address family."""
+    return "inet6" if family == 10 else "inet"
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:
