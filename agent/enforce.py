@@ -206,15 +206,16 @@ class Enforcer:
         except (OSError, ValueError) as exc:
             log.error("%s unreadable (%s): programs it listed may still be attached", legacy, exc)
             return
+        entries = entries if isinstance(entries, list) else []
         detached = 0
-        for entry in entries if isinstance(entries, list) else []:
+        for entry in entries:
             try:
                 detached += detach_legacy(str(entry["cgroup"]), int(entry["attach_type"]), int(entry["prog_id"]))
             except (KeyError, TypeError, ValueError):
                 log.error("%s: entry %r is not a cgroup/attach_type/prog_id: skipped", legacy, entry)
         legacy.unlink(missing_ok=True)
         log.info("detached %d of %d program(s) an earlier agent attached without a pin (%s, now removed)",
-                 detached, len(entries) if isinstance(entries, list) else 0, legacy)
+                 detached, len(entries), legacy)
 
     def _full_path(self, cgroup: str) -> str:
         return str(self.jobs.root / cgroup.lstrip("/"))
