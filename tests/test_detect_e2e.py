@@ -599,3 +599,36 @@ def test_a_netcat_reaching_outside_the_cluster_is_alerted(stack):
         got = alerts(stack, job, {"netcat-connect-out"})
     hit = next(a for a in got if a["rule_id"] == "netcat-connect-out")
     assert hit["matched"]["daddr_not_in"] == ns.ns_ip and hit["matched"]["exe_name_in"] == "socat"
+
+
+def test_a_port_sweep_is_alerted_by_what_it_does(stack):
+    """A scan written in a few lines of Python (no scanner's name, no argv to read): one process fails to connect to
+    many distinct destinations. The kernel records each connect and its outcome (refused), the collector counts
+    the distinct failed destinations per process. Closed loopback ports: nothing leaves this host."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    sweep = ("import socket\nfor port in range(1, 41):\n    s = socket.socket()\n    try:\n"
+             "        s.connect(('127.0.0.1', 47000 + port))\n    except OSError:\n        pass\n    s.close()\n")
+    assert all(_free(47000 + p) for p in range(1, 41)), "the swept ports must be closed on this host"
+    assert run_in_cgroup(cg, [PYTHON, "-c", sweep], timeout=30).returncode == 0
+    got = alerts(stack, job, {"connect-fanout-failed"})
+    hit = next(a for a in got if a["rule_id"] == "connect-fanout-failed")
+    assert "distinct destinations failed" in hit["matched"]["failed_fanout_at_least"]
+
+
+def test_a_single_refused_destination_retried_is_not_a_sweep(stack):
+    """A rendezvous retry loop fails at one destination many times: quiet. The positive signal that detection has
+    seen every one of those connects: the same process then execs under a kernel thread's name, an alert that can
+    only come after them (one process, in kernel order)."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    assert _free(47100)
+    retry = ("import os, socket, time\nfor _ in range(40):\n    s = socket.socket()\n    try:\n"
+             "        s.connect(('127.0.0.1', 47100))\n    except OSError:\n        pass\n    s.close()\n"
+             "os.execv('/bin/true', ['[kworker/0:2]'])\n")
+    assert run_in_cgroup(cg, [PYTHON, "-c", retry], timeout=30).returncode == 0
+    got = alerts(stack, job, {"kernel-thread-masquerade"}, states=("ALERT_ALERTED",))
+    assert "kernel-thread-masquerade" in {a["rule_id"] for a in got}
+    assert "connect-fanout-failed" not in {a["rule_id"] for a in got}
+    events = cli_json(stack["port"], "timeline", job, "--kind", "connect").get("events", [])
+    assert any(e["event"].get("connect", {}).get("dport") == 47100 for e in events)   # the connects were delivered

@@ -50,7 +50,8 @@ def exec_event(spec: dict, pid: int = 100) -> pb.Event:
 
 def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
     ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp"),
-                                     name=spec.get("name", ""), name_scope=spec.get("name_scope", "")))
+                                     name=spec.get("name", ""), name_scope=spec.get("name_scope", ""),
+                                     result=spec.get("result", 0)))
     return with_job(ev, pid, spec.get("exe", exe))
 
 
@@ -120,12 +121,27 @@ def test_every_builtin_rule_has_a_positive_and_a_negative_case():
     assert not missing, f"rules without both a firing and a quiet case in the corpus: {sorted(missing)}"
 
 
+def sweeps(steps: list[dict]) -> list[dict]:
+    """A connect step with `sweep: N` stands for N connects, to ports dport, dport+1, ... (a scan, written once)."""
+    out = []
+    for step in steps:
+        n = step.get("connect", {}).get("sweep", 0)
+        if not n:
+            out.append(step)
+            continue
+        for k in range(n):
+            spec = {key: v for key, v in step["connect"].items() if key != "sweep"}
+            spec["dport"] = spec["dport"] + k
+            out.append({**step, "connect": spec})
+    return out
+
+
 def sequence_events(seq: dict) -> list[pb.Event]:
     """Events of one job in order; each pid's key, exe and ancestors follow its parent and its last exec."""
     exes: dict[int, str] = {}
     parents: dict[int, int] = {}
     out = []
-    for i, step in enumerate(seq["events"], start=1):
+    for i, step in enumerate(sweeps(seq["events"]), start=1):
         pid = step["pid"]
         if "parent" in step:
             parents[pid] = step["parent"]

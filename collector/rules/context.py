@@ -3,6 +3,8 @@ helpers several match keys share (destinations, DNS zones, the DNS-tunnel shape,
 
 from __future__ import annotations
 
+import errno
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +22,8 @@ class JobContext:
     main_keys: dict[str, str] = field(default_factory=dict)   # host -> process key of the job's first exec
     host: str = ""                                           # host of the event being evaluated
     encoded_names: dict[str, set[str]] = field(default_factory=dict)   # base domain -> encoded-looking names
+    failed_destinations: OrderedDict[str, dict[tuple[str, int], int]] = field(default_factory=OrderedDict)
+    # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
 
 
 class EventView:
@@ -121,6 +125,41 @@ def dns_tunnel_shape(name: str, ctx: JobContext) -> str | None:
     if len(seen) < ENCODED_NAMES_TO_FIRE:
         return None
     return f"{len(seen)} unique encoded-looking names under {base} (e.g. {name[:80]})"
+
+
+FANOUT_WINDOW_NS = 60 * 10**9   # failed destinations count for a minute
+MAX_FANOUT_PROCESSES = 256       # processes tracked per job (least recently failing dropped first)
+# a connect that got no answer: refused, timed out, unreachable, or no outcome within the agent's wait (EINPROGRESS)
+FAILED_RESULTS = frozenset(-e for e in (errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                        errno.EINPROGRESS))
+
+
+def failed_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
+    """One process whose connects failed at many distinct destinations within a minute: a port or host scan
+    (nmap -sT, a Python sweep, an agent probing for a way out), whatever the program is. Distributed training
+    reaches many peers, but they answer; a rendezvous retry loop fails at one destination, not at dozens."""
+    c = ev.connect
+    if c.result not in FAILED_RESULTS or not ev.process.key:
+        return None
+    seen = ctx.failed_destinations.get(ev.process.key)
+    if seen is None:
+        if len(ctx.failed_destinations) >= MAX_FANOUT_PROCESSES:
+            ctx.failed_destinations.popitem(last=False)
+        seen = ctx.failed_destinations[ev.process.key] = {}
+    else:
+        ctx.failed_destinations.move_to_end(ev.process.key)
+    now = ev.ts_ns
+    seen[(c.daddr, c.dport)] = now
+    if len(seen) > 4 * at_least:                 # bounded: forget what fell out of the window
+        for dest in [d for d, t in seen.items() if now - t > FANOUT_WINDOW_NS]:
+            del seen[dest]
+        while len(seen) > 4 * at_least:
+            del seen[next(iter(seen))]
+    recent = [d for d, t in seen.items() if now - t <= FANOUT_WINDOW_NS]
+    if len(recent) < at_least:
+        return None
+    hosts = {d[0] for d in recent}
+    return f"{len(recent)} distinct destinations failed within a minute ({len(hosts)} hosts, e.g. {c.daddr}:{c.dport})"
 
 
 def gpu_new_binary(ev: pb.Event, ctx: JobContext) -> str | None:

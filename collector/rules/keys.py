@@ -19,6 +19,7 @@ from collector.rules.context import (
     Matcher,
     destination,
     dns_tunnel_shape,
+    failed_fanout,
     gpu_new_binary,
     normal_name,
     under_any,
@@ -87,6 +88,12 @@ def _strings(v) -> list[str]:
 def _ports(v) -> list[int]:
     if not all(isinstance(p, int) and 0 < p < 65536 for p in _nonempty(v)):
         raise KeyValueError("ports must be integers 1-65535")
+    return v
+
+
+def _count(v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 10_000:
+        raise KeyValueError("a count: an integer 2-10000")
     return v
 
 
@@ -189,6 +196,23 @@ def _exe_prefix_in(value, _rule, _res):
         path = ev.exec.filename if ev.HasField("exec") else ev.process.exe
         return path if path.startswith(prefixes) or ev.process.exe.startswith(prefixes) else None
     return exe_prefix
+
+
+ARGV_HOST = re.compile(r"(?i)(?<![\w.-])((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62})(?![\w-])")
+
+
+@key("argv_host_in", ("exec",), _zones)
+def _argv_host_in(value, _rule, _res):
+    """A host name in the argv under one of the zones (any argument, any form: `-o pool.example.org:443`,
+    `user@host`, a URL): whom the program is told to reach, before it reaches it."""
+    suffixes = {normal_name(n) for n in value}
+
+    def argv_host(v, _c):
+        for m in ARGV_HOST.finditer(v.argv_text[:ARGV_SCAN_MAX]):
+            if under_any(m.group(1).lower(), suffixes):
+                return m.group(1)
+        return None
+    return argv_host
 
 
 @key("sha256_in", ("exec",), _strings)
@@ -420,6 +444,11 @@ def _no_sni(_value, _rule, _res):
 def _dns_qtype_in(value, _rule, _res):
     qtypes = {str(x).upper() for x in value}
     return lambda v, _c: v.ev.dns.qtype if v.ev.dns.qtype in qtypes else None
+
+
+@key("failed_fanout_at_least", ("connect",), _count, context=True)
+def _failed_fanout_at_least(value, _rule, _res):
+    return lambda v, ctx: failed_fanout(v.ev, ctx, value) if ctx is not None else None
 
 
 @key("dns_tunnel_shape", ("dns",), _true, context=True)
