@@ -33,6 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from agent.bpf_links import INET_EGRESS, cgroup_link, detach_legacy, tracepoint_link
+from agent.encoded import EncodedEvent
 from agent.enforce_plan import (
     ANCHOR_FOLD,
     DENY_PROGRAMS,
@@ -399,10 +400,12 @@ class Enforcer:
         self.apply(self.policy, persist=False)
 
     # -- userspace enforcement ----------------------------------------------------------
-    def on_records(self, records: list[pb.Event]) -> None:
+    def on_records(self, records: list[pb.Event | EncodedEvent]) -> None:
         """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
         hashing = any(k.sha256 for k in self.policy.kill)
         for ev in records:
+            if type(ev) is EncodedEvent:         # a connect: nothing for user-space enforcement here
+                continue
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:
                 self.worker.submit(self._check_hash, ev)

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from agent.encoded import EncodedConnect, EncodedEvent, encoded_connect
 from agent.events import (
     CgroupEvent,
     ConnectEvent,
@@ -93,6 +94,7 @@ class Enricher:
         self.names = DestinationNames()
         self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
         self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
+        self.encode_connects = False    # connects as bytes (agent/encoded.py): set by the agent, whose sinks take them
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
         self._ancestries: OrderedDict[int, tuple[list, pb.Process]] = OrderedDict()   # id(lineage) -> message
 
@@ -177,6 +179,23 @@ class Enricher:
         ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
         return ev
 
+    def _connect_prefix(self, hdr: Header, p: Process, job: Job) -> bytes:
+        """The serialised boot id, process and job a connect event carries (agent/encoded.py), made once per
+        (process image, thread, comm, job, ancestry or not, hash known or not): a storm of connects from one
+        thread serialises its process once."""
+        ancestry = not p.ancestry_sent
+        base = self._proc_base(hdr, p, ancestry)
+        comm = hdr.comm or p.comm
+        cached = p.connect_prefix
+        if (cached is not None and cached[0] is base and cached[1] == hdr.tid and cached[2] == comm
+                and cached[3] == job and cached[4] == bool(base.exe_sha256)):
+            return cached[5]
+        ev = self._event(hdr, p, job, with_ancestry=ancestry)
+        ev.ClearField("ts_ns")
+        prefix = ev.SerializeToString()
+        p.connect_prefix = (base, hdr.tid, comm, job, bool(base.exe_sha256), prefix)
+        return prefix
+
     @staticmethod
     def _ssh_forwards(hdr: Header, argv: list[str]) -> list[str]:
         """Forwards hidden in the ssh configuration this invocation reads (rare execs; bounded reads)."""
@@ -231,18 +250,22 @@ class Enricher:
             self.table.on_exit(hdr.pid)
             return out
         if isinstance(ev, ConnectEvent):
-            out = self._event(hdr, p, job)
-            c = out.connect
-            c.family, c.daddr, c.dport = family_name(ev.family), ev.daddr, ev.dport
-            c.proto = SOCK_TYPES.get(ev.sock_type, "unknown")
-            c.repeats = ev.repeats
-            c.name, c.name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
+            name, name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
+            family, proto = family_name(ev.family), SOCK_TYPES.get(ev.sock_type, "unknown")
             if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
                 self.connected_out[hdr.pid] = f"{ev.daddr}:{ev.dport}"
                 self.connected_out.move_to_end(hdr.pid)
                 if len(self.connected_out) > MAX_CONNECTED_OUT:
                     self.connected_out.popitem(last=False)
-            return self.connects.attempt(out, hdr.pid, ev.sk, tcp=ev.sock_type == SOCK_STREAM)
+            if self.encode_connects:
+                rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
+                                      proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id)
+            else:
+                rec = self._event(hdr, p, job)
+                c = rec.connect
+                c.family, c.proto, c.daddr, c.dport, c.repeats = family, proto, ev.daddr, ev.dport, ev.repeats
+                c.name, c.name_scope = name, name_scope
+            return self.connects.attempt(rec, hdr.pid, ev.sk, ev.sock_type == SOCK_STREAM, ev.daddr, ev.dport)
         if isinstance(ev, GpuOpenEvent):
             out = self._event(hdr, p, job)
             g = out.gpu_open
@@ -366,31 +389,27 @@ class PendingConnects:
     def __init__(self, wait_s: float = 2.0, max_pending: int = 65536) -> None:
         self.wait_s = wait_s
         self.max_pending = max_pending
-        self.pending: OrderedDict[int, tuple[float, pb.Event]] = OrderedDict()
+        self.pending: OrderedDict[int, tuple[float, pb.Event | EncodedConnect]] = OrderedDict()
         self.recent_denies: OrderedDict[tuple[int, str, int], float] = OrderedDict()
-        self.overflow: list[pb.Event] = []
+        self.overflow: list[pb.Event | EncodedEvent] = []
 
-    def attempt(self, rec: pb.Event, pid: int, sk: int, tcp: bool) -> pb.Event | None:
-        c = rec.connect
-        if self.recent_denies.pop((pid, c.daddr, c.dport), None) is not None:
-            c.result = -errno.EPERM
-            return rec
+    def attempt(self, rec: pb.Event | EncodedConnect, pid: int, sk: int, tcp: bool, daddr: str,
+                dport: int) -> pb.Event | EncodedEvent | None:
+        if self.recent_denies.pop((pid, daddr, dport), None) is not None:
+            return with_result(rec, -errno.EPERM)
         if not tcp or not sk:
-            return rec
+            return with_result(rec, 0)
         self.pending[sk] = (time.monotonic(), rec)
         if len(self.pending) > self.max_pending:
             _sk, (_t, oldest) = self.pending.popitem(last=False)
-            oldest.connect.result = -errno.EINPROGRESS
-            self.overflow.append(oldest)
+            self.overflow.append(with_result(oldest, -errno.EINPROGRESS))
         return None
 
-    def outcome(self, sk: int, result: int) -> pb.Event | None:
+    def outcome(self, sk: int, result: int) -> pb.Event | EncodedEvent | None:
         item = self.pending.pop(sk, None)
         if item is None:
             return None                       # a connect made before the agent started
-        rec = item[1]
-        rec.connect.result = result
-        return rec
+        return with_result(item[1], result)
 
     def denied(self, pid: int, daddr: str, dport: int) -> None:
         self.recent_denies[(pid, daddr, dport)] = time.monotonic()
@@ -398,7 +417,7 @@ class PendingConnects:
         while len(self.recent_denies) > 4096:
             self.recent_denies.popitem(last=False)
 
-    def expired(self) -> list[pb.Event]:
+    def expired(self) -> list[pb.Event | EncodedEvent]:
         """Connects whose outcome did not come in time (still connecting, or non-blocking and abandoned)."""
         out, self.overflow = self.overflow, []
         cutoff = time.monotonic() - self.wait_s
@@ -407,11 +426,18 @@ class PendingConnects:
             if t > cutoff:
                 break
             del self.pending[sk]
-            rec.connect.result = -errno.EINPROGRESS
-            out.append(rec)
+            out.append(with_result(rec, -errno.EINPROGRESS))
         while self.recent_denies and next(iter(self.recent_denies.values())) <= cutoff:
             self.recent_denies.popitem(last=False)   # oldest first: stop at the first recent one
         return out
+
+
+def with_result(rec: pb.Event | EncodedConnect, result: int) -> pb.Event | EncodedEvent:
+    """The connect with its outcome: set on the event, or encoded into the bytes."""
+    if isinstance(rec, EncodedConnect):
+        return rec.done(result)
+    rec.connect.result = result
+    return rec
 
 
 CMDLINE_MAX = 1 << 16          # bytes of /proc/PID/cmdline read for an exec the kernel could not record in full

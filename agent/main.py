@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig
+from agent.encoded import EncodedEvent
 from agent.identity import HostIdentity
 from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
@@ -30,8 +31,9 @@ def printer(mode: str):
     if mode == "human":
         print(HEADER_LINE, flush=True)
 
-    def sink(records: list[pb.Event]) -> None:
-        out = "\n".join(fmt(r) for r in records if r.WhichOneof("body") != "status")
+    def sink(records: list[pb.Event | EncodedEvent]) -> None:
+        events = (r.event() if type(r) is EncodedEvent else r for r in records)
+        out = "\n".join(fmt(r) for r in events if r.WhichOneof("body") != "status")
         if out:
             try:
                 sys.stdout.write(out + "\n")
@@ -59,6 +61,7 @@ class Agent:
 
     def start(self) -> None:
         self.capture.ignore_pids.add(os.getpid())
+        self.capture.enricher.encode_connects = True     # every sink below takes encoded connects
         self.capture.start()
         if self.cfg.gpu_sample_s > 0:
             from agent.gpu_usage import GpuUsageReporter, NvmlSampler  # noqa: PLC0415

@@ -42,6 +42,7 @@ class Process:
     kids_lineage: list[dict] | None = None   # the lineage each child of this image gets (made once per image)
     record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
+    connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
@@ -146,6 +147,7 @@ class ProcessTable:
         p.kids_lineage = None
         p.summaries = None
         p.record_base = None
+        p.connect_prefix = None
         p.ancestry_sent = False
         return p
 

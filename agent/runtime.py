@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
+from agent.encoded import EncodedEvent
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
@@ -27,7 +28,8 @@ from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[list[pb.Event]], None]
+Record = pb.Event | EncodedEvent      # what the sinks get: encoded connects only when the enricher is told to
+Sink = Callable[[list[Record]], None]
 LOSS_REPORT_S = 1.0           # how often the per-job loss counters are read
 
 
@@ -39,6 +41,10 @@ class CaptureStats:
     enrich_failed: int = 0
     by_kind: Counter = field(default_factory=Counter)       # records by body kind (metrics)
     actions: Counter = field(default_factory=Counter)       # enforcement records by action (metrics)
+
+
+def pid_of(rec: Record) -> int:
+    return rec.pid if type(rec) is EncodedEvent else rec.process.pid
 
 
 class Capture:
@@ -81,7 +87,7 @@ class Capture:
             raise
         log.info("kernel struct offsets proven on a check process (argv, environment, parent, exit code)")
 
-    def process(self, drained: Drained) -> list[pb.Event]:
+    def process(self, drained: Drained) -> list[Record]:
         records = []
         for ev in drained.events(self.stats.decode):
             try:
@@ -92,9 +98,9 @@ class Capture:
                     log.exception("could not enrich a %s event of pid %d (%d so far): %s", type(ev).__name__,
                                   ev.hdr.pid, self.stats.enrich_failed, exc)
                 continue
-            if rec is not None and rec.process.pid not in self.ignore_pids:
+            if rec is not None and pid_of(rec) not in self.ignore_pids:
                 records.append(rec)
-        records.extend(r for r in self.enricher.connects.expired() if r.process.pid not in self.ignore_pids)
+        records.extend(r for r in self.enricher.connects.expired() if pid_of(r) not in self.ignore_pids)
         now = time.monotonic()
         if self.losses is not None and now >= self._losses_due:      # what the kernel could not report, per job
             self._losses_due = now + LOSS_REPORT_S
@@ -107,6 +113,9 @@ class Capture:
         self.stats.records += len(records)
         by_kind = self.stats.by_kind
         for rec in records:
+            if type(rec) is EncodedEvent:
+                by_kind[rec.body_name] += 1
+                continue
             kind = rec.WhichOneof("body")
             by_kind[kind] += 1
             if kind == "enforcement":
@@ -118,7 +127,7 @@ class Capture:
                 sink(records)
         return records
 
-    def poll_once(self, timeout_ms: int = 50) -> list[pb.Event]:
+    def poll_once(self, timeout_ms: int = 50) -> list[Record]:
         return self.process(self.probes.poll(timeout_ms))
 
     def kernel_lost(self) -> dict[str, int]:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import msgpack
 
-from gpuguard.rawbatch import body_kind
+from agent.encoded import EncodedEvent, with_seq
+from gpuguard.rawbatch import BODY_FIELD, body_kind
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
 BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
+CONNECT_KIND = BODY_FIELD["connect"]
 
 
 @dataclass
@@ -148,9 +150,12 @@ class Spool:
         self._active_size = self._active.tell()
         self._segments.append((first_seq, path))
 
-    def _entry(self, seq: int, record: pb.Event) -> tuple[int, bytes, int, str]:
+    def _entry(self, seq: int, record: pb.Event | EncodedEvent) -> tuple[int, bytes, int, str]:
         """(seq, serialised event, body kind, job id); an event that cannot be serialised (it never should)
-        becomes a gap naming its seq, so one odd event never costs the rest of the poll."""
+        becomes a gap naming its seq, so one odd event never costs the rest of the poll. An encoded connect
+        (agent/encoded.py) is already its bytes: only its seq goes in front."""
+        if type(record) is EncodedEvent:
+            return seq, with_seq(seq, record.data), CONNECT_KIND, record.job_id
         try:
             record.seq = seq
             return seq, record.SerializeToString(), body_kind(record), record.job.id
@@ -182,7 +187,7 @@ class Spool:
         frames.append(self._frame(run))
         return frames
 
-    def append(self, records: list[pb.Event]) -> int:
+    def append(self, records: list[pb.Event | EncodedEvent]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
         with self._lock:
             if self._gap:
@@ -195,7 +200,7 @@ class Spool:
         first, last, reason = self._gap
         return pb.Event(ts_ns=time.time_ns(), gap=pb.Gap(from_seq=first, to_seq=last, reason=reason))
 
-    def _try_write(self, records: list[pb.Event]) -> int:
+    def _try_write(self, records: list[pb.Event | EncodedEvent]) -> int:
         if not records:
             return 0
         next_seq = self.last_seq
@@ -207,7 +212,8 @@ class Spool:
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
             for rec in records:
-                rec.seq = 0
+                if type(rec) is not EncodedEvent:
+                    rec.seq = 0
             return 0
         if self._active is None or self._active_size >= self.segment_bytes:
             self._open_segment(entries[0][0])
@@ -229,7 +235,7 @@ class Spool:
         self.stats.appended += len(records)
         return len(records)
 
-    def _drop(self, records: list[pb.Event]) -> int:
+    def _drop(self, records: list[pb.Event | EncodedEvent]) -> int:
         if not records:
             return 0
         first = self.last_seq + 1

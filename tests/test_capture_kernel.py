@@ -309,3 +309,28 @@ def test_wrong_kernel_offsets_are_refused_at_start(monkeypatch):
     with pytest.raises(LoaderError, match="parent read as"):
         cap.start()
     assert cap.probes.bpf is None                # everything it attached is gone again
+
+
+def test_the_start_up_check_holds_encoded_connects_for_the_sinks():
+    """The agent encodes connects as bytes (agent/encoded.py) from its first poll, and its start-up check polls
+    before any sink exists: another process's connects seen meanwhile are held for the sinks, not mistaken for
+    the check's own records (an agent crashed at start on a busy node before this)."""
+    from agent.encoded import EncodedEvent  # noqa: PLC0415
+    from agent.runtime import Capture  # noqa: PLC0415
+    from tests.conftest import require_bpf  # noqa: PLC0415
+
+    require_bpf()
+    storm = subprocess.Popen([PYTHON, "-c", "import socket, time\nend = time.time() + 60\nwhile time.time() < end:\n"
+                              "    s = socket.socket()\n    try:\n        s.connect(('127.0.0.1', 9))\n"
+                              "    except OSError:\n        pass\n    s.close()\n    time.sleep(0.001)\n"])
+    cap = Capture(hash_executables=False)
+    cap.enricher.encode_connects = True
+    try:
+        cap.start()
+        held = [r for r in cap.held if type(r) is EncodedEvent and r.pid == storm.pid]
+        assert held, "no connect of the storm was seen during the start-up check"
+        assert held[0].event().connect.result == -errno.ECONNREFUSED
+    finally:
+        storm.kill()
+        storm.wait()
+        cap.close()

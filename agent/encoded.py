@@ -1,0 +1,113 @@
+"""Connect events written straight to their wire bytes, without a protobuf object per event.
+
+A connect flood is the one load that reaches the agent by the hundred thousand (the kernel folds repeats, but a
+sweep of distinct ports or hosts is still one record each), and building, filling and serialising a
+``gpuguard.v1.Event`` per connect was most of the agent's CPU per event. Here the part every connect of one
+thread shares - boot id, process (with or without its ancestry), job - is serialised once through protobuf and
+kept on the process; each connect adds only its time and its ``Connect`` body, encoded by hand in the canonical
+field order, so the bytes parse to exactly the event ``Enricher`` would have built (tests/test_encoded.py
+compares them). The spool puts the seq in front (field 1) and stores the bytes as they are.
+
+Only the agent's own pipeline turns this on (``Enricher.encode_connects``): sinks that want objects (a printer,
+tests) get ``pb.Event`` as before, and ``EncodedEvent.event()`` decodes one when something needs to look.
+"""
+
+from __future__ import annotations
+
+from gpuguard.v1 import events_pb2 as pb
+
+MASK64 = (1 << 64) - 1
+CONNECT_FIELD = 11                  # Event.connect
+
+
+_NEGATIVE: dict[int, bytes] = {}     # negative results (-errno): a handful of values, ten bytes each
+_HIGH = [-1, b""]                   # the last value >> 28 and its encoding: kernel times share it for 268 ms
+
+
+def _varint_loop(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint; the per-event values (nanosecond times, -errno) without a loop per byte."""
+    if n < 0:
+        enc = _NEGATIVE.get(n)
+        if enc is None:
+            enc = _varint_loop(n & MASK64)
+            if len(_NEGATIVE) < 4096:
+                _NEGATIVE[n] = enc
+        return enc
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 1 << 28:
+        return _varint_loop(n)
+    high = n >> 28
+    if high != _HIGH[0]:
+        _HIGH[0], _HIGH[1] = high, _varint_loop(high)
+    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                  ((n >> 21) & 0x7F) | 0x80)) + _HIGH[1]
+
+
+def text_field(number: int, value: str) -> bytes:
+    """A proto3 string field; the empty string is the default and is not written."""
+    if not value:
+        return b""
+    raw = value.encode()
+    return bytes(((number << 3) | 2,)) + varint(len(raw)) + raw
+
+
+def int_field(number: int, value: int) -> bytes:
+    """A proto3 varint field (int32, uint32, int64); zero is the default and is not written."""
+    return bytes((number << 3,)) + varint(value) if value else b""
+
+
+class EncodedEvent:
+    """A finished event's bytes (every field but seq) and the columns the agent and the spool need."""
+
+    __slots__ = ("data", "job_id", "pid")
+    body_name = "connect"
+
+    def __init__(self, data: bytes, pid: int, job_id: str) -> None:
+        self.data = data
+        self.pid = pid
+        self.job_id = job_id
+
+    def event(self) -> pb.Event:
+        return pb.Event.FromString(self.data)
+
+
+class EncodedConnect:
+    """A connect waiting for its outcome (agent/enrich.py PendingConnects): everything but the result."""
+
+    __slots__ = ("daddr", "dport", "head", "job_id", "pid", "prefix", "tail", "ts")
+
+    def __init__(self, ts: bytes, prefix: bytes, head: bytes, tail: bytes, pid: int, job_id: str,
+                 daddr: str, dport: int) -> None:
+        self.ts, self.prefix, self.head, self.tail = ts, prefix, head, tail
+        self.pid, self.job_id, self.daddr, self.dport = pid, job_id, daddr, dport
+
+    def done(self, result: int) -> EncodedEvent:
+        body = self.head + int_field(5, result) + self.tail
+        data = self.ts + self.prefix + bytes(((CONNECT_FIELD << 3) | 2,)) + varint(len(body)) + body
+        return EncodedEvent(data, self.pid, self.job_id)
+
+
+def encoded_connect(ts_ns: int, prefix: bytes, family: str, proto: str, daddr: str, dport: int, name: str,
+                    name_scope: str, repeats: int, pid: int, job_id: str) -> EncodedConnect:
+    """A connect's parts in Connect's field order: family (1), proto (2), daddr (3), dport (4) | result (5) |
+    name (6), name_scope (7), repeats (8)."""
+    head = text_field(1, family) + text_field(2, proto) + text_field(3, daddr) + int_field(4, dport)
+    tail = text_field(6, name) + text_field(7, name_scope) + int_field(8, repeats)
+    return EncodedConnect(int_field(2, ts_ns), prefix, head, tail, pid, job_id, daddr, dport)
+
+
+def with_seq(seq: int, data: bytes) -> bytes:
+    """The spooled bytes of an encoded event: its seq (field 1) first, as the canonical serialisation has it."""
+    return b"\x08" + varint(seq) + data if seq else data
