@@ -323,9 +323,11 @@ TRAINING = textwrap.dedent("""\
     # and a GPU monitor (a new binary that opens the control device)
     assert os.system("/bin/sh -c 'echo compiled > /dev/null'") == 0
     import shutil, subprocess, tempfile
-    smi = os.path.join(tempfile.mkdtemp(), "nvidia-smi")
+    tools = tempfile.mkdtemp(dir="/run")       # installed outside /tmp: a GPU program run from a staging directory
+    smi = os.path.join(tools, "nvidia-smi")    # is what staged-binary-on-gpu is for
     shutil.copy("/bin/cat", smi)
     subprocess.run([smi, "/dev/nvidiactl"], stderr=subprocess.DEVNULL)
+    shutil.rmtree(tools)
     print("training ok")
 """)
 
@@ -632,3 +634,15 @@ def test_a_single_refused_destination_retried_is_not_a_sweep(stack):
     assert "connect-fanout-failed" not in {a["rule_id"] for a in got}
     events = cli_json(stack["port"], "timeline", job, "--kind", "connect").get("events", [])
     assert any(e["event"].get("connect", {}).get("dport") == 47100 for e in events)   # the connects were delivered
+
+
+def test_an_exec_with_no_arguments_is_alerted(stack):
+    """execve(path, NULL, NULL): no argv at all, how PwnKit-style exploits start a setuid program (the kernel now
+    supplies an empty argv[0]). The exec record says so whatever the program is; here a harmless /bin/true."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    empty = "import ctypes\nctypes.CDLL(None, use_errno=True).execve(b'/bin/true', None, None)\nraise SystemExit(3)\n"
+    assert run_in_cgroup(cg, [PYTHON, "-c", empty], timeout=30).returncode == 0     # /bin/true ran (not our exit 3)
+    got = alerts(stack, job, {"exec-empty-argv"})
+    hit = next(a for a in got if a["rule_id"] == "exec-empty-argv")
+    assert hit["process"]["exe"] == "/usr/bin/true" or hit["process"]["comm"] == "true"
