@@ -385,7 +385,7 @@ def test_benign_gpu_node_traffic_raises_nothing(stack):
     sentinel = run_in_cgroup(cg, ["/bin/true", "x" * 70_000], timeout=30)
     assert sentinel.returncode == 0
     got = alerts(stack, job, {"argv-uninspectable"}, timeout=30, states=("ALERT_ALERTED",))
-    assert {a["rule_id"] for a in got} == {"argv-uninspectable"}, got   # ...and nothing before it raised anything
+    assert {a["rule_id"] for a in got} == {"argv-uninspectable"}, [(a["rule_id"], a["matched"]) for a in got]   # ...and nothing before it raised anything
     timeline = cli_json(stack["port"], "timeline", job)
     kinds = {next((k for k in ("exec", "connect", "gpu_open", "exit", "enforcement", "gap") if k in e["event"]),
                   "other") for e in timeline["events"]}
@@ -646,3 +646,19 @@ def test_an_exec_with_no_arguments_is_alerted(stack):
     got = alerts(stack, job, {"exec-empty-argv"})
     hit = next(a for a in got if a["rule_id"] == "exec-empty-argv")
     assert hit["process"]["exe"] == "/usr/bin/true" or hit["process"]["comm"] == "true"
+
+
+def test_a_program_started_under_another_programs_name_is_alerted(stack):
+    """argv[0] says "python3", the file executed is a copy of /bin/true in the job's directory: ps, top and every
+    argv rule read the costume. The exec record carries both the file and argv[0]."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    worker = stack["tmp"] / "jobdir" / "cachesvc"
+    worker.parent.mkdir(exist_ok=True)
+    shutil.copy("/bin/true", worker)
+    costume = f"import os\nos.execv({str(worker)!r}, ['python3', 'train.py'])\n"
+    assert run_in_cgroup(cg, [PYTHON, "-c", costume], timeout=30).returncode == 0
+    got = alerts(stack, job, {"argv0-disguise"})
+    hit = next(a for a in got if a["rule_id"] == "argv0-disguise")
+    assert "python3" in hit["matched"]["argv0_names_other_program"] and "cachesvc" in \
+        hit["matched"]["argv0_names_other_program"]

@@ -215,6 +215,34 @@ def _argv_host_in(value, _rule, _res):
     return argv_host
 
 
+def _same_program(a: str, b: str) -> bool:
+    """python3 and python3.11, node and nodejs: one name a version or variant of the other."""
+    return a.startswith(b) or b.startswith(a)
+
+
+@key("argv0_names_other_program", ("exec",), _strings)
+def _argv0_names_other_program(value, _rule, _res):
+    """argv[0] names one of these programs but the file executed is another (``exec -a python3 /tmp/x``,
+    ``os.execv(miner, ["sshd"])``): the name ps, top and every argv rule read is not the program that runs."""
+    wanted = {str(v).lower() for v in value}
+
+    def disguise(v, _c):
+        ev = v.ev
+        if not ev.exec.argv:
+            return None
+        shown = ev.exec.argv[0].rsplit("/", 1)[-1].lstrip("-").lower()
+        if shown not in wanted:
+            return None
+        files = (ev.exec.filename, ev.process.exe)
+        if len(ev.exec.argv) > 1 and ev.exec.argv[1] == ev.exec.filename:
+            files = (ev.process.exe,)                 # a script run through its #!: argv[0] is its interpreter
+        runs = [n.lower() for n in (f.rsplit("/", 1)[-1] for f in files) if n]
+        if not runs or any(_same_program(shown, r) for r in runs):
+            return None
+        return f"argv[0] {shown!r} runs {runs[-1]!r}"
+    return disguise
+
+
 @key("sha256_in", ("exec",), _strings)
 def _sha256_in(value, _rule, _res):
     hashes = {h.lower() for h in value}
