@@ -385,7 +385,8 @@ def test_benign_gpu_node_traffic_raises_nothing(stack):
     sentinel = run_in_cgroup(cg, ["/bin/true", "x" * 70_000], timeout=30)
     assert sentinel.returncode == 0
     got = alerts(stack, job, {"argv-uninspectable"}, timeout=30, states=("ALERT_ALERTED",))
-    assert {a["rule_id"] for a in got} == {"argv-uninspectable"}, [(a["rule_id"], a["matched"]) for a in got]   # ...and nothing before it raised anything
+    raised = [(a["rule_id"], a["matched"]) for a in got]
+    assert {a["rule_id"] for a in got} == {"argv-uninspectable"}, raised   # ...and nothing before it raised anything
     timeline = cli_json(stack["port"], "timeline", job)
     kinds = {next((k for k in ("exec", "connect", "gpu_open", "exit", "enforcement", "gap") if k in e["event"]),
                   "other") for e in timeline["events"]}
