@@ -36,6 +36,7 @@ from agent.flows import (
     FLOW_DNS_QUERY,
     FLOW_TLS_HELLO,
     FLOW_UDP_FIRST,
+    FLOW_UDP_INBOUND,
     IPPROTO_TCP,
     DestinationNames,
     datagram_shape,
@@ -297,7 +298,7 @@ class Enricher:
             out = self._event(hdr, p, job, with_ancestry=False)
             i = out.inbound
             i.family, i.peer, i.peer_port, i.local_port = family_name(ev.family), ev.raddr, ev.rport, ev.lport
-            i.repeats = ev.repeats
+            i.repeats, i.proto = ev.repeats, "tcp"
             return out
         if isinstance(ev, ListenEvent):
             out = self._event(hdr, p, job)
@@ -358,6 +359,12 @@ class Enricher:
             t.sni, t.version, t.ja4 = clean(hello.sni.encode()), hello.version, hello.ja4
             t.alpn.extend(clean(a.encode()) for a in hello.alpn)
             t.daddr, t.dport, t.transport = ev.raddr, ev.rport, "tcp"
+            return out
+        if ev.what == FLOW_UDP_INBOUND:            # someone off the node reached a job's UDP socket first
+            out = self._event(hdr, p, job, with_ancestry=False)
+            i = out.inbound
+            i.family = "inet6" if ":" in ev.raddr else "inet"      # the decoder writes v4 peers dotted
+            i.peer, i.peer_port, i.local_port, i.proto = ev.raddr, ev.rport, ev.lport, "udp"
             return out
         if ev.what == FLOW_UDP_FIRST:
             shape = datagram_shape(ev.data, ev.length)

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-FLOW_TLS_HELLO, FLOW_DNS_QUERY, FLOW_DNS_ANSWER, FLOW_UDP_FIRST = 1, 2, 3, 4   # mirror of probes/gpuguard.h
+FLOW_TLS_HELLO, FLOW_DNS_QUERY, FLOW_DNS_ANSWER, FLOW_UDP_FIRST, FLOW_UDP_INBOUND = 1, 2, 3, 4, 5   # probes/gpuguard.h
 IPPROTO_TCP = 6
 
 # ---- DNS -----------------------------------------------------------------------------------------------

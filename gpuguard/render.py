@@ -105,7 +105,7 @@ def describe_event(ev: pb.Event) -> str:
     if kind == "inbound":
         i = ev.inbound
         again = f" (+{i.repeats} more within 1 s)" if i.repeats else ""
-        return f"inbound  tcp from {hostport(i.peer, i.peer_port)} to port {i.local_port}{again}"
+        return f"inbound  {i.proto or 'tcp'} from {hostport(i.peer, i.peer_port)} to port {i.local_port}{again}"
     if kind == "listen":
         return f"listen   tcp {hostport(ev.listen.addr, ev.listen.port)}"
     if kind == "gpu_open":

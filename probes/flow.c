@@ -8,7 +8,10 @@
  * - egress, UDP: the first FLOW_UDP_FIRST_MAX datagrams of each socket (WireGuard/OpenVPN handshakes,
  *   stratum over UDP, QUIC Initials), counted per socket cookie in an LRU map;
  * - ingress, TCP or UDP from port 53: a DNS answer. It is queued to the socket only after this program
- *   ran, so the agent learns address -> name (per job) before the resolving process can connect.
+ *   ran, so the agent learns address -> name (per job) before the resolving process can connect;
+ * - ingress, UDP from off the node: the first datagram from each peer that the receiving socket never sent
+ *   to (who reaches a job over UDP: a WireGuard or tunnel endpoint, a UDP shell). Replies to a socket's own
+ *   sends (DNS, QUIC, NTP clients) are not reported: egress marks each (socket, peer) it sends to.
  * Everything else costs a header parse. cgroup/sock_create sees raw IP and ICMP sockets of every job
  * (inet_create; AF_PACKET sockets never pass this hook) and refuses them (EPERM) in the scopes a policy
  * lists in deny_socket_scopes. */
@@ -25,6 +28,14 @@
 
 BPF_PERCPU_ARRAY(flow_scratch, struct flow_event, 1);
 BPF_TABLE("lru_hash", u64, u32, udp_flows, 65536);       /* socket cookie -> datagrams reported */
+struct udp_peer {
+    u64 cookie;                    /* the job's socket */
+    u8 addr[16];                   /* the peer (v4 as v4-mapped) */
+    u32 port;
+};
+#define UDP_PEER_SENT 1            /* the socket sent to this peer: what comes back is a reply */
+#define UDP_PEER_REPORTED 2        /* the peer reached the socket first and was reported */
+BPF_TABLE("lru_hash", struct udp_peer, u32, udp_peers, 65536);
 
 struct socket_deny {
     u32 rule;
@@ -376,14 +387,33 @@ static __always_inline int sni_verdict(struct __sk_buff *skb, struct flow_event 
     return 0;
 }
 
+static __always_inline void udp_peer_of(struct __sk_buff *skb, struct flow_event *e, struct udp_peer *k)
+{
+    k->cookie = bpf_get_socket_cookie(skb);
+    __builtin_memcpy(k->addr, e->raddr, 16);
+    k->port = e->rport;
+}
+
 int flow_ingress(struct __sk_buff *skb)
 {
     u32 zero = 0, off = 0;
     struct flow_event *e = flow_scratch.lookup(&zero);
-    if (!e || !l4_of(skb, e, 0, 53, &off))      /* only DNS answers matter here */
+    if (!e || !l4_of(skb, e, 0, 0, &off))
         return 1;
-    emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);        /* copies the payload into e->data, then the ring */
-    learn_allowed(skb, e);
+    if (e->rport == 53) {                              /* a DNS answer */
+        emit_flow(skb, e, off, FLOW_DNS_ANSWER, 0);    /* copies the payload into e->data, then the ring */
+        learn_allowed(skb, e);
+        return 1;
+    }
+    if (e->proto != IPPROTO_UDP_ || on_node(e->raddr))
+        return 1;
+    struct udp_peer k = {};
+    udp_peer_of(skb, e, &k);
+    if (udp_peers.lookup(&k))                          /* a reply to this socket's own send, or already reported */
+        return 1;
+    u32 reported = UDP_PEER_REPORTED;
+    udp_peers.update(&k, &reported);
+    emit_flow(skb, e, off, FLOW_UDP_INBOUND, 0);
     return 1;
 }
 
@@ -404,6 +434,15 @@ int flow_egress(struct __sk_buff *skb)
             return 1;
         what = FLOW_TLS_HELLO;
     } else {
+        if (!on_node(e->raddr)) {                      /* what this peer sends back is a reply, not an approach */
+            struct udp_peer k = {};
+            udp_peer_of(skb, e, &k);
+            u32 *mark = udp_peers.lookup(&k);
+            if (!mark || !(*mark & UDP_PEER_SENT)) {
+                u32 sent = UDP_PEER_SENT | (mark ? *mark : 0);
+                udp_peers.update(&k, &sent);
+            }
+        }
         u64 cookie = bpf_get_socket_cookie(skb);
         u32 *seen = udp_flows.lookup(&cookie);
         if (seen && *seen >= FLOW_UDP_FIRST_MAX)

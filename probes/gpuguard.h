@@ -165,6 +165,7 @@ struct enforce_event {
 #define FLOW_DNS_QUERY 2
 #define FLOW_DNS_ANSWER 3
 #define FLOW_UDP_FIRST 4
+#define FLOW_UDP_INBOUND 5           /* a datagram from off the node to a socket that never sent to that peer */
 
 struct flow_event {
     struct event_header hdr;

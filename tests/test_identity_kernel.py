@@ -460,3 +460,58 @@ def test_who_reaches_a_jobs_listener_from_another_host(capture, test_cgroup):
     finally:
         listener.kill()
         listener.wait(5)
+
+
+UDP_JOB = """
+import socket, sys
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client.settimeout(10)
+client.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+assert client.recvfrom(64)[0] == b"pong"                  # the peer's reply to the job's own send
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind(("0.0.0.0", 0))
+print(client.getsockname()[1], srv.getsockname()[1], flush=True)
+for _ in range(3):
+    srv.recvfrom(2048)
+"""
+UDP_ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+print(s.getsockname()[1], flush=True)
+_data, peer = s.recvfrom(64)
+s.sendto(b"pong", peer)
+"""
+UDP_SEND = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(2):\n    s.sendto(b'hello', (sys.argv[1], int(sys.argv[2])))\n")
+
+
+def test_who_reaches_a_jobs_udp_socket_from_another_host(capture, test_cgroup):
+    """UDP has no handshake: the first datagram from a peer off the node to a job's socket that never sent to that
+    peer is who reached the job (a WireGuard endpoint, a UDP shell), recorded once per socket and peer with the
+    socket's job. A reply to the job's own send is not an approach; loopback peers are not recorded."""
+    job, cg = new_job(test_cgroup)
+    with netns_peer() as ns:
+        echo = subprocess.Popen(["ip", "netns", "exec", ns.name, PYTHON, "-c", UDP_ECHO], stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            echo_port = echo.stdout.readline().strip()
+            sock = popen_in_cgroup(cg, [PYTHON, "-c", UDP_JOB, ns.ns_ip, echo_port], stdout=subprocess.PIPE,
+                                   text=True)
+            client_port, port = (int(x) for x in sock.stdout.readline().split())
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as local:
+                local.sendto(b"hello", ("127.0.0.1", port))                   # loopback: not recorded
+            assert ns.run(PYTHON, "-c", UDP_SEND, ns.host_ip, str(port), timeout=20).returncode == 0
+            assert sock.wait(20) == 0
+
+            def udp_inbound(r):
+                return r["kind"] == "inbound" and r["job"]["id"] == job and r["inbound"]["proto"] == "udp"
+            hits = wait_for(capture, lambda r: udp_inbound(r) and r["inbound"]["local_port"] == port)
+            assert [(h["inbound"]["peer"], h["inbound"]["family"]) for h in hits] == [(ns.ns_ip, "inet")]  # once
+            assert hits[0]["proc"]["pid"] == 0 and hits[0]["proc"]["cgroup_id"] == cg.stat().st_ino
+            assert hits[0]["inbound"]["peer_port"] > 0
+            replies = [r for r in capture.seen if udp_inbound(r) and r["inbound"]["local_port"] == client_port]
+            assert not replies                                # the echo's answer came first: it would be here
+        finally:
+            echo.kill()
+            echo.wait(5)

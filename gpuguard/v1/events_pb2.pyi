@@ -279,18 +279,20 @@ class Socket(_message.Message):
     def __init__(self, family: _Optional[str] = ..., type: _Optional[str] = ..., protocol: _Optional[int] = ..., what: _Optional[str] = ..., result: _Optional[int] = ...) -> None: ...
 
 class Inbound(_message.Message):
-    __slots__ = ("family", "peer", "peer_port", "local_port", "repeats")
+    __slots__ = ("family", "peer", "peer_port", "local_port", "repeats", "proto")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PEER_PORT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_PORT_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
     family: str
     peer: str
     peer_port: int
     local_port: int
     repeats: int
-    def __init__(self, family: _Optional[str] = ..., peer: _Optional[str] = ..., peer_port: _Optional[int] = ..., local_port: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
+    proto: str
+    def __init__(self, family: _Optional[str] = ..., peer: _Optional[str] = ..., peer_port: _Optional[int] = ..., local_port: _Optional[int] = ..., repeats: _Optional[int] = ..., proto: _Optional[str] = ...) -> None: ...
 
 class Listen(_message.Message):
     __slots__ = ("family", "addr", "port")

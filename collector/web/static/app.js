@@ -57,7 +57,7 @@ function describe(ev) {
   if (k === "exec") return `${ev.exec.filename} ${(ev.exec.argv || []).slice(1).join(" ")}`;   // whole: it wraps
   if (k === "connect") return `${ev.connect.proto} ${ev.connect.daddr}:${ev.connect.dport} (${ev.connect.result || 0})`;
   if (k === "listen") return `listening on tcp ${ev.listen.addr}:${ev.listen.port || 0}`;
-  if (k === "inbound") return `tcp from ${ev.inbound.peer}:${ev.inbound.peer_port || 0} to port ${ev.inbound.local_port || 0}`;
+  if (k === "inbound") return `${ev.inbound.proto || "tcp"} from ${ev.inbound.peer}:${ev.inbound.peer_port || 0} to port ${ev.inbound.local_port || 0}`;
   if (k === "tls") return `TLS to ${ev.tls.daddr}:${ev.tls.dport} sni=${ev.tls.sni || "(none)"}`;
   if (k === "dns") return `DNS ${ev.dns.qtype || "?"} ${ev.dns.name || ""}`;
   if (k === "datagram") return `UDP ${ev.datagram.shape || "?"} to ${ev.datagram.daddr}:${ev.datagram.dport}`;
