@@ -482,7 +482,7 @@ print(s.getsockname()[1], flush=True)
 _data, peer = s.recvfrom(64)
 s.sendto(b"pong", peer)
 """
-UDP_SEND = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+UDP_TO_JOB = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "for _ in range(2):\n    s.sendto(b'hello', (sys.argv[1], int(sys.argv[2])))\n")
 
 
@@ -501,7 +501,7 @@ def test_who_reaches_a_jobs_udp_socket_from_another_host(capture, test_cgroup):
             client_port, port = (int(x) for x in sock.stdout.readline().split())
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as local:
                 local.sendto(b"hello", ("127.0.0.1", port))                   # loopback: not recorded
-            assert ns.run(PYTHON, "-c", UDP_SEND, ns.host_ip, str(port), timeout=20).returncode == 0
+            assert ns.run(PYTHON, "-c", UDP_TO_JOB, ns.host_ip, str(port), timeout=20).returncode == 0
             assert sock.wait(20) == 0
 
             def udp_inbound(r):
