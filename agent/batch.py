@@ -29,6 +29,7 @@ from agent.record_layout import LAYOUTS
 from gpuguard.v1 import events_pb2 as pb
 
 PRIORITY_KINDS = frozenset((pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT, pb.KIND_CGROUP, pb.KIND_ENFORCE))
+CONNECT_KINDS = frozenset((pb.KIND_CONNECT, pb.KIND_CONNECT_RESULT))
 
 
 def dtype_of(kind: int) -> np.dtype:
@@ -70,19 +71,25 @@ class ArenaBatch:
             seen[k] += 1
         return out
 
-    def events(self, stats: DecodeStats) -> list[KernelEvent]:
+    def events(self, stats: DecodeStats, skip: frozenset[int] = frozenset()) -> list[KernelEvent]:
+        """The records as events, in order; the kinds in ``skip`` are left out (handled as columns elsewhere:
+        agent/connect_batch.py)."""
         stats.malformed += self.malformed
         if not len(self):
             return []
         decoded: dict[int, list[KernelEvent]] = {}
         comms: dict[bytes, str] = {}
         for kind, arr in self.arrays.items():
-            if arr.size:
+            if arr.size and kind not in skip:
                 decoded[kind] = _BUILDERS.get(kind, _per_record)(arr, comms)
         kinds = self.order.astype(np.int64)
+        if skip:
+            kinds = kinds[~np.isin(kinds, list(skip))]
         ts = np.empty(kinds.size, dtype=np.uint64)
         index = np.empty(kinds.size, dtype=np.int64)
         for kind, arr in self.arrays.items():
+            if kind in skip:
+                continue
             where = np.flatnonzero(kinds == kind)
             ts[where] = arr["hdr_ts_ns"]
             index[where] = np.arange(where.size)

@@ -18,6 +18,7 @@ from gpuguard.v1 import events_pb2 as pb
 
 MASK64 = (1 << 64) - 1
 CONNECT_FIELD = 11                  # Event.connect
+CONNECT_TAG = bytes(((CONNECT_FIELD << 3) | 2,))
 
 
 _NEGATIVE: dict[int, bytes] = {}     # negative results (-errno): a handful of values, ten bytes each
@@ -46,8 +47,10 @@ def varint(n: int) -> bytes:
         return bytes((n,))
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 1 << 21:                 # ports, lengths and seqs: three bytes at most
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     if n < 1 << 28:
-        return _varint_loop(n)
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
     high = n >> 28
     if high != _HIGH[0]:
         _HIGH[0], _HIGH[1] = high, _varint_loop(high)
@@ -95,7 +98,7 @@ class EncodedConnect:
 
     def done(self, result: int) -> EncodedEvent:
         body = self.head + int_field(5, result) + self.tail
-        data = self.ts + self.prefix + bytes(((CONNECT_FIELD << 3) | 2,)) + varint(len(body)) + body
+        data = self.ts + self.prefix + CONNECT_TAG + varint(len(body)) + body
         return EncodedEvent(data, self.pid, self.job_id)
 
 

@@ -13,7 +13,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.batch import CONNECT_KINDS
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
+from agent.connect_batch import BulkConnects, bulk_ready
 from agent.encoded import EncodedEvent
 from agent.enrich import Enricher
 from agent.events import DecodeStats
@@ -88,18 +90,13 @@ class Capture:
         log.info("kernel struct offsets proven on a check process (argv, environment, parent, exit code)")
 
     def process(self, drained: Drained) -> list[Record]:
-        records = []
-        for ev in drained.events(self.stats.decode):
-            try:
-                rec = self.enricher.enrich(ev)
-            except Exception as exc:   # an observed process must never stop the capture loop
-                self.stats.enrich_failed += 1
-                if self.stats.enrich_failed & (self.stats.enrich_failed - 1) == 0:   # 1st, 2nd, 4th, 8th...
-                    log.exception("could not enrich a %s event of pid %d (%d so far): %s", type(ev).__name__,
-                                  ev.hdr.pid, self.stats.enrich_failed, exc)
-                continue
-            if rec is not None and pid_of(rec) not in self.ignore_pids:
-                records.append(rec)
+        records: list[Record] = []
+        for events, bulk in self._parts(drained):
+            if bulk is not None:
+                bulk.note_leaving()            # before the drain's execs look for an ancestor that connected out
+            self._enrich(events, records)
+            if bulk is not None:
+                self._enrich_bulk(bulk, records)
         records.extend(r for r in self.enricher.connects.expired() if pid_of(r) not in self.ignore_pids)
         now = time.monotonic()
         if self.losses is not None and now >= self._losses_due:      # what the kernel could not report, per job
@@ -126,6 +123,42 @@ class Capture:
             for sink in self.sinks:
                 sink(records)
         return records
+
+    def _parts(self, drained: Drained):
+        """(events in order, connects as columns or None) per part of a drain: a batch whose connects can be
+        enriched as columns (agent/connect_batch.py) gives them apart, after its other records."""
+        if drained.raw is not None or not self.enricher.encode_connects:
+            yield drained.events(self.stats.decode), None
+            return
+        for batch in drained.batches:
+            if bulk_ready(batch, self.enricher):
+                yield batch.events(self.stats.decode, skip=CONNECT_KINDS), BulkConnects(batch, self.enricher,
+                                                                                       self.ignore_pids)
+            else:
+                yield batch.events(self.stats.decode), None
+
+    def _enrich(self, events: list, records: list[Record]) -> None:
+        for ev in events:
+            try:
+                rec = self.enricher.enrich(ev)
+            except Exception as exc:   # an observed process must never stop the capture loop
+                self.stats.enrich_failed += 1
+                if self.stats.enrich_failed & (self.stats.enrich_failed - 1) == 0:   # 1st, 2nd, 4th, 8th...
+                    log.exception("could not enrich a %s event of pid %d (%d so far): %s", type(ev).__name__,
+                                  ev.hdr.pid, self.stats.enrich_failed, exc)
+                continue
+            if rec is not None and pid_of(rec) not in self.ignore_pids:
+                records.append(rec)
+
+    def _enrich_bulk(self, bulk: BulkConnects, records: list[Record]) -> None:
+        """Connects as columns; should that fail on some record nobody foresaw, the same records one at a time."""
+        try:
+            records.extend(bulk.events())
+            self.stats.decode.decoded += len(bulk)
+        except Exception:
+            log.exception("connects as columns failed; enriching them one at a time")
+            self._enrich(bulk.batch.events(self.stats.decode, skip=frozenset(bulk.batch.arrays) - CONNECT_KINDS),
+                         records)
 
     def poll_once(self, timeout_ms: int = 50) -> list[Record]:
         return self.process(self.probes.poll(timeout_ms))

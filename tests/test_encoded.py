@@ -8,13 +8,16 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.batch import DTYPES, ArenaBatch
+from agent.connect_batch import BulkConnects, bulk_ready
 from agent.encoded import EncodedEvent, varint
 from agent.enrich import Enricher
-from agent.events import ConnectEvent, ConnectResultEvent, ExitEvent, Header
+from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExitEvent, Header
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
@@ -61,7 +64,7 @@ def job_root(tmp_path):
 
 
 def test_varint_matches_protobuf():
-    for n in (1, 127, 128, 300, 2**31 - 1, 2**63, 2**64 - 1):
+    for n in (1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**31 - 1, 2**63, 2**64 - 1):
         assert pb.Event(seq=n).SerializeToString() == b"\x08" + varint(n)
     for n in (-1, -errno.ECONNREFUSED, -(2**31)):                # negative int32: ten bytes
         assert pb.Connect(result=n).SerializeToString() == b"\x28" + varint(n)
@@ -110,3 +113,88 @@ def test_encoded_connects_pass_the_agent_side_filters(job_root):
     assert type(rec) is EncodedEvent and pid_of(rec) == PID and rec.body_name == "connect"
     assert rec.event().connect.result == -errno.ECONNREFUSED
     e.enrich(ExitEvent(Header(3, cg, PID, PID, 0, 0, 0, "python3"), 0, 0))
+
+
+# ---- a drain's connects as columns (agent/connect_batch.py) against the ordered loop -----------------------------
+def _v4(addr: str) -> bytes:
+    return bytes(10) + b"\xff\xff" + bytes(int(x) for x in addr.split("."))
+
+
+def arena(rows: list[tuple]) -> ArenaBatch:
+    """An ArenaBatch as the C callback leaves it: per-kind arrays, and the kinds in arrival order."""
+    by_kind: dict[int, list] = {}
+    order = []
+    for kind, fields in rows:
+        rec = np.zeros(1, dtype=DTYPES[kind])
+        rec["hdr_kind"] = kind
+        for name, value in fields.items():
+            rec[name] = value
+        by_kind.setdefault(kind, []).append(rec)
+        order.append(kind)
+    arrays = {k: np.concatenate(v) for k, v in by_kind.items()}
+    return ArenaBatch(arrays, np.array(order, dtype=np.uint8))
+
+
+def c_row(ts, cg, daddr, dport, sk, *, tid=PID, comm=b"python3", sock_type=1, repeats=0, pid=PID):
+    return pb.KIND_CONNECT, {"hdr_ts_ns": ts, "hdr_cgroup_id": cg, "hdr_tid": tid, "hdr_tgid": pid, "hdr_uid": 1000,
+                             "hdr_gid": 1000, "hdr_comm": comm, "family": 2, "dport": dport, "sock_type": sock_type,
+                             "daddr": np.void(_v4(daddr)), "sk": sk, "repeats": repeats}
+
+
+def r_row(ts, cg, sk, result):
+    return pb.KIND_CONNECT_RESULT, {"hdr_ts_ns": ts, "hdr_cgroup_id": cg, "hdr_result": result, "sk": sk}
+
+
+def through(e: Enricher, batches: list[ArenaBatch], bulk: bool) -> list[bytes]:
+    out = []
+    for b in batches:
+        if bulk:
+            assert bulk_ready(b, e)
+            columns = BulkConnects(b, e, set())
+            columns.note_leaving()
+            out.extend(columns.events())
+        else:
+            out.extend(r for ev in b.events(DecodeStats()) if (r := e.enrich(ev)) is not None)
+    e.connects.wait_s = 0
+    out.extend(e.connects.expired())
+    return sorted(r.data for r in out)
+
+
+def test_connects_as_columns_are_the_ordered_loops_events(job_root):
+    """A storm with what a loop does to socket addresses (one freed and reused at once, its second outcome after),
+    threads of one process, UDP, an off-node peer, connects whose outcomes come in the next drain, and connects
+    that never get one: the same events, byte for byte, and the same state left behind."""
+    cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
+    first, second = [], []
+    for i in range(80):
+        sk = 0xAA00 + i % 7                                  # seven socket addresses reused over and over
+        first.append(c_row(1000 + 10 * i, cg, "127.0.0.1", 20000 + i, sk, repeats=i % 2))
+        first.append(r_row(1001 + 10 * i, cg, sk, -errno.ECONNREFUSED if i % 3 else 0))   # told apart
+    first += [c_row(2000, cg, "203.0.113.9", 443, 0xBB01, tid=PID + 1, comm=b"worker"),   # waits for the next drain
+              c_row(2001, cg, "10.0.0.9", 53, 0xBB02, sock_type=2),                      # UDP: no outcome
+              c_row(2002, cg, "198.51.100.7", 22, 0xBB03)]                               # never answered
+    second += [r_row(3000, cg, 0xBB01, 0)] + [c_row(3001 + i, cg, "127.0.0.1", 21000 + i, 0xCC00 + i)
+                                               for i in range(70)]
+    second += [r_row(3100 + i, cg, 0xCC00 + i, -errno.ECONNREFUSED) for i in range(70)]
+    loop, columns = enricher(job_root, True), enricher(job_root, True)
+    expected = through(loop, [arena(first), arena(second)], bulk=False)
+    got = through(columns, [arena(first), arena(second)], bulk=True)
+    assert len(expected) == 80 + 3 + 70 and got == expected
+    assert columns.connected_out == loop.connected_out and PID + 0 in columns.connected_out
+    ancestry = [pb.Event.FromString(d).process.ancestors for d in got]
+    assert sum(1 for a in ancestry if a) <= 1               # a process image's ancestry rides on one event
+
+
+def test_only_drains_that_cannot_change_the_connects_go_as_columns(job_root):
+    e = enricher(job_root, True)
+    cg = os.stat(job_root / "slurm").st_ino
+    storm = [c_row(10 + i, cg, "127.0.0.1", 1000 + i, 0xD000 + i) for i in range(70)]
+    assert bulk_ready(arena(storm), e)
+    assert not bulk_ready(arena(storm[:10]), e)                                    # too few to bother
+    exec_row = (pb.KIND_EXEC, {"hdr_ts_ns": 5, "hdr_tgid": PID, "hdr_tid": PID})
+    assert not bulk_ready(arena([exec_row, *storm]), e)                           # its image changes in the drain
+    other = (pb.KIND_EXEC, {"hdr_ts_ns": 5, "hdr_tgid": PID + 99, "hdr_tid": PID + 99})
+    assert bulk_ready(arena([other, *storm]), e)                                   # another process's exec
+    assert not bulk_ready(arena([(pb.KIND_FLOW, {"hdr_ts_ns": 5}), *storm]), e)   # a DNS answer may name them
+    e.connects.denied(PID, "127.0.0.1", 1000)
+    assert not bulk_ready(arena(storm), e)                                         # a denial waits for its connect
