@@ -10,8 +10,10 @@ never reused (they survive restarts: the last one is recovered from disk).
 
 fsync policy: ``append`` writes and fsyncs once per batch (the capture loop
 appends one batch per ring-buffer poll, so at most one fsync per poll); the
-ack file is replaced atomically (write, fsync, rename). A torn or corrupt
-tail found at start-up is truncated and logged.
+ack file is replaced atomically (write, fsync, rename) at most every 0.5 s,
+before a segment is deleted and at close (a crash resends at most that much,
+which the collector drops as duplicates). A torn or corrupt tail found at
+start-up is truncated and logged.
 
 Bounded: when the spool would exceed ``max_bytes`` (or the disk is full) new
 records are dropped but still consume sequence numbers; once space is back a
@@ -43,6 +45,7 @@ FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
 BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
 CONNECT_KIND = BODY_FIELD["connect"]
+ACK_PERSIST_S = 0.5                # the acked pointer reaches the disk at most this often (see Spool.ack)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Spool:
         self.stats = SpoolStats()
         self._lock = threading.Lock()
         self.acked = self._read_acked()
+        self._ack_on_disk, self._ack_written = self.acked, float("-inf")
         self.last_seq = self.acked
         self._gap: tuple[int, int, str] | None = None
         self._segments: list[tuple[int, Path]] = []   # (first_seq, path), ascending
@@ -316,18 +320,29 @@ class Spool:
             self.last_seq = max(self.last_seq, seq)
 
     def ack(self, seq: int) -> None:
+        """Records up to seq are stored by the collector. The pointer is written to disk at most every
+        ACK_PERSIST_S, before a segment is deleted, and at close: after a crash the spool may resend up to that
+        much, which the collector answers as duplicates (it dedups by seq)."""
         with self._lock:
             seq = min(seq, self.last_seq)     # never past what this spool made
             if seq <= self.acked:
                 return
             self.acked = seq
-            tmp = self.dir / "acked.tmp"
-            with open(tmp, "w") as f:
-                f.write(str(seq))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / "acked")
-            self._drop_acked_segments()
+            droppable = len(self._segments) > 1 and self._segments[1][0] - 1 <= seq
+            if droppable or time.monotonic() - self._ack_written >= ACK_PERSIST_S:
+                self._write_acked()
+            if droppable:
+                self._drop_acked_segments()
+
+    def _write_acked(self) -> None:
+        tmp = self.dir / "acked.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(self.acked))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / "acked")
+        self._ack_written = time.monotonic()
+        self._ack_on_disk = self.acked
 
     def _drop_acked_segments(self) -> None:
         """Delete whole segments whose every record is acknowledged (never the active one)."""
@@ -350,6 +365,8 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
+            if self.acked != self._ack_on_disk:
+                self._write_acked()
             if self._active:
                 self._active.close()
                 self._active = None
