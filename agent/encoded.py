@@ -14,48 +14,11 @@ tests) get ``pb.Event`` as before, and ``EncodedEvent.event()`` decodes one when
 
 from __future__ import annotations
 
+from gpuguard.rawbatch import varint
 from gpuguard.v1 import events_pb2 as pb
 
-MASK64 = (1 << 64) - 1
 CONNECT_FIELD = 11                  # Event.connect
 CONNECT_TAG = bytes(((CONNECT_FIELD << 3) | 2,))
-
-
-_NEGATIVE: dict[int, bytes] = {}     # negative results (-errno): a handful of values, ten bytes each
-_HIGH = [-1, b""]                   # the last value >> 28 and its encoding: kernel times share it for 268 ms
-
-
-def _varint_loop(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def varint(n: int) -> bytes:
-    """A protobuf varint; the per-event values (nanosecond times, -errno) without a loop per byte."""
-    if n < 0:
-        enc = _NEGATIVE.get(n)
-        if enc is None:
-            enc = _varint_loop(n & MASK64)
-            if len(_NEGATIVE) < 4096:
-                _NEGATIVE[n] = enc
-        return enc
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
-    if n < 1 << 21:                 # ports, lengths and seqs: three bytes at most
-        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
-    if n < 1 << 28:
-        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
-    high = n >> 28
-    if high != _HIGH[0]:
-        _HIGH[0], _HIGH[1] = high, _varint_loop(high)
-    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
-                  ((n >> 21) & 0x7F) | 0x80)) + _HIGH[1]
 
 
 def text_field(number: int, value: str) -> bytes:

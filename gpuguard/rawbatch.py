@@ -37,17 +37,45 @@ class RawBatchProblem(ValueError):
         self.message = message
 
 
-def varint(n: int) -> bytes:
-    if n < 0x80:                           # the common lengths first: an event is rarely 16 KiB or more
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
+MASK64 = (1 << 64) - 1
+_NEGATIVE: dict[int, bytes] = {}     # negative results (-errno): a handful of values, ten bytes each
+_HIGH = [(-1, b"")]                 # (the last value >> 28, its encoding): kernel times share it for 268 ms;
+                                    # one tuple, replaced whole, so threads never see half of one
+
+
+def _varint_loop(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint (negative values as ten-byte two's complement); the per-event values (lengths, seqs,
+    ports, nanosecond times, -errno) without a loop per byte."""
+    if n < 0:
+        enc = _NEGATIVE.get(n)
+        if enc is None:
+            enc = _varint_loop(n & MASK64)
+            if len(_NEGATIVE) < 4096:
+                _NEGATIVE[n] = enc
+        return enc
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 1 << 21:                 # ports, lengths and seqs: three bytes at most
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    if n < 1 << 28:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
+    high = n >> 28
+    cached = _HIGH[0]
+    if cached[0] != high:
+        cached = _HIGH[0] = (high, _varint_loop(high))
+    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                  ((n >> 21) & 0x7F) | 0x80)) + cached[1]
 
 
 def frame(body: bytes) -> bytes:
