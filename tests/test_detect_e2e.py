@@ -663,3 +663,18 @@ def test_a_program_started_under_another_programs_name_is_alerted(stack):
     hit = next(a for a in got if a["rule_id"] == "argv0-disguise")
     assert "python3" in hit["matched"]["argv0_names_other_program"] and "cachesvc" in \
         hit["matched"]["argv0_names_other_program"]
+
+
+def test_a_process_that_renames_itself_a_kernel_thread_after_exec_is_alerted(stack):
+    """prctl(PR_SET_NAME, "kworker/0:3") after exec: the exec record says python3, so the exec-time masquerade
+    rule cannot see it; the connect record carries the kernel's comm at connect time. A closed loopback port:
+    nothing leaves this host."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    port = next(p for p in range(47200, 47300) if _free(p))
+    renamed = ("import ctypes, socket\nctypes.CDLL(None).prctl(15, b'kworker/0:3', 0, 0, 0)\n"
+               f"s = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port}))\nexcept OSError:\n    pass\n")
+    assert run_in_cgroup(cg, [PYTHON, "-c", renamed], timeout=30).returncode == 0
+    got = alerts(stack, job, {"kernel-thread-name-at-runtime"})
+    hit = next(a for a in got if a["rule_id"] == "kernel-thread-name-at-runtime")
+    assert hit["matched"]["comm_regex"] == "kworker/0:3"

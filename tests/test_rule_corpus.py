@@ -52,12 +52,17 @@ def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> 
     ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp"),
                                      name=spec.get("name", ""), name_scope=spec.get("name_scope", ""),
                                      result=spec.get("result", 0)))
-    return with_job(ev, pid, spec.get("exe", exe))
+    ev = with_job(ev, pid, spec.get("exe", exe))
+    if "comm" in spec:                    # the name the process has now (changed after exec)
+        ev.process.comm = spec["comm"]
+    return ev
 
 
 def flow_event(kind: str, spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
-    fields = {k: v for k, v in spec.items() if k not in ("exe", "job_kind")}
+    fields = {k: v for k, v in spec.items() if k not in ("exe", "job_kind", "comm")}
     ev = with_job(json_format.ParseDict({kind: fields}, pb.Event()), pid, spec.get("exe", exe))
+    if "comm" in spec:
+        ev.process.comm = spec["comm"]
     if "job_kind" in spec:                # outside every job: a systemd unit, the host
         ev.job.kind, ev.job.id = spec["job_kind"], "run-u7.service" if spec["job_kind"] == "systemd" else "host"
     if kind == "inbound":            # seen before any accept(): no process, only the listener's job

@@ -56,6 +56,14 @@ def _regex(v):
     return v
 
 
+def _regex_any(v):
+    """A regex, or a list of them (a $list): any one matching."""
+    parts = [_regex(x) for x in v] if isinstance(v, list) else [_regex(v)]
+    if not parts:
+        raise KeyValueError("an empty list of regexes")
+    return "|".join(f"(?:{x})" for x in parts)
+
+
 def _letters(v):
     if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v):
         raise KeyValueError("must be option letters, e.g. RDw")
@@ -185,6 +193,14 @@ def compile_matcher(name: str, value, rule, resolver: DomainResolver | None = No
 def _exe_name_in(value, _rule, _res):
     wanted = {str(v).lower() for v in value}
     return lambda v, _c: next((n for n in v.names if n.lower() in wanted), None)
+
+
+@key("comm_regex", PROCESS_EVENTS, _regex_any)
+def _comm_regex(value, _rule, _res):
+    """The name the process has when the event happens (the kernel's comm at that moment): a name changed after
+    exec (prctl PR_SET_NAME, /proc/self/comm) shows here, not in the exec record."""
+    rx = compile_regex(value)
+    return lambda v, _c: v.ev.process.comm if v.ev.process.comm and search(rx, v.ev.process.comm) else None
 
 
 @key("exe_prefix_in", PROCESS_EVENTS, _strings)
