@@ -78,6 +78,13 @@ def connect_auth(urls: list[str], creds: str, tls_ca: str) -> dict:
 
 
 NO_PEERS_FOR_PLACEMENT = 10005     # JetStream's err_code: fewer peers than replicas known to the meta leader yet
+DUPLICATE_IN_PROCESS = 10158       # JetStream's err_code: a message with this id is being stored right now
+
+
+def duplicate_in_process(exc) -> bool:
+    """A publish retried while the same message id is still being stored (its first attempt timed out on our side
+    during an election): retried, it answers as a duplicate once the first is in - never a lost batch."""
+    return getattr(exc, "err_code", None) == DUPLICATE_IN_PROCESS
 
 
 def placement_pending(exc) -> bool:
@@ -129,16 +136,16 @@ class NatsLog:
         LogUnavailable."""
         from nats.errors import NoRespondersError  # noqa: PLC0415
         from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
-        from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
+        from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError  # noqa: PLC0415
 
         deadline = self._loop.time() + (within_s or self.timeout_s)
         delay = 0.1
         while True:
             try:
                 return await make()
-            except (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, NatsTimeout, TimeoutError,
-                    BadRequestError) as exc:
-                if isinstance(exc, BadRequestError) and not placement_pending(exc):
+            except (NoRespondersError, NoStreamResponseError, NatsTimeout, TimeoutError, APIError) as exc:
+                if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError) and not (
+                        placement_pending(exc) or duplicate_in_process(exc)):
                     raise
                 if self._loop.time() + delay > deadline:
                     raise LogUnavailable(f"the event log did not take {what}: {type(exc).__name__}: {exc}") from exc

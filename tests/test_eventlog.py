@@ -315,3 +315,35 @@ def test_collectors_and_workers_starting_together_on_a_fresh_cluster_all_come_up
     finally:
         for log in started:
             log.close()
+
+
+def test_a_publish_retried_while_its_first_attempt_is_stored_is_retried_not_failed():
+    """After an election a retried publish can meet its own first attempt still being stored (JetStream 409,
+    err_code 10158): that is retried until the first is in (then it answers as a duplicate); other API errors
+    are not retried. Pure logic: the retry loop, no server."""
+    import asyncio  # noqa: PLC0415
+
+    from nats.js.errors import APIError  # noqa: PLC0415
+
+    from collector.nats_log import NatsLog  # noqa: PLC0415
+
+    log = NatsLog.__new__(NatsLog)
+    log._loop, log.timeout_s = asyncio.new_event_loop(), 5.0
+    attempts = []
+
+    async def publish_once_in_process():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise APIError(code=409, err_code=10158, description="duplicate message id is in process")
+        return "stored"
+
+    async def refused():
+        raise APIError(code=400, err_code=10071, description="wrong last sequence")
+
+    try:
+        assert log._loop.run_until_complete(log._retrying(publish_once_in_process, "a batch")) == "stored"
+        assert len(attempts) == 2
+        with pytest.raises(APIError):
+            log._loop.run_until_complete(log._retrying(refused, "a batch"))
+    finally:
+        log._loop.close()
