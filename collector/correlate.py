@@ -144,15 +144,18 @@ class Correlator:
     def _satisfied(corr: Correlation, st: JobState, ev: pb.Event) -> list[Hit] | None:
         since = ev.ts_ns - int(corr.within_s * 1e9)
         evidence = []
-        for rid in corr.requires:
+        for alternatives in corr.needs or [(rid,) for rid in corr.requires]:
             found = None
-            for hit in reversed(st.by_rule.get(rid, {}).values()):   # that rule's hits only, newest first
-                if hit.ts_ns < since:
-                    continue
-                if corr.same_process and hit.event.process.key != ev.process.key:
-                    continue
-                found = hit
-                break
+            for rid in alternatives:                                     # any one of them will do
+                for hit in reversed(st.by_rule.get(rid, {}).values()):   # that rule's hits only, newest first
+                    if hit.ts_ns < since:
+                        continue
+                    if corr.same_process and hit.event.process.key != ev.process.key:
+                        continue
+                    found = hit
+                    break
+                if found is not None:
+                    break
             if found is None:
                 return None
             evidence.append(found)

@@ -321,3 +321,18 @@ def test_a_proxy_request_names_whom_it_asks_for(data, target):
     from collector.rules.payload import proxy_target  # noqa: PLC0415
 
     assert proxy_target(data) == target
+
+
+def test_a_correlation_may_need_any_one_of_several_rules():
+    """requires: an item is a rule id, a list of them or a $list: any one of its rules' hits will do."""
+    text = ("lists:\n  ways_out: [tunnel-tool, ssh-reverse-tunnel]\ncorrelations:\n"
+            "  - id: out-then-gpu\n    description: d\n"
+            "    requires: [$ways_out, [gpu-open-new-binary, gpu-busy-new-binary]]\n")
+    rs = load_ruleset(rule_texts(extra=(("c.yaml", text),)))
+    corr = rs.correlations["out-then-gpu"]
+    assert corr.needs == [("tunnel-tool", "ssh-reverse-tunnel"), ("gpu-open-new-binary", "gpu-busy-new-binary")]
+    assert set(corr.requires) == {"tunnel-tool", "ssh-reverse-tunnel", "gpu-open-new-binary", "gpu-busy-new-binary"}
+    bad = ("correlations:\n  - id: x\n    description: d\n"
+           "    requires: [[tunnel-tool, no-such-rule], gpu-open-new-binary]\n")
+    with pytest.raises(RuleError, match="unknown rule id 'no-such-rule'"):
+        load_ruleset(rule_texts(extra=(("bad.yaml", bad),)))

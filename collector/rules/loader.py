@@ -77,13 +77,14 @@ class Correlation:
     id: str
     description: str
     severity: str
-    requires: list[str]
+    requires: list[str]             # every rule id it can use (what the correlator indexes it by)
     within_s: float
     action: str
     same_process: bool = False
     mode: str = ""
     source: str = ""
     line: int = 0
+    needs: list[tuple[str, ...]] = field(default_factory=list)   # all of these, each one of its rule ids
 
 
 @dataclass
@@ -211,15 +212,27 @@ class _Parser:
         where = f"correlations[{i}]"
         cid = self.need(d, "id", where)
         where = f"correlation {cid}"
-        requires = self.need(d, "requires", where, list)
-        if len(requires) < 2:
+        self.need(d, "requires", where, list)
+        needs = []
+        for item in d["requires"]:            # a rule id, or any one of a list of them (a YAML list or a $list)
+            listed = item
+            if isinstance(item, str) and item.startswith("$"):
+                if item[1:] not in self.rs.lists:
+                    raise self.err(d, "requires", f"{where}.requires", f"unknown list {item!r}")
+                listed = list(self.rs.lists[item[1:]])
+            alternatives = tuple(str(r) for r in listed) if isinstance(listed, list) else (str(listed),)
+            if not alternatives:
+                raise self.err(d, "requires", f"{where}.requires", "an empty alternative")
+            needs.append(alternatives)
+        if len(needs) < 2:
             raise self.err(d, "requires", f"{where}.requires", "a correlation needs at least two rule ids")
+        requires = list(dict.fromkeys(r for alternatives in needs for r in alternatives))
         within = d.get("within_s", 600)
         if not isinstance(within, int | float) or within <= 0:
             raise self.err(d, "within_s", f"{where}.within_s", "must be a positive number of seconds")
         return Correlation(id=cid, description=self.need(d, "description", where),
                            severity=self.choice(d, "severity", where, SEVERITIES, "high"),
-                           requires=[str(r) for r in requires], within_s=float(within),
+                           requires=requires, needs=needs, within_s=float(within),
                            action=self.choice(d, "action", where, ACTIONS[1:], "alert"),
                            same_process=bool(d.get("same_process", False)),
                            mode=self.choice(d, "mode", where, (*MODES, ""), ""), source=self.source, line=_line(d))
