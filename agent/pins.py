@@ -81,6 +81,7 @@ class PinDir:
         path = self.path / f"{what}-{self.pid}"
         if path.exists():           # a previous agent with our pid (a container's pid 1): ours is attached already
             path.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)   # an empty directory may have been cleaned away meanwhile
         if libbpf().bpf_obj_pin(fd, str(path).encode()) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pinning {path}: {os.strerror(err)}")
@@ -109,7 +110,10 @@ class PinDir:
         return dropped
 
     def listed(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir())
+        try:
+            return sorted(p.name for p in self.path.iterdir())
+        except FileNotFoundError:                # removed while empty (a cleanup of bpffs): nothing is pinned
+            return []
 
     def close(self) -> None:
         try:
