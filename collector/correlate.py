@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from collector.rules.engine import JobContext, RuleMatch
 from collector.rules.loader import Correlation, RuleSet
 from gpuguard.v1 import events_pb2 as pb
+from gpuguard.vocab import JOB_HOST, JOB_SYSTEMD
 
 PER_JOB_HITS = 256
 MAX_FACTS = 1024          # GPU binaries / hosts remembered per job
 
 
-OBSERVED_KINDS = frozenset(("exec", "gpu_open", "gpu_usage"))   # the kinds that teach a job fact
+OBSERVED_KINDS = frozenset(("exec", "gpu_open", "gpu_usage", "listen"))   # the kinds that teach a job fact
+NOT_JOBS = (JOB_HOST, JOB_SYSTEMD)       # the node's own services: reaching them is not reaching another job
+MAX_NODE_LISTENERS = 4096             # loopback-reachable listening ports remembered per host
+ANY_OR_LOOPBACK = ("0.0.0.0", "::", "127.", "::1", "::ffff:127.", "::ffff:0.0.0.0")
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Correlator:
                  per_job: int = PER_JOB_HITS) -> None:
         self.ruleset = ruleset
         self.jobs: OrderedDict[str, JobState] = OrderedDict()
+        self.node_listeners: dict[str, dict[int, str]] = {}   # host -> loopback-reachable port -> listening job
         self.max_jobs = max_jobs
         self.max_hits = max_hits
         self.per_job = per_job
@@ -81,6 +86,7 @@ class Correlator:
     def context(self, host: str, ev: pb.Event) -> JobContext:
         ctx = self.state(ev.job.id).ctx
         ctx.host = host
+        ctx.node_listeners = self.node_listeners.setdefault(host, {})
         return ctx
 
     def touch(self, job_id: str) -> None:
@@ -99,6 +105,10 @@ class Correlator:
             ctx.main_keys[host] = ev.process.key
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
+        elif kind == "listen" and ev.listen.addr.startswith(ANY_OR_LOOPBACK) and ev.job.kind not in NOT_JOBS:
+            listeners = self.node_listeners.setdefault(host, {})
+            if ev.listen.port in listeners or len(listeners) < MAX_NODE_LISTENERS:
+                listeners[ev.listen.port] = ev.job.id           # the latest listener of a port owns it
         elif kind == "gpu_usage" and not ctx.gpu_exes:
             # the driver's first report names the job's GPU binary when no open was seen (it started before the
             # agent); later reports teach nothing, or a miner idling first would be "known" once it got busy

@@ -678,3 +678,23 @@ def test_a_process_that_renames_itself_a_kernel_thread_after_exec_is_alerted(sta
     got = alerts(stack, job, {"kernel-thread-name-at-runtime"})
     hit = next(a for a in got if a["rule_id"] == "kernel-thread-name-at-runtime")
     assert hit["matched"]["comm_regex"] == "kworker/0:3"
+
+
+def test_a_job_reaching_another_jobs_listener_over_loopback_is_alerted(stack):
+    """Two jobs on one node share its loopback: a notebook-like listener in one job, a connect to it from another.
+    The listen and the connect are each recorded with their own job; the collector ties the port to its job."""
+    owner, intruder = new_job(), new_job()
+    notebook = popen_in_cgroup(job_cgroup(stack, owner, "step_0"), [PYTHON, "-c", (
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(1)\n"
+        "print(s.getsockname()[1], flush=True)\nc, _ = s.accept()\nc.close()\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(notebook.stdout.readline())
+        dial = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n"
+        assert run_in_cgroup(job_cgroup(stack, intruder, "step_0"), [PYTHON, "-c", dial], timeout=30).returncode == 0
+        got = alerts(stack, intruder, {"cross-job-connect"})
+        hit = next(a for a in got if a["rule_id"] == "cross-job-connect")
+        assert f"where job {owner} listens" in hit["matched"]["reaches_another_jobs_listener"]
+        assert "cross-job-connect" not in {a["rule_id"] for a in alerts(stack, owner, timeout=0)}
+    finally:
+        notebook.kill()
+        notebook.wait(5)

@@ -237,3 +237,29 @@ def test_the_memo_tells_apart_what_rules_read():
     fired_now = {m.rule.id for m in engine.evaluate(HOST, miner, None)}
     assert fired_now and fired_now == {m.rule.id for m in Engine(RULESET).evaluate(HOST, miner, None)}
     assert engine.memo_misses == 2 and engine.memo_hits == 0
+
+
+def test_one_job_reaching_another_jobs_listener_over_loopback():
+    """Jobs of one node share its loopback: a connect to a port another job listens on is one job reaching into
+    another (its notebook, dashboard, debug port); its own port, a free port, another host's: quiet."""
+    engine, correlator = Engine(RULESET), Correlator(RULESET)
+
+    def run(ev: pb.Event, job: str, host: str = HOST) -> set[str]:
+        ev.job.id = job
+        matches = engine.evaluate(host, ev, correlator.context(host, ev))
+        correlator.observe(host, ev)
+        return {m.rule.id for m in matches}
+
+    notebook = flow_event("listen", {"family": "inet", "addr": "127.0.0.1", "port": 8888}, pid=200)
+    assert "cross-job-connect" not in run(notebook, "B")
+    node_proxy = flow_event("listen", {"family": "inet", "addr": "127.0.0.1", "port": 3128, "job_kind": "host"},
+                            pid=1)             # the node's own service (a local proxy, an ssh -L of a session)
+    run(node_proxy, "host")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 3128}, pid=305), "A")
+    assert "cross-job-connect" in run(connect_event({"daddr": "127.0.0.1", "dport": 8888}, pid=300), "A")
+    assert "cross-job-connect" in run(connect_event({"daddr": "::ffff:127.0.0.1", "dport": 8888}, pid=301), "A")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 8888}, pid=201), "B")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 8889}, pid=302), "A")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "10.0.0.7", "dport": 8888}, pid=303), "A")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 8888}, pid=304), "A",
+                                          host="node-2")       # another node's loopback

@@ -23,6 +23,8 @@ class JobContext:
     host: str = ""                                           # host of the event being evaluated
     encoded_names: dict[str, set[str]] = field(default_factory=dict)   # base domain -> encoded-looking names
     failed_destinations: OrderedDict[str, dict[tuple[str, int], int]] = field(default_factory=OrderedDict)
+    node_listeners: dict[int, str] = field(default_factory=dict)   # this host's loopback-reachable ports -> the job
+                                                                   # listening there (shared by the host's jobs)
     # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
 
 
@@ -160,6 +162,21 @@ def failed_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
         return None
     hosts = {d[0] for d in recent}
     return f"{len(recent)} distinct destinations failed within a minute ({len(hosts)} hosts, e.g. {c.daddr}:{c.dport})"
+
+
+LOOPBACK_PREFIXES = ("127.", "::ffff:127.")
+
+
+def other_jobs_listener(ev: pb.Event, ctx: JobContext) -> str | None:
+    """A connect over loopback to a port another job on this node listens on: one job reaching into another
+    (its notebook, its Ray dashboard, its debug port) - jobs of a node share the host's loopback."""
+    c = ev.connect
+    if not (c.daddr.startswith(LOOPBACK_PREFIXES) or c.daddr == "::1"):
+        return None
+    owner = ctx.node_listeners.get(c.dport)
+    if owner is None or owner == ev.job.id:
+        return None
+    return f"{c.daddr}:{c.dport}, where job {owner} listens"
 
 
 def gpu_new_binary(ev: pb.Event, ctx: JobContext) -> str | None:

@@ -22,6 +22,7 @@ from collector.rules.context import (
     failed_fanout,
     gpu_new_binary,
     normal_name,
+    other_jobs_listener,
     under_any,
 )
 from collector.rules.payload import parse_spec, proxy_target
@@ -493,6 +494,11 @@ def _dns_qtype_in(value, _rule, _res):
 @key("failed_fanout_at_least", ("connect",), _count, context=True)
 def _failed_fanout_at_least(value, _rule, _res):
     return lambda v, ctx: failed_fanout(v.ev, ctx, value) if ctx is not None else None
+
+
+@key("reaches_another_jobs_listener", ("connect",), _true, context=True)
+def _reaches_another_jobs_listener(_value, _rule, _res):
+    return lambda v, ctx: other_jobs_listener(v.ev, ctx) if ctx is not None else None
 
 
 @key("dns_tunnel_shape", ("dns",), _true, context=True)
