@@ -21,8 +21,8 @@ import numpy as np
 
 from agent.batch import DTYPES, ArenaBatch
 from agent.decode import _addr, _cstr
-from agent.encoded import CONNECT_TAG, EncodedConnect, EncodedEvent, int_field, text_field, varint
-from agent.enrich import MAX_CONNECTED_OUT, SOCK_STREAM, SOCK_TYPES, Enricher, family_name
+from agent.encoded import EncodedConnect, EncodedEvent, connect_address, connect_data, connect_name, pid_of
+from agent.enrich import SOCK_STREAM, SOCK_TYPES, Enricher, family_name
 from agent.events import Header
 from agent.flows import off_node
 from gpuguard.v1 import events_pb2 as pb
@@ -75,11 +75,7 @@ class BulkConnects:
         pids = conns["hdr_tgid"][rows].astype(np.int64)
         _u, last_from_end = np.unique(pids[::-1], return_index=True)
         for i in sorted(rows[rows.size - 1 - last_from_end].tolist()):
-            pid = int(conns["hdr_tgid"][i])
-            enricher.connected_out[pid] = f"{self.addrs[self.dest[i]]}:{int(conns['dport'][i])}"
-            enricher.connected_out.move_to_end(pid)
-        while len(enricher.connected_out) > MAX_CONNECTED_OUT:
-            enricher.connected_out.popitem(last=False)
+            enricher.note_connected_out(int(conns["hdr_tgid"][i]), self.addrs[self.dest[i]], int(conns["dport"][i]))
 
     def events(self) -> list:
         """The drain's connects with their outcomes (EncodedEvent; a pb.Event for the outcome of a connect an
@@ -122,38 +118,25 @@ class BulkConnects:
         out: list = []
         for i in index[np.flatnonzero(is_outcome & ~after_connect)].tolist():   # outcomes of earlier drains' connects
             rec = enricher.connects.outcome(int(results["sk"][i]), int(results["hdr_result"][i]))
-            if rec is not None and (rec.pid if type(rec) is EncodedEvent else rec.process.pid) not in ignore_pids:
+            if rec is not None and pid_of(rec) not in ignore_pids:
                 out.append(rec)
         wall = (conns["hdr_ts_ns"].astype(np.int64) + np.int64(enricher.clock.offset_ns)).tolist()
         columns = zip(wall, who.tolist(), dest.tolist(), conns["dport"].tolist(), conns["sock_type"].tolist(),
                       conns["repeats"].tolist(), conns["sk"].tolist(), done.tolist(), result.tolist(), strict=True)
-        heads: dict[tuple[int, int], bytes] = {}        # family, proto, address: per destination and socket type
-        tails: dict[tuple[int, int], bytes] = {}        # DNS name and its scope: per job and destination
-        ports: dict[int, bytes] = {}
-        outcomes: dict[int, bytes] = {}
+        addresses: dict[tuple[int, int], bytes] = {}    # fields 1-3: per destination and socket type
+        names: dict[tuple[int, int], bytes] = {}        # fields 6-7: per job and destination
         for row, (t, w, d, dport, sock_type, repeats, sock, finished, res) in enumerate(columns):
-            head = heads.get((d, sock_type))
-            if head is None:
-                head = heads[(d, sock_type)] = text_field(1, families[d]) + text_field(
-                    2, SOCK_TYPES.get(sock_type, "unknown")) + text_field(3, addrs[d])
-            port = ports.get(dport)
-            if port is None:
-                port = ports[dport] = int_field(4, dport)
-            key = (w, d)
-            tail = tails.get(key)
-            if tail is None:
-                name, scope = enricher.names.name_of(name_keys[w], addrs[d])
-                tail = tails[key] = text_field(6, name) + text_field(7, scope)
+            address = addresses.get((d, sock_type))
+            if address is None:
+                address = addresses[(d, sock_type)] = connect_address(families[d], SOCK_TYPES.get(sock_type, "unknown"),
+                                                                      addrs[d])
+            name = names.get((w, d))
+            if name is None:
+                name = names[(w, d)] = connect_name(*enricher.names.name_of(name_keys[w], addrs[d]))
             prefix = with_ancestry.get(row, prefixes[w]) if with_ancestry else prefixes[w]
-            if not finished:                            # waits for its outcome, like the ordered loop's
-                pending = EncodedConnect(int_field(2, t), prefix, head + port, tail + int_field(8, repeats),
-                                         pids[w], jobs[w], addrs[d], dport)
+            if finished:
+                out.append(EncodedEvent(connect_data(t, prefix, address, dport, res, name, repeats), pids[w], jobs[w]))
+            else:                                       # waits for its outcome, like the ordered loop's
+                pending = EncodedConnect(t, prefix, address, dport, name, repeats, pids[w], jobs[w], addrs[d])
                 enricher.connects.attempt(pending, pids[w], sock, True, addrs[d], dport)
-                continue
-            outcome = outcomes.get(res)
-            if outcome is None:
-                outcome = outcomes[res] = int_field(5, res)
-            body = head + port + outcome + tail + (int_field(8, repeats) if repeats else b"")
-            out.append(EncodedEvent(b"\x10" + varint(t) + prefix + CONNECT_TAG + varint(len(body)) + body,
-                                    pids[w], jobs[w]))
         return out

@@ -52,26 +52,47 @@ class EncodedEvent:
 class EncodedConnect:
     """A connect waiting for its outcome (agent/enrich.py PendingConnects): everything but the result."""
 
-    __slots__ = ("daddr", "dport", "head", "job_id", "pid", "prefix", "tail", "ts")
+    __slots__ = ("address", "daddr", "dport", "job_id", "name", "pid", "prefix", "repeats", "ts_ns")
 
-    def __init__(self, ts: bytes, prefix: bytes, head: bytes, tail: bytes, pid: int, job_id: str,
-                 daddr: str, dport: int) -> None:
-        self.ts, self.prefix, self.head, self.tail = ts, prefix, head, tail
-        self.pid, self.job_id, self.daddr, self.dport = pid, job_id, daddr, dport
+    def __init__(self, ts_ns: int, prefix: bytes, address: bytes, dport: int, name: bytes, repeats: int, pid: int,
+                 job_id: str, daddr: str) -> None:
+        self.ts_ns, self.prefix, self.address, self.dport, self.name = ts_ns, prefix, address, dport, name
+        self.repeats, self.pid, self.job_id, self.daddr = repeats, pid, job_id, daddr
 
     def done(self, result: int) -> EncodedEvent:
-        body = self.head + int_field(5, result) + self.tail
-        data = self.ts + self.prefix + CONNECT_TAG + varint(len(body)) + body
-        return EncodedEvent(data, self.pid, self.job_id)
+        return EncodedEvent(connect_data(self.ts_ns, self.prefix, self.address, self.dport, result, self.name,
+                                         self.repeats), self.pid, self.job_id)
+
+
+# Connect's fields, written in its field order: family (1), proto (2), daddr (3) | dport (4), result (5) |
+# name (6), name_scope (7) | repeats (8). The two parts shared by many connects are made once by their callers.
+def connect_address(family: str, proto: str, daddr: str) -> bytes:
+    """Fields 1-3: one per destination and socket type."""
+    return text_field(1, family) + text_field(2, proto) + text_field(3, daddr)
+
+
+def connect_name(name: str, name_scope: str) -> bytes:
+    """Fields 6-7: one per job and destination."""
+    return text_field(6, name) + text_field(7, name_scope)
+
+
+def connect_data(ts_ns: int, prefix: bytes, address: bytes, dport: int, result: int, name: bytes,
+                 repeats: int) -> bytes:
+    """A connect event's bytes (every field but seq): its time, the shared prefix (boot id, process, job), the
+    Connect body."""
+    body = address + int_field(4, dport) + int_field(5, result) + name + int_field(8, repeats)
+    return int_field(2, ts_ns) + prefix + CONNECT_TAG + varint(len(body)) + body
 
 
 def encoded_connect(ts_ns: int, prefix: bytes, family: str, proto: str, daddr: str, dport: int, name: str,
                     name_scope: str, repeats: int, pid: int, job_id: str) -> EncodedConnect:
-    """A connect's parts in Connect's field order: family (1), proto (2), daddr (3), dport (4) | result (5) |
-    name (6), name_scope (7), repeats (8)."""
-    head = text_field(1, family) + text_field(2, proto) + text_field(3, daddr) + int_field(4, dport)
-    tail = text_field(6, name) + text_field(7, name_scope) + int_field(8, repeats)
-    return EncodedConnect(int_field(2, ts_ns), prefix, head, tail, pid, job_id, daddr, dport)
+    return EncodedConnect(ts_ns, prefix, connect_address(family, proto, daddr), dport,
+                          connect_name(name, name_scope), repeats, pid, job_id, daddr)
+
+
+def pid_of(rec: pb.Event | EncodedEvent) -> int:
+    """The process a record is about, whichever form it has."""
+    return rec.pid if type(rec) is EncodedEvent else rec.process.pid
 
 
 def with_seq(seq: int, data: bytes) -> bytes:

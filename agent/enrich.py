@@ -180,6 +180,13 @@ class Enricher:
         ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
         return ev
 
+    def note_connected_out(self, pid: int, daddr: str, dport: int) -> None:
+        """A process's last TCP connect off the node (how a pty reverse shell's holder is found), bounded."""
+        self.connected_out[pid] = f"{daddr}:{dport}"
+        self.connected_out.move_to_end(pid)
+        if len(self.connected_out) > MAX_CONNECTED_OUT:
+            self.connected_out.popitem(last=False)
+
     def _connect_prefix(self, hdr: Header, p: Process, job: Job) -> bytes:
         """The serialised boot id, process and job a connect event carries (agent/encoded.py), made once per
         (process image, thread, comm, job, ancestry or not, hash known or not): a storm of connects from one
@@ -254,10 +261,7 @@ class Enricher:
             name, name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
             family, proto = family_name(ev.family), SOCK_TYPES.get(ev.sock_type, "unknown")
             if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
-                self.connected_out[hdr.pid] = f"{ev.daddr}:{ev.dport}"
-                self.connected_out.move_to_end(hdr.pid)
-                if len(self.connected_out) > MAX_CONNECTED_OUT:
-                    self.connected_out.popitem(last=False)
+                self.note_connected_out(hdr.pid, ev.daddr, ev.dport)
             if self.encode_connects:
                 rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
                                       proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from agent.batch import CONNECT_KINDS
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
 from agent.connect_batch import BulkConnects, bulk_ready
-from agent.encoded import EncodedEvent
+from agent.encoded import EncodedEvent, pid_of
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
@@ -43,10 +43,6 @@ class CaptureStats:
     enrich_failed: int = 0
     by_kind: Counter = field(default_factory=Counter)       # records by body kind (metrics)
     actions: Counter = field(default_factory=Counter)       # enforcement records by action (metrics)
-
-
-def pid_of(rec: Record) -> int:
-    return rec.pid if type(rec) is EncodedEvent else rec.process.pid
 
 
 class Capture:

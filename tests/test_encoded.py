@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 
 from agent.batch import DTYPES, ArenaBatch
 from agent.connect_batch import BulkConnects, bulk_ready
-from agent.encoded import EncodedEvent, varint
+from agent.encoded import EncodedEvent, pid_of, varint
 from agent.enrich import Enricher
 from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExitEvent, Header
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
-from agent.runtime import pid_of
 from agent.spool import Spool
 from gpuguard.v1 import events_pb2 as pb
 
