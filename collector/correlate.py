@@ -8,6 +8,7 @@ correlator at most ``max_hits`` hits and ``max_jobs`` jobs; evictions are counte
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -23,7 +24,6 @@ MAX_FACTS = 1024          # GPU binaries / hosts remembered per job
 OBSERVED_KINDS = frozenset(("exec", "gpu_open", "gpu_usage", "listen"))   # the kinds that teach a job fact
 NOT_JOBS = (JOB_HOST, JOB_SYSTEMD)       # the node's own services: reaching them is not reaching another job
 MAX_NODE_LISTENERS = 4096             # loopback-reachable listening ports remembered per host
-ANY_OR_LOOPBACK = ("0.0.0.0", "::", "127.", "::1", "::ffff:127.", "::ffff:0.0.0.0")
 
 
 @dataclass
@@ -32,6 +32,17 @@ class Hit:
     rule_id: str
     host: str
     event: pb.Event       # slim: seq, ts, job, process pid/key/comm/exe
+
+
+def reachable_over_loopback(listen_addr: str) -> bool:
+    """A listener bound to the loopback or to every address (v4-mapped read as v4): what any job can reach."""
+    try:
+        ip = ipaddress.ip_address(listen_addr)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 @dataclass
@@ -105,7 +116,7 @@ class Correlator:
             ctx.main_keys[host] = ev.process.key
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
-        elif kind == "listen" and ev.listen.addr.startswith(ANY_OR_LOOPBACK) and ev.job.kind not in NOT_JOBS:
+        elif kind == "listen" and ev.job.kind not in NOT_JOBS and reachable_over_loopback(ev.listen.addr):
             listeners = self.node_listeners.setdefault(host, {})
             if ev.listen.port in listeners or len(listeners) < MAX_NODE_LISTENERS:
                 listeners[ev.listen.port] = ev.job.id           # the latest listener of a port owns it
@@ -154,18 +165,10 @@ class Correlator:
     def _satisfied(corr: Correlation, st: JobState, ev: pb.Event) -> list[Hit] | None:
         since = ev.ts_ns - int(corr.within_s * 1e9)
         evidence = []
-        for alternatives in corr.needs or [(rid,) for rid in corr.requires]:
-            found = None
-            for rid in alternatives:                                     # any one of them will do
-                for hit in reversed(st.by_rule.get(rid, {}).values()):   # that rule's hits only, newest first
-                    if hit.ts_ns < since:
-                        continue
-                    if corr.same_process and hit.event.process.key != ev.process.key:
-                        continue
-                    found = hit
-                    break
-                if found is not None:
-                    break
+        for alternatives in corr.needs:          # each need: the newest fitting hit of any one of its rules
+            found = next((hit for rid in alternatives for hit in reversed(st.by_rule.get(rid, {}).values())
+                          if hit.ts_ns >= since and (not corr.same_process or hit.event.process.key == ev.process.key)),
+                         None)
             if found is None:
                 return None
             evidence.append(found)

@@ -255,6 +255,9 @@ def test_one_job_reaching_another_jobs_listener_over_loopback():
     node_proxy = flow_event("listen", {"family": "inet", "addr": "127.0.0.1", "port": 3128, "job_kind": "host"},
                             pid=1)             # the node's own service (a local proxy, an ssh -L of a session)
     run(node_proxy, "host")
+    for addr in ("10.0.0.5", "::ffff:10.0.0.5"):          # bound to the node's own address only: not on loopback
+        run(flow_event("listen", {"family": "inet6", "addr": addr, "port": 7000}, pid=202), "B")
+    assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 7000}, pid=306), "A")
     assert "cross-job-connect" not in run(connect_event({"daddr": "127.0.0.1", "dport": 3128}, pid=305), "A")
     assert "cross-job-connect" in run(connect_event({"daddr": "127.0.0.1", "dport": 8888}, pid=300), "A")
     assert "cross-job-connect" in run(connect_event({"daddr": "::ffff:127.0.0.1", "dport": 8888}, pid=301), "A")

@@ -86,6 +86,10 @@ class Correlation:
     line: int = 0
     needs: list[tuple[str, ...]] = field(default_factory=list)   # all of these, each one of its rule ids
 
+    def __post_init__(self) -> None:
+        if not self.needs:                          # made without alternatives: each rule id is needed
+            self.needs = [(rid,) for rid in self.requires]
+
 
 @dataclass
 class RuleSet:
