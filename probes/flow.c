@@ -387,9 +387,9 @@ static __always_inline int sni_verdict(struct __sk_buff *skb, struct flow_event 
     return 0;
 }
 
-static __always_inline void udp_peer_of(struct __sk_buff *skb, struct flow_event *e, struct udp_peer *k)
+static __always_inline void udp_peer_of(u64 cookie, struct flow_event *e, struct udp_peer *k)
 {
-    k->cookie = bpf_get_socket_cookie(skb);
+    k->cookie = cookie;
     __builtin_memcpy(k->addr, e->raddr, 16);
     k->port = e->rport;
 }
@@ -408,7 +408,7 @@ int flow_ingress(struct __sk_buff *skb)
     if (e->proto != IPPROTO_UDP_ || on_node(e->raddr))
         return 1;
     struct udp_peer k = {};
-    udp_peer_of(skb, e, &k);
+    udp_peer_of(bpf_get_socket_cookie(skb), e, &k);
     if (udp_peers.lookup(&k))                          /* a reply to this socket's own send, or already reported */
         return 1;
     u32 reported = UDP_PEER_REPORTED;
@@ -434,16 +434,16 @@ int flow_egress(struct __sk_buff *skb)
             return 1;
         what = FLOW_TLS_HELLO;
     } else {
+        u64 cookie = bpf_get_socket_cookie(skb);
         if (!on_node(e->raddr)) {                      /* what this peer sends back is a reply, not an approach */
             struct udp_peer k = {};
-            udp_peer_of(skb, e, &k);
+            udp_peer_of(cookie, e, &k);
             u32 *mark = udp_peers.lookup(&k);
             if (!mark || !(*mark & UDP_PEER_SENT)) {
                 u32 sent = UDP_PEER_SENT | (mark ? *mark : 0);
                 udp_peers.update(&k, &sent);
             }
         }
-        u64 cookie = bpf_get_socket_cookie(skb);
         u32 *seen = udp_flows.lookup(&cookie);
         if (seen && *seen >= FLOW_UDP_FIRST_MAX)
             return 1;
