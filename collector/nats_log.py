@@ -33,6 +33,7 @@ STREAM = "GPUGUARD_EVENTS"
 SETUP_REQUEST_S = 2.0       # one request while setting up the stream and buckets
 SETUP_S = 90.0              # how long setting up may take, all steps together (a fresh cluster electing, others
                             # racing to create; a loaded machine)
+SETUP_PROGRESS_S = 5.0      # a setup step retried this long is logged, and again each time as long again
 SUBJECT = "gpuguard.events"
 MARKS, LEASES, WORKERS = "gpuguard_marks", "gpuguard_leases", "gpuguard_workers"
 
@@ -94,6 +95,8 @@ def placement_pending(exc) -> bool:
         "no suitable peers" in str(getattr(exc, "description", "") or "")
 
 class NatsLog:
+    _setting_up = False          # while the stream and buckets are made: slow steps are logged as they wait
+
     def __init__(self, urls: str | list[str], partitions: int = DEFAULT_PARTITIONS, replicas: int = 0,
                  lease_s: float = 10.0, retention_s: float = 86_400.0, timeout_s: float = 10.0,
                  name: str = "gpuguard", leases: bool = False, creds: str = "", tls_ca: str = "") -> None:
@@ -113,7 +116,12 @@ class NatsLog:
         self._with_leases = leases
         self._marks_cache: tuple[float, dict[str, int]] | None = None
         self._setup_until = 0.0
-        self._call(self._connect(), timeout=SETUP_S + 30)   # the setup's own deadline (SETUP_S) says what failed
+        self._setting_up = True
+        log.info("event log: connecting to %s", ",".join(self.urls))
+        try:
+            self._call(self._connect(), timeout=SETUP_S + 30)   # the setup's own deadline (SETUP_S) says what failed
+        finally:
+            self._setting_up = False
 
     # -- plumbing --------------------------------------------------------------------------------
     def _call(self, coro, timeout: float | None = None):
@@ -140,6 +148,7 @@ class NatsLog:
 
         deadline = self._loop.time() + (within_s or self.timeout_s)
         delay = 0.1
+        say_at = self._loop.time() + SETUP_PROGRESS_S
         while True:
             try:
                 return await make()
@@ -147,8 +156,13 @@ class NatsLog:
                 if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError) and not (
                         placement_pending(exc) or duplicate_in_process(exc)):
                     raise
-                if self._loop.time() + delay > deadline:
+                now = self._loop.time()
+                if now + delay > deadline:
                     raise LogUnavailable(f"the event log did not take {what}: {type(exc).__name__}: {exc}") from exc
+                if self._setting_up and now >= say_at:      # a slow start says what it waits on, not silence
+                    log.info("event log: still waiting for %s (%s: %s), %.0f s left", what, type(exc).__name__,
+                             exc, deadline - now)
+                    say_at = now + SETUP_PROGRESS_S
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
@@ -167,6 +181,8 @@ class NatsLog:
                                      max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnect,
                                      allow_reconnect=True, **self.auth)
         self.js = self.nc.jetstream(timeout=self.timeout_s)
+        log.info("event log: connected to %s, setting up stream %s", self.nc.connected_url.netloc
+                 if self.nc.connected_url else "?", STREAM)
         # Setting up: requests with a short timeout, retried for longer. Collectors and workers that start
         # together against a fresh cluster race to create the stream and buckets, and the API may leave a request
         # about one being assigned unanswered: one long request would spend the whole deadline on it.

@@ -25,6 +25,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +75,13 @@ def wait_for_text(path: Path, text: str, timeout: float = 30.0, proc: subprocess
 
 
 class Service:
-    def __init__(self, argv: list[str], log: Path, ready: str) -> None:
+    def __init__(self, argv: list[str], log: Path, ready: str, ready_within_s: float = 60.0,
+                 explain: Callable[[], str] | None = None) -> None:
+        """ready_within_s: how long start() waits for the ready line (longer than any deadline of the service's own
+        start, or a slow start the service would survive fails the test); explain: more to say when it does not
+        come (the logs of the servers it depends on)."""
         self.argv, self.log, self.ready = argv, log, ready
+        self.ready_within_s, self.explain = ready_within_s, explain
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> Service:
@@ -83,14 +89,17 @@ class Service:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out, cwd=ROOT)
         if wait:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.ready_within_s
             while time.monotonic() < deadline:
                 if self.ready in self.log.read_text(errors="replace")[start_mark:]:
                     return self
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.argv[3]} exited {self.proc.returncode}:\n{self.log.read_text()}")
                 time.sleep(0.05)
-            raise TimeoutError(f"{self.argv[3]} not ready:\n{self.log.read_text()}")
+            self.stop()                       # not left running behind a failed test
+            more = f"\n{self.explain()}" if self.explain else ""
+            raise TimeoutError(f"{self.argv[3]} not ready after {self.ready_within_s:.0f} s:\n"
+                               f"{self.log.read_text()}{more}")
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

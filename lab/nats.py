@@ -91,8 +91,12 @@ class ThrowawayNats:
             if live and all(n.healthy() for n in live):
                 return
             time.sleep(0.2)
-        logs = "\n".join(n.log.read_text(errors="replace")[-1500:] for n in self.nodes if n.log.exists())
-        raise TimeoutError(f"NATS cluster not ready after {timeout:.0f} s:\n{logs}")
+        raise TimeoutError(f"NATS cluster not ready after {timeout:.0f} s:\n{self.log_tails()}")
+
+    def log_tails(self, chars: int = 1500) -> str:
+        """The end of every node's log, for a test that failed on the cluster."""
+        return "\n".join(f"--- NATS {n.name} ({n.log}):\n{n.log.read_text(errors='replace')[-chars:]}"
+                         for n in self.nodes if n.log.exists())
 
     def stop(self) -> None:
         for n in self.nodes:

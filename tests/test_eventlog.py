@@ -347,3 +347,34 @@ def test_a_publish_retried_while_its_first_attempt_is_stored_is_retried_not_fail
             log._loop.run_until_complete(log._retrying(refused, "a batch"))
     finally:
         log._loop.close()
+
+
+def test_a_slow_setup_step_says_what_it_waits_on(monkeypatch, caplog):
+    """A collector or worker whose stream setup waits on an election logs what it waits on and how long is left,
+    as it waits (a CI run once saw only silence for 60 s). Pure logic: the retry loop, no server."""
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from nats.errors import NoRespondersError  # noqa: PLC0415
+
+    from collector import nats_log  # noqa: PLC0415
+
+    monkeypatch.setattr(nats_log, "SETUP_PROGRESS_S", 0.0)
+    log = nats_log.NatsLog.__new__(nats_log.NatsLog)
+    log._loop, log.timeout_s, log._setting_up = asyncio.new_event_loop(), 5.0, True
+    attempts = []
+
+    async def elected_on_the_third_try():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise NoRespondersError
+        return "made"
+
+    try:
+        with caplog.at_level(logging.INFO, logger="collector.nats_log"):
+            assert log._loop.run_until_complete(log._retrying(elected_on_the_third_try, "the stream's creation")) \
+                == "made"
+        waits = [r.getMessage() for r in caplog.records if "still waiting for the stream's creation" in r.getMessage()]
+        assert len(waits) == 2 and "NoRespondersError" in waits[0] and "s left" in waits[0]
+    finally:
+        log._loop.close()

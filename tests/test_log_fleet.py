@@ -14,8 +14,9 @@ import uuid
 import pytest
 
 from collector.eventlog import LogUnavailable, partition_of
-from collector.nats_log import NatsLog
+from collector.nats_log import SETUP_S, NatsLog
 from lab import CLI, Service
+from lab.nats import ThrowawayNats
 from tests.conftest import fresh_job_id
 from tests.services import FakeAgent, cli_json, collector, free_port
 from tests.test_detector_e2e import ev, rows, ship_tunnel_then_new_gpu_binary
@@ -32,14 +33,36 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
 
 
-def log_collector(tmp, port: int, url: str, urls: str) -> Service:
+# A collector or worker on the log may spend up to SETUP_S making the stream and buckets on a fresh cluster (a loaded
+# machine, an election): the test waits longer than that, and says what the cluster logged if it still fails.
+READY_WITHIN_S = SETUP_S + 30
+
+
+def log_collector(tmp, port: int, url: str, cluster: ThrowawayNats) -> Service:
     tmp.mkdir(exist_ok=True)
-    return collector(tmp, port, "--store", url, "--log", urls, "--log-partitions", str(PARTITIONS))
+    service = collector(tmp, port, "--store", url, "--log", cluster.urls, "--log-partitions", str(PARTITIONS))
+    service.ready_within_s, service.explain = READY_WITHIN_S, cluster.log_tails
+    return service
 
 
-def worker(tmp, url: str, urls: str, name: str) -> Service:
-    return Service([*CLI, "worker", "--log", urls, "--store", url, "--partitions", str(PARTITIONS), "--lease", "3",
-                    "--name", name], tmp / f"{name}.log", f"worker {name} started")
+def worker(tmp, url: str, cluster: ThrowawayNats, name: str) -> Service:
+    return Service([*CLI, "worker", "--log", cluster.urls, "--store", url, "--partitions", str(PARTITIONS),
+                    "--lease", "3", "--name", name], tmp / f"{name}.log", f"worker {name} started",
+                   ready_within_s=READY_WITHIN_S, explain=cluster.log_tails)
+
+
+@pytest.fixture
+def services():
+    """Services a test started, stopped at its end whatever failed (one that never became ready stops itself)."""
+    started: list[Service] = []
+    yield started
+    for service in reversed(started):
+        service.stop()
+
+
+def up(services: list[Service], service: Service) -> Service:
+    services.append(service)
+    return service.start()
 
 
 def stored_once(url: str, host: str) -> tuple[int, int]:
@@ -50,13 +73,13 @@ def stored_once(url: str, host: str) -> tuple[int, int]:
     return n, dup
 
 
-def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path, postgres, nats_cluster):
-    url, urls = postgres.new_database(), nats_cluster.urls
+def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path, postgres, nats_cluster, services):
+    url = postgres.new_database()
     port_a, port_b = free_port(), free_port()
-    col_a = log_collector(tmp_path / "a", port_a, url, urls).start()
-    col_b = log_collector(tmp_path / "b", port_b, url, urls).start()
-    workers = {name: worker(tmp_path, url, urls, name).start() for name in ("w1", "w2")}
-    probe = NatsLog(urls, partitions=PARTITIONS, lease_s=3, leases=True)
+    col_a = up(services, log_collector(tmp_path / "a", port_a, url, nats_cluster))
+    up(services, log_collector(tmp_path / "b", port_b, url, nats_cluster))
+    workers = {name: up(services, worker(tmp_path, url, nats_cluster, name)) for name in ("w1", "w2")}
+    probe = NatsLog(nats_cluster.urls, partitions=PARTITIONS, lease_s=3, leases=True)
     job, tag = fresh_job_id(), uuid.uuid4().hex[:6]
     part = partition_of(f"job:{job}", PARTITIONS)
 
@@ -116,7 +139,7 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
         # a third collector no host streams to: a follower of the job there sees each host's new events (from
         # the log), the second shipped only after the first was shown, so it can only have been pushed
         port_c = free_port()
-        col_c = log_collector(tmp_path / "c", port_c, url, urls).start()
+        up(services, log_collector(tmp_path / "c", port_c, url, nats_cluster))
         timeline = subprocess.Popen([*CLI, "timeline", job, "--collector", f"127.0.0.1:{port_c}", "--json",
                                      "--interval", "60", "--follow"], stdout=subprocess.PIPE, text=True)
         shown: list[str] = []
@@ -130,14 +153,10 @@ def test_fleet_on_the_log_survives_a_dead_log_node_collector_and_worker(tmp_path
             if proc is not None:
                 proc.kill()
                 proc.wait(10)
-        if "col_c" in locals():
-            col_c.stop()
         probe.close()
         for a in (n1, n2, locals().get("n1b")):
             if a is not None:
                 a.close()
-        for s in (col_a, col_b, *workers.values()):
-            s.stop()
 
 
 def test_collector_refuses_a_bad_log_url(tmp_path):
@@ -153,7 +172,8 @@ def test_worker_needs_log_and_store(args):
 
 
 @pytest.mark.kernel
-def test_a_real_agent_on_the_log_loses_nothing_when_its_collector_and_a_log_node_die(tmp_path, postgres, nats_cluster):
+def test_a_real_agent_on_the_log_loses_nothing_when_its_collector_and_a_log_node_die(tmp_path, postgres, nats_cluster,
+                                                                                   services):
     """The real agent (this kernel) with two log collectors in its list: tagged execs; SIGKILL a NATS node and the
     collector the agent streams to mid-stream; the agent fails over and every exec is stored exactly once."""
     from tests.conftest import require_bpf  # noqa: PLC0415
@@ -161,31 +181,26 @@ def test_a_real_agent_on_the_log_loses_nothing_when_its_collector_and_a_log_node
     from tests.test_fleet_e2e import run_tagged, tagged_execs  # noqa: PLC0415
 
     require_bpf()
-    url, urls = postgres.new_database(), nats_cluster.urls
+    url = postgres.new_database()
     port_a, port_b, host = free_port(), free_port(), f"logfleet-{uuid.uuid4().hex[:8]}"
-    col_a = log_collector(tmp_path / "a", port_a, url, urls).start()
-    col_b = log_collector(tmp_path / "b", port_b, url, urls).start()
-    w1 = worker(tmp_path, url, urls, "w1").start()
-    ag = agent(tmp_path, port_a, host, "--collector", f"127.0.0.1:{port_a},127.0.0.1:{port_b}").start()
-    try:
-        from lab import wait_for_text, wait_policy_acked  # noqa: PLC0415
+    col_a = up(services, log_collector(tmp_path / "a", port_a, url, nats_cluster))
+    up(services, log_collector(tmp_path / "b", port_b, url, nats_cluster))
+    up(services, worker(tmp_path, url, nats_cluster, "w1"))
+    up(services, agent(tmp_path, port_a, host, "--collector", f"127.0.0.1:{port_a},127.0.0.1:{port_b}"))
+    from lab import wait_for_text, wait_policy_acked  # noqa: PLC0415
 
-        wait_policy_acked(port_a, host)
-        tag = f"logfleet-{uuid.uuid4().hex}"
-        run_tagged(tag, 0, 100)
-        wait_until(lambda: tagged_execs(url, host, tag)[0] == 100, 60, "100 execs stored through the log")
-        nats_cluster.nodes[1].kill()                                  # a log node
-        run_tagged(tag, 100, 50)
-        col_a.kill()                                                  # the agent's collector, mid-stream
-        run_tagged(tag, 150, 50)
-        wait_for_text(tmp_path / "agent.log", f"failing over to collector 127.0.0.1:{port_b}", timeout=60)
-        wait_until(lambda: tagged_execs(url, host, tag)[0] >= 200, 90, "every exec stored")
-        assert tagged_execs(url, host, tag) == (200, 0)               # every event, exactly once
-        assert rows(url, "SELECT COUNT(*) FROM gaps WHERE host_id = %s", host)[0][0] == 0   # and no false gap
-    finally:
-        ag.stop()
-        for s in (col_a, col_b, w1):
-            s.stop()
+    wait_policy_acked(port_a, host)
+    tag = f"logfleet-{uuid.uuid4().hex}"
+    run_tagged(tag, 0, 100)
+    wait_until(lambda: tagged_execs(url, host, tag)[0] == 100, 60, "100 execs stored through the log")
+    nats_cluster.nodes[1].kill()                                  # a log node
+    run_tagged(tag, 100, 50)
+    col_a.kill()                                                  # the agent's collector, mid-stream
+    run_tagged(tag, 150, 50)
+    wait_for_text(tmp_path / "agent.log", f"failing over to collector 127.0.0.1:{port_b}", timeout=60)
+    wait_until(lambda: tagged_execs(url, host, tag)[0] >= 200, 90, "every exec stored")
+    assert tagged_execs(url, host, tag) == (200, 0)               # every event, exactly once
+    assert rows(url, "SELECT COUNT(*) FROM gaps WHERE host_id = %s", host)[0][0] == 0   # and no false gap
 
 
 def test_a_worker_stops_promptly_when_the_log_is_dead(tmp_path, nats_cluster):
