@@ -88,6 +88,13 @@ def duplicate_in_process(exc) -> bool:
     return getattr(exc, "err_code", None) == DUPLICATE_IN_PROCESS
 
 
+def refusal(exc) -> bool:
+    """The servers refused the client's credentials (nats-py reports it to the error callback and keeps retrying)."""
+    from nats.errors import AuthorizationError  # noqa: PLC0415
+
+    return isinstance(exc, AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
 def placement_pending(exc) -> bool:
     """A replicated stream or bucket asked of a cluster whose peers have not all joined yet (a fresh or restarted
     cluster): it is placed once they have - retried like an election, never read as "exists with other settings"."""
@@ -171,15 +178,25 @@ class NatsLog:
         from nats.js.api import KeyValueConfig, StorageType, StreamConfig  # noqa: PLC0415
         from nats.js.errors import BadRequestError  # noqa: PLC0415
 
+        refused = self._loop.create_future()      # the servers turned our credentials down: no retry will help
+
         async def on_error(exc):
             log.debug("nats: %s", exc)
+            if refusal(exc) and not refused.done():
+                refused.set_result(exc)
 
         async def on_reconnect():
             log.info("event log: reconnected to %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
 
-        self.nc = await nats.connect(servers=self.urls, name=self.name, connect_timeout=3, reconnect_time_wait=0.5,
-                                     max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnect,
-                                     allow_reconnect=True, **self.auth)
+        connecting = asyncio.ensure_future(nats.connect(
+            servers=self.urls, name=self.name, connect_timeout=3, reconnect_time_wait=0.5, max_reconnect_attempts=-1,
+            error_cb=on_error, reconnected_cb=on_reconnect, allow_reconnect=True, **self.auth))
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            raise LogUnavailable(f"the event log refused this client ({refused.result()}): give the credentials its "
+                                 "servers expect (--log-creds)")
+        self.nc = connecting.result()
         self.js = self.nc.jetstream(timeout=self.timeout_s)
         log.info("event log: connected to %s, setting up stream %s", self.nc.connected_url.netloc
                  if self.nc.connected_url else "?", STREAM)

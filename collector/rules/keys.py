@@ -215,6 +215,21 @@ def _exe_prefix_in(value, _rule, _res):
     return exe_prefix
 
 
+@key("exe_regex", PROCESS_EVENTS, _regex_any)
+def _exe_regex(value, _rule, _res):
+    """The executed file's path (a regex or a $list of them): where a program runs from says what it is when its name
+    says nothing (``/dev/shm/.x/a``, a file in ``/tmp/.X11-unix``, which holds only sockets)."""
+    rx = compile_regex(value)
+
+    def exe_regex(v, _c):
+        ev = v.ev
+        for path in (ev.exec.filename if ev.HasField("exec") else "", ev.process.exe):
+            if path and search(rx, path):
+                return path
+        return None
+    return exe_regex
+
+
 ARGV_HOST = re.compile(r"(?i)(?<![\w.-])((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62})(?![\w-])")
 
 
