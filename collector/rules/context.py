@@ -26,6 +26,7 @@ class JobContext:
     node_listeners: dict[int, str] = field(default_factory=dict)   # this host's loopback-reachable ports -> the job
                                                                    # listening there (shared by the host's jobs)
     # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
+    discovery: dict[str, int] = field(default_factory=dict)   # kind of discovery command -> when (ns) last run
 
 
 class EventView:
@@ -162,6 +163,77 @@ def failed_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
         return None
     hosts = {d[0] for d in recent}
     return f"{len(recent)} distinct destinations failed within a minute ({len(hosts)} hosts, e.g. {c.daddr}:{c.dport})"
+
+
+DISCOVERY_WINDOW_NS = 60 * 10**9
+# What an intruder runs in its first minute to learn where it landed (ATT&CK's discovery tactic): who am I, what
+# is this host, who else is here, what can I reach, what can I raise. Each is ordinary alone; a training job does
+# not run six kinds of them within a minute. Hardware and GPU queries (lscpu, nvidia-smi, df, free, hostname) are
+# left out: job scripts print those.
+DISCOVERY_PROGRAMS = {
+    "whoami": "user", "id": "user", "groups": "groups", "w": "sessions", "who": "sessions", "users": "sessions",
+    "last": "logins", "lastlog": "logins", "uname": "kernel", "hostnamectl": "kernel", "netstat": "sockets",
+    "ss": "sockets", "lsof": "sockets", "arp": "neighbours", "ifconfig": "interfaces", "route": "routes",
+    "getent": "accounts", "ps": "processes", "pstree": "processes", "getcap": "capabilities", "crontab": "cron",
+    "dpkg": "packages", "rpm": "packages", "capsh": "capabilities", "systemctl": "services", "iptables": "firewall",
+    "nft": "firewall", "mount": "mounts", "findmnt": "mounts", "printenv": "environment", "env": "environment",
+    "sudo": "sudo", "find": "find", "cat": "read", "head": "read", "tail": "read", "less": "read", "more": "read",
+    "ip": "ip",
+}
+DISCOVERY_FILES = {
+    "/etc/passwd": "accounts", "/etc/group": "groups", "/etc/os-release": "kernel", "/etc/issue": "kernel",
+    "/proc/version": "kernel", "/etc/hosts": "hosts", "/etc/resolv.conf": "hosts", "/proc/net/tcp": "sockets",
+    "/proc/net/arp": "neighbours", "/proc/net/route": "routes", "/etc/crontab": "cron", "/etc/sudoers": "sudo",
+    "/proc/1/cgroup": "container", "/.dockerenv": "container", "/proc/self/status": "capabilities",
+    "/etc/exports": "mounts", "/etc/fstab": "mounts",
+}
+
+
+def discovery_kind(ev: pb.Event) -> str | None:
+    """What a discovery command asks about, or None: the program's name, with what it reads for cat and kin, the
+    option for the programs that also do other things (sudo -l, crontab -l, dpkg -l, find -perm, ip addr)."""
+    argv = list(ev.exec.argv)
+    name = (ev.exec.filename or (argv[0] if argv else "")).rsplit("/", 1)[-1]
+    kind = DISCOVERY_PROGRAMS.get(name)
+    args = argv[1:]
+    if kind == "read":
+        return next((DISCOVERY_FILES[a] for a in args if a in DISCOVERY_FILES), None)
+    if kind == "sudo":
+        return "sudo" if args[:1] == ["-l"] or args[:1] == ["-ll"] else None
+    if kind in ("cron", "packages"):
+        return kind if any(a in ("-l", "-qa", "--list") for a in args) else None
+    if kind == "find":
+        return "setuid files" if "-perm" in args else None
+    if kind == "ip":
+        return {"a": "interfaces", "addr": "interfaces", "address": "interfaces", "r": "routes", "route": "routes",
+                "n": "neighbours", "neigh": "neighbours", "link": "interfaces"}.get(next(
+                    (a for a in args if not a.startswith("-")), ""))
+    if kind == "services":
+        return kind if any(a in ("list-units", "list-unit-files", "list-timers") for a in args) else None
+    if kind in ("firewall",):
+        return kind if any(a in ("-L", "-S", "list", "--list") for a in args) else None
+    if kind in ("mounts", "environment"):
+        return kind if not args else None            # the listing, not a mount or a command under env
+    return kind
+
+
+def discovery_burst(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
+    """A job that ran at least ``at_least`` kinds of discovery command within a minute (whoami, id, uname -a,
+    cat /etc/passwd, netstat, sudo -l, find -perm -4000, ...): someone learning where they landed, by hand or by
+    a script (linpeas-style), whatever the tool is called."""
+    kind = discovery_kind(ev)
+    if kind is None:
+        return None
+    now = ev.ts_ns
+    seen = ctx.discovery
+    seen[kind] = now
+    recent = sorted(k for k, t in seen.items() if now - t <= DISCOVERY_WINDOW_NS)
+    if len(seen) > 2 * len(recent) + 8:          # bounded: forget kinds that fell out of the window
+        for k in [k for k, t in seen.items() if now - t > DISCOVERY_WINDOW_NS]:
+            del seen[k]
+    if len(recent) < at_least:
+        return None
+    return f"{len(recent)} kinds of discovery within a minute: {', '.join(recent)}"
 
 
 LOOPBACK_PREFIXES = ("127.", "::ffff:127.")

@@ -18,6 +18,7 @@ from collector.resolve import DomainResolver
 from collector.rules.context import (
     Matcher,
     destination,
+    discovery_burst,
     dns_tunnel_shape,
     failed_fanout,
     gpu_new_binary,
@@ -509,6 +510,11 @@ def _dns_qtype_in(value, _rule, _res):
 @key("failed_fanout_at_least", ("connect",), _count, context=True)
 def _failed_fanout_at_least(value, _rule, _res):
     return lambda v, ctx: failed_fanout(v.ev, ctx, value) if ctx is not None else None
+
+
+@key("discovery_burst_at_least", ("exec",), _count, context=True)
+def _discovery_burst_at_least(value, _rule, _res):
+    return lambda v, ctx: discovery_burst(v.ev, ctx, value) if ctx is not None else None
 
 
 @key("reaches_another_jobs_listener", ("connect",), _true, context=True)
