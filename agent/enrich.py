@@ -134,24 +134,22 @@ class Enricher:
         p.uid = hdr.uid
         return p
 
-    def _proc_base(self, hdr: Header, p: Process, with_ancestry: bool) -> pb.Process:
-        """The per-process part of an event, built once per (process image, cgroup, uid, gid), in two
-        variants (with and without the ancestry). A storm of events from one process then costs one
-        protobuf copy, not a rebuild."""
+    def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
+        """The per-process part of an event without its ancestors, built once per (process image, cgroup, uid,
+        gid): a storm of events from one process then costs one protobuf copy, not a rebuild. The ancestors are
+        merged into the event itself when it carries them (once per image: making a second variant with them
+        up front cost a copy per exec that most processes never used)."""
         ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
         cached = p.record_base
         if cached is None or cached[0] != ident:
             bare = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p), exe=p.exe,
                               argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
                               cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
-            full = pb.Process()
-            full.CopyFrom(bare)
-            full.MergeFrom(self._ancestry(p))          # appends the ancestors: one C call
-            cached = p.record_base = (ident, bare, full)
-        _ident, bare, full = cached
+            cached = p.record_base = (ident, bare)
+        bare = cached[1]
         if not bare.exe_sha256 and self.hasher and p.exe:
-            bare.exe_sha256 = full.exe_sha256 = self.hasher.lookup(p.exe)   # background; "" until computed
-        return full if with_ancestry else bare
+            bare.exe_sha256 = self.hasher.lookup(p.exe)   # background; "" until computed
+        return bare
 
     def _ancestry(self, p: Process) -> pb.Process:
         """A Process holding only the ancestors, built once per lineage (siblings share their parent's)."""
@@ -174,7 +172,9 @@ class Enricher:
             p.ancestry_sent = True
         ev = pb.Event(ts_ns=self.clock.to_wall(hdr.ts_boot_ns), boot_id=self.identity.boot_id)
         proc = ev.process
-        proc.CopyFrom(self._proc_base(hdr, p, ancestry))
+        proc.CopyFrom(self._proc_base(hdr, p))
+        if ancestry:
+            proc.MergeFrom(self._ancestry(p))          # appends the ancestors: one C call
         proc.tid = hdr.tid
         proc.comm = hdr.comm or p.comm
         ev.job.kind, ev.job.id, ev.job.name = job.kind, job.id, job.name
@@ -192,16 +192,16 @@ class Enricher:
         (process image, thread, comm, job, ancestry or not, hash known or not): a storm of connects from one
         thread serialises its process once."""
         ancestry = not p.ancestry_sent
-        base = self._proc_base(hdr, p, ancestry)
+        base = self._proc_base(hdr, p)
         comm = hdr.comm or p.comm
         cached = p.connect_prefix
         if (cached is not None and cached[0] is base and cached[1] == hdr.tid and cached[2] == comm
-                and cached[3] == job and cached[4] == bool(base.exe_sha256)):
-            return cached[5]
+                and cached[3] == job and cached[4] == bool(base.exe_sha256) and cached[5] == ancestry):
+            return cached[6]
         ev = self._event(hdr, p, job, with_ancestry=ancestry)
         ev.ClearField("ts_ns")
         prefix = ev.SerializeToString()
-        p.connect_prefix = (base, hdr.tid, comm, job, bool(base.exe_sha256), prefix)
+        p.connect_prefix = (base, hdr.tid, comm, job, bool(base.exe_sha256), ancestry, prefix)
         return prefix
 
     @staticmethod

@@ -103,14 +103,17 @@ class ArenaSet:
         return self.lib.gg_ring_record(self.ctx, record, len(record))
 
     def take(self) -> ArenaBatch:
-        """What the arenas hold, copied out; the arenas are empty afterwards."""
+        """What the arenas hold, copied out (only the kinds that have records: a poll of a few kinds does not pay
+        for the other ten); the arenas are empty afterwards."""
         arrays = {}
         for kind in SIZES:
             arena = self.s.a[kind]
             n = arena.count
-            data = ctypes.string_at(arena.buf, arena.used) if n else b""
-            arrays[kind] = np.frombuffer(data, dtype=DTYPES[kind], count=n) if n else np.empty(0, DTYPES[kind])
-            arena.used = arena.count = 0
+            if n:
+                arrays[kind] = np.frombuffer(ctypes.string_at(arena.buf, arena.used), dtype=DTYPES[kind], count=n)
+                arena.used = arena.count = 0
+            elif arena.used:
+                arena.used = 0
         order = np.frombuffer(ctypes.string_at(self.s.order, self.s.order_used), dtype=np.uint8).copy()
         self.s.order_used = 0
         malformed, self._malformed_taken = self.s.malformed - self._malformed_taken, self.s.malformed
