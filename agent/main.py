@@ -23,6 +23,9 @@ from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger("gpuguard.agent")
 
+BUSY_DRAIN_S = 0.05      # while records flow: one drain per this long
+IDLE_WAIT_MS = 500       # after an empty drain: how long to wait for the priority ring to wake the loop
+
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ = 0, 1, 2, 3
 
 
@@ -148,9 +151,21 @@ class Agent:
             self.shipper.notify()
 
     def run(self) -> None:
+        """The capture loop, paced: while records flow, one drain every BUSY_DRAIN_S (a burst is handled as one
+        batch, which is what makes a record cheap); once a drain finds nothing, a long wait that the priority
+        ring's first record cuts short (probes/gpuguard.h: adaptive wakeup), so an idle agent wakes a few times a
+        second instead of twenty, and an exec after a quiet spell is seen at once. Bulk-ring records (connects)
+        after a quiet spell wait at most IDLE_WAIT_MS."""
         stop = self.capture.stop_event
+        busy = True
         while not stop.is_set():
-            self.capture.poll_once(50)
+            if busy:
+                stop.wait(BUSY_DRAIN_S)
+                drained = self.capture.probes.drain()
+            else:
+                drained = self.capture.probes.poll(IDLE_WAIT_MS)
+            self.capture.process(drained)
+            busy = len(drained) > 0
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
                 self.emit_status()
         self.capture.process(self.capture.probes.drain())

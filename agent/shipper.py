@@ -51,6 +51,7 @@ CommandHandler = Callable[[cpb.CollectorMessage], cpb.AgentMessage | None]
 MAX_RECORD_BYTES = 1 << 20
 MAX_BATCH_BYTES = 4 << 20          # well under the collector's 8 MiB soft limit
 QUARANTINE_KEEP = 1000
+IDLE_WAIT_S = 1.0                  # with nothing to send, how long the send loop sleeps between looks
 
 
 class Quarantine:
@@ -262,7 +263,7 @@ class Shipper:
             else:
                 records = self.spool.read_after(after, self.batch_max_events)
             if not records:
-                self.new_data.wait(self.batch_max_delay_s)
+                self.new_data.wait(IDLE_WAIT_S)       # notify() and acks wake it: the timeout is a safety net
                 self.new_data.clear()
                 continue
             if state["raw"]:

@@ -282,15 +282,18 @@ static __always_inline int over_budget(struct event_header *h, u32 kind)
     return 1;
 }
 
-/* Submit without waking the reader: the agent drains the ring on a short timer
- * (agent/loader.py), which saves a wakeup per event on hot paths. */
+/* The bulk ring is submitted to without waking the reader: the agent drains it on a
+ * timer (agent/main.py), which saves a wakeup per event on hot paths. The priority ring
+ * (exec, exit, fork, cgroup, enforcement) wakes the reader adaptively: the kernel
+ * notifies only when the reader had caught up, i.e. once for the first record after a
+ * drain, so an idle agent can sleep long and still sees an exec at once. */
 static __always_inline void emit(void *e, u32 size, u32 kind)
 {
     struct event_header *h = e;
     int priority = priority_kind(kind);
     if (!priority && over_budget(h, kind))
         return;
-    long err = priority ? priority_events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP)
+    long err = priority ? priority_events.ringbuf_output(e, size, 0)
                         : events.ringbuf_output(e, size, BPF_RB_NO_WAKEUP);
     if (err != 0) {
         count_lost(kind);
