@@ -52,6 +52,31 @@ def true_ancestry(pid: int) -> list[int]:
     return chain
 
 
+def test_an_exec_wakes_a_reader_waiting_on_an_idle_ring():
+    """The priority ring wakes its reader (adaptive wakeup, probes/gpuguard.h): an agent that waits long after an
+    empty drain still sees an exec at once. Without the wakeup the records sit in the ring and the poll runs to its
+    timeout (the bulk ring never wakes anyone), whether the exec came before the poll began or during it."""
+    import time  # noqa: PLC0415
+
+    from agent.runtime import Capture  # noqa: PLC0415
+
+    cap = Capture(hash_executables=False, verify_offsets=False)
+    cap.start()
+    try:
+        cap.probes.drain()
+        tag = uuid.uuid4().hex[:8]
+        subprocess.run(["/bin/true", tag], check=True)
+        timeout_s, waited, seen = 60.0, 0.0, False
+        while not seen and waited < timeout_s:
+            started = time.monotonic()
+            records = cap.process(cap.probes.poll(int(timeout_s * 1000)))
+            waited += time.monotonic() - started
+            seen = any(r.HasField("exec") and tag in r.exec.argv for r in records)
+        assert seen and waited < timeout_s / 2, f"the exec was seen after {waited:.1f} s of a {timeout_s:.0f} s wait"
+    finally:
+        cap.close()
+
+
 def test_ring_buffer_overflow_is_counted_per_kind():
     """A one-page ring buffer that nobody drains: the kernel counts what it could not hand over."""
     from agent.runtime import Capture  # noqa: PLC0415
