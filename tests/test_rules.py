@@ -336,3 +336,23 @@ def test_a_correlation_may_need_any_one_of_several_rules():
            "    requires: [[tunnel-tool, no-such-rule], gpu-open-new-binary]\n")
     with pytest.raises(RuleError, match="unknown rule id 'no-such-rule'"):
         load_ruleset(rule_texts(extra=(("bad.yaml", bad),)))
+
+
+def test_a_discovery_burst_is_reported_once_per_burst(builtin):
+    """Each discovery command is a process of its own: the burst is one report (when the sixth kind comes), not one
+    per command after it; a burst a minute later is reported again."""
+    engine, ctx = Engine(builtin), JobContext()
+    commands = [["/usr/bin/whoami"], ["/usr/bin/uname", "-a"], ["/usr/bin/cat", "/etc/passwd"], ["/usr/bin/ss", "-tln"],
+                ["/usr/bin/ps", "aux"], ["/usr/bin/last"], ["/usr/sbin/arp", "-a"], ["/usr/bin/groups"]]   # 8 kinds
+
+    def burst(start_s: int) -> list[int]:
+        fired = []
+        for i, argv in enumerate(commands):
+            ev = exec_event(argv, seq=start_s + i, key=f"k{start_s + i}")
+            ev.ts_ns = (start_s + i) * 10**9
+            if "discovery-burst" in rule_ids(engine, ev, ctx):
+                fired.append(i)
+        return fired
+
+    assert burst(1000) == [5]                  # the sixth kind, and none of the two after it
+    assert burst(1100) == [5]                  # a minute and more later: a new burst (the old kinds aged out)

@@ -27,6 +27,7 @@ class JobContext:
                                                                    # listening there (shared by the host's jobs)
     # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
     discovery: dict[str, int] = field(default_factory=dict)   # kind of discovery command -> when (ns) last run
+    discovery_burst_ns: int | None = None                     # when the last burst was reported (once a window)
 
 
 class EventView:
@@ -225,14 +226,12 @@ def discovery_burst(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
     if kind is None:
         return None
     now = ev.ts_ns
-    seen = ctx.discovery
-    seen[kind] = now
-    recent = sorted(k for k, t in seen.items() if now - t <= DISCOVERY_WINDOW_NS)
-    if len(seen) > 2 * len(recent) + 8:          # bounded: forget kinds that fell out of the window
-        for k in [k for k, t in seen.items() if now - t > DISCOVERY_WINDOW_NS]:
-            del seen[k]
-    if len(recent) < at_least:
-        return None
+    ctx.discovery[kind] = now                    # bounded by the vocabulary above
+    recent = sorted(k for k, t in ctx.discovery.items() if now - t <= DISCOVERY_WINDOW_NS)
+    last = ctx.discovery_burst_ns
+    if len(recent) < at_least or (last is not None and now - last <= DISCOVERY_WINDOW_NS):
+        return None                              # each command is its own process: one report per burst, not per
+    ctx.discovery_burst_ns = now                 # command that follows it
     return f"{len(recent)} kinds of discovery within a minute: {', '.join(recent)}"
 
 
