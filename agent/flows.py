@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import socket
 import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from gpuguard.addresses import unmapped
 
 FLOW_TLS_HELLO, FLOW_DNS_QUERY, FLOW_DNS_ANSWER, FLOW_UDP_FIRST, FLOW_UDP_INBOUND = 1, 2, 3, 4, 5   # probes/gpuguard.h
 IPPROTO_TCP = 6
@@ -288,26 +289,17 @@ class DestinationNames:
         return ("", "none") if now - self.last_answer <= NAMING_FRESH_S else ("", "")
 
 
-def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address, IPv4 for a v4-mapped IPv6 one; None if it is not an address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
-
-
 def canonical(address: str) -> str:
     """One spelling per address (map keys). The decoder already writes v4 dotted and v6 in RFC 5952 form, so a
     dotted v4 string is returned as it is: the per-connect lookup parses nothing."""
     if ":" not in address:
         return address          # dotted v4 (ipaddress accepts no other spelling of it) or not an address
-    ip = _unmapped(address)
+    ip = unmapped(address)
     return str(ip) if ip is not None else address
 
 
 @functools.lru_cache(maxsize=65_536)        # a node talks to few addresses: parse each once
 def off_node(address: str) -> bool:
     """Not loopback, not unspecified: a connect that leaves the node (jupyter's kernels on 127.0.0.1 do not)."""
-    ip = _unmapped(address)
+    ip = unmapped(address)
     return ip is not None and not (ip.is_loopback or ip.is_unspecified)

@@ -109,11 +109,9 @@ class ArenaSet:
         for kind in SIZES:
             arena = self.s.a[kind]
             n = arena.count
-            if n:
+            if n:                                   # the callback moves used and count together
                 arrays[kind] = np.frombuffer(ctypes.string_at(arena.buf, arena.used), dtype=DTYPES[kind], count=n)
                 arena.used = arena.count = 0
-            elif arena.used:
-                arena.used = 0
         order = np.frombuffer(ctypes.string_at(self.s.order, self.s.order_used), dtype=np.uint8).copy()
         self.s.order_used = 0
         malformed, self._malformed_taken = self.s.malformed - self._malformed_taken, self.s.malformed

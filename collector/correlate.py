@@ -8,12 +8,12 @@ correlator at most ``max_hits`` hits and ``max_jobs`` jobs; evictions are counte
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from collector.rules.engine import JobContext, RuleMatch
 from collector.rules.loader import Correlation, RuleSet
+from gpuguard.addresses import unmapped
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import JOB_HOST, JOB_SYSTEMD
 
@@ -36,13 +36,8 @@ class Hit:
 
 def reachable_over_loopback(listen_addr: str) -> bool:
     """A listener bound to the loopback or to every address (v4-mapped read as v4): what any job can reach."""
-    try:
-        ip = ipaddress.ip_address(listen_addr)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_unspecified
+    ip = unmapped(listen_addr)
+    return ip is not None and (ip.is_loopback or ip.is_unspecified)
 
 
 @dataclass

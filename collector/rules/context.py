@@ -211,7 +211,7 @@ def discovery_kind(ev: pb.Event) -> str | None:
                     (a for a in args if not a.startswith("-")), ""))
     if kind == "services":
         return kind if any(a in ("list-units", "list-unit-files", "list-timers") for a in args) else None
-    if kind in ("firewall",):
+    if kind == "firewall":
         return kind if any(a in ("-L", "-S", "list", "--list") for a in args) else None
     if kind in ("mounts", "environment"):
         return kind if not args else None            # the listing, not a mount or a command under env

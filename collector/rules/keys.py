@@ -28,6 +28,7 @@ from collector.rules.context import (
 )
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
+from gpuguard.addresses import unmapped
 from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_bytes
 from gpuguard.render import printable
 from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
@@ -390,12 +391,9 @@ def _address(inside: bool, address_of: Callable[[Any], str]) -> Compile:
 
         def address(v, _c):
             text = address_of(v.ev)
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
+            addr = unmapped(text)
+            if addr is None:
                 return None
-            if addr.version == 6 and addr.ipv4_mapped:
-                addr = addr.ipv4_mapped
             hit = any(addr in n for n in nets if n.version == addr.version)
             return text if hit == inside else None
         return address
