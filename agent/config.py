@@ -18,7 +18,7 @@ class AgentConfig:
     collector: str = ""                      # host:port; empty = print locally only
     spool_dir: str = "/var/lib/gpuguard/spool"
     spool_max_bytes: int = 1 << 30
-    batch_max_events: int = 512
+    batch_max_events: int = 2048             # a RawBatch of connects is ~100 B per event: ~200 KB
     batch_max_delay_ms: int = 200
     ringbuf_pages: int = 4096
     gpu_sample_s: float = 5.0               # GPU processes sampled from NVML this often (0: off)

@@ -79,7 +79,7 @@ class Quarantine:
 
 class Shipper:
     def __init__(self, target: str, spool: Spool, identity: HostIdentity, token: str | Callable[[], str] = "",
-                 batch_max_events: int = 512, batch_max_delay_s: float = 0.2, window_batches: int = 8,
+                 batch_max_events: int = 2048, batch_max_delay_s: float = 0.2, window_batches: int = 8,
                  on_command: CommandHandler | None = None, policy_version: Callable[[], int] = lambda: 0,
                  backoff_max_s: float = 10.0, tls: tuple[str, str, str] = ("", "", ""),
                  heartbeat_s: float = 10.0) -> None:
@@ -252,12 +252,17 @@ class Shipper:
 
     def _send_loop(self, outbox: queue.Queue, state: dict, reader: threading.Thread) -> None:
         cursor = state["acked"]
+        last_send = 0.0
         while not self.stop_event.is_set() and reader.is_alive():
             if cursor - state["acked"] >= self.window_events:
                 self.new_data.wait(self.batch_max_delay_s)
                 self.new_data.clear()
                 continue
             after = max(cursor, state["acked"])
+            linger = self.linger_s(time.monotonic() - last_send, self.spool.last_seq - after)
+            if linger:
+                self.stop_event.wait(linger)
+                continue
             if state["raw"]:
                 records = self.spool.read_raw_after(after, self.batch_max_events)
             else:
@@ -277,7 +282,17 @@ class Shipper:
             state["sent"] = max(state["sent"], last)
             outbox.put(message)
             cursor = last
+            last_send = time.monotonic()
             self.sent_batches += 1
+
+    def linger_s(self, since_send_s: float, unsent: int) -> float:
+        """How long a part batch waits to fill up before it is sent (0: send now). Each send and its ack wake
+        three threads here and a commit at the collector, so under a steady stream fewer, fuller batches cost far
+        less CPU (bench/agent_cpu.py: ~20 % of the agent's). A record after a quiet spell still goes at once: the
+        last send is long past."""
+        if unsent <= 0 or unsent >= self.batch_max_events:
+            return 0.0
+        return max(0.0, self.batch_max_delay_s - since_send_s)
 
     def build_batch(self, records: list[pb.Event]) -> cpb.EventBatch:
         """Spooled events -> one batch under MAX_BATCH_BYTES (stops early; the rest go in the next batch)."""

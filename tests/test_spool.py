@@ -161,3 +161,16 @@ def test_a_record_that_cannot_be_encoded_becomes_a_gap_and_the_rest_of_its_poll_
     assert [r["kind"] for r in got] == ["exit", "gap", "exit"] and got[2]["n"] == 7
     assert got[1]["gap"]["from_seq"] == got[1]["gap"]["to_seq"] == 2 and "unencodable" in got[1]["gap"]["reason"]
     assert sp.stats.unpackable == 1
+
+
+def test_the_shipper_lets_a_part_batch_fill_up_only_right_after_a_send(tmp_path):
+    """Fewer, fuller batches under a steady stream; a record after a quiet spell or a full batch goes at once."""
+    from agent.identity import HostIdentity  # noqa: PLC0415
+    from agent.shipper import Shipper  # noqa: PLC0415
+
+    shipper = Shipper("127.0.0.1:1", Spool(tmp_path / "spool"), HostIdentity("h", "h", "b"), batch_max_events=100,
+                      batch_max_delay_s=0.2)
+    assert shipper.linger_s(since_send_s=0.05, unsent=10) == 0.2 - 0.05     # part batch just after a send: waits
+    assert shipper.linger_s(since_send_s=5.0, unsent=1) == 0.0              # after a quiet spell: at once
+    assert shipper.linger_s(since_send_s=0.05, unsent=100) == 0.0           # a full batch: at once
+    assert shipper.linger_s(since_send_s=0.05, unsent=0) == 0.0             # nothing to send: no linger
