@@ -62,3 +62,19 @@ def test_the_kernel_lowering_reads_the_registry():
                                 "stdio_pty_network", "argv_has", "argv_uninspectable"}
     assert KERNEL_PAYLOAD_KEYS == set(keys.FINGERPRINT_KEYS) == {"payload", "stratum"}
     assert KERNEL_CONNECT_KEYS == {"dport_in", "daddr_cidr_in", "proto_in"}
+
+
+def test_argv_addresses_are_hosts_not_versions_and_outside_the_networks_given():
+    """argv_address_not_in: a bare address a program is told to reach, in any form, outside the cluster's
+    networks; version pins and link-local or multicast addresses are not hosts out there."""
+    found = [text for text, _ in keys.argv_addresses(
+        "curl http://203.0.113.9:80/x u@198.51.100.7 /dev/tcp/192.0.2.1/4 --host=8.8.8.8 10.0.0.1 "
+        "torch==2.3.0.1 v1.2.3.4 1.2.3.4.5 pkg>=1.2.3.4")]
+    assert found == ["203.0.113.9", "198.51.100.7", "192.0.2.1", "8.8.8.8", "10.0.0.1"]
+    matcher = keys.compile_matcher("argv_address_not_in", ["10.0.0.0/8", "127.0.0.0/8"], _Rule)
+
+    def seen(*argv):
+        return matcher(EventView(pb.Event(exec=pb.Exec(argv=list(argv)))), JobContext())
+    assert seen("curl", "http://10.0.0.5/x", "http://127.0.0.1:8/") is None
+    assert seen("curl", "http://169.254.169.254/", "http://224.0.0.1/") is None
+    assert seen("curl", "http://10.0.0.5/x", "http://203.0.113.9/y") == "203.0.113.9"

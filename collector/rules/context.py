@@ -4,12 +4,15 @@ helpers several match keys share (destinations, DNS zones, the DNS-tunnel shape,
 from __future__ import annotations
 
 import errno
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpuguard.argv_scan import argv_scan_text
 from gpuguard.v1 import events_pb2 as pb
+
+LINE_BREAKS = re.compile(r"[ \t]*(\r\n|\r|\n)+[ \t]*")   # one or more, with the blanks around them
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
 
@@ -64,8 +67,12 @@ class EventView:
 
     @property
     def argv_text(self) -> str:
+        """argv joined by spaces, each line break read as a command separator: a script passed as one argument
+        (`sh -c $'id\\ncurl ...'`, a multi-line `python -c`) is matched line by line like one written with `;`, and
+        no rule has to allow for a newline where it allows `;` (or have `.` stop at one)."""
         if self._argv_text is None:
-            self._argv_text = " ".join(self.argv)
+            text = " ".join(self.argv)
+            self._argv_text = LINE_BREAKS.sub(" ; ", text) if "\n" in text or "\r" in text else text
         return self._argv_text
 
     @property

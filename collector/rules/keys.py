@@ -254,6 +254,37 @@ def _same_program(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
+ARGV_IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?![\w.]|-\d)")
+
+
+def argv_addresses(text: str):
+    """IPv4 addresses written in an argv (a whole argument, `host:port`, a URL, `user@addr`, `/dev/tcp/addr`,
+    `--host=addr`), not version strings (`torch==2.3.0.1`, `v1.2.3.4`): each as (text, address)."""
+    for m in ARGV_IPV4.finditer(text):
+        before = text[max(0, m.start() - 2):m.start()]
+        if before.endswith("=") and before[:1] in "=<>~!":     # ==, >=, <=, ~=, != : a version pin
+            continue
+        addr = unmapped(m.group(1))
+        if addr is not None:
+            yield m.group(1), addr
+
+
+@key("argv_address_not_in", ("exec",), _cidrs)
+def _argv_address_not_in(value, _rule, _res):
+    """An address in the argv outside these networks, that can be a host out there (not link-local, multicast,
+    unspecified or broadcast): a program told to reach a bare address, which no name rule or DNS policy sees."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in value]
+
+    def address(v, _c):
+        for text, addr in argv_addresses(v.argv_text[:ARGV_SCAN_MAX]):
+            if addr.is_link_local or addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
+                continue
+            if not any(addr in n for n in nets if n.version == addr.version):
+                return text
+        return None
+    return address
+
+
 @key("argv0_names_other_program", ("exec",), _strings)
 def _argv0_names_other_program(value, _rule, _res):
     """argv[0] names one of these programs but the file executed is another (``exec -a python3 /tmp/x``,
