@@ -267,14 +267,17 @@ def test_correlation_kills_the_process_tree(stack):
     child = int(words[3])
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     assert "trainer alive" in run.stdout
+    def confirmed(got):      # the agent's enforcement record, shipped like any record, completes the outcome
+        return any(a["rule_id"] == "new-gpu-binary-to-pool-port" and "killed by the agent" in a["outcome"]
+                   for a in got)
     got = alerts(stack, job)
     deadline = time.monotonic() + 15
-    while not any(a["rule_id"] == "new-gpu-binary-to-pool-port" for a in got) and time.monotonic() < deadline:
+    while not confirmed(got) and time.monotonic() < deadline:
         time.sleep(0.3)
         got = alerts(stack, job, timeout=0)
     corr = next(a for a in got if a["rule_id"] == "new-gpu-binary-to-pool-port")
     assert {"step1", "step2"} <= set(corr["matched"])
-    assert "killed by the agent" in corr["outcome"]
+    assert "killed by the agent" in corr["outcome"], corr["outcome"]
     assert "gpu-open-new-binary" in corr["matched"]["step1"] and "connect-pool-port" in corr["matched"]["step2"]
     timeline = cli_json(stack["port"], "timeline", job, "--kind", "enforcement")
     actions = {e["event"]["enforcement"]["action"] for e in timeline["events"]}
