@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.decode import CONNECT_SENDMSG, _addr, _cstr, decode
+from agent.decode import CONNECT_IMAGE_NOLINK, CONNECT_SENDMSG, _addr, _cstr, decode
 from agent.events import (
     ConnectEvent,
     ConnectResultEvent,
@@ -126,7 +126,8 @@ def _addresses(families: list[int], raws: list[bytes]) -> list[str]:
 def _connects(arr: np.ndarray, comms) -> list[KernelEvent]:
     families = arr["family"].tolist()
     addrs = _addresses(families, [bytes(b) for b in arr["daddr"].tolist()])
-    return [ConnectEvent(h, fam, st, addr, dport, sk, proto, bool(flags & CONNECT_SENDMSG), rep)
+    return [ConnectEvent(h, fam, st, addr, dport, sk, proto, bool(flags & CONNECT_SENDMSG), rep,
+                         bool(flags & CONNECT_IMAGE_NOLINK))
             for h, fam, st, addr, dport, sk, proto, flags, rep in zip(
                 _headers(arr, comms), families, arr["sock_type"].tolist(), addrs, arr["dport"].tolist(),
                 arr["sk"].tolist(), arr["protocol"].tolist(), arr["flags"].tolist(), arr["repeats"].tolist(),

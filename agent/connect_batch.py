@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.batch import DTYPES, ArenaBatch
-from agent.decode import _addr, _cstr
+from agent.decode import CONNECT_IMAGE_NOLINK, _addr, _cstr
 from agent.encoded import EncodedConnect, EncodedEvent, connect_address, connect_data, connect_name, pid_of
 from agent.enrich import SOCK_STREAM, SOCK_TYPES, Enricher, family_name
 from agent.events import Header
@@ -121,11 +121,13 @@ class BulkConnects:
             if rec is not None and pid_of(rec) not in ignore_pids:
                 out.append(rec)
         wall = (conns["hdr_ts_ns"].astype(np.int64) + np.int64(enricher.clock.offset_ns)).tolist()
+        nolink = ((conns["flags"] & CONNECT_IMAGE_NOLINK) != 0).tolist()
         columns = zip(wall, who.tolist(), dest.tolist(), conns["dport"].tolist(), conns["sock_type"].tolist(),
-                      conns["repeats"].tolist(), conns["sk"].tolist(), done.tolist(), result.tolist(), strict=True)
+                      conns["repeats"].tolist(), conns["sk"].tolist(), done.tolist(), result.tolist(), nolink,
+                      strict=True)
         addresses: dict[tuple[int, int], bytes] = {}    # fields 1-3: per destination and socket type
         names: dict[tuple[int, int], bytes] = {}        # fields 6-7: per job and destination
-        for row, (t, w, d, dport, sock_type, repeats, sock, finished, res) in enumerate(columns):
+        for row, (t, w, d, dport, sock_type, repeats, sock, finished, res, unlinked) in enumerate(columns):
             address = addresses.get((d, sock_type))
             if address is None:
                 address = addresses[(d, sock_type)] = connect_address(families[d], SOCK_TYPES.get(sock_type, "unknown"),
@@ -135,8 +137,9 @@ class BulkConnects:
                 name = names[(w, d)] = connect_name(*enricher.names.name_of(name_keys[w], addrs[d]))
             prefix = with_ancestry.get(row, prefixes[w]) if with_ancestry else prefixes[w]
             if finished:
-                out.append(EncodedEvent(connect_data(t, prefix, address, dport, res, name, repeats), pids[w], jobs[w]))
+                out.append(EncodedEvent(connect_data(t, prefix, address, dport, res, name, repeats, unlinked), pids[w],
+                                        jobs[w]))
             else:                                       # waits for its outcome, like the ordered loop's
-                pending = EncodedConnect(t, prefix, address, dport, name, repeats, pids[w], jobs[w], addrs[d])
+                pending = EncodedConnect(t, prefix, address, dport, name, repeats, pids[w], jobs[w], addrs[d], unlinked)
                 enricher.connects.attempt(pending, pids[w], sock, True, addrs[d], dport)
         return out

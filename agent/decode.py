@@ -91,6 +91,7 @@ SIZES = {kind: size for kind, (_name, size, _fields) in LAYOUTS.items()}
 
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 CONNECT_SENDMSG = 1
+CONNECT_IMAGE_NOLINK = 2
 AF_INET, AF_INET6 = 2, 10
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
@@ -145,7 +146,7 @@ def _addr(family: int, addr: bytes) -> str:
 def _connect(hdr: Header, raw: bytes) -> ConnectEvent:
     family, dport, sock_type, addr, sk, protocol, flags, repeats, _ = CONNECT_TAIL.unpack_from(raw, HEADER.size)
     return ConnectEvent(hdr, family, sock_type, _addr(family, addr), dport, sk, protocol,
-                        bool(flags & CONNECT_SENDMSG), repeats)
+                        bool(flags & CONNECT_SENDMSG), repeats, bool(flags & CONNECT_IMAGE_NOLINK))
 
 
 def _enforce(hdr: Header, raw: bytes) -> EnforceEvent:

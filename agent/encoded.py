@@ -52,20 +52,22 @@ class EncodedEvent:
 class EncodedConnect:
     """A connect waiting for its outcome (agent/enrich.py PendingConnects): everything but the result."""
 
-    __slots__ = ("address", "daddr", "dport", "job_id", "name", "pid", "prefix", "repeats", "ts_ns")
+    __slots__ = ("address", "daddr", "dport", "job_id", "name", "nolink", "pid", "prefix", "repeats", "ts_ns")
 
     def __init__(self, ts_ns: int, prefix: bytes, address: bytes, dport: int, name: bytes, repeats: int, pid: int,
-                 job_id: str, daddr: str) -> None:
+                 job_id: str, daddr: str, nolink: bool = False) -> None:
         self.ts_ns, self.prefix, self.address, self.dport, self.name = ts_ns, prefix, address, dport, name
-        self.repeats, self.pid, self.job_id, self.daddr = repeats, pid, job_id, daddr
+        self.repeats, self.pid, self.job_id, self.daddr, self.nolink = repeats, pid, job_id, daddr, nolink
 
     def done(self, result: int) -> EncodedEvent:
         return EncodedEvent(connect_data(self.ts_ns, self.prefix, self.address, self.dport, result, self.name,
-                                         self.repeats), self.pid, self.job_id)
+                                         self.repeats, self.nolink), self.pid, self.job_id)
 
 
 # Connect's fields, written in its field order: family (1), proto (2), daddr (3) | dport (4), result (5) |
-# name (6), name_scope (7) | repeats (8). The two parts shared by many connects are made once by their callers.
+# name (6), name_scope (7) | repeats (8), image_nolink (9). The two parts shared by many connects are made once by
+# their callers.
+IMAGE_NOLINK_FIELD = bytes((9 << 3, 1))      # field 9, varint, true
 def connect_address(family: str, proto: str, daddr: str) -> bytes:
     """Fields 1-3: one per destination and socket type."""
     return text_field(1, family) + text_field(2, proto) + text_field(3, daddr)
@@ -77,17 +79,19 @@ def connect_name(name: str, name_scope: str) -> bytes:
 
 
 def connect_data(ts_ns: int, prefix: bytes, address: bytes, dport: int, result: int, name: bytes,
-                 repeats: int) -> bytes:
+                 repeats: int, nolink: bool = False) -> bytes:
     """A connect event's bytes (every field but seq): its time, the shared prefix (boot id, process, job), the
     Connect body."""
     body = address + int_field(4, dport) + int_field(5, result) + name + int_field(8, repeats)
+    if nolink:
+        body += IMAGE_NOLINK_FIELD
     return int_field(2, ts_ns) + prefix + CONNECT_TAG + varint(len(body)) + body
 
 
 def encoded_connect(ts_ns: int, prefix: bytes, family: str, proto: str, daddr: str, dport: int, name: str,
-                    name_scope: str, repeats: int, pid: int, job_id: str) -> EncodedConnect:
+                    name_scope: str, repeats: int, pid: int, job_id: str, nolink: bool = False) -> EncodedConnect:
     return EncodedConnect(ts_ns, prefix, connect_address(family, proto, daddr), dport,
-                          connect_name(name, name_scope), repeats, pid, job_id, daddr)
+                          connect_name(name, name_scope), repeats, pid, job_id, daddr, nolink)
 
 
 def pid_of(rec: pb.Event | EncodedEvent) -> int:

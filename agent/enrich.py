@@ -264,12 +264,13 @@ class Enricher:
                 self.note_connected_out(hdr.pid, ev.daddr, ev.dport)
             if self.encode_connects:
                 rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
-                                      proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id)
+                                      proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id,
+                                      ev.image_nolink)
             else:
                 rec = self._event(hdr, p, job)
                 c = rec.connect
                 c.family, c.proto, c.daddr, c.dport, c.repeats = family, proto, ev.daddr, ev.dport, ev.repeats
-                c.name, c.name_scope = name, name_scope
+                c.name, c.name_scope, c.image_nolink = name, name_scope, ev.image_nolink
             return self.connects.attempt(rec, hdr.pid, ev.sk, ev.sock_type == SOCK_STREAM, ev.daddr, ev.dport)
         if isinstance(ev, GpuOpenEvent):
             out = self._event(hdr, p, job)

@@ -57,6 +57,7 @@ class ConnectEvent:
     protocol: int = 0
     sendmsg: bool = False   # an unconnected UDP send, not a connect()
     repeats: int = 0        # identical connects folded into this one in the kernel
+    image_nolink: bool = False   # the connecting task's image had no link on disk (deleted since it started, memfd)
 
 
 @dataclass(slots=True)

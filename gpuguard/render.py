@@ -87,7 +87,8 @@ def describe_event(ev: pb.Event) -> str:
     if kind == "connect":
         c = ev.connect
         named = f" ({c.name})" if c.name else " (unnamed)" if c.name_scope == "none" else ""
-        return f"connect  {c.proto} {hostport(c.daddr, c.dport)}{named} {result(c.result)}"
+        deleted = " (its program deleted or in memory)" if c.image_nolink else ""
+        return f"connect  {c.proto} {hostport(c.daddr, c.dport)}{named} {result(c.result)}{deleted}"
     if kind == "tls":
         t = ev.tls
         alpn = f" alpn={','.join(t.alpn)}" if t.alpn else ""

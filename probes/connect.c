@@ -118,6 +118,8 @@ static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int se
     }
     if (!fold_connect(&e))
         return 1;
+    if (current_image_nolink())         /* after the fold: only reported connects pay for the four reads */
+        e.flags |= CONNECT_IMAGE_NOLINK;
     /* a reported TCP connect's socket gets its owner (packet_sender: its segments may leave from softirq); a
      * folded repeat's does not - sk_storage costs ~400 ns per socket, and its packets fall back to `current`
      * only within the socket's cgroup, else to no process at all */

@@ -34,6 +34,7 @@
 
 /* connect flags */
 #define CONNECT_SENDMSG 1   /* an unconnected UDP send (first one per socket and destination) */
+#define CONNECT_IMAGE_NOLINK 2   /* the connecting task's image had no link on disk: deleted after it started, or a memfd */
 
 /* exec flags */
 #define EXEC_ARGS_TRUNCATED 1   /* more args than MAX_ARGS or buffer full */
@@ -101,7 +102,7 @@ struct connect_event {
     u8 daddr[16];                  /* v4 in the first 4 bytes */
     u64 sk;                        /* the socket's address: matches connect_result_event.sk */
     u32 protocol;
-    u32 flags;                     /* CONNECT_SENDMSG */
+    u32 flags;                     /* CONNECT_SENDMSG | CONNECT_IMAGE_NOLINK */
     u32 repeats;                   /* identical connects (process, destination) folded into this one in the kernel */
     u32 _pad;
 };
@@ -858,6 +859,24 @@ static __always_inline int loader_runs_program(u64 arg_start, u64 arg_end)
              (w & MASK6) == STR8('-', '-', 'h', 'e', 'l', 'p', 0, 0) || w == STR8('-', '-', 'v', 'e', 'r', 's', 'i', 'o'));
 }
 
+/* Does the file behind this mm's image have no link on disk (a memfd, an O_TMPFILE, or a file deleted since)? */
+static __always_inline int image_nolink(void *mm, void **file_out)
+{
+    void *file = mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
+    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+    if (file_out)
+        *file_out = file;
+    return inode && kread_u32(inode, OFF_INODE_NLINK) == 0;
+}
+
+/* The current task's image, now: a program that deletes its own binary after it starts (common to miners and
+ * droppers) carries no trait at exec, but its later connects do. */
+static __always_inline int current_image_nolink(void)
+{
+    void *task = (void *)bpf_get_current_task();
+    return image_nolink((void *)kread_u64(task, OFF_TASK_MM), 0);
+}
+
 /* TRAIT_* bits of the current task's new image. job_env (JOB_ENV_LEN bytes, or 0) receives SLURM_JOB_ID. */
 static __always_inline u32 exec_traits(char *job_env)
 {
@@ -866,9 +885,8 @@ static __always_inline u32 exec_traits(char *job_env)
     if (!mm)
         return 0;
     u32 traits = 0;
-    void *file = (void *)kread_u64(mm, OFF_MM_EXE_FILE);
-    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
-    if (inode && kread_u32(inode, OFF_INODE_NLINK) == 0)
+    void *file = 0;
+    if (image_nolink(mm, &file))
         traits |= TRAIT_IMAGE_NOLINK;
     void *dentry = file ? (void *)kread_u64(file, OFF_FILE_PATH + OFF_PATH_DENTRY) : 0;
     void *name = dentry ? (void *)kread_u64(dentry, OFF_DENTRY_NAME + OFF_QSTR_NAME) : 0;

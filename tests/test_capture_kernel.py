@@ -202,6 +202,30 @@ def test_ipv6_udp_sendmsg_and_v4_mapped_connects(capture):
     assert mapped and mapped[0]["connect"]["daddr"] == "127.0.0.1" and mapped[0]["connect"]["result"] == 0
 
 
+
+def test_a_connect_says_when_its_program_deleted_itself(capture, tmp_path):
+    """A program that removes its own binary once running (miners and droppers do) carries no trait at exec; its
+    connects say so (probes/connect.c reads the image's link count at a reported connect). The same copy left in
+    place says nothing: the flag is the deletion, not the copy."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        pids = {}
+        for deleted in (True, False):
+            shell = tmp_path / f"sh-{deleted}"
+            shell.write_bytes(open("/bin/bash", "rb").read())
+            shell.chmod(0o755)
+            remove = f"rm -f {shell}; " if deleted else ""
+            run = subprocess.run([str(shell), "-c", f"{remove}exec 3<>/dev/tcp/127.0.0.1/{port}; echo $$"],
+                                 capture_output=True, text=True, timeout=30)
+            assert run.returncode == 0, run.stderr
+            pids[deleted] = int(run.stdout.split()[-1])
+            server.accept()[0].close()
+    for deleted, pid in pids.items():
+        hits = wait_for(capture, lambda r, pid=pid: r["kind"] == "connect" and r["proc"]["pid"] == pid
+                        and r["connect"]["dport"] == port)
+        assert hits, f"the connect of pid {pid} was not seen"
+        assert hits[0]["connect"]["image_nolink"] is deleted, hits[0]["connect"]
+
 GPU_OPENER = (
     "import os\n"
     "os.mkdir('/tmp/elsewhere'); os.mknod('/tmp/elsewhere/innocent', 0o600 | 0o020000, os.makedev(195, 3))\n"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agent.batch import DTYPES, ArenaBatch
 from agent.connect_batch import BulkConnects, bulk_ready
+from agent.decode import CONNECT_IMAGE_NOLINK
 from agent.encoded import EncodedEvent, pid_of, varint
 from agent.enrich import Enricher
 from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExitEvent, Header
@@ -36,9 +37,9 @@ def enricher(root: Path, encode: bool) -> Enricher:
 
 
 def connect(ts: int, cg: int, daddr: str, dport: int, sk: int, *, tid: int = PID, comm: str = "python3",
-            family: int = 2, sock_type: int = 1, repeats: int = 0) -> ConnectEvent:
+            family: int = 2, sock_type: int = 1, repeats: int = 0, image_nolink: bool = False) -> ConnectEvent:
     return ConnectEvent(Header(ts, cg, tid, PID, 1000, 1000, 0, comm), family, sock_type, daddr, dport, sk,
-                        repeats=repeats)
+                        repeats=repeats, image_nolink=image_nolink)
 
 
 def outcome(ts: int, cg: int, sk: int, result: int) -> ConnectResultEvent:
@@ -73,7 +74,8 @@ def test_a_storm_from_one_process_encodes_to_the_object_paths_bytes(tmp_path, jo
     cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
     records = []
     for i in range(50):                              # refused, established, v6, UDP, folded repeats, no outcome
-        records.append(connect(100 + i, cg, "127.0.0.1", 20000 + i, 0xFFFF0000 + i, repeats=i % 3))
+        records.append(connect(100 + i, cg, "127.0.0.1", 20000 + i, 0xFFFF0000 + i, repeats=i % 3,
+                               image_nolink=i % 7 == 0))     # a program that deleted itself
         if i % 5:
             records.append(outcome(101 + i, cg, 0xFFFF0000 + i, -errno.ECONNREFUSED if i % 2 else 0))
     records.append(connect(200, cg, "2001:db8::7", 443, 77, family=10))
@@ -134,10 +136,10 @@ def arena(rows: list[tuple]) -> ArenaBatch:
     return ArenaBatch(arrays, np.array(order, dtype=np.uint8))
 
 
-def c_row(ts, cg, daddr, dport, sk, *, tid=PID, comm=b"python3", sock_type=1, repeats=0, pid=PID):
+def c_row(ts, cg, daddr, dport, sk, *, tid=PID, comm=b"python3", sock_type=1, repeats=0, pid=PID, flags=0):
     return pb.KIND_CONNECT, {"hdr_ts_ns": ts, "hdr_cgroup_id": cg, "hdr_tid": tid, "hdr_tgid": pid, "hdr_uid": 1000,
                              "hdr_gid": 1000, "hdr_comm": comm, "family": 2, "dport": dport, "sock_type": sock_type,
-                             "daddr": np.void(_v4(daddr)), "sk": sk, "repeats": repeats}
+                             "daddr": np.void(_v4(daddr)), "sk": sk, "repeats": repeats, "flags": flags}
 
 
 def r_row(ts, cg, sk, result):
@@ -167,11 +169,12 @@ def test_connects_as_columns_are_the_ordered_loops_events(job_root):
     first, second = [], []
     for i in range(80):
         sk = 0xAA00 + i % 7                                  # seven socket addresses reused over and over
-        first.append(c_row(1000 + 10 * i, cg, "127.0.0.1", 20000 + i, sk, repeats=i % 2))
+        first.append(c_row(1000 + 10 * i, cg, "127.0.0.1", 20000 + i, sk, repeats=i % 2,
+                           flags=CONNECT_IMAGE_NOLINK if i % 9 == 0 else 0))
         first.append(r_row(1001 + 10 * i, cg, sk, -errno.ECONNREFUSED if i % 3 else 0))   # told apart
     first += [c_row(2000, cg, "203.0.113.9", 443, 0xBB01, tid=PID + 1, comm=b"worker"),   # waits for the next drain
               c_row(2001, cg, "10.0.0.9", 53, 0xBB02, sock_type=2),                      # UDP: no outcome
-              c_row(2002, cg, "198.51.100.7", 22, 0xBB03)]                               # never answered
+              c_row(2002, cg, "198.51.100.7", 22, 0xBB03, flags=CONNECT_IMAGE_NOLINK)]   # never answered
     second += [r_row(3000, cg, 0xBB01, 0)] + [c_row(3001 + i, cg, "127.0.0.1", 21000 + i, 0xCC00 + i)
                                                for i in range(70)]
     second += [r_row(3100 + i, cg, 0xCC00 + i, -errno.ECONNREFUSED) for i in range(70)]
@@ -179,6 +182,7 @@ def test_connects_as_columns_are_the_ordered_loops_events(job_root):
     expected = through(loop, [arena(first), arena(second)], bulk=False)
     got = through(columns, [arena(first), arena(second)], bulk=True)
     assert len(expected) == 80 + 3 + 70 and got == expected
+    assert sum(pb.Event.FromString(d).connect.image_nolink for d in got) == 9 + 1     # the flag kept, both ways
     assert columns.connected_out == loop.connected_out and PID + 0 in columns.connected_out
     ancestry = [pb.Event.FromString(d).process.ancestors for d in got]
     assert sum(1 for a in ancestry if a) <= 1               # a process image's ancestry rides on one event

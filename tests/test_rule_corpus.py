@@ -51,7 +51,7 @@ def exec_event(spec: dict, pid: int = 100) -> pb.Event:
 def connect_event(spec: dict, pid: int = 100, exe: str = "/usr/bin/python3") -> pb.Event:
     ev = pb.Event(connect=pb.Connect(daddr=spec["daddr"], dport=spec["dport"], proto=spec.get("proto", "tcp"),
                                      name=spec.get("name", ""), name_scope=spec.get("name_scope", ""),
-                                     result=spec.get("result", 0)))
+                                     result=spec.get("result", 0), image_nolink=spec.get("image_nolink", False)))
     ev = with_job(ev, pid, spec.get("exe", exe))
     if "comm" in spec:                    # the name the process has now (changed after exec)
         ev.process.comm = spec["comm"]

@@ -506,6 +506,16 @@ def _unnamed(_value, _rule, _res):
     return unnamed
 
 
+@key("image_nolink", ("connect",), _true)
+def _image_nolink(_value, _rule, _res):
+    """The connecting program had no link on disk at the connect (probes/connect.c): deleted after it started, as
+    miners and droppers do to themselves, or run from a memfd - whatever it is called and wherever it ran from."""
+    def unlinked(v, _c):
+        ev = v.ev
+        return f"{ev.process.exe or ev.process.comm} (deleted or memfd)" if ev.connect.image_nolink else None
+    return unlinked
+
+
 @key("sni_in", ("tls",), _zones)
 def _sni_in(value, _rule, _res):
     suffixes = {normal_name(n) for n in value}

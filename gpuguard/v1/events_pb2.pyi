@@ -199,7 +199,7 @@ class Exec(_message.Message):
     def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., argv_bytes: _Optional[int] = ..., pty_peer: _Optional[str] = ...) -> None: ...
 
 class Connect(_message.Message):
-    __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope", "repeats")
+    __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope", "repeats", "image_nolink")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PROTO_FIELD_NUMBER: _ClassVar[int]
     DADDR_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class Connect(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_SCOPE_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_NOLINK_FIELD_NUMBER: _ClassVar[int]
     family: str
     proto: str
     daddr: str
@@ -216,7 +217,8 @@ class Connect(_message.Message):
     name: str
     name_scope: str
     repeats: int
-    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ..., name: _Optional[str] = ..., name_scope: _Optional[str] = ..., repeats: _Optional[int] = ...) -> None: ...
+    image_nolink: bool
+    def __init__(self, family: _Optional[str] = ..., proto: _Optional[str] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., result: _Optional[int] = ..., name: _Optional[str] = ..., name_scope: _Optional[str] = ..., repeats: _Optional[int] = ..., image_nolink: _Optional[bool] = ...) -> None: ...
 
 class Tls(_message.Message):
     __slots__ = ("sni", "alpn", "version", "ja4", "daddr", "dport", "transport")
