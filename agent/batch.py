@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.decode import CONNECT_IMAGE_NOLINK, CONNECT_SENDMSG, _addr, _cstr, decode
+from agent.decode import CONNECT_IMAGE_NOLINK, CONNECT_SENDMSG, GPU_OPEN_IMAGE_NOLINK, _addr, _cstr, decode
 from agent.events import (
     ConnectEvent,
     ConnectResultEvent,
@@ -149,8 +149,9 @@ def _exits(arr, comms) -> list[KernelEvent]:
 
 
 def _gpu_opens(arr, comms) -> list[KernelEvent]:
-    return [GpuOpenEvent(h, "", f, ma, mi) for h, f, ma, mi in zip(
-        _headers(arr, comms), arr["flags"].tolist(), arr["major"].tolist(), arr["minor"].tolist(), strict=True)]
+    return [GpuOpenEvent(h, "", f & ~GPU_OPEN_IMAGE_NOLINK, ma, mi, bool(f & GPU_OPEN_IMAGE_NOLINK)) for h, f, ma, mi
+            in zip(_headers(arr, comms), arr["flags"].tolist(), arr["major"].tolist(), arr["minor"].tolist(),
+                   strict=True)]
 
 
 def _sockets(arr, comms) -> list[KernelEvent]:

@@ -92,6 +92,7 @@ SIZES = {kind: size for kind, (_name, size, _fields) in LAYOUTS.items()}
 EXEC_ARGS_TRUNCATED, EXEC_ARG_CLIPPED, EXEC_ARGV_FAULT = 1, 2, 4
 CONNECT_SENDMSG = 1
 CONNECT_IMAGE_NOLINK = 2
+GPU_OPEN_IMAGE_NOLINK = 0x100
 AF_INET, AF_INET6 = 2, 10
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
@@ -193,7 +194,7 @@ def decode(raw: bytes) -> KernelEvent:
         cg_id, level, _root, path = CGROUP_TAIL.unpack_from(raw, HEADER.size)
         return CgroupEvent(hdr, cg_id, level, _cstr(path))
     flags, major, minor, _ = GPU_OPEN_TAIL.unpack_from(raw, HEADER.size)
-    return GpuOpenEvent(hdr, "", flags, major, minor)
+    return GpuOpenEvent(hdr, "", flags & ~GPU_OPEN_IMAGE_NOLINK, major, minor, bool(flags & GPU_OPEN_IMAGE_NOLINK))
 
 
 def decode_batch(batch: list[bytes], stats: DecodeStats) -> list[KernelEvent]:

@@ -276,7 +276,7 @@ class Enricher:
             out = self._event(hdr, p, job)
             g = out.gpu_open
             g.path = ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers)
-            g.flags, g.major, g.minor = ev.flags, ev.major, ev.minor
+            g.flags, g.major, g.minor, g.image_nolink = ev.flags, ev.major, ev.minor, ev.image_nolink
             return out
         if isinstance(ev, EnforceEvent):
             out = self._event(hdr, p, job)

@@ -70,9 +70,10 @@ class ConnectResultEvent:
 class GpuOpenEvent:
     hdr: Header
     path: str         # named by the agent from the device number (agent/gpu_names.py)
-    flags: int        # access: 2 read, 4 write
+    flags: int        # access: 2 read, 4 write (GPU_OPEN_IMAGE_NOLINK taken out into image_nolink)
     major: int = 0
     minor: int = 0
+    image_nolink: bool = False   # the opening task's image had no link on disk (deleted since it started, memfd)
 
 
 @dataclass(slots=True)

@@ -26,6 +26,8 @@ int gpu_device_watch(struct bpf_cgroup_dev_ctx *ctx)
     e.major = major;
     e.minor = ctx->minor;
     e.flags = access;           /* DEVCG_ACC_READ 2 | DEVCG_ACC_WRITE 4 */
+    if (current_image_nolink())  /* a miner that deleted itself, or runs from a memfd */
+        e.flags |= GPU_OPEN_IMAGE_NOLINK;
     emit(&e, sizeof(e), EV_GPU_OPEN);
     return 1;
 }

@@ -34,6 +34,7 @@
 
 /* connect flags */
 #define CONNECT_SENDMSG 1   /* an unconnected UDP send (first one per socket and destination) */
+#define GPU_OPEN_IMAGE_NOLINK 0x100   /* in gpu_open_event.flags, beside the access bits */
 #define CONNECT_IMAGE_NOLINK 2   /* the connecting task's image had no link on disk: deleted after it started, or a memfd */
 
 /* exec flags */
@@ -127,7 +128,7 @@ struct inbound_event {
 
 struct gpu_open_event {
     struct event_header hdr;
-    s32 flags;                     /* access: 2 read, 4 write */
+    s32 flags;                     /* access: 2 read, 4 write; GPU_OPEN_IMAGE_NOLINK */
     u32 major;
     u32 minor;
     u32 _pad;

@@ -265,6 +265,27 @@ def test_gpu_device_opens_by_number_outside_any_job(capture):
     assert "/dev/kfd 2" in proc.stdout                  # never created: no device check, nothing to report
 
 
+
+def test_a_gpu_open_says_when_its_program_deleted_itself(capture, tmp_path):
+    """The same for GPU opens (probes/gpu_dev.c): a copy of bash that removes itself and opens /dev/nvidia0 (a node
+    made in a private /dev: the hook sees the open before any driver) is flagged; the copy left in place is not."""
+    pids = {}
+    for deleted in (True, False):
+        shell = tmp_path / f"gpu-sh-{deleted}"
+        shell.write_bytes(open("/bin/bash", "rb").read())
+        shell.chmod(0o755)
+        remove = f"rm -f {shell}; " if deleted else ""
+        inner = f"{remove}echo $$; exec 4</dev/nvidia0 || true"
+        script = f"set -e; mount -t tmpfs tmpfs /dev; mknod /dev/nvidia0 c 195 0; exec {shell} -c \"$0\""
+        run = subprocess.run(["unshare", "-m", "/bin/sh", "-c", script, inner], capture_output=True, text=True,
+                             timeout=30)
+        pids[deleted] = int(run.stdout.split()[0])
+    for deleted, pid in pids.items():
+        hits = wait_for(capture, lambda r, pid=pid: r["kind"] == "gpu_open" and r["proc"]["pid"] == pid)
+        assert hits, f"the GPU open of pid {pid} was not seen"
+        assert hits[0]["gpu_open"]["image_nolink"] is deleted, hits[0]["gpu_open"]
+        assert hits[0]["gpu_open"]["flags"] & 0x100 == 0          # the bit is taken out of the access flags
+
 def test_dev_null_open_storm_reaches_no_user_space(capture):
     storm = "import os\nfor _ in range(20000):\n    os.close(os.open('/dev/null', os.O_RDONLY))\n"
     proc = subprocess.run([PYTHON, "-c", storm])

@@ -506,13 +506,15 @@ def _unnamed(_value, _rule, _res):
     return unnamed
 
 
-@key("image_nolink", ("connect",), _true)
+@key("image_nolink", ("connect", "gpu_open"), _true)
 def _image_nolink(_value, _rule, _res):
-    """The connecting program had no link on disk at the connect (probes/connect.c): deleted after it started, as
-    miners and droppers do to themselves, or run from a memfd - whatever it is called and wherever it ran from."""
+    """The program had no link on disk at the connect or GPU open (probes/connect.c, gpu_dev.c): deleted after it
+    started, as miners and droppers do to themselves, or run from a memfd - whatever it is called and wherever it
+    ran from."""
     def unlinked(v, _c):
         ev = v.ev
-        return f"{ev.process.exe or ev.process.comm} (deleted or memfd)" if ev.connect.image_nolink else None
+        body = ev.connect if ev.HasField("connect") else ev.gpu_open
+        return f"{ev.process.exe or ev.process.comm} (deleted or memfd)" if body.image_nolink else None
     return unlinked
 
 

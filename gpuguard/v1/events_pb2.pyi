@@ -307,18 +307,20 @@ class Listen(_message.Message):
     def __init__(self, family: _Optional[str] = ..., addr: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class GpuOpen(_message.Message):
-    __slots__ = ("path", "flags", "result", "major", "minor")
+    __slots__ = ("path", "flags", "result", "major", "minor", "image_nolink")
     PATH_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MAJOR_FIELD_NUMBER: _ClassVar[int]
     MINOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_NOLINK_FIELD_NUMBER: _ClassVar[int]
     path: str
     flags: int
     result: int
     major: int
     minor: int
-    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ...) -> None: ...
+    image_nolink: bool
+    def __init__(self, path: _Optional[str] = ..., flags: _Optional[int] = ..., result: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ..., image_nolink: _Optional[bool] = ...) -> None: ...
 
 class Exit(_message.Message):
     __slots__ = ("code", "signal")
