@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -202,6 +203,13 @@ def test_ipv6_udp_sendmsg_and_v4_mapped_connects(capture):
     assert mapped and mapped[0]["connect"]["daddr"] == "127.0.0.1" and mapped[0]["connect"]["result"] == 0
 
 
+def bash_copy(tmp_path, name: str, deleted: bool) -> tuple[str, str]:
+    """A private copy of bash, and the command that makes it delete itself once running (or nothing)."""
+    shell = tmp_path / name
+    shell.write_bytes(Path("/bin/bash").read_bytes())
+    shell.chmod(0o755)
+    return str(shell), f"rm -f {shell}; " if deleted else ""
+
 
 def test_a_connect_says_when_its_program_deleted_itself(capture, tmp_path):
     """A program that removes its own binary once running (miners and droppers do) carries no trait at exec; its
@@ -211,11 +219,8 @@ def test_a_connect_says_when_its_program_deleted_itself(capture, tmp_path):
         port = server.getsockname()[1]
         pids = {}
         for deleted in (True, False):
-            shell = tmp_path / f"sh-{deleted}"
-            shell.write_bytes(open("/bin/bash", "rb").read())
-            shell.chmod(0o755)
-            remove = f"rm -f {shell}; " if deleted else ""
-            run = subprocess.run([str(shell), "-c", f"{remove}exec 3<>/dev/tcp/127.0.0.1/{port}; echo $$"],
+            shell, remove = bash_copy(tmp_path, f"sh-{deleted}", deleted)
+            run = subprocess.run([shell, "-c", f"{remove}exec 3<>/dev/tcp/127.0.0.1/{port}; echo $$"],
                                  capture_output=True, text=True, timeout=30)
             assert run.returncode == 0, run.stderr
             pids[deleted] = int(run.stdout.split()[-1])
@@ -225,6 +230,7 @@ def test_a_connect_says_when_its_program_deleted_itself(capture, tmp_path):
                         and r["connect"]["dport"] == port)
         assert hits, f"the connect of pid {pid} was not seen"
         assert hits[0]["connect"]["image_nolink"] is deleted, hits[0]["connect"]
+
 
 GPU_OPENER = (
     "import os\n"
@@ -265,16 +271,12 @@ def test_gpu_device_opens_by_number_outside_any_job(capture):
     assert "/dev/kfd 2" in proc.stdout                  # never created: no device check, nothing to report
 
 
-
 def test_a_gpu_open_says_when_its_program_deleted_itself(capture, tmp_path):
     """The same for GPU opens (probes/gpu_dev.c): a copy of bash that removes itself and opens /dev/nvidia0 (a node
     made in a private /dev: the hook sees the open before any driver) is flagged; the copy left in place is not."""
     pids = {}
     for deleted in (True, False):
-        shell = tmp_path / f"gpu-sh-{deleted}"
-        shell.write_bytes(open("/bin/bash", "rb").read())
-        shell.chmod(0o755)
-        remove = f"rm -f {shell}; " if deleted else ""
+        shell, remove = bash_copy(tmp_path, f"gpu-sh-{deleted}", deleted)
         inner = f"{remove}echo $$; exec 4</dev/nvidia0 || true"
         script = f"set -e; mount -t tmpfs tmpfs /dev; mknod /dev/nvidia0 c 195 0; exec {shell} -c \"$0\""
         run = subprocess.run(["unshare", "-m", "/bin/sh", "-c", script, inner], capture_output=True, text=True,
