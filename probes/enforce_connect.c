@@ -50,10 +50,7 @@ BPF_HASH(no_connect_exes, struct identity_exe_key, u32, 4096);
 
 static __always_inline void current_exe(u32 *dev, u64 *ino)
 {
-    void *task = (void *)bpf_get_current_task();
-    void *mm = (void *)kread_u64(task, OFF_TASK_MM);
-    void *file = mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
-    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+    void *inode = current_exe_inode();
     if (!inode)
         return;
     *ino = kread_u64(inode, OFF_INODE_INO);

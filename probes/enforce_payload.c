@@ -168,10 +168,7 @@ static __always_inline int sender_exempt(u32 fp, const char *comm, int sender_is
     if (!sender_is_current)
         return 0;
     struct fp_exe_key ek = {.fp = fp};
-    void *task = (void *)bpf_get_current_task();
-    void *mm = (void *)kread_u64(task, OFF_TASK_MM);
-    void *file = mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
-    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+    void *inode = current_exe_inode();
     if (!inode)
         return 0;
     ek.ino = kread_u64(inode, OFF_INODE_INO);

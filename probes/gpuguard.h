@@ -34,8 +34,10 @@
 
 /* connect flags */
 #define CONNECT_SENDMSG 1   /* an unconnected UDP send (first one per socket and destination) */
-#define GPU_OPEN_IMAGE_NOLINK 0x100   /* in gpu_open_event.flags, beside the access bits */
 #define CONNECT_IMAGE_NOLINK 2   /* the connecting task's image had no link on disk: deleted after it started, or a memfd */
+
+/* gpu_open flags, beside the access bits (2 read, 4 write) */
+#define GPU_OPEN_IMAGE_NOLINK 0x100   /* the opening task's image had no link on disk */
 
 /* exec flags */
 #define EXEC_ARGS_TRUNCATED 1   /* more args than MAX_ARGS or buffer full */
@@ -860,13 +862,27 @@ static __always_inline int loader_runs_program(u64 arg_start, u64 arg_end)
              (w & MASK6) == STR8('-', '-', 'h', 'e', 'l', 'p', 0, 0) || w == STR8('-', '-', 'v', 'e', 'r', 's', 'i', 'o'));
 }
 
-/* Does the file behind this mm's image have no link on disk (a memfd, an O_TMPFILE, or a file deleted since)? */
-static __always_inline int image_nolink(void *mm, void **file_out)
+/* A program's file and inode (mm->exe_file): what the identity checks (enforce_connect.c, enforce_payload.c) and the
+ * no-link trait read. 0 where a step is missing (a kernel thread has no mm). */
+static __always_inline void *mm_exe_file(void *mm)
 {
-    void *file = mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
-    void *inode = file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
-    if (file_out)
-        *file_out = file;
+    return mm ? (void *)kread_u64(mm, OFF_MM_EXE_FILE) : 0;
+}
+
+static __always_inline void *file_inode_of(void *file)
+{
+    return file ? (void *)kread_u64(file, OFF_FILE_INODE) : 0;
+}
+
+static __always_inline void *current_exe_inode(void)
+{
+    void *task = (void *)bpf_get_current_task();
+    return file_inode_of(mm_exe_file((void *)kread_u64(task, OFF_TASK_MM)));
+}
+
+/* No link on disk: a memfd, an O_TMPFILE, or a file deleted since it was opened. */
+static __always_inline int inode_nolink(void *inode)
+{
     return inode && kread_u32(inode, OFF_INODE_NLINK) == 0;
 }
 
@@ -874,8 +890,7 @@ static __always_inline int image_nolink(void *mm, void **file_out)
  * droppers) carries no trait at exec, but its later connects do. */
 static __always_inline int current_image_nolink(void)
 {
-    void *task = (void *)bpf_get_current_task();
-    return image_nolink((void *)kread_u64(task, OFF_TASK_MM), 0);
+    return inode_nolink(current_exe_inode());
 }
 
 /* TRAIT_* bits of the current task's new image. job_env (JOB_ENV_LEN bytes, or 0) receives SLURM_JOB_ID. */
@@ -886,8 +901,8 @@ static __always_inline u32 exec_traits(char *job_env)
     if (!mm)
         return 0;
     u32 traits = 0;
-    void *file = 0;
-    if (image_nolink(mm, &file))
+    void *file = mm_exe_file(mm);
+    if (inode_nolink(file_inode_of(file)))
         traits |= TRAIT_IMAGE_NOLINK;
     void *dentry = file ? (void *)kread_u64(file, OFF_FILE_PATH + OFF_PATH_DENTRY) : 0;
     void *name = dentry ? (void *)kread_u64(dentry, OFF_DENTRY_NAME + OFF_QSTR_NAME) : 0;

@@ -183,8 +183,9 @@ class Engine:
         for cls in [c for c, index in self.stateful.items() if index.idle()]:
             del self.stateful[cls]                   # domain rules without DNS resolution: never a candidate
         for index in (self.by_event.get("exec"), self.stateful.get("exec")):
-            if index is not None and any("argv_regex" in cr.rule.match for cr in index.rules()):
-                index.gate = ArgvGate(index.rules())
+            rules = index.rules() if index is not None else []
+            if any("argv_regex" in cr.rule.match for cr in rules):
+                index.gate = ArgvGate(rules)
         self.classes = frozenset(self.by_event) | frozenset(self.stateful)   # event classes some rule can meet
         if resolver is not None:
             resolver.watch({str(n) for r in ruleset.rules.values() for part in ("match", "unless")
