@@ -11,7 +11,7 @@ event count stops growing (the spool drained), then prints the agent's CPU over 
 span of an idle agent (heartbeats, GPU and loss reports), and ms per 1,000 stored events with and without the
 idle share. A benchmark: nothing is asserted. Runs as root; its cgroups and processes are its own.
 
-    .venv/bin/python bench/agent_cpu.py [--seconds 10] [--rate 5000]
+    .venv/bin/python bench/agent_cpu.py [--seconds 10] [--rate 5000] [--mix connect|exec]
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="how long each mix runs")
     ap.add_argument("--rate", type=int, default=5000, help="connects per second in the connect mix")
+    ap.add_argument("--mix", choices=("connect", "exec"), action="append",
+                    help="run only this mix (repeatable; default both)")
     args = ap.parse_args()
+    mixes = set(args.mix or ("connect", "exec"))
     base = ensure_cgroup2_mount() / f"gpuguard-bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="gpuguard-agent-cpu-") as d:
         tmp = Path(d)
@@ -108,6 +111,8 @@ def main() -> int:
             for job_id, name, script in (("93001", "connect", [sys.executable, "-c", CONNECTS.format(rate=args.rate,
                                                                                      seconds=args.seconds)]),
                                  ("93002", "exec", ["/bin/sh", "-c", EXECS.format(seconds=int(args.seconds))])):
+                if name not in mixes:
+                    continue
                 job = base / "slurm/uid_0" / f"job_{job_id}"
                 job.mkdir(parents=True)
                 cpu0, t0 = process_cpu_seconds(ag.proc.pid), time.monotonic()

