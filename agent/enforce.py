@@ -417,7 +417,10 @@ class Enforcer:
         if not hashed or not ev.process.exe:
             return
         job = Job(ev.job.kind, ev.job.id, ev.job.name)
-        digest = self.hasher.hash_now(ev.process.exe)
+        p = self.capture.table.get(ev.process.pid)
+        if p is None or p.key != ev.process.key:
+            return                        # the process is gone (or its pid is another's): nothing of it to kill
+        digest = self.hasher.hash_now(ev.process.exe, ev.process.pid, p.exe_inode)   # what ran, whatever its path is
         for kb in hashed:
             if kb.sha256 == digest and scope_matches(kb.scope, job):
                 self.kill(ev.process.pid, ev.process.key, kb.rule_id, tree=False,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.bpf_links import INET4_CONNECT, INET6_CONNECT, INET_EGRESS, UDP4_SENDMSG, UDP6_SENDMSG
+from agent.exe_hash import kernel_dev
 from agent.jobs import KIND_JOB_PARENTS, KIND_ROOTS, Job
 from gpuguard.argv_scan import ARGV_FP_MAX, ARGV_RULES, ARGV_UNINSPECTABLE, FingerprintSet, literal_bytes
 from gpuguard.v1 import events_pb2 as pb
@@ -93,7 +94,7 @@ def executables_named(name: str) -> set[tuple[int, int]]:
             st = os.stat(os.path.join(d, name))
         except OSError:
             continue
-        out.add(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino))
+        out.add((kernel_dev(st.st_dev), st.st_ino))
     return out
 
 

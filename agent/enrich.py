@@ -148,7 +148,7 @@ class Enricher:
             cached = p.record_base = (ident, bare)
         bare = cached[1]
         if not bare.exe_sha256 and self.hasher and p.exe:
-            bare.exe_sha256 = self.hasher.lookup(p.exe)   # background; "" until computed
+            bare.exe_sha256 = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)   # that inode's; "" until computed
         return bare
 
     def _ancestry(self, p: Process) -> pb.Process:
@@ -237,7 +237,7 @@ class Enricher:
                 full = full_cmdline(hdr.pid, ev.argv)
                 if full is not None:
                     ev.argv, ev.argv_truncated = full
-            self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid)
+            self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid, ev.exe_inode)
             job = self._job_for(p, hdr, ev.slurm_job_env)
             out = self._event(hdr, p, job, exec_=True)
             out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated

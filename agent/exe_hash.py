@@ -1,4 +1,13 @@
-"""sha256 of executables, computed off the event path and cached by (dev, inode, mtime)."""
+"""sha256 of executables, computed off the event path and cached by (dev, inode, mtime).
+
+The exec record carries the new image's (device, inode) from the kernel (probes/exec.c). A hash is read from a
+file only if it is that inode: first ``/proc/PID/exe`` (the image the kernel mapped, even when its name was
+unlinked or another file was moved over it), then the path. A path can be swapped or deleted between the exec and
+the hash (run the miner, then move a harmless binary over its name), and a process can exec again before its
+first exec is enriched; either way a hash read blindly would name another file. So a hash is the executed file's
+or absent ("" - the file is gone), never another file's. Without an inode (a process found at start, before any
+exec was seen) ``/proc/PID/exe`` is the image by definition.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +16,69 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+FileKey = tuple[int, int, int]        # (st_dev, st_ino, st_mtime_ns)
+Inode = tuple[int, int]               # (device in the kernel's encoding, inode number): what the probes report
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+
+def kernel_dev(st_dev: int) -> int:
+    """A stat() device number in the kernel's internal encoding (MAJOR << 20 | MINOR), as probes read s_dev."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _is(st: os.stat_result, inode: Inode | None) -> bool:
+    return inode is None or (st.st_ino == inode[1] and kernel_dev(st.st_dev) == inode[0])
+
+
+def sha256_file(path: str, chunk: int = 1 << 20, expect: FileKey | None = None) -> str:
+    """The file's sha256; with ``expect``, "" unless the file opened is that file."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        if expect is not None and _file_key(os.fstat(f.fileno())) != expect:
+            return ""
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def image_of(pid: int) -> str:
+    """The path that opens a process's executable image, whatever became of its name."""
+    return f"/proc/{pid}/exe"
 
 
 class ExeHasher:
     """``lookup`` never blocks: a miss schedules a hash and returns "" this time."""
 
     def __init__(self, max_entries: int = 16384) -> None:
-        self._cache: dict[tuple[int, int, int], str] = {}
-        self._inflight: set[tuple[int, int, int]] = set()
+        self._cache: dict[FileKey, str] = {}
+        self._inflight: set[FileKey] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exe-hash")
         self.max_entries = max_entries
 
-    def _compute(self, key: tuple[int, int, int], path: str) -> str:
+    @staticmethod
+    def _source(path: str, pid: int, inode: Inode | None) -> tuple[FileKey, str] | None:
+        """(cache key, a path that opens it) of the executed file, or None when none of its names is it now."""
+        sources = (image_of(pid), path) if pid else (path,)
+        if inode is None and pid:
+            sources = sources[:1]            # no inode to check a path against: the mapped image only
+        for source in sources:
+            if not source:
+                continue
+            try:
+                st = os.stat(source)
+            except OSError:
+                continue
+            if _is(st, inode):
+                return _file_key(st), source
+        return None
+
+    def _compute(self, key: FileKey, source: str) -> str:
         try:
-            digest = sha256_file(path)
+            digest = sha256_file(source, expect=key)
         except OSError:
             digest = ""
         with self._lock:
@@ -39,18 +89,11 @@ class ExeHasher:
                 self._cache[key] = digest
         return digest
 
-    @staticmethod
-    def _key(path: str) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_mtime_ns)
-
-    def lookup(self, path: str) -> str:
-        key = self._key(path)
-        if key is None:
+    def lookup(self, path: str, pid: int = 0, inode: Inode | None = None) -> str:
+        found = self._source(path, pid, inode)
+        if found is None:
             return ""
+        key, source = found
         with self._lock:
             digest = self._cache.get(key)
             if digest is not None:
@@ -58,17 +101,18 @@ class ExeHasher:
             if key in self._inflight:
                 return ""
             self._inflight.add(key)
-        self._pool.submit(self._compute, key, path)
+        self._pool.submit(self._compute, key, source)
         return ""
 
-    def hash_now(self, path: str) -> str:
+    def hash_now(self, path: str, pid: int = 0, inode: Inode | None = None) -> str:
         """Blocking variant for callers off the event path (enforcement): hashes once, caches it."""
-        key = self._key(path)
-        if key is None:
+        found = self._source(path, pid, inode)
+        if found is None:
             return ""
+        key, source = found
         with self._lock:
             digest = self._cache.get(key)
-        return digest if digest is not None else self._compute(key, path)
+        return digest if digest is not None else self._compute(key, source)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

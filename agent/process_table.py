@@ -44,6 +44,7 @@ class Process:
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
     connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
+    exe_inode: tuple[int, int] | None = None   # (kernel dev, inode) of this image, from the exec record
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
         """What an ancestor contributes to a record: bounded, whatever its command line was."""
@@ -136,11 +137,12 @@ class ProcessTable:
         self.live[child_pid] = child
         return child
 
-    def on_exec(self, pid: int, exe: str, argv: list[str], comm: str, ppid: int = 0) -> Process | None:
+    def on_exec(self, pid: int, exe: str, argv: list[str], comm: str, ppid: int = 0,
+                exe_inode: tuple[int, int] | None = None) -> Process | None:
         p = self.get(pid)
         if p is None:
             return None
-        p.exe, p.argv, p.comm = exe, argv, comm
+        p.exe, p.argv, p.comm, p.exe_inode = exe, argv, comm, exe_inode
         if ppid:
             p.ppid = ppid               # the kernel's real parent (re-parenting happens)
         p.lineage = None

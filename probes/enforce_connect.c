@@ -48,16 +48,6 @@ struct identity_exe_key {
 BPF_HASH(no_connect_comms, struct identity_comm_key, u32, 4096);   /* -> rule index */
 BPF_HASH(no_connect_exes, struct identity_exe_key, u32, 4096);
 
-static __always_inline void current_exe(u32 *dev, u64 *ino)
-{
-    void *inode = current_exe_inode();
-    if (!inode)
-        return;
-    *ino = kread_u64(inode, OFF_INODE_INO);
-    void *sb = (void *)kread_u64(inode, OFF_INODE_SB);
-    *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
-}
-
 /* Denials are folded like connects (connect.c): one report per process, action and destination per window, the
  * next carrying the count, so a connect loop against a denied address cannot flood the priority ring. */
 #define DENY_FOLD_NS 1000000000ULL

@@ -168,12 +168,13 @@ static __always_inline int sender_exempt(u32 fp, const char *comm, int sender_is
     if (!sender_is_current)
         return 0;
     struct fp_exe_key ek = {.fp = fp};
-    void *inode = current_exe_inode();
-    if (!inode)
+    u32 dev = 0;
+    u64 ino = 0;
+    current_exe(&dev, &ino);
+    if (!ino)
         return 0;
-    ek.ino = kread_u64(inode, OFF_INODE_INO);
-    void *sb = (void *)kread_u64(inode, OFF_INODE_SB);
-    ek.dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
+    ek.dev = dev;
+    ek.ino = ino;
     return fp_exempt_exes.lookup(&ek) != 0;
 }
 

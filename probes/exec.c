@@ -95,6 +95,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         read_argv(e, start, end);
     }
     e->traits = exec_traits(e->job_env);
+    e->exe_ino = 0;
+    e->exe_dev = 0;
+    e->exe_pad = 0;
+    current_exe(&e->exe_dev, &e->exe_ino);
     emit(e, sizeof(*e), EV_EXEC);
     return 0;
 }

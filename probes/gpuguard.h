@@ -74,6 +74,9 @@ struct exec_event {
     u32 stdio;                     /* STDIO_SOCKET / STDIO_FIFO bits of fds 0-2 */
     u32 traits;                    /* TRAIT_* bits (vocab.h): what the image is, whatever its name */
     u32 tty;                       /* 1 + the pts number of the first pty slave on fds 0-2 (0: none) */
+    u64 exe_ino;                   /* the new image's inode and its filesystem's device (kernel encoding): the */
+    u32 exe_dev;                   /* file that runs, whatever its path names later (agent/exe_hash.py) */
+    u32 exe_pad;
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
@@ -878,6 +881,18 @@ static __always_inline void *current_exe_inode(void)
 {
     void *task = (void *)bpf_get_current_task();
     return file_inode_of(mm_exe_file((void *)kread_u64(task, OFF_TASK_MM)));
+}
+
+/* The current task's image as (device, inode): what the exec record, the connect identity and the payload
+ * exemptions compare, never a path. */
+static __always_inline void current_exe(u32 *dev, u64 *ino)
+{
+    void *inode = current_exe_inode();
+    if (!inode)
+        return;
+    *ino = kread_u64(inode, OFF_INODE_INO);
+    void *sb = (void *)kread_u64(inode, OFF_INODE_SB);
+    *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
 }
 
 /* No link on disk: a memfd, an O_TMPFILE, or a file deleted since it was opened. */

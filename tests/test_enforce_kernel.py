@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 from agent.enforce import Enforcer
 from gpuguard.v1 import policy_pb2 as ppb
 from lab import FakePool, popen_in_cgroup
-from tests.conftest import PYTHON, ROOT, fresh_job_id, run_in_cgroup, wait_for
+from tests.conftest import PYTHON, ROOT, fresh_job_id, mark, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -81,6 +82,50 @@ def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgrou
             proc.kill()
     outside = subprocess.run([renamed, "0.01"])
     assert outside.returncode == 0                           # out of scope: untouched
+
+
+@pytest.mark.parametrize("cover", ["swap", "unlink"])
+def test_kill_by_hash_whatever_becomes_of_the_path(capture, enforcer, test_cgroup, tmp_path, cover):
+    """Run the known binary, then move a harmless one over its name (or delete it) before the agent reads it: the
+    exec record's inode (probes/exec.c) makes the hash the image's, not the path's, and the kill still comes."""
+    from agent.exe_hash import kernel_dev, sha256_file  # noqa: PLC0415
+
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    known = fake_binary(tmp_path, "gg-known")
+    harmless = fake_binary(tmp_path, "gg-harmless", "/bin/true")
+    digest = sha256_file(known)
+    st = os.stat(known)
+    enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-hash-cover", sha256=digest,
+                                                              scope=job_scope(job))]), persist=False)
+    since = mark(capture)                      # nothing of this process is drained before the path is covered
+    proc = popen_in_cgroup(cg, [known, "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{proc.pid}/exe") == known:
+                    break                      # the exec has happened
+            time.sleep(0.01)
+        if cover == "swap":
+            os.replace(harmless, known)
+            assert sha256_file(known) != digest
+        else:
+            os.unlink(known)
+        capture.sinks.append(enforcer.on_records)
+        hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] ==
+                        "t-hash-cover", timeout=10, since=since)
+        assert hits, "no kill: the hash was read from what the path names now"
+        assert proc.wait(10) == -9
+        seen = [r for r in capture.seen[since:] if r["kind"] == "exec" and r["proc"]["pid"] == proc.pid]
+        assert seen, "the exec record was not seen"
+        p = capture.table.get(proc.pid)
+        assert p is None or p.exe_inode == (kernel_dev(st.st_dev), st.st_ino)   # the kernel's inode is stat's
+    finally:
+        with contextlib.suppress(ValueError):
+            capture.sinks.remove(enforcer.on_records)
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _connect_script(addr: str, port: int, family: str = "AF_INET", kind: str = "SOCK_STREAM") -> str:
