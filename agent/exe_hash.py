@@ -1,8 +1,8 @@
 """sha256 of executables, computed off the event path and cached by (dev, inode, mtime).
 
 The exec record carries the new image's (device, inode) from the kernel (probes/exec.c). A hash is read from a
-file only if it is that inode: first ``/proc/PID/exe`` (the image the kernel mapped, even when its name was
-unlinked or another file was moved over it), then the path. A path can be swapped or deleted between the exec and
+file only if it is that inode: the path when it still names it (a plain stat: the usual case), else
+``/proc/PID/exe`` (the image the kernel mapped, even when its name was unlinked or another file was moved over it). A path can be swapped or deleted between the exec and
 the hash (run the miner, then move a harmless binary over its name), and a process can exec again before its
 first exec is enriched; either way a hash read blindly would name another file. So a hash is the executed file's
 or absent ("" - the file is gone), never another file's. Without an inode (a process found at start, before any
@@ -62,9 +62,10 @@ class ExeHasher:
     @staticmethod
     def _source(path: str, pid: int, inode: Inode | None) -> tuple[FileKey, str] | None:
         """(cache key, a path that opens it) of the executed file, or None when none of its names is it now."""
-        sources = (image_of(pid), path) if pid else (path,)
-        if inode is None and pid:
-            sources = sources[:1]            # no inode to check a path against: the mapped image only
+        if inode is None:
+            sources = (image_of(pid),) if pid else (path,)   # no inode to check a path against: the mapped image
+        else:
+            sources = (path, image_of(pid)) if pid else (path,)   # the path first: a plain stat, the usual case
         for source in sources:
             if not source:
                 continue
