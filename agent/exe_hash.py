@@ -5,9 +5,9 @@ file only if it is that inode: the path when it still names it (a plain stat: th
 ``/proc/PID/exe`` (the image the kernel mapped, even when its name was unlinked or another file was moved over
 it). A path can be swapped or deleted between the exec and the hash (run the miner, then move a harmless binary
 over its name), and a process can exec again before its first exec is enriched; either way a hash read blindly
-would name another file. So a hash is the executed file's
-or absent ("" - the file is gone), never another file's. Without an inode (a process found at start, before any
-exec was seen) ``/proc/PID/exe`` is the image by definition.
+would name another file. So a hash is the executed file's or absent ("" - the file is gone), never another
+file's. Without an inode (a process found at start, before any exec was seen) ``/proc/PID/exe`` is the image by
+definition.
 """
 
 from __future__ import annotations

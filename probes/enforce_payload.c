@@ -168,14 +168,8 @@ static __always_inline int sender_exempt(u32 fp, const char *comm, int sender_is
     if (!sender_is_current)
         return 0;
     struct fp_exe_key ek = {.fp = fp};
-    u32 dev = 0;
-    u64 ino = 0;
-    current_exe(&dev, &ino);
-    if (!ino)
-        return 0;
-    ek.dev = dev;
-    ek.ino = ino;
-    return fp_exempt_exes.lookup(&ek) != 0;
+    current_exe(&ek.dev, &ek.ino);
+    return ek.ino && fp_exempt_exes.lookup(&ek) != 0;
 }
 
 /* The mode of fingerprint fp for this packet's cgroup: the first scope among its ancestors; every

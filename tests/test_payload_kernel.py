@@ -204,3 +204,27 @@ def test_an_interactive_shell_on_a_socket_is_stopped_on_the_wire(capture, enforc
     hits = reports(capture, job, "shell-stderr-over-network")
     assert hits and {h["enforcement"]["action"] for h in hits} == {"drop_payload"}
     assert {h["proc"]["comm"] for h in hits} <= {"bash", "python3"}    # the shell, or the socket's owner
+
+
+def test_the_ssh_client_under_another_name_is_exempt_by_its_executable(capture, enforcer, test_cgroup, tmp_path):
+    """A symlink to the real ssh runs under another comm: the comm exemption misses and the executable's (device,
+    inode) - probes/gpuguard.h current_exe() - lets its banner pass; a library banner in python is still dropped."""
+    ssh = shutil.which("ssh")
+    assert ssh, "ssh is needed (openssh-client: scripts/setup.sh)"
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    apply_builtin_fingerprints(enforcer, job, monitor=False)
+    link = tmp_path / "gg-fetcher"
+    link.symlink_to(ssh)
+    pool = FakePool()
+    try:
+        run_in_cgroup(cg, [str(link), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", str(pool.port),
+                           "127.0.0.1", "true"], timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        send(cg, pool.port, "SSH-2.0-paramiko_3.4.0\r\n")
+        pool.settle()
+    finally:
+        pool.close()
+    assert pool.got(b"SSH-2.0-OpenSSH")                               # the real client, renamed: passes
+    hits = reports(capture, job, "ssh-banner-unknown-client")        # the positive signal: the library's drop
+    assert hits and {h["proc"]["comm"] for h in hits} == {"python3"}
+    assert not pool.got(b"paramiko")
