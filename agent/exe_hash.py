@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,11 +36,14 @@ def _is(st: os.stat_result, inode: Inode | None) -> bool:
 
 
 def sha256_file(path: str, chunk: int = 1 << 20, expect: FileKey | None = None) -> str:
-    """The file's sha256; with ``expect``, "" unless the file opened is that file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if expect is not None and _file_key(os.fstat(f.fileno())) != expect:
+    """The file's sha256, or "" unless it is a regular file (and, with ``expect``, that file). Opened without
+    blocking: a path swapped for a FIFO after the check must not stall the hash worker for good."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (expect is not None and _file_key(st) != expect):
             return ""
+        h = hashlib.sha256()
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

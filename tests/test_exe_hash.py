@@ -81,3 +81,15 @@ def test_lookup_is_background_and_cached_by_the_image(running):
         assert hasher.lookup(path, proc.pid, inode) == ran         # same image, whatever the path names now
     finally:
         hasher.close()
+
+
+def test_a_fifo_in_place_of_the_file_neither_blocks_nor_hashes(tmp_path):
+    """An observed process controls the path: swapped for a FIFO, opening it for reading would wait for a writer
+    forever and stall every later hash. It is refused at once instead."""
+    fifo = tmp_path / "x"
+    os.mkfifo(fifo)
+    assert sha256_file(str(fifo)) == ""
+    assert sha256_file(str(fifo), expect=(0, 0, 0)) == ""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"abc")
+    assert sha256_file(str(plain)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
