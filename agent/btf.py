@@ -152,20 +152,27 @@ NEEDED = {
     "SK_CGRP_DATA": ("sock", "sk_cgrp_data"),     # the socket's cgroup (an accepted one: its listener's)
     "SKCD_CGROUP": ("sock_cgroup_data", "cgroup"),
 }
-# Fields of newer kernels only: -1 when absent, and the probe takes its fallback (#if OFF_X >= 0).
+# Fields of some kernels only: the first (struct, member) this kernel has, else -1, and the probe takes its
+# fallback (#if OFF_X >= 0).
 OPTIONAL = {
-    "CGROUP_ANCESTORS": ("cgroup", "ancestors"),   # Linux 6.2+ (struct cgroup *ancestors[]); before: ancestor_ids
+    "CGROUP_ANCESTORS": (("cgroup", "ancestors"),),   # Linux 6.2+ (struct cgroup *ancestors[]); before: ancestor_ids
+    "INODE_CTIME_SEC": (("inode", "i_ctime_sec"),),   # Linux 6.11+: seconds and ns apart
+    "INODE_CTIME_NSEC": (("inode", "i_ctime_nsec"),),
+    "INODE_CTIME_TS": (("inode", "__i_ctime"), ("inode", "i_ctime")),   # before: a timespec64 (6.6-6.10; older)
 }
 
 
 def kernel_offsets(path: Path = VMLINUX) -> dict[str, int]:
     btf = Btf(path)
     offsets = {name: btf.offset(s, m) for name, (s, m) in NEEDED.items()}
-    for name, (s, m) in OPTIONAL.items():
-        try:
-            offsets[name] = btf.offset(s, m)
-        except BtfError:
-            offsets[name] = -1
+    for name, candidates in OPTIONAL.items():
+        offsets[name] = -1
+        for s, m in candidates:
+            try:
+                offsets[name] = btf.offset(s, m)
+                break
+            except BtfError:
+                continue
     return offsets
 
 

@@ -112,7 +112,7 @@ def _header(raw: bytes) -> tuple[int, Header]:
 
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
     argc, args_len, flags, args_total, filename, job_env, _optmask, ppid, stdio, traits, tty, exe_ino, exe_dev, \
-        _pad, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
+        _pad, exe_ctime_ns, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
     argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
     return ExecEvent(
         hdr,
@@ -126,7 +126,7 @@ def _exec(hdr: Header, raw: bytes) -> ExecEvent:
         traits=trait_names(traits),
         tty=tty - 1 if tty else -1,
         argv_bytes=args_total,
-        exe_inode=(exe_dev, exe_ino) if exe_ino else None,
+        exe_inode=(exe_dev, exe_ino, exe_ctime_ns) if exe_ino else None,
     )
 
 

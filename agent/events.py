@@ -30,7 +30,7 @@ class ExecEvent:
     traits: list[str] | None = None  # what the image is (ExecTrait names): image_nolink, via_loader, ...
     tty: int = -1                    # the pts number of the first pty slave on fds 0-2 (-1: none)
     argv_bytes: int = 0              # the whole argv's size in memory (NUL-separated), however much was read
-    exe_inode: tuple[int, int] | None = None   # (device in the kernel's encoding, inode) of the new image
+    exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of the new image
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ class Process:
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
     connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
-    exe_inode: tuple[int, int] | None = None   # (kernel dev, inode) of this image, from the exec record
+    exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of this image, from its exec
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
         """What an ancestor contributes to a record: bounded, whatever its command line was."""
@@ -138,7 +138,7 @@ class ProcessTable:
         return child
 
     def on_exec(self, pid: int, exe: str, argv: list[str], comm: str, ppid: int = 0,
-                exe_inode: tuple[int, int] | None = None) -> Process | None:
+                exe_inode: tuple[int, int, int] | None = None) -> Process | None:
         p = self.get(pid)
         if p is None:
             return None

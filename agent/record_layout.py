@@ -4,7 +4,7 @@ Record kind -> (struct name, size, [(field, numpy format, offset)]): the kernel'
 them out (nested structs flattened: hdr_ts_ns). agent/batch.py builds numpy dtypes from it."""
 
 LAYOUTS = {
-    1: ('exec_event', 2448, [
+    1: ('exec_event', 2456, [
         ('hdr_ts_ns', '<u8', 0),
         ('hdr_cgroup_id', '<u8', 8),
         ('hdr_kind', '<u4', 16),
@@ -28,7 +28,8 @@ LAYOUTS = {
         ('exe_ino', '<u8', 384),
         ('exe_dev', '<u4', 392),
         ('exe_pad', '<u4', 396),
-        ('args', 'S2048', 400),
+        ('exe_ctime_ns', '<u8', 400),
+        ('args', 'S2048', 408),
     ]),
     2: ('fork_event', 64, [
         ('hdr_ts_ns', '<u8', 0),

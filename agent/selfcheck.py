@@ -39,6 +39,21 @@ class _NotSeen(Exception):
     pass
 
 
+def _image_problems(proc) -> list[str]:
+    """The exec record's image must be the shell's file as stat sees it: the hash cache and the kill by hash key
+    on it (agent/exe_hash.py). A ctime of 0 means this kernel's layout gave none (checked by stat instead)."""
+    image = proc.exe_inode if proc is not None else None
+    try:
+        st = os.stat(SHELL)
+    except OSError:
+        return []
+    if image is None or image[1] != st.st_ino:
+        return [f"image inode read as {image}, expected inode {st.st_ino} (mm exe_file/inode offsets)"]
+    if image[2] and image[2] != st.st_ctime_ns:
+        return [f"image ctime read as {image[2]}, expected {st.st_ctime_ns} (inode ctime offsets)"]
+    return []
+
+
 def _check_once(capture, timeout: float = 10.0) -> None:
     nonce = str(secrets.randbelow(10**9) + 10**9)
     argv = [SHELL, "-c", "exit 7", f"gpuguard-selfcheck-{nonce}"]
@@ -68,6 +83,7 @@ def _check_once(capture, timeout: float = 10.0) -> None:
                         "(exe_file/inode/dentry offsets: kill-by-trait would kill ordinary programs)")
     if exec_rec.process.ppid != os.getpid():
         problems.append(f"parent read as {exec_rec.process.ppid}, expected {os.getpid()} (real_parent/tgid)")
+    problems.extend(_image_problems(capture.table.get(child.pid)))
     if (exit_rec.exit.code, exit_rec.exit.signal) != (7, 0):
         problems.append(f"exit read as code {exit_rec.exit.code} signal {exit_rec.exit.signal}, expected code 7 "
                         "(exit_code offset)")

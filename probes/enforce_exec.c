@@ -74,7 +74,7 @@ static __always_inline int kill_by_traits(const char *comm)
     u32 *want = kill_trait_config.lookup(&zero);
     if (!want || !*want)
         return 0;
-    u32 traits = exec_traits(0) & *want;
+    u32 traits = exec_traits(0, 0) & *want;
     if (!traits)
         return 0;
     for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {

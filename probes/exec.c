@@ -94,11 +94,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         e->args_total = end > start ? (u32)(end - start) : 0;
         read_argv(e, start, end);
     }
-    e->traits = exec_traits(e->job_env);
+    void *image = 0;
+    e->traits = exec_traits(e->job_env, &image);
     e->exe_ino = 0;
     e->exe_dev = 0;
     e->exe_pad = 0;
-    current_exe(&e->exe_dev, &e->exe_ino);
+    inode_identity(image, &e->exe_dev, &e->exe_ino);
+    e->exe_ctime_ns = inode_ctime_ns(image);
     emit(e, sizeof(*e), EV_EXEC);
     return 0;
 }

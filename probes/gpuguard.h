@@ -77,6 +77,8 @@ struct exec_event {
     u64 exe_ino;                   /* the new image's inode and its filesystem's device (kernel encoding): the */
     u32 exe_dev;                   /* file that runs, whatever its path names later (agent/exe_hash.py) */
     u32 exe_pad;
+    u64 exe_ctime_ns;              /* its change time: a rewrite in place changes it, and no user can set it back
+                                    * (mtime can be: touch -d), so (dev, inode, ctime) names the content that ran */
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
@@ -883,16 +885,35 @@ static __always_inline void *current_exe_inode(void)
     return file_inode_of(mm_exe_file((void *)kread_u64(task, OFF_TASK_MM)));
 }
 
-/* The current task's image as (device, inode): what the exec record, the connect identity and the payload
- * exemptions compare, never a path. */
-static __always_inline void current_exe(u32 *dev, u64 *ino)
+/* An inode as (device, inode): what the exec record, the connect identity and the payload exemptions compare,
+ * never a path. */
+static __always_inline void inode_identity(void *inode, u32 *dev, u64 *ino)
 {
-    void *inode = current_exe_inode();
     if (!inode)
         return;
     *ino = kread_u64(inode, OFF_INODE_INO);
     void *sb = (void *)kread_u64(inode, OFF_INODE_SB);
     *dev = sb ? kread_u32(sb, OFF_SB_DEV) : 0;
+}
+
+static __always_inline void current_exe(u32 *dev, u64 *ino)
+{
+    inode_identity(current_exe_inode(), dev, ino);
+}
+
+/* An inode's change time in ns (0 where this kernel's layout is not known). Linux 6.11+ keeps seconds and ns
+ * apart (6.13+ flags "queried" in the ns field's top bit: masked); 6.6-6.10 and older kernels a timespec64. */
+static __always_inline u64 inode_ctime_ns(void *inode)
+{
+    if (!inode)
+        return 0;
+#if OFF_INODE_CTIME_SEC >= 0
+    return kread_u64(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL + (kread_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
+#elif OFF_INODE_CTIME_TS >= 0
+    return kread_u64(inode, OFF_INODE_CTIME_TS) * 1000000000ULL + kread_u64(inode, OFF_INODE_CTIME_TS + 8);
+#else
+    return 0;
+#endif
 }
 
 /* No link on disk: a memfd, an O_TMPFILE, or a file deleted since it was opened. */
@@ -908,8 +929,9 @@ static __always_inline int current_image_nolink(void)
     return inode_nolink(current_exe_inode());
 }
 
-/* TRAIT_* bits of the current task's new image. job_env (JOB_ENV_LEN bytes, or 0) receives SLURM_JOB_ID. */
-static __always_inline u32 exec_traits(char *job_env)
+/* TRAIT_* bits of the current task's new image. job_env (JOB_ENV_LEN bytes, or 0) receives SLURM_JOB_ID;
+ * image (or 0) the image's inode, read here once for the exec record too. */
+static __always_inline u32 exec_traits(char *job_env, void **image)
 {
     void *task = (void *)bpf_get_current_task();
     void *mm = (void *)kread_u64(task, OFF_TASK_MM);
@@ -917,7 +939,10 @@ static __always_inline u32 exec_traits(char *job_env)
         return 0;
     u32 traits = 0;
     void *file = mm_exe_file(mm);
-    if (inode_nolink(file_inode_of(file)))
+    void *inode = file_inode_of(file);
+    if (image)
+        *image = inode;
+    if (inode_nolink(inode))
         traits |= TRAIT_IMAGE_NOLINK;
     void *dentry = file ? (void *)kread_u64(file, OFF_FILE_PATH + OFF_PATH_DENTRY) : 0;
     void *name = dentry ? (void *)kread_u64(dentry, OFF_DENTRY_NAME + OFF_QSTR_NAME) : 0;

@@ -37,10 +37,10 @@ def header(kind: int, result: int = 0, comm: bytes = b"prog") -> bytes:
 def test_exec_argv_flags_and_parent():
     args = b"python\0train.py\0--lr\0"
     raw = header(1) + EXEC_TAIL.pack(3, len(args), 1, 0, b"/usr/bin/python", b"4242", 0, 77, 0, 0, 0, 5511, 0x800001,
-                                     0, args)
+                                     0, 1_700_000_000_123_456_789, args)
     ev = decode(raw)
     assert isinstance(ev, ExecEvent)
-    assert ev.exe_inode == (0x800001, 5511)          # the image's inode, from the kernel: what exe_hash checks
+    assert ev.exe_inode == (0x800001, 5511, 1_700_000_000_123_456_789)   # the image, from the kernel (exe_hash)
     assert ev.argv == ["python", "train.py", "--lr"]
     assert ev.argv_truncated and not ev.argv_fault
     assert ev.filename == "/usr/bin/python" and ev.slurm_job_env == "4242" and ev.ppid == 77

@@ -120,10 +120,42 @@ def test_kill_by_hash_whatever_becomes_of_the_path(capture, enforcer, test_cgrou
         seen = [r for r in capture.seen[since:] if r["kind"] == "exec" and r["proc"]["pid"] == proc.pid]
         assert seen, "the exec record was not seen"
         p = capture.table.get(proc.pid)
-        assert p is None or p.exe_inode == (kernel_dev(st.st_dev), st.st_ino)   # the kernel's inode is stat's
+        assert p is None or p.exe_inode == (kernel_dev(st.st_dev), st.st_ino, st.st_ctime_ns)   # the kernel's is stat's
     finally:
         with contextlib.suppress(ValueError):
             capture.sinks.remove(enforcer.on_records)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_kill_by_hash_after_a_rewrite_in_place_with_the_mtime_put_back(capture, enforcer, test_cgroup, tmp_path):
+    """A harmless program is hashed, then the known-bad content is written into the same inode and its mtime set
+    back (touch -d): the exec record's ctime (probes/exec.c) makes it a new image, hashed anew, and killed. Keyed
+    by (device, inode, mtime) as before, the cached harmless hash answered and the process ran."""
+    from agent.exe_hash import sha256_file  # noqa: PLC0415
+
+    job = fresh_job_id()
+    cg = test_cgroup(f"slurm/job_{job}")
+    tool = fake_binary(tmp_path, "gg-tool", "/bin/true")
+    digest = sha256_file("/bin/sleep")
+    assert enforcer.hasher.hash_now(tool) == sha256_file(tool) != digest    # the harmless content, cached
+    before = os.stat(tool)
+    with open(tool, "r+b") as f, open("/bin/sleep", "rb") as bad:
+        f.write(bad.read())
+        f.truncate()
+    os.utime(tool, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(tool).st_ino == before.st_ino and os.stat(tool).st_mtime_ns == before.st_mtime_ns
+    enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-hash-rewrite", sha256=digest,
+                                                              scope=job_scope(job))]), persist=False)
+    capture.sinks.append(enforcer.on_records)
+    proc = popen_in_cgroup(cg, [tool, "30"])
+    try:
+        hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] ==
+                        "t-hash-rewrite", timeout=10)
+        assert hits, "no kill: the rewritten binary was answered with the harmless content's cached hash"
+        assert proc.wait(10) == -9
+    finally:
+        capture.sinks.remove(enforcer.on_records)
         if proc.poll() is None:
             proc.kill()
 

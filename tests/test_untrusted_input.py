@@ -39,7 +39,7 @@ def exec_event(pid: int, comm: bytes, filename: bytes, argv: list[bytes]) -> byt
     args = b"\0".join(argv) + b"\0"
     head = HEADER.pack(10**9, 1, EV_EXEC, pid, pid, 0, 0, 0, comm[:16].ljust(16, b"\0"))
     return head + EXEC_TAIL.pack(len(argv), min(len(args), 2048), 0, 0, filename[:255], b"", 0, 1, 0, 0, 0, 0, 0, 0,
-                                 args[:2048])
+                                 0, args[:2048])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
