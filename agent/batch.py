@@ -2,18 +2,18 @@
 
 The C callback (agent/ringcb.c) leaves the records in one arena per kind; numpy reads each arena in place with a
 dtype built from agent/record_layout.py (generated from probes/gpuguard.h), and the hot kinds (connects and their
-outcomes, forks, exits, GPU opens, sockets) become events from whole columns, with each distinct comm and
-address turned into a string once per batch. The rare, string-heavy kinds (exec, cgroup, enforcement, flow)
-go through agent/decode.py record by record. The result is exactly what the Python consumer makes of the same
-ring bytes (tests/test_record_layout.py checks it), in the same order: by kernel time, the priority ring first on
-a tie, then arrival.
+outcomes, execs, forks, exits, GPU opens, sockets) become events from whole columns, with each distinct comm and
+address turned into a string once per batch (an exec's argv is cut from one copy of its arena). The rare kinds
+(cgroup, enforcement, flow) go through agent/decode.py record by record. The result is exactly what the Python
+consumer makes of the same ring bytes (tests/test_record_layout.py checks it), in the same order: by kernel time,
+the priority ring first on a tie, then arrival.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from agent.decode import CONNECT_IMAGE_NOLINK, CONNECT_SENDMSG, GPU_OPEN_IMAGE_NOLINK, _addr, _cstr, decode
+from agent.decode import CONNECT_IMAGE_NOLINK, CONNECT_SENDMSG, GPU_OPEN_IMAGE_NOLINK, _addr, _cstr, decode, exec_event
 from agent.events import (
     ConnectEvent,
     ConnectResultEvent,
@@ -134,6 +134,20 @@ def _connects(arr: np.ndarray, comms) -> list[KernelEvent]:
                 strict=True)]
 
 
+def _execs(arr: np.ndarray, comms) -> list[KernelEvent]:
+    size, args_at = arr.dtype.itemsize, arr.dtype.fields["args"][1]
+    args_cap = arr.dtype.fields["args"][0].itemsize
+    buf = arr.tobytes()
+    return [exec_event(h, argc, buf[at:at + min(n, args_cap)], flags, total, fname, jenv, ppid, stdio, traits, tty, ino,
+                       dev, ctime)
+            for h, at, argc, n, flags, total, fname, jenv, ppid, stdio, traits, tty, ino, dev, ctime in zip(
+                _headers(arr, comms), range(args_at, args_at + size * arr.size, size), arr["argc"].tolist(),
+                arr["args_len"].tolist(), arr["flags"].tolist(), arr["args_total"].tolist(), arr["filename"].tolist(),
+                arr["job_env"].tolist(), arr["ppid"].tolist(), arr["stdio"].tolist(), arr["traits"].tolist(),
+                arr["tty"].tolist(), arr["exe_ino"].tolist(), arr["exe_dev"].tolist(), arr["exe_ctime_ns"].tolist(),
+                strict=True)]
+
+
 def _connect_results(arr, comms) -> list[KernelEvent]:
     return [ConnectResultEvent(h, sk) for h, sk in zip(_headers(arr, comms), arr["sk"].tolist(), strict=True)]
 
@@ -164,8 +178,8 @@ def _per_record(arr, _comms) -> list[KernelEvent]:
     return [decode(arr[i].tobytes()) for i in range(arr.size)]
 
 
-_BUILDERS = {pb.KIND_CONNECT: _connects, pb.KIND_CONNECT_RESULT: _connect_results, pb.KIND_FORK: _forks,
-             pb.KIND_EXIT: _exits, pb.KIND_GPU_OPEN: _gpu_opens, pb.KIND_SOCKET: _sockets}
+_BUILDERS = {pb.KIND_CONNECT: _connects, pb.KIND_CONNECT_RESULT: _connect_results, pb.KIND_EXEC: _execs,
+             pb.KIND_FORK: _forks, pb.KIND_EXIT: _exits, pb.KIND_GPU_OPEN: _gpu_opens, pb.KIND_SOCKET: _sockets}
 
 
 def python_order(raw: list[bytes]) -> list[bytes]:

@@ -113,28 +113,45 @@ def _header(raw: bytes) -> tuple[int, Header]:
 def _exec(hdr: Header, raw: bytes) -> ExecEvent:
     argc, args_len, flags, args_total, filename, job_env, _optmask, ppid, stdio, traits, tty, exe_ino, exe_dev, \
         _pad, exe_ctime_ns, args = EXEC_TAIL.unpack_from(raw, HEADER.size)
-    argv = [clean(a) for a in args[:args_len].split(b"\0")[:argc]]
+    return exec_event(hdr, argc, args[:args_len], flags, args_total, filename, job_env, ppid, stdio, traits, tty,
+                      exe_ino, exe_dev, exe_ctime_ns)
+
+
+def exec_event(hdr: Header, argc: int, args: bytes, flags: int, args_total: int, filename: bytes, job_env: bytes,
+               ppid: int, stdio: int, traits: int, tty: int, exe_ino: int, exe_dev: int,
+               exe_ctime_ns: int) -> ExecEvent:
+    """An exec record's fields as an event: shared by this decoder and the batch consumer (agent/batch.py), so the
+    two cannot differ. ``args`` is the NUL-separated argv as far as the probe read it (``args_len`` bytes)."""
     return ExecEvent(
         hdr,
         _cstr(filename),
-        argv,
+        [a.decode("utf-8", "backslashreplace") for a in args.split(b"\0")[:argc]],   # agent/text.py clean()
         argv_truncated=bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARG_CLIPPED)),
         argv_fault=bool(flags & EXEC_ARGV_FAULT),
-        slurm_job_env=_cstr(job_env),
+        slurm_job_env=_cstr(job_env) if job_env[:1] not in (b"", b"\0") else "",
         ppid=ppid,
         stdio=stdio_names(stdio),
-        traits=trait_names(traits),
+        traits=trait_names(traits) if traits else [],
         tty=tty - 1 if tty else -1,
         argv_bytes=args_total,
         exe_inode=(exe_dev, exe_ino, exe_ctime_ns) if exe_ino else None,
     )
 
 
+_STDIO_NAMES: dict[int, tuple[str, ...]] = {}
+
+
 def stdio_names(bits: int) -> list[str]:
     """fds 0-2 at exec: socket (inet/inet6), unix (another socket), fifo (pipe or FIFO), pty (a pty slave) or
-    other (file, console, none), from the probe's bits."""
-    return ["socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
-            "fifo" if bits & (1 << (fd + 4)) else "pty" if bits & (1 << (fd + 12)) else "other" for fd in range(3)]
+    other (file, console, none), from the probe's bits (a few distinct values: each made once)."""
+    names = _STDIO_NAMES.get(bits)
+    if names is None:
+        names = tuple("socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
+                      "fifo" if bits & (1 << (fd + 4)) else "pty" if bits & (1 << (fd + 12)) else "other"
+                      for fd in range(3))
+        if len(_STDIO_NAMES) < 65536:
+            _STDIO_NAMES[bits] = names
+    return list(names)
 
 
 def _addr(family: int, addr: bytes) -> str:

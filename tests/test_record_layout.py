@@ -64,6 +64,9 @@ def test_every_field_offset_and_size_is_the_compilers():
 ADDRS = [bytes([10, 0, 0, 7]) + bytes(12), bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 9]),
          bytes.fromhex("20010db8000000000000000000000001")]
 COMMS = [b"python3", b"xmrig", b"w\xffird\x1b[31m", b"trainer-0123456"]
+EXEC_ARGS = [(b"/usr/bin/python3\0-c\0print(1)\0", 3), (b"a\0\0b\0\0", 4),                # empty arguments
+             (b"x\xe2\x82\0\x82\xacy\0", 2),                                          # UTF-8 cut by a NUL
+             (b"z" * 3000, 1)]                                                     # longer than the field
 
 
 def a_record(kind: int, rng: random.Random, ts: int) -> bytes:
@@ -81,8 +84,12 @@ def a_record(kind: int, rng: random.Random, ts: int) -> bytes:
         rec["family"], rec["raddr"] = 10, np.frombuffer(ADDRS[1], dtype=rec.dtype.fields["raddr"][0])
         rec["len"] = rng.randrange(0, 600)
     if kind == pb.KIND_EXEC:
-        args = b"/usr/bin/python3\0-c\0print(1)\0"
-        rec["args"], rec["args_len"], rec["argc"], rec["filename"] = args, len(args), 3, b"/usr/bin/python3"
+        args, argc = rng.choice(EXEC_ARGS)
+        args_len = rng.choice([len(args), len(args) // 2, 1 << 20])          # whole, cut, hostile (past the field)
+        rec["args"], rec["args_len"], rec["argc"] = np.frombuffer(args.ljust(2048, b"\0")[:2048], dtype="S2048"), \
+            args_len, rng.choice([argc, argc + 5, 0])
+        rec["filename"] = rng.choice([b"/usr/bin/python3", b"/tmp/\xff\xfex", b""])
+        rec["job_env"] = rng.choice([b"", b"4242", b"\xc3("])
     if kind == pb.KIND_ENFORCE:
         rec["action"], rec["payload_len"] = rng.choice([1, 2, 7]), rng.randrange(0, 70)
     if kind == pb.KIND_CGROUP:
