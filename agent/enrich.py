@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from agent.config_peek import ConfigPeek
 from agent.encoded import EncodedConnect, EncodedEvent, encoded_connect
 from agent.events import (
     CgroupEvent,
@@ -92,6 +93,7 @@ class Enricher:
         self.cgroup_listeners: list[Callable[[int, str], None]] = []
         self.gpu_drivers: dict[int, str] = {}                 # GPU majors -> driver, from the loader
         self.connects = PendingConnects()
+        self.config_peek = ConfigPeek()     # configuration files an exec names (agent/config_peek.py)
         self.names = DestinationNames()
         self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
         self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
@@ -249,6 +251,7 @@ class Enricher:
                 out.exec.pty_peer = self._pty_peer(hdr.pid, ev.tty)
             if os.path.basename(ev.filename) in SSH_CLIENTS:
                 out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
+            out.exec.config_lines.extend(self.config_peek.lines(hdr.pid, hdr.uid, hdr.gid, ev.argv, ev.filename))
             return out
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):

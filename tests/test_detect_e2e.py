@@ -484,6 +484,41 @@ def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
     assert a["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
 
 
+QUIET_PROGRAM = "#!/usr/bin/python3\nimport time\ntime.sleep(30)\n"   # no network, no GPU: only its config says
+
+
+@pytest.mark.parametrize("launch", ["flag", "no-arguments"])
+def test_a_miner_whose_argv_says_nothing_is_caught_by_its_config_file(stack, launch):
+    """`./svc -c settings.json` (or XMRig's way: no arguments, config.json beside the binary): argv carries no
+    pool, wallet or algorithm, and the program neither connects nor opens a GPU. The agent reads the configuration
+    file at the exec as the process sees it, the rule fires on its lines and the collector has the agent kill it."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    home = stack["tmp"] / f"cfgminer-{job}"
+    home.mkdir()
+    program = home / "svc-worker"
+    program.write_text(QUIET_PROGRAM)
+    program.chmod(0o755)
+    settings = {"donate-level": 1, "pools": [{"url": f"stratum+tcp://127.0.0.1:{stack['pool'].port}",
+                                              "user": "4" + "B" * 94, "pass": "x"}]}
+    name = "settings.json" if launch == "flag" else "config.json"
+    (home / name).write_text(json.dumps(settings, indent=2))
+    argv = [str(program), "-c", name] if launch == "flag" else [str(program)]
+    proc = popen_in_cgroup(cg, argv, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.wait(20) == -9                              # killed on the collector's order
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    got = alerts(stack, job, {"miner-config-file"})
+    hit = next(a for a in got if a["rule_id"] == "miner-config-file")
+    assert name in hit["matched"]["config_regex"]                 # which file (and line) said it
+    assert "stratum+tcp://127.0.0.1" in hit["matched"]["config_regex"] or "donate-level" in \
+        hit["matched"]["config_regex"]
+    assert hit["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
+
+
 def dial_in(ns, port: int) -> None:
     """A connection from the namespace's host (outside the cluster, with the policy the test applies) to this host."""
     dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "

@@ -44,7 +44,8 @@ def exec_event(spec: dict, pid: int = 100) -> pb.Event:
     argv = [str(a) for a in spec["argv"]]
     ev = pb.Event(exec=pb.Exec(filename=spec.get("exe", argv[0]), argv=argv, stdio=spec.get("stdio", []),
                                ssh_forwards=spec.get("ssh_forwards", []), traits=spec.get("traits", []),
-                               pty_peer=spec.get("pty_peer", ""), argv_bytes=spec.get("argv_bytes", 0)))
+                               pty_peer=spec.get("pty_peer", ""), argv_bytes=spec.get("argv_bytes", 0),
+                               config_lines=spec.get("config_lines", [])))
     return with_job(ev, pid, spec.get("exe", argv[0]))
 
 

@@ -387,6 +387,19 @@ def _ssh_config_forward(_value, _rule, _res):
     return lambda v, _c: "; ".join(v.ev.exec.ssh_forwards[:4]) or None
 
 
+@key("config_regex", ("exec",), _regex)
+def _config_regex(value, _rule, _res):
+    """A line of a configuration file argv names (Exec.config_lines, agent/config_peek.py): the first that matches."""
+    rx = compile_regex(value)
+
+    def config_regex(v, _c):
+        for line in v.ev.exec.config_lines:
+            if search(rx, line):
+                return line[:200]
+        return None
+    return config_regex
+
+
 def _stdio_on_socket(_value, _rule, _res):
     """A shell on an inet socket; pipes to the network only the kernel can tell (its kill event)."""
     def stdio(v, _c):

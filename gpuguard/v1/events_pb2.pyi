@@ -177,7 +177,7 @@ class Process(_message.Message):
     def __init__(self, key: _Optional[str] = ..., parent_key: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., ppid: _Optional[int] = ..., comm: _Optional[str] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., cgroup: _Optional[str] = ..., exe_sha256: _Optional[str] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards", "traits", "argv_bytes", "pty_peer")
+    __slots__ = ("filename", "argv", "argv_truncated", "result", "stdio", "ssh_forwards", "traits", "argv_bytes", "pty_peer", "config_lines")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class Exec(_message.Message):
     TRAITS_FIELD_NUMBER: _ClassVar[int]
     ARGV_BYTES_FIELD_NUMBER: _ClassVar[int]
     PTY_PEER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_LINES_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argv_truncated: bool
@@ -196,7 +197,8 @@ class Exec(_message.Message):
     traits: _containers.RepeatedScalarFieldContainer[str]
     argv_bytes: int
     pty_peer: str
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., argv_bytes: _Optional[int] = ..., pty_peer: _Optional[str] = ...) -> None: ...
+    config_lines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., stdio: _Optional[_Iterable[str]] = ..., ssh_forwards: _Optional[_Iterable[str]] = ..., traits: _Optional[_Iterable[str]] = ..., argv_bytes: _Optional[int] = ..., pty_peer: _Optional[str] = ..., config_lines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("family", "proto", "daddr", "dport", "result", "name", "name_scope", "repeats", "image_nolink")
