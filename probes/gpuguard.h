@@ -908,7 +908,8 @@ static __always_inline u64 inode_ctime_ns(void *inode)
     if (!inode)
         return 0;
 #if OFF_INODE_CTIME_SEC >= 0
-    return kread_u64(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL + (kread_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
+    return kread_u64(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL +
+           (kread_u32(inode, OFF_INODE_CTIME_NSEC) & 0x3fffffff);
 #elif OFF_INODE_CTIME_TS >= 0
     return kread_u64(inode, OFF_INODE_CTIME_TS) * 1000000000ULL + kread_u64(inode, OFF_INODE_CTIME_TS + 8);
 #else

@@ -461,6 +461,23 @@ def test_rome_replay(stack):
     assert timeline["alerts"]
 
 
+def killed_on_order(cg, argv: list[str], **kw) -> int | None:
+    """Start argv in the job and wait for it to end (a kill ordered by the collector: -9); ended here if not."""
+    proc = popen_in_cgroup(cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def the_alert(st, job: str, rule: str) -> dict:
+    return next(a for a in alerts(st, job, {rule}) if a["rule_id"] == rule)
+
+
 def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
     """argv says nothing (`ssh -F cfg -N gw`); the file it reads sets a RemoteForward. The agent reads the config
     that applies at the exec, the rule fires and the collector has the agent kill the ssh."""
@@ -469,16 +486,8 @@ def test_ssh_forward_hidden_in_a_config_file_is_caught(stack):
     cfg = stack["tmp"] / "innocent.conf"
     cfg.write_text("Host gw\n  HostName 127.0.0.1\n  RemoteForward 2222 localhost:22\n"
                    "  ProxyCommand sh -c 'cat >/dev/null; exit 0'\n  BatchMode yes\n")   # no banner ever; ends with ssh
-    ssh = popen_in_cgroup(cg, ["/usr/bin/ssh", "-F", str(cfg), "-N", "gw"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    try:
-        assert ssh.wait(20) == -9                               # killed on the collector's order
-    finally:
-        if ssh.poll() is None:
-            ssh.kill()
-            ssh.wait(5)
-    got = alerts(stack, job, {"ssh-config-forward"})
-    a = next(a for a in got if a["rule_id"] == "ssh-config-forward")
+    assert killed_on_order(cg, ["/usr/bin/ssh", "-F", str(cfg), "-N", "gw"]) == -9
+    a = the_alert(stack, job, "ssh-config-forward")
     assert "RemoteForward 2222 localhost:22" in a["matched"]["ssh_config_forward"]
     assert str(cfg) in a["matched"]["ssh_config_forward"]      # which file and line set it
     assert a["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
@@ -504,15 +513,8 @@ def test_a_miner_whose_argv_says_nothing_is_caught_by_its_config_file(stack, lau
     name = "settings.json" if launch == "flag" else "config.json"
     (home / name).write_text(json.dumps(settings, indent=2))
     argv = [str(program), "-c", name] if launch == "flag" else [str(program)]
-    proc = popen_in_cgroup(cg, argv, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.wait(20) == -9                              # killed on the collector's order
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    got = alerts(stack, job, {"miner-config-file"})
-    hit = next(a for a in got if a["rule_id"] == "miner-config-file")
+    assert killed_on_order(cg, argv, cwd=home) == -9
+    hit = the_alert(stack, job, "miner-config-file")
     assert name in hit["matched"]["config_regex"]                 # which file (and line) said it
     assert "stratum+tcp://127.0.0.1" in hit["matched"]["config_regex"] or "donate-level" in \
         hit["matched"]["config_regex"]
