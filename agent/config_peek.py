@@ -10,8 +10,10 @@ endpoint, a pool, a wallet, an algorithm or a token (``Exec.config_lines``); rul
 The process chooses these paths, so everything is bounded and read like hostile input: regular files only,
 opened without blocking (a FIFO cannot stall the capture loop), at most ``MAX_FILES`` files of ``MAX_BYTES``
 each, at most ``MAX_LINES`` lines of ``MAX_LINE`` characters, only files the process's own uid could read (the
-agent reads as root: it must not become a way to read /etc/shadow's lines), each file read once per content
-(cached by device, inode and ctime), and at most ``READS_PER_DRAIN`` reads per drain of the ring.
+agent reads as root: it must not become a way to read /etc/shadow's lines), reached without following a symlink
+or a ".." (either would be resolved in the agent's view of the filesystem, not the process's: a container's
+``config.json -> /etc/shadow`` would name the host's), each file read once per content (cached by device, inode
+and ctime), and at most ``READS_PER_DRAIN`` reads per drain of the ring.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def candidate_paths(argv: list[str], exe: str) -> list[str]:
     """The files argv names as configuration, in argv order (at most MAX_FILES)."""
     paths: list[str] = []
     for i, arg in enumerate(argv[1:], start=1):
+        if len(paths) >= MAX_FILES:
+            break
         flag, eq, value = arg.partition("=")
         if eq and flag in CONFIG_FLAGS and value:
             paths.append(value)
@@ -59,11 +63,7 @@ def candidate_paths(argv: list[str], exe: str) -> list[str]:
     default = default_config(argv, exe)
     if default:
         paths.append(default)
-    seen: list[str] = []
-    for p in paths:
-        if p not in seen:
-            seen.append(p)
-    return seen[:MAX_FILES]
+    return list(dict.fromkeys(paths))[:MAX_FILES]
 
 
 def default_config(argv: list[str], exe: str) -> str | None:
@@ -78,6 +78,24 @@ def default_config(argv: list[str], exe: str) -> str | None:
     if not program or program.startswith(SYSTEM_DIRS):
         return None
     return os.path.join(os.path.dirname(program) or ".", DEFAULT_CONFIG)
+
+
+def open_beneath(base: str, path: str) -> int:
+    """A descriptor of ``path`` under ``base`` (the process's root or working directory), reached one component at
+    a time without following a symlink or climbing out by ".."; OSError otherwise."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise OSError(f"not a path beneath the process's view: {path[:80]!r}")
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
@@ -127,9 +145,8 @@ class ConfigPeek:
 
     def _file(self, pid: int, uid: int, gid: int, path: str) -> list[str]:
         base = f"{self.proc}/{pid}/root" if path.startswith("/") else f"{self.proc}/{pid}/cwd"
-        full = f"{base}/{path.lstrip('/')}"
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            fd = open_beneath(base, path)
         except OSError:
             return []
         try:

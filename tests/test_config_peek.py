@@ -74,6 +74,22 @@ def test_a_file_the_process_could_not_read_is_not_read_for_it(in_dir):
     assert ConfigPeek().lines(pid, 0, 0, ["./x", "-c", "secret.conf"], "./x") == ["secret.conf:1: token = abc"]
 
 
+def test_a_symlink_or_dotdot_never_leads_out_of_the_processs_view(in_dir, tmp_path_factory):
+    """Resolved by the agent, a symlink would name the agent's file, not the process's: a container's
+    config.json -> /etc/shadow would hand the host's lines to a process running as root in it."""
+    pid, cwd = in_dir
+    outside = tmp_path_factory.mktemp("outside") / "secret.conf"
+    outside.write_text("token = host-secret\n")
+    (cwd / "config.json").symlink_to(outside)
+    (cwd / "sub").symlink_to(outside.parent)
+    (cwd / "plain.conf").write_text("token = mine\n")
+    peek = ConfigPeek()
+    assert peek.lines(pid, 0, 0, ["./x", "-c", "config.json"], "./x") == []
+    assert peek.lines(pid, 0, 0, ["./x", "-c", "sub/secret.conf"], "./x") == []
+    assert peek.lines(pid, 0, 0, ["./x", "-c", f"../{outside.parent.name}/secret.conf"], "./x") == []
+    assert peek.lines(pid, 0, 0, ["./x", "-c", "./plain.conf"], "./x") == ["plain.conf:1: token = mine"]
+
+
 def test_a_fifo_neither_blocks_nor_is_read(in_dir):
     pid, cwd = in_dir
     os.mkfifo(cwd / "cfg.json")
