@@ -6,6 +6,7 @@ The struct formats are built from agent/record_layout.py, generated from probes/
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import struct
@@ -125,33 +126,30 @@ def exec_event(hdr: Header, argc: int, args: bytes, flags: int, args_total: int,
     return ExecEvent(
         hdr,
         _cstr(filename),
-        [a.decode("utf-8", "backslashreplace") for a in args.split(b"\0")[:argc]],   # agent/text.py clean()
+        [clean(a) for a in args.split(b"\0")[:argc]],
         argv_truncated=bool(flags & (EXEC_ARGS_TRUNCATED | EXEC_ARG_CLIPPED)),
         argv_fault=bool(flags & EXEC_ARGV_FAULT),
-        slurm_job_env=_cstr(job_env) if job_env[:1] not in (b"", b"\0") else "",
+        slurm_job_env=_cstr(job_env),
         ppid=ppid,
         stdio=stdio_names(stdio),
-        traits=trait_names(traits) if traits else [],
+        traits=trait_names(traits),
         tty=tty - 1 if tty else -1,
         argv_bytes=args_total,
         exe_inode=(exe_dev, exe_ino, exe_ctime_ns) if exe_ino else None,
     )
 
 
-_STDIO_NAMES: dict[int, tuple[str, ...]] = {}
-
-
 def stdio_names(bits: int) -> list[str]:
     """fds 0-2 at exec: socket (inet/inet6), unix (another socket), fifo (pipe or FIFO), pty (a pty slave) or
-    other (file, console, none), from the probe's bits (a few distinct values: each made once)."""
-    names = _STDIO_NAMES.get(bits)
-    if names is None:
-        names = tuple("socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
-                      "fifo" if bits & (1 << (fd + 4)) else "pty" if bits & (1 << (fd + 12)) else "other"
-                      for fd in range(3))
-        if len(_STDIO_NAMES) < 65536:
-            _STDIO_NAMES[bits] = names
-    return list(names)
+    other (file, console, none), from the probe's bits."""
+    return list(_stdio_names(bits))
+
+
+@functools.lru_cache(maxsize=1024)          # a few distinct bit patterns: each made once
+def _stdio_names(bits: int) -> tuple[str, ...]:
+    return tuple("socket" if bits & (1 << fd) else "unix" if bits & (1 << (fd + 8)) else
+                 "fifo" if bits & (1 << (fd + 4)) else "pty" if bits & (1 << (fd + 12)) else "other"
+                 for fd in range(3))
 
 
 def _addr(family: int, addr: bytes) -> str:

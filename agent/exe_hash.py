@@ -115,6 +115,10 @@ class ExeHasher:
             return ""
         return self._compute(image, found[1], found[0])
 
+    def _cached(self, key: FileKey) -> str | None:
+        with self._lock:
+            return self._cache.get(key)
+
     def _schedule(self, key: FileKey, fn, *args) -> str:
         """The cached digest of ``key``, else "" and (once, while under the bound) ``fn(*args)`` on the worker."""
         with self._lock:
@@ -139,15 +143,13 @@ class ExeHasher:
     def hash_now(self, path: str, pid: int = 0, image: Image | None = None) -> str:
         """Blocking variant for callers off the event path (enforcement): hashes once, caches it."""
         if image is not None and image[2]:
-            with self._lock:
-                digest = self._cache.get(image)
+            digest = self._cached(image)
             return digest if digest is not None else self._find_and_compute(image, path, pid)
         found = self._source(path, pid, image)
         if found is None:
             return ""
         key, source = found
-        with self._lock:
-            digest = self._cache.get(key)
+        digest = self._cached(key)
         return digest if digest is not None else self._compute(key, source, key)
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ class _NotSeen(Exception):
     pass
 
 
-def _image_problems(proc) -> list[str]:
+def _image_problem(proc) -> str | None:
     """The exec record's image must be the shell's file as stat sees it: the hash cache and the kill by hash key
     on it (agent/exe_hash.py). A ctime of 0 means this kernel's layout gave none (checked by stat instead). A
     mismatch is logged, not fatal: a filesystem that reports another inode to stat (some overlay setups) costs
@@ -50,12 +50,12 @@ def _image_problems(proc) -> list[str]:
     try:
         st = os.stat(SHELL)
     except OSError:
-        return []
+        return None
     if image is None or image[1] != st.st_ino:
-        return [f"image inode read as {image}, expected inode {st.st_ino} (mm exe_file/inode offsets)"]
+        return f"image inode read as {image}, expected inode {st.st_ino} (mm exe_file/inode offsets)"
     if image[2] and image[2] != st.st_ctime_ns:
-        return [f"image ctime read as {image[2]}, expected {st.st_ctime_ns} (inode ctime offsets)"]
-    return []
+        return f"image ctime read as {image[2]}, expected {st.st_ctime_ns} (inode ctime offsets)"
+    return None
 
 
 def _check_once(capture, timeout: float = 10.0) -> None:
@@ -87,7 +87,8 @@ def _check_once(capture, timeout: float = 10.0) -> None:
                         "(exe_file/inode/dentry offsets: kill-by-trait would kill ordinary programs)")
     if exec_rec.process.ppid != os.getpid():
         problems.append(f"parent read as {exec_rec.process.ppid}, expected {os.getpid()} (real_parent/tgid)")
-    for problem in _image_problems(capture.table.get(child.pid)):
+    problem = _image_problem(capture.table.get(child.pid))
+    if problem:
         log.warning("offset check: %s - executable hashes (and kills by hash) may be missing on this node", problem)
     if (exit_rec.exit.code, exit_rec.exit.signal) != (7, 0):
         problems.append(f"exit read as code {exit_rec.exit.code} signal {exit_rec.exit.signal}, expected code 7 "
