@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent import wire
 from agent.batch import DTYPES, ArenaBatch
 from agent.decode import CONNECT_IMAGE_NOLINK, _addr, _cstr
-from agent.encoded import EncodedConnect, EncodedEvent, connect_address, connect_data, connect_name, pid_of
+from agent.encoded import EncodedConnect, EncodedRun, connect_address, connect_name, pid_of
 from agent.enrich import SOCK_STREAM, SOCK_TYPES, Enricher, family_name
 from agent.events import Header
 from agent.flows import off_node
@@ -44,6 +45,25 @@ def bulk_ready(batch: ArenaBatch, enricher: Enricher) -> bool:
     return not touched or not np.isin(connects["hdr_tgid"], np.concatenate(touched)).any()
 
 
+def words(column: np.ndarray) -> list[np.ndarray]:
+    """A fixed-size bytes column (an address, a comm) as 64-bit words, for sorting."""
+    return list(np.ascontiguousarray(column).view("<u8").reshape(column.size, column.dtype.itemsize // 8).T)
+
+
+def unique_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows equal in every column, grouped: (each group's first row, each row's group). np.unique does this for a
+    structured array by sorting void values, several times slower than a lexsort of plain integers."""
+    n = columns[0].size
+    order = np.lexsort(columns[::-1])                    # the first column is the primary key; stable
+    new = np.ones(n, bool)
+    if n > 1:
+        ordered = [c[order] for c in columns]
+        new[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in ordered])
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 class BulkConnects:
     """One drain's connects and outcomes as columns. ``note_leaving`` runs before the drain's other records are
     enriched (a shell exec'd in the same drain looks for an ancestor that connected out); ``events`` after them."""
@@ -58,7 +78,8 @@ class BulkConnects:
         self.results = results if results is not None else np.zeros(0, dtype=DTYPES[pb.KIND_CONNECT_RESULT])
         self.enricher = enricher
         self.ignore_pids = ignore_pids
-        where, self.dest = np.unique(conns[["family", "daddr"]], return_inverse=True)   # each address once
+        first, self.dest = unique_rows(conns["family"], *words(conns["daddr"]))          # each address once
+        where = conns[["family", "daddr"]][first]
         self.addrs = [_addr(fam, bytes(raw)) for fam, raw in where.tolist()]
         self.families = [family_name(fam) for fam, _raw in where.tolist()]
         self.tcp = conns["sock_type"] == SOCK_STREAM
@@ -84,7 +105,9 @@ class BulkConnects:
         conns, results, enricher = self.conns, self.results, self.enricher
         n = conns.size
         # who: one process, job and serialised prefix per distinct identity
-        idents, first, who = np.unique(conns[IDENTITY], return_index=True, return_inverse=True)
+        first, who = unique_rows(conns["hdr_tgid"], conns["hdr_tid"], *words(conns["hdr_comm"]),
+                                 conns["hdr_cgroup_id"], conns["hdr_uid"], conns["hdr_gid"])
+        idents = conns[IDENTITY][first]
         count = idents.size
         prefixes, jobs, pids, name_keys = [b""] * count, [""] * count, [0] * count, [""] * count
         with_ancestry: dict[int, bytes] = {}        # row -> its prefix: a process image's first event carries its
@@ -120,26 +143,36 @@ class BulkConnects:
             rec = enricher.connects.outcome(int(results["sk"][i]), int(results["hdr_result"][i]))
             if rec is not None and pid_of(rec) not in ignore_pids:
                 out.append(rec)
-        wall = (conns["hdr_ts_ns"].astype(np.int64) + np.int64(enricher.clock.offset_ns)).tolist()
-        nolink = ((conns["flags"] & CONNECT_IMAGE_NOLINK) != 0).tolist()
-        columns = zip(wall, who.tolist(), dest.tolist(), conns["dport"].tolist(), conns["sock_type"].tolist(),
-                      conns["repeats"].tolist(), conns["sk"].tolist(), done.tolist(), result.tolist(), nolink,
-                      strict=True)
-        addresses: dict[tuple[int, int], bytes] = {}    # fields 1-3: per destination and socket type
-        names: dict[tuple[int, int], bytes] = {}        # fields 6-7: per job and destination
-        for row, (t, w, d, dport, sock_type, repeats, sock, finished, res, unlinked) in enumerate(columns):
-            address = addresses.get((d, sock_type))
-            if address is None:
-                address = addresses[(d, sock_type)] = connect_address(families[d], SOCK_TYPES.get(sock_type, "unknown"),
-                                                                      addrs[d])
-            name = names.get((w, d))
-            if name is None:
-                name = names[(w, d)] = connect_name(*enricher.names.name_of(name_keys[w], addrs[d]))
-            prefix = with_ancestry.get(row, prefixes[w]) if with_ancestry else prefixes[w]
-            if finished:
-                out.append(EncodedEvent(connect_data(t, prefix, address, dport, res, name, repeats, unlinked), pids[w],
-                                        jobs[w]))
-            else:                                       # waits for its outcome, like the ordered loop's
-                pending = EncodedConnect(t, prefix, address, dport, name, repeats, pids[w], jobs[w], addrs[d], unlinked)
-                enricher.connects.attempt(pending, pids[w], sock, True, addrs[d], dport)
+        wall = conns["hdr_ts_ns"].astype(np.int64) + np.int64(enricher.clock.offset_ns)
+        nolink = (conns["flags"] & CONNECT_IMAGE_NOLINK) != 0
+        # the parts many events share, each made once: prefixes (one per identity, and a process image's first
+        # event's with its ancestry), addresses (fields 1-3, per destination and socket type), names (fields 6-7,
+        # per identity and destination); each row's event is then its columns and three indexes into `pieces`
+        pieces: list[bytes] = list(prefixes)
+        prefix_at = who.astype(np.int64)
+        for row, prefix in with_ancestry.items():
+            prefix_at[row] = len(pieces)
+            pieces.append(prefix)
+        address_keys, address_at = np.unique((dest.astype(np.int64) << 32) | conns["sock_type"], return_inverse=True)
+        address_at = address_at + len(pieces)
+        for key in address_keys.tolist():
+            d = key >> 32
+            pieces.append(connect_address(families[d], SOCK_TYPES.get(key & 0xFFFFFFFF, "unknown"), addrs[d]))
+        name_keys_at, name_at = np.unique((who.astype(np.int64) << 32) | dest, return_inverse=True)
+        name_at = name_at + len(pieces)
+        for key in name_keys_at.tolist():
+            pieces.append(connect_name(*enricher.names.name_of(name_keys[key >> 32], addrs[key & 0xFFFFFFFF])))
+        rows = np.flatnonzero(done)
+        if rows.size:
+            data, ends = wire.encode_connects(wall[rows], prefix_at[rows], address_at[rows], name_at[rows],
+                                              conns["dport"][rows], result[rows], conns["repeats"][rows],
+                                              nolink[rows], pieces)
+            out.append(EncodedRun(data, ends, np.asarray(pids, np.int64)[who[rows]], who[rows], jobs))
+        for row in np.flatnonzero(~done).tolist():          # waits for its outcome, like the ordered loop's
+            w, d = int(who[row]), int(dest[row])
+            pending = EncodedConnect(int(wall[row]), pieces[prefix_at[row]], pieces[address_at[row]],
+                                     int(conns["dport"][row]), pieces[name_at[row]], int(conns["repeats"][row]),
+                                     pids[w], jobs[w], addrs[d], bool(nolink[row]))
+            enricher.connects.attempt(pending, pids[w], int(conns["sk"][row]), True, addrs[d],
+                                      int(conns["dport"][row]))
         return out

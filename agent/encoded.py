@@ -14,6 +14,8 @@ tests) get ``pb.Event`` as before, and ``EncodedEvent.event()`` decodes one when
 
 from __future__ import annotations
 
+import numpy as np
+
 from gpuguard.rawbatch import varint
 from gpuguard.v1 import events_pb2 as pb
 
@@ -47,6 +49,49 @@ class EncodedEvent:
 
     def event(self) -> pb.Event:
         return pb.Event.FromString(self.data)
+
+
+class EncodedRun:
+    """A drain's finished connects back to back (agent/connect_batch.py, agent/wire.py): their bytes (every field
+    but seq), where each ends, and each one's process and job - no Python object per event unless one is asked
+    for. The spool frames it whole (agent/spool.py), the shipper sends it as it was spooled."""
+
+    __slots__ = ("data", "ends", "job_ids", "jobs", "pids")
+    body_name = "connect"
+
+    def __init__(self, data: bytes, ends: np.ndarray, pids: np.ndarray, jobs: np.ndarray, job_ids: list[str]) -> None:
+        self.data, self.ends, self.pids, self.jobs, self.job_ids = data, ends, pids, jobs, job_ids
+
+    def __len__(self) -> int:
+        return int(self.ends.size)
+
+    def events(self) -> list[EncodedEvent]:
+        """One EncodedEvent each (printers, tests)."""
+        starts = [0, *self.ends.tolist()][:-1]
+        return [EncodedEvent(self.data[s:e], pid, self.job_ids[j])
+                for s, e, pid, j in zip(starts, self.ends.tolist(), self.pids.tolist(), self.jobs.tolist(),
+                                        strict=True)]
+
+
+ENCODED = (EncodedEvent, EncodedRun)     # records that are already their bytes: connects
+
+
+def count(records: list) -> int:
+    """Events in a list of records (a run holds many)."""
+    return sum(len(r) if type(r) is EncodedRun else 1 for r in records)
+
+
+def expand(records: list) -> list:
+    """The records with each run as its events (sinks that look at events one by one)."""
+    if not any(type(r) is EncodedRun for r in records):
+        return records
+    out: list = []
+    for r in records:
+        if type(r) is EncodedRun:
+            out.extend(r.events())
+        else:
+            out.append(r)
+    return out
 
 
 class EncodedConnect:

@@ -33,7 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from agent.bpf_links import INET_EGRESS, cgroup_link, detach_legacy, tracepoint_link
-from agent.encoded import EncodedEvent
+from agent.encoded import ENCODED
 from agent.enforce_plan import (
     ANCHOR_FOLD,
     DENY_PROGRAMS,
@@ -98,6 +98,7 @@ class Enforcer:
         self.jobs = capture.jobs
         self.state_dir = Path(state_dir)
         self.policy = ppb.Policy()
+        self.hashing = False                 # a kill rule names an executable's hash: execs go to the hash worker
         self.lock = threading.RLock()
         self.pins = self._pin_dir()
         self.attached: dict[tuple[str, int], PinnedLink] = {}   # (cgroup, attach type) -> its link
@@ -248,6 +249,7 @@ class Enforcer:
         with self.lock:
             plan = self.planner.plan(policy, self.jobs.job_paths())
             self.policy = plan.policy
+            self.hashing = any(k.sha256 for k in plan.policy.kill)
             maps, on = plan.maps, plan.switches
             self._sync_map("exempt_scopes", maps["exempt_scopes"])
             self._switch("kill_opts_config", on["kill_opts_config"])   # argv is read before entries that need it
@@ -400,11 +402,11 @@ class Enforcer:
         self.apply(self.policy, persist=False)
 
     # -- userspace enforcement ----------------------------------------------------------
-    def on_records(self, records: list[pb.Event | EncodedEvent]) -> None:
+    def on_records(self, records: list) -> None:
         """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
-        hashing = any(k.sha256 for k in self.policy.kill)
+        hashing = self.hashing
         for ev in records:
-            if type(ev) is EncodedEvent:         # a connect: nothing for user-space enforcement here
+            if type(ev) in ENCODED:              # connects: nothing for user-space enforcement here
                 continue
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.encoded import EncodedEvent
+from agent.encoded import EncodedEvent, expand
 from agent.identity import HostIdentity
 from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
@@ -34,8 +34,8 @@ def printer(mode: str):
     if mode == "human":
         print(HEADER_LINE, flush=True)
 
-    def sink(records: list[pb.Event | EncodedEvent]) -> None:
-        events = (r.event() if type(r) is EncodedEvent else r for r in records)
+    def sink(records: list) -> None:
+        events = (r.event() if type(r) is EncodedEvent else r for r in expand(records))
         out = "\n".join(fmt(r) for r in events if r.WhichOneof("body") != "status")
         if out:
             try:

@@ -7,20 +7,14 @@ holds into an ArenaBatch (agent/batch.py), after which the arenas are empty agai
 from __future__ import annotations
 
 import ctypes
-import logging
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from agent import native
 from agent.batch import DTYPES, SIZES, ArenaBatch
 
-log = logging.getLogger(__name__)
-
 SOURCE = Path(__file__).with_name("ringcb.c")
-PREBUILT = Path(__file__).with_name("_ringcb.so")      # made by scripts/setup.sh
 KINDS = 16
 ENOSPC = 28
 RINGBUF_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)   # BCC's type
@@ -36,41 +30,14 @@ class _Arenas(ctypes.Structure):
                 ("order_used", ctypes.c_uint64), ("full", ctypes.c_uint64), ("malformed", ctypes.c_uint64)]
 
 
-_LIB: list = []
-
-
-def build(out: Path) -> None:
-    """cc -O2 -shared -fPIC: what setup does, also used when no prebuilt library is there."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise FileNotFoundError("no C compiler (cc)")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)], check=True, capture_output=True,
-                   timeout=60)
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.gg_ring_record.restype = ctypes.c_int
+    lib.gg_ring_record.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 
 
 def library() -> ctypes.CDLL | None:
-    """The callback's library: prebuilt by setup, else built now into a private directory; None if neither."""
-    if _LIB:
-        return _LIB[0]
-    lib = None
-    candidates = [PREBUILT] if PREBUILT.exists() and PREBUILT.stat().st_mtime >= SOURCE.stat().st_mtime else []
-    if not candidates:
-        try:
-            out = Path(tempfile.mkdtemp(prefix="gpuguard-ringcb-")) / "_ringcb.so"
-            build(out)
-            candidates.append(out)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("no C ring callback (%s): records cross into Python one by one (slower)", exc)
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(str(path))
-            lib.gg_ring_record.restype = ctypes.c_int
-            lib.gg_ring_record.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-            break
-        except OSError as exc:
-            log.warning("cannot load %s: %s", path, exc)
-    _LIB.append(lib)
-    return lib
+    """The callback's library (agent/native.py): prebuilt by setup, else built now; None if neither."""
+    return native.load(SOURCE, _declare, "records cross into Python one by one (slower)")
 
 
 class ArenaSet:

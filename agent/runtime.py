@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from agent.batch import CONNECT_KINDS
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
 from agent.connect_batch import BulkConnects, bulk_ready
-from agent.encoded import EncodedEvent, pid_of
+from agent.encoded import ENCODED, EncodedEvent, EncodedRun, count, pid_of
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
@@ -30,7 +30,7 @@ from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Record = pb.Event | EncodedEvent      # what the sinks get: encoded connects only when the enricher is told to
+Record = pb.Event | EncodedEvent | EncodedRun   # what the sinks get: encoded connects only when the enricher is told to
 Sink = Callable[[list[Record]], None]
 LOSS_REPORT_S = 1.0           # how often the per-job loss counters are read
 
@@ -104,11 +104,11 @@ class Capture:
         for source in self.injected:
             while source:
                 records.append(source.popleft())
-        self.stats.records += len(records)
+        self.stats.records += count(records)
         by_kind = self.stats.by_kind
         for rec in records:
-            if type(rec) is EncodedEvent:
-                by_kind[rec.body_name] += 1
+            if type(rec) in ENCODED:
+                by_kind[rec.body_name] += len(rec) if type(rec) is EncodedRun else 1
                 continue
             kind = rec.WhichOneof("body")
             by_kind[kind] += 1

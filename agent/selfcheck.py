@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import time
 
-from agent.encoded import EncodedEvent
+from agent.encoded import ENCODED
 from agent.loader import LoaderError
 from gpuguard.vocab import JOB_SLURM
 
@@ -67,7 +67,7 @@ def _check_once(capture, timeout: float = 10.0) -> None:
     exec_rec = exit_rec = None
     while time.monotonic() < deadline and (exec_rec is None or exit_rec is None):
         for rec in capture.poll_once(50):
-            if type(rec) is EncodedEvent or rec.process.pid != child.pid:   # a connect is never the check's
+            if type(rec) in ENCODED or rec.process.pid != child.pid:   # a connect is never the check's
                 capture.held.append(rec)          # not ours: handed to the sinks once they exist
                 continue
             if rec.HasField("exec"):

@@ -26,11 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from agent.identity import HostIdentity
 from agent.spool import Spool
 from gpuguard import __version__, rawbatch
 from gpuguard.credentials import bearer
+from gpuguard.rawbatch import FramedRun
 from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
@@ -309,12 +311,28 @@ class Shipper:
             size += n
         return batch
 
-    def build_raw_batch(self, records: list[tuple[int, bytes, int, str]]) -> cpb.RawBatch:
-        """Spooled (seq, bytes, kind, job) -> one RawBatch under MAX_BATCH_BYTES, the bytes sent as spooled."""
-        chosen = []
+    def build_raw_batch(self, records: list[tuple[int, bytes, int, str] | FramedRun]) -> cpb.RawBatch:
+        """Spooled (seq, bytes, kind, job) and framed runs -> one RawBatch under MAX_BATCH_BYTES, the bytes sent as
+        spooled (a run's frames as one slice)."""
+        chosen: list[tuple[int, bytes, int, str] | FramedRun] = []
         size = 0
-        for spooled in records:
-            seq, body, _kind, _job = record = spooled
+        pending = list(reversed(records))
+        while pending:
+            item = pending.pop()
+            if type(item) is FramedRun:
+                if bool((item.sizes() > MAX_RECORD_BYTES).any()):    # never made so, but then one at a time
+                    pending.extend(reversed(item.records()))
+                    continue
+                fits = int(np.searchsorted(item.ends, MAX_BATCH_BYTES - size, side="right"))
+                if not chosen:
+                    fits = max(fits, 1)          # the first event goes whatever its size (under MAX_RECORD_BYTES)
+                if fits:
+                    chosen.append(item[:fits])
+                    size += len(chosen[-1].frames)
+                if fits < len(item):
+                    break
+                continue
+            seq, body, _kind, _job = record = item
             if len(body) > MAX_RECORD_BYTES:
                 gap = self.quarantine.put(pb.Event.FromString(body), f"event of {len(body)} bytes exceeds "
                                           f"{MAX_RECORD_BYTES}")

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import numpy as np
 
-from agent.encoded import EncodedEvent, with_seq
-from gpuguard.rawbatch import BODY_FIELD, body_kind
+from agent import wire
+from agent.encoded import ENCODED, EncodedEvent, EncodedRun, count, with_seq
+from gpuguard.rawbatch import BODY_FIELD, FramedRun, body_kind
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,16 @@ FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
 BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
 CONNECT_KIND = BODY_FIELD["connect"]
+RUN_FIELDS = 6                     # a run of connects' frame: [first seq, frames, ends, kind, jobs, job ids]
 ACK_PERSIST_S = 0.5                # the acked pointer reaches the disk at most this often (see Spool.ack)
 
+
+
+def _last_seq(fields: list) -> int:
+    """The last seq in a frame, by its layout: a run of connects, a batch of records, one record."""
+    if len(fields) == RUN_FIELDS:
+        return fields[0] + len(fields[2]) // 8 - 1
+    return fields[0] + len(fields[1]) - 1 if isinstance(fields[1], list) else fields[0]
 
 @dataclass
 class SpoolStats:
@@ -122,13 +132,16 @@ class Spool:
                     return
                 start, pos = pos, pos + FRAME.size + length
                 fields = msgpack.unpackb(body, raw=False)
-                last = fields[0] + len(fields[1]) - 1 if isinstance(fields[1], list) else fields[0]
-                yield start, pos, fields[0], last, fields
+                yield start, pos, fields[0], _last_seq(fields), fields
 
     @staticmethod
-    def _records(fields: list) -> list[tuple[int, bytes, int | None, str | None]]:
+    def _records(fields: list) -> list[tuple[int, bytes, int | None, str | None]] | FramedRun:
         """A frame's records: (seq, serialised event, body kind, job id); kind and job None in the frames of
-        agents that spooled one record per frame without them."""
+        agents that spooled one record per frame without them; a run of connects as it was framed."""
+        if len(fields) == RUN_FIELDS:
+            first, frames, ends, kind, jobs, job_ids = fields
+            return FramedRun(first, frames, np.frombuffer(ends, "<u8").astype(np.int64), kind,
+                             np.frombuffer(jobs, "<u4").astype(np.int64), job_ids)
         if isinstance(fields[1], list):                     # a batch: [first seq, bodies, kinds, jobs]
             first, bodies, kinds, jobs = fields
             return [(first + i, b, k, j) for i, (b, k, j) in enumerate(zip(bodies, kinds, jobs, strict=True))]
@@ -191,7 +204,23 @@ class Spool:
         frames.append(self._frame(run))
         return frames
 
-    def append(self, records: list[pb.Event | EncodedEvent]) -> int:
+    def _run_frames(self, first_seq: int, run: EncodedRun) -> list[bytes]:
+        """A run of connects framed for a RawBatch with its seqs (agent/wire.py), as frames of up to
+        BATCH_FRAME_BYTES: [first seq, frames, ends (u64), body kind, jobs (u32), job ids]."""
+        framed, ends = wire.frame_events(run.data, run.ends, first_seq)
+        jobs = run.jobs.astype("<u4")
+        out, a = [], 0
+        while a < ends.size:
+            cut = int(ends[a - 1]) if a else 0
+            b = max(a + 1, int(np.searchsorted(ends, cut + BATCH_FRAME_BYTES, side="right")))
+            body = self._packer.pack([first_seq + a, framed[cut:int(ends[b - 1])],
+                                      (ends[a:b] - cut).astype("<u8").tobytes(), CONNECT_KIND, jobs[a:b].tobytes(),
+                                      run.job_ids])
+            out.append(FRAME.pack(len(body), zlib.crc32(body)) + body)
+            a = b
+        return out
+
+    def append(self, records: list[pb.Event | EncodedEvent | EncodedRun]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
         with self._lock:
             if self._gap:
@@ -208,19 +237,29 @@ class Spool:
         if not records:
             return 0
         next_seq = self.last_seq
+        frames: list[bytes] = []
         entries = []
         for rec in records:
+            if type(rec) is EncodedRun:
+                if entries:
+                    frames.extend(self._frames_for(entries))
+                    entries = []
+                frames.extend(self._run_frames(next_seq + 1, rec))
+                next_seq += len(rec)
+                continue
             next_seq += 1
             entries.append(self._entry(next_seq, rec))
-        blob = b"".join(self._frames_for(entries))
+        if entries:
+            frames.extend(self._frames_for(entries))
+        blob = b"".join(frames)
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
             for rec in records:
-                if type(rec) is not EncodedEvent:
+                if type(rec) not in ENCODED:
                     rec.seq = 0
             return 0
         if self._active is None or self._active_size >= self.segment_bytes:
-            self._open_segment(entries[0][0])
+            self._open_segment(self.last_seq + 1)
         start = self._active_size
         try:
             self._active.write(blob)
@@ -231,42 +270,49 @@ class Spool:
             self._active.truncate(start)
             self._active.seek(start)
             self._reason = f"disk error: {errno.errorcode.get(exc.errno, exc.errno)}"
-            log.error("spool write failed (%s); dropping %d records", exc, len(records))
+            log.error("spool write failed (%s); dropping %d records", exc, next_seq - self.last_seq)
             return 0
         self._active_size = start + len(blob)
         self._bytes += len(blob)
-        self.last_seq = next_seq
-        self.stats.appended += len(records)
-        return len(records)
+        stored, self.last_seq = next_seq - self.last_seq, next_seq
+        self.stats.appended += stored
+        return stored
 
-    def _drop(self, records: list[pb.Event | EncodedEvent]) -> int:
-        if not records:
+    def _drop(self, records: list[pb.Event | EncodedEvent | EncodedRun]) -> int:
+        n = count(records)
+        if not n:
             return 0
         first = self.last_seq + 1
-        self.last_seq += len(records)
+        self.last_seq += n
         reason = self._reason
         self._gap = (self._gap[0] if self._gap else first, self.last_seq, reason)
-        self.stats.dropped += len(records)
+        self.stats.dropped += n
         return 0
 
     # -- reading and acks ------------------------------------------------------------
     def read_after(self, seq: int, max_records: int) -> list[pb.Event]:
         """Events with seq > given seq, in order, at most max_records."""
-        return [pb.Event.FromString(body) for _seq, body, _kind, _job in self._read(seq, max_records)]
+        return [pb.Event.FromString(body) for chunk in self._read(seq, max_records)
+                for _seq, body, _kind, _job in (chunk.records() if type(chunk) is FramedRun else chunk)]
 
-    def read_raw_after(self, seq: int, max_records: int) -> list[tuple[int, bytes, int, str]]:
-        """(seq, serialised event, body kind, job id) with seq > given seq, in order, at most max_records: what a
-        RawBatch carries, without decoding an event (frames of older agents are decoded for their two columns)."""
-        out = []
-        for rec_seq, body, kind, job in self._read(seq, max_records):
-            if kind is None:
-                ev = pb.Event.FromString(body)
-                out.append((rec_seq, body, body_kind(ev), ev.job.id))
-            else:
-                out.append((rec_seq, body, kind, job))
+    def read_raw_after(self, seq: int, max_records: int) -> list[tuple[int, bytes, int, str] | FramedRun]:
+        """(seq, serialised event, body kind, job id) and runs of connects as they were framed, with seq > given
+        seq, in order, at most max_records events: what a RawBatch carries, without decoding an event (frames of
+        older agents are decoded for their two columns)."""
+        out: list[tuple[int, bytes, int, str] | FramedRun] = []
+        for chunk in self._read(seq, max_records):
+            if type(chunk) is FramedRun:
+                out.append(chunk)
+                continue
+            for rec_seq, body, kind, job in chunk:
+                if kind is None:
+                    ev = pb.Event.FromString(body)
+                    out.append((rec_seq, body, body_kind(ev), ev.job.id))
+                else:
+                    out.append((rec_seq, body, kind, job))
         return out
 
-    def _read(self, seq: int, max_records: int) -> list[tuple[int, bytes, int | None, str | None]]:
+    def _read(self, seq: int, max_records: int) -> list:
         """Spooled records with seq > given seq. Sequential readers (the shipper) resume from a remembered byte
         offset (a frame's start or end, with the last seq before it), so reading costs O(records read), not
         O(segment)."""
@@ -275,7 +321,8 @@ class Spool:
             if self._active:
                 self._active.flush()
         cursor_path, cursor_off, cursor_seq = self._cursor
-        out: list[tuple[int, bytes, int | None, str | None]] = []
+        out: list = []            # chunks: a frame's records (a list of tuples, or a FramedRun), or part of one
+        taken = 0
         for i, (_first, path) in enumerate(segments):
             next_first = segments[i + 1][0] if i + 1 < len(segments) else None
             if next_first is not None and next_first <= seq + 1:
@@ -286,14 +333,15 @@ class Spool:
                     if last <= seq:
                         continue
                     wanted = records[max(0, seq + 1 - first):]      # a frame's records run first..last
-                    room = max_records - len(out)
-                    out.extend(wanted[:room])
+                    room = max_records - taken
+                    out.append(wanted[:room])
+                    taken += min(room, len(wanted))
                     if len(wanted) > room:               # stopped inside this frame: resume at its start
                         self._cursor = (path, start, first - 1)
                         self._partial = (path, start, end, first, last, records)
                         return out
                     self._cursor = (path, end, last)
-                    if len(out) >= max_records:
+                    if taken >= max_records:
                         return out
             except FileNotFoundError:
                 continue

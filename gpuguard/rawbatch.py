@@ -87,14 +87,80 @@ def body_kind(ev: pb.Event) -> int:
     return BODY_FIELD.get(ev.WhichOneof("body") or "", 0)
 
 
-def build(records: list[tuple[int, bytes, int, str]]) -> cpb.RawBatch:
-    """(seq, serialised event, body kind, job id) in ascending seq -> a RawBatch."""
-    frames = [frame(body) for _seq, body, _kind, _job in records]
+@dataclass
+class FramedRun:
+    """Consecutive events framed as a RawBatch carries them (tag, length, the event with its seq), all of one body
+    kind, each with its job: how the agent spools a drain's connects (agent/spool.py) and ships them, without a
+    Python object per event."""
+
+    first_seq: int
+    frames: bytes
+    ends: np.ndarray        # int64: where each frame ends
+    kind: int
+    jobs: np.ndarray        # int64: index into job_ids
+    job_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.ends.size)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self) - 1
+
+    def __getitem__(self, part: slice) -> FramedRun:
+        """The events from part.start to part.stop (no step)."""
+        a, b, _step = part.indices(len(self))
+        b = max(a, b)
+        cut = int(self.ends[a - 1]) if a else 0
+        end = int(self.ends[b - 1]) if b else 0
+        return FramedRun(self.first_seq + a, self.frames[cut:max(cut, end)], self.ends[a:b] - cut, self.kind,
+                         self.jobs[a:b], self.job_ids)
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.ends, prepend=0)
+
+    def records(self) -> list[tuple[int, bytes, int, str]]:
+        """(seq, serialised event, body kind, job id) each: the frames unwrapped (readers that want events)."""
+        out, start, frames = [], 0, self.frames
+        for i, (end, job) in enumerate(zip(self.ends.tolist(), self.jobs.tolist(), strict=True)):
+            body = start + 1
+            while frames[body] & 0x80:          # the length varint
+                body += 1
+            out.append((self.first_seq + i, frames[body + 1:end], self.kind, self.job_ids[job]))
+            start = end
+        return out
+
+
+def build(records: list[tuple[int, bytes, int, str] | FramedRun]) -> cpb.RawBatch:
+    """(seq, serialised event, body kind, job id) and framed runs, in ascending seq -> a RawBatch."""
+    frames: list[bytes] = []
+    seqs: list[int] = []
+    ends: list[int] = []
+    kinds: list[int] = []
+    jobs: list[int] = []
     job_index: dict[str, int] = {}
-    jobs = [job_index.setdefault(job, len(job_index)) for _seq, _body, _kind, job in records]
-    return cpb.RawBatch(frames=b"".join(frames), seqs=[r[0] for r in records],
-                        ends=np.cumsum([len(f) for f in frames]).tolist(), kinds=[r[2] for r in records],
-                        jobs=jobs, job_ids=list(job_index))
+    size = 0
+    for item in records:
+        if type(item) is FramedRun:
+            n = len(item)
+            frames.append(item.frames)
+            seqs.extend(range(item.first_seq, item.first_seq + n))
+            ends.extend((item.ends + size).tolist())
+            kinds.extend([item.kind] * n)
+            remap = np.array([job_index.setdefault(job, len(job_index)) for job in item.job_ids], np.int64)
+            jobs.extend(remap[item.jobs].tolist())
+            size += len(item.frames)
+            continue
+        seq, body, kind, job = item
+        framed = frame(body)
+        frames.append(framed)
+        size += len(framed)
+        seqs.append(seq)
+        ends.append(size)
+        kinds.append(kind)
+        jobs.append(job_index.setdefault(job, len(job_index)))
+    return cpb.RawBatch(frames=b"".join(frames), seqs=seqs, ends=ends, kinds=kinds, jobs=jobs,
+                        job_ids=list(job_index))
 
 
 def from_events(events: list[pb.Event]) -> cpb.RawBatch:

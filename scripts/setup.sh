@@ -57,10 +57,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 .venv/bin/python -c 'import bcc, grpc, google.protobuf, msgpack, yaml, prometheus_client, psycopg, psycopg_pool, numpy, pynvml, nats' || { say "python deps incomplete"; exit 3; }
-# the agent's ring-buffer callback in plain C (agent/ringcb.c; without it the agent uses BCC's Python callback)
-if [ ! -f agent/_ringcb.so ] || [ agent/ringcb.c -nt agent/_ringcb.so ]; then
-    cc -O2 -shared -fPIC -o agent/_ringcb.so agent/ringcb.c && say "built agent/_ringcb.so (C ring callback)"
-fi
+# the agent's small plain-C libraries, loaded with ctypes (without them the agent uses its pure-Python paths):
+# the ring-buffer callback (agent/ringcb.c) and the events' bytes by the batch (agent/wire.c)
+for lib in ringcb wire; do
+    if [ ! -f agent/_$lib.so ] || [ agent/$lib.c -nt agent/_$lib.so ]; then
+        cc -O2 -shared -fPIC -o agent/_$lib.so agent/$lib.c && say "built agent/_$lib.so (agent/$lib.c)"
+    fi
+done
 # gpuguard on the PATH (systemd units and the README call /usr/local/bin/gpuguard); never replace another program
 link=/usr/local/bin/gpuguard
 if [ ! -e "$link" ] || [ "$(readlink -f "$link")" = "$(readlink -f .venv/bin/gpuguard)" ] || \

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import wire
 from agent.batch import DTYPES, ArenaBatch
 from agent.connect_batch import BulkConnects, bulk_ready
 from agent.decode import CONNECT_IMAGE_NOLINK
-from agent.encoded import EncodedEvent, pid_of, varint
+from agent.encoded import EncodedEvent, expand, pid_of, varint
 from agent.enrich import Enricher
 from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExitEvent, Header
 from agent.identity import BootClock, HostIdentity
@@ -153,7 +154,7 @@ def through(e: Enricher, batches: list[ArenaBatch], bulk: bool) -> list[bytes]:
             assert bulk_ready(b, e)
             columns = BulkConnects(b, e, set())
             columns.note_leaving()
-            out.extend(columns.events())
+            out.extend(expand(columns.events()))
         else:
             out.extend(r for ev in b.events(DecodeStats()) if (r := e.enrich(ev)) is not None)
     e.connects.wait_s = 0
@@ -161,10 +162,16 @@ def through(e: Enricher, batches: list[ArenaBatch], bulk: bool) -> list[bytes]:
     return sorted(r.data for r in out)
 
 
-def test_connects_as_columns_are_the_ordered_loops_events(job_root):
+@pytest.mark.parametrize("c_library", [True, False], ids=["wire.c", "python"])
+def test_connects_as_columns_are_the_ordered_loops_events(job_root, monkeypatch, c_library):
     """A storm with what a loop does to socket addresses (one freed and reused at once, its second outcome after),
     threads of one process, UDP, an off-node peer, connects whose outcomes come in the next drain, and connects
-    that never get one: the same events, byte for byte, and the same state left behind."""
+    that never get one: the same events, byte for byte, and the same state left behind - their bytes assembled by
+    agent/wire.c or, without it, in Python."""
+    if c_library:
+        assert wire.library() is not None, "agent/wire.c could not be built or loaded"
+    else:
+        monkeypatch.setattr(wire, "library", lambda: None)
     cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
     first, second = [], []
     for i in range(80):
