@@ -2,8 +2,8 @@
  *
  * cgroup_skb/egress, attached by the agent to job cgroups in scope. Rules are data
  * (PayloadWatch in the policy, one fingerprint each), not code per tool:
- * - the stratum scan: a JSON object naming a mining method ("mining.*", "login",
- *   "eth_submitLogin"), whatever the port, also after a SOCKS or HTTP CONNECT handshake;
+ * - the stratum scan: a JSON object naming a mining method ("mining.*", "login", "eth_submit*",
+ *   "eth_getWork", "getwork", "getblock*"), whatever the port, also after a SOCKS or HTTP CONNECT handshake;
  * - a byte pattern (<= 16 bytes, with a mask: 0xdf on a letter = case-insensitive) at any
  *   offset of a window, with a minimum payload length: an SSH banner from a process that is
  *   not an SSH client, a SOCKS4/5 CONNECT, a WebSocket upgrade naming a tunnel subprotocol,
@@ -119,15 +119,21 @@ static __always_inline int looks_like_stratum(const u8 *b, u64 len)
             break;
         if (b[i] != '"')
             continue;
-        /* "mining.   "login"   "eth_submitLogin" */
+        /* "mining.   "login"   "eth_submitLogin" / "eth_submitWork" / "eth_getWork" */
         if (b[i + 1] == 'm' && b[i + 2] == 'i' && b[i + 3] == 'n' && b[i + 4] == 'i' && b[i + 5] == 'n' &&
             b[i + 6] == 'g' && b[i + 7] == '.')
             return 1;
         if (b[i + 1] == 'l' && b[i + 2] == 'o' && b[i + 3] == 'g' && b[i + 4] == 'i' && b[i + 5] == 'n' &&
             b[i + 6] == '"')
             return 1;
-        if (b[i + 1] == 'e' && b[i + 2] == 't' && b[i + 3] == 'h' && b[i + 4] == '_' && b[i + 5] == 's' &&
-            b[i + 6] == 'u' && b[i + 7] == 'b' && b[i + 8] == 'm')
+        if (b[i + 1] == 'e' && b[i + 2] == 't' && b[i + 3] == 'h' && b[i + 4] == '_' &&
+            ((b[i + 5] == 's' && b[i + 6] == 'u' && b[i + 7] == 'b' && b[i + 8] == 'm') ||
+             (b[i + 5] == 'g' && b[i + 6] == 'e' && b[i + 7] == 't' && b[i + 8] == 'W')))
+            return 1;
+        /* "getwork"   "getblocktemplate": solo mining against a node's JSON-RPC */
+        if (b[i + 1] == 'g' && b[i + 2] == 'e' && b[i + 3] == 't' &&
+            ((b[i + 4] == 'w' && b[i + 5] == 'o' && b[i + 6] == 'r' && b[i + 7] == 'k' && b[i + 8] == '"') ||
+             (b[i + 4] == 'b' && b[i + 5] == 'l' && b[i + 6] == 'o' && b[i + 7] == 'c' && b[i + 8] == 'k')))
             return 1;
     }
     return 0;

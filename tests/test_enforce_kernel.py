@@ -219,6 +219,8 @@ STRATUM_CLIENT = (
 )
 SUBSCRIBE = '{"id": 1, "method": "mining.subscribe", "params": ["fakeminer/1.0"]}'
 XMR_LOGIN = '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4Abc","pass":"x","agent":"XMRig/6.21"}}'
+GETWORK = '{"jsonrpc":"2.0","id":5,"method":"eth_getWork","params":[]}'          # ethminer -P http:// (getwork)
+TEMPLATE = '{"id":0,"method":"getblocktemplate","params":[{"rules":["segwit"]}]}'  # solo mining against a node
 HTTP = "GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: pip/24.0\r\n\r\n"
 
 
@@ -230,18 +232,19 @@ def test_stratum_payload_hook(capture, enforcer, test_cgroup, drop):
                                                                    stratum=True, drop=drop)]), persist=False)
     pool = FakePool()
     try:
-        for payload in (SUBSCRIBE, XMR_LOGIN, HTTP):
+        for payload in (SUBSCRIBE, XMR_LOGIN, GETWORK, TEMPLATE, HTTP):
             run_in_cgroup(cg, [PYTHON, "-c", STRATUM_CLIENT, str(pool.port), payload], timeout=20)
         pool.settle()
     finally:
         pool.close()
-    assert pool.accepted == 3
+    assert pool.accepted == 5
     got = b"".join(pool.received)
     assert b"GET /simple/" in got                         # ordinary traffic passes either way
+    mining = (b"mining.subscribe", b'"login"', b"eth_getWork", b"getblocktemplate")
     if drop:
-        assert b"mining.subscribe" not in got and b'"login"' not in got
+        assert not any(m in got for m in mining)
     else:
-        assert b"mining.subscribe" in got and b'"login"' in got
+        assert all(m in got for m in mining)
     hits = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-stratum"
                     and r["job"]["id"] == job)
     actions = {r["enforcement"]["action"] for r in hits}

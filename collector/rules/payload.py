@@ -128,6 +128,7 @@ def socks_target(data: bytes) -> tuple[str, int] | None:
 
 
 STRATUM_SCAN = 192   # bytes the kernel's stratum scan reads
+STRATUM_NINE = (b'"eth_subm', b'"eth_getW', b'"getwork"', b'"getblock')   # the kernel's nine-byte names
 
 
 def looks_like_stratum(data: bytes) -> bool:
@@ -138,6 +139,6 @@ def looks_like_stratum(data: bytes) -> bool:
     for i in range(1, STRATUM_SCAN - 16):
         if i + 9 > len(data):
             break
-        if data[i:i + 8] == b'"mining.' or data[i:i + 7] == b'"login"' or data[i:i + 9] == b'"eth_subm':
+        if data[i:i + 8] == b'"mining.' or data[i:i + 7] == b'"login"' or data[i:i + 9] in STRATUM_NINE:
             return True
     return False
