@@ -162,12 +162,12 @@ class BulkConnects:
         name_at = name_at + len(pieces)
         for key in name_keys_at.tolist():
             pieces.append(connect_name(*enricher.names.name_of(name_keys[key >> 32], addrs[key & 0xFFFFFFFF])))
-        rows = np.flatnonzero(done)
-        if rows.size:
-            data, ends = wire.encode_connects(wall[rows], prefix_at[rows], address_at[rows], name_at[rows],
-                                              conns["dport"][rows], result[rows], conns["repeats"][rows],
-                                              nolink[rows], pieces)
-            out.append(EncodedRun(data, ends, np.asarray(pids, np.int64)[who[rows]], who[rows], jobs))
+        finished = np.flatnonzero(done)
+        if finished.size:
+            data, ends = wire.encode_connects(wall[finished], prefix_at[finished], address_at[finished],
+                                              name_at[finished], conns["dport"][finished], result[finished],
+                                              conns["repeats"][finished], nolink[finished], pieces)
+            out.append(EncodedRun(data, ends, np.asarray(pids, np.int64)[who[finished]], who[finished], jobs))
         for row in np.flatnonzero(~done).tolist():          # waits for its outcome, like the ordered loop's
             w, d = int(who[row]), int(dest[row])
             pending = EncodedConnect(int(wall[row]), pieces[prefix_at[row]], pieces[address_at[row]],

@@ -314,15 +314,16 @@ class Shipper:
     def build_raw_batch(self, records: list[tuple[int, bytes, int, str] | FramedRun]) -> cpb.RawBatch:
         """Spooled (seq, bytes, kind, job) and framed runs -> one RawBatch under MAX_BATCH_BYTES, the bytes sent as
         spooled (a run's frames as one slice)."""
+        items: list[tuple[int, bytes, int, str] | FramedRun] = []
+        for item in records:                 # a run with an oversized event (never made so) goes one at a time
+            if type(item) is FramedRun and bool((item.sizes() > MAX_RECORD_BYTES).any()):
+                items.extend(item.records())
+            else:
+                items.append(item)
         chosen: list[tuple[int, bytes, int, str] | FramedRun] = []
         size = 0
-        pending = list(reversed(records))
-        while pending:
-            item = pending.pop()
+        for item in items:
             if type(item) is FramedRun:
-                if bool((item.sizes() > MAX_RECORD_BYTES).any()):    # never made so, but then one at a time
-                    pending.extend(reversed(item.records()))
-                    continue
                 fits = int(np.searchsorted(item.ends, MAX_BATCH_BYTES - size, side="right"))
                 if not chosen:
                     fits = max(fits, 1)          # the first event goes whatever its size (under MAX_RECORD_BYTES)

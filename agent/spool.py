@@ -51,12 +51,18 @@ RUN_FIELDS = 6                     # a run of connects' frame: [first seq, frame
 ACK_PERSIST_S = 0.5                # the acked pointer reaches the disk at most this often (see Spool.ack)
 
 
-
 def _last_seq(fields: list) -> int:
     """The last seq in a frame, by its layout: a run of connects, a batch of records, one record."""
     if len(fields) == RUN_FIELDS:
         return fields[0] + len(fields[2]) // 8 - 1
     return fields[0] + len(fields[1]) - 1 if isinstance(fields[1], list) else fields[0]
+
+
+def _framed(fields: list, packer: msgpack.Packer) -> bytes:
+    """One frame on disk: length, CRC, the msgpack body."""
+    body = packer.pack(fields)
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
 
 @dataclass
 class SpoolStats:
@@ -188,9 +194,8 @@ class Spool:
 
     def _frame(self, entries: list[tuple[int, bytes, int, str]]) -> bytes:
         """One frame for a run of consecutive records: one CRC, one msgpack header."""
-        body = self._packer.pack([entries[0][0], [e[1] for e in entries], [e[2] for e in entries],
-                                  [e[3] for e in entries]])
-        return FRAME.pack(len(body), zlib.crc32(body)) + body
+        return _framed([entries[0][0], [e[1] for e in entries], [e[2] for e in entries], [e[3] for e in entries]],
+                       self._packer)
 
     def _frames_for(self, entries: list[tuple[int, bytes, int, str]]) -> list[bytes]:
         """The records of one append as frames of up to BATCH_FRAME_BYTES (a larger record gets its own)."""
@@ -213,10 +218,8 @@ class Spool:
         while a < ends.size:
             cut = int(ends[a - 1]) if a else 0
             b = max(a + 1, int(np.searchsorted(ends, cut + BATCH_FRAME_BYTES, side="right")))
-            body = self._packer.pack([first_seq + a, framed[cut:int(ends[b - 1])],
-                                      (ends[a:b] - cut).astype("<u8").tobytes(), CONNECT_KIND, jobs[a:b].tobytes(),
-                                      run.job_ids])
-            out.append(FRAME.pack(len(body), zlib.crc32(body)) + body)
+            out.append(_framed([first_seq + a, framed[cut:int(ends[b - 1])], (ends[a:b] - cut).astype("<u8").tobytes(),
+                                CONNECT_KIND, jobs[a:b].tobytes(), run.job_ids], self._packer))
             a = b
         return out
 

@@ -113,7 +113,7 @@ class FramedRun:
         b = max(a, b)
         cut = int(self.ends[a - 1]) if a else 0
         end = int(self.ends[b - 1]) if b else 0
-        return FramedRun(self.first_seq + a, self.frames[cut:max(cut, end)], self.ends[a:b] - cut, self.kind,
+        return FramedRun(self.first_seq + a, self.frames[cut:end], self.ends[a:b] - cut, self.kind,
                          self.jobs[a:b], self.job_ids)
 
     def sizes(self) -> np.ndarray:
