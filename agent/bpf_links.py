@@ -31,7 +31,18 @@ def libbpf():
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
     lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     return lib
+
+
+def map_id(map_fd: int) -> int:
+    """The kernel's id of the map behind an fd (struct bpf_map_info: type, then id): two fds, one map?"""
+    info = ctypes.create_string_buffer(64)
+    size = ctypes.c_uint32(len(info))
+    if libbpf().bpf_obj_get_info_by_fd(map_fd, info, ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf_obj_get_info_by_fd({map_fd}): {os.strerror(err)}")
+    return struct.unpack_from("<II", info.raw)[1]
 
 
 def _link(prog_fd: int, target_fd: int, attach_type: int, what: str) -> int:

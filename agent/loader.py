@@ -1,8 +1,12 @@
 """Compile, attach and poll the capture probes (probes/*.c) with BCC.
 
-One BPF object carries every capture probe; all events go through a single
-BPF ring buffer. The ring buffer is drained in batches: the BCC callback only
-copies bytes, decoding happens after each poll (agent/decode.py).
+Two BPF objects: the capture probes, and the enforcement programs compiled apart
+(``enforcement()``, on the first Enforcer), which use the capture object's rings
+and shared maps (probes/gpuguard.h: GG_SHARED_TABLE) - so enforcement is built,
+verified and replaced on its own, and an agent without it carries none of it.
+Records go through two ring buffers (the priority ring for exec, fork, exit,
+cgroup and enforcement records), drained in batches: the ring callback only
+copies bytes, decoding happens after each poll (agent/batch.py, agent/decode.py).
 
 No syscall tracepoint is used (each one puts every syscall of every task on
 the kernel's slow path): exec/fork/exit come from sched tracepoints, connects
@@ -30,6 +34,7 @@ from agent.bpf_links import (
     UDP4_SENDMSG,
     UDP6_SENDMSG,
     cgroup_link,
+    map_id,
 )
 from agent.btf import BtfError, kernel_offsets, offset_cflags
 from agent.decode import KIND_NAMES
@@ -43,6 +48,7 @@ CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c",
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_argv.c", "enforce_connect.c", "enforce_payload.c",
                   "enforce_escape.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
+SHARED_CHECK = (b"priority_events", b"events", b"task_origins", b"exempt_scopes")   # same kernel map in both objects
 TRACEFS = Path("/sys/kernel/tracing")
 # (program, prog type name in bcc.BPF, attach type): observe-only hooks at the cgroup2 root
 ROOT_HOOKS = ((b"gpu_device_watch", "CGROUP_DEVICE", CGROUP_DEVICE),
@@ -170,6 +176,8 @@ class CaptureProbes:
     _pending_priority: list[bytes] = field(default_factory=list)
     _links: list[int] = field(default_factory=list)
     _arenas: object = None
+    _cflags: list[str] = field(default_factory=list)
+    _enforce_bpf: object = None
 
     def load(self, cgroup_root: Path | None = None) -> None:
         check_privileges()
@@ -187,9 +195,10 @@ class CaptureProbes:
         cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", f"-DPRIORITY_PAGES={self.priority_pages}", "-Wno-comment",
                   *offset_cflags(self.offsets)]
         try:
-            self.bpf = bcc.BPF(text=probe_source().encode(), cflags=cflags)
+            self.bpf = bcc.BPF(text=probe_source(CAPTURE_PROBES).encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise LoaderError(f"loading the capture probes failed: {exc}") from exc
+        self._cflags = cflags
         self._open_rings()
         self.majors = gpu_majors()
         table = self.bpf[b"gpu_majors"]
@@ -199,6 +208,27 @@ class CaptureProbes:
             self.attach_root_hooks(cgroup_root)
         log.info("capture probes attached: %d tracepoints, %d raw tracepoints, %d root cgroup hooks",
                  self.bpf.num_open_tracepoints(), len(self.bpf.raw_tracepoint_fds), len(self._links))
+
+    def enforcement(self):
+        """The enforcement programs' own BPF object, compiled once on first use in this process after the capture
+        object, whose rings and shared maps it uses (probes/gpuguard.h). Checked: its shared maps must be this
+        capture object's kernel maps (BCC's shared namespace is per process: with two capture objects alive, an
+        enforcement object could otherwise bind to the other one's)."""
+        if self._enforce_bpf is None:
+            bcc = import_bcc()
+            try:
+                bpf = bcc.BPF(text=probe_source(ENFORCE_PROBES).encode(), cflags=[*self._cflags, "-DGG_ENFORCE_OBJECT"])
+            except Exception as exc:  # BCC raises bare Exception on compile/load failure
+                raise LoaderError(f"loading the enforcement programs failed: {exc}") from exc
+            for name in SHARED_CHECK:
+                if map_id(bpf[name].map_fd) != map_id(self.bpf[name].map_fd):
+                    bpf.cleanup()
+                    raise LoaderError(f"the enforcement object's {name.decode()} is not this capture object's: "
+                                      "another capture object is loaded in this process")
+            self._enforce_bpf = bpf
+            log.info("enforcement programs compiled as their own BPF object (%d shared maps checked)",
+                     len(SHARED_CHECK))
+        return self._enforce_bpf
 
     def attach_root_hooks(self, cgroup_root: Path) -> None:
         """Observe-only cgroup programs at the root: every connect and GPU device open on the host."""
@@ -285,6 +315,9 @@ class CaptureProbes:
         for link in self._links:
             os.close(link)                    # a cgroup bpf_link detaches when its last fd closes
         self._links.clear()
+        if self._enforce_bpf is not None:
+            self._enforce_bpf.cleanup()       # pinned enforcement links keep their programs (agent/pins.py)
+            self._enforce_bpf = None
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

@@ -379,7 +379,7 @@ def bench_argv_scan(cap: Capture, enf: Enforcer) -> None:
     try:
         entries = builtin_argv_kill("779")
         enf.apply(ppb.Policy(version=3, argv_kill=entries), persist=False)
-        fd = cap.probes.bpf.funcs[b"kill_by_argv"].fd
+        fd = enf.bpf.funcs[b"kill_by_argv"].fd
         for label, argv in (("a 3-argument exec", ["/bin/true", "--lr", "1e-3"]),
                             ("an exec with 60 KiB of arguments", ["/bin/true", *["y" * 6000] * 10])):
             before = prog_stats(fd)
@@ -432,7 +432,7 @@ def bench_flow_observers(tmp: Path) -> None:
             traits = sum(1 << i for i in range(6))
             enf.apply(ppb.Policy(version=1, rules=["b-trait"], kill_traits=[ppb.KillTrait(
                 rule_id="b-trait", scope=ppb.Scope(job_ids=["no-such-job"]), traits=traits)]), persist=False)
-            kill_fd = cap.probes.bpf.funcs[b"kill_at_exec"].fd
+            kill_fd = enf.bpf.funcs[b"kill_at_exec"].fd
             before = prog_stats(kill_fd)
             _, spawn = spawn_times(cg, "/bin/true", 300)
             after = prog_stats(kill_fd)

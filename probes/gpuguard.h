@@ -207,11 +207,48 @@ struct cgroup_event {
     char path[CGROUP_PATH_LEN];
 };
 
+/* ---- maps shared by the two BPF objects. The capture probes (exec, fork_exit, connect, gpu_dev, cgroup, flow)
+ * and the enforcement programs (enforce_*.c) are compiled as two objects (agent/loader.py): enforcement can be
+ * built, verified and replaced on its own, and a capture-only agent carries none of it. The capture object defines
+ * each map below and shares it (BCC's "maps/shared" namespace); the enforcement object, compiled with
+ * -DGG_ENFORCE_OBJECT in the same process afterwards, declares the same names "extern" and so writes the same
+ * kernel maps (the same ring, the same per-job budget, the same task origins). Per-CPU scratch maps are not
+ * shared: each object has its own. */
+#ifdef GG_ENFORCE_OBJECT
+#define GG_SHARED_TABLE(_type, _key, _leaf, _name, _max) BPF_TABLE("extern", _key, _leaf, _name, _max)
+#define GG_SHARED_RING(_name, _pages)                                                           \
+    struct _name##_table_t {                                                                  \
+        int key;                                                                              \
+        u32 leaf;                                                                             \
+        int (*ringbuf_output)(void *, u64, u64);                                              \
+        void *(*ringbuf_reserve)(u64);                                                        \
+        void (*ringbuf_submit)(void *, u64);                                                  \
+        void (*ringbuf_discard)(void *, u64);                                                 \
+        u32 max_entries;                                                                      \
+        int flags;                                                                            \
+    };                                                                                        \
+    __attribute__((section("maps/extern"))) struct _name##_table_t _name
+#define GG_SHARED_SK_STORAGE(_name, _leaf)                                                      \
+    struct _name##_table_t {                                                                  \
+        int key;                                                                              \
+        _leaf leaf;                                                                           \
+        void *(*sk_storage_get)(void *, void *, int);                                         \
+        int (*sk_storage_delete)(void *);                                                     \
+        u32 flags;                                                                            \
+    };                                                                                        \
+    __attribute__((section("maps/extern"))) struct _name##_table_t _name
+#else
+#define GG_SHARE(_name) __attribute__((section("maps/shared"))) struct _name##_table_t __##_name
+#define GG_SHARED_TABLE(_type, _key, _leaf, _name, _max) BPF_TABLE(_type, _key, _leaf, _name, _max); GG_SHARE(_name)
+#define GG_SHARED_RING(_name, _pages) BPF_RINGBUF_OUTPUT(_name, _pages); GG_SHARE(_name)
+#define GG_SHARED_SK_STORAGE(_name, _leaf) BPF_SK_STORAGE(_name, _leaf); GG_SHARE(_name)
+#endif
+
 /* Two rings: what must never be lost (exec, fork, exit, cgroup, enforcement) has its own, so a flood of
  * connects, payload or flow records from one job cannot crowd it out. */
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_RINGBUF_OUTPUT(priority_events, PRIORITY_PAGES);
-BPF_PERCPU_ARRAY(lost, u64, EV_KINDS);
+GG_SHARED_RING(events, RINGBUF_PAGES);
+GG_SHARED_RING(priority_events, PRIORITY_PAGES);
+GG_SHARED_TABLE("percpu_array", int, u64, lost, EV_KINDS);
 
 static __always_inline int priority_kind(u32 kind)
 {
@@ -239,8 +276,8 @@ struct job_capture {
     u64 last_ns;
 };
 
-BPF_TABLE("lru_hash", u64, struct job_capture, job_capture, 16384);
-BPF_ARRAY(capture_budget, u64, 2);
+GG_SHARED_TABLE("lru_hash", u64, struct job_capture, job_capture, 16384);
+GG_SHARED_TABLE("array", int, u64, capture_budget, 2);
 BPF_PERCPU_ARRAY(capture_zero, struct job_capture, 1);      /* never written: a new entry's value (off the stack) */
 
 static __always_inline struct job_capture *capture_of(u64 cgroup)
@@ -315,7 +352,7 @@ static __always_inline void emit(void *e, u32 size, u32 kind)
 /* Jobs switched to monitor mode: enforcement skips a task when any of its
  * ancestor cgroups is listed here (scopes may sit above the job, see
  * agent/enforce.py). Checked by every enforcement program. */
-BPF_HASH(exempt_scopes, u64, u32, 4096);
+GG_SHARED_TABLE("hash", u64, u32, exempt_scopes, 4096);
 
 static __always_inline int task_exempt(void)
 {
@@ -339,7 +376,7 @@ struct task_origin {
     u32 _pad;
 };
 
-BPF_TABLE("lru_hash", u32, struct task_origin, task_origins, 65536);
+GG_SHARED_TABLE("lru_hash", u32, struct task_origin, task_origins, 65536);
 
 static __always_inline void escape_inherit(u32 parent, u32 child)
 {
@@ -458,8 +495,8 @@ struct pipe_holder {
 
 /* shell_pipes: pipe ends on the stdio of a watched shell (kill_at_exec writes them);
  * net_pipes: pipe ends on the stdio of a process that connected out (the connect hooks write them). */
-BPF_TABLE("lru_hash", struct pipe_key, struct pipe_holder, shell_pipes, 16384);
-BPF_TABLE("lru_hash", struct pipe_key, struct pipe_holder, net_pipes, 16384);
+GG_SHARED_TABLE("lru_hash", struct pipe_key, struct pipe_holder, shell_pipes, 16384);
+GG_SHARED_TABLE("lru_hash", struct pipe_key, struct pipe_holder, net_pipes, 16384);
 
 /* The pipe ends on the current task's fds 0-2 (keys[fd].inode == 0: not a pipe). */
 static __always_inline void stdio_pipes(struct pipe_key keys[3])
@@ -533,8 +570,8 @@ static __always_inline void remember_network_ends(struct pipe_key keys[3], u32 s
 #define PTMX_RDEV ((5U << 20) | 2U)          /* /dev/ptmx and /dev/pts/ptmx, kernel dev_t */
 #define PTY_SCAN_FDS 16                      /* the parent's fds looked at for the master */
 
-BPF_TABLE("lru_hash", u32, u32, net_tgids, 16384);
-BPF_ARRAY(pty_watch, u32, 1);
+GG_SHARED_TABLE("lru_hash", u32, u32, net_tgids, 16384);
+GG_SHARED_TABLE("array", int, u32, pty_watch, 1);
 
 static __always_inline void record_connected_out(u32 tgid)
 {
@@ -694,7 +731,7 @@ struct sock_owner {
     u32 tid;
     char comm[TASK_COMM_LEN];
 };
-BPF_SK_STORAGE(sock_owners, struct sock_owner);
+GG_SHARED_SK_STORAGE(sock_owners, struct sock_owner);
 
 static __always_inline void own_socket(struct bpf_sock *sk)
 {
@@ -767,11 +804,11 @@ struct resolver_key {
     u8 addr[16];
 };
 
-BPF_HASH(name_scopes, u64, u32, 1024);                               /* scope -> rule index */
-BPF_HASH(allowed_names, struct name_key, u32, 8192);                  /* (scope, suffix hash) -> 1 */
-BPF_HASH(trusted_resolvers, struct resolver_key, u32, 64);
-BPF_TABLE("lru_hash", struct name_addr_key, u64, name_addrs, 65536);  /* -> expiry, boot ns */
-BPF_ARRAY(name_hash_key, u64, 1);
+GG_SHARED_TABLE("hash", u64, u32, name_scopes, 1024);                              /* scope -> rule index */
+GG_SHARED_TABLE("hash", struct name_key, u32, allowed_names, 8192);                 /* (scope, suffix hash) -> 1 */
+GG_SHARED_TABLE("hash", struct resolver_key, u32, trusted_resolvers, 64);
+GG_SHARED_TABLE("lru_hash", struct name_addr_key, u64, name_addrs, 65536);  /* -> expiry, boot ns */
+GG_SHARED_TABLE("array", int, u64, name_hash_key, 1);
 
 /* ---- exec traits: what the new image is, judged by property (exec.c records them, enforce_exec.c
  * kills on them). Read at sched_process_exec, where the new image, its argv and its environment exist. */

@@ -514,3 +514,61 @@ def test_shell_on_a_socket_is_killed_at_exec(capture, enforcer, test_cgroup):
     assert hits and hits[0]["enforcement"]["action"] == "kill_exec"
     execs = wait_for(capture, lambda r: r["kind"] == "exec" and r["exec"]["argv"] == ["/bin/sh", "-c", f"echo {tag}"])
     assert execs and execs[0]["exec"]["stdio"] == ["socket", "socket", "socket"]
+
+
+def shared_map_names() -> list[str]:
+    """The maps probes/gpuguard.h declares through GG_SHARED_* (the capture object defines, enforcement reuses)."""
+    import re  # noqa: PLC0415
+
+    from agent.loader import PROBES_DIR  # noqa: PLC0415
+
+    text = (PROBES_DIR / "gpuguard.h").read_text().split("#endif", 1)[1]     # past the macros' own definitions
+    ring_or_sk = re.findall(r"^GG_SHARED_(?:RING|SK_STORAGE)\((\w+),", text, re.M)
+    tables = re.findall(r"^GG_SHARED_TABLE\([^,]+,[^,]+,[^,]+,\s*(\w+),", text, re.M)
+    return ring_or_sk + tables
+
+
+def table_fd(bpf, name: str) -> int:
+    """A map's fd in a BCC module (BCC's Python tables know no sk_storage)."""
+    from bcc.libbcc import lib  # noqa: PLC0415
+
+    return lib.bpf_table_fd(bpf.module, name.encode())
+
+
+def module_functions(bpf) -> set[str]:
+    from bcc.libbcc import lib  # noqa: PLC0415
+
+    return {lib.bpf_function_name(bpf.module, i).decode() for i in range(lib.bpf_num_functions(bpf.module))}
+
+
+def test_enforcement_is_its_own_bpf_object_on_the_capture_objects_maps(capture, enforcer):
+    """The capture object holds no enforcement program and the enforcement object no capture probe; every map
+    the header shares is one kernel map seen from both (what an enforcement program writes to the priority ring
+    is what the capture loop drains - the kill tests above read those records)."""
+    from agent.bpf_links import map_id  # noqa: PLC0415
+
+    capture_funcs, enforce_funcs = module_functions(capture.probes.bpf), module_functions(enforcer.bpf)
+    assert {"kill_at_exec", "kill_by_argv", "argv_scan_piece", "deny_connect4"} <= enforce_funcs
+    assert {"observe_connect4", "flow_egress", "gpu_device_watch"} <= capture_funcs
+    assert not capture_funcs & enforce_funcs
+    assert not {f for f in capture_funcs if f.startswith(("kill_", "deny_", "allow_", "argv_", "payload_"))}
+    names = shared_map_names()
+    assert len(names) >= 15 and {"events", "priority_events", "sock_owners", "task_origins"} <= set(names)
+    for name in names:
+        assert map_id(table_fd(enforcer.bpf, name)) == map_id(table_fd(capture.probes.bpf, name)), name
+    assert capture.probes.enforcement() is enforcer.bpf         # compiled once per capture object
+
+
+def test_enforcement_refuses_another_capture_objects_maps(capture, enforcer):
+    """BCC's shared maps are per process: with a second capture object loaded, its enforcement object would bind
+    to the first one's maps - the loader sees that and refuses instead of enforcing blind."""
+    from agent.loader import LoaderError  # noqa: PLC0415
+    from agent.runtime import Capture  # noqa: PLC0415
+
+    second = Capture(hash_executables=False, verify_offsets=False)
+    second.start()
+    try:
+        with pytest.raises(LoaderError, match="another capture object"):
+            second.probes.enforcement()
+    finally:
+        second.close()
