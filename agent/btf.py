@@ -151,6 +151,11 @@ NEEDED = {
     "KERNFS_ID": ("kernfs_node", "id"),
     "SK_CGRP_DATA": ("sock", "sk_cgrp_data"),     # the socket's cgroup (an accepted one: its listener's)
     "SKCD_CGROUP": ("sock_cgroup_data", "cgroup"),
+    "SK_PROTOCOL": ("sock", "sk_protocol"),       # a u16 of its own since 5.6 (ring buffers need 5.8)
+    "SKC_DPORT": ("sock_common", "skc_dport"),    # network order
+    "SKC_NUM": ("sock_common", "skc_num"),        # the local port, host order
+    "SKC_DADDR": ("sock_common", "skc_daddr"),
+    "SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
 }
 # Fields of some kernels only: the first (struct, member) this kernel has, else -1, and the probe takes its
 # fallback (#if OFF_X >= 0).
@@ -159,6 +164,8 @@ OPTIONAL = {
     "INODE_CTIME_SEC": (("inode", "i_ctime_sec"),),   # Linux 6.11+: seconds and ns apart
     "INODE_CTIME_NSEC": (("inode", "i_ctime_nsec"),),
     "INODE_CTIME_TS": (("inode", "__i_ctime"), ("inode", "i_ctime")),   # before: a timespec64 (6.6-6.10; older)
+    "SKC_V6_DADDR": (("sock_common", "skc_v6_daddr"),),                   # CONFIG_IPV6 kernels
+    "SKC_V6_RCV_SADDR": (("sock_common", "skc_v6_rcv_saddr"),),
 }
 
 

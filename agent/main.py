@@ -76,13 +76,7 @@ class Agent:
         if self.print_mode:
             self.capture.sinks.append(printer(self.print_mode))
         if self.cfg.enforce:
-            from agent.enforce import Enforcer  # noqa: PLC0415
-
-            self.enforcer = Enforcer(self.capture, state_dir=self.cfg.state_dir)
-            check_private(self.cfg.state_dir, "the agent's state directory")
-            self.enforcer.start()
-            self.capture.sinks.append(self.enforcer.on_records)
-            self.capture.injected.append(self.enforcer.injected)
+            self._start_enforcement()
         if self.cfg.collector:
             from agent.enroll import Credential  # noqa: PLC0415
             from agent.shipper import Shipper  # noqa: PLC0415
@@ -116,6 +110,24 @@ class Agent:
         log.info("agent running: capture%s%s", f", enforcement (pinned: {', '.join(pins.listed()) or 'none'})"
                  if pins else ", enforcement" if self.enforcer else "",
                  f", shipping to {self.cfg.collector}" if self.cfg.collector else "")
+
+    def _start_enforcement(self) -> None:
+        """The enforcement programs are their own BPF object (agent/loader.py): when it cannot be built or verified,
+        the agent goes on observing and says so - its heartbeat then carries no policy, which the collector raises
+        as enforcement drift for this host - rather than leaving the node blind as well as unenforced."""
+        from agent.enforce import Enforcer  # noqa: PLC0415
+
+        try:
+            self.capture.probes.enforcement()
+        except LoaderError as exc:
+            log.error("enforcement unavailable, this agent only observes (the collector shows this host's "
+                      "enforcement drift): %s", exc)
+            return
+        self.enforcer = Enforcer(self.capture, state_dir=self.cfg.state_dir)
+        check_private(self.cfg.state_dir, "the agent's state directory")
+        self.enforcer.start()
+        self.capture.sinks.append(self.enforcer.on_records)
+        self.capture.injected.append(self.enforcer.injected)
 
     def status(self) -> dict:
         now = time.monotonic()

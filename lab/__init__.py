@@ -63,6 +63,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "", every: float = 0.1):
+    """The predicate's first truthy value within timeout; AssertionError naming what was awaited otherwise. The one
+    wait of the tests and benches: a positive signal to wait for, never a sleep, and a timeout that fails loudly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+        time.sleep(every)
+
+
 def wait_for_text(path: Path, text: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,7 +137,7 @@ def local_agent(tmp: Path, port: int, host_id: str, *extra: str) -> Service:
     """An agent shipping to the collector on 127.0.0.1:port, its spool, state and log in tmp."""
     return Service([*CLI, "agent", "--collector", f"127.0.0.1:{port}", "--spool-dir", str(tmp / "spool"),
                     "--state-dir", str(tmp / "agent-state"), "--host-id", host_id, "--quiet", *extra],
-                   tmp / "agent.log", "capture probes attached")
+                   tmp / "agent.log", "agent running")     # capture, enforcement and shipping all started
 
 
 def wait_policy_acked(port: int, host: str, version: int | None = None, timeout: float = 20) -> int:

@@ -81,9 +81,10 @@ static __always_inline int fold_connect(struct connect_event *e)
     return fold(&k, e->hdr.ts_ns, &e->repeats, 0);
 }
 
+/* The connect's destination and socket, and who and when (fill_task): what the fold decides on. */
 static __always_inline void connect_event_of(struct bpf_sock_addr *ctx, struct connect_event *e, u32 family)
 {
-    fill_header(&e->hdr, EV_CONNECT);
+    fill_task(&e->hdr);
     e->family = family;
     e->dport = bpf_ntohs((u16)ctx->user_port);
     e->sock_type = ctx->type;
@@ -118,6 +119,7 @@ static __always_inline int observe(struct bpf_sock_addr *ctx, u32 family, int se
     }
     if (!fold_connect(&e))
         return 1;
+    fill_identity(&e.hdr, EV_CONNECT);  /* after the fold: a folded repeat pays for none of it */
     if (current_image_nolink())         /* after the fold: only reported connects pay for the four reads */
         e.flags |= CONNECT_IMAGE_NOLINK;
     /* a reported TCP connect's socket gets its owner (packet_sender: its segments may leave from softirq); a
@@ -177,12 +179,11 @@ static __always_inline u64 socket_cgroup_id(void *sk)
  * reached a listener. Softirq, any task current: the job is the socket's cgroup, there is no process yet.
  * Loopback peers are left out (their connect is reported by the connecting process); repeats from one peer to
  * one port of one cgroup within FOLD_WINDOW_NS are folded (a scan or a busy client costs ~1 record a second). */
-static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 rport, const u8 *daddr,
-                                           const u8 *daddr_v6)
+static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 rport, const u8 raddr[16])
 {
     struct inbound_event e = {};
     e.family = family;
-    addr16(e.raddr, family, daddr, daddr_v6);
+    __builtin_memcpy(e.raddr, raddr, 16);
     if (on_node(e.raddr))
         return;
     fill_header(&e.hdr, EV_INBOUND);
@@ -199,41 +200,70 @@ static __always_inline void report_inbound(void *sk, u16 family, u16 lport, u16 
     emit(&e, sizeof(e), EV_INBOUND);
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* A socket's address, local or remote, as 16 bytes (v4 mapped), read from its sock_common at BTF offsets. */
+static __always_inline void sock_addr16(u8 out[16], void *sk, u32 family, int remote)
 {
-    if (args->protocol != IPPROTO_TCP_)
-        return 0;
-    if (args->oldstate == TCP_SYN_RECV_ && args->newstate == TCP_ESTABLISHED_) {
-        report_inbound((void *)args->skaddr, args->family, args->sport, args->dport, args->daddr, args->daddr_v6);
+    u8 v4[4] = {};
+    u8 v6[16] = {};
+    if (family == 2) {
+        bpf_probe_read_kernel(v4, 4, (char *)sk + (remote ? OFF_SKC_DADDR : OFF_SKC_RCV_SADDR));
+    } else {
+#if OFF_SKC_V6_DADDR >= 0
+        bpf_probe_read_kernel(v6, 16, (char *)sk + (remote ? OFF_SKC_V6_DADDR : OFF_SKC_V6_RCV_SADDR));
+#endif
+    }
+    addr16(out, family, v4, v6);
+}
+
+/* Every TCP state change of the host passes here. A raw tracepoint, not the classic sock:inet_sock_set_state:
+ * the classic one fills a trace record (ports, both addresses, v6 included) for each change before the program
+ * runs; the raw one hands over (sk, oldstate, newstate), and the socket's fields are read only on the three
+ * paths that report - a connect's outcome reads none. */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    void *sk = (void *)ctx->args[0];
+    int oldstate = (int)ctx->args[1];
+    int newstate = (int)ctx->args[2];
+    if (oldstate == TCP_SYN_RECV_ && newstate == TCP_ESTABLISHED_) {
+        if ((kread_u32(sk, OFF_SK_PROTOCOL) & 0xffff) != IPPROTO_TCP_)
+            return 0;
+        u32 family = kread_u32(sk, OFF_SK_FAMILY) & 0xffff;
+        u8 raddr[16];
+        sock_addr16(raddr, sk, family, 1);
+        u16 lport = kread_u32(sk, OFF_SKC_NUM) & 0xffff;
+        u16 rport = bpf_ntohs(kread_u32(sk, OFF_SKC_DPORT) & 0xffff);
+        report_inbound(sk, family, lport, rport, raddr);
         return 0;
     }
-    if (args->newstate == TCP_LISTEN_) {       /* listen(): the listening process is current */
+    if (newstate == TCP_LISTEN_) {       /* listen(): the listening process is current */
+        if ((kread_u32(sk, OFF_SK_PROTOCOL) & 0xffff) != IPPROTO_TCP_)
+            return 0;
         struct listen_event e = {};
         fill_header(&e.hdr, EV_LISTEN);
-        e.family = args->family;
-        e.port = args->sport;
-        addr16(e.addr, e.family, args->saddr, args->saddr_v6);
+        e.family = kread_u32(sk, OFF_SK_FAMILY) & 0xffff;
+        e.port = kread_u32(sk, OFF_SKC_NUM) & 0xffff;
+        sock_addr16(e.addr, sk, e.family, 0);
         emit(&e, sizeof(e), EV_LISTEN);
         listener_pipes(e.port);
         return 0;
     }
-    if (args->oldstate != TCP_SYN_SENT_)
+    if (oldstate != TCP_SYN_SENT_)
         return 0;
-    if (args->newstate != TCP_ESTABLISHED_ && args->newstate != TCP_CLOSE_)
+    if (newstate != TCP_ESTABLISHED_ && newstate != TCP_CLOSE_)
         return 0;
-    u64 sk = (u64)args->skaddr;
-    u64 *connector = reported_sks.lookup(&sk);
+    u64 skp = (u64)sk;
+    u64 *connector = reported_sks.lookup(&skp);
     if (!connector)
         return 0;                          /* its connect was folded (or made before the agent started) */
     u64 cgroup = *connector;
-    reported_sks.delete(&sk);
+    reported_sks.delete(&skp);
     struct connect_result_event e = {};
     fill_header(&e.hdr, EV_CONNECT_RESULT);
     e.hdr.cgroup_id = cgroup;              /* the connecting job's; the task here may be anyone (softirq) */
     no_process(&e.hdr);                    /* the agent joins the outcome to its connect by socket */
-    e.sk = sk;
-    if (args->newstate == TCP_CLOSE_) {
-        int err = kread_u32((void *)args->skaddr, OFF_SK_ERR);
+    e.sk = skp;
+    if (newstate == TCP_CLOSE_) {
+        int err = kread_u32(sk, OFF_SK_ERR);
         e.hdr.result = err ? -err : -111;    /* ECONNREFUSED when the socket says nothing */
     }
     emit(&e, sizeof(e), EV_CONNECT_RESULT);

@@ -674,19 +674,31 @@ static __always_inline void option_letters(const char *p, int n, u64 *acc)
     }
 }
 
-static __always_inline void fill_header(struct event_header *h, u32 kind)
+/* A record's header in two halves: who and when (what a fold needs to decide), then the rest (uid, gid, cgroup,
+ * comm: three more helper calls), which a hook that folds repeats fills only for what it reports. */
+static __always_inline void fill_task(struct event_header *h)
 {
     u64 id = bpf_get_current_pid_tgid();
-    u64 ug = bpf_get_current_uid_gid();
     h->ts_ns = bpf_ktime_get_boot_ns();
-    h->cgroup_id = bpf_get_current_cgroup_id();
-    h->kind = kind;
     h->tid = (u32)id;
     h->tgid = id >> 32;
+}
+
+static __always_inline void fill_identity(struct event_header *h, u32 kind)
+{
+    u64 ug = bpf_get_current_uid_gid();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->kind = kind;
     h->uid = (u32)ug;
     h->gid = ug >> 32;
     h->result = 0;
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+static __always_inline void fill_header(struct event_header *h, u32 kind)
+{
+    fill_task(h);
+    fill_identity(h, kind);
 }
 
 /* A record made outside any process's context (softirq, a timer): no process named, never the bystander's. */

@@ -11,6 +11,7 @@ import uuid
 import psycopg
 
 from gpuguard.v1 import events_pb2 as pb
+from lab import wait_until
 from tests.conftest import fresh_job_id
 from tests.services import FakeAgent, cli_json, collector, free_port
 
@@ -26,15 +27,6 @@ def ev(job: str, kind: str, pid: int, exe: str, argv: list[str] | None = None, k
     else:
         e.gpu_open.CopyFrom(pb.GpuOpen(path="/dev/nvidia0"))
     return e
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def rows(url: str, sql: str, *params) -> list[tuple]:

@@ -572,3 +572,33 @@ def test_enforcement_refuses_another_capture_objects_maps(capture, enforcer):
             second.probes.enforcement()
     finally:
         second.close()
+
+
+def test_an_agent_whose_enforcement_cannot_load_still_observes(tmp_path, monkeypatch, caplog):
+    """Enforcement is its own object: when it fails to build or verify, capture goes on and the log says the agent
+    only observes (its heartbeat then carries no policy: the collector's enforcement drift for the host)."""
+    import agent.loader  # noqa: PLC0415
+    from agent.config import AgentConfig  # noqa: PLC0415
+    from agent.main import Agent  # noqa: PLC0415
+
+    def refuse(self):
+        raise agent.loader.LoaderError("loading the enforcement programs failed: verifier said no (test)")
+
+    monkeypatch.setattr(agent.loader.CaptureProbes, "enforcement", refuse)
+    ag = Agent(AgentConfig(state_dir=str(tmp_path / "state"), gpu_sample_s=0, hash_executables=False))
+    try:
+        ag.start()
+        assert ag.enforcer is None
+        assert "enforcement unavailable, this agent only observes" in caplog.text
+        assert "verifier said no (test)" in caplog.text
+        tag = f"gg-observed-{uuid.uuid4().hex[:6]}"
+        subprocess.run(["/bin/true", tag], check=True)
+        seen = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not seen:
+            seen = [r for r in ag.capture.process(ag.capture.probes.poll(100))
+                    if getattr(r, "WhichOneof", lambda _b: "")("body") == "exec" and tag in r.exec.argv]
+        assert seen, "the agent without enforcement did not see an exec"
+        assert ag.status()["policy_version"] == 0
+    finally:
+        ag.capture.close()

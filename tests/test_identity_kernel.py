@@ -462,6 +462,31 @@ def test_who_reaches_a_jobs_listener_from_another_host(capture, test_cgroup):
         listener.wait(5)
 
 
+
+BOUND_LISTENER = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family); s.bind((sys.argv[1], 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("addr,family", [("127.0.0.2", "inet"), ("::1", "inet6")])
+def test_a_listen_names_its_bound_address_and_port(capture, test_cgroup, addr, family):
+    """The listen record's address and port are read from the socket itself (v4 and v6), not a wildcard."""
+    job, cg = new_job(test_cgroup)
+    listener = popen_in_cgroup(cg, [PYTHON, "-c", BOUND_LISTENER, addr], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stdout.readline())
+        listens = wait_for(capture, lambda r: r["kind"] == "listen" and r["job"]["id"] == job)
+        assert [(r["proc"]["pid"], r["listen"]["addr"], r["listen"]["port"], r["listen"]["family"])
+                for r in listens] == [(listener.pid, addr, port, family)]
+    finally:
+        listener.kill()
+        listener.wait(5)
+
 UDP_JOB = """
 import socket, sys
 client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -8,29 +8,19 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 import uuid
 
 import pytest
 
 from collector.eventlog import LogUnavailable, partition_of
 from collector.nats_log import SETUP_S, NatsLog
-from lab import CLI, Service
+from lab import CLI, Service, wait_until
 from lab.nats import ThrowawayNats
 from tests.conftest import fresh_job_id
 from tests.services import FakeAgent, cli_json, collector, free_port
 from tests.test_detector_e2e import ev, rows, ship_tunnel_then_new_gpu_binary
 
 PARTITIONS = 8
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
 
 
 # A collector or worker on the log may spend up to SETUP_S making the stream and buckets on a fresh cluster (a loaded

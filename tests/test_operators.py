@@ -19,7 +19,7 @@ from collector.outputs import AlertPublisher, JsonLinesOutput, SyslogOutput, Web
 from gpuguard.httpd import require_token_or_loopback
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.v1 import policy_pb2 as ppb
-from lab import free_port
+from lab import free_port, wait_until
 from tests.services import collector_in_thread, issue, stream_events
 
 
@@ -56,15 +56,6 @@ class Receiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def wait_until(predicate, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class FakeStore:

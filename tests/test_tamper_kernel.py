@@ -17,7 +17,7 @@ from gpuguard.tls import open_channel
 from gpuguard.v1 import collector_pb2 as cpb
 from gpuguard.v1 import collector_pb2_grpc as cgrpc
 from gpuguard.v1 import events_pb2 as pb
-from lab import popen_in_cgroup
+from lab import popen_in_cgroup, wait_until
 from tests.conftest import require_bpf
 from tests.services import admin, agent, collector, free_port, stored_events
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.kernel
 def query(port: int, method: str, request):
     with open_channel(f"127.0.0.1:{port}") as ch:
         return getattr(cgrpc.QueryStub(ch), method)(request, timeout=10, metadata=admin())
-
-
-def wait_until(predicate, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"condition not met in {timeout}s")
 
 
 def host_state(port: int, host: str) -> str:
