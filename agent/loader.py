@@ -215,16 +215,24 @@ class CaptureProbes:
         capture object's kernel maps (BCC's shared namespace is per process: with two capture objects alive, an
         enforcement object could otherwise bind to the other one's)."""
         if self._enforce_bpf is None:
+            if self.bpf is None:
+                raise LoaderError("the enforcement programs need the capture probes loaded first (their rings and "
+                                  "shared maps)")
             bcc = import_bcc()
             try:
                 bpf = bcc.BPF(text=probe_source(ENFORCE_PROBES).encode(), cflags=[*self._cflags, "-DGG_ENFORCE_OBJECT"])
             except Exception as exc:  # BCC raises bare Exception on compile/load failure
                 raise LoaderError(f"loading the enforcement programs failed: {exc}") from exc
-            for name in SHARED_CHECK:
-                if map_id(bpf[name].map_fd) != map_id(self.bpf[name].map_fd):
-                    bpf.cleanup()
-                    raise LoaderError(f"the enforcement object's {name.decode()} is not this capture object's: "
-                                      "another capture object is loaded in this process")
+            try:
+                strangers = [name.decode() for name in SHARED_CHECK
+                             if map_id(bpf[name].map_fd) != map_id(self.bpf[name].map_fd)]
+            except OSError as exc:
+                bpf.cleanup()
+                raise LoaderError(f"cannot check the enforcement object's shared maps: {exc}") from exc
+            if strangers:
+                bpf.cleanup()
+                raise LoaderError(f"the enforcement object's {', '.join(strangers)} are not this capture object's: "
+                                  "another capture object is loaded in this process")
             self._enforce_bpf = bpf
             log.info("enforcement programs compiled as their own BPF object (%d shared maps checked)",
                      len(SHARED_CHECK))
