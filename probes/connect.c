@@ -206,10 +206,16 @@ static __always_inline void sock_addr16(u8 out[16], void *sk, u32 family, int re
     u8 v4[4] = {};
     u8 v6[16] = {};
     if (family == 2) {
-        bpf_probe_read_kernel(v4, 4, (char *)sk + (remote ? OFF_SKC_DADDR : OFF_SKC_RCV_SADDR));
+        if (remote)
+            kread_bytes(v4, 4, sk, OFF_SKC_DADDR);
+        else
+            kread_bytes(v4, 4, sk, OFF_SKC_RCV_SADDR);
     } else {
 #if OFF_SKC_V6_DADDR >= 0
-        bpf_probe_read_kernel(v6, 16, (char *)sk + (remote ? OFF_SKC_V6_DADDR : OFF_SKC_V6_RCV_SADDR));
+        if (remote)
+            kread_bytes(v6, 16, sk, OFF_SKC_V6_DADDR);
+        else
+            kread_bytes(v6, 16, sk, OFF_SKC_V6_RCV_SADDR);
 #endif
     }
     addr16(out, family, v4, v6);

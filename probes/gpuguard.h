@@ -404,6 +404,12 @@ static __always_inline u32 kread_u32(void *base, u32 off)
     return v;
 }
 
+/* n bytes of a kernel struct (an address) at a BTF offset. */
+static __always_inline void kread_bytes(void *dst, u32 n, void *base, u32 off)
+{
+    bpf_probe_read_kernel(dst, n, (char *)base + off);
+}
+
 /* An array of pointers (not a struct: no layout to get wrong): element i. */
 static __always_inline u64 kread_array_u64(void *base, u32 i)
 {

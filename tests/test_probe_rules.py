@@ -16,7 +16,7 @@ KERNEL_INTERNAL = ("task_struct", "sock", "socket", "file", "inode", "dentry", "
                    "css_set", "vfsmount", "super_block", "linux_binprm", "kernfs_node")
 STRUCT_USE = re.compile(r"\bstruct\s+(" + "|".join(KERNEL_INTERNAL) + r")\b")
 INTERNAL_HELPERS = re.compile(r"\bbpf_get_current_task_btf\b|\bbpf_probe_read_kernel\b|\bBPF_CORE_READ\b")
-KREAD = re.compile(r"\bkread_u(?:32|64)\(([^;]*?),\s*([A-Za-z_0-9]+)\)")
+KREAD = re.compile(r"\bkread_(?:u32|u64|bytes)\(([^;]*?),\s*([A-Za-z_0-9]+)\)")
 SYSCALL_HOOK = re.compile(r"TRACEPOINT_PROBE\(\s*syscalls\b|RAW_TRACEPOINT_PROBE\(\s*sys_(?:enter|exit)\b")
 
 
@@ -31,8 +31,8 @@ def probe_files() -> list[Path]:
 
 def kread_bodies_removed(code: str) -> str:
     """The accessors in gpuguard.h are the one place bpf_probe_read_kernel may appear."""
-    return re.sub(r"static __always_inline u(?:32|64) kread_(?:u32|u64|array_u64)\([^)]*\)\s*\{.*?\n\}", "", code,
-                  flags=re.S)
+    return re.sub(r"static __always_inline (?:u32|u64|void) kread_(?:u32|u64|array_u64|bytes)\([^)]*\)\s*\{.*?\n\}", "",
+                  code, flags=re.S)
 
 
 def test_there_are_probes_to_check():
