@@ -61,6 +61,7 @@ class Agent:
         self._last_status = time.monotonic()
         self._last_records = 0
         self.metrics_server = None
+        self.enforcement_unavailable = ""      # why enforcement could not be loaded, for the heartbeat
 
     def start(self) -> None:
         self.capture.ignore_pids.add(os.getpid())
@@ -122,6 +123,7 @@ class Agent:
         except LoaderError as exc:
             log.error("enforcement unavailable, this agent only observes (the collector shows this host's "
                       "enforcement drift): %s", exc)
+            self.enforcement_unavailable = str(exc)[:500]
             return
         self.enforcer = Enforcer(self.capture, state_dir=self.cfg.state_dir)
         check_private(self.cfg.state_dir, "the agent's state directory")
@@ -148,6 +150,7 @@ class Agent:
             "programs": self.enforcer.programs() if self.enforcer else [],
             "quarantined": self.shipper.quarantine.count if self.shipper else 0,
             "enforcing": self.enforcer is not None,
+            "enforcement_unavailable": self.enforcement_unavailable,
         }
 
     def emit_status(self, stopping: bool = False) -> None:

@@ -108,6 +108,7 @@ class HostHealth:
                         rec.stopped = goodbye = True
                     rec.status = {"policy_version": st.policy_version, "programs": list(st.programs),
                                   "enforcing": st.enforcing, "kernel_lost": dict(st.kernel_lost),
+                                  "enforcement_unavailable": st.enforcement_unavailable,
                                   "quarantined": st.quarantined}
                     grown = {k: n - rec.lost_seen.get(k, 0) for k, n in st.kernel_lost.items()
                              if n > rec.lost_seen.get(k, 0)}
@@ -179,6 +180,8 @@ class HostHealth:
         if not st or rec.silent_since_ns or rec.stopped:
             return ""
         if not st.get("enforcing", True):
+            if st.get("enforcement_unavailable"):
+                return f"enforcement could not be loaded on the agent: {st['enforcement_unavailable']}"
             return "enforcement switched off on the agent (--no-enforce)"
         if st.get("policy_version", 0) != policy_version:
             rec.behind_since = rec.behind_since or self.clock()

@@ -599,6 +599,8 @@ def test_an_agent_whose_enforcement_cannot_load_still_observes(tmp_path, monkeyp
             seen = [r for r in ag.capture.process(ag.capture.probes.poll(100))
                     if getattr(r, "WhichOneof", lambda _b: "")("body") == "exec" and tag in r.exec.argv]
         assert seen, "the agent without enforcement did not see an exec"
-        assert ag.status()["policy_version"] == 0
+        status = ag.status()
+        assert status["policy_version"] == 0 and not status["enforcing"]
+        assert "verifier said no (test)" in status["enforcement_unavailable"]      # the heartbeat says why
     finally:
         ag.capture.close()

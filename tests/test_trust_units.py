@@ -68,8 +68,9 @@ class ManualClock:
         return self.now
 
 
-def status_event(version: int, enforcing: bool = True, programs=("kill_exec",)) -> pb.Event:
-    ev = pb.Event(seq=1, status=pb.AgentStatus(policy_version=version, enforcing=enforcing, programs=programs))
+def status_event(version: int, enforcing: bool = True, programs=("kill_exec",), unavailable: str = "") -> pb.Event:
+    ev = pb.Event(seq=1, status=pb.AgentStatus(policy_version=version, enforcing=enforcing, programs=programs,
+                                               enforcement_unavailable=unavailable))
     return ev
 
 
@@ -86,6 +87,11 @@ def test_enforcement_drift_is_an_alert_for_the_host_and_its_jobs():
     health.tick(3)
     drift = [a for a in store.alerts if a.rule_id == "enforcement-drift"]
     assert {a.job.id for a in drift} == {"host", "77"} and "switched off" in drift[0].matched["drift"]
+    store.alerts.clear()
+    health.on_events(session, [status_event(0, enforcing=False, programs=(), unavailable="verifier said no")])
+    health.tick(3)                                                  # not switched off: it could not load, and why
+    assert [a.matched["drift"] for a in store.alerts][:1] == \
+        ["enforcement could not be loaded on the agent: verifier said no"]
     store.alerts.clear()
     health.on_events(session, [status_event(3, programs=())])
     health.tick(3)

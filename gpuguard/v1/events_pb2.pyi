@@ -333,7 +333,7 @@ class Exit(_message.Message):
     def __init__(self, code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version", "agent_started_ns", "heartbeat_s", "programs", "quarantined", "enforcing", "stopping")
+    __slots__ = ("events_per_sec", "events_total", "kernel_lost", "spool_depth", "spool_bytes", "dropped", "policy_version", "agent_started_ns", "heartbeat_s", "programs", "quarantined", "enforcing", "stopping", "enforcement_unavailable")
     class KernelLostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +354,7 @@ class AgentStatus(_message.Message):
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     ENFORCING_FIELD_NUMBER: _ClassVar[int]
     STOPPING_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     events_per_sec: float
     events_total: int
     kernel_lost: _containers.ScalarMap[str, int]
@@ -367,7 +368,8 @@ class AgentStatus(_message.Message):
     quarantined: int
     enforcing: bool
     stopping: bool
-    def __init__(self, events_per_sec: _Optional[float] = ..., events_total: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., policy_version: _Optional[int] = ..., agent_started_ns: _Optional[int] = ..., heartbeat_s: _Optional[float] = ..., programs: _Optional[_Iterable[str]] = ..., quarantined: _Optional[int] = ..., enforcing: _Optional[bool] = ..., stopping: _Optional[bool] = ...) -> None: ...
+    enforcement_unavailable: str
+    def __init__(self, events_per_sec: _Optional[float] = ..., events_total: _Optional[int] = ..., kernel_lost: _Optional[_Mapping[str, int]] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., dropped: _Optional[int] = ..., policy_version: _Optional[int] = ..., agent_started_ns: _Optional[int] = ..., heartbeat_s: _Optional[float] = ..., programs: _Optional[_Iterable[str]] = ..., quarantined: _Optional[int] = ..., enforcing: _Optional[bool] = ..., stopping: _Optional[bool] = ..., enforcement_unavailable: _Optional[str] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("from_seq", "to_seq", "reason")
