@@ -94,8 +94,7 @@ class ExecutedOrders:
 class Enforcer:
     def __init__(self, capture, state_dir: str | Path) -> None:
         self.capture = capture
-        self.bpf = capture.probes.enforcement()   # the enforcement programs' own BPF object (agent/loader.py)
-        self.capture_bpf = capture.probes.bpf     # capture maps enforcement writes too (deny_socket_scopes)
+        self.bpf = capture.probes.enforcement()   # the enforcement programs' own object, on the shared maps
         self.jobs = capture.jobs
         self.state_dir = Path(state_dir)
         self.policy = ppb.Policy()
@@ -118,7 +117,7 @@ class Enforcer:
         self.exec_kill = self._attach_kill_at_exec()
         self.argv_kill = self._attach_kill_by_argv()
         self.name_key = secrets.randbits(64)      # keys the name hashes: a job cannot forge an allowed name's hash
-        table = self._map(b"name_hash_key")
+        table = self.bpf[b"name_hash_key"]
         table[table.Key(0)] = table.Leaf(self.name_key)
         self.planner = Planner(self.jobs.job_of_path, self.name_key)
         self.orders = ExecutedOrders(self.state_dir / "orders.json")
@@ -126,14 +125,6 @@ class Enforcer:
         self._reapply_lock = threading.Lock()
         self._reapply_pending = False
         self.reapplied = 0
-
-    def _map(self, name: bytes):
-        """A map by name: the enforcement object's own or shared ones, else one of the capture object's (the raw
-        socket deny list read by the root sock_create hook)."""
-        try:
-            return self.bpf[name]
-        except KeyError:
-            return self.capture_bpf[name]
 
     def _pin_dir(self) -> PinDir | None:
         try:
@@ -164,10 +155,10 @@ class Enforcer:
         import ctypes as ct  # noqa: PLC0415
 
         bpf_type = type(self.bpf)
-        progs = self._map(b"argv_scan_next")
+        progs = self.bpf[b"argv_scan_next"]
         for slot, name in ((0, b"argv_scan_piece"), (1, b"argv_check_piece")):
             progs[ct.c_int(slot)] = ct.c_int(self.bpf.load_func(name, bpf_type.TRACEPOINT).fd)
-        table = self._map(b"argv_table")
+        table = self.bpf[b"argv_table"]
         table[table.Key(0)] = table.Leaf.from_buffer_copy(grammar_table())
         fn = self.bpf.load_func(b"kill_by_argv", bpf_type.TRACEPOINT)
         try:
@@ -292,7 +283,7 @@ class Enforcer:
                      len(maps["payload_scopes"]), len(self.attached))
 
     def _switch(self, name: str, value: int) -> None:
-        table = self._map(name.encode())
+        table = self.bpf[name.encode()]
         table[table.Key(0)] = table.Leaf(value)
 
     def _write_argv_literals(self) -> None:
@@ -303,14 +294,14 @@ class Enforcer:
         anchors = {struct.pack("<I", window): struct.pack("<I4B", len(ids), *(ids + [0] * (4 - len(ids))))
                    for window, ids in self.planner.argv_literals.anchors().items()}
         self._sync_map("argv_anchors", anchors)
-        bits = self._map(b"argv_anchor_bits")
+        bits = self.bpf[b"argv_anchor_bits"]
         bits[bits.Key(0)] = bits.Leaf.from_buffer_copy(literals.bitmap())
 
     def _write_fingerprints(self, slots: dict[bytes, int]) -> None:
         """Slots, then the anchors of wide windows, then the config that makes them visible.
 
         Unused slots are zeroed with min_len beyond any packet, so a stale slot never matches."""
-        table, config = self._map(b"fingerprints"), self._map(b"fingerprint_config")
+        table, config = self.bpf[b"fingerprints"], self.bpf[b"fingerprint_config"]
         by_slot = {slot: fp for fp, slot in slots.items()}
         never = struct.pack(FINGERPRINT, b"", b"", 0, 0, 0xFFFFFFFF, 0)
         for slot in range(FP_MAX):
@@ -333,7 +324,7 @@ class Enforcer:
     def _seed_task_origins(self, origins: dict[int, bytes], paths: dict[int, str]) -> None:
         """Processes already running in a watched job (the kernel learns the others at exec and fork); entries
         of jobs no longer watched are dropped, so a lifted watch stops reporting at once."""
-        table = self._map(b"task_origins")
+        table = self.bpf[b"task_origins"]
         for key, origin in list(table.items()):
             if origin.scope not in origins:
                 with contextlib.suppress(KeyError):
@@ -348,7 +339,7 @@ class Enforcer:
                     table[table.Key(int(pid))] = table.Leaf.from_buffer_copy(origin)
 
     def _sync_map(self, name: str, desired: dict[bytes, bytes]) -> None:
-        table = self._map(name.encode())
+        table = self.bpf[name.encode()]
         current = self._entries[name]
         for key, val in desired.items():
             if current.get(key) != val:

@@ -29,7 +29,7 @@ DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CON
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
-SOCKET_KINDS = {"raw-ip": 1, "icmp": 2}    # mirror of probes/flow.c SOCKET_KIND_*
+SOCKET_KINDS = {"raw-ip": 1, "icmp": 2}    # mirror of probes/gpuguard.h SOCKET_KIND_*
 TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
 # mirror of probes/enforce_payload.c
 FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF

@@ -176,7 +176,6 @@ class CaptureProbes:
     _pending_priority: list[bytes] = field(default_factory=list)
     _links: list[int] = field(default_factory=list)
     _arenas: object = None
-    _cflags: list[str] = field(default_factory=list)
     _enforce_bpf: object = None
 
     def load(self, cgroup_root: Path | None = None) -> None:
@@ -192,13 +191,10 @@ class CaptureProbes:
             self.offsets = kernel_offsets()
         except BtfError as exc:
             raise LoaderError(f"kernel struct offsets: {exc}") from exc
-        cflags = [f"-DRINGBUF_PAGES={self.ringbuf_pages}", f"-DPRIORITY_PAGES={self.priority_pages}", "-Wno-comment",
-                  *offset_cflags(self.offsets)]
         try:
-            self.bpf = bcc.BPF(text=probe_source(CAPTURE_PROBES).encode(), cflags=cflags)
+            self.bpf = bcc.BPF(text=probe_source(CAPTURE_PROBES).encode(), cflags=self._cflags())
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise LoaderError(f"loading the capture probes failed: {exc}") from exc
-        self._cflags = cflags
         self._open_rings()
         self.majors = gpu_majors()
         table = self.bpf[b"gpu_majors"]
@@ -208,6 +204,11 @@ class CaptureProbes:
             self.attach_root_hooks(cgroup_root)
         log.info("capture probes attached: %d tracepoints, %d raw tracepoints, %d root cgroup hooks",
                  self.bpf.num_open_tracepoints(), len(self.bpf.raw_tracepoint_fds), len(self._links))
+
+    def _cflags(self) -> list[str]:
+        """Both objects' compiler flags: the same ring sizes and kernel struct offsets."""
+        return [f"-DRINGBUF_PAGES={self.ringbuf_pages}", f"-DPRIORITY_PAGES={self.priority_pages}", "-Wno-comment",
+                *offset_cflags(self.offsets)]
 
     def enforcement(self):
         """The enforcement programs' own BPF object, compiled once on first use in this process after the capture
@@ -220,7 +221,8 @@ class CaptureProbes:
                                   "shared maps)")
             bcc = import_bcc()
             try:
-                bpf = bcc.BPF(text=probe_source(ENFORCE_PROBES).encode(), cflags=[*self._cflags, "-DGG_ENFORCE_OBJECT"])
+                bpf = bcc.BPF(text=probe_source(ENFORCE_PROBES).encode(),
+                              cflags=[*self._cflags(), "-DGG_ENFORCE_OBJECT"])
             except Exception as exc:  # BCC raises bare Exception on compile/load failure
                 raise LoaderError(f"loading the enforcement programs failed: {exc}") from exc
             try:

@@ -221,6 +221,11 @@ static __always_inline void sock_addr16(u8 out[16], void *sk, u32 family, int re
     addr16(out, family, v4, v6);
 }
 
+static __always_inline int is_tcp(void *sk)
+{
+    return (kread_u32(sk, OFF_SK_PROTOCOL) & 0xffff) == IPPROTO_TCP_;
+}
+
 /* Every TCP state change of the host passes here. A raw tracepoint, not the classic sock:inet_sock_set_state:
  * the classic one fills a trace record (ports, both addresses, v6 included) for each change before the program
  * runs; the raw one hands over (sk, oldstate, newstate), and the socket's fields are read only on the three
@@ -231,7 +236,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     int oldstate = (int)ctx->args[1];
     int newstate = (int)ctx->args[2];
     if (oldstate == TCP_SYN_RECV_ && newstate == TCP_ESTABLISHED_) {
-        if ((kread_u32(sk, OFF_SK_PROTOCOL) & 0xffff) != IPPROTO_TCP_)
+        if (!is_tcp(sk))
             return 0;
         u32 family = kread_u32(sk, OFF_SK_FAMILY) & 0xffff;
         u8 raddr[16];
@@ -242,7 +247,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
         return 0;
     }
     if (newstate == TCP_LISTEN_) {       /* listen(): the listening process is current */
-        if ((kread_u32(sk, OFF_SK_PROTOCOL) & 0xffff) != IPPROTO_TCP_)
+        if (!is_tcp(sk))
             return 0;
         struct listen_event e = {};
         fill_header(&e.hdr, EV_LISTEN);

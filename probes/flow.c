@@ -14,7 +14,7 @@
  *   sends (DNS, QUIC, NTP clients) are not reported: egress marks each (socket, peer) it sends to.
  * Everything else costs a header parse. cgroup/sock_create sees raw IP and ICMP sockets of every job
  * (inet_create; AF_PACKET sockets never pass this hook) and refuses them (EPERM) in the scopes a policy
- * lists in deny_socket_scopes. */
+ * lists in deny_socket_scopes (gpuguard.h: the enforcer writes it). */
 #include "gpuguard.h"
 
 #define FLOW_UDP_FIRST_MAX 2
@@ -23,8 +23,6 @@
 #define SOCK_RAW_ 3
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_ICMPV6_ 58
-#define SOCKET_KIND_RAW 1          /* deny_socket_scopes value bits */
-#define SOCKET_KIND_ICMP 2
 
 BPF_PERCPU_ARRAY(flow_scratch, struct flow_event, 1);
 BPF_TABLE("lru_hash", u64, u32, udp_flows, 65536);       /* socket cookie -> datagrams reported */
@@ -36,12 +34,6 @@ struct udp_peer {
 #define UDP_PEER_SENT 1            /* the socket sent to this peer: what comes back is a reply */
 #define UDP_PEER_REPORTED 2        /* the peer reached the socket first and was reported */
 BPF_TABLE("lru_hash", struct udp_peer, u32, udp_peers, 65536);
-
-struct socket_deny {
-    u32 rule;
-    u32 kinds;                     /* SOCKET_KIND_* refused in this scope */
-};
-BPF_HASH(deny_socket_scopes, u64, struct socket_deny, 1024);
 
 /* The L4 header of the packet: protocol, ports, payload offset and length. 0: not TCP/UDP over IP, not from
  * the remote port the caller wants (want_rport, 0: any), or no payload. Two loads per packet (the IP header, the

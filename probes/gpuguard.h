@@ -354,6 +354,15 @@ static __always_inline void emit(void *e, u32 size, u32 kind)
  * agent/enforce.py). Checked by every enforcement program. */
 GG_SHARED_TABLE("hash", u64, u32, exempt_scopes, 4096);
 
+/* Raw IP and ICMP sockets refused per scope: the root sock_create hook (flow.c) reads it, the enforcer writes it. */
+#define SOCKET_KIND_RAW 1          /* deny_socket_scopes value bits */
+#define SOCKET_KIND_ICMP 2
+struct socket_deny {
+    u32 rule;
+    u32 kinds;                     /* SOCKET_KIND_* refused in this scope */
+};
+GG_SHARED_TABLE("hash", u64, struct socket_deny, deny_socket_scopes, 1024);
+
 static __always_inline int task_exempt(void)
 {
     for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
