@@ -175,7 +175,10 @@ def test_a_malformed_log_entry_is_counted_and_skipped(tmp_path):
 def nats_log(nats_cluster):
     from collector.nats_log import NatsLog  # noqa: PLC0415
 
-    log = NatsLog(nats_cluster.urls, partitions=4, lease_s=2, leases=True)
+    try:
+        log = NatsLog(nats_cluster.urls, partitions=4, lease_s=2, leases=True)
+    except LogUnavailable as exc:                       # say what the servers said, not only what the client saw
+        raise AssertionError(f"{exc}\n{nats_cluster.log_tails()}") from exc
     yield log
     log.close()
 
@@ -378,3 +381,36 @@ def test_a_slow_setup_step_says_what_it_waits_on(monkeypatch, caplog):
         assert len(waits) == 2 and "NoRespondersError" in waits[0] and "s left" in waits[0]
     finally:
         log._loop.close()
+
+
+def test_a_throwaway_cluster_whose_node_loses_its_port_starts_again_on_fresh_ports(monkeypatch):
+    """The first node's client port is taken by another process before the node binds it: the node exits, and the
+    cluster starts every node again on fresh ports instead of handing a test a cluster of two."""
+    import socket  # noqa: PLC0415
+
+    import lab.nats as lab_nats  # noqa: PLC0415
+
+    if lab_nats.nats_server_bin() is None:
+        pytest.skip("no nats-server here")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real, handed = lab_nats.free_port, []
+
+    def free_port_first_taken() -> int:
+        handed.append(taken if not handed else real())
+        return handed[-1]
+
+    monkeypatch.setattr(lab_nats, "free_port", free_port_first_taken)
+    try:
+        cluster = lab_nats.ThrowawayNats(3)
+    finally:
+        squatter.close()
+    try:
+        assert cluster.nodes[0].port != taken
+        assert all(n.alive() for n in cluster.nodes)
+        assert any(n.meta_current() for n in cluster.nodes)
+        assert len(handed) == 18                                    # 3 nodes x 3 ports, twice
+    finally:
+        cluster.stop()
