@@ -170,7 +170,8 @@ class Agent:
         batch, which is what makes a record cheap); once a drain finds nothing, a long wait that the priority
         ring's first record cuts short (probes/gpuguard.h: adaptive wakeup), so an idle agent wakes a few times a
         second instead of twenty, and an exec after a quiet spell is seen at once. Bulk-ring records (connects)
-        after a quiet spell wait at most IDLE_WAIT_MS."""
+        after a quiet spell wait at most IDLE_WAIT_MS. The long wait ends when a heartbeat is due: the collector
+        calls an agent silent after a few missed heartbeats, so they must keep their interval, not drift by a wait."""
         stop = self.capture.stop_event
         busy = True
         while not stop.is_set():
@@ -178,7 +179,8 @@ class Agent:
                 stop.wait(BUSY_DRAIN_S)
                 drained = self.capture.probes.drain()
             else:
-                drained = self.capture.probes.poll(IDLE_WAIT_MS)
+                status_due_ms = (self._last_status + self.cfg.status_interval_s - time.monotonic()) * 1000
+                drained = self.capture.probes.poll(int(min(IDLE_WAIT_MS, max(1.0, status_due_ms))))
             self.capture.process(drained)
             busy = len(drained) > 0
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:

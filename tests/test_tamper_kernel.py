@@ -137,6 +137,7 @@ def test_a_clean_stop_leaves_the_host_stopped_not_silent(tmp_path):
     try:
         ag.start()
         wait_until(lambda: host_state(port, host) == "ok")
+        assert not alerts(port, "agent-silent", host)               # its heartbeats kept time while it ran
         ag.kill(signal.SIGTERM)                                     # systemctl stop: a clean stop
         assert wait_until(lambda: alerts(port, "agent-stopped", host))
         assert wait_until(lambda: host_state(port, host) == "stopped")
