@@ -29,7 +29,7 @@ def running(tmp_path):
     other = tmp_path / "other"
     shutil.copy("/bin/true", other)
     proc = subprocess.Popen([str(path), "30"])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while os.readlink(f"/proc/{proc.pid}/exe") != str(path) and time.monotonic() < deadline:
         time.sleep(0.01)                      # until the exec has happened
     yield proc, str(path), inode_of(path), sha256_file(str(path)), str(other)
@@ -76,7 +76,7 @@ def test_lookup_is_background_and_cached_by_the_image(running):
     hasher = ExeHasher()
     try:
         assert hasher.lookup(path, proc.pid, inode) in ("", ran)   # scheduled, never blocks
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while hasher.lookup(path, proc.pid, inode) != ran and time.monotonic() < deadline:
             time.sleep(0.01)
         os.replace(other, path)
