@@ -23,7 +23,8 @@ from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger("gpuguard.agent")
 
-BUSY_DRAIN_S = 0.05      # while records flow: one drain per this long
+BUSY_DRAIN_S = 0.05      # while records flow: at least this long between drains (a burst is one batch)
+BULK_WAIT_MS = 200       # ...then at most this long more while only bulk records (connects, flows) come
 IDLE_WAIT_MS = 500       # after an empty drain: how long to wait for the priority ring to wake the loop
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ = 0, 1, 2, 3
@@ -166,21 +167,22 @@ class Agent:
             self.shipper.notify()
 
     def run(self) -> None:
-        """The capture loop, paced: while records flow, one drain every BUSY_DRAIN_S (a burst is handled as one
-        batch, which is what makes a record cheap); once a drain finds nothing, a long wait that the priority
-        ring's first record cuts short (probes/gpuguard.h: adaptive wakeup), so an idle agent wakes a few times a
-        second instead of twenty, and an exec after a quiet spell is seen at once. Bulk-ring records (connects)
-        after a quiet spell wait at most IDLE_WAIT_MS. The long wait ends when a heartbeat is due: the collector
-        calls an agent silent after a few missed heartbeats, so they must keep their interval, not drift by a wait."""
+        """The capture loop, paced by the priority ring: after a drain that found records, at least BUSY_DRAIN_S
+        (a burst is handled as one batch, which is what makes a record cheap), then a wait that the priority ring's
+        first record (exec, exit, fork, enforcement) cuts short - probes/gpuguard.h: adaptive wakeup - or that ends
+        after BULK_WAIT_MS, so a flood of connects alone is drained in batches of a quarter second rather than a
+        twentieth (most of what a drain costs is the same for 100 records or 2,000: bench/agent_cpu.py), while an
+        exec in it is seen within BUSY_DRAIN_S. After an empty drain the wait is IDLE_WAIT_MS, so an idle agent
+        wakes a few times a second. Every wait ends when a heartbeat is due: the collector calls an agent silent
+        after a few missed heartbeats, so they must keep their interval, not drift by a wait."""
         stop = self.capture.stop_event
         busy = True
         while not stop.is_set():
             if busy:
                 stop.wait(BUSY_DRAIN_S)
-                drained = self.capture.probes.drain()
-            else:
-                status_due_ms = (self._last_status + self.cfg.status_interval_s - time.monotonic()) * 1000
-                drained = self.capture.probes.poll(int(min(IDLE_WAIT_MS, max(1.0, status_due_ms))))
+            wait_ms = BULK_WAIT_MS if busy else IDLE_WAIT_MS
+            status_due_ms = (self._last_status + self.cfg.status_interval_s - time.monotonic()) * 1000
+            drained = self.capture.probes.poll(int(min(wait_ms, max(1.0, status_due_ms))))
             self.capture.process(drained)
             busy = len(drained) > 0
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
