@@ -27,7 +27,7 @@
 #define ARGV_FP_LEN 32
 #define ARGV_HITS 32                        /* anchor hits verified per piece */
 #define ARGV_ANCHOR_CANDS 4                 /* literals sharing their last 4 bytes */
-#define ARGV_RULES 12                       /* argv_kill entries per scope */
+#define ARGV_RULES 24                       /* argv_kill entries per scope (the built-in policy uses 16) */
 #define ARGV_UNINSPECTABLE (1ULL << 63)
 #define ARGV_HASH_MUL 2654435761u
 

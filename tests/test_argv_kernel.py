@@ -66,6 +66,11 @@ ATTACKS = {
                                       "miner-stratum-url"),
     "perl Socket one-liner": (["/usr/bin/perl", "-e", "1"], ["use Socket;socket(S,2,1,6);exec('/bin/sh -i')"],
                               "reverse-shell-oneliner"),
+    # only the built-in policy's last entry matches it (io::socket::inet + system): beyond the 12 entries per
+    # scope the kernel once held
+    "perl IO::Socket::INET one-liner": (["/usr/bin/perl", "-e", "1"],
+                                        ["$c=IO::Socket::INET->new(PeerAddr,'127.0.0.1:9');system('/bin/bash')"],
+                                        "reverse-shell-oneliner"),
 }
 
 

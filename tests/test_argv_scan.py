@@ -71,3 +71,19 @@ def test_fingerprint_set_bounds_and_layout():
     assert sorted(fps.anchors()[window]) == [0, 1, 2, 3]
     h = scan.anchor_hash(window)
     assert int.from_bytes(fps.bitmap()[(h >> 6) * 8:(h >> 6) * 8 + 8], "little") >> (h & 63) & 1
+
+
+def test_the_builtin_policy_fits_the_kernel_whole():
+    """Every built-in whole-argv kill entry of a scope fits the kernel's per-scope table and every literal its
+    fingerprint table: an entry beyond either would be judged only in user space, where a flood, a dead agent or
+    a long first argument hides it (the agent logs it; this keeps the built-in policy from ever doing it)."""
+    from collections import Counter  # noqa: PLC0415
+
+    from collector.rules.loader import load_ruleset, rule_texts  # noqa: PLC0415
+    from collector.rules.lowering import compile_policy  # noqa: PLC0415
+
+    policy = compile_policy(load_ruleset(rule_texts()), 1)
+    per_scope = Counter(e.scope.SerializeToString(deterministic=True) for e in policy.argv_kill)
+    assert per_scope and max(per_scope.values()) <= scan.ARGV_RULES, per_scope
+    literals = {lit for e in policy.argv_kill for lit in (*e.all, *e.any)}
+    assert len(literals) < scan.ARGV_FP_MAX, len(literals)
