@@ -109,8 +109,8 @@ class ThrowawayNats:
         """Start every node and wait for a formed cluster; a node that exits at start (its port taken between
         free_port and its bind) makes all nodes start again on fresh ports."""
         for attempt in range(1, tries + 1):
-            for n in self.nodes:
-                if attempt > 1:
+            if attempt > 1:
+                for n in self.nodes:
                     n.pick_ports()
             for n in self.nodes:
                 n.write_conf(self.nodes, self.users)

@@ -45,6 +45,20 @@ def test_builtin_rules_load(builtin):
     assert builtin.default_mode == "enforce"
 
 
+def test_builtin_lists_name_each_entry_once():
+    """A list grown by hand over many passes repeats entries unseen; a repeat is harmless to matching but says the
+    list was not read before it was extended."""
+    from collections import Counter  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    from collector.rules.loader import BUILTIN  # noqa: PLC0415
+
+    lists = yaml.safe_load(BUILTIN.read_text())["lists"]
+    repeats = {name: [v for v, n in Counter(map(str, items)).items() if n > 1] for name, items in lists.items()}
+    assert {name: r for name, r in repeats.items() if r} == {}
+
+
 @pytest.mark.parametrize("text,expected", [
     ("rules:\n  - id: x\n    description: d\n    event: exec\n    match:\n      argv_regex: '('\n",
      "bad.yaml:6: rule x.match.argv_regex: bad regex"),
