@@ -1,4 +1,4 @@
-"""Connect events written straight to their wire bytes, without a protobuf object per event.
+"""Events written straight to their wire bytes, without a protobuf object per event.
 
 A connect flood is the one load that reaches the agent by the hundred thousand (the kernel folds repeats, but a
 sweep of distinct ports or hosts is still one record each), and building, filling and serialising a
@@ -8,7 +8,12 @@ kept on the process; each connect adds only its time and its ``Connect`` body, e
 field order, so the bytes parse to exactly the event ``Enricher`` would have built (tests/test_encoded.py
 compares them). The spool puts the seq in front (field 1) and stores the bytes as they are.
 
-Only the agent's own pipeline turns this on (``Enricher.encode_connects``): sinks that want objects (a printer,
+Execs and exits come by the thousand a second from a shell loop or a build, each from a new process image, so
+nothing is shared between two of them but the job, the boot id and the ancestry: their events are assembled from
+a process's fields serialised once per image (``process_fields``: the exec makes them, the exit reuses them) and
+a body, again in canonical order.
+
+Only the agent's own pipeline turns this on (``Enricher.encode_events``): sinks that want objects (a printer,
 tests) get ``pb.Event`` as before, and ``EncodedEvent.event()`` decodes one when something needs to look.
 """
 
@@ -20,7 +25,11 @@ from gpuguard.rawbatch import varint
 from gpuguard.v1 import events_pb2 as pb
 
 CONNECT_FIELD = 11                  # Event.connect
+EXEC_FIELD, EXIT_FIELD = 10, 13     # Event.exec, Event.exit
 CONNECT_TAG = bytes(((CONNECT_FIELD << 3) | 2,))
+BODY_NAMES = {f.number: f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields}
+PROCESS_TAG = bytes(((4 << 3) | 2,))    # Event.process
+JOB_TAG = bytes(((5 << 3) | 2,))        # Event.job
 
 
 def text_field(number: int, value: str) -> bytes:
@@ -37,15 +46,20 @@ def int_field(number: int, value: int) -> bytes:
 
 
 class EncodedEvent:
-    """A finished event's bytes (every field but seq) and the columns the agent and the spool need."""
+    """A finished event's bytes (every field but seq) and the columns the agent and the spool need: its process,
+    its job and its body (the field number of Event.body: a connect unless said)."""
 
-    __slots__ = ("data", "job_id", "pid")
-    body_name = "connect"
+    __slots__ = ("data", "job_id", "kind", "pid")
 
-    def __init__(self, data: bytes, pid: int, job_id: str) -> None:
+    def __init__(self, data: bytes, pid: int, job_id: str, kind: int = CONNECT_FIELD) -> None:
         self.data = data
         self.pid = pid
         self.job_id = job_id
+        self.kind = kind
+
+    @property
+    def body_name(self) -> str:
+        return BODY_NAMES[self.kind]
 
     def event(self) -> pb.Event:
         return pb.Event.FromString(self.data)
@@ -73,7 +87,7 @@ class EncodedRun:
                                         strict=True)]
 
 
-ENCODED = (EncodedEvent, EncodedRun)     # records that are already their bytes: connects
+ENCODED = (EncodedEvent, EncodedRun)     # records that are already their bytes: connects, execs, exits
 
 
 def count(records: list) -> int:
@@ -147,3 +161,23 @@ def pid_of(rec: pb.Event | EncodedEvent) -> int:
 def with_seq(seq: int, data: bytes) -> bytes:
     """The spooled bytes of an encoded event: its seq (field 1) first, as the canonical serialisation has it."""
     return b"\x08" + varint(seq) + data if seq else data
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    """A message field (tag, length, the message's bytes): present even when the message is empty."""
+    return tag + varint(len(payload)) + payload
+
+
+def process_data(fields: tuple[bytes, bytes, bytes], tid: int, comm: str, ancestry: bytes) -> bytes:
+    """A Process's bytes in field order: the image's fields 1-3 (key, parent_key, pid), the thread (4), field 5
+    (ppid), the thread's comm (6), fields 7-13 (exe ... exe_sha256), the ancestors (14: repeated, so the bytes of
+    a Process holding only them are those entries)."""
+    head, ppid, tail = fields
+    return head + int_field(4, tid) + ppid + text_field(6, comm) + tail + ancestry
+
+
+def event_data(ts_ns: int, boot: bytes, process: bytes, job: bytes, body_tag: bytes, body: bytes) -> bytes:
+    """An event's bytes (every field but seq): time (2), the boot id field (3), process (4), the job field (5),
+    the body (its tag, then the message's bytes; written even when empty, as the object path sets it)."""
+    return int_field(2, ts_ns) + boot + PROCESS_TAG + varint(len(process)) + process + job + body_tag + \
+        varint(len(body)) + body

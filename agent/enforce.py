@@ -33,7 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from agent.bpf_links import INET_EGRESS, cgroup_link, detach_legacy, tracepoint_link
-from agent.encoded import ENCODED
+from agent.encoded import EXEC_FIELD, EncodedEvent, EncodedRun
 from agent.enforce_plan import (
     ANCHOR_FOLD,
     DENY_PROGRAMS,
@@ -406,7 +406,11 @@ class Enforcer:
         """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
         hashing = self.hashing
         for ev in records:
-            if type(ev) in ENCODED:              # connects: nothing for user-space enforcement here
+            if type(ev) is EncodedRun:           # connects: nothing for user-space enforcement here
+                continue
+            if type(ev) is EncodedEvent:         # connects, execs and exits as bytes (agent/encoded.py)
+                if hashing and ev.kind == EXEC_FIELD:
+                    self.worker.submit(self._check_hash, ev.event())
                 continue
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:

@@ -1,8 +1,11 @@
 """Typed kernel events -> enriched ``gpuguard.v1.Event`` protobufs (process, ancestry, job, wall time).
 
 The event built here is the one shape from enrichment to the wire: the spool
-stores its bytes and the shipper sends them. Fork and cgroup events only feed
-the process table and the job resolver; they are not shipped.
+stores its bytes and the shipper sends them. In the agent's own pipeline
+(``encode_events``) connects, execs and exits are made as those bytes directly
+(agent/encoded.py), the same event without a protobuf object per record. Fork
+and cgroup events only feed the process table and the job resolver; they are
+not shipped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from agent.config_peek import ConfigPeek
-from agent.encoded import EncodedConnect, EncodedEvent, encoded_connect
+from agent.encoded import (
+    EXEC_FIELD,
+    EXIT_FIELD,
+    JOB_TAG,
+    EncodedConnect,
+    EncodedEvent,
+    encoded_connect,
+    event_data,
+    int_field,
+    length_delimited,
+    process_data,
+    text_field,
+)
 from agent.events import (
     CgroupEvent,
     ConnectEvent,
@@ -79,6 +94,7 @@ MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
 MAX_QUERIES_TRACKED = 16384
 MAX_ANCESTRIES = 4096        # ancestor messages kept (one per distinct parent image)
+BODY_TAGS = {f: bytes(((f << 3) | 2,)) for f in (EXEC_FIELD, EXIT_FIELD)}
 
 
 class Enricher:
@@ -97,9 +113,11 @@ class Enricher:
         self.names = DestinationNames()
         self.recent_queries: OrderedDict[tuple[int, str, str], float] = OrderedDict()
         self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
-        self.encode_connects = False    # connects as bytes (agent/encoded.py): set by the agent, whose sinks take them
+        self.encode_events = False      # connects, execs, exits as bytes (agent/encoded.py): set by the agent
+        self._job_fields: dict[Job, bytes] = {}     # a job as Event field 5, made once per job
+        self._boot_field = text_field(3, identity.boot_id)
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
-        self._ancestries: OrderedDict[int, tuple[list, pb.Process]] = OrderedDict()   # id(lineage) -> message
+        self._ancestries: OrderedDict[int, tuple[list, pb.Process, bytes]] = OrderedDict()  # id(lineage) -> it
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -155,16 +173,62 @@ class Enricher:
 
     def _ancestry(self, p: Process) -> pb.Process:
         """A Process holding only the ancestors, built once per lineage (siblings share their parent's)."""
+        return self._ancestry_made(p)[1]
+
+    def _ancestry_bytes(self, p: Process) -> bytes:
+        """The same serialised: the ancestors' entries of Process field 14."""
+        return self._ancestry_made(p)[2]
+
+    def _ancestry_made(self, p: Process) -> tuple[list, pb.Process, bytes]:
         lineage = self.table.lineage(p)
         made = self._ancestries.get(id(lineage))
         if made is None or made[0] is not lineage:
             msg = pb.Process()
             for a in lineage:
                 msg.ancestors.add(**a)
-            made = self._ancestries[id(lineage)] = (lineage, msg)
+            made = self._ancestries[id(lineage)] = (lineage, msg, msg.SerializeToString())
             if len(self._ancestries) > MAX_ANCESTRIES:
                 self._ancestries.popitem(last=False)
+        return made
+
+    def _process_fields(self, hdr: Header, p: Process) -> tuple[bytes, bytes, bytes]:
+        """The image's Process fields as bytes (agent/encoded.py process_data), made once per (process image,
+        cgroup, uid, gid) like ``_proc_base``, and once more when the image's hash becomes known."""
+        ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
+        made = p.wire
+        if made is None or made[0] != ident:
+            tail = pb.Process(exe=p.exe, argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
+                              cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
+            head = text_field(1, p.key) + text_field(2, self.table.parent_key(p)) + int_field(3, hdr.pid)
+            made = p.wire = [ident, (head, int_field(5, p.ppid), tail.SerializeToString()), tail]
+        if not made[2].exe_sha256 and self.hasher and p.exe:
+            digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
+            if digest:
+                made[2].exe_sha256 = digest
+                made[1] = (made[1][0], made[1][1], made[2].SerializeToString())
         return made[1]
+
+    def _job_field(self, job: Job) -> bytes:
+        field = self._job_fields.get(job)
+        if field is None:
+            if len(self._job_fields) > MAX_ANCESTRIES:
+                self._job_fields.clear()
+            field = self._job_fields[job] = length_delimited(
+                JOB_TAG, pb.Job(kind=job.kind, id=job.id, name=job.name).SerializeToString())
+        return field
+
+    def _encoded(self, hdr: Header, p: Process, job: Job, body_field: int, body: bytes,
+                 with_ancestry: bool) -> EncodedEvent:
+        """The event ``_event`` plus a body would make, as its bytes (agent/encoded.py): the same ancestry rule,
+        the same fields, parsed back they are equal (tests/test_encoded.py)."""
+        ancestry = b""
+        if with_ancestry:
+            p.ancestry_sent = True
+            ancestry = self._ancestry_bytes(p)
+        process = process_data(self._process_fields(hdr, p), hdr.tid, hdr.comm or p.comm, ancestry)
+        data = event_data(self.clock.to_wall(hdr.ts_boot_ns), self._boot_field, process, self._job_field(job),
+                          BODY_TAGS[body_field], body)
+        return EncodedEvent(data, hdr.pid, job.id, body_field)
 
     def _event(self, hdr: Header, p: Process, job: Job, with_ancestry: bool = True, exec_: bool = False) -> pb.Event:
         """One event. The ancestry rides on a process image's first event only (and on every exec):
@@ -218,7 +282,7 @@ class Enricher:
         except Exception as exc:   # a hostile config file must not stop the exec record
             return [f"unreadable ssh configuration: {type(exc).__name__}"]
 
-    def enrich(self, ev: KernelEvent) -> pb.Event | None:
+    def enrich(self, ev: KernelEvent) -> pb.Event | EncodedEvent | None:
         hdr = ev.hdr
         if isinstance(ev, ForkEvent):
             self.table.on_fork(ev.parent_pid or hdr.pid, ev.child_pid, hdr.ts_boot_ns)
@@ -241,23 +305,26 @@ class Enricher:
                     ev.argv, ev.argv_truncated = full
             self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid, ev.exe_inode)
             job = self._job_for(p, hdr, ev.slurm_job_env)
+            pty_peer = self._pty_peer(hdr.pid, ev.tty) if ev.tty >= 0 else ""
+            forwards = self._ssh_forwards(hdr, ev.argv) if os.path.basename(ev.filename) in SSH_CLIENTS else ()
+            config_lines = self.config_peek.lines(hdr.pid, hdr.uid, hdr.gid, ev.argv, ev.filename)
+            body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
+                           argv_bytes=ev.argv_bytes, stdio=ev.stdio or (), traits=ev.traits or (), pty_peer=pty_peer,
+                           ssh_forwards=forwards, config_lines=config_lines)
+            if self.encode_events:
+                return self._encoded(hdr, p, job, EXEC_FIELD, body.SerializeToString(), with_ancestry=True)
             out = self._event(hdr, p, job, exec_=True)
-            out.exec.filename, out.exec.argv_truncated = ev.filename, ev.argv_truncated
-            out.exec.argv.extend(ev.argv)
-            out.exec.argv_bytes = ev.argv_bytes
-            out.exec.stdio.extend(ev.stdio or ())
-            out.exec.traits.extend(ev.traits or ())
-            if ev.tty >= 0:
-                out.exec.pty_peer = self._pty_peer(hdr.pid, ev.tty)
-            if os.path.basename(ev.filename) in SSH_CLIENTS:
-                out.exec.ssh_forwards.extend(self._ssh_forwards(hdr, ev.argv))
-            out.exec.config_lines.extend(self.config_peek.lines(hdr.pid, hdr.uid, hdr.gid, ev.argv, ev.filename))
+            out.exec.CopyFrom(body)
             return out
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):
             self.connected_out.pop(hdr.pid, None)
-            out = self._event(hdr, p, job, with_ancestry=False)
-            out.exit.code, out.exit.signal = ev.code, ev.signal
+            if self.encode_events:
+                out = self._encoded(hdr, p, job, EXIT_FIELD, int_field(1, ev.code) + int_field(2, ev.signal),
+                                    with_ancestry=False)
+            else:
+                out = self._event(hdr, p, job, with_ancestry=False)
+                out.exit.code, out.exit.signal = ev.code, ev.signal
             self.table.on_exit(hdr.pid)
             return out
         if isinstance(ev, ConnectEvent):
@@ -265,7 +332,7 @@ class Enricher:
             family, proto = family_name(ev.family), SOCK_TYPES.get(ev.sock_type, "unknown")
             if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
                 self.note_connected_out(hdr.pid, ev.daddr, ev.dport)
-            if self.encode_connects:
+            if self.encode_events:
                 rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
                                       proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id,
                                       ev.image_nolink)

@@ -66,7 +66,7 @@ class Agent:
 
     def start(self) -> None:
         self.capture.ignore_pids.add(os.getpid())
-        self.capture.enricher.encode_connects = True     # every sink below takes encoded connects
+        self.capture.enricher.encode_events = True       # every sink below takes encoded events
         self.capture.start()
         if self.cfg.gpu_sample_s > 0:
             from agent.gpu_usage import GpuUsageReporter, NvmlSampler  # noqa: PLC0415

@@ -43,6 +43,7 @@ class Process:
     record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
     connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
+    wire: list | None = None            # this image's Process fields as bytes, for encoded events (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
     exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of this image, from its exec
 
@@ -150,6 +151,7 @@ class ProcessTable:
         p.summaries = None
         p.record_base = None
         p.connect_prefix = None
+        p.wire = None
         p.ancestry_sent = False
         return p
 

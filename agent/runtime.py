@@ -30,7 +30,7 @@ from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Record = pb.Event | EncodedEvent | EncodedRun   # what the sinks get: encoded connects only when the enricher is told to
+Record = pb.Event | EncodedEvent | EncodedRun   # what the sinks get: encoded events only when the enricher is told to
 Sink = Callable[[list[Record]], None]
 LOSS_REPORT_S = 1.0           # how often the per-job loss counters are read
 
@@ -124,7 +124,7 @@ class Capture:
     def _parts(self, drained: Drained):
         """(events in order, connects as columns or None) per part of a drain: a batch whose connects can be
         enriched as columns (agent/connect_batch.py) gives them apart, after its other records."""
-        if drained.raw is not None or not self.enricher.encode_connects:
+        if drained.raw is not None or not self.enricher.encode_events:
             yield drained.events(self.stats.decode), None
             return
         for batch in drained.batches:

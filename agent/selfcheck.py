@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import time
 
-from agent.encoded import ENCODED
+from agent.encoded import CONNECT_FIELD, ENCODED, EncodedEvent
 from agent.loader import LoaderError
 from gpuguard.vocab import JOB_SLURM
 
@@ -66,9 +66,12 @@ def _check_once(capture, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     exec_rec = exit_rec = None
     while time.monotonic() < deadline and (exec_rec is None or exit_rec is None):
-        for rec in capture.poll_once(50):
-            if type(rec) in ENCODED or rec.process.pid != child.pid:   # a connect is never the check's
-                capture.held.append(rec)          # not ours: handed to the sinks once they exist
+        for record in capture.poll_once(50):
+            rec = record
+            if type(record) is EncodedEvent and record.pid == child.pid and record.kind != CONNECT_FIELD:
+                rec = record.event()              # the check's exec or exit, as bytes (agent/encoded.py)
+            elif type(record) in ENCODED or record.process.pid != child.pid:   # a connect is never the check's
+                capture.held.append(record)       # not ours: handed to the sinks once they exist
                 continue
             if rec.HasField("exec"):
                 exec_rec = rec

@@ -175,10 +175,10 @@ class Spool:
 
     def _entry(self, seq: int, record: pb.Event | EncodedEvent) -> tuple[int, bytes, int, str]:
         """(seq, serialised event, body kind, job id); an event that cannot be serialised (it never should)
-        becomes a gap naming its seq, so one odd event never costs the rest of the poll. An encoded connect
+        becomes a gap naming its seq, so one odd event never costs the rest of the poll. An encoded event
         (agent/encoded.py) is already its bytes: only its seq goes in front."""
         if type(record) is EncodedEvent:
-            return seq, with_seq(seq, record.data), CONNECT_KIND, record.job_id
+            return seq, with_seq(seq, record.data), record.kind, record.job_id
         try:
             record.seq = seq
             return seq, record.SerializeToString(), body_kind(record), record.job.id

@@ -82,9 +82,16 @@ def capture():
     cap = Capture(hash_executables=False)
     cap.start()
     cap.seen = []
-    cap.sinks.append(lambda events: cap.seen.extend(as_record(e) for e in events))
+    cap.sinks.append(lambda events: cap.seen.extend(as_record(e) for e in decoded(events)))
     yield cap
     cap.close()
+
+
+def decoded(records: list) -> list:
+    """A sink's records as events: those the agent's own pipeline keeps as bytes (agent/encoded.py) decoded."""
+    from agent.encoded import EncodedEvent, expand  # noqa: PLC0415
+
+    return [r.event() if type(r) is EncodedEvent else r for r in expand(records)]
 
 
 def as_record(ev) -> dict:

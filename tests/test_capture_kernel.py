@@ -396,7 +396,7 @@ def test_the_start_up_check_holds_encoded_connects_for_the_sinks():
                               "    s = socket.socket()\n    try:\n        s.connect(('127.0.0.1', 9))\n"
                               "    except OSError:\n        pass\n    s.close()\n    time.sleep(0.001)\n"])
     cap = Capture(hash_executables=False)
-    cap.enricher.encode_connects = True
+    cap.enricher.encode_events = True
     try:
         cap.start()
         held = [r for r in cap.held if type(r) is EncodedEvent and r.pid == storm.pid]

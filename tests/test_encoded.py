@@ -19,7 +19,7 @@ from agent.connect_batch import BulkConnects, bulk_ready
 from agent.decode import CONNECT_IMAGE_NOLINK
 from agent.encoded import EncodedEvent, expand, pid_of, varint
 from agent.enrich import Enricher
-from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExitEvent, Header
+from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExecEvent, ExitEvent, ForkEvent, Header
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
@@ -33,7 +33,7 @@ def enricher(root: Path, encode: bool) -> Enricher:
     clock = BootClock()
     clock.offset_ns = 1_700_000_000 * 10**9           # both enrichers turn kernel times into the same wall times
     e = Enricher(HostIdentity("h", "node-1", "boot-1"), ProcessTable("boot-1"), JobResolver(root), clock=clock)
-    e.encode_connects = encode
+    e.encode_events = encode
     return e
 
 
@@ -115,6 +115,89 @@ def test_encoded_connects_pass_the_agent_side_filters(job_root):
     assert type(rec) is EncodedEvent and pid_of(rec) == PID and rec.body_name == "connect"
     assert rec.event().connect.result == -errno.ECONNREFUSED
     e.enrich(ExitEvent(Header(3, cg, PID, PID, 0, 0, 0, "python3"), 0, 0))
+
+
+class DigestLater:
+    """An executable hasher whose digest is known from the n-th lookup on (the worker computes it meanwhile)."""
+
+    def __init__(self, known_from: int) -> None:
+        self.calls, self.known_from = 0, known_from
+
+    def lookup(self, exe: str, pid: int, inode) -> str:
+        self.calls += 1
+        return f"{len(exe):02d}" + "ab" * 31 if self.calls >= self.known_from else ""
+
+
+def exec_(ts: int, cg: int, pid: int, argv: list[str], *, comm: str = "true", filename: str = "/usr/bin/true",
+          stdio: list[str] | None = None, traits: list[str] | None = None, truncated: bool = False,
+          slurm: str = "") -> ExecEvent:
+    return ExecEvent(Header(ts, cg, pid, pid, 1000, 1000, 0, comm), filename, argv, truncated, False, slurm, ppid=PID,
+                     stdio=stdio, traits=traits, argv_bytes=sum(len(a.encode()) + 1 for a in argv))
+
+
+def fork(ts: int, cg: int, child: int) -> ForkEvent:
+    return ForkEvent(Header(ts, cg, PID, PID, 1000, 1000, 0, "python3"), child, PID)
+
+
+def exit_(ts: int, cg: int, pid: int, code: int = 0, signal: int = 0, comm: str = "true") -> ExitEvent:
+    return ExitEvent(Header(ts, cg, pid, pid, 1000, 1000, 0, comm), code, signal)
+
+
+def test_execs_and_exits_encode_to_the_object_paths_bytes(tmp_path, job_root):
+    """A shell loop's children (fork, exec, exit), an exec of a process no fork was seen for, an exit of one never
+    seen, arguments that are empty or not ASCII, stdio and traits, a job from the cgroup and one from SLURM_JOB_ID,
+    a signal, and an image whose hash becomes known between its exec and its exit: the same events, byte for
+    byte."""
+    cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
+    host_cg = os.stat(job_root).st_ino
+    records: list = []
+    for i in range(6):
+        child = 3_900_000 + i
+        records += [fork(10 * i, cg, child),
+                    exec_(10 * i + 1, cg, child, ["/usr/bin/true", "", f"x{i}", "héllo"], stdio=["pty", "pipe", "pipe"],
+                          traits=["image_nolink"] if i == 2 else None),
+                    exit_(10 * i + 2, cg, child, code=i, signal=9 if i == 3 else 0)]
+    records += [exec_(100, host_cg, 3_900_100, ["/bin/sh", "-c", "sleep 1"], comm="sh", slurm="777"),
+                exit_(101, host_cg, 3_900_100, comm="sh"),
+                exit_(102, cg, 3_900_200, code=1, comm="ghost")]
+    plain_e, encoded_e = enricher(job_root, False), enricher(job_root, True)
+    plain_e.hasher, encoded_e.hasher = DigestLater(3), DigestLater(3)
+    plain = spooled(tmp_path, "plain", plain_e, records)
+    encoded = spooled(tmp_path, "encoded", encoded_e, records)
+    assert len(plain) == len(encoded) == 6 * 2 + 3
+    for a, b in zip(plain, encoded, strict=True):
+        assert pb.Event.FromString(a) == pb.Event.FromString(b)
+        assert a == b                                  # canonical field order, the same bytes on the wire
+    events = [pb.Event.FromString(b) for b in encoded]
+    assert events[0].exec.argv == ["/usr/bin/true", "", "x0", "héllo"] and events[0].process.ancestors
+    assert events[0].job.id == "4242" and not events[1].process.ancestors and events[1].exit.code == 0
+    assert events[7].exit.signal == 9 and events[12].job.id == "777" and events[14].process.comm == "ghost"
+    assert not events[0].process.exe_sha256 and events[-4].process.exe_sha256    # known from the third lookup on
+
+
+def test_encoded_execs_and_exits_say_their_kind(tmp_path, job_root):
+    """The spool files each under its own body (the collector's columns), and the agent's counters see it."""
+    e = enricher(job_root, True)
+    cg = os.stat(job_root / "slurm").st_ino
+    ex = e.enrich(exec_(1, cg, 3_900_300, ["/usr/bin/true"]))
+    gone = e.enrich(exit_(2, cg, 3_900_300))
+    assert type(ex) is EncodedEvent and ex.body_name == "exec" and ex.event().exec.filename == "/usr/bin/true"
+    assert type(gone) is EncodedEvent and gone.body_name == "exit" and pid_of(gone) == 3_900_300
+    spool = Spool(tmp_path / "s")
+    spool.append([ex, gone])
+    assert [kind for _seq, _body, kind, _job in spool.read_raw_after(0, 10)] == [10, 13]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=st.lists(st.text(max_size=40), max_size=8), comm=st.text(max_size=15), filename=st.text(max_size=80),
+       code=st.integers(0, 255), signal=st.integers(0, 64), truncated=st.booleans())
+def test_any_exec_and_exit_encode_alike(tmp_path, job_root, argv, comm, filename, code, signal, truncated):
+    cg = os.stat(job_root / "slurm").st_ino
+    records = [fork(1, cg, 3_900_400), exec_(2, cg, 3_900_400, argv, comm=comm, filename=filename, truncated=truncated),
+               exit_(3, cg, 3_900_400, code, signal, comm=comm)]
+    sub = tmp_path / f"h{abs(hash((tuple(argv), comm, filename, code, signal, truncated)))}"
+    assert spooled(sub, "plain", enricher(job_root, False), records) == \
+        spooled(sub, "encoded", enricher(job_root, True), records)
 
 
 # ---- a drain's connects as columns (agent/connect_batch.py) against the ordered loop -----------------------------

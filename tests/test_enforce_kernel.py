@@ -61,7 +61,9 @@ def test_kill_at_exec_only_with_the_named_options(capture, enforcer, test_cgroup
                         "-N host": 0, "host uptime": 0}
 
 
-def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgroup, tmp_path):
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "bytes"])
+def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgroup, tmp_path, encoded):
+    """Whether the exec reaches the enforcer as an object or, as in the agent, as its bytes (agent/encoded.py)."""
     from agent.exe_hash import sha256_file  # noqa: PLC0415
 
     job = fresh_job_id()
@@ -71,12 +73,15 @@ def test_kill_by_executable_hash_whatever_its_name(capture, enforcer, test_cgrou
     enforcer.apply(ppb.Policy(version=1, kill=[ppb.KillBinary(rule_id="t-hash", sha256=digest,
                                                               scope=job_scope(job))]), persist=False)
     capture.sinks.append(enforcer.on_records)
+    capture.enricher.encode_events = encoded
     try:
         proc = popen_in_cgroup(cg, [renamed, "30"])
-        wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-hash",
-                 timeout=10)
+        wait_for(capture, lambda r: r["kind"] == "enforcement" and r["enforcement"]["rule_id"] == "t-hash"
+                 and r["proc"]["pid"] == proc.pid, timeout=10)
         assert proc.wait(10) == -9
+        assert any(r["kind"] == "exec" and r["proc"]["pid"] == proc.pid for r in capture.seen)
     finally:
+        capture.enricher.encode_events = False
         capture.sinks.remove(enforcer.on_records)
         if proc.poll() is None:
             proc.kill()
@@ -579,6 +584,7 @@ def test_an_agent_whose_enforcement_cannot_load_still_observes(tmp_path, monkeyp
     only observes (its heartbeat then carries no policy: the collector's enforcement drift for the host)."""
     import agent.loader  # noqa: PLC0415
     from agent.config import AgentConfig  # noqa: PLC0415
+    from agent.encoded import EncodedEvent, expand  # noqa: PLC0415
     from agent.main import Agent  # noqa: PLC0415
 
     def refuse(self):
@@ -596,8 +602,9 @@ def test_an_agent_whose_enforcement_cannot_load_still_observes(tmp_path, monkeyp
         seen = []
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not seen:
-            seen = [r for r in ag.capture.process(ag.capture.probes.poll(100))
-                    if getattr(r, "WhichOneof", lambda _b: "")("body") == "exec" and tag in r.exec.argv]
+            records = expand(ag.capture.process(ag.capture.probes.poll(100)))
+            events = [r.event() if type(r) is EncodedEvent else r for r in records]   # the agent's are bytes
+            seen = [e for e in events if e.WhichOneof("body") == "exec" and tag in e.exec.argv]
         assert seen, "the agent without enforcement did not see an exec"
         status = ag.status()
         assert status["policy_version"] == 0 and not status["enforcing"]
