@@ -109,9 +109,9 @@ def test_the_builtin_rule_kills_a_job_process_leaving_for_the_root_side_and_aler
     """The reported attack, end to end: root in a Slurm job moves itself out to connect from outside its job's
     hooks. With the built-in job-escape rule a job created after the agent started is watched from its first
     exec (the entry sits on the kind's parent), the mover dies at the move, and the collector confirms it."""
-    from lab import free_port  # noqa: PLC0415
+    from lab import free_port, wait_policy_acked  # noqa: PLC0415
     from tests.services import agent, cli_json, collector  # noqa: PLC0415
-    from tests.test_tamper_kernel import host_state, wait_until  # noqa: PLC0415
+    from tests.test_tamper_kernel import wait_until  # noqa: PLC0415
 
     port, host = free_port(), f"escape-{uuid.uuid4().hex[:6]}"
     test_cgroup("slurm/uid_0")
@@ -119,7 +119,7 @@ def test_the_builtin_rule_kills_a_job_process_leaving_for_the_root_side_and_aler
     ag = agent(tmp_path, port, host)
     try:
         ag.start()
-        wait_until(lambda: host_state(port, host) == "ok")
+        wait_policy_acked(port, host)        # the agent acks a policy once its kernel maps hold it
         job = fresh_job_id()
         cg, outside = test_cgroup(f"slurm/uid_0/job_{job}"), test_cgroup("elsewhere")
         proc = popen_in_cgroup(cg, [PYTHON, "-c", MOVE_SELF, str(outside)], stdout=subprocess.PIPE, text=True)

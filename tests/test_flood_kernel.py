@@ -104,9 +104,9 @@ def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degrade
     distinct destinations, over its budget) while a stratum-argv process starts inside it. Every exec of the
     job is stored (the priority ring is whole), the stratum process is killed at exec by the kernel's argv
     scan, `capture-degraded` is raised for the flooding job, and a job beside it loses nothing."""
-    from lab import free_port  # noqa: PLC0415
+    from lab import free_port, wait_policy_acked  # noqa: PLC0415
     from tests.services import agent, cli_json, collector  # noqa: PLC0415
-    from tests.test_tamper_kernel import host_state, wait_until  # noqa: PLC0415
+    from tests.test_tamper_kernel import wait_until  # noqa: PLC0415
 
     port, host = free_port(), f"flood-{uuid.uuid4().hex[:6]}"
     test_cgroup("slurm/uid_0")
@@ -114,7 +114,7 @@ def test_flood_end_to_end_priority_ring_whole_stratum_killed_and_capture_degrade
     ag = agent(tmp_path, port, host, "--capture-budget", "40")
     try:
         ag.start()
-        wait_until(lambda: host_state(port, host) == "ok")
+        wait_policy_acked(port, host)        # the kill-at-exec below needs the collector's policy in the kernel
         noisy, quiet = fresh_job_id(), fresh_job_id()
         cg_noisy, cg_quiet = test_cgroup(f"slurm/uid_0/job_{noisy}"), test_cgroup(f"slurm/uid_0/job_{quiet}")
         spray = popen_in_cgroup(cg_noisy, [PYTHON, "-c", SPRAY, "30000", "4000"], stdout=subprocess.PIPE, text=True)
