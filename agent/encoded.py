@@ -21,15 +21,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpuguard.rawbatch import varint
+from gpuguard.rawbatch import BODY_FIELD, varint
 from gpuguard.v1 import events_pb2 as pb
 
-CONNECT_FIELD = 11                  # Event.connect
-EXEC_FIELD, EXIT_FIELD = 10, 13     # Event.exec, Event.exit
-CONNECT_TAG = bytes(((CONNECT_FIELD << 3) | 2,))
-BODY_NAMES = {f.number: f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["body"].fields}
-PROCESS_TAG = bytes(((4 << 3) | 2,))    # Event.process
-JOB_TAG = bytes(((5 << 3) | 2,))        # Event.job
+
+def field_tag(number: int) -> bytes:
+    """The tag of a length-delimited field (a message or a string) numbered ``number``."""
+    return varint((number << 3) | 2)
+
+
+CONNECT_FIELD, EXEC_FIELD, EXIT_FIELD = BODY_FIELD["connect"], BODY_FIELD["exec"], BODY_FIELD["exit"]
+BODY_NAMES = {number: name for name, number in BODY_FIELD.items()}
+BODY_TAGS = {number: field_tag(number) for number in BODY_FIELD.values()}
+PROCESS_TAG = field_tag(pb.Event.PROCESS_FIELD_NUMBER)
+JOB_TAG = field_tag(pb.Event.JOB_FIELD_NUMBER)
+
+
+class ImageRecord:
+    """What every event of one process image shares of its Process (agent/enrich.py ``_image``): the fields
+    from exe on (``tail``, a message), and made from it on first use the whole message without ancestors (for
+    events built as objects) and the serialised pieces (for events built as bytes)."""
+
+    __slots__ = ("fields", "ident", "message", "tail")
+
+    def __init__(self, ident: tuple[int, int, int], tail: pb.Process) -> None:
+        self.ident, self.tail = ident, tail
+        self.message: pb.Process | None = None
+        self.fields: tuple[bytes, bytes, bytes] | None = None
 
 
 def text_field(number: int, value: str) -> bytes:
@@ -37,7 +55,7 @@ def text_field(number: int, value: str) -> bytes:
     if not value:
         return b""
     raw = value.encode()
-    return bytes(((number << 3) | 2,)) + varint(len(raw)) + raw
+    return field_tag(number) + varint(len(raw)) + raw
 
 
 def int_field(number: int, value: int) -> bytes:
@@ -144,7 +162,7 @@ def connect_data(ts_ns: int, prefix: bytes, address: bytes, dport: int, result: 
     body = address + int_field(4, dport) + int_field(5, result) + name + int_field(8, repeats)
     if nolink:
         body += IMAGE_NOLINK_FIELD
-    return int_field(2, ts_ns) + prefix + CONNECT_TAG + varint(len(body)) + body
+    return event_data(ts_ns, prefix, CONNECT_FIELD, body)
 
 
 def encoded_connect(ts_ns: int, prefix: bytes, family: str, proto: str, daddr: str, dport: int, name: str,
@@ -176,8 +194,13 @@ def process_data(fields: tuple[bytes, bytes, bytes], tid: int, comm: str, ancest
     return head + int_field(4, tid) + ppid + text_field(6, comm) + tail + ancestry
 
 
-def event_data(ts_ns: int, boot: bytes, process: bytes, job: bytes, body_tag: bytes, body: bytes) -> bytes:
-    """An event's bytes (every field but seq): time (2), the boot id field (3), process (4), the job field (5),
-    the body (its tag, then the message's bytes; written even when empty, as the object path sets it)."""
-    return int_field(2, ts_ns) + boot + PROCESS_TAG + varint(len(process)) + process + job + body_tag + \
-        varint(len(body)) + body
+def event_prefix(boot: bytes, process: bytes, job: bytes) -> bytes:
+    """What an event holds between its time and its body: the boot id field (3), the process (4), the job field
+    (5). A connect storm's events share it (agent/enrich.py ``_connect_prefix``)."""
+    return boot + length_delimited(PROCESS_TAG, process) + job
+
+
+def event_data(ts_ns: int, prefix: bytes, body_field: int, body: bytes) -> bytes:
+    """An event's bytes (every field but seq): time (2), the prefix, the body (its tag, then the message's bytes;
+    written even when empty, as the object path sets it)."""
+    return int_field(2, ts_ns) + prefix + length_delimited(BODY_TAGS[body_field], body)

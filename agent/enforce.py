@@ -410,7 +410,7 @@ class Enforcer:
                 continue
             if type(ev) is EncodedEvent:         # connects, execs and exits as bytes (agent/encoded.py)
                 if hashing and ev.kind == EXEC_FIELD:
-                    self.worker.submit(self._check_hash, ev.event())
+                    self.worker.submit(self._check_hash, ev)     # decoded there, off the capture thread
                 continue
             kind = ev.WhichOneof("body")
             if kind == "exec" and hashing:
@@ -418,9 +418,12 @@ class Enforcer:
             elif kind == "enforcement" and ev.enforcement.action in (DROP_STRATUM, DROP_PAYLOAD):
                 self.worker.submit(self._kill_payload_sender, ev)
 
-    def _check_hash(self, ev: pb.Event) -> None:
+    def _check_hash(self, record: pb.Event | EncodedEvent) -> None:
         hashed = [k for k in self.policy.kill if k.sha256]
-        if not hashed or not ev.process.exe:
+        if not hashed:
+            return
+        ev = record.event() if type(record) is EncodedEvent else record
+        if not ev.process.exe:
             return
         job = Job(ev.job.kind, ev.job.id, ev.job.name)
         p = self.capture.table.get(ev.process.pid)

@@ -23,8 +23,10 @@ from agent.encoded import (
     JOB_TAG,
     EncodedConnect,
     EncodedEvent,
+    ImageRecord,
     encoded_connect,
     event_data,
+    event_prefix,
     int_field,
     length_delimited,
     process_data,
@@ -94,7 +96,7 @@ MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
 MAX_QUERIES_TRACKED = 16384
 MAX_ANCESTRIES = 4096        # ancestor messages kept (one per distinct parent image)
-BODY_TAGS = {f: bytes(((f << 3) | 2,)) for f in (EXEC_FIELD, EXIT_FIELD)}
+MAX_JOB_FIELDS = 4096        # serialised jobs kept (one per job seen lately)
 
 
 class Enricher:
@@ -154,22 +156,40 @@ class Enricher:
         p.uid = hdr.uid
         return p
 
-    def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
-        """The per-process part of an event without its ancestors, built once per (process image, cgroup, uid,
-        gid): a storm of events from one process then costs one protobuf copy, not a rebuild. The ancestors are
-        merged into the event itself when it carries them (once per image: making a second variant with them
-        up front cost a copy per exec that most processes never used)."""
+    def _image(self, hdr: Header, p: Process) -> ImageRecord:
+        """The parts of this image's Process that every event of it shares (without ancestors), made once per
+        (process image, cgroup, uid, gid) and remade when the image's hash becomes known: a storm of events from
+        one process then costs a copy or a concatenation, not a rebuild."""
         ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
-        cached = p.record_base
-        if cached is None or cached[0] != ident:
-            bare = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p), exe=p.exe,
-                              argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
+        image = p.image
+        if image is None or image.ident != ident:
+            tail = pb.Process(exe=p.exe, argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
                               cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
-            cached = p.record_base = (ident, bare)
-        bare = cached[1]
-        if not bare.exe_sha256 and self.hasher and p.exe:
-            bare.exe_sha256 = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)   # that inode's; "" until computed
-        return bare
+            image = p.image = ImageRecord(ident, tail)
+        if not image.tail.exe_sha256 and self.hasher and p.exe:
+            digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
+            if digest:
+                image.tail.exe_sha256 = digest
+                image.message = image.fields = None
+        return image
+
+    def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
+        """The image's Process as a message, for events built as objects. The ancestors are merged into the event
+        itself when it carries them (once per image)."""
+        image = self._image(hdr, p)
+        if image.message is None:
+            image.message = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p))
+            image.message.MergeFrom(image.tail)
+        return image.message
+
+    def _process_fields(self, hdr: Header, p: Process) -> tuple[bytes, bytes, bytes]:
+        """The same as bytes, for encoded events (agent/encoded.py process_data): fields 1-3, field 5, fields
+        7-13, so the thread's fields go between."""
+        image = self._image(hdr, p)
+        if image.fields is None:
+            head = text_field(1, p.key) + text_field(2, self.table.parent_key(p)) + int_field(3, hdr.pid)
+            image.fields = (head, int_field(5, p.ppid), image.tail.SerializeToString())
+        return image.fields
 
     def _ancestry(self, p: Process) -> pb.Process:
         """A Process holding only the ancestors, built once per lineage (siblings share their parent's)."""
@@ -191,27 +211,10 @@ class Enricher:
                 self._ancestries.popitem(last=False)
         return made
 
-    def _process_fields(self, hdr: Header, p: Process) -> tuple[bytes, bytes, bytes]:
-        """The image's Process fields as bytes (agent/encoded.py process_data), made once per (process image,
-        cgroup, uid, gid) like ``_proc_base``, and once more when the image's hash becomes known."""
-        ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
-        made = p.wire
-        if made is None or made[0] != ident:
-            tail = pb.Process(exe=p.exe, argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
-                              cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
-            head = text_field(1, p.key) + text_field(2, self.table.parent_key(p)) + int_field(3, hdr.pid)
-            made = p.wire = [ident, (head, int_field(5, p.ppid), tail.SerializeToString()), tail]
-        if not made[2].exe_sha256 and self.hasher and p.exe:
-            digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
-            if digest:
-                made[2].exe_sha256 = digest
-                made[1] = (made[1][0], made[1][1], made[2].SerializeToString())
-        return made[1]
-
     def _job_field(self, job: Job) -> bytes:
         field = self._job_fields.get(job)
         if field is None:
-            if len(self._job_fields) > MAX_ANCESTRIES:
+            if len(self._job_fields) > MAX_JOB_FIELDS:
                 self._job_fields.clear()
             field = self._job_fields[job] = length_delimited(
                 JOB_TAG, pb.Job(kind=job.kind, id=job.id, name=job.name).SerializeToString())
@@ -226,8 +229,8 @@ class Enricher:
             p.ancestry_sent = True
             ancestry = self._ancestry_bytes(p)
         process = process_data(self._process_fields(hdr, p), hdr.tid, hdr.comm or p.comm, ancestry)
-        data = event_data(self.clock.to_wall(hdr.ts_boot_ns), self._boot_field, process, self._job_field(job),
-                          BODY_TAGS[body_field], body)
+        data = event_data(self.clock.to_wall(hdr.ts_boot_ns), event_prefix(self._boot_field, process,
+                                                                           self._job_field(job)), body_field, body)
         return EncodedEvent(data, hdr.pid, job.id, body_field)
 
     def _event(self, hdr: Header, p: Process, job: Job, with_ancestry: bool = True, exec_: bool = False) -> pb.Event:
@@ -256,18 +259,19 @@ class Enricher:
     def _connect_prefix(self, hdr: Header, p: Process, job: Job) -> bytes:
         """The serialised boot id, process and job a connect event carries (agent/encoded.py), made once per
         (process image, thread, comm, job, ancestry or not, hash known or not): a storm of connects from one
-        thread serialises its process once."""
+        thread serialises its process once. The ancestry rides on the image's first event only, as ``_event``
+        has it."""
         ancestry = not p.ancestry_sent
-        base = self._proc_base(hdr, p)
+        fields = self._process_fields(hdr, p)
         comm = hdr.comm or p.comm
         cached = p.connect_prefix
-        if (cached is not None and cached[0] is base and cached[1] == hdr.tid and cached[2] == comm
-                and cached[3] == job and cached[4] == bool(base.exe_sha256) and cached[5] == ancestry):
-            return cached[6]
-        ev = self._event(hdr, p, job, with_ancestry=ancestry)
-        ev.ClearField("ts_ns")
-        prefix = ev.SerializeToString()
-        p.connect_prefix = (base, hdr.tid, comm, job, bool(base.exe_sha256), ancestry, prefix)
+        if (cached is not None and cached[0] is fields and cached[1] == hdr.tid and cached[2] == comm
+                and cached[3] == job and cached[4] == ancestry):
+            return cached[5]
+        p.ancestry_sent = True
+        process = process_data(fields, hdr.tid, comm, self._ancestry_bytes(p) if ancestry else b"")
+        prefix = event_prefix(self._boot_field, process, self._job_field(job))
+        p.connect_prefix = (fields, hdr.tid, comm, job, ancestry, prefix)
         return prefix
 
     @staticmethod

@@ -10,9 +10,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.jobs import Job
 from agent.text import budget_argv, clean, clip
+
+if TYPE_CHECKING:
+    from agent.encoded import ImageRecord
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PER_TICK = 1_000_000_000 // CLK_TCK
@@ -40,10 +44,9 @@ class Process:
     exited: bool = False
     lineage: list[dict] | None = None   # cached ancestor summaries (snapshot at first use)
     kids_lineage: list[dict] | None = None   # the lineage each child of this image gets (made once per image)
-    record_base: tuple | None = None    # (identity, cached pb.Process) for this image's events (agent/enrich.py)
+    image: ImageRecord | None = None    # this image's Process parts shared by its events (agent/enrich.py)
     ancestry_sent: bool = False         # this image's ancestry already went out with a record
     connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
-    wire: list | None = None            # this image's Process fields as bytes, for encoded events (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
     exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of this image, from its exec
 
@@ -149,9 +152,8 @@ class ProcessTable:
         p.lineage = None
         p.kids_lineage = None
         p.summaries = None
-        p.record_base = None
+        p.image = None
         p.connect_prefix = None
-        p.wire = None
         p.ancestry_sent = False
         return p
 

@@ -37,8 +37,8 @@ import msgpack
 import numpy as np
 
 from agent import wire
-from agent.encoded import ENCODED, EncodedEvent, EncodedRun, count, with_seq
-from gpuguard.rawbatch import BODY_FIELD, FramedRun, body_kind
+from agent.encoded import CONNECT_FIELD, ENCODED, EncodedEvent, EncodedRun, count, with_seq
+from gpuguard.rawbatch import FramedRun, body_kind
 from gpuguard.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
 BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
-CONNECT_KIND = BODY_FIELD["connect"]
 RUN_FIELDS = 6                     # a run of connects' frame: [first seq, frames, ends, kind, jobs, job ids]
 ACK_PERSIST_S = 0.5                # the acked pointer reaches the disk at most this often (see Spool.ack)
 
@@ -219,7 +218,7 @@ class Spool:
             cut = int(ends[a - 1]) if a else 0
             b = max(a + 1, int(np.searchsorted(ends, cut + BATCH_FRAME_BYTES, side="right")))
             out.append(_framed([first_seq + a, framed[cut:int(ends[b - 1])], (ends[a:b] - cut).astype("<u8").tobytes(),
-                                CONNECT_KIND, jobs[a:b].tobytes(), run.job_ids], self._packer))
+                                CONNECT_FIELD, jobs[a:b].tobytes(), run.job_ids], self._packer))
             a = b
         return out
 

@@ -175,6 +175,40 @@ def test_execs_and_exits_encode_to_the_object_paths_bytes(tmp_path, job_root):
     assert not events[0].process.exe_sha256 and events[-4].process.exe_sha256    # known from the third lookup on
 
 
+def test_one_images_exec_connects_and_exit_share_its_fields_as_the_object_path_does(tmp_path, job_root):
+    """Connects from a process whose exec was seen (no ancestry: the exec carried it), then from a forked child
+    first seen by its connect (ancestry once), a hash learned in the middle of the storm (every later event
+    carries it), a second thread, and the exit: one image's cached fields serve all of them, byte for byte the
+    object path's."""
+    cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
+    child, stranger = 3_900_300, 3_900_400
+    records: list = [fork(1, cg, child), exec_(2, cg, child, ["/usr/bin/curl", "-s", "http://10.0.0.9/"])]
+    for i in range(8):
+        tid = child if i % 3 else child + 1
+        records += [ConnectEvent(Header(10 + i, cg, tid, child, 1000, 1000, 0, "curl"), 2, 1, "10.0.0.9", 80 + i,
+                                 500 + i),
+                    outcome(11 + i, cg, 500 + i, -errno.ECONNREFUSED)]
+    records += [fork(29, cg, stranger),        # a child that never execs: its first event carries the ancestry
+                ConnectEvent(Header(30, cg, stranger, stranger, 1000, 1000, 0, "nc"), 2, 1, "10.0.0.9", 9, 600),
+                outcome(31, cg, 600, 0),
+                ConnectEvent(Header(32, cg, stranger, stranger, 1000, 1000, 0, "nc"), 2, 1, "10.0.0.9", 10, 601),
+                outcome(33, cg, 601, 0),
+                exit_(40, cg, child, comm="curl")]
+    plain_e, encoded_e = enricher(job_root, False), enricher(job_root, True)
+    plain_e.hasher, encoded_e.hasher = DigestLater(4), DigestLater(4)
+    plain = spooled(tmp_path, "plain", plain_e, records)
+    encoded = spooled(tmp_path, "encoded", encoded_e, records)
+    assert len(plain) == len(encoded) == 1 + 8 + 2 + 1
+    for a, b in zip(plain, encoded, strict=True):
+        assert pb.Event.FromString(a) == pb.Event.FromString(b)
+        assert a == b
+    events = [pb.Event.FromString(b) for b in encoded]
+    assert events[0].process.ancestors and not any(e.process.ancestors for e in events[1:9])
+    assert not events[1].process.exe_sha256 and events[8].process.exe_sha256 and events[-1].process.exe_sha256
+    assert events[9].process.ancestors and not events[10].process.ancestors      # the stranger's first event only
+    assert {e.process.tid for e in events[1:9]} == {child, child + 1}
+
+
 def test_encoded_execs_and_exits_say_their_kind(tmp_path, job_root):
     """The spool files each under its own body (the collector's columns), and the agent's counters see it."""
     e = enricher(job_root, True)
