@@ -39,11 +39,12 @@ INTERPRETER = re.compile(r"((ba|da|z|k|c|tc|fi|a|r)?sh|python[\d.]*|pypy[\d.]*|p
                          r"lua[\d.]*|luajit|tclsh[\d.]*|Rscript|julia|busybox)")
 SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib", "/snap/", "/nix/store/")   # no default config looked for there
 # A line worth reporting: an endpoint (scheme://, host:port), or a key that names a pool, a wallet, a user, an
-# algorithm, a server or a secret. Rules decide what it means; this only keeps the rest of the file out.
+# algorithm, a server or a secret, or an INI section's ``type =`` (what an rclone remote is). Rules decide what it
+# means; this only keeps the rest of the file out.
 TELLING = re.compile(
     r"[a-z0-9+.-]{2,20}://|[\w.-]+:\d{2,5}\b|(?i:\b(pool|url|wallet|user|login|pass|algo|algorithm|coin|donate|"
     r"rig|worker|server|remote|addr|address|host|port|token|authtoken|vkey|secret|tunnel|credentials)[\w-]*[\"']?"
-    r"\s*[:=])")
+    r"\s*[:=]|^\s*type\s*=)")
 
 
 def candidate_paths(argv: list[str], exe: str) -> list[str]:

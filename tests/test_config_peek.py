@@ -48,6 +48,16 @@ def test_a_miner_config_named_in_argv_is_reported(in_dir):
     assert not any('"autosave"' in line for line in lines)                  # the rest of the file stays out
 
 
+def test_an_rclone_remotes_type_is_reported(in_dir):
+    """What a remote is lives in the INI section's ``type =``; the JSON key "type" of other files stays out."""
+    pid, cwd = in_dir
+    (cwd / ".rc.conf").write_text("[r]\ntype = mega\nuser = someone@example.com\n\n[local]\nnote = x\n")
+    (cwd / "t.json").write_text('{\n  "type": "module"\n}\n')
+    lines = ConfigPeek().lines(pid, 0, 0, ["rclone", "copy", "d", "r:b", "--config", ".rc.conf"], "/usr/bin/rclone")
+    assert ".rc.conf:2: type = mega" in lines and not any("note" in line for line in lines), lines
+    assert ConfigPeek().lines(pid, 0, 0, ["./x", "-c", "t.json"], "./x") == []
+
+
 def test_minified_json_is_looked_at_piece_by_piece(in_dir):
     pid, cwd = in_dir
     (cwd / "c.json").write_text(json.dumps({"pad": "p" * 2000, **XMRIG}))     # one line, longer than MAX_LINE
