@@ -152,6 +152,7 @@ NEEDED = {
     "SK_CGRP_DATA": ("sock", "sk_cgrp_data"),     # the socket's cgroup (an accepted one: its listener's)
     "SKCD_CGROUP": ("sock_cgroup_data", "cgroup"),
     "SK_PROTOCOL": ("sock", "sk_protocol"),       # a u16 of its own since 5.6 (ring buffers need 5.8)
+    "SK_TYPE": ("sock", "sk_type"),               # a u16 as well
     "SKC_DPORT": ("sock_common", "skc_dport"),    # network order
     "SKC_NUM": ("sock_common", "skc_num"),        # the local port, host order
     "SKC_DADDR": ("sock_common", "skc_daddr"),
@@ -166,6 +167,7 @@ OPTIONAL = {
     "INODE_CTIME_TS": (("inode", "__i_ctime"), ("inode", "i_ctime")),   # before: a timespec64 (6.6-6.10; older)
     "SKC_V6_DADDR": (("sock_common", "skc_v6_daddr"),),                   # CONFIG_IPV6 kernels
     "SKC_V6_RCV_SADDR": (("sock_common", "skc_v6_rcv_saddr"),),
+    "PACKET_SOCK_NUM": (("packet_sock", "num"),),   # a packet socket's Ethertype (not in BTF when af_packet is a module)
 }
 
 

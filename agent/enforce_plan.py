@@ -29,7 +29,8 @@ DENY_PROGRAMS = ((b"deny_connect4", INET4_CONNECT), (b"deny_connect6", INET6_CON
                  (b"deny_sendmsg4", UDP4_SENDMSG), (b"deny_sendmsg6", UDP6_SENDMSG))
 PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
-SOCKET_KINDS = {"raw-ip": 1, "icmp": 2}    # mirror of probes/gpuguard.h SOCKET_KIND_*
+# mirror of probes/gpuguard.h SOCKET_KIND_*; a kind's rule sits at struct socket_deny's rule[bit_length - 1]
+SOCKET_KINDS = {"raw-ip": 1, "icmp": 2, "packet": 4}
 TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
 # mirror of probes/enforce_payload.c
 FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
@@ -218,13 +219,16 @@ class Planner:
                                                             sum(1 << i for i, r in enumerate(slots) if r >= 0),
                                                             *(max(r, 0) for r in slots))
                        for cgid, slots in trait_rules.items()}
-        deny_sockets: dict[bytes, tuple[int, int]] = {}
+        deny_sockets: dict[bytes, list[int]] = {}       # scope -> [kinds, rule of each kind]
         for sd in policy.deny_sockets:
             idx = self.rule_index(sd.rule_id, rules)
-            kinds = sum(SOCKET_KINDS.get(k, 0) for k in set(sd.kinds))
             for cgid in self._scope_ids(sd.scope, paths, roots):
-                rule_idx, have = deny_sockets.get(struct.pack("<Q", cgid), (idx, 0))
-                deny_sockets[struct.pack("<Q", cgid)] = (rule_idx, have | kinds)
+                entry = deny_sockets.setdefault(struct.pack("<Q", cgid), [0, 0, 0, 0])
+                for kind in set(sd.kinds) & set(SOCKET_KINDS):
+                    bit = SOCKET_KINDS[kind]
+                    if not entry[0] & bit:              # the first rule naming a kind speaks for it
+                        entry[0] |= bit
+                        entry[bit.bit_length()] = idx
         for d in policy.deny:
             val = struct.pack("<I", self.rule_index(d.rule_id, rules))
             for cgid in self._scope_ids(d.scope, paths, roots):
@@ -287,7 +291,7 @@ class Planner:
         lowered.rules.extend(rules)
         maps = {"exempt_scopes": exempt, "kill_comms": kill, "kill_trait_exempt": trait_exempt,
                 "kill_traits": kill_traits,
-                "deny_socket_scopes": {k: struct.pack("<II", *v) for k, v in deny_sockets.items()},
+                "deny_socket_scopes": {k: struct.pack("<IIII", *v) for k, v in deny_sockets.items()},
                 "deny_dest": deny, "allow_dest": allow, "trusted_resolvers": resolvers,
                 "allowed_names": allowed_names, "name_scopes": name_scopes, "allow_scopes": allow_scopes,
                 "argv_comms": argv_comms, "argv_kill": argv_rules, "fp_exempt_comms": fp_comms,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -90,7 +91,8 @@ from gpuguard.vocab import (
 SSH_CLIENTS = ("ssh", "autossh")
 SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
-SOCKET_TYPE_NAMES = {1: "stream", 2: "dgram", 3: "raw"}
+SOCKET_TYPE_NAMES = {1: "stream", 2: "dgram", 3: "raw", 10: "packet"}
+AF_PACKET = 17
 PTY_HOLDER_DEPTH = 8         # ancestors looked at for a pty master's holder
 MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
@@ -370,7 +372,7 @@ class Enricher:
             so = out.socket
             so.family = family_name(ev.family)
             so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
-            so.protocol, so.what = ev.protocol, "raw-ip" if ev.type == 3 else "icmp"
+            so.protocol, so.what = socket_kind(ev.family, ev.type, ev.protocol)
             so.result = -errno.EPERM if hdr.result else 0
             return out
         if isinstance(ev, InboundEvent):
@@ -589,8 +591,16 @@ def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
 
 
 def family_name(family: int) -> str:
-    """inet6 for AF_INET6, else inet: how records name an address family."""
-    return "inet6" if family == 10 else "inet"
+    """How records name an address family: inet6, packet (AF_PACKET), else inet."""
+    return {10: "inet6", AF_PACKET: "packet"}.get(family, "inet")
+
+
+def socket_kind(family: int, sock_type: int, protocol: int) -> tuple[int, str]:
+    """(protocol as the caller meant it, what the socket is: raw-ip, icmp or packet) of a socket record. A
+    packet socket's protocol is an Ethernet type in network byte order (htons(ETH_P_ALL) = 0x0300)."""
+    if family == AF_PACKET:
+        return socket.ntohs(protocol & 0xFFFF), "packet"
+    return protocol, "raw-ip" if sock_type == 3 else "icmp"
 
 
 def enforcement_detail(ev: EnforceEvent) -> str:

@@ -50,6 +50,8 @@ ENFORCE_PROBES = ("enforce_exec.c", "enforce_argv.c", "enforce_connect.c", "enfo
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
 SHARED_CHECK = (b"priority_events", b"events", b"task_origins", b"exempt_scopes")   # same kernel map in both objects
 TRACEFS = Path("/sys/kernel/tracing")
+# (tracepoint, program): packet sockets seen at use (probes/flow.c), attached where the kernel has them
+PACKET_USE_TRACEPOINTS = ((b"sock_send_length", b"packet_send"), (b"sock_recv_length", b"packet_recv"))
 # (program, prog type name in bcc.BPF, attach type): observe-only hooks at the cgroup2 root
 ROOT_HOOKS = ((b"gpu_device_watch", "CGROUP_DEVICE", CGROUP_DEVICE),
               (b"observe_connect4", "CGROUP_SOCK_ADDR", INET4_CONNECT),
@@ -172,6 +174,7 @@ class CaptureProbes:
     offsets: dict = field(default_factory=dict)
     majors: dict = field(default_factory=dict)
     consumer: str = "auto"              # "c": the C callback (agent/ringcb.c); "python": BCC's; "auto": C if it builds
+    packet_sockets_seen: bool = False   # the sock_send/recv_length tracepoints are attached (Linux 6.3+)
     _pending: list[bytes] = field(default_factory=list)
     _pending_priority: list[bytes] = field(default_factory=list)
     _links: list[int] = field(default_factory=list)
@@ -202,6 +205,7 @@ class CaptureProbes:
             table[table.Key(major)] = table.Leaf(1)
         if cgroup_root is not None:
             self.attach_root_hooks(cgroup_root)
+        self.attach_packet_use()
         log.info("capture probes attached: %d tracepoints, %d raw tracepoints, %d root cgroup hooks",
                  self.bpf.num_open_tracepoints(), len(self.bpf.raw_tracepoint_fds), len(self._links))
 
@@ -239,6 +243,19 @@ class CaptureProbes:
             log.info("enforcement programs compiled as their own BPF object (%d shared maps checked)",
                      len(SHARED_CHECK))
         return self._enforce_bpf
+
+    def attach_packet_use(self) -> None:
+        """Packet sockets at their sends and receives (probes/flow.c packet_use): tracepoints of Linux 6.3+. An
+        older kernel runs without them and says so; nothing else depends on them."""
+        self.packet_sockets_seen = True
+        for tracepoint, fn in PACKET_USE_TRACEPOINTS:
+            try:
+                self.bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=fn)
+            except Exception as exc:  # BCC raises bare Exception when the tracepoint is missing
+                self.packet_sockets_seen = False
+                log.warning("packet sockets are not seen on this kernel (no sock:%s tracepoint: %s)",
+                            tracepoint.decode(), exc)
+                return
 
     def attach_root_hooks(self, cgroup_root: Path) -> None:
         """Observe-only cgroup programs at the root: every connect and GPU device open on the host."""

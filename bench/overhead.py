@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Capture overhead on four workloads, untraced vs gpuguard vs a floor vs bpftrace vs auditd.
+"""Capture overhead on five workloads, untraced vs gpuguard vs a floor vs bpftrace vs auditd.
 
 Workloads: an exec storm, a connect storm (what the tracers trace), a syscall
 storm (1M one-byte read/write pairs, nothing traced: what a probe on a syscall
-tracepoint costs everyone else) and a data-loader storm (open/read/close of
-small files). Prints, per tracer: wall time of each workload and its ratio to
-the untraced run, events captured and lost, and gpuguard's own CPU seconds.
+tracepoint costs everyone else), a data-loader storm (open/read/close of
+small files) and a socket storm (one-byte send/recv pairs on a socketpair: what
+the packet-socket probes on every send and receive cost everyone else).
+Prints, per tracer: wall time of each workload and its ratio to the untraced
+run, events captured and lost, and gpuguard's own CPU seconds.
 The floor is one empty program on sched:sched_process_exec. A benchmark, not a
 test: nothing here asserts a time. Runs as root; every tracer it starts is
 stopped by PID and every audit rule it adds is removed.
 
     .venv/bin/python bench/overhead.py [--execs 2000] [--connects 300000] [--syscalls 1000000]
-                                       [--files 100000] [--reps 3]
+                                       [--files 100000] [--sends 500000] [--reps 3]
 """
 
 from __future__ import annotations
@@ -80,7 +82,18 @@ def loader_storm(n: int, directory: str) -> float:
     return time.perf_counter() - start
 
 
-WORKLOADS = ("exec", "connect", "syscall", "loader")
+SOCKIO = ("import socket, sys\na, b = socket.socketpair()\nfor _ in range(int(sys.argv[1])):\n"
+          "    a.send(b'x')\n    b.recv(1)\n")
+
+
+def socket_storm(n: int) -> float:
+    """n one-byte send/recv pairs on an AF_UNIX socketpair, in a child: sockets nobody traces."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", SOCKIO, str(n)], check=True)
+    return time.perf_counter() - start
+
+
+WORKLOADS = ("exec", "connect", "syscall", "loader", "socket")
 
 SUSTAINED = """
 import os, socket, sys, time
@@ -126,7 +139,8 @@ def bpf_cost(args, mode: str) -> None:
     storms = (("exec", args.execs, lambda: exec_storm(args.execs)),
               ("connect", args.connects, lambda: connect_storm(args.connects)),
               ("syscall", args.syscalls, lambda: syscall_storm(args.syscalls)),
-              ("loader", args.files, lambda: loader_storm(args.files, args.files_dir)))
+              ("loader", args.files, lambda: loader_storm(args.files, args.files_dir)),
+              ("socket", args.sends, lambda: socket_storm(args.sends)))
     untraced = {name: run() / n for name, n, run in storms}
     agent = GpuguardAgent(mode)
     others = set(bpf_programs())
@@ -159,7 +173,7 @@ def bpf_cost(args, mode: str) -> None:
 
 def run_storms(args) -> tuple[float, ...]:
     return (exec_storm(args.execs), connect_storm(args.connects), syscall_storm(args.syscalls),
-            loader_storm(args.files, args.files_dir))
+            loader_storm(args.files, args.files_dir), socket_storm(args.sends))
 
 
 class Tracer:
@@ -330,6 +344,7 @@ def main() -> int:
                     help="refused connects (300k: a storm of ~2 s here, long enough to resolve 2 %%)")
     ap.add_argument("--syscalls", type=int, default=1_000_000, help="one-byte read/write pairs (dd)")
     ap.add_argument("--files", type=int, default=100_000, help="open/read/close in the data-loader storm")
+    ap.add_argument("--sends", type=int, default=500_000, help="one-byte send/recv pairs on a socketpair")
     ap.add_argument("--reps", type=int, default=3, help="runs per tracer; the median is reported")
     ap.add_argument("--sustained-rate", type=int, default=20_000, help="events/s of the mixed sustained load")
     ap.add_argument("--sustained-seconds", type=float, default=60.0, help="0 skips the sustained load")
@@ -356,7 +371,8 @@ def main() -> int:
             if t.name in ("bpftrace", "auditd") and not shutil.which(t.name if t.name != "auditd" else "auditctl"):
                 continue
             print(f"[rep {rep + 1}/{args.reps}] {t.name}: {args.execs} execs, {args.connects} connects, "
-                  f"{args.syscalls} read/write pairs, {args.files} file reads", file=sys.stderr, flush=True)
+                  f"{args.syscalls} read/write pairs, {args.files} file reads, {args.sends} send/recv pairs",
+                  file=sys.stderr, flush=True)
             t.start()
             try:
                 times = run_storms(args)
@@ -371,7 +387,8 @@ def main() -> int:
     base = [median(r[0][i] for r in results["untraced"]) for i in range(len(WORKLOADS))]
     print(f"\nworkloads: exec = {args.execs} posix_spawn(/bin/true); connect = {args.connects} refused TCP connects; "
           f"syscall = {args.syscalls} one-byte read/write pairs (dd); loader = {args.files} open/read/close of 2 KB "
-          f"files; median of {args.reps}; {os.cpu_count()} CPUs\n")
+          f"files; socket = {args.sends} one-byte send/recv pairs on a socketpair; median of {args.reps}; "
+          f"{os.cpu_count()} CPUs\n")
     head = " ".join(f"{w + ' s':>10} {w + ' x':>9}" for w in WORKLOADS)
     print(f"{'tracer':<10} {head} {'captured':>9} {'lost':>6} {'cpu s':>6}")
     for name, runs in results.items():

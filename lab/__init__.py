@@ -57,10 +57,35 @@ def rss_mb(pid: int) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def ephemeral_range() -> range:
+    """The ports the kernel picks for outgoing connections and bind(0) here (ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, for a server a test starts later: never one handed out before in this
+    process, and outside the ephemeral range, so neither another free_port() nor some process's outgoing
+    connection (an agent, a client) can take it between now and the server's bind."""
+    ephemeral = ephemeral_range()
+    for _ in range(1000):
+        port = random.randint(10000, 65535)
+        if port in ephemeral or port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "", every: float = 0.1):

@@ -13,8 +13,9 @@
  *   to (who reaches a job over UDP: a WireGuard or tunnel endpoint, a UDP shell). Replies to a socket's own
  *   sends (DNS, QUIC, NTP clients) are not reported: egress marks each (socket, peer) it sends to.
  * Everything else costs a header parse. cgroup/sock_create sees raw IP and ICMP sockets of every job
- * (inet_create; AF_PACKET sockets never pass this hook) and refuses them (EPERM) in the scopes a policy
- * lists in deny_socket_scopes (gpuguard.h: the enforcer writes it). */
+ * (inet_create) and refuses them (EPERM) in the scopes a policy lists in deny_socket_scopes (gpuguard.h: the
+ * enforcer writes it). AF_PACKET sockets never pass that hook: they are seen at their first send or receive
+ * (packet_use below). */
 #include "gpuguard.h"
 
 #define FLOW_UDP_FIRST_MAX 2
@@ -23,6 +24,7 @@
 #define SOCK_RAW_ 3
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_ICMPV6_ 58
+#define AF_PACKET_ 17
 
 BPF_PERCPU_ARRAY(flow_scratch, struct flow_event, 1);
 BPF_TABLE("lru_hash", u64, u32, udp_flows, 65536);       /* socket cookie -> datagrams reported */
@@ -448,6 +450,26 @@ int flow_egress(struct __sk_buff *skb)
     return 1;
 }
 
+/* Whether a policy refuses this kind of socket to the current task (and the task's job is not in monitor mode):
+ * the event then names the rule and says EPERM. */
+static __always_inline int socket_refused(struct socket_event *e, u32 kind)
+{
+    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id)
+            break;
+        struct socket_deny *d = deny_socket_scopes.lookup(&id);
+        if (d && (d->kinds & kind)) {
+            e->rule = d->rule[kind == SOCKET_KIND_RAW ? 0 : kind == SOCKET_KIND_ICMP ? 1 : 2];
+            if (task_exempt())
+                return 0;
+            e->hdr.result = -1;  /* -EPERM */
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Raw IP and ICMP sockets: recorded for every job; refused where a policy says so (and the task's job
  * is not in monitor mode). */
 int observe_sock_create(struct bpf_sock *sk)
@@ -464,21 +486,48 @@ int observe_sock_create(struct bpf_sock *sk)
     e.family = family;
     e.type = type;
     e.protocol = protocol;
-    int verdict = 1;
-    for (int level = 0; level < MAX_CGROUP_LEVELS; level++) {
-        u64 id = bpf_get_current_ancestor_cgroup_id(level);
-        if (!id)
-            break;
-        struct socket_deny *d = deny_socket_scopes.lookup(&id);
-        if (d && (d->kinds & kind)) {
-            e.rule = d->rule;
-            if (!task_exempt()) {
-                e.hdr.result = -1;  /* -EPERM */
-                verdict = 0;
-            }
-            break;
-        }
-    }
+    int verdict = !socket_refused(&e, kind);
     emit(&e, sizeof(e), EV_SOCKET);
     return verdict;
 }
+
+/* Packet sockets (AF_PACKET: frames sent under every connect hook, the node's traffic read) pass neither
+ * cgroup/sock_create (inet only) nor the connect hooks, and a syscall tracepoint on socket() would slow every
+ * syscall of the host. So they are seen at use: sock:sock_send_length / sock_recv_length (Linux 6.3+; raw
+ * tracepoints, after the call; the agent attaches them where they exist), recorded once per socket and
+ * process, and where a policy refuses packet sockets the user is killed there - one frame may have left, none
+ * after it. A packet socket read only through an mmap'd ring (PACKET_RX_RING) makes no recvmsg and is not
+ * seen. Every other socket's send or receive costs one read of its family. */
+struct packet_use_key {
+    u64 sk;
+    u32 tgid;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct packet_use_key, u32, packet_socks, 16384);
+
+static __always_inline int packet_use(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *sk = (void *)ctx->args[0];
+    if ((kread_u32(sk, OFF_SK_FAMILY) & 0xffff) != AF_PACKET_)
+        return 0;
+    struct socket_event e = {};
+    fill_header(&e.hdr, EV_SOCKET);
+    e.family = AF_PACKET_;
+    e.type = kread_u32(sk, OFF_SK_TYPE) & 0xffff;
+#if OFF_PACKET_SOCK_NUM >= 0
+    e.protocol = kread_u32(sk, OFF_PACKET_SOCK_NUM) & 0xffff;     /* the Ethertype it takes, network order */
+#endif
+    int refused = socket_refused(&e, SOCKET_KIND_PACKET);
+    if (refused)
+        bpf_send_signal(9);
+    struct packet_use_key k = {.sk = (u64)sk, .tgid = e.hdr.tgid};
+    if (!refused && packet_socks.lookup(&k))
+        return 0;
+    u32 one = 1;
+    packet_socks.update(&k, &one);
+    emit(&e, sizeof(e), EV_SOCKET);
+    return 0;
+}
+
+int packet_send(struct bpf_raw_tracepoint_args *ctx) { return packet_use(ctx); }
+int packet_recv(struct bpf_raw_tracepoint_args *ctx) { return packet_use(ctx); }

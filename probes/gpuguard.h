@@ -354,12 +354,14 @@ static __always_inline void emit(void *e, u32 size, u32 kind)
  * agent/enforce.py). Checked by every enforcement program. */
 GG_SHARED_TABLE("hash", u64, u32, exempt_scopes, 4096);
 
-/* Raw IP and ICMP sockets refused per scope: the root sock_create hook (flow.c) reads it, the enforcer writes it. */
+/* Raw IP, ICMP and packet sockets refused per scope: the root sock_create hook and the socket() tracepoint
+ * (flow.c) read it, the enforcer writes it. */
 #define SOCKET_KIND_RAW 1          /* deny_socket_scopes value bits */
 #define SOCKET_KIND_ICMP 2
+#define SOCKET_KIND_PACKET 4
 struct socket_deny {
-    u32 rule;
     u32 kinds;                     /* SOCKET_KIND_* refused in this scope */
+    u32 rule[3];                   /* for each kind (raw, icmp, packet): index into the policy's rule list */
 };
 GG_SHARED_TABLE("hash", u64, struct socket_deny, deny_socket_scopes, 1024);
 

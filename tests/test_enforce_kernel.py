@@ -171,6 +171,16 @@ def _connect_script(addr: str, port: int, family: str = "AF_INET", kind: str = "
             f"except OSError as e:\n    print(e.errno)\n")
 
 
+TFO_SEND = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.sendto(b"x", socket.MSG_FASTOPEN, ("127.0.0.1", {port})); print("ok")
+except OSError as e:
+    print(e.errno)
+"""
+
+
 def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_cgroup):
     job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}/step_0")
@@ -184,6 +194,7 @@ def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_
         assert run(_connect_script("127.0.0.1", port)) == str(errno.EPERM)
         assert run(_connect_script("::ffff:127.0.0.1", port, "AF_INET6")) == str(errno.EPERM)
         assert run(_connect_script("127.0.0.1", port, kind="SOCK_DGRAM")) == str(errno.EPERM)
+        assert run(TFO_SEND.format(port=port)) == str(errno.EPERM)     # a connect inside sendto(): the same hook
         assert run(_connect_script("127.0.0.1", port + 1 if port < 65535 else port - 1)) != str(errno.EPERM)
         outside = subprocess.run([PYTHON, "-c", _connect_script("127.0.0.1", port)], capture_output=True, text=True)
         assert outside.stdout.strip() == "ok"
@@ -194,7 +205,8 @@ def test_deny_connect_v4_v6mapped_and_udp_in_scope_only(capture, enforcer, test_
     seen = wait_for(capture, lambda r: r["kind"] == "connect" and r["connect"]["dport"] == port
                     and r["job"]["id"] == job)
     assert sorted((r["connect"]["family"], r["connect"]["proto"], r["connect"]["result"]) for r in seen) == [
-        ("inet", "tcp", -errno.EPERM), ("inet", "udp", -errno.EPERM), ("inet6", "tcp", -errno.EPERM)]
+        ("inet", "tcp", -errno.EPERM), ("inet", "tcp", -errno.EPERM), ("inet", "udp", -errno.EPERM),
+        ("inet6", "tcp", -errno.EPERM)]
 
 
 def test_egress_allowlist_in_scope_only(capture, enforcer, test_cgroup):

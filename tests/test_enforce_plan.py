@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import struct
+from pathlib import Path
 
-from agent.enforce_plan import DENY_PROGRAMS, PAYLOAD_PROGRAM, Planner, cgroup_level, deny_key, kill_key
+from agent.enforce_plan import (
+    DENY_PROGRAMS,
+    PAYLOAD_PROGRAM,
+    SOCKET_KINDS,
+    Planner,
+    cgroup_level,
+    deny_key,
+    kill_key,
+)
 from agent.jobs import DEFAULT_PATTERNS, match_job
 from collector.rules.loader import load_ruleset, rule_texts
 from collector.rules.lowering import compile_policy
@@ -60,3 +70,19 @@ def test_the_builtin_policy_plans_on_a_host_with_jobs():
     assert plan.switches["argv_config"] == 1 and plan.fingerprints
     assert all(path.startswith("/slurm") for path, _t in plan.attachments)   # never the host's own services
     assert any(t == PAYLOAD_PROGRAM[1] for _p, t in plan.attachments)
+
+
+def test_socket_kinds_mirror_the_kernel_and_each_kind_keeps_its_rule():
+    """A scope refusing raw IP sockets by one rule and packet sockets by another: both bits, and a refusal of
+    either names its own rule (probes/flow.c reads rule[] by kind)."""
+    header = (Path(__file__).resolve().parent.parent / "probes" / "gpuguard.h").read_text()
+    defined = {m[1]: int(m[2]) for m in re.finditer(r"^#define SOCKET_KIND_(\w+) (\d+)", header, re.M)}
+    assert defined == {"RAW": SOCKET_KINDS["raw-ip"], "ICMP": SOCKET_KINDS["icmp"], "PACKET": SOCKET_KINDS["packet"]}
+    scope = ppb.Scope(job_ids=["7"])
+    p = planner()
+    denies = [ppb.SocketDeny(rule_id="r-raw", scope=scope, kinds=["raw-ip"]),
+              ppb.SocketDeny(rule_id="r-packet", scope=scope, kinds=["packet", "raw-ip"])]
+    plan = p.plan(ppb.Policy(deny_sockets=denies), PATHS)
+    kinds, raw, _icmp, packet = struct.unpack("<IIII", plan.maps["deny_socket_scopes"][struct.pack("<Q", 12)])
+    assert kinds == SOCKET_KINDS["raw-ip"] | SOCKET_KINDS["packet"] and not kinds & SOCKET_KINDS["icmp"]
+    assert (p.rule_name(raw), p.rule_name(packet)) == ("r-raw", "r-packet")     # the first rule naming a kind

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -172,6 +173,53 @@ def test_raw_sockets_are_recorded_and_refused_in_scope_only(capture, enforcer, t
     hits = wait_for(capture, lambda r: r["kind"] == "socket" and r["job"]["id"] in (job, other_job), timeout=5)
     results = {r["job"]["id"]: (r["socket"]["what"], r["socket"]["result"]) for r in hits}
     assert results == {job: ("raw-ip", -errno.EPERM), other_job: ("raw-ip", 0)}
+
+
+ETH_P_TEST = 0x88B5          # IEEE local experimental Ethertype: nothing on the node speaks it
+PACKET_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.htons(0x88B5))
+s.bind(("lo", 0))                                   # loopback only
+print("made", flush=True)
+if sys.argv[1] == "send":
+    s.send(bytes(12) + bytes([0x88, 0xB5]) + b"gpuguard test frame")
+else:
+    s.setblocking(False)                            # recv() itself, not a poll() that times out
+    try:
+        s.recv(2048)
+    except BlockingIOError:
+        pass
+print("used", flush=True)
+"""
+
+
+def test_packet_sockets_are_recorded_at_use_and_their_user_killed_in_scope_only(capture, enforcer, test_cgroup):
+    """AF_PACKET passes neither cgroup/sock_create nor the connect hooks: a packet socket is seen at its first
+    send or receive (sock_send_length / sock_recv_length) in every job, and its user killed there where a policy
+    refuses packet sockets; a job without the policy keeps its socket. Frames go to loopback only."""
+    if not capture.probes.packet_sockets_seen:
+        pytest.skip("this kernel has no sock_send_length tracepoint (Linux < 6.3)")
+    job, cg = new_job(test_cgroup)
+    other_job, other = new_job(test_cgroup)
+    enforcer.apply(ppb.Policy(version=4, rules=["t-raw", "t-packet"], deny_sockets=[
+        ppb.SocketDeny(rule_id="t-raw", scope=ppb.Scope(job_ids=[job]), kinds=["raw-ip"]),
+        ppb.SocketDeny(rule_id="t-packet", scope=ppb.Scope(job_ids=[job]), kinds=["packet"])]), persist=False)
+
+    def run(where: Path, how: str) -> tuple[int, int, list[str]]:
+        proc = popen_in_cgroup(where, [PYTHON, "-c", PACKET_SOCKET, how], stdout=subprocess.PIPE, text=True)
+        return proc.pid, proc.wait(20), proc.stdout.read().split()
+
+    sender, receiver, free = run(cg, "send"), run(cg, "recv"), run(other, "send")
+    assert sender[1:] == receiver[1:] == (-9, ["made"]), (sender, receiver)      # killed at the first use
+    assert free[1:] == (0, ["made", "used"]), free
+    pids = {sender[0]: "send", receiver[0]: "recv", free[0]: "free"}
+    hits = [r for pid in pids for r in wait_for(capture, lambda r, pid=pid: r["kind"] == "socket"
+                                                and r["proc"]["pid"] == pid)]
+    got = {pids[r["proc"]["pid"]]: (r["job"]["id"], r["socket"]["family"], r["socket"]["what"],
+                                    r["socket"]["protocol"], r["socket"]["result"]) for r in hits}
+    assert got == {"send": (job, "packet", "packet", ETH_P_TEST, -errno.EPERM),
+                   "recv": (job, "packet", "packet", ETH_P_TEST, -errno.EPERM),
+                   "free": (other_job, "packet", "packet", ETH_P_TEST, 0)}, got
 
 
 MEMFD_EXEC = """
