@@ -167,7 +167,7 @@ OPTIONAL = {
     "INODE_CTIME_TS": (("inode", "__i_ctime"), ("inode", "i_ctime")),   # before: a timespec64 (6.6-6.10; older)
     "SKC_V6_DADDR": (("sock_common", "skc_v6_daddr"),),                   # CONFIG_IPV6 kernels
     "SKC_V6_RCV_SADDR": (("sock_common", "skc_v6_rcv_saddr"),),
-    "PACKET_SOCK_NUM": (("packet_sock", "num"),),   # a packet socket's Ethertype (not in BTF when af_packet is a module)
+    "PACKET_SOCK_NUM": (("packet_sock", "num"),),   # a packet socket's Ethertype (absent: af_packet a module)
 }
 
 

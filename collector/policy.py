@@ -13,6 +13,7 @@ Four parts, composed by ``PolicyManager`` under one lock:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -283,6 +284,11 @@ class Detection:
             state = ppb.ALERT_KILL_ORDERED
             outcome = "killed at exec in the kernel by the whole-argv scan; kill also ordered from the agent"
             self.orders.order(host, ev, rule.id, tree=False)
+        elif ev.WhichOneof("body") == "socket" and ev.socket.result == -errno.EPERM:
+            # the socket record is the kernel's own answer (no enforcement record follows it)
+            state = ppb.ALERT_CONFIRMED
+            outcome = ("killed in the kernel at the socket's first send or receive" if ev.socket.what == "packet"
+                       else "refused in the kernel (EPERM)")
         elif kernel_enforceable(rule) and "stdio_pty_network" in rule.match:
             # the kernel judges the shell's parent only; the agent found the holder among all its ancestors
             state = ppb.ALERT_KILL_ORDERED
