@@ -8,6 +8,7 @@ A matcher returns the field value that satisfied it (shown in the alert) or None
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 from collections.abc import Callable
@@ -517,6 +518,17 @@ def _unnamed(_value, _rule, _res):
         c = v.ev.connect
         return f"{c.daddr} (no DNS answer on this node named it)" if c.name_scope == "none" else None
     return unnamed
+
+
+@key("reached", ("connect",), _true)
+def _reached(_value, _rule, _res):
+    """The connect was not refused, denied or unreachable: established, a UDP destination set, or still in progress
+    when its outcome was due (a silent drop looks the same). A sweep's refused ports are the sweep's alert, not one
+    alert per service its ports happen to name."""
+    def reached(v, _c):
+        result = v.ev.connect.result
+        return "established" if result == 0 else "no answer yet" if result == -errno.EINPROGRESS else None
+    return reached
 
 
 @key("image_nolink", ("connect", "gpu_open"), _true)
