@@ -78,3 +78,24 @@ def test_argv_addresses_are_hosts_not_versions_and_outside_the_networks_given():
     assert seen("curl", "http://10.0.0.5/x", "http://127.0.0.1:8/") is None
     assert seen("curl", "http://169.254.169.254/", "http://224.0.0.1/") is None
     assert seen("curl", "http://10.0.0.5/x", "http://203.0.113.9/y") == "203.0.113.9"
+
+
+def test_a_key_that_remembers_counts_only_what_the_rules_other_keys_let_through():
+    """hosts_on_port_at_least written first still sees only the outside hosts: the engine evaluates keys that read
+    the job's context after the others, whatever order the rule file gives."""
+    from collector.correlate import Correlator  # noqa: PLC0415
+    from collector.rules.engine import Engine  # noqa: PLC0415
+
+    text = ("rules:\n  - id: t-spread\n    description: t\n    event: connect\n    action: alert\n"
+            "    match: {hosts_on_port_at_least: 3, daddr_not_in: [10.0.0.0/8], dport_in: [22]}\n")
+    rs = load_ruleset([("t.yaml", text)])
+    engine, correlator = Engine(rs), Correlator(rs)
+
+    def connect(i: int, daddr: str) -> list[str]:
+        ev = pb.Event(seq=i, ts_ns=i * 10**9, connect=pb.Connect(daddr=daddr, dport=22, proto="tcp"))
+        ev.job.kind, ev.job.id, ev.process.key, ev.process.pid = "slurm", "5", "k-1", 1
+        return [m.rule.id for m in engine.evaluate("h", ev, correlator.context("h", ev))]
+
+    inside = [connect(i, f"10.0.0.{i}") for i in range(1, 6)]          # five cluster hosts: never counted
+    outside = [connect(10 + i, f"198.51.100.{i}") for i in range(1, 4)]
+    assert inside == [[]] * 5 and outside == [[], [], ["t-spread"]], (inside, outside)

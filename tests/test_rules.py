@@ -143,7 +143,7 @@ def test_gpu_new_binary_and_pool_port_correlate(builtin):
     miner_gpu.process.key, miner_gpu.process.exe = "m", "/tmp/kworker"
     miner_gpu.process.ancestors.add(key="main")
     hits = engine.evaluate("h1", miner_gpu, corr.context("h1", miner_gpu))
-    assert [m.rule.id for m in hits] == ["gpu-open-new-binary"]
+    assert sorted(m.rule.id for m in hits) == ["gpu-open-new-binary", "gpu-used-from-staging-dir"]   # from /tmp
     assert corr.record("h1", miner_gpu, hits) == []
     pool = connect_event(3333, key="m", seq=4, exe="/tmp/kworker")
     pool_hits = engine.evaluate("h1", pool, corr.context("h1", pool))

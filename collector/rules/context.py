@@ -26,6 +26,8 @@ class JobContext:
     host: str = ""                                           # host of the event being evaluated
     encoded_names: dict[str, set[str]] = field(default_factory=dict)   # base domain -> encoded-looking names
     failed_destinations: OrderedDict[str, dict[tuple[str, int], int]] = field(default_factory=OrderedDict)
+    service_hosts: OrderedDict[tuple[str, int], dict[str, int]] = field(default_factory=OrderedDict)
+    # (process key, port) -> outside host -> when (ns) it was last reached there: a spread, by what it does
     node_listeners: dict[int, str] = field(default_factory=dict)   # this host's loopback-reachable ports -> the job
                                                                    # listening there (shared by the host's jobs)
     # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
@@ -145,6 +147,25 @@ FAILED_RESULTS = frozenset(-e for e in (errno.ECONNREFUSED, errno.ETIMEDOUT, err
                                         errno.EINPROGRESS))
 
 
+def recent_in_window(table: OrderedDict, key, item, now: int, at_least: int) -> list:
+    """Note ``item`` at ``now`` under ``key`` (a process's, bounded: least recently active dropped first) and
+    return the items seen under it within the last FANOUT_WINDOW_NS (bounded too: what fell out is forgotten)."""
+    seen = table.get(key)
+    if seen is None:
+        if len(table) >= MAX_FANOUT_PROCESSES:
+            table.popitem(last=False)
+        seen = table[key] = {}
+    else:
+        table.move_to_end(key)
+    seen[item] = now
+    if len(seen) > 4 * at_least:
+        for old in [d for d, t in seen.items() if now - t > FANOUT_WINDOW_NS]:
+            del seen[old]
+        while len(seen) > 4 * at_least:
+            del seen[next(iter(seen))]
+    return [d for d, t in seen.items() if now - t <= FANOUT_WINDOW_NS]
+
+
 def failed_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
     """One process whose connects failed at many distinct destinations within a minute: a port or host scan
     (nmap -sT, a Python sweep, an agent probing for a way out), whatever the program is. Distributed training
@@ -152,25 +173,24 @@ def failed_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
     c = ev.connect
     if c.result not in FAILED_RESULTS or not ev.process.key:
         return None
-    seen = ctx.failed_destinations.get(ev.process.key)
-    if seen is None:
-        if len(ctx.failed_destinations) >= MAX_FANOUT_PROCESSES:
-            ctx.failed_destinations.popitem(last=False)
-        seen = ctx.failed_destinations[ev.process.key] = {}
-    else:
-        ctx.failed_destinations.move_to_end(ev.process.key)
-    now = ev.ts_ns
-    seen[(c.daddr, c.dport)] = now
-    if len(seen) > 4 * at_least:                 # bounded: forget what fell out of the window
-        for dest in [d for d, t in seen.items() if now - t > FANOUT_WINDOW_NS]:
-            del seen[dest]
-        while len(seen) > 4 * at_least:
-            del seen[next(iter(seen))]
-    recent = [d for d, t in seen.items() if now - t <= FANOUT_WINDOW_NS]
+    recent = recent_in_window(ctx.failed_destinations, ev.process.key, (c.daddr, c.dport), ev.ts_ns, at_least)
     if len(recent) < at_least:
         return None
     hosts = {d[0] for d in recent}
     return f"{len(recent)} distinct destinations failed within a minute ({len(hosts)} hosts, e.g. {c.daddr}:{c.dport})"
+
+
+def host_fanout(ev: pb.Event, ctx: JobContext, at_least: int) -> str | None:
+    """One process reaching many distinct hosts on one port within a minute, whatever they answer: a brute-forcer
+    or a worm spreading over SSH, RDP, Redis or a container API. Which ports and which hosts count is the rule's
+    other keys' to say (the engine evaluates this key after them, so it counts only what they let through)."""
+    c = ev.connect
+    if not ev.process.key:
+        return None
+    recent = recent_in_window(ctx.service_hosts, (ev.process.key, c.dport), c.daddr, ev.ts_ns, at_least)
+    if len(recent) < at_least:
+        return None
+    return f"{len(recent)} distinct hosts on port {c.dport} within a minute (e.g. {c.daddr})"
 
 
 DISCOVERY_WINDOW_NS = 60 * 10**9

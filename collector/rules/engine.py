@@ -174,7 +174,9 @@ class Engine:
         self.memo_hits = self.memo_misses = 0
         self.context_classes: set[str] = set()      # classes with a rule that reads the job's context
         for rule in ruleset.rules.values():
-            cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.match.items()],
+            # keys that remember (the job's context) last: they count only what the rule's other keys let through
+            keys = sorted(rule.match.items(), key=lambda kv: REGISTRY[kv[0]].context)
+            cr = CompiledRule(rule, [(k, compile_matcher(k, v, rule, resolver)) for k, v in keys],
                               [(k, compile_matcher(k, v, rule, resolver)) for k, v in rule.unless.items()])
             table = self.stateful if is_stateful(rule) else self.by_event
             if any(REGISTRY[k].context for part in (rule.match, rule.unless) for k in part):

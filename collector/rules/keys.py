@@ -23,6 +23,7 @@ from collector.rules.context import (
     dns_tunnel_shape,
     failed_fanout,
     gpu_new_binary,
+    host_fanout,
     normal_name,
     other_jobs_listener,
     under_any,
@@ -576,6 +577,11 @@ def _dns_qtype_in(value, _rule, _res):
 @key("failed_fanout_at_least", ("connect",), _count, context=True)
 def _failed_fanout_at_least(value, _rule, _res):
     return lambda v, ctx: failed_fanout(v.ev, ctx, value) if ctx is not None else None
+
+
+@key("hosts_on_port_at_least", ("connect",), _count, context=True)
+def _hosts_on_port_at_least(value, _rule, _res):
+    return lambda v, ctx: host_fanout(v.ev, ctx, value) if ctx is not None else None
 
 
 @key("discovery_burst_at_least", ("exec",), _count, context=True)
