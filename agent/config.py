@@ -24,6 +24,7 @@ class AgentConfig:
     gpu_sample_s: float = 5.0               # GPU processes sampled from NVML this often (0: off)
     nvml_library: str = ""                  # a libnvidia-ml.so.1 to load instead of the system's (tests, demos)
     capture_budget_per_s: int = 4000        # shared-ring records per job cgroup per second; over it: counted, not sent
+    packet_sockets: bool = True             # watch every socket send/receive for packet sockets (probes/flow.c)
     status_interval_s: float = 10.0
     host_id: str = ""
     token_file: str = ""                     # this agent's credential; default AUTH_DIR/credentials/agent[-HOST].token

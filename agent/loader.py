@@ -174,6 +174,7 @@ class CaptureProbes:
     offsets: dict = field(default_factory=dict)
     majors: dict = field(default_factory=dict)
     consumer: str = "auto"              # "c": the C callback (agent/ringcb.c); "python": BCC's; "auto": C if it builds
+    watch_packet_sockets: bool = True   # attach the packet-socket probes (every socket send/receive pays a read)
     packet_sockets_seen: bool = False   # the sock_send/recv_length tracepoints are attached (Linux 6.3+)
     _pending: list[bytes] = field(default_factory=list)
     _pending_priority: list[bytes] = field(default_factory=list)
@@ -246,7 +247,12 @@ class CaptureProbes:
 
     def attach_packet_use(self) -> None:
         """Packet sockets at their sends and receives (probes/flow.c packet_use): tracepoints of Linux 6.3+. An
-        older kernel runs without them and says so; nothing else depends on them."""
+        older kernel runs without them and says so, as does a node configured without them (packet_sockets =
+        false: small-message socket traffic pays ~130 ns per send or receive here); nothing else depends on them."""
+        if not self.watch_packet_sockets:
+            log.warning("packet sockets are not watched (packet_sockets = false): a job's AF_PACKET frames pass "
+                        "every connect hook unseen and packet-socket rules cannot be enforced")
+            return
         self.packet_sockets_seen = True
         for tracepoint, fn in PACKET_USE_TRACEPOINTS:
             try:

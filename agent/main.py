@@ -54,7 +54,7 @@ class Agent:
         self.cfg = cfg
         self.identity = HostIdentity.current(cfg.host_id or None)
         self.capture = Capture(self.identity, cfg.patterns(), cfg.ringbuf_pages, cfg.hash_executables,
-                               budget_per_s=cfg.capture_budget_per_s)
+                               budget_per_s=cfg.capture_budget_per_s, packet_sockets=cfg.packet_sockets)
         self.spool = None
         self.shipper = None
         self.enforcer = None

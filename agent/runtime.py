@@ -50,10 +50,12 @@ class Capture:
 
     def __init__(self, identity: HostIdentity | None = None, job_patterns: tuple[JobPattern, ...] = (),
                  ringbuf_pages: int = 4096, hash_executables: bool = True, verify_offsets: bool = True,
-                 priority_pages: int = 2048, budget_per_s: int = DEFAULT_BUDGET_PER_S, consumer: str = "auto") -> None:
+                 priority_pages: int = 2048, budget_per_s: int = DEFAULT_BUDGET_PER_S, consumer: str = "auto",
+                 packet_sockets: bool = True) -> None:
         self.verify_offsets = verify_offsets
         self.identity = identity or HostIdentity.current()
-        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages, consumer=consumer)
+        self.probes = CaptureProbes(ringbuf_pages=ringbuf_pages, priority_pages=priority_pages, consumer=consumer,
+                                    watch_packet_sockets=packet_sockets)
         self.table = ProcessTable(self.identity.boot_id)
         self.hasher = ExeHasher() if hash_executables else None
         self.jobs = JobResolver(ensure_cgroup2_mount(), job_patterns)

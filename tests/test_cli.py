@@ -122,3 +122,25 @@ def test_nothing_found_is_5_and_a_bad_policy_file_is_named_in_the_error(tmp_path
 def test_up_can_serve_the_page_and_metrics_too():
     out = subprocess.run([*CLI, "up", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and "--http" in out.stdout and "--metrics" in out.stdout
+
+
+def test_packet_socket_watch_can_be_turned_off_by_file_or_flag(tmp_path, caplog):
+    """On by default; `packet_sockets = false` or --no-packet-sockets leaves the send/receive probes unattached and
+    says what that gives up (the loader's choice, checked without a kernel: nothing is asked of BPF)."""
+    from agent.config import load_config  # noqa: PLC0415
+    from agent.loader import CaptureProbes  # noqa: PLC0415
+
+    assert load_config(None, {}).packet_sockets is True
+    conf = tmp_path / "agent.toml"
+    conf.write_text("[agent]\npacket_sockets = false\n")
+    assert load_config(str(conf), {}).packet_sockets is False
+    assert "--no-packet-sockets" in gg("agent", "--help").stdout
+
+    class NoBpf:
+        def attach_raw_tracepoint(self, **_kw):
+            raise AssertionError("attached although turned off")
+
+    probes = CaptureProbes(bpf=NoBpf(), watch_packet_sockets=False)
+    with caplog.at_level("WARNING"):
+        probes.attach_packet_use()
+    assert not probes.packet_sockets_seen and "packet sockets are not watched" in caplog.text
