@@ -93,6 +93,7 @@ SOCK_STREAM = 1
 SOCK_TYPES = {SOCK_STREAM: "tcp", 2: "udp"}
 SOCKET_TYPE_NAMES = {1: "stream", 2: "dgram", 3: "raw", 10: "packet"}
 AF_PACKET = 17
+FAMILY_NAMES = {10: "inet6", AF_PACKET: "packet"}
 PTY_HOLDER_DEPTH = 8         # ancestors looked at for a pty master's holder
 MAX_CONNECTED_OUT = 16384
 QUERY_REPEAT_S = 30.0        # the same query from the same process within this is not recorded again
@@ -592,7 +593,7 @@ def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
 
 def family_name(family: int) -> str:
     """How records name an address family: inet6, packet (AF_PACKET), else inet."""
-    return {10: "inet6", AF_PACKET: "packet"}.get(family, "inet")
+    return FAMILY_NAMES.get(family, "inet")
 
 
 def socket_kind(family: int, sock_type: int, protocol: int) -> tuple[int, str]:

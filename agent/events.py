@@ -114,8 +114,8 @@ class FlowEvent:
 
 @dataclass(slots=True)
 class SocketEvent:
-    """A raw IP or ICMP socket created (cgroup/sock_create), or a packet socket asked for (the socket()
-    tracepoint)."""
+    """A raw IP or ICMP socket created (cgroup/sock_create), or a packet socket at its first send or receive
+    (probes/flow.c packet_use)."""
 
     hdr: Header       # result: 0, or -1 when a policy refused it (EPERM)
     family: int

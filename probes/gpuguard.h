@@ -354,8 +354,8 @@ static __always_inline void emit(void *e, u32 size, u32 kind)
  * agent/enforce.py). Checked by every enforcement program. */
 GG_SHARED_TABLE("hash", u64, u32, exempt_scopes, 4096);
 
-/* Raw IP, ICMP and packet sockets refused per scope: the root sock_create hook and the socket() tracepoint
- * (flow.c) read it, the enforcer writes it. */
+/* Raw IP, ICMP and packet sockets refused per scope: the root sock_create hook and the packet-socket probes on
+ * socket sends and receives (flow.c) read it, the enforcer writes it. */
 #define SOCKET_KIND_RAW 1          /* deny_socket_scopes value bits */
 #define SOCKET_KIND_ICMP 2
 #define SOCKET_KIND_PACKET 4
