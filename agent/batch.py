@@ -18,6 +18,8 @@ from agent.events import (
     ConnectEvent,
     ConnectResultEvent,
     DecodeStats,
+    ExecEvent,
+    ExecShape,
     ExitEvent,
     ForkEvent,
     GpuOpenEvent,
@@ -30,6 +32,8 @@ from gpuguard.v1 import events_pb2 as pb
 
 PRIORITY_KINDS = frozenset((pb.KIND_EXEC, pb.KIND_FORK, pb.KIND_EXIT, pb.KIND_CGROUP, pb.KIND_ENFORCE))
 CONNECT_KINDS = frozenset((pb.KIND_CONNECT, pb.KIND_CONNECT_RESULT))
+MAX_EXEC_SHAPES = 4096          # distinct exec shapes remembered across batches (cleared when exceeded)
+_EXEC_SHAPES: dict[tuple, ExecEvent] = {}     # shape key -> the first record of that shape (its hdr unset)
 
 
 def dtype_of(kind: int) -> np.dtype:
@@ -135,17 +139,31 @@ def _connects(arr: np.ndarray, comms) -> list[KernelEvent]:
 
 
 def _execs(arr: np.ndarray, comms) -> list[KernelEvent]:
+    """Execs, each record's fields decoded once per distinct shape (everything but its process, its parent and its
+    time): a storm of identical execs shares the argv, the names and an ExecShape (agent/events.py)."""
     size, args_at = arr.dtype.itemsize, arr.dtype.fields["args"][1]
     args_cap = arr.dtype.fields["args"][0].itemsize
     buf = arr.tobytes()
-    return [exec_event(h, argc, buf[at:at + min(n, args_cap)], flags, total, fname, jenv, ppid, stdio, traits, tty, ino,
-                       dev, ctime)
-            for h, at, argc, n, flags, total, fname, jenv, ppid, stdio, traits, tty, ino, dev, ctime in zip(
-                _headers(arr, comms), range(args_at, args_at + size * arr.size, size), arr["argc"].tolist(),
-                arr["args_len"].tolist(), arr["flags"].tolist(), arr["args_total"].tolist(), arr["filename"].tolist(),
-                arr["job_env"].tolist(), arr["ppid"].tolist(), arr["stdio"].tolist(), arr["traits"].tolist(),
-                arr["tty"].tolist(), arr["exe_ino"].tolist(), arr["exe_dev"].tolist(), arr["exe_ctime_ns"].tolist(),
-                strict=True)]
+    shapes = _EXEC_SHAPES
+    if len(shapes) > MAX_EXEC_SHAPES:
+        shapes.clear()
+    out = []
+    for h, at, argc, n, flags, total, fname, jenv, ppid, stdio, traits, tty, ino, dev, ctime in zip(
+            _headers(arr, comms), range(args_at, args_at + size * arr.size, size), arr["argc"].tolist(),
+            arr["args_len"].tolist(), arr["flags"].tolist(), arr["args_total"].tolist(), arr["filename"].tolist(),
+            arr["job_env"].tolist(), arr["ppid"].tolist(), arr["stdio"].tolist(), arr["traits"].tolist(),
+            arr["tty"].tolist(), arr["exe_ino"].tolist(), arr["exe_dev"].tolist(), arr["exe_ctime_ns"].tolist(),
+            strict=True):
+        args = buf[at:at + min(n, args_cap)]
+        key = (args, fname, argc, flags, total, jenv, stdio, traits, tty, ino, dev, ctime)
+        like = shapes.get(key)
+        if like is None:
+            like = shapes[key] = exec_event(None, argc, args, flags, total, fname, jenv, 0, stdio, traits, tty, ino,
+                                            dev, ctime)
+            like.shape = ExecShape()
+        out.append(ExecEvent(h, like.filename, like.argv, like.argv_truncated, like.argv_fault, like.slurm_job_env,
+                             ppid, like.stdio, like.traits, like.tty, like.argv_bytes, like.exe_inode, like.shape))
+    return out
 
 
 def _connect_results(arr, comms) -> list[KernelEvent]:

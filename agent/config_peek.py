@@ -137,8 +137,12 @@ class ConfigPeek:
         self.budget = READS_PER_DRAIN
 
     def lines(self, pid: int, uid: int, gid: int, argv: list[str], exe: str) -> list[str]:
+        return self.lines_from(candidate_paths(argv, exe), pid, uid, gid)
+
+    def lines_from(self, paths: list[str], pid: int, uid: int, gid: int) -> list[str]:
+        """The telling lines of these files, as the process would open them (``candidate_paths`` of its argv)."""
         out: list[str] = []
-        for path in candidate_paths(argv, exe):
+        for path in paths:
             out.extend(self._file(pid, uid, gid, path))
             if len(out) >= MAX_LINES:
                 break

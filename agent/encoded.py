@@ -37,30 +37,65 @@ PROCESS_TAG = field_tag(pb.Event.PROCESS_FIELD_NUMBER)
 JOB_TAG = field_tag(pb.Event.JOB_FIELD_NUMBER)
 
 
+class ImageTail:
+    """A Process's fields from exe on (exe ... exe_sha256) as a message, and its bytes once asked for. Shared by
+    the processes that run one exec shape (agent/events.py) in one cgroup as one user: a shell loop's thousands of
+    /bin/true serialise it once."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, message: pb.Process) -> None:
+        self.message = message
+        self.data: bytes | None = None
+
+    def serialized(self) -> bytes:
+        if self.data is None:
+            self.data = self.message.SerializeToString()
+        return self.data
+
+    def set_hash(self, digest: str) -> None:
+        self.message.exe_sha256 = digest
+        self.data = None
+
+
 class ImageRecord:
     """What every event of one process image shares of its Process (agent/enrich.py ``_image``): the fields
-    from exe on (``tail``, a message), and made from it on first use the whole message without ancestors (for
-    events built as objects) and the serialised pieces (for events built as bytes)."""
+    from exe on (``tail``, perhaps shared with other processes), and made from it on first use the whole message
+    without ancestors (for events built as objects) and the serialised pieces (for events built as bytes)."""
 
-    __slots__ = ("fields", "ident", "message", "tail")
+    __slots__ = ("fields", "ident", "message", "tail", "thread")
 
-    def __init__(self, ident: tuple[int, int, int], tail: pb.Process) -> None:
+    def __init__(self, ident: tuple[int, int, int], tail: ImageTail) -> None:
         self.ident, self.tail = ident, tail
         self.message: pb.Process | None = None
         self.fields: tuple[bytes, bytes, bytes] | None = None
+        self.thread: tuple | None = None       # (fields, tid, comm, the Process's bytes for that thread)
+
+
+def process_head(key: str, parent_key: str, pid: int) -> bytes:
+    """A Process's fields 1-3 (key, parent_key, pid): the part of its bytes that is its own."""
+    return text_field(1, key) + text_field(2, parent_key) + int_field(3, pid)
+
+
+SMALL_VARINTS = tuple(varint(n) for n in range(1 << 14))     # lengths and small values: a look-up, not a call
+TEXT_TAGS = tuple(field_tag(n) for n in range(32))
+INT_TAGS = tuple(bytes((n << 3,)) for n in range(16))
 
 
 def text_field(number: int, value: str) -> bytes:
-    """A proto3 string field; the empty string is the default and is not written."""
+    """A proto3 string field (numbered below 32); the empty string is the default and is not written."""
     if not value:
         return b""
     raw = value.encode()
-    return field_tag(number) + varint(len(raw)) + raw
+    n = len(raw)
+    return TEXT_TAGS[number] + (SMALL_VARINTS[n] if n < 16384 else varint(n)) + raw
 
 
 def int_field(number: int, value: int) -> bytes:
-    """A proto3 varint field (int32, uint32, int64); zero is the default and is not written."""
-    return bytes((number << 3,)) + varint(value) if value else b""
+    """A proto3 varint field (int32, uint32, int64; numbered below 16); zero is the default and is not written."""
+    if not value:
+        return b""
+    return INT_TAGS[number] + (SMALL_VARINTS[value] if 0 < value < 16384 else varint(value))
 
 
 class EncodedEvent:
@@ -183,15 +218,16 @@ def with_seq(seq: int, data: bytes) -> bytes:
 
 def length_delimited(tag: bytes, payload: bytes) -> bytes:
     """A message field (tag, length, the message's bytes): present even when the message is empty."""
-    return tag + varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (SMALL_VARINTS[n] if n < 16384 else varint(n)) + payload
 
 
-def process_data(fields: tuple[bytes, bytes, bytes], tid: int, comm: str, ancestry: bytes) -> bytes:
-    """A Process's bytes in field order: the image's fields 1-3 (key, parent_key, pid), the thread (4), field 5
-    (ppid), the thread's comm (6), fields 7-13 (exe ... exe_sha256), the ancestors (14: repeated, so the bytes of
-    a Process holding only them are those entries)."""
+def process_data(fields: tuple[bytes, bytes, bytes], tid: int, comm: str) -> bytes:
+    """A Process's bytes in field order, without its ancestors: the image's fields 1-3 (key, parent_key, pid), the
+    thread (4), field 5 (ppid), the thread's comm (6), fields 7-13 (exe ... exe_sha256). The ancestors (14) go
+    last and are repeated, so appending the bytes of a Process holding only them adds them."""
     head, ppid, tail = fields
-    return head + int_field(4, tid) + ppid + text_field(6, comm) + tail + ancestry
+    return head + int_field(4, tid) + ppid + text_field(6, comm) + tail
 
 
 def event_prefix(boot: bytes, process: bytes, job: bytes) -> bytes:

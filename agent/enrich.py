@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from agent.config_peek import ConfigPeek
+from agent.config_peek import ConfigPeek, candidate_paths
 from agent.encoded import (
     EXEC_FIELD,
     EXIT_FIELD,
@@ -25,12 +25,14 @@ from agent.encoded import (
     EncodedConnect,
     EncodedEvent,
     ImageRecord,
+    ImageTail,
     encoded_connect,
     event_data,
     event_prefix,
     int_field,
     length_delimited,
     process_data,
+    process_head,
     text_field,
 )
 from agent.events import (
@@ -39,6 +41,7 @@ from agent.events import (
     ConnectResultEvent,
     EnforceEvent,
     ExecEvent,
+    ExecShape,
     ExitEvent,
     FlowEvent,
     ForkEvent,
@@ -100,6 +103,7 @@ QUERY_REPEAT_S = 30.0        # the same query from the same process within this 
 MAX_QUERIES_TRACKED = 16384
 MAX_ANCESTRIES = 4096        # ancestor messages kept (one per distinct parent image)
 MAX_JOB_FIELDS = 4096        # serialised jobs kept (one per job seen lately)
+MAX_SHARED_TAILS = 4096      # image tails shared by processes of one exec shape (cleared when exceeded)
 
 
 class Enricher:
@@ -120,6 +124,7 @@ class Enricher:
         self.connected_out: OrderedDict[int, str] = OrderedDict()   # pid -> its last TCP connect off the node
         self.encode_events = False      # connects, execs, exits as bytes (agent/encoded.py): set by the agent
         self._job_fields: dict[Job, bytes] = {}     # a job as Event field 5, made once per job
+        self._tails: dict[tuple, ImageTail] = {}    # (exec shape, file, cgroup, uid, gid) -> its processes' tail
         self._boot_field = text_field(3, identity.boot_id)
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
         self._ancestries: OrderedDict[int, tuple[list, pb.Process, bytes]] = OrderedDict()  # id(lineage) -> it
@@ -162,36 +167,52 @@ class Enricher:
     def _image(self, hdr: Header, p: Process) -> ImageRecord:
         """The parts of this image's Process that every event of it shares (without ancestors), made once per
         (process image, cgroup, uid, gid) and remade when the image's hash becomes known: a storm of events from
-        one process then costs a copy or a concatenation, not a rebuild."""
+        one process then costs a copy or a concatenation, not a rebuild. Processes that exec'd one shape from one
+        executable file share the part from exe on (``_tail``)."""
         ident = (hdr.cgroup_id, hdr.uid, hdr.gid)
         image = p.image
         if image is None or image.ident != ident:
-            tail = pb.Process(exe=p.exe, argv=p.argv, uid=hdr.uid, gid=hdr.gid, cgroup_id=hdr.cgroup_id,
-                              cgroup=self.jobs.path_of(hdr.cgroup_id)[:4096])
-            image = p.image = ImageRecord(ident, tail)
-        if not image.tail.exe_sha256 and self.hasher and p.exe:
+            image = p.image = ImageRecord(ident, self._tail(p, ident))
+        tail = image.tail
+        if not tail.message.exe_sha256 and self.hasher and p.exe:
             digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
             if digest:
-                image.tail.exe_sha256 = digest
+                tail.set_hash(digest)
                 image.message = image.fields = None
         return image
+
+    def _tail(self, p: Process, ident: tuple[int, int, int]) -> ImageTail:
+        shared = p.shape is not None and p.exe_inode is not None      # the same file, run the same way
+        key = (p.shape, p.exe_inode, ident)
+        if shared:
+            tail = self._tails.get(key)
+            if tail is not None:
+                return tail
+        cgroup_id, uid, gid = ident
+        tail = ImageTail(pb.Process(exe=p.exe, argv=p.argv, uid=uid, gid=gid, cgroup_id=cgroup_id,
+                                    cgroup=self.jobs.path_of(cgroup_id)[:4096]))
+        if shared:
+            if len(self._tails) > MAX_SHARED_TAILS:
+                self._tails.clear()
+            self._tails[key] = tail
+        return tail
 
     def _proc_base(self, hdr: Header, p: Process) -> pb.Process:
         """The image's Process as a message, for events built as objects. The ancestors are merged into the event
         itself when it carries them (once per image)."""
         image = self._image(hdr, p)
-        if image.message is None:
+        if image.message is None or image.message.exe_sha256 != image.tail.message.exe_sha256:
             image.message = pb.Process(key=p.key, pid=hdr.pid, ppid=p.ppid, parent_key=self.table.parent_key(p))
-            image.message.MergeFrom(image.tail)
+            image.message.MergeFrom(image.tail.message)
         return image.message
 
     def _process_fields(self, hdr: Header, p: Process) -> tuple[bytes, bytes, bytes]:
         """The same as bytes, for encoded events (agent/encoded.py process_data): fields 1-3, field 5, fields
         7-13, so the thread's fields go between."""
         image = self._image(hdr, p)
-        if image.fields is None:
-            head = text_field(1, p.key) + text_field(2, self.table.parent_key(p)) + int_field(3, hdr.pid)
-            image.fields = (head, int_field(5, p.ppid), image.tail.SerializeToString())
+        tail = image.tail.serialized()
+        if image.fields is None or image.fields[2] is not tail:      # a shared tail may have learnt its hash
+            image.fields = (process_head(p.key, self.table.parent_key(p), hdr.pid), int_field(5, p.ppid), tail)
         return image.fields
 
     def _ancestry(self, p: Process) -> pb.Process:
@@ -223,15 +244,25 @@ class Enricher:
                 JOB_TAG, pb.Job(kind=job.kind, id=job.id, name=job.name).SerializeToString())
         return field
 
+    def _thread_process(self, hdr: Header, p: Process) -> bytes:
+        """The Process without its ancestors as bytes, for this thread: made once per image and thread (an exec
+        and its exit share it, and so does a storm of connects from one thread)."""
+        fields = self._process_fields(hdr, p)
+        image = p.image
+        comm = hdr.comm or p.comm
+        made = image.thread
+        if made is None or made[0] is not fields or made[1] != hdr.tid or made[2] != comm:
+            made = image.thread = (fields, hdr.tid, comm, process_data(fields, hdr.tid, comm))
+        return made[3]
+
     def _encoded(self, hdr: Header, p: Process, job: Job, body_field: int, body: bytes,
                  with_ancestry: bool) -> EncodedEvent:
         """The event ``_event`` plus a body would make, as its bytes (agent/encoded.py): the same ancestry rule,
         the same fields, parsed back they are equal (tests/test_encoded.py)."""
-        ancestry = b""
+        process = self._thread_process(hdr, p)
         if with_ancestry:
             p.ancestry_sent = True
-            ancestry = self._ancestry_bytes(p)
-        process = process_data(self._process_fields(hdr, p), hdr.tid, hdr.comm or p.comm, ancestry)
+            process += self._ancestry_bytes(p)
         data = event_data(self.clock.to_wall(hdr.ts_boot_ns), event_prefix(self._boot_field, process,
                                                                            self._job_field(job)), body_field, body)
         return EncodedEvent(data, hdr.pid, job.id, body_field)
@@ -265,16 +296,14 @@ class Enricher:
         thread serialises its process once. The ancestry rides on the image's first event only, as ``_event``
         has it."""
         ancestry = not p.ancestry_sent
-        fields = self._process_fields(hdr, p)
-        comm = hdr.comm or p.comm
+        process = self._thread_process(hdr, p)
         cached = p.connect_prefix
-        if (cached is not None and cached[0] is fields and cached[1] == hdr.tid and cached[2] == comm
-                and cached[3] == job and cached[4] == ancestry):
-            return cached[5]
+        if cached is not None and cached[0] is process and cached[1] == job and cached[2] == ancestry:
+            return cached[3]
         p.ancestry_sent = True
-        process = process_data(fields, hdr.tid, comm, self._ancestry_bytes(p) if ancestry else b"")
-        prefix = event_prefix(self._boot_field, process, self._job_field(job))
-        p.connect_prefix = (fields, hdr.tid, comm, job, ancestry, prefix)
+        prefix = event_prefix(self._boot_field, process + self._ancestry_bytes(p) if ancestry else process,
+                              self._job_field(job))
+        p.connect_prefix = (process, job, ancestry, prefix)
         return prefix
 
     @staticmethod
@@ -306,23 +335,7 @@ class Enricher:
             return None
         p = self._process(hdr)
         if isinstance(ev, ExecEvent):
-            if ev.argv_truncated:
-                full = full_cmdline(hdr.pid, ev.argv)
-                if full is not None:
-                    ev.argv, ev.argv_truncated = full
-            self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid, ev.exe_inode)
-            job = self._job_for(p, hdr, ev.slurm_job_env)
-            pty_peer = self._pty_peer(hdr.pid, ev.tty) if ev.tty >= 0 else ""
-            forwards = self._ssh_forwards(hdr, ev.argv) if os.path.basename(ev.filename) in SSH_CLIENTS else ()
-            config_lines = self.config_peek.lines(hdr.pid, hdr.uid, hdr.gid, ev.argv, ev.filename)
-            body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
-                           argv_bytes=ev.argv_bytes, stdio=ev.stdio or (), traits=ev.traits or (), pty_peer=pty_peer,
-                           ssh_forwards=forwards, config_lines=config_lines)
-            if self.encode_events:
-                return self._encoded(hdr, p, job, EXEC_FIELD, body.SerializeToString(), with_ancestry=True)
-            out = self._event(hdr, p, job, exec_=True)
-            out.exec.CopyFrom(body)
-            return out
+            return self._exec(ev, hdr, p)
         job = self._job_for(p, hdr)
         if isinstance(ev, ExitEvent):
             self.connected_out.pop(hdr.pid, None)
@@ -387,6 +400,44 @@ class Enricher:
             out.listen.family, out.listen.addr, out.listen.port = family_name(ev.family), ev.addr, ev.port
             return out
         raise TypeError(f"unhandled event type {type(ev).__name__}")
+
+    def _exec(self, ev: ExecEvent, hdr: Header, p: Process) -> pb.Event | EncodedEvent:
+        """An exec. What follows from the record alone (its body, the configuration files its argv names, whether
+        it is an ssh client) is made once per shape (agent/events.py ExecShape): a storm of identical execs pays
+        for its processes, not for its argv."""
+        shape = ev.shape
+        if ev.argv_truncated:
+            full = full_cmdline(hdr.pid, ev.argv)
+            if full is not None:
+                ev.argv, ev.argv_truncated = full
+                shape = None                     # this record now says more than its shape
+        self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid, ev.exe_inode, shape)
+        job = self._job_for(p, hdr, ev.slurm_job_env)
+        pty_peer = self._pty_peer(hdr.pid, ev.tty) if ev.tty >= 0 else ""
+        if shape is None:
+            shape = ExecShape()
+        if shape.ssh_client is None:
+            shape.ssh_client = os.path.basename(ev.filename) in SSH_CLIENTS
+            shape.config_paths = candidate_paths(ev.argv, ev.filename)
+        forwards = self._ssh_forwards(hdr, ev.argv) if shape.ssh_client else ()
+        config_lines = self.config_peek.lines_from(shape.config_paths, hdr.pid, hdr.uid, hdr.gid) \
+            if shape.config_paths else []
+        if pty_peer or forwards or config_lines or not self.encode_events:
+            body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
+                           argv_bytes=ev.argv_bytes, stdio=ev.stdio or (), traits=ev.traits or (), pty_peer=pty_peer,
+                           ssh_forwards=forwards, config_lines=config_lines)
+            if not self.encode_events:
+                out = self._event(hdr, p, job, exec_=True)
+                out.exec.CopyFrom(body)
+                return out
+            data = body.SerializeToString()
+        else:
+            data = shape.body
+            if data is None:
+                data = shape.body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
+                                            argv_bytes=ev.argv_bytes, stdio=ev.stdio or (),
+                                            traits=ev.traits or ()).SerializeToString()
+        return self._encoded(hdr, p, job, EXEC_FIELD, data, with_ancestry=True)
 
     def _pty_peer(self, pid: int, tty: int) -> str:
         """The ancestor holding the master of pts ``tty``, if it connected out of the node: a pty reverse shell

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -15,6 +15,20 @@ class Header:
     gid: int
     result: int
     comm: str
+
+
+class ExecShape:
+    """What identical exec records share: a shell loop or a build execs the same image with the same argv thousands
+    of times, and the batch decoder (agent/batch.py) hands every such record one shape. What the agent derives from
+    the record alone - its Exec body's bytes, the configuration files its argv names, whether it is an ssh client -
+    is kept here and made once per shape (agent/enrich.py), not once per exec."""
+
+    __slots__ = ("body", "config_paths", "ssh_client")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None                 # the Exec body when nothing about the process adds to it
+        self.config_paths: list[str] | None = None     # agent/config_peek.py candidate_paths
+        self.ssh_client: bool | None = None
 
 
 @dataclass(slots=True)
@@ -31,6 +45,7 @@ class ExecEvent:
     tty: int = -1                    # the pts number of the first pty slave on fds 0-2 (-1: none)
     argv_bytes: int = 0              # the whole argv's size in memory (NUL-separated), however much was read
     exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of the new image
+    shape: ExecShape | None = field(default=None, compare=False, repr=False)   # shared by identical records
 
 
 @dataclass(slots=True)

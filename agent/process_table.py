@@ -17,6 +17,7 @@ from agent.text import budget_argv, clean, clip
 
 if TYPE_CHECKING:
     from agent.encoded import ImageRecord
+    from agent.events import ExecShape
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PER_TICK = 1_000_000_000 // CLK_TCK
@@ -49,6 +50,7 @@ class Process:
     connect_prefix: tuple | None = None  # the serialised process + job its connect events share (agent/enrich.py)
     summaries: dict | None = None       # argv budget -> (summary, its argv's size): made once per image
     exe_inode: tuple[int, int, int] | None = None   # (kernel dev, inode, ctime ns) of this image, from its exec
+    shape: ExecShape | None = None      # the exec record's shape, shared with identical execs (agent/events.py)
 
     def summary(self, argv_budget: int = ANCESTOR_ARGV_CHARS) -> dict:
         """What an ancestor contributes to a record: bounded, whatever its command line was."""
@@ -142,11 +144,11 @@ class ProcessTable:
         return child
 
     def on_exec(self, pid: int, exe: str, argv: list[str], comm: str, ppid: int = 0,
-                exe_inode: tuple[int, int, int] | None = None) -> Process | None:
+                exe_inode: tuple[int, int, int] | None = None, shape: ExecShape | None = None) -> Process | None:
         p = self.get(pid)
         if p is None:
             return None
-        p.exe, p.argv, p.comm, p.exe_inode = exe, argv, comm, exe_inode
+        p.exe, p.argv, p.comm, p.exe_inode, p.shape = exe, argv, comm, exe_inode, shape
         if ppid:
             p.ppid = ppid               # the kernel's real parent (re-parenting happens)
         p.lineage = None

@@ -19,7 +19,16 @@ from agent.connect_batch import BulkConnects, bulk_ready
 from agent.decode import CONNECT_IMAGE_NOLINK
 from agent.encoded import EncodedEvent, expand, pid_of, varint
 from agent.enrich import Enricher
-from agent.events import ConnectEvent, ConnectResultEvent, DecodeStats, ExecEvent, ExitEvent, ForkEvent, Header
+from agent.events import (
+    ConnectEvent,
+    ConnectResultEvent,
+    DecodeStats,
+    ExecEvent,
+    ExecShape,
+    ExitEvent,
+    ForkEvent,
+    Header,
+)
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
@@ -207,6 +216,35 @@ def test_one_images_exec_connects_and_exit_share_its_fields_as_the_object_path_d
     assert not events[1].process.exe_sha256 and events[8].process.exe_sha256 and events[-1].process.exe_sha256
     assert events[9].process.ancestors and not events[10].process.ancestors      # the stranger's first event only
     assert {e.process.tid for e in events[1:9]} == {child, child + 1}
+
+
+def test_execs_of_one_shape_share_one_tail_and_give_the_object_paths_bytes(tmp_path, job_root):
+    """A shell loop's identical execs (one ExecShape from the batch decoder, one executable file) share the Process
+    fields from exe on; the hash learned in the middle of the loop reaches every later event, also the exits of
+    processes whose exec went out before it; a different file of the same path does not share."""
+    cg = os.stat(job_root / "slurm" / "uid_0" / "job_4242").st_ino
+    shape, argv = ExecShape(), ["/usr/bin/true", "x"]
+    records: list = []
+    for i in range(6):
+        child = 3_901_000 + i
+        ex = exec_(10 * i + 1, cg, child, argv)
+        ex.shape, ex.exe_inode = shape, (8, 77 if i != 5 else 78, 1)      # the last: the file was replaced
+        records += [fork(10 * i, cg, child), ex]
+        if i % 2:
+            records.append(exit_(10 * i + 2, cg, child))
+    records += [exit_(90 + i, cg, 3_901_000 + i) for i in range(0, 6, 2)]
+    plain_e, encoded_e = enricher(job_root, False), enricher(job_root, True)
+    plain_e.hasher, encoded_e.hasher = DigestLater(3), DigestLater(3)
+    plain = spooled(tmp_path, "plain", plain_e, records)
+    encoded = spooled(tmp_path, "encoded", encoded_e, records)
+    assert len(plain) == len(encoded) == 12
+    for a, b in zip(plain, encoded, strict=True):
+        assert pb.Event.FromString(a) == pb.Event.FromString(b)
+        assert a == b
+    events = [pb.Event.FromString(b) for b in encoded]
+    assert not events[0].process.exe_sha256 and all(e.process.exe_sha256 for e in events[-3:])
+    assert len(encoded_e._tails) == 2 and shape.body is not None      # one per file; the body made once
+    assert all(e.exec.argv == argv for e in events if e.WhichOneof("body") == "exec")
 
 
 def test_encoded_execs_and_exits_say_their_kind(tmp_path, job_root):

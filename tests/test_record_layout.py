@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.batch import DTYPES, SIZES, python_order
+from agent.batch import DTYPES, SIZES, ArenaBatch, python_order
 from agent.decode import decode_batch
 from agent.events import DecodeStats
 from agent.record_layout import LAYOUTS
@@ -143,3 +143,26 @@ def test_c_and_python_consumers_give_identical_events(records):
     assert fed == len(raw) - 2                                      # every well-formed record, once
     all_python = decode_batch(python_order(raw), py_stats)
     assert c_stats.malformed == py_stats.malformed == 2 and c_stats.decoded == py_stats.decoded == len(all_python)
+
+
+def test_identical_execs_share_one_shape_and_decode_as_the_python_consumer_does():
+    """A shell loop's execs differ only in their process, parent and time: the batch decoder hands them one shape
+    (one argv, decoded once; agent/events.py ExecShape), and each is still the event the Python consumer makes."""
+    rng = random.Random(11)
+    first = np.frombuffer(a_record(pb.KIND_EXEC, rng, 100), dtype=DTYPES[pb.KIND_EXEC]).copy()
+    other = np.frombuffer(a_record(pb.KIND_EXEC, rng, 150), dtype=DTYPES[pb.KIND_EXEC]).copy()
+    other["args"] = np.frombuffer(b"/bin/true\0y\0".ljust(2048, b"\0"), dtype="S2048")
+    other["args_len"], other["argc"] = 12, 2
+    rows = []
+    for i in range(6):
+        rec = (first if i % 3 else other).copy()
+        rec["hdr_ts_ns"], rec["hdr_tgid"], rec["hdr_tid"], rec["ppid"] = 200 + i, 5000 + i, 5000 + i, 4000 + i
+        rows.append(rec)
+    batch_events = ArenaBatch({pb.KIND_EXEC: np.concatenate(rows)}, np.full(6, pb.KIND_EXEC, dtype=np.uint8)) \
+        .events(DecodeStats())
+    assert batch_events == decode_batch([r.tobytes() for r in rows], DecodeStats())
+    shapes = {id(ev.shape) for ev in batch_events}
+    assert len(shapes) == 2 and batch_events[1].shape is batch_events[2].shape is batch_events[4].shape
+    assert batch_events[1].argv is batch_events[2].argv and batch_events[0].shape is batch_events[3].shape
+    assert [ev.ppid for ev in batch_events] == [4000 + i for i in range(6)]
+    assert [ev.hdr.pid for ev in batch_events] == [5000 + i for i in range(6)]
