@@ -1,10 +1,13 @@
 """Durable on-disk queue of events not yet acknowledged by the collector.
 
-Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames ``[u32 length][u32 crc32][msgpack
-[first seq, [serialized gpuguard.v1.Event...], [body kind...], [job id...]]]``: one frame (one CRC) per append,
-that is per ring-buffer poll, up to 4 MiB. The events' wire bytes are serialised once, from enrichment to the
-collector, which a RawBatch carries as they are with the two columns a collector partitions by. Frames of older
-agents hold one record each (``[seq, bytes]`` or ``[seq, bytes, kind, job]``) and are read as such.
+Layout: ``DIR/seg-<first_seq>.log`` append-only segments of frames ``[u32 length][u32 crc32][msgpack body]``,
+up to 4 MiB each: one frame (one CRC) per append, that is per ring-buffer poll, or a few. Events already encoded by
+the agent (connects, execs, exits) are spooled as runs, ``[first seq, RawBatch frames, ends (u64), body kind (a run
+of connects) or each one's kind (u32), jobs (u32), job ids]``, framed in C (agent/wire.py) exactly as a RawBatch
+carries them; events built as objects (status, GPU samples, enforcement) as ``[first seq, [serialized
+gpuguard.v1.Event...], [body kind...], [job id...]]``. The events' wire bytes are serialised once, from enrichment
+to the collector, with the two columns a collector partitions by. Frames of older agents hold one record each
+(``[seq, bytes]`` or ``[seq, bytes, kind, job]``) and are read as such.
 ``DIR/acked`` holds the highest acknowledged seq. Sequence numbers are per agent, monotonic and
 never reused (they survive restarts: the last one is recovered from disk).
 
@@ -37,7 +40,7 @@ import msgpack
 import numpy as np
 
 from agent import wire
-from agent.encoded import CONNECT_FIELD, ENCODED, EncodedEvent, EncodedRun, count, with_seq
+from agent.encoded import CONNECT_FIELD, ENCODED, EncodedEvent, EncodedRun, count
 from gpuguard.rawbatch import FramedRun, body_kind
 from gpuguard.v1 import events_pb2 as pb
 
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("<II")
 MAX_FRAME = 8 << 20
 BATCH_FRAME_BYTES = 4 << 20        # one append's records share a frame up to this size
-RUN_FIELDS = 6                     # a run of connects' frame: [first seq, frames, ends, kind, jobs, job ids]
+RUN_FIELDS = 6                     # a run's frame: [first seq, frames, ends, kind or kinds, jobs, job ids]
 ACK_PERSIST_S = 0.5                # the acked pointer reaches the disk at most this often (see Spool.ack)
 
 
@@ -145,6 +148,8 @@ class Spool:
         agents that spooled one record per frame without them; a run of connects as it was framed."""
         if len(fields) == RUN_FIELDS:
             first, frames, ends, kind, jobs, job_ids = fields
+            if isinstance(kind, bytes):                      # each event's kind
+                kind = np.frombuffer(kind, "<u4").astype(np.int64)
             return FramedRun(first, frames, np.frombuffer(ends, "<u8").astype(np.int64), kind,
                              np.frombuffer(jobs, "<u4").astype(np.int64), job_ids)
         if isinstance(fields[1], list):                     # a batch: [first seq, bodies, kinds, jobs]
@@ -172,12 +177,9 @@ class Spool:
         self._active_size = self._active.tell()
         self._segments.append((first_seq, path))
 
-    def _entry(self, seq: int, record: pb.Event | EncodedEvent) -> tuple[int, bytes, int, str]:
+    def _entry(self, seq: int, record: pb.Event) -> tuple[int, bytes, int, str]:
         """(seq, serialised event, body kind, job id); an event that cannot be serialised (it never should)
-        becomes a gap naming its seq, so one odd event never costs the rest of the poll. An encoded event
-        (agent/encoded.py) is already its bytes: only its seq goes in front."""
-        if type(record) is EncodedEvent:
-            return seq, with_seq(seq, record.data), record.kind, record.job_id
+        becomes a gap naming its seq, so one odd event never costs the rest of the poll."""
         try:
             record.seq = seq
             return seq, record.SerializeToString(), body_kind(record), record.job.id
@@ -208,19 +210,36 @@ class Spool:
         frames.append(self._frame(run))
         return frames
 
-    def _run_frames(self, first_seq: int, run: EncodedRun) -> list[bytes]:
-        """A run of connects framed for a RawBatch with its seqs (agent/wire.py), as frames of up to
-        BATCH_FRAME_BYTES: [first seq, frames, ends (u64), body kind, jobs (u32), job ids]."""
+    def _run_frames(self, first_seq: int, run: EncodedRun, kinds: np.ndarray | None = None) -> list[bytes]:
+        """A run framed for a RawBatch with its seqs (agent/wire.py), as frames of up to BATCH_FRAME_BYTES:
+        [first seq, frames, ends (u64), body kind (a run of connects) or each one's (u32), jobs (u32), job ids]."""
         framed, ends = wire.frame_events(run.data, run.ends, first_seq)
         jobs = run.jobs.astype("<u4")
         out, a = [], 0
         while a < ends.size:
             cut = int(ends[a - 1]) if a else 0
             b = max(a + 1, int(np.searchsorted(ends, cut + BATCH_FRAME_BYTES, side="right")))
+            kind = CONNECT_FIELD if kinds is None else kinds[a:b].tobytes()
             out.append(_framed([first_seq + a, framed[cut:int(ends[b - 1])], (ends[a:b] - cut).astype("<u8").tobytes(),
-                                CONNECT_FIELD, jobs[a:b].tobytes(), run.job_ids], self._packer))
+                                kind, jobs[a:b].tobytes(), run.job_ids], self._packer))
             a = b
         return out
+
+    def _events_frames(self, first_seq: int, events: list[EncodedEvent]) -> list[bytes]:
+        """Consecutive encoded events (execs, exits, connects one by one) as one run: framed in C like a drain's
+        connects, with each one's body kind - no tuple, no msgpack entry per event, here or in the shipper."""
+        n = len(events)
+        data = [e.data for e in events]
+        ids = [e.job_id for e in events]
+        if ids.count(ids[0]) == n:                           # most drains: one job
+            jobs, job_ids = np.zeros(n, np.int64), ids[:1]
+        else:
+            index: dict[str, int] = {}
+            jobs = np.array([index.setdefault(j, len(index)) for j in ids], np.int64)
+            job_ids = list(index)
+        ends = np.cumsum(np.fromiter(map(len, data), np.uint64, n))
+        run = EncodedRun(b"".join(data), ends, np.zeros(0, np.int64), jobs, job_ids)
+        return self._run_frames(first_seq, run, np.array([e.kind for e in events], "<u4"))
 
     def append(self, records: list[pb.Event | EncodedEvent | EncodedRun]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
@@ -240,9 +259,21 @@ class Spool:
             return 0
         next_seq = self.last_seq
         frames: list[bytes] = []
-        entries = []
+        entries: list[tuple[int, bytes, int, str]] = []      # events as objects (status, GPU samples, ...)
+        encoded: list[EncodedEvent] = []                     # events already their bytes
         for rec in records:
-            if type(rec) is EncodedRun:
+            kind = type(rec)
+            if kind is EncodedEvent:
+                if entries:
+                    frames.extend(self._frames_for(entries))
+                    entries = []
+                encoded.append(rec)
+                continue
+            if encoded:
+                frames.extend(self._events_frames(next_seq + 1, encoded))
+                next_seq += len(encoded)
+                encoded = []
+            if kind is EncodedRun:
                 if entries:
                     frames.extend(self._frames_for(entries))
                     entries = []
@@ -253,6 +284,9 @@ class Spool:
             entries.append(self._entry(next_seq, rec))
         if entries:
             frames.extend(self._frames_for(entries))
+        if encoded:
+            frames.extend(self._events_frames(next_seq + 1, encoded))
+            next_seq += len(encoded)
         blob = b"".join(frames)
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"

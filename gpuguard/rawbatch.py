@@ -89,14 +89,14 @@ def body_kind(ev: pb.Event) -> int:
 
 @dataclass
 class FramedRun:
-    """Consecutive events framed as a RawBatch carries them (tag, length, the event with its seq), all of one body
-    kind, each with its job: how the agent spools a drain's connects (agent/spool.py) and ships them, without a
-    Python object per event."""
+    """Consecutive events framed as a RawBatch carries them (tag, length, the event with its seq), each with its
+    body kind and its job: how the agent spools a drain's connects, execs and exits (agent/spool.py) and ships
+    them, without a Python object per event."""
 
     first_seq: int
     frames: bytes
     ends: np.ndarray        # int64: where each frame ends
-    kind: int
+    kind: int | np.ndarray  # the body kind of all (a run of connects), or each one's (int64)
     jobs: np.ndarray        # int64: index into job_ids
     job_ids: list[str]
 
@@ -113,8 +113,15 @@ class FramedRun:
         b = max(a, b)
         cut = int(self.ends[a - 1]) if a else 0
         end = int(self.ends[b - 1]) if b else 0
-        return FramedRun(self.first_seq + a, self.frames[cut:end], self.ends[a:b] - cut, self.kind,
-                         self.jobs[a:b], self.job_ids)
+        kind = self.kind[a:b] if isinstance(self.kind, np.ndarray) else self.kind
+        return FramedRun(self.first_seq + a, self.frames[cut:end], self.ends[a:b] - cut, kind, self.jobs[a:b],
+                         self.job_ids)
+
+    def kinds(self) -> np.ndarray:
+        """Each event's body kind."""
+        if isinstance(self.kind, np.ndarray):
+            return self.kind
+        return np.full(len(self), self.kind, np.int64)
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.ends, prepend=0)
@@ -122,11 +129,12 @@ class FramedRun:
     def records(self) -> list[tuple[int, bytes, int, str]]:
         """(seq, serialised event, body kind, job id) each: the frames unwrapped (readers that want events)."""
         out, start, frames = [], 0, self.frames
-        for i, (end, job) in enumerate(zip(self.ends.tolist(), self.jobs.tolist(), strict=True)):
+        for i, (end, kind, job) in enumerate(zip(self.ends.tolist(), self.kinds().tolist(), self.jobs.tolist(),
+                                                 strict=True)):
             body = start + 1
             while frames[body] & 0x80:          # the length varint
                 body += 1
-            out.append((self.first_seq + i, frames[body + 1:end], self.kind, self.job_ids[job]))
+            out.append((self.first_seq + i, frames[body + 1:end], kind, self.job_ids[job]))
             start = end
         return out
 
@@ -146,7 +154,7 @@ def build(records: list[tuple[int, bytes, int, str] | FramedRun]) -> cpb.RawBatc
             frames.append(item.frames)
             seqs.extend(range(item.first_seq, item.first_seq + n))
             ends.extend((item.ends + size).tolist())
-            kinds.extend([item.kind] * n)
+            kinds.extend(item.kinds().tolist())
             remap = np.array([job_index.setdefault(job, len(job_index)) for job in item.job_ids], np.int64)
             jobs.extend(remap[item.jobs].tolist())
             size += len(item.frames)

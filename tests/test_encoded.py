@@ -33,6 +33,7 @@ from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
 from agent.spool import Spool
+from gpuguard.rawbatch import FramedRun
 from gpuguard.v1 import events_pb2 as pb
 
 PID = os.getpid()
@@ -63,7 +64,13 @@ def spooled(tmp: Path, name: str, e: Enricher, events: list) -> list[bytes]:
     out.extend(e.connects.expired())
     spool = Spool(tmp / name)
     spool.append(out)
-    return [body for _seq, body, _kind, _job in spool.read_raw_after(0, 10_000)]
+    return [body for _seq, body, _kind, _job in raw_records(spool)]
+
+
+def raw_records(spool: Spool) -> list[tuple[int, bytes, int, str]]:
+    """(seq, bytes, kind, job) of every spooled event, runs unwrapped."""
+    return [r for chunk in spool.read_raw_after(0, 10_000)
+            for r in (chunk.records() if type(chunk) is FramedRun else [chunk])]
 
 
 @pytest.fixture
@@ -257,7 +264,9 @@ def test_encoded_execs_and_exits_say_their_kind(tmp_path, job_root):
     assert type(gone) is EncodedEvent and gone.body_name == "exit" and pid_of(gone) == 3_900_300
     spool = Spool(tmp_path / "s")
     spool.append([ex, gone])
-    assert [kind for _seq, _body, kind, _job in spool.read_raw_after(0, 10)] == [10, 13]
+    assert [kind for _seq, _body, kind, _job in raw_records(spool)] == [10, 13]
+    run = spool.read_raw_after(0, 10)[0]                  # one run, each event with its own kind
+    assert type(run) is FramedRun and run.kinds().tolist() == [10, 13] and run.job_ids == [ex.job_id]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
