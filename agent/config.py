@@ -18,6 +18,7 @@ class AgentConfig:
     collector: str = ""                      # host:port; empty = print locally only
     spool_dir: str = "/var/lib/gpuguard/spool"
     spool_max_bytes: int = 1 << 30
+    spool_fsync_ms: int = 200                # spooled records reach the disk within this (0: fsync every append)
     batch_max_events: int = 2048             # a RawBatch of connects is ~100 B per event: ~200 KB
     batch_max_delay_ms: int = 200
     ringbuf_pages: int = 4096

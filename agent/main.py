@@ -91,7 +91,8 @@ class Agent:
                 log.warning("no agent credential found (--token-file, --join-token-file, or %s): the collector "
                             "will refuse the stream unless it authenticates this agent by its TLS certificate",
                             CredentialStore(self.cfg.auth_dir or None).token_path("agent"))
-            self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes)
+            self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_bytes,
+                               fsync_interval_s=max(self.cfg.spool_fsync_ms, 0) / 1000)
             check_private(self.cfg.spool_dir, "the spool directory")
             self.capture.sinks.append(self.spool.append)
             self.shipper = Shipper(
@@ -184,6 +185,8 @@ class Agent:
             status_due_ms = (self._last_status + self.cfg.status_interval_s - time.monotonic()) * 1000
             drained = self.capture.probes.poll(int(min(wait_ms, max(1.0, status_due_ms))))
             self.capture.process(drained)
+            if self.spool:
+                self.spool.sync_due()               # a deferred fsync (agent/spool.py), once its interval is over
             busy = len(drained) > 0
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
                 self.emit_status()

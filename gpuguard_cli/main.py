@@ -77,7 +77,8 @@ def cmd_agent(args) -> int:
                  "host_id": args.host_id, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                  "token_file": args.token_file, "join_token_file": args.join_token_file, "auth_dir": args.auth_dir,
                  "status_interval_s": args.status_interval, "capture_budget_per_s": args.capture_budget,
-                 "metrics": args.metrics, "metrics_token_file": args.metrics_token_file}
+                 "metrics": args.metrics, "metrics_token_file": args.metrics_token_file,
+                 "spool_fsync_ms": args.spool_fsync_ms}
     if args.no_enforce:
         overrides["enforce"] = False
     if args.no_packet_sockets:
@@ -663,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--collector", help="collector address HOST:PORT, or a list A:1,B:2 to fail over along; events "
                    "are spooled on disk until acked")
     a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
+    a.add_argument("--spool-fsync-ms", type=int, metavar="MS",
+                   help="spooled records reach the disk (fsync) at most this long after they are written (default "
+                        "200; 0: every poll). A killed agent loses nothing either way; a host that loses power may "
+                        "lose this much that the collector had not acked")
     a.add_argument("--state-dir", help="saved policy and attachments (default /var/lib/gpuguard/agent)")
     a.add_argument("--host-id", help="host id (default /etc/machine-id)")
     a.add_argument("--token-file", help="this agent's credential (default: AUTH_DIR/credentials/agent-HOST.token, "

@@ -144,3 +144,16 @@ def test_packet_socket_watch_can_be_turned_off_by_file_or_flag(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         probes.attach_packet_use()
     assert not probes.packet_sockets_seen and "packet sockets are not watched" in caplog.text
+
+
+def test_the_spool_fsync_interval_comes_from_file_or_flag():
+    """200 ms by default; the file and --spool-fsync-ms set it (agent/spool.py says what it trades)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from agent.config import load_config  # noqa: PLC0415
+
+    assert load_config(None, {}).spool_fsync_ms == 200
+    assert load_config(None, {"spool_fsync_ms": 0}).spool_fsync_ms == 0
+    assert "--spool-fsync-ms" in gg("agent", "--help").stdout
+    deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
+    assert deploy.spool_fsync_ms == 200

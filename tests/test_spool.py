@@ -174,3 +174,54 @@ def test_the_shipper_lets_a_part_batch_fill_up_only_right_after_a_send(tmp_path)
     assert shipper.linger_s(since_send_s=5.0, unsent=1) == 0.0              # after a quiet spell: at once
     assert shipper.linger_s(since_send_s=0.05, unsent=100) == 0.0           # a full batch: at once
     assert shipper.linger_s(since_send_s=0.05, unsent=0) == 0.0             # nothing to send: no linger
+
+
+class Clock:
+    """The spool's monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)
+
+
+def test_fsync_is_deferred_to_its_interval_and_forced_at_segment_change_and_close(tmp_path, monkeypatch):
+    """With an fsync interval, appends within it are written but not synced; the agent loop's sync_due syncs once
+    the interval is over; a segment left behind and a closed spool are synced at once; 0 syncs every append."""
+    import agent.spool as spool_module  # noqa: PLC0415
+
+    clock, synced = Clock(), []
+    monkeypatch.setattr(spool_module, "time", clock)
+    monkeypatch.setattr(spool_module.os, "fsync", synced.append)
+    sp = Spool(tmp_path / "deferred", fsync_interval_s=0.2, segment_bytes=1 << 20)
+    assert sp.append(recs(3)) == 3 and len(synced) == 1          # the first write is synced at once
+    clock.now += 0.05
+    assert sp.append(recs(2)) == 2 and len(synced) == 1          # within the interval: written, not synced
+    sp.sync_due()
+    assert len(synced) == 1
+    clock.now += 0.2
+    sp.sync_due()
+    assert len(synced) == 2
+    sp.sync_due()                                                # nothing new written: nothing to sync
+    assert len(synced) == 2 and [e.seq for e in sp.read_after(0, 10)] == [1, 2, 3, 4, 5]
+    clock.now += 0.01
+    sp.append(recs(1))
+    sp.close()
+    assert len(synced) == 3                                      # close syncs what was pending
+    small = Spool(tmp_path / "segments", fsync_interval_s=10, segment_bytes=64)
+    synced.clear()
+    small.append(recs(1))                                        # synced: the first write
+    clock.now += 0.01
+    small.append(recs(4))                                        # not synced yet; the segment is now full
+    assert len(synced) == 1
+    small.append(recs(1))                                        # a new segment: the full one is synced first
+    assert len(synced) == 2 and len(list((tmp_path / "segments").glob("seg-*.log"))) == 2
+    every = Spool(tmp_path / "every", fsync_interval_s=0)
+    synced.clear()
+    every.append(recs(1))
+    every.append(recs(1))
+    assert len(synced) == 2
