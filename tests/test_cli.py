@@ -157,3 +157,19 @@ def test_the_spool_fsync_interval_comes_from_file_or_flag():
     assert "--spool-fsync-ms" in gg("agent", "--help").stdout
     deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
     assert deploy.spool_fsync_ms == 200
+
+
+def test_the_agent_freezes_start_up_objects_out_of_garbage_collection():
+    """After start-up the collector leaves what start-up made alone and runs less often (agent/main.py)."""
+    import gc  # noqa: PLC0415
+
+    from agent.main import GC_THRESHOLDS, tune_gc  # noqa: PLC0415
+
+    before = gc.get_threshold()
+    try:
+        kept = [object() for _ in range(10)]
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0 and kept
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
