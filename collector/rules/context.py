@@ -124,6 +124,18 @@ def looks_encoded(label: str) -> bool:
     return digits >= 3 and len(label) - digits >= 3
 
 
+HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def data_label(name: str, at_least: int) -> str | None:
+    """One question carrying data: a label of at least ``at_least`` characters that looks encoded (letters and digits
+    mixed) and is not a plain hex id (object-store account ids, content hashes are hex: base32/64 data is not)."""
+    for label in name.split(".")[:-2]:
+        if len(label) >= at_least and looks_encoded(label) and not set(label.lower()) <= HEX_DIGITS:
+            return f"a {len(label)}-character encoded label in {name[:120]}"
+    return None
+
+
 def dns_tunnel_shape(name: str, ctx: JobContext) -> str | None:
     """Many unique data-looking names under one domain: DNS used as a channel (iodine, dnscat2, exfiltration)."""
     labels = name.lower().split(".")

@@ -17,7 +17,9 @@ from typing import Any
 
 from collector.resolve import DomainResolver
 from collector.rules.context import (
+    ENCODED_MIN_LABEL,
     Matcher,
+    data_label,
     destination,
     discovery_burst,
     dns_tunnel_shape,
@@ -596,7 +598,18 @@ def _reaches_another_jobs_listener(_value, _rule, _res):
 
 @key("dns_tunnel_shape", ("dns",), _true, context=True)
 def _dns_tunnel_shape(_value, _rule, _res):
-    return lambda v, ctx: dns_tunnel_shape(v.ev.dns.name, ctx)
+    return lambda v, ctx: dns_tunnel_shape(v.ev.dns.name, ctx) if ctx is not None else None
+
+
+def _label_length(v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not ENCODED_MIN_LABEL <= v <= 63:
+        raise KeyValueError(f"a label length: an integer {ENCODED_MIN_LABEL}-63")
+    return v
+
+
+@key("dns_data_label_at_least", ("dns",), _label_length)
+def _dns_data_label_at_least(value, _rule, _res):
+    return lambda v, _c: data_label(v.ev.dns.name, value)
 
 
 @key("datagram_shape_in", ("datagram",), _strings)
