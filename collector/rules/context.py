@@ -86,12 +86,14 @@ class EventView:
 
 
 def destination(ev: pb.Event) -> tuple[str, int]:
-    """(address, port) a flow went to, whichever kind of flow record this is."""
+    """(address, port) a flow went to, whichever kind of flow record this is (a DNS question: its server)."""
     kind = ev.WhichOneof("body")
     if kind == "tls":
         return ev.tls.daddr, ev.tls.dport
     if kind == "datagram":
         return ev.datagram.daddr, ev.datagram.dport
+    if kind == "dns":
+        return ev.dns.server, ev.dns.server_port
     return ev.connect.daddr, ev.connect.dport
 
 

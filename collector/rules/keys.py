@@ -40,7 +40,7 @@ from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STR
 ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage",
               "inbound", "listen")
 KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
-FLOW_EVENTS = ("connect", "tls", "datagram")     # events with a destination (daddr, dport)
+FLOW_EVENTS = ("connect", "tls", "datagram", "dns")     # events with a destination (daddr, dport; dns: its server)
 PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage", "listen")
 
 
