@@ -128,6 +128,11 @@ class Enricher:
         self._boot_field = text_field(3, identity.boot_id)
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
         self._ancestries: OrderedDict[int, tuple[list, pb.Process, bytes]] = OrderedDict()  # id(lineage) -> it
+        self._handlers: dict[type, Callable[[KernelEvent], pb.Event | EncodedEvent | None]] = {
+            ForkEvent: self._fork, CgroupEvent: self._cgroup, ConnectResultEvent: self._connect_result,
+            ExecEvent: self._exec_event, ExitEvent: self._exit, ConnectEvent: self._connect,
+            GpuOpenEvent: self._gpu_open, EnforceEvent: self._enforcement, FlowEvent: self._flow_event,
+            SocketEvent: self._socket, InboundEvent: self._inbound, ListenEvent: self._listen}
 
     def _job_for(self, p: Process, hdr: Header, env_job: str = "") -> Job:
         """cgroup first; then the in-kernel SLURM_JOB_ID; then the parent's job; then /proc environ."""
@@ -319,87 +324,112 @@ class Enricher:
             return [f"unreadable ssh configuration: {type(exc).__name__}"]
 
     def enrich(self, ev: KernelEvent) -> pb.Event | EncodedEvent | None:
+        """The record's event (None for records that only feed the agent's state: forks, cgroups, DNS answers, a
+        connect waiting for its outcome), by its kind."""
+        handler = self._handlers.get(type(ev))
+        if handler is None:
+            raise TypeError(f"unhandled event type {type(ev).__name__}")
+        return handler(ev)
+
+    def _fork(self, ev: ForkEvent) -> None:
+        self.table.on_fork(ev.parent_pid or ev.hdr.pid, ev.child_pid, ev.hdr.ts_boot_ns)
+
+    def _cgroup(self, ev: CgroupEvent) -> None:
+        if self.jobs.learn(ev.cgroup_id, ev.path):
+            for listener in self.cgroup_listeners:
+                listener(ev.cgroup_id, ev.path)
+
+    def _connect_result(self, ev: ConnectResultEvent) -> pb.Event | EncodedEvent | None:
+        return self.connects.outcome(ev.sk, ev.hdr.result)
+
+    def _exec_event(self, ev: ExecEvent) -> pb.Event | EncodedEvent:
+        return self._exec(ev, ev.hdr, self._process(ev.hdr))
+
+    def _exit(self, ev: ExitEvent) -> pb.Event | EncodedEvent:
         hdr = ev.hdr
-        if isinstance(ev, ForkEvent):
-            self.table.on_fork(ev.parent_pid or hdr.pid, ev.child_pid, hdr.ts_boot_ns)
-            return None
-        if isinstance(ev, CgroupEvent):
-            if self.jobs.learn(ev.cgroup_id, ev.path):
-                for listener in self.cgroup_listeners:
-                    listener(ev.cgroup_id, ev.path)
-            return None
-        if isinstance(ev, ConnectResultEvent):
-            return self.connects.outcome(ev.sk, hdr.result)
-        if isinstance(ev, FlowEvent) and ev.what == FLOW_DNS_ANSWER:
+        p = self._process(hdr)
+        job = self._job_for(p, hdr)
+        self.connected_out.pop(hdr.pid, None)
+        if self.encode_events:
+            out = self._encoded(hdr, p, job, EXIT_FIELD, int_field(1, ev.code) + int_field(2, ev.signal),
+                                with_ancestry=False)
+        else:
+            out = self._event(hdr, p, job, with_ancestry=False)
+            out.exit.code, out.exit.signal = ev.code, ev.signal
+        self.table.on_exit(hdr.pid)
+        return out
+
+    def _connect(self, ev: ConnectEvent) -> pb.Event | EncodedEvent | None:
+        hdr = ev.hdr
+        p = self._process(hdr)
+        job = self._job_for(p, hdr)
+        name, name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
+        family, proto = family_name(ev.family), SOCK_TYPES.get(ev.sock_type, "unknown")
+        if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
+            self.note_connected_out(hdr.pid, ev.daddr, ev.dport)
+        if self.encode_events:
+            rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
+                                  proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id,
+                                  ev.image_nolink)
+        else:
+            rec = self._event(hdr, p, job)
+            c = rec.connect
+            c.family, c.proto, c.daddr, c.dport, c.repeats = family, proto, ev.daddr, ev.dport, ev.repeats
+            c.name, c.name_scope, c.image_nolink = name, name_scope, ev.image_nolink
+        return self.connects.attempt(rec, hdr.pid, ev.sk, ev.sock_type == SOCK_STREAM, ev.daddr, ev.dport)
+
+    def _gpu_open(self, ev: GpuOpenEvent) -> pb.Event:
+        out = self._object_event(ev)
+        g = out.gpu_open
+        g.path = ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers)
+        g.flags, g.major, g.minor, g.image_nolink = ev.flags, ev.major, ev.minor, ev.image_nolink
+        return out
+
+    def _enforcement(self, ev: EnforceEvent) -> pb.Event:
+        hdr = ev.hdr
+        out = self._object_event(ev)
+        e = out.enforcement
+        e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
+        if ev.action in ESCAPE_ACTIONS:
+            e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id))
+        e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
+        e.repeats = ev.repeats
+        if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
+            self.connects.denied(hdr.pid, ev.daddr, ev.dport)
+        return out
+
+    def _flow_event(self, ev: FlowEvent) -> pb.Event | None:
+        if ev.what == FLOW_DNS_ANSWER:
             self._learn_names(ev)
             return None
-        p = self._process(hdr)
-        if isinstance(ev, ExecEvent):
-            return self._exec(ev, hdr, p)
-        job = self._job_for(p, hdr)
-        if isinstance(ev, ExitEvent):
-            self.connected_out.pop(hdr.pid, None)
-            if self.encode_events:
-                out = self._encoded(hdr, p, job, EXIT_FIELD, int_field(1, ev.code) + int_field(2, ev.signal),
-                                    with_ancestry=False)
-            else:
-                out = self._event(hdr, p, job, with_ancestry=False)
-                out.exit.code, out.exit.signal = ev.code, ev.signal
-            self.table.on_exit(hdr.pid)
-            return out
-        if isinstance(ev, ConnectEvent):
-            name, name_scope = self.names.name_of(self._names_key(hdr.cgroup_id), ev.daddr)
-            family, proto = family_name(ev.family), SOCK_TYPES.get(ev.sock_type, "unknown")
-            if ev.sock_type == SOCK_STREAM and off_node(ev.daddr):
-                self.note_connected_out(hdr.pid, ev.daddr, ev.dport)
-            if self.encode_events:
-                rec = encoded_connect(self.clock.to_wall(hdr.ts_boot_ns), self._connect_prefix(hdr, p, job), family,
-                                      proto, ev.daddr, ev.dport, name, name_scope, ev.repeats, hdr.pid, job.id,
-                                      ev.image_nolink)
-            else:
-                rec = self._event(hdr, p, job)
-                c = rec.connect
-                c.family, c.proto, c.daddr, c.dport, c.repeats = family, proto, ev.daddr, ev.dport, ev.repeats
-                c.name, c.name_scope, c.image_nolink = name, name_scope, ev.image_nolink
-            return self.connects.attempt(rec, hdr.pid, ev.sk, ev.sock_type == SOCK_STREAM, ev.daddr, ev.dport)
-        if isinstance(ev, GpuOpenEvent):
-            out = self._event(hdr, p, job)
-            g = out.gpu_open
-            g.path = ev.path or gpu_node_name(ev.major, ev.minor, self.gpu_drivers)
-            g.flags, g.major, g.minor, g.image_nolink = ev.flags, ev.major, ev.minor, ev.image_nolink
-            return out
-        if isinstance(ev, EnforceEvent):
-            out = self._event(hdr, p, job)
-            e = out.enforcement
-            e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
-            if ev.action in ESCAPE_ACTIONS:
-                e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id))
-            e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
-            e.repeats = ev.repeats
-            if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
-                self.connects.denied(hdr.pid, ev.daddr, ev.dport)
-            return out
-        if isinstance(ev, FlowEvent):
-            return self._flow(ev, p, job)
-        if isinstance(ev, SocketEvent):
-            out = self._event(hdr, p, job)
-            so = out.socket
-            so.family = family_name(ev.family)
-            so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
-            so.protocol, so.what = socket_kind(ev.family, ev.type, ev.protocol)
-            so.result = -errno.EPERM if hdr.result else 0
-            return out
-        if isinstance(ev, InboundEvent):
-            out = self._event(hdr, p, job, with_ancestry=False)
-            i = out.inbound
-            i.family, i.peer, i.peer_port, i.local_port = family_name(ev.family), ev.raddr, ev.rport, ev.lport
-            i.repeats, i.proto = ev.repeats, "tcp"
-            return out
-        if isinstance(ev, ListenEvent):
-            out = self._event(hdr, p, job)
-            out.listen.family, out.listen.addr, out.listen.port = family_name(ev.family), ev.addr, ev.port
-            return out
-        raise TypeError(f"unhandled event type {type(ev).__name__}")
+        p = self._process(ev.hdr)
+        return self._flow(ev, p, self._job_for(p, ev.hdr))
+
+    def _socket(self, ev: SocketEvent) -> pb.Event:
+        out = self._object_event(ev)
+        so = out.socket
+        so.family = family_name(ev.family)
+        so.type = SOCKET_TYPE_NAMES.get(ev.type, str(ev.type))
+        so.protocol, so.what = socket_kind(ev.family, ev.type, ev.protocol)
+        so.result = -errno.EPERM if ev.hdr.result else 0
+        return out
+
+    def _inbound(self, ev: InboundEvent) -> pb.Event:
+        out = self._object_event(ev, with_ancestry=False)
+        i = out.inbound
+        i.family, i.peer, i.peer_port, i.local_port = family_name(ev.family), ev.raddr, ev.rport, ev.lport
+        i.repeats, i.proto = ev.repeats, "tcp"
+        return out
+
+    def _listen(self, ev: ListenEvent) -> pb.Event:
+        out = self._object_event(ev)
+        out.listen.family, out.listen.addr, out.listen.port = family_name(ev.family), ev.addr, ev.port
+        return out
+
+    def _object_event(self, ev: KernelEvent, with_ancestry: bool = True) -> pb.Event:
+        """The event of a rare kind, built as an object: its process and job, the body left to the caller."""
+        p = self._process(ev.hdr)
+        return self._event(ev.hdr, p, self._job_for(p, ev.hdr), with_ancestry=with_ancestry)
 
     def _exec(self, ev: ExecEvent, hdr: Header, p: Process) -> pb.Event | EncodedEvent:
         """An exec. What follows from the record alone (its body, the configuration files its argv names, whether
