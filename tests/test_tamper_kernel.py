@@ -51,10 +51,13 @@ def test_stopped_killed_and_restarted_agents_raise_alerts(tmp_path, test_cgroup)
 
         os.kill(ag.proc.pid, signal.SIGSTOP)                        # frozen: the stream stays open, nothing comes
         stopped = time.monotonic()
-        # the host's alert and its jobs' are stored one after the other: wait for the job's too
-        silent = wait_until(lambda: [a for a in alerts(port, "agent-silent", host)
-                                     if {x.job.id for x in alerts(port, "agent-silent", host)} >= {"host", "5150"}],
-                            timeout=30)
+        # the host's alert and its jobs' are stored one after the other: wait for the job's too (one query a look:
+        # two could disagree when the job's alert lands between them)
+        def silent_for_host_and_job() -> list:
+            found = alerts(port, "agent-silent", host)
+            return found if {a.job.id for a in found} >= {"host", "5150"} else []
+
+        silent = wait_until(silent_for_host_and_job, timeout=30)
         print(f"\nSIGSTOP -> agent-silent alert: {time.monotonic() - stopped:.1f}s (heartbeat 1s, grace 2)")
         assert {a.job.id for a in silent} >= {"host", "5150"}     # for the host and for the job running there
         assert host_state(port, host) == "silent"
