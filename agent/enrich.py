@@ -130,7 +130,7 @@ class Enricher:
         self._ancestries: OrderedDict[int, tuple[list, pb.Process, bytes]] = OrderedDict()  # id(lineage) -> it
         self._handlers: dict[type, Callable[[KernelEvent], pb.Event | EncodedEvent | None]] = {
             ForkEvent: self._fork, CgroupEvent: self._cgroup, ConnectResultEvent: self._connect_result,
-            ExecEvent: self._exec_event, ExitEvent: self._exit, ConnectEvent: self._connect,
+            ExecEvent: self._exec, ExitEvent: self._exit, ConnectEvent: self._connect,
             GpuOpenEvent: self._gpu_open, EnforceEvent: self._enforcement, FlowEvent: self._flow_event,
             SocketEvent: self._socket, InboundEvent: self._inbound, ListenEvent: self._listen}
 
@@ -182,8 +182,7 @@ class Enricher:
         if not tail.message.exe_sha256 and self.hasher and p.exe:
             digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
             if digest:
-                tail.set_hash(digest)
-                image.message = image.fields = None
+                tail.set_hash(digest)        # every image sharing the tail remakes its pieces (staleness checks)
         return image
 
     def _tail(self, p: Process, ident: tuple[int, int, int]) -> ImageTail:
@@ -342,9 +341,6 @@ class Enricher:
     def _connect_result(self, ev: ConnectResultEvent) -> pb.Event | EncodedEvent | None:
         return self.connects.outcome(ev.sk, ev.hdr.result)
 
-    def _exec_event(self, ev: ExecEvent) -> pb.Event | EncodedEvent:
-        return self._exec(ev, ev.hdr, self._process(ev.hdr))
-
     def _exit(self, ev: ExitEvent) -> pb.Event | EncodedEvent:
         hdr = ev.hdr
         p = self._process(hdr)
@@ -431,10 +427,12 @@ class Enricher:
         p = self._process(ev.hdr)
         return self._event(ev.hdr, p, self._job_for(p, ev.hdr), with_ancestry=with_ancestry)
 
-    def _exec(self, ev: ExecEvent, hdr: Header, p: Process) -> pb.Event | EncodedEvent:
+    def _exec(self, ev: ExecEvent) -> pb.Event | EncodedEvent:
         """An exec. What follows from the record alone (its body, the configuration files its argv names, whether
         it is an ssh client) is made once per shape (agent/events.py ExecShape): a storm of identical execs pays
         for its processes, not for its argv."""
+        hdr = ev.hdr
+        p = self._process(hdr)
         shape = ev.shape
         if ev.argv_truncated:
             full = full_cmdline(hdr.pid, ev.argv)
@@ -452,21 +450,17 @@ class Enricher:
         forwards = self._ssh_forwards(hdr, ev.argv) if shape.ssh_client else ()
         config_lines = self.config_peek.lines_from(shape.config_paths, hdr.pid, hdr.uid, hdr.gid) \
             if shape.config_paths else []
-        if pty_peer or forwards or config_lines or not self.encode_events:
-            body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
-                           argv_bytes=ev.argv_bytes, stdio=ev.stdio or (), traits=ev.traits or (), pty_peer=pty_peer,
-                           ssh_forwards=forwards, config_lines=config_lines)
+        if self.encode_events and not (pty_peer or forwards or config_lines):   # nothing of this process's own
+            if shape.body is None:
+                shape.body = exec_body(ev).SerializeToString()
+            data = shape.body
+        else:
+            body = exec_body(ev, pty_peer, forwards, config_lines)
             if not self.encode_events:
                 out = self._event(hdr, p, job, exec_=True)
                 out.exec.CopyFrom(body)
                 return out
             data = body.SerializeToString()
-        else:
-            data = shape.body
-            if data is None:
-                data = shape.body = pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated,
-                                            argv_bytes=ev.argv_bytes, stdio=ev.stdio or (),
-                                            traits=ev.traits or ()).SerializeToString()
         return self._encoded(hdr, p, job, EXEC_FIELD, data, with_ancestry=True)
 
     def _pty_peer(self, pid: int, tty: int) -> str:
@@ -670,6 +664,14 @@ def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
     by = "itself" if ev.peer_pid == ev.hdr.pid else f"pid {ev.peer_pid}"
     done = "the mover was killed in the kernel" if ev.action == KILL_ESCAPE else "reported"
     return f"{ev.hdr.comm} (pid {ev.hdr.pid}) left its job's cgroup {job_cgroup or '?'} for {to}, moved by {by}: {done}"
+
+
+def exec_body(ev: ExecEvent, pty_peer: str = "", forwards=(), config_lines=()) -> pb.Exec:
+    """An exec record's body; the pty peer, ssh forwards and configuration lines are the process's own (empty:
+    the body every exec of its shape shares)."""
+    return pb.Exec(filename=ev.filename, argv=ev.argv, argv_truncated=ev.argv_truncated, argv_bytes=ev.argv_bytes,
+                   stdio=ev.stdio or (), traits=ev.traits or (), pty_peer=pty_peer, ssh_forwards=forwards,
+                   config_lines=config_lines)
 
 
 def family_name(family: int) -> str:

@@ -31,6 +31,7 @@ missing rather than silently missing it.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import struct
@@ -62,6 +63,12 @@ def _last_seq(fields: list) -> int:
     if len(fields) == RUN_FIELDS:
         return fields[0] + len(fields[2]) // 8 - 1
     return fields[0] + len(fields[1]) - 1 if isinstance(fields[1], list) else fields[0]
+
+
+def _form(record) -> type:
+    """How a record is spooled: a run as it came, encoded events as one run, anything else as an object."""
+    kind = type(record)
+    return kind if kind in ENCODED else pb.Event
 
 
 def _framed(fields: list, packer: msgpack.Packer) -> bytes:
@@ -271,34 +278,21 @@ class Spool:
             return 0
         next_seq = self.last_seq
         frames: list[bytes] = []
-        entries: list[tuple[int, bytes, int, str]] = []      # events as objects (status, GPU samples, ...)
-        encoded: list[EncodedEvent] = []                     # events already their bytes
-        for rec in records:
-            kind = type(rec)
-            if kind is EncodedEvent:
-                if entries:
-                    frames.extend(self._frames_for(entries))
-                    entries = []
-                encoded.append(rec)
-                continue
-            if encoded:
-                frames.extend(self._events_frames(next_seq + 1, encoded))
-                next_seq += len(encoded)
-                encoded = []
-            if kind is EncodedRun:
-                if entries:
-                    frames.extend(self._frames_for(entries))
-                    entries = []
-                frames.extend(self._run_frames(next_seq + 1, rec))
-                next_seq += len(rec)
-                continue
-            next_seq += 1
-            entries.append(self._entry(next_seq, rec))
-        if entries:
-            frames.extend(self._frames_for(entries))
-        if encoded:
-            frames.extend(self._events_frames(next_seq + 1, encoded))
-            next_seq += len(encoded)
+        for form, group in itertools.groupby(records, key=_form):     # consecutive records of one form together
+            if form is EncodedRun:                          # a drain's connects, already a run
+                for run in group:
+                    frames.extend(self._run_frames(next_seq + 1, run))
+                    next_seq += len(run)
+            elif form is EncodedEvent:                      # events already their bytes: one run
+                events = list(group)
+                frames.extend(self._events_frames(next_seq + 1, events))
+                next_seq += len(events)
+            else:                                           # events as objects (status, GPU samples, ...)
+                entries = []
+                for rec in group:
+                    next_seq += 1
+                    entries.append(self._entry(next_seq, rec))
+                frames.extend(self._frames_for(entries))
         blob = b"".join(frames)
         if self.size_bytes() + len(blob) > self.max_bytes:
             self._reason = "spool full"
