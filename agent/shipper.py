@@ -114,8 +114,10 @@ class Shipper:
         return 0.0 if not self.spool.depth() else max(0.0, now - self.last_ack_mono)
 
     def notify(self, _records: list[dict] | None = None) -> None:
-        """Sink hook: the spool has new records."""
-        self.new_data.set()
+        """Sink hook: the spool has new records. Set only when clear: Event.set takes the event's lock and wakes
+        waiters even when already set, once per capture turn."""
+        if not self.new_data.is_set():
+            self.new_data.set()
 
     def send(self, msg: cpb.AgentMessage) -> None:
         """Queue a control message (policy ack) on the current stream, if any."""
