@@ -185,11 +185,7 @@ class Spool:
 
     def _open_segment(self, first_seq: int) -> None:
         if self._active:
-            try:
-                self._sync(force=True)       # the segment left behind is on disk before the next one starts
-            except OSError as exc:
-                log.error("spool fsync of %s failed (%s): its last records may not be on disk", self._active.name,
-                          exc)
+            self._sync_logged(f"fsync of {self._active.name}", force=True)   # the segment left behind, on disk first
             self._active.close()
         path = self.dir / f"seg-{first_seq:020d}.log"
         self._active = open(path, "ab")  # noqa: SIM115 - kept open across appends
@@ -463,22 +459,23 @@ class Spool:
             self._synced_at, self._unsynced = now, False
 
     def sync_due(self) -> None:
-        """The deferred fsync, once its interval has passed (the agent's loop calls this at every turn). A failed
-        fsync is logged: the records are written, the collector may already hold them, the disk may not."""
+        """The deferred fsync, once its interval has passed (the agent's loop calls this at every turn)."""
         with self._lock:
-            try:
-                self._sync()
-            except OSError as exc:
-                log.error("spool fsync failed (%s): records written since the last fsync may not be on disk", exc)
+            self._sync_logged("fsync")
+
+    def _sync_logged(self, what: str, force: bool = False) -> None:
+        """``_sync`` where a failure is logged, not raised: the records are written, the collector may already
+        hold them, only the disk may not."""
+        try:
+            self._sync(force)
+        except OSError as exc:
+            log.error("spool %s failed (%s): records written since the last fsync may not be on disk", what, exc)
 
     def close(self) -> None:
         with self._lock:
             if self.acked != self._ack_on_disk:
                 self._write_acked()
             if self._active:
-                try:
-                    self._sync(force=True)
-                except OSError as exc:
-                    log.error("spool fsync at close failed (%s)", exc)
+                self._sync_logged("fsync at close", force=True)
                 self._active.close()
                 self._active = None
