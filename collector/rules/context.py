@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from collector.rules.deobfuscate import readable
 from gpuguard.argv_scan import argv_scan_text
 from gpuguard.v1 import events_pb2 as pb
 
@@ -38,13 +39,14 @@ class JobContext:
 class EventView:
     """One event with the derived fields rules look at, each computed at most once."""
 
-    __slots__ = ("ev", "_names", "_argv", "_argv_text", "_argv_scan_text")
+    __slots__ = ("ev", "_names", "_argv", "_argv_text", "_argv_texts", "_argv_scan_text")
 
     def __init__(self, ev: pb.Event) -> None:
         self.ev = ev
         self._names: list[str] | None = None
         self._argv: list[str] | None = None
         self._argv_text: str | None = None
+        self._argv_texts: tuple[str, ...] | None = None
         self._argv_scan_text: str | None = None
 
     @property
@@ -76,6 +78,17 @@ class EventView:
             text = " ".join(self.argv)
             self._argv_text = LINE_BREAKS.sub(" ; ", text) if "\n" in text or "\r" in text else text
         return self._argv_text
+
+    @property
+    def argv_texts(self) -> tuple[str, ...]:
+        """argv_text, and after it the same line with its disguises undone when it has any (``c''url``,
+        ``${IFS}``, ``$'\\x63...'``, ``echo B64 | base64 -d``: collector/rules/deobfuscate.py). The argv keys
+        search each, so a rule written for the plain spelling holds for every disguise of it."""
+        if self._argv_texts is None:
+            text = self.argv_text
+            undone = readable(text)
+            self._argv_texts = (text, undone) if undone else (text,)
+        return self._argv_texts
 
     @property
     def argv_scan_text(self) -> str:

@@ -240,7 +240,7 @@ class Engine:
                 continue
             if gate is not None and (slot := gate.slot.get(id(cr))) is not None:
                 if hits is None:
-                    hits = gate.matching(view.argv_text)
+                    hits = frozenset().union(*(gate.matching(text) for text in view.argv_texts))
                 if slot not in hits:           # its argv_regex cannot hold: every key must
                     continue
             matched = {}

@@ -246,9 +246,10 @@ def _argv_host_in(value, _rule, _res):
     suffixes = {normal_name(n) for n in value}
 
     def argv_host(v, _c):
-        for m in ARGV_HOST.finditer(v.argv_text[:ARGV_SCAN_MAX]):
-            if under_any(m.group(1).lower(), suffixes):
-                return m.group(1)
+        for text in v.argv_texts:
+            for m in ARGV_HOST.finditer(text[:ARGV_SCAN_MAX]):
+                if under_any(m.group(1).lower(), suffixes):
+                    return m.group(1)
         return None
     return argv_host
 
@@ -280,11 +281,13 @@ def _argv_address_not_in(value, _rule, _res):
     nets = [ipaddress.ip_network(n, strict=False) for n in value]
 
     def address(v, _c):
-        for text, addr in argv_addresses(v.argv_text[:ARGV_SCAN_MAX]):
-            if addr.is_link_local or addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
-                continue
-            if not any(addr in n for n in nets if n.version == addr.version):
-                return text
+        for argv_text in v.argv_texts:
+            for text, addr in argv_addresses(argv_text[:ARGV_SCAN_MAX]):
+                if addr.is_link_local or addr.is_multicast or addr.is_unspecified or \
+                        str(addr) == "255.255.255.255":
+                    continue
+                if not any(addr in n for n in nets if n.version == addr.version):
+                    return text
         return None
     return address
 
@@ -323,8 +326,11 @@ def _argv_regex(value, _rule, _res):
     rx = compile_regex(value)
 
     def argv_regex(v, _c):
-        m = search(rx, v.argv_text)
-        return m.group(0).strip() or m.group(0) if m else None
+        for text in v.argv_texts:
+            m = search(rx, text)
+            if m:
+                return m.group(0).strip() or m.group(0)
+        return None
     return argv_regex
 
 
@@ -342,17 +348,28 @@ def _argv_literals(v) -> list[list[str]]:
     return out
 
 
+def fold_text(text: str) -> str:
+    """A text as the kernel's scan folds it (A-Z to a-z), ended by a space like argv_scan_text."""
+    return text.translate(ASCII_LOWER) + " "
+
+
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 @key("argv_has", ("exec",), _argv_literals, kernel=("exec",))
 def _argv_has(value, _rule, _res):
     """Literals in the whole argv, case-insensitive, arguments read as space-separated: what the kernel's argv
-    scan sees (gpuguard/argv_scan.py), so the rule judges alike in the kernel and here."""
+    scan sees (gpuguard/argv_scan.py), so the rule judges alike in the kernel and here. Here it also reads the
+    line with its disguises undone (context.EventView.argv_texts), which the kernel cannot: a disguised line the
+    kernel let through is still caught, from user space."""
     alternatives = [[literal_bytes(lit).decode("utf-8", "replace") for lit in alt] for alt in value]
 
     def argv_has(v, _c):
-        text = v.argv_scan_text
-        for alt in alternatives:
-            if all(lit in text for lit in alt):
-                return " + ".join(alt)
+        texts = v.argv_texts
+        for text in (v.argv_scan_text, *(fold_text(t) for t in texts[1:])):
+            for alt in alternatives:
+                if all(lit in text for lit in alt):
+                    return " + ".join(alt)
         return None
     return argv_has
 

@@ -1,0 +1,148 @@
+"""A command line as a shell would run it, with the usual disguises undone, so argv rules see through them.
+
+Obfuscators (Bashfuscator, Invoke-Obfuscation's Linux cousins, hand-made one-liners) keep the behaviour and change
+the spelling: ``c''url``, ``c\\u\\r\\l``, ``curl${IFS}-s``, ``{curl,-s,URL}``, ``$'\\x63\\x75\\x72\\x6c'``,
+``a=cu;b=rl;$a$b``, ``/???/b??h``, ``echo B64 | base64 -d``, ``echo 'hs|...' | rev``, ``printf '\\143...'``. A rule
+written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with each disguise undone (or ""
+when nothing was disguised); the argv keys search it after the line itself (context.EventView.argv_texts), so
+every argv rule sees through every disguise without knowing of it. Pure and bounded: no shell, no filesystem, no
+network; decoded payloads are kept only when they are printable text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import re
+
+MAX_TEXT = 16_384                 # longer lines are read as they are (the argv rules' own bound is larger)
+MAX_VARIABLES = 32
+
+ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.)*)'")
+EMPTY_QUOTES = re.compile(r"(?<=\S)(?:''|\"\")+|(?:''|\"\")+(?=\S)")
+ESCAPED_CHAR = re.compile(r"\\([A-Za-z0-9_./:-])")
+IFS = re.compile(r"\$\{IFS[^}]{0,8}\}|\$IFS(?:\$\d|\b)")
+BRACE_LIST = re.compile(r"(^|[\s;&|(`])\{([^{}\s,]+(?:,[^{}\s,]*)+)\}")
+ASSIGNMENT = re.compile(r"(?:^|[\s;&|(`])([A-Za-z_]\w{0,30})=('[^']{0,200}'|\"[^\"$`]{0,200}\"|[^\s;&|()`'\"$]{1,200})"
+                        r"(?=\s*(?:;|&&|\|\||\n|$))")
+GLOB_PATH = re.compile(r"(?<![\w/])(/[\w.?*\[\]-]+)+")
+QUOTED_OR_WORD = r"""(?:'([^']{4,4000})'|"([^"]{4,4000})"|([^\s'"|;&<>]{4,4000}))"""
+DECODER = r"(base64\s+(?:-d|--decode|-D)|base32\s+(?:-d|--decode)|rev|xxd\s+-r\s+-p|xxd\s+-p\s+-r)\b"
+ECHOED_TO = re.compile(r"(?:echo|printf)\s+(?:-[neE]+\s+)?" + QUOTED_OR_WORD + r"\s*\|\s*" + DECODER)
+HERE_STRING_TO = re.compile(DECODER + r"\s*<<<\s*" + QUOTED_OR_WORD)
+PRINTF_ESCAPES = re.compile(r"(?:printf|echo\s+-[a-zA-Z]*e[a-zA-Z]*)\s+(['\"])((?:\\(?:x[0-9a-fA-F]{1,2}|[0-7]{1,3})"
+                            r"|[^'\"\\]){3,4000})\1")
+CHAR_CODES = re.compile(r"\[\s*(\d{2,3}(?:\s*,\s*\d{2,3}){3,2000})\s*\]")
+PACK_HEX = re.compile(r"pack\s*\(?\s*['\"]H\*['\"]\s*,\s*['\"]([0-9a-fA-F]{8,8000})['\"]")
+
+# what a glob in a command line usually stands for: shells, downloaders, interpreters, network tools, secrets
+GLOB_TARGETS = tuple(f"{d}/{n}" for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin") for n in (
+    "sh", "bash", "dash", "zsh", "ksh", "busybox", "curl", "wget", "nc", "ncat", "netcat", "socat", "python",
+    "python3", "perl", "ruby", "php", "node", "ssh", "openssl", "base64", "telnet", "cat")) + (
+    "/etc/shadow", "/etc/passwd", "/etc/sudoers", "/etc/gshadow", "/dev/tcp", "/dev/udp", "/root/.ssh/id_rsa",
+    "/root/.ssh/authorized_keys", "/proc/self/environ")
+
+
+def readable(text: str) -> str:
+    """The line with its disguises undone, or "" when it has none (or is too long to read here)."""
+    if len(text) > MAX_TEXT or not _may_disguise(text):
+        return ""
+    out = ANSI_C.sub(lambda m: _unescape(m.group(1)), text)
+    out = EMPTY_QUOTES.sub("", out)
+    out = IFS.sub(" ", out)
+    out = ESCAPED_CHAR.sub(r"\1", out)
+    out = BRACE_LIST.sub(lambda m: m.group(1) + m.group(2).replace(",", " "), out)
+    out = _substitute_variables(out)
+    out = GLOB_PATH.sub(_resolve_glob, out)
+    decoded = [d for d in _decoded_payloads(text) if d]
+    if decoded:
+        out = " ; ".join([out, *decoded])
+    return "" if out == text else out
+
+
+TRIGGERS = re.compile(r"\$'|''|\"\"|\\[A-Za-z]|IFS|\{[^}\s]*,|\$\{?[A-Za-z_]|[?*]|base64|base32|rev\b|xxd|printf|"
+                      r"echo\s+-[a-zA-Z]*e|chr|pack")
+
+
+def _may_disguise(text: str) -> bool:
+    return TRIGGERS.search(text) is not None
+
+
+def _unescape(body: str) -> str:
+    """A $'...' string's value (bash's ANSI-C quoting)."""
+    def one(m: re.Match) -> str:
+        s = m.group(0)
+        if s[1] == "x":
+            return chr(int(s[2:], 16))
+        if s[1] in "uU":
+            return chr(min(int(s[2:], 16), 0x10FFFF))
+        if s[1].isdigit():
+            return chr(int(s[1:], 8) & 0xFF)
+        return {"n": "\n", "t": "\t", "r": "\r", "e": "\x1b", "a": "\a", "\\": "\\", "'": "'", '"': '"'}.get(s[1], s[1])
+    return re.sub(r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{1,4}|U[0-9a-fA-F]{1,8}|[0-7]{1,3}|.)", one, body)
+
+
+def _substitute_variables(text: str) -> str:
+    """``a=cu;b=rl;$a$b`` read as ``curl``: each simple assignment's value put where the variable is used after it."""
+    if "$" not in text:
+        return text
+    values: dict[str, str] = {}
+    for m in ASSIGNMENT.finditer(text):
+        if len(values) >= MAX_VARIABLES:
+            break
+        value = m.group(2)
+        values[m.group(1)] = value[1:-1] if value[:1] in "'\"" else value
+    if not values:
+        return text
+    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)",
+                  lambda m: values.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def _resolve_glob(m: re.Match) -> str:
+    path = m.group(0)
+    if "?" not in path and "*" not in path and "[" not in path:
+        return path
+    hits = [t for t in GLOB_TARGETS if fnmatch.fnmatchcase(t, path)]
+    return hits[0] if hits else path
+
+
+def _decoded_payloads(text: str) -> list[str]:
+    """What a line decodes before it runs it: base64/base32 and hex blobs echoed into a decoder, strings reversed
+    with rev, printf/echo -e escapes, chr() code lists and Perl's pack("H*")."""
+    out = []
+    for m in ECHOED_TO.finditer(text):
+        out.append(_decode(m.group(4), m.group(1) or m.group(2) or m.group(3)))
+    for m in HERE_STRING_TO.finditer(text):
+        out.append(_decode(m.group(1), m.group(2) or m.group(3) or m.group(4)))
+    for m in PRINTF_ESCAPES.finditer(text):
+        out.append(_printable(_unescape(m.group(2)).encode("latin-1", "replace")))
+    for m in CHAR_CODES.finditer(text):
+        codes = [int(c) for c in m.group(1).split(",")]
+        if all(9 <= c < 127 for c in codes):
+            out.append("".join(map(chr, codes)))
+    for m in PACK_HEX.finditer(text):
+        out.append(_decode("xxd -r -p", m.group(1)))
+    return out
+
+
+def _decode(how: str, data: str) -> str:
+    data = data.strip()
+    try:
+        if how.startswith("base64"):
+            return _printable(base64.b64decode(data + "=" * (-len(data) % 4), validate=False))
+        if how.startswith("base32"):
+            return _printable(base64.b32decode(data + "=" * (-len(data) % 8)))
+        if how.startswith("xxd"):
+            return _printable(binascii.unhexlify(re.sub(r"\s", "", data)))
+    except (binascii.Error, ValueError):
+        return ""
+    return data[::-1]                                   # rev
+
+
+def _printable(raw: bytes) -> str:
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return s if s and all(c.isprintable() or c in "\n\t\r" for c in s) else ""
