@@ -24,11 +24,13 @@ import stat
 from collections import OrderedDict
 
 from agent.text import clean
+from gpuguard.scripts import script_name
 
 MAX_FILES = 4
 MAX_BYTES = 64 << 10
 MAX_LINES = 32
 MAX_LINE = 512
+MAX_SCRIPT_LINES = 64           # a shell script's command lines (gpuguard/scripts.py): every one can matter
 READS_PER_DRAIN = 16
 CACHE_ENTRIES = 4096
 CONFIG_FLAGS = ("-c", "--config", "--config-file", "-config", "--cfg", "--conf", "-conf")
@@ -124,12 +126,35 @@ def telling_lines(name: str, data: bytes) -> list[str]:
     return out
 
 
+# lines of a shell script that run nothing: blank, comments, the words that close or open a block, set options
+INERT_SCRIPT_LINE = re.compile(r"(#.*|(then|else|fi|do|done|esac|;;|[{}()]|set\s+[-+][a-zA-Z]+|set\s+[-+]o\s+\w+|:)"
+                               r"\s*;?\s*)?")
+
+
+def script_lines(name: str, data: bytes) -> list[str]:
+    """``name:line: text`` for each of a shell script's command lines (at most MAX_SCRIPT_LINES; a last line says
+    how many more there were)."""
+    out: list[str] = []
+    more = 0
+    for number, raw in enumerate(data.splitlines(), start=1):
+        line = clean(raw).replace("\x00", "\\x00").strip()
+        if INERT_SCRIPT_LINE.fullmatch(line):
+            continue
+        if len(out) < MAX_SCRIPT_LINES:
+            out.append(f"{name}:{number}: {line[:MAX_LINE]}")
+        else:
+            more += 1
+    if more:
+        out.append(f"{name}: {more} more command lines not read")
+    return out
+
+
 class ConfigPeek:
     """Reads the configuration files an exec names; bounded per drain and cached per file content."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self.proc = proc
-        self._cache: OrderedDict[tuple[int, int, int], list[str]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, int, bool], list[str]] = OrderedDict()
         self.budget = READS_PER_DRAIN
         self.skipped = 0            # files not read because the drain's budget was spent (a flood of them)
 
@@ -148,7 +173,12 @@ class ConfigPeek:
                 break
         return out[:MAX_LINES]
 
-    def _file(self, pid: int, uid: int, gid: int, path: str) -> list[str]:
+    def script(self, path: str, pid: int, uid: int, gid: int) -> list[str]:
+        """The command lines of the shell script this process runs (gpuguard/scripts.py script_of), read as it
+        would open it, under the same bounds as a configuration file."""
+        return self._file(pid, uid, gid, path, script=True)
+
+    def _file(self, pid: int, uid: int, gid: int, path: str, script: bool = False) -> list[str]:
         base = f"{self.proc}/{pid}/root" if path.startswith("/") else f"{self.proc}/{pid}/cwd"
         try:
             fd = open_beneath(base, path)
@@ -158,7 +188,7 @@ class ConfigPeek:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or not readable_by(st, uid, gid):
                 return []
-            key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+            key = (st.st_dev, st.st_ino, st.st_ctime_ns, script)
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
@@ -167,7 +197,8 @@ class ConfigPeek:
                 self.skipped += 1
                 return []
             self.budget -= 1
-            found = telling_lines(os.path.basename(path)[:64], os.read(fd, MAX_BYTES))
+            data = os.read(fd, MAX_BYTES)
+            found = script_lines(script_name(path), data) if script else telling_lines(script_name(path), data)
         except OSError:
             return []
         finally:

@@ -73,6 +73,7 @@ from agent.process_table import Process, ProcessTable
 from agent.ssh_config import ssh_forwards
 from agent.text import clean
 from gpuguard.render import hostport, printable
+from gpuguard.scripts import script_of
 from gpuguard.v1 import events_pb2 as pb
 from gpuguard.vocab import (
     DENY_CONNECT,
@@ -446,10 +447,13 @@ class Enricher:
             shape = ExecShape()
         if shape.ssh_client is None:
             shape.ssh_client = os.path.basename(ev.filename) in SSH_CLIENTS
-            shape.config_paths = candidate_paths(ev.argv, ev.filename)
+            shape.script = script_of(ev.argv)
+            shape.config_paths = [c for c in candidate_paths(ev.argv, ev.filename) if c != shape.script]
         forwards = self._ssh_forwards(hdr, ev.argv) if shape.ssh_client else ()
         config_lines = self.config_peek.lines_from(shape.config_paths, hdr.pid, hdr.uid, hdr.gid) \
             if shape.config_paths else []
+        if shape.script:                 # what a shell script does, which no exec of its own shows
+            config_lines += self.config_peek.script(shape.script, hdr.pid, hdr.uid, hdr.gid)
         if self.encode_events and not (pty_peer or forwards or config_lines):   # nothing of this process's own
             if shape.body is None:
                 shape.body = exec_body(ev).SerializeToString()

@@ -20,14 +20,15 @@ class Header:
 class ExecShape:
     """What identical exec records share: a shell loop or a build execs the same image with the same argv thousands
     of times, and the batch decoder (agent/batch.py) hands every such record one shape. What the agent derives from
-    the record alone - its Exec body's bytes, the configuration files its argv names, whether it is an ssh client -
-    is kept here and made once per shape (agent/enrich.py), not once per exec."""
+    the record alone - its Exec body's bytes, the configuration files its argv names, the shell script it runs,
+    whether it is an ssh client - is kept here and made once per shape (agent/enrich.py), not once per exec."""
 
-    __slots__ = ("body", "config_paths", "ssh_client")
+    __slots__ = ("body", "config_paths", "script", "ssh_client")
 
     def __init__(self) -> None:
         self.body: bytes | None = None                 # the Exec body when nothing about the process adds to it
         self.config_paths: list[str] | None = None     # agent/config_peek.py candidate_paths
+        self.script: str | None = None                 # the shell script it runs (gpuguard/scripts.py script_of)
         self.ssh_client: bool | None = None
 
 

