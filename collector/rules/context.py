@@ -116,7 +116,8 @@ class EventView:
         if not path:
             return []
         name = script_name(path)
-        return [m.group(2) for m in map(SCRIPT_LINE.fullmatch, ev.exec.config_lines) if m and m.group(1) == name]
+        return with_here_documents(
+            [m.group(2) for m in map(SCRIPT_LINE.fullmatch, ev.exec.config_lines) if m and m.group(1) == name])
 
     @property
     def argv_scan_text(self) -> str:
@@ -124,6 +125,29 @@ class EventView:
         if self._argv_scan_text is None:
             self._argv_scan_text = argv_scan_text(self.argv)
         return self._argv_scan_text
+
+
+HERE_DOCUMENT = re.compile(r"<<-?\s*(['\"]?)(\w{1,32})\1")
+
+
+def with_here_documents(lines: list[str]) -> list[str]:
+    """A here-document's body put back on the line that reads it (``python3 - <<'PY'`` then the code): one command,
+    as ``sh -c`` would be given it, its lines joined by `` ; `` like a typed line's breaks."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        m = HERE_DOCUMENT.search(line)
+        if m:
+            body = []
+            while i < len(lines) and lines[i].strip() != m.group(2):
+                body.append(lines[i])
+                i += 1
+            i += 1                                     # the terminator
+            line = " ; ".join([line, *body, m.group(2)])
+        out.append(line)
+    return out
 
 
 def destination(ev: pb.Event) -> tuple[str, int]:
