@@ -100,6 +100,7 @@ class Enforcer:
         self.policy = ppb.Policy()
         self.hashing = False                 # a kill rule names an executable's hash: execs go to the hash worker
         self.lock = threading.RLock()
+        self._types_seen: frozenset[int] = frozenset()   # attach types in force when programs() last looked
         self.pins = self._pin_dir()
         self.attached: dict[tuple[str, int], PinnedLink] = {}   # (cgroup, attach type) -> its link
         self._entries: dict[str, dict[bytes, bytes]] = {
@@ -175,11 +176,16 @@ class Enforcer:
         return self.policy.version
 
     def programs(self) -> list[str]:
-        """Enforcement programs in force now, for the heartbeat (the collector checks them against policy)."""
-        with self.lock:
-            types = {t for (_c, t) in self.attached}
+        """Enforcement programs in force now, for the heartbeat (the collector checks them against policy). Never
+        waits for a policy being applied (seconds on a node with many job cgroups): the heartbeat must keep its
+        time, or the collector calls the agent silent; it then says what was in force before that apply."""
+        if self.lock.acquire(blocking=False):
+            try:
+                self._types_seen = frozenset(t for (_c, t) in self.attached)
+            finally:
+                self.lock.release()
         names = {KILL_EXEC} if self.exec_kill is None or self.exec_kill.attached else set()
-        names.update(PROGRAM_NAMES.get(t, f"attach_type_{t}") for t in types)
+        names.update(PROGRAM_NAMES.get(t, f"attach_type_{t}") for t in self._types_seen)
         return sorted(names)
 
     def start(self) -> None:

@@ -72,6 +72,7 @@ class Agent:
         self.enforcer = None
         self.print_mode = print_mode
         self._last_status = time.monotonic()
+        self._said_goodbye = False
         self._last_records = 0
         self.metrics_server = None
         self.enforcement_unavailable = ""      # why enforcement could not be loaded, for the heartbeat
@@ -203,13 +204,22 @@ class Agent:
             busy = len(drained) > 0
             if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
                 self.emit_status()
+        self.say_goodbye()                   # first: what follows (the last drain, detaching) may take seconds
         self.capture.process(self.capture.probes.drain())
 
+    def say_goodbye(self) -> None:
+        """Tell the collector this is a clean stop, once, before anything slow: its silence then is expected, and
+        a stop that takes longer than the collector's patience is not reported as an agent gone silent."""
+        if self.shipper and not self._said_goodbye:
+            self._said_goodbye = True
+            self.emit_status(stopping=True)
+
     def close(self) -> None:
+        if self.shipper:
+            self.say_goodbye()
         if self.metrics_server:
             self.metrics_server.close()
         if self.shipper:
-            self.emit_status(stopping=True)          # goodbye: the collector expects the silence that follows
             deadline = time.monotonic() + 3
             while self.spool.depth() and self.shipper.connected.is_set() and time.monotonic() < deadline:
                 time.sleep(0.05)
