@@ -201,7 +201,7 @@ class ConfigPeek:
                 return []
             self.budget -= 1
             data = os.read(fd, MAX_BYTES)
-            found = script_lines(script_name(path), data) if script else telling_lines(script_name(path), data)
+            found = (script_lines if script else telling_lines)(script_name(path), data)
         except OSError:
             return []
         finally:

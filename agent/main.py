@@ -215,8 +215,7 @@ class Agent:
             self.emit_status(stopping=True)
 
     def close(self) -> None:
-        if self.shipper:
-            self.say_goodbye()
+        self.say_goodbye()                      # if the loop did not (a failed start)
         if self.metrics_server:
             self.metrics_server.close()
         if self.shipper:

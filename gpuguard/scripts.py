@@ -5,7 +5,7 @@ argv rules read those lines as they read ``sh -c LINE``).
 /etc/cron.d/x``), its pipes (``curl ... | sh``) and its redirections never reach an exec record of their own; only
 the external programs do, each alone. A script run through its ``#!`` reaches the kernel the same way
 (``/bin/sh ./run.sh``). The agent reads the script's command lines (bounded: agent/config_peek.py) into
-``Exec.config_lines`` as ``NAME:LINE: text``; the collector puts them back together as one ``sh -c`` line
+``Exec.config_lines`` as ``NAME:LINE: text``; the collector judges each line as ``sh -c LINE``
 (collector/rules/context.py), so every argv rule judges a script's lines as it judges the same lines typed.
 """
 
@@ -48,5 +48,6 @@ def script_of(argv: list[str]) -> str | None:
 
 
 def script_name(path: str) -> str:
-    """The name a script's lines carry in Exec.config_lines (``NAME:LINE: text``)."""
+    """The name a file's lines carry in Exec.config_lines (``NAME:LINE: text``), a script's or a configuration
+    file's: the collector tells a script's lines by it."""
     return os.path.basename(path)[:64]

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from collector.rules.deobfuscate import readable
+from collector.rules.deobfuscate import assignments, readable
 from gpuguard.argv_scan import argv_scan_text
 from gpuguard.scripts import script_name, script_of
 from gpuguard.v1 import events_pb2 as pb
@@ -94,11 +94,11 @@ class EventView:
             if undone:
                 texts.append(undone)
             lines = self.script_lines
-            whole = " ; ".join(lines)
+            variables = assignments(" ; ".join(lines)) if lines else {}  # set on one line, used on another
             for line in lines:                       # each line alone: a rule's pattern never spans two lines
                 typed = f"{self.argv[0]} -c {line}"
                 texts.append(typed)
-                undone = readable(typed, context=whole)     # a variable set on one line, used on another
+                undone = readable(typed, variables)
                 if undone:
                     texts.append(undone)
             self._argv_texts = tuple(texts)

@@ -44,9 +44,9 @@ GLOB_TARGETS = tuple(f"{d}/{n}" for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbi
     "/root/.ssh/authorized_keys", "/proc/self/environ")
 
 
-def readable(text: str, context: str = "") -> str:
-    """The line with its disguises undone, or "" when it has none (or is too long to read here). ``context``: the
-    lines around it (a script's), where variables it uses may have been set."""
+def readable(text: str, variables: dict[str, str] | None = None) -> str:
+    """The line with its disguises undone, or "" when it has none (or is too long to read here). ``variables``: those
+    the lines around it (a script's: ``assignments``) set, which it may use."""
     if len(text) > MAX_TEXT or not _may_disguise(text):
         return ""
     out = ANSI_C.sub(lambda m: _unescape(m.group(1)), text)
@@ -54,7 +54,7 @@ def readable(text: str, context: str = "") -> str:
     out = IFS.sub(" ", out)
     out = ESCAPED_CHAR.sub(r"\1", out)
     out = BRACE_LIST.sub(lambda m: m.group(1) + m.group(2).replace(",", " "), out)
-    out = _substitute_variables(out, context[:MAX_TEXT])
+    out = _substitute_variables(out, variables or {})
     out = GLOB_PATH.sub(_resolve_glob, out)
     decoded = [d for d in _decoded_payloads(text) if d]
     if decoded:
@@ -84,16 +84,22 @@ def _unescape(body: str) -> str:
     return re.sub(r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{1,4}|U[0-9a-fA-F]{1,8}|[0-7]{1,3}|.)", one, body)
 
 
-def _substitute_variables(text: str, context: str = "") -> str:
-    """``a=cu;b=rl;$a$b`` read as ``curl``: each simple assignment's value put where the variable is used."""
-    if "$" not in text:
-        return text
-    values: dict[str, str] = {}
-    for m in ASSIGNMENT.finditer(f"{context} ; {text}" if context else text):
+def assignments(text: str, known: dict[str, str] | None = None) -> dict[str, str]:
+    """The simple assignments in a text (``name=value``, at most MAX_VARIABLES in all), after those ``known``."""
+    values = dict(known or {})
+    for m in ASSIGNMENT.finditer(text[:MAX_TEXT]):
         if len(values) >= MAX_VARIABLES:
             break
         value = m.group(2)
         values[m.group(1)] = value[1:-1] if value[:1] in "'\"" else value
+    return values
+
+
+def _substitute_variables(text: str, known: dict[str, str]) -> str:
+    """``a=cu;b=rl;$a$b`` read as ``curl``: each simple assignment's value put where the variable is used."""
+    if "$" not in text:
+        return text
+    values = assignments(text, known)
     if not values:
         return text
     return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)",

@@ -33,7 +33,7 @@ from collector.rules.context import (
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
 from gpuguard.addresses import unmapped
-from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, literal_bytes
+from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, argv_scan_text, literal_bytes
 from gpuguard.render import printable
 from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
 
@@ -348,14 +348,6 @@ def _argv_literals(v) -> list[list[str]]:
     return out
 
 
-def fold_text(text: str) -> str:
-    """A text as the kernel's scan folds it (A-Z to a-z), ended by a space like argv_scan_text."""
-    return text.translate(ASCII_LOWER) + " "
-
-
-ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
 @key("argv_has", ("exec",), _argv_literals, kernel=("exec",))
 def _argv_has(value, _rule, _res):
     """Literals in the whole argv, case-insensitive, arguments read as space-separated: what the kernel's argv
@@ -366,7 +358,7 @@ def _argv_has(value, _rule, _res):
 
     def argv_has(v, _c):
         texts = v.argv_texts
-        for text in (v.argv_scan_text, *(fold_text(t) for t in texts[1:])):
+        for text in (v.argv_scan_text, *(argv_scan_text([t]) for t in texts[1:])):
             for alt in alternatives:
                 if all(lit in text for lit in alt):
                     return " + ".join(alt)
