@@ -480,21 +480,29 @@ def popen_in_cgroup(cg: Path, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], **kw)
 
 
-def remove_cgroup_tree(base: Path) -> None:
-    """rmdir a cgroup subtree, deepest first, waiting briefly for exiting processes."""
+def remove_cgroup_tree(base: Path, patience_s: float = 10.0) -> None:
+    """rmdir a cgroup subtree, deepest first, waiting for exiting processes: a cgroup whose last process is still
+    being reaped refuses rmdir (EBUSY) for a moment after its cgroup.procs reads empty, so each rmdir is retried
+    until ``patience_s`` has passed (a tree left behind after that is said, not hidden)."""
     if not base.exists():
         return
+    deadline = time.monotonic() + patience_s
     dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
     for path in [*dirs, base]:
-        for _ in range(50):
+        while True:
             try:
-                if not (path / "cgroup.procs").read_text().split():
+                busy = bool((path / "cgroup.procs").read_text().split())
+                if not busy:
+                    path.rmdir()
                     break
+            except FileNotFoundError:
+                break
             except OSError:
+                pass
+            if time.monotonic() > deadline:
+                print(f"remove_cgroup_tree: {path} still busy after {patience_s:.0f} s; left behind", file=sys.stderr)
                 break
             time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 @dataclass
