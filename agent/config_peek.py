@@ -24,7 +24,7 @@ import stat
 from collections import OrderedDict
 
 from agent.text import clean
-from gpuguard.scripts import script_name
+from gpuguard.scripts import MAX_JOINED_LINE, logical_lines, script_name
 
 MAX_FILES = 4
 MAX_BYTES = 64 << 10
@@ -132,16 +132,17 @@ INERT_SCRIPT_LINE = re.compile(r"(#.*|(then|else|fi|do|done|esac|;;|[{}()]|set\s
 
 
 def script_lines(name: str, data: bytes) -> list[str]:
-    """``name:line: text`` for each of a shell script's command lines (at most MAX_SCRIPT_LINES; a last line says
-    how many more there were)."""
+    """``name:line: text`` for each of a shell script's command lines, as the shell reads them (gpuguard/scripts.py
+    logical_lines: continuations joined, comments cut off), at most MAX_SCRIPT_LINES; a last line says how many more
+    there were."""
     out: list[str] = []
     more = 0
-    for number, raw in enumerate(data.splitlines(), start=1):
-        line = clean(raw).replace("\x00", "\\x00").strip()
+    physical = (clean(raw).replace("\x00", "\\x00") for raw in data.splitlines())
+    for number, line in logical_lines(physical):
         if INERT_SCRIPT_LINE.fullmatch(line):
             continue
         if len(out) < MAX_SCRIPT_LINES:
-            out.append(f"{name}:{number}: {line[:MAX_LINE]}")
+            out.append(f"{name}:{number}: {line[:MAX_JOINED_LINE]}")
         else:
             more += 1
     if more:

