@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from collector.rules.downloads import remember as remember_downloads
 from collector.rules.engine import JobContext, RuleMatch
 from collector.rules.loader import Correlation, RuleSet
 from gpuguard.addresses import unmapped
@@ -107,8 +108,10 @@ class Correlator:
             self.touch(ev.job.id)
             return
         ctx = self.state(ev.job.id).ctx
-        if kind == "exec" and ev.exec.result == 0 and host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:
-            ctx.main_keys[host] = ev.process.key
+        if kind == "exec" and ev.exec.result == 0:
+            if host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:
+                ctx.main_keys[host] = ev.process.key
+            remember_downloads(ctx.downloads, list(ev.exec.argv), ev.ts_ns)
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
         elif kind == "listen" and ev.job.kind not in NOT_JOBS and reachable_over_loopback(ev.listen.addr):

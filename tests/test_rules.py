@@ -136,7 +136,7 @@ def test_gpu_new_binary_and_pool_port_correlate(builtin):
     first_gpu = pb.Event(seq=2, ts_ns=2_000_000_000, gpu_open=pb.GpuOpen(path="/dev/nvidia0"))
     first_gpu.job.kind, first_gpu.job.id = "slurm", "4242"
     first_gpu.process.key, first_gpu.process.exe = "main", "/usr/bin/python3"
-    assert rule_ids(engine, first_gpu, corr.context("h1", first_gpu)) == set()   # the job's own trainer
+    assert rule_ids(engine, first_gpu, corr.context("h1", first_gpu)) == {"gpu-opened-by-job-binary"}  # its trainer
     corr.observe("h1", first_gpu)
     miner_gpu = pb.Event(seq=3, ts_ns=3_000_000_000, gpu_open=pb.GpuOpen(path="/dev/nvidia0"))
     miner_gpu.job.kind, miner_gpu.job.id = "slurm", "4242"

@@ -36,6 +36,8 @@ class JobContext:
     # process key -> (address, port) -> when (ns) a connect there last failed: a scan, by what it does
     discovery: dict[str, int] = field(default_factory=dict)   # kind of discovery command -> when (ns) last run
     discovery_burst_ns: int | None = None                     # when the last burst was reported (once a window)
+    downloads: OrderedDict[str, tuple[int, str]] = field(default_factory=OrderedDict)   # file a downloader wrote ->
+                                                              # (when, its argv): collector/rules/downloads.py
 
 
 class EventView:

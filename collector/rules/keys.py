@@ -30,6 +30,7 @@ from collector.rules.context import (
     other_jobs_listener,
     under_any,
 )
+from collector.rules.downloads import downloaded_program
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
 from gpuguard.addresses import unmapped
@@ -598,6 +599,17 @@ def _hosts_on_port_at_least(value, _rule, _res):
 @key("discovery_burst_at_least", ("exec",), _count, context=True)
 def _discovery_burst_at_least(value, _rule, _res):
     return lambda v, ctx: discovery_burst(v.ev, ctx, value) if ctx is not None else None
+
+
+@key("exec_of_download", ("exec",), _true, context=True)
+def _exec_of_download(_value, _rule, _res):
+    """The exec runs a file this job downloaded earlier (collector/rules/downloads.py)."""
+    def downloaded(v, ctx):
+        if ctx is None:
+            return None
+        ev = v.ev
+        return downloaded_program(ctx.downloads, ev.process.exe, ev.exec.filename, ev.ts_ns)
+    return downloaded
 
 
 @key("reaches_another_jobs_listener", ("connect",), _true, context=True)
