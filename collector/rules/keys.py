@@ -222,6 +222,23 @@ def _exe_prefix_in(value, _rule, _res):
     return exe_prefix
 
 
+@key("exe_hidden_dir_not_in", PROCESS_EVENTS, _strings)
+def _exe_hidden_dir_not_in(value, _rule, _res):
+    """The executable's path runs through a hidden directory (a name starting with a dot) that is not one of these:
+    the tools of the field install into a few well-known ones, droppers anywhere."""
+    known = frozenset(str(v) for v in value)
+
+    def hidden_dir(v, _c):
+        path = v.ev.process.exe
+        if not path.startswith("/"):
+            return None
+        for part in path.split("/")[1:-1]:
+            if part.startswith(".") and part not in (".", "..") and part not in known:
+                return f"{path} runs from the hidden directory {part}"
+        return None
+    return hidden_dir
+
+
 @key("exe_regex", PROCESS_EVENTS, _regex_any)
 def _exe_regex(value, _rule, _res):
     """The executed file's path (a regex or a $list of them): where a program runs from says what it is when its name
