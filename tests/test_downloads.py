@@ -37,6 +37,8 @@ def test_an_exec_of_a_downloaded_file_is_found_by_its_path():
     assert downloaded_program(downloads, "/home/u/run/w", "./w", 5_000)                 # relative to the job's dir
     assert downloaded_program(downloads, "/home/u/.cache/worker", "/home/u/.cache/worker", 5_000)
     assert downloaded_program(downloads, "/usr/bin/python3", "python3", 5_000) is None
+    remember(downloads, ["curl", "-LO", "https://example.org/tools/python3"], 3_000)      # a file named as a program
+    assert downloaded_program(downloads, "/usr/bin/python3", "python3", 5_000) is None    # is not the system's
     assert downloaded_program(downloads, "/home/u/run/w", "./w", 1_000 + REMEMBER_NS + 1) is None   # long ago
 
 

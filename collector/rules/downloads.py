@@ -18,6 +18,7 @@ DOWNLOADERS = frozenset(("curl", "wget", "wget2", "aria2c", "axel"))
 MAX_DOWNLOADS = 256                   # files remembered per job (the oldest forgotten first)
 REMEMBER_NS = 6 * 3600 * 10**9         # how long a download stays "just downloaded"
 NOT_FILES = frozenset(("-", "/dev/null", "/dev/stdout", "/dev/stderr"))
+SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/")   # a relative download is not found there
 # options whose value is the file written, or the directory it is written to, by downloader
 OUTPUT_FILE = {"curl": ("-o", "--output"), "wget": ("-O", "--output-document"), "wget2": ("-O", "--output-document"),
                "aria2c": ("-o", "--out"), "axel": ("-o", "--output")}
@@ -115,8 +116,8 @@ def downloaded_program(downloads: OrderedDict[str, tuple[int, str]], exe: str, f
             break
         if path.startswith("/") or path.startswith("~"):
             hit = exe == path or (path.startswith("~") and exe.endswith(path[1:]))
-        else:
-            hit = exe.endswith("/" + path) or name == path
+        else:                                # written in the job's directory, which is no system directory
+            hit = (exe.endswith("/" + path) or name == path) and not exe.startswith(SYSTEM_DIRS)
         if hit:
             return f"{exe} was written by {what!r} {max(ts_ns - when, 0) / 1e9:.0f} s before"
     return None
