@@ -52,7 +52,7 @@ from agent.events import (
     ListenEvent,
     SocketEvent,
 )
-from agent.exe_hash import ExeHasher
+from agent.exe_hash import ExeHasher, is_image
 from agent.flows import (
     FLOW_DNS_ANSWER,
     FLOW_DNS_QUERY,
@@ -105,6 +105,8 @@ MAX_QUERIES_TRACKED = 16384
 MAX_ANCESTRIES = 4096        # ancestor messages kept (one per distinct parent image)
 MAX_JOB_FIELDS = 4096        # serialised jobs kept (one per job seen lately)
 MAX_SHARED_TAILS = 4096      # image tails shared by processes of one exec shape (cleared when exceeded)
+MAX_RESOLVED_PATHS = 4096    # relative execs resolved to the file that ran (cleared when exceeded)
+RESOLVES_PER_DRAIN = 64      # new relative execs looked up in /proc per drain (a storm of them costs its job only)
 
 
 class Enricher:
@@ -126,6 +128,8 @@ class Enricher:
         self.encode_events = False      # connects, execs, exits as bytes (agent/encoded.py): set by the agent
         self._job_fields: dict[Job, bytes] = {}     # a job as Event field 5, made once per job
         self._tails: dict[tuple, ImageTail] = {}    # (exec shape, file, cgroup, uid, gid) -> its processes' tail
+        self._resolved: dict[tuple, str] = {}       # (relative filename, image) -> the absolute path that ran
+        self._resolve_budget = RESOLVES_PER_DRAIN
         self._boot_field = text_field(3, identity.boot_id)
         self.flow_stats = {"dns_answers": 0, "dns_unparsed": 0, "tls_hellos": 0, "datagrams": 0}
         self._ancestries: OrderedDict[int, tuple[list, pb.Process, bytes]] = OrderedDict()  # id(lineage) -> it
@@ -440,7 +444,8 @@ class Enricher:
             if full is not None:
                 ev.argv, ev.argv_truncated = full
                 shape = None                     # this record now says more than its shape
-        self.table.on_exec(hdr.pid, ev.filename, ev.argv, hdr.comm, ev.ppid, ev.exe_inode, shape)
+        exe = self._absolute(hdr.pid, ev.filename, ev.exe_inode, ev.ppid)
+        self.table.on_exec(hdr.pid, exe, ev.argv, hdr.comm, ev.ppid, ev.exe_inode, shape)
         job = self._job_for(p, hdr, ev.slurm_job_env)
         pty_peer = self._pty_peer(hdr.pid, ev.tty) if ev.tty >= 0 else ""
         if shape is None:
@@ -466,6 +471,41 @@ class Enricher:
                 return out
             data = body.SerializeToString()
         return self._encoded(hdr, p, job, EXEC_FIELD, data, with_ancestry=True)
+
+    def new_drain(self) -> None:
+        """A new drain of the ring: the per-drain budgets of what is read from /proc and files start again."""
+        self.config_peek.new_drain()
+        self._resolve_budget = RESOLVES_PER_DRAIN
+
+    def _absolute(self, pid: int, filename: str, image: tuple[int, int, int] | None, ppid: int = 0) -> str:
+        """A relative exec (``./w``, ``bin/x``: what execve was given) as the absolute path of the file that ran,
+        for the process's exe: the rules that read where a program runs from (/tmp, /dev/shm, a hidden directory)
+        must not be passed by ``cd /dev/shm && ./x``. The process's working directory joined to the name - or its
+        parent's, which it inherited, when the process is gone already (a short-lived program) - kept only when that
+        path, seen through that process's root, is the image the kernel reported (its inode), so neither a directory
+        changed since nor a race names another file; otherwise the name as given."""
+        if filename.startswith("/") or image is None:
+            return filename
+        key = (filename, image)
+        path = self._resolved.get(key)
+        if path is not None:
+            return path
+        if self._resolve_budget <= 0:
+            return filename
+        self._resolve_budget -= 1
+        for holder in (pid, ppid) if ppid else (pid,):
+            try:
+                path = os.path.normpath(os.path.join(os.readlink(f"/proc/{holder}/cwd"), filename))
+                if is_image(os.stat(f"/proc/{holder}/root{path}"), image):
+                    break
+            except OSError:           # gone already, or not ours to look at
+                pass
+        else:
+            return filename
+        if len(self._resolved) >= MAX_RESOLVED_PATHS:
+            self._resolved.clear()
+        self._resolved[key] = path
+        return path
 
     def _pty_peer(self, pid: int, tty: int) -> str:
         """The ancestor holding the master of pts ``tty``, if it connected out of the node: a pty reverse shell

@@ -37,7 +37,7 @@ def file_key(st: os.stat_result) -> FileKey:
     return kernel_dev(st.st_dev), st.st_ino, st.st_ctime_ns
 
 
-def _is(st: os.stat_result, image: Image | None) -> bool:
+def is_image(st: os.stat_result, image: Image | None) -> bool:
     """Whether a stat is the image's inode. stat's device is not always the superblock's (a btrfs subvolume's
     is its own): an equal inode and ctime then decide."""
     if image is None:
@@ -89,7 +89,7 @@ class ExeHasher:
                 st = os.stat(source)
             except OSError:
                 continue
-            if _is(st, image):
+            if is_image(st, image):
                 return file_key(st), source
         return None
 

@@ -89,7 +89,7 @@ class Capture:
 
     def process(self, drained: Drained) -> list[Record]:
         records: list[Record] = []
-        self.enricher.config_peek.new_drain()
+        self.enricher.new_drain()
         for events, bulk in self._parts(drained):
             if bulk is not None:
                 bulk.note_leaving()            # before the drain's execs look for an ancestor that connected out

@@ -563,6 +563,25 @@ def test_a_program_the_job_downloaded_and_ran_is_alerted(stack):
     assert f"w was written by 'curl -sf -o w http://127.0.0.1:{port}/helper'" in said, said
 
 
+def test_a_program_run_by_a_relative_path_is_named_by_where_it_lives(stack):
+    """`cd /dev/shm/.x && ./t`: execve is given "./t", which says nothing of /dev/shm. The agent names the process by
+    the file that ran (its working directory joined, checked by inode; the program here exits at once, so it is the
+    shell's, which it inherited), so the staging-directory rules hold."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    park = Path(f"/dev/shm/.gg-test-{job}")
+    park.mkdir()
+    try:
+        shutil.copy("/bin/true", park / "t")
+        run = run_in_cgroup(cg, ["/bin/sh", "-c", f"cd {park} && ./t; sleep 2"], capture_output=True, text=True,
+                            timeout=60)
+        assert run.returncode == 0, run.stderr
+        hit = the_alert(stack, job, "exec-hidden-in-staging-dir")
+    finally:
+        shutil.rmtree(park, ignore_errors=True)
+    assert hit["matched"]["exe_regex"] == f"{park}/t"
+
+
 def wait_for_text_in_stream(proc: subprocess.Popen, text: str, timeout_s: float = 20) -> None:
     """Read a child's output until a line holds ``text`` (its positive signal of readiness)."""
     deadline = time.monotonic() + timeout_s

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from agent.events import (
     ForkEvent,
     Header,
 )
+from agent.exe_hash import file_key
 from agent.identity import BootClock, HostIdentity
 from agent.jobs import JobResolver
 from agent.process_table import ProcessTable
@@ -372,3 +375,30 @@ def test_only_drains_that_cannot_change_the_connects_go_as_columns(job_root):
     assert not bulk_ready(arena([(pb.KIND_FLOW, {"hdr_ts_ns": 5}), *storm]), e)   # a DNS answer may name them
     e.connects.denied(PID, "127.0.0.1", 1000)
     assert not bulk_ready(arena(storm), e)                                         # a denial waits for its connect
+
+
+def test_a_relative_exec_is_named_by_the_file_that_ran(tmp_path):
+    """`cd /dev/shm && ./x` must not pass the rules that read where a program runs from: a relative exec's process
+    gets the absolute path of the file the kernel ran (cwd joined, checked by inode through the process's root);
+    another file under that name, or a process gone, leaves the name as given."""
+    hidden = tmp_path / ".x"
+    hidden.mkdir()
+    shutil.copy("/bin/sleep", hidden / "s")
+    proc = subprocess.Popen(["./s", "30"], cwd=hidden)
+    try:
+        e = enricher(tmp_path, encode=True)
+        image = file_key(os.stat(hidden / "s"))
+        assert e._absolute(proc.pid, "./s", image) == str(hidden / "s")
+        assert e._absolute(proc.pid, "/usr/bin/sleep", image) == "/usr/bin/sleep"       # absolute: as given
+        other = file_key(os.stat("/bin/sh"))
+        assert e._absolute(proc.pid, "./t", other) == "./t"                             # not the file that ran
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert enricher(tmp_path, encode=True)._absolute(proc.pid, "./s", image) == "./s"   # gone: as given
+    holder = subprocess.Popen(["sleep", "30"], cwd=hidden)                             # ... unless its parent is there
+    try:
+        assert enricher(tmp_path, encode=True)._absolute(proc.pid, "./s", image, holder.pid) == str(hidden / "s")
+    finally:
+        holder.kill()
+        holder.wait(5)
