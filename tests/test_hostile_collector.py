@@ -79,8 +79,8 @@ def test_correlator_and_alerts_stay_bounded_under_a_connect_storm(tmp_path):
     print(f"\ncollector RSS before/after 100k pool-port connects: {before:.0f} / {after:.0f} MB; "
           f"correlator hits {corr.total_hits}, evicted {corr.evicted_hits}")
     assert after - before < 150, f"RSS grew {after - before:.0f} MB over 100k connects (state must stay bounded)"
-    assert corr.total_hits == 200        # one entry per (rule, host, process) per job: connect-pool-port and
-    #                                      connect-out-of-cluster, 100 (process, job) pairs each
+    assert corr.total_hits == 300        # one entry per (rule, host, process) per job: connect-pool-port,
+    #                                      connect-mining-port and connect-out-of-cluster, 100 (process, job) pairs each
     assert all(len(a.evidence_seqs) <= MAX_EVIDENCE for a in app.policy.alerts.values())
 
 

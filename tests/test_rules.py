@@ -147,7 +147,8 @@ def test_gpu_new_binary_and_pool_port_correlate(builtin):
     assert corr.record("h1", miner_gpu, hits) == []
     pool = connect_event(3333, key="m", seq=4, exe="/tmp/kworker")
     pool_hits = engine.evaluate("h1", pool, corr.context("h1", pool))
-    assert sorted(m.rule.id for m in pool_hits) == ["connect-out-of-cluster", "connect-pool-port"]
+    assert sorted(m.rule.id for m in pool_hits) == ["connect-mining-port", "connect-out-of-cluster",
+                                                    "connect-pool-port"]
     fired = {c.id: hits for c, hits in corr.record("h1", pool, pool_hits)}
     assert set(fired) == {"new-gpu-binary-to-pool-port", "new-gpu-binary-talks-out"}
     assert [h.event.seq for h in fired["new-gpu-binary-to-pool-port"]] == [3, 4]
