@@ -111,7 +111,7 @@ class Correlator:
         if kind == "exec" and ev.exec.result == 0:
             if host not in ctx.main_keys and len(ctx.main_keys) < MAX_FACTS:
                 ctx.main_keys[host] = ev.process.key
-            remember_downloads(ctx.downloads, list(ev.exec.argv), ev.ts_ns)
+            remember_downloads(ctx.downloads, ev.exec.argv, ev.ts_ns)
         elif kind == "gpu_open" and len(ctx.gpu_exes) < MAX_FACTS:
             ctx.gpu_exes.add(ev.process.exe or ev.process.comm)
         elif kind == "listen" and ev.job.kind not in NOT_JOBS and reachable_over_loopback(ev.listen.addr):

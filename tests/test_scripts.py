@@ -89,15 +89,20 @@ def test_ordinary_commands_as_scripts_raise_nothing():
         assert not fired_for_script(LINES[i:i + 20]), LINES[i:i + 20]
 
 
+def fired_for_file(body: str | bytes, name: str = "run.sh") -> set[str]:
+    """What the rules make of a script file read as the agent reads it (``script_lines``), run as ``bash NAME``."""
+    data = body.encode() if isinstance(body, str) else body
+    ev = exec_event({"argv": ["/bin/bash", name], "exe": "/usr/bin/bash", "config_lines": script_lines(name, data)})
+    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+
+
 ATTACK_SCRIPTS = sorted((Path(__file__).parent / "corpus" / "attack_scripts").glob("*.sh"))
 
 
 @pytest.mark.parametrize("path", ATTACK_SCRIPTS, ids=lambda p: p.name)
 def test_attack_scripts_raise_something(path):
     """Scripts of a held-out pass (never run: read as the agent reads them) stay caught."""
-    lines = script_lines(path.name, path.read_bytes())
-    ev = exec_event({"argv": ["/bin/bash", path.name], "exe": "/usr/bin/bash", "config_lines": lines})
-    assert {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}, path.read_text()
+    assert fired_for_file(path.read_bytes(), path.name), path.read_text()
 
 
 BENIGN_SCRIPTS = sorted((Path(__file__).parent / "corpus" / "benign_scripts").glob("*.sh"))
@@ -108,15 +113,7 @@ def test_training_scripts_raise_nothing(path):
     """Scripts in the shape of public training repositories' launchers (continuation lines, data files named .txt,
     comments holding brace lists, srun with cache mounts, a .netrc written for a tracker): read as the agent reads
     them, quiet."""
-    lines = script_lines(path.name, path.read_bytes())
-    ev = exec_event({"argv": ["/bin/bash", path.name], "exe": "/usr/bin/bash", "config_lines": lines})
-    assert not {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}, path.read_text()
-
-
-def fired_for_file(body: str) -> set[str]:
-    ev = exec_event({"argv": ["bash", "run.sh"], "exe": "/usr/bin/bash",
-                     "config_lines": script_lines("run.sh", body.encode())})
-    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+    assert not fired_for_file(path.read_bytes(), path.name), path.read_text()
 
 
 def test_a_command_spread_over_lines_is_read_whole():

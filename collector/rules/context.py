@@ -129,8 +129,6 @@ class EventView:
         return self._argv_scan_text
 
 
-
-
 def with_here_documents(lines: list[str]) -> list[str]:
     """A here-document's body put back on the line that reads it (``python3 - <<'PY'`` then the code): one command,
     as ``sh -c`` would be given it, its lines joined by `` ; `` like a typed line's breaks."""

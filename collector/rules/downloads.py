@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 DOWNLOADERS = frozenset(("curl", "wget", "wget2", "aria2c", "axel"))
@@ -32,7 +33,7 @@ def _url_name(url: str) -> str:
     return os.path.basename(path) or "index.html"
 
 
-def _option_value(args: list[str], i: int, names: tuple[str, ...]) -> tuple[str | None, int]:
+def _option_value(args: Sequence[str], i: int, names: tuple[str, ...]) -> tuple[str | None, int]:
     """(value, args consumed) when args[i] is one of ``names`` (``-o F``, ``-oF``, ``--output=F``, ``-sLo F``)."""
     arg = args[i]
     for name in names:
@@ -48,7 +49,7 @@ def _option_value(args: list[str], i: int, names: tuple[str, ...]) -> tuple[str 
     return None, 0
 
 
-def download_targets(argv: list[str]) -> list[str]:
+def download_targets(argv: Sequence[str]) -> list[str]:
     """The files this downloader exec writes, as written in its argv (relative or absolute); [] for other programs
     or output to stdout."""
     if not argv:
@@ -92,8 +93,9 @@ def download_targets(argv: list[str]) -> list[str]:
     return out
 
 
-def remember(downloads: OrderedDict[str, tuple[int, str]], argv: list[str], ts_ns: int) -> None:
-    """Note the files a downloader exec writes (the job's memory, bounded: the oldest forgotten first)."""
+def remember(downloads: OrderedDict[str, tuple[int, str]], argv: Sequence[str], ts_ns: int) -> None:
+    """Note the files a downloader exec writes (the job's memory, bounded: the oldest forgotten first). Called for
+    every exec the collector stores: the argv is read where it is, not copied, and only a downloader's is looked at."""
     targets = download_targets(argv)
     if not targets:
         return
