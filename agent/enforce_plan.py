@@ -31,7 +31,7 @@ PAYLOAD_PROGRAM = (b"payload_egress", INET_EGRESS)
 MODE_MONITOR, MODE_ENFORCE = 1, 2
 # mirror of probes/gpuguard.h SOCKET_KIND_*; a kind's rule sits at struct socket_deny's rule[bit_length - 1]
 SOCKET_KINDS = {"raw-ip": 1, "icmp": 2, "packet": 4}
-TRAIT_BITS = 6                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
+TRAIT_BITS = 7                   # mirror of probes/enforce_exec.c: ExecTrait bits a kill_traits entry can name
 # mirror of probes/enforce_payload.c
 FP_MAX, FP_LEN, FP_NEAR, FP_WINDOW_MAX, FP_STRATUM, ANCHOR_FOLD = 16, 16, 8, 496, 1, 0xDFDFDFDF
 FINGERPRINT = "<16s16sIIII"      # struct fingerprint: pattern, mask, offset_min, offset_max, min_len, flags

@@ -40,7 +40,7 @@ BPF_PERCPU_ARRAY(kill_arg_scratch, struct kill_arg, 1);
 /* Kill by what the exec is (ExecTrait bits), whatever its name: scope -> (bits, the rule of each bit);
  * (rule, comm) -> exempt (container runtimes that legitimately exec from a memfd);
  * kill_trait_config[0]: the bits any entry asks for (0: the traits are not even computed). */
-#define TRAIT_BITS 6
+#define TRAIT_BITS 7
 
 struct trait_entry {
     u32 bits;

@@ -27,13 +27,13 @@ static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
     struct env_buf *b = env_scratch.lookup(&zero);
     if (!b)
         return;
-    b->_pad = 0;                  /* 1: inside a clipped argument */
+    b->skipping = 0;
     e->args_len = 0;              /* the write offset, kept in memory too: one range for every path */
     u64 p = start;
     for (int i = 0; i < ARGV_READS; i++) {
         if (p >= end)
             break;
-        if (b->_pad) {
+        if (b->skipping) {
             long m = bpf_probe_read_user_str(b->s, sizeof(b->s), (void *)p);
             if (m <= 0) {
                 e->flags |= EXEC_ARGV_FAULT;
@@ -41,7 +41,7 @@ static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
             }
             if (m < (long)sizeof(b->s)) {
                 p += m;
-                b->_pad = 0;
+                b->skipping = 0;
             } else {
                 p += m - 1;
             }
@@ -62,7 +62,7 @@ static __always_inline void read_argv(struct exec_event *e, u64 start, u64 end)
         if (n == ARG_LEN) {
             e->flags |= EXEC_ARG_CLIPPED;
             p += n - 1;
-            b->_pad = 1;
+            b->skipping = 1;
             continue;
         }
         p += n;

@@ -82,11 +82,17 @@ struct exec_event {
     char args[ARGS_BUF];           /* NUL-separated argv */
 };
 
+#define MAX_HOOK_VARS 4            /* interpreter start-up variables whose values are searched, per exec */
+#define HOOK_VALUE_SCAN 192        /* bytes of each such variable searched for a staging path */
+
 struct env_buf {
     char s[ENV_STR_LEN];
-    /* in memory, not in a register: a register the verifier knows exactly would make every
+    u64 hooks[MAX_HOOK_VARS];      /* where each interpreter start-up variable is (user address), in order */
+    /* in memory, not in registers: a register the verifier knows exactly would make every
      * combination of traits a separate state in the environment loop */
+    u32 nhooks;
     u32 traits;
+    u32 skipping;                  /* read_argv (exec.c): inside a clipped argument */
     u32 _pad;
 };
 
@@ -873,8 +879,58 @@ static __always_inline int preload_from_staging(const char *s)
            (w == STR8('/', 'd', 'e', 'v', '/', 's', 'h', 'm') && (w2 & 0xff) == '/');
 }
 
-/* One pass over the environment: SLURM_JOB_ID (into job_env when given) and the LD_* traits. A variable
- * longer than the buffer is stepped over in pieces, so padding cannot hide what follows it. */
+/* Variables that make an interpreter load code before its own (PYTHONSTARTUP, PYTHONPATH, PYTHONHOME, BASH_ENV,
+ * ENV, PERL5LIB, PERL5OPT, RUBYLIB, RUBYOPT, NODE_OPTIONS, NODE_PATH, JAVA_TOOL_OPTIONS, _JAVA_OPTIONS), by the
+ * first 16 bytes of "NAME=value". */
+static __always_inline int is_hook_var(u64 w0, u64 w1)
+{
+    if (w0 == STR8('P', 'Y', 'T', 'H', 'O', 'N', 'S', 'T'))
+        return (w1 & MASK6) == STR8('A', 'R', 'T', 'U', 'P', '=', 0, 0);
+    if (w0 == STR8('P', 'Y', 'T', 'H', 'O', 'N', 'P', 'A'))
+        return (w1 & MASK3) == STR8('T', 'H', '=', 0, 0, 0, 0, 0);
+    if (w0 == STR8('P', 'Y', 'T', 'H', 'O', 'N', 'H', 'O'))
+        return (w1 & MASK3) == STR8('M', 'E', '=', 0, 0, 0, 0, 0);
+    if (w0 == STR8('B', 'A', 'S', 'H', '_', 'E', 'N', 'V') || w0 == STR8('P', 'E', 'R', 'L', '5', 'L', 'I', 'B') ||
+        w0 == STR8('P', 'E', 'R', 'L', '5', 'O', 'P', 'T'))
+        return (w1 & 0xff) == '=';
+    if (w0 == STR8('N', 'O', 'D', 'E', '_', 'O', 'P', 'T'))
+        return (w1 & MASK5) == STR8('I', 'O', 'N', 'S', '=', 0, 0, 0);
+    if (w0 == STR8('N', 'O', 'D', 'E', '_', 'P', 'A', 'T'))
+        return (w1 & 0xffff) == STR8('H', '=', 0, 0, 0, 0, 0, 0);
+    if (w0 == STR8('J', 'A', 'V', 'A', '_', 'T', 'O', 'O'))
+        return w1 == STR8('L', '_', 'O', 'P', 'T', 'I', 'O', 'N');
+    if (w0 == STR8('_', 'J', 'A', 'V', 'A', '_', 'O', 'P'))
+        return (w1 & MASK6) == STR8('T', 'I', 'O', 'N', 'S', '=', 0, 0);
+    return w0 == STR8('R', 'U', 'B', 'Y', 'L', 'I', 'B', '=') || w0 == STR8('R', 'U', 'B', 'Y', 'O', 'P', 'T', '=') ||
+           (w0 & 0xFFFFFFFFULL) == STR8('E', 'N', 'V', '=', 0, 0, 0, 0);
+}
+
+/* Whether the start-up variable at p names a path under /dev/shm/ or a hidden directory directly under /tmp or
+ * /var/tmp (/tmp/.x) as one of its entries: at the value's start, after a ':' (a path list, -javaagent:), a space
+ * or an '=' (NODE_OPTIONS="--require /dev/shm/x.js", --require=). Searched over the first HOOK_VALUE_SCAN bytes. */
+static __always_inline int hook_names_staging(struct env_buf *b, u64 p)
+{
+    long n = bpf_probe_read_user_str(b->s, HOOK_VALUE_SCAN + 16, (void *)p);
+    for (int i = 1; i < HOOK_VALUE_SCAN; i++) {
+        if (i >= n - 1)
+            break;
+        char before = b->s[i - 1];
+        if (before != '=' && before != ':' && before != ' ')
+            continue;
+        u64 w = 0;
+        __builtin_memcpy(&w, &b->s[i], 8);
+        char c8 = b->s[i + 8], c9 = b->s[i + 9];
+        if ((w == STR8('/', 'd', 'e', 'v', '/', 's', 'h', 'm') && c8 == '/') ||
+            (w & MASK6) == STR8('/', 't', 'm', 'p', '/', '.', 0, 0) ||
+            (w == STR8('/', 'v', 'a', 'r', '/', 't', 'm', 'p') && c8 == '/' && c9 == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* One pass over the environment: SLURM_JOB_ID (into job_env when given), the LD_* traits and where the
+ * interpreter start-up variables are (searched after the pass: TRAIT_HOOK_ENV_STAGING). A variable longer than
+ * the buffer is stepped over in pieces, so padding cannot hide what follows it. */
 static __always_inline u32 scan_env(u64 p, u64 end, char *job_env)
 {
     u32 zero = 0;
@@ -882,6 +938,7 @@ static __always_inline u32 scan_env(u64 p, u64 end, char *job_env)
     if (!b)
         return 0;
     b->traits = 0;
+    b->nhooks = 0;
     int i = 0;
     for (; i < MAX_ENV_VARS; i++) {
         if (p >= end)
@@ -900,11 +957,22 @@ static __always_inline u32 scan_env(u64 p, u64 end, char *job_env)
             b->traits |= TRAIT_LD_AUDIT;
         } else if (w0 == LDT_W0) {
             b->traits |= ENV_LD_TRACE;
+        } else if (b->nhooks < MAX_HOOK_VARS && is_hook_var(w0, w1)) {
+            b->hooks[b->nhooks & (MAX_HOOK_VARS - 1)] = p;
+            b->nhooks++;
         }
         p += n >= (long)sizeof(b->s) ? n - 1 : n;
     }
     if (i >= MAX_ENV_VARS && p < end)
         b->traits |= TRAIT_ENV_UNSCANNED;
+    for (int h = 0; h < MAX_HOOK_VARS; h++) {
+        if (h >= b->nhooks)
+            break;
+        if (hook_names_staging(b, b->hooks[h])) {
+            b->traits |= TRAIT_HOOK_ENV_STAGING;
+            break;
+        }
+    }
     return b->traits;
 }
 

@@ -10,6 +10,7 @@ from agent.enforce_plan import (
     DENY_PROGRAMS,
     PAYLOAD_PROGRAM,
     SOCKET_KINDS,
+    TRAIT_BITS,
     Planner,
     cgroup_level,
     deny_key,
@@ -19,6 +20,7 @@ from agent.jobs import DEFAULT_PATTERNS, match_job
 from collector.rules.loader import load_ruleset, rule_texts
 from collector.rules.lowering import compile_policy
 from gpuguard.v1 import policy_pb2 as ppb
+from gpuguard.vocab import EXEC_TRAIT_BITS
 
 PATHS = {1: "/", 10: "/slurm", 11: "/slurm/uid_0", 12: "/slurm/uid_0/job_7", 13: "/slurm/uid_0/job_7/step_0",
          14: "/slurm/uid_0/job_8", 20: "/system.slice", 21: "/system.slice/sshd.service"}
@@ -70,6 +72,14 @@ def test_the_builtin_policy_plans_on_a_host_with_jobs():
     assert plan.switches["argv_config"] == 1 and plan.fingerprints
     assert all(path.startswith("/slurm") for path, _t in plan.attachments)   # never the host's own services
     assert any(t == PAYLOAD_PROGRAM[1] for _p, t in plan.attachments)
+
+
+def test_every_exec_trait_has_a_rule_slot_in_the_kernel_and_here():
+    """A trait the kernel records but whose bit the kill table has no slot for could never kill (a new ExecTrait must
+    widen TRAIT_BITS in probes/enforce_exec.c and here, together)."""
+    source = (Path(__file__).resolve().parent.parent / "probes" / "enforce_exec.c").read_text()
+    assert int(re.search(r"^#define TRAIT_BITS (\d+)", source, re.M)[1]) == TRAIT_BITS
+    assert max(EXEC_TRAIT_BITS.values()) < 1 << TRAIT_BITS
 
 
 def test_socket_kinds_mirror_the_kernel_and_each_kind_keeps_its_rule():

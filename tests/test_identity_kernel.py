@@ -235,6 +235,9 @@ os.execv(f"/proc/self/fd/{fd}", ["true"])
 """
 
 
+PADDING = {f"GG_PAD_{i}": "x" * 40 for i in range(100)}
+
+
 def loader() -> str:
     found = sorted(glob.glob("/lib64/ld-linux-*.so.*") + glob.glob("/lib/*/ld-linux-*.so.*"))
     assert found, "no dynamic loader found"
@@ -243,7 +246,7 @@ def loader() -> str:
 
 def test_execs_killed_by_what_they_are_whatever_their_name(capture, enforcer, test_cgroup, tmp_path):
     job, cg = new_job(test_cgroup)
-    traits = sum(EXEC_TRAIT_BITS[t] for t in ("image_nolink", "via_loader", "preload_staging"))
+    traits = sum(EXEC_TRAIT_BITS[t] for t in ("image_nolink", "via_loader", "preload_staging", "hook_env_staging"))
     enforcer.apply(ppb.Policy(version=4, rules=["t-trait"], kill_traits=[
         ppb.KillTrait(rule_id="t-trait", scope=ppb.Scope(job_ids=[job]), traits=traits,
                       exempt=["memfd:gg-exempt"])]), persist=False)
@@ -255,21 +258,35 @@ def test_execs_killed_by_what_they_are_whatever_their_name(capture, enforcer, te
         "deleted file": run([PYTHON, "-c", DELETED_EXEC, str(tmp_path / "gone")]),
         "ld.so PATH": run([loader(), "/bin/true"]),
         "LD_PRELOAD from /tmp": run(["/bin/true"], env={"LD_PRELOAD": str(staged)}),
+        # an interpreter's start-up variable naming staging, as an entry of a list or an option's argument, after
+        # a hundred other variables
+        "PYTHONPATH entry in /dev/shm": run(["/bin/true"], env={**PADDING, "PYTHONPATH": "/opt/code:/dev/shm/.m"}),
+        "NODE_OPTIONS --require": run(["/bin/true"], env={"NODE_OPTIONS": "--require /tmp/.n/hook.js"}),
+        "BASH_ENV in /var/tmp": run(["/bin/true"], env={"BASH_ENV": "/var/tmp/.b/rc"}),
+        "JAVA_TOOL_OPTIONS agent": run(["/bin/true"], env={"JAVA_TOOL_OPTIONS": "-javaagent:/dev/shm/a.jar"}),
         # left alone: a plain exec, ldd's way of running the loader, a system preload, an exempt runtime
         "plain": run(["/bin/true"]),
         "ld.so --verify": run([loader(), "--verify", "/bin/true"]),
         "system LD_PRELOAD": run(["/bin/true"], env={"LD_PRELOAD": "/lib/x86_64-linux-gnu/libc.so.6"}),
         "exempt memfd": run([PYTHON, "-c", MEMFD_EXEC, "gg-exempt"]),
+        # start-up variables a job sets for itself: its own directories, /tmp not hidden, an option without a path
+        "own PYTHONPATH": run(["/bin/true"], env={"PYTHONPATH": "/opt/code:/tmp/build/lib", "PYTHONSTARTUP": "x"}),
+        "NODE_OPTIONS without a path": run(["/bin/true"], env={"NODE_OPTIONS": "--max-old-space-size=4096"}),
+        "a variable merely named like one": run(["/bin/true"], env={"PYTHONPATHS": "/dev/shm/x", "XENV": "/dev/shm/y"}),
     }
     assert outcomes == {"memfd": -9, "deleted file": -9, "ld.so PATH": -9, "LD_PRELOAD from /tmp": -9,
-                        "plain": 0, "ld.so --verify": 0, "system LD_PRELOAD": 0, "exempt memfd": 0}
+                        "PYTHONPATH entry in /dev/shm": -9, "NODE_OPTIONS --require": -9, "BASH_ENV in /var/tmp": -9,
+                        "JAVA_TOOL_OPTIONS agent": -9, "plain": 0, "ld.so --verify": 0, "system LD_PRELOAD": 0,
+                        "exempt memfd": 0, "own PYTHONPATH": 0, "NODE_OPTIONS without a path": 0,
+                        "a variable merely named like one": 0}
     outside = subprocess.run([PYTHON, "-c", MEMFD_EXEC, "gg-anything"], timeout=20)
     assert outside.returncode == 0                                   # out of scope: untouched
     kills = wait_for(capture, lambda r: r["kind"] == "enforcement" and r["job"]["id"] == job
                      and r["enforcement"]["rule_id"] == "t-trait")
     assert kills and all(k["enforcement"]["action"] == "kill_exec" for k in kills)
     execs = {tuple(r["exec"]["traits"]) for r in capture.seen if r["kind"] == "exec" and r["job"]["id"] == job}
-    assert {("image_nolink",), ("via_loader",), ("ld_preload", "preload_staging"), ("ld_preload",)} <= execs
+    assert {("image_nolink",), ("via_loader",), ("ld_preload", "preload_staging"), ("ld_preload",),
+            ("hook_env_staging",)} <= execs
 
 
 @pytest.fixture(autouse=True)

@@ -56,6 +56,7 @@ class ExecTrait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIT_LD_AUDIT: _ClassVar[ExecTrait]
     TRAIT_PRELOAD_STAGING: _ClassVar[ExecTrait]
     TRAIT_ENV_UNSCANNED: _ClassVar[ExecTrait]
+    TRAIT_HOOK_ENV_STAGING: _ClassVar[ExecTrait]
 
 class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -103,6 +104,7 @@ TRAIT_LD_PRELOAD: ExecTrait
 TRAIT_LD_AUDIT: ExecTrait
 TRAIT_PRELOAD_STAGING: ExecTrait
 TRAIT_ENV_UNSCANNED: ExecTrait
+TRAIT_HOOK_ENV_STAGING: ExecTrait
 JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_HOST: JobKind
 JOB_KIND_SLURM: JobKind
