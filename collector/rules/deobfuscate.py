@@ -2,11 +2,11 @@
 
 Obfuscators (Bashfuscator, Invoke-Obfuscation's Linux cousins, hand-made one-liners) keep the behaviour and change
 the spelling: ``c''url``, ``c\\u\\r\\l``, ``curl${IFS}-s``, ``{curl,-s,URL}``, ``$'\\x63\\x75\\x72\\x6c'``,
-``a=cu;b=rl;$a$b``, ``/???/b??h``, ``echo B64 | base64 -d``, ``echo 'hs|...' | rev``, ``printf '\\143...'``. A rule
-written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with each disguise undone (or ""
-when nothing was disguised); the argv keys search it after the line itself (context.EventView.argv_texts), so
-every argv rule sees through every disguise without knowing of it. Pure and bounded: no shell, no filesystem, no
-network; decoded payloads are kept only when they are printable text.
+``a=cu;b=rl;$a$b``, ``$(printf '\\x63url')``, ``/???/b??h``, ``echo B64 | base64 -d``, ``echo 'hs|...' | rev``,
+``printf '\\143...'``. A rule written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with
+each disguise undone (or "" when nothing was disguised); the argv keys search it after the line itself
+(context.EventView.argv_texts), so every argv rule sees through every disguise without knowing of it. Pure and
+bounded: no shell, no filesystem, no network; decoded payloads are kept only when they are printable text.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ ECHOED_TO = re.compile(r"(?:echo|printf)\s+(?:-[neE]+\s+)?" + QUOTED_OR_WORD + r
 HERE_STRING_TO = re.compile(DECODER + r"\s*<<<\s*" + QUOTED_OR_WORD)
 PRINTF_ESCAPES = re.compile(r"(?:printf|echo\s+-[a-zA-Z]*e[a-zA-Z]*)\s+(['\"])((?:\\(?:x[0-9a-fA-F]{1,2}|[0-7]{1,3})"
                             r"|[^'\"\\]){3,4000})\1")
+PRINTED_SUBSTITUTION = re.compile(r"\$\(\s*(?:printf|echo(?:\s+-[neE]+)?)\s+(['\"]?)([^'\"()`%$]{1,400})\1\s*\)"
+                                  r"|`\s*(?:printf|echo(?:\s+-[neE]+)?)\s+(['\"]?)([^'\"()`%$]{1,400})\3\s*`")
 CHAR_CODES = re.compile(r"\[\s*(\d{2,3}(?:\s*,\s*\d{2,3}){3,2000})\s*\]")
 PACK_HEX = re.compile(r"pack\s*\(?\s*['\"]H\*['\"]\s*,\s*['\"]([0-9a-fA-F]{8,8000})['\"]")
 
@@ -49,7 +51,8 @@ def readable(text: str, variables: dict[str, str] | None = None) -> str:
     the lines around it (a script's: ``assignments``) set, which it may use."""
     if len(text) > MAX_TEXT or not _may_disguise(text):
         return ""
-    out = ANSI_C.sub(lambda m: _unescape(m.group(1)), text)
+    out = PRINTED_SUBSTITUTION.sub(lambda m: _unescape(m.group(2) or m.group(4) or ""), text)
+    out = ANSI_C.sub(lambda m: _unescape(m.group(1)), out)
     out = EMPTY_QUOTES.sub("", out)
     out = IFS.sub(" ", out)
     out = ESCAPED_CHAR.sub(r"\1", out)
@@ -63,7 +66,7 @@ def readable(text: str, variables: dict[str, str] | None = None) -> str:
 
 
 TRIGGERS = re.compile(r"\$'|''|\"\"|\\[A-Za-z]|IFS|\{[^}\s]*,|\$\{?[A-Za-z_]|[?*]|base64|base32|rev\b|xxd|printf|"
-                      r"echo\s+-[a-zA-Z]*e|chr|pack")
+                      r"echo\s+-[a-zA-Z]*e|chr|pack|(\$\(|`)\s*echo\s")
 
 
 def _may_disguise(text: str) -> bool:
