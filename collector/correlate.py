@@ -49,12 +49,31 @@ class JobState:
     fired: set[str] = field(default_factory=set)
 
 
+SLIM_ANCESTORS = 8      # ancestor keys a remembered hit keeps (same_tree correlations)
+
+
 def slim(ev: pb.Event) -> pb.Event:
+    """What a remembered hit keeps of its event: its time, job and process (with its parent's and ancestors' keys,
+    for correlations of one process tree)."""
     out = pb.Event(seq=ev.seq, ts_ns=ev.ts_ns)
     out.job.CopyFrom(ev.job)
     p = ev.process
     out.process.pid, out.process.key, out.process.comm, out.process.exe = p.pid, p.key, p.comm, p.exe[:4096]
+    out.process.parent_key = p.parent_key
+    for a in p.ancestors[:SLIM_ANCESTORS]:
+        out.process.ancestors.add(key=a.key)
     return out
+
+
+def lineage(p: pb.Process) -> set[str]:
+    """A process's own key, its parent's and its ancestors' (as far as its event carries them)."""
+    return {p.key, p.parent_key, *(a.key for a in p.ancestors)} - {""}
+
+
+def same_tree(a: pb.Process, b: pb.Process) -> bool:
+    """One process, or one is the other's parent or ancestor: rsync and the ssh it starts, a shell line and the
+    programs of its pipe."""
+    return a.key == b.key or a.key in lineage(b) or b.key in lineage(a)
 
 
 class Correlator:
@@ -165,7 +184,8 @@ class Correlator:
         evidence = []
         for alternatives in corr.needs:          # each need: the newest fitting hit of any one of its rules
             found = next((hit for rid in alternatives for hit in reversed(st.by_rule.get(rid, {}).values())
-                          if hit.ts_ns >= since and (not corr.same_process or hit.event.process.key == ev.process.key)),
+                          if hit.ts_ns >= since and (not corr.same_process or hit.event.process.key == ev.process.key)
+                          and (not corr.same_tree or same_tree(hit.event.process, ev.process))),
                          None)
             if found is None:
                 return None

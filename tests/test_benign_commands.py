@@ -35,6 +35,11 @@ def fired(argv: list[str]) -> set[str]:
     return {m.rule.id for m in ENGINE.evaluate("node-1", exec_event({"argv": argv}), None)}
 
 
+def raised(argv: list[str]) -> set[str]:
+    """The rules that fire and raise something: a signal only feeds correlations (an rsync to host:path is one)."""
+    return {m.rule.id for m in ENGINE.evaluate("node-1", exec_event({"argv": argv}), None) if m.rule.action != "signal"}
+
+
 def as_executed(line: str) -> list[str]:
     lexer = shlex.shlex(line.replace("\\;", "_"), posix=True, punctuation_chars=True)   # find's \; is no operator
     lexer.whitespace_split = True
@@ -47,14 +52,14 @@ def as_executed(line: str) -> list[str]:
 @pytest.mark.parametrize("line", LINES)
 def test_training_node_command_raises_nothing(line):
     """As a job script's shell runs it and as an agent's tool runs it (sh -c LINE): quiet both ways."""
-    hits = fired(as_executed(line)) | fired(["/bin/sh", "-c", line])
+    hits = raised(as_executed(line)) | raised(["/bin/sh", "-c", line])
     assert hits == set(), f"{sorted(hits)} fired on an ordinary command: {line}"
 
 
 @pytest.mark.parametrize("line", ATTACKS)
 def test_attack_line_raises_something(line):
     """As an agent's tool runs it (sh -c LINE) or as a job script's shell execs it: either is enough."""
-    assert fired(["/bin/sh", "-c", line]) | fired(as_executed(line)), f"nothing fired on: {line}"
+    assert raised(["/bin/sh", "-c", line]) | raised(as_executed(line)), f"nothing raised on: {line}"
 
 
 def test_the_lists_are_long_enough_to_mean_something():

@@ -81,6 +81,7 @@ class Correlation:
     within_s: float
     action: str
     same_process: bool = False
+    same_tree: bool = False         # the hits' processes are one process, or one is the other's parent or ancestor
     mode: str = ""
     source: str = ""
     line: int = 0
@@ -239,6 +240,7 @@ class _Parser:
                            requires=requires, needs=needs, within_s=float(within),
                            action=self.choice(d, "action", where, ACTIONS[1:], "alert"),
                            same_process=bool(d.get("same_process", False)),
+                           same_tree=bool(d.get("same_tree", False)),
                            mode=self.choice(d, "mode", where, (*MODES, ""), ""), source=self.source, line=_line(d))
 
     def parse(self, text: str) -> dict | None:
