@@ -36,8 +36,13 @@ def fired(argv: list[str]) -> set[str]:
 
 
 def raised(argv: list[str]) -> set[str]:
-    """The rules that fire and raise something: a signal only feeds correlations (an rsync to host:path is one)."""
-    return {m.rule.id for m in ENGINE.evaluate("node-1", exec_event({"argv": argv}), None) if m.rule.action != "signal"}
+    return raised_by(exec_event({"argv": argv}))
+
+
+def raised_by(ev) -> set[str]:
+    """The rules an event fires that raise something: a signal only feeds correlations (an rsync to host:path is
+    one), so it is neither a catch nor noise."""
+    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None) if m.rule.action != "signal"}
 
 
 def as_executed(line: str) -> list[str]:

