@@ -75,6 +75,15 @@ class ArenaBatch:
             seen[k] += 1
         return out
 
+    def without(self, drop: dict[int, np.ndarray]) -> ArenaBatch:
+        """The batch less some rows (per kind, a mask of the rows to leave out), in the same order: what is left for
+        the ordered loop when some records are handled as columns (agent/lifecycle_batch.py)."""
+        arrays, keep = dict(self.arrays), np.ones(self.order.size, bool)
+        for kind, mask in drop.items():
+            keep[np.flatnonzero(self.order == kind)[mask]] = False
+            arrays[kind] = self.arrays[kind][~mask]
+        return ArenaBatch(arrays, self.order[keep], self.malformed)
+
     def events(self, stats: DecodeStats, skip: frozenset[int] = frozenset()) -> list[KernelEvent]:
         """The records as events, in order; the kinds in ``skip`` are left out (handled as columns elsewhere:
         agent/connect_batch.py)."""
@@ -138,9 +147,10 @@ def _connects(arr: np.ndarray, comms) -> list[KernelEvent]:
                 strict=True)]
 
 
-def _execs(arr: np.ndarray, comms) -> list[KernelEvent]:
-    """Execs, each record's fields decoded once per distinct shape (everything but its process, its parent and its
-    time): a storm of identical execs shares the argv, the names and an ExecShape (agent/events.py)."""
+def exec_shapes(arr: np.ndarray) -> list[ExecEvent]:
+    """Each exec record's shape: the record decoded once per distinct shape (everything but its process, its parent
+    and its time; the header left unset), a storm of identical execs sharing one, with its ExecShape
+    (agent/events.py)."""
     size, args_at = arr.dtype.itemsize, arr.dtype.fields["args"][1]
     args_cap = arr.dtype.fields["args"][0].itemsize
     buf = arr.tobytes()
@@ -148,22 +158,27 @@ def _execs(arr: np.ndarray, comms) -> list[KernelEvent]:
     if len(shapes) > MAX_EXEC_SHAPES:
         shapes.clear()
     out = []
-    for h, at, argc, n, flags, total, fname, jenv, ppid, stdio, traits, tty, ino, dev, ctime in zip(
-            _headers(arr, comms), range(args_at, args_at + size * arr.size, size), arr["argc"].tolist(),
-            arr["args_len"].tolist(), arr["flags"].tolist(), arr["args_total"].tolist(), arr["filename"].tolist(),
-            arr["job_env"].tolist(), arr["ppid"].tolist(), arr["stdio"].tolist(), arr["traits"].tolist(),
-            arr["tty"].tolist(), arr["exe_ino"].tolist(), arr["exe_dev"].tolist(), arr["exe_ctime_ns"].tolist(),
-            strict=True):
-        args = buf[at:at + min(n, args_cap)]
-        key = (args, fname, argc, flags, total, jenv, stdio, traits, tty, ino, dev, ctime)
+    for at, argc, n, flags, total, fname, jenv, stdio, traits, tty, ino, dev, ctime in zip(
+            range(args_at, args_at + size * arr.size, size), arr["argc"].tolist(), arr["args_len"].tolist(),
+            arr["flags"].tolist(), arr["args_total"].tolist(), arr["filename"].tolist(), arr["job_env"].tolist(),
+            arr["stdio"].tolist(), arr["traits"].tolist(), arr["tty"].tolist(), arr["exe_ino"].tolist(),
+            arr["exe_dev"].tolist(), arr["exe_ctime_ns"].tolist(), strict=True):
+        key = (buf[at:at + min(n, args_cap)], fname, argc, flags, total, jenv, stdio, traits, tty, ino, dev, ctime)
         like = shapes.get(key)
         if like is None:
-            like = shapes[key] = exec_event(None, argc, args, flags, total, fname, jenv, 0, stdio, traits, tty, ino,
+            like = shapes[key] = exec_event(None, argc, key[0], flags, total, fname, jenv, 0, stdio, traits, tty, ino,
                                             dev, ctime)
             like.shape = ExecShape()
-        out.append(ExecEvent(h, like.filename, like.argv, like.argv_truncated, like.argv_fault, like.slurm_job_env,
-                             ppid, like.stdio, like.traits, like.tty, like.argv_bytes, like.exe_inode, like.shape))
+        out.append(like)
     return out
+
+
+def _execs(arr: np.ndarray, comms) -> list[KernelEvent]:
+    """Execs, each record's fields decoded once per distinct shape: a storm of identical execs shares the argv, the
+    names and an ExecShape."""
+    return [ExecEvent(h, like.filename, like.argv, like.argv_truncated, like.argv_fault, like.slurm_job_env, ppid,
+                      like.stdio, like.traits, like.tty, like.argv_bytes, like.exe_inode, like.shape)
+            for h, like, ppid in zip(_headers(arr, comms), exec_shapes(arr), arr["ppid"].tolist(), strict=True)]
 
 
 def _connect_results(arr, comms) -> list[KernelEvent]:

@@ -119,25 +119,36 @@ class EncodedEvent:
 
 
 class EncodedRun:
-    """A drain's finished connects back to back (agent/connect_batch.py, agent/wire.py): their bytes (every field
-    but seq), where each ends, and each one's process and job - no Python object per event unless one is asked
-    for. The spool frames it whole (agent/spool.py), the shipper sends it as it was spooled."""
+    """A drain's finished events back to back (its connects: agent/connect_batch.py; its short lives' execs and
+    exits: agent/lifecycle_batch.py; assembled by agent/wire.py): their bytes (every field but seq), where each
+    ends, each one's process and job, and each one's body kind (``kinds``, Event.body field numbers; None: all
+    connects) - no Python object per event unless one is asked for. The spool frames it whole (agent/spool.py),
+    the shipper sends it as it was spooled."""
 
-    __slots__ = ("data", "ends", "job_ids", "jobs", "pids")
-    body_name = "connect"
+    __slots__ = ("data", "ends", "job_ids", "jobs", "kinds", "pids")
 
-    def __init__(self, data: bytes, ends: np.ndarray, pids: np.ndarray, jobs: np.ndarray, job_ids: list[str]) -> None:
+    def __init__(self, data: bytes, ends: np.ndarray, pids: np.ndarray, jobs: np.ndarray, job_ids: list[str],
+                 kinds: np.ndarray | None = None) -> None:
         self.data, self.ends, self.pids, self.jobs, self.job_ids = data, ends, pids, jobs, job_ids
+        self.kinds = kinds
 
     def __len__(self) -> int:
         return int(self.ends.size)
 
+    def kind_counts(self) -> dict[str, int]:
+        """Events by body kind (metrics)."""
+        if self.kinds is None:
+            return {"connect": len(self)}
+        numbers, counts = np.unique(self.kinds, return_counts=True)
+        return {BODY_NAMES[k]: c for k, c in zip(numbers.tolist(), counts.tolist(), strict=True)}
+
     def events(self) -> list[EncodedEvent]:
-        """One EncodedEvent each (printers, tests)."""
+        """One EncodedEvent each (printers, tests, user-space enforcement of execs)."""
         starts = [0, *self.ends.tolist()][:-1]
-        return [EncodedEvent(self.data[s:e], pid, self.job_ids[j])
-                for s, e, pid, j in zip(starts, self.ends.tolist(), self.pids.tolist(), self.jobs.tolist(),
-                                        strict=True)]
+        kinds = self.kinds.tolist() if self.kinds is not None else [CONNECT_FIELD] * len(self)
+        return [EncodedEvent(self.data[s:e], pid, self.job_ids[j], kind)
+                for s, e, pid, j, kind in zip(starts, self.ends.tolist(), self.pids.tolist(), self.jobs.tolist(), kinds,
+                                              strict=True)]
 
 
 ENCODED = (EncodedEvent, EncodedRun)     # records that are already their bytes: connects, execs, exits

@@ -412,7 +412,11 @@ class Enforcer:
         """Poll thread: pick out what needs userspace enforcement; the worker hashes and kills."""
         hashing = self.hashing
         for ev in records:
-            if type(ev) is EncodedRun:           # connects: nothing for user-space enforcement here
+            if type(ev) is EncodedRun:           # connects, or short lives' execs and exits (agent/lifecycle_batch.py)
+                if hashing and ev.kinds is not None:
+                    for one in ev.events():
+                        if one.kind == EXEC_FIELD:
+                            self.worker.submit(self._check_hash, one)
                 continue
             if type(ev) is EncodedEvent:         # connects, execs and exits as bytes (agent/encoded.py)
                 if hashing and ev.kind == EXEC_FIELD:

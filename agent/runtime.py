@@ -13,16 +13,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.batch import CONNECT_KINDS
+from agent.batch import CONNECT_KINDS, ArenaBatch
 from agent.capture_loss import DEFAULT_BUDGET_PER_S, CaptureLossReporter, set_budget
 from agent.connect_batch import BulkConnects, bulk_ready
-from agent.encoded import ENCODED, EncodedEvent, EncodedRun, count, pid_of
+from agent.encoded import EncodedEvent, EncodedRun, count, pid_of
 from agent.enrich import Enricher
 from agent.events import DecodeStats
 from agent.exe_hash import ExeHasher
 from agent.gpu_usage import GpuUsageReporter
 from agent.identity import HostIdentity
 from agent.jobs import JobPattern, JobResolver, ensure_cgroup2_mount
+from agent.lifecycle_batch import ShortLives
 from agent.loader import CaptureProbes, Drained
 from agent.process_table import ProcessTable
 from agent.selfcheck import run_selfcheck
@@ -41,6 +42,7 @@ class CaptureStats:
     decode: DecodeStats = field(default_factory=DecodeStats)
     kernel_lost: dict[str, int] = field(default_factory=dict)
     enrich_failed: int = 0
+    short_lives: int = 0        # processes forked, exec'd and gone within a drain, made from the columns
     by_kind: Counter = field(default_factory=Counter)       # records by body kind (metrics)
     actions: Counter = field(default_factory=Counter)       # enforcement records by action (metrics)
 
@@ -90,10 +92,12 @@ class Capture:
     def process(self, drained: Drained) -> list[Record]:
         records: list[Record] = []
         self.enricher.new_drain()
-        for events, bulk in self._parts(drained):
+        for events, lives, bulk in self._parts(drained):
             if bulk is not None:
                 bulk.note_leaving()            # before the drain's execs look for an ancestor that connected out
             self._enrich(events, records)
+            if lives is not None:
+                self._enrich_lives(lives, records)
             if bulk is not None:
                 self._enrich_bulk(bulk, records)
         records.extend(r for r in self.enricher.connects.expired() if pid_of(r) not in self.ignore_pids)
@@ -109,8 +113,11 @@ class Capture:
         self.stats.records += count(records)
         by_kind = self.stats.by_kind
         for rec in records:
-            if type(rec) in ENCODED:
-                by_kind[rec.body_name] += len(rec) if type(rec) is EncodedRun else 1
+            if type(rec) is EncodedRun:
+                by_kind.update(rec.kind_counts())
+                continue
+            if type(rec) is EncodedEvent:
+                by_kind[rec.body_name] += 1
                 continue
             kind = rec.WhichOneof("body")
             by_kind[kind] += 1
@@ -124,17 +131,35 @@ class Capture:
         return records
 
     def _parts(self, drained: Drained):
-        """(events in order, connects as columns or None) per part of a drain: a batch whose connects can be
-        enriched as columns (agent/connect_batch.py) gives them apart, after its other records."""
+        """(events in order, short lives as columns or None, connects as columns or None) per part of a drain: a
+        batch's lives that can be made from its columns (agent/lifecycle_batch.py) and its connects that can
+        (agent/connect_batch.py) are given apart, after its other records."""
         if drained.raw is not None or not self.enricher.encode_events:
-            yield drained.events(self.stats.decode), None
+            yield drained.events(self.stats.decode), None, None
             return
         for batch in drained.batches:
-            if bulk_ready(batch, self.enricher):
-                yield batch.events(self.stats.decode, skip=CONNECT_KINDS), BulkConnects(batch, self.enricher,
-                                                                                       self.ignore_pids)
+            lives, rest = self._short_lives(batch)
+            if bulk_ready(rest, self.enricher):
+                yield rest.events(self.stats.decode, skip=CONNECT_KINDS), lives, BulkConnects(rest, self.enricher,
+                                                                                            self.ignore_pids)
             else:
-                yield batch.events(self.stats.decode), None
+                yield rest.events(self.stats.decode), lives, None
+
+    def _short_lives(self, batch: ArenaBatch) -> tuple[ShortLives | None, ArenaBatch]:
+        try:
+            return ShortLives.split(batch, self.enricher, self.ignore_pids)
+        except Exception:          # whatever a record holds, the ordered loop still takes the drain
+            log.exception("could not look for short lives in a drain; the ordered loop takes it all")
+            return None, batch
+
+    def _enrich_lives(self, lives: ShortLives, records: list[Record]) -> None:
+        """Short lives as columns; should that fail on some record nobody foresaw, the same records one at a time."""
+        try:
+            records.extend(lives.events(self.stats.decode))
+            self.stats.short_lives += len(lives)
+        except Exception:
+            log.exception("short lives as columns failed; enriching them one at a time")
+            self._enrich(lives.batch_of_them().events(self.stats.decode), records)
 
     def _enrich(self, events: list, records: list[Record]) -> None:
         for ev in events:

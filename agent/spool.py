@@ -277,7 +277,7 @@ class Spool:
         for form, group in itertools.groupby(records, key=_form):     # consecutive records of one form together
             if form is EncodedRun:                          # a drain's connects, already a run
                 for run in group:
-                    frames.extend(self._run_frames(next_seq + 1, run))
+                    frames.extend(self._run_frames(next_seq + 1, run, run.kinds))
                     next_seq += len(run)
             elif form is EncodedEvent:                      # events already their bytes: one run
                 events = list(group)

@@ -8,12 +8,15 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from agent.decode import SIZES
+from agent.lifecycle_batch import LIVES_MIN
+from agent.main import BUSY_DRAIN_S
 from tests.conftest import PYTHON, mark, run_in_cgroup, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -116,6 +119,37 @@ def test_exit_code_and_terminating_signal(capture):
              for pid in (normal.pid, killed.pid)}
     assert exits[normal.pid] == {"code": 42, "signal": 0}
     assert exits[killed.pid] == {"code": 0, "signal": signal.SIGTERM}
+
+
+def test_a_loops_short_lives_are_made_from_the_columns_whole(capture):
+    """The agent's own pipeline (events as bytes): a shell loop's children - forked, exec'd and gone, most of them
+    within one drain - come out of the short-lives path (agent/lifecycle_batch.py) as every exec and exit, with
+    their exit codes, their keys and their parent's."""
+    tag = uuid.uuid4().hex[:8]
+    before, since = capture.stats.short_lives, len(capture.seen)
+    capture.enricher.encode_events = True
+    try:
+        loop = f"sleep 0.2; for i in $(seq 60); do /bin/true {tag}; /bin/false {tag}; done; sleep 0.2"
+        shell = subprocess.Popen(["/bin/sh", "-c", loop])          # the loop's parent lives on around it
+        deadline = time.monotonic() + 20
+        while shell.poll() is None and time.monotonic() < deadline:   # drains paced as the agent's (agent/main.py)
+            time.sleep(BUSY_DRAIN_S)
+            capture.poll_once(0)
+        assert wait_for(capture, lambda r: r["kind"] == "exit" and r["proc"]["pid"] == shell.pid, since=since)
+        shell.wait()
+    finally:
+        capture.enricher.encode_events = False
+    mine = [r for r in capture.seen[since:] if r["proc"]["ppid"] == shell.pid and r["kind"] in ("exec", "exit")]
+    execs = {r["proc"]["pid"]: r for r in mine if r["kind"] == "exec" and r["exec"]["argv"][1:] == [tag]}
+    exits = {r["proc"]["pid"]: r for r in mine if r["kind"] == "exit" and r["proc"]["pid"] in execs}
+    assert len(execs) == 120 and exits.keys() == execs.keys()
+    assert capture.stats.short_lives - before >= LIVES_MIN    # the path was taken (drains of fewer go the loop)
+    shell_key = next(r["proc"]["key"] for r in capture.seen[since:] if r["proc"]["pid"] == shell.pid)
+    for pid, ex in execs.items():
+        code = 0 if ex["exec"]["filename"].endswith("true") else 1
+        assert exits[pid]["exit"] == {"code": code, "signal": 0}
+        assert exits[pid]["proc"]["key"] == ex["proc"]["key"] and ex["proc"]["parent_key"] == shell_key
+        assert ex["proc"]["ancestors"] and not exits[pid]["proc"].get("ancestors")
 
 
 def test_real_parent_comes_from_the_kernel(capture):
