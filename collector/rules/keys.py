@@ -272,6 +272,83 @@ def _argv_host_in(value, _rule, _res):
     return argv_host
 
 
+PACKAGE_TOOLS = frozenset(("pip", "pip2", "pip3", "pipx", "uv", "conda", "mamba", "micromamba", "npm", "pnpm", "yarn",
+                           "bun", "gem", "poetry", "pdm", "easy_install"))
+PACKAGE_VERBS = frozenset(("install", "i", "add", "download", "wheel", "get", "update", "upgrade", "create", "sync",
+                           "env"))
+COMMAND_BREAKS = re.compile(r"&&|\|\||[;&|\n`]|\$\(")
+PACKAGE_OPTION_URL = re.compile(r"(?i)(?:^|\s)(--(?:extra-)?index-url|-i|--find-links|-f|--trusted-host|--registry|"
+                                r"--source|--channel|-c)(?:=|\s+)['\"]?([^\s'\"]+)")
+SOURCE_URL = re.compile(r"(?i)(?:git\+)?(?:https?|ssh|git|ftp)://(?:[^@/\s'\"]+@)?(\[[0-9a-f:.]+\]|[^/\s:'\"?#]+)")
+INTERNAL_LABELS = frozenset(("internal", "intranet", "corp", "lan", "local", "private", "localdomain"))
+SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
+INTERNAL_SUFFIXES = ("localhost", "local", "localdomain", "internal", "lan", "corp", "intranet", "private",
+                     "home.arpa", "svc", "cluster.local")
+
+
+def _package_command(segment: str) -> bool:
+    """A package manager asked to install or fetch: ``pip install``, ``python3 -m pip download``, ``sudo npm i``,
+    ``uv pip install``, ``conda create``."""
+    words = segment.split()
+    while words and (words[0] in ("sudo", "env", "exec", "nohup", "time", "command") or "=" in words[0]
+                     or words[0].startswith("-") or words[0].rsplit("/", 1)[-1] in SHELLS):   # sh -c 'pip ...'
+        words = words[1:]
+    if not words:
+        return False
+    tool = words[0].rsplit("/", 1)[-1].lower()
+    rest = words[1:]
+    if re.fullmatch(r"python[\d.]*", tool) and rest[:1] == ["-m"] and len(rest) > 1:
+        tool, rest = rest[1].lower(), rest[2:]
+    tool = re.sub(r"[\d.]+$", "", tool) if tool.startswith("pip") else tool
+    if tool not in PACKAGE_TOOLS:
+        return False
+    return any(w.lower() in PACKAGE_VERBS for w in rest[:4])
+
+
+def package_sources(text: str):
+    """The hosts a package manager on this line is told to fetch from: an index, mirror, registry, channel or
+    find-links URL, a trusted host, a URL or VCS URL given as the package."""
+    for segment in COMMAND_BREAKS.split(text):
+        if not _package_command(segment):
+            continue
+        for m in PACKAGE_OPTION_URL.finditer(segment):
+            option, value = m.group(1).lower(), m.group(2)
+            if option == "--trusted-host":
+                yield value.split(":", 1)[0]
+            elif "://" not in value:
+                continue                          # a channel name, a constraints file, a local directory
+        for m in SOURCE_URL.finditer(segment):
+            yield m.group(1)
+
+
+def _foreign_source(host: str, suffixes: set[str]) -> bool:
+    """A named host that is neither inside (a short name, an internal zone or label) nor one of the listed sources.
+    Bare addresses are left to argv_address_not_in."""
+    host = host.lower().strip("[].")
+    if "." not in host or ARGV_IPV4.fullmatch(host) or ":" in host:
+        return False
+    if under_any(host, set(INTERNAL_SUFFIXES)) or INTERNAL_LABELS & set(host.split(".")[:-1]):
+        return False                                # pypi.ml.internal, pypi.internal.example.com: the site's own
+    return not under_any(host, suffixes)
+
+
+@key("package_source_not_in", ("exec",), _zones)
+def _package_source_not_in(value, _rule, _res):
+    """A package manager (pip, uv, conda, npm, yarn, gem, poetry...) told to install or fetch from a named host
+    outside these zones, not a short internal name nor under an internal zone (.internal, .local, .corp,
+    .cluster.local...): a package index, mirror, registry, channel, find-links page or URL the site does not use -
+    how a planted package or a typosquat's own index gets into a job."""
+    suffixes = {normal_name(n) for n in value}
+
+    def source(v, _c):
+        for text in v.argv_texts:
+            for host in package_sources(text[:ARGV_SCAN_MAX]):
+                if _foreign_source(host, suffixes):
+                    return host
+        return None
+    return source
+
+
 def _same_program(a: str, b: str) -> bool:
     """python3 and python3.11, node and nodejs: one name a version or variant of the other."""
     return a.startswith(b) or b.startswith(a)
