@@ -183,12 +183,16 @@ class Enricher:
         image = p.image
         if image is None or image.ident != ident:
             image = p.image = ImageRecord(ident, self._tail(p, ident))
-        tail = image.tail
-        if not tail.message.exe_sha256 and self.hasher and p.exe:
-            digest = self.hasher.lookup(p.exe, hdr.pid, p.exe_inode)    # that inode's; "" until computed
-            if digest:
-                tail.set_hash(digest)        # every image sharing the tail remakes its pieces (staleness checks)
+        self.learn_hash(image.tail, p)
         return image
+
+    def learn_hash(self, tail: ImageTail, p: Process) -> None:
+        """The image's executable hash into its tail, once the hasher knows it (that inode's; "" until computed):
+        every image sharing the tail remakes its pieces (staleness checks)."""
+        if not tail.message.exe_sha256 and self.hasher and p.exe:
+            digest = self.hasher.lookup(p.exe, p.pid, p.exe_inode)
+            if digest:
+                tail.set_hash(digest)
 
     def _tail(self, p: Process, ident: tuple[int, int, int]) -> ImageTail:
         shared = p.shape is not None and p.exe_inode is not None      # the same file, run the same way

@@ -52,14 +52,6 @@ def _rows_once(pids: list[int]) -> dict[int, int]:
     return rows
 
 
-def _learn_hash(hasher, tail, p: Process) -> None:
-    """The image's hash once known (agent/enrich.py ``_image``)."""
-    if not tail.message.exe_sha256 and hasher and p.exe:
-        digest = hasher.lookup(p.exe, p.pid, p.exe_inode)
-        if digest:
-            tail.set_hash(digest)
-
-
 class Pieces:
     """Byte strings a drain's events share, each stored once: an index per distinct value."""
 
@@ -266,9 +258,9 @@ class _Made:
                                                            lambda: text_field(2, table.parent_key(p))))
         p.lineage = lineage[0]
         tail = enricher._tail(p, ident)
-        _learn_hash(enricher.hasher, tail, p)
+        enricher.learn_hash(tail, p)
         tail_at = pieces.add(id(tail.serialized()), tail.serialized)
-        _learn_hash(enricher.hasher, tail, p)       # the exit looks again, as the ordered loop's does
+        enricher.learn_hash(tail, p)                # the exit looks again, as the ordered loop's does
         xtail_at = pieces.add(id(tail.serialized()), tail.serialized)
         pending = bool(enricher.hasher and p.exe and not tail.message.exe_sha256)
         refs = (lineage[2], comm_at, xcomm_at, tail_at, xtail_at, lineage[1],

@@ -225,7 +225,7 @@ class Spool:
         frames.append(self._frame(run))
         return frames
 
-    def _run_frames(self, first_seq: int, run: EncodedRun, kinds: np.ndarray | None = None) -> list[bytes]:
+    def _run_frames(self, first_seq: int, run: EncodedRun) -> list[bytes]:
         """A run framed for a RawBatch with its seqs (agent/wire.py), as frames of up to BATCH_FRAME_BYTES:
         [first seq, frames, ends (u64), body kind (a run of connects) or each one's (u32), jobs (u32), job ids]."""
         framed, ends = wire.frame_events(run.data, run.ends, first_seq)
@@ -234,7 +234,7 @@ class Spool:
         while a < ends.size:
             cut = int(ends[a - 1]) if a else 0
             b = max(a + 1, int(np.searchsorted(ends, cut + BATCH_FRAME_BYTES, side="right")))
-            kind = CONNECT_FIELD if kinds is None else kinds[a:b].tobytes()
+            kind = CONNECT_FIELD if run.kinds is None else run.kinds[a:b].tobytes()
             out.append(_framed([first_seq + a, framed[cut:int(ends[b - 1])], (ends[a:b] - cut).astype("<u8").tobytes(),
                                 kind, jobs[a:b].tobytes(), run.job_ids], self._packer))
             a = b
@@ -253,8 +253,9 @@ class Spool:
             jobs = np.array([index.setdefault(j, len(index)) for j in ids], np.int64)
             job_ids = list(index)
         ends = np.cumsum(np.fromiter(map(len, data), np.uint64, n))
-        run = EncodedRun(b"".join(data), ends, np.zeros(0, np.int64), jobs, job_ids)
-        return self._run_frames(first_seq, run, np.array([e.kind for e in events], "<u4"))
+        run = EncodedRun(b"".join(data), ends, np.zeros(0, np.int64), jobs, job_ids,
+                         np.array([e.kind for e in events], "<u4"))
+        return self._run_frames(first_seq, run)
 
     def append(self, records: list[pb.Event | EncodedEvent | EncodedRun]) -> int:
         """Append records; returns how many were stored (the rest were dropped and counted)."""
@@ -275,9 +276,9 @@ class Spool:
         next_seq = self.last_seq
         frames: list[bytes] = []
         for form, group in itertools.groupby(records, key=_form):     # consecutive records of one form together
-            if form is EncodedRun:                          # a drain's connects, already a run
+            if form is EncodedRun:                          # a drain's connects or short lives, already a run
                 for run in group:
-                    frames.extend(self._run_frames(next_seq + 1, run, run.kinds))
+                    frames.extend(self._run_frames(next_seq + 1, run))
                     next_seq += len(run)
             elif form is EncodedEvent:                      # events already their bytes: one run
                 events = list(group)

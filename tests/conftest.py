@@ -94,6 +94,23 @@ def decoded(records: list) -> list:
     return [r.event() if type(r) is EncodedEvent else r for r in expand(records)]
 
 
+def arena(rows: list[tuple]):
+    """An ArenaBatch as the C callback leaves it: per-kind arrays, and the kinds in arrival order ((kind, fields)
+    rows; fields not given are zero)."""
+    import numpy as np  # noqa: PLC0415
+
+    from agent.batch import DTYPES, ArenaBatch  # noqa: PLC0415
+
+    by_kind: dict[int, list] = {}
+    for kind, fields in rows:
+        rec = np.zeros(1, dtype=DTYPES[kind])
+        rec["hdr_kind"] = kind
+        for name, value in fields.items():
+            rec[name] = value
+        by_kind.setdefault(kind, []).append(rec)
+    return ArenaBatch({k: np.concatenate(v) for k, v in by_kind.items()}, np.array([k for k, _ in rows], np.uint8))
+
+
 def as_record(ev) -> dict:
     """A test's view of a captured gpuguard.v1.Event: {"kind", "proc", "job", <kind>: {...}} with plain values."""
     from google.protobuf.json_format import MessageToDict  # noqa: PLC0415

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import wire
-from agent.batch import DTYPES, ArenaBatch
+from agent.batch import ArenaBatch
 from agent.connect_batch import BulkConnects, bulk_ready
 from agent.decode import CONNECT_IMAGE_NOLINK
 from agent.encoded import EncodedEvent, expand, pid_of, varint
@@ -38,6 +38,7 @@ from agent.process_table import ProcessTable
 from agent.spool import Spool
 from gpuguard.rawbatch import FramedRun
 from gpuguard.v1 import events_pb2 as pb
+from tests.conftest import arena
 
 PID = os.getpid()
 
@@ -287,21 +288,6 @@ def test_any_exec_and_exit_encode_alike(tmp_path, job_root, argv, comm, filename
 # ---- a drain's connects as columns (agent/connect_batch.py) against the ordered loop -----------------------------
 def _v4(addr: str) -> bytes:
     return bytes(10) + b"\xff\xff" + bytes(int(x) for x in addr.split("."))
-
-
-def arena(rows: list[tuple]) -> ArenaBatch:
-    """An ArenaBatch as the C callback leaves it: per-kind arrays, and the kinds in arrival order."""
-    by_kind: dict[int, list] = {}
-    order = []
-    for kind, fields in rows:
-        rec = np.zeros(1, dtype=DTYPES[kind])
-        rec["hdr_kind"] = kind
-        for name, value in fields.items():
-            rec[name] = value
-        by_kind.setdefault(kind, []).append(rec)
-        order.append(kind)
-    arrays = {k: np.concatenate(v) for k, v in by_kind.items()}
-    return ArenaBatch(arrays, np.array(order, dtype=np.uint8))
 
 
 def c_row(ts, cg, daddr, dport, sk, *, tid=PID, comm=b"python3", sock_type=1, repeats=0, pid=PID, flags=0):

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agent import wire
-from agent.batch import DTYPES, ArenaBatch
+from agent.batch import ArenaBatch
 from agent.encoded import expand
 from agent.enrich import Enricher
 from agent.events import DecodeStats
@@ -21,6 +20,7 @@ from agent.jobs import JobResolver
 from agent.lifecycle_batch import LIVES_MIN, ShortLives
 from agent.process_table import ProcessTable
 from gpuguard.v1 import events_pb2 as pb
+from tests.conftest import arena
 
 PARENT = os.getpid()
 TRUE = b"/usr/bin/true"
@@ -65,17 +65,6 @@ def life(ts: int, pid: int, cg: int, *, argv: tuple[bytes, ...] = (TRUE, b"x"), 
                 filename=filename, ppid=parent, exe_ino=777, exe_dev=8, exe_ctime_ns=5, args=args, tty=tty,
                 job_env=job_env),
             row(pb.KIND_EXIT, ts + 2, pid, exit_cg or cg, comm=exit_comm, tid=exit_tid, code=code, signal=signal)]
-
-
-def arena(rows: list[tuple]) -> ArenaBatch:
-    by_kind: dict[int, list] = {}
-    for kind, fields in rows:
-        rec = np.zeros(1, dtype=DTYPES[kind])
-        rec["hdr_kind"] = kind
-        for name, value in fields.items():
-            rec[name] = value
-        by_kind.setdefault(kind, []).append(rec)
-    return ArenaBatch({k: np.concatenate(v) for k, v in by_kind.items()}, np.array([k for k, _ in rows], np.uint8))
 
 
 def ordered(e: Enricher, batch: ArenaBatch) -> list[bytes]:

@@ -277,13 +277,12 @@ PACKAGE_TOOLS = frozenset(("pip", "pip2", "pip3", "pipx", "uv", "conda", "mamba"
 PACKAGE_VERBS = frozenset(("install", "i", "add", "download", "wheel", "get", "update", "upgrade", "create", "sync",
                            "env"))
 COMMAND_BREAKS = re.compile(r"&&|\|\||[;&|\n`]|\$\(")
-PACKAGE_OPTION_URL = re.compile(r"(?i)(?:^|\s)(--(?:extra-)?index-url|-i|--find-links|-f|--trusted-host|--registry|"
-                                r"--source|--channel|-c)(?:=|\s+)['\"]?([^\s'\"]+)")
+TRUSTED_HOST = re.compile(r"(?i)(?:^|\s)--trusted-host(?:=|\s+)['\"]?([^\s'\"]+)")   # pip's TLS exemption: a host
 SOURCE_URL = re.compile(r"(?i)(?:git\+)?(?:https?|ssh|git|ftp)://(?:[^@/\s'\"]+@)?(\[[0-9a-f:.]+\]|[^/\s:'\"?#]+)")
 INTERNAL_LABELS = frozenset(("internal", "intranet", "corp", "lan", "local", "private", "localdomain"))
 SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
-INTERNAL_SUFFIXES = ("localhost", "local", "localdomain", "internal", "lan", "corp", "intranet", "private",
-                     "home.arpa", "svc", "cluster.local")
+INTERNAL_SUFFIXES = frozenset(("localhost", "local", "localdomain", "internal", "lan", "corp", "intranet", "private",
+                     "home.arpa", "svc", "cluster.local"))
 
 
 def _package_command(segment: str) -> bool:
@@ -311,13 +310,10 @@ def package_sources(text: str):
     for segment in COMMAND_BREAKS.split(text):
         if not _package_command(segment):
             continue
-        for m in PACKAGE_OPTION_URL.finditer(segment):
-            option, value = m.group(1).lower(), m.group(2)
-            if option == "--trusted-host":
-                yield value.split(":", 1)[0]
-            elif "://" not in value:
-                continue                          # a channel name, a constraints file, a local directory
-        for m in SOURCE_URL.finditer(segment):
+        for m in TRUSTED_HOST.finditer(segment):
+            yield m.group(1).split(":", 1)[0]
+        for m in SOURCE_URL.finditer(segment):      # any URL: an option's (index, registry, channel, find-links) or
+            # the package's; a channel name, a constraints file or a local directory is not one
             yield m.group(1)
 
 
@@ -327,7 +323,7 @@ def _foreign_source(host: str, suffixes: set[str]) -> bool:
     host = host.lower().strip("[].")
     if "." not in host or ARGV_IPV4.fullmatch(host) or ":" in host:
         return False
-    if under_any(host, set(INTERNAL_SUFFIXES)) or INTERNAL_LABELS & set(host.split(".")[:-1]):
+    if under_any(host, INTERNAL_SUFFIXES) or INTERNAL_LABELS & set(host.split(".")[:-1]):
         return False                                # pypi.ml.internal, pypi.internal.example.com: the site's own
     return not under_any(host, suffixes)
 
