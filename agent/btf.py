@@ -157,6 +157,7 @@ NEEDED = {
     "SKC_NUM": ("sock_common", "skc_num"),        # the local port, host order
     "SKC_DADDR": ("sock_common", "skc_daddr"),
     "SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "SIGINFO_CODE": ("kernel_siginfo", "si_code"),   # in an anonymous struct (__SIGINFO)
 }
 # Fields of some kernels only: the first (struct, member) this kernel has, else -1, and the probe takes its
 # fallback (#if OFF_X >= 0).

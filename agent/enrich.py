@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import time
 from collections import OrderedDict
@@ -90,6 +91,7 @@ from gpuguard.vocab import (
     SEEN_PAYLOAD,
     SEEN_REVERSE_SHELL,
     SEEN_STRATUM,
+    TAMPER_ACTIONS,
 )
 
 SSH_CLIENTS = ("ssh", "autossh")
@@ -397,6 +399,8 @@ class Enricher:
         e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
         if ev.action in ESCAPE_ACTIONS:
             e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id))
+        elif ev.action in TAMPER_ACTIONS:
+            e.rule_id, e.signal, e.detail = "", ev.rule_index, agent_signal_detail(ev)   # rule: the signal's number
         e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
         e.repeats = ev.repeats
         if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):
@@ -712,6 +716,15 @@ def escape_detail(ev: EnforceEvent, job_cgroup: str) -> str:
     by = "itself" if ev.peer_pid == ev.hdr.pid else f"pid {ev.peer_pid}"
     done = "the mover was killed in the kernel" if ev.action == KILL_ESCAPE else "reported"
     return f"{ev.hdr.comm} (pid {ev.hdr.pid}) left its job's cgroup {job_cgroup or '?'} for {to}, moved by {by}: {done}"
+
+
+def agent_signal_detail(ev: EnforceEvent) -> str:
+    """Which signal whom sent to the agent (probes/agent_guard.c): the signal's name comes first, rules match it."""
+    try:
+        name = signal.Signals(ev.rule_index).name
+    except ValueError:
+        name = f"signal {ev.rule_index}"
+    return f"{name} sent to the agent (pid {ev.peer_pid}) by {ev.hdr.comm} (pid {ev.hdr.pid})"
 
 
 def exec_body(ev: ExecEvent, pty_peer: str = "", forwards=(), config_lines=()) -> pb.Exec:

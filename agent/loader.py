@@ -44,7 +44,7 @@ from agent.headers import HeadersError, KernelHeaders, resolve_kernel_headers
 log = logging.getLogger(__name__)
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
-CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c", "flow.c")
+CAPTURE_PROBES = ("exec.c", "fork_exit.c", "connect.c", "gpu_dev.c", "cgroup.c", "flow.c", "agent_guard.c")
 ENFORCE_PROBES = ("enforce_exec.c", "enforce_argv.c", "enforce_connect.c", "enforce_payload.c",
                   "enforce_escape.c")
 ALL_PROBES = CAPTURE_PROBES + ENFORCE_PROBES
@@ -207,8 +207,19 @@ class CaptureProbes:
         if cgroup_root is not None:
             self.attach_root_hooks(cgroup_root)
         self.attach_packet_use()
+        self.guard(os.getpid())
         log.info("capture probes attached: %d tracepoints, %d raw tracepoints, %d root cgroup hooks",
                  self.bpf.num_open_tracepoints(), len(self.bpf.raw_tracepoint_fds), len(self._links))
+
+    def guard(self, tgid: int) -> None:
+        """Report every signal another process sends this process that would stop or end it
+        (probes/agent_guard.c): the agent guards itself at load."""
+        table = self.bpf[b"guarded_tgids"]
+        table[table.Key(tgid)] = table.Leaf(1)
+
+    def unguard(self, tgid: int) -> None:
+        table = self.bpf[b"guarded_tgids"]
+        table.pop(table.Key(tgid), None)
 
     def _cflags(self) -> list[str]:
         """Both objects' compiler flags: the same ring sizes and kernel struct offsets."""

@@ -61,6 +61,7 @@ from gpuguard.vocab import (
     SEEN_PAYLOAD,
     SEEN_REVERSE_SHELL,
     SEEN_STRATUM,
+    TAMPER_ACTIONS,
 )
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,8 @@ class Detection:
     def _confirm(self, host: str, ev: pb.Event) -> None:
         """An enforcement event from an agent: the alert it belongs to now says what was done."""
         e = ev.enforcement
-        if e.action in (SEEN_STRATUM, SEEN_PAYLOAD) or e.action in ESCAPE_ACTIONS:
-            return       # the rules (payload and escape event classes) decide whether that is an alert
+        if e.action in (SEEN_STRATUM, SEEN_PAYLOAD) or e.action in ESCAPE_ACTIONS or e.action in TAMPER_ACTIONS:
+            return       # the rules (payload, escape and tamper event classes) decide whether that is an alert
         if e.action in KILL_ACTIONS:
             self.orders.killed_by(host, ev.process.key, f"{e.rule_id}: {ACTION_NAMES.get(e.action, e.action)}")
         meta = self.ruleset.rules.get(e.rule_id) or self.ruleset.correlations.get(e.rule_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def stack(tmp_path, test_cgroup):
     col = collector(tmp_path, port).start()
     ag = agent(tmp_path, port, host_id).start()
     pool = FakePool()
-    st = {"tmp": tmp_path, "port": port, "host": host_id, "pool": pool}
+    st = {"tmp": tmp_path, "port": port, "host": host_id, "pool": pool, "agent": ag}
     try:
         wait_policy(st)
         st["slurm"] = test_cgroup("slurm/uid_0")
@@ -830,3 +831,32 @@ def test_a_job_reaching_another_jobs_listener_over_loopback_is_alerted(stack):
     finally:
         notebook.kill()
         notebook.wait(5)
+
+
+def test_a_job_that_stops_the_agent_by_its_number_is_alerted_and_its_sender_killed(stack):
+    """`kill -STOP <agent pid>` typed by number: no argv rule knows whose pid that is; the kernel does
+    (probes/agent_guard.c). The stopped agent reports it once it runs again (the test sends SIGCONT, as an operator
+    would after the collector called the agent silent), and the sender is killed by the collector's order."""
+    job = new_job()
+    cg = job_cgroup(stack, job)
+    agent_pid = stack["agent"].proc.pid
+    sender = popen_in_cgroup(cg, ["/bin/sh", "-c", f"kill -STOP {agent_pid} && exec sleep 120"])
+    try:
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{agent_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline and sender.poll() is None, "the agent was never stopped"
+            time.sleep(0.05)
+        os.kill(agent_pid, signal.SIGCONT)
+        got = alerts(stack, job, {"agent-signalled-from-job"}, timeout=30,
+                     states=("ALERT_KILL_ORDERED", "ALERT_ALREADY_KILLED", "ALERT_CONFIRMED"))
+        by_rule = {a["rule_id"]: a for a in got}
+        assert "agent-signalled-from-job" in by_rule, sorted(by_rule)
+        alert = by_rule["agent-signalled-from-job"]
+        assert alert["matched"]["agent_signal"].startswith(f"SIGSTOP sent to the agent (pid {agent_pid})"), alert
+        assert sender.wait(30) == -9                               # the kill order, carried out by the agent
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        sender.wait(10)
+        if Path(f"/proc/{agent_pid}").exists():
+            os.kill(agent_pid, signal.SIGCONT)                     # never leave the agent stopped for teardown

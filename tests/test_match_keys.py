@@ -15,11 +15,12 @@ GOOD = {keys._true: True, keys._regex: "x+", keys._letters: "RDw", keys._payload
         keys._strings: ["x"], keys._ports: [3333], keys._cidrs: ["10.0.0.0/8"], keys._hosts: ["pool.example"],
         keys._zones: ["nanopool.org"], keys._traits: ["image_nolink"], keys._qtypes: [None, "txt"],
         keys._argv_literals: ["stratum+", ["socket", "os.dup2"]], keys._percent: 10, keys._count: 24,
-        keys._regex_any: ['^kworker', 'x+'], keys._label_length: 32}
+        keys._regex_any: ['^kworker', 'x+'], keys._label_length: 32, keys._signals: ["STOP", "SIGKILL", 15]}
 BAD = {keys._true: "yes", keys._regex: "(", keys._letters: "-R", keys._payload: {"text": "x", "offset": 9999},
        keys._strings: [], keys._ports: [70000], keys._cidrs: ["10.0.0.0/33"], keys._hosts: ["*.pool"],
        keys._zones: ["a b"], keys._traits: ["teleport"], keys._qtypes: "A", keys._argv_literals: ["abc"],
-       keys._percent: 100, keys._count: 1, keys._regex_any: ['('], keys._label_length: 64}
+       keys._percent: 100, keys._count: 1, keys._regex_any: ['('], keys._label_length: 64,
+       keys._signals: ["SIGNOPE"]}
 
 
 class _Rule:

@@ -25,7 +25,7 @@ from collector.rules.keys import ALL_EVENTS, KERNEL_REPORTED, REGISTRY, compile_
 from collector.rules.loader import OUTSIDE_SUFFIX, Rule, RuleSet
 from collector.rules.regex import _OPTIONS, MAX_TEXT
 from gpuguard.v1 import events_pb2 as pb
-from gpuguard.vocab import ESCAPE_ACTIONS, PAYLOAD_ACTIONS
+from gpuguard.vocab import ESCAPE_ACTIONS, PAYLOAD_ACTIONS, TAMPER_ACTIONS
 
 
 @dataclass(eq=False)          # one per rule: compared by identity (a field-by-field == made candidates() quadratic)
@@ -65,6 +65,8 @@ def event_class(ev: pb.Event, kind: str | None = None) -> str | None:
     if kind == "enforcement":
         if ev.enforcement.action in PAYLOAD_ACTIONS:
             return "payload"
+        if ev.enforcement.action in TAMPER_ACTIONS:
+            return "tamper"
         return "escape" if ev.enforcement.action in ESCAPE_ACTIONS else None
     return kind if kind in RULE_EVENTS else None
 

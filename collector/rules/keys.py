@@ -11,7 +11,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +34,22 @@ from collector.rules.context import (
 from collector.rules.downloads import downloaded_program
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
+from collector.rules.remotes import foreign_host, package_sources, proxy_hosts, transfer_remotes
 from gpuguard.addresses import unmapped
 from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, argv_scan_text, literal_bytes
 from gpuguard.render import printable
-from gpuguard.vocab import ESCAPE_ACTIONS, EXEC_TRAIT_BITS, PAYLOAD_ACTIONS, STRATUM_ACTIONS, option_letters
+from gpuguard.vocab import (
+    ESCAPE_ACTIONS,
+    EXEC_TRAIT_BITS,
+    PAYLOAD_ACTIONS,
+    STRATUM_ACTIONS,
+    TAMPER_ACTIONS,
+    option_letters,
+)
 
 ALL_EVENTS = ("exec", "connect", "gpu_open", "payload", "tls", "dns", "datagram", "socket", "escape", "gpu_usage",
-              "inbound", "listen")
-KERNEL_REPORTED = ("payload", "escape")        # classes of enforcement records, not of captured events
+              "inbound", "listen", "tamper")
+KERNEL_REPORTED = ("payload", "escape", "tamper")    # classes of enforcement records, not of captured events
 FLOW_EVENTS = ("connect", "tls", "datagram", "dns")     # events with a destination (daddr, dport; dns: its server)
 PROCESS_EVENTS = ("exec", "connect", "gpu_open", "tls", "dns", "datagram", "socket", "gpu_usage", "listen")
 
@@ -272,77 +281,41 @@ def _argv_host_in(value, _rule, _res):
     return argv_host
 
 
-PACKAGE_TOOLS = frozenset(("pip", "pip2", "pip3", "pipx", "uv", "conda", "mamba", "micromamba", "npm", "pnpm", "yarn",
-                           "bun", "gem", "poetry", "pdm", "easy_install"))
-PACKAGE_VERBS = frozenset(("install", "i", "add", "download", "wheel", "get", "update", "upgrade", "create", "sync",
-                           "env"))
-COMMAND_BREAKS = re.compile(r"&&|\|\||[;&|\n`]|\$\(")
-TRUSTED_HOST = re.compile(r"(?i)(?:^|\s)--trusted-host(?:=|\s+)['\"]?([^\s'\"]+)")   # pip's TLS exemption: a host
-SOURCE_URL = re.compile(r"(?i)(?:git\+)?(?:https?|ssh|git|ftp)://(?:[^@/\s'\"]+@)?(\[[0-9a-f:.]+\]|[^/\s:'\"?#]+)")
-INTERNAL_LABELS = frozenset(("internal", "intranet", "corp", "lan", "local", "private", "localdomain"))
-SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
-INTERNAL_SUFFIXES = frozenset(("localhost", "local", "localdomain", "internal", "lan", "corp", "intranet", "private",
-                     "home.arpa", "svc", "cluster.local"))
-
-
-def _package_command(segment: str) -> bool:
-    """A package manager asked to install or fetch: ``pip install``, ``python3 -m pip download``, ``sudo npm i``,
-    ``uv pip install``, ``conda create``."""
-    words = segment.split()
-    while words and (words[0] in ("sudo", "env", "exec", "nohup", "time", "command") or "=" in words[0]
-                     or words[0].startswith("-") or words[0].rsplit("/", 1)[-1] in SHELLS):   # sh -c 'pip ...'
-        words = words[1:]
-    if not words:
-        return False
-    tool = words[0].rsplit("/", 1)[-1].lower()
-    rest = words[1:]
-    if re.fullmatch(r"python[\d.]*", tool) and rest[:1] == ["-m"] and len(rest) > 1:
-        tool, rest = rest[1].lower(), rest[2:]
-    tool = re.sub(r"[\d.]+$", "", tool) if tool.startswith("pip") else tool
-    if tool not in PACKAGE_TOOLS:
-        return False
-    return any(w.lower() in PACKAGE_VERBS for w in rest[:4])
-
-
-def package_sources(text: str):
-    """The hosts a package manager on this line is told to fetch from: an index, mirror, registry, channel or
-    find-links URL, a trusted host, a URL or VCS URL given as the package."""
-    for segment in COMMAND_BREAKS.split(text):
-        if not _package_command(segment):
-            continue
-        for m in TRUSTED_HOST.finditer(segment):
-            yield m.group(1).split(":", 1)[0]
-        for m in SOURCE_URL.finditer(segment):      # any URL: an option's (index, registry, channel, find-links) or
-            # the package's; a channel name, a constraints file or a local directory is not one
-            yield m.group(1)
-
-
-def _foreign_source(host: str, suffixes: set[str]) -> bool:
-    """A named host that is neither inside (a short name, an internal zone or label) nor one of the listed sources.
-    Bare addresses are left to argv_address_not_in."""
-    host = host.lower().strip("[].")
-    if "." not in host or ARGV_IPV4.fullmatch(host) or ":" in host:
-        return False
-    if under_any(host, INTERNAL_SUFFIXES) or INTERNAL_LABELS & set(host.split(".")[:-1]):
-        return False                                # pypi.ml.internal, pypi.internal.example.com: the site's own
-    return not under_any(host, suffixes)
-
-
 @key("package_source_not_in", ("exec",), _zones)
 def _package_source_not_in(value, _rule, _res):
     """A package manager (pip, uv, conda, npm, yarn, gem, poetry...) told to install or fetch from a named host
     outside these zones, not a short internal name nor under an internal zone (.internal, .local, .corp,
     .cluster.local...): a package index, mirror, registry, channel, find-links page or URL the site does not use -
     how a planted package or a typosquat's own index gets into a job."""
-    suffixes = {normal_name(n) for n in value}
+    return _named_host_outside(value, package_sources)
 
-    def source(v, _c):
+
+@key("transfer_host_not_in", ("exec",), _zones)
+def _transfer_host_not_in(value, _rule, _res):
+    """A copy, sync, backup or push whose remote end is a named host outside these zones and not inside the site
+    (scp/rsync/sftp/restic/borg to ``u@host:``, an object store's ``--endpoint-url``, a git remote's URL, ssh fed a
+    file or a pipe): data leaving for, or tools arriving from, someone else's server - whatever the tool."""
+    return _named_host_outside(value, transfer_remotes)
+
+
+@key("proxy_host_not_in", ("exec",), _zones)
+def _proxy_host_not_in(value, _rule, _res):
+    """A program told to send its traffic through a proxy at a named host outside these zones and not inside the
+    site (``HTTPS_PROXY=``, ``ALL_PROXY=``, ``curl -x``, ``--proxy``, git's or npm's proxy setting): every request
+    it makes passes through someone else's host, and the egress policy sees only the proxy."""
+    return _named_host_outside(value, proxy_hosts)
+
+
+def _named_host_outside(value, hosts_of: Callable[[str], Iterator[str]]) -> Matcher:
+    known = {normal_name(n) for n in value}
+
+    def outside(v, _c):
         for text in v.argv_texts:
-            for host in package_sources(text[:ARGV_SCAN_MAX]):
-                if _foreign_source(host, suffixes):
+            for host in hosts_of(text[:ARGV_SCAN_MAX]):
+                if foreign_host(host, known):
                     return host
         return None
-    return source
+    return outside
 
 
 def _same_program(a: str, b: str) -> bool:
@@ -780,6 +753,32 @@ def _stratum(_value, _rule, _res):
 def _job_escape(_value, _rule, _res):
     return lambda v, _c: v.ev.enforcement.detail or "left the job" \
         if v.ev.enforcement.action in ESCAPE_ACTIONS else None
+
+
+# -- a signal sent to the agent by another process (probes/agent_guard.c) -----------------------------------------
+def _signals(v) -> list[int]:
+    """Signal names (STOP, SIGKILL, term) or numbers -> numbers."""
+    out = []
+    for item in _nonempty(v):
+        name = str(item).upper()
+        name = name if name.isdigit() or name.startswith("SIG") else f"SIG{name}"
+        try:
+            out.append(int(name) if name.isdigit() else signal.Signals[name])
+        except (KeyError, ValueError) as exc:
+            raise KeyValueError(f"unknown signal {item!r}") from exc
+    return [int(n) for n in out]
+
+
+@key("agent_signal", ("tamper",), _signals)
+def _agent_signal(value, _rule, _res):
+    """Another process sent the agent one of these signals (kill -STOP, SIGKILL, SIGTERM... by number, by a name
+    found with pgrep, from inline code): the kernel reports who sent it, whatever the command looked like."""
+    wanted = frozenset(value)
+
+    def signalled(v, _c):
+        e = v.ev.enforcement
+        return e.detail or f"signal {e.signal}" if e.action in TAMPER_ACTIONS and e.signal in wanted else None
+    return signalled
 
 
 def _proxy(by_port: bool) -> Compile:

@@ -39,6 +39,7 @@ class EnforcementAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_KILL_ESCAPE: _ClassVar[EnforcementAction]
     ACTION_SEEN_ESCAPE: _ClassVar[EnforcementAction]
     ACTION_KILL_BIND_SHELL: _ClassVar[EnforcementAction]
+    ACTION_SEEN_AGENT_SIGNAL: _ClassVar[EnforcementAction]
 
 class KillCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -93,6 +94,7 @@ ACTION_SEEN_REVERSE_SHELL: EnforcementAction
 ACTION_KILL_ESCAPE: EnforcementAction
 ACTION_SEEN_ESCAPE: EnforcementAction
 ACTION_KILL_BIND_SHELL: EnforcementAction
+ACTION_SEEN_AGENT_SIGNAL: EnforcementAction
 KILL_IF_ALWAYS: KillCondition
 KILL_IF_STDIO_SOCKET: KillCondition
 KILL_IF_PIPE_NETWORK: KillCondition
@@ -384,7 +386,7 @@ class Gap(_message.Message):
     def __init__(self, from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Enforcement(_message.Message):
-    __slots__ = ("rule_id", "action", "detail", "payload", "daddr", "dport", "peer_pid", "repeats")
+    __slots__ = ("rule_id", "action", "detail", "payload", "daddr", "dport", "peer_pid", "repeats", "signal")
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +395,7 @@ class Enforcement(_message.Message):
     DPORT_FIELD_NUMBER: _ClassVar[int]
     PEER_PID_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
     rule_id: str
     action: str
     detail: str
@@ -401,7 +404,8 @@ class Enforcement(_message.Message):
     dport: int
     peer_pid: int
     repeats: int
-    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
+    signal: int
+    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., daddr: _Optional[str] = ..., dport: _Optional[int] = ..., peer_pid: _Optional[int] = ..., repeats: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class CaptureLoss(_message.Message):
     __slots__ = ("suppressed", "lost", "from_ts_ns", "to_ts_ns", "cgroup_id", "cgroup")

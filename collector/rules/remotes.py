@@ -1,0 +1,141 @@
+"""Whom a command line is told to reach by name: the package sources a package manager fetches from, the remote end
+of a copy, sync, backup or push, the proxy a program's traffic is sent through - and whether such a host is the
+site's own or known (a short name, an internal zone, a listed domain) or someone else's.
+
+Rules about data leaving or code arriving need the *role* of a host on the line, not every name-like word in it
+(``model.pt`` and ``run.sh`` look like host names): each function here finds hosts only where its command puts
+one. Bare addresses are argv_address_not_in's (collector/rules/keys.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from collector.rules.context import under_any
+
+INTERNAL_LABELS = frozenset(("internal", "intranet", "corp", "lan", "local", "private", "localdomain"))
+INTERNAL_SUFFIXES = frozenset(("localhost", "local", "localdomain", "internal", "lan", "corp", "intranet", "private",
+                               "home.arpa", "svc", "cluster.local"))
+SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
+WRAPPERS = frozenset(("sudo", "env", "exec", "nohup", "time", "command", "nice", "ionice", "setsid", "timeout",
+                      "stdbuf", "doas", "xargs"))
+STATEMENT_BREAKS = re.compile(r"&&|\|\||[;&\n`]|\$\(")
+IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+HOST = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}"
+
+PACKAGE_TOOLS = frozenset(("pip", "pip2", "pip3", "pipx", "uv", "conda", "mamba", "micromamba", "npm", "pnpm", "yarn",
+                           "bun", "gem", "poetry", "pdm", "easy_install"))
+PACKAGE_VERBS = frozenset(("install", "i", "add", "download", "wheel", "get", "update", "upgrade", "create", "sync",
+                           "env", "config"))     # `pip config set global.index-url URL`, `npm config set registry`
+TRUSTED_HOST = re.compile(r"(?i)(?:^|\s)--trusted-host(?:=|\s+)['\"]?([^\s'\"]+)")   # pip's TLS exemption: a host
+SOURCE_URL = re.compile(r"(?i)(?:git\+)?(?:https?|ssh|git|ftp)://(?:[^@/\s'\"]+@)?(\[[0-9a-f:.]+\]|[^/\s:'\"?#]+)")
+
+# The programs that copy, sync or back up to a remote end they are given on the line (rclone's and mc's remotes are
+# names from their own configuration: only a URL given to them is seen).
+COPY_TOOLS = frozenset(("scp", "sftp", "rsync", "rclone", "lftp", "restic", "rustic", "borg", "borgmatic",
+                        "duplicity", "kopia", "rdiff-backup", "unison", "bbcp", "s3cmd", "s5cmd", "mc", "aws",
+                        "gsutil", "gcloud", "azcopy", "rsnapshot", "croc"))
+# URL schemes whose "host" is a bucket or a repository name, not a machine: a bucket's owner is not in its name.
+BUCKET_SCHEMES = frozenset(("s3", "s3a", "s3n", "gs", "gcs", "az", "abfs", "abfss", "wasb", "wasbs", "hf", "r2", "b2",
+                            "oss", "cos", "swift", "file"))
+REMOTE_URL = re.compile(rf"(?i)(?<![\w+.-])([a-z][a-z0-9+.-]*)://(?:[^@/\s'\"]+@)?({HOST})")
+REMOTE_USER_AT = re.compile(rf"(?i)(?<![\w/.-])[\w.+-]+@({HOST})(?![\w-])")       # u@host, sftp:u@host:/srv
+REMOTE_COLON = re.compile(rf"(?i)(?:^|(?<=[\s'\"=]))({HOST}):(?=[\w/~.]|:)")      # host:/path, host::module
+STDIN_FROM_FILE = re.compile(r"(?<![<\d])<(?![<(&])\s*[^\s<>|;&]")                  # `< /data/model.pt`, not <<, <(
+
+PROXY_SETTING = re.compile(
+    rf"(?i)(?:\b(?:https?|all|ftp|socks|rsync|wss?)_proxy=|(?:^|\s)(?:-x|--proxy|--preproxy|--socks[45][ah]?"
+    rf"(?:-hostname)?)(?:=|\s+)|\b(?:https?\.)?proxy\s+|\bhttps-proxy\s+)['\"]?(?:[a-z0-9+]+://)?(?:[^@\s'\"/]+@)?"
+    rf"({HOST})(?![\w-])")
+
+
+def command_words(segment: str) -> list[str]:
+    """A command's words after what only wraps it (``sudo``, ``env A=B``, ``nohup``, ``sh -c '``): its program
+    first, without its directory."""
+    words = [w.strip("'\"(") for w in segment.split()]
+    while words and (words[0] in WRAPPERS or "=" in words[0] or words[0].startswith("-") or not words[0]
+                     or words[0].rsplit("/", 1)[-1] in SHELLS or re.fullmatch(r"\d+", words[0])):
+        words = words[1:]                     # `timeout 60 scp ...`, `sh -c 'pip ...'`, `env A=1 rsync`
+    if words:
+        words[0] = words[0].rsplit("/", 1)[-1].lower()
+    return words
+
+
+def foreign_host(host: str, known: set[str]) -> bool:
+    """A named host that is neither inside (a short name, an internal zone or label) nor under a known zone."""
+    host = host.lower().strip("[].")
+    if "." not in host or IPV4.fullmatch(host) or ":" in host:
+        return False
+    if under_any(host, INTERNAL_SUFFIXES) or INTERNAL_LABELS & set(host.split(".")[:-1]):
+        return False                                # pypi.ml.internal, pypi.internal.example.com: the site's own
+    return not under_any(host, known)
+
+
+def _package_command(words: list[str]) -> bool:
+    """A package manager asked to install, fetch or configure a source: ``pip install``, ``python3 -m pip
+    download``, ``uv pip install``, ``conda create``, ``pip config set global.index-url``."""
+    if not words:
+        return False
+    tool, rest = words[0], words[1:]
+    if re.fullmatch(r"python[\d.]*", tool) and rest[:1] == ["-m"] and len(rest) > 1:
+        tool, rest = rest[1].lower(), rest[2:]
+    tool = re.sub(r"[\d.]+$", "", tool) if tool.startswith("pip") else tool
+    return tool in PACKAGE_TOOLS and any(w.lower() in PACKAGE_VERBS for w in rest[:4])
+
+
+def package_sources(text: str) -> Iterator[str]:
+    """The hosts a package manager on this line is told to fetch from: an index, mirror, registry, channel or
+    find-links URL, a trusted host, a URL or VCS URL given as the package."""
+    for segment in STATEMENT_BREAKS.split(text):
+        for stage in segment.split("|"):
+            if not _package_command(command_words(stage)):
+                continue
+            for m in TRUSTED_HOST.finditer(stage):
+                yield m.group(1).split(":", 1)[0]
+            for m in SOURCE_URL.finditer(stage):    # any URL: an option's (index, registry, channel, find-links) or
+                yield m.group(1)                    # the package's; a channel name or a local directory is not one
+
+
+def _moves_data(words: list[str], stage: str, piped: bool) -> bool:
+    """A command that sends files to, or takes them from, a remote end given on its line: a copy, sync or backup
+    tool; git adding a remote or pushing; ssh fed a file or a pipe (``tar c . | ssh h 'cat > x'``)."""
+    if not words:
+        return False
+    tool = words[0]
+    if tool == "sshpass":                           # sshpass -p pw scp ...: the copy is the next program
+        rest = words[1:]
+        while rest and rest[0].startswith("-"):
+            rest = rest[2:] if rest[0] in ("-p", "-f", "-d", "-P") else rest[1:]
+        return _moves_data([w.rsplit("/", 1)[-1] for w in rest[:1]] + rest[1:], stage, piped)
+    if tool in COPY_TOOLS:
+        return True
+    if tool == "git":
+        verbs = [w for w in words[1:6] if not w.startswith("-")]
+        return "push" in verbs or ("remote" in verbs and ("add" in verbs or "set-url" in verbs))
+    if tool == "ssh":
+        return piped or bool(STDIN_FROM_FILE.search(stage))
+    return False
+
+
+def transfer_remotes(text: str) -> Iterator[str]:
+    """The named remote ends of the copies, syncs, backups and pushes on this line: ``u@host:/path``, ``host:path``,
+    ``sftp:u@host:/repo``, ``ssh://host/...``, an object store's ``--endpoint-url https://host``, a git remote's URL.
+    A bucket named in ``s3://`` or ``gs://`` is not a host."""
+    for segment in STATEMENT_BREAKS.split(text):
+        for i, stage in enumerate(segment.split("|")):
+            if not _moves_data(command_words(stage), stage, piped=i > 0):
+                continue
+            for m in REMOTE_URL.finditer(stage):
+                if m.group(1).lower() not in BUCKET_SCHEMES:
+                    yield m.group(2)
+            for rx in (REMOTE_USER_AT, REMOTE_COLON):
+                for m in rx.finditer(stage):
+                    yield m.group(1)
+
+
+def proxy_hosts(text: str) -> Iterator[str]:
+    """The named proxies a command is told to send its traffic through: ``HTTPS_PROXY=http://host:3128 cmd``,
+    ``curl -x socks5h://host:1080``, ``--proxy host:8080``, ``git config http.proxy``, ``npm config set proxy``."""
+    for m in PROXY_SETTING.finditer(text):
+        yield m.group(1)
