@@ -34,7 +34,13 @@ from collector.rules.context import (
 from collector.rules.downloads import downloaded_program
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
-from collector.rules.remotes import foreign_host, package_sources, proxy_hosts, transfer_remotes
+from collector.rules.remotes import (
+    foreign_host,
+    package_sources,
+    proxy_hosts,
+    staged_program_endpoints,
+    transfer_remotes,
+)
 from gpuguard.addresses import unmapped
 from gpuguard.argv_scan import ARGV_FP_LEN, ARGV_FP_MIN, ARGV_SCAN_MAX, argv_scan_text, literal_bytes
 from gpuguard.render import printable
@@ -296,6 +302,14 @@ def _transfer_host_not_in(value, _rule, _res):
     (scp/rsync/sftp/restic/borg to ``u@host:``, an object store's ``--endpoint-url``, a git remote's URL, ssh fed a
     file or a pipe): data leaving for, or tools arriving from, someone else's server - whatever the tool."""
     return _named_host_outside(value, transfer_remotes)
+
+
+@key("staged_endpoint_host_not_in", ("exec",), _zones)
+def _staged_endpoint_host_not_in(value, _rule, _res):
+    """A program run from a staging place (./x, /tmp, /var/tmp, /dev/shm, a hidden directory) handed a named host
+    outside these zones and not inside the site as an endpoint (a URL's host, ``host:port``, the value of a
+    server-ish option: ``-server``, ``--c2``, ``--relay``): a brought-in client told whom to reach."""
+    return _named_host_outside(value, staged_program_endpoints)
 
 
 @key("proxy_host_not_in", ("exec",), _zones)

@@ -21,6 +21,11 @@ SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
 WRAPPERS = frozenset(("sudo", "env", "exec", "nohup", "time", "command", "nice", "ionice", "setsid", "timeout",
                       "stdbuf", "doas", "xargs"))
 STATEMENT_BREAKS = re.compile(r"&&|\|\||[;&\n`]|\$\(")
+# Last labels that are file types far more often than a server's zone (`train.py:12`, `ckpt.pt:/x`, `run.sh`)
+FILE_SUFFIXES = frozenset(("py", "pyc", "txt", "json", "jsonl", "yaml", "yml", "log", "pt", "pth", "ckpt", "sh", "csv",
+                           "md", "cfg", "ini", "conf", "toml", "xml", "html", "bin", "so", "c", "h", "cc", "cpp", "cu",
+                           "tar", "gz", "tgz", "zip", "npz", "npy", "pkl", "safetensors", "onnx", "whl", "lock",
+                           "ipynb", "parquet", "arrow", "tsv", "out", "err", "tmp", "bak", "rs", "go", "js", "ts"))
 IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 HOST = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}"
 
@@ -65,7 +70,7 @@ def command_words(segment: str) -> list[str]:
 def foreign_host(host: str, known: set[str]) -> bool:
     """A named host that is neither inside (a short name, an internal zone or label) nor under a known zone."""
     host = host.lower().strip("[].")
-    if "." not in host or IPV4.fullmatch(host) or ":" in host:
+    if "." not in host or IPV4.fullmatch(host) or ":" in host or host.rsplit(".", 1)[-1] in FILE_SUFFIXES:
         return False
     if under_any(host, INTERNAL_SUFFIXES) or INTERNAL_LABELS & set(host.split(".")[:-1]):
         return False                                # pypi.ml.internal, pypi.internal.example.com: the site's own
@@ -132,6 +137,36 @@ def transfer_remotes(text: str) -> Iterator[str]:
             for rx in (REMOTE_USER_AT, REMOTE_COLON):
                 for m in rx.finditer(stage):
                     yield m.group(1)
+
+
+ENDPOINT = re.compile(
+    rf"(?i)(?:(?<![\w+.-])(?:tcp|udp|wss?|socks[45]h?|quic|grpc|kcp|ssh|https?)://(?:[^@/\s'\"]+@)?({HOST})"
+    rf"|(?:^|(?<=[\s=@'\"]))({HOST}):\d{{1,5}}(?![\w.])"
+    rf"|(?:^|\s)--?[\w-]*(?:server|host|connect|c2|remote|relay|proxy|target|endpoint|peer|lhost|rhost)[\w-]*"
+    rf"(?:=|\s+)['\"]?({HOST})(?![\w-]))")
+
+
+def endpoint_hosts(text: str) -> Iterator[str]:
+    """Named hosts written as a program's endpoint: a URL's host, ``host:port``, or the value of a server-ish
+    option (``-server``, ``--connect``, ``--c2``, ``--relay``, ``--lhost``)."""
+    for m in ENDPOINT.finditer(text):
+        yield m.group(1) or m.group(2) or m.group(3)
+
+
+STAGED_PROGRAM = re.compile(r"^(\./|/tmp/|/var/tmp/|/dev/shm/|\S*/\.[^/\s.][^/\s]*/)")
+
+
+def staged_program_endpoints(text: str) -> Iterator[str]:
+    """The endpoint hosts handed to a program run from a staging place (``./x``, /tmp, /var/tmp, /dev/shm, a
+    hidden directory) on this line: what a brought-in tunnel client, C2 agent or relay is told to reach."""
+    for segment in STATEMENT_BREAKS.split(text):
+        for stage in segment.split("|"):
+            words = [w.strip("'\"(") for w in stage.split()]
+            while words and (words[0] in WRAPPERS or "=" in words[0] or words[0].startswith("-") or not words[0]
+                             or words[0].rsplit("/", 1)[-1] in SHELLS or re.fullmatch(r"\d+", words[0])):
+                words = words[1:]
+            if words and STAGED_PROGRAM.match(words[0]):
+                yield from endpoint_hosts(" ".join(words[1:]))
 
 
 def proxy_hosts(text: str) -> Iterator[str]:
