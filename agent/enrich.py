@@ -396,11 +396,13 @@ class Enricher:
         hdr = ev.hdr
         out = self._object_event(ev)
         e = out.enforcement
-        e.rule_id, e.action, e.detail = self.rule_name(ev.rule_index), ev.action, enforcement_detail(ev)
-        if ev.action in ESCAPE_ACTIONS:
-            e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id))
-        elif ev.action in TAMPER_ACTIONS:
-            e.rule_id, e.signal, e.detail = "", ev.rule_index, agent_signal_detail(ev)   # rule: the signal's number
+        e.action = ev.action
+        if ev.action in TAMPER_ACTIONS:        # no rule made it: the record's rule field is the signal's number
+            e.signal, e.detail = ev.rule_index, agent_signal_detail(ev)
+        else:
+            e.rule_id = self.rule_name(ev.rule_index)
+            e.detail = escape_detail(ev, self.jobs.path_of(hdr.cgroup_id)) if ev.action in ESCAPE_ACTIONS \
+                else enforcement_detail(ev)
         e.daddr, e.dport, e.peer_pid, e.payload = ev.daddr, ev.dport, ev.peer_pid, ev.payload
         e.repeats = ev.repeats
         if ev.action in (DENY_CONNECT, DENY_PIPE_CONNECT):

@@ -24,45 +24,53 @@ def agent_signals(capture, guarded: int, since: int, signal: int) -> list[dict]:
     return [r for r in capture.seen[since:] if signalled(r)]
 
 
-def test_a_stop_by_number_from_a_job_is_reported_with_its_sender_and_job(capture, test_cgroup):
+@pytest.fixture
+def sleepers():
+    """Processes of this test's own (`sleep`), ended and waited for afterwards, also when the test fails."""
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        started.append(subprocess.Popen(["sleep", "60"]))
+        return started[-1]
+    yield start
+    for p in started:
+        p.kill()
+        p.wait(10)
+
+
+@pytest.fixture
+def stand_in(capture, sleepers):
+    """A guarded process in the agent's place, unguarded afterwards."""
+    proc = sleepers()
+    capture.probes.guard(proc.pid)
+    yield proc
+    capture.probes.unguard(proc.pid)
+
+
+def test_a_stop_by_number_from_a_job_is_reported_with_its_sender_and_job(capture, test_cgroup, stand_in):
     job = fresh_job_id()
     cg = test_cgroup(f"slurm/job_{job}")
-    stand_in = subprocess.Popen(["sleep", "60"])
-    try:
-        capture.probes.guard(stand_in.pid)
-        since = mark(capture)
-        sender = popen_in_cgroup(cg, ["/bin/sh", "-c", f"kill -STOP {stand_in.pid}; kill -CONT {stand_in.pid}; "
-                                                       f"kill -TERM {stand_in.pid}"])
-        assert sender.wait(20) == 0
-        hits = agent_signals(capture, stand_in.pid, since, signal=15)
-        assert [h["enforcement"]["signal"] for h in hits] == [19, 15], hits      # SIGCONT is not reported
-        assert {h["proc"]["pid"] for h in hits} == {sender.pid}                 # sh's builtin kill: the shell
-        assert hits[0]["job"]["id"] == job
-        assert hits[0]["enforcement"]["detail"].startswith("SIGSTOP sent to the agent"), hits[0]["enforcement"]
-        assert hits[0]["enforcement"]["rule_id"] == ""
-        assert stand_in.wait(10) == -15
-    finally:
-        capture.probes.unguard(stand_in.pid)
-        stand_in.kill()
-        stand_in.wait(10)
+    since = mark(capture)
+    sender = popen_in_cgroup(cg, ["/bin/sh", "-c", f"kill -STOP {stand_in.pid}; kill -CONT {stand_in.pid}; "
+                                                   f"kill -TERM {stand_in.pid}"])
+    assert sender.wait(20) == 0
+    hits = agent_signals(capture, stand_in.pid, since, signal=15)
+    assert [h["enforcement"]["signal"] for h in hits] == [19, 15], hits      # SIGCONT is not reported
+    assert {h["proc"]["pid"] for h in hits} == {sender.pid}                 # sh's builtin kill: the shell
+    assert hits[0]["job"]["id"] == job
+    assert hits[0]["enforcement"]["detail"].startswith("SIGSTOP sent to the agent"), hits[0]["enforcement"]
+    assert hits[0]["enforcement"]["rule_id"] == ""
+    assert stand_in.wait(10) == -15
 
 
-def test_signals_to_a_process_not_guarded_are_not_reported(capture, test_cgroup):
+def test_signals_to_a_process_not_guarded_are_not_reported(capture, test_cgroup, stand_in, sleepers):
     cg = test_cgroup(f"slurm/job_{fresh_job_id()}")
-    stand_in, bystander = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
-    try:
-        capture.probes.guard(stand_in.pid)
-        since = mark(capture)
-        sender = popen_in_cgroup(cg, ["/bin/sh", "-c", f"kill -STOP {bystander.pid}; kill -USR1 {bystander.pid}; "
-                                                       f"kill -HUP {stand_in.pid}"])
-        assert sender.wait(20) == 0
-        assert agent_signals(capture, stand_in.pid, since, signal=1), "the guarded process's signal: not seen"
-        others = [r for r in capture.seen[since:] if r["kind"] == "enforcement"
-                  and r["enforcement"]["action"] == "seen_agent_signal"
-                  and r["enforcement"]["peer_pid"] != stand_in.pid]
-        assert others == []
-    finally:
-        capture.probes.unguard(stand_in.pid)
-        for p in (stand_in, bystander):
-            p.kill()
-            p.wait(10)
+    bystander = sleepers()
+    since = mark(capture)
+    sender = popen_in_cgroup(cg, ["/bin/sh", "-c", f"kill -STOP {bystander.pid}; kill -USR1 {bystander.pid}; "
+                                                   f"kill -HUP {stand_in.pid}"])
+    assert sender.wait(20) == 0
+    assert agent_signals(capture, stand_in.pid, since, signal=1), "the guarded process's signal: not seen"
+    others = [r for r in capture.seen[since:] if r["kind"] == "enforcement"
+              and r["enforcement"]["action"] == "seen_agent_signal" and r["enforcement"]["peer_pid"] != stand_in.pid]
+    assert others == []

@@ -777,10 +777,10 @@ def _signals(v) -> list[int]:
         name = str(item).upper()
         name = name if name.isdigit() or name.startswith("SIG") else f"SIG{name}"
         try:
-            out.append(int(name) if name.isdigit() else signal.Signals[name])
-        except (KeyError, ValueError) as exc:
+            out.append(int(name) if name.isdigit() else int(signal.Signals[name]))
+        except KeyError as exc:
             raise KeyValueError(f"unknown signal {item!r}") from exc
-    return [int(n) for n in out]
+    return out
 
 
 @key("agent_signal", ("tamper",), _signals)
@@ -791,7 +791,9 @@ def _agent_signal(value, _rule, _res):
 
     def signalled(v, _c):
         e = v.ev.enforcement
-        return e.detail or f"signal {e.signal}" if e.action in TAMPER_ACTIONS and e.signal in wanted else None
+        if e.action not in TAMPER_ACTIONS or e.signal not in wanted:
+            return None
+        return e.detail or f"signal {e.signal}"
     return signalled
 
 

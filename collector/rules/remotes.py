@@ -55,13 +55,27 @@ PROXY_SETTING = re.compile(
     rf"({HOST})(?![\w-])")
 
 
-def command_words(segment: str) -> list[str]:
-    """A command's words after what only wraps it (``sudo``, ``env A=B``, ``nohup``, ``sh -c '``): its program
-    first, without its directory."""
-    words = [w.strip("'\"(") for w in segment.split()]
+def _stages(text: str) -> Iterator[tuple[str, bool]]:
+    """Each command of a line (split at ;, &&, ||, &, newlines, backticks, $( and pipes), and whether a pipe
+    feeds it."""
+    for segment in STATEMENT_BREAKS.split(text):
+        for i, stage in enumerate(segment.split("|")):
+            yield stage, i > 0
+
+
+def _unwrapped(stage: str) -> list[str]:
+    """A command's words after what only wraps it (``sudo``, ``env A=B``, ``nohup``, ``timeout 60``,
+    ``sh -c '``): its program, as written, first."""
+    words = [w.strip("'\"(") for w in stage.split()]
     while words and (words[0] in WRAPPERS or "=" in words[0] or words[0].startswith("-") or not words[0]
                      or words[0].rsplit("/", 1)[-1] in SHELLS or re.fullmatch(r"\d+", words[0])):
-        words = words[1:]                     # `timeout 60 scp ...`, `sh -c 'pip ...'`, `env A=1 rsync`
+        words = words[1:]
+    return words
+
+
+def command_words(stage: str) -> list[str]:
+    """A command's unwrapped words, its program's name first without its directory, in lower case."""
+    words = _unwrapped(stage)
     if words:
         words[0] = words[0].rsplit("/", 1)[-1].lower()
     return words
@@ -92,14 +106,13 @@ def _package_command(words: list[str]) -> bool:
 def package_sources(text: str) -> Iterator[str]:
     """The hosts a package manager on this line is told to fetch from: an index, mirror, registry, channel or
     find-links URL, a trusted host, a URL or VCS URL given as the package."""
-    for segment in STATEMENT_BREAKS.split(text):
-        for stage in segment.split("|"):
-            if not _package_command(command_words(stage)):
-                continue
-            for m in TRUSTED_HOST.finditer(stage):
-                yield m.group(1).split(":", 1)[0]
-            for m in SOURCE_URL.finditer(stage):    # any URL: an option's (index, registry, channel, find-links) or
-                yield m.group(1)                    # the package's; a channel name or a local directory is not one
+    for stage, _piped in _stages(text):
+        if not _package_command(command_words(stage)):
+            continue
+        for m in TRUSTED_HOST.finditer(stage):
+            yield m.group(1).split(":", 1)[0]
+        for m in SOURCE_URL.finditer(stage):        # any URL: an option's (index, registry, channel, find-links) or
+            yield m.group(1)                        # the package's; a channel name or a local directory is not one
 
 
 def _moves_data(words: list[str], stage: str, piped: bool) -> bool:
@@ -127,16 +140,15 @@ def transfer_remotes(text: str) -> Iterator[str]:
     """The named remote ends of the copies, syncs, backups and pushes on this line: ``u@host:/path``, ``host:path``,
     ``sftp:u@host:/repo``, ``ssh://host/...``, an object store's ``--endpoint-url https://host``, a git remote's URL.
     A bucket named in ``s3://`` or ``gs://`` is not a host."""
-    for segment in STATEMENT_BREAKS.split(text):
-        for i, stage in enumerate(segment.split("|")):
-            if not _moves_data(command_words(stage), stage, piped=i > 0):
-                continue
-            for m in REMOTE_URL.finditer(stage):
-                if m.group(1).lower() not in BUCKET_SCHEMES:
-                    yield m.group(2)
-            for rx in (REMOTE_USER_AT, REMOTE_COLON):
-                for m in rx.finditer(stage):
-                    yield m.group(1)
+    for stage, piped in _stages(text):
+        if not _moves_data(command_words(stage), stage, piped):
+            continue
+        for m in REMOTE_URL.finditer(stage):
+            if m.group(1).lower() not in BUCKET_SCHEMES:
+                yield m.group(2)
+        for rx in (REMOTE_USER_AT, REMOTE_COLON):
+            for m in rx.finditer(stage):
+                yield m.group(1)
 
 
 ENDPOINT = re.compile(
@@ -159,14 +171,10 @@ STAGED_PROGRAM = re.compile(r"^(\./|/tmp/|/var/tmp/|/dev/shm/|\S*/\.[^/\s.][^/\s
 def staged_program_endpoints(text: str) -> Iterator[str]:
     """The endpoint hosts handed to a program run from a staging place (``./x``, /tmp, /var/tmp, /dev/shm, a
     hidden directory) on this line: what a brought-in tunnel client, C2 agent or relay is told to reach."""
-    for segment in STATEMENT_BREAKS.split(text):
-        for stage in segment.split("|"):
-            words = [w.strip("'\"(") for w in stage.split()]
-            while words and (words[0] in WRAPPERS or "=" in words[0] or words[0].startswith("-") or not words[0]
-                             or words[0].rsplit("/", 1)[-1] in SHELLS or re.fullmatch(r"\d+", words[0])):
-                words = words[1:]
-            if words and STAGED_PROGRAM.match(words[0]):
-                yield from endpoint_hosts(" ".join(words[1:]))
+    for stage, _piped in _stages(text):
+        words = _unwrapped(stage)
+        if words and STAGED_PROGRAM.match(words[0]):
+            yield from endpoint_hosts(" ".join(words[1:]))
 
 
 def proxy_hosts(text: str) -> Iterator[str]:
