@@ -51,6 +51,18 @@ def test_a_huge_argv_is_evaluated_and_still_matches(tmp_path):
     assert any(a.rule_id.startswith("miner") for a in app.store.alerts())
 
 
+def test_an_argv_built_against_the_host_parsers_is_evaluated_and_still_matches(tmp_path):
+    """60 KB of one option naming a server-ish word over and over (`--hosthost...`), the shape that backtracked the
+    named-host parsers (collector/rules/remotes.py) for ~40 s; the staged program's real endpoint after it is
+    still found."""
+    app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db"), auth_dir=str(tmp_path / "auth")))
+    argv = ["/tmp/.x/agent", "--" + "host" * 15_000, "-server", "relay.evil-updates.example:8888"]
+    start = time.perf_counter()
+    app.policy.on_events("h1", [exec_event(1, argv)])
+    print(f"\n60 KB option through every built-in rule: {time.perf_counter() - start:.3f}s")
+    assert any(a.rule_id == "staged-program-given-outside-host" for a in app.store.alerts())
+
+
 def test_yaml_alias_bomb_is_refused_with_a_short_error():
     bomb = "lists:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

@@ -153,16 +153,22 @@ def transfer_remotes(text: str) -> Iterator[str]:
 
 ENDPOINT = re.compile(
     rf"(?i)(?:(?<![\w+.-])(?:tcp|udp|wss?|socks[45]h?|quic|grpc|kcp|ssh|https?)://(?:[^@/\s'\"]+@)?({HOST})"
-    rf"|(?:^|(?<=[\s=@'\"]))({HOST}):\d{{1,5}}(?![\w.])"
-    rf"|(?:^|\s)--?[\w-]*(?:server|host|connect|c2|remote|relay|proxy|target|endpoint|peer|lhost|rhost)[\w-]*"
-    rf"(?:=|\s+)['\"]?({HOST})(?![\w-]))")
+    rf"|(?:^|(?<=[\s=@'\"]))({HOST}):\d{{1,5}}(?![\w.]))")
+# An option and the host it is given; whether the option is server-ish is asked of its name apart: one pattern
+# with the keyword between two `[\w-]*` backtracked quadratically over a long option an observed process wrote
+# (60 KB of `--hosthost...`: ~40 s of the collector's time).
+OPTION_VALUE = re.compile(rf"(?i)(?:^|\s)--?([\w-]+)(?:=|\s+)['\"]?({HOST})(?![\w-])")
+SERVERISH = re.compile(r"(?i)server|host|connect|c2|remote|relay|proxy|target|endpoint|peer|lhost|rhost")
 
 
 def endpoint_hosts(text: str) -> Iterator[str]:
     """Named hosts written as a program's endpoint: a URL's host, ``host:port``, or the value of a server-ish
     option (``-server``, ``--connect``, ``--c2``, ``--relay``, ``--lhost``)."""
     for m in ENDPOINT.finditer(text):
-        yield m.group(1) or m.group(2) or m.group(3)
+        yield m.group(1) or m.group(2)
+    for m in OPTION_VALUE.finditer(text):
+        if SERVERISH.search(m.group(1)):
+            yield m.group(2)
 
 
 STAGED_PROGRAM = re.compile(r"^(\./|/tmp/|/var/tmp/|/dev/shm/|\S*/\.[^/\s.][^/\s]*/)")
