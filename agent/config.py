@@ -21,6 +21,7 @@ class AgentConfig:
     spool_fsync_ms: int = 200                # spooled records reach the disk within this (0: fsync every append)
     batch_max_events: int = 2048             # a RawBatch of connects is ~100 B per event: ~200 KB
     batch_max_delay_ms: int = 200
+    drain_max_ms: int = 250                  # while records flow, user space sees each within this (agent/pacing.py)
     ringbuf_pages: int = 4096
     gpu_sample_s: float = 5.0               # GPU processes sampled from NVML this often (0: off)
     nvml_library: str = ""                  # a libnvidia-ml.so.1 to load instead of the system's (tests, demos)

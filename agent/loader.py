@@ -150,6 +150,15 @@ class Drained:
     def __len__(self) -> int:
         return len(self.raw) if self.raw is not None else sum(len(b) for b in self.batches)
 
+    def priority_bytes(self) -> int:
+        """About how many bytes of the priority ring this drain emptied (exec records counted at their whole
+        size, so never fewer): what paces the next drain (agent/pacing.py)."""
+        from agent.batch import PRIORITY_KINDS  # noqa: PLC0415
+
+        if self.raw is not None:          # the header's kind: a u32 at byte 16 (probes/gpuguard.h)
+            return sum(len(r) for r in self.raw if int.from_bytes(r[16:20], "little") in PRIORITY_KINDS)
+        return sum(arr.nbytes for b in self.batches for kind, arr in b.arrays.items() if kind in PRIORITY_KINDS)
+
     def records(self) -> list[bytes]:
         """Each record's bytes (tests)."""
         return list(self.raw) if self.raw is not None else [r for b in self.batches for r in b.raw()]

@@ -17,6 +17,7 @@ from agent.encoded import EncodedEvent, expand
 from agent.identity import HostIdentity
 from agent.loader import LoaderError
 from agent.output import HEADER_LINE, format_json, format_line
+from agent.pacing import DrainPacer
 from agent.runtime import Capture
 from gpuguard.credentials import CredentialStore
 from gpuguard.private import check_private
@@ -25,7 +26,7 @@ from gpuguard.v1 import events_pb2 as pb
 log = logging.getLogger("gpuguard.agent")
 
 BUSY_DRAIN_S = 0.05      # while records flow: at least this long between drains (a burst is one batch)
-BULK_WAIT_MS = 200       # ...then at most this long more while only bulk records (connects, flows) come
+BULK_PACE_MS = 250       # while only bulk records (connects, flows) come: this long between drains
 IDLE_WAIT_MS = 500       # after an empty drain: how long to wait for the priority ring to wake the loop
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_PREREQ = 0, 1, 2, 3
@@ -182,27 +183,35 @@ class Agent:
             self.shipper.notify()
 
     def run(self) -> None:
-        """The capture loop, paced by the priority ring: after a drain that found records, at least BUSY_DRAIN_S
-        (a burst is handled as one batch, which is what makes a record cheap), then a wait that the priority ring's
-        first record (exec, exit, fork, enforcement) cuts short - probes/gpuguard.h: adaptive wakeup - or that ends
-        after BULK_WAIT_MS, so a flood of connects alone is drained in batches of a quarter second rather than a
-        twentieth (most of what a drain costs is the same for 100 records or 2,000: bench/agent_cpu.py), while an
-        exec in it is seen within BUSY_DRAIN_S. After an empty drain the wait is IDLE_WAIT_MS, so an idle agent
-        wakes a few times a second. Every wait ends when a heartbeat is due: the collector calls an agent silent
-        after a few missed heartbeats, so they must keep their interval, not drift by a wait."""
+        """The capture loop, paced by the priority ring: after a drain that found records, a wait that
+        agent/pacing.py sets from what drains cost (50 ms on a node where they are cheap, up to --drain-max-ms
+        where they are dear, shorter whenever the priority ring fills fast: a burst is handled as one batch, which
+        is what makes a record cheap), then a wait that the priority ring's first record (exec, exit, fork,
+        enforcement) cuts short - probes/gpuguard.h: adaptive wakeup - or that ends BULK_PACE_MS after the last
+        drain, so a flood of connects alone is drained in batches of a quarter second (most of what a drain costs
+        is the same for 100 records or 2,000: bench/agent_cpu.py). After an empty drain the wait is IDLE_WAIT_MS,
+        so an idle agent wakes a few times a second. Every wait ends when a heartbeat is due: the collector calls
+        an agent silent after a few missed heartbeats, so they must keep their interval, not drift by a wait."""
         stop = self.capture.stop_event
-        busy = True
+        pacer = DrainPacer(ring_bytes=self.capture.probes.priority_pages * os.sysconf("SC_PAGE_SIZE"),
+                           max_s=max(self.cfg.drain_max_ms, 1000 * BUSY_DRAIN_S) / 1000, min_s=BUSY_DRAIN_S)
+        busy, pace_s, last_drain = True, BUSY_DRAIN_S, time.monotonic()
         while not stop.is_set():
             if busy:
-                stop.wait(BUSY_DRAIN_S)
-            wait_ms = BULK_WAIT_MS if busy else IDLE_WAIT_MS
+                stop.wait(pace_s)
+            wait_ms = max(BULK_PACE_MS - 1000 * pace_s, 0) if busy else IDLE_WAIT_MS
             status_due_ms = (self._last_status + self.cfg.status_interval_s - time.monotonic()) * 1000
             drained = self.capture.probes.poll(int(min(wait_ms, max(1.0, status_due_ms))))
+            cpu_before = time.thread_time()      # after the poll's wait: what the drain costs, not how long it waited
             self.capture.process(drained)
             if self.spool:
                 self.spool.sync_due()               # a deferred fsync (agent/spool.py), once its interval is over
+            now = time.monotonic()
             busy = len(drained) > 0
-            if time.monotonic() - self._last_status >= self.cfg.status_interval_s:
+            if busy:
+                pace_s = pacer.wait_s(time.thread_time() - cpu_before, drained.priority_bytes(), now - last_drain)
+            last_drain = now
+            if now - self._last_status >= self.cfg.status_interval_s:
                 self.emit_status()
         self.say_goodbye()                   # first: what follows (the last drain, detaching) may take seconds
         self.capture.process(self.capture.probes.drain())

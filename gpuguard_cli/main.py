@@ -78,7 +78,7 @@ def cmd_agent(args) -> int:
                  "token_file": args.token_file, "join_token_file": args.join_token_file, "auth_dir": args.auth_dir,
                  "status_interval_s": args.status_interval, "capture_budget_per_s": args.capture_budget,
                  "metrics": args.metrics, "metrics_token_file": args.metrics_token_file,
-                 "spool_fsync_ms": args.spool_fsync_ms}
+                 "spool_fsync_ms": args.spool_fsync_ms, "drain_max_ms": args.drain_max_ms}
     if args.no_enforce:
         overrides["enforce"] = False
     if args.no_packet_sockets:
@@ -664,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--collector", help="collector address HOST:PORT, or a list A:1,B:2 to fail over along; events "
                    "are spooled on disk until acked")
     a.add_argument("--spool-dir", help="spool directory (default /var/lib/gpuguard/spool)")
+    a.add_argument("--drain-max-ms", type=int, metavar="MS",
+                   help="while records flow, the longest the capture loop waits between drains (default 250; at "
+                        "least 50). The wait is set by what drains cost, so a busy slow node spaces them out; a "
+                        "first record after a quiet spell is read at once, and kernel kills never wait for it")
     a.add_argument("--spool-fsync-ms", type=int, metavar="MS",
                    help="spooled records reach the disk (fsync) at most this long after they are written (default "
                         "200; 0: every poll). A killed agent loses nothing either way; a host that loses power may "

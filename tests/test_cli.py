@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
+import pytest
+
 from tests.services import CLI, ROOT
 
 
@@ -157,6 +159,21 @@ def test_the_spool_fsync_interval_comes_from_file_or_flag():
     assert "--spool-fsync-ms" in gg("agent", "--help").stdout
     deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
     assert deploy.spool_fsync_ms == 200
+
+
+def test_the_longest_wait_between_drains_comes_from_file_or_flag():
+    """250 ms by default (agent/pacing.py); the file and --drain-max-ms set it; a word is refused by name."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from agent.config import ConfigError, load_config  # noqa: PLC0415
+
+    assert load_config(None, {}).drain_max_ms == 250
+    assert load_config(None, {"drain_max_ms": 100}).drain_max_ms == 100
+    assert "--drain-max-ms" in gg("agent", "--help").stdout
+    deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
+    assert deploy.drain_max_ms == 250
+    with pytest.raises(ConfigError, match="drain_max_ms"):
+        load_config(None, {"drain_max_ms": "soon"})
 
 
 def test_the_agent_freezes_start_up_objects_out_of_garbage_collection():
