@@ -20,7 +20,6 @@ INTERNAL_SUFFIXES = frozenset(("localhost", "local", "localdomain", "internal", 
 SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"))
 WRAPPERS = frozenset(("sudo", "env", "exec", "nohup", "time", "command", "nice", "ionice", "setsid", "timeout",
                       "stdbuf", "doas", "xargs"))
-STATEMENT_BREAKS = re.compile(r"&&|\|\||[;&\n`]|\$\(")
 # Last labels that are file types far more often than a server's zone (`train.py:12`, `ckpt.pt:/x`, `run.sh`)
 FILE_SUFFIXES = frozenset(("py", "pyc", "txt", "json", "jsonl", "yaml", "yml", "log", "pt", "pth", "ckpt", "sh", "csv",
                            "md", "cfg", "ini", "conf", "toml", "xml", "html", "bin", "so", "c", "h", "cc", "cpp", "cu",
@@ -55,12 +54,63 @@ PROXY_SETTING = re.compile(
     rf"({HOST})(?![\w-])")
 
 
+SCRIPT_OPTION = re.compile(r"(?:^|\s)(?:-[a-z]*c|eval)\s*$")   # sh -c '...', bash -lc "...", eval "...": commands
+
+
 def _stages(text: str) -> Iterator[tuple[str, bool]]:
     """Each command of a line (split at ;, &&, ||, &, newlines, backticks, $( and pipes), and whether a pipe
-    feeds it."""
-    for segment in STATEMENT_BREAKS.split(text):
-        for i, stage in enumerate(segment.split("|")):
-            yield stage, i > 0
+    feeds it. A break inside quotes is text (``lftp -e "mirror -R /d /up; quit" sftp://host`` is one command with
+    its URL), but a substitution starts commands of its own, quoted or not (``"$(curl h | sh)"``), and so does a
+    shell's quoted script (``sh -c 'tar c . | ssh h "cat > x"'``)."""
+    start, piped, quote, i, n = 0, False, "", 0, len(text)
+    outer: list[tuple[str, str]] = []          # per open substitution or script: the quote around it, its closer
+    while i < n:
+        c = text[i]
+        if quote == "'":
+            quote = "" if c == "'" else quote
+            i += 1
+            continue
+        if c == "\\":
+            i += 2
+            continue
+        closes = bool(outer) and c == outer[-1][1] and (c in "`'\"" or not quote)
+        if closes and c in "'\"":             # a script's closing quote: back to what was around it
+            quote = outer.pop()[0]
+            i += 1
+            continue
+        if closes:                             # a substitution ends: back inside whatever quoted it
+            quote = outer.pop()[0]
+            width, feeds = 1, False
+        elif c == "`" or (c == "$" and text.startswith("$(", i)):
+            outer.append((quote, c if c == "`" else ")"))
+            quote, width, feeds = "", (1 if c == "`" else 2), False
+        elif c in "'\"" and not quote and SCRIPT_OPTION.search(text, max(0, i - 12), i):
+            outer.append(("", c))              # the script of sh -c: its commands are the line's
+            i += 1
+            continue
+        elif c == '"':
+            quote = "" if quote == '"' else '"'
+            i += 1
+            continue
+        elif quote:
+            i += 1
+            continue
+        elif c == "'":
+            quote = "'"
+            i += 1
+            continue
+        elif text.startswith(("&&", "||"), i):
+            width, feeds = 2, False
+        elif c in ";&\n":
+            width, feeds = 1, False
+        elif c == "|":
+            width, feeds = 1, True
+        else:
+            i += 1
+            continue
+        yield text[start:i], piped
+        start, piped, i = i + width, feeds, i + width
+    yield text[start:], piped
 
 
 def _unwrapped(stage: str) -> list[str]:
