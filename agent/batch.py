@@ -215,11 +215,16 @@ _BUILDERS = {pb.KIND_CONNECT: _connects, pb.KIND_CONNECT_RESULT: _connect_result
              pb.KIND_FORK: _forks, pb.KIND_EXIT: _exits, pb.KIND_GPU_OPEN: _gpu_opens, pb.KIND_SOCKET: _sockets}
 
 
+def record_kind(raw: bytes) -> int:
+    """A raw record's kind: the header's u32 at byte 16 (probes/gpuguard.h); 0, no kind, for a record too short."""
+    return int.from_bytes(raw[16:20], "little") if len(raw) >= 20 else 0
+
+
 def python_order(raw: list[bytes]) -> list[bytes]:
     """The Python consumer's records (BCC's callback, one bytes object each, rings concatenated in arrival order)
     in the order the batch consumer gives: kernel time, the priority ring first on a tie, then arrival."""
     if len(raw) < 2:
         return raw
     ts = np.array([int.from_bytes(r[0:8], "little") if len(r) >= 8 else 0 for r in raw], dtype=np.uint64)
-    kinds = np.array([int.from_bytes(r[16:20], "little") if len(r) >= 20 else 0 for r in raw], dtype=np.int64)
+    kinds = np.array([record_kind(r) for r in raw], dtype=np.int64)
     return [raw[i] for i in record_order(ts, kinds, np.arange(len(raw))).tolist()]

@@ -153,10 +153,10 @@ class Drained:
     def priority_bytes(self) -> int:
         """About how many bytes of the priority ring this drain emptied (exec records counted at their whole
         size, so never fewer): what paces the next drain (agent/pacing.py)."""
-        from agent.batch import PRIORITY_KINDS  # noqa: PLC0415
+        from agent.batch import PRIORITY_KINDS, record_kind  # noqa: PLC0415
 
-        if self.raw is not None:          # the header's kind: a u32 at byte 16 (probes/gpuguard.h)
-            return sum(len(r) for r in self.raw if int.from_bytes(r[16:20], "little") in PRIORITY_KINDS)
+        if self.raw is not None:
+            return sum(len(r) for r in self.raw if record_kind(r) in PRIORITY_KINDS)
         return sum(arr.nbytes for b in self.batches for kind, arr in b.arrays.items() if kind in PRIORITY_KINDS)
 
     def records(self) -> list[bytes]:

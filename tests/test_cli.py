@@ -148,32 +148,24 @@ def test_packet_socket_watch_can_be_turned_off_by_file_or_flag(tmp_path, caplog)
     assert not probes.packet_sockets_seen and "packet sockets are not watched" in caplog.text
 
 
-def test_the_spool_fsync_interval_comes_from_file_or_flag():
-    """200 ms by default; the file and --spool-fsync-ms set it (agent/spool.py says what it trades)."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from agent.config import load_config  # noqa: PLC0415
-
-    assert load_config(None, {}).spool_fsync_ms == 200
-    assert load_config(None, {"spool_fsync_ms": 0}).spool_fsync_ms == 0
-    assert "--spool-fsync-ms" in gg("agent", "--help").stdout
-    deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
-    assert deploy.spool_fsync_ms == 200
-
-
-def test_the_longest_wait_between_drains_comes_from_file_or_flag():
-    """250 ms by default (agent/pacing.py); the file and --drain-max-ms set it; a word is refused by name."""
+@pytest.mark.parametrize(("key", "flag", "default", "other"), [
+    ("spool_fsync_ms", "--spool-fsync-ms", 200, 0),      # agent/spool.py says what it trades
+    ("drain_max_ms", "--drain-max-ms", 250, 100),        # agent/pacing.py
+])
+def test_an_agent_interval_comes_from_file_or_flag(key, flag, default, other):
+    """Its default, the value a flag or the file sets, the flag in --help, the deploy file's value; a word is
+    refused by the setting's name."""
     from pathlib import Path  # noqa: PLC0415
 
     from agent.config import ConfigError, load_config  # noqa: PLC0415
 
-    assert load_config(None, {}).drain_max_ms == 250
-    assert load_config(None, {"drain_max_ms": 100}).drain_max_ms == 100
-    assert "--drain-max-ms" in gg("agent", "--help").stdout
+    assert getattr(load_config(None, {}), key) == default
+    assert getattr(load_config(None, {key: other}), key) == other
+    assert flag in gg("agent", "--help").stdout
     deploy = load_config(str(Path(__file__).resolve().parent.parent / "deploy" / "agent.toml"), {})
-    assert deploy.drain_max_ms == 250
-    with pytest.raises(ConfigError, match="drain_max_ms"):
-        load_config(None, {"drain_max_ms": "soon"})
+    assert getattr(deploy, key) == default
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, {key: "soon"})
 
 
 def test_the_agent_freezes_start_up_objects_out_of_garbage_collection():

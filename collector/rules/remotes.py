@@ -266,7 +266,7 @@ def command_output_url_hosts(text: str) -> Iterator[str]:
 HEADLESS_BROWSERS = frozenset(("chromium", "chromium-browser", "chrome", "google-chrome", "google-chrome-stable",
                                "google-chrome-beta", "headless_shell", "chrome-headless-shell", "msedge",
                                "microsoft-edge", "microsoft-edge-stable", "brave-browser", "firefox", "firefox-esr"))
-PAGE_URL = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?)://(?:[^@/\s'\"]+@)?({HOST})")
+WEB_SCHEMES = frozenset(("http", "https", "ws", "wss"))
 
 
 def headless_pages(text: str) -> Iterator[str]:
@@ -276,5 +276,6 @@ def headless_pages(text: str) -> Iterator[str]:
         words = command_words(stage)
         if words and words[0] in HEADLESS_BROWSERS and any(
                 w.split("=", 1)[0] in ("--headless", "-headless") for w in words[1:]):
-            for m in PAGE_URL.finditer(stage):
-                yield m.group(1)
+            for m in REMOTE_URL.finditer(stage):
+                if m.group(1).lower() in WEB_SCHEMES:
+                    yield m.group(2)
