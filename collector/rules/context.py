@@ -291,9 +291,18 @@ DISCOVERY_FILES = {
     "/etc/passwd": "accounts", "/etc/group": "groups", "/etc/os-release": "kernel", "/etc/issue": "kernel",
     "/proc/version": "kernel", "/etc/hosts": "hosts", "/etc/resolv.conf": "hosts", "/proc/net/tcp": "sockets",
     "/proc/net/arp": "neighbours", "/proc/net/route": "routes", "/etc/crontab": "cron", "/etc/sudoers": "sudo",
+    "/etc/pam.d/": "auth policy", "/etc/login.defs": "auth policy",
     "/proc/1/cgroup": "container", "/.dockerenv": "container", "/proc/self/status": "capabilities",
     "/etc/exports": "mounts", "/etc/fstab": "mounts",
 }
+
+
+def _file_kind(path: str) -> str | None:
+    """The discovery kind of a file read: by its exact path, or by the directory (a key ending in /) it is in."""
+    kind = DISCOVERY_FILES.get(path)
+    if kind is None and "/" in path[1:]:
+        kind = DISCOVERY_FILES.get(path[:path.rindex("/") + 1])
+    return kind
 
 
 def discovery_kind(ev: pb.Event) -> str | None:
@@ -304,7 +313,7 @@ def discovery_kind(ev: pb.Event) -> str | None:
     kind = DISCOVERY_PROGRAMS.get(name)
     args = argv[1:]
     if kind == "read":
-        return next((DISCOVERY_FILES[a] for a in args if a in DISCOVERY_FILES), None)
+        return next((found for a in args if (found := _file_kind(a))), None)
     if kind == "sudo":
         return "sudo" if args[:1] == ["-l"] or args[:1] == ["-ll"] else None
     if kind in ("cron", "packages"):
