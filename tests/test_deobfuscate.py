@@ -58,6 +58,10 @@ def test_a_plain_line_is_not_named_disguised():
     ("$(printf '\\x6e\\x63') h 1", "nc h 1"),
     ("$(echo -e \"\\156c\") h 1", "nc h 1"),
     ("`echo wget` u", "wget u"),
+    ("${PATH:0:1}bin${PATH:0:1}sh -i", "/bin/sh -i"),
+    ("python3 -c \"getattr(__import__('o'+'s'),'sys'+'tem')('id')\"",
+     "python3 -c \"getattr(__import__('os'),'system')('id')\""),
+    ("node -e \"require('child_'+'pro'+'cess')\"", "node -e \"require('child_process')\""),
 ])
 def test_each_disguise_undone(line, wanted):
     assert readable(line).split(" ; ")[0] == wanted
@@ -71,6 +75,8 @@ def test_each_disguise_undone(line, wanted):
     ("printf '\\151\\144\\073' | sh", "id;"),
     ("python3 -c \"exec(''.join(map(chr,[105,109,112,111,114,116])))\"", "import"),
     ("perl -e 'eval pack(\"H*\",\"7072696e74203132\")'", "print 12"),
+    ("printf '%s' 'aWQ7IHVuYW1lIC1h' | base64 -d | sh", "id; uname -a"),
+    ("echo 'vq; hanzr -n' | tr 'a-zA-Z' 'n-za-mN-ZA-M' | sh", "id; uname -a"),
 ])
 def test_decoded_payloads_are_read(line, payload):
     assert payload in readable(line).split(" ; ")[1:]

@@ -23,7 +23,10 @@ from tests.conftest import PYTHON, fresh_job_id, wait_for
 pytestmark = pytest.mark.kernel
 
 RULES = ("stratum-handshake", "socks-connect", "ssh-banner-unknown-client", "websocket-tunnel", "tunnel-hello-bore",
-         "http-connect")
+         "http-connect", "solo-mining-rpc")
+SOLO_MINER = ("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic dTpw\r\n"
+              "Content-Type: application/json\r\n\r\n"
+              '{"jsonrpc":"1.0","id":"m","method":"getblocktemplate","params":[{"rules":["segwit"]}]}')
 SEND = (
     "import socket, sys, time\n"
     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
@@ -74,6 +77,7 @@ def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
         send(cg, pool.port, CHISEL)                                  # a WebSocket tunnel upgrade
         send(cg, pool.port, '{"Hello":0}\0')                          # bore's hello
         send(cg, pool.port, GRAPHQL_WS)                              # an ordinary WebSocket: passes
+        send(cg, pool.port, SOLO_MINER)                              # a block template asked over HTTP: reported
         send(cg, pool.port, "CONNECT gw.example.net:22 HTTP/1.1\r\nHost: gw.example.net:22\r\n\r\n")  # ssh via a proxy
         run_in_cgroup(cg, [PYTHON, "-c", SOCKS_STRATUM, str(socks.port)], timeout=20)
         ssh = shutil.which("ssh")                                    # openssh-client: scripts/setup.sh
@@ -86,6 +90,7 @@ def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
         pool.close()
         socks.close()
     assert pool.got(b"graphql-ws")
+    assert pool.got(b"getblocktemplate")                             # an alert rule: seen, never dropped
     assert pool.got(b"SSH-2.0-OpenSSH")
     through_proxy = b"".join(socks.received)
     assert b"pool.example" in through_proxy                            # the CONNECT itself is only reported
@@ -99,6 +104,8 @@ def test_fingerprints_from_rule_data(capture, enforcer, test_cgroup, monitor):
         hits = reports(capture, job, rule)
         assert hits and {h["enforcement"]["action"] for h in hits} == {action}, rule
         assert all(h["proc"]["comm"].startswith("python") for h in hits), rule     # attributed to the sender
+    solo = reports(capture, job, "solo-mining-rpc")
+    assert solo and {h["enforcement"]["action"] for h in solo} == {"seen_payload"}
     socks_hits = reports(capture, job, "socks-connect")
     assert socks_hits and socks_hits[0]["enforcement"]["action"] == "seen_payload"
     payload = capture_payload(capture, job, "socks-connect")

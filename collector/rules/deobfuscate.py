@@ -3,7 +3,8 @@
 Obfuscators (Bashfuscator, Invoke-Obfuscation's Linux cousins, hand-made one-liners) keep the behaviour and change
 the spelling: ``c''url``, ``c\\u\\r\\l``, ``curl${IFS}-s``, ``{curl,-s,URL}``, ``$'\\x63\\x75\\x72\\x6c'``,
 ``a=cu;b=rl;$a$b``, ``$(printf '\\x63url')``, ``/???/b??h``, ``echo B64 | base64 -d``, ``echo 'hs|...' | rev``,
-``printf '\\143...'``. A rule written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with
+``printf '\\143...'``, ``${PATH:0:1}bin${PATH:0:1}sh``, ``tr 'a-zA-Z' 'n-za-mN-ZA-M'`` (rot13), ``'o'+'s'`` in inline
+code. A rule written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with
 each disguise undone (or "" when nothing was disguised); the argv keys search it after the line itself
 (context.EventView.argv_texts), so every argv rule sees through every disguise without knowing of it. Pure and
 bounded: no shell, no filesystem, no network; decoded payloads are kept only when they are printable text.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import fnmatch
 import re
 
@@ -23,13 +25,18 @@ ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.)*)'")
 EMPTY_QUOTES = re.compile(r"(?<=\S)(?:''|\"\")+|(?:''|\"\")+(?=\S)")
 ESCAPED_CHAR = re.compile(r"\\([A-Za-z0-9_./:-])")
 IFS = re.compile(r"\$\{IFS[^}]{0,8}\}|\$IFS(?:\$\d|\b)")
+SLASH_SLICE = re.compile(r"\$\{(?:PATH|HOME|PWD|OLDPWD|SHELL|TMPDIR):0:1\}")   # always "/": Bashfuscator's slash
+QUOTED_CONCAT = re.compile(r"""(['"])([^'"\\]{0,200})\1\s*\+\s*(['"])([^'"\\]{0,200})\3""")   # 'o'+'s' in code
 BRACE_LIST = re.compile(r"(^|[\s;&|(`])\{([^{}\s,]+(?:,[^{}\s,]*)+)\}")
 ASSIGNMENT = re.compile(r"(?:^|[\s;&|(`])([A-Za-z_]\w{0,30})=('[^']{0,200}'|\"[^\"$`]{0,200}\"|[^\s;&|()`'\"$]{1,200})"
                         r"(?=\s*(?:;|&&|\|\||\n|$))")
 GLOB_PATH = re.compile(r"(?<![\w/])(/[\w.?*\[\]-]+)+")
 QUOTED_OR_WORD = r"""(?:'([^']{4,4000})'|"([^"]{4,4000})"|([^\s'"|;&<>]{4,4000}))"""
-DECODER = r"(base64\s+(?:-d|--decode|-D)|base32\s+(?:-d|--decode)|rev|xxd\s+-r\s+-p|xxd\s+-p\s+-r)\b"
-ECHOED_TO = re.compile(r"(?:echo|printf)\s+(?:-[neE]+\s+)?" + QUOTED_OR_WORD + r"\s*\|\s*" + DECODER)
+ROT13 = r"tr\s+['\"]?\[?(?:a-zA-Z|A-Za-z|a-z)\]?['\"]?\s+['\"]?\[?(?:n-za-mN-ZA-M|N-ZA-Mn-za-m|n-za-m)\]?['\"]?"
+DECODER = (r"(base64\s+(?:-d|--decode|-D)|base32\s+(?:-d|--decode)|rev|xxd\s+-r\s+-p|xxd\s+-p\s+-r|" + ROT13 + r")"
+           r"(?![\w-])")
+ECHOED_TO = re.compile(r"(?:echo|printf)\s+(?:-[neE]+\s+)?(?:['\"]%s(?:\\n)?['\"]\s+)?" + QUOTED_OR_WORD + r"\s*\|\s*"
+                       + DECODER)
 HERE_STRING_TO = re.compile(DECODER + r"\s*<<<\s*" + QUOTED_OR_WORD)
 PRINTF_ESCAPES = re.compile(r"(?:printf|echo\s+-[a-zA-Z]*e[a-zA-Z]*)\s+(['\"])((?:\\(?:x[0-9a-fA-F]{1,2}|[0-7]{1,3})"
                             r"|[^'\"\\]){3,4000})\1")
@@ -55,6 +62,12 @@ def readable(text: str, variables: dict[str, str] | None = None) -> str:
     out = ANSI_C.sub(lambda m: _unescape(m.group(1)), out)
     out = EMPTY_QUOTES.sub("", out)
     out = IFS.sub(" ", out)
+    out = SLASH_SLICE.sub("/", out)
+    for _ in range(8):                                   # 'sys'+'tem' and longer chains, a few joins deep
+        joined = QUOTED_CONCAT.sub(lambda m: m.group(1) + m.group(2) + m.group(4) + m.group(1), out)
+        if joined == out:
+            break
+        out = joined
     out = ESCAPED_CHAR.sub(r"\1", out)
     out = BRACE_LIST.sub(lambda m: m.group(1) + m.group(2).replace(",", " "), out)
     out = _substitute_variables(out, variables or {})
@@ -66,6 +79,7 @@ def readable(text: str, variables: dict[str, str] | None = None) -> str:
 
 
 TRIGGERS = re.compile(r"\$'|''|\"\"|\\[A-Za-z]|IFS|\{[^}\s]*,|\$\{?[A-Za-z_]|[?*]|base64|base32|rev\b|xxd|printf|"
+                      r"['\"]\s*\+\s*['\"]|\btr\s|"
                       r"echo\s+-[a-zA-Z]*e|chr|pack|(\$\(|`)\s*echo\s")
 
 
@@ -147,6 +161,8 @@ def _decode(how: str, data: str) -> str:
             return _printable(binascii.unhexlify(re.sub(r"\s", "", data)))
     except (binascii.Error, ValueError):
         return ""
+    if how.startswith("tr"):
+        return codecs.encode(data, "rot13")
     return data[::-1]                                   # rev
 
 
