@@ -186,12 +186,47 @@ def _moves_data(words: list[str], stage: str, piped: bool) -> bool:
     return False
 
 
+IMAGE_PUSHERS = {"docker": ("push",), "podman": ("push",), "nerdctl": ("push",), "buildah": ("push",),
+                 "skopeo": ("copy", "sync"), "crane": ("push", "copy", "cp", "append", "mutate"),
+                 "oras": ("push", "copy", "cp", "attach"), "regctl": ("copy", "put"), "ollama": ("push",)}
+
+
+def _registry(ref: str) -> str | None:
+    """The registry host of an image reference (``registry.example.net:5000/x/y:1``, ``docker://host/x``): its
+    first part when that names a host (a dot, a port or localhost), as docker reads it; None for Docker Hub's."""
+    ref = ref.split("://", 1)[-1]
+    if "/" not in ref:
+        return None
+    first = ref.split("/", 1)[0]
+    if "." not in first and ":" not in first and first != "localhost":
+        return None
+    return first.rsplit(":", 1)[0] if first.count(":") == 1 else first
+
+
+def image_push_registries(words: list[str]) -> Iterator[str]:
+    """The registries a container image or an OCI artifact is pushed or copied to by this command: docker, podman,
+    nerdctl and buildah push, skopeo copy, crane push/copy, oras push, regctl copy (the last reference named)."""
+    verbs = IMAGE_PUSHERS.get(words[0]) if words else None
+    args = [w for w in words[1:] if not w.startswith("-")]
+    if not verbs or not args or args[0] not in verbs:
+        return
+    refs = [a for a in args[1:] if "/" in a and not a.startswith(("./", "/", "~"))]
+    if words[0] == "oras" and args[0] == "push":
+        refs = refs[:1]                                    # oras push REF FILE...: the files are not references
+    if refs:
+        host = _registry(refs[-1])
+        if host:
+            yield host
+
+
 def transfer_remotes(text: str) -> Iterator[str]:
     """The named remote ends of the copies, syncs, backups and pushes on this line: ``u@host:/path``, ``host:path``,
-    ``sftp:u@host:/repo``, ``ssh://host/...``, an object store's ``--endpoint-url https://host``, a git remote's URL.
-    A bucket named in ``s3://`` or ``gs://`` is not a host."""
+    ``sftp:u@host:/repo``, ``ssh://host/...``, an object store's ``--endpoint-url https://host``, a git remote's URL,
+    the registry an image or OCI artifact is pushed to. A bucket named in ``s3://`` or ``gs://`` is not a host."""
     for stage, piped in _stages(text):
-        if not _moves_data(command_words(stage), stage, piped):
+        words = command_words(stage)
+        yield from image_push_registries(words)
+        if not _moves_data(words, stage, piped):
             continue
         for m in REMOTE_URL.finditer(stage):
             if m.group(1).lower() not in BUCKET_SCHEMES:
